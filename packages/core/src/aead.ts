@@ -1,0 +1,67 @@
+/**
+ * AES-256-GCM (NIST SP 800-38D) through node:crypto, and HKDF-SHA256 (RFC 5869).
+ * Keywarden uses exactly one AEAD shape: 256-bit key, 96-bit nonce, 128-bit tag. Every length is
+ * checked here, in one place, before OpenSSL sees the bytes.
+ */
+import { createCipheriv, createDecipheriv, hkdfSync } from 'node:crypto';
+import { asUint8, assertBytes, concatBytes } from './_bytes.js';
+import { DecryptionError, InvalidInputError } from './errors.js';
+
+export const AES256_KEY_BYTES = 32;
+/** SP 800-38D §8.2: 96-bit IVs are the recommended (and only accepted) length. */
+export const GCM_NONCE_BYTES = 12;
+export const GCM_TAG_BYTES = 16;
+
+/** Encrypt; returns ciphertext ‖ tag. */
+export function gcmSeal(key: Uint8Array, nonce: Uint8Array, plaintext: Uint8Array, aad: Uint8Array): Uint8Array {
+  assertBytes(key, 'aes-gcm: key', AES256_KEY_BYTES);
+  assertBytes(nonce, 'aes-gcm: nonce', GCM_NONCE_BYTES);
+  assertBytes(plaintext, 'aes-gcm: plaintext');
+  assertBytes(aad, 'aes-gcm: associated data');
+  const cipher = createCipheriv('aes-256-gcm', key, nonce, { authTagLength: GCM_TAG_BYTES });
+  cipher.setAAD(aad);
+  const head = cipher.update(plaintext);
+  const tail = cipher.final();
+  return concatBytes(head, tail, cipher.getAuthTag());
+}
+
+/**
+ * Decrypt ciphertext ‖ tag. Any failure (short input, bad tag) is the same DecryptionError,
+ * and no plaintext is returned before the tag has been verified.
+ */
+export function gcmOpen(
+  key: Uint8Array,
+  nonce: Uint8Array,
+  sealed: Uint8Array,
+  aad: Uint8Array,
+  component = 'aes-gcm',
+): Uint8Array {
+  assertBytes(key, 'aes-gcm: key', AES256_KEY_BYTES);
+  assertBytes(nonce, 'aes-gcm: nonce', GCM_NONCE_BYTES);
+  assertBytes(sealed, 'aes-gcm: ciphertext');
+  assertBytes(aad, 'aes-gcm: associated data');
+  if (sealed.length < GCM_TAG_BYTES) throw new DecryptionError(component);
+  const ctLen = sealed.length - GCM_TAG_BYTES;
+  const decipher = createDecipheriv('aes-256-gcm', key, nonce, { authTagLength: GCM_TAG_BYTES });
+  decipher.setAAD(aad);
+  decipher.setAuthTag(sealed.subarray(ctLen));
+  const head = decipher.update(sealed.subarray(0, ctLen));
+  try {
+    const tail = decipher.final();
+    return tail.length === 0 ? asUint8(head) : concatBytes(head, tail);
+  } catch {
+    head.fill(0);
+    throw new DecryptionError(component);
+  }
+}
+
+/** HKDF-SHA256 (RFC 5869): extract with `salt`, expand with `info` to `length` bytes. */
+export function hkdfSha256(ikm: Uint8Array, salt: Uint8Array, info: Uint8Array, length: number): Uint8Array {
+  assertBytes(ikm, 'hkdf: input key material');
+  assertBytes(salt, 'hkdf: salt');
+  assertBytes(info, 'hkdf: info');
+  if (!Number.isSafeInteger(length) || length < 1 || length > 255 * 32) {
+    throw new InvalidInputError('hkdf: output length must be 1..8160');
+  }
+  return new Uint8Array(hkdfSync('sha256', ikm, salt, info, length));
+}

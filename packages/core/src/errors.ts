@@ -1,0 +1,94 @@
+/**
+ * Keywarden's typed errors. One base class with a stable `code`, one subclass per kind.
+ *
+ * Rules every message follows (docs/threat-model.md):
+ * - it starts with the component (`envelope: …`, `keystore: …`, `root: …`);
+ * - it never carries key material, plaintext, wrapped keys, PINs or shares;
+ * - a decryption failure never says which check failed.
+ *
+ * `isInstance()` matches by a global brand and code, so it works across two copies of this
+ * package in one process (a bundled CLI beside an application's own copy).
+ */
+
+const BRAND = Symbol.for('keywarden.error');
+
+export type KeywardenErrorCode =
+  | 'KW_DECRYPT'
+  | 'KW_FORMAT'
+  | 'KW_BAD_INPUT'
+  | 'KW_WEAK_KEY'
+  | 'KW_KEY_NOT_FOUND'
+  | 'KW_KEY_EXISTS'
+  | 'KW_KEY_STATE'
+  | 'KW_KEYSTORE_SEALED'
+  | 'KW_UNSEAL'
+  | 'KW_UNSUPPORTED'
+  | 'KW_USAGE_LIMIT'
+  | 'KW_STORE'
+  | 'KW_SHARE'
+  | 'KW_CLOSED';
+
+export class KeywardenError extends Error {
+  readonly code: KeywardenErrorCode;
+  readonly [BRAND] = true;
+
+  constructor(code: KeywardenErrorCode, message: string, options?: { cause?: unknown }) {
+    super(message, options);
+    this.code = code;
+    this.name = new.target.name;
+  }
+
+  /** True for any Keywarden error (optionally of one code), whichever copy of the package threw it. */
+  static isInstance(value: unknown, code?: KeywardenErrorCode): value is KeywardenError {
+    if (typeof value !== 'object' || value === null) return false;
+    if ((value as Record<symbol, unknown>)[BRAND] !== true) return false;
+    return code === undefined || (value as KeywardenError).code === code;
+  }
+}
+
+function defineError<C extends KeywardenErrorCode>(code: C, name: string) {
+  const cls = class extends KeywardenError {
+    constructor(message: string, options?: { cause?: unknown }) {
+      super(code, message, options);
+    }
+    static override isInstance(value: unknown): value is KeywardenError & { code: C } {
+      return KeywardenError.isInstance(value, code);
+    }
+  };
+  Object.defineProperty(cls, 'name', { value: name });
+  return cls;
+}
+
+/**
+ * Authenticated decryption failed: wrong key, wrong version, wrong context, or tampered data.
+ * Deliberately does not say which; the message is always the same.
+ */
+export class DecryptionError extends defineError('KW_DECRYPT', 'DecryptionError') {
+  constructor(component = 'envelope') {
+    super(`${component}: decryption failed (wrong key or context, or the data was modified)`);
+  }
+}
+/** Bytes that are not a well-formed Keywarden object: bad magic, unknown version or suite, bad length. */
+export class FormatError extends defineError('KW_FORMAT', 'FormatError') {}
+/** A caller passed something unusable: wrong type, out-of-range option, malformed context. */
+export class InvalidInputError extends defineError('KW_BAD_INPUT', 'InvalidInputError') {}
+/** Imported key material was refused as weak (wrong length, repeated, password-like, low entropy). */
+export class WeakKeyMaterialError extends defineError('KW_WEAK_KEY', 'WeakKeyMaterialError') {}
+export class KeyNotFoundError extends defineError('KW_KEY_NOT_FOUND', 'KeyNotFoundError') {}
+export class KeyExistsError extends defineError('KW_KEY_EXISTS', 'KeyExistsError') {}
+/** The key or version exists but its state forbids the operation (disabled, compromised, destroyed). */
+export class KeyStateError extends defineError('KW_KEY_STATE', 'KeyStateError') {}
+/** The root of trust is sealed: key operations are refused until it is unsealed. */
+export class KeystoreSealedError extends defineError('KW_KEYSTORE_SEALED', 'KeystoreSealedError') {}
+/** The unseal secret (key file, environment variable, quorum of shares) did not open the root. */
+export class UnsealError extends defineError('KW_UNSEAL', 'UnsealError') {}
+/** A capability the backend does not have was asked for (never a silent no-op). */
+export class UnsupportedCapabilityError extends defineError('KW_UNSUPPORTED', 'UnsupportedCapabilityError') {}
+/** A key version reached its usage budget (for example the AES-GCM random-nonce limit). */
+export class UsageLimitError extends defineError('KW_USAGE_LIMIT', 'UsageLimitError') {}
+/** The key store failed (I/O, corruption, schema mismatch). */
+export class KeyStoreError extends defineError('KW_STORE', 'KeyStoreError') {}
+/** A Shamir share is malformed, corrupted, duplicated or from another share set. */
+export class ShareError extends defineError('KW_SHARE', 'ShareError') {}
+/** The object was closed and its key material wiped. */
+export class ClosedError extends defineError('KW_CLOSED', 'ClosedError') {}

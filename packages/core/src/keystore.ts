@@ -1,0 +1,68 @@
+/**
+ * The key store holds key metadata and root-wrapped KEK material — never a plaintext key.
+ * Implementations: MemoryKeyStore (unit tests), @keywarden/store-sqlite (embedded default),
+ * and later PostgreSQL. Every write is one transaction: a crash never leaves half a key.
+ * The shared conformance suite (@keywarden/testkit) runs against each implementation.
+ */
+
+/** Scope metadata: one key, one job. All optional, all non-secret. */
+export interface KeyScope {
+  environment?: string;
+  service?: string;
+  tenant?: string;
+  purpose?: string;
+}
+
+/**
+ * Lifecycle of one key version:
+ * - enabled: usable for wrap and unwrap; the primary version is the one used to wrap.
+ * - disabled: unwrap and wrap refused; can be re-enabled.
+ * - compromised: refused like disabled, and flagged for rewrap; cannot be re-enabled.
+ * - destroyed: material erased from the store (crypto-shredding); terminal.
+ */
+export type KeyVersionState = 'enabled' | 'disabled' | 'compromised' | 'destroyed';
+
+export interface KeyRecord {
+  /** Immutable random id ("kek_…"), never reused. Bound into every wrapped DEK. */
+  id: string;
+  /** Unique human name (alias) used by applications and the CLI. */
+  name: string;
+  scope: KeyScope;
+  /** Version used for new wraps. */
+  primaryVersion: number;
+  createdAt: Date;
+  updatedAt: Date;
+}
+
+export interface KeyVersionRecord {
+  keyId: string;
+  /** 1, 2, 3 … never reused. */
+  version: number;
+  state: KeyVersionState;
+  /** Id of the root that wrapped `wrappedMaterial` (RootDescription.id). */
+  rootId: string;
+  /** KEK material wrapped by the root; empty once destroyed. */
+  wrappedMaterial: Uint8Array;
+  createdAt: Date;
+  updatedAt: Date;
+}
+
+export interface KeyStore {
+  /** Insert a key and its first version atomically. KeyExistsError if the id or name exists. */
+  createKey(key: KeyRecord, firstVersion: KeyVersionRecord): Promise<void>;
+  /** Look a key up by id or by name. */
+  getKey(idOrName: string): Promise<KeyRecord | undefined>;
+  listKeys(): Promise<KeyRecord[]>;
+  getVersion(keyId: string, version: number): Promise<KeyVersionRecord | undefined>;
+  listVersions(keyId: string): Promise<KeyVersionRecord[]>;
+  /** Add a version (atomically making it primary when asked). KeyExistsError on a duplicate version. */
+  addVersion(version: KeyVersionRecord, makePrimary: boolean): Promise<void>;
+  /** Change the primary version. KeyNotFoundError when the key or version is missing. */
+  setPrimaryVersion(keyId: string, version: number, at: Date): Promise<void>;
+  /** Change a version's state; `destroyed` also erases the wrapped material in the same write. */
+  setVersionState(keyId: string, version: number, state: KeyVersionState, at: Date): Promise<void>;
+  /** Small non-secret or root-wrapped records (sealed root blob, store format version…). */
+  getMeta(name: string): Promise<Uint8Array | undefined>;
+  putMeta(name: string, value: Uint8Array): Promise<void>;
+  close(): Promise<void>;
+}

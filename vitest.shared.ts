@@ -1,0 +1,8 @@
+import { fileURLToPath } from 'node:url';
+
+/** Tests run against the sources of workspace packages, so one copy of each class is loaded. */
+export const workspaceAlias = {
+  '@keywarden/core': fileURLToPath(new URL('./packages/core/src/index.ts', import.meta.url)),
+  '@keywarden/store-sqlite': fileURLToPath(new URL('./packages/store-sqlite/src/index.ts', import.meta.url)),
+  '@keywarden/testkit': fileURLToPath(new URL('./packages/testkit/src/index.ts', import.meta.url)),
+};
