@@ -1,0 +1,69 @@
+/**
+ * @keywarden/core — key hierarchy (root → KEK → DEK), envelope encryption, software root of trust.
+ */
+export * from './errors.js';
+export { wipe, constantTimeEqual } from './_bytes.js';
+export { type RandomSource, NodeRandomSource, nodeRandom } from './random.js';
+export {
+  type EncryptionContext,
+  encodeContext,
+  parseContextPairs,
+  MAX_CONTEXT_PAIRS,
+  MAX_CONTEXT_FIELD_BYTES,
+  MAX_CONTEXT_BYTES,
+} from './context.js';
+export {
+  type RootKind,
+  type RootDescription,
+  type KeyWrapper,
+  type Sealable,
+  type RootOfTrust,
+  requireRandom,
+  requireSealable,
+} from './root.js';
+export type { KeyScope, KeyVersionState, KeyRecord, KeyVersionRecord, KeyStore } from './keystore.js';
+export { MemoryKeyStore } from './memory-store.js';
+export {
+  SoftwareRoot,
+  type SealedRootDocument,
+  type UnsealMethod,
+  ROOT_META_NAME,
+  UNSEAL_KEY_BYTES,
+  encodeSealedRoot,
+  decodeSealedRoot,
+  encodeUnsealKey,
+  decodeUnsealKey,
+} from './software-root.js';
+export {
+  type DataKey,
+  type DataKeyProvider,
+  type KekRef,
+  type ParsedWrappedKey,
+  DEK_BYTES,
+  MAX_WRAPPED_KEY_BYTES,
+  parseWrappedKey,
+  wrapDataKey,
+  unwrapDataKey,
+} from './data-key.js';
+export {
+  type EnvelopeEncryptOptions,
+  type EnvelopeDecryptOptions,
+  type EnvelopeInfo,
+  encryptEnvelope,
+  decryptEnvelope,
+  envelopeToText,
+  envelopeFromText,
+  inspectEnvelope,
+} from './envelope.js';
+export { type EncryptStreamOptions, createEncryptStream, createDecryptStream } from './stream.js';
+export { assertStrongKeyMaterial } from './weak-key.js';
+export {
+  Keywarden,
+  type KeywardenOptions,
+  type CacheOptions,
+  type KeyInfo,
+  type KeyVersionInfo,
+  type CreateKeyOptions,
+  DEK_WRAPS_PER_KEK_VERSION,
+  kekAad,
+} from './keywarden.js';

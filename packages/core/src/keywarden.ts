@@ -1,0 +1,438 @@
+/**
+ * Keywarden: the key manager. It owns the hierarchy root → KEK → DEK:
+ *  - KEKs are named keys with immutable ids and scope metadata (one key, one job); each version's
+ *    material is born from the root's CSPRNG and stored only wrapped by the root;
+ *  - DEKs are generated per message and wrapped under the primary version of a KEK, binding the
+ *    KEK id, version and encryption context into the AEAD associated data (data-key.ts);
+ *  - the hot path (generateDataKey / decryptDataKey) touches neither the store nor the root once a
+ *    KEK version is cached: a bounded LRU of unwrapped KEK versions, wiped on eviction and close.
+ *
+ * Staleness: another process's rotation or disabling is seen once the cached entries expire
+ * (`cache.ttlMs`, default 5 minutes); changes made through this instance take effect at once.
+ */
+import type { Transform } from 'node:stream';
+import { concatBytes, toBase64Url, u32be, u8, utf8, wipe } from './_bytes.js';
+import { AES256_KEY_BYTES, GCM_NONCE_BYTES } from './aead.js';
+import type { EncryptionContext } from './context.js';
+import {
+  DEK_BYTES,
+  type DataKey,
+  type DataKeyProvider,
+  parseWrappedKey,
+  unwrapDataKey,
+  wrapDataKey,
+} from './data-key.js';
+import {
+  decryptEnvelope,
+  type EnvelopeDecryptOptions,
+  type EnvelopeEncryptOptions,
+  encryptEnvelope,
+} from './envelope.js';
+import {
+  ClosedError,
+  InvalidInputError,
+  KeyNotFoundError,
+  KeyStateError,
+  KeystoreSealedError,
+  UsageLimitError,
+} from './errors.js';
+import type { KeyRecord, KeyScope, KeyStore, KeyVersionRecord, KeyVersionState } from './keystore.js';
+import { NodeRandomSource, nodeRandom, type RandomSource } from './random.js';
+import type { RootOfTrust } from './root.js';
+import { createDecryptStream, createEncryptStream, type EncryptStreamOptions } from './stream.js';
+import { assertStrongKeyMaterial } from './weak-key.js';
+
+/**
+ * Random 96-bit nonces: NIST SP 800-38D §8.3 bounds one key to 2^32 invocations. Each process
+ * counts the DEK wraps it makes per KEK version and refuses past this; rotation bounds the total.
+ */
+export const DEK_WRAPS_PER_KEK_VERSION = 2 ** 32;
+
+export interface CacheOptions {
+  /** Unwrapped KEK versions kept in memory (LRU). Default 1024. */
+  maxEntries?: number;
+  /** How long a cached key name → primary version or KEK version stays valid. Default 300 000 ms. */
+  ttlMs?: number;
+}
+
+export interface KeywardenOptions {
+  store: KeyStore;
+  root: RootOfTrust;
+  /** CSPRNG for DEKs and nonces on the hot path. Default: node:crypto. KEK material always comes
+   * from the root's random source when it has one. */
+  random?: RandomSource;
+  cache?: CacheOptions;
+  /** Injected clock for tests. */
+  now?: () => Date;
+}
+
+export interface KeyVersionInfo {
+  version: number;
+  state: KeyVersionState;
+  rootId: string;
+  createdAt: Date;
+  updatedAt: Date;
+}
+
+export interface KeyInfo {
+  id: string;
+  name: string;
+  scope: KeyScope;
+  primaryVersion: number;
+  createdAt: Date;
+  updatedAt: Date;
+  versions: KeyVersionInfo[];
+}
+
+export interface CreateKeyOptions {
+  scope?: KeyScope;
+}
+
+/** Key names: what applications and operators type. Ids ("kek_…") are never valid names. */
+const NAME_RE = /^[A-Za-z0-9][A-Za-z0-9._/:-]{0,127}$/;
+const SCOPE_FIELDS = ['environment', 'service', 'tenant', 'purpose'] as const;
+const KEK_AAD_DOMAIN = utf8.encode('keywarden/kek/v1');
+
+interface CachedKek {
+  material: Uint8Array;
+  expires: number;
+}
+interface CachedPrimary {
+  keyId: string;
+  version: number;
+  expires: number;
+}
+
+export class Keywarden implements DataKeyProvider {
+  readonly store: KeyStore;
+  readonly root: RootOfTrust;
+  readonly #random: RandomSource;
+  readonly #syncRandom: ((n: number) => Uint8Array) | undefined;
+  readonly #maxEntries: number;
+  readonly #ttlMs: number;
+  readonly #now: () => Date;
+  /** keyId:version → unwrapped KEK material; Map iteration order gives LRU eviction. */
+  readonly #kekCache = new Map<string, CachedKek>();
+  readonly #inflight = new Map<string, Promise<Uint8Array>>();
+  /** name or id → primary version. */
+  readonly #primaryCache = new Map<string, CachedPrimary>();
+  readonly #wrapCounts = new Map<string, number>();
+  #closed = false;
+
+  constructor(options: KeywardenOptions) {
+    if (!options?.store || !options.root) throw new InvalidInputError('keywarden: store and root are required');
+    this.store = options.store;
+    this.root = options.root;
+    this.#random = options.random ?? nodeRandom;
+    this.#syncRandom =
+      this.#random instanceof NodeRandomSource ? (n) => (this.#random as NodeRandomSource).randomBytesSync(n) : undefined;
+    this.#maxEntries = options.cache?.maxEntries ?? 1024;
+    this.#ttlMs = options.cache?.ttlMs ?? 300_000;
+    if (!Number.isInteger(this.#maxEntries) || this.#maxEntries < 1) {
+      throw new InvalidInputError('keywarden: cache.maxEntries must be a positive integer');
+    }
+    if (!Number.isFinite(this.#ttlMs) || this.#ttlMs < 0) throw new InvalidInputError('keywarden: cache.ttlMs must be ≥ 0');
+    this.#now = options.now ?? (() => new Date());
+  }
+
+  // ── Key management ────────────────────────────────────────────────────────────────────────────
+
+  /** Create a KEK whose first version is generated by the root's CSPRNG. */
+  async createKey(name: string, options: CreateKeyOptions = {}): Promise<KeyInfo> {
+    this.#checkOpen();
+    const random = this.root.random ?? this.#random;
+    const material = await random.randomBytes(AES256_KEY_BYTES);
+    try {
+      return await this.#insertKey(name, options.scope ?? {}, material);
+    } finally {
+      wipe(material);
+    }
+  }
+
+  /**
+   * Bring your own key: import 32 bytes of KEK material generated elsewhere. Obviously weak
+   * material (wrong length, repeated, sequential, password-like, low entropy) is refused.
+   * The caller's buffer is not modified; wipe it yourself when done.
+   */
+  async importKey(name: string, material: Uint8Array, options: CreateKeyOptions = {}): Promise<KeyInfo> {
+    this.#checkOpen();
+    assertStrongKeyMaterial(material, { expectedLength: AES256_KEY_BYTES, what: 'import: KEK material' });
+    return this.#insertKey(name, options.scope ?? {}, material);
+  }
+
+  async getKey(nameOrId: string): Promise<KeyInfo> {
+    this.#checkOpen();
+    const key = await this.#requireKey(nameOrId);
+    return toKeyInfo(key, await this.store.listVersions(key.id));
+  }
+
+  async listKeys(): Promise<KeyInfo[]> {
+    this.#checkOpen();
+    const keys = await this.store.listKeys();
+    return Promise.all(keys.map(async (k) => toKeyInfo(k, await this.store.listVersions(k.id))));
+  }
+
+  /**
+   * Rotate: add a new version from the CSPRNG and make it primary. Older versions stay enabled, so
+   * data keys wrapped under them still unwrap (no outage); new data keys use the new version.
+   */
+  async rotateKey(nameOrId: string): Promise<KeyInfo> {
+    this.#checkOpen();
+    this.#requireUnsealed();
+    const key = await this.#requireKey(nameOrId);
+    const versions = await this.store.listVersions(key.id);
+    const next = Math.max(0, ...versions.map((v) => v.version)) + 1;
+    const random = this.root.random ?? this.#random;
+    const material = await random.randomBytes(AES256_KEY_BYTES);
+    try {
+      const now = this.#now();
+      const wrapped = await this.root.wrapKey(material, kekAad(key.id, next));
+      await this.store.addVersion(
+        {
+          keyId: key.id,
+          version: next,
+          state: 'enabled',
+          rootId: this.root.describe().id,
+          wrappedMaterial: wrapped,
+          createdAt: now,
+          updatedAt: now,
+        },
+        true,
+      );
+    } finally {
+      wipe(material);
+    }
+    this.#forgetPrimary(key);
+    return this.getKey(key.id);
+  }
+
+  // ── Data keys: the hot path ───────────────────────────────────────────────────────────────────
+
+  /** A fresh 32-byte DEK and its wrapped form under the key's primary version. Wipe `plaintext`
+   * as soon as you are done with it. */
+  async generateDataKey(key: string, context?: EncryptionContext): Promise<DataKey> {
+    this.#checkOpen();
+    const primary = await this.#resolvePrimary(key);
+    const kek = await this.#kek(primary.keyId, primary.version);
+    const counter = `${primary.keyId}:${primary.version}`;
+    const used = this.#wrapCounts.get(counter) ?? 0;
+    if (used >= DEK_WRAPS_PER_KEK_VERSION) {
+      throw new UsageLimitError(`keywarden: key ${primary.keyId} v${primary.version} reached its wrap budget; rotate it`);
+    }
+    this.#wrapCounts.set(counter, used + 1);
+    const dek = await this.#bytes(DEK_BYTES);
+    const nonce = await this.#bytes(GCM_NONCE_BYTES);
+    const wrapped = wrapDataKey(kek, primary, dek, context, nonce);
+    return { plaintext: dek, wrapped, keyId: primary.keyId, version: primary.version };
+  }
+
+  /** Unwrap a data key made by generateDataKey, under the same context. */
+  async decryptDataKey(wrapped: Uint8Array, context?: EncryptionContext): Promise<Uint8Array> {
+    this.#checkOpen();
+    const parsed = parseWrappedKey(wrapped);
+    const kek = await this.#kek(parsed.keyId, parsed.version);
+    return unwrapDataKey(kek, parsed, context);
+  }
+
+  // ── Envelope encryption ───────────────────────────────────────────────────────────────────────
+
+  /** Encrypt `plaintext` under a fresh DEK wrapped by `options.key` (docs/format.md). */
+  encrypt(plaintext: Uint8Array, options: EnvelopeEncryptOptions): Promise<Uint8Array> {
+    return encryptEnvelope(this, plaintext, options);
+  }
+
+  decrypt(envelope: Uint8Array, options: EnvelopeDecryptOptions = {}): Promise<Uint8Array> {
+    return decryptEnvelope(this, envelope, options);
+  }
+
+  /** A Transform that encrypts a stream of any length in authenticated frames, in bounded memory. */
+  createEncryptStream(options: EncryptStreamOptions): Transform {
+    return createEncryptStream(this, options);
+  }
+
+  /** A Transform that decrypts a framed stream; no frame's plaintext is emitted before it verifies. */
+  createDecryptStream(options: EnvelopeDecryptOptions & { maxFrameSize?: number } = {}): Transform {
+    return createDecryptStream(this, options);
+  }
+
+  // ── Lifecycle of this instance ────────────────────────────────────────────────────────────────
+
+  /** Wipe the KEK cache and seal the root (when it can be sealed). */
+  async seal(): Promise<void> {
+    this.#wipeCache();
+    if (this.root.sealable) await this.root.sealable.seal();
+  }
+
+  /** Drop cached KEK material and primary versions (they are reloaded on next use). */
+  clearCache(): void {
+    this.#wipeCache();
+  }
+
+  /** Wipe the cache and close the root and the store. */
+  async close(): Promise<void> {
+    if (this.#closed) return;
+    this.#closed = true;
+    this.#wipeCache();
+    await this.root.close();
+    await this.store.close();
+  }
+
+  // ── Internals ─────────────────────────────────────────────────────────────────────────────────
+
+  async #insertKey(name: string, scope: KeyScope, material: Uint8Array): Promise<KeyInfo> {
+    this.#requireUnsealed();
+    checkName(name);
+    const cleanScope = checkScope(scope);
+    const id = `kek_${toBase64Url(await (this.root.random ?? this.#random).randomBytes(16))}`;
+    const wrapped = await this.root.wrapKey(material, kekAad(id, 1));
+    const now = this.#now();
+    const record: KeyRecord = { id, name, scope: cleanScope, primaryVersion: 1, createdAt: now, updatedAt: now };
+    const version: KeyVersionRecord = {
+      keyId: id,
+      version: 1,
+      state: 'enabled',
+      rootId: this.root.describe().id,
+      wrappedMaterial: wrapped,
+      createdAt: now,
+      updatedAt: now,
+    };
+    await this.store.createKey(record, version);
+    return toKeyInfo(record, [version]);
+  }
+
+  async #requireKey(nameOrId: string): Promise<KeyRecord> {
+    if (typeof nameOrId !== 'string' || nameOrId.length === 0 || nameOrId.length > 128) {
+      throw new InvalidInputError('keywarden: key must be a non-empty name or id');
+    }
+    const key = await this.store.getKey(nameOrId);
+    if (!key) throw new KeyNotFoundError(`keystore: no key named "${nameOrId}"`);
+    return key;
+  }
+
+  async #resolvePrimary(nameOrId: string): Promise<CachedPrimary> {
+    const now = Date.now();
+    const hit = this.#primaryCache.get(nameOrId);
+    if (hit && hit.expires > now) return hit;
+    this.#requireUnsealed();
+    const key = await this.#requireKey(nameOrId);
+    const entry = { keyId: key.id, version: key.primaryVersion, expires: now + this.#ttlMs };
+    this.#primaryCache.set(nameOrId, entry);
+    if (this.#primaryCache.size > this.#maxEntries * 4) {
+      const oldest = this.#primaryCache.keys().next().value;
+      if (oldest !== undefined) this.#primaryCache.delete(oldest);
+    }
+    return entry;
+  }
+
+  async #kek(keyId: string, version: number): Promise<Uint8Array> {
+    const slot = `${keyId}:${version}`;
+    const hit = this.#kekCache.get(slot);
+    if (hit) {
+      if (hit.expires > Date.now()) {
+        // refresh LRU position
+        this.#kekCache.delete(slot);
+        this.#kekCache.set(slot, hit);
+        return hit.material;
+      }
+      this.#kekCache.delete(slot);
+      wipe(hit.material);
+    }
+    const pending = this.#inflight.get(slot);
+    if (pending) return pending;
+    const load = this.#loadKek(keyId, version, slot).finally(() => this.#inflight.delete(slot));
+    this.#inflight.set(slot, load);
+    return load;
+  }
+
+  async #loadKek(keyId: string, version: number, slot: string): Promise<Uint8Array> {
+    this.#requireUnsealed();
+    const record = await this.store.getVersion(keyId, version);
+    if (!record) throw new KeyNotFoundError(`keystore: key ${keyId} has no version ${version}`);
+    if (record.state !== 'enabled') throw new KeyStateError(`keystore: key ${keyId} v${version} is ${record.state}`);
+    const rootId = this.root.describe().id;
+    if (record.rootId !== rootId) {
+      throw new KeyStateError(`root: key ${keyId} v${version} was wrapped by another root (${record.rootId})`);
+    }
+    const material = await this.root.unwrapKey(record.wrappedMaterial, kekAad(keyId, version));
+    if (this.#closed) {
+      wipe(material);
+      throw new ClosedError('keywarden: closed');
+    }
+    this.#kekCache.set(slot, { material, expires: Date.now() + this.#ttlMs });
+    while (this.#kekCache.size > this.#maxEntries) {
+      const [oldSlot, old] = this.#kekCache.entries().next().value as [string, CachedKek];
+      this.#kekCache.delete(oldSlot);
+      wipe(old.material);
+    }
+    return material;
+  }
+
+  #forgetPrimary(key: KeyRecord): void {
+    this.#primaryCache.delete(key.id);
+    this.#primaryCache.delete(key.name);
+  }
+
+  #wipeCache(): void {
+    for (const entry of this.#kekCache.values()) wipe(entry.material);
+    this.#kekCache.clear();
+    this.#primaryCache.clear();
+  }
+
+  async #bytes(n: number): Promise<Uint8Array> {
+    return this.#syncRandom ? this.#syncRandom(n) : this.#random.randomBytes(n);
+  }
+
+  #requireUnsealed(): void {
+    if (this.root.sealable?.isSealed()) {
+      throw new KeystoreSealedError('keystore: sealed; unseal the root before using keys');
+    }
+  }
+
+  #checkOpen(): void {
+    if (this.#closed) throw new ClosedError('keywarden: closed');
+  }
+}
+
+/** Associated data for KEK material wrapped by the root: binds the key id and version. */
+export function kekAad(keyId: string, version: number): Uint8Array {
+  const id = utf8.encode(keyId);
+  return concatBytes(KEK_AAD_DOMAIN, u8(id.length), id, u32be(version));
+}
+
+function checkName(name: string): void {
+  if (typeof name !== 'string' || !NAME_RE.test(name) || name.startsWith('kek_')) {
+    throw new InvalidInputError(
+      'keywarden: key names are 1..128 characters of [A-Za-z0-9._/:-], start with a letter or digit, and do not start with "kek_"',
+    );
+  }
+}
+
+function checkScope(scope: KeyScope): KeyScope {
+  if (typeof scope !== 'object' || scope === null) throw new InvalidInputError('keywarden: scope must be an object');
+  const out: KeyScope = {};
+  for (const [k, v] of Object.entries(scope)) {
+    if (!(SCOPE_FIELDS as readonly string[]).includes(k)) {
+      throw new InvalidInputError(`keywarden: unknown scope field "${k}" (expected ${SCOPE_FIELDS.join(', ')})`);
+    }
+    if (v === undefined) continue;
+    if (typeof v !== 'string' || v.length === 0 || v.length > 128 || /[\u0000-\u001f]/.test(v)) {
+      throw new InvalidInputError(`keywarden: scope ${k} must be 1..128 printable characters`);
+    }
+    out[k as (typeof SCOPE_FIELDS)[number]] = v;
+  }
+  return out;
+}
+
+function toKeyInfo(key: KeyRecord, versions: KeyVersionRecord[]): KeyInfo {
+  return {
+    id: key.id,
+    name: key.name,
+    scope: { ...key.scope },
+    primaryVersion: key.primaryVersion,
+    createdAt: key.createdAt,
+    updatedAt: key.updatedAt,
+    versions: versions
+      .map((v) => ({ version: v.version, state: v.state, rootId: v.rootId, createdAt: v.createdAt, updatedAt: v.updatedAt }))
+      .sort((a, b) => a.version - b.version),
+  };
+}

@@ -1,0 +1,289 @@
+/**
+ * The software root of trust: a 256-bit AES key that wraps KEK material, itself never written in
+ * plaintext. At rest it is wrapped by an unseal key that the caller supplies:
+ *  - development mode: a key file or the KEYWARDEN_UNSEAL_KEY environment variable (this protects
+ *    nothing against someone holding both the file and the store — docs/threat-model.md);
+ *  - split knowledge: an unseal key recombined from a quorum of Shamir shares (docs/split-knowledge.md).
+ *
+ * The sealed root is a small JSON document kept in the key store's meta table under "root"
+ * (docs/format.md §4). It opens sealed; `unseal()` recovers the root key into memory, `seal()`
+ * wipes it.
+ */
+import { concatBytes, fromBase64Url, toBase64Url, u32be, u8, utf8, wipe } from './_bytes.js';
+import { AES256_KEY_BYTES, GCM_NONCE_BYTES, gcmOpen, gcmSeal } from './aead.js';
+import {
+  ClosedError,
+  DecryptionError,
+  FormatError,
+  InvalidInputError,
+  KeystoreSealedError,
+  KeyStoreError,
+  UnsealError,
+} from './errors.js';
+import type { KeyStore } from './keystore.js';
+import { nodeRandom, type RandomSource } from './random.js';
+import type { RootDescription, RootOfTrust, Sealable } from './root.js';
+
+export const ROOT_META_NAME = 'root';
+export const UNSEAL_KEY_BYTES = 32;
+const WRAP_FORMAT = 0x01;
+const WRAP_DOMAIN = utf8.encode('keywarden/software-root/kek-wrap/v1');
+const SEAL_DOMAIN = utf8.encode('keywarden/software-root/seal/v1');
+
+/** How the unseal key is held. */
+export type UnsealMethod =
+  | { method: 'key' }
+  | { method: 'shamir'; shareSetId: string; threshold: number; shares: number };
+
+/** The sealed root as stored (docs/format.md §4). Contains no secret in plaintext. */
+export interface SealedRootDocument {
+  format: 1;
+  kind: 'software';
+  rootId: string;
+  createdAt: string;
+  unseal: UnsealMethod;
+  wrapAlgorithm: 'AES-256-GCM';
+  /** base64url, 12 bytes */
+  nonce: string;
+  /** base64url, AES-256-GCM(unsealKey, rootKey) ciphertext ‖ tag (48 bytes) */
+  wrappedRoot: string;
+}
+
+/** Deterministic JSON (sorted keys) so the associated data is reproducible. */
+function canonicalJson(value: unknown): string {
+  if (Array.isArray(value)) return `[${value.map(canonicalJson).join(',')}]`;
+  if (value !== null && typeof value === 'object') {
+    const entries = Object.entries(value as Record<string, unknown>)
+      .filter(([, v]) => v !== undefined)
+      .sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0));
+    return `{${entries.map(([k, v]) => `${JSON.stringify(k)}:${canonicalJson(v)}`).join(',')}}`;
+  }
+  return JSON.stringify(value);
+}
+
+/** Everything but the nonce and ciphertext is bound as associated data: changing the unseal
+ * method, the root id or the share-set id in the stored document makes unseal fail. */
+function sealAad(doc: SealedRootDocument): Uint8Array {
+  const { nonce: _n, wrappedRoot: _w, ...bound } = doc;
+  return concatBytes(SEAL_DOMAIN, utf8.encode(canonicalJson(bound)));
+}
+
+export function encodeSealedRoot(doc: SealedRootDocument): Uint8Array {
+  return utf8.encode(JSON.stringify(doc));
+}
+
+export function decodeSealedRoot(bytes: Uint8Array): SealedRootDocument {
+  let doc: unknown;
+  try {
+    doc = JSON.parse(Buffer.from(bytes).toString('utf8'));
+  } catch {
+    throw new FormatError('root: sealed root document is not valid JSON');
+  }
+  const d = doc as Partial<SealedRootDocument>;
+  if (typeof d !== 'object' || d === null) throw new FormatError('root: sealed root document is malformed');
+  if (d.format !== 1) throw new FormatError(`root: unsupported sealed root format ${String(d.format)}`);
+  if (d.kind !== 'software') throw new FormatError('root: sealed root is not a software root');
+  if (typeof d.rootId !== 'string' || !/^root_[A-Za-z0-9_-]{22}$/.test(d.rootId)) {
+    throw new FormatError('root: sealed root has an invalid root id');
+  }
+  if (d.wrapAlgorithm !== 'AES-256-GCM') throw new FormatError('root: unsupported root wrap algorithm');
+  if (typeof d.createdAt !== 'string') throw new FormatError('root: sealed root has no creation time');
+  const u = d.unseal as UnsealMethod | undefined;
+  if (!u || (u.method !== 'key' && u.method !== 'shamir')) throw new FormatError('root: unknown unseal method');
+  if (u.method === 'shamir') {
+    if (typeof u.shareSetId !== 'string' || !Number.isInteger(u.threshold) || !Number.isInteger(u.shares)) {
+      throw new FormatError('root: malformed share-set description');
+    }
+  }
+  if (typeof d.nonce !== 'string' || typeof d.wrappedRoot !== 'string') throw new FormatError('root: sealed root is incomplete');
+  if (fromBase64Url(d.nonce, 'root: nonce').length !== GCM_NONCE_BYTES) throw new FormatError('root: bad nonce length');
+  if (fromBase64Url(d.wrappedRoot, 'root: wrapped root').length !== AES256_KEY_BYTES + 16) {
+    throw new FormatError('root: bad wrapped root length');
+  }
+  return d as SealedRootDocument;
+}
+
+function checkUnsealKey(unsealKey: Uint8Array): void {
+  if (!(unsealKey instanceof Uint8Array) || unsealKey.length !== UNSEAL_KEY_BYTES) {
+    throw new InvalidInputError(`root: unseal key must be ${UNSEAL_KEY_BYTES} bytes`);
+  }
+}
+
+function sealRootKey(
+  rootKey: Uint8Array,
+  unsealKey: Uint8Array,
+  meta: Omit<SealedRootDocument, 'nonce' | 'wrappedRoot'>,
+  nonce: Uint8Array,
+): SealedRootDocument {
+  const draft: SealedRootDocument = { ...meta, nonce: toBase64Url(nonce), wrappedRoot: '' };
+  const sealed = gcmSeal(unsealKey, nonce, rootKey, sealAad(draft));
+  return { ...draft, wrappedRoot: toBase64Url(sealed) };
+}
+
+export class SoftwareRoot implements RootOfTrust, Sealable {
+  readonly random: RandomSource;
+  readonly sealable: Sealable = this;
+  #doc: SealedRootDocument;
+  #rootKey: Uint8Array | undefined;
+  #closed = false;
+
+  private constructor(doc: SealedRootDocument, random: RandomSource) {
+    this.#doc = doc;
+    this.random = random;
+  }
+
+  /**
+   * Create a new root key from the CSPRNG, seal it under `unsealKey`, store the sealed document in
+   * `store` (meta "root"), and return the root unsealed. Refuses when the store already has a root.
+   */
+  static async initialize(
+    store: KeyStore,
+    options: { unsealKey: Uint8Array; unseal?: UnsealMethod; random?: RandomSource; now?: Date },
+  ): Promise<SoftwareRoot> {
+    checkUnsealKey(options.unsealKey);
+    if (await store.getMeta(ROOT_META_NAME)) throw new KeyStoreError('root: this key store already has a root');
+    const random = options.random ?? nodeRandom;
+    const rootKey = await random.randomBytes(AES256_KEY_BYTES);
+    const idBytes = await random.randomBytes(16);
+    const nonce = await random.randomBytes(GCM_NONCE_BYTES);
+    const doc = sealRootKey(
+      rootKey,
+      options.unsealKey,
+      {
+        format: 1,
+        kind: 'software',
+        rootId: `root_${toBase64Url(idBytes)}`,
+        createdAt: (options.now ?? new Date()).toISOString(),
+        unseal: options.unseal ?? { method: 'key' },
+        wrapAlgorithm: 'AES-256-GCM',
+      },
+      nonce,
+    );
+    await store.putMeta(ROOT_META_NAME, encodeSealedRoot(doc));
+    const root = new SoftwareRoot(doc, random);
+    root.#rootKey = rootKey;
+    return root;
+  }
+
+  /** Load the sealed root from a store. It starts sealed. */
+  static async load(store: KeyStore, options: { random?: RandomSource } = {}): Promise<SoftwareRoot> {
+    const bytes = await store.getMeta(ROOT_META_NAME);
+    if (!bytes) throw new KeyStoreError('root: this key store has no root (run init first)');
+    return new SoftwareRoot(decodeSealedRoot(bytes), options.random ?? nodeRandom);
+  }
+
+  /** The stored document (non-secret): unseal method, share-set id, root id. */
+  get document(): SealedRootDocument {
+    return structuredClone(this.#doc);
+  }
+
+  describe(): RootDescription {
+    return {
+      kind: 'software',
+      id: this.#doc.rootId,
+      label:
+        this.#doc.unseal.method === 'key'
+          ? 'software root (development mode: unseal key file or environment variable)'
+          : `software root (split knowledge: ${this.#doc.unseal.threshold} of ${this.#doc.unseal.shares} shares)`,
+      wrapAlgorithm: 'AES-256-GCM',
+    };
+  }
+
+  isSealed(): boolean {
+    return this.#rootKey === undefined;
+  }
+
+  /** Recover the root key with the unseal key. A wrong key is an UnsealError; nothing else is said. */
+  async unseal(unsealKey: Uint8Array): Promise<void> {
+    this.#checkOpen();
+    checkUnsealKey(unsealKey);
+    if (this.#rootKey) return;
+    const nonce = fromBase64Url(this.#doc.nonce, 'root: nonce');
+    const sealed = fromBase64Url(this.#doc.wrappedRoot, 'root: wrapped root');
+    try {
+      this.#rootKey = gcmOpen(unsealKey, nonce, sealed, sealAad(this.#doc), 'root');
+    } catch (err) {
+      if (DecryptionError.isInstance(err)) throw new UnsealError('root: unseal failed (wrong unseal key or shares)');
+      throw err;
+    }
+  }
+
+  async seal(): Promise<void> {
+    wipe(this.#rootKey);
+    this.#rootKey = undefined;
+  }
+
+  /**
+   * Re-wrap the (unsealed) root key under a new unseal key and persist it: used by rekey. The old
+   * unseal key (or old share set) stops working once the store write commits.
+   */
+  async reseal(store: KeyStore, newUnsealKey: Uint8Array, unseal: UnsealMethod): Promise<SealedRootDocument> {
+    const rootKey = this.#requireKey();
+    checkUnsealKey(newUnsealKey);
+    const nonce = await this.random.randomBytes(GCM_NONCE_BYTES);
+    const { nonce: _n, wrappedRoot: _w, ...meta } = this.#doc;
+    const doc = sealRootKey(rootKey, newUnsealKey, { ...meta, unseal }, nonce);
+    await store.putMeta(ROOT_META_NAME, encodeSealedRoot(doc));
+    this.#doc = doc;
+    return structuredClone(doc);
+  }
+
+  /** Wire: 0x01 ‖ nonce(12) ‖ ciphertext ‖ tag. AAD: domain ‖ root id ‖ caller's aad. */
+  async wrapKey(material: Uint8Array, aad: Uint8Array): Promise<Uint8Array> {
+    const key = this.#requireKey();
+    const nonce = await this.random.randomBytes(GCM_NONCE_BYTES);
+    return concatBytes(u8(WRAP_FORMAT), nonce, gcmSeal(key, nonce, material, this.#wrapAad(aad)));
+  }
+
+  async unwrapKey(wrapped: Uint8Array, aad: Uint8Array): Promise<Uint8Array> {
+    const key = this.#requireKey();
+    if (!(wrapped instanceof Uint8Array) || wrapped.length < 1 + GCM_NONCE_BYTES + 16 || wrapped.length > 1024) {
+      throw new FormatError('root: wrapped key has an invalid length');
+    }
+    if (wrapped[0] !== WRAP_FORMAT) throw new FormatError(`root: unsupported wrapped key format ${wrapped[0]}`);
+    const nonce = wrapped.subarray(1, 1 + GCM_NONCE_BYTES);
+    return gcmOpen(key, nonce, wrapped.subarray(1 + GCM_NONCE_BYTES), this.#wrapAad(aad), 'root');
+  }
+
+  async close(): Promise<void> {
+    await this.seal();
+    this.#closed = true;
+  }
+
+  #wrapAad(aad: Uint8Array): Uint8Array {
+    const id = utf8.encode(this.#doc.rootId);
+    return concatBytes(WRAP_DOMAIN, u32be(id.length), id, aad);
+  }
+
+  #checkOpen(): void {
+    if (this.#closed) throw new ClosedError('root: software root is closed');
+  }
+
+  #requireKey(): Uint8Array {
+    this.#checkOpen();
+    if (!this.#rootKey) throw new KeystoreSealedError('root: the root is sealed; unseal it first');
+    return this.#rootKey;
+  }
+}
+
+/** Text form of an unseal key for a key file or KEYWARDEN_UNSEAL_KEY (development mode). */
+const UNSEAL_KEY_PREFIX = 'keywarden-unseal-key:v1:';
+
+export function encodeUnsealKey(key: Uint8Array): string {
+  checkUnsealKey(key);
+  return UNSEAL_KEY_PREFIX + toBase64Url(key);
+}
+
+/** Parse the text form; errors never echo the input. */
+export function decodeUnsealKey(text: string): Uint8Array {
+  const t = text.trim();
+  if (!t.startsWith(UNSEAL_KEY_PREFIX)) throw new InvalidInputError('root: not a Keywarden unseal key');
+  let key: Uint8Array;
+  try {
+    key = fromBase64Url(t.slice(UNSEAL_KEY_PREFIX.length), 'root: unseal key');
+  } catch {
+    throw new InvalidInputError('root: unseal key is not valid base64url');
+  }
+  if (key.length !== UNSEAL_KEY_BYTES) throw new InvalidInputError('root: unseal key has the wrong length');
+  return key;
+}

@@ -1,0 +1,233 @@
+import { describe, expect, it } from 'vitest';
+import { randomBytes } from 'node:crypto';
+import {
+  DecryptionError,
+  InvalidInputError,
+  KeyExistsError,
+  KeyNotFoundError,
+  KeyStateError,
+  KeystoreSealedError,
+  Keywarden,
+  MemoryKeyStore,
+  SoftwareRoot,
+  WeakKeyMaterialError,
+  kekAad,
+  parseWrappedKey,
+} from '../src/index.js';
+
+async function setup(options: { ttlMs?: number; maxEntries?: number } = {}) {
+  const store = new MemoryKeyStore();
+  const unsealKey = new Uint8Array(randomBytes(32));
+  const root = await SoftwareRoot.initialize(store, { unsealKey });
+  const kw = new Keywarden({ store, root, cache: options });
+  return { store, root, kw, unsealKey };
+}
+
+/** Counts store reads, to check the hot path does not touch the store. */
+function countReads(store: MemoryKeyStore) {
+  const counts = { getKey: 0, getVersion: 0 };
+  const getKey = store.getKey.bind(store);
+  const getVersion = store.getVersion.bind(store);
+  store.getKey = async (x) => {
+    counts.getKey++;
+    return getKey(x);
+  };
+  store.getVersion = async (k, v) => {
+    counts.getVersion++;
+    return getVersion(k, v);
+  };
+  return counts;
+}
+
+describe('Keywarden key management', () => {
+  it('createKey makes an immutable random id, version 1 primary, and keeps the scope', async () => {
+    const { kw } = await setup();
+    const info = await kw.createKey('billing/tenant-a', { scope: { environment: 'prod', tenant: 'a', purpose: 'pii' } });
+    expect(info.id).toMatch(/^kek_[A-Za-z0-9_-]{22}$/);
+    expect(info.primaryVersion).toBe(1);
+    expect(info.scope).toEqual({ environment: 'prod', tenant: 'a', purpose: 'pii' });
+    expect(info.versions.map((v) => v.state)).toEqual(['enabled']);
+    expect(await kw.getKey(info.id)).toEqual(await kw.getKey('billing/tenant-a'));
+    const other = await kw.createKey('billing/tenant-b');
+    expect(other.id).not.toBe(info.id);
+    expect((await kw.listKeys()).map((k) => k.name).sort()).toEqual(['billing/tenant-a', 'billing/tenant-b']);
+  });
+
+  it('stores KEK material only wrapped by the root, bound to key id and version', async () => {
+    const { kw, store, root } = await setup();
+    const info = await kw.createKey('k');
+    const rec = (await store.getVersion(info.id, 1))!;
+    expect(rec.rootId).toBe(root.describe().id);
+    const material = await root.unwrapKey(rec.wrappedMaterial, kekAad(info.id, 1));
+    expect(material.length).toBe(32);
+    await expect(root.unwrapKey(rec.wrappedMaterial, kekAad(info.id, 2))).rejects.toSatisfy(DecryptionError.isInstance);
+  });
+
+  it('refuses duplicate names, bad names and unknown scope fields', async () => {
+    const { kw } = await setup();
+    await kw.createKey('k');
+    await expect(kw.createKey('k')).rejects.toSatisfy(KeyExistsError.isInstance);
+    for (const bad of ['', ' k', 'kek_abc', 'a'.repeat(129), 'x\ny']) {
+      await expect(kw.createKey(bad)).rejects.toSatisfy(InvalidInputError.isInstance);
+    }
+    await expect(kw.createKey('s', { scope: { owner: 'me' } as never })).rejects.toSatisfy(InvalidInputError.isInstance);
+    await expect(kw.getKey('missing')).rejects.toSatisfy(KeyNotFoundError.isInstance);
+  });
+
+  it('importKey accepts strong material and refuses weak material', async () => {
+    const { kw } = await setup();
+    const strong = new Uint8Array(randomBytes(32));
+    const info = await kw.importKey('byok', strong);
+    const dk = await kw.generateDataKey('byok');
+    expect(dk.keyId).toBe(info.id);
+    await expect(kw.importKey('weak1', new Uint8Array(32))).rejects.toSatisfy(WeakKeyMaterialError.isInstance);
+    await expect(kw.importKey('weak2', new Uint8Array(16).fill(3))).rejects.toSatisfy(WeakKeyMaterialError.isInstance);
+    await expect(
+      kw.importKey('weak3', new TextEncoder().encode('correct-horse-battery-staple-123')),
+    ).rejects.toSatisfy(WeakKeyMaterialError.isInstance);
+  });
+});
+
+describe('Keywarden data keys', () => {
+  it('generateDataKey returns a 32-byte DEK whose wrapped form names the key and primary version', async () => {
+    const { kw } = await setup();
+    const info = await kw.createKey('k');
+    const dk = await kw.generateDataKey('k', { tenant: 'a' });
+    expect(dk.plaintext.length).toBe(32);
+    expect(dk.keyId).toBe(info.id);
+    expect(dk.version).toBe(1);
+    const parsed = parseWrappedKey(dk.wrapped);
+    expect(parsed.keyId).toBe(info.id);
+    expect(parsed.version).toBe(1);
+    expect(await kw.decryptDataKey(dk.wrapped, { tenant: 'a' })).toEqual(dk.plaintext);
+  });
+
+  it('a wrapped DEK never unwraps under another context, key or version', async () => {
+    const { kw, store } = await setup();
+    await kw.createKey('a');
+    const b = await kw.createKey('b');
+    const dk = await kw.generateDataKey('a', { tenant: 'a' });
+    await expect(kw.decryptDataKey(dk.wrapped, { tenant: 'b' })).rejects.toSatisfy(DecryptionError.isInstance);
+    await expect(kw.decryptDataKey(dk.wrapped)).rejects.toSatisfy(DecryptionError.isInstance);
+    await expect(kw.decryptDataKey(dk.wrapped, { tenant: 'a', x: '' })).rejects.toSatisfy(DecryptionError.isInstance);
+    // Re-point the wrapped key at key b (same length id): the AEAD check fails, not a look-up.
+    const forged = dk.wrapped.slice();
+    const idA = new TextEncoder().encode(parseWrappedKey(dk.wrapped).keyId);
+    forged.set(new TextEncoder().encode(b.id), 6);
+    expect(forged.subarray(6, 6 + idA.length)).not.toEqual(idA);
+    await expect(kw.decryptDataKey(forged, { tenant: 'a' })).rejects.toSatisfy(DecryptionError.isInstance);
+    // Re-point at version 2 of key a after a rotation.
+    await kw.rotateKey('a');
+    const v2 = forged.slice();
+    v2.set(idA, 6);
+    new DataView(v2.buffer).setUint32(6 + idA.length, 2);
+    await expect(kw.decryptDataKey(v2, { tenant: 'a' })).rejects.toSatisfy(DecryptionError.isInstance);
+    expect(await store.getVersion(parseWrappedKey(dk.wrapped).keyId, 2)).toBeDefined();
+  });
+
+  it('hot path: after the first use, generate and decrypt touch neither the store nor the root', async () => {
+    const { kw, store, root } = await setup();
+    await kw.createKey('k');
+    const reads = countReads(store);
+    let rootCalls = 0;
+    const unwrap = root.unwrapKey.bind(root);
+    root.unwrapKey = async (w, a) => {
+      rootCalls++;
+      return unwrap(w, a);
+    };
+    const first = await kw.generateDataKey('k');
+    expect(reads.getKey + reads.getVersion).toBe(2);
+    expect(rootCalls).toBe(1);
+    for (let i = 0; i < 50; i++) {
+      const dk = await kw.generateDataKey('k');
+      await kw.decryptDataKey(dk.wrapped);
+    }
+    await kw.decryptDataKey(first.wrapped);
+    expect(reads.getKey + reads.getVersion).toBe(2);
+    expect(rootCalls).toBe(1);
+  });
+
+  it('the cache is bounded: the least recently used KEK version is evicted and reloaded', async () => {
+    const { kw, store } = await setup({ maxEntries: 2 });
+    for (const n of ['a', 'b', 'c']) await kw.createKey(n);
+    const reads = countReads(store);
+    const wa = await kw.generateDataKey('a');
+    await kw.generateDataKey('b');
+    await kw.generateDataKey('c'); // evicts a
+    expect(reads.getVersion).toBe(3);
+    await kw.decryptDataKey(wa.wrapped);
+    expect(reads.getVersion).toBe(4);
+  });
+
+  it('rotation keeps old versions usable and wraps new data keys under the new primary', async () => {
+    const { kw } = await setup();
+    await kw.createKey('k');
+    const before = await kw.generateDataKey('k');
+    const rotated = await kw.rotateKey('k');
+    expect(rotated.primaryVersion).toBe(2);
+    expect(rotated.versions.map((v) => [v.version, v.state])).toEqual([
+      [1, 'enabled'],
+      [2, 'enabled'],
+    ]);
+    const after = await kw.generateDataKey('k');
+    expect(after.version).toBe(2);
+    expect(await kw.decryptDataKey(before.wrapped)).toEqual(before.plaintext);
+    expect(await kw.decryptDataKey(after.wrapped)).toEqual(after.plaintext);
+  });
+
+  it('a disabled version is refused once the cache no longer holds it', async () => {
+    const { kw, store } = await setup();
+    const info = await kw.createKey('k');
+    const dk = await kw.generateDataKey('k');
+    await store.setVersionState(info.id, 1, 'disabled', new Date());
+    kw.clearCache();
+    await expect(kw.decryptDataKey(dk.wrapped)).rejects.toSatisfy(KeyStateError.isInstance);
+    await expect(kw.generateDataKey('k')).rejects.toSatisfy(KeyStateError.isInstance);
+  });
+
+  it('seal wipes the cache and refuses key operations until the root is unsealed', async () => {
+    const { kw, root, unsealKey } = await setup();
+    await kw.createKey('k');
+    const dk = await kw.generateDataKey('k');
+    await kw.seal();
+    await expect(kw.decryptDataKey(dk.wrapped)).rejects.toSatisfy(KeystoreSealedError.isInstance);
+    await expect(kw.generateDataKey('k')).rejects.toSatisfy(KeystoreSealedError.isInstance);
+    await expect(kw.createKey('k2')).rejects.toSatisfy(KeystoreSealedError.isInstance);
+    await root.unseal(unsealKey);
+    expect(await kw.decryptDataKey(dk.wrapped)).toEqual(dk.plaintext);
+  });
+
+  it('a process reopening the store starts sealed and works after unseal', async () => {
+    const { kw, store, unsealKey } = await setup();
+    await kw.createKey('k');
+    const envelope = await kw.encrypt(new TextEncoder().encode('hello'), { key: 'k', context: { a: '1' } });
+    const root2 = await SoftwareRoot.load(store);
+    const kw2 = new Keywarden({ store, root: root2 });
+    await expect(kw2.decrypt(envelope, { context: { a: '1' } })).rejects.toSatisfy(KeystoreSealedError.isInstance);
+    await root2.unseal(unsealKey);
+    expect(new TextDecoder().decode(await kw2.decrypt(envelope, { context: { a: '1' } }))).toBe('hello');
+  });
+
+  it('unknown keys give KeyNotFoundError; close refuses further use', async () => {
+    const { kw } = await setup();
+    await expect(kw.generateDataKey('nope')).rejects.toSatisfy(KeyNotFoundError.isInstance);
+    await kw.createKey('k');
+    await kw.close();
+    await expect(kw.generateDataKey('k')).rejects.toThrow(/closed/);
+  });
+
+  it('concurrent first uses of one KEK version unwrap it once', async () => {
+    const { kw, root } = await setup();
+    await kw.createKey('k');
+    let rootCalls = 0;
+    const unwrap = root.unwrapKey.bind(root);
+    root.unwrapKey = async (w, a) => {
+      rootCalls++;
+      return unwrap(w, a);
+    };
+    kw.clearCache();
+    const dks = await Promise.all(Array.from({ length: 20 }, () => kw.generateDataKey('k')));
+    expect(new Set(dks.map((d) => d.keyId)).size).toBe(1);
+    expect(rootCalls).toBe(1);
+  });
+});

@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Quick start, command 2 (and what CI runs): install everything the tests need, start the
+# components they use, then lint, typecheck and run every test suite. Ends with one summary line
+# "tests: N passed, N failed, N skipped".
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export TURBO_TELEMETRY_DISABLED=1
+
+# System packages and services the suites need (harness/README.md): installed when missing.
+bash harness/setup.sh
+
+bash scripts/bootstrap.sh
+if [ -z "${npm_config_nodedir:-}" ] && [ -f /usr/include/node/node.h ]; then export npm_config_nodedir=/usr; fi
+
+rm -f packages/*/.vitest-results.json
+
+status=0
+echo "== lint" && pnpm run lint || status=1
+echo "== typecheck" && pnpm exec turbo run typecheck --output-logs=errors-only || status=1
+echo "== test" && pnpm exec turbo run test --concurrency=1 || status=1
+
+node scripts/test-summary.mjs || status=1
+exit "$status"

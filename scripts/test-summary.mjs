@@ -1,0 +1,23 @@
+// Sums the JSON reports vitest wrote in each package and prints one closing line.
+// Exits non-zero if any test failed or if no test ran at all.
+import { readFileSync, readdirSync, existsSync } from 'node:fs';
+import { join } from 'node:path';
+
+let passed = 0;
+let failed = 0;
+let skipped = 0;
+let suites = 0;
+const failedSuites = [];
+for (const dir of readdirSync('packages')) {
+  const file = join('packages', dir, '.vitest-results.json');
+  if (!existsSync(file)) continue;
+  const r = JSON.parse(readFileSync(file, 'utf8'));
+  suites += r.numTotalTestSuites ?? 0;
+  passed += r.numPassedTests ?? 0;
+  failed += r.numFailedTests ?? 0;
+  skipped += (r.numPendingTests ?? 0) + (r.numTodoTests ?? 0);
+  for (const s of r.testResults ?? []) if (s.status === 'failed') failedSuites.push(s.name);
+}
+for (const s of failedSuites) console.log(`failed: ${s}`);
+console.log(`tests: ${passed} passed, ${failed} failed, ${skipped} skipped`);
+if (failed > 0 || failedSuites.length > 0 || passed === 0) process.exit(1);
