@@ -1,0 +1,105 @@
+/**
+ * How a failure reaches the user: exactly one line `keywarden: <message>` on stderr and an exit
+ * status (0 success, 1 failure, 2 usage). A stack trace only with --debug.
+ *
+ * Messages come from KeywardenError (whose rules already keep key material, plaintext and unseal
+ * keys out of them, and never say which decryption check failed), from the CLI's own errors
+ * below, or — for anything else — from a short description of a Node system error. Nothing here
+ * ever formats a buffer or a secret into text.
+ */
+import path from 'node:path';
+import { CommanderError } from 'commander';
+import { KeywardenError } from '@keywarden/core';
+
+export const EXIT_OK = 0;
+export const EXIT_FAILURE = 1;
+export const EXIT_USAGE = 2;
+/** 128 + SIGINT, what shells report for an interrupted command. */
+export const EXIT_INTERRUPTED = 130;
+
+/** A failure the CLI detected itself (missing key store, refusing to overwrite…): exit 1. */
+export class CliError extends Error {
+  readonly exitCode: number = EXIT_FAILURE;
+  override name = 'CliError';
+}
+
+/** The command line itself is wrong (conflicting options, malformed --context): exit 2. */
+export class UsageError extends CliError {
+  override readonly exitCode: number = EXIT_USAGE;
+  override name = 'UsageError';
+}
+
+export interface ReportedError {
+  /** Single line, no trailing newline, without the `keywarden: ` prefix. */
+  message: string;
+  exitCode: number;
+}
+
+const SYSTEM_ERRORS: Record<string, string> = {
+  ENOENT: 'no such file',
+  EACCES: 'permission denied',
+  EPERM: 'operation not permitted',
+  EISDIR: 'is a directory',
+  ENOTDIR: 'not a directory',
+  EEXIST: 'already exists',
+  ENOSPC: 'no space left on device',
+  EROFS: 'read-only file system',
+  EMFILE: 'too many open files',
+  ELOOP: 'too many symbolic links',
+  ENAMETOOLONG: 'file name too long',
+};
+
+/** Turn anything thrown into one line and an exit status. */
+export function describeError(err: unknown, cwd: string): ReportedError {
+  if (err instanceof CommanderError) {
+    return { message: oneLine(err.message.replace(/^error:\s*/i, '')), exitCode: EXIT_USAGE };
+  }
+  if (err instanceof CliError) return { message: oneLine(err.message), exitCode: err.exitCode };
+  if (KeywardenError.isInstance(err)) return { message: oneLine(err.message), exitCode: EXIT_FAILURE };
+  if (isAbort(err)) return { message: 'interrupted', exitCode: EXIT_INTERRUPTED };
+  const sys = err as NodeJS.ErrnoException | undefined;
+  if (sys && typeof sys === 'object' && typeof sys.code === 'string') {
+    if (sys.code === 'EPIPE' || sys.code === 'ERR_STREAM_DESTROYED') {
+      return { message: 'output closed before the command finished (broken pipe)', exitCode: EXIT_FAILURE };
+    }
+    const what = SYSTEM_ERRORS[sys.code];
+    if (what) {
+      const where = typeof sys.path === 'string' ? `: ${displayPath(sys.path, cwd)}` : '';
+      return { message: `${what}${where}`, exitCode: EXIT_FAILURE };
+    }
+  }
+  if (err instanceof Error && err.message) {
+    return { message: oneLine(`unexpected error: ${err.message}`), exitCode: EXIT_FAILURE };
+  }
+  return { message: 'unexpected error (run again with --debug for details)', exitCode: EXIT_FAILURE };
+}
+
+/** The stack and the chain of causes, for --debug. */
+export function debugDetails(err: unknown): string {
+  const parts: string[] = [];
+  let current: unknown = err;
+  for (let depth = 0; current !== undefined && depth < 8; depth++) {
+    if (current instanceof Error) parts.push(`${depth === 0 ? '' : 'caused by: '}${current.stack ?? current.message}`);
+    else parts.push(`${depth === 0 ? '' : 'caused by: '}${String(current)}`);
+    current = current instanceof Error ? current.cause : undefined;
+  }
+  return parts.join('\n');
+}
+
+/** Paths under the working directory are shown relative to it, as the user most likely typed them. */
+export function displayPath(p: string, cwd: string): string {
+  const rel = path.relative(cwd, p);
+  return rel !== '' && !rel.startsWith('..') && !path.isAbsolute(rel) ? rel : p;
+}
+
+function isAbort(err: unknown): boolean {
+  return typeof err === 'object' && err !== null && (err as { name?: unknown }).name === 'AbortError';
+}
+
+function oneLine(s: string): string {
+  return s
+    .split(/\r?\n/)
+    .map((l) => l.trim())
+    .filter((l) => l.length > 0)
+    .join(' ');
+}

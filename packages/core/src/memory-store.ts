@@ -1,0 +1,313 @@
+/**
+ * MemoryKeyStore: a KeyStore held in process memory, for unit tests and ephemeral use.
+ *
+ * It follows the same contract as the durable stores (the @keywarden/testkit conformance suite
+ * runs against it), so code tested against it behaves the same on SQLite:
+ * - records are deep-copied on the way in and on the way out, so no caller can change stored
+ *   state through an object it passed or got back (including the Uint8Array of material);
+ * - every write checks all of its preconditions before it changes anything, so a failed write
+ *   leaves no partial state;
+ * - `destroyed` zeroes the stored wrapped material and replaces it with an empty array;
+ * - ids and names share one namespace (a name may not equal another key's id), so
+ *   `getKey(idOrName)` can never be ambiguous;
+ * - after close() every method rejects with ClosedError, and all stored material is wiped.
+ */
+import { wipe } from './_bytes.js';
+import { ClosedError, InvalidInputError, KeyExistsError, KeyNotFoundError, KeyStateError } from './errors.js';
+import type { KeyRecord, KeyScope, KeyStore, KeyVersionRecord, KeyVersionState } from './keystore.js';
+
+const STATES: ReadonlySet<string> = new Set<KeyVersionState>(['enabled', 'disabled', 'compromised', 'destroyed']);
+const SCOPE_FIELDS = ['environment', 'service', 'tenant', 'purpose'] as const;
+const KEY_FIELDS: ReadonlySet<string> = new Set(['id', 'name', 'scope', 'primaryVersion', 'createdAt', 'updatedAt']);
+const VERSION_FIELDS: ReadonlySet<string> = new Set([
+  'keyId',
+  'version',
+  'state',
+  'rootId',
+  'wrappedMaterial',
+  'createdAt',
+  'updatedAt',
+]);
+const LONE_SURROGATE = /[\uD800-\uDBFF](?![\uDC00-\uDFFF])|(?<![\uD800-\uDBFF])[\uDC00-\uDFFF]/;
+
+export class MemoryKeyStore implements KeyStore {
+  readonly #keys = new Map<string, KeyRecord>();
+  /** name → id */
+  readonly #names = new Map<string, string>();
+  /** id → version → record */
+  readonly #versions = new Map<string, Map<number, KeyVersionRecord>>();
+  readonly #meta = new Map<string, Uint8Array>();
+  #closed = false;
+
+  async createKey(key: KeyRecord, firstVersion: KeyVersionRecord): Promise<void> {
+    this.#assertOpen();
+    // Preconditions: both records well-formed and describing the same key, whose primary is this version.
+    checkKey(key);
+    checkVersion(firstVersion);
+    if (firstVersion.keyId !== key.id) {
+      throw new InvalidInputError('keystore: createKey: the first version belongs to another key id');
+    }
+    if (firstVersion.version !== key.primaryVersion) {
+      throw new InvalidInputError('keystore: createKey: primaryVersion must be the first version');
+    }
+    // Ids and names share one namespace so that getKey(idOrName) is never ambiguous.
+    if (this.#keys.has(key.id) || this.#names.has(key.id)) {
+      throw new KeyExistsError(`keystore: key id ${quote(key.id)} already exists`);
+    }
+    if (this.#names.has(key.name) || this.#keys.has(key.name)) {
+      throw new KeyExistsError(`keystore: key name ${quote(key.name)} already exists`);
+    }
+    // All checks passed: the write below cannot fail half-way.
+    this.#keys.set(key.id, copyKey(key));
+    this.#names.set(key.name, key.id);
+    this.#versions.set(key.id, new Map([[firstVersion.version, copyVersion(firstVersion)]]));
+  }
+
+  async getKey(idOrName: string): Promise<KeyRecord | undefined> {
+    this.#assertOpen();
+    checkText(idOrName, 'key id or name');
+    const key = this.#keys.get(idOrName) ?? this.#keys.get(this.#names.get(idOrName) ?? '');
+    return key && copyKey(key);
+  }
+
+  async listKeys(): Promise<KeyRecord[]> {
+    this.#assertOpen();
+    return [...this.#keys.values()].sort((a, b) => compareCodePoints(a.name, b.name)).map(copyKey);
+  }
+
+  async getVersion(keyId: string, version: number): Promise<KeyVersionRecord | undefined> {
+    this.#assertOpen();
+    checkText(keyId, 'key id');
+    checkVersionNumber(version);
+    const record = this.#versions.get(keyId)?.get(version);
+    return record && copyVersion(record);
+  }
+
+  async listVersions(keyId: string): Promise<KeyVersionRecord[]> {
+    this.#assertOpen();
+    checkText(keyId, 'key id');
+    const versions = this.#versions.get(keyId);
+    if (!versions) return [];
+    return [...versions.values()].sort((a, b) => a.version - b.version).map(copyVersion);
+  }
+
+  async addVersion(version: KeyVersionRecord, makePrimary: boolean): Promise<void> {
+    this.#assertOpen();
+    checkVersion(version);
+    checkBoolean(makePrimary, 'makePrimary');
+    const key = this.#keys.get(version.keyId);
+    const versions = this.#versions.get(version.keyId);
+    if (!key || !versions) throw new KeyNotFoundError(`keystore: key ${quote(version.keyId)} not found`);
+    if (versions.has(version.version)) {
+      throw new KeyExistsError(`keystore: key ${quote(version.keyId)} already has version ${version.version}`);
+    }
+    versions.set(version.version, copyVersion(version));
+    if (makePrimary) {
+      key.primaryVersion = version.version;
+      key.updatedAt = new Date(version.createdAt.getTime());
+    }
+  }
+
+  async setPrimaryVersion(keyId: string, version: number, at: Date): Promise<void> {
+    this.#assertOpen();
+    checkText(keyId, 'key id');
+    checkVersionNumber(version);
+    checkDate(at, 'at');
+    const key = this.#keys.get(keyId);
+    if (!key) throw new KeyNotFoundError(`keystore: key ${quote(keyId)} not found`);
+    if (!this.#versions.get(keyId)?.has(version)) {
+      throw new KeyNotFoundError(`keystore: key ${quote(keyId)} has no version ${version}`);
+    }
+    key.primaryVersion = version;
+    key.updatedAt = new Date(at.getTime());
+  }
+
+  async setVersionState(keyId: string, version: number, state: KeyVersionState, at: Date): Promise<void> {
+    this.#assertOpen();
+    checkText(keyId, 'key id');
+    checkVersionNumber(version);
+    checkState(state);
+    checkDate(at, 'at');
+    const record = this.#versions.get(keyId)?.get(version);
+    if (!record) throw new KeyNotFoundError(`keystore: key ${quote(keyId)} has no version ${version}`);
+    checkTransition(record.state, state);
+    if (state === 'destroyed') {
+      // Crypto-shredding: zero our only copy of the wrapped material, then drop it.
+      wipe(record.wrappedMaterial);
+      record.wrappedMaterial = new Uint8Array(0);
+    }
+    record.state = state;
+    record.updatedAt = new Date(at.getTime());
+  }
+
+  async getMeta(name: string): Promise<Uint8Array | undefined> {
+    this.#assertOpen();
+    checkText(name, 'meta name');
+    const value = this.#meta.get(name);
+    return value && new Uint8Array(value);
+  }
+
+  async putMeta(name: string, value: Uint8Array): Promise<void> {
+    this.#assertOpen();
+    checkText(name, 'meta name');
+    checkBytes(value, 'meta value');
+    wipe(this.#meta.get(name));
+    this.#meta.set(name, new Uint8Array(value));
+  }
+
+  /** Idempotent. Wipes every stored material and meta value. */
+  async close(): Promise<void> {
+    if (this.#closed) return;
+    this.#closed = true;
+    for (const versions of this.#versions.values()) {
+      for (const record of versions.values()) wipe(record.wrappedMaterial);
+    }
+    wipe(...this.#meta.values());
+    this.#keys.clear();
+    this.#names.clear();
+    this.#versions.clear();
+    this.#meta.clear();
+  }
+
+  #assertOpen(): void {
+    if (this.#closed) throw new ClosedError('keystore: the memory key store is closed');
+  }
+}
+
+/**
+ * State rules the store enforces because they are facts about the stored data, not policy:
+ * destroyed material is gone, so `destroyed` is terminal; a compromise must never be forgotten,
+ * so `compromised` can only move on to `destroyed`. Setting the current state again is allowed.
+ */
+function checkTransition(from: KeyVersionState, to: KeyVersionState): void {
+  if (from === to) return;
+  if (from === 'destroyed') throw new KeyStateError('keystore: a destroyed key version cannot change state');
+  if (from === 'compromised' && to !== 'destroyed') {
+    throw new KeyStateError('keystore: a compromised key version can only be destroyed');
+  }
+}
+
+function copyScope(scope: KeyScope): KeyScope {
+  const out: KeyScope = {};
+  for (const field of SCOPE_FIELDS) {
+    const value = scope[field];
+    if (value !== undefined) out[field] = value;
+  }
+  return out;
+}
+
+function copyKey(key: KeyRecord): KeyRecord {
+  return {
+    id: key.id,
+    name: key.name,
+    scope: copyScope(key.scope),
+    primaryVersion: key.primaryVersion,
+    createdAt: new Date(key.createdAt.getTime()),
+    updatedAt: new Date(key.updatedAt.getTime()),
+  };
+}
+
+function copyVersion(v: KeyVersionRecord): KeyVersionRecord {
+  return {
+    keyId: v.keyId,
+    version: v.version,
+    state: v.state,
+    rootId: v.rootId,
+    // new Uint8Array(x) copies, and gives a plain Uint8Array even when x is a Buffer.
+    wrappedMaterial: new Uint8Array(v.wrappedMaterial),
+    createdAt: new Date(v.createdAt.getTime()),
+    updatedAt: new Date(v.updatedAt.getTime()),
+  };
+}
+
+/** Unicode code-point order, which is UTF-8 byte order: the order SQLite's BINARY collation gives. */
+function compareCodePoints(a: string, b: string): number {
+  return Buffer.compare(Buffer.from(a, 'utf8'), Buffer.from(b, 'utf8'));
+}
+
+function quote(s: string): string {
+  return JSON.stringify(s);
+}
+
+// Input checks. Messages name the field, never its value (values may be long or hostile).
+
+function checkText(value: unknown, what: string): asserts value is string {
+  if (typeof value !== 'string' || value.length === 0) {
+    throw new InvalidInputError(`keystore: ${what} must be a non-empty string`);
+  }
+  // A lone surrogate cannot be encoded as UTF-8, so a durable store could not round-trip it.
+  if (LONE_SURROGATE.test(value)) throw new InvalidInputError(`keystore: ${what} is not well-formed Unicode`);
+}
+
+function checkVersionNumber(value: unknown): asserts value is number {
+  if (typeof value !== 'number' || !Number.isSafeInteger(value) || value < 1) {
+    throw new InvalidInputError('keystore: version must be a positive integer');
+  }
+}
+
+function checkDate(value: unknown, what: string): asserts value is Date {
+  if (!(value instanceof Date) || !Number.isFinite(value.getTime())) {
+    throw new InvalidInputError(`keystore: ${what} must be a valid Date`);
+  }
+}
+
+function checkState(value: unknown): asserts value is KeyVersionState {
+  if (typeof value !== 'string' || !STATES.has(value)) {
+    throw new InvalidInputError('keystore: state must be enabled, disabled, compromised or destroyed');
+  }
+}
+
+function checkBoolean(value: unknown, what: string): asserts value is boolean {
+  if (typeof value !== 'boolean') throw new InvalidInputError(`keystore: ${what} must be a boolean`);
+}
+
+function checkBytes(value: unknown, what: string): asserts value is Uint8Array {
+  if (!(value instanceof Uint8Array)) throw new InvalidInputError(`keystore: ${what} must be a Uint8Array`);
+}
+
+/** Refuse fields this store does not know, so a field added to the types is never silently dropped. */
+function checkKnownFields(value: object, known: ReadonlySet<string>, what: string): void {
+  for (const [field, v] of Object.entries(value)) {
+    if (!known.has(field) && v !== undefined) {
+      throw new InvalidInputError(`keystore: ${what} has an unknown field ${quote(field)}`);
+    }
+  }
+}
+
+function checkKey(key: KeyRecord): void {
+  if (typeof key !== 'object' || key === null) throw new InvalidInputError('keystore: key must be an object');
+  checkKnownFields(key, KEY_FIELDS, 'key');
+  checkText(key.id, 'key id');
+  checkText(key.name, 'key name');
+  if (typeof key.scope !== 'object' || key.scope === null) {
+    throw new InvalidInputError('keystore: key scope must be an object');
+  }
+  checkKnownFields(key.scope, new Set<string>(SCOPE_FIELDS), 'key scope');
+  for (const field of SCOPE_FIELDS) {
+    const value = key.scope[field];
+    if (value !== undefined && typeof value !== 'string') {
+      throw new InvalidInputError(`keystore: key scope ${field} must be a string`);
+    }
+    if (value !== undefined && LONE_SURROGATE.test(value)) {
+      throw new InvalidInputError(`keystore: key scope ${field} is not well-formed Unicode`);
+    }
+  }
+  checkVersionNumber(key.primaryVersion);
+  checkDate(key.createdAt, 'key createdAt');
+  checkDate(key.updatedAt, 'key updatedAt');
+}
+
+function checkVersion(v: KeyVersionRecord): void {
+  if (typeof v !== 'object' || v === null) throw new InvalidInputError('keystore: key version must be an object');
+  checkKnownFields(v, VERSION_FIELDS, 'key version');
+  checkText(v.keyId, 'key id');
+  checkVersionNumber(v.version);
+  checkState(v.state);
+  checkText(v.rootId, 'root id');
+  checkBytes(v.wrappedMaterial, 'wrapped material');
+  if (v.state === 'destroyed' && v.wrappedMaterial.length !== 0) {
+    throw new InvalidInputError('keystore: a destroyed key version must have empty wrapped material');
+  }
+  checkDate(v.createdAt, 'version createdAt');
+  checkDate(v.updatedAt, 'version updatedAt');
+}
