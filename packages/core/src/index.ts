@@ -67,3 +67,4 @@ export {
   DEK_WRAPS_PER_KEK_VERSION,
   kekAad,
 } from './keywarden.js';
+export * as keyStoreChecks from './keystore-checks.js';

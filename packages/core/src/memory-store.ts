@@ -13,22 +13,21 @@
  * - after close() every method rejects with ClosedError, and all stored material is wiped.
  */
 import { wipe } from './_bytes.js';
-import { ClosedError, InvalidInputError, KeyExistsError, KeyNotFoundError, KeyStateError } from './errors.js';
+import { ClosedError, InvalidInputError, KeyExistsError, KeyNotFoundError } from './errors.js';
+import {
+  SCOPE_FIELDS,
+  checkBoolean,
+  checkBytes,
+  checkDate,
+  checkKey,
+  checkState,
+  checkText,
+  checkTransition,
+  checkVersion,
+  checkVersionNumber,
+  quote,
+} from './keystore-checks.js';
 import type { KeyRecord, KeyScope, KeyStore, KeyVersionRecord, KeyVersionState } from './keystore.js';
-
-const STATES: ReadonlySet<string> = new Set<KeyVersionState>(['enabled', 'disabled', 'compromised', 'destroyed']);
-const SCOPE_FIELDS = ['environment', 'service', 'tenant', 'purpose'] as const;
-const KEY_FIELDS: ReadonlySet<string> = new Set(['id', 'name', 'scope', 'primaryVersion', 'createdAt', 'updatedAt']);
-const VERSION_FIELDS: ReadonlySet<string> = new Set([
-  'keyId',
-  'version',
-  'state',
-  'rootId',
-  'wrappedMaterial',
-  'createdAt',
-  'updatedAt',
-]);
-const LONE_SURROGATE = /[\uD800-\uDBFF](?![\uDC00-\uDFFF])|(?<![\uD800-\uDBFF])[\uDC00-\uDFFF]/;
 
 export class MemoryKeyStore implements KeyStore {
   readonly #keys = new Map<string, KeyRecord>();
@@ -174,19 +173,6 @@ export class MemoryKeyStore implements KeyStore {
   }
 }
 
-/**
- * State rules the store enforces because they are facts about the stored data, not policy:
- * destroyed material is gone, so `destroyed` is terminal; a compromise must never be forgotten,
- * so `compromised` can only move on to `destroyed`. Setting the current state again is allowed.
- */
-function checkTransition(from: KeyVersionState, to: KeyVersionState): void {
-  if (from === to) return;
-  if (from === 'destroyed') throw new KeyStateError('keystore: a destroyed key version cannot change state');
-  if (from === 'compromised' && to !== 'destroyed') {
-    throw new KeyStateError('keystore: a compromised key version can only be destroyed');
-  }
-}
-
 function copyScope(scope: KeyScope): KeyScope {
   const out: KeyScope = {};
   for (const field of SCOPE_FIELDS) {
@@ -223,91 +209,4 @@ function copyVersion(v: KeyVersionRecord): KeyVersionRecord {
 /** Unicode code-point order, which is UTF-8 byte order: the order SQLite's BINARY collation gives. */
 function compareCodePoints(a: string, b: string): number {
   return Buffer.compare(Buffer.from(a, 'utf8'), Buffer.from(b, 'utf8'));
-}
-
-function quote(s: string): string {
-  return JSON.stringify(s);
-}
-
-// Input checks. Messages name the field, never its value (values may be long or hostile).
-
-function checkText(value: unknown, what: string): asserts value is string {
-  if (typeof value !== 'string' || value.length === 0) {
-    throw new InvalidInputError(`keystore: ${what} must be a non-empty string`);
-  }
-  // A lone surrogate cannot be encoded as UTF-8, so a durable store could not round-trip it.
-  if (LONE_SURROGATE.test(value)) throw new InvalidInputError(`keystore: ${what} is not well-formed Unicode`);
-}
-
-function checkVersionNumber(value: unknown): asserts value is number {
-  if (typeof value !== 'number' || !Number.isSafeInteger(value) || value < 1) {
-    throw new InvalidInputError('keystore: version must be a positive integer');
-  }
-}
-
-function checkDate(value: unknown, what: string): asserts value is Date {
-  if (!(value instanceof Date) || !Number.isFinite(value.getTime())) {
-    throw new InvalidInputError(`keystore: ${what} must be a valid Date`);
-  }
-}
-
-function checkState(value: unknown): asserts value is KeyVersionState {
-  if (typeof value !== 'string' || !STATES.has(value)) {
-    throw new InvalidInputError('keystore: state must be enabled, disabled, compromised or destroyed');
-  }
-}
-
-function checkBoolean(value: unknown, what: string): asserts value is boolean {
-  if (typeof value !== 'boolean') throw new InvalidInputError(`keystore: ${what} must be a boolean`);
-}
-
-function checkBytes(value: unknown, what: string): asserts value is Uint8Array {
-  if (!(value instanceof Uint8Array)) throw new InvalidInputError(`keystore: ${what} must be a Uint8Array`);
-}
-
-/** Refuse fields this store does not know, so a field added to the types is never silently dropped. */
-function checkKnownFields(value: object, known: ReadonlySet<string>, what: string): void {
-  for (const [field, v] of Object.entries(value)) {
-    if (!known.has(field) && v !== undefined) {
-      throw new InvalidInputError(`keystore: ${what} has an unknown field ${quote(field)}`);
-    }
-  }
-}
-
-function checkKey(key: KeyRecord): void {
-  if (typeof key !== 'object' || key === null) throw new InvalidInputError('keystore: key must be an object');
-  checkKnownFields(key, KEY_FIELDS, 'key');
-  checkText(key.id, 'key id');
-  checkText(key.name, 'key name');
-  if (typeof key.scope !== 'object' || key.scope === null) {
-    throw new InvalidInputError('keystore: key scope must be an object');
-  }
-  checkKnownFields(key.scope, new Set<string>(SCOPE_FIELDS), 'key scope');
-  for (const field of SCOPE_FIELDS) {
-    const value = key.scope[field];
-    if (value !== undefined && typeof value !== 'string') {
-      throw new InvalidInputError(`keystore: key scope ${field} must be a string`);
-    }
-    if (value !== undefined && LONE_SURROGATE.test(value)) {
-      throw new InvalidInputError(`keystore: key scope ${field} is not well-formed Unicode`);
-    }
-  }
-  checkVersionNumber(key.primaryVersion);
-  checkDate(key.createdAt, 'key createdAt');
-  checkDate(key.updatedAt, 'key updatedAt');
-}
-
-function checkVersion(v: KeyVersionRecord): void {
-  if (typeof v !== 'object' || v === null) throw new InvalidInputError('keystore: key version must be an object');
-  checkKnownFields(v, VERSION_FIELDS, 'key version');
-  checkText(v.keyId, 'key id');
-  checkVersionNumber(v.version);
-  checkState(v.state);
-  checkText(v.rootId, 'root id');
-  checkBytes(v.wrappedMaterial, 'wrapped material');
-  if (v.state === 'destroyed' && v.wrappedMaterial.length !== 0) {
-    throw new InvalidInputError('keystore: a destroyed key version must have empty wrapped material');
-  }
-  checkDate(v.createdAt, 'version createdAt');
-  checkDate(v.updatedAt, 'version updatedAt');
 }

@@ -1,0 +1,126 @@
+/**
+ * Input checks and the state rules of the KeyStore contract, shared by every KeyStore
+ * implementation (MemoryKeyStore here, SqliteKeyStore, later PostgreSQL), so that they refuse the
+ * same inputs with the same messages. Exported from the package as `keyStoreChecks` for store
+ * implementers; the @keywarden/testkit conformance suite holds every store to them.
+ */
+import { InvalidInputError, KeyStateError } from './errors.js';
+import type { KeyRecord, KeyVersionRecord, KeyVersionState } from './keystore.js';
+
+const STATES: ReadonlySet<string> = new Set<KeyVersionState>(['enabled', 'disabled', 'compromised', 'destroyed']);
+export const SCOPE_FIELDS = ['environment', 'service', 'tenant', 'purpose'] as const;
+const KEY_FIELDS: ReadonlySet<string> = new Set(['id', 'name', 'scope', 'primaryVersion', 'createdAt', 'updatedAt']);
+const VERSION_FIELDS: ReadonlySet<string> = new Set([
+  'keyId',
+  'version',
+  'state',
+  'rootId',
+  'wrappedMaterial',
+  'createdAt',
+  'updatedAt',
+]);
+const LONE_SURROGATE = /[\uD800-\uDBFF](?![\uDC00-\uDFFF])|(?<![\uD800-\uDBFF])[\uDC00-\uDFFF]/;
+
+export function quote(s: string): string {
+  return JSON.stringify(s);
+}
+
+/**
+ * State rules the store enforces because they are facts about the stored data, not policy:
+ * destroyed material is gone, so `destroyed` is terminal; a compromise must never be forgotten,
+ * so `compromised` can only move on to `destroyed`. Setting the current state again is allowed.
+ */
+export function checkTransition(from: KeyVersionState, to: KeyVersionState): void {
+  if (from === to) return;
+  if (from === 'destroyed') throw new KeyStateError('keystore: a destroyed key version cannot change state');
+  if (from === 'compromised' && to !== 'destroyed') {
+    throw new KeyStateError('keystore: a compromised key version can only be destroyed');
+  }
+}
+
+// Input checks. Messages name the field, never its value (values may be long or hostile).
+
+export function checkText(value: unknown, what: string): asserts value is string {
+  if (typeof value !== 'string' || value.length === 0) {
+    throw new InvalidInputError(`keystore: ${what} must be a non-empty string`);
+  }
+  checkTextContent(value, what);
+}
+
+/** Characters no store can keep faithfully: a lone surrogate has no UTF-8 encoding, and
+ * PostgreSQL text (and C strings such as PKCS#11 labels) cannot hold NUL. */
+function checkTextContent(value: string, what: string): void {
+  if (LONE_SURROGATE.test(value)) throw new InvalidInputError(`keystore: ${what} is not well-formed Unicode`);
+  if (value.includes('\u0000')) throw new InvalidInputError(`keystore: ${what} must not contain NUL`);
+}
+
+export function checkVersionNumber(value: unknown): asserts value is number {
+  if (typeof value !== 'number' || !Number.isSafeInteger(value) || value < 1) {
+    throw new InvalidInputError('keystore: version must be a positive integer');
+  }
+}
+
+export function checkDate(value: unknown, what: string): asserts value is Date {
+  if (!(value instanceof Date) || !Number.isFinite(value.getTime())) {
+    throw new InvalidInputError(`keystore: ${what} must be a valid Date`);
+  }
+}
+
+export function checkState(value: unknown): asserts value is KeyVersionState {
+  if (typeof value !== 'string' || !STATES.has(value)) {
+    throw new InvalidInputError('keystore: state must be enabled, disabled, compromised or destroyed');
+  }
+}
+
+export function checkBoolean(value: unknown, what: string): asserts value is boolean {
+  if (typeof value !== 'boolean') throw new InvalidInputError(`keystore: ${what} must be a boolean`);
+}
+
+export function checkBytes(value: unknown, what: string): asserts value is Uint8Array {
+  if (!(value instanceof Uint8Array)) throw new InvalidInputError(`keystore: ${what} must be a Uint8Array`);
+}
+
+/** Refuse fields this store does not know, so a field added to the types is never silently dropped. */
+function checkKnownFields(value: object, known: ReadonlySet<string>, what: string): void {
+  for (const [field, v] of Object.entries(value)) {
+    if (!known.has(field) && v !== undefined) {
+      throw new InvalidInputError(`keystore: ${what} has an unknown field ${quote(field)}`);
+    }
+  }
+}
+
+export function checkKey(key: KeyRecord): void {
+  if (typeof key !== 'object' || key === null) throw new InvalidInputError('keystore: key must be an object');
+  checkKnownFields(key, KEY_FIELDS, 'key');
+  checkText(key.id, 'key id');
+  checkText(key.name, 'key name');
+  if (typeof key.scope !== 'object' || key.scope === null) {
+    throw new InvalidInputError('keystore: key scope must be an object');
+  }
+  checkKnownFields(key.scope, new Set<string>(SCOPE_FIELDS), 'key scope');
+  for (const field of SCOPE_FIELDS) {
+    const value = key.scope[field];
+    if (value !== undefined && typeof value !== 'string') {
+      throw new InvalidInputError(`keystore: key scope ${field} must be a string`);
+    }
+    if (value !== undefined) checkTextContent(value, `key scope ${field}`);
+  }
+  checkVersionNumber(key.primaryVersion);
+  checkDate(key.createdAt, 'key createdAt');
+  checkDate(key.updatedAt, 'key updatedAt');
+}
+
+export function checkVersion(v: KeyVersionRecord): void {
+  if (typeof v !== 'object' || v === null) throw new InvalidInputError('keystore: key version must be an object');
+  checkKnownFields(v, VERSION_FIELDS, 'key version');
+  checkText(v.keyId, 'key id');
+  checkVersionNumber(v.version);
+  checkState(v.state);
+  checkText(v.rootId, 'root id');
+  checkBytes(v.wrappedMaterial, 'wrapped material');
+  if (v.state === 'destroyed' && v.wrappedMaterial.length !== 0) {
+    throw new InvalidInputError('keystore: a destroyed key version must have empty wrapped material');
+  }
+  checkDate(v.createdAt, 'version createdAt');
+  checkDate(v.updatedAt, 'version updatedAt');
+}

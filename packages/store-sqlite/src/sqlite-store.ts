@@ -1,0 +1,569 @@
+/**
+ * SqliteKeyStore: the embedded default KeyStore, one SQLite file through better-sqlite3.
+ *
+ * Durability and safety choices (README.md explains them to users):
+ * - WAL journal with `synchronous=FULL`: a commit returns only after the WAL is fsynced, so a
+ *   committed key survives power loss (https://sqlite.org/pragma.html#pragma_synchronous);
+ * - every write is one IMMEDIATE transaction: it takes the write lock up front, so it waits on
+ *   `busy_timeout` instead of failing half-way with SQLITE_BUSY when another writer is active,
+ *   and a crash leaves each write fully applied or not at all;
+ * - `foreign_keys=ON` and STRICT tables with CHECK constraints (see _schema.ts) back up the
+ *   checks done in code: no version without its key, no key without its primary version;
+ * - `secure_delete=ON` zeroes freed content, and destroying a version checkpoints and truncates
+ *   the WAL, so erased material does not linger in the database or WAL files;
+ * - files are created owner-only (0600).
+ *
+ * better-sqlite3 is synchronous; the KeyStore methods stay async (and report every failure as a
+ * rejection) so callers do not depend on that.
+ */
+import { chmodSync, closeSync, existsSync, openSync } from 'node:fs';
+import {
+  ClosedError,
+  InvalidInputError,
+  KeyExistsError,
+  KeyNotFoundError,
+  KeyStoreError,
+  KeywardenError,
+  type KeyRecord,
+  type KeyScope,
+  type KeyStore,
+  type KeyVersionRecord,
+  type KeyVersionState,
+  keyStoreChecks as checks,
+} from '@keywarden/core';
+import Database from 'better-sqlite3';
+import { APPLICATION_ID, MIGRATIONS, SCHEMA_VERSION, SCHEMA_VERSION_TABLE } from './_schema.js';
+
+export { SCHEMA_VERSION } from './_schema.js';
+
+export interface SqliteKeyStoreOptions {
+  /** Open for reading only: the file must exist and be at the current schema version. */
+  readonly?: boolean;
+  /** How long a write waits for another connection's write lock before failing. Default 5000 ms. */
+  busyTimeoutMs?: number;
+}
+
+/** Connection settings as SQLite reports them (for diagnostics and tests). */
+export interface SqliteStoreSettings {
+  journalMode: string;
+  synchronous: 'OFF' | 'NORMAL' | 'FULL' | 'EXTRA';
+  foreignKeys: boolean;
+  secureDelete: boolean;
+  busyTimeoutMs: number;
+  schemaVersion: number;
+  readonly: boolean;
+}
+
+const DEFAULT_BUSY_TIMEOUT_MS = 5000;
+const FILE_MODE = 0o600;
+const SYNCHRONOUS_NAMES = ['OFF', 'NORMAL', 'FULL', 'EXTRA'] as const;
+
+interface KeyRow {
+  id: string;
+  name: string;
+  environment: string | null;
+  service: string | null;
+  tenant: string | null;
+  purpose: string | null;
+  primary_version: number;
+  created_at: number;
+  updated_at: number;
+}
+
+interface VersionRow {
+  key_id: string;
+  version: number;
+  state: KeyVersionState;
+  root_id: string;
+  wrapped_material: Buffer;
+  created_at: number;
+  updated_at: number;
+}
+
+type Db = Database.Database;
+
+const KEY_COLUMNS = 'id, name, environment, service, tenant, purpose, primary_version, created_at, updated_at';
+const VERSION_COLUMNS = 'key_id, version, state, root_id, wrapped_material, created_at, updated_at';
+
+/** Statements prepared once per connection. */
+function prepare(db: Db) {
+  return {
+    keyByIdOrName: db.prepare<{ key: string }, KeyRow>(
+      // One statement, one snapshot; an id match wins (ids and names share one namespace anyway).
+      `SELECT ${KEY_COLUMNS} FROM keys WHERE id = @key OR name = @key ORDER BY id = @key DESC LIMIT 1`,
+    ),
+    keyById: db.prepare<[string], KeyRow>(`SELECT ${KEY_COLUMNS} FROM keys WHERE id = ?`),
+    listKeys: db.prepare<[], KeyRow>(`SELECT ${KEY_COLUMNS} FROM keys ORDER BY name`),
+    idOrNameTaken: db.prepare<{ id: string; name: string }, { id: string; name: string }>(
+      'SELECT id, name FROM keys WHERE id IN (@id, @name) OR name IN (@id, @name) LIMIT 1',
+    ),
+    insertKey: db.prepare(
+      `INSERT INTO keys (${KEY_COLUMNS}) VALUES
+        (@id, @name, @environment, @service, @tenant, @purpose, @primary_version, @created_at, @updated_at)`,
+    ),
+    setPrimary: db.prepare<[number, number, string]>(
+      'UPDATE keys SET primary_version = ?, updated_at = ? WHERE id = ?',
+    ),
+    version: db.prepare<[string, number], VersionRow>(
+      `SELECT ${VERSION_COLUMNS} FROM key_versions WHERE key_id = ? AND version = ?`,
+    ),
+    versionState: db.prepare<[string, number], { state: KeyVersionState }>(
+      'SELECT state FROM key_versions WHERE key_id = ? AND version = ?',
+    ),
+    listVersions: db.prepare<[string], VersionRow>(
+      `SELECT ${VERSION_COLUMNS} FROM key_versions WHERE key_id = ? ORDER BY version`,
+    ),
+    insertVersion: db.prepare(
+      `INSERT INTO key_versions (${VERSION_COLUMNS}) VALUES
+        (@key_id, @version, @state, @root_id, @wrapped_material, @created_at, @updated_at)`,
+    ),
+    setState: db.prepare<[KeyVersionState, number, string, number]>(
+      'UPDATE key_versions SET state = ?, updated_at = ? WHERE key_id = ? AND version = ?',
+    ),
+    destroy: db.prepare<[number, string, number]>(
+      `UPDATE key_versions SET state = 'destroyed', wrapped_material = X'', updated_at = ?
+        WHERE key_id = ? AND version = ?`,
+    ),
+    getMeta: db.prepare<[string], { value: Buffer }>('SELECT value FROM meta WHERE name = ?'),
+    putMeta: db.prepare<[string, Buffer]>(
+      'INSERT INTO meta (name, value) VALUES (?, ?) ON CONFLICT (name) DO UPDATE SET value = excluded.value',
+    ),
+  };
+}
+
+type Statements = ReturnType<typeof prepare>;
+
+export class SqliteKeyStore implements KeyStore {
+  #db: Db | undefined;
+  readonly #sql: Statements;
+  readonly #readonly: boolean;
+
+  private constructor(db: Db, readonly: boolean) {
+    this.#db = db;
+    this.#readonly = readonly;
+    this.#sql = prepare(db);
+  }
+
+  /**
+   * Open (creating when missing, with mode 0600) the key store at `path`, and bring its schema up
+   * to date. `":memory:"` gives a private in-memory store. Throws KeyStoreError when the file
+   * cannot be opened, is not a Keywarden key store, or has a newer schema than this Keywarden.
+   */
+  static open(path: string, options: SqliteKeyStoreOptions = {}): SqliteKeyStore {
+    if (typeof path !== 'string' || path.length === 0) {
+      throw new KeyStoreError('keystore: the database path must be a non-empty string');
+    }
+    const readonly = options.readonly ?? false;
+    const busyTimeoutMs = options.busyTimeoutMs ?? DEFAULT_BUSY_TIMEOUT_MS;
+    if (!Number.isSafeInteger(busyTimeoutMs) || busyTimeoutMs < 0) {
+      throw new KeyStoreError('keystore: busyTimeoutMs must be a non-negative integer');
+    }
+    const inMemory = path === ':memory:';
+    if (!inMemory && !readonly) createOwnerOnly(path);
+
+    let db: Db;
+    try {
+      db = new Database(path, { readonly, fileMustExist: readonly || !inMemory, timeout: busyTimeoutMs });
+    } catch (err) {
+      throw storeError('open', err);
+    }
+    try {
+      configure(db, readonly, busyTimeoutMs);
+      if (!inMemory && !readonly) restrictSidecarFiles(path);
+      return new SqliteKeyStore(db, readonly);
+    } catch (err) {
+      db.close();
+      throw KeywardenError.isInstance(err) ? err : storeError('open', err);
+    }
+  }
+
+  /** The connection's settings as SQLite reports them. */
+  settings(): SqliteStoreSettings {
+    const db = this.#open();
+    const pragma = (name: string): unknown => db.pragma(name, { simple: true });
+    return {
+      journalMode: String(pragma('journal_mode')),
+      synchronous: SYNCHRONOUS_NAMES[Number(pragma('synchronous'))] ?? 'OFF',
+      foreignKeys: pragma('foreign_keys') === 1,
+      secureDelete: pragma('secure_delete') === 1,
+      busyTimeoutMs: Number(pragma('busy_timeout')),
+      schemaVersion: schemaVersionOf(db),
+      readonly: this.#readonly,
+    };
+  }
+
+  async createKey(key: KeyRecord, firstVersion: KeyVersionRecord): Promise<void> {
+    this.#writable();
+    // Preconditions: both records well-formed and describing the same key, whose primary is this version.
+    checks.checkKey(key);
+    checks.checkVersion(firstVersion);
+    if (firstVersion.keyId !== key.id) {
+      throw new InvalidInputError('keystore: createKey: the first version belongs to another key id');
+    }
+    if (firstVersion.version !== key.primaryVersion) {
+      throw new InvalidInputError('keystore: createKey: primaryVersion must be the first version');
+    }
+    this.#write('createKey', () => {
+      // Ids and names share one namespace so that getKey(idOrName) is never ambiguous.
+      const taken = this.#sql.idOrNameTaken.get({ id: key.id, name: key.name });
+      if (taken) {
+        const clash = taken.id === key.id || taken.name === key.id ? key.id : key.name;
+        throw new KeyExistsError(`keystore: a key with id or name ${checks.quote(clash)} already exists`);
+      }
+      this.#sql.insertKey.run(keyToRow(key));
+      this.#sql.insertVersion.run(versionToRow(firstVersion));
+    });
+  }
+
+  async getKey(idOrName: string): Promise<KeyRecord | undefined> {
+    this.#open();
+    checks.checkText(idOrName, 'key id or name');
+    return this.#read('getKey', () => {
+      const row = this.#sql.keyByIdOrName.get({ key: idOrName });
+      return row && rowToKey(row);
+    });
+  }
+
+  async listKeys(): Promise<KeyRecord[]> {
+    // ORDER BY name uses the BINARY collation: UTF-8 byte order, which is code-point order.
+    return this.#read('listKeys', () => this.#sql.listKeys.all().map(rowToKey));
+  }
+
+  async getVersion(keyId: string, version: number): Promise<KeyVersionRecord | undefined> {
+    this.#open();
+    checks.checkText(keyId, 'key id');
+    checks.checkVersionNumber(version);
+    return this.#read('getVersion', () => {
+      const row = this.#sql.version.get(keyId, version);
+      return row && rowToVersion(row);
+    });
+  }
+
+  async listVersions(keyId: string): Promise<KeyVersionRecord[]> {
+    this.#open();
+    checks.checkText(keyId, 'key id');
+    return this.#read('listVersions', () => this.#sql.listVersions.all(keyId).map(rowToVersion));
+  }
+
+  async addVersion(version: KeyVersionRecord, makePrimary: boolean): Promise<void> {
+    this.#writable();
+    checks.checkVersion(version);
+    checks.checkBoolean(makePrimary, 'makePrimary');
+    this.#write('addVersion', () => {
+      if (!this.#sql.keyById.get(version.keyId)) {
+        throw new KeyNotFoundError(`keystore: key ${checks.quote(version.keyId)} not found`);
+      }
+      if (this.#sql.versionState.get(version.keyId, version.version)) {
+        throw new KeyExistsError(`keystore: key ${checks.quote(version.keyId)} already has version ${version.version}`);
+      }
+      this.#sql.insertVersion.run(versionToRow(version));
+      if (makePrimary) this.#sql.setPrimary.run(version.version, version.createdAt.getTime(), version.keyId);
+    });
+  }
+
+  async setPrimaryVersion(keyId: string, version: number, at: Date): Promise<void> {
+    this.#writable();
+    checks.checkText(keyId, 'key id');
+    checks.checkVersionNumber(version);
+    checks.checkDate(at, 'at');
+    this.#write('setPrimaryVersion', () => {
+      if (!this.#sql.keyById.get(keyId)) throw new KeyNotFoundError(`keystore: key ${checks.quote(keyId)} not found`);
+      if (!this.#sql.versionState.get(keyId, version)) {
+        throw new KeyNotFoundError(`keystore: key ${checks.quote(keyId)} has no version ${version}`);
+      }
+      this.#sql.setPrimary.run(version, at.getTime(), keyId);
+    });
+  }
+
+  async setVersionState(keyId: string, version: number, state: KeyVersionState, at: Date): Promise<void> {
+    const db = this.#writable();
+    checks.checkText(keyId, 'key id');
+    checks.checkVersionNumber(version);
+    checks.checkState(state);
+    checks.checkDate(at, 'at');
+    this.#write('setVersionState', () => {
+      const current = this.#sql.versionState.get(keyId, version);
+      if (!current) throw new KeyNotFoundError(`keystore: key ${checks.quote(keyId)} has no version ${version}`);
+      checks.checkTransition(current.state, state);
+      if (state === 'destroyed') this.#sql.destroy.run(at.getTime(), keyId, version);
+      else this.#sql.setState.run(state, at.getTime(), keyId, version);
+    });
+    if (state === 'destroyed') truncateWal(db);
+  }
+
+  async getMeta(name: string): Promise<Uint8Array | undefined> {
+    this.#open();
+    checks.checkText(name, 'meta name');
+    return this.#read('getMeta', () => {
+      const row = this.#sql.getMeta.get(name);
+      return row && copyOut(row.value);
+    });
+  }
+
+  async putMeta(name: string, value: Uint8Array): Promise<void> {
+    this.#writable();
+    checks.checkText(name, 'meta name');
+    checks.checkBytes(value, 'meta value');
+    this.#write('putMeta', () => {
+      this.#sql.putMeta.run(name, asBuffer(value));
+    });
+  }
+
+  /** Idempotent. The last connection to close checkpoints the WAL into the database file. */
+  async close(): Promise<void> {
+    const db = this.#db;
+    if (!db) return;
+    this.#db = undefined;
+    try {
+      db.close();
+    } catch (err) {
+      throw storeError('close', err);
+    }
+  }
+
+  #open(): Db {
+    if (!this.#db) throw new ClosedError('keystore: the SQLite key store is closed');
+    return this.#db;
+  }
+
+  #writable(): Db {
+    const db = this.#open();
+    if (this.#readonly) throw new KeyStoreError('keystore: the SQLite key store is open read-only');
+    return db;
+  }
+
+  /** Runs `body` in one IMMEDIATE transaction; any throw rolls the whole write back. */
+  #write(operation: string, body: () => void): void {
+    const db = this.#open();
+    try {
+      db.transaction(body).immediate();
+    } catch (err) {
+      throw KeywardenError.isInstance(err) ? err : storeError(operation, err);
+    }
+  }
+
+  #read<T>(operation: string, body: () => T): T {
+    this.#open();
+    try {
+      return body();
+    } catch (err) {
+      throw KeywardenError.isInstance(err) ? err : storeError(operation, err);
+    }
+  }
+}
+
+// ── Opening ────────────────────────────────────────────────────────────────────────────────────
+
+/** Create the database file owner-only before SQLite opens it (SQLite would use 0644 & ~umask). */
+function createOwnerOnly(path: string): void {
+  if (existsSync(path)) return;
+  try {
+    closeSync(openSync(path, 'a', FILE_MODE));
+    chmodSync(path, FILE_MODE);
+  } catch (err) {
+    throw storeError('create', err);
+  }
+}
+
+/**
+ * SQLite gives the -wal and -shm files the mode of the database file. Tighten them anyway when
+ * present, in case they were left behind by a process with a looser umask.
+ */
+function restrictSidecarFiles(path: string): void {
+  for (const sidecar of [`${path}-wal`, `${path}-shm`]) {
+    try {
+      chmodSync(sidecar, FILE_MODE);
+    } catch (err) {
+      const code = (err as NodeJS.ErrnoException).code;
+      // Missing: nothing to do. EPERM: owned by another user, a deliberate shared setup.
+      if (code !== 'ENOENT' && code !== 'EPERM') throw storeError('chmod', err);
+    }
+  }
+}
+
+function configure(db: Db, readonly: boolean, busyTimeoutMs: number): void {
+  db.pragma(`busy_timeout = ${busyTimeoutMs}`);
+  // Identify the file before changing anything in it: never convert someone else's database.
+  const appId = Number(db.pragma('application_id', { simple: true }));
+  const hasVersionTable = tableExists(db, 'schema_version');
+  if (appId !== APPLICATION_ID && (appId !== 0 || hasVersionTable || userTableCount(db) > 0)) {
+    throw new KeyStoreError('keystore: the file is not a Keywarden key store');
+  }
+  checkNotNewer(schemaVersionOf(db));
+
+  db.pragma('foreign_keys = ON');
+  db.pragma('trusted_schema = OFF');
+  db.pragma('cell_size_check = ON');
+  if (readonly) {
+    const version = schemaVersionOf(db);
+    if (version < SCHEMA_VERSION) {
+      throw new KeyStoreError(
+        `keystore: database schema version ${version} is older than this Keywarden (${SCHEMA_VERSION}); open it read-write once to upgrade it`,
+      );
+    }
+    return;
+  }
+  db.pragma('secure_delete = ON');
+  // WAL needs a file; an in-memory database reports "memory" and keeps it.
+  const mode = String(db.pragma('journal_mode = WAL', { simple: true }));
+  if (mode !== 'wal' && mode !== 'memory') {
+    throw new KeyStoreError(`keystore: cannot enable the WAL journal (journal_mode is ${mode})`);
+  }
+  db.pragma('synchronous = FULL');
+  migrate(db);
+}
+
+function migrate(db: Db): void {
+  db.transaction(() => {
+    // Read again under the write lock: another process may have migrated meanwhile.
+    const current = schemaVersionOf(db);
+    checkNotNewer(current);
+    if (current === SCHEMA_VERSION) return;
+    db.exec(SCHEMA_VERSION_TABLE);
+    db.pragma(`application_id = ${APPLICATION_ID}`);
+    const record = db.prepare<[number, number]>('INSERT INTO schema_version (version, applied_at) VALUES (?, ?)');
+    for (const migration of MIGRATIONS) {
+      if (migration.version <= current) continue;
+      db.exec(migration.sql);
+      record.run(migration.version, Date.now());
+    }
+  }).immediate();
+}
+
+function checkNotNewer(version: number): void {
+  if (version > SCHEMA_VERSION) {
+    throw new KeyStoreError(
+      `keystore: database schema version ${version} is newer than this Keywarden (${SCHEMA_VERSION})`,
+    );
+  }
+}
+
+function tableExists(db: Db, name: string): boolean {
+  return db.prepare("SELECT 1 FROM sqlite_schema WHERE type = 'table' AND name = ?").get(name) !== undefined;
+}
+
+function userTableCount(db: Db): number {
+  const row = db
+    .prepare("SELECT count(*) AS n FROM sqlite_schema WHERE name NOT LIKE 'sqlite\\_%' ESCAPE '\\'")
+    .get() as {
+    n: number;
+  };
+  return row.n;
+}
+
+function schemaVersionOf(db: Db): number {
+  if (!tableExists(db, 'schema_version')) return 0;
+  const row = db.prepare('SELECT max(version) AS v FROM schema_version').get() as { v: number | null };
+  return row.v ?? 0;
+}
+
+/**
+ * After a version is destroyed, copy the WAL into the database and truncate the WAL to zero
+ * bytes, so the frames that still hold the old material are gone from the WAL file
+ * (https://sqlite.org/pragma.html#pragma_wal_checkpoint). Best effort: with readers active the
+ * checkpoint may stop early; the material is erased from the database either way, and the frames
+ * are overwritten by later checkpoints. The write has committed, so failures are not reported.
+ */
+function truncateWal(db: Db): void {
+  try {
+    db.pragma('wal_checkpoint(TRUNCATE)');
+  } catch {
+    // Deliberately ignored: see above.
+  }
+}
+
+// ── Rows ───────────────────────────────────────────────────────────────────────────────────────
+
+function keyToRow(key: KeyRecord): KeyRow {
+  return {
+    id: key.id,
+    name: key.name,
+    environment: key.scope.environment ?? null,
+    service: key.scope.service ?? null,
+    tenant: key.scope.tenant ?? null,
+    purpose: key.scope.purpose ?? null,
+    primary_version: key.primaryVersion,
+    created_at: key.createdAt.getTime(),
+    updated_at: key.updatedAt.getTime(),
+  };
+}
+
+function rowToKey(row: KeyRow): KeyRecord {
+  const scope: KeyScope = {};
+  for (const field of checks.SCOPE_FIELDS) {
+    const value = row[field];
+    if (value !== null) scope[field] = value;
+  }
+  return {
+    id: row.id,
+    name: row.name,
+    scope,
+    primaryVersion: row.primary_version,
+    createdAt: new Date(row.created_at),
+    updatedAt: new Date(row.updated_at),
+  };
+}
+
+function versionToRow(v: KeyVersionRecord): VersionRow {
+  return {
+    key_id: v.keyId,
+    version: v.version,
+    state: v.state,
+    root_id: v.rootId,
+    wrapped_material: asBuffer(v.wrappedMaterial),
+    created_at: v.createdAt.getTime(),
+    updated_at: v.updatedAt.getTime(),
+  };
+}
+
+function rowToVersion(row: VersionRow): KeyVersionRecord {
+  return {
+    keyId: row.key_id,
+    version: row.version,
+    state: row.state,
+    rootId: row.root_id,
+    wrappedMaterial: copyOut(row.wrapped_material),
+    createdAt: new Date(row.created_at),
+    updatedAt: new Date(row.updated_at),
+  };
+}
+
+/** A Buffer view of the caller's bytes for binding (SQLite copies them; nothing to wipe). */
+function asBuffer(bytes: Uint8Array): Buffer {
+  return Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+}
+
+/** A plain Uint8Array copy of a blob read from SQLite; the Buffer better-sqlite3 made is wiped. */
+function copyOut(blob: Buffer): Uint8Array {
+  const out = new Uint8Array(blob);
+  blob.fill(0);
+  return out;
+}
+
+// ── Errors ─────────────────────────────────────────────────────────────────────────────────────
+
+/**
+ * Turn a driver error into a Keywarden error with a one-line message naming the operation and
+ * the SQLite result code only: SQLite messages can quote SQL, and no value belongs in a message.
+ * The constraint codes are a backstop: the methods check existence themselves first.
+ */
+function storeError(operation: string, err: unknown): KeywardenError {
+  const code = sqliteCode(err);
+  if (code === 'SQLITE_CONSTRAINT_PRIMARYKEY' || code === 'SQLITE_CONSTRAINT_UNIQUE') {
+    return new KeyExistsError(`keystore: ${operation}: the key or version already exists`, { cause: err });
+  }
+  if (code === 'SQLITE_CONSTRAINT_FOREIGNKEY') {
+    return new KeyNotFoundError(`keystore: ${operation}: the key or version does not exist`, { cause: err });
+  }
+  if (code !== undefined) return new KeyStoreError(`keystore: ${operation} failed (${code})`, { cause: err });
+  const errno = (err as NodeJS.ErrnoException | undefined)?.code;
+  if (typeof errno === 'string' && /^E[A-Z]+$/.test(errno)) {
+    return new KeyStoreError(`keystore: ${operation} failed (${errno})`, { cause: err });
+  }
+  return new KeyStoreError(`keystore: ${operation} failed`, { cause: err });
+}
+
+function sqliteCode(err: unknown): string | undefined {
+  if (err instanceof Database.SqliteError && /^SQLITE_[A-Z_]+$/.test(err.code)) return err.code;
+  return undefined;
+}

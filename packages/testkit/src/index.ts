@@ -1,0 +1,7 @@
+/**
+ * @keywarden/testkit: shared conformance suites for Keywarden packages (private, not published).
+ * Run a suite from a package's own test file, e.g.
+ *   describeKeyStoreConformance('SqliteKeyStore', async () => ({ store: SqliteKeyStore.open(path) }));
+ */
+export { describeKeyStoreConformance } from './keystore-conformance.js';
+export type { KeyStoreFactory, KeyStoreFixture } from './keystore-conformance.js';

@@ -1,0 +1,715 @@
+/**
+ * The KeyStore conformance suite (house style §6: one suite, run against every backend).
+ *
+ * Each test name states one clause of the KeyStore contract (packages/core/src/keystore.ts).
+ * Errors are recognised by their stable `code` and the global error brand that
+ * `KeywardenError.isInstance()` checks, so this file only needs types from @keywarden/core.
+ */
+import { randomBytes } from 'node:crypto';
+import type { KeyRecord, KeyScope, KeyStore, KeyVersionRecord, KeyVersionState } from '@keywarden/core';
+import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+
+export interface KeyStoreFixture {
+  store: KeyStore;
+  /** Runs after the suite has closed `store` (remove temporary files, drop a database…). */
+  cleanup?: () => Promise<void>;
+}
+
+export type KeyStoreFactory = () => Promise<KeyStoreFixture>;
+
+/** The brand `KeywardenError.isInstance()` checks (packages/core/src/errors.ts). */
+const ERROR_BRAND = Symbol.for('keywarden.error');
+
+type ErrorCode = 'KW_KEY_EXISTS' | 'KW_KEY_NOT_FOUND' | 'KW_KEY_STATE' | 'KW_BAD_INPUT' | 'KW_CLOSED' | 'KW_STORE';
+
+/** A fixed instant with a non-zero millisecond part, so a store that drops milliseconds fails. */
+const T0 = Date.UTC(2025, 2, 14, 15, 9, 26, 535);
+function at(offsetMs = 0): Date {
+  return new Date(T0 + offsetMs);
+}
+
+function material(length = 40): Uint8Array {
+  return new Uint8Array(randomBytes(length));
+}
+
+function keyRecord(overrides: Partial<KeyRecord> = {}): KeyRecord {
+  return {
+    id: 'kek_payments',
+    name: 'payments',
+    scope: { environment: 'production', service: 'billing', tenant: 'acme', purpose: 'card-data' },
+    primaryVersion: 1,
+    createdAt: at(0),
+    updatedAt: at(0),
+    ...overrides,
+  };
+}
+
+function versionRecord(keyId: string, version: number, overrides: Partial<KeyVersionRecord> = {}): KeyVersionRecord {
+  return {
+    keyId,
+    version,
+    state: 'enabled',
+    rootId: 'root_software_test',
+    wrappedMaterial: material(),
+    createdAt: at(version * 1000),
+    updatedAt: at(version * 1000),
+    ...overrides,
+  };
+}
+
+/** Creates `payments` (kek_payments) with version 1; returns what was stored. */
+async function createSample(
+  store: KeyStore,
+  overrides: Partial<KeyRecord> = {},
+): Promise<{ key: KeyRecord; v1: KeyVersionRecord }> {
+  const key = keyRecord(overrides);
+  const v1 = versionRecord(key.id, key.primaryVersion);
+  await store.createKey(key, v1);
+  return { key, v1 };
+}
+
+/**
+ * Asserts the call returns a promise that rejects with a Keywarden error of `code`, whose message
+ * starts with "keystore: ", is one line, and contains none of `secrets` in any common encoding.
+ */
+async function expectRejects(
+  call: () => Promise<unknown>,
+  code: ErrorCode,
+  secrets: readonly Uint8Array[] = [],
+): Promise<Error> {
+  let pending: Promise<unknown>;
+  try {
+    pending = call();
+  } catch (err) {
+    throw new Error(`expected a rejected promise with ${code}, but the call threw synchronously: ${String(err)}`);
+  }
+  let caught: unknown;
+  let resolved = false;
+  try {
+    await pending;
+    resolved = true;
+  } catch (err) {
+    caught = err;
+  }
+  expect(resolved, `expected a rejection with ${code}, but the promise resolved`).toBe(false);
+  expect(caught).toBeInstanceOf(Error);
+  const err = caught as Error & { code?: unknown; [ERROR_BRAND]?: unknown };
+  expect(err.code, `error: ${err.message}`).toBe(code);
+  expect(err[ERROR_BRAND], 'a Keywarden error (KeywardenError.isInstance)').toBe(true);
+  expect(err.message).toMatch(/^keystore: \S/);
+  expect(err.message).not.toMatch(/[\r\n]/);
+  for (const secret of secrets) {
+    if (secret.length < 4) continue;
+    const b = Buffer.from(secret);
+    for (const encoded of [b.toString('hex'), b.toString('base64'), b.toString('base64url'), b.toString('latin1')]) {
+      expect(err.message.includes(encoded), 'the message must not carry key material').toBe(false);
+    }
+  }
+  return err;
+}
+
+function bytesOf(value: Uint8Array | undefined): number[] | undefined {
+  return value && Array.from(value);
+}
+
+/**
+ * Registers the KeyStore conformance suite. `factory` is called before every test and must
+ * return a fresh, empty store; the suite closes it after each test, then calls `cleanup`.
+ */
+export function describeKeyStoreConformance(name: string, factory: KeyStoreFactory): void {
+  describe(`KeyStore conformance: ${name}`, () => {
+    let store: KeyStore;
+    let cleanup: (() => Promise<void>) | undefined;
+
+    beforeEach(async () => {
+      const fixture = await factory();
+      store = fixture.store;
+      cleanup = fixture.cleanup;
+    });
+
+    afterEach(async () => {
+      try {
+        await store.close();
+      } finally {
+        await cleanup?.();
+      }
+    });
+
+    describe('createKey and getKey', () => {
+      it('createKey stores the key and its first version; getKey finds the key by id and by name', async () => {
+        const { key, v1 } = await createSample(store);
+        expect(await store.getKey(key.id)).toStrictEqual(key);
+        expect(await store.getKey(key.name)).toStrictEqual(key);
+        expect(await store.getVersion(key.id, 1)).toStrictEqual(v1);
+      });
+
+      it('getKey resolves to undefined for an unknown id or name', async () => {
+        await createSample(store);
+        expect(await store.getKey('kek_missing')).toBeUndefined();
+        expect(await store.getKey('missing')).toBeUndefined();
+      });
+
+      it('createKey rejects a duplicate id with KeyExistsError (KW_KEY_EXISTS)', async () => {
+        const { key } = await createSample(store);
+        const other = keyRecord({ name: 'other' });
+        const secret = material();
+        await expectRejects(
+          () => store.createKey(other, versionRecord(key.id, 1, { wrappedMaterial: secret })),
+          'KW_KEY_EXISTS',
+          [secret],
+        );
+      });
+
+      it('createKey rejects a duplicate name with KeyExistsError (KW_KEY_EXISTS)', async () => {
+        await createSample(store);
+        const secret = material();
+        await expectRejects(
+          () =>
+            store.createKey(keyRecord({ id: 'kek_other' }), versionRecord('kek_other', 1, { wrappedMaterial: secret })),
+          'KW_KEY_EXISTS',
+          [secret],
+        );
+      });
+
+      it("ids and names share one namespace: a name equal to another key's id, or an id equal to another key's name, is rejected with KeyExistsError", async () => {
+        await createSample(store); // id kek_payments, name payments
+        await expectRejects(
+          () => store.createKey(keyRecord({ id: 'kek_2', name: 'kek_payments' }), versionRecord('kek_2', 1)),
+          'KW_KEY_EXISTS',
+        );
+        await expectRejects(
+          () => store.createKey(keyRecord({ id: 'payments', name: 'other' }), versionRecord('payments', 1)),
+          'KW_KEY_EXISTS',
+        );
+        expect((await store.listKeys()).map((k) => k.id)).toEqual(['kek_payments']);
+      });
+
+      it('a key whose name equals its own id is accepted', async () => {
+        const { key } = await createSample(store, { id: 'kek_self', name: 'kek_self' });
+        expect(await store.getKey('kek_self')).toStrictEqual(key);
+      });
+
+      it('names are matched exactly: case-sensitive, without Unicode normalisation', async () => {
+        await createSample(store, { id: 'kek_1', name: 'Payments' });
+        await createSample(store, { id: 'kek_2', name: 'payments' });
+        await createSample(store, { id: 'kek_3', name: 'caf\u00e9' }); // NFC
+        await createSample(store, { id: 'kek_4', name: 'cafe\u0301' }); // NFD
+        expect((await store.getKey('Payments'))?.id).toBe('kek_1');
+        expect((await store.getKey('payments'))?.id).toBe('kek_2');
+        expect((await store.getKey('PAYMENTS'))?.id).toBeUndefined();
+        expect((await store.getKey('caf\u00e9'))?.id).toBe('kek_3');
+        expect((await store.getKey('cafe\u0301'))?.id).toBe('kek_4');
+      });
+
+      it('createKey rejects a first version of another key id, or one that is not the primary version, with InvalidInputError (KW_BAD_INPUT)', async () => {
+        const key = keyRecord();
+        await expectRejects(() => store.createKey(key, versionRecord('kek_other', 1)), 'KW_BAD_INPUT');
+        await expectRejects(() => store.createKey(key, versionRecord(key.id, 2)), 'KW_BAD_INPUT');
+        expect(await store.listKeys()).toEqual([]);
+      });
+
+      it('createKey rejects malformed records with InvalidInputError (KW_BAD_INPUT)', async () => {
+        const bad: Array<[string, KeyRecord, KeyVersionRecord]> = [
+          ['empty id', keyRecord({ id: '' }), versionRecord('', 1)],
+          ['empty name', keyRecord({ name: '' }), versionRecord('kek_payments', 1)],
+          ['lone surrogate in name', keyRecord({ name: 'bad\uD800' }), versionRecord('kek_payments', 1)],
+          [
+            'NUL in name (not storable in every database)',
+            keyRecord({ name: 'a\u0000b' }),
+            versionRecord('kek_payments', 1),
+          ],
+          ['NUL in id', keyRecord({ id: 'kek_\u0000' }), versionRecord('kek_\u0000', 1)],
+          ['version 0', keyRecord({ primaryVersion: 0 }), versionRecord('kek_payments', 0)],
+          ['fractional version', keyRecord({ primaryVersion: 1.5 }), versionRecord('kek_payments', 1.5)],
+          ['invalid date', keyRecord({ createdAt: new Date(Number.NaN) }), versionRecord('kek_payments', 1)],
+          [
+            'unknown state',
+            keyRecord(),
+            versionRecord('kek_payments', 1, { state: 'deleted' as unknown as KeyVersionState }),
+          ],
+          ['empty root id', keyRecord(), versionRecord('kek_payments', 1, { rootId: '' })],
+          [
+            'material not a Uint8Array',
+            keyRecord(),
+            versionRecord('kek_payments', 1, { wrappedMaterial: 'AAAA' as unknown as Uint8Array }),
+          ],
+          ['destroyed version with material', keyRecord(), versionRecord('kek_payments', 1, { state: 'destroyed' })],
+          [
+            'non-string scope field',
+            keyRecord({ scope: { tenant: 42 as unknown as string } }),
+            versionRecord('kek_payments', 1),
+          ],
+          [
+            'unknown scope field (a new field must never be silently dropped)',
+            keyRecord({ scope: { region: 'eu' } as unknown as KeyScope }),
+            versionRecord('kek_payments', 1),
+          ],
+        ];
+        for (const [, key, version] of bad) {
+          await expectRejects(() => store.createKey(key, version), 'KW_BAD_INPUT');
+        }
+        expect(await store.listKeys()).toEqual([]);
+      });
+    });
+
+    describe('listKeys', () => {
+      it('listKeys resolves to [] for an empty store', async () => {
+        expect(await store.listKeys()).toEqual([]);
+      });
+
+      it('listKeys returns every key ordered by name in Unicode code-point order (UTF-8 byte order), whatever the insertion order', async () => {
+        const names = ['b', '\u{1F600}', 'a', 'B', '\uFFFD', 'caf\u00e9', 'a-1', 'A', 'z'];
+        for (const [i, n] of names.entries()) await createSample(store, { id: `kek_${i}`, name: n });
+        // Code-point order: U+1F600 sorts after U+FFFD (UTF-16 code-unit order would put it before).
+        const expected = ['A', 'B', 'a', 'a-1', 'b', 'caf\u00e9', 'z', '\uFFFD', '\u{1F600}'];
+        expect((await store.listKeys()).map((k) => k.name)).toEqual(expected);
+        // Stable: asking again gives the same order.
+        expect((await store.listKeys()).map((k) => k.name)).toEqual(expected);
+      });
+
+      it('listKeys returns complete records', async () => {
+        const { key } = await createSample(store);
+        expect(await store.listKeys()).toStrictEqual([key]);
+      });
+    });
+
+    describe('versions', () => {
+      it('addVersion without makePrimary adds the version and keeps the primary version and updatedAt', async () => {
+        const { key } = await createSample(store);
+        const v2 = versionRecord(key.id, 2);
+        await store.addVersion(v2, false);
+        expect(await store.getVersion(key.id, 2)).toStrictEqual(v2);
+        expect(await store.getKey(key.id)).toStrictEqual(key);
+      });
+
+      it("addVersion with makePrimary adds the version, makes it primary and sets the key's updatedAt to the version's createdAt", async () => {
+        const { key } = await createSample(store);
+        const v2 = versionRecord(key.id, 2, { createdAt: at(86_400_123), updatedAt: at(86_400_123) });
+        await store.addVersion(v2, true);
+        expect(await store.getVersion(key.id, 2)).toStrictEqual(v2);
+        expect(await store.getKey(key.name)).toStrictEqual({ ...key, primaryVersion: 2, updatedAt: at(86_400_123) });
+      });
+
+      it('addVersion rejects a duplicate version with KeyExistsError (KW_KEY_EXISTS)', async () => {
+        const { key, v1 } = await createSample(store);
+        const secret = material();
+        await expectRejects(
+          () => store.addVersion(versionRecord(key.id, 1, { wrappedMaterial: secret }), false),
+          'KW_KEY_EXISTS',
+          [secret, v1.wrappedMaterial],
+        );
+        expect(await store.getVersion(key.id, 1)).toStrictEqual(v1);
+      });
+
+      it('addVersion for a missing key rejects with KeyNotFoundError (KW_KEY_NOT_FOUND)', async () => {
+        await expectRejects(() => store.addVersion(versionRecord('kek_missing', 1), true), 'KW_KEY_NOT_FOUND');
+      });
+
+      it('getVersion resolves to undefined for a missing version or a missing key', async () => {
+        const { key } = await createSample(store);
+        expect(await store.getVersion(key.id, 2)).toBeUndefined();
+        expect(await store.getVersion('kek_missing', 1)).toBeUndefined();
+      });
+
+      it('getVersion and listVersions take the key id, not the name', async () => {
+        const { key } = await createSample(store);
+        expect(await store.getVersion(key.name, 1)).toBeUndefined();
+        expect(await store.listVersions(key.name)).toEqual([]);
+      });
+
+      it('listVersions returns the versions ordered by version number, whatever the insertion order', async () => {
+        const { key, v1 } = await createSample(store);
+        const v3 = versionRecord(key.id, 3);
+        const v10 = versionRecord(key.id, 10);
+        const v2 = versionRecord(key.id, 2);
+        await store.addVersion(v10, false);
+        await store.addVersion(v3, true);
+        await store.addVersion(v2, false);
+        expect(await store.listVersions(key.id)).toStrictEqual([v1, v2, v3, v10]);
+      });
+
+      it('listVersions resolves to [] for an unknown key', async () => {
+        expect(await store.listVersions('kek_missing')).toEqual([]);
+      });
+
+      it("one key's versions are independent of another key's versions", async () => {
+        const a = await createSample(store, { id: 'kek_a', name: 'a' });
+        const b = await createSample(store, { id: 'kek_b', name: 'b' });
+        await store.setVersionState('kek_a', 1, 'destroyed', at(5));
+        expect(await store.listVersions('kek_b')).toStrictEqual([b.v1]);
+        expect((await store.getVersion('kek_a', 1))?.wrappedMaterial).toHaveLength(0);
+        expect(a.v1.wrappedMaterial.length).toBeGreaterThan(0);
+      });
+    });
+
+    describe('setPrimaryVersion', () => {
+      it('setPrimaryVersion changes the primary version and updatedAt, and keeps createdAt', async () => {
+        const { key } = await createSample(store);
+        await store.addVersion(versionRecord(key.id, 2), false);
+        await store.setPrimaryVersion(key.id, 2, at(7_001));
+        expect(await store.getKey(key.id)).toStrictEqual({ ...key, primaryVersion: 2, updatedAt: at(7_001) });
+        await store.setPrimaryVersion(key.id, 1, at(8_002));
+        expect((await store.getKey(key.id))?.primaryVersion).toBe(1);
+      });
+
+      it('setPrimaryVersion to a missing version rejects with KeyNotFoundError (KW_KEY_NOT_FOUND) and changes nothing', async () => {
+        const { key } = await createSample(store);
+        await expectRejects(() => store.setPrimaryVersion(key.id, 2, at(9)), 'KW_KEY_NOT_FOUND');
+        expect(await store.getKey(key.id)).toStrictEqual(key);
+      });
+
+      it('setPrimaryVersion on a missing key rejects with KeyNotFoundError (KW_KEY_NOT_FOUND)', async () => {
+        await expectRejects(() => store.setPrimaryVersion('kek_missing', 1, at(9)), 'KW_KEY_NOT_FOUND');
+      });
+
+      it('setPrimaryVersion rejects an invalid date with InvalidInputError (KW_BAD_INPUT)', async () => {
+        const { key } = await createSample(store);
+        await expectRejects(() => store.setPrimaryVersion(key.id, 1, new Date(Number.NaN)), 'KW_BAD_INPUT');
+      });
+    });
+
+    describe('setVersionState', () => {
+      it('setVersionState changes the state and updatedAt of that version only', async () => {
+        const { key, v1 } = await createSample(store);
+        const v2 = versionRecord(key.id, 2);
+        await store.addVersion(v2, true);
+        await store.setVersionState(key.id, 1, 'disabled', at(60_001));
+        expect(await store.getVersion(key.id, 1)).toStrictEqual({ ...v1, state: 'disabled', updatedAt: at(60_001) });
+        expect(await store.getVersion(key.id, 2)).toStrictEqual(v2);
+      });
+
+      it('a disabled version can be enabled again', async () => {
+        const { key } = await createSample(store);
+        await store.setVersionState(key.id, 1, 'disabled', at(1));
+        await store.setVersionState(key.id, 1, 'enabled', at(2));
+        expect((await store.getVersion(key.id, 1))?.state).toBe('enabled');
+      });
+
+      it('destroyed erases the wrapped material (length 0) in the same write and keeps the other fields; other versions keep theirs', async () => {
+        const { key, v1 } = await createSample(store);
+        const v2 = versionRecord(key.id, 2);
+        await store.addVersion(v2, true);
+        await store.setVersionState(key.id, 1, 'destroyed', at(90_009));
+        const destroyed = await store.getVersion(key.id, 1);
+        expect(destroyed).toStrictEqual({
+          ...v1,
+          state: 'destroyed',
+          wrappedMaterial: new Uint8Array(0),
+          updatedAt: at(90_009),
+        });
+        expect(destroyed?.wrappedMaterial).toHaveLength(0);
+        expect((await store.listVersions(key.id))[0]?.wrappedMaterial).toHaveLength(0);
+        expect(await store.getVersion(key.id, 2)).toStrictEqual(v2);
+      });
+
+      it('a compromised version can be destroyed, which erases its material', async () => {
+        const { key } = await createSample(store);
+        await store.setVersionState(key.id, 1, 'compromised', at(1));
+        await store.setVersionState(key.id, 1, 'destroyed', at(2));
+        const v = await store.getVersion(key.id, 1);
+        expect(v?.state).toBe('destroyed');
+        expect(v?.wrappedMaterial).toHaveLength(0);
+      });
+
+      it('destroyed is terminal: moving to any other state rejects with KeyStateError (KW_KEY_STATE)', async () => {
+        const { key } = await createSample(store);
+        await store.setVersionState(key.id, 1, 'destroyed', at(1));
+        for (const state of ['enabled', 'disabled', 'compromised'] as const) {
+          await expectRejects(() => store.setVersionState(key.id, 1, state, at(2)), 'KW_KEY_STATE');
+        }
+        expect((await store.getVersion(key.id, 1))?.state).toBe('destroyed');
+      });
+
+      it('compromised cannot be enabled or disabled again (KW_KEY_STATE): a compromise is never forgotten', async () => {
+        const { key } = await createSample(store);
+        await store.setVersionState(key.id, 1, 'compromised', at(1));
+        for (const state of ['enabled', 'disabled'] as const) {
+          await expectRejects(() => store.setVersionState(key.id, 1, state, at(2)), 'KW_KEY_STATE');
+        }
+        const v = await store.getVersion(key.id, 1);
+        expect(v?.state).toBe('compromised');
+        expect(v?.updatedAt).toEqual(at(1));
+      });
+
+      it('setting the current state again is accepted and updates updatedAt', async () => {
+        const { key } = await createSample(store);
+        await store.setVersionState(key.id, 1, 'enabled', at(3));
+        expect((await store.getVersion(key.id, 1))?.updatedAt).toEqual(at(3));
+        await store.setVersionState(key.id, 1, 'destroyed', at(4));
+        await store.setVersionState(key.id, 1, 'destroyed', at(5));
+        const v = await store.getVersion(key.id, 1);
+        expect(v?.state).toBe('destroyed');
+        expect(v?.wrappedMaterial).toHaveLength(0);
+      });
+
+      it('setVersionState on a missing version or key rejects with KeyNotFoundError (KW_KEY_NOT_FOUND)', async () => {
+        const { key } = await createSample(store);
+        await expectRejects(() => store.setVersionState(key.id, 2, 'disabled', at(1)), 'KW_KEY_NOT_FOUND');
+        await expectRejects(() => store.setVersionState('kek_missing', 1, 'disabled', at(1)), 'KW_KEY_NOT_FOUND');
+      });
+
+      it('setVersionState rejects an unknown state with InvalidInputError (KW_BAD_INPUT) and changes nothing', async () => {
+        const { key, v1 } = await createSample(store);
+        await expectRejects(
+          () => store.setVersionState(key.id, 1, 'deleted' as unknown as KeyVersionState, at(1)),
+          'KW_BAD_INPUT',
+        );
+        expect(await store.getVersion(key.id, 1)).toStrictEqual(v1);
+      });
+    });
+
+    describe('meta', () => {
+      it('getMeta resolves to undefined for a missing name', async () => {
+        expect(await store.getMeta('sealed-root')).toBeUndefined();
+      });
+
+      it('putMeta then getMeta returns the same bytes; putMeta again overwrites', async () => {
+        const first = material(64);
+        const second = material(17);
+        await store.putMeta('sealed-root', first);
+        expect(bytesOf(await store.getMeta('sealed-root'))).toEqual(Array.from(first));
+        await store.putMeta('sealed-root', second);
+        expect(bytesOf(await store.getMeta('sealed-root'))).toEqual(Array.from(second));
+      });
+
+      it('meta values may be empty or large (1 MiB), and names are independent', async () => {
+        const big = material(1 << 20);
+        await store.putMeta('empty', new Uint8Array(0));
+        await store.putMeta('big', big);
+        expect(bytesOf(await store.getMeta('empty'))).toEqual([]);
+        expect(Buffer.from((await store.getMeta('big')) ?? []).equals(Buffer.from(big))).toBe(true);
+      });
+
+      it('meta names do not collide with key ids or names', async () => {
+        const { key } = await createSample(store);
+        await store.putMeta(key.name, Uint8Array.of(1));
+        await store.putMeta(key.id, Uint8Array.of(2));
+        expect(await store.getKey(key.name)).toStrictEqual(key);
+        expect(bytesOf(await store.getMeta(key.name))).toEqual([1]);
+      });
+
+      it('putMeta rejects a value that is not a Uint8Array and an empty name with InvalidInputError (KW_BAD_INPUT)', async () => {
+        await expectRejects(() => store.putMeta('x', 'text' as unknown as Uint8Array), 'KW_BAD_INPUT');
+        await expectRejects(() => store.putMeta('', Uint8Array.of(1)), 'KW_BAD_INPUT');
+        expect(await store.getMeta('x')).toBeUndefined();
+      });
+    });
+
+    describe('failed writes leave no partial state', () => {
+      it('createKey with a duplicate name stores neither the new key nor its version', async () => {
+        await createSample(store);
+        const other = keyRecord({ id: 'kek_other' });
+        await expectRejects(() => store.createKey(other, versionRecord('kek_other', 1)), 'KW_KEY_EXISTS');
+        expect(await store.getKey('kek_other')).toBeUndefined();
+        expect(await store.getVersion('kek_other', 1)).toBeUndefined();
+        expect(await store.listVersions('kek_other')).toEqual([]);
+        expect((await store.listKeys()).map((k) => k.id)).toEqual(['kek_payments']);
+      });
+
+      it('createKey with a duplicate id stores neither the new name nor another version', async () => {
+        const { v1 } = await createSample(store);
+        const other = keyRecord({ name: 'other' });
+        await expectRejects(() => store.createKey(other, versionRecord(other.id, 1)), 'KW_KEY_EXISTS');
+        expect(await store.getKey('other')).toBeUndefined();
+        expect(await store.listVersions(other.id)).toStrictEqual([v1]);
+      });
+
+      it('a rejected createKey leaves the id and name free for a later createKey', async () => {
+        await expectRejects(() => store.createKey(keyRecord(), versionRecord('kek_x', 1)), 'KW_BAD_INPUT');
+        const { key } = await createSample(store);
+        expect(await store.getKey(key.name)).toStrictEqual(key);
+      });
+
+      it('addVersion with a duplicate version and makePrimary changes neither the version nor the primary', async () => {
+        const { key, v1 } = await createSample(store);
+        await store.addVersion(versionRecord(key.id, 2), false);
+        await expectRejects(() => store.addVersion(versionRecord(key.id, 2), true), 'KW_KEY_EXISTS');
+        await expectRejects(() => store.addVersion(versionRecord(key.id, 1), true), 'KW_KEY_EXISTS');
+        expect(await store.getKey(key.id)).toStrictEqual(key);
+        expect(await store.getVersion(key.id, 1)).toStrictEqual(v1);
+      });
+
+      it('addVersion for a missing key stores nothing', async () => {
+        await expectRejects(() => store.addVersion(versionRecord('kek_missing', 2), false), 'KW_KEY_NOT_FOUND');
+        expect(await store.listVersions('kek_missing')).toEqual([]);
+      });
+
+      it('a rejected state change leaves the material in place', async () => {
+        const { key, v1 } = await createSample(store);
+        await store.setVersionState(key.id, 1, 'compromised', at(1));
+        await expectRejects(() => store.setVersionState(key.id, 1, 'enabled', at(2)), 'KW_KEY_STATE');
+        expect(bytesOf((await store.getVersion(key.id, 1))?.wrappedMaterial)).toEqual(Array.from(v1.wrappedMaterial));
+      });
+    });
+
+    describe('returned objects are copies', () => {
+      it('mutating a returned KeyRecord (fields, scope, dates) does not change the stored key', async () => {
+        const { key } = await createSample(store);
+        const expected = structuredClone(key);
+        const got = await store.getKey(key.id);
+        if (!got) throw new Error('key not found');
+        got.name = 'renamed';
+        got.primaryVersion = 9;
+        got.scope.tenant = 'evil';
+        got.scope.environment = undefined;
+        got.createdAt.setTime(0);
+        got.updatedAt.setTime(0);
+        const listed = await store.listKeys();
+        listed[0]!.scope.service = 'evil';
+        listed[0]!.createdAt.setTime(1);
+        expect(await store.getKey(key.id)).toStrictEqual(expected);
+        expect(await store.getKey('renamed')).toBeUndefined();
+      });
+
+      it('mutating a returned KeyVersionRecord, including the bytes of wrappedMaterial, does not change the stored version', async () => {
+        const { key, v1 } = await createSample(store);
+        const expected = structuredClone(v1);
+        const got = await store.getVersion(key.id, 1);
+        if (!got) throw new Error('version not found');
+        got.wrappedMaterial.fill(0xff);
+        got.state = 'destroyed';
+        got.createdAt.setTime(0);
+        const listed = await store.listVersions(key.id);
+        listed[0]!.wrappedMaterial.fill(0xee);
+        listed[0]!.updatedAt.setTime(0);
+        expect(await store.getVersion(key.id, 1)).toStrictEqual(expected);
+      });
+
+      it('two reads return distinct objects and distinct byte arrays', async () => {
+        const { key } = await createSample(store);
+        const a = await store.getVersion(key.id, 1);
+        const b = await store.getVersion(key.id, 1);
+        expect(a).not.toBe(b);
+        expect(a?.wrappedMaterial).not.toBe(b?.wrappedMaterial);
+        expect(a?.wrappedMaterial.buffer).not.toBe(b?.wrappedMaterial.buffer);
+      });
+
+      it('mutating the records passed to createKey and addVersion after the call does not change the stored data', async () => {
+        const key = keyRecord();
+        const v1 = versionRecord(key.id, 1);
+        const expectedKey = structuredClone(key);
+        const expectedV1 = structuredClone(v1);
+        await store.createKey(key, v1);
+        key.name = 'changed';
+        key.scope.tenant = 'changed';
+        key.createdAt.setTime(0);
+        v1.wrappedMaterial.fill(0);
+        v1.createdAt.setTime(0);
+        const v2 = versionRecord(key.id, 2);
+        const expectedV2 = structuredClone(v2);
+        await store.addVersion(v2, false);
+        v2.wrappedMaterial.fill(0);
+        v2.state = 'compromised';
+        expect(await store.getKey(expectedKey.id)).toStrictEqual(expectedKey);
+        expect(await store.getVersion(key.id, 1)).toStrictEqual(expectedV1);
+        expect(await store.getVersion(key.id, 2)).toStrictEqual(expectedV2);
+      });
+
+      it('getMeta returns a copy and putMeta stores a copy', async () => {
+        const value = Uint8Array.of(1, 2, 3, 4);
+        await store.putMeta('m', value);
+        value.fill(9);
+        const got = await store.getMeta('m');
+        got?.fill(7);
+        expect(bytesOf(await store.getMeta('m'))).toEqual([1, 2, 3, 4]);
+      });
+
+      it('wrappedMaterial and meta values come back as plain Uint8Array (not a Buffer or other subclass), even when stored from a Buffer', async () => {
+        const key = keyRecord();
+        await store.createKey(key, versionRecord(key.id, 1, { wrappedMaterial: Buffer.from(material()) }));
+        await store.putMeta('m', Buffer.from([1, 2, 3]));
+        expect((await store.getVersion(key.id, 1))?.wrappedMaterial.constructor).toBe(Uint8Array);
+        expect((await store.listVersions(key.id))[0]?.wrappedMaterial.constructor).toBe(Uint8Array);
+        expect((await store.getMeta('m'))?.constructor).toBe(Uint8Array);
+      });
+    });
+
+    describe('round-trips', () => {
+      it('dates round-trip as Date objects with millisecond precision, before 1970 and far in the future too', async () => {
+        const key = keyRecord({
+          createdAt: new Date(-1),
+          updatedAt: new Date(Date.UTC(9999, 11, 31, 23, 59, 59, 999)),
+        });
+        const v1 = versionRecord(key.id, 1, { createdAt: new Date(1), updatedAt: at(999) });
+        await store.createKey(key, v1);
+        const gotKey = await store.getKey(key.id);
+        const gotV1 = await store.getVersion(key.id, 1);
+        expect(gotKey?.createdAt).toBeInstanceOf(Date);
+        expect(gotKey?.createdAt.getTime()).toBe(-1);
+        expect(gotKey?.updatedAt.getTime()).toBe(key.updatedAt.getTime());
+        expect(gotV1?.createdAt.getTime()).toBe(1);
+        expect(gotV1?.updatedAt.getTime()).toBe(T0 + 999);
+      });
+
+      it('scope fields round-trip; absent fields stay absent (not undefined-valued, not null)', async () => {
+        const scopes: KeyScope[] = [
+          { environment: 'production', service: 'billing', tenant: 'acme', purpose: 'card-data' },
+          {},
+          { service: 'billing' },
+          { tenant: 'acme', purpose: 'pii' },
+          { environment: 'staging', tenant: undefined },
+        ];
+        for (const [i, scope] of scopes.entries()) await createSample(store, { id: `kek_${i}`, name: `k${i}`, scope });
+        for (const [i, scope] of scopes.entries()) {
+          const got = await store.getKey(`kek_${i}`);
+          const expected = Object.fromEntries(Object.entries(scope).filter(([, v]) => v !== undefined));
+          expect(got?.scope).toStrictEqual(expected);
+          expect(Object.keys(got?.scope ?? { missing: 1 }).sort()).toEqual(Object.keys(expected).sort());
+        }
+      });
+
+      it('empty-string scope values are kept as empty strings, distinct from absent', async () => {
+        await createSample(store, { scope: { environment: '', tenant: 'acme' } });
+        expect((await store.getKey('payments'))?.scope).toStrictEqual({ environment: '', tenant: 'acme' });
+      });
+
+      it('wrapped material of any length (1 byte to 64 KiB) round-trips byte for byte', async () => {
+        const { key } = await createSample(store);
+        const lengths = [1, 40, 4096, 65_536];
+        for (const [i, length] of lengths.entries()) {
+          await store.addVersion(versionRecord(key.id, i + 2, { wrappedMaterial: material(length) }), false);
+        }
+        const versions = await store.listVersions(key.id);
+        for (const [i, length] of lengths.entries()) expect(versions[i + 1]?.wrappedMaterial).toHaveLength(length);
+        // Every byte value survives (no text conversion on the way).
+        const all = Uint8Array.from({ length: 256 }, (_, i) => i);
+        await store.addVersion(versionRecord(key.id, 99, { wrappedMaterial: all }), false);
+        expect(bytesOf((await store.getVersion(key.id, 99))?.wrappedMaterial)).toEqual(Array.from(all));
+      });
+
+      it('ids, names and root ids with non-ASCII characters round-trip exactly', async () => {
+        const key = keyRecord({ id: 'kek_\u00fc\u4e2d\u{1F511}', name: 'z\u00fcrich \u{1F511} \u00a0\t!' });
+        const v1 = versionRecord(key.id, 1, { rootId: 'root_\u00e9\u{1F512}' });
+        await store.createKey(key, v1);
+        expect(await store.getKey(key.name)).toStrictEqual(key);
+        expect(await store.getVersion(key.id, 1)).toStrictEqual(v1);
+        expect((await store.listKeys())[0]).toStrictEqual(key);
+      });
+    });
+
+    describe('close', () => {
+      it('every operation after close() rejects with ClosedError (KW_CLOSED)', async () => {
+        const { key, v1 } = await createSample(store);
+        await store.close();
+        const calls: Array<() => Promise<unknown>> = [
+          () => store.createKey(keyRecord({ id: 'kek_2', name: 'two' }), versionRecord('kek_2', 1)),
+          () => store.getKey(key.id),
+          () => store.listKeys(),
+          () => store.getVersion(key.id, 1),
+          () => store.listVersions(key.id),
+          () => store.addVersion(versionRecord(key.id, 2), true),
+          () => store.setPrimaryVersion(key.id, 1, at(1)),
+          () => store.setVersionState(key.id, 1, 'disabled', at(1)),
+          () => store.getMeta('m'),
+          () => store.putMeta('m', Uint8Array.of(1)),
+        ];
+        for (const call of calls) await expectRejects(call, 'KW_CLOSED', [v1.wrappedMaterial]);
+      });
+
+      it('close() is idempotent', async () => {
+        await store.close();
+        await store.close();
+      });
+    });
+  });
+}
