@@ -49,13 +49,22 @@ export {
   type EnvelopeEncryptOptions,
   type EnvelopeDecryptOptions,
   type EnvelopeInfo,
+  type EnvelopeMode,
+  MAX_SINGLE_SHOT_PLAINTEXT,
+  DEFAULT_FRAME_SIZE,
+  MAX_FRAME_SIZE,
   encryptEnvelope,
   decryptEnvelope,
   envelopeToText,
   envelopeFromText,
   inspectEnvelope,
 } from './envelope.js';
-export { type EncryptStreamOptions, createEncryptStream, createDecryptStream } from './stream.js';
+export {
+  type EncryptStreamOptions,
+  type DecryptStreamOptions,
+  createEncryptStream,
+  createDecryptStream,
+} from './stream.js';
 export { assertStrongKeyMaterial } from './weak-key.js';
 export {
   Keywarden,

@@ -250,7 +250,7 @@ export class Keywarden implements DataKeyProvider {
     return createEncryptStream(this, options);
   }
 
-  /** A Transform that decrypts a framed stream; no frame's plaintext is emitted before it verifies. */
+  /** A Transform that decrypts an envelope stream (framed, or single-shot up to its bound); no frame's plaintext is emitted before it verifies. */
   createDecryptStream(options: EnvelopeDecryptOptions & { maxFrameSize?: number } = {}): Transform {
     return createDecryptStream(this, options);
   }

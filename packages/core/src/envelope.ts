@@ -1,0 +1,660 @@
+/**
+ * Envelope format v1 (docs/format.md §4): the header codec, the key schedule with key
+ * commitment, the single-shot body, the frame codec shared with stream.ts, the text form and
+ * header inspection.
+ *
+ *   header = "KWE" ‖ 0x01 ‖ suite 0x01 ‖ mode ‖ u16 W ‖ wrapped DEK (W) ‖ message id (32)
+ *            ‖ commitment (32) [‖ u32 frame size, framed mode only]
+ *   single-shot body = nonce (12) ‖ AES-256-GCM(encKey, nonce, plaintext, header ‖ context)
+ *   framed body      = frames (docs/format.md §4.4; sealing and opening below, streaming in stream.ts)
+ *
+ * Every length read from the bytes is bounded before it is used to slice or to wait for more input,
+ * and the header is at most MAX_HEADER_BYTES, so a hostile envelope cannot make us allocate.
+ *
+ * Public API: encryptEnvelope, decryptEnvelope, envelopeToText, envelopeFromText, inspectEnvelope
+ * and the option/info types. The other exports (header and frame codec, key schedule) are internal:
+ * shared with stream.ts and the tests, not re-exported from the package index.
+ */
+import { createHash } from 'node:crypto';
+import { assertBytes, concatBytes, constantTimeEqual, toBase64Url, u16be, u32be, u8, utf8, wipe } from './_bytes.js';
+import { AES256_KEY_BYTES, GCM_NONCE_BYTES, GCM_TAG_BYTES, gcmOpen, gcmSeal, hkdfSha256 } from './aead.js';
+import { encodeContext, type EncryptionContext } from './context.js';
+import {
+  DEK_BYTES,
+  MAX_KEY_ID_BYTES,
+  MAX_WRAPPED_KEY_BYTES,
+  parseWrappedKey,
+  type DataKey,
+  type DataKeyProvider,
+} from './data-key.js';
+import { DecryptionError, FormatError, InvalidInputError } from './errors.js';
+import { nodeRandom } from './random.js';
+
+// ---------------------------------------------------------------------------------------------
+// Constants (docs/format.md §4.1, §4.7)
+
+export const ENVELOPE_MAGIC = Uint8Array.of(0x4b, 0x57, 0x45); // "KWE"
+export const ENVELOPE_VERSION = 0x01;
+/** AES-256-GCM data, HKDF-SHA256 derivation, key commitment, DEK wrapped with AES-256-GCM. */
+export const SUITE_AES256GCM_HKDF_COMMIT = 0x01;
+export const MODE_SINGLE_SHOT = 0x00;
+export const MODE_FRAMED = 0x01;
+
+export const MESSAGE_ID_BYTES = 32;
+export const COMMITMENT_BYTES = 32;
+/** Smallest "KWK" v1 blob: a 1-character KEK id (docs/format.md §2: 70 + L bytes). */
+export const MIN_WRAPPED_KEY_BYTES = MAX_WRAPPED_KEY_BYTES - MAX_KEY_ID_BYTES + 1;
+/** magic (3) ‖ version ‖ suite ‖ mode ‖ u16 W: enough to know the header length. */
+const PREFIX_BYTES = 8;
+const FRAME_SIZE_FIELD_BYTES = 4;
+export const MAX_HEADER_BYTES =
+  PREFIX_BYTES + MAX_WRAPPED_KEY_BYTES + MESSAGE_ID_BYTES + COMMITMENT_BYTES + FRAME_SIZE_FIELD_BYTES;
+
+/** Plaintext bound for one single-shot envelope; larger data goes through createEncryptStream. */
+export const MAX_SINGLE_SHOT_PLAINTEXT = 64 * 1024 * 1024;
+export const MIN_FRAME_SIZE = 1024;
+export const MAX_FRAME_SIZE = 4 * 1024 * 1024;
+export const DEFAULT_FRAME_SIZE = 64 * 1024;
+/** type (1) ‖ u32 sequence number ‖ u32 content length. */
+export const FRAME_HEADER_BYTES = 9;
+/** Sequence numbers start at 1 and never wrap; the last one may only be a final frame. */
+export const MAX_FRAME_SEQUENCE = 0xffffffff;
+const FRAME_REGULAR = 0x00;
+const FRAME_FINAL = 0x01;
+
+const INFO_DATA_KEY = utf8.encode('keywarden/v1/data-key');
+const INFO_COMMIT = utf8.encode('keywarden/v1/commit');
+const FRAME_AAD_LABEL = utf8.encode('KWF1');
+
+export const TEXT_PREFIX = 'kw1.';
+
+// ---------------------------------------------------------------------------------------------
+// Public types
+
+export interface EnvelopeEncryptOptions {
+  /** Name or id of the KEK that wraps this message's DEK. */
+  key: string;
+  /** Authenticated, never encrypted, never stored: pass the same context to decrypt. */
+  context?: EncryptionContext;
+}
+
+export interface EnvelopeDecryptOptions {
+  context?: EncryptionContext;
+}
+
+export type EnvelopeMode = 'single-shot' | 'framed';
+
+/** Non-secret header fields. Unauthenticated claims until the envelope decrypts. */
+export interface EnvelopeInfo {
+  formatVersion: number;
+  suite: number;
+  mode: EnvelopeMode;
+  keyId: string;
+  keyVersion: number;
+  /** Framed envelopes only. */
+  frameSize?: number;
+}
+
+/** A parsed header. `bytes` is a private copy of exactly the header bytes (the AAD input). */
+export interface EnvelopeHeader extends EnvelopeInfo {
+  bytes: Uint8Array;
+  wrappedKey: Uint8Array;
+  messageId: Uint8Array;
+  commitment: Uint8Array;
+}
+
+/** The random source signature used for message ids and nonces (injectable for golden vectors). */
+export type RandomBytes = (length: number) => Uint8Array;
+
+export const defaultRandom: RandomBytes = (length) => nodeRandom.randomBytesSync(length);
+
+// ---------------------------------------------------------------------------------------------
+// Key schedule (docs/format.md §4.2)
+
+export interface MessageKeys {
+  /** AES-256-GCM key for the body. Secret: wipe after use. */
+  encKey: Uint8Array;
+  /** Key commitment stored in the header. Not secret. */
+  commitment: Uint8Array;
+}
+
+/**
+ * RFC 5869 HKDF-SHA256 with the message id as salt (§3.1: a random salt strengthens extraction)
+ * and the suite byte in `info`, so keys of different suites are independent. The data key and the
+ * commitment come from the same PRK with different labels; learning the commitment tells nothing
+ * about the data key (RFC 5869 §3.2).
+ */
+export function deriveMessageKeys(dek: Uint8Array, messageId: Uint8Array, suite: number): MessageKeys {
+  assertBytes(dek, 'envelope: DEK', DEK_BYTES);
+  assertBytes(messageId, 'envelope: message id', MESSAGE_ID_BYTES);
+  const suiteByte = u8(suite);
+  return {
+    encKey: hkdfSha256(dek, messageId, concatBytes(INFO_DATA_KEY, suiteByte), AES256_KEY_BYTES),
+    commitment: hkdfSha256(dek, messageId, concatBytes(INFO_COMMIT, suiteByte), COMMITMENT_BYTES),
+  };
+}
+
+// ---------------------------------------------------------------------------------------------
+// Header codec (docs/format.md §4.1)
+
+function modeName(mode: number): EnvelopeMode {
+  return mode === MODE_FRAMED ? 'framed' : 'single-shot';
+}
+
+/**
+ * Validate the fixed 8-byte prefix and return the full header length. This is the only place a
+ * length is read before the header is complete, and it is bounded here (≤ MAX_HEADER_BYTES).
+ */
+export function headerLengthFromPrefix(prefix: Uint8Array): number {
+  if (prefix.length < PREFIX_BYTES) throw new FormatError('envelope: truncated header');
+  if (prefix[0] !== 0x4b || prefix[1] !== 0x57 || prefix[2] !== 0x45) {
+    throw new FormatError('envelope: not a Keywarden envelope (bad magic)');
+  }
+  if (prefix[3] !== ENVELOPE_VERSION) throw new FormatError(`envelope: unsupported format version ${prefix[3]}`);
+  if (prefix[4] !== SUITE_AES256GCM_HKDF_COMMIT) throw new FormatError(`envelope: unsupported suite ${prefix[4]}`);
+  const mode = prefix[5] as number;
+  if (mode !== MODE_SINGLE_SHOT && mode !== MODE_FRAMED) throw new FormatError(`envelope: unknown mode ${mode}`);
+  const w = ((prefix[6] as number) << 8) | (prefix[7] as number);
+  if (w < MIN_WRAPPED_KEY_BYTES || w > MAX_WRAPPED_KEY_BYTES) {
+    throw new FormatError(
+      `envelope: wrapped data key length ${w} is outside ${MIN_WRAPPED_KEY_BYTES}..${MAX_WRAPPED_KEY_BYTES}`,
+    );
+  }
+  return PREFIX_BYTES + w + MESSAGE_ID_BYTES + COMMITMENT_BYTES + (mode === MODE_FRAMED ? FRAME_SIZE_FIELD_BYTES : 0);
+}
+
+export function checkFrameSize(frameSize: number, what: string): void {
+  if (!Number.isSafeInteger(frameSize) || frameSize < MIN_FRAME_SIZE || frameSize > MAX_FRAME_SIZE) {
+    throw new InvalidInputError(`envelope: ${what} must be an integer in ${MIN_FRAME_SIZE}..${MAX_FRAME_SIZE}`);
+  }
+}
+
+/**
+ * Parse the header at the start of `bytes` (which may hold more: the body). Strict: every field is
+ * checked, the wrapped DEK is parsed as a complete "KWK" v1 blob of exactly W bytes, and the frame
+ * size must be within MIN_FRAME_SIZE..min(maxFrameSize, MAX_FRAME_SIZE). Throws FormatError.
+ */
+export function parseHeader(bytes: Uint8Array, maxFrameSize: number = MAX_FRAME_SIZE): EnvelopeHeader {
+  const length = headerLengthFromPrefix(bytes);
+  if (bytes.length < length) throw new FormatError('envelope: truncated header');
+  const header = bytes.slice(0, length); // private copy: the caller may reuse its buffer
+  const mode = header[5] as number;
+  const w = ((header[6] as number) << 8) | (header[7] as number);
+  const wrappedKey = header.subarray(PREFIX_BYTES, PREFIX_BYTES + w);
+  let keyId: string;
+  let keyVersion: number;
+  try {
+    ({ keyId, version: keyVersion } = parseWrappedKey(wrappedKey));
+  } catch (cause) {
+    throw new FormatError('envelope: invalid wrapped data key', { cause });
+  }
+  let off = PREFIX_BYTES + w;
+  const messageId = header.subarray(off, off + MESSAGE_ID_BYTES);
+  off += MESSAGE_ID_BYTES;
+  const commitment = header.subarray(off, off + COMMITMENT_BYTES);
+  off += COMMITMENT_BYTES;
+  const parsed: EnvelopeHeader = {
+    formatVersion: ENVELOPE_VERSION,
+    suite: header[4] as number,
+    mode: modeName(mode),
+    keyId,
+    keyVersion,
+    bytes: header,
+    wrappedKey,
+    messageId,
+    commitment,
+  };
+  if (mode === MODE_FRAMED) {
+    const frameSize = readU32(header, off);
+    const limit = Math.min(maxFrameSize, MAX_FRAME_SIZE);
+    if (frameSize < MIN_FRAME_SIZE || frameSize > limit) {
+      throw new FormatError(`envelope: frame size ${frameSize} is outside ${MIN_FRAME_SIZE}..${limit}`);
+    }
+    parsed.frameSize = frameSize;
+  }
+  return parsed;
+}
+
+function encodeHeader(
+  mode: number,
+  wrappedKey: Uint8Array,
+  messageId: Uint8Array,
+  commitment: Uint8Array,
+  frameSize: number | undefined,
+): Uint8Array {
+  return concatBytes(
+    ENVELOPE_MAGIC,
+    u8(ENVELOPE_VERSION),
+    u8(SUITE_AES256GCM_HKDF_COMMIT),
+    u8(mode),
+    u16be(wrappedKey.length),
+    wrappedKey,
+    messageId,
+    commitment,
+    mode === MODE_FRAMED ? u32be(frameSize as number) : new Uint8Array(0),
+  );
+}
+
+function readU32(b: Uint8Array, off: number): number {
+  return new DataView(b.buffer, b.byteOffset + off, 4).getUint32(0);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Starting and opening a message (shared by the single-shot API and the streams)
+
+/** A message being encrypted: its header, its data key and the canonical context bytes. */
+export interface SealingMessage {
+  header: Uint8Array;
+  /** Secret: the owner wipes it. */
+  encKey: Uint8Array;
+  contextBytes: Uint8Array;
+}
+
+function drawRandom(random: RandomBytes, length: number, what: string): Uint8Array {
+  const bytes = random(length);
+  assertBytes(bytes, `envelope: random ${what}`, length);
+  return bytes;
+}
+
+export function checkEncryptOptions(options: EnvelopeEncryptOptions): Uint8Array {
+  if (typeof options !== 'object' || options === null) throw new InvalidInputError('envelope: options are required');
+  if (typeof options.key !== 'string' || options.key.length === 0) {
+    throw new InvalidInputError('envelope: options.key must be a non-empty key name or id');
+  }
+  return encodeContext(options.context);
+}
+
+function checkProvider(provider: DataKeyProvider): void {
+  if (
+    typeof provider !== 'object' ||
+    provider === null ||
+    typeof provider.generateDataKey !== 'function' ||
+    typeof provider.decryptDataKey !== 'function'
+  ) {
+    throw new InvalidInputError('envelope: provider must implement DataKeyProvider');
+  }
+}
+
+/**
+ * Get a fresh DEK from the provider, draw the message id, derive the message keys and build the
+ * header. Postconditions on the provider's answer are checked (32-byte DEK, well-formed wrapped
+ * key within MAX_WRAPPED_KEY_BYTES) so a faulty provider cannot produce an unreadable envelope.
+ * The DEK is wiped before returning.
+ */
+export async function beginMessage(
+  provider: DataKeyProvider,
+  options: EnvelopeEncryptOptions,
+  mode: typeof MODE_SINGLE_SHOT | typeof MODE_FRAMED,
+  frameSize: number | undefined,
+  random: RandomBytes,
+): Promise<SealingMessage> {
+  checkProvider(provider);
+  const contextBytes = checkEncryptOptions(options);
+  if (typeof random !== 'function') throw new InvalidInputError('envelope: random must be a function');
+  if (mode === MODE_FRAMED) checkFrameSize(frameSize as number, 'frameSize');
+  const dataKey: DataKey = await provider.generateDataKey(options.key, options.context);
+  if (typeof dataKey !== 'object' || dataKey === null || !(dataKey.plaintext instanceof Uint8Array)) {
+    throw new InvalidInputError('envelope: the provider returned no data key');
+  }
+  try {
+    assertBytes(dataKey.plaintext, 'envelope: DEK from the provider', DEK_BYTES);
+    assertBytes(dataKey.wrapped, 'envelope: wrapped DEK from the provider');
+    try {
+      parseWrappedKey(dataKey.wrapped);
+    } catch (cause) {
+      throw new FormatError('envelope: the provider returned an invalid wrapped data key', { cause });
+    }
+    const messageId = drawRandom(random, MESSAGE_ID_BYTES, 'message id');
+    const { encKey, commitment } = deriveMessageKeys(dataKey.plaintext, messageId, SUITE_AES256GCM_HKDF_COMMIT);
+    const header = encodeHeader(mode, dataKey.wrapped, messageId, commitment, frameSize);
+    return { header, encKey, contextBytes };
+  } finally {
+    wipe(dataKey.plaintext);
+  }
+}
+
+/**
+ * Unwrap the DEK through the provider, recompute the commitment and compare it in constant time
+ * with the header's, then return the body key (the caller wipes it). No data is decrypted before
+ * the commitment matches. Authentication failures of the provider become the envelope's single
+ * DecryptionError; operational errors (unknown key, disabled version, sealed store) pass through.
+ */
+export async function openMessageKey(
+  provider: DataKeyProvider,
+  header: EnvelopeHeader,
+  context: EncryptionContext | undefined,
+): Promise<Uint8Array> {
+  checkProvider(provider);
+  let dek: Uint8Array;
+  try {
+    dek = await provider.decryptDataKey(header.wrappedKey, context);
+  } catch (err) {
+    if (DecryptionError.isInstance(err)) throw new DecryptionError('envelope');
+    throw err;
+  }
+  if (!(dek instanceof Uint8Array))
+    throw new InvalidInputError('envelope: the provider returned a DEK that is not bytes');
+  try {
+    assertBytes(dek, 'envelope: DEK from the provider', DEK_BYTES);
+    const { encKey, commitment } = deriveMessageKeys(dek, header.messageId, header.suite);
+    if (!constantTimeEqual(commitment, header.commitment)) {
+      wipe(encKey);
+      throw new DecryptionError('envelope');
+    }
+    return encKey;
+  } finally {
+    wipe(dek);
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Frame codec (docs/format.md §4.4)
+
+export interface FrameHeader {
+  final: boolean;
+  seq: number;
+  length: number;
+}
+
+/** NIST SP 800-38D §8.2.1 deterministic construction: 8-byte zero fixed field ‖ u32 invocation field. */
+export function frameNonce(seq: number): Uint8Array {
+  const nonce = new Uint8Array(GCM_NONCE_BYTES);
+  new DataView(nonce.buffer).setUint32(8, seq);
+  return nonce;
+}
+
+/** "KWF1" ‖ SHA-256(header ‖ context): computed once per message, so a large context costs once. */
+export function frameAadPrefix(header: Uint8Array, contextBytes: Uint8Array): Uint8Array {
+  const digest = createHash('sha256').update(header).update(contextBytes).digest();
+  return concatBytes(FRAME_AAD_LABEL, digest);
+}
+
+function encodeFrameHeader(final: boolean, seq: number, length: number): Uint8Array {
+  return concatBytes(u8(final ? FRAME_FINAL : FRAME_REGULAR), u32be(seq), u32be(length));
+}
+
+/**
+ * Check a frame header against the position it must have. Everything here is visible without a
+ * key, so violations are FormatError (docs/format.md §4.6). The length is bounded by the frame
+ * size before the caller waits for, or slices, the frame's body.
+ */
+export function parseFrameHeader(bytes: Uint8Array, frameSize: number, expectedSeq: number): FrameHeader {
+  if (bytes.length < FRAME_HEADER_BYTES) throw new FormatError('envelope: truncated frame');
+  const type = bytes[0] as number;
+  if (type !== FRAME_REGULAR && type !== FRAME_FINAL) throw new FormatError(`envelope: unknown frame type ${type}`);
+  const final = type === FRAME_FINAL;
+  const seq = readU32(bytes, 1);
+  if (seq !== expectedSeq) throw new FormatError('envelope: frame out of sequence');
+  if (!final && seq === MAX_FRAME_SEQUENCE) throw new FormatError('envelope: frame sequence number overflow');
+  const length = readU32(bytes, 5);
+  if (final ? length > frameSize : length !== frameSize) {
+    throw new FormatError(
+      final
+        ? 'envelope: final frame longer than the frame size'
+        : 'envelope: regular frame length is not the frame size',
+    );
+  }
+  return { final, seq, length };
+}
+
+/** Seals the frames of one message in order. Owns `encKey` and wipes it in dispose(). */
+export class FrameSealer {
+  private seq: number;
+  private finished = false;
+
+  /** `firstSeq` is 1 in the format; other values exist only to test the overflow guard. */
+  constructor(
+    private readonly encKey: Uint8Array,
+    private readonly aadPrefix: Uint8Array,
+    private readonly frameSize: number,
+    firstSeq = 1,
+  ) {
+    this.seq = firstSeq;
+  }
+
+  /** Regular frames carry exactly frameSize bytes; the final frame 0..frameSize. */
+  seal(content: Uint8Array, final: boolean): Uint8Array {
+    if (this.finished) throw new InvalidInputError('envelope: the final frame was already written');
+    if (final ? content.length > this.frameSize : content.length !== this.frameSize) {
+      throw new InvalidInputError('envelope: frame content length does not fit the frame size');
+    }
+    // A regular frame at the last sequence number would leave no number for the final frame.
+    if (this.seq < 1 || this.seq > MAX_FRAME_SEQUENCE || (!final && this.seq === MAX_FRAME_SEQUENCE)) {
+      throw new InvalidInputError(
+        'envelope: message too long for this frame size (frame sequence number would overflow); use a larger frameSize',
+      );
+    }
+    const head = encodeFrameHeader(final, this.seq, content.length);
+    const aad = concatBytes(this.aadPrefix, head);
+    const sealed = gcmSeal(this.encKey, frameNonce(this.seq), content, aad);
+    this.seq += 1;
+    if (final) this.dispose();
+    return concatBytes(head, sealed);
+  }
+
+  get done(): boolean {
+    return this.finished;
+  }
+
+  dispose(): void {
+    this.finished = true;
+    wipe(this.encKey);
+  }
+}
+
+/**
+ * Opens the frames of one message in order: readHeader() validates the next frame header (before
+ * its body is awaited), open() verifies the tag and only then returns the plaintext.
+ * Owns `encKey` and wipes it in dispose() (called automatically after the final frame).
+ */
+export class FrameOpener {
+  private expectedSeq = 1;
+  private pending: FrameHeader | undefined;
+  private finished = false;
+
+  constructor(
+    private readonly encKey: Uint8Array,
+    private readonly aadPrefix: Uint8Array,
+    private readonly frameSize: number,
+  ) {}
+
+  get done(): boolean {
+    return this.finished;
+  }
+
+  readHeader(bytes: Uint8Array): FrameHeader {
+    if (this.finished) throw new FormatError('envelope: data after the final frame');
+    if (this.pending) throw new InvalidInputError('envelope: frame header read twice');
+    this.pending = parseFrameHeader(bytes, this.frameSize, this.expectedSeq);
+    return this.pending;
+  }
+
+  /** `sealed` is exactly the pending frame's ciphertext ‖ tag. */
+  open(sealed: Uint8Array): Uint8Array {
+    const frame = this.pending;
+    if (!frame) throw new InvalidInputError('envelope: no frame header read');
+    if (sealed.length !== frame.length + GCM_TAG_BYTES) throw new FormatError('envelope: truncated frame');
+    const aad = concatBytes(this.aadPrefix, encodeFrameHeader(frame.final, frame.seq, frame.length));
+    const plaintext = gcmOpen(this.encKey, frameNonce(frame.seq), sealed, aad, 'envelope');
+    this.pending = undefined;
+    this.expectedSeq += 1;
+    if (frame.final) this.dispose();
+    return plaintext;
+  }
+
+  dispose(): void {
+    this.finished = true;
+    wipe(this.encKey);
+  }
+}
+
+interface FrameSpan {
+  headerAt: number;
+  bodyAt: number;
+  bodyEnd: number;
+}
+
+/**
+ * Structural pass over an in-memory framed body, with no key: sequence, types, lengths, exactly one
+ * final frame, nothing after it. Lets decryptEnvelope reject malformed input before asking the
+ * provider to unwrap anything.
+ */
+function scanFrames(body: Uint8Array, frameSize: number): FrameSpan[] {
+  const spans: FrameSpan[] = [];
+  let off = 0;
+  for (let seq = 1; ; seq++) {
+    if (body.length - off < FRAME_HEADER_BYTES) {
+      throw new FormatError('envelope: truncated (the data ended before the final frame)');
+    }
+    const frame = parseFrameHeader(body.subarray(off, off + FRAME_HEADER_BYTES), frameSize, seq);
+    const bodyAt = off + FRAME_HEADER_BYTES;
+    const bodyEnd = bodyAt + frame.length + GCM_TAG_BYTES;
+    if (bodyEnd > body.length) throw new FormatError('envelope: truncated (the data ended before the final frame)');
+    spans.push({ headerAt: off, bodyAt, bodyEnd });
+    off = bodyEnd;
+    if (frame.final) break;
+  }
+  if (off !== body.length) throw new FormatError('envelope: data after the final frame');
+  return spans;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Single-shot body (docs/format.md §4.3)
+
+const SINGLE_SHOT_OVERHEAD = GCM_NONCE_BYTES + GCM_TAG_BYTES;
+export const MAX_SINGLE_SHOT_BODY = SINGLE_SHOT_OVERHEAD + MAX_SINGLE_SHOT_PLAINTEXT;
+
+export function checkSingleShotBodyLength(length: number): void {
+  if (length < SINGLE_SHOT_OVERHEAD) throw new FormatError('envelope: truncated single-shot body');
+  if (length > MAX_SINGLE_SHOT_BODY) throw new FormatError('envelope: single-shot body exceeds the size limit');
+}
+
+/** Open a single-shot body whose length has been checked. Wipes nothing it does not own. */
+export function openSingleShotBody(
+  encKey: Uint8Array,
+  header: Uint8Array,
+  contextBytes: Uint8Array,
+  body: Uint8Array,
+): Uint8Array {
+  const nonce = body.subarray(0, GCM_NONCE_BYTES);
+  return gcmOpen(encKey, nonce, body.subarray(GCM_NONCE_BYTES), concatBytes(header, contextBytes), 'envelope');
+}
+
+// ---------------------------------------------------------------------------------------------
+// Public API
+
+/**
+ * Encrypt `plaintext` (≤ 64 MiB) into a single-shot envelope under a fresh DEK from `provider`.
+ * Guarantee: confidentiality and integrity of the plaintext, integrity of the header and of
+ * `options.context`, and key commitment (the envelope decrypts under one DEK only).
+ * `random` supplies the message id (first call, 32 bytes) and the nonce (second call, 12 bytes);
+ * it is replaceable only so that golden vectors are reproducible.
+ */
+export async function encryptEnvelope(
+  provider: DataKeyProvider,
+  plaintext: Uint8Array,
+  options: EnvelopeEncryptOptions,
+  random: RandomBytes = defaultRandom,
+): Promise<Uint8Array> {
+  // Preconditions: everything the caller controls is checked before a DEK is generated.
+  assertBytes(plaintext, 'envelope: plaintext');
+  if (plaintext.length > MAX_SINGLE_SHOT_PLAINTEXT) {
+    throw new InvalidInputError(
+      `envelope: single-shot plaintext is limited to ${MAX_SINGLE_SHOT_PLAINTEXT} bytes; use createEncryptStream for larger data`,
+    );
+  }
+  const message = await beginMessage(provider, options, MODE_SINGLE_SHOT, undefined, random);
+  try {
+    const nonce = drawRandom(random, GCM_NONCE_BYTES, 'nonce');
+    const sealed = gcmSeal(message.encKey, nonce, plaintext, concatBytes(message.header, message.contextBytes));
+    return concatBytes(message.header, nonce, sealed);
+  } finally {
+    wipe(message.encKey);
+  }
+}
+
+/**
+ * Decrypt an envelope held in memory, whichever mode produced it (single-shot, or framed by
+ * createEncryptStream). Returns the plaintext only when every check passed (docs/format.md §4.5).
+ * FormatError for malformed bytes; DecryptionError('envelope') for any authentication failure.
+ */
+export async function decryptEnvelope(
+  provider: DataKeyProvider,
+  envelope: Uint8Array,
+  options: EnvelopeDecryptOptions = {},
+): Promise<Uint8Array> {
+  assertBytes(envelope, 'envelope: envelope');
+  if (typeof options !== 'object' || options === null)
+    throw new InvalidInputError('envelope: options must be an object');
+  const contextBytes = encodeContext(options.context);
+  const header = parseHeader(envelope);
+  const body = envelope.subarray(header.bytes.length);
+
+  if (header.mode === 'single-shot') {
+    checkSingleShotBodyLength(body.length);
+    const encKey = await openMessageKey(provider, header, options.context);
+    try {
+      return openSingleShotBody(encKey, header.bytes, contextBytes, body);
+    } finally {
+      wipe(encKey);
+    }
+  }
+
+  const frameSize = header.frameSize as number;
+  const spans = scanFrames(body, frameSize);
+  const encKey = await openMessageKey(provider, header, options.context);
+  const opener = new FrameOpener(encKey, frameAadPrefix(header.bytes, contextBytes), frameSize);
+  const parts: Uint8Array[] = [];
+  try {
+    for (const span of spans) {
+      opener.readHeader(body.subarray(span.headerAt, span.bodyAt));
+      parts.push(opener.open(body.subarray(span.bodyAt, span.bodyEnd)));
+    }
+    return concatBytes(...parts);
+  } finally {
+    wipe(...parts);
+    opener.dispose();
+  }
+}
+
+/** Compact text form for text columns and JSON: "kw1." ‖ base64url (RFC 4648 §5), no padding. */
+export function envelopeToText(envelope: Uint8Array): string {
+  assertBytes(envelope, 'envelope: envelope');
+  return TEXT_PREFIX + toBase64Url(envelope);
+}
+
+const BASE64URL_BODY = /^[A-Za-z0-9_-]+$/;
+
+/**
+ * Strict inverse of envelopeToText: exact prefix, base64url alphabet only, no padding, canonical
+ * (no impossible length, no stray bits), so one envelope has exactly one text form.
+ */
+export function envelopeFromText(text: string): Uint8Array {
+  if (typeof text !== 'string') throw new InvalidInputError('envelope: text form must be a string');
+  if (!text.startsWith(TEXT_PREFIX)) throw new FormatError('envelope: text form must start with "kw1."');
+  const body = text.slice(TEXT_PREFIX.length);
+  if (body.length === 0 || body.length % 4 === 1 || !BASE64URL_BODY.test(body)) {
+    throw new FormatError('envelope: text form is not unpadded base64url');
+  }
+  const bytes = new Uint8Array(Buffer.from(body, 'base64url'));
+  if (toBase64Url(bytes) !== body) throw new FormatError('envelope: text form is not canonical base64url');
+  return bytes;
+}
+
+/**
+ * Read the non-secret header fields without any key (CLI display, finding envelopes to rewrap).
+ * Parses the header strictly but authenticates nothing: the values are claims until decryption.
+ */
+export function inspectEnvelope(envelope: Uint8Array): EnvelopeInfo {
+  assertBytes(envelope, 'envelope: envelope');
+  const h = parseHeader(envelope);
+  const info: EnvelopeInfo = {
+    formatVersion: h.formatVersion,
+    suite: h.suite,
+    mode: h.mode,
+    keyId: h.keyId,
+    keyVersion: h.keyVersion,
+  };
+  if (h.frameSize !== undefined) info.frameSize = h.frameSize;
+  return info;
+}

@@ -1,0 +1,346 @@
+/**
+ * Streaming envelope encryption and decryption as node:stream Transforms (docs/format.md §4.4, §5).
+ * The byte format (header, frames, key schedule) lives in envelope.ts; this file only moves bytes:
+ * it buffers at most about one frame, and it releases a frame's plaintext only after that frame's
+ * AES-GCM tag has been verified (NIST SP 800-38D §7.2: no output before the tag check).
+ *
+ * Caveat that no streaming AEAD avoids: a decryptor that releases verified frames before the end
+ * cannot know yet whether the stream will be truncated. Truncation is detected (the final frame is
+ * missing) and reported as an error at the end; consumers must treat their output as incomplete
+ * until the stream finishes without error.
+ */
+import { Transform, type TransformCallback } from 'node:stream';
+import { wipe } from './_bytes.js';
+import { GCM_TAG_BYTES } from './aead.js';
+import { encodeContext, type EncryptionContext } from './context.js';
+import type { DataKeyProvider } from './data-key.js';
+import {
+  DEFAULT_FRAME_SIZE,
+  FRAME_HEADER_BYTES,
+  FrameOpener,
+  FrameSealer,
+  MAX_FRAME_SIZE,
+  MAX_SINGLE_SHOT_BODY,
+  MODE_FRAMED,
+  beginMessage,
+  checkEncryptOptions,
+  checkFrameSize,
+  checkSingleShotBodyLength,
+  defaultRandom,
+  frameAadPrefix,
+  headerLengthFromPrefix,
+  openMessageKey,
+  openSingleShotBody,
+  parseHeader,
+  type EnvelopeDecryptOptions,
+  type EnvelopeEncryptOptions,
+  type EnvelopeHeader,
+  type FrameHeader,
+  type RandomBytes,
+} from './envelope.js';
+import { ClosedError, FormatError, InvalidInputError } from './errors.js';
+
+export interface EncryptStreamOptions extends EnvelopeEncryptOptions {
+  /** Plaintext bytes per frame, 1 KiB..4 MiB (default 64 KiB). Part of the envelope header. */
+  frameSize?: number;
+}
+
+export interface DecryptStreamOptions extends EnvelopeDecryptOptions {
+  /** Refuse envelopes whose header asks for larger frames (bounds memory); 1 KiB..4 MiB, default 4 MiB. */
+  maxFrameSize?: number;
+}
+
+/**
+ * A FIFO of owned byte chunks. Input chunks are copied in (the writer may reuse its buffer once
+ * the write callback ran); with `wipeConsumed`, each private copy is zeroed once fully read, so
+ * plaintext does not linger in memory the stream owns.
+ */
+class ByteQueue {
+  private chunks: Uint8Array[] = [];
+  private head = 0;
+  private offset = 0;
+  length = 0;
+
+  constructor(private readonly wipeConsumed: boolean) {}
+
+  push(chunk: Uint8Array): void {
+    if (chunk.length === 0) return;
+    this.chunks.push(Uint8Array.prototype.slice.call(chunk));
+    this.length += chunk.length;
+  }
+
+  /** Copy of the first `n` bytes, not consumed. */
+  peek(n: number): Uint8Array {
+    return this.read(n, false);
+  }
+
+  /** Remove and return exactly `n` bytes (n ≤ length) in a fresh array. */
+  take(n: number): Uint8Array {
+    return this.read(n, true);
+  }
+
+  clear(): void {
+    if (this.wipeConsumed) wipe(...this.chunks.slice(this.head));
+    this.chunks = [];
+    this.head = 0;
+    this.offset = 0;
+    this.length = 0;
+  }
+
+  private read(n: number, consume: boolean): Uint8Array {
+    if (n > this.length) throw new RangeError('ByteQueue: not enough bytes');
+    const out = new Uint8Array(n);
+    let filled = 0;
+    let head = this.head;
+    let offset = this.offset;
+    while (filled < n) {
+      const chunk = this.chunks[head] as Uint8Array;
+      const k = Math.min(chunk.length - offset, n - filled);
+      out.set(chunk.subarray(offset, offset + k), filled);
+      filled += k;
+      offset += k;
+      if (offset === chunk.length) {
+        if (consume && this.wipeConsumed) wipe(chunk);
+        head += 1;
+        offset = 0;
+      }
+    }
+    if (consume) {
+      this.head = head;
+      this.offset = offset;
+      this.length -= n;
+      // Compact now and then so that many tiny writes stay linear overall.
+      if (this.head > 64 && this.head * 2 > this.chunks.length) {
+        this.chunks = this.chunks.slice(this.head);
+        this.head = 0;
+      }
+    }
+    return out;
+  }
+}
+
+/** Run an async step and report it to a stream callback exactly once. */
+function settle(step: () => Promise<void>, callback: TransformCallback): void {
+  step().then(
+    () => callback(),
+    (err: unknown) => callback(err instanceof Error ? err : new Error(String(err))),
+  );
+}
+
+class EnvelopeEncryptStream extends Transform {
+  private sealer: FrameSealer | undefined;
+  private readonly plaintext = new ByteQueue(true);
+
+  constructor(
+    private readonly provider: DataKeyProvider,
+    private readonly options: EnvelopeEncryptOptions,
+    private readonly frameSize: number,
+    private readonly random: RandomBytes,
+  ) {
+    super();
+  }
+
+  /** The DEK is requested on the first write or at the end (an empty stream is a valid message). */
+  private async start(): Promise<FrameSealer> {
+    if (this.sealer) return this.sealer;
+    const message = await beginMessage(this.provider, this.options, MODE_FRAMED, this.frameSize, this.random);
+    if (this.destroyed) {
+      // Destroyed while the provider was working: nobody will dispose of the key but us.
+      wipe(message.encKey);
+      throw new ClosedError('envelope: the stream was destroyed');
+    }
+    this.sealer = new FrameSealer(message.encKey, frameAadPrefix(message.header, message.contextBytes), this.frameSize);
+    this.push(message.header);
+    return this.sealer;
+  }
+
+  override _transform(chunk: Uint8Array, _encoding: BufferEncoding, callback: TransformCallback): void {
+    settle(async () => {
+      const sealer = await this.start();
+      this.plaintext.push(chunk);
+      // Emit a regular frame only when more bytes are known to follow, so the last frame is always
+      // the final one and the layout depends only on the total length (docs/format.md §4.4).
+      while (this.plaintext.length > this.frameSize) {
+        const content = this.plaintext.take(this.frameSize);
+        try {
+          this.push(sealer.seal(content, false));
+        } finally {
+          wipe(content);
+        }
+      }
+    }, callback);
+  }
+
+  override _flush(callback: TransformCallback): void {
+    settle(async () => {
+      const sealer = await this.start();
+      const content = this.plaintext.take(this.plaintext.length);
+      try {
+        this.push(sealer.seal(content, true));
+      } finally {
+        wipe(content);
+      }
+    }, callback);
+  }
+
+  override _destroy(error: Error | null, callback: (error?: Error | null) => void): void {
+    this.sealer?.dispose();
+    this.plaintext.clear();
+    callback(error);
+  }
+}
+
+type DecryptState = 'header' | 'frames' | 'single-shot' | 'done';
+
+class EnvelopeDecryptStream extends Transform {
+  private state: DecryptState = 'header';
+  private readonly input = new ByteQueue(false);
+  private header: EnvelopeHeader | undefined;
+  private opener: FrameOpener | undefined;
+  private frame: FrameHeader | undefined;
+
+  constructor(
+    private readonly provider: DataKeyProvider,
+    private readonly context: EncryptionContext | undefined,
+    private readonly contextBytes: Uint8Array,
+    private readonly maxFrameSize: number,
+  ) {
+    super();
+  }
+
+  override _transform(chunk: Uint8Array, _encoding: BufferEncoding, callback: TransformCallback): void {
+    settle(() => this.accept(chunk), callback);
+  }
+
+  private async accept(chunk: Uint8Array): Promise<void> {
+    switch (this.state) {
+      case 'done':
+        if (chunk.length > 0) throw new FormatError('envelope: data after the final frame');
+        return;
+      case 'single-shot':
+        // Single-shot bodies are bounded (docs/format.md §4.3), so buffering one is bounded too.
+        if (this.input.length + chunk.length > MAX_SINGLE_SHOT_BODY) {
+          throw new FormatError('envelope: single-shot body exceeds the size limit');
+        }
+        this.input.push(chunk);
+        return;
+      case 'header':
+        this.input.push(chunk);
+        if (await this.readHeader()) this.readFrames();
+        return;
+      case 'frames':
+        this.input.push(chunk);
+        this.readFrames();
+        return;
+    }
+  }
+
+  /** True once a framed header has been read and its message key opened. */
+  private async readHeader(): Promise<boolean> {
+    if (this.input.length < 8) return false;
+    // Validates magic, version, suite, mode and the wrapped-key length before waiting for more.
+    const length = headerLengthFromPrefix(this.input.peek(8));
+    if (this.input.length < length) return false;
+    const header = parseHeader(this.input.take(length), this.maxFrameSize);
+    this.header = header;
+    if (header.mode === 'single-shot') {
+      this.state = 'single-shot';
+      if (this.input.length > MAX_SINGLE_SHOT_BODY) {
+        throw new FormatError('envelope: single-shot body exceeds the size limit');
+      }
+      return false;
+    }
+    const encKey = await openMessageKey(this.provider, header, this.context);
+    if (this.destroyed) {
+      wipe(encKey);
+      throw new ClosedError('envelope: the stream was destroyed');
+    }
+    this.opener = new FrameOpener(encKey, frameAadPrefix(header.bytes, this.contextBytes), header.frameSize as number);
+    this.state = 'frames';
+    return true;
+  }
+
+  /** Open every complete frame in the buffer; each frame header is checked before its body is awaited. */
+  private readFrames(): void {
+    const opener = this.opener as FrameOpener;
+    for (;;) {
+      if (opener.done) {
+        if (this.input.length > 0) throw new FormatError('envelope: data after the final frame');
+        this.state = 'done';
+        return;
+      }
+      if (!this.frame) {
+        if (this.input.length < FRAME_HEADER_BYTES) return;
+        this.frame = opener.readHeader(this.input.take(FRAME_HEADER_BYTES));
+      }
+      const sealedLength = this.frame.length + GCM_TAG_BYTES;
+      if (this.input.length < sealedLength) return;
+      const plaintext = opener.open(this.input.take(sealedLength));
+      this.frame = undefined;
+      if (plaintext.length > 0) this.push(plaintext);
+    }
+  }
+
+  override _flush(callback: TransformCallback): void {
+    settle(async () => {
+      if (this.state === 'done') return;
+      if (this.state === 'single-shot') {
+        const header = this.header as EnvelopeHeader;
+        checkSingleShotBodyLength(this.input.length);
+        const body = this.input.take(this.input.length);
+        const encKey = await openMessageKey(this.provider, header, this.context);
+        try {
+          this.push(openSingleShotBody(encKey, header.bytes, this.contextBytes, body));
+        } finally {
+          wipe(encKey);
+        }
+        this.state = 'done';
+        return;
+      }
+      if (this.state === 'header') throw new FormatError('envelope: truncated header');
+      throw new FormatError('envelope: truncated (the data ended before the final frame)');
+    }, callback);
+  }
+
+  override _destroy(error: Error | null, callback: (error?: Error | null) => void): void {
+    this.opener?.dispose();
+    this.input.clear();
+    callback(error);
+  }
+}
+
+/**
+ * A Transform that turns plaintext into a framed envelope (docs/format.md §4.4). The DEK is
+ * requested from `provider` on the first write (or at the end for an empty input). Options are
+ * checked now, synchronously. `random` supplies the 32-byte message id (golden vectors only).
+ */
+export function createEncryptStream(
+  provider: DataKeyProvider,
+  options: EncryptStreamOptions,
+  random: RandomBytes = defaultRandom,
+): Transform {
+  checkEncryptOptions(options);
+  const frameSize = options.frameSize ?? DEFAULT_FRAME_SIZE;
+  checkFrameSize(frameSize, 'frameSize');
+  if (typeof random !== 'function') throw new InvalidInputError('envelope: random must be a function');
+  // Snapshot the options: the DEK is requested later, and must be bound to the context checked now.
+  const { key, context } = options;
+  const snapshot: EnvelopeEncryptOptions = context === undefined ? { key } : { key, context: { ...context } };
+  return new EnvelopeEncryptStream(provider, snapshot, frameSize, random);
+}
+
+/**
+ * A Transform that decrypts an envelope of either mode. Framed envelopes are decrypted frame by
+ * frame in bounded memory; single-shot envelopes (≤ 64 MiB of plaintext) are buffered and
+ * decrypted at the end of the input. Errors: FormatError for malformed or truncated input,
+ * DecryptionError('envelope') for any authentication failure.
+ */
+export function createDecryptStream(provider: DataKeyProvider, options: DecryptStreamOptions = {}): Transform {
+  if (typeof options !== 'object' || options === null)
+    throw new InvalidInputError('envelope: options must be an object');
+  const contextBytes = encodeContext(options.context);
+  const maxFrameSize = options.maxFrameSize ?? MAX_FRAME_SIZE;
+  checkFrameSize(maxFrameSize, 'maxFrameSize');
+  const context = options.context === undefined ? undefined : { ...options.context };
+  return new EnvelopeDecryptStream(provider, context, contextBytes, maxFrameSize);
+}

@@ -1,0 +1,235 @@
+/**
+ * Generator of golden-v1.json: envelope format v1 test vectors (docs/format.md §9).
+ *
+ * TEST VECTORS ONLY. Every key, nonce and id here is a counting pattern (00 01 02 …), chosen to be
+ * obviously fake; none of it is, or may ever be used as, a real key.
+ *
+ * The test (test/golden.test.ts) compares the implementation against the COMMITTED json file and
+ * never writes it. Regenerate only when docs/format.md changes on purpose, then review the diff:
+ *
+ *   cd packages/core
+ *   npx tsc --outDir /tmp/kw-golden --rootDir . --module nodenext --moduleResolution nodenext \
+ *     --target es2022 --types node --skipLibCheck test/vectors/make-golden.ts
+ *   node /tmp/kw-golden/test/vectors/make-golden.js test/vectors/golden-v1.json
+ *
+ * This module also exports StaticKekProvider, the DataKeyProvider the envelope tests use: it holds
+ * raw KEK material per key id and calls the real wrapDataKey/unwrapDataKey of data-key.ts.
+ */
+import { randomBytes } from 'node:crypto';
+import { writeFileSync } from 'node:fs';
+import { Readable } from 'node:stream';
+import { pipeline } from 'node:stream/promises';
+import { pathToFileURL } from 'node:url';
+import type { EncryptionContext } from '../../src/context.js';
+import {
+  parseWrappedKey,
+  unwrapDataKey,
+  wrapDataKey,
+  type DataKey,
+  type DataKeyProvider,
+  type KekRef,
+} from '../../src/data-key.js';
+import { deriveMessageKeys, encryptEnvelope, envelopeToText, parseHeader } from '../../src/envelope.js';
+import { KeyNotFoundError } from '../../src/errors.js';
+import { createEncryptStream } from '../../src/stream.js';
+
+type Random = (length: number) => Uint8Array;
+
+const osRandom: Random = (n) => new Uint8Array(randomBytes(n));
+
+export interface TestKek extends KekRef {
+  material: Uint8Array;
+}
+
+/**
+ * A real DataKeyProvider over fixed KEK material (one version per key id). DEKs and wrap nonces
+ * come from `random` (the OS CSPRNG unless a test injects fixed values). Unknown key ids or
+ * versions throw KeyNotFoundError, as a key manager would.
+ */
+export class StaticKekProvider implements DataKeyProvider {
+  private readonly keks = new Map<string, TestKek>();
+
+  constructor(
+    keks: readonly TestKek[],
+    private readonly random: Random = osRandom,
+  ) {
+    for (const k of keks) this.keks.set(k.keyId, k);
+  }
+
+  /** A provider with one fresh random 32-byte KEK. */
+  static withRandomKek(keyId = 'test-kek', version = 1): StaticKekProvider {
+    return new StaticKekProvider([{ keyId, version, material: osRandom(32) }]);
+  }
+
+  async generateDataKey(key: string, context?: EncryptionContext): Promise<DataKey> {
+    const kek = this.keks.get(key);
+    if (!kek) throw new KeyNotFoundError(`test provider: no key "${key}"`);
+    const dek = this.random(32);
+    const wrapped = wrapDataKey(kek.material, kek, dek, context, this.random(12));
+    return { plaintext: dek, wrapped, keyId: kek.keyId, version: kek.version };
+  }
+
+  async decryptDataKey(wrapped: Uint8Array, context?: EncryptionContext): Promise<Uint8Array> {
+    const parsed = parseWrappedKey(wrapped);
+    const kek = this.keks.get(parsed.keyId);
+    if (!kek || kek.version !== parsed.version) {
+      throw new KeyNotFoundError(`test provider: no key "${parsed.keyId}" version ${parsed.version}`);
+    }
+    return unwrapDataKey(kek.material, parsed, context);
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+
+export const hex = (b: Uint8Array): string => Buffer.from(b).toString('hex');
+export const fromHex = (s: string): Uint8Array => new Uint8Array(Buffer.from(s, 'hex'));
+
+/** start, start+1, … (mod 256): obviously not random, obviously not a real key. */
+export function counting(start: number, length: number): Uint8Array {
+  return Uint8Array.from({ length }, (_, i) => (start + i) & 0xff);
+}
+
+/**
+ * A random source that hands out exactly the given values, in order, each as a fresh copy (the
+ * code under test wipes what it is given). Any other request is a bug in the vector definition.
+ */
+export function scriptedRandom(values: readonly Uint8Array[]): Random {
+  let i = 0;
+  return (length) => {
+    const next = values[i++];
+    if (!next || next.length !== length) throw new Error(`scripted random: unexpected request #${i} for ${length} bytes`);
+    return next.slice();
+  };
+}
+
+/** The inputs of one vector. */
+export interface GoldenInputs {
+  name: string;
+  mode: 'single-shot' | 'framed';
+  frameSize?: number;
+  context: Record<string, string>;
+  plaintext: string;
+  dek: string;
+  wrapNonce: string;
+  messageId: string;
+  /** single-shot only */
+  nonce?: string;
+}
+
+/** Inputs plus every expected output and intermediate value. */
+export interface GoldenVector extends GoldenInputs {
+  wrappedKey: string;
+  encKey: string;
+  commitment: string;
+  header: string;
+  envelope: string;
+  text: string;
+}
+
+export interface GoldenFile {
+  description: string;
+  spec: string;
+  generator: string;
+  kek: { keyId: string; version: number; material: string };
+  vectors: GoldenVector[];
+}
+
+export const GOLDEN_KEK = { keyId: 'golden-test_kek', version: 3, material: hex(counting(0x00, 32)) };
+
+function inputs(
+  index: number,
+  name: string,
+  mode: 'single-shot' | 'framed',
+  context: Record<string, string>,
+  plaintext: Uint8Array,
+  frameSize?: number,
+): GoldenInputs {
+  const v: GoldenInputs = {
+    name,
+    mode,
+    context,
+    plaintext: hex(plaintext),
+    dek: hex(counting(0x40 + index, 32)),
+    wrapNonce: hex(counting(0xa0 + index, 12)),
+    messageId: hex(counting(0x80 + index, 32)),
+  };
+  if (mode === 'single-shot') v.nonce = hex(counting(0xc0 + index, 12));
+  else v.frameSize = frameSize as number;
+  return v;
+}
+
+const CONTEXT = { tenant: 'acme', purpose: 'golden-vector', 'table.column': 'users.ssn' };
+
+export const GOLDEN_INPUTS: readonly GoldenInputs[] = [
+  inputs(0, 'single-shot, with context', 'single-shot', CONTEXT, new TextEncoder().encode('Keywarden envelope v1')),
+  inputs(1, 'single-shot, empty context, empty plaintext', 'single-shot', {}, new Uint8Array(0)),
+  inputs(2, 'framed, with context, 2 regular frames + short final frame', 'framed', CONTEXT, counting(0, 2500), 1024),
+  inputs(3, 'framed, empty context, plaintext exactly 2 frames (full final frame)', 'framed', {}, counting(7, 2048), 1024),
+  inputs(4, 'framed, empty context, empty plaintext (one empty final frame)', 'framed', {}, new Uint8Array(0), 1024),
+];
+
+function kekFromFile(kek: GoldenFile['kek']): TestKek {
+  return { keyId: kek.keyId, version: kek.version, material: fromHex(kek.material) };
+}
+
+/** Deterministically build one vector from its inputs with the real envelope code. */
+export async function buildVector(kek: GoldenFile['kek'], input: GoldenInputs): Promise<GoldenVector> {
+  const dek = fromHex(input.dek);
+  const provider = new StaticKekProvider([kekFromFile(kek)], scriptedRandom([dek, fromHex(input.wrapNonce)]));
+  const plaintext = fromHex(input.plaintext);
+  const options = { key: kek.keyId, context: input.context };
+  let envelope: Uint8Array;
+  if (input.mode === 'single-shot') {
+    const random = scriptedRandom([fromHex(input.messageId), fromHex(input.nonce as string)]);
+    envelope = await encryptEnvelope(provider, plaintext, options, random);
+  } else {
+    const random = scriptedRandom([fromHex(input.messageId)]);
+    const encryptor = createEncryptStream(provider, { ...options, frameSize: input.frameSize as number }, random);
+    const chunks: Uint8Array[] = [];
+    await pipeline(Readable.from(plaintext.length > 0 ? [Buffer.from(plaintext)] : []), encryptor, async (source) => {
+      for await (const chunk of source) chunks.push(chunk as Uint8Array);
+    });
+    envelope = new Uint8Array(Buffer.concat(chunks));
+  }
+  const header = parseHeader(envelope);
+  const keys = deriveMessageKeys(fromHex(input.dek), fromHex(input.messageId), header.suite);
+  return {
+    ...input,
+    wrappedKey: hex(header.wrappedKey),
+    encKey: hex(keys.encKey),
+    commitment: hex(keys.commitment),
+    header: hex(header.bytes),
+    envelope: hex(envelope),
+    text: envelopeToText(envelope),
+  };
+}
+
+export async function buildGoldenFile(): Promise<GoldenFile> {
+  const vectors: GoldenVector[] = [];
+  for (const input of GOLDEN_INPUTS) vectors.push(await buildVector(GOLDEN_KEK, input));
+  return {
+    description:
+      'Keywarden envelope format v1 golden vectors. TEST VECTORS ONLY: every key, nonce and id is an ' +
+      'obviously fake counting pattern, not a real key. Made by make-golden.ts with the real envelope code; ' +
+      'the layout is checked independently (raw node:crypto) by test/golden.test.ts. Do not edit by hand.',
+    spec: 'docs/format.md',
+    generator: 'packages/core/test/vectors/make-golden.ts',
+    kek: GOLDEN_KEK,
+    vectors,
+  };
+}
+
+export function serializeGoldenFile(file: GoldenFile): string {
+  return `${JSON.stringify(file, null, 2)}\n`;
+}
+
+const entry = process.argv[1];
+if (entry !== undefined && import.meta.url === pathToFileURL(entry).href) {
+  const out = process.argv[2];
+  if (!out) {
+    console.error('usage: node make-golden.js <path/to/golden-v1.json>');
+    process.exit(2);
+  }
+  writeFileSync(out, serializeGoldenFile(await buildGoldenFile()));
+  console.log(`wrote ${out}`);
+}
