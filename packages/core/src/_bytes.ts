@@ -43,14 +43,10 @@ export function u8(n: number): Uint8Array {
   return Uint8Array.of(n & 0xff);
 }
 export function u16be(n: number): Uint8Array {
-  const b = new Uint8Array(2);
-  new DataView(b.buffer).setUint16(0, n);
-  return b;
+  return Uint8Array.of((n >>> 8) & 0xff, n & 0xff);
 }
 export function u32be(n: number): Uint8Array {
-  const b = new Uint8Array(4);
-  new DataView(b.buffer).setUint32(0, n);
-  return b;
+  return Uint8Array.of((n >>> 24) & 0xff, (n >>> 16) & 0xff, (n >>> 8) & 0xff, n & 0xff);
 }
 
 /** A view of a Buffer/Uint8Array as a plain Uint8Array without copying. */
@@ -64,5 +60,10 @@ export function toBase64Url(b: Uint8Array): string {
 const B64URL = /^[A-Za-z0-9_-]*$/;
 export function fromBase64Url(s: string, what: string): Uint8Array {
   if (!B64URL.test(s)) throw new InvalidInputError(`${what} is not base64url`);
-  return asUint8(Buffer.from(s, 'base64url'));
+  // Buffer.from may place small results in Node's shared allocation pool, where a secret would
+  // outlive any wipe: copy into a buffer of our own and zero the pooled bytes.
+  const pooled = Buffer.from(s, 'base64url');
+  const out = new Uint8Array(pooled);
+  pooled.fill(0);
+  return out;
 }

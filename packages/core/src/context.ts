@@ -3,7 +3,7 @@
  * AEAD associated data. It is authenticated, never encrypted, and never stored in the envelope:
  * the caller presents the same context to decrypt (docs/format.md §Context).
  */
-import { utf8, u16be, concatBytes } from './_bytes.js';
+import { u16be, utf8 } from './_bytes.js';
 import { InvalidInputError } from './errors.js';
 
 export type EncryptionContext = Readonly<Record<string, string>>;
@@ -37,10 +37,24 @@ export function encodeContext(context: EncryptionContext | undefined): Uint8Arra
     encoded.push([kb, vb]);
   }
   encoded.sort((a, b) => Buffer.compare(a[0], b[0]));
-  const parts: Uint8Array[] = [u16be(encoded.length)];
-  for (const [kb, vb] of encoded) parts.push(u16be(kb.length), kb, u16be(vb.length), vb);
-  const out = concatBytes(...parts);
-  if (out.length > MAX_CONTEXT_BYTES) throw new InvalidInputError(`context: at most ${MAX_CONTEXT_BYTES} bytes encoded`);
+  // One allocation, written in place: this runs on every wrap and unwrap (the hot path).
+  let total = 2;
+  for (const [kb, vb] of encoded) total += 4 + kb.length + vb.length;
+  if (total > MAX_CONTEXT_BYTES) throw new InvalidInputError(`context: at most ${MAX_CONTEXT_BYTES} bytes encoded`);
+  const out = new Uint8Array(total);
+  out[0] = encoded.length >>> 8;
+  out[1] = encoded.length & 0xff;
+  let off = 2;
+  for (const [kb, vb] of encoded) {
+    out[off] = kb.length >>> 8;
+    out[off + 1] = kb.length & 0xff;
+    out.set(kb, off + 2);
+    off += 2 + kb.length;
+    out[off] = vb.length >>> 8;
+    out[off + 1] = vb.length & 0xff;
+    out.set(vb, off + 2);
+    off += 2 + vb.length;
+  }
   return out;
 }
 

@@ -65,7 +65,7 @@ export {
   createEncryptStream,
   createDecryptStream,
 } from './stream.js';
-export { assertStrongKeyMaterial } from './weak-key.js';
+export { assertStrongKeyMaterial, isWeakKeyMaterial, type WeakKeyReason, weakKeyThresholds } from './weak-key.js';
 export {
   Keywarden,
   type KeywardenOptions,

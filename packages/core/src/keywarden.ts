@@ -156,7 +156,7 @@ export class Keywarden implements DataKeyProvider {
    */
   async importKey(name: string, material: Uint8Array, options: CreateKeyOptions = {}): Promise<KeyInfo> {
     this.#checkOpen();
-    assertStrongKeyMaterial(material, { expectedLength: AES256_KEY_BYTES, what: 'import: KEK material' });
+    assertStrongKeyMaterial(material, { expectedLength: AES256_KEY_BYTES, what: 'KEK material' });
     return this.#insertKey(name, options.scope ?? {}, material);
   }
 
@@ -212,16 +212,17 @@ export class Keywarden implements DataKeyProvider {
    * as soon as you are done with it. */
   async generateDataKey(key: string, context?: EncryptionContext): Promise<DataKey> {
     this.#checkOpen();
-    const primary = await this.#resolvePrimary(key);
-    const kek = await this.#kek(primary.keyId, primary.version);
-    const counter = `${primary.keyId}:${primary.version}`;
-    const used = this.#wrapCounts.get(counter) ?? 0;
+    // Warm path: two map look-ups, no await before the wrap (docs/architecture.md §hot path).
+    const primary = this.#primaryHit(key) ?? (await this.#resolvePrimary(key));
+    const slot = `${primary.keyId}:${primary.version}`;
+    const kek = this.#kekHit(slot) ?? (await this.#kek(primary.keyId, primary.version));
+    const used = this.#wrapCounts.get(slot) ?? 0;
     if (used >= DEK_WRAPS_PER_KEK_VERSION) {
       throw new UsageLimitError(`keywarden: key ${primary.keyId} v${primary.version} reached its wrap budget; rotate it`);
     }
-    this.#wrapCounts.set(counter, used + 1);
-    const dek = await this.#bytes(DEK_BYTES);
-    const nonce = await this.#bytes(GCM_NONCE_BYTES);
+    this.#wrapCounts.set(slot, used + 1);
+    const dek = this.#syncRandom ? this.#syncRandom(DEK_BYTES) : await this.#random.randomBytes(DEK_BYTES);
+    const nonce = this.#syncRandom ? this.#syncRandom(GCM_NONCE_BYTES) : await this.#random.randomBytes(GCM_NONCE_BYTES);
     const wrapped = wrapDataKey(kek, primary, dek, context, nonce);
     return { plaintext: dek, wrapped, keyId: primary.keyId, version: primary.version };
   }
@@ -230,7 +231,8 @@ export class Keywarden implements DataKeyProvider {
   async decryptDataKey(wrapped: Uint8Array, context?: EncryptionContext): Promise<Uint8Array> {
     this.#checkOpen();
     const parsed = parseWrappedKey(wrapped);
-    const kek = await this.#kek(parsed.keyId, parsed.version);
+    const kek =
+      this.#kekHit(`${parsed.keyId}:${parsed.version}`) ?? (await this.#kek(parsed.keyId, parsed.version));
     return unwrapDataKey(kek, parsed, context);
   }
 
@@ -309,6 +311,21 @@ export class Keywarden implements DataKeyProvider {
     return key;
   }
 
+  #primaryHit(nameOrId: string): CachedPrimary | undefined {
+    const hit = this.#primaryCache.get(nameOrId);
+    return hit && hit.expires > Date.now() ? hit : undefined;
+  }
+
+  /** Cached, unexpired KEK material, or undefined (the caller then loads it). */
+  #kekHit(slot: string): Uint8Array | undefined {
+    const hit = this.#kekCache.get(slot);
+    if (!hit || hit.expires <= Date.now()) return undefined;
+    // Re-insert to keep Map order = least recently used first.
+    this.#kekCache.delete(slot);
+    this.#kekCache.set(slot, hit);
+    return hit.material;
+  }
+
   async #resolvePrimary(nameOrId: string): Promise<CachedPrimary> {
     const now = Date.now();
     const hit = this.#primaryCache.get(nameOrId);
@@ -376,10 +393,6 @@ export class Keywarden implements DataKeyProvider {
     for (const entry of this.#kekCache.values()) wipe(entry.material);
     this.#kekCache.clear();
     this.#primaryCache.clear();
-  }
-
-  async #bytes(n: number): Promise<Uint8Array> {
-    return this.#syncRandom ? this.#syncRandom(n) : this.#random.randomBytes(n);
   }
 
   #requireUnsealed(): void {

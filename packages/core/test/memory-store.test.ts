@@ -1,4 +1,0 @@
-import { describeKeyStoreConformance } from '@keywarden/testkit';
-import { MemoryKeyStore } from '../src/memory-store.js';
-
-describeKeyStoreConformance('MemoryKeyStore', async () => ({ store: new MemoryKeyStore() }));
