@@ -4,8 +4,6 @@ import { fileURLToPath } from 'node:url';
 export const workspaceAlias = {
   '@keywarden/core': fileURLToPath(new URL('./packages/core/src/index.ts', import.meta.url)),
   '@keywarden/store-sqlite': fileURLToPath(new URL('./packages/store-sqlite/src/index.ts', import.meta.url)),
-  '@keywarden/split-knowledge': fileURLToPath(
-    new URL('./packages/split-knowledge/src/index.ts', import.meta.url),
-  ),
+  '@keywarden/split-knowledge': fileURLToPath(new URL('./packages/split-knowledge/src/index.ts', import.meta.url)),
   '@keywarden/testkit': fileURLToPath(new URL('./packages/testkit/src/index.ts', import.meta.url)),
 };

@@ -11,7 +11,12 @@ import { createCipheriv, createDecipheriv, randomBytes, randomFillSync } from 'n
 import { mkdirSync, writeFileSync } from 'node:fs';
 import { dirname } from 'node:path';
 import { parseArgs } from 'node:util';
-import { buildClient, CommitmentPolicy, RawAesKeyringNode, RawAesWrappingSuiteIdentifier } from '@aws-crypto/client-node';
+import {
+  buildClient,
+  CommitmentPolicy,
+  RawAesKeyringNode,
+  RawAesWrappingSuiteIdentifier,
+} from '@aws-crypto/client-node';
 import { Keywarden, MemoryKeyStore, SoftwareRoot } from '@keywarden/core';
 
 const { values } = parseArgs({
@@ -110,15 +115,39 @@ async function main(): Promise<void> {
 
   const cases: Case[] = [
     { name: 'raw node:crypto DEK wrap (AES-256-GCM, 32 B)', fn: () => rawWrap(randomFillSync(new Uint8Array(32))) },
-    { name: 'keywarden generateDataKey', baseline: 'raw node:crypto DEK wrap (AES-256-GCM, 32 B)', fn: () => kw.generateDataKey('bench', context) },
+    {
+      name: 'keywarden generateDataKey',
+      baseline: 'raw node:crypto DEK wrap (AES-256-GCM, 32 B)',
+      fn: () => kw.generateDataKey('bench', context),
+    },
     { name: 'raw node:crypto DEK unwrap', fn: () => rawUnwrap(rawWrapped) },
-    { name: 'keywarden decryptDataKey', baseline: 'raw node:crypto DEK unwrap', fn: () => kw.decryptDataKey(dk.wrapped, context) },
+    {
+      name: 'keywarden decryptDataKey',
+      baseline: 'raw node:crypto DEK unwrap',
+      fn: () => kw.decryptDataKey(dk.wrapped, context),
+    },
     { name: 'raw node:crypto envelope encrypt 1 KiB', fn: () => rawEncrypt(payload) },
-    { name: 'keywarden encrypt 1 KiB', baseline: 'raw node:crypto envelope encrypt 1 KiB', fn: () => kw.encrypt(payload, { key: 'bench', context }) },
-    { name: 'aws-encryption-sdk encrypt 1 KiB (raw AES keyring)', baseline: 'raw node:crypto envelope encrypt 1 KiB', fn: () => esdk.encrypt(keyring, payload, { encryptionContext: context }) },
+    {
+      name: 'keywarden encrypt 1 KiB',
+      baseline: 'raw node:crypto envelope encrypt 1 KiB',
+      fn: () => kw.encrypt(payload, { key: 'bench', context }),
+    },
+    {
+      name: 'aws-encryption-sdk encrypt 1 KiB (raw AES keyring)',
+      baseline: 'raw node:crypto envelope encrypt 1 KiB',
+      fn: () => esdk.encrypt(keyring, payload, { encryptionContext: context }),
+    },
     { name: 'raw node:crypto envelope decrypt 1 KiB', fn: () => rawDecrypt(rawEnvelope) },
-    { name: 'keywarden decrypt 1 KiB', baseline: 'raw node:crypto envelope decrypt 1 KiB', fn: () => kw.decrypt(kwEnvelope, { context }) },
-    { name: 'aws-encryption-sdk decrypt 1 KiB (raw AES keyring)', baseline: 'raw node:crypto envelope decrypt 1 KiB', fn: () => esdk.decrypt(keyring, awsEnvelope) },
+    {
+      name: 'keywarden decrypt 1 KiB',
+      baseline: 'raw node:crypto envelope decrypt 1 KiB',
+      fn: () => kw.decrypt(kwEnvelope, { context }),
+    },
+    {
+      name: 'aws-encryption-sdk decrypt 1 KiB (raw AES keyring)',
+      baseline: 'raw node:crypto envelope decrypt 1 KiB',
+      fn: () => esdk.decrypt(keyring, awsEnvelope),
+    },
   ];
 
   for (const c of cases) await opsPerSecond(c.fn, 50); // warm-up (JIT, caches)

@@ -54,7 +54,14 @@ export function checkKekRef(ref: KekRef): void {
 
 function header(ref: KekRef): Uint8Array {
   const id = utf8.encode(ref.keyId);
-  return concatBytes(WRAPPED_KEY_MAGIC, u8(WRAPPED_KEY_VERSION), u8(SUITE_DEK_AES256GCM), u8(id.length), id, u32be(ref.version));
+  return concatBytes(
+    WRAPPED_KEY_MAGIC,
+    u8(WRAPPED_KEY_VERSION),
+    u8(SUITE_DEK_AES256GCM),
+    u8(id.length),
+    id,
+    u32be(ref.version),
+  );
 }
 
 /** Wrap a 32-byte DEK under one KEK version's material. `nonce` must be fresh from a CSPRNG. */
@@ -81,7 +88,8 @@ export function parseWrappedKey(bytes: Uint8Array): ParsedWrappedKey {
   if (bytes.length < 6 || bytes.length > MAX_WRAPPED_KEY_BYTES) {
     throw new FormatError('data key: wrapped key has an invalid length');
   }
-  if (bytes[0] !== 0x4b || bytes[1] !== 0x57 || bytes[2] !== 0x4b) throw new FormatError('data key: not a Keywarden wrapped key');
+  if (bytes[0] !== 0x4b || bytes[1] !== 0x57 || bytes[2] !== 0x4b)
+    throw new FormatError('data key: not a Keywarden wrapped key');
   if (bytes[3] !== WRAPPED_KEY_VERSION) throw new FormatError(`data key: unsupported format version ${bytes[3]}`);
   const suite = bytes[4] as number;
   if (suite !== SUITE_DEK_AES256GCM) throw new FormatError(`data key: unsupported suite ${suite}`);
@@ -105,7 +113,11 @@ export function parseWrappedKey(bytes: Uint8Array): ParsedWrappedKey {
 }
 
 /** Unwrap a parsed wrapped key with the KEK material of the version it names. */
-export function unwrapDataKey(kek: Uint8Array, parsed: ParsedWrappedKey, context: EncryptionContext | undefined): Uint8Array {
+export function unwrapDataKey(
+  kek: Uint8Array,
+  parsed: ParsedWrappedKey,
+  context: EncryptionContext | undefined,
+): Uint8Array {
   return gcmOpen(kek, parsed.nonce, parsed.sealed, concatBytes(parsed.header, encodeContext(context)), 'data key');
 }
 

@@ -125,13 +125,16 @@ export class Keywarden implements DataKeyProvider {
     this.root = options.root;
     this.#random = options.random ?? nodeRandom;
     this.#syncRandom =
-      this.#random instanceof NodeRandomSource ? (n) => (this.#random as NodeRandomSource).randomBytesSync(n) : undefined;
+      this.#random instanceof NodeRandomSource
+        ? (n) => (this.#random as NodeRandomSource).randomBytesSync(n)
+        : undefined;
     this.#maxEntries = options.cache?.maxEntries ?? 1024;
     this.#ttlMs = options.cache?.ttlMs ?? 300_000;
     if (!Number.isInteger(this.#maxEntries) || this.#maxEntries < 1) {
       throw new InvalidInputError('keywarden: cache.maxEntries must be a positive integer');
     }
-    if (!Number.isFinite(this.#ttlMs) || this.#ttlMs < 0) throw new InvalidInputError('keywarden: cache.ttlMs must be ≥ 0');
+    if (!Number.isFinite(this.#ttlMs) || this.#ttlMs < 0)
+      throw new InvalidInputError('keywarden: cache.ttlMs must be ≥ 0');
     this.#now = options.now ?? (() => new Date());
   }
 
@@ -218,11 +221,15 @@ export class Keywarden implements DataKeyProvider {
     const kek = this.#kekHit(slot) ?? (await this.#kek(primary.keyId, primary.version));
     const used = this.#wrapCounts.get(slot) ?? 0;
     if (used >= DEK_WRAPS_PER_KEK_VERSION) {
-      throw new UsageLimitError(`keywarden: key ${primary.keyId} v${primary.version} reached its wrap budget; rotate it`);
+      throw new UsageLimitError(
+        `keywarden: key ${primary.keyId} v${primary.version} reached its wrap budget; rotate it`,
+      );
     }
     this.#wrapCounts.set(slot, used + 1);
     const dek = this.#syncRandom ? this.#syncRandom(DEK_BYTES) : await this.#random.randomBytes(DEK_BYTES);
-    const nonce = this.#syncRandom ? this.#syncRandom(GCM_NONCE_BYTES) : await this.#random.randomBytes(GCM_NONCE_BYTES);
+    const nonce = this.#syncRandom
+      ? this.#syncRandom(GCM_NONCE_BYTES)
+      : await this.#random.randomBytes(GCM_NONCE_BYTES);
     const wrapped = wrapDataKey(kek, primary, dek, context, nonce);
     return { plaintext: dek, wrapped, keyId: primary.keyId, version: primary.version };
   }
@@ -231,8 +238,7 @@ export class Keywarden implements DataKeyProvider {
   async decryptDataKey(wrapped: Uint8Array, context?: EncryptionContext): Promise<Uint8Array> {
     this.#checkOpen();
     const parsed = parseWrappedKey(wrapped);
-    const kek =
-      this.#kekHit(`${parsed.keyId}:${parsed.version}`) ?? (await this.#kek(parsed.keyId, parsed.version));
+    const kek = this.#kekHit(`${parsed.keyId}:${parsed.version}`) ?? (await this.#kek(parsed.keyId, parsed.version));
     return unwrapDataKey(kek, parsed, context);
   }
 
@@ -428,12 +434,17 @@ function checkScope(scope: KeyScope): KeyScope {
       throw new InvalidInputError(`keywarden: unknown scope field "${k}" (expected ${SCOPE_FIELDS.join(', ')})`);
     }
     if (v === undefined) continue;
-    if (typeof v !== 'string' || v.length === 0 || v.length > 128 || /[\u0000-\u001f]/.test(v)) {
+    if (typeof v !== 'string' || v.length === 0 || v.length > 128 || hasControlCharacter(v)) {
       throw new InvalidInputError(`keywarden: scope ${k} must be 1..128 printable characters`);
     }
     out[k as (typeof SCOPE_FIELDS)[number]] = v;
   }
   return out;
+}
+
+function hasControlCharacter(v: string): boolean {
+  for (let i = 0; i < v.length; i++) if (v.charCodeAt(i) < 0x20 || v.charCodeAt(i) === 0x7f) return true;
+  return false;
 }
 
 function toKeyInfo(key: KeyRecord, versions: KeyVersionRecord[]): KeyInfo {
@@ -445,7 +456,13 @@ function toKeyInfo(key: KeyRecord, versions: KeyVersionRecord[]): KeyInfo {
     createdAt: key.createdAt,
     updatedAt: key.updatedAt,
     versions: versions
-      .map((v) => ({ version: v.version, state: v.state, rootId: v.rootId, createdAt: v.createdAt, updatedAt: v.updatedAt }))
+      .map((v) => ({
+        version: v.version,
+        state: v.state,
+        rootId: v.rootId,
+        createdAt: v.createdAt,
+        updatedAt: v.updatedAt,
+      }))
       .sort((a, b) => a.version - b.version),
   };
 }

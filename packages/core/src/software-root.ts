@@ -95,7 +95,8 @@ export function decodeSealedRoot(bytes: Uint8Array): SealedRootDocument {
       throw new FormatError('root: malformed share-set description');
     }
   }
-  if (typeof d.nonce !== 'string' || typeof d.wrappedRoot !== 'string') throw new FormatError('root: sealed root is incomplete');
+  if (typeof d.nonce !== 'string' || typeof d.wrappedRoot !== 'string')
+    throw new FormatError('root: sealed root is incomplete');
   if (fromBase64Url(d.nonce, 'root: nonce').length !== GCM_NONCE_BYTES) throw new FormatError('root: bad nonce length');
   if (fromBase64Url(d.wrappedRoot, 'root: wrapped root').length !== AES256_KEY_BYTES + 16) {
     throw new FormatError('root: bad wrapped root length');

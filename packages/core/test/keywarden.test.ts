@@ -42,7 +42,9 @@ function countReads(store: MemoryKeyStore) {
 describe('Keywarden key management', () => {
   it('createKey makes an immutable random id, version 1 primary, and keeps the scope', async () => {
     const { kw } = await setup();
-    const info = await kw.createKey('billing/tenant-a', { scope: { environment: 'prod', tenant: 'a', purpose: 'pii' } });
+    const info = await kw.createKey('billing/tenant-a', {
+      scope: { environment: 'prod', tenant: 'a', purpose: 'pii' },
+    });
     expect(info.id).toMatch(/^kek_[A-Za-z0-9_-]{22}$/);
     expect(info.primaryVersion).toBe(1);
     expect(info.scope).toEqual({ environment: 'prod', tenant: 'a', purpose: 'pii' });
@@ -70,7 +72,9 @@ describe('Keywarden key management', () => {
     for (const bad of ['', ' k', 'kek_abc', 'a'.repeat(129), 'x\ny']) {
       await expect(kw.createKey(bad)).rejects.toSatisfy(InvalidInputError.isInstance);
     }
-    await expect(kw.createKey('s', { scope: { owner: 'me' } as never })).rejects.toSatisfy(InvalidInputError.isInstance);
+    await expect(kw.createKey('s', { scope: { owner: 'me' } as never })).rejects.toSatisfy(
+      InvalidInputError.isInstance,
+    );
     await expect(kw.getKey('missing')).rejects.toSatisfy(KeyNotFoundError.isInstance);
   });
 
@@ -82,9 +86,9 @@ describe('Keywarden key management', () => {
     expect(dk.keyId).toBe(info.id);
     await expect(kw.importKey('weak1', new Uint8Array(32))).rejects.toSatisfy(WeakKeyMaterialError.isInstance);
     await expect(kw.importKey('weak2', new Uint8Array(16).fill(3))).rejects.toSatisfy(WeakKeyMaterialError.isInstance);
-    await expect(
-      kw.importKey('weak3', new TextEncoder().encode('correct-horse-battery-staple-123')),
-    ).rejects.toSatisfy(WeakKeyMaterialError.isInstance);
+    await expect(kw.importKey('weak3', new TextEncoder().encode('correct-horse-battery-staple-123'))).rejects.toSatisfy(
+      WeakKeyMaterialError.isInstance,
+    );
   });
 });
 

@@ -40,7 +40,9 @@ describe('SoftwareRoot', () => {
     const material = new Uint8Array(randomBytes(32));
     const wrapped = await root.wrapKey(material, aad);
     expect(await root.unwrapKey(wrapped, aad)).toEqual(material);
-    await expect(root.unwrapKey(wrapped, new TextEncoder().encode('other'))).rejects.toSatisfy(DecryptionError.isInstance);
+    await expect(root.unwrapKey(wrapped, new TextEncoder().encode('other'))).rejects.toSatisfy(
+      DecryptionError.isInstance,
+    );
     for (let i = 0; i < wrapped.length; i++) {
       const bad = wrapped.slice();
       bad[i]! ^= 0x01;
@@ -76,7 +78,9 @@ describe('SoftwareRoot', () => {
   it('refuses to initialize a store that already has a root', async () => {
     const store = new MemoryKeyStore();
     await SoftwareRoot.initialize(store, { unsealKey: unsealKey() });
-    await expect(SoftwareRoot.initialize(store, { unsealKey: unsealKey() })).rejects.toSatisfy(KeyStoreError.isInstance);
+    await expect(SoftwareRoot.initialize(store, { unsealKey: unsealKey() })).rejects.toSatisfy(
+      KeyStoreError.isInstance,
+    );
   });
 
   it('a sealed document edited to another unseal method or root id no longer unseals', async () => {
