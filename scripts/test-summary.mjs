@@ -19,5 +19,6 @@ for (const dir of readdirSync('packages')) {
   for (const s of r.testResults ?? []) if (s.status === 'failed') failedSuites.push(s.name);
 }
 for (const s of failedSuites) console.log(`failed: ${s}`);
+console.log(`test files: ${suites}`);
 console.log(`tests: ${passed} passed, ${failed} failed, ${skipped} skipped`);
 if (failed > 0 || failedSuites.length > 0 || passed === 0) process.exit(1);
