@@ -12,7 +12,7 @@ for (const dir of readdirSync('packages')) {
   const file = join('packages', dir, '.vitest-results.json');
   if (!existsSync(file)) continue;
   const r = JSON.parse(readFileSync(file, 'utf8'));
-  suites += r.numTotalTestSuites ?? 0;
+  suites += (r.testResults ?? []).length;
   passed += r.numPassedTests ?? 0;
   failed += r.numFailedTests ?? 0;
   skipped += (r.numPendingTests ?? 0) + (r.numTodoTests ?? 0);
