@@ -198,15 +198,18 @@ export class SoftwareRoot implements RootOfTrust, Sealable {
   async unseal(unsealKey: Uint8Array): Promise<void> {
     this.#checkOpen();
     checkUnsealKey(unsealKey);
-    if (this.#rootKey) return;
     const nonce = fromBase64Url(this.#doc.nonce, 'root: nonce');
     const sealed = fromBase64Url(this.#doc.wrappedRoot, 'root: wrapped root');
+    let rootKey: Uint8Array;
     try {
-      this.#rootKey = gcmOpen(unsealKey, nonce, sealed, sealAad(this.#doc), 'root');
+      rootKey = gcmOpen(unsealKey, nonce, sealed, sealAad(this.#doc), 'root');
     } catch (err) {
       if (DecryptionError.isInstance(err)) throw new UnsealError('root: unseal failed (wrong unseal key or shares)');
       throw err;
     }
+    // Always checked, even when already unsealed: a wrong key must never look accepted.
+    if (this.#rootKey) wipe(rootKey);
+    else this.#rootKey = rootKey;
   }
 
   async seal(): Promise<void> {

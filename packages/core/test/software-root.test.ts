@@ -64,6 +64,9 @@ describe('SoftwareRoot', () => {
     expect(root.isSealed()).toBe(true);
     await root.unseal(key);
     expect(await root.unwrapKey(wrapped, aad)).toEqual(new Uint8Array(32).fill(7));
+    // already unsealed: a wrong key is still refused, the right one accepted
+    await expect(root.unseal(unsealKey())).rejects.toSatisfy(UnsealError.isInstance);
+    await root.unseal(key);
     await root.seal();
     await expect(root.unwrapKey(wrapped, aad)).rejects.toSatisfy(KeystoreSealedError.isInstance);
   });

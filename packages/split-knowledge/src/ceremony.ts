@@ -1,0 +1,313 @@
+/**
+ * The split-knowledge ceremony on a software root (docs/split-knowledge.md): init with the unseal
+ * key split into shares, unseal by quorum, rekey to a new share set, and the quorum gate that root
+ * rotation and root destruction will call. The CLI (`keywarden init/unseal/seal/rekey`) and
+ * applications call these; they are built on core's `SoftwareRoot`.
+ *
+ * Invariants:
+ *  - the unseal key comes from the CSPRNG (node:crypto), exists only in memory, and is wiped as
+ *    soon as it has sealed (or opened) the root; neither it nor the root key is ever written in
+ *    plaintext — the key store receives only the sealed root document;
+ *  - a quorum is verified cryptographically, against the sealed root document in the store: the
+ *    combined key must authenticate the AES-GCM-wrapped root. A forged share, or a share from
+ *    another ceremony with a matching label, fails there with an error that says only that;
+ *  - rekey and requireQuorum demand a quorum of the current shares even when the root is already
+ *    unsealed in this process (separation of duties: an operator with a running process is not a
+ *    quorum).
+ */
+import {
+  decodeSealedRoot,
+  encodeSealedRoot,
+  InvalidInputError,
+  type KeyStore,
+  KeyStoreError,
+  MemoryKeyStore,
+  ROOT_META_NAME,
+  type SealedRootDocument,
+  SoftwareRoot,
+  UNSEAL_KEY_BYTES,
+  UnsealError,
+  wipe,
+} from '@keywarden/core';
+import { randomBytes } from './_bytes.js';
+import { type CustodianPublicKey, custodianPublicKey, encryptShareForCustodian } from './custodian.js';
+import {
+  checkSplitParameters,
+  combineShares,
+  type ParsedShare,
+  type ShareExpectation,
+  type ShareSetInfo,
+  shareSetInfo,
+  splitSecret,
+} from './share.js';
+import { UnsealSession, type UnsealSessionOptions } from './unseal-session.js';
+
+export const DEFAULT_SHARES = 5;
+export const DEFAULT_THRESHOLD = 3;
+
+export interface ShareSetOptions {
+  /** N, 2..255. Default 5. */
+  shares?: number;
+  /** M, 2..N. Default 3. */
+  threshold?: number;
+  /**
+   * One custodian public key (PEM: X25519, or RSA ≥ 2048 bits) per share, in share order. When
+   * given, every share is handed out encrypted, so whoever runs the ceremony never sees one.
+   */
+  custodians?: readonly string[];
+}
+
+export interface HandOut {
+  /** The share set (not secret). */
+  shareSet: ShareSetInfo;
+  /**
+   * What to give custodian i (0-based): the share text, or the armored encrypted share when
+   * custodians were given. Each is handed out once and then dropped (JavaScript strings cannot
+   * be wiped; keep them out of logs and let them go out of scope).
+   */
+  handOut: string[];
+}
+
+export interface SplitRoot extends HandOut {
+  /** The new root, unsealed. */
+  root: SoftwareRoot;
+}
+
+type ShamirMethod = Extract<SealedRootDocument['unseal'], { method: 'shamir' }>;
+
+// ── Preconditions ──────────────────────────────────────────────────────────────────────────────
+
+function resolveParameters(options: ShareSetOptions): {
+  shares: number;
+  threshold: number;
+  recipients: CustodianPublicKey[] | undefined;
+} {
+  const shares = options.shares ?? DEFAULT_SHARES;
+  const threshold = options.threshold ?? DEFAULT_THRESHOLD;
+  checkSplitParameters(shares, threshold);
+  if (options.custodians === undefined) return { shares, threshold, recipients: undefined };
+  if (!Array.isArray(options.custodians) || options.custodians.length !== shares) {
+    throw new InvalidInputError(
+      `ceremony: ${Array.isArray(options.custodians) ? options.custodians.length : 'no'} custodian keys for ${shares} shares; give one public key per share`,
+    );
+  }
+  const recipients = options.custodians.map((pem) => custodianPublicKey(pem));
+  // One person holding two shares lowers the real threshold: refuse it.
+  const seen = new Map<string, number>();
+  recipients.forEach((r, i) => {
+    const earlier = seen.get(r.fingerprint);
+    if (earlier !== undefined) {
+      throw new InvalidInputError(
+        `ceremony: custodians ${earlier + 1} and ${i + 1} have the same public key; each share must go to a different custodian`,
+      );
+    }
+    seen.set(r.fingerprint, i);
+  });
+  return { shares, threshold, recipients };
+}
+
+function requireShamir(doc: SealedRootDocument, component: string): ShamirMethod {
+  if (doc.unseal.method !== 'shamir') {
+    throw new InvalidInputError(
+      `${component}: this root is not split into shares (it is unsealed with a development-mode key)`,
+    );
+  }
+  return doc.unseal;
+}
+
+function expectationOf(method: ShamirMethod): ShareExpectation {
+  return { shareSetId: method.shareSetId, threshold: method.threshold, shares: method.shares, purpose: 'unseal-key' };
+}
+
+async function storedDocument(store: KeyStore): Promise<SealedRootDocument> {
+  const bytes = await store.getMeta(ROOT_META_NAME);
+  if (!bytes) throw new KeyStoreError('root: this key store has no root (run init first)');
+  return decodeSealedRoot(bytes);
+}
+
+function forgedShareError(): UnsealError {
+  return new UnsealError(
+    'unseal: the shares combined into a key that does not open the root: at least one share is forged or altered, ' +
+      'or comes from another ceremony; the root stays sealed',
+  );
+}
+
+/** Open `root` with `key`, turning core's "wrong unseal key" into the forged-share error. */
+async function unsealOrForged(root: SoftwareRoot, key: Uint8Array): Promise<void> {
+  try {
+    await root.unseal(key);
+  } catch (err) {
+    if (UnsealError.isInstance(err)) throw forgedShareError();
+    throw err;
+  }
+}
+
+/**
+ * Check that `key` opens the sealed document `doc`, without touching any root in use: a throwaway
+ * SoftwareRoot is loaded from a private in-memory copy of the document, unsealed, and closed.
+ */
+async function verifyUnsealKey(doc: SealedRootDocument, key: Uint8Array): Promise<void> {
+  const scratch = new MemoryKeyStore();
+  await scratch.putMeta(ROOT_META_NAME, encodeSealedRoot(doc));
+  const probe = await SoftwareRoot.load(scratch);
+  try {
+    await unsealOrForged(probe, key);
+  } finally {
+    await probe.close();
+    await scratch.close();
+  }
+}
+
+function handOutShares(encoded: string[], recipients: CustodianPublicKey[] | undefined): string[] {
+  if (!recipients) return [...encoded];
+  return encoded.map((share, i) => encryptShareForCustodian(share, recipients[i]!));
+}
+
+async function newShareSet(
+  unsealKey: Uint8Array,
+  shares: number,
+  threshold: number,
+  recipients: CustodianPublicKey[] | undefined,
+): Promise<HandOut> {
+  const set = await splitSecret(unsealKey, { shares, threshold, purpose: 'unseal-key' });
+  return { shareSet: shareSetInfo(set), handOut: handOutShares(set.encoded, recipients) };
+}
+
+// ── Ceremony ───────────────────────────────────────────────────────────────────────────────────
+
+/**
+ * Init: create a software root whose unseal key is split M-of-N (default 3 of 5).
+ * Pre: the store has no root; N, M and the custodian keys are valid (all checked before anything
+ * is written). Post: the store holds only the sealed root document (unseal method "shamir", the
+ * new share-set id, M, N); the unseal key has been wiped; `handOut[i]` is share i+1, encrypted to
+ * custodian i when custodians were given. The returned root is unsealed.
+ */
+export async function initSplitRoot(store: KeyStore, options: ShareSetOptions = {}): Promise<SplitRoot> {
+  const { shares, threshold, recipients } = resolveParameters(options);
+  const unsealKey = randomBytes(UNSEAL_KEY_BYTES);
+  try {
+    // Split and encrypt first: if anything fails, nothing has been written.
+    const out = await newShareSet(unsealKey, shares, threshold, recipients);
+    const root = await SoftwareRoot.initialize(store, {
+      unsealKey,
+      unseal: { method: 'shamir', shareSetId: out.shareSet.shareSetId, threshold, shares },
+    });
+    return { root, ...out };
+  } finally {
+    wipe(unsealKey);
+  }
+}
+
+/**
+ * Unseal `root` with a quorum of shares (texts or parsed). The shares are checked against the
+ * root's share set before combining (wrong set, wrong purpose, duplicate, too few: ShareError);
+ * a combined key that does not open the root is an UnsealError saying a share is forged or from
+ * another ceremony. On an already unsealed root the quorum is still verified.
+ */
+export async function unsealWithShares(
+  root: SoftwareRoot,
+  shares: readonly string[] | readonly ParsedShare[],
+): Promise<void> {
+  const doc = root.document;
+  const method = requireShamir(doc, 'unseal');
+  const key = await combineShares(shares, expectationOf(method));
+  try {
+    if (root.isSealed()) await unsealOrForged(root, key);
+    else await verifyUnsealKey(doc, key);
+  } finally {
+    wipe(key);
+  }
+}
+
+/** An UnsealSession for this root's current share set. */
+export function unsealSessionFor(
+  root: SoftwareRoot,
+  options: Omit<UnsealSessionOptions, 'expected'> = {},
+): UnsealSession {
+  const method = requireShamir(root.document, 'unseal');
+  return new UnsealSession({ ...options, expected: expectationOf(method) as UnsealSessionOptions['expected'] });
+}
+
+/** Unseal `root` with the quorum collected by `session` (which is wiped whatever happens). */
+export async function unsealWithSession(root: SoftwareRoot, session: UnsealSession): Promise<void> {
+  const method = requireShamir(root.document, 'unseal');
+  const e = session.expected;
+  if (e.purpose !== 'unseal-key' || e.shareSetId !== method.shareSetId) {
+    session.reset();
+    throw new InvalidInputError("unseal: this session collects shares of another share set than the root's");
+  }
+  const key = await session.takeSecret();
+  try {
+    if (root.isSealed()) await unsealOrForged(root, key);
+    else await verifyUnsealKey(root.document, key);
+  } finally {
+    wipe(key);
+  }
+}
+
+/**
+ * The quorum gate: resolves when `shares` are a quorum of the store's current share set (they
+ * combine into the key that opens the sealed root), throws otherwise. Root rotation and root
+ * destruction are not in core yet; when they land, they must call this first (separation of
+ * duties), whatever the state of the root in the calling process.
+ */
+export async function requireQuorum(
+  store: KeyStore,
+  shares: readonly string[] | readonly ParsedShare[],
+): Promise<void> {
+  const doc = await storedDocument(store);
+  const key = await combineShares(shares, expectationOf(requireShamir(doc, 'quorum')));
+  try {
+    await verifyUnsealKey(doc, key);
+  } finally {
+    wipe(key);
+  }
+}
+
+/**
+ * Rekey: replace the share set (N and M may change) — when a share is lost, a custodian leaves,
+ * or on a schedule. Requires a quorum of the CURRENT shares even if `root` is already unsealed.
+ * The root key itself does not change (KEKs stay valid); it is resealed under a new unseal key
+ * from the CSPRNG, split into the new set. Once the store write commits, the old shares no longer
+ * open the root: they name the old share set (refused before combining), and their key no longer
+ * authenticates the sealed root.
+ *
+ * Pre: `root` is the root in `store` (same sealed document); the new N, M and custodians are
+ * valid; `currentShares` are a quorum of the current set. A root that was sealed on entry is
+ * unsealed by the quorum and sealed again before returning.
+ * Limit: the key store has no compare-and-swap, so two rekeys racing on one store are not
+ * detected; run one ceremony at a time.
+ */
+export async function rekey(
+  store: KeyStore,
+  root: SoftwareRoot,
+  currentShares: readonly string[] | readonly ParsedShare[],
+  options: ShareSetOptions = {},
+): Promise<HandOut> {
+  const { shares, threshold, recipients } = resolveParameters(options);
+  const stored = await storedDocument(store);
+  const mine = root.document;
+  if (stored.rootId !== mine.rootId || stored.nonce !== mine.nonce || stored.wrappedRoot !== mine.wrappedRoot) {
+    throw new InvalidInputError(
+      'rekey: the root in this process is not the one in the key store (it was rekeyed or replaced); load it again',
+    );
+  }
+  const current = requireShamir(stored, 'rekey');
+  const oldKey = await combineShares(currentShares, expectationOf(current));
+  const wasSealed = root.isSealed();
+  try {
+    if (wasSealed) await unsealOrForged(root, oldKey);
+    else await verifyUnsealKey(stored, oldKey);
+  } finally {
+    wipe(oldKey);
+  }
+  const newKey = randomBytes(UNSEAL_KEY_BYTES);
+  try {
+    const out = await newShareSet(newKey, shares, threshold, recipients);
+    await root.reseal(store, newKey, { method: 'shamir', shareSetId: out.shareSet.shareSetId, threshold, shares });
+    return out;
+  } finally {
+    wipe(newKey);
+    if (wasSealed) await root.seal();
+  }
+}
