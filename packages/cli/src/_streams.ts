@@ -12,10 +12,10 @@
 import { randomBytes } from 'node:crypto';
 import { createReadStream } from 'node:fs';
 import { type FileHandle, open, rename, unlink } from 'node:fs/promises';
-import path from 'node:path';
-import type { Readable, Writable } from 'node:stream';
+import * as path from 'node:path';
+import { Readable, type Writable } from 'node:stream';
 import { wipe } from '@keywarden/core';
-import { CliError } from './errors.js';
+import { CliError, displayPath, systemErrorText } from './errors.js';
 
 export const MiB = 1024 * 1024;
 
@@ -41,7 +41,7 @@ export function openInput(file: string | undefined, cwd: string, stdin: Readable
 
 /** Output: an all-or-nothing file (-o) or the given stream (stdout), which is never ended. */
 export async function openOutput(file: string | undefined, cwd: string, stdout: Writable): Promise<OutputSink> {
-  return file === undefined ? streamSink(stdout) : atomicFileSink(path.resolve(cwd, file));
+  return file === undefined ? streamSink(stdout) : atomicFileSink(path.resolve(cwd, file), cwd);
 }
 
 function streamSink(out: Writable): OutputSink {
@@ -89,17 +89,32 @@ export function writeToStream(out: Writable, chunk: Uint8Array | string): Promis
   });
 }
 
-async function atomicFileSink(target: string): Promise<OutputSink> {
+async function atomicFileSink(target: string, cwd: string): Promise<OutputSink> {
   const dir = path.dirname(target);
   const tmp = path.join(dir, `.${path.basename(target)}.${randomBytes(6).toString('hex')}.keywarden-tmp`);
-  // 'wx': O_CREAT|O_EXCL, so a pre-planted file or symlink at the temporary name is refused.
-  const fh: FileHandle = await open(tmp, 'wx', 0o600);
+  let fh: FileHandle;
+  try {
+    // 'wx': O_CREAT|O_EXCL, so a pre-planted file or symlink at the temporary name is refused.
+    fh = await open(tmp, 'wx', 0o600);
+  } catch (err) {
+    const why =
+      (err as NodeJS.ErrnoException).code === 'ENOENT'
+        ? `no such directory ${displayPath(dir, cwd)}`
+        : systemErrorText(err);
+    throw new CliError(`cannot create ${displayPath(target, cwd)}: ${why}`, { cause: err });
+  }
   let closed = false;
   let done = false;
   const close = async () => {
     if (closed) return;
     closed = true;
     await fh.close();
+  };
+  const abort = async () => {
+    if (done) return;
+    done = true;
+    await close().catch(() => {});
+    await unlink(tmp).catch(() => {});
   };
   return {
     releasesBuffers: true,
@@ -115,19 +130,18 @@ async function atomicFileSink(target: string): Promise<OutputSink> {
       try {
         await fh.sync();
         await close();
-        await rename(tmp, target);
+        try {
+          await rename(tmp, target);
+        } catch (err) {
+          throw new CliError(`cannot replace ${displayPath(target, cwd)}: ${systemErrorText(err)}`, { cause: err });
+        }
         done = true;
       } catch (err) {
-        await this.abort();
+        await abort();
         throw err;
       }
     },
-    async abort() {
-      if (done) return;
-      done = true;
-      await close().catch(() => {});
-      await unlink(tmp).catch(() => {});
-    },
+    abort,
   };
 }
 
@@ -164,41 +178,60 @@ export async function readAll(
 }
 
 /**
- * Look at the first `n` bytes of a stream without losing them: returns those bytes (fewer at end
- * of input) and an iterable that yields the whole input from the start.
+ * Look at the first `n` bytes of a stream without consuming them: returns those bytes (fewer at
+ * end of input) and a stream that yields the whole input from the start. The bytes are put back
+ * with unshift(), so the returned stream is the source itself and can be destroyed at once on an
+ * error or an abort (an async generator suspended on a read could not be).
  */
-export async function peek(source: Readable, n: number): Promise<{ head: Uint8Array; all: AsyncIterable<Uint8Array> }> {
-  const it = source[Symbol.asyncIterator]() as AsyncIterator<unknown>;
-  const buffered: Uint8Array[] = [];
-  let have = 0;
-  let ended = false;
-  while (have < n) {
-    const r = await it.next();
-    if (r.done) {
-      ended = true;
-      break;
-    }
-    const chunk = toBytes(r.value);
-    buffered.push(chunk);
-    have += chunk.length;
-  }
-  const head = Buffer.concat(buffered, have).subarray(0, n);
-  async function* all(): AsyncGenerator<Uint8Array> {
-    try {
-      for (const b of buffered) yield b;
-      buffered.length = 0;
-      if (ended) return;
-      for (;;) {
-        const r = await it.next();
-        if (r.done) return;
-        yield toBytes(r.value);
+export function peek(source: Readable, n: number): Promise<{ head: Uint8Array; input: Readable }> {
+  return new Promise((resolve, reject) => {
+    const chunks: Uint8Array[] = [];
+    let have = 0;
+    const cleanup = () => {
+      source.off('readable', onReadable);
+      source.off('end', onEnd);
+      source.off('error', onError);
+    };
+    const onReadable = () => {
+      let chunk: unknown;
+      while (have < n && (chunk = source.read()) !== null) {
+        const bytes = toBytes(chunk);
+        chunks.push(bytes);
+        have += bytes.length;
       }
-    } finally {
-      // Stop reading (and close the file) when the consumer stops early, e.g. on a decryption error.
-      await it.return?.();
-    }
-  }
-  return { head: new Uint8Array(head), all: all() };
+      if (have >= n) {
+        cleanup();
+        const head = Buffer.concat(chunks, have);
+        source.unshift(head);
+        resolve({ head: new Uint8Array(head.subarray(0, n)), input: source });
+      }
+    };
+    const onEnd = () => {
+      // Shorter than n: the whole input is in hand (and unshift is no longer allowed).
+      cleanup();
+      const all = Buffer.concat(chunks, have);
+      resolve({ head: new Uint8Array(all), input: Readable.from(have > 0 ? [all] : []) });
+    };
+    const onError = (err: Error) => {
+      cleanup();
+      reject(err);
+    };
+    source.on('readable', onReadable);
+    source.once('end', onEnd);
+    source.once('error', onError);
+  });
+}
+
+/**
+ * Destroy `stream` with an AbortError when `signal` aborts (SIGINT/SIGTERM in bin.ts), so a command
+ * waiting on input stops at once. Returns the function that removes the listener.
+ */
+export function destroyOnAbort(stream: Readable, signal: AbortSignal | undefined): () => void {
+  if (!signal) return () => {};
+  const onAbort = () => stream.destroy(Object.assign(new Error('interrupted'), { name: 'AbortError' }));
+  if (signal.aborted) onAbort();
+  else signal.addEventListener('abort', onAbort, { once: true });
+  return () => signal.removeEventListener('abort', onAbort);
 }
 
 function toBytes(c: unknown): Uint8Array {

@@ -7,7 +7,7 @@
  * below, or — for anything else — from a short description of a Node system error. Nothing here
  * ever formats a buffer or a secret into text.
  */
-import path from 'node:path';
+import * as path from 'node:path';
 import { CommanderError } from 'commander';
 import { KeywardenError } from '@keywarden/core';
 
@@ -72,6 +72,13 @@ export function describeError(err: unknown, cwd: string): ReportedError {
     return { message: oneLine(`unexpected error: ${err.message}`), exitCode: EXIT_FAILURE };
   }
   return { message: 'unexpected error (run again with --debug for details)', exitCode: EXIT_FAILURE };
+}
+
+/** "no such file", "permission denied"… for a Node system error code, or the code itself. */
+export function systemErrorText(err: unknown): string {
+  const code = (err as NodeJS.ErrnoException | undefined)?.code;
+  if (typeof code !== 'string') return 'failed';
+  return SYSTEM_ERRORS[code] ?? code;
 }
 
 /** The stack and the chain of causes, for --debug. */

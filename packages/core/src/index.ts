@@ -51,6 +51,7 @@ export {
   type EnvelopeInfo,
   type EnvelopeMode,
   MAX_SINGLE_SHOT_PLAINTEXT,
+  TEXT_PREFIX,
   DEFAULT_FRAME_SIZE,
   MAX_FRAME_SIZE,
   encryptEnvelope,

@@ -1,0 +1,112 @@
+/**
+ * The `keywarden` command line, runnable in-process: `run(argv, io)` never touches process.*
+ * (bin.ts does that), so tests drive it with PassThrough streams and read the exit status.
+ *
+ * Exit status: 0 success; 1 failure; 2 usage error (unknown command or option, missing argument);
+ * 130 interrupted. A failure is one line `keywarden: <message>` on stderr; --debug adds the stack.
+ */
+import { readFileSync } from 'node:fs';
+import { Command, CommanderError } from 'commander';
+import { registerDatakey } from './commands/datakey.js';
+import { registerDecrypt } from './commands/decrypt.js';
+import { registerDemo } from './commands/demo.js';
+import { registerEncrypt } from './commands/encrypt.js';
+import { registerInit } from './commands/init.js';
+import { registerKey } from './commands/key.js';
+import { debugDetails, describeError, EXIT_OK, EXIT_USAGE } from './errors.js';
+import type { CliIO } from './io.js';
+import { DIR_ENV, UNSEAL_KEY_ENV } from './store-dir.js';
+
+export type { CliIO } from './io.js';
+
+export async function run(argv: string[], io: CliIO): Promise<number> {
+  const program = buildProgram(io);
+  // A closed stdout (EPIPE) must surface as a failed write, never as an uncaught 'error' event.
+  const swallow = () => {};
+  io.stdout.on('error', swallow);
+  io.stderr.on('error', swallow);
+  try {
+    await program.parseAsync(argv, { from: 'user' });
+    return EXIT_OK;
+  } catch (err) {
+    if (err instanceof CommanderError) {
+      // --help, help for a command group, --version
+      if (err.code === 'commander.helpDisplayed' || err.code === 'commander.version') return EXIT_OK;
+      // `keywarden help CMD` (exit code 0, help on stdout), or `keywarden` / `keywarden key` alone
+      // (non-zero, help on stderr: a usage error).
+      if (err.code === 'commander.help') return err.exitCode === 0 ? EXIT_OK : EXIT_USAGE;
+    }
+    const { message, exitCode } = describeError(err, io.cwd);
+    const debug = wantsDebug(argv);
+    io.stderr.write(
+      `keywarden: ${message}${debug ? '' : exitCode === EXIT_USAGE ? " (see 'keywarden --help')" : ''}\n`,
+    );
+    if (debug) io.stderr.write(`${debugDetails(err)}\n`);
+    return exitCode;
+  } finally {
+    io.stdout.off('error', swallow);
+    io.stderr.off('error', swallow);
+  }
+}
+
+export function buildProgram(io: CliIO): Command {
+  const program = new Command('keywarden');
+  // Set before adding commands: subcommands copy these settings when they are created.
+  program
+    .exitOverride()
+    .configureOutput({
+      writeOut: (s) => io.stdout.write(s),
+      writeErr: (s) => io.stderr.write(s),
+      // run() prints commander's errors itself, as one line.
+      outputError: () => {},
+      getOutHelpWidth: () => 100,
+      getErrHelpWidth: () => 100,
+      getOutHasColors: () => false,
+      getErrHasColors: () => false,
+    })
+    .configureHelp({ showGlobalOptions: true })
+    .showSuggestionAfterError(true);
+
+  program
+    .description('Keywarden key management: a key store, KEKs with scope, envelope encryption of files and streams')
+    .version(packageVersion(), '-V, --version', 'print the version')
+    .option('-d, --dir <dir>', `key-store directory (default: $${DIR_ENV}, else ./.keywarden)`)
+    .option(
+      '--unseal-key-file <path>',
+      `unseal key file (default: DIR/unseal.key; $${UNSEAL_KEY_ENV}, when set, takes precedence)`,
+    )
+    .option('--debug', 'on failure, also print the stack trace')
+    .helpCommand(true)
+    .addHelpText(
+      'after',
+      `
+Exit status: 0 success, 1 failure, 2 usage error. Errors are one line on stderr.
+Run 'keywarden demo' for a guided tour of the key lifecycle, and 'keywarden COMMAND --help' for details.`,
+    );
+
+  registerInit(program, io);
+  registerKey(program, io);
+  registerEncrypt(program, io);
+  registerDecrypt(program, io);
+  registerDatakey(program, io);
+  registerDemo(program, io);
+  return program;
+}
+
+/** --debug anywhere before a `--` terminator (known even when parsing itself failed). */
+function wantsDebug(argv: readonly string[]): boolean {
+  for (const a of argv) {
+    if (a === '--') return false;
+    if (a === '--debug') return true;
+  }
+  return false;
+}
+
+function packageVersion(): string {
+  try {
+    const pkg = JSON.parse(readFileSync(new URL('../package.json', import.meta.url), 'utf8')) as { version?: unknown };
+    return typeof pkg.version === 'string' ? pkg.version : '0.0.0';
+  } catch {
+    return '0.0.0';
+  }
+}
