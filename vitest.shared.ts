@@ -1,4 +1,5 @@
 import { fileURLToPath } from 'node:url';
+import { defineConfig } from 'vitest/config';
 
 /** Tests run against the sources of workspace packages, so one copy of each class is loaded. */
 export const workspaceAlias = {
@@ -7,3 +8,15 @@ export const workspaceAlias = {
   '@keywarden/split-knowledge': fileURLToPath(new URL('./packages/split-knowledge/src/index.ts', import.meta.url)),
   '@keywarden/testkit': fileURLToPath(new URL('./packages/testkit/src/index.ts', import.meta.url)),
 };
+
+/** The one vitest configuration every package uses: sources aliased, a JSON report per package
+ * for scripts/test-summary.mjs. */
+export const packageVitestConfig = defineConfig({
+  resolve: { alias: workspaceAlias },
+  test: {
+    include: ['test/**/*.test.ts'],
+    testTimeout: 30_000,
+    reporters: ['default', 'json'],
+    outputFile: { json: '.vitest-results.json' },
+  },
+});

@@ -2,7 +2,10 @@
  * @keywarden/core — key hierarchy (root → KEK → DEK), envelope encryption, software root of trust.
  */
 export * from './errors.js';
-export { wipe, constantTimeEqual } from './_bytes.js';
+export { wipe, constantTimeEqual, concatBytes, toBase64Url } from './_bytes.js';
+/** The primitives (one shape each: AES-256-GCM with 96-bit nonces, HKDF-SHA256), for sibling
+ * packages that must not re-implement them; every length is checked inside. */
+export { gcmSeal, gcmOpen, hkdfSha256, AES256_KEY_BYTES, GCM_NONCE_BYTES, GCM_TAG_BYTES } from './aead.js';
 export { type RandomSource, NodeRandomSource, nodeRandom } from './random.js';
 export {
   type EncryptionContext,

@@ -1,33 +1,18 @@
 /**
- * Byte helpers for this package. Core keeps its own in packages/core/src/_bytes.ts but does not
- * export them (only `wipe` and `constantTimeEqual`), so the few this package needs live here.
- * Internal module: not exported from the package index.
+ * Byte helpers for this package beyond those core exports (concatBytes, toBase64Url, re-exported
+ * here so the package's files import from one place). Internal module.
  */
 import { createHash } from 'node:crypto';
-import { nodeRandom } from '@keywarden/core';
+import { concatBytes, nodeRandom, toBase64Url } from '@keywarden/core';
+
+export { concatBytes, toBase64Url };
 
 export const utf8 = new TextEncoder();
 export const utf8Decoder = new TextDecoder('utf-8', { fatal: true });
 
-export function concatBytes(...parts: Uint8Array[]): Uint8Array {
-  let total = 0;
-  for (const p of parts) total += p.length;
-  const out = new Uint8Array(total);
-  let off = 0;
-  for (const p of parts) {
-    out.set(p, off);
-    off += p.length;
-  }
-  return out;
-}
-
 /** A view of a Buffer as a plain Uint8Array, without copying. */
 export function asUint8(b: Uint8Array): Uint8Array {
   return b.constructor === Uint8Array ? b : new Uint8Array(b.buffer, b.byteOffset, b.byteLength);
-}
-
-export function toBase64Url(b: Uint8Array): string {
-  return Buffer.from(b.buffer, b.byteOffset, b.byteLength).toString('base64url');
 }
 
 const B64URL = /^[A-Za-z0-9_-]*$/;

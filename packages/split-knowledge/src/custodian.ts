@@ -25,8 +25,18 @@
  * Keys are PEM, handled by node:crypto. Nothing here logs or echoes a share.
  */
 import { createPrivateKey, createPublicKey, generateKeyPairSync, type KeyObject } from 'node:crypto';
-import { DecryptionError, InvalidInputError, ShareError, wipe } from '@keywarden/core';
-import { AES256_KEY_BYTES, GCM_NONCE_BYTES, GCM_TAG_BYTES, gcmOpen, gcmSeal, hkdfSha256 } from './_aead.js';
+import {
+  AES256_KEY_BYTES,
+  DecryptionError,
+  GCM_NONCE_BYTES,
+  GCM_TAG_BYTES,
+  gcmOpen,
+  gcmSeal,
+  hkdfSha256,
+  InvalidInputError,
+  ShareError,
+  wipe,
+} from '@keywarden/core';
 import { asUint8, concatBytes, randomBytes, sha256, utf8, utf8Decoder } from './_bytes.js';
 import { checkRsaKey, rsaOaepDecrypt, rsaOaepEncrypt } from './_rsa-oaep.js';
 import { X25519_KEY_BYTES, x25519PublicKeyFromRaw, x25519RawPublicKey, x25519SharedSecret } from './_x25519.js';
