@@ -7,15 +7,19 @@
  */
 import { readFileSync } from 'node:fs';
 import { Command, CommanderError } from 'commander';
+import { registerAgent } from './commands/agent.js';
 import { registerDatakey } from './commands/datakey.js';
 import { registerDecrypt } from './commands/decrypt.js';
 import { registerDemo } from './commands/demo.js';
 import { registerEncrypt } from './commands/encrypt.js';
 import { registerInit } from './commands/init.js';
 import { registerKey } from './commands/key.js';
+import { registerRekey } from './commands/rekey.js';
+import { registerShare } from './commands/share.js';
+import { registerUnseal } from './commands/unseal.js';
 import { debugDetails, describeError, EXIT_OK, EXIT_USAGE } from './errors.js';
 import type { CliIO } from './io.js';
-import { DIR_ENV, UNSEAL_KEY_ENV } from './store-dir.js';
+import { AGENT_SOCKET_ENV, DIR_ENV, UNSEAL_KEY_ENV } from './store-dir.js';
 
 export type { CliIO } from './io.js';
 
@@ -73,13 +77,21 @@ export function buildProgram(io: CliIO): Command {
     .option('-d, --dir <dir>', `key-store directory (default: $${DIR_ENV}, else ./.keywarden)`)
     .option(
       '--unseal-key-file <path>',
-      `unseal key file (default: DIR/unseal.key; $${UNSEAL_KEY_ENV}, when set, takes precedence)`,
+      `development mode: unseal key file (default: DIR/unseal.key; $${UNSEAL_KEY_ENV}, when set, takes precedence)`,
+    )
+    .option(
+      '--socket <path>',
+      `split knowledge: the agent's unix socket (default: $${AGENT_SOCKET_ENV}, else DIR/agent.sock)`,
     )
     .option('--debug', 'on failure, also print the stack trace')
     .helpCommand(true)
     .addHelpText(
       'after',
       `
+Split knowledge: \`init --shares N --threshold M\` splits the unseal key among custodians; a
+long-running \`agent\` holds the root, starts sealed, and is unsealed by a quorum (\`unseal\`); key
+commands then go through it. See docs/split-knowledge.md.
+
 Exit status: 0 success, 1 failure, 2 usage error. Errors are one line on stderr.
 Run 'keywarden demo' for a guided tour of the key lifecycle, and 'keywarden COMMAND --help' for details.`,
     );
@@ -89,6 +101,10 @@ Run 'keywarden demo' for a guided tour of the key lifecycle, and 'keywarden COMM
   registerEncrypt(program, io);
   registerDecrypt(program, io);
   registerDatakey(program, io);
+  registerAgent(program, io);
+  registerUnseal(program, io);
+  registerRekey(program, io);
+  registerShare(program, io);
   registerDemo(program, io);
   return program;
 }

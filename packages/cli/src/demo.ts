@@ -381,6 +381,9 @@ class Narrator {
 
   done(tmp: string): void {
     this.#write(`\nDone: ${this.#n} steps. Removed ${tmp}.\n`);
+    this.#write(
+      'In production, split the unseal key among custodians instead: keywarden init --shares 5 --threshold 3 (docs/split-knowledge.md).\n',
+    );
   }
 }
 

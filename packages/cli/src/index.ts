@@ -6,10 +6,17 @@ export { describeError, CliError, UsageError, EXIT_OK, EXIT_FAILURE, EXIT_USAGE 
 export {
   resolveStoreLocation,
   resolveUnsealSource,
+  resolveAgentSocket,
   readUnsealKey,
   openKeywarden,
+  openKeyService,
   initStoreDir,
+  type KeyService,
+  type SocketLocation,
   type StoreLocation,
   type UnsealSource,
 } from './store-dir.js';
+export { KeyAgent, type AgentOptions } from './agent.js';
+export { AgentClient, AgentUnavailableError } from './agent-client.js';
+export type { AgentStatus, UnsealResult } from './_agent-protocol.js';
 export { runDemo } from './demo.js';

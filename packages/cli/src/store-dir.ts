@@ -4,37 +4,53 @@
  *   D/             mode 0700
  *   D/keystore.db  SqliteKeyStore: key metadata, root-wrapped KEKs, the sealed root document
  *   D/unseal.key   development mode only: the unseal key in text form, mode 0600
+ *   D/agent.sock   split knowledge: the socket of a running `keywarden agent` (mode 0600)
+ *   D/shares-out/  split knowledge: encrypted shares written by init/rekey, to hand out and delete
  *
  * D is `--dir`, else $KEYWARDEN_DIR, else ./.keywarden (relative to the working directory).
  *
  * Opening a store and unsealing it are separate steps: commands that only read metadata
  * (`key list`, `key show`) never touch an unseal secret. Where the secret comes from is an
- * `UnsealSource`; today a key in text form (environment variable or file), later a quorum of
- * Shamir shares (`keywarden unseal`) — that slots in as another variant of UnsealSource and
- * another branch in `unsealRoot`, chosen from the sealed root document's `unseal.method`.
+ * `UnsealSource`, chosen from the sealed root document's `unseal.method`:
+ *  - "key" (development mode): a key in text form, from an environment variable or a file; the
+ *    command unseals a root of its own and does the key operations in-process;
+ *  - "shamir" (split knowledge): the unseal key exists only while a quorum of shares is being
+ *    combined, inside a long-running `keywarden agent`; the command does not unseal anything
+ *    itself but sends its key operations to the agent over its socket (agent-client.ts).
+ * Either way the command gets a `KeyService`, and envelope encryption itself always runs in the
+ * command's own process (core's functions take any DataKeyProvider).
  */
 import { randomFillSync } from 'node:crypto';
 import { mkdir, open, readFile, rm, stat, chmod } from 'node:fs/promises';
 import * as path from 'node:path';
 import {
+  type CreateKeyOptions,
+  type DataKeyProvider,
   decodeUnsealKey,
   encodeUnsealKey,
+  type KeyInfo,
   KeywardenError,
   Keywarden,
   SoftwareRoot,
   UNSEAL_KEY_BYTES,
+  type SealedRootDocument,
+  type UnsealMethod,
   wipe,
   type KeyStore,
 } from '@keywarden/core';
 import { SqliteKeyStore } from '@keywarden/store-sqlite';
+import { AgentClient, AgentUnavailableError } from './agent-client.js';
 import { CliError, displayPath, UsageError } from './errors.js';
 import type { CliIO } from './io.js';
 
 export const DEFAULT_DIR = '.keywarden';
 export const KEYSTORE_FILE = 'keystore.db';
 export const UNSEAL_KEY_FILE = 'unseal.key';
+export const AGENT_SOCKET_FILE = 'agent.sock';
+export const SHARES_OUT_DIR = 'shares-out';
 export const DIR_ENV = 'KEYWARDEN_DIR';
 export const UNSEAL_KEY_ENV = 'KEYWARDEN_UNSEAL_KEY';
+export const AGENT_SOCKET_ENV = 'KEYWARDEN_AGENT_SOCKET';
 
 export interface StoreLocation {
   /** Absolute path of D. */
@@ -58,19 +74,60 @@ export function resolveStoreLocation(io: Pick<CliIO, 'cwd' | 'env'>, dirOption?:
   };
 }
 
+/** Where a `keywarden agent` listens, and how to show it. */
+export interface SocketLocation {
+  path: string;
+  display: string;
+}
+
+/** --socket, else $KEYWARDEN_AGENT_SOCKET, else D/agent.sock. */
+export function resolveAgentSocket(
+  io: Pick<CliIO, 'cwd' | 'env'>,
+  loc: StoreLocation,
+  socketOption?: string,
+): SocketLocation {
+  const raw = socketOption ?? nonEmpty(io.env[AGENT_SOCKET_ENV]);
+  const p = raw === undefined ? path.join(loc.dir, AGENT_SOCKET_FILE) : path.resolve(io.cwd, raw);
+  return { path: p, display: displayPath(p, io.cwd) };
+}
+
 // ── Unseal sources ────────────────────────────────────────────────────────────────────────────
 
-/** Where the unseal secret comes from. Shamir shares will be one more variant. */
+/**
+ * Where the unseal secret comes from: a development-mode key (environment or file), or, for a
+ * split-knowledge store, the agent that a quorum unsealed (the key never reaches this process).
+ */
 export type UnsealSource =
   | { kind: 'env'; variable: string; value: string }
-  | { kind: 'file'; path: string; display: string; explicit: boolean };
+  | { kind: 'file'; path: string; display: string; explicit: boolean }
+  | { kind: 'agent'; socket: SocketLocation };
 
-/** KEYWARDEN_UNSEAL_KEY if set, else --unseal-key-file, else D/unseal.key. */
+/** How the store's root is unsealed (from its sealed document), and the agent socket option. */
+export interface SplitKnowledgeOptions {
+  method: UnsealMethod['method'];
+  socket?: string;
+}
+
+/**
+ * Development mode: KEYWARDEN_UNSEAL_KEY if set, else --unseal-key-file, else D/unseal.key.
+ * Split knowledge (`split.method` "shamir"): the agent's socket; an explicit --unseal-key-file
+ * is then a usage error (such a store has no unseal key to give), while an unseal key in the
+ * environment is ignored (it may be set for other stores).
+ */
 export function resolveUnsealSource(
   io: Pick<CliIO, 'cwd' | 'env'>,
   loc: StoreLocation,
   unsealKeyFile?: string,
+  split?: SplitKnowledgeOptions,
 ): UnsealSource {
+  if (split?.method === 'shamir') {
+    if (unsealKeyFile !== undefined) {
+      throw new UsageError(
+        '--unseal-key-file does not apply: this key store is sealed by split knowledge (unseal it with `keywarden unseal`)',
+      );
+    }
+    return { kind: 'agent', socket: resolveAgentSocket(io, loc, split.socket) };
+  }
   const fromEnv = nonEmpty(io.env[UNSEAL_KEY_ENV]);
   if (fromEnv !== undefined) return { kind: 'env', variable: UNSEAL_KEY_ENV, value: fromEnv };
   if (unsealKeyFile !== undefined) {
@@ -87,6 +144,7 @@ export function resolveUnsealSource(
 
 /** Read the 32-byte unseal key a source holds. The caller wipes it. Errors never echo the key. */
 export async function readUnsealKey(source: UnsealSource, io: Pick<CliIO, 'stderr'>): Promise<Uint8Array> {
+  if (source.kind === 'agent') throw splitKnowledgeError();
   if (source.kind === 'env') {
     try {
       return decodeUnsealKey(source.value);
@@ -123,14 +181,12 @@ export async function readUnsealKey(source: UnsealSource, io: Pick<CliIO, 'stder
   }
 }
 
-/** Unseal a loaded root with the secret from `source`. */
+/**
+ * Unseal a loaded development-mode root with the key from `source`. A split-knowledge root is never
+ * unsealed by a command: its key operations go through the agent (openKeyService).
+ */
 export async function unsealRoot(root: SoftwareRoot, source: UnsealSource, io: Pick<CliIO, 'stderr'>): Promise<void> {
-  const method = root.document.unseal.method;
-  if (method !== 'key') {
-    throw new CliError(
-      `this key store is unsealed with ${method} shares, which this version of the CLI cannot use yet`,
-    );
-  }
+  if (root.document.unseal.method !== 'key' || source.kind === 'agent') throw splitKnowledgeError();
   const key = await readUnsealKey(source, io);
   try {
     await root.unseal(key);
@@ -152,15 +208,24 @@ export async function openKeywarden(
   io: Pick<CliIO, 'stderr'>,
   options: OpenOptions = {},
 ): Promise<Keywarden> {
-  await requireStore(loc);
-  const store: KeyStore = await SqliteKeyStore.open(loc.dbPath);
-  let root: SoftwareRoot | undefined;
+  const { store, root } = await loadSealed(loc);
   try {
-    root = await SoftwareRoot.load(store);
     if (options.unseal) await unsealRoot(root, options.unseal, io);
     return new Keywarden({ store, root });
   } catch (err) {
-    await root?.close().catch(() => {});
+    await root.close().catch(() => {});
+    await store.close().catch(() => {});
+    throw err;
+  }
+}
+
+/** D's store and its root, sealed. The caller closes both. */
+async function loadSealed(loc: StoreLocation): Promise<{ store: KeyStore; root: SoftwareRoot }> {
+  await requireStore(loc);
+  const store: KeyStore = await SqliteKeyStore.open(loc.dbPath);
+  try {
+    return { store, root: await SoftwareRoot.load(store) };
+  } catch (err) {
     await store.close().catch(() => {});
     throw err;
   }
@@ -181,7 +246,98 @@ export async function withKeywarden<T>(
   }
 }
 
-async function requireStore(loc: StoreLocation): Promise<void> {
+/**
+ * What the key-using commands need: data keys (a DataKeyProvider, which is all envelope
+ * encryption asks for) and KEK management. A development-mode `Keywarden` is one; so is an
+ * `AgentClient` talking to the agent of a split-knowledge store.
+ */
+export interface KeyService extends DataKeyProvider {
+  createKey(name: string, options?: CreateKeyOptions): Promise<KeyInfo>;
+  rotateKey(nameOrId: string): Promise<KeyInfo>;
+  getKey(nameOrId: string): Promise<KeyInfo>;
+  listKeys(): Promise<KeyInfo[]>;
+  /** Development mode: wipe the KEK cache and seal the root. Agent: close the connection. */
+  close(): Promise<void>;
+}
+
+export interface KeyServiceOptions {
+  /** --unseal-key-file (development mode). */
+  unsealKeyFile?: string;
+  /** --socket (split knowledge). */
+  socket?: string;
+}
+
+/**
+ * The KeyService for D's store: an unsealed Keywarden in development mode, or a connection to
+ * the store's agent under split knowledge. Close it when done.
+ */
+export async function openKeyService(
+  loc: StoreLocation,
+  io: Pick<CliIO, 'stderr' | 'cwd' | 'env'>,
+  options: KeyServiceOptions = {},
+): Promise<KeyService> {
+  const { store, root } = await loadSealed(loc);
+  let source: UnsealSource;
+  try {
+    source = resolveUnsealSource(io, loc, options.unsealKeyFile, {
+      method: root.document.unseal.method,
+      ...(options.socket !== undefined ? { socket: options.socket } : {}),
+    });
+    if (source.kind !== 'agent') {
+      await unsealRoot(root, source, io);
+      return new Keywarden({ store, root });
+    }
+  } catch (err) {
+    await root.close().catch(() => {});
+    await store.close().catch(() => {});
+    throw err;
+  }
+  // Split knowledge: this process never holds the root; close it before talking to the agent.
+  await root.close();
+  await store.close();
+  try {
+    return await AgentClient.connect(source.socket);
+  } catch (err) {
+    if (err instanceof AgentUnavailableError) throw splitKnowledgeError(source.socket, err);
+    throw err;
+  }
+}
+
+/** openKeyService, run `fn`, and always close. */
+export async function withKeyService<T>(
+  loc: StoreLocation,
+  io: Pick<CliIO, 'stderr' | 'cwd' | 'env'>,
+  options: KeyServiceOptions,
+  fn: (ks: KeyService) => Promise<T>,
+): Promise<T> {
+  const ks = await openKeyService(loc, io, options);
+  try {
+    return await fn(ks);
+  } finally {
+    await ks.close();
+  }
+}
+
+/** D's sealed root document (not secret): root id, unseal method, share-set id, M and N. */
+export async function sealedRootDocument(loc: StoreLocation): Promise<SealedRootDocument> {
+  const { store, root } = await loadSealed(loc);
+  try {
+    return root.document;
+  } finally {
+    await root.close();
+    await store.close();
+  }
+}
+
+function splitKnowledgeError(socket?: SocketLocation, cause?: unknown): CliError {
+  const where = socket ? ` (no agent answers on ${socket.display})` : '';
+  return new CliError(
+    `this key store is sealed by split knowledge${where}; start \`keywarden agent\` and unseal it with a quorum (\`keywarden unseal\`)`,
+    cause === undefined ? undefined : { cause },
+  );
+}
+
+export async function requireStore(loc: StoreLocation): Promise<void> {
   try {
     const st = await stat(loc.dbPath);
     if (st.isFile()) return;

@@ -1,16 +1,23 @@
 /**
  * What every command shares: the global options, the --context option, and the store location.
  */
-import type { Command } from 'commander';
+import { type Command, InvalidArgumentError } from 'commander';
 import { type EncryptionContext, KeywardenError, parseContextPairs } from '@keywarden/core';
 import { UsageError } from '../errors.js';
 import type { CliIO } from '../io.js';
-import { resolveStoreLocation, resolveUnsealSource, type StoreLocation, type UnsealSource } from '../store-dir.js';
+import {
+  type KeyServiceOptions,
+  resolveAgentSocket,
+  resolveStoreLocation,
+  type SocketLocation,
+  type StoreLocation,
+} from '../store-dir.js';
 
 /** Options defined on the program, accepted before or after the command name. */
 export interface GlobalOptions {
   dir?: string;
   unsealKeyFile?: string;
+  socket?: string;
   debug?: boolean;
 }
 
@@ -22,8 +29,30 @@ export function locationOf(cmd: Command, io: CliIO): StoreLocation {
   return resolveStoreLocation(io, globalsOf(cmd).dir);
 }
 
-export function unsealSourceOf(cmd: Command, io: CliIO, loc: StoreLocation): UnsealSource {
-  return resolveUnsealSource(io, loc, globalsOf(cmd).unsealKeyFile);
+/** What openKeyService needs from the global options (development mode or split knowledge). */
+export function keyServiceOptionsOf(cmd: Command): KeyServiceOptions {
+  const g = globalsOf(cmd);
+  return {
+    ...(g.unsealKeyFile !== undefined ? { unsealKeyFile: g.unsealKeyFile } : {}),
+    ...(g.socket !== undefined ? { socket: g.socket } : {}),
+  };
+}
+
+export function socketOf(cmd: Command, io: CliIO, loc: StoreLocation): SocketLocation {
+  return resolveAgentSocket(io, loc, globalsOf(cmd).socket);
+}
+
+/** A positive integer option value (commander parser). */
+export function positiveInt(value: string): number {
+  if (!/^[0-9]{1,4}$/.test(value) || Number(value) < 1) {
+    throw new InvalidArgumentError('must be a positive integer');
+  }
+  return Number(value);
+}
+
+/** A repeatable option's collector (no default, so the help shows none). */
+export function collect(value: string, previous: string[] | undefined): string[] {
+  return [...(previous ?? []), value];
 }
 
 /** `-c, --context key=value`, repeatable: the encryption context bound into every wrap and frame. */

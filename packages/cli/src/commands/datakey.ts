@@ -6,8 +6,8 @@ import type { Command } from 'commander';
 import { wipe } from '@keywarden/core';
 import type { CliIO } from '../io.js';
 import { formatJson, print } from '../output.js';
-import { withKeywarden } from '../store-dir.js';
-import { addContextOption, contextFrom, locationOf, unsealSourceOf } from './_common.js';
+import { withKeyService } from '../store-dir.js';
+import { addContextOption, contextFrom, keyServiceOptionsOf, locationOf } from './_common.js';
 
 export function registerDatakey(program: Command, io: CliIO): void {
   const cmd = program
@@ -27,8 +27,8 @@ The plaintext is a secret: do not log this output or leave it in shell history o
     .action(async (name: string, opts: { context?: string[] }, command: Command) => {
       const context = contextFrom(opts.context);
       const loc = locationOf(command, io);
-      await withKeywarden(loc, io, { unseal: unsealSourceOf(command, io, loc) }, async (kw) => {
-        const dk = await kw.generateDataKey(name, context);
+      await withKeyService(loc, io, keyServiceOptionsOf(command), async (ks) => {
+        const dk = await ks.generateDataKey(name, context);
         try {
           // The JSON string cannot be wiped (JavaScript strings are immutable); the bytes can.
           await print(

@@ -6,11 +6,11 @@
  */
 import { pipeline } from 'node:stream/promises';
 import type { Command } from 'commander';
-import { envelopeFromText, TEXT_PREFIX, wipe } from '@keywarden/core';
+import { createDecryptStream, decryptEnvelope, envelopeFromText, TEXT_PREFIX, wipe } from '@keywarden/core';
 import { destroyOnAbort, MiB, openInput, openOutput, peek, readAll } from '../_streams.js';
 import type { CliIO } from '../io.js';
-import { withKeywarden } from '../store-dir.js';
-import { addContextOption, contextFrom, locationOf, unsealSourceOf } from './_common.js';
+import { withKeyService } from '../store-dir.js';
+import { addContextOption, contextFrom, keyServiceOptionsOf, locationOf } from './_common.js';
 import { drainInto } from './_pipe.js';
 
 /** Above the text form of the largest --text plaintext (4/3 × 64 MiB of base64url plus a header). */
@@ -50,7 +50,7 @@ Examples:
     .action(async (opts: DecryptOptions, command: Command) => {
       const context = contextFrom(opts.context);
       const loc = locationOf(command, io);
-      await withKeywarden(loc, io, { unseal: unsealSourceOf(command, io, loc) }, async (kw) => {
+      await withKeyService(loc, io, keyServiceOptionsOf(command), async (ks) => {
         const sink = await openOutput(opts.output, io.cwd, io.stdout);
         const input = openInput(opts.input, io.cwd, io.stdin);
         const stopWatching = destroyOnAbort(input, io.signal);
@@ -66,14 +66,14 @@ Examples:
             const envelope = envelopeFromText(
               Buffer.from(raw.buffer, raw.byteOffset, raw.byteLength).toString('utf8').trim(),
             );
-            const plaintext = await kw.decrypt(envelope, context ? { context } : {});
+            const plaintext = await decryptEnvelope(ks, envelope, context ? { context } : {});
             try {
               await sink.write(plaintext);
             } finally {
               if (sink.releasesBuffers) wipe(plaintext);
             }
           } else {
-            await pipeline(all, kw.createDecryptStream(context ? { context } : {}), drainInto(sink, true), {
+            await pipeline(all, createDecryptStream(ks, context ? { context } : {}), drainInto(sink, true), {
               signal: io.signal,
             });
           }

@@ -8,12 +8,12 @@
  */
 import { pipeline } from 'node:stream/promises';
 import type { Command } from 'commander';
-import { envelopeToText, MAX_SINGLE_SHOT_PLAINTEXT, wipe } from '@keywarden/core';
+import { createEncryptStream, encryptEnvelope, envelopeToText, MAX_SINGLE_SHOT_PLAINTEXT, wipe } from '@keywarden/core';
 import { destroyOnAbort, MiB, openInput, openOutput, readAll } from '../_streams.js';
 import { UsageError } from '../errors.js';
 import type { CliIO } from '../io.js';
-import { withKeywarden } from '../store-dir.js';
-import { addContextOption, contextFrom, locationOf, unsealSourceOf } from './_common.js';
+import { withKeyService } from '../store-dir.js';
+import { addContextOption, contextFrom, keyServiceOptionsOf, locationOf } from './_common.js';
 import { drainInto } from './_pipe.js';
 
 /** Largest input for --text: a database value, not a file. */
@@ -56,9 +56,9 @@ Examples:
       if (!opts.text && opts.output === undefined && (io.stdout as { isTTY?: boolean }).isTTY === true) {
         throw new UsageError('refusing to write binary ciphertext to a terminal (use -o FILE, --text, or a pipe)');
       }
-      await withKeywarden(loc, io, { unseal: unsealSourceOf(command, io, loc) }, async (kw) => {
+      await withKeyService(loc, io, keyServiceOptionsOf(command), async (ks) => {
         // Fail on an unknown key before reading any input.
-        await kw.getKey(opts.key);
+        await ks.getKey(opts.key);
         const sink = await openOutput(opts.output, io.cwd, io.stdout);
         const input = openInput(opts.input, io.cwd, io.stdin);
         const stopWatching = destroyOnAbort(input, io.signal);
@@ -71,7 +71,7 @@ Examples:
               opts.input !== undefined,
             );
             try {
-              const envelope = await kw.encrypt(plaintext, { key: opts.key, ...(context ? { context } : {}) });
+              const envelope = await encryptEnvelope(ks, plaintext, { key: opts.key, ...(context ? { context } : {}) });
               await sink.write(Buffer.from(`${envelopeToText(envelope)}\n`, 'utf8'));
             } finally {
               wipe(plaintext);
@@ -79,7 +79,7 @@ Examples:
           } else {
             await pipeline(
               input,
-              kw.createEncryptStream({ key: opts.key, ...(context ? { context } : {}) }),
+              createEncryptStream(ks, { key: opts.key, ...(context ? { context } : {}) }),
               drainInto(sink),
               { signal: io.signal },
             );

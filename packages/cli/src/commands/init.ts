@@ -1,45 +1,102 @@
 /**
- * `keywarden init`: a new key store and software root, in development mode.
+ * `keywarden init`: a new key store and software root — in development mode (an unseal key in a
+ * file or the environment), or with split knowledge (`--shares N --threshold M`: the unseal key
+ * exists only as M-of-N Shamir shares, handed out once; docs/split-knowledge.md §3).
  */
 import type { Command } from 'commander';
-import { displayPath } from '../errors.js';
+import { DEFAULT_SHARES, DEFAULT_THRESHOLD } from '@keywarden/split-knowledge';
+import { displayPath, UsageError } from '../errors.js';
 import type { CliIO } from '../io.js';
 import { print } from '../output.js';
-import { initStoreDir, UNSEAL_KEY_ENV } from '../store-dir.js';
-import { globalsOf, locationOf } from './_common.js';
+import { describeHandOut, initSplitStoreDir } from '../split-store.js';
+import { initStoreDir, SHARES_OUT_DIR, UNSEAL_KEY_ENV } from '../store-dir.js';
+import { collect, globalsOf, locationOf, positiveInt } from './_common.js';
 
 export const DEVELOPMENT_MODE_WARNING = [
   'DEVELOPMENT MODE: the root key is sealed under an unseal key kept in a file or an environment',
   'variable. That protects nothing against someone who can read both the unseal key and the key',
   'store (a backup, a copied disk, a shared volume). Keep the unseal key apart from the store; in',
-  'production use split knowledge (Shamir shares, coming) or an HSM/TPM root of trust.',
+  'production use split knowledge (keywarden init --shares 5 --threshold 3) or an HSM/TPM root of trust.',
 ].join('\n');
+
+interface InitOptions {
+  printUnsealKey?: boolean;
+  shares?: number;
+  threshold?: number;
+  custodian?: string[];
+  shareDir?: string;
+}
 
 export function registerInit(program: Command, io: CliIO): void {
   program
     .command('init')
-    .description('create a key store and a software root of trust (development mode)')
+    .description(
+      'create a key store and a software root: development mode, or split knowledge with --shares/--threshold',
+    )
     .option(
       '--print-unseal-key',
-      `print the unseal key to stdout once and write no file (for a secret manager → ${UNSEAL_KEY_ENV})`,
+      `development mode: print the unseal key to stdout once and write no file (for a secret manager → ${UNSEAL_KEY_ENV})`,
+    )
+    .option(
+      '--shares <n>',
+      `split knowledge: split the unseal key into N shares (default ${DEFAULT_SHARES})`,
+      positiveInt,
+    )
+    .option('--threshold <m>', `split knowledge: any M shares unseal (2..N, default ${DEFAULT_THRESHOLD})`, positiveInt)
+    .option(
+      '--custodian <pem>',
+      "split knowledge: custodian i's public key (X25519, or RSA ≥ 2048, PEM); repeat once per share, in order",
+      collect,
+    )
+    .option(
+      '--share-dir <dir>',
+      `split knowledge: write the shares to DIR, one a file (default with --custodian: DIR/${SHARES_OUT_DIR})`,
     )
     .addHelpText(
       'after',
       `
-Creates DIR (mode 0700) with DIR/keystore.db, and writes a new 32-byte unseal key in text form to
-DIR/unseal.key, or to --unseal-key-file PATH (mode 0600). Refuses when DIR already has a key store
-or the unseal key file already exists.
+Development mode (no --shares/--threshold/--custodian):
+  Creates DIR (mode 0700) with DIR/keystore.db, and writes a new 32-byte unseal key in text form to
+  DIR/unseal.key, or to --unseal-key-file PATH (mode 0600). Refuses when DIR already has a key store
+  or the unseal key file already exists.
 
 ${DEVELOPMENT_MODE_WARNING}
 
+Split knowledge (--shares N --threshold M, default 5 and 3):
+  The unseal key comes from the CSPRNG, seals the root, and is split into N Shamir shares, any M of
+  which unseal; it and the root key are never written anywhere in plaintext, and no unseal key file
+  exists. Each share is handed out once:
+  - with --custodian (exactly N public keys, in share order): share i is encrypted to custodian i
+    and written to DIR/${SHARES_OUT_DIR}/share-<i>-of-<N>.kwshare (or --share-dir), mode 0600; the
+    operator never sees a share. Custodians open theirs with \`keywarden share decrypt\`.
+  - without: each share is printed once on stdout, labelled (or, with --share-dir, written one a
+    file, mode 0600). The operator then sees every share: prefer custodian keys.
+  The store starts sealed: run \`keywarden agent\`, then \`keywarden unseal\` with M shares.
+  The ceremony: docs/split-knowledge.md.
+
 Examples:
   keywarden init
-  keywarden init --dir /srv/app/.keywarden --unseal-key-file /run/secrets/keywarden.key
-  export ${UNSEAL_KEY_ENV}="$(keywarden init --print-unseal-key)"`,
+  export ${UNSEAL_KEY_ENV}="$(keywarden init --print-unseal-key)"
+  keywarden init --shares 5 --threshold 3 --custodian alice.pub --custodian bob.pub \\
+    --custodian carol.pub --custodian dan.pub --custodian erin.pub`,
     )
-    .action(async (opts: { printUnsealKey?: boolean }, cmd: Command) => {
+    .action(async (opts: InitOptions, cmd: Command) => {
       const loc = locationOf(cmd, io);
       const globals = globalsOf(cmd);
+      const split =
+        opts.shares !== undefined ||
+        opts.threshold !== undefined ||
+        (opts.custodian?.length ?? 0) > 0 ||
+        opts.shareDir !== undefined;
+      if (split) {
+        if (opts.printUnsealKey || globals.unsealKeyFile !== undefined) {
+          throw new UsageError(
+            '--print-unseal-key and --unseal-key-file are for development mode; a split-knowledge store has no unseal key to print or write',
+          );
+        }
+        await initSplit(io, cmd, opts);
+        return;
+      }
       const result = await initStoreDir(io, loc, {
         ...(globals.unsealKeyFile !== undefined ? { unsealKeyFile: globals.unsealKeyFile } : {}),
         printUnsealKey: opts.printUnsealKey === true,
@@ -58,4 +115,22 @@ Examples:
       await print(io.stderr, `${lines.join('\n')}\n\n${DEVELOPMENT_MODE_WARNING}\n`);
       if (result.unsealKeyText !== undefined) await print(io.stdout, `${result.unsealKeyText}\n`);
     });
+}
+
+async function initSplit(io: CliIO, cmd: Command, opts: InitOptions): Promise<void> {
+  const loc = locationOf(cmd, io);
+  const custodians = opts.custodian ?? [];
+  const r = await initSplitStoreDir(io, loc, {
+    shares: opts.shares ?? DEFAULT_SHARES,
+    threshold: opts.threshold ?? DEFAULT_THRESHOLD,
+    ...(custodians.length > 0 ? { custodianFiles: custodians } : {}),
+    ...(opts.shareDir !== undefined ? { shareDir: opts.shareDir } : {}),
+  });
+  const lines = [
+    `Initialized a split-knowledge key store in ${loc.display} (root ${r.rootId}).`,
+    ...describeHandOut(r, io),
+    'The unseal key and the root key were never written anywhere in plaintext; no unseal key file exists.',
+    `The key store starts sealed: run \`keywarden agent\`, then \`keywarden unseal\` with ${r.shareSet.threshold} shares.`,
+  ];
+  await print(io.stderr, `${lines.join('\n')}\n`);
 }

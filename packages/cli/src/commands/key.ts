@@ -1,13 +1,14 @@
 /**
  * `keywarden key create|list|show|rotate`: KEK management. list and show read metadata only and
- * never need the unseal key; create and rotate wrap new KEK material under the root.
+ * never need the unseal key (nor, under split knowledge, a running agent); create and rotate wrap
+ * new KEK material under the root, so under split knowledge they go through the agent.
  */
 import type { Command } from 'commander';
 import type { KeyScope } from '@keywarden/core';
 import type { CliIO } from '../io.js';
 import { formatJson, keyDetails, keyListTable, keyToJson, print } from '../output.js';
-import { withKeywarden } from '../store-dir.js';
-import { locationOf, unsealSourceOf } from './_common.js';
+import { withKeyService, withKeywarden } from '../store-dir.js';
+import { keyServiceOptionsOf, locationOf } from './_common.js';
 
 interface CreateOptions {
   env?: string;
@@ -46,8 +47,8 @@ Give each KEK one job with scope metadata (environment, service, tenant, purpose
         ...(opts.tenant !== undefined ? { tenant: opts.tenant } : {}),
         ...(opts.purpose !== undefined ? { purpose: opts.purpose } : {}),
       };
-      await withKeywarden(loc, io, { unseal: unsealSourceOf(cmd, io, loc) }, async (kw) => {
-        const info = await kw.createKey(name, { scope });
+      await withKeyService(loc, io, keyServiceOptionsOf(cmd), async (ks) => {
+        const info = await ks.createKey(name, { scope });
         await print(
           io.stdout,
           opts.json ? formatJson(keyToJson(info)) : `Created key ${info.name} (${info.id}, v1).\n`,
@@ -91,8 +92,8 @@ older versions remain enabled. Rotation bounds how much data one KEK version eve
     )
     .action(async (name: string, opts: { json?: boolean }, cmd: Command) => {
       const loc = locationOf(cmd, io);
-      await withKeywarden(loc, io, { unseal: unsealSourceOf(cmd, io, loc) }, async (kw) => {
-        const info = await kw.rotateKey(name);
+      await withKeyService(loc, io, keyServiceOptionsOf(cmd), async (ks) => {
+        const info = await ks.rotateKey(name);
         await print(
           io.stdout,
           opts.json

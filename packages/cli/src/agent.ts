@@ -1,0 +1,512 @@
+/**
+ * The key agent (`keywarden agent`): one long-running process that holds a split-knowledge
+ * store's root, so the CLI — one process per command — has something to unseal. It starts
+ * SEALED, collects shares one at a time (UnsealSession: progress M of N, shares only in memory,
+ * wiped after the idle timeout), unseals the root with the quorum, and serves key operations to
+ * the commands over a local unix socket (_agent-protocol.ts). Like Vault's server process.
+ *
+ * State machine (the root's):
+ *   sealed --unseal (share k < M)--> sealed, k shares held
+ *   sealed --unseal (share M; the quorum opens the root)--> unsealed
+ *   sealed --unseal (share M; the quorum does not open it: forged / other ceremony)--> sealed, 0 held
+ *   sealed --idle timeout--> sealed, 0 held
+ *   unsealed --seal--> sealed (root and KEK cache wiped; the root is reloaded from the store)
+ *   any --SIGINT/SIGTERM--> stopped (root and KEK cache wiped, socket removed)
+ *
+ * Invariants:
+ *  - key operations (data keys, create, rotate) are refused with KeystoreSealedError while
+ *    sealed; metadata (getKey, listKeys) is served either way, as `key list` is without an agent;
+ *  - the quorum is always checked against the sealed root in the key store as it is NOW: when the
+ *    store was rekeyed since this process loaded it, a sealed agent reloads it (dropping any
+ *    shares held), so old shares never unseal a running agent after a rekey;
+ *  - nothing secret is logged: the log names share indices and counts, never a share or a key.
+ *
+ * Access control is the file system's: the socket is mode 0600 in the store directory (0700), so
+ * only the user the agent runs as can connect — and that user can already read the store.
+ * Anyone who can connect while the agent is unsealed can use every key; seal when in doubt.
+ */
+import { lstat, unlink, chmod } from 'node:fs/promises';
+import { createConnection, createServer, type Server, type Socket } from 'node:net';
+import {
+  decodeSealedRoot,
+  type EncryptionContext,
+  type KeyStore,
+  KeystoreSealedError,
+  Keywarden,
+  ROOT_META_NAME,
+  SoftwareRoot,
+  type UnsealMethod,
+  wipe,
+} from '@keywarden/core';
+import { type UnsealSession, unsealSessionFor, unsealWithSession } from '@keywarden/split-knowledge';
+import { SqliteKeyStore } from '@keywarden/store-sqlite';
+import {
+  type AgentRequest,
+  type AgentStatus,
+  bytesArg,
+  encodeLine,
+  errorToWire,
+  INTERNAL_ERROR,
+  keyInfoToWire,
+  LineBuffer,
+  LineTooLongError,
+  MAX_REQUEST_BYTES,
+  PROTOCOL_ERROR,
+  ProtocolError,
+  parseRequest,
+  recordArg,
+  stringArg,
+  toBase64,
+  type UnsealResult,
+} from './_agent-protocol.js';
+import { CliError, describeError, systemErrorText } from './errors.js';
+import { requireStore, type SocketLocation, type StoreLocation } from './store-dir.js';
+
+export const DEFAULT_UNSEAL_TIMEOUT_SECONDS = 600;
+/** Connections served at once (each command opens one). */
+const MAX_CONNECTIONS = 64;
+/** sun_path is 108 bytes on Linux, 104 on macOS, NUL included. */
+const MAX_SOCKET_PATH_BYTES = process.platform === 'darwin' ? 103 : 107;
+
+export const SEALED_MESSAGE =
+  'keystore: sealed; unseal the root before using keys (the agent is sealed: unseal it with a quorum of shares, `keywarden unseal`)';
+
+export interface AgentOptions {
+  loc: StoreLocation;
+  socket: SocketLocation;
+  /** Idle time after the last accepted share before the shares held are wiped. */
+  unsealTimeoutMs: number;
+  /** One line, no newline, nothing secret. */
+  log: (line: string) => void;
+  cwd: string;
+}
+
+export class KeyAgent {
+  readonly socket: SocketLocation;
+  readonly #store: KeyStore;
+  readonly #options: AgentOptions;
+  readonly #sockets = new Set<Socket>();
+  #server: Server | undefined;
+  #root: SoftwareRoot;
+  #kw: Keywarden;
+  #session: UnsealSession | undefined;
+  /** The store's unseal description when it differs from the loaded root's (rekeyed while unsealed). */
+  #storedUnseal: UnsealMethod | undefined;
+  #expiryTimer: ReturnType<typeof setTimeout> | undefined;
+  /** Serializes state changes (unseal, seal, reload) so a quorum is never combined twice. */
+  #lock: Promise<unknown> = Promise.resolve();
+  #closed = false;
+
+  private constructor(store: KeyStore, root: SoftwareRoot, options: AgentOptions) {
+    this.#store = store;
+    this.#root = root;
+    this.#kw = new Keywarden({ store, root });
+    this.#options = options;
+    this.socket = options.socket;
+  }
+
+  /**
+   * Open D's split-knowledge store sealed and listen on the socket. Refuses a development-mode
+   * store, a socket on which a live agent answers, and a path that is something else than a
+   * socket; removes a stale socket file.
+   */
+  static async start(options: AgentOptions): Promise<KeyAgent> {
+    checkSocketPathLength(options.socket);
+    await requireStore(options.loc);
+    if (await clearStaleSocket(options.socket)) {
+      options.log(`removed a stale socket file ${options.socket.display} (no agent answered on it)`);
+    }
+    const store = await SqliteKeyStore.open(options.loc.dbPath);
+    let agent: KeyAgent | undefined;
+    try {
+      const root = await SoftwareRoot.load(store);
+      if (root.document.unseal.method !== 'shamir') {
+        await root.close();
+        throw new CliError(
+          'this key store is in development mode (unseal key file or environment variable): commands use it directly, no agent is needed',
+        );
+      }
+      agent = new KeyAgent(store, root, options);
+      await agent.#listen();
+      return agent;
+    } catch (err) {
+      if (agent) await agent.close().catch(() => {});
+      else await store.close().catch(() => {});
+      throw err;
+    }
+  }
+
+  /** The non-secret description of the share set the next unseal needs. */
+  describeSealed(): string {
+    const u = this.#root.document.unseal;
+    return u.method === 'shamir'
+      ? `${u.threshold} of ${u.shares} shares of share set ${u.shareSetId}`
+      : 'a development-mode key';
+  }
+
+  /** Stop: close the socket and every connection, wipe the shares held, the KEK cache and the root. */
+  async close(): Promise<void> {
+    if (this.#closed) return;
+    this.#closed = true;
+    const server = this.#server;
+    const closed = server ? new Promise<void>((resolve) => server.close(() => resolve())) : Promise.resolve();
+    for (const s of this.#sockets) s.destroy();
+    await closed;
+    if (this.#expiryTimer !== undefined) clearTimeout(this.#expiryTimer);
+    this.#session?.reset();
+    this.#session = undefined;
+    await this.#kw.close().catch(() => {});
+    // net.Server removes its socket file when it closes; this covers the cases where it did not.
+    if (server) await unlink(this.socket.path).catch(() => {});
+  }
+
+  // ── Socket ────────────────────────────────────────────────────────────────────────────────────
+
+  async #listen(): Promise<void> {
+    const server = createServer((conn) => this.#serve(conn));
+    server.maxConnections = MAX_CONNECTIONS;
+    await new Promise<void>((resolve, reject) => {
+      const onError = (err: NodeJS.ErrnoException) => {
+        reject(
+          err.code === 'EADDRINUSE'
+            ? new CliError(`another agent started on ${this.socket.display} at the same time`)
+            : new CliError(`cannot listen on ${this.socket.display}: ${systemErrorText(err)}`, { cause: err }),
+        );
+      };
+      server.once('error', onError);
+      // The socket file is created by bind(2), inside listen(), with the process umask: make it
+      // owner-only from the first instant (the chmod below is for file systems that ignore it).
+      const previous = setUmask(0o177);
+      try {
+        server.listen(this.socket.path, () => {
+          server.off('error', onError);
+          resolve();
+        });
+      } finally {
+        if (previous !== undefined) setUmask(previous);
+      }
+    });
+    this.#server = server;
+    server.on('error', (err) => this.#options.log(`socket error: ${systemErrorText(err)}`));
+    await chmod(this.socket.path, 0o600);
+  }
+
+  #serve(conn: Socket): void {
+    this.#sockets.add(conn);
+    const lines = new LineBuffer(MAX_REQUEST_BYTES);
+    let queue: Promise<void> = Promise.resolve();
+    let open = true;
+    const send = (text: string) => {
+      if (open && !conn.destroyed && conn.writable) conn.write(text);
+    };
+    conn.on('error', () => {}); // a client that went away: nothing to do
+    conn.on('close', () => {
+      open = false;
+      lines.wipe();
+      this.#sockets.delete(conn);
+    });
+    conn.on('data', (chunk: Buffer) => {
+      if (!open) return;
+      let got: Buffer[];
+      try {
+        got = lines.push(chunk);
+      } catch (err) {
+        if (!(err instanceof LineTooLongError)) throw err;
+        // The stream cannot be resynchronized cheaply: answer, then close this connection only.
+        send(
+          encodeLine({
+            id: null,
+            ok: false,
+            error: {
+              code: PROTOCOL_ERROR,
+              message: `agent: request longer than ${MAX_REQUEST_BYTES / (1024 * 1024)} MiB; closing the connection`,
+            },
+          }),
+        );
+        open = false;
+        conn.end();
+        return;
+      } finally {
+        chunk.fill(0);
+      }
+      for (const line of got) {
+        queue = queue.then(async () => {
+          const response = await this.#answer(line);
+          send(response);
+        });
+      }
+    });
+  }
+
+  /** One request line in, one response line out. Never throws. */
+  async #answer(line: Buffer): Promise<string> {
+    let req: AgentRequest | undefined;
+    try {
+      req = parseRequest(line);
+      const result = await this.#dispatch(req);
+      return encodeLine({ id: req.id, ok: true, result });
+    } catch (err) {
+      const wire = errorToWire(err);
+      if (wire.code === INTERNAL_ERROR)
+        this.#options.log(`internal error: ${describeError(err, this.#options.cwd).message}`);
+      const id = req?.id ?? (err instanceof ProtocolError ? err.requestId : null);
+      return encodeLine({ id, ok: false, error: wire });
+    } finally {
+      line.fill(0);
+    }
+  }
+
+  // ── Operations ────────────────────────────────────────────────────────────────────────────────
+
+  async #dispatch(req: AgentRequest): Promise<unknown> {
+    switch (req.op) {
+      case 'status':
+        return this.#exclusive(() => this.#status());
+      case 'unseal':
+        return this.#exclusive(() => this.#unseal(stringArg(req, 'share')));
+      case 'seal':
+        return this.#exclusive(() => this.#seal());
+      case 'generateDataKey': {
+        const key = stringArg(req, 'key');
+        const context = recordArg(req, 'context') as EncryptionContext | undefined;
+        const kw = this.#unsealed();
+        const dk = await kw.generateDataKey(key, context);
+        try {
+          return {
+            keyId: dk.keyId,
+            version: dk.version,
+            plaintext: toBase64(dk.plaintext),
+            wrapped: toBase64(dk.wrapped),
+          };
+        } finally {
+          wipe(dk.plaintext);
+        }
+      }
+      case 'decryptDataKey': {
+        const wrapped = bytesArg(req, 'wrapped');
+        const context = recordArg(req, 'context') as EncryptionContext | undefined;
+        const plaintext = await this.#unsealed().decryptDataKey(wrapped, context);
+        try {
+          return { plaintext: toBase64(plaintext) };
+        } finally {
+          wipe(plaintext);
+        }
+      }
+      case 'createKey': {
+        const name = stringArg(req, 'name');
+        const scope = recordArg(req, 'scope') ?? {};
+        return keyInfoToWire(await this.#unsealed().createKey(name, { scope }));
+      }
+      case 'rotateKey':
+        return keyInfoToWire(await this.#unsealed().rotateKey(stringArg(req, 'key')));
+      case 'getKey':
+        return keyInfoToWire(await this.#kw.getKey(stringArg(req, 'key')));
+      case 'listKeys':
+        return (await this.#kw.listKeys()).map(keyInfoToWire);
+    }
+  }
+
+  #unsealed(): Keywarden {
+    if (this.#root.isSealed()) throw new KeystoreSealedError(SEALED_MESSAGE);
+    return this.#kw;
+  }
+
+  async #status(): Promise<AgentStatus> {
+    await this.#followStore();
+    const u = this.#storedUnseal ?? this.#root.document.unseal;
+    const p = this.#session?.progress();
+    return {
+      sealed: this.#root.isSealed(),
+      rootId: this.#root.document.rootId,
+      shareSetId: u.method === 'shamir' ? u.shareSetId : '',
+      threshold: u.method === 'shamir' ? u.threshold : 0,
+      shares: u.method === 'shamir' ? u.shares : 0,
+      accepted: p?.accepted ?? 0,
+      indices: p?.indices ?? [],
+      reset: p?.reset ?? false,
+      unsealTimeoutSeconds: this.#options.unsealTimeoutMs / 1000,
+      pid: process.pid,
+    };
+  }
+
+  async #unseal(share: string): Promise<UnsealResult> {
+    await this.#followStore();
+    const u = this.#root.document.unseal;
+    const threshold = u.method === 'shamir' ? u.threshold : 0;
+    const shares = u.method === 'shamir' ? u.shares : 0;
+    if (!this.#root.isSealed()) {
+      return { sealed: false, accepted: 0, threshold, shares, indices: [], reset: false, alreadyUnsealed: true };
+    }
+    this.#session ??= unsealSessionFor(this.#root, { timeoutMs: this.#options.unsealTimeoutMs });
+    const before = new Set(this.#session.progress().indices);
+    let p: ReturnType<UnsealSession['submit']>;
+    try {
+      p = this.#session.submit(share);
+    } catch (err) {
+      this.#options.log(`share refused (${this.#session.progress().accepted} of ${threshold} held): ${messageOf(err)}`);
+      throw err;
+    }
+    const added = p.indices.find((i) => !before.has(i));
+    this.#options.log(
+      `${p.reset ? 'earlier shares had timed out; ' : ''}share ${added ?? '?'} accepted (${p.accepted} of ${p.threshold})`,
+    );
+    const result = {
+      accepted: p.accepted,
+      threshold,
+      shares,
+      indices: p.indices,
+      reset: p.reset,
+      alreadyUnsealed: false,
+    };
+    if (!p.complete) {
+      this.#watchExpiry(this.#session);
+      return { sealed: true, ...result };
+    }
+    try {
+      await unsealWithSession(this.#root, this.#session);
+    } catch (err) {
+      this.#options.log(`unseal failed, shares discarded: ${messageOf(err)}`);
+      throw err;
+    }
+    this.#options.log('unsealed');
+    return { sealed: false, ...result };
+  }
+
+  async #seal(): Promise<{ sealed: true }> {
+    await this.#kw.seal();
+    this.#session?.reset();
+    this.#session = undefined;
+    // Load the root again: if the store was rekeyed while unsealed, the next unseal needs the new set.
+    await this.#reload();
+    this.#options.log('sealed: the root and the KEK cache were wiped');
+    return { sealed: true };
+  }
+
+  /**
+   * Compare the loaded root with the sealed root in the store. A sealed agent whose store was
+   * rekeyed (or replaced) reloads it and drops the shares it held; an unsealed one keeps its root
+   * (a rekey does not change the root key) and picks the new document up when it next seals.
+   */
+  async #followStore(): Promise<void> {
+    const bytes = await this.#store.getMeta(ROOT_META_NAME);
+    if (!bytes) return;
+    const stored = decodeSealedRoot(bytes);
+    const loaded = this.#root.document;
+    if (
+      stored.rootId === loaded.rootId &&
+      stored.nonce === loaded.nonce &&
+      stored.wrappedRoot === loaded.wrappedRoot &&
+      JSON.stringify(stored.unseal) === JSON.stringify(loaded.unseal)
+    ) {
+      this.#storedUnseal = undefined;
+      return;
+    }
+    if (!this.#root.isSealed()) {
+      this.#storedUnseal = stored.unseal;
+      return;
+    }
+    const held = this.#session?.progress().accepted ?? 0;
+    this.#session?.reset();
+    this.#session = undefined;
+    await this.#reload();
+    this.#options.log(
+      `the key store was rekeyed; now expecting ${this.describeSealed()}${held > 0 ? ` (${held} shares held were discarded)` : ''}`,
+    );
+  }
+
+  async #reload(): Promise<void> {
+    const root = await SoftwareRoot.load(this.#store);
+    if (root.document.unseal.method !== 'shamir') {
+      await root.close();
+      throw new CliError('agent: the key store is no longer split-knowledge; stop this agent');
+    }
+    // The old Keywarden is sealed and its cache wiped; it is dropped without closing the shared store.
+    await this.#root.close();
+    this.#root = root;
+    this.#kw = new Keywarden({ store: this.#store, root });
+    this.#storedUnseal = undefined;
+  }
+
+  /** Log when the session discards its shares after the idle timeout (the session wipes them itself). */
+  #watchExpiry(session: UnsealSession): void {
+    if (this.#expiryTimer !== undefined) clearTimeout(this.#expiryTimer);
+    this.#expiryTimer = setTimeout(() => {
+      this.#expiryTimer = undefined;
+      if (this.#closed || this.#session !== session) return;
+      const p = session.progress();
+      if (p.reset) {
+        this.#options.log(
+          `unseal progress discarded: no new share within ${this.#options.unsealTimeoutMs / 1000} s (0 of ${p.threshold} held)`,
+        );
+      }
+    }, this.#options.unsealTimeoutMs + 50);
+    this.#expiryTimer.unref?.();
+  }
+
+  #exclusive<T>(fn: () => Promise<T>): Promise<T> {
+    const run = this.#lock.then(fn, fn);
+    this.#lock = run.catch(() => {});
+    return run;
+  }
+}
+
+// ── Socket path ─────────────────────────────────────────────────────────────────────────────────
+
+function checkSocketPathLength(socket: SocketLocation): void {
+  const n = Buffer.byteLength(socket.path);
+  if (n > MAX_SOCKET_PATH_BYTES) {
+    throw new CliError(
+      `socket path ${socket.display} is too long for a unix socket (${n} bytes, at most ${MAX_SOCKET_PATH_BYTES}); pass a shorter --socket`,
+    );
+  }
+}
+
+/**
+ * Before listening: refuse when a live agent answers on the path or the path is not a socket;
+ * remove a socket file nobody listens on (left by an agent that was killed): true when it did.
+ */
+async function clearStaleSocket(socket: SocketLocation): Promise<boolean> {
+  let isSocket: boolean;
+  try {
+    isSocket = (await lstat(socket.path)).isSocket();
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return false;
+    throw err;
+  }
+  if (!isSocket) throw new CliError(`${socket.display} exists and is not a socket; refusing to replace it`);
+  const live = await new Promise<boolean>((resolve) => {
+    const c = createConnection({ path: socket.path });
+    const timer = setTimeout(() => {
+      c.destroy();
+      resolve(true); // something holds it and does not answer: do not take it over
+    }, 2000);
+    c.once('connect', () => {
+      clearTimeout(timer);
+      c.destroy();
+      resolve(true);
+    });
+    c.once('error', (err: NodeJS.ErrnoException) => {
+      clearTimeout(timer);
+      c.destroy();
+      resolve(err.code !== 'ECONNREFUSED' && err.code !== 'ENOENT');
+    });
+  });
+  if (live) throw new CliError(`an agent is already running on ${socket.display}`);
+  await unlink(socket.path).catch((err: NodeJS.ErrnoException) => {
+    if (err.code !== 'ENOENT') throw err;
+  });
+  return true;
+}
+
+/** process.umask(mask), or undefined where it is not allowed (worker threads). */
+function setUmask(mask: number): number | undefined {
+  try {
+    return process.umask(mask);
+  } catch {
+    return undefined;
+  }
+}
+
+function messageOf(err: unknown): string {
+  return describeError(err, '/').message;
+}
