@@ -38,6 +38,7 @@ import {
   wipe,
 } from '@keywarden/core';
 import { CliError } from './errors.js';
+import { keyToJson } from './output.js';
 
 /** Longest request line the agent reads (without its newline); a longer one closes the connection. */
 export const MAX_REQUEST_BYTES = 1024 * 1024;
@@ -319,23 +320,8 @@ export function errorFromWire(wire: unknown): Error {
 
 // ── Key metadata ───────────────────────────────────────────────────────────────────────────────
 
-export function keyInfoToWire(key: KeyInfo): Record<string, unknown> {
-  return {
-    id: key.id,
-    name: key.name,
-    scope: { ...key.scope },
-    primaryVersion: key.primaryVersion,
-    createdAt: key.createdAt.toISOString(),
-    updatedAt: key.updatedAt.toISOString(),
-    versions: key.versions.map((v) => ({
-      version: v.version,
-      state: v.state,
-      rootId: v.rootId,
-      createdAt: v.createdAt.toISOString(),
-      updatedAt: v.updatedAt.toISOString(),
-    })),
-  };
-}
+/** Key metadata on the wire: the same JSON shape as `key show --json`. */
+export const keyInfoToWire = keyToJson;
 
 function date(v: unknown): Date {
   const d = typeof v === 'string' ? new Date(v) : new Date(Number.NaN);

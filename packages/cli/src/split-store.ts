@@ -17,7 +17,7 @@
  * The unseal key and the root key exist only inside @keywarden/split-knowledge, in memory, and
  * are never written anywhere in plaintext, not even to a temporary file.
  */
-import { type FileHandle, chmod, mkdir, open, rm, rmdir, stat } from 'node:fs/promises';
+import { type FileHandle, chmod, mkdir, open, rm, rmdir } from 'node:fs/promises';
 import * as path from 'node:path';
 import { KeywardenError, ROOT_META_NAME, SoftwareRoot, ShareError } from '@keywarden/core';
 import {
@@ -33,7 +33,7 @@ import { isTerminal, readHidden, readShareFile, readSharesFromStream, readSmallS
 import { CliError, displayPath, systemErrorText, UsageError } from './errors.js';
 import type { CliIO } from './io.js';
 import { print } from './output.js';
-import { requireStore, SHARES_OUT_DIR, type StoreLocation } from './store-dir.js';
+import { exists, removeStoreFiles, requireStore, SHARES_OUT_DIR, type StoreLocation } from './store-dir.js';
 
 export interface Custodian {
   /** 1-based: the share this custodian receives. */
@@ -414,22 +414,6 @@ async function collectCurrentShares(io: CliIO, current: ShareSetInfo, files: rea
 }
 
 // ── Helpers ────────────────────────────────────────────────────────────────────────────────────
-
-async function removeStoreFiles(loc: StoreLocation): Promise<void> {
-  for (const suffix of ['', '-wal', '-shm', '-journal']) {
-    await rm(loc.dbPath + suffix, { force: true }).catch(() => {});
-  }
-}
-
-async function exists(p: string): Promise<boolean> {
-  try {
-    await stat(p);
-    return true;
-  } catch (err) {
-    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return false;
-    throw err;
-  }
-}
 
 function messageOf(err: unknown): string {
   if (KeywardenError.isInstance(err) || err instanceof CliError) return err.message;

@@ -439,13 +439,13 @@ async function writeSecretFile(file: string, content: string): Promise<void> {
   }
 }
 
-async function removeStoreFiles(loc: StoreLocation): Promise<void> {
+export async function removeStoreFiles(loc: StoreLocation): Promise<void> {
   for (const suffix of ['', '-wal', '-shm', '-journal']) {
     await rm(loc.dbPath + suffix, { force: true }).catch(() => {});
   }
 }
 
-async function exists(p: string): Promise<boolean> {
+export async function exists(p: string): Promise<boolean> {
   try {
     await stat(p);
     return true;
