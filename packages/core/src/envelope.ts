@@ -17,7 +17,7 @@
  */
 import { createHash } from 'node:crypto';
 import { assertBytes, concatBytes, constantTimeEqual, toBase64Url, u16be, u32be, u8, utf8, wipe } from './_bytes.js';
-import { AES256_KEY_BYTES, GCM_NONCE_BYTES, GCM_TAG_BYTES, gcmOpen, gcmSeal, hkdfSha256 } from './aead.js';
+import { AES256_KEY_BYTES, GCM_NONCE_BYTES, GCM_TAG_BYTES, gcmOpen, gcmSeal, hkdfExpand, hkdfExtract } from './aead.js';
 import { encodeContext, type EncryptionContext } from './context.js';
 import {
   DEK_BYTES,
@@ -128,10 +128,16 @@ export function deriveMessageKeys(dek: Uint8Array, messageId: Uint8Array, suite:
   assertBytes(dek, 'envelope: DEK', DEK_BYTES);
   assertBytes(messageId, 'envelope: message id', MESSAGE_ID_BYTES);
   const suiteByte = u8(suite);
-  return {
-    encKey: hkdfSha256(dek, messageId, concatBytes(INFO_DATA_KEY, suiteByte), AES256_KEY_BYTES),
-    commitment: hkdfSha256(dek, messageId, concatBytes(INFO_COMMIT, suiteByte), COMMITMENT_BYTES),
-  };
+  // Both outputs share one extract (same IKM and salt): HKDF-SHA256(dek, messageId, info, L) each.
+  const prk = hkdfExtract(messageId, dek);
+  try {
+    return {
+      encKey: hkdfExpand(prk, concatBytes(INFO_DATA_KEY, suiteByte), AES256_KEY_BYTES),
+      commitment: hkdfExpand(prk, concatBytes(INFO_COMMIT, suiteByte), COMMITMENT_BYTES),
+    };
+  } finally {
+    wipe(prk);
+  }
 }
 
 // ---------------------------------------------------------------------------------------------
