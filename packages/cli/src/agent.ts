@@ -10,15 +10,21 @@
  *   sealed --unseal (share M; the quorum opens the root)--> unsealed
  *   sealed --unseal (share M; the quorum does not open it: forged / other ceremony)--> sealed, 0 held
  *   sealed --idle timeout--> sealed, 0 held
- *   unsealed --seal--> sealed (root and KEK cache wiped; the root is reloaded from the store)
+ *   unsealed --seal--> sealed (root and KEK cache wiped; the root is reloaded from the store, so
+ *                      after a root rotation the next quorum unseals the NEW root)
+ *   any --seal, status or unseal, once the store's root was destroyed--> sealed for good: shares
+ *                      are refused ("no root"); stop the agent
  *   any --SIGINT/SIGTERM--> stopped (root and KEK cache wiped, socket removed)
  *
  * Invariants:
  *  - key operations (data keys, create, rotate) are refused with KeystoreSealedError while
  *    sealed; metadata (getKey, listKeys) is served either way, as `key list` is without an agent;
  *  - the quorum is always checked against the sealed root in the key store as it is NOW: when the
- *    store was rekeyed since this process loaded it, a sealed agent reloads it (dropping any
- *    shares held), so old shares never unseal a running agent after a rekey;
+ *    store was rekeyed (or its root rotated) since this process loaded it, a sealed agent reloads
+ *    it (dropping any shares held), so old shares never unseal a running agent after a rekey, and
+ *    an agent never unseals a root that was rotated away or destroyed;
+ *  - `keywarden root rotate|destroy` seal a running agent when they are done: an unsealed agent
+ *    still holds the old root and its cached KEKs until then;
  *  - nothing secret is logged: the log names share indices and counts, never a share or a key.
  *
  * Access control is the file system's: the socket is mode 0600 in the store directory (0700), so
@@ -31,6 +37,7 @@ import {
   decodeSealedRoot,
   type EncryptionContext,
   type KeyStore,
+  KeyStoreError,
   KeystoreSealedError,
   Keywarden,
   ROOT_META_NAME,
@@ -67,6 +74,10 @@ export const DEFAULT_UNSEAL_TIMEOUT_SECONDS = 600;
 const MAX_CONNECTIONS = 64;
 /** sun_path is 108 bytes on Linux, 104 on macOS, NUL included. */
 const MAX_SOCKET_PATH_BYTES = process.platform === 'darwin' ? 103 : 107;
+
+/** What the agent answers once the store's root was destroyed (`keywarden root destroy`). */
+export const NO_ROOT_MESSAGE = 'root: this key store has no root any more (it was destroyed); stop the agent';
+const ROOT_DESTROYED_LOG = "the key store's root was destroyed: nothing can be unsealed any more; stop this agent";
 
 export const SEALED_MESSAGE =
   'keystore: sealed; unseal the root before using keys (the agent is sealed: unseal it with a quorum of shares, `keywarden unseal`)';
@@ -376,9 +387,18 @@ export class KeyAgent {
     await this.#kw.seal();
     this.#session?.reset();
     this.#session = undefined;
-    // Load the root again: if the store was rekeyed while unsealed, the next unseal needs the new set.
+    if (!(await this.#store.getMeta(ROOT_META_NAME))) {
+      this.#options.log(`sealed: the root and the KEK cache were wiped; ${ROOT_DESTROYED_LOG}`);
+      return { sealed: true };
+    }
+    // Load the root again: if the store was rekeyed while unsealed, the next unseal needs the new
+    // set; if its root was rotated, the next quorum unseals the new root.
+    const before = this.#root.document.rootId;
     await this.#reload();
-    this.#options.log('sealed: the root and the KEK cache were wiped');
+    const after = this.#root.document.rootId;
+    this.#options.log(
+      `sealed: the root and the KEK cache were wiped${after !== before ? `; the key store's root was rotated (now ${after}): unseal it again with a quorum` : ''}`,
+    );
     return { sealed: true };
   }
 
@@ -389,7 +409,17 @@ export class KeyAgent {
    */
   async #followStore(): Promise<void> {
     const bytes = await this.#store.getMeta(ROOT_META_NAME);
-    if (!bytes) return;
+    if (!bytes) {
+      // The root was destroyed: wipe what this agent still holds and never collect shares again.
+      const held = this.#session?.progress().accepted ?? 0;
+      this.#session?.reset();
+      this.#session = undefined;
+      if (!this.#root.isSealed() || held > 0) {
+        await this.#kw.seal();
+        this.#options.log(`sealed: ${ROOT_DESTROYED_LOG}`);
+      }
+      throw new KeyStoreError(NO_ROOT_MESSAGE);
+    }
     const stored = decodeSealedRoot(bytes);
     const loaded = this.#root.document;
     if (
@@ -409,8 +439,12 @@ export class KeyAgent {
     this.#session?.reset();
     this.#session = undefined;
     await this.#reload();
+    const what =
+      stored.rootId === loaded.rootId
+        ? 'the key store was rekeyed'
+        : `the key store's root was rotated (now ${stored.rootId})`;
     this.#options.log(
-      `the key store was rekeyed; now expecting ${this.describeSealed()}${held > 0 ? ` (${held} shares held were discarded)` : ''}`,
+      `${what}; now expecting ${this.describeSealed()}${held > 0 ? ` (${held} shares held were discarded)` : ''}`,
     );
   }
 

@@ -15,6 +15,7 @@ import { registerEncrypt } from './commands/encrypt.js';
 import { registerInit } from './commands/init.js';
 import { registerKey } from './commands/key.js';
 import { registerRekey } from './commands/rekey.js';
+import { registerRoot } from './commands/root.js';
 import { registerShare } from './commands/share.js';
 import { registerUnseal } from './commands/unseal.js';
 import { debugDetails, describeError, EXIT_OK, EXIT_USAGE } from './errors.js';
@@ -90,7 +91,8 @@ export function buildProgram(io: CliIO): Command {
       `
 Split knowledge: \`init --shares N --threshold M\` splits the unseal key among custodians; a
 long-running \`agent\` holds the root, starts sealed, and is unsealed by a quorum (\`unseal\`); key
-commands then go through it. See docs/split-knowledge.md.
+commands then go through it. \`rekey\`, \`root rotate\` and \`root destroy\` need a quorum of the
+current shares. See docs/split-knowledge.md.
 
 Exit status: 0 success, 1 failure, 2 usage error. Errors are one line on stderr.
 Run 'keywarden demo' for a guided tour of the key lifecycle, and 'keywarden COMMAND --help' for details.`,
@@ -104,6 +106,7 @@ Run 'keywarden demo' for a guided tour of the key lifecycle, and 'keywarden COMM
   registerAgent(program, io);
   registerUnseal(program, io);
   registerRekey(program, io);
+  registerRoot(program, io);
   registerShare(program, io);
   registerDemo(program, io);
   return program;

@@ -46,8 +46,14 @@ export function keyListTable(keys: readonly KeyInfo[]): string {
     ['NAME', 'ID', 'PRIMARY', 'SCOPE', 'CREATED'],
     [...keys]
       .sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0))
-      .map((k) => [k.name, k.id, `v${k.primaryVersion}`, formatScope(k.scope), formatDate(k.createdAt)]),
+      .map((k) => [k.name, k.id, primaryLabel(k), formatScope(k.scope), formatDate(k.createdAt)]),
   );
+}
+
+/** "v3", or "v3 (destroyed)" when the primary version cannot be used (disabled, compromised, destroyed). */
+function primaryLabel(key: KeyInfo): string {
+  const state = key.versions.find((v) => v.version === key.primaryVersion)?.state;
+  return state === undefined || state === 'enabled' ? `v${key.primaryVersion}` : `v${key.primaryVersion} (${state})`;
 }
 
 export function keyDetails(key: KeyInfo): string {

@@ -324,7 +324,7 @@ export async function rekeyStoreDir(io: CliIO, loc: StoreLocation, options: Reke
     let before: Uint8Array | undefined;
     let rekeyed = false;
     try {
-      const current = await collectCurrentShares(io, previous, options.shareFiles ?? []);
+      const current = await collectCurrentShares(io, previous, options.shareFiles ?? [], REKEY);
       before = await store.getMeta(ROOT_META_NAME);
       const out = await rekey(store, root, current, {
         shares,
@@ -362,11 +362,26 @@ export async function rekeyStoreDir(io: CliIO, loc: StoreLocation, options: Reke
   }
 }
 
+/** Who asks for a quorum, in the prompts and messages of collectCurrentShares. */
+export interface QuorumRequest {
+  /** The command as it starts a message: "rekey", "root rotate". */
+  operation: string;
+  /** The heading before the prompts: "Rekey", "Root rotation". */
+  title: string;
+}
+
+const REKEY: QuorumRequest = { operation: 'rekey', title: 'Rekey' };
+
 /**
  * A quorum of the current shares: from files; else from the hidden prompt, where each share is
  * checked as it is typed (a mistyped one is reported and asked again); else from stdin, one a line.
  */
-async function collectCurrentShares(io: CliIO, current: ShareSetInfo, files: readonly string[]): Promise<string[]> {
+export async function collectCurrentShares(
+  io: CliIO,
+  current: ShareSetInfo,
+  files: readonly string[],
+  request: QuorumRequest,
+): Promise<string[]> {
   if (files.length > 0) {
     const out: string[] = [];
     for (const f of files) out.push(await readShareFile(f, io.cwd, io.stderr));
@@ -376,7 +391,7 @@ async function collectCurrentShares(io: CliIO, current: ShareSetInfo, files: rea
     const lines = await readSharesFromStream(io.stdin);
     if (lines.length === 0) {
       throw new CliError(
-        `rekey needs ${current.threshold} current shares: pass --share-file, pipe them one a line, or run it in a terminal`,
+        `${request.operation} needs ${current.threshold} current shares: pass --share-file, pipe them one a line, or run it in a terminal`,
       );
     }
     return lines;
@@ -386,7 +401,7 @@ async function collectCurrentShares(io: CliIO, current: ShareSetInfo, files: rea
   try {
     await print(
       io.stderr,
-      `Rekey of share set ${current.shareSetId}: ${current.threshold} custodians type their current share (nothing is echoed).\n`,
+      `${request.title} of share set ${current.shareSetId}: ${current.threshold} custodians type their current share (nothing is echoed).\n`,
     );
     while (texts.length < current.threshold) {
       const text = await readHidden(
@@ -396,7 +411,9 @@ async function collectCurrentShares(io: CliIO, current: ShareSetInfo, files: rea
         { signal: io.signal },
       );
       if (text === undefined) {
-        throw new CliError(`rekey: ${texts.length} of ${current.threshold} current shares given; nothing was changed`);
+        throw new CliError(
+          `${request.operation}: ${texts.length} of ${current.threshold} current shares given; nothing was changed`,
+        );
       }
       if (text.trim() === '') continue;
       try {

@@ -29,8 +29,12 @@ import {
   decodeUnsealKey,
   encodeUnsealKey,
   type KeyInfo,
+  KeyStoreError,
   KeywardenError,
   Keywarden,
+  ROOT_META_NAME,
+  type RootDescription,
+  type RootOfTrust,
   SoftwareRoot,
   UNSEAL_KEY_BYTES,
   type SealedRootDocument,
@@ -200,7 +204,31 @@ export async function unsealRoot(root: SoftwareRoot, source: UnsealSource, io: P
 export interface OpenOptions {
   /** Unseal the root with this source; omit to leave it sealed (metadata-only commands). */
   unseal?: UnsealSource;
+  /**
+   * Metadata-only commands: open a store whose root was destroyed (`keywarden root destroy`) too,
+   * with a MissingRoot in its place, so its keys can still be listed (every version destroyed).
+   */
+  allowMissingRoot?: boolean;
 }
+
+/**
+ * Stands in for the root of a store whose root was destroyed, so that key metadata can still be
+ * read. It has no key: wrapping and unwrapping are refused with a KeyStoreError, never a no-op.
+ */
+export class MissingRoot implements RootOfTrust {
+  describe(): RootDescription {
+    return { kind: 'software', id: 'none', label: 'no root (destroyed)', wrapAlgorithm: 'none' };
+  }
+  async wrapKey(): Promise<Uint8Array> {
+    throw new KeyStoreError(NO_ROOT);
+  }
+  async unwrapKey(): Promise<Uint8Array> {
+    throw new KeyStoreError(NO_ROOT);
+  }
+  async close(): Promise<void> {}
+}
+
+const NO_ROOT = 'root: this key store has no root (it was destroyed, or never initialized)';
 
 /** Open D's store and root. The returned Keywarden owns both: close it when done. */
 export async function openKeywarden(
@@ -208,6 +236,17 @@ export async function openKeywarden(
   io: Pick<CliIO, 'stderr'>,
   options: OpenOptions = {},
 ): Promise<Keywarden> {
+  if (options.allowMissingRoot && !options.unseal) {
+    await requireStore(loc);
+    const store: KeyStore = await SqliteKeyStore.open(loc.dbPath);
+    try {
+      if (!(await store.getMeta(ROOT_META_NAME))) return new Keywarden({ store, root: new MissingRoot() });
+    } catch (err) {
+      await store.close().catch(() => {});
+      throw err;
+    }
+    await store.close();
+  }
   const { store, root } = await loadSealed(loc);
   try {
     if (options.unseal) await unsealRoot(root, options.unseal, io);

@@ -24,7 +24,15 @@ export {
   requireRandom,
   requireSealable,
 } from './root.js';
-export type { KeyScope, KeyVersionState, KeyRecord, KeyVersionRecord, KeyStore } from './keystore.js';
+export type {
+  KeyScope,
+  KeyVersionState,
+  KeyRecord,
+  KeyVersionRecord,
+  KeyStore,
+  RootRewrap,
+  RootUpdate,
+} from './keystore.js';
 export { MemoryKeyStore } from './memory-store.js';
 export {
   SoftwareRoot,
@@ -80,4 +88,10 @@ export {
   DEK_WRAPS_PER_KEK_VERSION,
   kekAad,
 } from './keywarden.js';
+export {
+  type RewrapResult,
+  type DestroyRootResult,
+  rewrapUnderNewRoot,
+  destroyRoot,
+} from './root-rotation.js';
 export * as keyStoreChecks from './keystore-checks.js';

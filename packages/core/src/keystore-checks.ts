@@ -4,8 +4,8 @@
  * same inputs with the same messages. Exported from the package as `keyStoreChecks` for store
  * implementers; the @keywarden/testkit conformance suite holds every store to them.
  */
-import { InvalidInputError, KeyStateError } from './errors.js';
-import type { KeyRecord, KeyVersionRecord, KeyVersionState } from './keystore.js';
+import { InvalidInputError, KeyNotFoundError, KeyStateError } from './errors.js';
+import type { KeyRecord, KeyVersionRecord, KeyVersionState, RootUpdate } from './keystore.js';
 
 const STATES: ReadonlySet<string> = new Set<KeyVersionState>(['enabled', 'disabled', 'compromised', 'destroyed']);
 export const SCOPE_FIELDS = ['environment', 'service', 'tenant', 'purpose'] as const;
@@ -19,6 +19,9 @@ const VERSION_FIELDS: ReadonlySet<string> = new Set([
   'createdAt',
   'updatedAt',
 ]);
+const ROOT_UPDATE_FIELDS: ReadonlySet<string> = new Set(['versions', 'meta', 'at']);
+const REWRAP_FIELDS: ReadonlySet<string> = new Set(['keyId', 'version', 'rootId', 'wrappedMaterial']);
+const META_FIELDS: ReadonlySet<string> = new Set(['name', 'value']);
 const LONE_SURROGATE = /[\uD800-\uDBFF](?![\uDC00-\uDFFF])|(?<![\uD800-\uDBFF])[\uDC00-\uDFFF]/;
 
 export function quote(s: string): string {
@@ -123,4 +126,64 @@ export function checkVersion(v: KeyVersionRecord): void {
   }
   checkDate(v.createdAt, 'version createdAt');
   checkDate(v.updatedAt, 'version updatedAt');
+}
+
+/**
+ * The shape of a replaceRoot update: every field well-formed, no version listed twice, no empty
+ * wrap (only a destroyed version has empty material, and destroyed versions are not rewrapped).
+ * The checks against stored data (exists, not destroyed, every non-destroyed version listed) are
+ * the store's, inside its transaction, with the errors below.
+ */
+export function checkRootUpdate(update: RootUpdate): void {
+  if (typeof update !== 'object' || update === null) {
+    throw new InvalidInputError('keystore: replaceRoot: the update must be an object');
+  }
+  checkKnownFields(update, ROOT_UPDATE_FIELDS, 'root update');
+  if (!Array.isArray(update.versions)) throw new InvalidInputError('keystore: replaceRoot: versions must be an array');
+  const seen = new Set<string>();
+  for (const v of update.versions) {
+    if (typeof v !== 'object' || v === null) {
+      throw new InvalidInputError('keystore: replaceRoot: each version must be an object');
+    }
+    checkKnownFields(v, REWRAP_FIELDS, 'root update version');
+    checkText(v.keyId, 'key id');
+    checkVersionNumber(v.version);
+    checkText(v.rootId, 'root id');
+    checkBytes(v.wrappedMaterial, 'wrapped material');
+    if (v.wrappedMaterial.length === 0) {
+      throw new InvalidInputError('keystore: replaceRoot: wrapped material must not be empty');
+    }
+    // JSON of the pair: no separator character can make two different pairs collide.
+    const slot = JSON.stringify([v.keyId, v.version]);
+    if (seen.has(slot)) {
+      throw new InvalidInputError(`keystore: replaceRoot: key ${quote(v.keyId)} v${v.version} is listed twice`);
+    }
+    seen.add(slot);
+  }
+  if (typeof update.meta !== 'object' || update.meta === null) {
+    throw new InvalidInputError('keystore: replaceRoot: meta must be an object');
+  }
+  checkKnownFields(update.meta, META_FIELDS, 'root update meta');
+  checkText(update.meta.name, 'meta name');
+  checkBytes(update.meta.value, 'meta value');
+  checkDate(update.at, 'at');
+}
+
+/** replaceRoot names a version the store does not have. */
+export function rewrapMissingError(keyId: string, version: number): KeyNotFoundError {
+  return new KeyNotFoundError(`keystore: replaceRoot: key ${quote(keyId)} has no version ${version}`);
+}
+
+/** replaceRoot names a destroyed version: its material is gone, there is nothing to rewrap. */
+export function rewrapDestroyedError(keyId: string, version: number): KeyStateError {
+  return new KeyStateError(
+    `keystore: replaceRoot: key ${quote(keyId)} v${version} is destroyed; a destroyed version cannot be rewrapped`,
+  );
+}
+
+/** replaceRoot leaves out a version that still has material: it would stay under the old root. */
+export function rewrapUnlistedError(keyId: string, version: number): KeyStateError {
+  return new KeyStateError(
+    `keystore: replaceRoot: key ${quote(keyId)} v${version} is not in the update; every version that is not destroyed must move to the new root in the same write (was a key added or rotated meanwhile?)`,
+  );
 }

@@ -47,6 +47,26 @@ export interface KeyVersionRecord {
   updatedAt: Date;
 }
 
+/** One KEK version's new wrap, in a {@link KeyStore.replaceRoot} update. */
+export interface RootRewrap {
+  keyId: string;
+  version: number;
+  /** Id of the root that made `wrappedMaterial` (the new root's RootDescription.id). */
+  rootId: string;
+  /** The same KEK material, wrapped by the new root. */
+  wrappedMaterial: Uint8Array;
+}
+
+/** Everything a root rotation writes, in one transaction (root-rotation.ts). */
+export interface RootUpdate {
+  /** Every non-destroyed version of every key, each listed once, with its new wrap. */
+  versions: RootRewrap[];
+  /** The new root's meta record (for the software root: "root", the new sealed root document). */
+  meta: { name: string; value: Uint8Array };
+  /** Written as the updatedAt of every listed version. */
+  at: Date;
+}
+
 export interface KeyStore {
   /** Insert a key and its first version atomically. KeyExistsError if the id or name exists. */
   createKey(key: KeyRecord, firstVersion: KeyVersionRecord): Promise<void>;
@@ -64,5 +84,21 @@ export interface KeyStore {
   /** Small non-secret or root-wrapped records (sealed root blob, store format version…). */
   getMeta(name: string): Promise<Uint8Array | undefined>;
   putMeta(name: string, value: Uint8Array): Promise<void>;
+  /** Delete a meta record; deleting a missing one is not an error (idempotent). */
+  deleteMeta(name: string): Promise<void>;
+  /**
+   * Move the KEK versions to a new root, in ONE transaction: for each listed version set rootId,
+   * wrappedMaterial and updatedAt (= `at`), and write the meta record. A crash leaves either the
+   * old root and the old wraps or the new root and the new wraps, never a mix.
+   *
+   * Pre (checked before anything changes; on failure nothing changes, neither versions nor meta):
+   * - every listed version exists (KeyNotFoundError) and is not destroyed (KeyStateError);
+   * - no version is listed twice (InvalidInputError);
+   * - every non-destroyed version in the store is listed (KeyStateError): a version added
+   *   meanwhile by another process, still wrapped by the old root, would otherwise be left behind
+   *   under a root that no longer exists.
+   * Post: the listed versions carry the new wraps; states, createdAt and keys are unchanged.
+   */
+  replaceRoot(update: RootUpdate): Promise<void>;
   close(): Promise<void>;
 }

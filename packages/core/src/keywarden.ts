@@ -9,6 +9,9 @@
  *
  * Staleness: another process's rotation or disabling is seen once the cached entries expire
  * (`cache.ttlMs`, default 5 minutes); changes made through this instance take effect at once.
+ * After a ROOT rotation or destruction (root-rotation.ts) an instance on the old root refuses
+ * every KEK version it loads (wrapped by another root) but keeps using the ones it has cached until
+ * they expire: seal or stop it (`seal()` wipes the cache), and load the new root.
  */
 import type { Transform } from 'node:stream';
 import { concatBytes, toBase64Url, u32be, u8, utf8, wipe } from './_bytes.js';

@@ -20,14 +20,18 @@ import {
   checkBytes,
   checkDate,
   checkKey,
+  checkRootUpdate,
   checkState,
   checkText,
   checkTransition,
   checkVersion,
   checkVersionNumber,
   quote,
+  rewrapDestroyedError,
+  rewrapMissingError,
+  rewrapUnlistedError,
 } from './keystore-checks.js';
-import type { KeyRecord, KeyScope, KeyStore, KeyVersionRecord, KeyVersionState } from './keystore.js';
+import type { KeyRecord, KeyScope, KeyStore, KeyVersionRecord, KeyVersionState, RootUpdate } from './keystore.js';
 
 export class MemoryKeyStore implements KeyStore {
   readonly #keys = new Map<string, KeyRecord>();
@@ -152,6 +156,44 @@ export class MemoryKeyStore implements KeyStore {
     checkBytes(value, 'meta value');
     wipe(this.#meta.get(name));
     this.#meta.set(name, new Uint8Array(value));
+  }
+
+  async deleteMeta(name: string): Promise<void> {
+    this.#assertOpen();
+    checkText(name, 'meta name');
+    wipe(this.#meta.get(name));
+    this.#meta.delete(name);
+  }
+
+  async replaceRoot(update: RootUpdate): Promise<void> {
+    this.#assertOpen();
+    checkRootUpdate(update);
+    // Preconditions, all checked before the first change (so a failure changes nothing):
+    // every listed version exists and is not destroyed, and every live version is listed.
+    const listed = new Set<KeyVersionRecord>();
+    for (const v of update.versions) {
+      const record = this.#versions.get(v.keyId)?.get(v.version);
+      if (!record) throw rewrapMissingError(v.keyId, v.version);
+      if (record.state === 'destroyed') throw rewrapDestroyedError(v.keyId, v.version);
+      listed.add(record);
+    }
+    for (const versions of this.#versions.values()) {
+      for (const record of versions.values()) {
+        if (record.state !== 'destroyed' && !listed.has(record)) {
+          throw rewrapUnlistedError(record.keyId, record.version);
+        }
+      }
+    }
+    // All checks passed: the writes below cannot fail half-way.
+    for (const v of update.versions) {
+      const record = this.#versions.get(v.keyId)?.get(v.version) as KeyVersionRecord;
+      wipe(record.wrappedMaterial);
+      record.rootId = v.rootId;
+      record.wrappedMaterial = new Uint8Array(v.wrappedMaterial);
+      record.updatedAt = new Date(update.at.getTime());
+    }
+    wipe(this.#meta.get(update.meta.name));
+    this.#meta.set(update.meta.name, new Uint8Array(update.meta.value));
   }
 
   /** Idempotent. Wipes every stored material and meta value. */

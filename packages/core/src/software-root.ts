@@ -143,33 +143,78 @@ export class SoftwareRoot implements RootOfTrust, Sealable {
   ): Promise<SoftwareRoot> {
     checkUnsealKey(options.unsealKey);
     if (await store.getMeta(ROOT_META_NAME)) throw new KeyStoreError('root: this key store already has a root');
+    const root = await SoftwareRoot.#create(options);
+    try {
+      await store.putMeta(ROOT_META_NAME, encodeSealedRoot(root.#doc));
+    } catch (err) {
+      await root.close();
+      throw err;
+    }
+    return root;
+  }
+
+  /**
+   * A new root for a root rotation (root-rotation.ts): a new root key and a new root id from the
+   * CSPRNG, sealed under `unsealKey` with the unseal description `unseal`, returned unsealed with
+   * its sealed document — and written NOWHERE. The caller writes the document in the same
+   * transaction that moves every KEK version to the new root (`rewrapUnderNewRoot` →
+   * `KeyStore.replaceRoot`), so a crash never leaves the new root without the new wraps.
+   *
+   * Sealing under the same unseal key and the same unseal description (same share-set id, M and N)
+   * keeps the unseal secret valid: the development-mode key file, or the custodians' shares.
+   */
+  static async createForRotation(options: {
+    unsealKey: Uint8Array;
+    unseal: UnsealMethod;
+    random?: RandomSource;
+    now?: Date;
+  }): Promise<{ root: SoftwareRoot; document: SealedRootDocument }> {
+    checkUnsealKey(options.unsealKey);
+    const root = await SoftwareRoot.#create(options);
+    return { root, document: root.document };
+  }
+
+  /** A new root key and root id from the CSPRNG, sealed under the unseal key; unsealed, not stored. */
+  static async #create(options: {
+    unsealKey: Uint8Array;
+    unseal?: UnsealMethod;
+    random?: RandomSource;
+    now?: Date;
+  }): Promise<SoftwareRoot> {
     const random = options.random ?? nodeRandom;
     const rootKey = await random.randomBytes(AES256_KEY_BYTES);
-    const idBytes = await random.randomBytes(16);
-    const nonce = await random.randomBytes(GCM_NONCE_BYTES);
-    const doc = sealRootKey(
-      rootKey,
-      options.unsealKey,
-      {
-        format: 1,
-        kind: 'software',
-        rootId: `root_${toBase64Url(idBytes)}`,
-        createdAt: (options.now ?? new Date()).toISOString(),
-        unseal: options.unseal ?? { method: 'key' },
-        wrapAlgorithm: 'AES-256-GCM',
-      },
-      nonce,
-    );
-    await store.putMeta(ROOT_META_NAME, encodeSealedRoot(doc));
-    const root = new SoftwareRoot(doc, random);
-    root.#rootKey = rootKey;
-    return root;
+    try {
+      const idBytes = await random.randomBytes(16);
+      const nonce = await random.randomBytes(GCM_NONCE_BYTES);
+      const doc = sealRootKey(
+        rootKey,
+        options.unsealKey,
+        {
+          format: 1,
+          kind: 'software',
+          rootId: `root_${toBase64Url(idBytes)}`,
+          createdAt: (options.now ?? new Date()).toISOString(),
+          unseal: structuredClone(options.unseal ?? { method: 'key' }),
+          wrapAlgorithm: 'AES-256-GCM',
+        },
+        nonce,
+      );
+      // The document must load again (SoftwareRoot.load): refuse a malformed unseal description
+      // here, before it can be written, rather than leave a store whose root cannot be read.
+      decodeSealedRoot(encodeSealedRoot(doc));
+      const root = new SoftwareRoot(doc, random);
+      root.#rootKey = rootKey;
+      return root;
+    } catch (err) {
+      wipe(rootKey);
+      throw err;
+    }
   }
 
   /** Load the sealed root from a store. It starts sealed. */
   static async load(store: KeyStore, options: { random?: RandomSource } = {}): Promise<SoftwareRoot> {
     const bytes = await store.getMeta(ROOT_META_NAME);
-    if (!bytes) throw new KeyStoreError('root: this key store has no root (run init first)');
+    if (!bytes) throw new KeyStoreError('root: this key store has no root (it was destroyed, or never initialized)');
     return new SoftwareRoot(decodeSealedRoot(bytes), options.random ?? nodeRandom);
   }
 

@@ -1,8 +1,9 @@
 /**
  * The split-knowledge ceremony on a software root (docs/split-knowledge.md): init with the unseal
- * key split into shares, unseal by quorum, rekey to a new share set, and the quorum gate that root
- * rotation and root destruction will call. The CLI (`keywarden init/unseal/seal/rekey`) and
- * applications call these; they are built on core's `SoftwareRoot`.
+ * key split into shares, unseal by quorum, rekey to a new share set, and the quorum-gated root
+ * operations: root rotation and root destruction. The CLI (`keywarden init/unseal/seal/rekey`,
+ * `keywarden root rotate|destroy`) and applications call these; they are built on core's
+ * `SoftwareRoot`, `rewrapUnderNewRoot` and `destroyRoot`.
  *
  * Invariants:
  *  - the unseal key comes from the CSPRNG (node:crypto), exists only in memory, and is wiped as
@@ -11,18 +12,21 @@
  *  - a quorum is verified cryptographically, against the sealed root document in the store: the
  *    combined key must authenticate the AES-GCM-wrapped root. A forged share, or a share from
  *    another ceremony with a matching label, fails there with an error that says only that;
- *  - rekey and requireQuorum demand a quorum of the current shares even when the root is already
- *    unsealed in this process (separation of duties: an operator with a running process is not a
- *    quorum).
+ *  - rekey, rotateRoot, destroyRootWithQuorum and requireQuorum demand a quorum of the current
+ *    shares even when the root is already unsealed in this process (separation of duties: an
+ *    operator with a running process is not a quorum).
  */
 import {
+  type DestroyRootResult,
   decodeSealedRoot,
+  destroyRoot,
   encodeSealedRoot,
   InvalidInputError,
   type KeyStore,
   KeyStoreError,
   MemoryKeyStore,
   ROOT_META_NAME,
+  rewrapUnderNewRoot,
   type SealedRootDocument,
   SoftwareRoot,
   UNSEAL_KEY_BYTES,
@@ -121,7 +125,7 @@ function expectationOf(method: ShamirMethod): ShareExpectation {
 
 async function storedDocument(store: KeyStore): Promise<SealedRootDocument> {
   const bytes = await store.getMeta(ROOT_META_NAME);
-  if (!bytes) throw new KeyStoreError('root: this key store has no root (run init first)');
+  if (!bytes) throw new KeyStoreError('root: this key store has no root (it was destroyed, or never initialized)');
   return decodeSealedRoot(bytes);
 }
 
@@ -247,9 +251,9 @@ export async function unsealWithSession(root: SoftwareRoot, session: UnsealSessi
 
 /**
  * The quorum gate: resolves when `shares` are a quorum of the store's current share set (they
- * combine into the key that opens the sealed root), throws otherwise. Root rotation and root
- * destruction are not in core yet; when they land, they must call this first (separation of
- * duties), whatever the state of the root in the calling process.
+ * combine into the key that opens the sealed root), throws otherwise. rotateRoot and
+ * destroyRootWithQuorum call it first (separation of duties), whatever the state of the root in
+ * the calling process; so must any other operation that needs the custodians' consent.
  */
 export async function requireQuorum(
   store: KeyStore,
@@ -310,4 +314,70 @@ export async function rekey(
     wipe(newKey);
     if (wasSealed) await root.seal();
   }
+}
+
+export interface RotateRootResult {
+  /** The new root's id (every KEK version now names it). */
+  rootId: string;
+  /** KEK versions rewrapped under the new root (destroyed ones have nothing to rewrap). */
+  rewrapped: number;
+}
+
+/**
+ * Root rotation with a quorum: a new root key (and root id) replaces the old one, and every KEK
+ * version is rewrapped under it in one store transaction (core's `rewrapUnderNewRoot`).
+ *
+ * Pre: `shares` are a quorum of the store's current share set (`requireQuorum`, checked first,
+ * before anything else happens; too few, forged or foreign shares change nothing).
+ * Post: the store holds the new root, sealed under the SAME unseal key with the SAME unseal
+ * description (share-set id, M, N): the custodians' shares stay valid and unseal the new root;
+ * no share is handed out. KEK material does not change, so every data key and envelope made
+ * before decrypts under the new root. The unseal key and both root keys are wiped before
+ * returning. On failure nothing has changed.
+ *
+ * Processes that hold the old root unsealed (an agent) must be sealed: they refuse versions they
+ * have not cached (wrapped by another root) and would keep using cached ones until they expire.
+ * Limit: like rekey, one ceremony at a time (the store has no compare-and-swap on the root).
+ */
+export async function rotateRoot(
+  store: KeyStore,
+  shares: readonly string[] | readonly ParsedShare[],
+): Promise<RotateRootResult> {
+  await requireQuorum(store, shares);
+  const stored = await storedDocument(store);
+  const method = requireShamir(stored, 'rotate');
+  const unsealKey = await combineShares(shares, expectationOf(method));
+  const oldRoot = await SoftwareRoot.load(store);
+  let newRoot: SoftwareRoot | undefined;
+  try {
+    await unsealOrForged(oldRoot, unsealKey);
+    const created = await SoftwareRoot.createForRotation({ unsealKey, unseal: oldRoot.document.unseal });
+    newRoot = created.root;
+    const { rewrapped } = await rewrapUnderNewRoot(store, oldRoot, newRoot, {
+      name: ROOT_META_NAME,
+      value: encodeSealedRoot(created.document),
+    });
+    return { rootId: created.document.rootId, rewrapped };
+  } finally {
+    wipe(unsealKey);
+    await oldRoot.close();
+    await newRoot?.close();
+  }
+}
+
+/**
+ * Root destruction with a quorum: crypto-shredding of every key in the store (core's
+ * `destroyRoot`: the sealed root is deleted first — from then on nothing under it can be
+ * recovered from this store, whatever shares anyone holds — then every version is destroyed).
+ *
+ * Pre: `shares` are a quorum of the store's current share set (checked first; on failure nothing
+ * changes). Irreversible. Backups of the store are not reached: a backup and a quorum of the
+ * shares of its time still open it. Seal or stop every process holding the root.
+ */
+export async function destroyRootWithQuorum(
+  store: KeyStore,
+  shares: readonly string[] | readonly ParsedShare[],
+): Promise<DestroyRootResult> {
+  await requireQuorum(store, shares);
+  return destroyRoot(store);
 }

@@ -50,6 +50,9 @@ export {
   unsealWithSession,
   requireQuorum,
   rekey,
+  type RotateRootResult,
+  rotateRoot,
+  destroyRootWithQuorum,
 } from './ceremony.js';
 export {
   type HardwareSecretPurpose,

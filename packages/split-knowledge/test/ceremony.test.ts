@@ -1,8 +1,12 @@
 import { generateKeyPairSync, randomBytes } from 'node:crypto';
 import {
+  DecryptionError,
   decodeSealedRoot,
+  encodeSealedRoot,
+  KeyStateError,
   KeystoreSealedError,
   Keywarden,
+  kekAad,
   MemoryKeyStore,
   ROOT_META_NAME,
   SoftwareRoot,
@@ -11,10 +15,12 @@ import { beforeAll, describe, expect, it } from 'vitest';
 import {
   combineShares,
   decryptShareForCustodian,
+  destroyRootWithQuorum,
   initSplitRoot,
   parseShare,
   rekey,
   requireQuorum,
+  rotateRoot,
   splitHardwareSecret,
   unsealSessionFor,
   unsealWithSession,
@@ -361,7 +367,132 @@ describe('rekey and the quorum gate', () => {
     await expectKwError(
       () => requireQuorum(new MemoryKeyStore(), c.shares),
       'KW_STORE',
-      'root: this key store has no root (run init first)',
+      'root: this key store has no root (it was destroyed, or never initialized)',
     );
+  });
+});
+
+describe('root rotation and root destruction (quorum-gated)', () => {
+  const NO_ROOT = 'root: this key store has no root (it was destroyed, or never initialized)';
+
+  async function snapshot(store: MemoryKeyStore) {
+    const keys = await store.listKeys();
+    return {
+      keys,
+      versions: await Promise.all(keys.map((k) => store.listVersions(k.id))),
+      root: Array.from((await store.getMeta(ROOT_META_NAME)) ?? []),
+    };
+  }
+
+  /** The ceremony, plus a second version of "orders" and a second envelope under it. */
+  async function rotated() {
+    const c = await ceremony();
+    const root = await SoftwareRoot.load(c.store);
+    await unsealWithShares(root, c.shares.slice(0, 3));
+    const kw = new Keywarden({ store: c.store, root });
+    await kw.rotateKey('orders');
+    const second = await kw.encrypt(text.encode('order #2'), { key: 'orders', context: { table: 'orders' } });
+    await kw.seal();
+    return { ...c, second };
+  }
+
+  it('rotateRoot with a quorum: a new root id on the document and every version; the SAME shares unseal the new root; data made before decrypts', async () => {
+    const c = await rotated();
+    const oldDoc = await storedDoc(c.store);
+    const before = await snapshot(c.store);
+    const r = await rotateRoot(c.store, c.shares.slice(2, 5));
+    expect(r.rewrapped).toBe(2);
+    expect(r.rootId).toMatch(/^root_/);
+    expect(r.rootId).not.toBe(oldDoc.rootId);
+    const doc = await storedDoc(c.store);
+    expect(doc.rootId).toBe(r.rootId);
+    expect(doc.unseal).toEqual(oldDoc.unseal); // same share set: the custodians' shares stay valid
+    expect(doc.wrappedRoot).not.toBe(oldDoc.wrappedRoot);
+    const after = await snapshot(c.store);
+    expect(after.keys).toStrictEqual(before.keys);
+    for (const v of after.versions.flat()) expect(v.rootId).toBe(r.rootId);
+
+    // Every 3-subset of the same five shares unseals the new root.
+    for (const subset of subsets(c.shares, 3)) {
+      const root = await SoftwareRoot.load(c.store);
+      await unsealWithShares(root, subset);
+      await root.close();
+    }
+    const root = await SoftwareRoot.load(c.store);
+    await unsealWithShares(root, c.shares.slice(0, 3));
+    expect(await decryptsWith(c.store, root, c.envelope)).toBe('order #1');
+    await unsealWithShares(root, c.shares.slice(1, 4)); // decryptsWith sealed it
+    expect(await decryptsWith(c.store, root, c.second)).toBe('order #2');
+
+    // The old root (from a copy of the old document, e.g. a backup) cannot unwrap what is stored now.
+    const backup = new MemoryKeyStore();
+    await backup.putMeta(ROOT_META_NAME, encodeSealedRoot(oldDoc));
+    const old = await SoftwareRoot.load(backup);
+    await unsealWithShares(old, c.shares.slice(0, 3));
+    for (const v of after.versions.flat()) {
+      await expect(old.unwrapKey(v.wrappedMaterial, kekAad(v.keyId, v.version))).rejects.toSatisfy(
+        DecryptionError.isInstance,
+      );
+    }
+  });
+
+  it('without a quorum — M-1 shares, a forged share, shares of another ceremony — rotation and destruction are refused and nothing changes', async () => {
+    const c = await rotated();
+    const other = await ceremony();
+    const before = await snapshot(c.store);
+    const forged = [forgeShare(c.shares[0]!), c.shares[1]!, c.shares[2]!];
+    for (const op of [rotateRoot, destroyRootWithQuorum]) {
+      await expectKwError(() => op(c.store, c.shares.slice(0, 2)), 'KW_SHARE', 'share: 2 of 3 shares, need 1 more', [
+        ...c.shares,
+      ]);
+      const err = await caught(() => op(c.store, forged));
+      expect((err as Error).message).toBe(FORGED);
+      expectNoShareLeak(err, [...c.shares, ...forged]);
+      await expectKwError(
+        () => op(c.store, other.shares.slice(0, 3)),
+        'KW_SHARE',
+        /^share: share 1 belongs to share set/,
+        [...other.shares],
+      );
+      expect(await snapshot(c.store)).toStrictEqual(before);
+    }
+    const root = await SoftwareRoot.load(c.store);
+    await unsealWithShares(root, c.shares.slice(0, 3));
+    expect(await decryptsWith(c.store, root, c.envelope)).toBe('order #1');
+  });
+
+  it('a development-mode root has no quorum: both are refused', async () => {
+    const store = new MemoryKeyStore();
+    await SoftwareRoot.initialize(store, { unsealKey: randomBytes(32) });
+    const c = await ceremony();
+    for (const op of [rotateRoot, destroyRootWithQuorum]) {
+      await expectKwError(
+        () => op(store, c.shares.slice(0, 3)),
+        'KW_BAD_INPUT',
+        /^quorum: this root is not split into shares/,
+      );
+    }
+  });
+
+  it('destroyRootWithQuorum: every version destroyed, nothing decrypts, and a later unseal or quorum says there is no root', async () => {
+    const c = await rotated();
+    const loadedBefore = await SoftwareRoot.load(c.store); // a process that loaded the root earlier
+    expect(await destroyRootWithQuorum(c.store, c.shares.slice(1, 4))).toEqual({ destroyed: 2, alreadyDestroyed: 0 });
+    expect(await c.store.getMeta(ROOT_META_NAME)).toBeUndefined();
+    for (const v of (await snapshot(c.store)).versions.flat()) {
+      expect(v.state).toBe('destroyed');
+      expect(v.wrappedMaterial).toHaveLength(0);
+    }
+    await expectKwError(() => SoftwareRoot.load(c.store), 'KW_STORE', NO_ROOT);
+    await expectKwError(() => requireQuorum(c.store, c.shares.slice(0, 3)), 'KW_STORE', NO_ROOT);
+    await expectKwError(() => rotateRoot(c.store, c.shares.slice(0, 3)), 'KW_STORE', NO_ROOT);
+    await expectKwError(() => destroyRootWithQuorum(c.store, c.shares.slice(0, 3)), 'KW_STORE', NO_ROOT);
+    // Even a root loaded before the destruction and unsealed by a quorum decrypts nothing: the
+    // KEK material in the store is gone.
+    await unsealWithShares(loadedBefore, c.shares.slice(0, 3));
+    const kw = new Keywarden({ store: c.store, root: loadedBefore });
+    await expect(kw.decrypt(c.envelope, { context: { table: 'orders' } })).rejects.toSatisfy(KeyStateError.isInstance);
+    await expect(kw.decrypt(c.second, { context: { table: 'orders' } })).rejects.toSatisfy(KeyStateError.isInstance);
+    await kw.seal();
   });
 });

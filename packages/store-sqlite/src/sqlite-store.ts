@@ -9,8 +9,9 @@
  *   and a crash leaves each write fully applied or not at all;
  * - `foreign_keys=ON` and STRICT tables with CHECK constraints (see _schema.ts) back up the
  *   checks done in code: no version without its key, no key without its primary version;
- * - `secure_delete=ON` zeroes freed content, and destroying a version checkpoints and truncates
- *   the WAL, so erased material does not linger in the database or WAL files;
+ * - `secure_delete=ON` zeroes freed content, and destroying a version, deleting a meta record
+ *   and replacing the root checkpoint and truncate the WAL, so erased material (and a deleted or
+ *   replaced sealed root) does not linger in the database or WAL files;
  * - files are created owner-only (0600).
  *
  * better-sqlite3 is synchronous; the KeyStore methods stay async (and report every failure as a
@@ -30,6 +31,7 @@ import {
   type KeyVersionRecord,
   type KeyVersionState,
   keyStoreChecks as checks,
+  type RootUpdate,
 } from '@keywarden/core';
 import Database from 'better-sqlite3';
 import { APPLICATION_ID, MIGRATIONS, SCHEMA_VERSION, SCHEMA_VERSION_TABLE } from './_schema.js';
@@ -124,7 +126,14 @@ function prepare(db: Db) {
       `UPDATE key_versions SET state = 'destroyed', wrapped_material = X'', updated_at = ?
         WHERE key_id = ? AND version = ?`,
     ),
+    rewrap: db.prepare<[string, Buffer, number, string, number]>(
+      'UPDATE key_versions SET root_id = ?, wrapped_material = ?, updated_at = ? WHERE key_id = ? AND version = ?',
+    ),
+    liveVersions: db.prepare<[], { key_id: string; version: number }>(
+      "SELECT key_id, version FROM key_versions WHERE state <> 'destroyed' ORDER BY key_id, version",
+    ),
     getMeta: db.prepare<[string], { value: Buffer }>('SELECT value FROM meta WHERE name = ?'),
+    deleteMeta: db.prepare<[string]>('DELETE FROM meta WHERE name = ?'),
     putMeta: db.prepare<[string, Buffer]>(
       'INSERT INTO meta (name, value) VALUES (?, ?) ON CONFLICT (name) DO UPDATE SET value = excluded.value',
     ),
@@ -309,6 +318,51 @@ export class SqliteKeyStore implements KeyStore {
     });
   }
 
+  /**
+   * Idempotent. The record is deleted in one transaction, then the WAL is truncated like after a
+   * destroy: deleting the sealed root is how a whole store is crypto-shredded (destroyRoot), so its
+   * old value must not linger in WAL frames.
+   */
+  async deleteMeta(name: string): Promise<void> {
+    const db = this.#writable();
+    checks.checkText(name, 'meta name');
+    this.#write('deleteMeta', () => {
+      this.#sql.deleteMeta.run(name);
+    });
+    truncateWal(db);
+  }
+
+  /**
+   * One IMMEDIATE transaction: the preconditions are checked under the write lock (so no other
+   * connection can add or destroy a version between the check and the write), then every version
+   * is rewritten and the meta record is upserted. Any failure rolls all of it back. The WAL is
+   * truncated afterwards, so the old wraps and the old sealed root do not linger in its frames.
+   */
+  async replaceRoot(update: RootUpdate): Promise<void> {
+    const db = this.#writable();
+    checks.checkRootUpdate(update);
+    this.#write('replaceRoot', () => {
+      const listed = new Set<string>();
+      for (const v of update.versions) {
+        const current = this.#sql.versionState.get(v.keyId, v.version);
+        if (!current) throw checks.rewrapMissingError(v.keyId, v.version);
+        if (current.state === 'destroyed') throw checks.rewrapDestroyedError(v.keyId, v.version);
+        listed.add(JSON.stringify([v.keyId, v.version]));
+      }
+      for (const live of this.#sql.liveVersions.all()) {
+        if (!listed.has(JSON.stringify([live.key_id, live.version]))) {
+          throw checks.rewrapUnlistedError(live.key_id, live.version);
+        }
+      }
+      const at = update.at.getTime();
+      for (const v of update.versions) {
+        this.#sql.rewrap.run(v.rootId, asBuffer(v.wrappedMaterial), at, v.keyId, v.version);
+      }
+      this.#sql.putMeta.run(update.meta.name, asBuffer(update.meta.value));
+    });
+    truncateWal(db);
+  }
+
   /** Idempotent. The last connection to close checkpoints the WAL into the database file. */
   async close(): Promise<void> {
     const db = this.#db;
@@ -458,8 +512,9 @@ function schemaVersionOf(db: Db): number {
 }
 
 /**
- * After a version is destroyed, copy the WAL into the database and truncate the WAL to zero
- * bytes, so the frames that still hold the old material are gone from the WAL file
+ * After a version is destroyed (or a meta record deleted, or the root replaced), copy the WAL
+ * into the database and truncate the WAL to zero bytes, so the frames that still hold the old
+ * material are gone from the WAL file
  * (https://sqlite.org/pragma.html#pragma_wal_checkpoint). Best effort: with readers active the
  * checkpoint may stop early; the material is erased from the database either way, and the frames
  * are overwritten by later checkpoints. The write has committed, so failures are not reported.

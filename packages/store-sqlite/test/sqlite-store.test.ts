@@ -124,6 +124,14 @@ if (mode === 'hang-in-transaction') {
   insertKey.run('kek_orphan', 'orphan', now, now);
   say('ready');
   setInterval(() => {}, 60000);
+} else if (mode === 'hang-in-root-rotation') {
+  // A root rotation done by hand, killed before COMMIT: every version rewrapped, the root replaced.
+  db.pragma('cache_size = 4');
+  db.prepare('BEGIN IMMEDIATE').run();
+  db.prepare("UPDATE key_versions SET root_id = 'root_child', wrapped_material = randomblob(4096) WHERE state <> 'destroyed'").run();
+  db.prepare("UPDATE meta SET value = randomblob(4096) WHERE name = 'root'").run();
+  say('ready');
+  setInterval(() => {}, 60000);
 } else if (mode === 'commit-loop') {
   const [limit, pauseMs] = arg.split(',').map(Number);
   const write = db.transaction((i) => writeKey('kek_child' + i, 'child-' + String(i).padStart(5, '0'), 64));
@@ -299,6 +307,13 @@ describe('SqliteKeyStore', () => {
         () => reader.setPrimaryVersion('kek_a', 1, new Date(T0)),
         () => reader.setVersionState('kek_a', 1, 'disabled', new Date(T0)),
         () => reader.putMeta('m', Uint8Array.of(1)),
+        () => reader.deleteMeta('m'),
+        () =>
+          reader.replaceRoot({
+            versions: [{ keyId: 'kek_a', version: 1, rootId: 'root_new', wrappedMaterial: randomBytes(48) }],
+            meta: { name: 'root', value: Uint8Array.of(1) },
+            at: new Date(T0),
+          }),
       ];
       for (const write of writes) await expect(write()).rejects.toMatchObject({ code: 'KW_STORE' });
       const missing = join(dir, 'missing.db');
@@ -371,6 +386,65 @@ describe('SqliteKeyStore', () => {
       expect((await store.getKey('kek_a'))?.primaryVersion).toBe(1);
     });
 
+    /** Two keys (three live versions, one destroyed) under root_test, and meta "root" = old. */
+    async function rotationFixture(store: SqliteKeyStore): Promise<{ old: Uint8Array }> {
+      await store.createKey(keyRecord('kek_a', 'alpha'), versionRecord('kek_a', 1));
+      await store.addVersion(versionRecord('kek_a', 2), true);
+      await store.addVersion(versionRecord('kek_a', 3), false);
+      await store.setVersionState('kek_a', 3, 'destroyed', new Date(T0 + 3));
+      await store.createKey(keyRecord('kek_b', 'beta'), versionRecord('kek_b', 1));
+      const old = randomBytes(64);
+      await store.putMeta('root', old);
+      return { old };
+    }
+
+    function rotation(): Parameters<SqliteKeyStore['replaceRoot']>[0] {
+      return {
+        versions: (
+          [
+            ['kek_a', 1],
+            ['kek_a', 2],
+            ['kek_b', 1],
+          ] as const
+        ).map(([keyId, version]) => ({ keyId, version, rootId: 'root_new', wrappedMaterial: randomBytes(48) })),
+        meta: { name: 'root', value: randomBytes(64) },
+        at: new Date(T0 + 99),
+      };
+    }
+
+    async function everything(store: SqliteKeyStore) {
+      return {
+        a: await store.listVersions('kek_a'),
+        b: await store.listVersions('kek_b'),
+        root: Array.from((await store.getMeta('root')) ?? []),
+      };
+    }
+
+    it('replaceRoot failing on the meta write (after every version was rewrapped) rolls the versions back too', async () => {
+      const store = open();
+      await rotationFixture(store);
+      const before = await everything(store);
+      failOn(`CREATE TRIGGER fail_meta BEFORE UPDATE ON meta WHEN NEW.name = 'root'
+              BEGIN SELECT RAISE(ABORT, 'injected failure'); END`);
+      const err = await store.replaceRoot(rotation()).catch((e: Error & { code?: string }) => e);
+      expect(err?.code).toBe('KW_STORE');
+      expect(err?.message).toBe('keystore: replaceRoot failed (SQLITE_CONSTRAINT_TRIGGER)');
+      expect(await everything(store)).toStrictEqual(before);
+    });
+
+    it('replaceRoot failing on the second version rolls the first back and leaves the meta as it was', async () => {
+      const store = open();
+      await rotationFixture(store);
+      const before = await everything(store);
+      failOn(`CREATE TRIGGER fail_rewrap AFTER UPDATE OF root_id ON key_versions WHEN NEW.version = 2
+              BEGIN SELECT RAISE(ABORT, 'injected failure'); END`);
+      await expect(store.replaceRoot(rotation())).rejects.toMatchObject({ code: 'KW_STORE' });
+      expect(await everything(store)).toStrictEqual(before);
+      const raw = new Database(path, { readonly: true });
+      expect(raw.prepare("SELECT count(*) FROM key_versions WHERE root_id = 'root_new'").pluck().get()).toBe(0);
+      raw.close();
+    });
+
     it('destroying a version failing half-way keeps the material and the old state', async () => {
       const store = open();
       const material = randomBytes(48);
@@ -430,7 +504,61 @@ describe('SqliteKeyStore', () => {
     });
   });
 
+  describe('root replacement on disk', () => {
+    it('after replaceRoot the old wraps and the old sealed root are left in neither the database file nor its WAL; after deleteMeta the deleted value neither', async () => {
+      const store = open();
+      const oldWrap = randomBytes(64);
+      const oldRoot = randomBytes(96);
+      await store.createKey(keyRecord('kek_a', 'alpha'), versionRecord('kek_a', 1, oldWrap));
+      await store.putMeta('root', oldRoot);
+      expect(filesContain(path, oldWrap) && filesContain(path, oldRoot), 'the test can see them on disk').toBe(true);
+      const newWrap = randomBytes(64);
+      const newRoot = randomBytes(96);
+      await store.replaceRoot({
+        versions: [{ keyId: 'kek_a', version: 1, rootId: 'root_new', wrappedMaterial: newWrap }],
+        meta: { name: 'root', value: newRoot },
+        at: new Date(T0 + 1),
+      });
+      expect(filesContain(path, oldWrap)).toBe(false);
+      expect(filesContain(path, oldRoot)).toBe(false);
+      expect(filesContain(path, newWrap)).toBe(true);
+      await store.deleteMeta('root');
+      expect(filesContain(path, newRoot)).toBe(false);
+      await store.close();
+      expect(filesContain(path, oldRoot) || filesContain(path, newRoot)).toBe(false);
+    });
+  });
+
   describe('crash safety (a writer process killed with SIGKILL)', () => {
+    it.skipIf(process.platform === 'win32')(
+      'a root rotation killed before it commits leaves every version under the old root and the old root record',
+      async () => {
+        const store = open();
+        await store.createKey(keyRecord('kek_a', 'alpha'), versionRecord('kek_a', 1));
+        await store.addVersion(versionRecord('kek_a', 2), true);
+        await store.createKey(keyRecord('kek_b', 'beta'), versionRecord('kek_b', 1));
+        await store.putMeta('root', randomBytes(64));
+        const before = {
+          a: await store.listVersions('kek_a'),
+          b: await store.listVersions('kek_b'),
+          root: Array.from((await store.getMeta('root')) ?? []),
+        };
+        await store.close();
+
+        const writer = startWriter(dir, path, 'hang-in-root-rotation');
+        writers.push(writer);
+        await writer.waitFor(/^ready$/);
+        writer.child.kill('SIGKILL');
+        await writer.exited;
+
+        const reopened = open();
+        expect(await reopened.listVersions('kek_a')).toStrictEqual(before.a);
+        expect(await reopened.listVersions('kek_b')).toStrictEqual(before.b);
+        expect(Array.from((await reopened.getMeta('root')) ?? [])).toEqual(before.root);
+        checkNoHalfWrittenKeys(path);
+      },
+    );
+
     it.skipIf(process.platform === 'win32')(
       'a writer killed in the middle of a transaction leaves no half-written key, and committed keys intact',
       async () => {

@@ -6,7 +6,15 @@
  * `KeywardenError.isInstance()` checks, so this file only needs types from @keywarden/core.
  */
 import { randomBytes } from 'node:crypto';
-import type { KeyRecord, KeyScope, KeyStore, KeyVersionRecord, KeyVersionState } from '@keywarden/core';
+import type {
+  KeyRecord,
+  KeyScope,
+  KeyStore,
+  KeyVersionRecord,
+  KeyVersionState,
+  RootRewrap,
+  RootUpdate,
+} from '@keywarden/core';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 
 export interface KeyStoreFixture {
@@ -110,6 +118,43 @@ async function expectRejects(
 
 function bytesOf(value: Uint8Array | undefined): number[] | undefined {
   return value && Array.from(value);
+}
+
+/** Everything a store holds that replaceRoot may touch: keys, all their versions, and one meta record. */
+async function snapshot(
+  store: KeyStore,
+  metaName = 'root',
+): Promise<{ keys: KeyRecord[]; versions: KeyVersionRecord[][]; meta: number[] | undefined }> {
+  const keys = await store.listKeys();
+  const versions = await Promise.all(keys.map((k) => store.listVersions(k.id)));
+  return { keys, versions, meta: bytesOf(await store.getMeta(metaName)) };
+}
+
+/** A new wrap for one version under `rootId`. */
+function rewrap(keyId: string, version: number, rootId = 'root_new'): RootRewrap {
+  return { keyId, version, rootId, wrappedMaterial: material(44) };
+}
+
+/**
+ * Two keys for the replaceRoot tests: payments v1 enabled, v2 disabled (primary), v3 destroyed;
+ * orders v1 compromised. The meta record "root" holds the old root. Returns the live versions.
+ */
+async function rootRotationSample(store: KeyStore): Promise<{ live: Array<[string, number]> }> {
+  const { key } = await createSample(store);
+  await store.addVersion(versionRecord(key.id, 2), true);
+  await store.addVersion(versionRecord(key.id, 3), false);
+  await store.setVersionState(key.id, 2, 'disabled', at(10));
+  await store.setVersionState(key.id, 3, 'destroyed', at(11));
+  await createSample(store, { id: 'kek_orders', name: 'orders' });
+  await store.setVersionState('kek_orders', 1, 'compromised', at(12));
+  await store.putMeta('root', Uint8Array.of(0x6f, 0x6c, 0x64));
+  return {
+    live: [
+      [key.id, 1],
+      [key.id, 2],
+      ['kek_orders', 1],
+    ],
+  };
 }
 
 /**
@@ -495,6 +540,181 @@ export function describeKeyStoreConformance(name: string, factory: KeyStoreFacto
       });
     });
 
+    describe('replaceRoot and deleteMeta', () => {
+      it('replaceRoot sets rootId, wrappedMaterial and updatedAt of every listed version and writes the meta record; states, createdAt, keys and destroyed versions are unchanged', async () => {
+        const { live } = await rootRotationSample(store);
+        const before = await snapshot(store);
+        const update: RootUpdate = {
+          versions: live.map(([keyId, version]) => rewrap(keyId, version)),
+          meta: { name: 'root', value: Uint8Array.of(0x6e, 0x65, 0x77) },
+          at: at(99_001),
+        };
+        await store.replaceRoot(update);
+        const after = await snapshot(store);
+        expect(after.keys).toStrictEqual(before.keys);
+        expect(after.meta).toEqual([0x6e, 0x65, 0x77]);
+        for (const [i, versions] of before.versions.entries()) {
+          for (const [j, old] of versions.entries()) {
+            const now = after.versions[i]?.[j];
+            const w = update.versions.find((u) => u.keyId === old.keyId && u.version === old.version);
+            if (!w) {
+              expect(now, 'a destroyed version is left as it was').toStrictEqual(old);
+              continue;
+            }
+            expect(now).toStrictEqual({
+              ...old,
+              rootId: 'root_new',
+              wrappedMaterial: new Uint8Array(w.wrappedMaterial),
+              updatedAt: at(99_001),
+            });
+          }
+        }
+      });
+
+      it('replaceRoot with no versions (a store without keys) writes only the meta record', async () => {
+        await store.replaceRoot({ versions: [], meta: { name: 'root', value: Uint8Array.of(7) }, at: at(1) });
+        expect(bytesOf(await store.getMeta('root'))).toEqual([7]);
+        expect(await store.listKeys()).toEqual([]);
+      });
+
+      it('replaceRoot naming a missing version or key rejects with KeyNotFoundError (KW_KEY_NOT_FOUND) and changes nothing — neither versions nor meta', async () => {
+        const { live } = await rootRotationSample(store);
+        const before = await snapshot(store);
+        for (const missing of [rewrap('kek_payments', 9), rewrap('kek_missing', 1)]) {
+          // The bad entry comes last, after good ones: a store that writes as it checks fails here.
+          const versions = [...live.map(([k, v]) => rewrap(k, v)), missing];
+          await expectRejects(
+            () => store.replaceRoot({ versions, meta: { name: 'root', value: Uint8Array.of(1) }, at: at(5) }),
+            'KW_KEY_NOT_FOUND',
+            versions.map((v) => v.wrappedMaterial),
+          );
+          expect(await snapshot(store)).toStrictEqual(before);
+        }
+      });
+
+      it('replaceRoot naming a destroyed version rejects with KeyStateError (KW_KEY_STATE) and changes nothing — neither versions nor meta', async () => {
+        const { live } = await rootRotationSample(store);
+        const before = await snapshot(store);
+        const versions = [...live.map(([k, v]) => rewrap(k, v)), rewrap('kek_payments', 3)];
+        await expectRejects(
+          () => store.replaceRoot({ versions, meta: { name: 'root', value: Uint8Array.of(1) }, at: at(5) }),
+          'KW_KEY_STATE',
+          versions.map((v) => v.wrappedMaterial),
+        );
+        expect(await snapshot(store)).toStrictEqual(before);
+      });
+
+      it('replaceRoot leaving out a version that is not destroyed rejects with KeyStateError (KW_KEY_STATE) and changes nothing: no version is left under the old root', async () => {
+        const { live } = await rootRotationSample(store);
+        const before = await snapshot(store);
+        for (const skip of live.keys()) {
+          const versions = live.filter((_, i) => i !== skip).map(([k, v]) => rewrap(k, v));
+          const err = await expectRejects(
+            () => store.replaceRoot({ versions, meta: { name: 'root', value: Uint8Array.of(1) }, at: at(5) }),
+            'KW_KEY_STATE',
+          );
+          expect(err.message).toContain(`v${live[skip]?.[1]}`);
+          expect(await snapshot(store)).toStrictEqual(before);
+        }
+      });
+
+      it('replaceRoot rejects malformed updates with InvalidInputError (KW_BAD_INPUT) and changes nothing', async () => {
+        const { live } = await rootRotationSample(store);
+        const before = await snapshot(store);
+        const good = (): RootUpdate => ({
+          versions: live.map(([k, v]) => rewrap(k, v)),
+          meta: { name: 'root', value: Uint8Array.of(1) },
+          at: at(5),
+        });
+        const bad: Array<[string, RootUpdate]> = [
+          ['a version listed twice', { ...good(), versions: [...good().versions, rewrap('kek_orders', 1)] }],
+          [
+            'empty wrapped material',
+            { ...good(), versions: good().versions.map((v) => ({ ...v, wrappedMaterial: new Uint8Array(0) })) },
+          ],
+          [
+            'material not a Uint8Array',
+            {
+              ...good(),
+              versions: good().versions.map((v) => ({ ...v, wrappedMaterial: 'AAAA' as unknown as Uint8Array })),
+            },
+          ],
+          ['empty root id', { ...good(), versions: good().versions.map((v) => ({ ...v, rootId: '' })) }],
+          ['version 0', { ...good(), versions: [...good().versions, rewrap('kek_orders', 0)] }],
+          ['invalid date', { ...good(), at: new Date(Number.NaN) }],
+          ['empty meta name', { ...good(), meta: { name: '', value: Uint8Array.of(1) } }],
+          ['meta value not a Uint8Array', { ...good(), meta: { name: 'root', value: [1] as unknown as Uint8Array } }],
+          ['versions not an array', { ...good(), versions: 'all' as unknown as RootRewrap[] }],
+          [
+            'unknown field in a version (a new field must never be silently dropped)',
+            { ...good(), versions: good().versions.map((v) => ({ ...v, state: 'enabled' }) as RootRewrap) },
+          ],
+          ['no update at all', null as unknown as RootUpdate],
+        ];
+        for (const [what, update] of bad) {
+          const err = await expectRejects(() => store.replaceRoot(update), 'KW_BAD_INPUT');
+          expect(err.message, what).toMatch(/^keystore: /);
+        }
+        expect(await snapshot(store)).toStrictEqual(before);
+      });
+
+      it('replaceRoot stores copies: mutating the update afterwards, or a record read back, changes nothing stored', async () => {
+        const { live } = await rootRotationSample(store);
+        const update: RootUpdate = {
+          versions: live.map(([k, v]) => rewrap(k, v)),
+          meta: { name: 'root', value: Uint8Array.of(1, 2, 3) },
+          at: at(5),
+        };
+        const expected = structuredClone(update);
+        await store.replaceRoot(update);
+        for (const v of update.versions) v.wrappedMaterial.fill(0);
+        update.meta.value.fill(0);
+        update.at.setTime(0);
+        const read = await store.getVersion('kek_orders', 1);
+        read?.wrappedMaterial.fill(0xff);
+        for (const v of expected.versions) {
+          const got = await store.getVersion(v.keyId, v.version);
+          expect(bytesOf(got?.wrappedMaterial)).toEqual(Array.from(v.wrappedMaterial));
+          expect(got?.updatedAt).toEqual(at(5));
+        }
+        expect(bytesOf(await store.getMeta('root'))).toEqual([1, 2, 3]);
+      });
+
+      it('after replaceRoot, a destroyed version still cannot change state, and the rewrapped versions keep their rules', async () => {
+        const { live } = await rootRotationSample(store);
+        await store.replaceRoot({
+          versions: live.map(([k, v]) => rewrap(k, v)),
+          meta: { name: 'root', value: Uint8Array.of(1) },
+          at: at(5),
+        });
+        await expectRejects(() => store.setVersionState('kek_payments', 3, 'enabled', at(6)), 'KW_KEY_STATE');
+        await expectRejects(() => store.setVersionState('kek_orders', 1, 'enabled', at(6)), 'KW_KEY_STATE');
+        await store.setVersionState('kek_payments', 2, 'enabled', at(7));
+        expect((await store.getVersion('kek_payments', 2))?.state).toBe('enabled');
+      });
+
+      it('deleteMeta removes one record and keeps the others; deleting a missing record is not an error', async () => {
+        const { key } = await createSample(store);
+        await store.putMeta('root', Uint8Array.of(1));
+        await store.putMeta('other', Uint8Array.of(2));
+        await store.deleteMeta('root');
+        expect(await store.getMeta('root')).toBeUndefined();
+        expect(bytesOf(await store.getMeta('other'))).toEqual([2]);
+        await store.deleteMeta('root');
+        await store.deleteMeta('never-written');
+        expect(await store.getKey(key.id)).toStrictEqual(key);
+        await store.putMeta('root', Uint8Array.of(3));
+        expect(bytesOf(await store.getMeta('root'))).toEqual([3]);
+      });
+
+      it('deleteMeta rejects an empty name with InvalidInputError (KW_BAD_INPUT)', async () => {
+        await store.putMeta('root', Uint8Array.of(1));
+        await expectRejects(() => store.deleteMeta(''), 'KW_BAD_INPUT');
+        await expectRejects(() => store.deleteMeta(42 as unknown as string), 'KW_BAD_INPUT');
+        expect(bytesOf(await store.getMeta('root'))).toEqual([1]);
+      });
+    });
+
     describe('failed writes leave no partial state', () => {
       it('createKey with a duplicate name stores neither the new key nor its version', async () => {
         await createSample(store);
@@ -702,6 +922,13 @@ export function describeKeyStoreConformance(name: string, factory: KeyStoreFacto
           () => store.setVersionState(key.id, 1, 'disabled', at(1)),
           () => store.getMeta('m'),
           () => store.putMeta('m', Uint8Array.of(1)),
+          () => store.deleteMeta('m'),
+          () =>
+            store.replaceRoot({
+              versions: [{ keyId: key.id, version: 1, rootId: 'root_new', wrappedMaterial: material() }],
+              meta: { name: 'root', value: Uint8Array.of(1) },
+              at: at(1),
+            }),
         ];
         for (const call of calls) await expectRejects(call, 'KW_CLOSED', [v1.wrappedMaterial]);
       });

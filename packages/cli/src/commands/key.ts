@@ -4,10 +4,10 @@
  * new KEK material under the root, so under split knowledge they go through the agent.
  */
 import type { Command } from 'commander';
-import type { KeyScope } from '@keywarden/core';
+import type { KeyInfo, KeyScope, Keywarden } from '@keywarden/core';
 import type { CliIO } from '../io.js';
 import { formatJson, keyDetails, keyListTable, keyToJson, print } from '../output.js';
-import { withKeyService, withKeywarden } from '../store-dir.js';
+import { MissingRoot, withKeyService, withKeywarden } from '../store-dir.js';
 import { keyServiceOptionsOf, locationOf } from './_common.js';
 
 interface CreateOptions {
@@ -61,9 +61,10 @@ Give each KEK one job with scope metadata (environment, service, tenant, purpose
     .description('list KEKs: name, id, primary version, scope, creation time (no unseal key needed)')
     .option('--json', 'print a JSON array')
     .action(async (opts: { json?: boolean }, cmd: Command) => {
-      await withKeywarden(locationOf(cmd, io), io, {}, async (kw) => {
+      await withKeywarden(locationOf(cmd, io), io, { allowMissingRoot: true }, async (kw) => {
         const keys = await kw.listKeys();
         await print(io.stdout, opts.json ? formatJson(keys.map(keyToJson)) : keyListTable(keys));
+        await noteMissingRoot(io, kw, keys);
       });
     });
 
@@ -73,9 +74,10 @@ Give each KEK one job with scope metadata (environment, service, tenant, purpose
     .argument('<name>', 'key name or id')
     .option('--json', 'print JSON')
     .action(async (name: string, opts: { json?: boolean }, cmd: Command) => {
-      await withKeywarden(locationOf(cmd, io), io, {}, async (kw) => {
+      await withKeywarden(locationOf(cmd, io), io, { allowMissingRoot: true }, async (kw) => {
         const info = await kw.getKey(name);
         await print(io.stdout, opts.json ? formatJson(keyToJson(info)) : keyDetails(info));
+        await noteMissingRoot(io, kw, [info]);
       });
     });
 
@@ -102,4 +104,16 @@ older versions remain enabled. Rotation bounds how much data one KEK version eve
         );
       });
     });
+}
+
+/** After `root destroy`, say so (on stderr, so --json output stays clean): the keys are unusable. */
+async function noteMissingRoot(io: CliIO, kw: Keywarden, keys: readonly KeyInfo[]): Promise<void> {
+  if (!(kw.root instanceof MissingRoot)) return;
+  const live = keys.reduce((n, k) => n + k.versions.filter((v) => v.state !== 'destroyed').length, 0);
+  await print(
+    io.stderr,
+    live === 0
+      ? 'keywarden: this key store has no root (it was destroyed): every key version is destroyed\n'
+      : `keywarden: this key store has no root (it was destroyed): nothing in it can be unwrapped, but ${live} key versions still hold wrapped material; run \`keywarden root destroy --yes-destroy-every-key\` to erase it\n`,
+  );
 }
