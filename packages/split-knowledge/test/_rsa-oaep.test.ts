@@ -34,7 +34,10 @@ interface OaepFile {
 }
 
 const file = JSON.parse(
-  readFileSync(new URL('./vectors/rsa_oaep_2048_sha256_mgf1sha256_test.json', import.meta.url), 'utf8'),
+  readFileSync(
+    new URL('../../core/test/vectors/wycheproof/rsa_oaep_2048_sha256_mgf1sha256_test.json', import.meta.url),
+    'utf8',
+  ),
 ) as OaepFile;
 const hex = (s: string) => new Uint8Array(Buffer.from(s, 'hex'));
 

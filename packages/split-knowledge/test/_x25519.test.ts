@@ -31,7 +31,9 @@ interface XdhFile {
   testGroups: Array<{ type: string; curve: string; tests: XdhTest[] }>;
 }
 
-const file = JSON.parse(readFileSync(new URL('./vectors/x25519_test.json', import.meta.url), 'utf8')) as XdhFile;
+const file = JSON.parse(
+  readFileSync(new URL('../../core/test/vectors/wycheproof/x25519_test.json', import.meta.url), 'utf8'),
+) as XdhFile;
 const hex = (s: string) => new Uint8Array(Buffer.from(s, 'hex'));
 
 describe('x25519SharedSecret against Wycheproof x25519_test.json', () => {
