@@ -126,9 +126,14 @@ export function custodianKeyFingerprint(pem: string, options: { passphrase?: str
   return custodianPublicKey(pem).fingerprint;
 }
 
+/** True when the PEM private key is passphrase-protected (PKCS#8 encrypted or legacy Proc-Type). */
+export function isEncryptedPrivateKeyPem(privateKeyPem: string): boolean {
+  return /-----BEGIN ENCRYPTED PRIVATE KEY-----|Proc-Type: 4,ENCRYPTED/.test(privateKeyPem);
+}
+
 function loadPrivateKey(privateKeyPem: string, passphrase: string | undefined): KeyObject {
   if (typeof privateKeyPem !== 'string') throw new InvalidInputError('custodian: the private key must be PEM text');
-  const encrypted = /-----BEGIN ENCRYPTED PRIVATE KEY-----|Proc-Type: 4,ENCRYPTED/.test(privateKeyPem);
+  const encrypted = isEncryptedPrivateKeyPem(privateKeyPem);
   if (encrypted && passphrase === undefined) {
     throw new InvalidInputError('custodian: the private key is encrypted; give its passphrase');
   }

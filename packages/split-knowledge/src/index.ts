@@ -28,6 +28,7 @@ export {
   ENCRYPTED_SHARE_VERSION,
   custodianPublicKey,
   custodianKeyFingerprint,
+  isEncryptedPrivateKeyPem,
   encryptShareForCustodian,
   decryptShareForCustodian,
   readEncryptedShareHeaders,

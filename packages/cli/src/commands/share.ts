@@ -7,7 +7,12 @@ import { open } from 'node:fs/promises';
 import * as path from 'node:path';
 import type { Command } from 'commander';
 import { KeywardenError, ShareError } from '@keywarden/core';
-import { decryptShareForCustodian, parseShare, readEncryptedShareHeaders } from '@keywarden/split-knowledge';
+import {
+  decryptShareForCustodian,
+  isEncryptedPrivateKeyPem,
+  parseShare,
+  readEncryptedShareHeaders,
+} from '@keywarden/split-knowledge';
 import { isTerminal, readHidden, readSmallSecretFile } from '../_prompt.js';
 import { CliError, displayPath, systemErrorText } from '../errors.js';
 import type { CliIO } from '../io.js';
@@ -19,8 +24,6 @@ interface DecryptOptions {
   passphraseFile?: string;
   output?: string;
 }
-
-const ENCRYPTED_PEM_RE = /-----BEGIN ENCRYPTED PRIVATE KEY-----|Proc-Type: 4,ENCRYPTED/;
 
 export function registerShare(program: Command, io: CliIO): void {
   const share = program
@@ -70,7 +73,7 @@ Example:
           /\r?\n$/,
           '',
         );
-      } else if (ENCRYPTED_PEM_RE.test(pem) && isTerminal(io.stdin)) {
+      } else if (isEncryptedPrivateKeyPem(pem) && isTerminal(io.stdin)) {
         passphrase = await readHidden(
           io.stdin,
           io.stderr,
