@@ -17,6 +17,7 @@ export type KeywardenErrorCode =
   | 'KW_FORMAT'
   | 'KW_BAD_INPUT'
   | 'KW_WEAK_KEY'
+  | 'KW_KEY_MATERIAL'
   | 'KW_KEY_NOT_FOUND'
   | 'KW_KEY_EXISTS'
   | 'KW_KEY_STATE'
@@ -74,6 +75,12 @@ export class FormatError extends defineError('KW_FORMAT', 'FormatError') {}
 export class InvalidInputError extends defineError('KW_BAD_INPUT', 'InvalidInputError') {}
 /** Imported key material was refused as weak (wrong length, repeated, password-like, low entropy). */
 export class WeakKeyMaterialError extends defineError('KW_WEAK_KEY', 'WeakKeyMaterialError') {}
+/**
+ * Key material that can never be right (all zeros, wrong length) reached a wrap or unwrap. This is
+ * an internal fault (for example a buffer wiped while still in use), refused so that nothing is ever
+ * wrapped under, or unwrapped with, a key that anyone could guess.
+ */
+export class KeyMaterialError extends defineError('KW_KEY_MATERIAL', 'KeyMaterialError') {}
 export class KeyNotFoundError extends defineError('KW_KEY_NOT_FOUND', 'KeyNotFoundError') {}
 export class KeyExistsError extends defineError('KW_KEY_EXISTS', 'KeyExistsError') {}
 /** The key or version exists but its state forbids the operation (disabled, compromised, destroyed). */

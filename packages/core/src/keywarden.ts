@@ -5,7 +5,8 @@
  *  - DEKs are generated per message and wrapped under the primary version of a KEK, binding the
  *    KEK id, version and encryption context into the AEAD associated data (data-key.ts);
  *  - the hot path (generateDataKey / decryptDataKey) touches neither the store nor the root once a
- *    KEK version is cached: a bounded LRU of unwrapped KEK versions, wiped on eviction and close.
+ *    KEK version is cached: a bounded LRU of unwrapped KEK versions, wiped on eviction and close —
+ *    but never while a call still holds it (see "KEK cache" below).
  *
  * Staleness: another process's rotation or disabling is seen once the cached entries expire
  * (`cache.ttlMs`, default 5 minutes); changes made through this instance take effect at once.
@@ -34,6 +35,7 @@ import {
 import {
   ClosedError,
   InvalidInputError,
+  KeyMaterialError,
   KeyNotFoundError,
   KeyStateError,
   KeystoreSealedError,
@@ -96,9 +98,28 @@ const NAME_RE = /^[A-Za-z0-9][A-Za-z0-9._/:-]{0,127}$/;
 const SCOPE_FIELDS = ['environment', 'service', 'tenant', 'purpose'] as const;
 const KEK_AAD_DOMAIN = utf8.encode('keywarden/kek/v1');
 
-interface CachedKek {
+/**
+ * KEK cache: one entry per unwrapped KEK version, reference counted. The rule is "never wipe a
+ * buffer that a caller may still hold": every call borrows an entry (refs + 1) before it touches the
+ * material and releases it (refs - 1) in a `finally` once its wrap or unwrap is done. Eviction (LRU,
+ * expiry), clearCache(), seal() and close() take the entry out of the cache and wipe it only if no
+ * call holds it; otherwise the last release wipes it. Borrowing costs two integer updates and no
+ * copy, on the warm path too, so it stays correct whatever awaits a future edit adds between the
+ * borrow and the use (today: the slow-random-source path and a shared in-flight load).
+ */
+interface KekEntry {
   material: Uint8Array;
   expires: number;
+  /** Calls holding this entry between borrow and release. */
+  refs: number;
+  /** In the cache map; once false it never returns there, and refs === 0 means wiped. */
+  cached: boolean;
+}
+/** One unwrap in flight, shared by every caller that asked for the same version meanwhile. */
+interface KekLoad {
+  promise: Promise<KekEntry>;
+  /** Callers waiting on `promise`; the entry it resolves to is handed over with this many refs. */
+  waiters: number;
 }
 interface CachedPrimary {
   keyId: string;
@@ -115,8 +136,11 @@ export class Keywarden implements DataKeyProvider {
   readonly #ttlMs: number;
   readonly #now: () => Date;
   /** keyId:version → unwrapped KEK material; Map iteration order gives LRU eviction. */
-  readonly #kekCache = new Map<string, CachedKek>();
-  readonly #inflight = new Map<string, Promise<Uint8Array>>();
+  readonly #kekCache = new Map<string, KekEntry>();
+  readonly #inflight = new Map<string, KekLoad>();
+  /** Bumped by every cache wipe (clearCache, seal, close): a load or look-up started before a wipe
+   * does not put its result into the cache after it. */
+  #generation = 0;
   /** name or id → primary version. */
   readonly #primaryCache = new Map<string, CachedPrimary>();
   readonly #wrapCounts = new Map<string, number>();
@@ -221,28 +245,44 @@ export class Keywarden implements DataKeyProvider {
     // Warm path: two map look-ups, no await before the wrap (docs/architecture.md §hot path).
     const primary = this.#primaryHit(key) ?? (await this.#resolvePrimary(key));
     const slot = `${primary.keyId}:${primary.version}`;
-    const kek = this.#kekHit(slot) ?? (await this.#kek(primary.keyId, primary.version));
-    const used = this.#wrapCounts.get(slot) ?? 0;
-    if (used >= DEK_WRAPS_PER_KEK_VERSION) {
-      throw new UsageLimitError(
-        `keywarden: key ${primary.keyId} v${primary.version} reached its wrap budget; rotate it`,
-      );
+    // Borrowed: the material stays intact until the release below, whatever runs in between.
+    const kek = this.#kekHit(slot) ?? (await this.#kek(primary.keyId, primary.version, slot));
+    let dek: Uint8Array | undefined;
+    try {
+      const used = this.#wrapCounts.get(slot) ?? 0;
+      if (used >= DEK_WRAPS_PER_KEK_VERSION) {
+        throw new UsageLimitError(
+          `keywarden: key ${primary.keyId} v${primary.version} reached its wrap budget; rotate it`,
+        );
+      }
+      this.#wrapCounts.set(slot, used + 1);
+      dek = this.#syncRandom ? this.#syncRandom(DEK_BYTES) : await this.#random.randomBytes(DEK_BYTES);
+      const nonce = this.#syncRandom
+        ? this.#syncRandom(GCM_NONCE_BYTES)
+        : await this.#random.randomBytes(GCM_NONCE_BYTES);
+      assertUsableKek(kek.material, primary);
+      const wrapped = wrapDataKey(kek.material, primary, dek, context, nonce);
+      return { plaintext: dek, wrapped, keyId: primary.keyId, version: primary.version };
+    } catch (err) {
+      wipe(dek);
+      throw err;
+    } finally {
+      this.#release(kek);
     }
-    this.#wrapCounts.set(slot, used + 1);
-    const dek = this.#syncRandom ? this.#syncRandom(DEK_BYTES) : await this.#random.randomBytes(DEK_BYTES);
-    const nonce = this.#syncRandom
-      ? this.#syncRandom(GCM_NONCE_BYTES)
-      : await this.#random.randomBytes(GCM_NONCE_BYTES);
-    const wrapped = wrapDataKey(kek, primary, dek, context, nonce);
-    return { plaintext: dek, wrapped, keyId: primary.keyId, version: primary.version };
   }
 
   /** Unwrap a data key made by generateDataKey, under the same context. */
   async decryptDataKey(wrapped: Uint8Array, context?: EncryptionContext): Promise<Uint8Array> {
     this.#checkOpen();
     const parsed = parseWrappedKey(wrapped);
-    const kek = this.#kekHit(`${parsed.keyId}:${parsed.version}`) ?? (await this.#kek(parsed.keyId, parsed.version));
-    return unwrapDataKey(kek, parsed, context);
+    const slot = `${parsed.keyId}:${parsed.version}`;
+    const kek = this.#kekHit(slot) ?? (await this.#kek(parsed.keyId, parsed.version, slot));
+    try {
+      assertUsableKek(kek.material, parsed);
+      return unwrapDataKey(kek.material, parsed, context);
+    } finally {
+      this.#release(kek);
+    }
   }
 
   // ── Envelope encryption ───────────────────────────────────────────────────────────────────────
@@ -325,14 +365,27 @@ export class Keywarden implements DataKeyProvider {
     return hit && hit.expires > Date.now() ? hit : undefined;
   }
 
-  /** Cached, unexpired KEK material, or undefined (the caller then loads it). */
-  #kekHit(slot: string): Uint8Array | undefined {
+  /** Borrow a cached, unexpired KEK version (the caller must #release it), or undefined. */
+  #kekHit(slot: string): KekEntry | undefined {
     const hit = this.#kekCache.get(slot);
     if (!hit || hit.expires <= Date.now()) return undefined;
     // Re-insert to keep Map order = least recently used first.
     this.#kekCache.delete(slot);
     this.#kekCache.set(slot, hit);
-    return hit.material;
+    hit.refs++;
+    return hit;
+  }
+
+  /** End a borrow; the last holder of an entry that left the cache wipes it. */
+  #release(entry: KekEntry): void {
+    entry.refs--;
+    if (entry.refs === 0 && !entry.cached) wipe(entry.material);
+  }
+
+  /** Take an entry out of the cache (the caller already removed it from the map). */
+  #drop(entry: KekEntry): void {
+    entry.cached = false;
+    if (entry.refs === 0) wipe(entry.material);
   }
 
   async #resolvePrimary(nameOrId: string): Promise<CachedPrimary> {
@@ -340,8 +393,11 @@ export class Keywarden implements DataKeyProvider {
     const hit = this.#primaryCache.get(nameOrId);
     if (hit && hit.expires > now) return hit;
     this.#requireUnsealed();
+    const generation = this.#generation;
     const key = await this.#requireKey(nameOrId);
     const entry = { keyId: key.id, version: key.primaryVersion, expires: now + this.#ttlMs };
+    // A look-up that straddled a cache wipe answers its caller but is not cached.
+    if (generation !== this.#generation) return entry;
     this.#primaryCache.set(nameOrId, entry);
     if (this.#primaryCache.size > this.#maxEntries * 4) {
       const oldest = this.#primaryCache.keys().next().value;
@@ -350,47 +406,71 @@ export class Keywarden implements DataKeyProvider {
     return entry;
   }
 
-  async #kek(keyId: string, version: number): Promise<Uint8Array> {
-    const slot = `${keyId}:${version}`;
-    const hit = this.#kekCache.get(slot);
-    if (hit) {
-      if (hit.expires > Date.now()) {
-        // refresh LRU position
-        this.#kekCache.delete(slot);
-        this.#kekCache.set(slot, hit);
-        return hit.material;
-      }
+  /**
+   * Borrow a KEK version that #kekHit did not find: join the unwrap already in flight for it, or
+   * start one. The returned entry carries a reference for this caller (release it).
+   */
+  #kek(keyId: string, version: number, slot: string): Promise<KekEntry> {
+    const expired = this.#kekCache.get(slot);
+    if (expired) {
       this.#kekCache.delete(slot);
-      wipe(hit.material);
+      this.#drop(expired);
     }
     const pending = this.#inflight.get(slot);
-    if (pending) return pending;
-    const load = this.#loadKek(keyId, version, slot).finally(() => this.#inflight.delete(slot));
+    if (pending) {
+      pending.waiters++;
+      return pending.promise;
+    }
+    // Registered before the load starts, so a load that fails synchronously still finds itself.
+    const load: KekLoad = { promise: undefined as unknown as Promise<KekEntry>, waiters: 1 };
     this.#inflight.set(slot, load);
-    return load;
+    load.promise = this.#loadKek(keyId, version, slot, load);
+    return load.promise;
   }
 
-  async #loadKek(keyId: string, version: number, slot: string): Promise<Uint8Array> {
-    this.#requireUnsealed();
-    const record = await this.store.getVersion(keyId, version);
-    if (!record) throw new KeyNotFoundError(`keystore: key ${keyId} has no version ${version}`);
-    if (record.state !== 'enabled') throw new KeyStateError(`keystore: key ${keyId} v${version} is ${record.state}`);
-    const rootId = this.root.describe().id;
-    if (record.rootId !== rootId) {
-      throw new KeyStateError(`root: key ${keyId} v${version} was wrapped by another root (${record.rootId})`);
+  async #loadKek(keyId: string, version: number, slot: string, load: KekLoad): Promise<KekEntry> {
+    const generation = this.#generation;
+    let material: Uint8Array;
+    try {
+      this.#requireUnsealed();
+      const record = await this.store.getVersion(keyId, version);
+      if (!record) throw new KeyNotFoundError(`keystore: key ${keyId} has no version ${version}`);
+      if (record.state !== 'enabled') throw new KeyStateError(`keystore: key ${keyId} v${version} is ${record.state}`);
+      const rootId = this.root.describe().id;
+      if (record.rootId !== rootId) {
+        throw new KeyStateError(`root: key ${keyId} v${version} was wrapped by another root (${record.rootId})`);
+      }
+      material = await this.root.unwrapKey(record.wrappedMaterial, kekAad(keyId, version));
+    } finally {
+      // From here to the return nothing awaits: no caller can join any more, `waiters` is final.
+      if (this.#inflight.get(slot) === load) this.#inflight.delete(slot);
     }
-    const material = await this.root.unwrapKey(record.wrappedMaterial, kekAad(keyId, version));
     if (this.#closed) {
       wipe(material);
       throw new ClosedError('keywarden: closed');
     }
-    this.#kekCache.set(slot, { material, expires: Date.now() + this.#ttlMs });
-    while (this.#kekCache.size > this.#maxEntries) {
-      const [oldSlot, old] = this.#kekCache.entries().next().value as [string, CachedKek];
-      this.#kekCache.delete(oldSlot);
-      wipe(old.material);
+    if (this.root.sealable?.isSealed()) {
+      // Sealed while the unwrap was in flight: the key must not outlive the seal.
+      wipe(material);
+      throw new KeystoreSealedError('keystore: sealed; unseal the root before using keys');
     }
-    return material;
+    const entry: KekEntry = { material, expires: Date.now() + this.#ttlMs, refs: load.waiters, cached: false };
+    // A load that straddled clearCache()/seal() serves its waiters (the last release wipes the
+    // material) but does not put the key back into the cache.
+    if (generation !== this.#generation) return entry;
+    const previous = this.#kekCache.get(slot);
+    if (previous) {
+      this.#kekCache.delete(slot);
+      this.#drop(previous);
+    }
+    entry.cached = true;
+    this.#kekCache.set(slot, entry);
+    while (this.#kekCache.size > this.#maxEntries) {
+      const [oldSlot, old] = this.#kekCache.entries().next().value as [string, KekEntry];
+      this.#kekCache.delete(oldSlot);
+      this.#drop(old);
+    }
+    return entry;
   }
 
   #forgetPrimary(key: KeyRecord): void {
@@ -398,9 +478,12 @@ export class Keywarden implements DataKeyProvider {
     this.#primaryCache.delete(key.name);
   }
 
+  /** Empty the caches. Entries a call still holds are wiped by that call's release, not here. */
   #wipeCache(): void {
-    for (const entry of this.#kekCache.values()) wipe(entry.material);
+    this.#generation++;
+    for (const entry of this.#kekCache.values()) this.#drop(entry);
     this.#kekCache.clear();
+    this.#inflight.clear();
     this.#primaryCache.clear();
   }
 
@@ -412,6 +495,21 @@ export class Keywarden implements DataKeyProvider {
 
   #checkOpen(): void {
     if (this.#closed) throw new ClosedError('keywarden: closed');
+  }
+}
+
+/**
+ * Backstop before every wrap and unwrap: KEK material is exactly 32 bytes and not all zeros. The
+ * cache never hands out a wiped buffer (see KekEntry), so this never fires unless that invariant is
+ * broken; if it ever is, nothing gets wrapped under a key anyone could guess. No early exit.
+ */
+function assertUsableKek(material: Uint8Array, ref: { keyId: string; version: number }): void {
+  let bits = 0;
+  for (let i = 0; i < material.length; i++) bits |= material[i] as number;
+  if (material.length !== AES256_KEY_BYTES || bits === 0) {
+    throw new KeyMaterialError(
+      `keywarden: KEK ${ref.keyId} v${ref.version} material is unusable (all zeros or wrong length); nothing was wrapped or unwrapped`,
+    );
   }
 }
 

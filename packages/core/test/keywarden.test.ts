@@ -4,6 +4,7 @@ import {
   DecryptionError,
   InvalidInputError,
   KeyExistsError,
+  KeyMaterialError,
   KeyNotFoundError,
   KeyStateError,
   KeystoreSealedError,
@@ -13,6 +14,7 @@ import {
   WeakKeyMaterialError,
   kekAad,
   parseWrappedKey,
+  type RootOfTrust,
 } from '../src/index.js';
 
 async function setup(options: { ttlMs?: number; maxEntries?: number } = {}) {
@@ -234,4 +236,76 @@ describe('Keywarden data keys', () => {
     expect(new Set(dks.map((d) => d.keyId)).size).toBe(1);
     expect(rootCalls).toBe(1);
   });
+
+  it('a KEK load in flight when clearCache() runs serves its callers but does not put the key back into the cache', async () => {
+    const { kw, root } = await setup();
+    await kw.createKey('k');
+    const gate = holdUnwraps(root);
+    const first = kw.generateDataKey('k');
+    await gate.reached();
+    kw.clearCache();
+    gate.release();
+    const dk = await first;
+    expect(await kw.decryptDataKey(dk.wrapped, undefined, { key: 'k' })).toEqual(dk.plaintext);
+    // Not cached: the next use unwraps again.
+    expect(gate.calls()).toBe(2);
+  });
+
+  it('a KEK load in flight when seal() runs is refused and not cached; after unseal the key is loaded again', async () => {
+    const { kw, root, unsealKey } = await setup();
+    await kw.createKey('k');
+    const gate = holdUnwraps(root);
+    const first = kw.generateDataKey('k');
+    await gate.reached();
+    await kw.seal();
+    gate.release();
+    await expect(first).rejects.toSatisfy(KeystoreSealedError.isInstance);
+    await root.unseal(unsealKey);
+    const dk = await kw.generateDataKey('k');
+    expect(gate.calls()).toBe(2);
+    expect(await kw.decryptDataKey(dk.wrapped, undefined, { key: 'k' })).toEqual(dk.plaintext);
+  });
+
+  it('backstop: all-zero KEK material is refused before any wrap or unwrap (KeyMaterialError)', async () => {
+    const { kw, root, store } = await setup();
+    await kw.createKey('k');
+    const dk = await kw.generateDataKey('k');
+    // A faulty root that hands back zeros instead of the KEK.
+    const zeroing: RootOfTrust = {
+      describe: () => root.describe(),
+      wrapKey: (m, a) => root.wrapKey(m, a),
+      unwrapKey: async () => new Uint8Array(32),
+      close: () => root.close(),
+    };
+    const faulty = new Keywarden({ store, root: zeroing });
+    await expect(faulty.generateDataKey('k')).rejects.toSatisfy(KeyMaterialError.isInstance);
+    await expect(faulty.decryptDataKey(dk.wrapped, undefined, { key: 'k' })).rejects.toSatisfy(
+      KeyMaterialError.isInstance,
+    );
+  });
 });
+
+/**
+ * Hold the root's KEK unwraps: each one really unwraps, then waits for release(), so a test can
+ * run clearCache() or seal() while a load is in flight. Counts the unwraps.
+ */
+function holdUnwraps(root: SoftwareRoot) {
+  let calls = 0;
+  let release!: () => void;
+  const released = new Promise<void>((r) => {
+    release = r;
+  });
+  let reached!: () => void;
+  const reachedP = new Promise<void>((r) => {
+    reached = r;
+  });
+  const unwrap = root.unwrapKey.bind(root);
+  root.unwrapKey = async (w, a) => {
+    calls++;
+    const material = await unwrap(w, a);
+    reached();
+    await released;
+    return material;
+  };
+  return { reached: () => reachedP, release, calls: () => calls };
+}
