@@ -12,14 +12,27 @@ export const MAX_CONTEXT_PAIRS = 64;
 export const MAX_CONTEXT_FIELD_BYTES = 1024;
 export const MAX_CONTEXT_BYTES = 16 * 1024;
 
+/** `String.prototype.isWellFormed` (ES2024, Node ≥ 20): false for a lone surrogate. */
+type MaybeWellFormed = string & { isWellFormed(): boolean };
+
 /**
  * Canonical encoding: u16 pair count, then pairs sorted by the UTF-8 bytes of the key, each as
- * u16 key length, key, u16 value length, value. Two equal contexts always encode identically.
+ * u16 key length, key, u16 value length, value. Two equal contexts always encode identically, and
+ * two different contexts never do (docs/format.md §3):
+ *  - only a plain object is a context (prototype Object.prototype or null): a Map, an array, a
+ *    class instance or a function has no own enumerable string pairs to encode, and would otherwise
+ *    encode as the empty context (fail open);
+ *  - every key and value must be well-formed UTF-16: TextEncoder turns a lone surrogate into
+ *    U+FFFD, so two different strings would share one encoding. Strings are not normalized: NFC and
+ *    NFD spellings of the same text are different contexts.
  */
 export function encodeContext(context: EncryptionContext | undefined): Uint8Array {
   if (context === undefined) return u16be(0);
-  if (typeof context !== 'object' || context === null || Array.isArray(context)) {
-    throw new InvalidInputError('context: must be an object of string keys and string values');
+  if (typeof context !== 'object' || context === null) throw notPlainObject();
+  const proto = Object.getPrototypeOf(context);
+  if (proto !== Object.prototype && proto !== null) throw notPlainObject();
+  if (Object.getOwnPropertySymbols(context).length > 0) {
+    throw new InvalidInputError('context: keys must be strings, not symbols');
   }
   const entries = Object.entries(context);
   if (entries.length > MAX_CONTEXT_PAIRS) {
@@ -27,7 +40,13 @@ export function encodeContext(context: EncryptionContext | undefined): Uint8Arra
   }
   const encoded: Array<[Uint8Array, Uint8Array]> = [];
   for (const [k, v] of entries) {
-    if (typeof v !== 'string') throw new InvalidInputError(`context: value of "${k}" must be a string`);
+    if (typeof v !== 'string') throw new InvalidInputError(`context: value of "${printable(k)}" must be a string`);
+    if (!(k as MaybeWellFormed).isWellFormed()) {
+      throw new InvalidInputError('context: a key is not well-formed UTF-16 (lone surrogate)');
+    }
+    if (!(v as MaybeWellFormed).isWellFormed()) {
+      throw new InvalidInputError(`context: value of "${printable(k)}" is not well-formed UTF-16 (lone surrogate)`);
+    }
     const kb = utf8.encode(k);
     const vb = utf8.encode(v);
     if (kb.length === 0) throw new InvalidInputError('context: empty key');
@@ -56,6 +75,18 @@ export function encodeContext(context: EncryptionContext | undefined): Uint8Arra
     off += 2 + vb.length;
   }
   return out;
+}
+
+function notPlainObject(): InvalidInputError {
+  return new InvalidInputError(
+    'context: must be a plain object ({ key: "value" }) of string keys and string values, not a Map, array or class instance',
+  );
+}
+
+/** A key as shown in an error message: at most 64 characters, lone surrogates replaced. */
+function printable(k: string): string {
+  const short = k.length > 64 ? `${k.slice(0, 64)}…` : k;
+  return (short as string & { toWellFormed(): string }).toWellFormed();
 }
 
 /** Parse `k=v` strings (CLI `--context`). Values may contain '='; keys may not be empty. */

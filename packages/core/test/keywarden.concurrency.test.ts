@@ -134,7 +134,6 @@ async function race(options: { random?: RandomSource; seal: boolean }) {
   await Promise.all([launching, racer]);
   const settled = await Promise.allSettled(started);
   const { ok: made, sealed } = sortOut(settled);
-  console.log(`made ${made.length}, sealed ${sealed}`);
   // Not vacuous: many calls produced a key, and the seal (when there is one) hit calls in flight.
   expect(made.length).toBeGreaterThan(KEYS / 2);
   expect(made.length + sealed).toBe(2 * KEYS);
