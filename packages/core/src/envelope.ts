@@ -21,8 +21,8 @@ import { AES256_KEY_BYTES, GCM_NONCE_BYTES, GCM_TAG_BYTES, gcmOpen, gcmSeal, hkd
 import { encodeContext, type EncryptionContext } from './context.js';
 import {
   DEK_BYTES,
-  MAX_KEY_ID_BYTES,
   MAX_WRAPPED_KEY_BYTES,
+  MIN_WRAPPED_KEY_BYTES,
   parseWrappedKey,
   type DataKey,
   type DataKeyProvider,
@@ -35,15 +35,16 @@ import { nodeRandom } from './random.js';
 
 export const ENVELOPE_MAGIC = Uint8Array.of(0x4b, 0x57, 0x45); // "KWE"
 export const ENVELOPE_VERSION = 0x01;
-/** AES-256-GCM data, HKDF-SHA256 derivation, key commitment, DEK wrapped with AES-256-GCM. */
+/** AES-256-GCM data, HKDF-SHA256 derivation, key commitment, DEK wrapped as in docs/format.md §2. */
 export const SUITE_AES256GCM_HKDF_COMMIT = 0x01;
 export const MODE_SINGLE_SHOT = 0x00;
 export const MODE_FRAMED = 0x01;
 
 export const MESSAGE_ID_BYTES = 32;
 export const COMMITMENT_BYTES = 32;
-/** Smallest "KWK" v1 blob: a 1-character KEK id (docs/format.md §2: 70 + L bytes). */
-export const MIN_WRAPPED_KEY_BYTES = MAX_WRAPPED_KEY_BYTES - MAX_KEY_ID_BYTES + 1;
+/** Bounds of W, the "KWK" v1 blob in the header (docs/format.md §2): 71 (suite 0x01, 1-character
+ * KEK id) .. 146 (suite 0x02, 64-character KEK id), defined once in data-key.ts. */
+export { MIN_WRAPPED_KEY_BYTES };
 /** magic (3) ‖ version ‖ suite ‖ mode ‖ u16 W: enough to know the header length. */
 const PREFIX_BYTES = 8;
 const FRAME_SIZE_FIELD_BYTES = 4;
@@ -103,9 +104,11 @@ export interface EnvelopeHeader extends EnvelopeInfo {
   commitment: Uint8Array;
 }
 
-/** The random source signature used for message ids and nonces (injectable for golden vectors). */
+/** The random source signature used for message ids and nonces. */
 export type RandomBytes = (length: number) => Uint8Array;
 
+/** The only source the published API uses: the OS CSPRNG. A replacement exists solely for the golden
+ * vectors, behind the test-only module _testing.ts (not reachable from the package). */
 export const defaultRandom: RandomBytes = (length) => nodeRandom.randomBytesSync(length);
 
 // ---------------------------------------------------------------------------------------------
@@ -552,15 +555,27 @@ export function openSingleShotBody(
 /**
  * Encrypt `plaintext` (≤ 64 MiB) into a single-shot envelope under a fresh DEK from `provider`.
  * Guarantee: confidentiality and integrity of the plaintext, integrity of the header and of
- * `options.context`, and key commitment (the envelope decrypts under one DEK only).
- * `random` supplies the message id (first call, 32 bytes) and the nonce (second call, 12 bytes);
- * it is replaceable only so that golden vectors are reproducible.
+ * `options.context`, and key commitment (the envelope decrypts under one DEK only). The message id
+ * and the nonce always come from the OS CSPRNG: there is no way to choose them here.
  */
-export async function encryptEnvelope(
+export function encryptEnvelope(
   provider: DataKeyProvider,
   plaintext: Uint8Array,
   options: EnvelopeEncryptOptions,
-  random: RandomBytes = defaultRandom,
+): Promise<Uint8Array> {
+  return encryptEnvelopeWithRandom(provider, plaintext, options, defaultRandom);
+}
+
+/**
+ * encryptEnvelope with the message id (first call, 32 bytes) and the nonce (second call, 12 bytes)
+ * drawn from `random`. Internal: the published API passes the CSPRNG; only _testing.ts (golden
+ * vectors) passes anything else, because a repeated source repeats GCM nonces.
+ */
+export async function encryptEnvelopeWithRandom(
+  provider: DataKeyProvider,
+  plaintext: Uint8Array,
+  options: EnvelopeEncryptOptions,
+  random: RandomBytes,
 ): Promise<Uint8Array> {
   // Preconditions: everything the caller controls is checked before a DEK is generated.
   assertBytes(plaintext, 'envelope: plaintext');

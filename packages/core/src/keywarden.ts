@@ -16,7 +16,7 @@
  */
 import type { Transform } from 'node:stream';
 import { concatBytes, toBase64Url, u32be, u8, utf8, wipe } from './_bytes.js';
-import { AES256_KEY_BYTES, GCM_NONCE_BYTES } from './aead.js';
+import { AES256_KEY_BYTES } from './aead.js';
 import type { EncryptionContext } from './context.js';
 import {
   DEK_BYTES,
@@ -24,6 +24,7 @@ import {
   type DataKeyProvider,
   parseWrappedKey,
   unwrapDataKey,
+  WRAP_NONCE_BYTES,
   wrapDataKey,
 } from './data-key.js';
 import {
@@ -39,7 +40,6 @@ import {
   KeyNotFoundError,
   KeyStateError,
   KeystoreSealedError,
-  UsageLimitError,
 } from './errors.js';
 import type { KeyRecord, KeyScope, KeyStore, KeyVersionRecord, KeyVersionState } from './keystore.js';
 import { NodeRandomSource, nodeRandom, type RandomSource } from './random.js';
@@ -48,8 +48,10 @@ import { createDecryptStream, createEncryptStream, type EncryptStreamOptions } f
 import { assertStrongKeyMaterial } from './weak-key.js';
 
 /**
- * Random 96-bit nonces: NIST SP 800-38D §8.3 bounds one key to 2^32 invocations. Each process
- * counts the DEK wraps it makes per KEK version and refuses past this; rotation bounds the total.
+ * @deprecated No longer enforced. It was SP 800-38D §8.3's bound of 2^32 random 96-bit nonces per
+ * KEK version for wrap suite 0x01, counted per process. New wraps use suite 0x02 (XAES-256-GCM,
+ * docs/format.md §2.1), which derives a fresh key per wrap and needs no count. Kept exported only
+ * so that imports of it keep compiling; it will be removed in the next major version.
  */
 export const DEK_WRAPS_PER_KEK_VERSION = 2 ** 32;
 
@@ -143,7 +145,6 @@ export class Keywarden implements DataKeyProvider {
   #generation = 0;
   /** name or id → primary version. */
   readonly #primaryCache = new Map<string, CachedPrimary>();
-  readonly #wrapCounts = new Map<string, number>();
   #closed = false;
 
   constructor(options: KeywardenOptions) {
@@ -249,17 +250,12 @@ export class Keywarden implements DataKeyProvider {
     const kek = this.#kekHit(slot) ?? (await this.#kek(primary.keyId, primary.version, slot));
     let dek: Uint8Array | undefined;
     try {
-      const used = this.#wrapCounts.get(slot) ?? 0;
-      if (used >= DEK_WRAPS_PER_KEK_VERSION) {
-        throw new UsageLimitError(
-          `keywarden: key ${primary.keyId} v${primary.version} reached its wrap budget; rotate it`,
-        );
-      }
-      this.#wrapCounts.set(slot, used + 1);
       dek = this.#syncRandom ? this.#syncRandom(DEK_BYTES) : await this.#random.randomBytes(DEK_BYTES);
+      // Suite 0x02 (XAES-256-GCM, 192-bit nonce): a derived key per wrap, so no wrap budget to
+      // count per KEK version (docs/format.md §2.1).
       const nonce = this.#syncRandom
-        ? this.#syncRandom(GCM_NONCE_BYTES)
-        : await this.#random.randomBytes(GCM_NONCE_BYTES);
+        ? this.#syncRandom(WRAP_NONCE_BYTES)
+        : await this.#random.randomBytes(WRAP_NONCE_BYTES);
       assertUsableKek(kek.material, primary);
       const wrapped = wrapDataKey(kek.material, primary, dek, context, nonce);
       return { plaintext: dek, wrapped, keyId: primary.keyId, version: primary.version };

@@ -312,12 +312,18 @@ class EnvelopeDecryptStream extends Transform {
 /**
  * A Transform that turns plaintext into a framed envelope (docs/format.md §4.4). The DEK is
  * requested from `provider` on the first write (or at the end for an empty input). Options are
- * checked now, synchronously. `random` supplies the 32-byte message id (golden vectors only).
+ * checked now, synchronously. The message id always comes from the OS CSPRNG.
  */
-export function createEncryptStream(
+export function createEncryptStream(provider: DataKeyProvider, options: EncryptStreamOptions): Transform {
+  return createEncryptStreamWithRandom(provider, options, defaultRandom);
+}
+
+/** createEncryptStream with the 32-byte message id drawn from `random`. Internal: only _testing.ts
+ * (golden vectors) passes anything but the CSPRNG. */
+export function createEncryptStreamWithRandom(
   provider: DataKeyProvider,
   options: EncryptStreamOptions,
-  random: RandomBytes = defaultRandom,
+  random: RandomBytes,
 ): Transform {
   checkEncryptOptions(options);
   const frameSize = options.frameSize ?? DEFAULT_FRAME_SIZE;

@@ -6,6 +6,7 @@
 import { randomBytes } from 'node:crypto';
 import { describe, expect, it } from 'vitest';
 import { concatBytes } from '../src/_bytes.js';
+import { encryptEnvelopeForTestVectors } from '../src/_testing.js';
 import { gcmSeal } from '../src/aead.js';
 import { encodeContext, type EncryptionContext } from '../src/context.js';
 import type { DataKey, DataKeyProvider } from '../src/data-key.js';
@@ -20,6 +21,7 @@ import {
   parseHeader,
 } from '../src/envelope.js';
 import { DecryptionError, FormatError, InvalidInputError, KeyNotFoundError } from '../src/errors.js';
+import { createEncryptStream } from '../src/stream.js';
 import { StaticKekProvider, counting, scriptedRandom } from './vectors/make-golden.js';
 
 const KEY = 'orders-kek';
@@ -178,7 +180,7 @@ describe('key commitment (docs/format.md §4.2)', () => {
   /** Re-seal the body under the real message key with `header` as AAD: only the commitment can object. */
   async function resealWithHeader(mutate: (header: Uint8Array) => void): Promise<Uint8Array> {
     const random = scriptedRandom([messageId, nonce]);
-    const good = await encryptEnvelope(fixedProvider(), Uint8Array.of(1, 2, 3), { key: KEY }, random);
+    const good = await encryptEnvelopeForTestVectors(fixedProvider(), Uint8Array.of(1, 2, 3), { key: KEY }, random);
     const header = parseHeader(good).bytes.slice();
     mutate(header);
     const { encKey } = deriveMessageKeys(dek, messageId, 1);
@@ -247,7 +249,7 @@ describe('strict header parsing (docs/format.md §4.1)', () => {
     expect(recording.unwrapped).toBe(0);
   });
 
-  it.each([0, 1, 70, 135, 0x0100, 0xffff])(
+  it.each([0, 1, 70, 147, 0x0100, 0xffff])(
     'a wrapped-DEK length of %i is a FormatError read from the first 8 bytes alone',
     async (w) => {
       const prefix = Uint8Array.of(0x4b, 0x57, 0x45, 0x01, 0x01, 0x00, w >> 8, w & 0xff);
@@ -378,7 +380,7 @@ describe('caller input (InvalidInputError, checked before a DEK is generated)', 
     ],
     [
       'a random source returning the wrong length',
-      () => encryptEnvelope(provider, new Uint8Array(1), { key: KEY }, () => new Uint8Array(3)),
+      () => encryptEnvelopeForTestVectors(provider, new Uint8Array(1), { key: KEY }, () => new Uint8Array(3)),
     ],
     ['a non-bytes envelope', () => decryptEnvelope(provider, 'kw1.AAAA' as unknown as Uint8Array)],
   ])('%s', async (_what, run) => {
@@ -461,5 +463,45 @@ describe('with the Keywarden key manager as the provider', () => {
     expect(
       DecryptionError.isInstance(await rejection(decryptEnvelope(kw, envelope, { context: { tenant: 'b' } }))),
     ).toBe(true);
+  });
+});
+
+describe('nonces and message ids come only from the CSPRNG in the published API (issue 16, item 6)', () => {
+  const constant = (length: number) => new Uint8Array(length).fill(0x5a);
+  type Loose = (...args: unknown[]) => unknown;
+
+  it('encryptEnvelope has no random parameter: a constant source passed anyway is ignored', async () => {
+    const a = await (encryptEnvelope as Loose)(provider, Uint8Array.of(1, 2, 3), { key: KEY }, constant);
+    const b = await (encryptEnvelope as Loose)(provider, Uint8Array.of(1, 2, 3), { key: KEY }, constant);
+    const ha = parseHeader(a as Uint8Array);
+    const hb = parseHeader(b as Uint8Array);
+    expect(ha.messageId).not.toEqual(constant(32));
+    expect(ha.messageId).not.toEqual(hb.messageId);
+    const nonceOf = (e: Uint8Array, h: { bytes: Uint8Array }) => e.subarray(h.bytes.length, h.bytes.length + 12);
+    expect(nonceOf(a as Uint8Array, ha)).not.toEqual(constant(12));
+  });
+
+  it('createEncryptStream has no random parameter: a constant source passed anyway is ignored', async () => {
+    const { Readable } = await import('node:stream');
+    const { pipeline } = await import('node:stream/promises');
+    const encryptOnce = async () => {
+      const out: Buffer[] = [];
+      const stream = (createEncryptStream as Loose)(provider, { key: KEY }, constant) as NodeJS.ReadWriteStream;
+      await pipeline(Readable.from([Buffer.from('x')]), stream, async (src) => {
+        for await (const c of src) out.push(c as Buffer);
+      });
+      return parseHeader(new Uint8Array(Buffer.concat(out))).messageId;
+    };
+    const [m1, m2] = [await encryptOnce(), await encryptOnce()];
+    expect(m1).not.toEqual(constant(32));
+    expect(m1).not.toEqual(m2);
+  });
+
+  it('the package index exports no deterministic encryption (the test-only module is internal)', async () => {
+    const index = await import('../src/index.js');
+    const names = Object.keys(index);
+    expect(names.filter((n) => /ForTestVectors|WithRandom|defaultRandom|scripted/i.test(n))).toEqual([]);
+    expect((index.encryptEnvelope as Loose).length).toBe(3);
+    expect((index.createEncryptStream as Loose).length).toBe(2);
   });
 });

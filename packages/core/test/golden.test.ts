@@ -1,34 +1,41 @@
 /**
- * Golden vectors for envelope format v1 (docs/format.md §9). The committed file
- * test/vectors/golden-v1.json is the reference: this test reads it and never writes it.
+ * Golden vectors for envelope format v1 and wrapped data keys (docs/format.md §9). The committed
+ * file test/vectors/golden-v1.json is the reference: this test reads it and never writes it.
  *
  * Three independent checks per vector:
  * 1. the committed envelope decrypts (in memory, through the decrypt stream, from the text form);
  * 2. re-encrypting the committed inputs with the real code gives the committed bytes, byte for byte;
- * 3. the committed bytes are rebuilt from docs/format.md with raw node:crypto only (no envelope.ts),
- *    so the implementation and the document cannot drift apart together.
+ * 3. the committed bytes are rebuilt from docs/format.md with raw node:crypto only (no envelope.ts,
+ *    no data-key.ts, no _xaes.ts), so the implementation and the document cannot drift apart
+ *    together.
+ * The first five envelopes wrap their DEK with suite 0x01 and pin that old data keeps decrypting;
+ * the later ones and the `wrappedKeys` use suite 0x02, which every new wrap uses.
  */
-import { createCipheriv, createHash, hkdfSync } from 'node:crypto';
+import { createCipheriv, createDecipheriv, createHash, hkdfSync } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { describe, expect, it } from 'vitest';
 import { encodeContext } from '../src/context.js';
-import { wrapDataKey } from '../src/data-key.js';
+import { parseWrappedKey, unwrapDataKey } from '../src/data-key.js';
+import { DecryptionError } from '../src/errors.js';
 import { decryptEnvelope, envelopeFromText, envelopeToText, inspectEnvelope } from '../src/envelope.js';
 import { createDecryptStream } from '../src/stream.js';
 import {
   GOLDEN_INPUTS,
   GOLDEN_KEK,
   StaticKekProvider,
+  WRAPPED_KEY_INPUTS,
   buildGoldenFile,
   buildVector,
+  buildWrappedKeyVector,
   fromHex,
   hex,
   serializeGoldenFile,
   type GoldenFile,
   type GoldenInputs,
   type GoldenVector,
+  type WrappedKeyVector,
 } from './vectors/make-golden.js';
 
 const committedText = readFileSync(new URL('./vectors/golden-v1.json', import.meta.url), 'utf8');
@@ -38,6 +45,11 @@ function providerFor(file: GoldenFile): StaticKekProvider {
   return new StaticKekProvider([
     { keyId: file.kek.keyId, version: file.kek.version, material: fromHex(file.kek.material) },
   ]);
+}
+
+function wrappedInputsOf(v: WrappedKeyVector) {
+  const { aad, derivedKey, wrapped, ...rest } = v;
+  return rest;
 }
 
 function inputsOf(v: GoldenVector): GoldenInputs {
@@ -68,13 +80,51 @@ function gcm(key: Uint8Array, nonce: Uint8Array, plaintext: Uint8Array, aad: Uin
   return cat(c.update(plaintext), c.final(), c.getAuthTag());
 }
 
+/** AES-256 of one block as single-block CBC: AES_K(block ⊕ iv). */
+function aesCbcBlock(key: Uint8Array, iv: Uint8Array, block: Uint8Array): Uint8Array {
+  const c = createCipheriv('aes-256-cbc', key, iv).setAutoPadding(false);
+  return cat(c.update(block), c.final());
+}
+
+/** docs/format.md §2.1 (XAES-256-GCM key derivation), written out again: CMAC's K1 by BigInt
+ * doubling in GF(2¹²⁸), each one-block CMAC as CBC with K1 as the IV. */
+function xaesSubkeyFromSpec(kek: Uint8Array, nonce: Uint8Array): Uint8Array {
+  const l = BigInt(`0x${hex(aesCbcBlock(kek, new Uint8Array(16), new Uint8Array(16)))}`);
+  const k1n = ((l << 1n) & ((1n << 128n) - 1n)) ^ (l >> 127n === 1n ? 0x87n : 0n);
+  const k1 = fromHex(k1n.toString(16).padStart(32, '0'));
+  const m = (i: number) => cat(Uint8Array.of(0x00, i, 0x58, 0x00), nonce.subarray(0, 12));
+  return cat(aesCbcBlock(kek, k1, m(1)), aesCbcBlock(kek, k1, m(2)));
+}
+
+/** docs/format.md §2, written out again with node:crypto primitives only. */
+function kwkFromSpec(
+  kek: Uint8Array,
+  ref: { keyId: string; version: number },
+  suite: number,
+  dek: Uint8Array,
+  context: Record<string, string>,
+  nonce: Uint8Array,
+): Uint8Array {
+  expect(nonce.length).toBe(suite === 0x02 ? 24 : 12);
+  const header = cat(
+    Uint8Array.of(0x4b, 0x57, 0x4b, 0x01, suite, ref.keyId.length),
+    ascii(ref.keyId),
+    u32(ref.version),
+  );
+  const aad = cat(header, encodeContext(context));
+  const sealed =
+    suite === 0x02 ? gcm(xaesSubkeyFromSpec(kek, nonce), nonce.subarray(12), dek, aad) : gcm(kek, nonce, dek, aad);
+  return cat(header, nonce, sealed);
+}
+
 /** docs/format.md §4, written out again with node:crypto primitives only. */
 function rebuildFromSpec(file: GoldenFile, v: GoldenVector): Uint8Array {
   const dek = fromHex(v.dek);
   const messageId = fromHex(v.messageId);
   const kek = fromHex(file.kek.material);
   const ctx = encodeContext(v.context);
-  const wrapped = wrapDataKey(kek, file.kek, dek, v.context, fromHex(v.wrapNonce)); // §2 (data-key.ts)
+  const wrapped = kwkFromSpec(kek, file.kek, v.wrapSuite ?? 0x01, dek, v.context, fromHex(v.wrapNonce)); // §2
+  expect(hex(wrapped)).toBe(v.wrappedKey);
   const hkdf = (label: string) =>
     new Uint8Array(hkdfSync('sha256', dek, messageId, cat(ascii(label), Uint8Array.of(0x01)), 32));
   const encKey = hkdf('keywarden/v1/data-key');
@@ -160,6 +210,73 @@ describe('golden vectors v1 (test/vectors/golden-v1.json)', () => {
           keyVersion: golden.kek.version,
           ...(v.mode === 'framed' ? { frameSize: v.frameSize } : {}),
         });
+      });
+    });
+  }
+});
+
+describe('golden wrapped data keys (golden-v1.json `wrappedKeys`, docs/format.md §2)', () => {
+  const kek = fromHex(golden.kek.material);
+
+  it('cover both suites at both KEK id lengths: 83, 146, 71 and 134 bytes', () => {
+    expect(golden.wrappedKeys.map(wrappedInputsOf)).toEqual(WRAPPED_KEY_INPUTS);
+    expect(golden.wrappedKeys.map((v) => [v.suite, v.wrapped.length / 2])).toEqual([
+      [2, 83],
+      [2, 146],
+      [1, 71],
+      [1, 134],
+    ]);
+  });
+
+  it('the envelopes include both suites, and suite 0x02 only where the vector says so', () => {
+    const suites = golden.vectors.map((v) => fromHex(v.wrappedKey)[4]);
+    expect(suites).toEqual(golden.vectors.map((v) => v.wrapSuite ?? 1));
+    expect(new Set(suites)).toEqual(new Set([1, 2]));
+  });
+
+  for (const v of golden.wrappedKeys) {
+    describe(v.name, () => {
+      const wrapped = fromHex(v.wrapped);
+
+      it('unwraps to the committed DEK, and wraps again to the committed bytes', () => {
+        const parsed = parseWrappedKey(wrapped);
+        expect({ suite: parsed.suite, keyId: parsed.keyId, version: parsed.version }).toEqual({
+          suite: v.suite,
+          keyId: v.keyId,
+          version: v.version,
+        });
+        expect(hex(unwrapDataKey(kek, parsed, v.context))).toBe(v.dek);
+        expect(buildWrappedKeyVector(golden.kek, wrappedInputsOf(v))).toEqual(v);
+      });
+
+      it('matches docs/format.md rebuilt with raw node:crypto (derived key included)', () => {
+        const nonce = fromHex(v.nonce);
+        if (v.suite === 2) expect(hex(xaesSubkeyFromSpec(kek, nonce))).toBe(v.derivedKey);
+        else expect(v.derivedKey).toBeUndefined();
+        const rebuilt = kwkFromSpec(kek, v, v.suite, fromHex(v.dek), v.context, nonce);
+        expect(hex(rebuilt)).toBe(v.wrapped);
+        expect(hex(rebuilt.subarray(0, 10 + v.keyId.length)) + hex(encodeContext(v.context))).toBe(v.aad);
+      });
+
+      it('the sealed DEK opens with raw AES-256-GCM under the documented key and nonce', () => {
+        const nonce = fromHex(v.nonce);
+        const [key, iv] = v.suite === 2 ? [fromHex(v.derivedKey as string), nonce.subarray(12)] : [kek, nonce];
+        const sealed = wrapped.subarray(wrapped.length - 48);
+        const d = createDecipheriv('aes-256-gcm', key, iv, { authTagLength: 16 });
+        d.setAAD(fromHex(v.aad));
+        d.setAuthTag(sealed.subarray(32));
+        expect(hex(cat(d.update(sealed.subarray(0, 32)), d.final()))).toBe(v.dek);
+      });
+
+      it('another context does not unwrap it', () => {
+        const other: Record<string, string> = Object.keys(v.context).length > 0 ? {} : { tenant: 'acme' };
+        let error: unknown;
+        try {
+          unwrapDataKey(kek, parseWrappedKey(wrapped), other);
+        } catch (e) {
+          error = e;
+        }
+        expect(DecryptionError.isInstance(error)).toBe(true);
       });
     });
   }

@@ -1,5 +1,5 @@
 /**
- * Generator of golden-v1.json: envelope format v1 test vectors (docs/format.md §9).
+ * Generator of golden-v1.json: envelope format v1 and wrapped-key test vectors (docs/format.md §9).
  *
  * TEST VECTORS ONLY. Every key, nonce and id here is a counting pattern (00 01 02 …), chosen to be
  * obviously fake; none of it is, or may ever be used as, a real key.
@@ -21,17 +21,22 @@ import { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { pathToFileURL } from 'node:url';
 import type { EncryptionContext } from '../../src/context.js';
+import { xaesDeriveKey } from '../../src/_xaes.js';
+import { encodeContext } from '../../src/context.js';
 import {
   parseWrappedKey,
+  SUITE_DEK_AES256GCM,
+  SUITE_DEK_XAES256GCM,
   unwrapDataKey,
   wrapDataKey,
   type DataKey,
   type DataKeyProvider,
   type KekRef,
+  type WrapSuite,
 } from '../../src/data-key.js';
-import { deriveMessageKeys, encryptEnvelope, envelopeToText, parseHeader } from '../../src/envelope.js';
+import { createEncryptStreamForTestVectors, encryptEnvelopeForTestVectors } from '../../src/_testing.js';
+import { deriveMessageKeys, envelopeToText, parseHeader } from '../../src/envelope.js';
 import { KeyNotFoundError } from '../../src/errors.js';
-import { createEncryptStream } from '../../src/stream.js';
 
 type Random = (length: number) => Uint8Array;
 
@@ -45,6 +50,10 @@ export interface TestKek extends KekRef {
  * A real DataKeyProvider over fixed KEK material (one version per key id). DEKs and wrap nonces
  * come from `random` (the OS CSPRNG unless a test injects fixed values). Unknown key ids or
  * versions throw KeyNotFoundError, as a key manager would.
+ *
+ * It wraps with `suite`, by default 0x01: the envelope tests and the first golden vectors pin
+ * header lengths and scripted 12-byte wrap nonces of that suite. Keywarden itself wraps with 0x02
+ * (test/data-key.test.ts runs the envelope through both); unwrapping accepts either suite.
  */
 export class StaticKekProvider implements DataKeyProvider {
   private readonly keks = new Map<string, TestKek>();
@@ -52,20 +61,22 @@ export class StaticKekProvider implements DataKeyProvider {
   constructor(
     keks: readonly TestKek[],
     private readonly random: Random = osRandom,
+    private readonly suite: WrapSuite = SUITE_DEK_AES256GCM,
   ) {
     for (const k of keks) this.keks.set(k.keyId, k);
   }
 
   /** A provider with one fresh random 32-byte KEK. */
-  static withRandomKek(keyId = 'test-kek', version = 1): StaticKekProvider {
-    return new StaticKekProvider([{ keyId, version, material: osRandom(32) }]);
+  static withRandomKek(keyId = 'test-kek', version = 1, suite: WrapSuite = SUITE_DEK_AES256GCM): StaticKekProvider {
+    return new StaticKekProvider([{ keyId, version, material: osRandom(32) }], osRandom, suite);
   }
 
   async generateDataKey(key: string, context?: EncryptionContext): Promise<DataKey> {
     const kek = this.keks.get(key);
     if (!kek) throw new KeyNotFoundError(`test provider: no key "${key}"`);
     const dek = this.random(32);
-    const wrapped = wrapDataKey(kek.material, kek, dek, context, this.random(12));
+    const nonce = this.random(wrapNonceBytes(this.suite));
+    const wrapped = wrapDataKey(kek.material, kek, dek, context, nonce, this.suite);
     return { plaintext: dek, wrapped, keyId: kek.keyId, version: kek.version };
   }
 
@@ -82,6 +93,11 @@ export class StaticKekProvider implements DataKeyProvider {
 // ---------------------------------------------------------------------------------------------
 
 export const hex = (b: Uint8Array): string => Buffer.from(b).toString('hex');
+
+/** docs/format.md §2: the nonce length of each wrap suite. */
+export function wrapNonceBytes(suite: WrapSuite): number {
+  return suite === SUITE_DEK_XAES256GCM ? 24 : 12;
+}
 export const fromHex = (s: string): Uint8Array => new Uint8Array(Buffer.from(s, 'hex'));
 
 /** start, start+1, … (mod 256): obviously not random, obviously not a real key. */
@@ -110,10 +126,13 @@ export interface GoldenInputs {
   context: Record<string, string>;
   plaintext: string;
   dek: string;
+  /** 12 bytes for wrap suite 0x01, 24 for 0x02. */
   wrapNonce: string;
   messageId: string;
   /** single-shot only */
   nonce?: string;
+  /** The "KWK" suite of the wrapped DEK; absent in the first vectors, which are suite 0x01. */
+  wrapSuite?: WrapSuite;
 }
 
 /** Inputs plus every expected output and intermediate value. */
@@ -126,12 +145,32 @@ export interface GoldenVector extends GoldenInputs {
   text: string;
 }
 
+/** One wrapped data key ("KWK", docs/format.md §2) under the golden KEK material. */
+export interface WrappedKeyInputs {
+  name: string;
+  suite: WrapSuite;
+  keyId: string;
+  version: number;
+  context: Record<string, string>;
+  dek: string;
+  nonce: string;
+}
+
+export interface WrappedKeyVector extends WrappedKeyInputs {
+  /** bytes [0, 10+L) ‖ encodeContext(context) */
+  aad: string;
+  /** Suite 0x02 only: the XAES-256-GCM subkey Kₓ, derived from the KEK and nonce[0, 12). */
+  derivedKey?: string;
+  wrapped: string;
+}
+
 export interface GoldenFile {
   description: string;
   spec: string;
   generator: string;
   kek: { keyId: string; version: number; material: string };
   vectors: GoldenVector[];
+  wrappedKeys: WrappedKeyVector[];
 }
 
 export const GOLDEN_KEK = { keyId: 'golden-test_kek', version: 3, material: hex(counting(0x00, 32)) };
@@ -143,6 +182,7 @@ function inputs(
   context: Record<string, string>,
   plaintext: Uint8Array,
   frameSize?: number,
+  wrapSuite: WrapSuite = SUITE_DEK_AES256GCM,
 ): GoldenInputs {
   const v: GoldenInputs = {
     name,
@@ -150,11 +190,13 @@ function inputs(
     context,
     plaintext: hex(plaintext),
     dek: hex(counting(0x40 + index, 32)),
-    wrapNonce: hex(counting(0xa0 + index, 12)),
+    wrapNonce: hex(counting(0xa0 + index, wrapNonceBytes(wrapSuite))),
     messageId: hex(counting(0x80 + index, 32)),
   };
   if (mode === 'single-shot') v.nonce = hex(counting(0xc0 + index, 12));
   else v.frameSize = frameSize as number;
+  // Only the suite 0x02 vectors carry the field, so the first five stay byte-identical.
+  if (wrapSuite !== SUITE_DEK_AES256GCM) v.wrapSuite = wrapSuite;
   return v;
 }
 
@@ -166,6 +208,54 @@ export const GOLDEN_INPUTS: readonly GoldenInputs[] = [
   inputs(2, 'framed, with context, 2 regular frames + short final frame', 'framed', CONTEXT, counting(0, 2500), 1024),
   inputs(3, 'framed, empty context, plaintext exactly 2 frames (full final frame)', 'framed', {}, counting(7, 2048), 1024),
   inputs(4, 'framed, empty context, empty plaintext (one empty final frame)', 'framed', {}, new Uint8Array(0), 1024),
+  inputs(
+    5,
+    'single-shot, with context, DEK wrapped with suite 0x02 (XAES-256-GCM)',
+    'single-shot',
+    CONTEXT,
+    new TextEncoder().encode('Keywarden envelope v1, wrap suite 0x02'),
+    undefined,
+    SUITE_DEK_XAES256GCM,
+  ),
+  inputs(
+    6,
+    'framed, empty context, 2 regular frames + short final frame, DEK wrapped with suite 0x02 (XAES-256-GCM)',
+    'framed',
+    {},
+    counting(3, 2100),
+    1024,
+    SUITE_DEK_XAES256GCM,
+  ),
+];
+
+function wrappedKeyInputs(
+  index: number,
+  suite: WrapSuite,
+  keyId: string,
+  version: number,
+  context: Record<string, string>,
+): WrappedKeyInputs {
+  const ctx = Object.keys(context).length > 0 ? 'with context' : 'empty context';
+  return {
+    name: `suite 0x0${suite}, ${keyId.length}-character KEK id, version ${version}, ${ctx}`,
+    suite,
+    keyId,
+    version,
+    context,
+    dek: hex(counting(0x50 + index, 32)),
+    nonce: hex(counting(0xe0 + index, wrapNonceBytes(suite))),
+  };
+}
+
+const LONGEST_KEY_ID = 'kek_ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456-';
+
+/** Both suites at both ends of the KEK id length (1 and 64 bytes): the 83, 146, 71 and 134-byte
+ * lengths of docs/format.md §2. */
+export const WRAPPED_KEY_INPUTS: readonly WrappedKeyInputs[] = [
+  wrappedKeyInputs(0, SUITE_DEK_XAES256GCM, 'k', 1, CONTEXT),
+  wrappedKeyInputs(1, SUITE_DEK_XAES256GCM, LONGEST_KEY_ID, 0xffffffff, {}),
+  wrappedKeyInputs(2, SUITE_DEK_AES256GCM, 'k', 1, CONTEXT),
+  wrappedKeyInputs(3, SUITE_DEK_AES256GCM, LONGEST_KEY_ID, 0xffffffff, {}),
 ];
 
 function kekFromFile(kek: GoldenFile['kek']): TestKek {
@@ -175,16 +265,24 @@ function kekFromFile(kek: GoldenFile['kek']): TestKek {
 /** Deterministically build one vector from its inputs with the real envelope code. */
 export async function buildVector(kek: GoldenFile['kek'], input: GoldenInputs): Promise<GoldenVector> {
   const dek = fromHex(input.dek);
-  const provider = new StaticKekProvider([kekFromFile(kek)], scriptedRandom([dek, fromHex(input.wrapNonce)]));
+  const provider = new StaticKekProvider(
+    [kekFromFile(kek)],
+    scriptedRandom([dek, fromHex(input.wrapNonce)]),
+    input.wrapSuite ?? SUITE_DEK_AES256GCM,
+  );
   const plaintext = fromHex(input.plaintext);
   const options = { key: kek.keyId, context: input.context };
   let envelope: Uint8Array;
   if (input.mode === 'single-shot') {
     const random = scriptedRandom([fromHex(input.messageId), fromHex(input.nonce as string)]);
-    envelope = await encryptEnvelope(provider, plaintext, options, random);
+    envelope = await encryptEnvelopeForTestVectors(provider, plaintext, options, random);
   } else {
     const random = scriptedRandom([fromHex(input.messageId)]);
-    const encryptor = createEncryptStream(provider, { ...options, frameSize: input.frameSize as number }, random);
+    const encryptor = createEncryptStreamForTestVectors(
+      provider,
+      { ...options, frameSize: input.frameSize as number },
+      random,
+    );
     const chunks: Uint8Array[] = [];
     await pipeline(Readable.from(plaintext.length > 0 ? [Buffer.from(plaintext)] : []), encryptor, async (source) => {
       for await (const chunk of source) chunks.push(chunk as Uint8Array);
@@ -204,9 +302,25 @@ export async function buildVector(kek: GoldenFile['kek'], input: GoldenInputs): 
   };
 }
 
+/** Deterministically build one wrapped-key vector with the real data-key.ts. */
+export function buildWrappedKeyVector(kek: GoldenFile['kek'], input: WrappedKeyInputs): WrappedKeyVector {
+  const material = fromHex(kek.material);
+  const ref = { keyId: input.keyId, version: input.version };
+  const nonce = fromHex(input.nonce);
+  const wrapped = wrapDataKey(material, ref, fromHex(input.dek), input.context, nonce, input.suite);
+  const header = parseWrappedKey(wrapped).header;
+  return {
+    ...input,
+    aad: hex(header) + hex(encodeContext(input.context)),
+    ...(input.suite === SUITE_DEK_XAES256GCM ? { derivedKey: hex(xaesDeriveKey(material, nonce)) } : {}),
+    wrapped: hex(wrapped),
+  };
+}
+
 export async function buildGoldenFile(): Promise<GoldenFile> {
   const vectors: GoldenVector[] = [];
   for (const input of GOLDEN_INPUTS) vectors.push(await buildVector(GOLDEN_KEK, input));
+  const wrappedKeys = WRAPPED_KEY_INPUTS.map((input) => buildWrappedKeyVector(GOLDEN_KEK, input));
   return {
     description:
       'Keywarden envelope format v1 golden vectors. TEST VECTORS ONLY: every key, nonce and id is an ' +
@@ -216,6 +330,7 @@ export async function buildGoldenFile(): Promise<GoldenFile> {
     generator: 'packages/core/test/vectors/make-golden.ts',
     kek: GOLDEN_KEK,
     vectors,
+    wrappedKeys,
   };
 }
 
