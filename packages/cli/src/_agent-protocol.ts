@@ -40,8 +40,12 @@ import {
 import { CliError } from './errors.js';
 import { keyToJson } from './output.js';
 
-/** Longest request line the agent reads (without its newline); a longer one closes the connection. */
-export const MAX_REQUEST_BYTES = 1024 * 1024;
+/**
+ * Longest request line the agent reads (without its newline); a longer one closes the connection.
+ * The largest real request (a share, a wrapped data key, a key name and scope) is under 2 KiB; the
+ * bound is what an unfinished line of each of the agent's connections may hold in its memory.
+ */
+export const MAX_REQUEST_BYTES = 64 * 1024;
 /** Longest response line the client reads (`listKeys` on a large store is the big one). */
 export const MAX_RESPONSE_BYTES = 16 * 1024 * 1024;
 

@@ -46,7 +46,10 @@ interface Pending {
 
 export class AgentClient implements KeyService {
   readonly socket: SocketLocation;
-  readonly #conn: Socket;
+  readonly #options: AgentClientOptions;
+  /** undefined after the agent closed an idle connection: the next request reconnects. */
+  #conn: Socket | undefined;
+  #connecting: Promise<Socket> | undefined;
   readonly #lines = new LineBuffer(MAX_RESPONSE_BYTES);
   readonly #pending = new Map<number, Pending>();
   readonly #requestTimeoutMs: number;
@@ -55,13 +58,9 @@ export class AgentClient implements KeyService {
 
   private constructor(socket: SocketLocation, conn: Socket, options: AgentClientOptions) {
     this.socket = socket;
-    this.#conn = conn;
+    this.#options = options;
     this.#requestTimeoutMs = options.requestTimeoutMs ?? 60_000;
-    conn.on('data', (chunk: Buffer) => this.#onData(chunk));
-    conn.on('error', (err) => this.#fail(new CliError(`agent: connection failed: ${systemErrorText(err)}`)));
-    conn.on('close', () =>
-      this.#fail(new CliError(`agent: the agent on ${socket.display} closed the connection before answering`)),
-    );
+    this.#attach(conn);
   }
 
   /**
@@ -70,6 +69,10 @@ export class AgentClient implements KeyService {
    * could be someone else's listener.
    */
   static async connect(socket: SocketLocation, options: AgentClientOptions = {}): Promise<AgentClient> {
+    return new AgentClient(socket, await AgentClient.#open(socket, options), options);
+  }
+
+  static async #open(socket: SocketLocation, options: AgentClientOptions): Promise<Socket> {
     await checkSocketOwner(socket);
     return new Promise((resolve, reject) => {
       const conn = createConnection({ path: socket.path });
@@ -96,9 +99,48 @@ export class AgentClient implements KeyService {
       conn.once('connect', () => {
         clearTimeout(timer);
         conn.off('error', onError);
-        resolve(new AgentClient(socket, conn, options));
+        resolve(conn);
       });
     });
+  }
+
+  /**
+   * The agent closes a connection that stayed idle (its --idle-timeout) or waited too long on
+   * this client: with nothing pending that is not a failure, and the next request reconnects.
+   */
+  #attach(conn: Socket): void {
+    this.#conn = conn;
+    conn.on('data', (chunk: Buffer) => this.#onData(chunk));
+    conn.on('error', (err) => {
+      if (this.#pending.size > 0) this.#fail(new CliError(`agent: connection failed: ${systemErrorText(err)}`));
+    });
+    conn.on('close', () => {
+      if (this.#conn === conn) this.#conn = undefined;
+      this.#lines.wipe();
+      if (this.#pending.size > 0) {
+        this.#fail(new CliError(`agent: the agent on ${this.socket.display} closed the connection before answering`));
+      }
+    });
+  }
+
+  async #connection(): Promise<Socket> {
+    if (this.#conn) return this.#conn;
+    this.#connecting ??= AgentClient.#open(this.socket, this.#options).then(
+      (conn) => {
+        this.#connecting = undefined;
+        if (this.#failure) {
+          conn.destroy();
+          throw this.#failure;
+        }
+        this.#attach(conn);
+        return conn;
+      },
+      (err: unknown) => {
+        this.#connecting = undefined;
+        throw err;
+      },
+    );
+    return this.#connecting;
   }
 
   // ── The agent's own operations ─────────────────────────────────────────────────────────────────
@@ -154,19 +196,22 @@ export class AgentClient implements KeyService {
 
   async close(): Promise<void> {
     this.#fail(new CliError('agent: connection closed'));
+    const conn = this.#conn;
+    if (!conn) return;
     await new Promise<void>((resolve) => {
-      if (this.#conn.destroyed) resolve();
-      else this.#conn.end(() => resolve());
-      this.#conn.once('close', () => resolve());
+      if (conn.destroyed) resolve();
+      else conn.end(() => resolve());
+      conn.once('close', () => resolve());
     });
-    this.#conn.destroy();
+    conn.destroy();
   }
 
   // ── Plumbing ──────────────────────────────────────────────────────────────────────────────────
 
   /** Send one request and wait for its answer (rejects with the rebuilt error). */
-  request(op: AgentOp, args: Record<string, unknown> = {}): Promise<unknown> {
-    if (this.#failure) return Promise.reject(this.#failure);
+  async request(op: AgentOp, args: Record<string, unknown> = {}): Promise<unknown> {
+    if (this.#failure) throw this.#failure;
+    const conn = await this.#connection();
     const id = this.#nextId++;
     const req: AgentRequest = { id, op, args };
     return new Promise((resolve, reject) => {
@@ -175,7 +220,7 @@ export class AgentClient implements KeyService {
         reject(new CliError(`agent: no answer from ${this.socket.display} within ${this.#requestTimeoutMs / 1000} s`));
       }, this.#requestTimeoutMs);
       this.#pending.set(id, { resolve, reject, timer });
-      this.#conn.write(encodeLine(req));
+      conn.write(encodeLine(req));
     });
   }
 
@@ -185,7 +230,7 @@ export class AgentClient implements KeyService {
       lines = this.#lines.push(chunk);
     } catch {
       this.#fail(new CliError('agent: response too long'));
-      this.#conn.destroy();
+      this.#conn?.destroy();
       return;
     } finally {
       chunk.fill(0);
@@ -202,7 +247,7 @@ export class AgentClient implements KeyService {
       const m = msg as { id?: unknown; ok?: unknown; result?: unknown; error?: unknown } | undefined;
       if (!m || typeof m !== 'object' || typeof m.ok !== 'boolean') {
         this.#fail(new CliError('agent: malformed response'));
-        this.#conn.destroy();
+        this.#conn?.destroy();
         return;
       }
       const pending = typeof m.id === 'number' ? this.#pending.get(m.id) : undefined;

@@ -31,8 +31,10 @@
  * only the user the agent runs as can connect — and that user can already read the store.
  * Anyone who can connect while the agent is unsealed can use every key; seal when in doubt.
  */
-import { lstat, unlink, chmod } from 'node:fs/promises';
+import { chmod, lstat, readFile, unlink } from 'node:fs/promises';
+import { url as inspectorUrl } from 'node:inspector';
 import { createConnection, createServer, type Server, type Socket } from 'node:net';
+import { Connection, type ConnectionLimits } from './_agent-connection.js';
 import {
   decodeSealedRoot,
   type EncryptionContext,
@@ -55,8 +57,6 @@ import {
   errorToWire,
   INTERNAL_ERROR,
   keyInfoToWire,
-  LineBuffer,
-  LineTooLongError,
   MAX_REQUEST_BYTES,
   PROTOCOL_ERROR,
   ProtocolError,
@@ -70,8 +70,14 @@ import { CliError, describeError, systemErrorText } from './errors.js';
 import { requireStore, type SocketLocation, type StoreLocation } from './store-dir.js';
 
 export const DEFAULT_UNSEAL_TIMEOUT_SECONDS = 600;
-/** Connections served at once (each command opens one). */
-const MAX_CONNECTIONS = 64;
+/** Connections served at once (each command opens one); at the limit the longest-waiting one goes. */
+export const DEFAULT_MAX_CONNECTIONS = 64;
+/** A connection with nothing in progress is closed after this long (clients reconnect). */
+export const DEFAULT_IDLE_TIMEOUT_SECONDS = 60;
+/** A request line must be complete, and each reply read, within this long. */
+export const DEFAULT_LINE_TIMEOUT_SECONDS = 10;
+/** Complete requests waiting on one connection before the agent stops reading from it. */
+const MAX_PIPELINED = 16;
 /** sun_path is 108 bytes on Linux, 104 on macOS, NUL included. */
 const MAX_SOCKET_PATH_BYTES = process.platform === 'darwin' ? 103 : 107;
 
@@ -90,13 +96,26 @@ export interface AgentOptions {
   /** One line, no newline, nothing secret. */
   log: (line: string) => void;
   cwd: string;
+  /** Client limits (defaults: DEFAULT_MAX_CONNECTIONS, DEFAULT_IDLE_TIMEOUT_SECONDS, DEFAULT_LINE_TIMEOUT_SECONDS). */
+  maxConnections?: number;
+  idleTimeoutMs?: number;
+  lineTimeoutMs?: number;
+  /**
+   * Development only: serve even though a Node inspector is active in this process (started with
+   * --inspect). Without it the agent refuses to start: anyone who can reach the inspector's port
+   * can run code inside the process that holds the root.
+   */
+  allowInspector?: boolean;
 }
 
 export class KeyAgent {
   readonly socket: SocketLocation;
   readonly #store: KeyStore;
   readonly #options: AgentOptions;
-  readonly #sockets = new Set<Socket>();
+  readonly #clients = new Set<Connection>();
+  readonly #limits: ConnectionLimits & { maxConnections: number };
+  #evictions = 0;
+  #evictionLoggedAt = 0;
   #server: Server | undefined;
   #root: SoftwareRoot;
   #kw: Keywarden;
@@ -114,6 +133,13 @@ export class KeyAgent {
     this.#kw = new Keywarden({ store, root });
     this.#options = options;
     this.socket = options.socket;
+    this.#limits = {
+      maxConnections: options.maxConnections ?? DEFAULT_MAX_CONNECTIONS,
+      idleTimeoutMs: options.idleTimeoutMs ?? DEFAULT_IDLE_TIMEOUT_SECONDS * 1000,
+      lineTimeoutMs: options.lineTimeoutMs ?? DEFAULT_LINE_TIMEOUT_SECONDS * 1000,
+      maxLineBytes: MAX_REQUEST_BYTES,
+      maxPipelined: MAX_PIPELINED,
+    };
   }
 
   /**
@@ -122,6 +148,7 @@ export class KeyAgent {
    * socket; removes a stale socket file.
    */
   static async start(options: AgentOptions): Promise<KeyAgent> {
+    refuseInspector(options);
     checkSocketPathLength(options.socket);
     await requireStore(options.loc);
     if (await clearStaleSocket(options.socket)) {
@@ -138,7 +165,16 @@ export class KeyAgent {
         );
       }
       agent = new KeyAgent(store, root, options);
+      const core = await coreDumpLimit();
+      if (core !== undefined && core !== '0') {
+        options.log(
+          `warning: core dumps are enabled (RLIMIT_CORE ${core}): a crash would write the unsealed root to disk; run the agent with \`ulimit -c 0\` or systemd LimitCORE=0 (docs/threat-model.md)`,
+        );
+      }
       await agent.#listen();
+      // Again, now that the signal handler (bin.ts) has long been in place: a SIGUSR1 that came
+      // before it may have started the inspector a moment after the first check.
+      refuseInspector(options);
       return agent;
     } catch (err) {
       if (agent) await agent.close().catch(() => {});
@@ -161,7 +197,7 @@ export class KeyAgent {
     this.#closed = true;
     const server = this.#server;
     const closed = server ? new Promise<void>((resolve) => server.close(() => resolve())) : Promise.resolve();
-    for (const s of this.#sockets) s.destroy();
+    for (const c of [...this.#clients]) c.drop(undefined);
     await closed;
     if (this.#expiryTimer !== undefined) clearTimeout(this.#expiryTimer);
     this.#session?.reset();
@@ -174,8 +210,9 @@ export class KeyAgent {
   // ── Socket ────────────────────────────────────────────────────────────────────────────────────
 
   async #listen(): Promise<void> {
+    // No server.maxConnections: the kernel would then close new connections unread, `seal`
+    // included; #serve enforces the limit itself by evicting.
     const server = createServer((conn) => this.#serve(conn));
-    server.maxConnections = MAX_CONNECTIONS;
     await new Promise<void>((resolve, reject) => {
       const onError = (err: NodeJS.ErrnoException) => {
         reject(
@@ -202,51 +239,63 @@ export class KeyAgent {
     await chmod(this.socket.path, 0o600);
   }
 
+  /**
+   * Admit a connection. At the connection limit, the connection that has waited longest on its
+   * client (an unfinished line, unread replies, or nothing at all) is closed to make room, so
+   * clients that hold connections open cannot lock `status` and `seal` out; only when every
+   * connection is in the middle of an answer is the newcomer refused.
+   */
   #serve(conn: Socket): void {
-    this.#sockets.add(conn);
-    const lines = new LineBuffer(MAX_REQUEST_BYTES);
-    let queue: Promise<void> = Promise.resolve();
-    let open = true;
-    const send = (text: string) => {
-      if (open && !conn.destroyed && conn.writable) conn.write(text);
-    };
     conn.on('error', () => {}); // a client that went away: nothing to do
-    conn.on('close', () => {
-      open = false;
-      lines.wipe();
-      this.#sockets.delete(conn);
-    });
-    conn.on('data', (chunk: Buffer) => {
-      if (!open) return;
-      let got: Buffer[];
-      try {
-        got = lines.push(chunk);
-      } catch (err) {
-        if (!(err instanceof LineTooLongError)) throw err;
-        // The stream cannot be resynchronized cheaply: answer, then close this connection only.
-        send(
+    if (this.#closed) {
+      conn.destroy();
+      return;
+    }
+    if (this.#clients.size >= this.#limits.maxConnections) {
+      const victim = this.#evictable();
+      if (!victim) {
+        conn.end(
           encodeLine({
             id: null,
             ok: false,
-            error: {
-              code: PROTOCOL_ERROR,
-              message: `agent: request longer than ${MAX_REQUEST_BYTES / (1024 * 1024)} MiB; closing the connection`,
-            },
+            error: { code: PROTOCOL_ERROR, message: `agent: busy (${this.#clients.size} connections); try again` },
           }),
         );
-        open = false;
-        conn.end();
+        conn.destroySoon();
         return;
-      } finally {
-        chunk.fill(0);
       }
-      for (const line of got) {
-        queue = queue.then(async () => {
-          const response = await this.#answer(line);
-          send(response);
-        });
-      }
-    });
+      this.#noteEviction();
+      victim.drop(undefined);
+    }
+    const client: Connection = new Connection(
+      conn,
+      this.#limits,
+      (line) => this.#answer(line),
+      () => this.#clients.delete(client),
+    );
+    this.#clients.add(client);
+  }
+
+  /** The connection waiting longest on its client, not counting those the agent is answering. */
+  #evictable(): Connection | undefined {
+    let victim: Connection | undefined;
+    for (const c of this.#clients) {
+      if (c.answering) continue;
+      if (!victim || c.waitingSince < victim.waitingSince) victim = c;
+    }
+    return victim;
+  }
+
+  /** Log evictions at most once every 10 s, with a count, so a flood does not flood the log. */
+  #noteEviction(): void {
+    this.#evictions++;
+    const now = Date.now();
+    if (now - this.#evictionLoggedAt < 10_000) return;
+    this.#options.log(
+      `connection limit (${this.#limits.maxConnections}) reached: closed ${this.#evictions} connection(s) that waited longest on their client`,
+    );
+    this.#evictions = 0;
+    this.#evictionLoggedAt = now;
   }
 
   /** One request line in, one response line out. Never throws. */
@@ -348,6 +397,8 @@ export class KeyAgent {
     if (!this.#root.isSealed()) {
       return { sealed: false, accepted: 0, threshold, shares, indices: [], reset: false, alreadyUnsealed: true };
     }
+    // The last moment before a share, then the root, is in this process's memory.
+    refuseInspector(this.#options);
     this.#session ??= unsealSessionFor(this.#root, { timeoutMs: this.#options.unsealTimeoutMs });
     const before = new Set(this.#session.progress().indices);
     let p: ReturnType<UnsealSession['submit']>;
@@ -481,6 +532,38 @@ export class KeyAgent {
     const run = this.#lock.then(fn, fn);
     this.#lock = run.catch(() => {});
     return run;
+  }
+}
+
+// ── Debuggers ───────────────────────────────────────────────────────────────────────────────────
+
+/**
+ * Refuse to run with an active Node inspector (--inspect, or a SIGUSR1 that came before bin.ts
+ * made the signal harmless): it is an unauthenticated debugger on a local port, and whoever
+ * reaches it runs code inside the process that holds the root.
+ */
+function refuseInspector(options: AgentOptions): void {
+  const url = inspectorUrl();
+  if (url === undefined) return;
+  if (options.allowInspector) {
+    options.log(`WARNING: a Node inspector is active (${url}); anyone who can reach it controls this agent`);
+    return;
+  }
+  throw new CliError(
+    `agent: a Node inspector (debugger) is active in this process (${url}); refusing to hold the root. Start the agent without --inspect, or pass --allow-inspector (development only)`,
+  );
+}
+
+/**
+ * The soft RLIMIT_CORE from /proc/self/limits ("0", "unlimited", a byte count), or undefined
+ * where it cannot be read (not Linux). Node cannot set the limit itself: the operator does.
+ */
+async function coreDumpLimit(): Promise<string | undefined> {
+  try {
+    const text = await readFile('/proc/self/limits', 'utf8');
+    return /^Max core file size\s+(\S+)/m.exec(text)?.[1];
+  } catch {
+    return undefined;
   }
 }
 

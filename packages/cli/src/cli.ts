@@ -3,9 +3,10 @@
  * (bin.ts does that), so tests drive it with PassThrough streams and read the exit status.
  *
  * Exit status: 0 success; 1 failure; 2 usage error (unknown command or option, missing argument);
- * 130 interrupted. A failure is one line `keywarden: <message>` on stderr; --debug adds the stack.
+ * 128 + N interrupted by signal N (130 for SIGINT, 143 for SIGTERM, 129 for SIGHUP…). A failure is one line `keywarden: <message>` on stderr; --debug adds the stack.
  */
 import { readFileSync } from 'node:fs';
+import { constants } from 'node:os';
 import { Command, CommanderError } from 'commander';
 import { registerAgent } from './commands/agent.js';
 import { registerDatakey } from './commands/datakey.js';
@@ -18,7 +19,7 @@ import { registerRekey } from './commands/rekey.js';
 import { registerRoot } from './commands/root.js';
 import { registerShare } from './commands/share.js';
 import { registerUnseal } from './commands/unseal.js';
-import { debugDetails, describeError, EXIT_OK, EXIT_USAGE } from './errors.js';
+import { debugDetails, describeError, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE } from './errors.js';
 import type { CliIO } from './io.js';
 import { AGENT_SOCKET_ENV, DIR_ENV, UNSEAL_KEY_ENV } from './store-dir.js';
 
@@ -41,7 +42,17 @@ export async function run(argv: string[], io: CliIO): Promise<number> {
       // (non-zero, help on stderr: a usage error).
       if (err.code === 'commander.help') return err.exitCode === 0 ? EXIT_OK : EXIT_USAGE;
     }
-    const { message, exitCode } = describeError(err, io.cwd);
+    let { message, exitCode } = describeError(err, io.cwd);
+    if (exitCode === EXIT_INTERRUPTED) {
+      // Interrupted by a signal (bin.ts aborts io.signal with the signal's name): say which, and
+      // exit with 128 + its number as a shell does for a process the signal killed.
+      const reason = io.signal?.aborted ? io.signal.reason : undefined;
+      const number = typeof reason === 'string' ? signalNumber(reason) : undefined;
+      if (number !== undefined) {
+        message = `interrupted (${reason})`;
+        exitCode = 128 + number;
+      }
+    }
     const debug = wantsDebug(argv);
     io.stderr.write(
       `keywarden: ${message}${debug ? '' : exitCode === EXIT_USAGE ? " (see 'keywarden --help')" : ''}\n`,
@@ -110,6 +121,10 @@ Run 'keywarden demo' for a guided tour of the key lifecycle, and 'keywarden COMM
   registerShare(program, io);
   registerDemo(program, io);
   return program;
+}
+
+function signalNumber(name: string): number | undefined {
+  return (constants.signals as Record<string, number | undefined>)[name];
 }
 
 /** --debug anywhere before a `--` terminator (known even when parsing itself failed). */

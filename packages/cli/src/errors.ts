@@ -103,8 +103,13 @@ function isAbort(err: unknown): boolean {
   return typeof err === 'object' && err !== null && (err as { name?: unknown }).name === 'AbortError';
 }
 
+/**
+ * One line, without a leading `keywarden: `: core's Keywarden class names itself that way
+ * (`keywarden: closed`), and cli.ts prints every message after the same prefix.
+ */
 function oneLine(s: string): string {
   return s
+    .replace(/^\s*keywarden:\s*/, '')
     .split(/\r?\n/)
     .map((l) => l.trim())
     .filter((l) => l.length > 0)

@@ -223,7 +223,7 @@ describe.skipIf(!built)('keywarden agent and unseal', () => {
     expect(JSON.parse(long.answers[0] as string)).toEqual({
       id: null,
       ok: false,
-      error: { code: 'KW_AGENT_PROTOCOL', message: 'agent: request longer than 1 MiB; closing the connection' },
+      error: { code: 'KW_AGENT_PROTOCOL', message: 'agent: request longer than 64 KiB; closing the connection' },
     });
 
     const args = await rawExchange(socket, '{"id":"x","op":"unseal","args":{"share":42}}\n', 1);

@@ -3,7 +3,13 @@
  */
 import type { Command } from 'commander';
 import { InvalidArgumentError } from 'commander';
-import { DEFAULT_UNSEAL_TIMEOUT_SECONDS, KeyAgent } from '../agent.js';
+import {
+  DEFAULT_IDLE_TIMEOUT_SECONDS,
+  DEFAULT_LINE_TIMEOUT_SECONDS,
+  DEFAULT_MAX_CONNECTIONS,
+  DEFAULT_UNSEAL_TIMEOUT_SECONDS,
+  KeyAgent,
+} from '../agent.js';
 import type { CliIO } from '../io.js';
 import { AGENT_SOCKET_ENV, AGENT_SOCKET_FILE } from '../store-dir.js';
 import { locationOf, socketOf } from './_common.js';
@@ -17,6 +23,23 @@ function seconds(value: string): number {
   return n;
 }
 
+/** A connection count, 1..4096. */
+function connections(value: string): number {
+  const n = Number(value);
+  if (!/^[0-9]{1,4}$/.test(value) || n < 1 || n > 4096) {
+    throw new InvalidArgumentError('must be an integer from 1 to 4096');
+  }
+  return n;
+}
+
+interface AgentCommandOptions {
+  unsealTimeout?: number;
+  idleTimeout?: number;
+  lineTimeout?: number;
+  maxConnections?: number;
+  allowInspector?: boolean;
+}
+
 export function registerAgent(program: Command, io: CliIO): void {
   program
     .command('agent')
@@ -28,10 +51,29 @@ export function registerAgent(program: Command, io: CliIO): void {
       `discard the shares given so far after this long without a new one (default ${DEFAULT_UNSEAL_TIMEOUT_SECONDS})`,
       seconds,
     )
+    .option(
+      '--idle-timeout <seconds>',
+      `close a client connection after this long with nothing in progress (default ${DEFAULT_IDLE_TIMEOUT_SECONDS})`,
+      seconds,
+    )
+    .option(
+      '--line-timeout <seconds>',
+      `drop a client that does not finish a request line, or read a reply, within this long (default ${DEFAULT_LINE_TIMEOUT_SECONDS})`,
+      seconds,
+    )
+    .option(
+      '--max-connections <n>',
+      `client connections at once; at the limit the one waiting longest on its client is closed (default ${DEFAULT_MAX_CONNECTIONS})`,
+      connections,
+    )
+    .option(
+      '--allow-inspector',
+      'development only: serve even when a Node inspector (--inspect) is active in this process',
+    )
     .addHelpText(
       'after',
       `
-Runs in the foreground until SIGINT or SIGTERM (run it under systemd, a container runtime or a
+Runs in the foreground until SIGINT, SIGTERM, SIGHUP or SIGQUIT (run it under systemd, a container runtime or a
 terminal multiplexer). It opens the store SEALED and listens on a unix socket: --socket PATH, else
 $${AGENT_SOCKET_ENV}, else DIR/${AGENT_SOCKET_FILE} (mode 0600; DIR is 0700). Commands find it there:
   keywarden status                  sealed or not, unseal progress
@@ -42,15 +84,25 @@ $${AGENT_SOCKET_ENV}, else DIR/${AGENT_SOCKET_FILE} (mode 0600; DIR is 0700). Co
   keywarden seal                    wipe the root and the KEK cache; key operations are refused again
 While sealed, key operations fail with "keystore: sealed; …". Shares are held only in memory and
 are discarded after --unseal-timeout seconds without a new one. Refuses to start when an agent
-already answers on the socket; a socket file left by a killed agent is replaced. On SIGINT or
-SIGTERM it wipes the root and the KEK cache, removes the socket and exits 0.
+already answers on the socket; a socket file left by a killed agent is replaced. On SIGINT,
+SIGTERM, SIGHUP or SIGQUIT it wipes the root and the KEK cache, removes the socket and exits 0.
 
 Anyone who can connect to the socket (the user the agent runs as) can use every key while it is
 unsealed. Seal it when it is not needed, and keep the socket in a private directory.
 
+Hostile or stuck clients cannot lock the others out: a request line must be finished and each
+reply read within --line-timeout, an idle connection is closed after --idle-timeout (commands
+reconnect), a request line is at most 64 KiB, a client that sends requests without reading the
+replies is paused, and at --max-connections the connection waiting longest on its client is closed
+to admit a new one, so \`status\` and \`seal\` always get through.
+
+SIGUSR1 does nothing (by default it would open Node's debugger on 127.0.0.1:9229); the agent
+refuses to start with an active inspector (--inspect) unless --allow-inspector. Disable core dumps
+for it (ulimit -c 0, or LimitCORE=0 under systemd): see docs/threat-model.md.
+
 The log (stderr) names share indices and counts, never a share or a key.`,
     )
-    .action(async (opts: { unsealTimeout?: number }, cmd: Command) => {
+    .action(async (opts: AgentCommandOptions, cmd: Command) => {
       const loc = locationOf(cmd, io);
       const socket = socketOf(cmd, io, loc);
       const log = (line: string) => {
@@ -63,6 +115,10 @@ The log (stderr) names share indices and counts, never a share or a key.`,
         unsealTimeoutMs: Math.round(timeoutSeconds * 1000),
         log,
         cwd: io.cwd,
+        ...(opts.idleTimeout !== undefined ? { idleTimeoutMs: Math.round(opts.idleTimeout * 1000) } : {}),
+        ...(opts.lineTimeout !== undefined ? { lineTimeoutMs: Math.round(opts.lineTimeout * 1000) } : {}),
+        ...(opts.maxConnections !== undefined ? { maxConnections: opts.maxConnections } : {}),
+        ...(opts.allowInspector ? { allowInspector: true } : {}),
       });
       log(`serving ${socket.display} for the key store in ${loc.display} (pid ${process.pid})`);
       log(`sealed: unseal with ${agent.describeSealed()} (\`keywarden unseal\`)`);

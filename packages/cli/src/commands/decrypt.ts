@@ -4,14 +4,13 @@
  * Nothing unauthenticated is ever released: the framed stream emits a frame's plaintext only
  * after that frame verified, and -o FILE is all or nothing (see _streams.ts).
  */
-import { pipeline } from 'node:stream/promises';
 import type { Command } from 'commander';
 import { createDecryptStream, decryptEnvelope, envelopeFromText, TEXT_PREFIX, wipe } from '@keywarden/core';
 import { destroyOnAbort, MiB, openInput, openOutput, peek, readAll } from '../_streams.js';
 import type { CliIO } from '../io.js';
 import { withKeyService } from '../store-dir.js';
 import { addContextOption, contextFrom, keyServiceOptionsOf, locationOf } from './_common.js';
-import { drainInto } from './_pipe.js';
+import { pipeInto } from './_pipe.js';
 
 /** Above the text form of the largest --text plaintext (4/3 × 64 MiB of base64url plus a header). */
 export const MAX_TEXT_ENVELOPE_BYTES = 96 * MiB;
@@ -51,7 +50,7 @@ Examples:
       const context = contextFrom(opts.context);
       const loc = locationOf(command, io);
       await withKeyService(loc, io, keyServiceOptionsOf(command), async (ks) => {
-        const sink = await openOutput(opts.output, io.cwd, io.stdout);
+        const sink = await openOutput(opts.output, io.cwd, io.stdout, io.stderr);
         const input = openInput(opts.input, io.cwd, io.stdin);
         const stopWatching = destroyOnAbort(input, io.signal);
         try {
@@ -73,7 +72,8 @@ Examples:
               if (sink.releasesBuffers) wipe(plaintext);
             }
           } else {
-            await pipeline(all, createDecryptStream(ks, context ? { context } : {}), drainInto(sink, true), {
+            await pipeInto(all, createDecryptStream(ks, context ? { context } : {}), sink, {
+              wipeChunks: true,
               signal: io.signal,
             });
           }

@@ -6,7 +6,6 @@
  * `--text`: the single-shot compact text form ("kw1.…") for values that live in a text column;
  * it holds the whole input in memory, hence the size bound.
  */
-import { pipeline } from 'node:stream/promises';
 import type { Command } from 'commander';
 import { createEncryptStream, encryptEnvelope, envelopeToText, MAX_SINGLE_SHOT_PLAINTEXT, wipe } from '@keywarden/core';
 import { destroyOnAbort, MiB, openInput, openOutput, readAll } from '../_streams.js';
@@ -14,7 +13,7 @@ import { UsageError } from '../errors.js';
 import type { CliIO } from '../io.js';
 import { withKeyService } from '../store-dir.js';
 import { addContextOption, contextFrom, keyServiceOptionsOf, locationOf } from './_common.js';
-import { drainInto } from './_pipe.js';
+import { pipeInto } from './_pipe.js';
 
 /** Largest input for --text: a database value, not a file. */
 export const MAX_TEXT_PLAINTEXT_BYTES = MAX_SINGLE_SHOT_PLAINTEXT;
@@ -59,7 +58,7 @@ Examples:
       await withKeyService(loc, io, keyServiceOptionsOf(command), async (ks) => {
         // Fail on an unknown key before reading any input.
         await ks.getKey(opts.key);
-        const sink = await openOutput(opts.output, io.cwd, io.stdout);
+        const sink = await openOutput(opts.output, io.cwd, io.stdout, io.stderr);
         const input = openInput(opts.input, io.cwd, io.stdin);
         const stopWatching = destroyOnAbort(input, io.signal);
         try {
@@ -77,12 +76,9 @@ Examples:
               wipe(plaintext);
             }
           } else {
-            await pipeline(
-              input,
-              createEncryptStream(ks, { key: opts.key, ...(context ? { context } : {}) }),
-              drainInto(sink),
-              { signal: io.signal },
-            );
+            await pipeInto(input, createEncryptStream(ks, { key: opts.key, ...(context ? { context } : {}) }), sink, {
+              signal: io.signal,
+            });
           }
           await sink.commit();
         } catch (err) {
