@@ -16,21 +16,23 @@
  * KEKs. Nothing secret is printed: root ids, counts, the share-set id.
  */
 import {
+  consentMethodOf,
   encodeSealedRoot,
   type KeyStore,
   ROOT_META_NAME,
+  readRootState,
   rewrapUnderNewRoot,
   SoftwareRoot,
   destroyRoot,
   wipe,
 } from '@keywarden/core';
 import { destroyRootWithQuorum, rotateRoot, type ShareSetInfo } from '@keywarden/split-knowledge';
-import { SqliteKeyStore } from '@keywarden/store-sqlite';
 import { AgentClient, AgentUnavailableError } from './agent-client.js';
 import { UsageError } from './errors.js';
 import type { CliIO } from './io.js';
 import { collectCurrentShares, type QuorumRequest } from './split-store.js';
 import {
+  openStoreFile,
   readUnsealKey,
   requireStore,
   resolveAgentSocket,
@@ -67,10 +69,11 @@ export interface RootRotateResult {
 }
 
 export interface RootDestroyResult {
-  /** "root-missing": the store had no root any more (an earlier destroy); only the erasing was finished. */
-  mode: 'development' | 'split-knowledge' | 'root-missing';
-  /** The destroyed root's id (undefined when it was already gone). */
-  rootId: string | undefined;
+  mode: 'development' | 'split-knowledge';
+  /** True when an earlier destruction had already deleted the root (its tombstone says so): this one finished the erasing. */
+  resumed: boolean;
+  /** The destroyed root's id (from the root, or from its tombstone). */
+  rootId: string;
   destroyed: number;
   alreadyDestroyed: number;
   agent: AgentOutcome;
@@ -136,61 +139,52 @@ export async function rotateRootStoreDir(
   });
 }
 
-/** Crypto-shred the whole store: delete the sealed root, then destroy every key version. */
+/**
+ * Crypto-shred the whole store: tombstone, delete the sealed root, then destroy every key version.
+ * Always with consent — a quorum of the current shares, or the development-mode unseal key — even
+ * when an earlier, interrupted destruction already deleted the root (the tombstone names the share
+ * set and is checked against the key). A store with neither a root nor a tombstone is damaged, not
+ * destroyed: refused before anything is asked or changed (core's RootMissingError).
+ */
 export async function destroyRootStoreDir(
   io: CliIO,
   loc: StoreLocation,
   options: RootOperationOptions,
 ): Promise<RootDestroyResult> {
   await requireStore(loc);
-  const store = await SqliteKeyStore.open(loc.dbPath);
-  let root: SoftwareRoot | undefined;
+  const store = openStoreFile(loc, 'write');
   let closed = false;
   try {
-    if (!(await store.getMeta(ROOT_META_NAME))) {
-      // An earlier destroy was interrupted (or this is run twice): there is no root left to
-      // protect, so no quorum to ask for — finish erasing what is left.
-      const r = await destroyRoot(store);
-      await store.close();
-      closed = true;
-      return { mode: 'root-missing', rootId: undefined, ...r, agent: await sealAgent(io, loc, options.socket) };
-    }
-    root = await SoftwareRoot.load(store);
-    const doc = root.document;
-    const u = doc.unseal;
-    if (u.method === 'shamir') {
+    const state = await readRootState(store);
+    const unseal = consentMethodOf(state); // RootMissingError on a damaged store
+    const rootId =
+      state.state === 'present' ? state.document.rootId : state.state === 'destroyed' ? state.tombstone.rootId : '';
+    const resumed = state.state === 'destroyed';
+    if (unseal.method === 'shamir') {
       resolveUnsealSource(io, loc, options.unsealKeyFile, { method: 'shamir' });
-      const shares = await collectCurrentShares(io, shareSetOf(u), options.shareFiles ?? [], DESTROY);
+      const shares = await collectCurrentShares(io, shareSetOf(unseal), options.shareFiles ?? [], DESTROY);
       let r: Awaited<ReturnType<typeof destroyRootWithQuorum>>;
       try {
         r = await destroyRootWithQuorum(store, shares);
       } finally {
         shares.length = 0;
       }
-      await root.close();
       await store.close();
       closed = true;
-      return {
-        mode: 'split-knowledge',
-        rootId: doc.rootId,
-        ...r,
-        agent: await sealAgent(io, loc, options.socket),
-      };
+      return { mode: 'split-knowledge', resumed, rootId, ...r, agent: await sealAgent(io, loc, options.socket) };
     }
     refuseShareFiles(options, 'root destroy');
     const source = resolveUnsealSource(io, loc, options.unsealKeyFile, { method: 'key' });
     const unsealKey = await readUnsealKey(source, io);
+    let r: Awaited<ReturnType<typeof destroyRoot>>;
     try {
-      // Whoever destroys must be able to open the root: the same bar as using it.
-      await root.unseal(unsealKey);
+      // Whoever destroys must be able to open the root (or match its tombstone): the bar of using it.
+      r = await destroyRoot(store, { unsealKey });
     } finally {
       wipe(unsealKey);
-      await root.seal();
     }
-    const r = await destroyRoot(store);
-    return { mode: 'development', rootId: doc.rootId, ...r, agent: { state: 'not-applicable' } };
+    return { mode: 'development', resumed, rootId, ...r, agent: { state: 'not-applicable' } };
   } finally {
-    await root?.close().catch(() => {});
     if (!closed) await store.close().catch(() => {});
   }
 }
@@ -203,7 +197,7 @@ async function withStoreRoot<T>(
   fn: (store: KeyStore, root: SoftwareRoot) => Promise<T>,
 ): Promise<T> {
   await requireStore(loc);
-  const store = await SqliteKeyStore.open(loc.dbPath);
+  const store = openStoreFile(loc, 'write');
   let root: SoftwareRoot | undefined;
   try {
     root = await SoftwareRoot.load(store);

@@ -29,10 +29,13 @@ import {
   decodeUnsealKey,
   encodeUnsealKey,
   type KeyInfo,
-  KeyStoreError,
   KeywardenError,
   Keywarden,
-  ROOT_META_NAME,
+  readRootState,
+  RootDestroyedError,
+  RootMissingError,
+  ROOT_DESTROYED_MESSAGE,
+  ROOT_MISSING_MESSAGE,
   type RootDescription,
   type RootOfTrust,
   SoftwareRoot,
@@ -205,30 +208,44 @@ export interface OpenOptions {
   /** Unseal the root with this source; omit to leave it sealed (metadata-only commands). */
   unseal?: UnsealSource;
   /**
-   * Metadata-only commands: open a store whose root was destroyed (`keywarden root destroy`) too,
-   * with a MissingRoot in its place, so its keys can still be listed (every version destroyed).
+   * Metadata-only commands: open a store whose root was destroyed (`keywarden root destroy`: the
+   * store holds its tombstone) too, with a MissingRoot in its place, so its keys can still be
+   * listed. The store is opened read-only. A store with neither a root nor a tombstone is damaged,
+   * not destroyed: RootMissingError, whatever this says.
    */
   allowMissingRoot?: boolean;
 }
 
 /**
- * Stands in for the root of a store whose root was destroyed, so that key metadata can still be
- * read. It has no key: wrapping and unwrapping are refused with a KeyStoreError, never a no-op.
+ * How a command opens D/keystore.db: never creating or initializing it (only `init` does), and
+ * read-only for commands that only read (`key list`, `key show`, `status`), which therefore never
+ * migrate it either. An empty or foreign file is a StoreCorruptError, a damaged one too.
+ */
+export function openStoreFile(loc: StoreLocation, mode: 'read' | 'write'): SqliteKeyStore {
+  return SqliteKeyStore.open(loc.dbPath, mode === 'read' ? { readonly: true } : { create: false });
+}
+
+/**
+ * Stands in for the root of a store whose root was destroyed (its tombstone says so), so that key
+ * metadata can still be read. It has no key: wrapping and unwrapping are refused with a
+ * KeyStoreError, never a no-op. `interrupted`: the destruction was started and not finished.
  */
 export class MissingRoot implements RootOfTrust {
+  constructor(readonly interrupted = false) {}
+
   describe(): RootDescription {
     return { kind: 'software', id: 'none', label: 'no root (destroyed)', wrapAlgorithm: 'none' };
   }
   async wrapKey(): Promise<Uint8Array> {
-    throw new KeyStoreError(NO_ROOT);
+    throw new RootDestroyedError(NO_ROOT);
   }
   async unwrapKey(): Promise<Uint8Array> {
-    throw new KeyStoreError(NO_ROOT);
+    throw new RootDestroyedError(NO_ROOT);
   }
   async close(): Promise<void> {}
 }
 
-const NO_ROOT = 'root: this key store has no root (it was destroyed, or never initialized)';
+const NO_ROOT = ROOT_DESTROYED_MESSAGE;
 
 /** Open D's store and root. The returned Keywarden owns both: close it when done. */
 export async function openKeywarden(
@@ -238,14 +255,18 @@ export async function openKeywarden(
 ): Promise<Keywarden> {
   if (options.allowMissingRoot && !options.unseal) {
     await requireStore(loc);
-    const store: KeyStore = await SqliteKeyStore.open(loc.dbPath);
+    const store: KeyStore = openStoreFile(loc, 'read');
     try {
-      if (!(await store.getMeta(ROOT_META_NAME))) return new Keywarden({ store, root: new MissingRoot() });
+      // Destroyed only when the store says so (its tombstone); neither root nor tombstone is damage.
+      const state = await readRootState(store);
+      if (state.state === 'missing') throw new RootMissingError(ROOT_MISSING_MESSAGE);
+      if (state.state === 'destroyed') return new Keywarden({ store, root: new MissingRoot() });
+      if (state.tombstone) return new Keywarden({ store, root: new MissingRoot(true) });
+      return new Keywarden({ store, root: await SoftwareRoot.load(store) });
     } catch (err) {
       await store.close().catch(() => {});
       throw err;
     }
-    await store.close();
   }
   const { store, root } = await loadSealed(loc);
   try {
@@ -259,9 +280,12 @@ export async function openKeywarden(
 }
 
 /** D's store and its root, sealed. The caller closes both. */
-async function loadSealed(loc: StoreLocation): Promise<{ store: KeyStore; root: SoftwareRoot }> {
+async function loadSealed(
+  loc: StoreLocation,
+  mode: 'read' | 'write' = 'write',
+): Promise<{ store: KeyStore; root: SoftwareRoot }> {
   await requireStore(loc);
-  const store: KeyStore = await SqliteKeyStore.open(loc.dbPath);
+  const store: KeyStore = openStoreFile(loc, mode);
   try {
     return { store, root: await SoftwareRoot.load(store) };
   } catch (err) {
@@ -359,7 +383,7 @@ export async function withKeyService<T>(
 
 /** D's sealed root document (not secret): root id, unseal method, share-set id, M and N. */
 export async function sealedRootDocument(loc: StoreLocation): Promise<SealedRootDocument> {
-  const { store, root } = await loadSealed(loc);
+  const { store, root } = await loadSealed(loc, 'read');
   try {
     return root.document;
   } finally {

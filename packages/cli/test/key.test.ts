@@ -86,7 +86,7 @@ describe('keywarden key', () => {
 
     const bad = await cli(['key', 'create', 'kek_sneaky'], { cwd });
     expect(bad.code).toBe(1);
-    expect(oneLine(bad.stderr)).toMatch(/^keywarden: keywarden: key names are/);
+    expect(oneLine(bad.stderr)).toMatch(/^keywarden: (keywarden: )?key names are/);
 
     const badScope = await cli(['key', 'create', 'x', '--tenant', ''], { cwd });
     expect(badScope.code).toBe(1);

@@ -83,7 +83,7 @@ describe.skipIf(!built)('root rotate and root destroy with a running agent', () 
       expect(d.code).toBe(1);
       expect(d.out).toBe('');
       expect(oneLine(d.stderr)).toBe(
-        'keywarden: root: this key store has no root (it was destroyed, or never initialized)',
+        'keywarden: root: the root of this key store was destroyed: nothing in it can be unwrapped',
       );
     }
     // The agent takes no more shares: there is no root to unseal.

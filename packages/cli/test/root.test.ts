@@ -13,7 +13,7 @@ import { run } from '../src/cli.js';
 import { cli, initialized, oneLine, tempDir } from './helpers.js';
 import { sharesIn } from './split-helpers.js';
 
-const NO_ROOT = 'keywarden: root: this key store has no root (it was destroyed, or never initialized)';
+const NO_ROOT = 'keywarden: root: the root of this key store was destroyed: nothing in it can be unwrapped';
 const NEEDS_FLAG =
   "keywarden: root destroy makes every key in this store, and all data encrypted under them, unrecoverable for good; pass --yes-destroy-every-key to confirm (see 'keywarden --help')";
 const FORGED =
@@ -147,7 +147,7 @@ describe('root destroy (development mode)', () => {
     expect(list.code).toBe(0);
     expect(list.out).toMatch(/^app\s+kek_\S+\s+v2 \(destroyed\)\s+-\s+\S+$/m);
     expect(list.stderr).toBe(
-      'keywarden: this key store has no root (it was destroyed): every key version is destroyed\n',
+      'keywarden: the root of this key store was destroyed (its tombstone says so): nothing in it can be unwrapped; every key version is destroyed\n',
     );
     const json = await cli(['key', 'list', '--json'], { cwd });
     expect(json.code).toBe(0);
@@ -155,11 +155,19 @@ describe('root destroy (development mode)', () => {
     expect(keys.flatMap((k) => k.versions.map((v) => v.state))).toEqual(['destroyed', 'destroyed']);
     expect((await versions(cwd, 'app')).map((v) => v.state)).toEqual(['destroyed', 'destroyed']);
 
-    // Again: nothing left to do. Rotate and status: no root.
+    // Again: the consent is asked for again (checked against the tombstone); nothing left to do.
+    const wrongKey = await cli(['root', 'destroy', '--yes-destroy-every-key'], {
+      cwd,
+      env: { KEYWARDEN_UNSEAL_KEY: encodeUnsealKey(new Uint8Array(32).fill(7)) },
+    });
+    expect(wrongKey.code).toBe(1);
+    expect(oneLine(wrongKey.stderr)).toMatch(
+      /^keywarden: root: the unseal key \(or shares\) does not match the record/,
+    );
     const again = await cli(['root', 'destroy', '--yes-destroy-every-key'], { cwd });
     expect(again.code).toBe(0);
     expect(again.out).toBe(
-      'The key store in .keywarden had no root any more (destroyed earlier); 0 remaining key versions destroyed now (wrapped material erased).\n',
+      `The root of the key store in .keywarden (${id}) was already destroyed by an earlier, interrupted destruction; 0 remaining key versions destroyed now (wrapped material erased).\n`,
     );
     for (const argv of [['root', 'rotate'], ['status']]) {
       const n = await cli(argv, { cwd });

@@ -26,6 +26,10 @@ export type KeywardenErrorCode =
   | 'KW_UNSUPPORTED'
   | 'KW_USAGE_LIMIT'
   | 'KW_STORE'
+  | 'KW_STORE_CORRUPT'
+  | 'KW_STORE_REPLACED'
+  | 'KW_ROOT_DESTROYED'
+  | 'KW_ROOT_MISSING'
   | 'KW_SHARE'
   | 'KW_CLOSED';
 
@@ -95,6 +99,24 @@ export class UnsupportedCapabilityError extends defineError('KW_UNSUPPORTED', 'U
 export class UsageLimitError extends defineError('KW_USAGE_LIMIT', 'UsageLimitError') {}
 /** The key store failed (I/O, corruption, schema mismatch). */
 export class KeyStoreError extends defineError('KW_STORE', 'KeyStoreError') {}
+/**
+ * The key store's file is damaged (an integrity check failed, or SQLite reported corruption), or is
+ * not a key store at all (empty, another program's file). Nothing was changed; the message says how
+ * to check, repair or restore it.
+ */
+export class StoreCorruptError extends defineError('KW_STORE_CORRUPT', 'StoreCorruptError') {}
+/**
+ * The database under a long-lived process is no longer the one it opened (the file or its WAL was
+ * deleted, moved or replaced). Writing on would lose data: the process must stop and start again.
+ */
+export class StoreReplacedError extends defineError('KW_STORE_REPLACED', 'StoreReplacedError') {}
+/** The store records that its root was destroyed (an explicit tombstone, root-tombstone.ts). */
+export class RootDestroyedError extends defineError('KW_ROOT_DESTROYED', 'RootDestroyedError') {}
+/**
+ * The store has no root and no record of a destruction: it is damaged or was never initialized.
+ * Never read as "destroyed".
+ */
+export class RootMissingError extends defineError('KW_ROOT_MISSING', 'RootMissingError') {}
 /** A Shamir share is malformed, corrupted, duplicated or from another share set. */
 export class ShareError extends defineError('KW_SHARE', 'ShareError') {}
 /** The object was closed and its key material wiped. */

@@ -39,6 +39,10 @@ export {
   type SealedRootDocument,
   type UnsealMethod,
   ROOT_META_NAME,
+  ROOT_TOMBSTONE_META_NAME,
+  ROOT_DESTROYED_MESSAGE,
+  ROOT_DESTRUCTION_INTERRUPTED_MESSAGE,
+  ROOT_MISSING_MESSAGE,
   UNSEAL_KEY_BYTES,
   encodeSealedRoot,
   decodeSealedRoot,
@@ -95,8 +99,19 @@ export {
 } from './keywarden.js';
 export {
   type RewrapResult,
+  type DestroyRootOptions,
   type DestroyRootResult,
   rewrapUnderNewRoot,
   destroyRoot,
 } from './root-rotation.js';
+export {
+  type RootTombstone,
+  type RootState,
+  readRootState,
+  consentMethodOf,
+  makeRootTombstone,
+  verifyRootTombstone,
+  encodeRootTombstone,
+  decodeRootTombstone,
+} from './root-tombstone.js';
 export * as keyStoreChecks from './keystore-checks.js';

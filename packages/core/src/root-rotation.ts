@@ -8,11 +8,13 @@
  * or the new root with the new wraps, never a mix. The KEK material itself does not change, so
  * every data key and envelope made before still decrypts — under the new root.
  *
- * Destruction: the root's meta record (the sealed root) is deleted first; from that instant
- * nothing wrapped by the root can be unwrapped from this store — crypto-shredding of every KEK,
- * and so of every data key and envelope, at once. Then every version is marked destroyed, which
- * erases its wrapped material: hygiene, so the store no longer holds material that a copy of the
- * sealed root (a backup) and its unseal secret could open.
+ * Destruction: consent first (the unseal key must open the sealed root); then a tombstone is
+ * written (root-tombstone.ts), then the root's meta record (the sealed root) is deleted; from that
+ * instant nothing wrapped by the root can be unwrapped from this store — crypto-shredding of every
+ * KEK, and so of every data key and envelope, at once. Then every version is marked destroyed,
+ * which erases its wrapped material: hygiene, so the store no longer holds material that a copy of
+ * the sealed root (a backup) and its unseal secret could open. A store with neither a root nor a
+ * tombstone is damaged, not destroyed: destruction refuses it (RootMissingError).
  *
  * Other processes: a `Keywarden` still holding the OLD root refuses any KEK version it has not
  * cached, because `#loadKek` checks the version's root id (KeyStateError "wrapped by another
@@ -22,17 +24,37 @@
  * Keywarden that used the old root.
  */
 import { constantTimeEqual, wipe } from './_bytes.js';
-import { InvalidInputError, KeyStateError } from './errors.js';
+import { InvalidInputError, KeyStateError, RootMissingError } from './errors.js';
 import type { KeyStore, RootRewrap, RootUpdate } from './keystore.js';
 import { kekAad } from './keywarden.js';
+import { MemoryKeyStore } from './memory-store.js';
 import type { RootOfTrust } from './root.js';
-import { ROOT_META_NAME } from './software-root.js';
+import { encodeRootTombstone, makeRootTombstone, readRootState, verifyRootTombstone } from './root-tombstone.js';
+import {
+  encodeSealedRoot,
+  ROOT_META_NAME,
+  ROOT_MISSING_MESSAGE,
+  ROOT_TOMBSTONE_META_NAME,
+  type SealedRootDocument,
+  SoftwareRoot,
+} from './software-root.js';
 
 export interface RewrapResult {
   /** KEK versions moved to the new root. */
   rewrapped: number;
   /** Destroyed versions, left as they are (they have no material). */
   skippedDestroyed: number;
+}
+
+export interface DestroyRootOptions {
+  /**
+   * The consent: the unseal key of the root being destroyed (the development-mode key, or the key
+   * a quorum of shares combines into). It must open the sealed root, or, when an earlier
+   * destruction already deleted the root, match the tombstone. The caller wipes it.
+   */
+  unsealKey: Uint8Array;
+  /** Time recorded in the tombstone and on every version. Default: now. */
+  now?: Date;
 }
 
 export interface DestroyRootResult {
@@ -116,20 +138,37 @@ export async function rewrapUnderNewRoot(
 /**
  * Destroy the root of `store`: crypto-shredding of every key in it.
  *
- * Step 1, the one that matters: delete the sealed root (meta "root"). From that instant nothing
+ * Pre: the store has a root or the tombstone of one (else RootMissingError: a store with neither
+ * is damaged or was never initialized, and nothing is changed); `unsealKey` opens the sealed root,
+ * or matches the tombstone (else UnsealError, nothing changed). Consent is asked for even when the
+ * root is already gone: finishing an interrupted destruction erases material too.
+ * Step 1: write the tombstone (meta "root-tombstone"), authenticated under the unseal key. From
+ * here on the store reads as destroyed and SoftwareRoot.load refuses the root.
+ * Step 2, the one that matters: delete the sealed root (meta "root"). From that instant nothing
  * under the root can be recovered from this store, whoever holds the unseal secret.
- * Step 2, hygiene: mark every version that is not yet destroyed `destroyed`, which erases its
+ * Step 3, hygiene: mark every version that is not yet destroyed `destroyed`, which erases its
  * wrapped material in the store.
  *
- * Idempotent: when interrupted between or during the steps, call it again to finish step 2.
- * What it cannot reach: backups of the store (which hold the sealed root and the wraps; §5.5 of
- * docs/threat-model.md), and processes that still hold the unsealed root or cached KEKs — seal or
- * stop them. A hardware root's key lives in the device and is destroyed there, not by this call.
+ * Idempotent: when interrupted between or during the steps, call it again (with the same consent)
+ * to finish. What it cannot reach: backups of the store (which hold the sealed root and the wraps;
+ * §5.5 of docs/threat-model.md), and processes that still hold the unsealed root or cached KEKs —
+ * seal or stop them. A hardware root's key lives in the device and is destroyed there.
  *
- * Callers gate it: @keywarden/split-knowledge's `destroyRootWithQuorum` requires a quorum first.
+ * @keywarden/split-knowledge's `destroyRootWithQuorum` combines a quorum into the unseal key and
+ * calls this.
  */
-export async function destroyRoot(store: KeyStore, now: Date = new Date()): Promise<DestroyRootResult> {
-  await store.deleteMeta(ROOT_META_NAME);
+export async function destroyRoot(store: KeyStore, options: DestroyRootOptions): Promise<DestroyRootResult> {
+  const now = options.now ?? new Date();
+  const state = await readRootState(store);
+  if (state.state === 'missing') throw new RootMissingError(ROOT_MISSING_MESSAGE);
+  if (state.state === 'present') {
+    await checkUnsealKeyOpens(state.document, options.unsealKey);
+    const tombstone = makeRootTombstone(state.document, options.unsealKey, now);
+    await store.putMeta(ROOT_TOMBSTONE_META_NAME, encodeRootTombstone(tombstone));
+    await store.deleteMeta(ROOT_META_NAME);
+  } else {
+    verifyRootTombstone(state.tombstone, options.unsealKey);
+  }
   let destroyed = 0;
   let alreadyDestroyed = 0;
   for (const key of await store.listKeys()) {
@@ -144,4 +183,17 @@ export async function destroyRoot(store: KeyStore, now: Date = new Date()): Prom
     }
   }
   return { destroyed, alreadyDestroyed };
+}
+
+/** UnsealError unless `unsealKey` opens `doc`; a private in-memory copy, nothing in use is touched. */
+async function checkUnsealKeyOpens(doc: SealedRootDocument, unsealKey: Uint8Array): Promise<void> {
+  const scratch = new MemoryKeyStore();
+  await scratch.putMeta(ROOT_META_NAME, encodeSealedRoot(doc));
+  const probe = await SoftwareRoot.load(scratch);
+  try {
+    await probe.unseal(unsealKey);
+  } finally {
+    await probe.close();
+    await scratch.close();
+  }
 }

@@ -18,6 +18,8 @@ import {
   InvalidInputError,
   KeystoreSealedError,
   KeyStoreError,
+  RootDestroyedError,
+  RootMissingError,
   UnsealError,
 } from './errors.js';
 import type { KeyStore } from './keystore.js';
@@ -25,6 +27,13 @@ import { nodeRandom, type RandomSource } from './random.js';
 import type { RootDescription, RootOfTrust, Sealable } from './root.js';
 
 export const ROOT_META_NAME = 'root';
+/** Written by a root destruction before the sealed root is deleted (root-tombstone.ts). */
+export const ROOT_TOMBSTONE_META_NAME = 'root-tombstone';
+export const ROOT_DESTROYED_MESSAGE = 'root: the root of this key store was destroyed: nothing in it can be unwrapped';
+export const ROOT_DESTRUCTION_INTERRUPTED_MESSAGE =
+  'root: the destruction of this root was started and not finished: the root may no longer be used; run the destruction again to finish it';
+export const ROOT_MISSING_MESSAGE =
+  'root: this key store has no root and no record of a root destruction: it is damaged or was never initialized, not destroyed; nothing was changed (check it, e.g. PRAGMA integrity_check and REINDEX for SQLite, or restore it from a backup)';
 export const UNSEAL_KEY_BYTES = 32;
 const WRAP_FORMAT = 0x01;
 const WRAP_DOMAIN = utf8.encode('keywarden/software-root/kek-wrap/v1');
@@ -49,8 +58,8 @@ export interface SealedRootDocument {
   wrappedRoot: string;
 }
 
-/** Deterministic JSON (sorted keys) so the associated data is reproducible. */
-function canonicalJson(value: unknown): string {
+/** Deterministic JSON (sorted keys) so the associated data is reproducible. @internal */
+export function canonicalJson(value: unknown): string {
   if (Array.isArray(value)) return `[${value.map(canonicalJson).join(',')}]`;
   if (value !== null && typeof value === 'object') {
     const entries = Object.entries(value as Record<string, unknown>)
@@ -143,6 +152,7 @@ export class SoftwareRoot implements RootOfTrust, Sealable {
   ): Promise<SoftwareRoot> {
     checkUnsealKey(options.unsealKey);
     if (await store.getMeta(ROOT_META_NAME)) throw new KeyStoreError('root: this key store already has a root');
+    if (await store.getMeta(ROOT_TOMBSTONE_META_NAME)) throw new RootDestroyedError(ROOT_DESTROYED_MESSAGE);
     const root = await SoftwareRoot.#create(options);
     try {
       await store.putMeta(ROOT_META_NAME, encodeSealedRoot(root.#doc));
@@ -214,7 +224,11 @@ export class SoftwareRoot implements RootOfTrust, Sealable {
   /** Load the sealed root from a store. It starts sealed. */
   static async load(store: KeyStore, options: { random?: RandomSource } = {}): Promise<SoftwareRoot> {
     const bytes = await store.getMeta(ROOT_META_NAME);
-    if (!bytes) throw new KeyStoreError('root: this key store has no root (it was destroyed, or never initialized)');
+    // Never infer "destroyed" from "not found": a destruction leaves a tombstone (root-tombstone.ts).
+    if (await store.getMeta(ROOT_TOMBSTONE_META_NAME)) {
+      throw new RootDestroyedError(bytes ? ROOT_DESTRUCTION_INTERRUPTED_MESSAGE : ROOT_DESTROYED_MESSAGE);
+    }
+    if (!bytes) throw new RootMissingError(ROOT_MISSING_MESSAGE);
     return new SoftwareRoot(decodeSealedRoot(bytes), options.random ?? nodeRandom);
   }
 

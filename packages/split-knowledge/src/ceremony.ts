@@ -17,6 +17,7 @@
  *    operator with a running process is not a quorum).
  */
 import {
+  consentMethodOf,
   type DestroyRootResult,
   decodeSealedRoot,
   destroyRoot,
@@ -26,6 +27,7 @@ import {
   KeyStoreError,
   MemoryKeyStore,
   ROOT_META_NAME,
+  readRootState,
   rewrapUnderNewRoot,
   type SealedRootDocument,
   SoftwareRoot,
@@ -378,6 +380,15 @@ export async function destroyRootWithQuorum(
   store: KeyStore,
   shares: readonly string[] | readonly ParsedShare[],
 ): Promise<DestroyRootResult> {
-  await requireQuorum(store, shares);
-  return destroyRoot(store);
+  // Consent even when an earlier, interrupted destruction already deleted the root: core checks the
+  // combined key against the root, else its tombstone, and refuses a store with neither (damaged).
+  const method = requireShamir({ unseal: consentMethodOf(await readRootState(store)) } as SealedRootDocument, 'quorum');
+  const key = await combineShares(shares, expectationOf(method));
+  try {
+    return await destroyRoot(store, { unsealKey: key });
+  } catch (err) {
+    throw UnsealError.isInstance(err) ? forgedShareError() : err;
+  } finally {
+    wipe(key);
+  }
 }

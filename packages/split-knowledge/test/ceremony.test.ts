@@ -8,6 +8,7 @@ import {
   Keywarden,
   kekAad,
   MemoryKeyStore,
+  ROOT_DESTROYED_MESSAGE,
   ROOT_META_NAME,
   SoftwareRoot,
 } from '@keywarden/core';
@@ -483,10 +484,12 @@ describe('root rotation and root destruction (quorum-gated)', () => {
       expect(v.state).toBe('destroyed');
       expect(v.wrappedMaterial).toHaveLength(0);
     }
-    await expectKwError(() => SoftwareRoot.load(c.store), 'KW_STORE', NO_ROOT);
+    await expectKwError(() => SoftwareRoot.load(c.store), 'KW_ROOT_DESTROYED', ROOT_DESTROYED_MESSAGE);
     await expectKwError(() => requireQuorum(c.store, c.shares.slice(0, 3)), 'KW_STORE', NO_ROOT);
     await expectKwError(() => rotateRoot(c.store, c.shares.slice(0, 3)), 'KW_STORE', NO_ROOT);
-    await expectKwError(() => destroyRootWithQuorum(c.store, c.shares.slice(0, 3)), 'KW_STORE', NO_ROOT);
+    // Destroying again asks for the quorum again (checked against the tombstone), and has nothing left to erase.
+    await expectKwError(() => destroyRootWithQuorum(c.store, c.shares.slice(0, 2)), 'KW_SHARE', /need 1 more/);
+    expect(await destroyRootWithQuorum(c.store, c.shares.slice(0, 3))).toEqual({ destroyed: 0, alreadyDestroyed: 2 });
     // Even a root loaded before the destruction and unsealed by a quorum decrypts nothing: the
     // KEK material in the store is gone.
     await unsealWithShares(loadedBefore, c.shares.slice(0, 3));

@@ -12,12 +12,26 @@
  * - `secure_delete=ON` zeroes freed content, and destroying a version, deleting a meta record
  *   and replacing the root checkpoint and truncate the WAL, so erased material (and a deleted or
  *   replaced sealed root) does not linger in the database or WAL files;
- * - files are created owner-only (0600).
+ * - files are created owner-only (0600);
+ * - opening checks the file: `PRAGMA quick_check` over the whole file, and the full
+ *   `integrity_check` of the meta table (its index decides whether the sealed root is "there"):
+ *   a damaged file is a StoreCorruptError, never an empty answer read as "destroyed";
+ * - `create: false` opens only an existing Keywarden key store: an empty or foreign file is a
+ *   StoreCorruptError, and nothing is created or migrated (read-only opens imply it);
+ * - a long-lived connection checks, at the start of each write transaction, that the database
+ *   file and its WAL are still the files it opened (device and inode; one stat each): a file
+ *   deleted, moved or replaced underneath is a StoreReplacedError, never a write into a file
+ *   nobody will read again; and every open refuses a store whose WAL was deleted while another
+ *   process holds it (a -shm file without its -wal);
+ * - each committed write is followed by a passive checkpoint, so the database file itself holds
+ *   every acknowledged write and a lost WAL loses nothing that was acknowledged;
+ * - SQLite's I/O errors on a full disk are reported as "no space left on device".
  *
  * better-sqlite3 is synchronous; the KeyStore methods stay async (and report every failure as a
  * rejection) so callers do not depend on that.
  */
-import { chmodSync, closeSync, existsSync, openSync } from 'node:fs';
+import { chmodSync, closeSync, existsSync, openSync, statfsSync, statSync } from 'node:fs';
+import { dirname } from 'node:path';
 import {
   ClosedError,
   InvalidInputError,
@@ -32,6 +46,8 @@ import {
   type KeyVersionState,
   keyStoreChecks as checks,
   type RootUpdate,
+  StoreCorruptError,
+  StoreReplacedError,
 } from '@keywarden/core';
 import Database from 'better-sqlite3';
 import { APPLICATION_ID, MIGRATIONS, SCHEMA_VERSION, SCHEMA_VERSION_TABLE } from './_schema.js';
@@ -41,6 +57,12 @@ export { SCHEMA_VERSION } from './_schema.js';
 export interface SqliteKeyStoreOptions {
   /** Open for reading only: the file must exist and be at the current schema version. */
   readonly?: boolean;
+  /**
+   * Create (and initialize) the key store when the file is missing or empty. Default true for a
+   * read-write open, always false read-only. With false, the file must already be a Keywarden key
+   * store: a missing file is a KeyStoreError, an empty or foreign file a StoreCorruptError.
+   */
+  create?: boolean;
   /** How long a write waits for another connection's write lock before failing. Default 5000 ms. */
   busyTimeoutMs?: number;
 }
@@ -142,15 +164,24 @@ function prepare(db: Db) {
 
 type Statements = ReturnType<typeof prepare>;
 
+/** Which files a connection opened: checked before each write (see the file comment). */
+interface FileIdentity {
+  path: string;
+  db: FileId;
+  wal: FileId | undefined;
+}
+
 export class SqliteKeyStore implements KeyStore {
   #db: Db | undefined;
   readonly #sql: Statements;
   readonly #readonly: boolean;
+  readonly #identity: FileIdentity | undefined;
 
-  private constructor(db: Db, readonly: boolean) {
+  private constructor(db: Db, readonly: boolean, identity: FileIdentity | undefined) {
     this.#db = db;
     this.#readonly = readonly;
     this.#sql = prepare(db);
+    this.#identity = identity;
   }
 
   /**
@@ -168,21 +199,26 @@ export class SqliteKeyStore implements KeyStore {
       throw new KeyStoreError('keystore: busyTimeoutMs must be a non-negative integer');
     }
     const inMemory = path === ':memory:';
-    if (!inMemory && !readonly) createOwnerOnly(path);
+    const create = !readonly && (options.create ?? true);
+    if (!inMemory) {
+      if (create) createOwnerOnly(path);
+      else requireExistingFile(path);
+      refuseDeletedWal(path);
+    }
 
     let db: Db;
     try {
       db = new Database(path, { readonly, fileMustExist: readonly || !inMemory, timeout: busyTimeoutMs });
     } catch (err) {
-      throw storeError('open', err);
+      throw storeError('open', err, path);
     }
     try {
-      configure(db, readonly, busyTimeoutMs);
+      configure(db, { readonly, create, busyTimeoutMs, check: !inMemory });
       if (!inMemory && !readonly) restrictSidecarFiles(path);
-      return new SqliteKeyStore(db, readonly);
+      return new SqliteKeyStore(db, readonly, inMemory || readonly ? undefined : identityOf(path));
     } catch (err) {
       db.close();
-      throw KeywardenError.isInstance(err) ? err : storeError('open', err);
+      throw KeywardenError.isInstance(err) ? err : storeError('open', err, path);
     }
   }
 
@@ -386,13 +422,24 @@ export class SqliteKeyStore implements KeyStore {
     return db;
   }
 
-  /** Runs `body` in one IMMEDIATE transaction; any throw rolls the whole write back. */
+  /**
+   * Runs `body` in one IMMEDIATE transaction; any throw rolls the whole write back. First, the
+   * files must still be the ones this connection opened; after the commit, a passive checkpoint
+   * copies the write into the database file (best effort: a reader may hold it back, and the
+   * write is durable in the WAL either way).
+   */
   #write(operation: string, body: () => void): void {
     const db = this.#open();
+    if (this.#identity) checkIdentity(this.#identity, operation);
     try {
       db.transaction(body).immediate();
     } catch (err) {
-      throw KeywardenError.isInstance(err) ? err : storeError(operation, err);
+      throw KeywardenError.isInstance(err) ? err : storeError(operation, err, this.#identity?.path);
+    }
+    try {
+      if (this.#identity) db.pragma('wal_checkpoint(PASSIVE)');
+    } catch {
+      // Deliberately ignored: the write has committed (see above).
     }
   }
 
@@ -401,12 +448,69 @@ export class SqliteKeyStore implements KeyStore {
     try {
       return body();
     } catch (err) {
-      throw KeywardenError.isInstance(err) ? err : storeError(operation, err);
+      throw KeywardenError.isInstance(err) ? err : storeError(operation, err, this.#identity?.path);
     }
   }
 }
 
 // ── Opening ────────────────────────────────────────────────────────────────────────────────────
+
+function requireExistingFile(path: string): void {
+  try {
+    if (statSync(path).isFile()) return;
+  } catch (err) {
+    const code = (err as NodeJS.ErrnoException).code;
+    if (code !== 'ENOENT' && code !== 'ENOTDIR') throw storeError('open', err);
+  }
+  throw new KeyStoreError('keystore: no key store file at this path (nothing was created)');
+}
+
+/**
+ * SQLite deletes a database's -wal and -shm files together when its last connection closes, and
+ * a crash leaves both. A -shm without its -wal means the WAL was deleted under a connection that
+ * is still open: that process holds committed writes in a file nobody else can see, and a new
+ * WAL beside it would fork the database. Re-checked for a moment first, so that the instant in
+ * which a closing connection has removed the one file and not yet the other is not mistaken.
+ */
+function refuseDeletedWal(path: string): void {
+  for (let attempt = 0; ; attempt++) {
+    if (!existsSync(`${path}-shm`) || existsSync(`${path}-wal`)) return;
+    if (attempt === 5) break;
+    Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 20);
+  }
+  throw new StoreReplacedError(
+    'keystore: the WAL file (-wal) of this key store was deleted while another process still has it open; nothing was changed. Stop every process using the key store (the agent, applications), then open it again',
+  );
+}
+
+type FileId = { dev: number; ino: number };
+
+function fileId(file: string): FileId | undefined {
+  try {
+    const st = statSync(file);
+    return { dev: st.dev, ino: st.ino };
+  } catch {
+    return undefined;
+  }
+}
+
+function identityOf(path: string): FileIdentity {
+  const db = fileId(path);
+  if (!db) throw new StoreReplacedError('keystore: the database file disappeared while it was being opened');
+  return { path, db, wal: fileId(`${path}-wal`) };
+}
+
+/** The files under the connection must still be the ones it opened (device and inode). */
+function checkIdentity(opened: FileIdentity, operation: string): void {
+  const same = (a: FileId | undefined, b: FileId | undefined) =>
+    a !== undefined && b !== undefined && a.dev === b.dev && a.ino === b.ino;
+  const walOk = opened.wal === undefined || same(fileId(`${opened.path}-wal`), opened.wal);
+  if (!same(fileId(opened.path), opened.db) || !walOk) {
+    throw new StoreReplacedError(
+      `keystore: ${operation}: the database file or its WAL is no longer the one this process opened (deleted, moved or replaced); nothing was written. Stop this process and start it again`,
+    );
+  }
+}
 
 /** Create the database file owner-only before SQLite opens it (SQLite would use 0644 & ~umask). */
 function createOwnerOnly(path: string): void {
@@ -435,15 +539,26 @@ function restrictSidecarFiles(path: string): void {
   }
 }
 
-function configure(db: Db, readonly: boolean, busyTimeoutMs: number): void {
+function configure(
+  db: Db,
+  options: { readonly: boolean; create: boolean; busyTimeoutMs: number; check: boolean },
+): void {
+  const { readonly, busyTimeoutMs } = options;
   db.pragma(`busy_timeout = ${busyTimeoutMs}`);
   // Identify the file before changing anything in it: never convert someone else's database.
   const appId = Number(db.pragma('application_id', { simple: true }));
   const hasVersionTable = tableExists(db, 'schema_version');
   if (appId !== APPLICATION_ID && (appId !== 0 || hasVersionTable || userTableCount(db) > 0)) {
-    throw new KeyStoreError('keystore: the file is not a Keywarden key store');
+    throw new StoreCorruptError("keystore: the file is not a Keywarden key store (another program's SQLite database)");
+  }
+  if (!options.create && (appId !== APPLICATION_ID || !hasVersionTable)) {
+    // An empty (zero-length) file, or a SQLite file with nothing in it: never initialized here.
+    throw new StoreCorruptError(
+      'keystore: the file is empty, not a Keywarden key store: it was never initialized, or was truncated; restore it from a backup (nothing was changed)',
+    );
   }
   checkNotNewer(schemaVersionOf(db));
+  if (options.check) checkIntegrity(db);
 
   db.pragma('foreign_keys = ON');
   db.pragma('trusted_schema = OFF');
@@ -482,6 +597,35 @@ function migrate(db: Db): void {
       record.run(migration.version, Date.now());
     }
   }).immediate();
+}
+
+/**
+ * The cheap checks on open (https://sqlite.org/pragma.html#pragma_quick_check): `quick_check` walks
+ * every page of the file (O(N), no index-against-table comparison), and the full `integrity_check`
+ * of the meta table alone compares it with its index — the index by which the sealed root and its
+ * tombstone are looked up, so that a broken index is reported as damage, not as "no root".
+ */
+function checkIntegrity(db: Db): void {
+  const problems = [
+    ...(db.pragma('quick_check(1)') as Array<{ quick_check: string }>).map((r) => r.quick_check),
+    ...(tableExists(db, 'meta')
+      ? (db.pragma('integrity_check(meta)') as Array<{ integrity_check: string }>).map((r) => r.integrity_check)
+      : []),
+  ].filter((line) => line !== 'ok');
+  if (problems.length > 0) throw corruptError(problems[0] as string);
+}
+
+function corruptError(detail: string, cause?: unknown): StoreCorruptError {
+  // SQLite's integrity messages name pages, rows and indexes, never values; keep one short line.
+  const what = detail
+    .replace(/\*\*\* in database \w+ \*\*\*/g, '')
+    .replace(/\s+/g, ' ')
+    .trim()
+    .slice(0, 160);
+  return new StoreCorruptError(
+    `keystore: the database file is damaged (${what}); nothing was changed. Check it with \`sqlite3 FILE 'PRAGMA integrity_check'\`, rebuild damaged indexes with \`REINDEX\`, or restore it from a backup`,
+    cause === undefined ? undefined : { cause },
+  );
 }
 
 function checkNotNewer(version: number): void {
@@ -602,8 +746,22 @@ function copyOut(blob: Buffer): Uint8Array {
  * the SQLite result code only: SQLite messages can quote SQL, and no value belongs in a message.
  * The constraint codes are a backstop: the methods check existence themselves first.
  */
-function storeError(operation: string, err: unknown): KeywardenError {
+function storeError(operation: string, err: unknown, path?: string): KeywardenError {
   const code = sqliteCode(err);
+  if (code !== undefined && (code.startsWith('SQLITE_CORRUPT') || code === 'SQLITE_NOTADB')) {
+    return code === 'SQLITE_NOTADB'
+      ? new StoreCorruptError(
+          `keystore: ${operation}: the file is not a SQLite database (not a Keywarden key store, or damaged beyond opening); restore it from a backup`,
+          { cause: err },
+        )
+      : corruptError(`${operation}: ${code}`, err);
+  }
+  if (code === 'SQLITE_FULL' || (code?.startsWith('SQLITE_IOERR') && path !== undefined && diskFull(path))) {
+    return new KeyStoreError(
+      `keystore: ${operation}: no space left on device (the disk holding the key store is full; ${code}); nothing was changed — free some space and try again`,
+      { cause: err },
+    );
+  }
   if (code === 'SQLITE_CONSTRAINT_PRIMARYKEY' || code === 'SQLITE_CONSTRAINT_UNIQUE') {
     return new KeyExistsError(`keystore: ${operation}: the key or version already exists`, { cause: err });
   }
@@ -616,6 +774,20 @@ function storeError(operation: string, err: unknown): KeywardenError {
     return new KeyStoreError(`keystore: ${operation} failed (${errno})`, { cause: err });
   }
   return new KeyStoreError(`keystore: ${operation} failed`, { cause: err });
+}
+
+/**
+ * Whether the file system holding `path` is out of space. SQLite reports a full disk as
+ * SQLITE_FULL when it sees ENOSPC on a write, but as an I/O error (SQLITE_IOERR_SHMSIZE,
+ * _WRITE, _FSYNC…) when the space runs out while growing the -shm or syncing: look, then.
+ */
+function diskFull(path: string): boolean {
+  try {
+    const fs = statfsSync(dirname(path));
+    return fs.bavail * fs.bsize < 64 * 1024;
+  } catch {
+    return false;
+  }
 }
 
 function sqliteCode(err: unknown): string | undefined {

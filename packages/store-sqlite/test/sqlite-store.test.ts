@@ -1,6 +1,18 @@
-import { type ChildProcess, spawn } from 'node:child_process';
+import { type ChildProcess, spawn, spawnSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { existsSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import {
+  closeSync,
+  existsSync,
+  mkdirSync,
+  mkdtempSync,
+  openSync,
+  readFileSync,
+  renameSync,
+  rmSync,
+  statSync,
+  writeFileSync,
+  writeSync,
+} from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { createInterface } from 'node:readline';
@@ -229,6 +241,166 @@ describe('SqliteKeyStore', () => {
     rmSync(dir, { recursive: true, force: true });
   });
 
+  describe('damaged, empty, replaced and full (issue 6)', () => {
+    /** A closed store (WAL folded into the file) with a sealed-root-like meta record and a key. */
+    async function closedStore(): Promise<void> {
+      const store = open();
+      await store.putMeta('root', Uint8Array.of(1, 2, 3));
+      await store.createKey(keyRecord('kek_a', 'alpha'), versionRecord('kek_a', 1));
+      await store.close();
+      expect(existsSync(`${path}-wal`)).toBe(false);
+    }
+
+    function fileDigest(): string {
+      return readFileSync(path).toString('base64');
+    }
+
+    it('open checks the file: a meta index that lost its entries (the root would read as "not found") is StoreCorruptError (KW_STORE_CORRUPT) read-write and read-only, pointing at integrity_check, REINDEX and backups; nothing changes', async () => {
+      await closedStore();
+      // Damage the meta table's index the way a torn write would: its leaf page says it holds no cells.
+      const raw = new Database(path, { readonly: true });
+      const rootpage = raw
+        .prepare("SELECT rootpage FROM sqlite_schema WHERE name = 'sqlite_autoindex_meta_1'")
+        .pluck()
+        .get() as number;
+      const pageSize = raw.pragma('page_size', { simple: true }) as number;
+      raw.close();
+      const bytes = readFileSync(path);
+      const header = (rootpage - 1) * pageSize + (rootpage === 1 ? 100 : 0);
+      expect(bytes[header]).toBe(0x0a); // a leaf index b-tree page
+      bytes.writeUInt16BE(0, header + 3);
+      writeFileSync(path, bytes);
+      // The failure this prevents: through the index, the record is simply not there.
+      const probe = new Database(path, { readonly: true });
+      expect(probe.prepare("SELECT count(*) FROM meta WHERE name = 'root'").pluck().get()).toBe(0);
+      expect(probe.prepare("SELECT count(*) FROM meta NOT INDEXED WHERE name = 'root'").pluck().get()).toBe(1);
+      probe.close();
+      const before = fileDigest();
+      for (const options of [{}, { create: false }, { readonly: true }]) {
+        const err = errorOf(() => open(options));
+        expect(err.code).toBe('KW_STORE_CORRUPT');
+        expect(err.message).toMatch(
+          /^keystore: the database file is damaged \((Fragmentation|.*sqlite_autoindex_meta_1).*\); nothing was changed\. Check it with `sqlite3 FILE 'PRAGMA integrity_check'`, rebuild damaged indexes with `REINDEX`, or restore it from a backup$/,
+        );
+      }
+      expect(fileDigest()).toBe(before);
+      // REINDEX, as the message says, brings everything back.
+      const repair = new Database(path);
+      repair.exec('REINDEX');
+      repair.close();
+      const store = open({ create: false });
+      expect(Array.from((await store.getMeta('root')) ?? [])).toEqual([1, 2, 3]);
+    });
+
+    it('an empty (zero-length) file: create:false and read-only opens are StoreCorruptError and leave it zero bytes with no -wal or -shm; a missing file with create:false is KeyStoreError and is not created', () => {
+      writeFileSync(path, '');
+      for (const options of [{ create: false }, { readonly: true }]) {
+        const err = errorOf(() => open(options));
+        expect(err.code).toBe('KW_STORE_CORRUPT');
+        expect(err.message).toBe(
+          'keystore: the file is empty, not a Keywarden key store: it was never initialized, or was truncated; restore it from a backup (nothing was changed)',
+        );
+        expect(statSync(path).size).toBe(0);
+        expect(existsSync(`${path}-wal`)).toBe(false);
+        expect(existsSync(`${path}-shm`)).toBe(false);
+      }
+      rmSync(path);
+      const err = errorOf(() => open({ create: false }));
+      expect(err.code).toBe('KW_STORE');
+      expect(existsSync(path)).toBe(false);
+    });
+
+    it('a file of random bytes is StoreCorruptError ("not a SQLite database") and is left as it was', () => {
+      const junk = randomBytes(8192);
+      writeFileSync(path, junk);
+      for (const options of [{}, { create: false }, { readonly: true }]) {
+        const err = errorOf(() => open(options));
+        expect(err.code).toBe('KW_STORE_CORRUPT');
+        expect(err.message).toMatch(/^keystore: open: the file is not a SQLite database/);
+      }
+      expect(readFileSync(path).equals(junk)).toBe(true);
+    });
+
+    it('the WAL deleted under an open store: its next write is StoreReplacedError (KW_STORE_REPLACED), every new open refuses, and once it closes nothing it acknowledged is lost', async () => {
+      const a = open();
+      await a.createKey(keyRecord('kek_a', 'alpha'), versionRecord('kek_a', 1));
+      rmSync(`${path}-wal`);
+      const err = await a.putMeta('root', Uint8Array.of(9)).then(
+        () => undefined,
+        (e: Error & { code?: string }) => e,
+      );
+      expect(err?.code).toBe('KW_STORE_REPLACED');
+      expect(err?.message).toMatch(
+        /^keystore: putMeta: the database file or its WAL is no longer the one this process opened/,
+      );
+      for (const options of [{}, { readonly: true }]) {
+        const refused = errorOf(() => open(options));
+        expect(refused.code).toBe('KW_STORE_REPLACED');
+        expect(refused.message).toMatch(
+          /^keystore: the WAL file \(-wal\) of this key store was deleted while another process still has it open/,
+        );
+      }
+      await a.close();
+      const b = open({ create: false });
+      expect((await b.getKey('alpha'))?.id).toBe('kek_a');
+      expect(await b.getMeta('root')).toBeUndefined();
+    });
+
+    it('the database file replaced under an open store (a restore moved over it): the next write is StoreReplacedError and goes nowhere', async () => {
+      const a = open();
+      await a.createKey(keyRecord('kek_a', 'alpha'), versionRecord('kek_a', 1));
+      const other = join(dir, 'other.db');
+      const o = SqliteKeyStore.open(other);
+      await o.close();
+      renameSync(other, path);
+      const err = await a.createKey(keyRecord('kek_b', 'beta'), versionRecord('kek_b', 1)).then(
+        () => undefined,
+        (e: Error & { code?: string }) => e,
+      );
+      expect(err?.code).toBe('KW_STORE_REPLACED');
+    });
+
+    const canMount = process.getuid?.() === 0 && process.platform === 'linux';
+    // Reason for the skip: filling a disk needs a small file system of its own (a tmpfs mounted by root).
+    it.skipIf(!canMount)(
+      'a full disk is reported as "no space left on device", not as an SQLite I/O code; nothing is half-written',
+      async () => {
+        const mnt = join(dir, 'small');
+        mkdirSync(mnt);
+        const mounted = spawnSync('mount', ['-t', 'tmpfs', '-o', 'size=256k', 'tmpfs', mnt]);
+        if (mounted.status !== 0) return; // a container without CAP_SYS_ADMIN: nothing to fill
+        try {
+          const store = SqliteKeyStore.open(join(mnt, 'keys.db'));
+          const fd = openSync(join(mnt, 'fill'), 'w');
+          try {
+            for (;;) writeSync(fd, Buffer.alloc(4096));
+          } catch (e) {
+            expect((e as NodeJS.ErrnoException).code).toBe('ENOSPC');
+          }
+          closeSync(fd);
+          let err: (Error & { code?: string }) | undefined;
+          for (let i = 0; i < 200 && !err; i++) {
+            err = await store.putMeta(`m${i}`, new Uint8Array(3000)).then(
+              () => undefined,
+              (e: Error & { code?: string }) => e,
+            );
+          }
+          expect(err?.code).toBe('KW_STORE');
+          expect(err?.message).toMatch(
+            /^keystore: putMeta: no space left on device \(the disk holding the key store is full; SQLITE_[A-Z_]+\); nothing was changed/,
+          );
+          await store.close().catch(() => {});
+          rmSync(join(mnt, 'fill'));
+          const reopened = SqliteKeyStore.open(join(mnt, 'keys.db'), { create: false });
+          expect((await reopened.listKeys()).length).toBe(0);
+          await reopened.close();
+        } finally {
+          spawnSync('umount', [mnt]);
+        }
+      },
+    );
+  });
+
   describe('persistence and schema', () => {
     it('keys, versions, states and meta persist across close and reopen', async () => {
       const store = open();
@@ -280,8 +452,8 @@ describe('SqliteKeyStore', () => {
       db.exec('CREATE TABLE notes (body TEXT)');
       db.close();
       const err = errorOf(() => open());
-      expect(err.code).toBe('KW_STORE');
-      expect(err.message).toBe('keystore: the file is not a Keywarden key store');
+      expect(err.code).toBe('KW_STORE_CORRUPT');
+      expect(err.message).toBe("keystore: the file is not a Keywarden key store (another program's SQLite database)");
       const after = new Database(path, { readonly: true });
       expect(after.pragma('journal_mode', { simple: true })).toBe('delete');
       expect(after.prepare("SELECT name FROM sqlite_schema WHERE type = 'table'").pluck().all()).toEqual(['notes']);

@@ -106,14 +106,21 @@ older versions remain enabled. Rotation bounds how much data one KEK version eve
     });
 }
 
-/** After `root destroy`, say so (on stderr, so --json output stays clean): the keys are unusable. */
+/**
+ * After `root destroy` (the store holds its tombstone), say so on stderr, so --json output stays
+ * clean: the keys are unusable. Never said of a store that merely lacks its root record: that one
+ * is damaged, and opening it already failed with a pointer to recovery.
+ */
 async function noteMissingRoot(io: CliIO, kw: Keywarden, keys: readonly KeyInfo[]): Promise<void> {
   if (!(kw.root instanceof MissingRoot)) return;
   const live = keys.reduce((n, k) => n + k.versions.filter((v) => v.state !== 'destroyed').length, 0);
+  const what = kw.root.interrupted
+    ? 'the destruction of the root of this key store was started and not finished: the root may no longer be used'
+    : 'the root of this key store was destroyed (its tombstone says so): nothing in it can be unwrapped';
   await print(
     io.stderr,
-    live === 0
-      ? 'keywarden: this key store has no root (it was destroyed): every key version is destroyed\n'
-      : `keywarden: this key store has no root (it was destroyed): nothing in it can be unwrapped, but ${live} key versions still hold wrapped material; run \`keywarden root destroy --yes-destroy-every-key\` to erase it\n`,
+    live === 0 && !kw.root.interrupted
+      ? `keywarden: ${what}; every key version is destroyed\n`
+      : `keywarden: ${what}; ${live} key versions still hold wrapped material: run \`keywarden root destroy --yes-destroy-every-key\` with a quorum of the shares (or the unseal key in development mode) to finish\n`,
   );
 }

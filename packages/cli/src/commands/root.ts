@@ -103,15 +103,14 @@ Example:
       if (!opts.yesDestroyEveryKey) throw destroyNeedsConfirmation();
       const loc = locationOf(cmd, io);
       const r = await destroyRootStoreDir(io, loc, operationOptions(opts, cmd));
-      const lines =
-        r.mode === 'root-missing'
-          ? [
-              `The key store in ${loc.display} had no root any more (destroyed earlier); ${count(r.destroyed, 'remaining key version')} destroyed now (wrapped material erased).`,
-            ]
-          : [
-              `Destroyed the root of the key store in ${loc.display} (${r.rootId}): the sealed root is deleted and ${count(r.destroyed, 'key version')} destroyed (wrapped material erased).`,
-              'Nothing encrypted under this key store can be decrypted any more. Backups of the key store still hold the root: destroy them too.',
-            ];
+      const lines = r.resumed
+        ? [
+            `The root of the key store in ${loc.display} (${r.rootId}) was already destroyed by an earlier, interrupted destruction; ${count(r.destroyed, 'remaining key version')} destroyed now (wrapped material erased).`,
+          ]
+        : [
+            `Destroyed the root of the key store in ${loc.display} (${r.rootId}): the sealed root is deleted and ${count(r.destroyed, 'key version')} destroyed (wrapped material erased).`,
+            'Nothing encrypted under this key store can be decrypted any more. Backups of the key store still hold the root: destroy them too.',
+          ];
       lines.push(...agentLines(r.agent, 'destroy'));
       await print(io.stdout, `${lines.join('\n')}\n`);
       await warnUnreachable(r.agent, io);

@@ -1,0 +1,188 @@
+/**
+ * Damaged, empty and foreign key-store files, through the built CLI as a user runs it (issue 6,
+ * items 3 and 8): a damaged store is reported as damaged, never as "destroyed"; destroy is
+ * never possible without consent, and never on a store whose root cannot be read; read-only
+ * commands never create, initialize or migrate a file; nothing is changed by any refusal.
+ */
+import { createHash } from 'node:crypto';
+import { existsSync, readFileSync, statSync, truncateSync, writeFileSync } from 'node:fs';
+import { createRequire } from 'node:module';
+import * as path from 'node:path';
+import { encodeUnsealKey } from '@keywarden/core';
+import { describe, expect, it } from 'vitest';
+import { tempDir } from './helpers.js';
+import { built, kw, requireBuild } from './split-helpers.js';
+
+requireBuild('damaged-store.test.ts');
+
+// better-sqlite3 is store-sqlite's dependency; the test reaches it from there to damage a file
+// the way a user with the sqlite3 shell would (no second copy, no mock).
+const storeRequire = createRequire(createRequire(import.meta.url).resolve('@keywarden/store-sqlite/package.json'));
+const Database = storeRequire('better-sqlite3') as typeof import('better-sqlite3');
+
+const DB = path.join('.keywarden', 'keystore.db');
+const DAMAGED =
+  /^keywarden: keystore: the database file is damaged \(.+\); nothing was changed\. Check it with .*PRAGMA integrity_check.*REINDEX.*restore it from a backup$/;
+const MISSING =
+  'keywarden: root: this key store has no root and no record of a root destruction: it is damaged or was never initialized, not destroyed; nothing was changed (check it, e.g. PRAGMA integrity_check and REINDEX for SQLite, or restore it from a backup)';
+const EMPTY =
+  'keywarden: keystore: the file is empty, not a Keywarden key store: it was never initialized, or was truncated; restore it from a backup (nothing was changed)';
+
+function lines(stderr: string): string[] {
+  return stderr.split('\n').filter((l) => l.length > 0);
+}
+
+function digest(file: string): string {
+  return createHash('sha256').update(readFileSync(file)).digest('hex');
+}
+
+/** A development-mode store with three keys and one envelope; every file checkpointed and closed. */
+async function store(): Promise<{ cwd: string; envelope: string }> {
+  const cwd = await tempDir();
+  expect((await kw(['init'], cwd)).code).toBe(0);
+  for (const name of ['k1', 'k2', 'k3']) expect((await kw(['key', 'create', name], cwd)).code).toBe(0);
+  const enc = await kw(['encrypt', '--key', 'k2', '--text'], cwd, { input: 'record 7' });
+  expect(enc.code).toBe(0);
+  expect(existsSync(path.join(cwd, `${DB}-wal`))).toBe(false); // closed cleanly: one file
+  return { cwd, envelope: enc.stdout };
+}
+
+describe.skipIf(!built)('a damaged key store is reported as damaged, never as destroyed (issue 6, item 3)', () => {
+  it('one byte cut off keystore.db: key list and root destroy fail with "damaged" and a recovery pointer, never advise destroy, change nothing; REINDEX recovers every key', async () => {
+    const { cwd, envelope } = await store();
+    const file = path.join(cwd, DB);
+    truncateSync(file, statSync(file).size - 1);
+    // Before the fix this store read as "root destroyed" and destroy ran without any consent.
+    const probe = new Database(file, { readonly: true });
+    expect(probe.prepare("SELECT count(*) AS n FROM meta WHERE name = 'root'").get()).toEqual({ n: 0 });
+    expect(probe.prepare("SELECT count(*) AS n FROM meta NOT INDEXED WHERE name = 'root'").get()).toEqual({ n: 1 });
+    probe.close();
+    const before = digest(file);
+
+    const list = await kw(['key', 'list'], cwd);
+    expect(list.code).toBe(1);
+    expect(list.stdout).toBe('');
+    expect(lines(list.stderr)).toHaveLength(1);
+    expect(lines(list.stderr)[0]).toMatch(DAMAGED);
+    expect(list.stderr).not.toMatch(/destroy/);
+
+    for (const argv of [
+      ['root', 'destroy', '--yes-destroy-every-key'],
+      ['root', 'rotate'],
+      ['key', 'create', 'k4'],
+      ['decrypt'],
+    ]) {
+      const r = await kw(argv, cwd, { input: envelope });
+      expect(r.code, argv.join(' ')).toBe(1);
+      expect(lines(r.stderr)[0]).toMatch(DAMAGED);
+    }
+    expect(digest(file)).toBe(before);
+
+    // The recovery the message points at: the sealed root and every wrapped KEK were still there.
+    const repair = new Database(file);
+    repair.exec('REINDEX');
+    expect(repair.pragma('integrity_check', { simple: true })).toBe('ok');
+    repair.close();
+    const ok = await kw(['key', 'list', '--json'], cwd);
+    expect(ok.code).toBe(0);
+    expect((JSON.parse(ok.stdout) as Array<{ name: string }>).map((k) => k.name)).toEqual(['k1', 'k2', 'k3']);
+    expect((await kw(['decrypt'], cwd, { input: envelope })).stdout).toBe('record 7');
+  }, 60_000);
+
+  it('the root record gone without a tombstone (a healthy file): "damaged or never initialized, not destroyed"; destroy refuses even with the unseal key, and changes nothing', async () => {
+    const { cwd } = await store();
+    const file = path.join(cwd, DB);
+    const db = new Database(file);
+    db.prepare("DELETE FROM meta WHERE name = 'root'").run();
+    db.close();
+    const before = digest(file);
+
+    const list = await kw(['key', 'list'], cwd);
+    expect(list.code).toBe(1);
+    expect(list.stdout).toBe('');
+    expect(lines(list.stderr)).toEqual([MISSING]);
+
+    // The unseal key is right here (development mode): still refused, the store is not "destroyed".
+    const destroy = await kw(['root', 'destroy', '--yes-destroy-every-key'], cwd);
+    expect(destroy.code).toBe(1);
+    expect(lines(destroy.stderr)).toEqual([MISSING]);
+    expect(digest(file)).toBe(before);
+    const check = new Database(file, { readonly: true });
+    const live = check
+      .prepare("SELECT count(*) AS n FROM key_versions WHERE state <> 'destroyed' AND length(wrapped_material) > 0")
+      .get();
+    check.close();
+    expect(live).toEqual({ n: 3 });
+  }, 60_000);
+
+  it('after a real destroy, key list says "destroyed" because the tombstone says so, and a second destroy asks for the consent again', async () => {
+    const { cwd } = await store();
+    const destroy = await kw(['root', 'destroy', '--yes-destroy-every-key'], cwd);
+    expect(destroy.stderr).toBe('');
+    expect(destroy.code).toBe(0);
+    const list = await kw(['key', 'list'], cwd);
+    expect(list.code).toBe(0);
+    expect(list.stderr).toBe(
+      'keywarden: the root of this key store was destroyed (its tombstone says so): nothing in it can be unwrapped; every key version is destroyed\n',
+    );
+    // A wrong unseal key: refused (checked against the tombstone) even though nothing is left to erase.
+    writeFileSync(path.join(cwd, 'wrong.key'), `${encodeUnsealKey(new Uint8Array(32).fill(9))}\n`, { mode: 0o600 });
+    const again = await kw(['root', 'destroy', '--yes-destroy-every-key', '--unseal-key-file', 'wrong.key'], cwd, {
+      env: {},
+    });
+    expect(again.code).toBe(1);
+    expect(lines(again.stderr)).toEqual([
+      'keywarden: root: the unseal key (or shares) does not match the record of this root destruction; nothing was changed',
+    ]);
+  }, 60_000);
+});
+
+describe.skipIf(!built)('empty and foreign key-store files (issue 6, item 8)', () => {
+  it('a zero-length keystore.db: every command refuses with "empty", exit 1; the file stays zero bytes and no -wal or -shm appears', async () => {
+    const { cwd, envelope } = await store();
+    const file = path.join(cwd, DB);
+    truncateSync(file, 0);
+    for (const argv of [
+      ['key', 'list'],
+      ['key', 'list', '--json'],
+      ['key', 'show', 'k1'],
+      ['status'],
+      ['decrypt'],
+      ['key', 'create', 'k9'],
+      ['root', 'rotate'],
+      ['root', 'destroy', '--yes-destroy-every-key'],
+    ]) {
+      const r = await kw(argv, cwd, { input: envelope });
+      expect(r.code, argv.join(' ')).toBe(1);
+      expect(r.stdout, argv.join(' ')).toBe('');
+      expect(lines(r.stderr), argv.join(' ')).toEqual([EMPTY]);
+    }
+    expect(statSync(file).size).toBe(0);
+    expect(existsSync(`${file}-wal`)).toBe(false);
+    expect(existsSync(`${file}-shm`)).toBe(false);
+  }, 60_000);
+
+  it("another program's SQLite database, or random bytes, is refused and left byte for byte as it was", async () => {
+    const cwd = await tempDir();
+    expect((await kw(['init'], cwd)).code).toBe(0);
+    const file = path.join(cwd, DB);
+    const other = new Database(file.replace(/keystore\.db$/, 'other.db'));
+    other.exec("CREATE TABLE notes (body TEXT); INSERT INTO notes VALUES ('hello')");
+    other.close();
+    writeFileSync(file, readFileSync(file.replace(/keystore\.db$/, 'other.db')));
+    const cases: Array<[string, RegExp]> = [
+      ['sqlite', /^keywarden: keystore: the file is not a Keywarden key store \(another program's SQLite database\)$/],
+      ['random', /^keywarden: keystore: open: the file is not a SQLite database/],
+    ];
+    for (const [kind, message] of cases) {
+      if (kind === 'random') writeFileSync(file, Buffer.alloc(8192, 0x5a));
+      const before = digest(file);
+      for (const argv of [['key', 'list'], ['status'], ['key', 'create', 'k1']]) {
+        const r = await kw(argv, cwd);
+        expect(r.code, `${kind}: ${argv.join(' ')}`).toBe(1);
+        expect(lines(r.stderr)[0], `${kind}: ${argv.join(' ')}`).toMatch(message);
+      }
+      expect(digest(file)).toBe(before);
+    }
+  }, 60_000);
+});
