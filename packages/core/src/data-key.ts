@@ -25,6 +25,7 @@ import { GCM_NONCE_BYTES, GCM_TAG_BYTES, gcmOpen, gcmSeal } from './aead.js';
 import { XAES_NONCE_BYTES, xaesOpen, xaesSeal } from './_xaes.js';
 import { encodeContext, type EncryptionContext } from './context.js';
 import { FormatError, InvalidInputError } from './errors.js';
+import type { KeyExpectation } from './key-expectation.js';
 
 export const WRAPPED_KEY_MAGIC = Uint8Array.of(0x4b, 0x57, 0x4b);
 export const WRAPPED_KEY_VERSION = 0x01;
@@ -171,5 +172,14 @@ export interface DataKey {
 /** What envelope encryption needs from a key manager (Keywarden implements it). */
 export interface DataKeyProvider {
   generateDataKey(key: string, context?: EncryptionContext): Promise<DataKey>;
-  decryptDataKey(wrapped: Uint8Array, context?: EncryptionContext): Promise<Uint8Array>;
+  /**
+   * Unwrap a data key. Contract: `expected` is checked first (key-expectation.ts): unless it is
+   * `{ anyKeyInStore: true }`, a wrapped key under a KEK that is not one of `expected.key` is
+   * refused with UnexpectedKeyError before any KEK is used.
+   */
+  decryptDataKey(
+    wrapped: Uint8Array,
+    context: EncryptionContext | undefined,
+    expected: KeyExpectation,
+  ): Promise<Uint8Array>;
 }

@@ -28,6 +28,7 @@ import {
   type DataKeyProvider,
 } from './data-key.js';
 import { DecryptionError, FormatError, InvalidInputError } from './errors.js';
+import { checkKeyExpectation, type KeyExpectation, toKeyExpectation } from './key-expectation.js';
 import { nodeRandom } from './random.js';
 
 // ---------------------------------------------------------------------------------------------
@@ -79,7 +80,12 @@ export interface EnvelopeEncryptOptions {
   context?: EncryptionContext;
 }
 
-export interface EnvelopeDecryptOptions {
+/**
+ * Decryption takes the expected key (`key`: a KEK name or id, or a list of them) or, for tools
+ * only, `anyKeyInStore: true`; one of the two is required (key-expectation.ts).
+ */
+export interface EnvelopeDecryptOptions extends KeyExpectation {
+  /** The context given to encrypt. */
   context?: EncryptionContext;
 }
 
@@ -332,11 +338,12 @@ export async function openMessageKey(
   provider: DataKeyProvider,
   header: EnvelopeHeader,
   context: EncryptionContext | undefined,
+  expected: KeyExpectation,
 ): Promise<Uint8Array> {
   checkProvider(provider);
   let dek: Uint8Array;
   try {
-    dek = await provider.decryptDataKey(header.wrappedKey, context);
+    dek = await provider.decryptDataKey(header.wrappedKey, context, expected);
   } catch (err) {
     if (DecryptionError.isInstance(err)) throw new DecryptionError('envelope');
     throw err;
@@ -596,24 +603,28 @@ export async function encryptEnvelopeWithRandom(
 
 /**
  * Decrypt an envelope held in memory, whichever mode produced it (single-shot, or framed by
- * createEncryptStream). Returns the plaintext only when every check passed (docs/format.md §4.5).
- * FormatError for malformed bytes; DecryptionError('envelope') for any authentication failure.
+ * createEncryptStream), if its data key is under the expected key (`options.key`, or deliberately
+ * `options.anyKeyInStore: true`). Returns the plaintext only when every check passed
+ * (docs/format.md §4.5). InvalidInputError when no expected key is given; UnexpectedKeyError (from
+ * the provider) for data under another key; FormatError for malformed bytes;
+ * DecryptionError('envelope') for any authentication failure.
  */
 export async function decryptEnvelope(
   provider: DataKeyProvider,
   envelope: Uint8Array,
-  options: EnvelopeDecryptOptions = {},
+  options: EnvelopeDecryptOptions,
 ): Promise<Uint8Array> {
   assertBytes(envelope, 'envelope: envelope');
   if (typeof options !== 'object' || options === null)
     throw new InvalidInputError('envelope: options must be an object');
+  const expected = toKeyExpectation(checkKeyExpectation(options, 'envelope'));
   const contextBytes = encodeContext(options.context);
   const header = parseHeader(envelope);
   const body = envelope.subarray(header.bytes.length);
 
   if (header.mode === 'single-shot') {
     checkSingleShotBodyLength(body.length);
-    const encKey = await openMessageKey(provider, header, options.context);
+    const encKey = await openMessageKey(provider, header, options.context, expected);
     try {
       return openSingleShotBody(encKey, header.bytes, contextBytes, body);
     } finally {
@@ -623,7 +634,7 @@ export async function decryptEnvelope(
 
   const frameSize = header.frameSize as number;
   const spans = scanFrames(body, frameSize);
-  const encKey = await openMessageKey(provider, header, options.context);
+  const encKey = await openMessageKey(provider, header, options.context, expected);
   const opener = new FrameOpener(encKey, frameAadPrefix(header.bytes, contextBytes), frameSize);
   const parts: Uint8Array[] = [];
   try {

@@ -18,6 +18,7 @@ export type KeywardenErrorCode =
   | 'KW_BAD_INPUT'
   | 'KW_WEAK_KEY'
   | 'KW_KEY_MATERIAL'
+  | 'KW_UNEXPECTED_KEY'
   | 'KW_KEY_NOT_FOUND'
   | 'KW_KEY_EXISTS'
   | 'KW_KEY_STATE'
@@ -85,6 +86,11 @@ export class WeakKeyMaterialError extends defineError('KW_WEAK_KEY', 'WeakKeyMat
  * wrapped under, or unwrapped with, a key that anyone could guess.
  */
 export class KeyMaterialError extends defineError('KW_KEY_MATERIAL', 'KeyMaterialError') {}
+/**
+ * Data under a KEK other than the one the caller expects (issue 16, item 2). The message names only
+ * the KEK id that the data itself carries in the clear, never that key's name.
+ */
+export class UnexpectedKeyError extends defineError('KW_UNEXPECTED_KEY', 'UnexpectedKeyError') {}
 export class KeyNotFoundError extends defineError('KW_KEY_NOT_FOUND', 'KeyNotFoundError') {}
 export class KeyExistsError extends defineError('KW_KEY_EXISTS', 'KeyExistsError') {}
 /** The key or version exists but its state forbids the operation (disabled, compromised, destroyed). */

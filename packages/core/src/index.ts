@@ -65,6 +65,7 @@ export {
   wrapDataKey,
   unwrapDataKey,
 } from './data-key.js';
+export { type KeyExpectation, MAX_EXPECTED_KEYS } from './key-expectation.js';
 export {
   type EnvelopeEncryptOptions,
   type EnvelopeDecryptOptions,

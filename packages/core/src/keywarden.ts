@@ -40,11 +40,18 @@ import {
   KeyNotFoundError,
   KeyStateError,
   KeystoreSealedError,
+  UnexpectedKeyError,
 } from './errors.js';
 import type { KeyRecord, KeyScope, KeyStore, KeyVersionRecord, KeyVersionState } from './keystore.js';
 import { NodeRandomSource, nodeRandom, type RandomSource } from './random.js';
 import type { RootOfTrust } from './root.js';
-import { createDecryptStream, createEncryptStream, type EncryptStreamOptions } from './stream.js';
+import { checkKeyExpectation, type KeyExpectation } from './key-expectation.js';
+import {
+  createDecryptStream,
+  createEncryptStream,
+  type DecryptStreamOptions,
+  type EncryptStreamOptions,
+} from './stream.js';
 import { assertStrongKeyMaterial } from './weak-key.js';
 
 /**
@@ -267,10 +274,28 @@ export class Keywarden implements DataKeyProvider {
     }
   }
 
-  /** Unwrap a data key made by generateDataKey, under the same context. */
-  async decryptDataKey(wrapped: Uint8Array, context?: EncryptionContext): Promise<Uint8Array> {
+  /**
+   * Unwrap a data key made by generateDataKey, under the same context, if it is wrapped under the
+   * expected key: `{ key: 'name' }` (or an id, or a list of names and ids), or deliberately
+   * `{ anyKeyInStore: true }` for tools. Data under another KEK is refused with UnexpectedKeyError
+   * before that KEK is loaded (key-expectation.ts).
+   */
+  async decryptDataKey(
+    wrapped: Uint8Array,
+    context: EncryptionContext | undefined,
+    expected: KeyExpectation,
+  ): Promise<Uint8Array> {
     this.#checkOpen();
+    const allowed = checkKeyExpectation(expected, 'keywarden');
     const parsed = parseWrappedKey(wrapped);
+    if (
+      allowed !== null &&
+      !(this.#expectedHit(allowed, parsed.keyId) ?? (await this.#expects(allowed, parsed.keyId)))
+    ) {
+      throw new UnexpectedKeyError(
+        `keywarden: the data key is wrapped under ${parsed.keyId}, which is not the expected key`,
+      );
+    }
     const slot = `${parsed.keyId}:${parsed.version}`;
     const kek = this.#kekHit(slot) ?? (await this.#kek(parsed.keyId, parsed.version, slot));
     try {
@@ -288,7 +313,8 @@ export class Keywarden implements DataKeyProvider {
     return encryptEnvelope(this, plaintext, options);
   }
 
-  decrypt(envelope: Uint8Array, options: EnvelopeDecryptOptions = {}): Promise<Uint8Array> {
+  /** Decrypt an envelope under the expected key: `{ key: 'name', context }` (docs/format.md §5). */
+  decrypt(envelope: Uint8Array, options: EnvelopeDecryptOptions): Promise<Uint8Array> {
     return decryptEnvelope(this, envelope, options);
   }
 
@@ -298,7 +324,7 @@ export class Keywarden implements DataKeyProvider {
   }
 
   /** A Transform that decrypts an envelope stream (framed, or single-shot up to its bound); no frame's plaintext is emitted before it verifies. */
-  createDecryptStream(options: EnvelopeDecryptOptions & { maxFrameSize?: number } = {}): Transform {
+  createDecryptStream(options: DecryptStreamOptions): Transform {
     return createDecryptStream(this, options);
   }
 
@@ -354,6 +380,34 @@ export class Keywarden implements DataKeyProvider {
     const key = await this.store.getKey(nameOrId);
     if (!key) throw new KeyNotFoundError(`keystore: no key named "${nameOrId}"`);
     return key;
+  }
+
+  /**
+   * Whether `keyId` is one of the expected keys, decided from memory: an expected id ("kek_…";
+   * names never start so) compares directly, an expected name through the cached name → primary
+   * resolution. Undefined when a name is not cached yet (the caller then asks #expects).
+   */
+  #expectedHit(allowed: readonly string[], keyId: string): boolean | undefined {
+    let unresolved = false;
+    for (const k of allowed) {
+      if (k === keyId) return true;
+      if (k.startsWith('kek_')) continue;
+      const hit = this.#primaryHit(k);
+      if (hit === undefined) unresolved = true;
+      else if (hit.keyId === keyId) return true;
+    }
+    return unresolved ? undefined : false;
+  }
+
+  /** #expectedHit with the uncached names resolved through the store (then cached). */
+  async #expects(allowed: readonly string[], keyId: string): Promise<boolean> {
+    for (const k of allowed) {
+      if (k === keyId) return true;
+      if (k.startsWith('kek_')) continue;
+      const primary = this.#primaryHit(k) ?? (await this.#resolvePrimary(k));
+      if (primary.keyId === keyId) return true;
+    }
+    return false;
   }
 
   #primaryHit(nameOrId: string): CachedPrimary | undefined {

@@ -39,6 +39,7 @@ import {
   type RandomBytes,
 } from './envelope.js';
 import { ClosedError, FormatError, InvalidInputError } from './errors.js';
+import { checkKeyExpectation, type KeyExpectation, toKeyExpectation } from './key-expectation.js';
 
 export interface EncryptStreamOptions extends EnvelopeEncryptOptions {
   /** Plaintext bytes per frame, 1 KiB..4 MiB (default 64 KiB). Part of the envelope header. */
@@ -204,6 +205,7 @@ class EnvelopeDecryptStream extends Transform {
     private readonly context: EncryptionContext | undefined,
     private readonly contextBytes: Uint8Array,
     private readonly maxFrameSize: number,
+    private readonly expected: KeyExpectation,
   ) {
     super();
   }
@@ -250,7 +252,7 @@ class EnvelopeDecryptStream extends Transform {
       }
       return false;
     }
-    const encKey = await openMessageKey(this.provider, header, this.context);
+    const encKey = await openMessageKey(this.provider, header, this.context, this.expected);
     if (this.destroyed) {
       wipe(encKey);
       throw new ClosedError('envelope: the stream was destroyed');
@@ -288,7 +290,7 @@ class EnvelopeDecryptStream extends Transform {
         const header = this.header as EnvelopeHeader;
         checkSingleShotBodyLength(this.input.length);
         const body = this.input.take(this.input.length);
-        const encKey = await openMessageKey(this.provider, header, this.context);
+        const encKey = await openMessageKey(this.provider, header, this.context, this.expected);
         try {
           this.push(openSingleShotBody(encKey, header.bytes, this.contextBytes, body));
         } finally {
@@ -338,15 +340,18 @@ export function createEncryptStreamWithRandom(
 /**
  * A Transform that decrypts an envelope of either mode. Framed envelopes are decrypted frame by
  * frame in bounded memory; single-shot envelopes (≤ 64 MiB of plaintext) are buffered and
- * decrypted at the end of the input. Errors: FormatError for malformed or truncated input,
- * DecryptionError('envelope') for any authentication failure.
+ * decrypted at the end of the input. The expected key (`options.key`, or deliberately
+ * `options.anyKeyInStore: true`) is required, as for decryptEnvelope. Errors: FormatError for
+ * malformed or truncated input, DecryptionError('envelope') for any authentication failure.
  */
-export function createDecryptStream(provider: DataKeyProvider, options: DecryptStreamOptions = {}): Transform {
+export function createDecryptStream(provider: DataKeyProvider, options: DecryptStreamOptions): Transform {
   if (typeof options !== 'object' || options === null)
     throw new InvalidInputError('envelope: options must be an object');
+  // A private copy, checked now: the provider is asked later, once the header has arrived.
+  const expected = toKeyExpectation(checkKeyExpectation(options, 'envelope'));
   const contextBytes = encodeContext(options.context);
   const maxFrameSize = options.maxFrameSize ?? MAX_FRAME_SIZE;
   checkFrameSize(maxFrameSize, 'maxFrameSize');
   const context = options.context === undefined ? undefined : { ...options.context };
-  return new EnvelopeDecryptStream(provider, context, contextBytes, maxFrameSize);
+  return new EnvelopeDecryptStream(provider, context, contextBytes, maxFrameSize, expected);
 }

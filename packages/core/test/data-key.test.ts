@@ -187,8 +187,10 @@ describe('envelopes carry either suite (the envelope suite stays 0x01)', () => {
       const plaintext = rand(100);
       const envelope = await encryptEnvelope(provider, plaintext, { key: 'kek_env', context: CONTEXT });
       expect(envelope[8 + 4]).toBe(suite); // "KWK" suite byte inside the header
-      expect(await decryptEnvelope(provider, envelope, { context: CONTEXT })).toEqual(plaintext);
-      const wrong = await decryptEnvelope(provider, envelope, { context: { tenant: 'evil' } }).catch((e: unknown) => e);
+      expect(await decryptEnvelope(provider, envelope, { key: 'kek_env', context: CONTEXT })).toEqual(plaintext);
+      const wrong = await decryptEnvelope(provider, envelope, { key: 'kek_env', context: { tenant: 'evil' } }).catch(
+        (e: unknown) => e,
+      );
       expect(DecryptionError.isInstance(wrong)).toBe(true);
     });
   }
@@ -221,7 +223,7 @@ describe('Keywarden wraps new data keys with suite 0x02 (no wrap budget to count
       new Uint8Array([...header, ...encodeContext(CONTEXT)]),
     );
     expect(opened).toEqual(dk.plaintext);
-    expect(await kw.decryptDataKey(w, CONTEXT)).toEqual(dk.plaintext);
+    expect(await kw.decryptDataKey(w, CONTEXT, { key: info.id })).toEqual(dk.plaintext);
     await kw.close();
   });
 
@@ -230,8 +232,8 @@ describe('Keywarden wraps new data keys with suite 0x02 (no wrap budget to count
     const dek = rand(32);
     const old = wrapDataKey(material, { keyId: info.id, version: 1 }, dek, CONTEXT, rand(12), SUITE_DEK_AES256GCM);
     expect(old[4]).toBe(0x01);
-    expect(await kw.decryptDataKey(old, CONTEXT)).toEqual(dek);
-    const wrong = await kw.decryptDataKey(old, { tenant: 'evil' }).catch((e: unknown) => e);
+    expect(await kw.decryptDataKey(old, CONTEXT, { key: info.id })).toEqual(dek);
+    const wrong = await kw.decryptDataKey(old, { tenant: 'evil' }, { key: info.id }).catch((e: unknown) => e);
     expect(DecryptionError.isInstance(wrong)).toBe(true);
     await kw.close();
   });
@@ -241,8 +243,8 @@ describe('Keywarden wraps new data keys with suite 0x02 (no wrap budget to count
     const other = new Keywarden({ store, root });
     const a = await kw.generateDataKey(info.id, CONTEXT);
     const b = await other.generateDataKey(info.id, CONTEXT);
-    expect(await other.decryptDataKey(a.wrapped, CONTEXT)).toEqual(a.plaintext);
-    expect(await kw.decryptDataKey(b.wrapped, CONTEXT)).toEqual(b.plaintext);
+    expect(await other.decryptDataKey(a.wrapped, CONTEXT, { key: info.id })).toEqual(a.plaintext);
+    expect(await kw.decryptDataKey(b.wrapped, CONTEXT, { key: info.id })).toEqual(b.plaintext);
     expect([a.wrapped[4], b.wrapped[4]]).toEqual([0x02, 0x02]);
     await other.close();
   });

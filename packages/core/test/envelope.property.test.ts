@@ -15,7 +15,7 @@ import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
 import type { EncryptionContext } from '../src/context.js';
 import { decryptEnvelope, encryptEnvelope, parseHeader } from '../src/envelope.js';
-import { DecryptionError, FormatError, KeyNotFoundError } from '../src/errors.js';
+import { DecryptionError, FormatError, KeyNotFoundError, UnexpectedKeyError } from '../src/errors.js';
 import { createDecryptStream, createEncryptStream } from '../src/stream.js';
 import { StaticKekProvider } from './vectors/make-golden.js';
 
@@ -31,7 +31,7 @@ const contextArb: fc.Arbitrary<EncryptionContext> = fc.dictionary(
   { maxKeys: 4 },
 );
 
-type Outcome = 'format' | 'decrypt' | 'key-not-found';
+type Outcome = 'format' | 'decrypt' | 'key-not-found' | 'unexpected-key';
 
 /** Run a decryption that must fail; return which kind of rejection it was. Any result is a bug. */
 async function rejectionKind(p: Promise<unknown>): Promise<Outcome> {
@@ -41,6 +41,7 @@ async function rejectionKind(p: Promise<unknown>): Promise<Outcome> {
     if (FormatError.isInstance(err)) return 'format';
     if (DecryptionError.isInstance(err)) return 'decrypt';
     if (KeyNotFoundError.isInstance(err)) return 'key-not-found';
+    if (UnexpectedKeyError.isInstance(err)) return 'unexpected-key';
     throw err;
   }
   throw new Error('a tampered envelope was accepted');
@@ -49,7 +50,7 @@ async function rejectionKind(p: Promise<unknown>): Promise<Outcome> {
 async function streamDecrypt(envelope: Uint8Array, context: EncryptionContext): Promise<Uint8Array> {
   const out: Buffer[] = [];
   const source = Readable.from(envelope.length > 0 ? [Buffer.from(envelope)] : []);
-  await pipeline(source, createDecryptStream(provider, { context }), async (s) => {
+  await pipeline(source, createDecryptStream(provider, { key: KEY, context }), async (s) => {
     for await (const c of s) out.push(c as Buffer);
   });
   return new Uint8Array(Buffer.concat(out));
@@ -76,7 +77,8 @@ function flipBit(bytes: Uint8Array, bit: number): Uint8Array {
   return copy;
 }
 
-/** Every single-bit flip is rejected; KeyNotFoundError only inside the KEK reference. */
+/** Every single-bit flip is rejected; KeyNotFoundError or UnexpectedKeyError (another KEK id than
+ * the expected one) only inside the KEK reference. */
 async function checkAllBitFlips(
   envelope: Uint8Array,
   decrypt: (bytes: Uint8Array) => Promise<unknown>,
@@ -85,7 +87,9 @@ async function checkAllBitFlips(
   const [from, to] = kekRefRange(envelope);
   for (const bit of bits) {
     const kind = await rejectionKind(decrypt(flipBit(envelope, bit)));
-    if (kind === 'key-not-found') expect(bit >> 3 >= from && bit >> 3 < to, `bit ${bit}`).toBe(true);
+    if (kind === 'key-not-found' || kind === 'unexpected-key') {
+      expect(bit >> 3 >= from && bit >> 3 < to, `bit ${bit}`).toBe(true);
+    }
   }
 }
 
@@ -96,7 +100,11 @@ describe('single-shot envelopes', () => {
     await fc.assert(
       fc.asyncProperty(fc.uint8Array({ maxLength: 48 }), contextArb, async (plaintext, context) => {
         const envelope = await encryptEnvelope(provider, plaintext, { key: KEY, context });
-        await checkAllBitFlips(envelope, (b) => decryptEnvelope(provider, b, { context }), range(envelope.length * 8));
+        await checkAllBitFlips(
+          envelope,
+          (b) => decryptEnvelope(provider, b, { key: KEY, context }),
+          range(envelope.length * 8),
+        );
       }),
       params,
     );
@@ -112,11 +120,11 @@ describe('single-shot envelopes', () => {
           const envelope = await encryptEnvelope(provider, plaintext, { key: KEY, context });
           for (let n = 0; n < envelope.length; n++) {
             const cut = envelope.subarray(0, n);
-            await rejectionKind(decryptEnvelope(provider, cut, { context }));
+            await rejectionKind(decryptEnvelope(provider, cut, { key: KEY, context }));
             await rejectionKind(streamDecrypt(cut, context));
           }
           const longer = new Uint8Array(Buffer.concat([envelope, extra]));
-          expect(await rejectionKind(decryptEnvelope(provider, longer, { context }))).toBe('decrypt');
+          expect(await rejectionKind(decryptEnvelope(provider, longer, { key: KEY, context }))).toBe('decrypt');
           expect(await rejectionKind(streamDecrypt(longer, context))).toBe('decrypt');
         },
       ),
@@ -132,13 +140,13 @@ describe('single-shot envelopes', () => {
         const w = parseHeader(a).wrappedKey.length;
         await checkAllBitFlips(
           a,
-          (x) => decryptEnvelope(provider, x, { context }),
+          (x) => decryptEnvelope(provider, x, { key: KEY, context }),
           range(w * 8).map((i) => 64 + i),
         );
         // Same KEK, same context, valid wrapped DEK — but another message's DEK: the commitment refuses it.
         const spliced = a.slice();
         spliced.set(parseHeader(b).wrappedKey, 8);
-        expect(await rejectionKind(decryptEnvelope(provider, spliced, { context }))).toBe('decrypt');
+        expect(await rejectionKind(decryptEnvelope(provider, spliced, { key: KEY, context }))).toBe('decrypt');
       }),
       params,
     );
@@ -155,7 +163,7 @@ describe('framed envelopes', () => {
         async (plaintext, context, samples) => {
           const envelope = await streamEncrypt(plaintext, context);
           const bits = envelope.length * 8;
-          await checkAllBitFlips(envelope, (b) => decryptEnvelope(provider, b, { context }), range(bits));
+          await checkAllBitFlips(envelope, (b) => decryptEnvelope(provider, b, { key: KEY, context }), range(bits));
           await checkAllBitFlips(
             envelope,
             (b) => streamDecrypt(b, context),
@@ -176,15 +184,15 @@ describe('framed envelopes', () => {
         async (n, context, extra) => {
           const envelope = await streamEncrypt(new Uint8Array(n).fill(0x61), context);
           for (let cut = 0; cut < envelope.length; cut++) {
-            expect(await rejectionKind(decryptEnvelope(provider, envelope.subarray(0, cut), { context }))).toBe(
-              'format',
-            );
+            expect(
+              await rejectionKind(decryptEnvelope(provider, envelope.subarray(0, cut), { key: KEY, context })),
+            ).toBe('format');
           }
           for (const boundary of frameBoundaries(envelope)) {
             expect(await rejectionKind(streamDecrypt(envelope.subarray(0, boundary), context))).toBe('format');
           }
           const longer = new Uint8Array(Buffer.concat([envelope, extra]));
-          expect(await rejectionKind(decryptEnvelope(provider, longer, { context }))).toBe('format');
+          expect(await rejectionKind(decryptEnvelope(provider, longer, { key: KEY, context }))).toBe('format');
           expect(await rejectionKind(streamDecrypt(longer, context))).toBe('format');
         },
       ),
@@ -235,7 +243,7 @@ describe('frame manipulation', () => {
    */
   async function bothRejected(bytes: Uint8Array, context: EncryptionContext, expected?: Outcome): Promise<void> {
     const kinds = [
-      await rejectionKind(decryptEnvelope(provider, bytes, { context })),
+      await rejectionKind(decryptEnvelope(provider, bytes, { key: KEY, context })),
       await rejectionKind(streamDecrypt(bytes, context)),
     ];
     for (const kind of kinds) {

@@ -10,6 +10,7 @@ import { encryptEnvelopeForTestVectors } from '../src/_testing.js';
 import { gcmSeal } from '../src/aead.js';
 import { encodeContext, type EncryptionContext } from '../src/context.js';
 import type { DataKey, DataKeyProvider } from '../src/data-key.js';
+import type { KeyExpectation } from '../src/key-expectation.js';
 import {
   MAX_SINGLE_SHOT_PLAINTEXT,
   decryptEnvelope,
@@ -38,9 +39,13 @@ class RecordingProvider implements DataKeyProvider {
     this.deks.push(dk.plaintext);
     return dk;
   }
-  async decryptDataKey(wrapped: Uint8Array, context?: EncryptionContext): Promise<Uint8Array> {
+  async decryptDataKey(
+    wrapped: Uint8Array,
+    context: EncryptionContext | undefined,
+    expected: KeyExpectation,
+  ): Promise<Uint8Array> {
     this.unwrapped++;
-    const dek = await this.inner.decryptDataKey(wrapped, context);
+    const dek = await this.inner.decryptDataKey(wrapped, context, expected);
     this.deks.push(dek);
     return dek;
   }
@@ -75,7 +80,7 @@ describe('encryptEnvelope / decryptEnvelope (single-shot)', () => {
   it.each([0, 1, 15, 16, 17, 1000, 100_000])('round-trips %i bytes', async (n) => {
     const plaintext = counting(n, n);
     const envelope = await encryptEnvelope(provider, plaintext, { key: KEY, context: { tenant: 't1' } });
-    const back = await decryptEnvelope(provider, envelope, { context: { tenant: 't1' } });
+    const back = await decryptEnvelope(provider, envelope, { key: KEY, context: { tenant: 't1' } });
     expect(Buffer.compare(back, plaintext)).toBe(0); // (toEqual is slow on large arrays)
   });
 
@@ -98,13 +103,15 @@ describe('encryptEnvelope / decryptEnvelope (single-shot)', () => {
 
   it('an absent context and an empty context are the same context', async () => {
     const envelope = await encryptEnvelope(provider, Uint8Array.of(1, 2, 3), { key: KEY, context: {} });
-    expect(await decryptEnvelope(provider, envelope)).toEqual(Uint8Array.of(1, 2, 3));
-    expect(await decryptEnvelope(provider, envelope, {})).toEqual(Uint8Array.of(1, 2, 3));
+    expect(await decryptEnvelope(provider, envelope, { key: KEY })).toEqual(Uint8Array.of(1, 2, 3));
+    expect(await decryptEnvelope(provider, envelope, { key: KEY })).toEqual(Uint8Array.of(1, 2, 3));
   });
 
   it('the order in which context pairs are written does not matter (canonical encoding)', async () => {
     const envelope = await encryptEnvelope(provider, Uint8Array.of(9), { key: KEY, context: { a: '1', b: '2' } });
-    expect(await decryptEnvelope(provider, envelope, { context: { b: '2', a: '1' } })).toEqual(Uint8Array.of(9));
+    expect(await decryptEnvelope(provider, envelope, { key: KEY, context: { b: '2', a: '1' } })).toEqual(
+      Uint8Array.of(9),
+    );
   });
 });
 
@@ -125,13 +132,15 @@ describe('the encryption context is authenticated and not stored', () => {
     ['a renamed key', { tenant: 'acme', Table: 'users' }],
   ])('decrypting with %s is a DecryptionError', async (_what, other) => {
     const envelope = await encryptEnvelope(provider, new Uint8Array(8), { key: KEY, context });
-    const err = await rejection(decryptEnvelope(provider, envelope, { context: other }));
+    const err = await rejection(decryptEnvelope(provider, envelope, { key: KEY, context: other }));
     expect(DecryptionError.isInstance(err)).toBe(true);
   });
 
   it('a context given only at decryption is a DecryptionError', async () => {
     const envelope = await encryptEnvelope(provider, new Uint8Array(8), { key: KEY });
-    expect(DecryptionError.isInstance(await rejection(decryptEnvelope(provider, envelope, { context })))).toBe(true);
+    expect(
+      DecryptionError.isInstance(await rejection(decryptEnvelope(provider, envelope, { key: KEY, context }))),
+    ).toBe(true);
   });
 });
 
@@ -139,24 +148,25 @@ describe('keys', () => {
   it('another KEK under the same id and version is a DecryptionError', async () => {
     const envelope = await encryptEnvelope(provider, new Uint8Array(8), { key: KEY });
     const other = StaticKekProvider.withRandomKek(KEY);
-    expect(DecryptionError.isInstance(await rejection(decryptEnvelope(other, envelope)))).toBe(true);
+    expect(DecryptionError.isInstance(await rejection(decryptEnvelope(other, envelope, { key: KEY })))).toBe(true);
   });
 
   it('a provider that does not know the KEK reports that (operational errors pass through)', async () => {
     const envelope = await encryptEnvelope(provider, new Uint8Array(8), { key: KEY });
     const other = StaticKekProvider.withRandomKek('another-kek');
-    expect(KeyNotFoundError.isInstance(await rejection(decryptEnvelope(other, envelope)))).toBe(true);
+    expect(KeyNotFoundError.isInstance(await rejection(decryptEnvelope(other, envelope, { key: KEY })))).toBe(true);
   });
 
   it('every authentication failure has the same DecryptionError message', async () => {
     const envelope = await encryptEnvelope(provider, new Uint8Array(64), { key: KEY, context: { a: 'b' } });
     const h = parseHeader(envelope).bytes.length;
     const failures = [
-      decryptEnvelope(provider, envelope, { context: { a: 'c' } }), // DEK unwrap
-      decryptEnvelope(StaticKekProvider.withRandomKek(KEY), envelope, { context: { a: 'b' } }), // other KEK
-      decryptEnvelope(provider, withByte(envelope, h - 1, envelope[h - 1]! ^ 1), { context: { a: 'b' } }), // commitment
-      decryptEnvelope(provider, withByte(envelope, h + 20, envelope[h + 20]! ^ 1), { context: { a: 'b' } }), // body
+      decryptEnvelope(provider, envelope, { key: KEY, context: { a: 'c' } }), // DEK unwrap
+      decryptEnvelope(StaticKekProvider.withRandomKek(KEY), envelope, { key: KEY, context: { a: 'b' } }), // other KEK
+      decryptEnvelope(provider, withByte(envelope, h - 1, envelope[h - 1]! ^ 1), { key: KEY, context: { a: 'b' } }), // commitment
+      decryptEnvelope(provider, withByte(envelope, h + 20, envelope[h + 20]! ^ 1), { key: KEY, context: { a: 'b' } }), // body
       decryptEnvelope(provider, withByte(envelope, envelope.length - 1, envelope.at(-1)! ^ 1), {
+        key: KEY,
         context: { a: 'b' },
       }), // tag
     ];
@@ -190,14 +200,16 @@ describe('key commitment (docs/format.md §4.2)', () => {
 
   it('control: a re-sealed envelope with the true commitment decrypts', async () => {
     const envelope = await resealWithHeader(() => {});
-    expect(await decryptEnvelope(fixedProvider(), envelope)).toEqual(Uint8Array.of(1, 2, 3));
+    expect(await decryptEnvelope(fixedProvider(), envelope, { key: KEY })).toEqual(Uint8Array.of(1, 2, 3));
   });
 
   it('a correctly sealed body under a header with a wrong commitment is a DecryptionError', async () => {
     const envelope = await resealWithHeader((h) => {
       h[h.length - 1]! ^= 0x01;
     });
-    expect(DecryptionError.isInstance(await rejection(decryptEnvelope(fixedProvider(), envelope)))).toBe(true);
+    expect(DecryptionError.isInstance(await rejection(decryptEnvelope(fixedProvider(), envelope, { key: KEY })))).toBe(
+      true,
+    );
   });
 
   it('the commitment is HKDF(DEK, message id, "keywarden/v1/commit" ‖ suite) and differs from the data key', () => {
@@ -212,7 +224,7 @@ describe('secrets are wiped', () => {
   it('the DEK handed out by the provider is zeroed after encryption and after decryption', async () => {
     const recording = new RecordingProvider(provider);
     const envelope = await encryptEnvelope(recording, new Uint8Array(10), { key: KEY });
-    await decryptEnvelope(recording, envelope);
+    await decryptEnvelope(recording, envelope, { key: KEY });
     expect(recording.deks).toHaveLength(2);
     for (const dek of recording.deks) expect(dek.every((b) => b === 0)).toBe(true);
   });
@@ -221,7 +233,7 @@ describe('secrets are wiped', () => {
     const recording = new RecordingProvider(provider);
     const envelope = await encryptEnvelope(provider, new Uint8Array(10), { key: KEY });
     const h = parseHeader(envelope).bytes.length;
-    await rejection(decryptEnvelope(recording, withByte(envelope, h - 1, envelope[h - 1]! ^ 1)));
+    await rejection(decryptEnvelope(recording, withByte(envelope, h - 1, envelope[h - 1]! ^ 1), { key: KEY }));
     expect(recording.deks).toHaveLength(1);
     expect(recording.deks[0]!.every((b) => b === 0)).toBe(true);
   });
@@ -241,7 +253,7 @@ describe('strict header parsing (docs/format.md §4.1)', () => {
   ])('%s is a FormatError', async (_what, index, value, pattern) => {
     const envelope = withByte(await sampleOf(), index, value);
     const recording = new RecordingProvider(provider);
-    expectFormatError(await rejection(decryptEnvelope(recording, envelope)), pattern);
+    expectFormatError(await rejection(decryptEnvelope(recording, envelope, { key: KEY })), pattern);
     expectFormatError(
       rejectionSync(() => inspectEnvelope(envelope)),
       pattern,
@@ -254,7 +266,7 @@ describe('strict header parsing (docs/format.md §4.1)', () => {
     async (w) => {
       const prefix = Uint8Array.of(0x4b, 0x57, 0x45, 0x01, 0x01, 0x00, w >> 8, w & 0xff);
       // Only 8 bytes: the length must be refused from the prefix, not reported as a truncation.
-      expectFormatError(await rejection(decryptEnvelope(provider, prefix)), /wrapped data key length/);
+      expectFormatError(await rejection(decryptEnvelope(provider, prefix, { key: KEY })), /wrapped data key length/);
       expectFormatError(
         rejectionSync(() => inspectEnvelope(prefix)),
         /wrapped data key length/,
@@ -271,20 +283,20 @@ describe('strict header parsing (docs/format.md §4.1)', () => {
         Uint8Array.of(claimed >> 8, claimed & 0xff),
         envelope.subarray(8),
       );
-      expectFormatError(await rejection(decryptEnvelope(provider, bad)));
+      expectFormatError(await rejection(decryptEnvelope(provider, bad, { key: KEY })));
     }
   });
 
   it('a malformed wrapped key inside the header is a FormatError', async () => {
     const envelope = withByte(await sampleOf(), 8, 0x00); // "KWK" magic of the wrapped key
-    expectFormatError(await rejection(decryptEnvelope(provider, envelope)), /invalid wrapped data key/);
+    expectFormatError(await rejection(decryptEnvelope(provider, envelope, { key: KEY })), /invalid wrapped data key/);
   });
 
   it('every truncation of the header is a FormatError', async () => {
     const envelope = await sampleOf();
     const h = parseHeader(envelope).bytes.length;
     for (let n = 0; n < h; n++) {
-      expectFormatError(await rejection(decryptEnvelope(provider, envelope.subarray(0, n))), /truncated/);
+      expectFormatError(await rejection(decryptEnvelope(provider, envelope.subarray(0, n), { key: KEY })), /truncated/);
     }
   });
 
@@ -293,7 +305,10 @@ describe('strict header parsing (docs/format.md §4.1)', () => {
     const h = parseHeader(envelope).bytes.length;
     const recording = new RecordingProvider(provider);
     for (const n of [0, 1, 27]) {
-      expectFormatError(await rejection(decryptEnvelope(recording, envelope.subarray(0, h + n))), /truncated/);
+      expectFormatError(
+        await rejection(decryptEnvelope(recording, envelope.subarray(0, h + n), { key: KEY })),
+        /truncated/,
+      );
     }
     expect(recording.unwrapped).toBe(0);
   });
@@ -306,7 +321,7 @@ describe('strict header parsing (docs/format.md §4.1)', () => {
       const size = new Uint8Array(4);
       new DataView(size.buffer).setUint32(0, frameSize);
       const framed = concatBytes(withByte(single.subarray(0, h), 5, 0x01), size);
-      expectFormatError(await rejection(decryptEnvelope(provider, framed)), /frame size/);
+      expectFormatError(await rejection(decryptEnvelope(provider, framed, { key: KEY })), /frame size/);
     },
   );
 });
@@ -346,7 +361,7 @@ describe('text form (docs/format.md §6)', () => {
     const text = envelopeToText(envelope);
     expect(text).toMatch(/^kw1\.[A-Za-z0-9_-]+$/);
     expect(envelopeFromText(text)).toEqual(envelope);
-    expect(await decryptEnvelope(provider, envelopeFromText(text))).toEqual(counting(0, 100));
+    expect(await decryptEnvelope(provider, envelopeFromText(text), { key: KEY })).toEqual(counting(0, 100));
   });
 
   it.each([
@@ -382,7 +397,7 @@ describe('caller input (InvalidInputError, checked before a DEK is generated)', 
       'a random source returning the wrong length',
       () => encryptEnvelopeForTestVectors(provider, new Uint8Array(1), { key: KEY }, () => new Uint8Array(3)),
     ],
-    ['a non-bytes envelope', () => decryptEnvelope(provider, 'kw1.AAAA' as unknown as Uint8Array)],
+    ['a non-bytes envelope', () => decryptEnvelope(provider, 'kw1.AAAA' as unknown as Uint8Array, { key: KEY })],
   ])('%s', async (_what, run) => {
     expect(InvalidInputError.isInstance(await rejection(run()))).toBe(true);
   });
@@ -414,7 +429,7 @@ describe('provider postconditions', () => {
         dek = dk.plaintext;
         return { ...dk, wrapped: dk.wrapped.subarray(1) };
       },
-      decryptDataKey: (w, c) => base.decryptDataKey(w, c),
+      decryptDataKey: (w, c, e) => base.decryptDataKey(w, c, e),
     };
     expectFormatError(await rejection(encryptEnvelope(bad, new Uint8Array(1), { key: KEY })), /provider/);
     expect(dek?.every((b) => b === 0)).toBe(true);
@@ -426,15 +441,15 @@ describe('provider postconditions', () => {
         const dk = await base.generateDataKey(key, context);
         return { ...dk, plaintext: dk.plaintext.subarray(0, 16) };
       },
-      async decryptDataKey(w, c) {
-        return (await base.decryptDataKey(w, c)).subarray(0, 16);
+      async decryptDataKey(w, c, e) {
+        return (await base.decryptDataKey(w, c, e)).subarray(0, 16);
       },
     };
     expect(InvalidInputError.isInstance(await rejection(encryptEnvelope(bad, new Uint8Array(1), { key: KEY })))).toBe(
       true,
     );
     const envelope = await encryptEnvelope(base, new Uint8Array(1), { key: KEY });
-    expect(InvalidInputError.isInstance(await rejection(decryptEnvelope(bad, envelope)))).toBe(true);
+    expect(InvalidInputError.isInstance(await rejection(decryptEnvelope(bad, envelope, { key: KEY })))).toBe(true);
   });
 });
 
@@ -458,10 +473,12 @@ describe('with the Keywarden key manager as the provider', () => {
     const { id } = await kw.createKey('billing/tenant-a');
     const context = { tenant: 'a' };
     const envelope = await encryptEnvelope(kw, counting(0, 100), { key: 'billing/tenant-a', context });
-    expect(await decryptEnvelope(kw, envelope, { context })).toEqual(counting(0, 100));
+    expect(await decryptEnvelope(kw, envelope, { key: 'billing/tenant-a', context })).toEqual(counting(0, 100));
     expect(inspectEnvelope(envelope)).toMatchObject({ keyId: id, keyVersion: 1 });
     expect(
-      DecryptionError.isInstance(await rejection(decryptEnvelope(kw, envelope, { context: { tenant: 'b' } }))),
+      DecryptionError.isInstance(
+        await rejection(decryptEnvelope(kw, envelope, { key: 'billing/tenant-a', context: { tenant: 'b' } })),
+      ),
     ).toBe(true);
   });
 });

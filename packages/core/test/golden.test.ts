@@ -59,9 +59,13 @@ function inputsOf(v: GoldenVector): GoldenInputs {
 
 async function decryptThroughStream(provider: StaticKekProvider, bytes: Uint8Array, context: Record<string, string>) {
   const out: Buffer[] = [];
-  await pipeline(Readable.from([Buffer.from(bytes)]), createDecryptStream(provider, { context }), async (source) => {
-    for await (const chunk of source) out.push(chunk as Buffer);
-  });
+  await pipeline(
+    Readable.from([Buffer.from(bytes)]),
+    createDecryptStream(provider, { key: golden.kek.keyId, context }),
+    async (source) => {
+      for await (const chunk of source) out.push(chunk as Buffer);
+    },
+  );
   return new Uint8Array(Buffer.concat(out));
 }
 
@@ -183,7 +187,9 @@ describe('golden vectors v1 (test/vectors/golden-v1.json)', () => {
 
       it('decrypts the committed bytes in memory, through the stream, and from the text form', async () => {
         const provider = providerFor(golden);
-        expect(hex(await decryptEnvelope(provider, envelope, { context: v.context }))).toBe(v.plaintext);
+        expect(hex(await decryptEnvelope(provider, envelope, { key: golden.kek.keyId, context: v.context }))).toBe(
+          v.plaintext,
+        );
         expect(hex(await decryptThroughStream(provider, envelope, v.context))).toBe(v.plaintext);
         expect(envelopeToText(envelope)).toBe(v.text);
         expect(envelopeFromText(v.text)).toEqual(envelope);

@@ -11,6 +11,7 @@ import {
   Keywarden,
   MemoryKeyStore,
   SoftwareRoot,
+  UnexpectedKeyError,
   WeakKeyMaterialError,
   kekAad,
   parseWrappedKey,
@@ -105,7 +106,7 @@ describe('Keywarden data keys', () => {
     const parsed = parseWrappedKey(dk.wrapped);
     expect(parsed.keyId).toBe(info.id);
     expect(parsed.version).toBe(1);
-    expect(await kw.decryptDataKey(dk.wrapped, { tenant: 'a' })).toEqual(dk.plaintext);
+    expect(await kw.decryptDataKey(dk.wrapped, { tenant: 'a' }, { key: 'k' })).toEqual(dk.plaintext);
   });
 
   it('a wrapped DEK never unwraps under another context, key or version', async () => {
@@ -113,21 +114,27 @@ describe('Keywarden data keys', () => {
     await kw.createKey('a');
     const b = await kw.createKey('b');
     const dk = await kw.generateDataKey('a', { tenant: 'a' });
-    await expect(kw.decryptDataKey(dk.wrapped, { tenant: 'b' })).rejects.toSatisfy(DecryptionError.isInstance);
-    await expect(kw.decryptDataKey(dk.wrapped)).rejects.toSatisfy(DecryptionError.isInstance);
-    await expect(kw.decryptDataKey(dk.wrapped, { tenant: 'a', x: '' })).rejects.toSatisfy(DecryptionError.isInstance);
+    await expect(kw.decryptDataKey(dk.wrapped, { tenant: 'b' }, { key: 'a' })).rejects.toSatisfy(
+      DecryptionError.isInstance,
+    );
+    await expect(kw.decryptDataKey(dk.wrapped, undefined, { key: 'a' })).rejects.toSatisfy(DecryptionError.isInstance);
+    await expect(kw.decryptDataKey(dk.wrapped, { tenant: 'a', x: '' }, { key: 'a' })).rejects.toSatisfy(
+      DecryptionError.isInstance,
+    );
     // Re-point the wrapped key at key b (same length id): the AEAD check fails, not a look-up.
     const forged = dk.wrapped.slice();
     const idA = new TextEncoder().encode(parseWrappedKey(dk.wrapped).keyId);
     forged.set(new TextEncoder().encode(b.id), 6);
     expect(forged.subarray(6, 6 + idA.length)).not.toEqual(idA);
-    await expect(kw.decryptDataKey(forged, { tenant: 'a' })).rejects.toSatisfy(DecryptionError.isInstance);
+    await expect(kw.decryptDataKey(forged, { tenant: 'a' }, { anyKeyInStore: true })).rejects.toSatisfy(
+      DecryptionError.isInstance,
+    );
     // Re-point at version 2 of key a after a rotation.
     await kw.rotateKey('a');
     const v2 = forged.slice();
     v2.set(idA, 6);
     new DataView(v2.buffer).setUint32(6 + idA.length, 2);
-    await expect(kw.decryptDataKey(v2, { tenant: 'a' })).rejects.toSatisfy(DecryptionError.isInstance);
+    await expect(kw.decryptDataKey(v2, { tenant: 'a' }, { key: 'a' })).rejects.toSatisfy(DecryptionError.isInstance);
     expect(await store.getVersion(parseWrappedKey(dk.wrapped).keyId, 2)).toBeDefined();
   });
 
@@ -146,9 +153,9 @@ describe('Keywarden data keys', () => {
     expect(rootCalls).toBe(1);
     for (let i = 0; i < 50; i++) {
       const dk = await kw.generateDataKey('k');
-      await kw.decryptDataKey(dk.wrapped);
+      await kw.decryptDataKey(dk.wrapped, undefined, { key: 'k' });
     }
-    await kw.decryptDataKey(first.wrapped);
+    await kw.decryptDataKey(first.wrapped, undefined, { key: 'k' });
     expect(reads.getKey + reads.getVersion).toBe(2);
     expect(rootCalls).toBe(1);
   });
@@ -161,7 +168,7 @@ describe('Keywarden data keys', () => {
     await kw.generateDataKey('b');
     await kw.generateDataKey('c'); // evicts a
     expect(reads.getVersion).toBe(3);
-    await kw.decryptDataKey(wa.wrapped);
+    await kw.decryptDataKey(wa.wrapped, undefined, { key: 'a' });
     expect(reads.getVersion).toBe(4);
   });
 
@@ -177,8 +184,8 @@ describe('Keywarden data keys', () => {
     ]);
     const after = await kw.generateDataKey('k');
     expect(after.version).toBe(2);
-    expect(await kw.decryptDataKey(before.wrapped)).toEqual(before.plaintext);
-    expect(await kw.decryptDataKey(after.wrapped)).toEqual(after.plaintext);
+    expect(await kw.decryptDataKey(before.wrapped, undefined, { key: 'k' })).toEqual(before.plaintext);
+    expect(await kw.decryptDataKey(after.wrapped, undefined, { key: 'k' })).toEqual(after.plaintext);
   });
 
   it('a disabled version is refused once the cache no longer holds it', async () => {
@@ -187,7 +194,7 @@ describe('Keywarden data keys', () => {
     const dk = await kw.generateDataKey('k');
     await store.setVersionState(info.id, 1, 'disabled', new Date());
     kw.clearCache();
-    await expect(kw.decryptDataKey(dk.wrapped)).rejects.toSatisfy(KeyStateError.isInstance);
+    await expect(kw.decryptDataKey(dk.wrapped, undefined, { key: 'k' })).rejects.toSatisfy(KeyStateError.isInstance);
     await expect(kw.generateDataKey('k')).rejects.toSatisfy(KeyStateError.isInstance);
   });
 
@@ -196,11 +203,13 @@ describe('Keywarden data keys', () => {
     await kw.createKey('k');
     const dk = await kw.generateDataKey('k');
     await kw.seal();
-    await expect(kw.decryptDataKey(dk.wrapped)).rejects.toSatisfy(KeystoreSealedError.isInstance);
+    await expect(kw.decryptDataKey(dk.wrapped, undefined, { key: 'k' })).rejects.toSatisfy(
+      KeystoreSealedError.isInstance,
+    );
     await expect(kw.generateDataKey('k')).rejects.toSatisfy(KeystoreSealedError.isInstance);
     await expect(kw.createKey('k2')).rejects.toSatisfy(KeystoreSealedError.isInstance);
     await root.unseal(unsealKey);
-    expect(await kw.decryptDataKey(dk.wrapped)).toEqual(dk.plaintext);
+    expect(await kw.decryptDataKey(dk.wrapped, undefined, { key: 'k' })).toEqual(dk.plaintext);
   });
 
   it('a process reopening the store starts sealed and works after unseal', async () => {
@@ -209,9 +218,11 @@ describe('Keywarden data keys', () => {
     const envelope = await kw.encrypt(new TextEncoder().encode('hello'), { key: 'k', context: { a: '1' } });
     const root2 = await SoftwareRoot.load(store);
     const kw2 = new Keywarden({ store, root: root2 });
-    await expect(kw2.decrypt(envelope, { context: { a: '1' } })).rejects.toSatisfy(KeystoreSealedError.isInstance);
+    await expect(kw2.decrypt(envelope, { key: 'k', context: { a: '1' } })).rejects.toSatisfy(
+      KeystoreSealedError.isInstance,
+    );
     await root2.unseal(unsealKey);
-    expect(new TextDecoder().decode(await kw2.decrypt(envelope, { context: { a: '1' } }))).toBe('hello');
+    expect(new TextDecoder().decode(await kw2.decrypt(envelope, { key: 'k', context: { a: '1' } }))).toBe('hello');
   });
 
   it('unknown keys give KeyNotFoundError; close refuses further use', async () => {
@@ -309,3 +320,114 @@ function holdUnwraps(root: SoftwareRoot) {
   };
   return { reached: () => reachedP, release, calls: () => calls };
 }
+
+describe('decryption takes the expected key (confused deputy across tenants)', () => {
+  async function tenants() {
+    const s = await setup();
+    const victim = await s.kw.createKey('tenant-victim');
+    const attacker = await s.kw.createKey('tenant-attacker');
+    const context = { tenant: 'victim', table: 'invoices' };
+    const text = new TextEncoder().encode('victim invoice');
+    // The attacker may use its own KEK, and writes the victim's context into an envelope.
+    const forged = await s.kw.encrypt(new TextEncoder().encode('forged'), { key: 'tenant-attacker', context });
+    const genuine = await s.kw.encrypt(text, { key: 'tenant-victim', context });
+    return { ...s, victim, attacker, context, text, forged, genuine };
+  }
+
+  it("an envelope under another tenant's KEK with the victim's context is refused (UnexpectedKeyError), naming only its key id", async () => {
+    const t = await tenants();
+    const err = await t.kw.decrypt(t.forged, { key: 'tenant-victim', context: t.context }).catch((e: unknown) => e);
+    expect(UnexpectedKeyError.isInstance(err)).toBe(true);
+    expect((err as Error).message).toBe(
+      `keywarden: the data key is wrapped under ${t.attacker.id}, which is not the expected key`,
+    );
+    expect((err as Error).message).not.toMatch(/tenant-attacker/);
+    expect(await t.kw.decrypt(t.genuine, { key: 'tenant-victim', context: t.context })).toEqual(t.text);
+  });
+
+  it('the stream and decryptDataKey refuse it too', async () => {
+    const t = await tenants();
+    const { Readable } = await import('node:stream');
+    const { pipeline } = await import('node:stream/promises');
+    const stream = t.kw.createDecryptStream({ key: 'tenant-victim', context: t.context });
+    const err = await pipeline(Readable.from([Buffer.from(t.forged)]), stream, async (src) => {
+      for await (const _ of src) {
+        // drain
+      }
+    }).catch((e: unknown) => e);
+    expect(UnexpectedKeyError.isInstance(err)).toBe(true);
+    const dk = await t.kw.generateDataKey('tenant-attacker', t.context);
+    await expect(t.kw.decryptDataKey(dk.wrapped, t.context, { key: 'tenant-victim' })).rejects.toSatisfy(
+      UnexpectedKeyError.isInstance,
+    );
+  });
+
+  it('data under an unexpected key is refused before that KEK is loaded', async () => {
+    const t = await tenants();
+    const kw = new Keywarden({ store: t.store, root: t.root });
+    let unwraps = 0;
+    const unwrap = t.root.unwrapKey.bind(t.root);
+    t.root.unwrapKey = async (w, a) => {
+      unwraps++;
+      return unwrap(w, a);
+    };
+    await expect(kw.decrypt(t.forged, { key: 'tenant-victim', context: t.context })).rejects.toSatisfy(
+      UnexpectedKeyError.isInstance,
+    );
+    expect(unwraps).toBe(0);
+  });
+
+  it('no expected key at all is an InvalidInputError: the key is the default path, not an option', async () => {
+    const t = await tenants();
+    for (const options of [
+      { context: t.context },
+      {},
+      { key: [], context: t.context },
+      { key: '', context: t.context },
+    ]) {
+      await expect(t.kw.decrypt(t.genuine, options)).rejects.toSatisfy(InvalidInputError.isInstance);
+    }
+    await expect(t.kw.decrypt(t.genuine, undefined as never)).rejects.toSatisfy(InvalidInputError.isInstance);
+    expect(() => t.kw.createDecryptStream({ context: t.context })).toThrow(InvalidInputError);
+    const dk = await t.kw.generateDataKey('tenant-victim', t.context);
+    await expect(t.kw.decryptDataKey(dk.wrapped, t.context, undefined as never)).rejects.toSatisfy(
+      InvalidInputError.isInstance,
+    );
+    // Both at once is ambiguous, and anyKeyInStore must be the boolean true.
+    await expect(
+      t.kw.decrypt(t.genuine, { key: 'tenant-victim', anyKeyInStore: true, context: t.context }),
+    ).rejects.toSatisfy(InvalidInputError.isInstance);
+    await expect(t.kw.decrypt(t.genuine, { anyKeyInStore: 'yes' as never, context: t.context })).rejects.toSatisfy(
+      InvalidInputError.isInstance,
+    );
+  });
+
+  it('the expected key may be a name, an id, or an allow-list of names and ids', async () => {
+    const t = await tenants();
+    const open = (key: string | string[]) => t.kw.decrypt(t.genuine, { key, context: t.context });
+    expect(await open('tenant-victim')).toEqual(t.text);
+    expect(await open(t.victim.id)).toEqual(t.text);
+    expect(await open(['tenant-victim'])).toEqual(t.text);
+    expect(await open([t.attacker.id, t.victim.id])).toEqual(t.text);
+    expect(await open(['tenant-attacker', 'tenant-victim'])).toEqual(t.text);
+    await expect(open([t.attacker.id])).rejects.toSatisfy(UnexpectedKeyError.isInstance);
+    await expect(open('no-such-key')).rejects.toSatisfy(KeyNotFoundError.isInstance);
+  });
+
+  it('anyKeyInStore: true (tools only) accepts data under any KEK of this store', async () => {
+    const t = await tenants();
+    expect(new TextDecoder().decode(await t.kw.decrypt(t.forged, { anyKeyInStore: true, context: t.context }))).toBe(
+      'forged',
+    );
+    expect(await t.kw.decrypt(t.genuine, { anyKeyInStore: true, context: t.context })).toEqual(t.text);
+  });
+
+  it('hot path: checking the expected name touches neither the store nor the root once it is cached', async () => {
+    const t = await tenants();
+    const kw = new Keywarden({ store: t.store, root: t.root });
+    await kw.decrypt(t.genuine, { key: 'tenant-victim', context: t.context });
+    const reads = countReads(t.store);
+    for (let i = 0; i < 20; i++) await kw.decrypt(t.genuine, { key: 'tenant-victim', context: t.context });
+    expect(reads.getKey + reads.getVersion).toBe(0);
+  });
+});

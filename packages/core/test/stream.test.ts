@@ -19,6 +19,7 @@ import {
   parseHeader,
 } from '../src/envelope.js';
 import { DecryptionError, FormatError, InvalidInputError, KeyNotFoundError } from '../src/errors.js';
+import type { KeyExpectation } from '../src/key-expectation.js';
 import { createDecryptStream, createEncryptStream } from '../src/stream.js';
 import { StaticKekProvider, counting } from './vectors/make-golden.js';
 
@@ -48,7 +49,7 @@ async function run(transform: Transform, input: Uint8Array, sizes: readonly numb
 const encrypt = (plaintext: Uint8Array, sizes?: number[], frameSize = F) =>
   run(createEncryptStream(provider, { key: KEY, context, frameSize }), plaintext, sizes);
 const decrypt = (envelope: Uint8Array, sizes?: number[], p = provider) =>
-  run(createDecryptStream(p, { context }), envelope, sizes);
+  run(createDecryptStream(p, { key: KEY, context }), envelope, sizes);
 
 async function rejection(p: Promise<unknown>): Promise<unknown> {
   try {
@@ -87,7 +88,7 @@ describe('round trips', () => {
     same(await decrypt(whole), plaintext);
     same(await decrypt(bytewise, [1]), plaintext);
     same(await decrypt(whole, [7, 1, 333, 1500]), plaintext);
-    same(await decryptEnvelope(provider, whole, { context }), plaintext);
+    same(await decryptEnvelope(provider, whole, { key: KEY, context }), plaintext);
     // The frame layout depends only on the length, never on the chunking (docs/format.md §4.4).
     expect(bytewise.length).toBe(whole.length);
     const { frames } = splitFrames(whole);
@@ -111,14 +112,14 @@ describe('round trips', () => {
 
   it('the default frame size and no context work', async () => {
     const envelope = await run(createEncryptStream(provider, { key: KEY }), counting(0, 300));
-    same(await run(createDecryptStream(provider), envelope), counting(0, 300));
+    same(await run(createDecryptStream(provider, { key: KEY }), envelope), counting(0, 300));
   });
 });
 
 describe('one decryptor for both modes', () => {
   it('decryptEnvelope decrypts framed envelopes held in memory', async () => {
     const plaintext = counting(1, 5000);
-    same(await decryptEnvelope(provider, await encrypt(plaintext), { context }), plaintext);
+    same(await decryptEnvelope(provider, await encrypt(plaintext), { key: KEY, context }), plaintext);
   });
 
   it('createDecryptStream decrypts single-shot envelopes (buffered, bounded), fed one byte at a time', async () => {
@@ -132,7 +133,7 @@ describe('one decryptor for both modes', () => {
   it('a single-shot stream longer than the single-shot bound is a FormatError before it is buffered', async () => {
     const envelope = await encryptEnvelope(provider, new Uint8Array(1), { key: KEY, context });
     const header = parseHeader(envelope).bytes;
-    const stream = createDecryptStream(provider, { context });
+    const stream = createDecryptStream(provider, { key: KEY, context });
     const err = await rejection(feed(stream, [header, new Uint8Array(MAX_SINGLE_SHOT_BODY + 1)]));
     expect(FormatError.isInstance(err)).toBe(true);
   });
@@ -141,7 +142,9 @@ describe('one decryptor for both modes', () => {
     const framed = await encrypt(counting(0, 2000));
     const single = await encryptEnvelope(provider, counting(0, 2000), { key: KEY, context });
     for (const envelope of [framed, single]) {
-      const err = await rejection(run(createDecryptStream(provider, { context: { tenant: 'other' } }), envelope));
+      const err = await rejection(
+        run(createDecryptStream(provider, { key: KEY, context: { tenant: 'other' } }), envelope),
+      );
       expect(DecryptionError.isInstance(err)).toBe(true);
     }
   });
@@ -159,7 +162,7 @@ function feed(stream: Transform, chunks: Uint8Array[], end = false): Promise<nev
 
 describe('bounded, incremental parsing', () => {
   it('an oversized wrapped-DEK length is refused from the 8-byte prefix, before more input arrives', async () => {
-    const stream = createDecryptStream(provider);
+    const stream = createDecryptStream(provider, { key: KEY });
     const err = await rejection(feed(stream, [Uint8Array.of(0x4b, 0x57, 0x45, 0x01, 0x01, 0x01, 0xff, 0xff)]));
     expect(FormatError.isInstance(err)).toBe(true);
     expect((err as Error).message).toMatch(/^envelope: wrapped data key length 65535/);
@@ -173,15 +176,17 @@ describe('bounded, incremental parsing', () => {
   ])('an unknown %s is refused from the prefix', async (_what, index, value) => {
     const prefix = Uint8Array.of(0x4b, 0x57, 0x45, 0x01, 0x01, 0x01, 0x00, 80);
     prefix[index] = value;
-    expect(FormatError.isInstance(await rejection(feed(createDecryptStream(provider), [prefix])))).toBe(true);
+    expect(FormatError.isInstance(await rejection(feed(createDecryptStream(provider, { key: KEY }), [prefix])))).toBe(
+      true,
+    );
   });
 
   it('a header asking for frames larger than maxFrameSize is a FormatError', async () => {
     const envelope = await run(createEncryptStream(provider, { key: KEY, frameSize: 8192 }), new Uint8Array(10));
-    const err = await rejection(run(createDecryptStream(provider, { maxFrameSize: 4096 }), envelope));
+    const err = await rejection(run(createDecryptStream(provider, { key: KEY, maxFrameSize: 4096 }), envelope));
     expect(FormatError.isInstance(err)).toBe(true);
     expect((err as Error).message).toMatch(/frame size 8192/);
-    same(await run(createDecryptStream(provider, { maxFrameSize: 8192 }), envelope), new Uint8Array(10));
+    same(await run(createDecryptStream(provider, { key: KEY, maxFrameSize: 8192 }), envelope), new Uint8Array(10));
   });
 
   it('a frame length field over the frame size is refused before the frame body is awaited', async () => {
@@ -189,14 +194,14 @@ describe('bounded, incremental parsing', () => {
     const { header, frames } = splitFrames(envelope);
     const forged = frames[0]!.slice(0, 9);
     new DataView(forged.buffer).setUint32(5, 0xffffffff);
-    const err = await rejection(feed(createDecryptStream(provider, { context }), [header, forged]));
+    const err = await rejection(feed(createDecryptStream(provider, { key: KEY, context }), [header, forged]));
     expect(FormatError.isInstance(err)).toBe(true);
   });
 
   it('the first frame is released as soon as it verifies, before the rest of the input arrives', async () => {
     const plaintext = counting(0, 5 * F);
     const { header, frames } = splitFrames(await encrypt(plaintext));
-    const stream = createDecryptStream(provider, { context });
+    const stream = createDecryptStream(provider, { key: KEY, context });
     const first = new Promise<Buffer>((resolve) => stream.once('data', resolve));
     stream.write(header);
     stream.write(frames[0]!);
@@ -210,7 +215,7 @@ describe('bounded, incremental parsing', () => {
     const { header, frames } = splitFrames(envelope);
     const bad = frames[1]!.slice();
     bad[bad.length - 1]! ^= 0x80; // last tag byte of frame 2
-    const stream = createDecryptStream(provider, { context });
+    const stream = createDecryptStream(provider, { key: KEY, context });
     const out: Buffer[] = [];
     stream.on('data', (c: Buffer) => out.push(c));
     const err = await rejection(feed(stream, [header, frames[0]!, bad, ...frames.slice(2)], true));
@@ -255,13 +260,13 @@ describe('options and providers', () => {
   );
 
   it('maxFrameSize outside 1 KiB..4 MiB is refused', () => {
-    expect(() => createDecryptStream(provider, { maxFrameSize: 100 })).toThrow(InvalidInputError);
+    expect(() => createDecryptStream(provider, { key: KEY, maxFrameSize: 100 })).toThrow(InvalidInputError);
   });
 
   it('a missing key or malformed context is refused synchronously', () => {
     expect(() => createEncryptStream(provider, { key: '' })).toThrow(InvalidInputError);
     expect(() => createEncryptStream(provider, { key: KEY, context: { a: 1 } as never })).toThrow(InvalidInputError);
-    expect(() => createDecryptStream(provider, { context: { a: 1 } as never })).toThrow(InvalidInputError);
+    expect(() => createDecryptStream(provider, { key: KEY, context: { a: 1 } as never })).toThrow(InvalidInputError);
   });
 
   it('provider errors end the encrypt stream with that error', async () => {
@@ -277,7 +282,8 @@ describe('options and providers', () => {
         await gate;
         return provider.generateDataKey(key, ctx);
       },
-      decryptDataKey: (w: Uint8Array, ctx?: Record<string, string>) => provider.decryptDataKey(w, ctx),
+      decryptDataKey: (w: Uint8Array, ctx: Record<string, string> | undefined, e: KeyExpectation) =>
+        provider.decryptDataKey(w, ctx, e),
     };
     const stream = createEncryptStream(slow, { key: KEY, frameSize: F });
     const closed = new Promise((resolve) => stream.once('close', resolve));
@@ -297,7 +303,7 @@ describe('options and providers', () => {
     const stream = createEncryptStream(provider, { key: KEY, context: ctx, frameSize: F });
     ctx.tenant = 'b';
     const envelope = await run(stream, counting(0, 10));
-    same(await decryptEnvelope(provider, envelope, { context: { tenant: 'a' } }), counting(0, 10));
+    same(await decryptEnvelope(provider, envelope, { key: KEY, context: { tenant: 'a' } }), counting(0, 10));
   });
 });
 

@@ -36,7 +36,8 @@ import {
 } from '../../src/data-key.js';
 import { createEncryptStreamForTestVectors, encryptEnvelopeForTestVectors } from '../../src/_testing.js';
 import { deriveMessageKeys, envelopeToText, parseHeader } from '../../src/envelope.js';
-import { KeyNotFoundError } from '../../src/errors.js';
+import { KeyNotFoundError, UnexpectedKeyError } from '../../src/errors.js';
+import { checkKeyExpectation, type KeyExpectation } from '../../src/key-expectation.js';
 
 type Random = (length: number) => Uint8Array;
 
@@ -80,8 +81,18 @@ export class StaticKekProvider implements DataKeyProvider {
     return { plaintext: dek, wrapped, keyId: kek.keyId, version: kek.version };
   }
 
-  async decryptDataKey(wrapped: Uint8Array, context?: EncryptionContext): Promise<Uint8Array> {
+  /** Honours the DataKeyProvider contract: `expected` is checked before any KEK is used. Key ids
+   * are this provider's only names. */
+  async decryptDataKey(
+    wrapped: Uint8Array,
+    context: EncryptionContext | undefined,
+    expected: KeyExpectation,
+  ): Promise<Uint8Array> {
+    const allowed = checkKeyExpectation(expected, 'test provider');
     const parsed = parseWrappedKey(wrapped);
+    if (allowed !== null && !allowed.includes(parsed.keyId)) {
+      throw new UnexpectedKeyError(`test provider: the data key is wrapped under ${parsed.keyId}, not an expected key`);
+    }
     const kek = this.keks.get(parsed.keyId);
     if (!kek || kek.version !== parsed.version) {
       throw new KeyNotFoundError(`test provider: no key "${parsed.keyId}" version ${parsed.version}`);
