@@ -16,6 +16,20 @@ import {
   type RootUpdate,
   rewrapUnderNewRoot,
   SoftwareRoot,
+  decodeRootTombstone,
+  encodeRootTombstone,
+  makeRootTombstone,
+  ROOT_DESTROYED_MESSAGE,
+  ROOT_DESTRUCTION_INTERRUPTED_MESSAGE,
+  ROOT_MISSING_MESSAGE,
+  ROOT_TOMBSTONE_META_NAME,
+  RootDestroyedError,
+  RootMissingError,
+  type RootTombstone,
+  readRootState,
+  StoreCorruptError,
+  UnsealError,
+  verifyRootTombstone,
 } from '../src/index.js';
 
 const text = new TextEncoder();
@@ -270,13 +284,25 @@ describe('rewrapUnderNewRoot', () => {
 });
 
 describe('destroyRoot', () => {
-  it('deletes the sealed root, then destroys every version: load fails with a clear KeyStoreError, nothing decrypts', async () => {
+  const NOW = new Date(Date.UTC(2025, 6, 2));
+
+  it('writes a tombstone, deletes the sealed root, then destroys every version: load fails with RootDestroyedError, nothing decrypts', async () => {
     const f = await fixture();
-    expect(await destroyRoot(f.store, new Date(Date.UTC(2025, 6, 2)))).toEqual({ destroyed: 4, alreadyDestroyed: 1 });
+    const rootId = f.root.describe().id;
+    expect(await destroyRoot(f.store, { unsealKey: f.unsealKey, now: NOW })).toEqual({
+      destroyed: 4,
+      alreadyDestroyed: 1,
+    });
     expect(await f.store.getMeta(ROOT_META_NAME)).toBeUndefined();
+    const state = await readRootState(f.store);
+    expect(state.state).toBe('destroyed');
+    const tombstone = (state as { tombstone: RootTombstone }).tombstone;
+    expect(tombstone).toMatchObject({ format: 1, kind: 'root-tombstone', rootId, destroyedAt: NOW.toISOString() });
+    expect(tombstone.unseal).toEqual({ method: 'key' });
+    verifyRootTombstone(tombstone, f.unsealKey);
     const err = await SoftwareRoot.load(f.store).catch((e: Error) => e);
-    expect(KeyStoreError.isInstance(err)).toBe(true);
-    expect((err as Error).message).toBe('root: this key store has no root (it was destroyed, or never initialized)');
+    expect(RootDestroyedError.isInstance(err)).toBe(true);
+    expect((err as Error).message).toBe(ROOT_DESTROYED_MESSAGE);
     for (const k of await f.store.listKeys()) {
       for (const v of await f.store.listVersions(k.id)) {
         expect(v.state).toBe('destroyed');
@@ -293,11 +319,77 @@ describe('destroyRoot', () => {
     );
   });
 
-  it('is idempotent: a second call (after an interruption) finishes erasing and changes nothing more', async () => {
+  it('requires the consent: a wrong unseal key is an UnsealError and changes nothing', async () => {
     const f = await fixture();
-    // Interrupted after step 1: the root is gone, the versions still hold material.
+    const before = await snapshot(f.store);
+    const err = await destroyRoot(f.store, { unsealKey: new Uint8Array(randomBytes(32)) }).catch((e: Error) => e);
+    expect(UnsealError.isInstance(err)).toBe(true);
+    expect(await snapshot(f.store)).toStrictEqual(before);
+    expect(await f.store.getMeta(ROOT_TOMBSTONE_META_NAME)).toBeUndefined();
+  });
+
+  it('is idempotent: a second call (after an interruption) finishes erasing with the same consent, and refuses another key', async () => {
+    const f = await fixture();
+    // Interrupted after step 2: the tombstone is written and the root gone; the versions still hold material.
+    const doc = (await SoftwareRoot.load(f.store)).document;
+    await f.store.putMeta(ROOT_TOMBSTONE_META_NAME, encodeRootTombstone(makeRootTombstone(doc, f.unsealKey, NOW)));
     await f.store.deleteMeta(ROOT_META_NAME);
-    expect(await destroyRoot(f.store)).toEqual({ destroyed: 4, alreadyDestroyed: 1 });
-    expect(await destroyRoot(f.store)).toEqual({ destroyed: 0, alreadyDestroyed: 5 });
+    const err = await destroyRoot(f.store, { unsealKey: new Uint8Array(randomBytes(32)) }).catch((e: Error) => e);
+    expect(UnsealError.isInstance(err)).toBe(true);
+    expect((await f.store.listVersions(f.ordersId)).filter((v) => v.state !== 'destroyed')).toHaveLength(3);
+    expect(await destroyRoot(f.store, { unsealKey: f.unsealKey })).toEqual({ destroyed: 4, alreadyDestroyed: 1 });
+    expect(await destroyRoot(f.store, { unsealKey: f.unsealKey })).toEqual({ destroyed: 0, alreadyDestroyed: 5 });
+  });
+
+  it('interrupted after the tombstone, before the root was deleted: the root may no longer be loaded, and a second call finishes', async () => {
+    const f = await fixture();
+    const doc = (await SoftwareRoot.load(f.store)).document;
+    await f.store.putMeta(ROOT_TOMBSTONE_META_NAME, encodeRootTombstone(makeRootTombstone(doc, f.unsealKey, NOW)));
+    const err = await SoftwareRoot.load(f.store).catch((e: Error) => e);
+    expect(RootDestroyedError.isInstance(err)).toBe(true);
+    expect((err as Error).message).toBe(ROOT_DESTRUCTION_INTERRUPTED_MESSAGE);
+    expect((await readRootState(f.store)).state).toBe('present');
+    expect(await destroyRoot(f.store, { unsealKey: f.unsealKey })).toEqual({ destroyed: 4, alreadyDestroyed: 1 });
+    expect((await readRootState(f.store)).state).toBe('destroyed');
+  });
+
+  it('never reads "not found" as "destroyed": a store with neither root nor tombstone is RootMissingError, and destroy changes nothing', async () => {
+    const f = await fixture();
+    // What a damaged index looks like from above: the sealed root is not found, and nothing says why.
+    await f.store.deleteMeta(ROOT_META_NAME);
+    const before = await snapshot(f.store);
+    expect((await readRootState(f.store)).state).toBe('missing');
+    for (const attempt of [() => SoftwareRoot.load(f.store), () => destroyRoot(f.store, { unsealKey: f.unsealKey })]) {
+      const err = await attempt().catch((e: Error) => e);
+      expect(RootMissingError.isInstance(err)).toBe(true);
+      expect((err as Error).message).toBe(ROOT_MISSING_MESSAGE);
+    }
+    expect(await snapshot(f.store)).toStrictEqual(before);
+  });
+
+  it('a tombstone is authenticated: changing any field, or the MAC, makes the consent check fail', async () => {
+    const f = await fixture();
+    const doc = (await SoftwareRoot.load(f.store)).document;
+    const t = makeRootTombstone(doc, f.unsealKey, NOW);
+    verifyRootTombstone(decodeRootTombstone(encodeRootTombstone(t)), f.unsealKey);
+    const altered: RootTombstone[] = [
+      { ...t, rootId: 'root_AAAAAAAAAAAAAAAAAAAAAA' },
+      { ...t, destroyedAt: new Date(0).toISOString() },
+      { ...t, unseal: { method: 'shamir', shareSetId: 'x', threshold: 2, shares: 3 } },
+      { ...t, mac: t.mac.replace(/^./, (c) => (c === 'A' ? 'B' : 'A')) },
+    ];
+    for (const a of altered) {
+      expect(() => verifyRootTombstone(a, f.unsealKey)).toThrow(/does not match the record of this root destruction/);
+    }
+    for (const bad of ['{', '{"format":1}', JSON.stringify({ ...t, mac: 'AA' })]) {
+      expect(() => decodeRootTombstone(new TextEncoder().encode(bad))).toSatisfy((fn: () => unknown) => {
+        try {
+          fn();
+          return false;
+        } catch (err) {
+          return StoreCorruptError.isInstance(err);
+        }
+      });
+    }
   });
 });
