@@ -1,6 +1,7 @@
 /**
  * The split-knowledge ceremonies on a key-store directory (docs/split-knowledge.md §3, §7):
- * `init --shares N --threshold M` and `rekey`, and how their shares are handed out.
+ * `init --shares N --threshold M` and `rekey`, how their shares are handed out, and how a ceremony
+ * cut short by a crash is resumed or aborted (§7.1).
  *
  * Hand-out, one of:
  *  - encrypted to custodians (`--custodian PEM`, one per share, in order): DIR/share-<i>-of-<N>.kwshare,
@@ -8,32 +9,65 @@
  *  - plaintext files (`--share-dir DIR`, no custodians): DIR/share-<i>-of-<N>.txt, 0600;
  *  - plaintext on stdout, each share once, labelled (no custodians, no --share-dir).
  *
- * All or nothing: every parameter, custodian key and output file is checked (the files are even
- * created, empty, O_EXCL) before the key store changes; if handing out fails after it changed,
- * the change is undone — init removes the new store, rekey puts the previous sealed root document
- * back (it is not secret: it is the root sealed under the old unseal key), so the current shares
- * keep working. A store whose shares were never handed out is never left behind.
+ * Crash safety (no crash at any instant leaves the store without a working share set in someone's
+ * hands): the new share set is STAGED — recorded in the store as a pending ceremony beside the
+ * current root (@keywarden/split-knowledge, staged-ceremony.ts) — then every share is written and
+ * fsynced (each file, then the folder), and only then ACTIVATED, by one store write. Until then the
+ * current shares keep working. A rekey's pending record sits in the store; an init's whole store
+ * is built as D/keystore.db.staged and moved into place (rename + fsync of D) as its activation,
+ * so a store whose shares were never written never looks initialized. `--resume` finishes a
+ * ceremony whose shares were all written; `--abort` drops it. An ordinary failure (not a kill) is
+ * undone at once.
  *
  * The unseal key and the root key exist only inside @keywarden/split-knowledge, in memory, and
  * are never written anywhere in plaintext, not even to a temporary file.
+ *
+ * Tests only: with KEYWARDEN_TEST_STEP_HOOK set, each step boundary is announced on stderr
+ * (`announce`) or ends the process with SIGKILL (`kill:<step>`); unset, `step()` does nothing.
  */
-import { type FileHandle, chmod, mkdir, open, rm, rmdir } from 'node:fs/promises';
+import { closeSync, fsyncSync, openSync, writeSync } from 'node:fs';
+import { type FileHandle, chmod, lstat, mkdir, open, readFile, rename, rm, rmdir } from 'node:fs/promises';
 import * as path from 'node:path';
-import { KeywardenError, ROOT_META_NAME, SoftwareRoot, ShareError } from '@keywarden/core';
+import { KeywardenError, ShareError, SoftwareRoot } from '@keywarden/core';
 import {
+  abortPendingCeremony,
+  activatePendingCeremony,
   checkSplitParameters,
   custodianPublicKey,
+  finishActivatedCeremony,
+  handOutDigest,
+  type PendingCeremony,
+  pendingCeremonyState,
+  readPendingCeremony,
   type ShareSetInfo,
-  initSplitRoot,
-  rekey,
+  type StagedCeremony,
+  stageInit,
+  stageRekey,
   UnsealSession,
+  verifyPendingCeremony,
 } from '@keywarden/split-knowledge';
 import { SqliteKeyStore } from '@keywarden/store-sqlite';
 import { isTerminal, readHidden, readShareFile, readSharesFromStream, readSmallSecretFile } from './_prompt.js';
 import { CliError, displayPath, systemErrorText, UsageError } from './errors.js';
 import type { CliIO } from './io.js';
 import { print } from './output.js';
-import { exists, removeStoreFiles, requireStore, SHARES_OUT_DIR, type StoreLocation } from './store-dir.js';
+import { exists, requireStore, SHARES_OUT_DIR, type StoreLocation } from './store-dir.js';
+
+/** Test-only: announce or SIGKILL at step boundaries (see the file comment). Inert when unset. */
+export const TEST_STEP_HOOK_ENV = 'KEYWARDEN_TEST_STEP_HOOK';
+
+function step(io: Pick<CliIO, 'env'>, name: string): void {
+  const hook = io.env[TEST_STEP_HOOK_ENV];
+  if (!hook) return;
+  const parts = hook.split(',');
+  if (parts.includes('announce')) writeSync(2, `keywarden-test-step: ${name}\n`);
+  if (parts.includes(`kill:${name}`)) process.kill(process.pid, 'SIGKILL');
+}
+
+/** Where an init builds its store before moving it into place. */
+export function stagedStorePath(loc: StoreLocation): string {
+  return `${loc.dbPath}.staged`;
+}
 
 export interface Custodian {
   /** 1-based: the share this custodian receives. */
@@ -109,72 +143,86 @@ export const PLAINTEXT_SHARES_WARNING = [
   'preferable: then nobody but the custodian ever sees a share.',
 ].join('\n');
 
+/** The hand-out as recorded in the pending ceremony (no key material: paths and fingerprints). */
+interface HandOutDescription {
+  mode: HandOutResult['mode'];
+  dir?: string;
+  files: string[];
+  custodians?: Custodian[];
+  requireNewQuorum?: boolean;
+}
+
 class HandOut {
   readonly mode: HandOutResult['mode'];
   readonly dir: string | undefined;
   readonly files: string[];
-  readonly #handles: FileHandle[] = [];
+  readonly custodians: Custodian[] | undefined;
   /** Only what this hand-out created is ever deleted (never an earlier ceremony's shares). */
   readonly #created: string[] = [];
-  readonly #createdDir: boolean;
-  #written = false;
+  #createdDir = false;
 
-  private constructor(mode: HandOutResult['mode'], dir: string | undefined, files: string[], createdDir: boolean) {
+  private constructor(
+    mode: HandOutResult['mode'],
+    dir: string | undefined,
+    files: string[],
+    custodians: Custodian[] | undefined,
+  ) {
     this.mode = mode;
     this.dir = dir;
     this.files = files;
-    this.#createdDir = createdDir;
+    this.custodians = custodians;
   }
 
   /**
-   * Decide where the N shares go and create their (empty) files now, O_EXCL and 0600, so that
-   * nothing about the output can fail in a way that would be caught only after the store changed.
+   * Decide where the N shares go and check that none of the files exists yet (they are created,
+   * O_EXCL, only after the ceremony is recorded, so that an abort knows which files are its own).
    */
-  static async prepare(
+  static async plan(
     io: CliIO,
     loc: StoreLocation,
     shares: number,
     custodians: Custodian[] | undefined,
     shareDir: string | undefined,
   ): Promise<HandOut> {
-    if (!custodians && shareDir === undefined) return new HandOut('stdout', undefined, [], false);
+    if (!custodians && shareDir === undefined) return new HandOut('stdout', undefined, [], undefined);
     const dir = shareDir !== undefined ? path.resolve(io.cwd, shareDir) : path.join(loc.dir, SHARES_OUT_DIR);
     const ext = custodians ? 'kwshare' : 'txt';
     const files = Array.from({ length: shares }, (_, i) => path.join(dir, `share-${i + 1}-of-${shares}.${ext}`));
-    let createdDir = false;
-    try {
-      createdDir = (await mkdir(dir, { recursive: true, mode: 0o700 })) !== undefined;
-      if (createdDir) await chmod(dir, 0o700);
-    } catch (err) {
-      throw new CliError(`cannot create ${displayPath(dir, io.cwd)}: ${systemErrorText(err)}`, { cause: err });
-    }
-    const h = new HandOut(custodians ? 'encrypted-files' : 'plaintext-files', dir, files, createdDir);
-    try {
-      for (const f of files) {
-        try {
-          const fh = await open(f, 'wx', 0o600);
-          h.#created.push(f);
-          h.#handles.push(fh);
-          await fh.chmod(0o600);
-        } catch (err) {
-          const code = (err as NodeJS.ErrnoException).code;
-          throw new CliError(
-            code === 'EEXIST'
-              ? `${displayPath(f, io.cwd)} already exists (shares of an earlier ceremony?): move them away or choose another --share-dir`
-              : `cannot create ${displayPath(f, io.cwd)}: ${systemErrorText(err)}`,
-            { cause: err },
-          );
-        }
+    for (const f of files) {
+      if (await lexists(f)) {
+        throw new CliError(
+          `${displayPath(f, io.cwd)} already exists (shares of an earlier ceremony?): move them away or choose another --share-dir`,
+        );
       }
-    } catch (err) {
-      await h.abort();
-      throw err;
     }
-    return h;
+    return new HandOut(custodians ? 'encrypted-files' : 'plaintext-files', dir, files, custodians);
   }
 
-  /** Write the shares (armored encrypted shares, or share texts) and close the files; or print them. */
-  async write(io: CliIO, handOut: readonly string[], set: ShareSetInfo): Promise<void> {
+  describe(requireNewQuorum: boolean): HandOutDescription {
+    return {
+      mode: this.mode,
+      ...(this.dir !== undefined ? { dir: this.dir } : {}),
+      files: [...this.files],
+      ...(this.custodians
+        ? {
+            custodians: this.custodians.map((c) => ({
+              index: c.index,
+              display: c.display,
+              pem: '',
+              fingerprint: c.fingerprint,
+            })),
+          }
+        : {}),
+      ...(requireNewQuorum ? { requireNewQuorum: true } : {}),
+    };
+  }
+
+  /**
+   * Hand the shares out: print them, or write each file (O_EXCL, 0600), fsync it and close it,
+   * then fsync the folder (and its parent when this created it), so that every share is on disk
+   * before the ceremony is activated.
+   */
+  async write(io: CliIO, handOut: readonly string[], set: ShareSetInfo, ceremony: string): Promise<void> {
     if (this.mode === 'stdout') {
       await print(io.stderr, `${PLAINTEXT_SHARES_WARNING}\n\n`);
       for (const [i, share] of handOut.entries()) {
@@ -182,35 +230,120 @@ class HandOut {
           io.stdout,
           `share ${i + 1} of ${set.shares} (share set ${set.shareSetId}, any ${set.threshold} unseal) — hand to custodian ${i + 1}, then clear your screen and scrollback:\n${share}\n\n`,
         );
+        step(io, `${ceremony}:share-${i + 1}`);
       }
-      this.#written = true;
       return;
     }
-    for (const [i, fh] of this.#handles.entries()) {
+    const dir = this.dir as string;
+    try {
+      if ((await mkdir(dir, { recursive: true, mode: 0o700 })) !== undefined) {
+        this.#createdDir = true;
+        await chmod(dir, 0o700);
+      }
+    } catch (err) {
+      throw new CliError(`cannot create ${displayPath(dir, io.cwd)}: ${systemErrorText(err)}`, { cause: err });
+    }
+    for (const [i, f] of this.files.entries()) {
       const text = handOut[i];
       if (text === undefined) throw new CliError('ceremony: fewer shares than files');
-      await fh.writeFile(text.endsWith('\n') ? text : `${text}\n`, 'utf8');
-      await fh.sync();
+      let fh: FileHandle;
+      try {
+        fh = await open(f, 'wx', 0o600);
+      } catch (err) {
+        const code = (err as NodeJS.ErrnoException).code;
+        throw new CliError(
+          code === 'EEXIST'
+            ? `${displayPath(f, io.cwd)} already exists (shares of an earlier ceremony?): move them away or choose another --share-dir`
+            : `cannot create ${displayPath(f, io.cwd)}: ${systemErrorText(err)}`,
+          { cause: err },
+        );
+      }
+      this.#created.push(f);
+      try {
+        await fh.chmod(0o600);
+        await fh.writeFile(text.endsWith('\n') ? text : `${text}\n`, 'utf8');
+        await fh.sync();
+      } catch (err) {
+        throw new CliError(`cannot write ${displayPath(f, io.cwd)}: ${systemErrorText(err)}`, { cause: err });
+      } finally {
+        await fh.close();
+      }
+      step(io, `${ceremony}:share-${i + 1}`);
     }
-    await this.#closeHandles();
-    this.#written = true;
+    fsyncDir(dir);
+    if (this.#createdDir) fsyncDir(path.dirname(dir));
   }
 
-  /** Undo: close and delete the files created, and the directory if this created it. Never throws. */
+  /** Undo: delete the files created, and the directory if this created it. Never throws. */
   async abort(): Promise<void> {
-    await this.#closeHandles().catch(() => {});
     while (this.#created.length > 0) await rm(this.#created.pop() as string, { force: true }).catch(() => {});
     if (this.#createdDir && this.dir) await rmdir(this.dir).catch(() => {});
-    this.#written = false;
+    this.#createdDir = false;
   }
+}
 
-  get written(): boolean {
-    return this.#written;
+/**
+ * For a resume: is every share of the pending ceremony on disk, whole? Each file must hold exactly
+ * the text whose digest was recorded. Each file and the folder are fsynced again (a crash may have
+ * come between a write and its fsync). Returns what is wrong, one item a file; empty when complete.
+ */
+async function checkHandOutFiles(io: CliIO, pending: PendingCeremony): Promise<string[]> {
+  const h = pending.handOut as unknown as HandOutDescription;
+  const problems: string[] = [];
+  for (const [i, f] of h.files.entries()) {
+    let text: string;
+    try {
+      text = await readFile(f, 'utf8');
+    } catch (err) {
+      problems.push(`${displayPath(f, io.cwd)}: ${systemErrorText(err)}`);
+      continue;
+    }
+    if (handOutDigest(text) !== pending.digests[i]) {
+      problems.push(`${displayPath(f, io.cwd)} is incomplete or altered`);
+      continue;
+    }
+    fsyncFile(f);
   }
+  if (h.dir !== undefined && problems.length === 0) fsyncDir(h.dir);
+  return problems;
+}
 
-  async #closeHandles(): Promise<void> {
-    while (this.#handles.length > 0) await (this.#handles.pop() as FileHandle).close();
+/**
+ * For an abort: delete the share files of the pending ceremony — only files that are empty (the
+ * crash came before the write), hold the recorded text, or name its share set; anything else at
+ * those paths is left alone and reported.
+ */
+async function removeHandOutFiles(io: CliIO, pending: PendingCeremony | undefined): Promise<string[]> {
+  const notes: string[] = [];
+  if (!pending) return notes;
+  const h = pending.handOut as unknown as HandOutDescription;
+  if (!Array.isArray(h.files)) return notes;
+  for (const [i, f] of h.files.entries()) {
+    if (typeof f !== 'string') continue;
+    let text: string;
+    try {
+      text = await readFile(f, 'utf8');
+    } catch {
+      continue;
+    }
+    if (
+      text.trim() === '' ||
+      handOutDigest(text) === pending.digests[i] ||
+      text.includes(pending.shareSet.shareSetId)
+    ) {
+      await rm(f, { force: true });
+      notes.push(`removed ${displayPath(f, io.cwd)}`);
+    } else {
+      notes.push(`left ${displayPath(f, io.cwd)} in place: it is not a share of this ceremony`);
+    }
   }
+  if (typeof h.dir === 'string' && path.basename(h.dir) === SHARES_OUT_DIR) await rmdir(h.dir).catch(() => {});
+  return notes;
+}
+
+function handOutResultOf(pending: PendingCeremony): HandOutResult {
+  const h = pending.handOut as unknown as HandOutDescription;
+  return { mode: h.mode, files: h.files, dir: h.dir, custodians: h.custodians, shareSet: pending.shareSet };
 }
 
 // ── Init ───────────────────────────────────────────────────────────────────────────────────────
@@ -218,15 +351,21 @@ class HandOut {
 export interface SplitInitOptions extends ShareOutputOptions {
   shares: number;
   threshold: number;
+  /** Leave the store pending until a test quorum of the new shares confirms it (`init --resume`). */
+  verifyQuorum?: boolean;
 }
 
 export interface SplitInitResult extends HandOutResult {
   rootId: string;
+  /** False with --verify-quorum: the store is moved into place by `init --resume` with a test quorum. */
+  activated: boolean;
 }
 
 /**
  * Create D (0700) and a key store whose root is sealed under an unseal key split M-of-N, and hand
- * the shares out. Refuses when D already has a key store. On failure nothing is left behind.
+ * the shares out; the store is built as D/keystore.db.staged and becomes D/keystore.db only once
+ * every share is durably handed out. Refuses when D already has a key store or an unfinished init.
+ * On an ordinary failure nothing is left behind.
  */
 export async function initSplitStoreDir(
   io: CliIO,
@@ -238,40 +377,192 @@ export async function initSplitStoreDir(
     ? await readCustodians(options.custodianFiles, options.shares, io)
     : undefined;
   if (await exists(loc.dbPath)) throw new CliError(`${loc.display} already has a key store`);
+  await clearAbandonedInit(io, loc);
   const created = await mkdir(loc.dir, { recursive: true, mode: 0o700 });
   if (created !== undefined) await chmod(loc.dir, 0o700);
 
-  const handOut = await HandOut.prepare(io, loc, options.shares, custodians, options.shareDir);
-  let storeCreated = false;
+  const handOut = await HandOut.plan(io, loc, options.shares, custodians, options.shareDir);
+  const staged = await stageInit({
+    shares: options.shares,
+    threshold: options.threshold,
+    ...(custodians ? { custodians: custodians.map((c) => c.pem) } : {}),
+  });
+  const stagedPath = stagedStorePath(loc);
   try {
-    storeCreated = true;
-    const store = await SqliteKeyStore.open(loc.dbPath);
-    let rootId: string;
-    let shareSet: ShareSetInfo;
-    let shares: string[];
+    const store = await SqliteKeyStore.open(stagedPath);
     try {
-      const split = await initSplitRoot(store, {
-        shares: options.shares,
-        threshold: options.threshold,
-        ...(custodians ? { custodians: custodians.map((c) => c.pem) } : {}),
-      });
-      rootId = split.root.describe().id;
-      shareSet = split.shareSet;
-      shares = split.handOut;
-      // The process that ran init does not keep the root: the store starts sealed.
-      await split.root.close();
+      step(io, 'init:store-created');
+      await staged.record(store, { ...handOut.describe(options.verifyQuorum === true) });
     } finally {
       await store.close();
     }
-    await chmod(loc.dbPath, 0o600);
-    await handOut.write(io, shares, shareSet);
-    shares.length = 0;
-    return { rootId, mode: handOut.mode, files: handOut.files, dir: handOut.dir, custodians, shareSet };
+    await chmod(stagedPath, 0o600);
+    fsyncFile(stagedPath);
+    fsyncDir(loc.dir);
+    step(io, 'init:recorded');
+    await handOut.write(io, staged.handOut, staged.shareSet, 'init');
+    staged.handOut.length = 0;
+    step(io, 'init:shares-written');
+    const result = {
+      rootId: staged.document.rootId,
+      mode: handOut.mode,
+      files: handOut.files,
+      dir: handOut.dir,
+      custodians,
+      shareSet: staged.shareSet,
+    };
+    if (options.verifyQuorum) return { ...result, activated: false };
+    await moveStagedStoreIntoPlace(io, loc);
+    return { ...result, activated: true };
   } catch (err) {
     await handOut.abort();
-    if (storeCreated) await removeStoreFiles(loc);
+    await removeFiles(stagedPath);
     throw err;
+  } finally {
+    await staged.close();
   }
+}
+
+/** A staged store with no pending record is a crash before anything was handed out: remove it. */
+async function clearAbandonedInit(io: CliIO, loc: StoreLocation): Promise<void> {
+  const stagedPath = stagedStorePath(loc);
+  if (!(await exists(stagedPath))) return;
+  const pending = await readStagedPending(stagedPath);
+  if (pending) {
+    throw new CliError(
+      `an earlier \`keywarden init\` in ${loc.display} did not finish (share set ${pending.shareSet.shareSetId}, started ${pending.createdAt}): ` +
+        'finish it with `keywarden init --resume` or drop it with `keywarden init --abort`',
+    );
+  }
+  await removeFiles(stagedPath);
+  await print(io.stderr, `Removed the remains of an earlier init that stopped before any share was handed out.\n`);
+}
+
+async function readStagedPending(stagedPath: string): Promise<PendingCeremony | undefined> {
+  const store = await SqliteKeyStore.open(stagedPath);
+  try {
+    return await readPendingCeremony(store);
+  } finally {
+    await store.close();
+  }
+}
+
+/** The activation of an init: D/keystore.db.staged becomes D/keystore.db (rename, fsync of D). */
+async function moveStagedStoreIntoPlace(io: CliIO, loc: StoreLocation): Promise<void> {
+  const stagedPath = stagedStorePath(loc);
+  if (await exists(`${stagedPath}-wal`)) {
+    // A crash left a write-ahead log: open and close the store so SQLite folds it in.
+    await (await SqliteKeyStore.open(stagedPath)).close();
+  }
+  if (await exists(loc.dbPath)) throw new CliError(`${loc.display} already has a key store`);
+  await rename(stagedPath, loc.dbPath);
+  fsyncDir(loc.dir);
+  step(io, 'init:activated');
+  await rm(`${stagedPath}-shm`, { force: true });
+  const store = await SqliteKeyStore.open(loc.dbPath);
+  try {
+    await finishActivatedCeremony(store);
+  } finally {
+    await store.close();
+  }
+  step(io, 'init:done');
+}
+
+export interface ResumeOptions {
+  /** Plaintext shares: of the current set, or of the new set (the test quorum). */
+  shareFiles?: readonly string[];
+}
+
+export interface ResumeResult extends HandOutResult {
+  kind: 'init' | 'rekey';
+  rootId: string;
+  /** The rekey or init had already been activated before the crash; only the clean-up was left. */
+  alreadyActivated: boolean;
+  quorumOf?: 'current' | 'new';
+  previous?: ShareSetInfo;
+}
+
+/** `init --resume`: activate an init whose shares were all handed out. */
+export async function resumeInitStoreDir(io: CliIO, loc: StoreLocation, options: ResumeOptions): Promise<ResumeResult> {
+  const stagedPath = stagedStorePath(loc);
+  if (!(await exists(stagedPath))) {
+    if (await exists(loc.dbPath)) {
+      const store = await SqliteKeyStore.open(loc.dbPath);
+      try {
+        const st = await pendingCeremonyState(store);
+        if (st.state === 'activated' && st.pending.kind === 'init') {
+          await finishActivatedCeremony(store);
+          return {
+            kind: 'init',
+            rootId: st.pending.document.rootId,
+            alreadyActivated: true,
+            ...handOutResultOf(st.pending),
+          };
+        }
+      } finally {
+        await store.close();
+      }
+      throw new CliError(`init --resume: ${loc.display} already has a key store; no init is pending`);
+    }
+    throw new CliError(`init --resume: no init is pending in ${loc.display}`);
+  }
+  const store = await SqliteKeyStore.open(stagedPath);
+  let pending: PendingCeremony;
+  let quorumOf: 'current' | 'new' | undefined;
+  try {
+    const p = await readPendingCeremony(store);
+    if (!p) {
+      await store.close();
+      await removeFiles(stagedPath);
+      throw new CliError(
+        'init --resume: the earlier init stopped before any share was handed out, so there is nothing to resume (its remains were removed); run `keywarden init` again',
+      );
+    }
+    pending = p;
+    const h = pending.handOut as unknown as HandOutDescription;
+    const files = options.shareFiles ?? [];
+    if (files.length > 0 || h.requireNewQuorum || h.mode === 'stdout') {
+      const shares = await collectCurrentShares(io, pending.shareSet, files, {
+        operation: `init --resume${h.mode === 'stdout' ? ' (the shares were printed on a terminal, so a test quorum must show they were received; or `keywarden init --abort`)' : ''}`,
+        title: 'Test quorum',
+        which: 'new',
+      });
+      quorumOf = (await verifyPendingCeremony(store, shares)).quorumOf;
+      shares.length = 0;
+    }
+  } finally {
+    await store.close().catch(() => {});
+  }
+  const problems = pending.handOut.mode === 'stdout' ? [] : await checkHandOutFiles(io, pending);
+  if (problems.length > 0) {
+    throw new CliError(
+      `init --resume: the shares were not all written (${problems.join('; ')}); nothing was activated: run \`keywarden init --abort\`, then init again`,
+    );
+  }
+  await moveStagedStoreIntoPlace(io, loc);
+  return {
+    kind: 'init',
+    rootId: pending.document.rootId,
+    alreadyActivated: false,
+    ...(quorumOf ? { quorumOf } : {}),
+    ...handOutResultOf(pending),
+  };
+}
+
+/** `init --abort`: remove an unfinished init — its staged store and the share files it wrote. */
+export async function abortInitStoreDir(io: CliIO, loc: StoreLocation): Promise<string[]> {
+  const stagedPath = stagedStorePath(loc);
+  if (!(await exists(stagedPath))) throw new CliError(`init --abort: no init is pending in ${loc.display}`);
+  let pending: PendingCeremony | undefined;
+  try {
+    pending = await readStagedPending(stagedPath);
+  } catch {
+    pending = undefined;
+  }
+  const notes = await removeHandOutFiles(io, pending);
+  await removeFiles(stagedPath);
+  fsyncDir(loc.dir);
+  return notes;
 }
 
 // ── Rekey ──────────────────────────────────────────────────────────────────────────────────────
@@ -283,26 +574,33 @@ export interface RekeyOptions extends ShareOutputOptions {
   threshold?: number;
   /** Files holding current plaintext shares; else the hidden prompt (TTY) or stdin, one a line. */
   shareFiles?: readonly string[];
+  /** Leave the rekey pending until a test quorum of the new shares activates it (`rekey --resume`). */
+  verifyQuorum?: boolean;
 }
 
 export interface RekeyResult extends HandOutResult {
   rootId: string;
   previous: ShareSetInfo;
+  /** False with --verify-quorum: the current shares keep working until `rekey --resume`. */
+  activated: boolean;
 }
 
 /**
  * Replace the share set of D's split-knowledge store: a quorum of CURRENT shares is required even
  * when an agent is unsealed (separation of duties: a running process is not a quorum). The root
- * key does not change, so KEKs, data and an unsealed agent are unaffected; the old shares stop
- * opening the store once the new sealed root is written.
+ * key does not change, so KEKs, data and an unsealed agent are unaffected. The new set is staged,
+ * handed out durably, and only then activated; the old shares work until that instant.
  */
 export async function rekeyStoreDir(io: CliIO, loc: StoreLocation, options: RekeyOptions): Promise<RekeyResult> {
   await requireStore(loc);
   const store = await SqliteKeyStore.open(loc.dbPath);
-  let root: SoftwareRoot | undefined;
+  let staged: StagedCeremony | undefined;
   try {
-    root = await SoftwareRoot.load(store);
-    const u = root.document.unseal;
+    const st = await pendingCeremonyState(store);
+    if (st.state === 'activated') await finishActivatedCeremony(store);
+    if (st.state === 'pending') throw pendingCeremonyError(st.pending);
+    const doc = await sealedDocument(store);
+    const u = doc.unseal;
     if (u.method !== 'shamir') {
       throw new CliError(
         'rekey: this key store is in development mode; rekey replaces the shares of a split-knowledge store (`keywarden init --shares N --threshold M`)',
@@ -320,35 +618,47 @@ export async function rekeyStoreDir(io: CliIO, loc: StoreLocation, options: Reke
     const custodians = options.custodianFiles?.length
       ? await readCustodians(options.custodianFiles, shares, io)
       : undefined;
-    const handOut = await HandOut.prepare(io, loc, shares, custodians, options.shareDir);
-    let before: Uint8Array | undefined;
-    let rekeyed = false;
+    const handOut = await HandOut.plan(io, loc, shares, custodians, options.shareDir);
+    const current = await collectCurrentShares(io, previous, options.shareFiles ?? [], REKEY);
+    staged = await stageRekey(store, current, {
+      shares,
+      threshold,
+      ...(custodians ? { custodians: custodians.map((c) => c.pem) } : {}),
+    });
+    current.length = 0;
+    step(io, 'rekey:staged');
+    let recorded = false;
+    let activating = false;
     try {
-      const current = await collectCurrentShares(io, previous, options.shareFiles ?? [], REKEY);
-      before = await store.getMeta(ROOT_META_NAME);
-      const out = await rekey(store, root, current, {
-        shares,
-        threshold,
-        ...(custodians ? { custodians: custodians.map((c) => c.pem) } : {}),
-      });
-      current.length = 0;
-      rekeyed = true;
-      await handOut.write(io, out.handOut, out.shareSet);
-      out.handOut.length = 0;
-      return {
-        rootId: root.document.rootId,
-        previous,
-        mode: handOut.mode,
-        files: handOut.files,
-        dir: handOut.dir,
-        custodians,
-        shareSet: out.shareSet,
-      };
+      await staged.record(store, { ...handOut.describe(options.verifyQuorum === true) });
+      recorded = true;
+      step(io, 'rekey:recorded');
+      await handOut.write(io, staged.handOut, staged.shareSet, 'rekey');
+      staged.handOut.length = 0;
+      step(io, 'rekey:shares-written');
+      if (!options.verifyQuorum) {
+        activating = true;
+        await staged.activate(store);
+        step(io, 'rekey:activated');
+      }
     } catch (err) {
+      if (activating && (await newRootIsActive(store, staged))) {
+        // The switch happened: the new shares are on disk and are the ones that work now.
+        throw new CliError(
+          `rekey: the new share set ${staged.shareSet.shareSetId} is active, but the clean-up failed (${messageOf(err)}); run \`keywarden rekey --resume\``,
+          { cause: err },
+        );
+      }
+      if (recorded && activating) {
+        // Unknown state (the store may be unreadable): keep the shares and the pending record.
+        throw new CliError(
+          `rekey: activating the new share set failed (${messageOf(err)}); the shares were kept: run \`keywarden rekey --resume\` or \`keywarden rekey --abort\``,
+          { cause: err },
+        );
+      }
       await handOut.abort();
-      if (rekeyed && before) {
-        // The new shares did not all get out: put the previous sealed root back.
-        await store.putMeta(ROOT_META_NAME, before);
+      if (recorded) {
+        await abortPendingCeremony(store).catch(() => {});
         throw new CliError(
           `rekey: the new shares could not be handed out (${messageOf(err)}); the rekey was undone and the current shares still work`,
           { cause: err },
@@ -356,9 +666,165 @@ export async function rekeyStoreDir(io: CliIO, loc: StoreLocation, options: Reke
       }
       throw err;
     }
+    return {
+      rootId: doc.rootId,
+      previous,
+      mode: handOut.mode,
+      files: handOut.files,
+      dir: handOut.dir,
+      custodians,
+      shareSet: staged.shareSet,
+      activated: !options.verifyQuorum,
+    };
   } finally {
-    await root?.close().catch(() => {});
+    await staged?.close().catch(() => {});
     await store.close().catch(() => {});
+  }
+}
+
+/**
+ * `rekey --resume`: activate a pending rekey whose shares were all handed out. Needs a quorum of
+ * the current shares, or of the new ones (which is also the test quorum); shares printed on a
+ * terminal, or a rekey started with --verify-quorum, need the new ones.
+ */
+export async function resumeRekeyStoreDir(
+  io: CliIO,
+  loc: StoreLocation,
+  options: ResumeOptions,
+): Promise<ResumeResult> {
+  await requireStore(loc);
+  const store = await SqliteKeyStore.open(loc.dbPath);
+  try {
+    const st = await pendingCeremonyState(store);
+    if (st.state === 'none') throw new CliError(`rekey --resume: no rekey is pending in ${loc.display}`);
+    const pending = st.pending;
+    const previous = previousOf(pending);
+    if (st.state === 'activated') {
+      await finishActivatedCeremony(store);
+      return {
+        kind: pending.kind,
+        rootId: pending.document.rootId,
+        alreadyActivated: true,
+        ...(previous ? { previous } : {}),
+        ...handOutResultOf(pending),
+      };
+    }
+    const h = pending.handOut as unknown as HandOutDescription;
+    const needNew = h.requireNewQuorum === true || h.mode === 'stdout';
+    const promptSet = needNew || !previous ? pending.shareSet : previous;
+    const shares = await collectCurrentShares(io, promptSet, options.shareFiles ?? [], {
+      operation: 'rekey --resume',
+      title: needNew ? 'Test quorum' : 'Resuming the rekey',
+      which: needNew ? 'new' : 'current',
+    });
+    const verified = await verifyPendingCeremony(store, shares);
+    shares.length = 0;
+    if (needNew && verified.quorumOf !== 'new') {
+      throw new CliError(
+        h.mode === 'stdout'
+          ? `rekey --resume: the new shares were printed on a terminal, so this cannot tell whether they were received: give a quorum of the NEW shares (share set ${pending.shareSet.shareSetId}), or \`keywarden rekey --abort\``
+          : `rekey --resume: this rekey waits for a test quorum of the NEW shares (share set ${pending.shareSet.shareSetId})`,
+      );
+    }
+    if (h.mode !== 'stdout') {
+      const problems = await checkHandOutFiles(io, pending);
+      if (problems.length > 0) {
+        throw new CliError(
+          `rekey --resume: the new shares were not all written (${problems.join('; ')}); nothing was activated and the current shares still work: run \`keywarden rekey --abort\`, then rekey again`,
+        );
+      }
+    }
+    await activatePendingCeremony(store, verified);
+    step(io, 'rekey:activated');
+    return {
+      kind: 'rekey',
+      rootId: pending.document.rootId,
+      alreadyActivated: false,
+      quorumOf: verified.quorumOf,
+      ...(previous ? { previous } : {}),
+      ...handOutResultOf(pending),
+    };
+  } finally {
+    await store.close().catch(() => {});
+  }
+}
+
+/** `rekey --abort`: drop a pending rekey and the share files it wrote; the current set is unaffected. */
+export async function abortRekeyStoreDir(
+  io: CliIO,
+  loc: StoreLocation,
+): Promise<{ pending: PendingCeremony | undefined; notes: string[] }> {
+  await requireStore(loc);
+  const store = await SqliteKeyStore.open(loc.dbPath);
+  try {
+    const st = await pendingCeremonyState(store);
+    if (st.state === 'none') throw new CliError(`rekey --abort: no rekey is pending in ${loc.display}`);
+    if (st.state === 'activated') {
+      await finishActivatedCeremony(store);
+      throw new CliError(
+        `rekey --abort: the rekey to share set ${st.pending.shareSet.shareSetId} had already been activated, so there is nothing to abort: its shares are the ones that work now`,
+      );
+    }
+    const pending = await abortPendingCeremony(store);
+    return { pending, notes: await removeHandOutFiles(io, pending) };
+  } finally {
+    await store.close().catch(() => {});
+  }
+}
+
+/** What `keywarden status` says about an unfinished ceremony in D, if any. */
+export async function pendingCeremonyOf(
+  loc: StoreLocation,
+): Promise<{ kind: 'init' | 'rekey'; pending: PendingCeremony } | undefined> {
+  const stagedPath = stagedStorePath(loc);
+  if (!(await exists(loc.dbPath)) && (await exists(stagedPath))) {
+    const pending = await readStagedPending(stagedPath);
+    return pending ? { kind: 'init', pending } : undefined;
+  }
+  if (!(await exists(loc.dbPath))) return undefined;
+  // `status` reads only: never create, initialize or migrate the file (issue 6, item 8).
+  const store = await SqliteKeyStore.open(loc.dbPath, { readonly: true });
+  try {
+    const st = await pendingCeremonyState(store);
+    return st.state === 'pending' ? { kind: st.pending.kind, pending: st.pending } : undefined;
+  } finally {
+    await store.close();
+  }
+}
+
+function previousOf(p: PendingCeremony): ShareSetInfo | undefined {
+  return p.previous
+    ? {
+        shareSetId: p.previous.shareSetId,
+        threshold: p.previous.threshold,
+        shares: p.previous.shares,
+        purpose: 'unseal-key',
+      }
+    : undefined;
+}
+
+function pendingCeremonyError(p: PendingCeremony): CliError {
+  return new CliError(
+    `rekey: a rekey to share set ${p.shareSet.shareSetId} is pending since ${p.createdAt} (the current shares still work): ` +
+      'finish it with `keywarden rekey --resume` or drop it with `keywarden rekey --abort`',
+  );
+}
+
+async function sealedDocument(store: SqliteKeyStore): Promise<SoftwareRoot['document']> {
+  const root = await SoftwareRoot.load(store);
+  try {
+    return root.document;
+  } finally {
+    await root.close();
+  }
+}
+
+async function newRootIsActive(store: SqliteKeyStore, staged: StagedCeremony): Promise<boolean> {
+  try {
+    const doc = await sealedDocument(store);
+    return doc.nonce === staged.document.nonce && doc.wrappedRoot === staged.document.wrappedRoot;
+  } catch {
+    return false;
   }
 }
 
@@ -368,6 +834,8 @@ export interface QuorumRequest {
   operation: string;
   /** The heading before the prompts: "Rekey", "Root rotation". */
   title: string;
+  /** Which shares are asked for: "current" (the default) or "new" (a test quorum). */
+  which?: 'current' | 'new';
 }
 
 const REKEY: QuorumRequest = { operation: 'rekey', title: 'Rekey' };
@@ -391,7 +859,7 @@ export async function collectCurrentShares(
     const lines = await readSharesFromStream(io.stdin);
     if (lines.length === 0) {
       throw new CliError(
-        `${request.operation} needs ${current.threshold} current shares: pass --share-file, pipe them one a line, or run it in a terminal`,
+        `${request.operation} needs ${current.threshold} ${request.which ?? 'current'} shares${request.which === 'new' ? ` (share set ${current.shareSetId})` : ''}: pass --share-file, pipe them one a line, or run it in a terminal`,
       );
     }
     return lines;
@@ -401,18 +869,18 @@ export async function collectCurrentShares(
   try {
     await print(
       io.stderr,
-      `${request.title} of share set ${current.shareSetId}: ${current.threshold} custodians type their current share (nothing is echoed).\n`,
+      `${request.title} of share set ${current.shareSetId}: ${current.threshold} custodians type their ${request.which ?? 'current'} share (nothing is echoed).\n`,
     );
     while (texts.length < current.threshold) {
       const text = await readHidden(
         io.stdin,
         io.stderr,
-        `Current share (${texts.length + 1} of ${current.threshold}, input hidden): `,
+        `${request.which === 'new' ? 'New' : 'Current'} share (${texts.length + 1} of ${current.threshold}, input hidden): `,
         { signal: io.signal },
       );
       if (text === undefined) {
         throw new CliError(
-          `${request.operation}: ${texts.length} of ${current.threshold} current shares given; nothing was changed`,
+          `${request.operation}: ${texts.length} of ${current.threshold} ${request.which ?? 'current'} shares given; nothing was changed`,
         );
       }
       if (text.trim() === '') continue;
@@ -431,6 +899,33 @@ export async function collectCurrentShares(
 }
 
 // ── Helpers ────────────────────────────────────────────────────────────────────────────────────
+
+function fsyncFile(p: string): void {
+  const fd = openSync(p, 'r');
+  try {
+    fsyncSync(fd);
+  } finally {
+    closeSync(fd);
+  }
+}
+
+/** fsync a directory, so the names created or renamed in it survive a power loss. */
+function fsyncDir(dir: string): void {
+  fsyncFile(dir);
+}
+
+async function lexists(p: string): Promise<boolean> {
+  try {
+    await lstat(p);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+async function removeFiles(dbPath: string): Promise<void> {
+  for (const suffix of ['', '-wal', '-shm', '-journal']) await rm(dbPath + suffix, { force: true }).catch(() => {});
+}
 
 function messageOf(err: unknown): string {
   if (KeywardenError.isInstance(err) || err instanceof CliError) return err.message;

@@ -36,6 +36,7 @@ import {
   wipe,
 } from '@keywarden/core';
 import { randomBytes } from './_bytes.js';
+import { isCommitmentList, shareCommitment } from './commitment.js';
 import { type CustodianPublicKey, custodianPublicKey, encryptShareForCustodian } from './custodian.js';
 import {
   checkSplitParameters,
@@ -49,6 +50,8 @@ import {
 import { UnsealSession, type UnsealSessionOptions } from './unseal-session.js';
 
 export const DEFAULT_SHARES = 5;
+/** The store meta record of a staged (not yet activated) init or rekey: staged-ceremony.ts. */
+export const PENDING_CEREMONY_META = 'split/pending-ceremony';
 export const DEFAULT_THRESHOLD = 3;
 
 export interface ShareSetOptions {
@@ -81,9 +84,17 @@ export interface SplitRoot extends HandOut {
 
 type ShamirMethod = Extract<SealedRootDocument['unseal'], { method: 'shamir' }>;
 
+/**
+ * The unseal description of a split root as this package writes it: core's, plus the commitment
+ * to each share (commitment.ts). Core keeps fields it does not know and binds the whole
+ * description as associated data, so the commitments are authenticated with the sealed root.
+ */
+export type ShamirUnseal = ShamirMethod & { commitments?: string[] };
+
 // ── Preconditions ──────────────────────────────────────────────────────────────────────────────
 
-function resolveParameters(options: ShareSetOptions): {
+/** @internal */
+export function resolveParameters(options: ShareSetOptions): {
   shares: number;
   threshold: number;
   recipients: CustodianPublicKey[] | undefined;
@@ -112,7 +123,8 @@ function resolveParameters(options: ShareSetOptions): {
   return { shares, threshold, recipients };
 }
 
-function requireShamir(doc: SealedRootDocument, component: string): ShamirMethod {
+/** @internal */
+export function requireShamir(doc: SealedRootDocument, component: string): ShamirMethod {
   if (doc.unseal.method !== 'shamir') {
     throw new InvalidInputError(
       `${component}: this root is not split into shares (it is unsealed with a development-mode key)`,
@@ -121,11 +133,23 @@ function requireShamir(doc: SealedRootDocument, component: string): ShamirMethod
   return doc.unseal;
 }
 
-function expectationOf(method: ShamirMethod): ShareExpectation {
-  return { shareSetId: method.shareSetId, threshold: method.threshold, shares: method.shares, purpose: 'unseal-key' };
+/**
+ * @internal What a share of this root's set must look like; with the commitments when the root
+ * records them (roots sealed before commitments existed have none, and are checked as before).
+ */
+export function expectationOf(method: ShamirMethod): ShareExpectation {
+  const commitments = (method as ShamirUnseal).commitments;
+  return {
+    shareSetId: method.shareSetId,
+    threshold: method.threshold,
+    shares: method.shares,
+    purpose: 'unseal-key',
+    ...(isCommitmentList(commitments, method.shares) ? { commitments } : {}),
+  };
 }
 
-async function storedDocument(store: KeyStore): Promise<SealedRootDocument> {
+/** @internal */
+export async function storedDocument(store: KeyStore): Promise<SealedRootDocument> {
   const bytes = await store.getMeta(ROOT_META_NAME);
   if (!bytes) throw new KeyStoreError('root: this key store has no root (it was destroyed, or never initialized)');
   return decodeSealedRoot(bytes);
@@ -139,7 +163,8 @@ function forgedShareError(): UnsealError {
 }
 
 /** Open `root` with `key`, turning core's "wrong unseal key" into the forged-share error. */
-async function unsealOrForged(root: SoftwareRoot, key: Uint8Array): Promise<void> {
+/** @internal */
+export async function unsealOrForged(root: SoftwareRoot, key: Uint8Array): Promise<void> {
   try {
     await root.unseal(key);
   } catch (err) {
@@ -152,7 +177,8 @@ async function unsealOrForged(root: SoftwareRoot, key: Uint8Array): Promise<void
  * Check that `key` opens the sealed document `doc`, without touching any root in use: a throwaway
  * SoftwareRoot is loaded from a private in-memory copy of the document, unsealed, and closed.
  */
-async function verifyUnsealKey(doc: SealedRootDocument, key: Uint8Array): Promise<void> {
+/** @internal */
+export async function verifyUnsealKey(doc: SealedRootDocument, key: Uint8Array): Promise<void> {
   const scratch = new MemoryKeyStore();
   await scratch.putMeta(ROOT_META_NAME, encodeSealedRoot(doc));
   const probe = await SoftwareRoot.load(scratch);
@@ -169,14 +195,20 @@ function handOutShares(encoded: string[], recipients: CustodianPublicKey[] | und
   return encoded.map((share, i) => encryptShareForCustodian(share, recipients[i]!));
 }
 
-async function newShareSet(
+/** @internal A new share set of `unsealKey`, its hand-out, and the unseal description to seal with. */
+export async function newShareSet(
   unsealKey: Uint8Array,
   shares: number,
   threshold: number,
   recipients: CustodianPublicKey[] | undefined,
-): Promise<HandOut> {
+): Promise<HandOut & { unseal: ShamirUnseal }> {
   const set = await splitSecret(unsealKey, { shares, threshold, purpose: 'unseal-key' });
-  return { shareSet: shareSetInfo(set), handOut: handOutShares(set.encoded, recipients) };
+  const commitments = set.encoded.map((s) => shareCommitment(s));
+  return {
+    shareSet: shareSetInfo(set),
+    handOut: handOutShares(set.encoded, recipients),
+    unseal: { method: 'shamir', shareSetId: set.shareSetId, threshold, shares, commitments },
+  };
 }
 
 // ── Ceremony ───────────────────────────────────────────────────────────────────────────────────
@@ -193,11 +225,8 @@ export async function initSplitRoot(store: KeyStore, options: ShareSetOptions = 
   const unsealKey = randomBytes(UNSEAL_KEY_BYTES);
   try {
     // Split and encrypt first: if anything fails, nothing has been written.
-    const out = await newShareSet(unsealKey, shares, threshold, recipients);
-    const root = await SoftwareRoot.initialize(store, {
-      unsealKey,
-      unseal: { method: 'shamir', shareSetId: out.shareSet.shareSetId, threshold, shares },
-    });
+    const { unseal, ...out } = await newShareSet(unsealKey, shares, threshold, recipients);
+    const root = await SoftwareRoot.initialize(store, { unsealKey, unseal });
     return { root, ...out };
   } finally {
     wipe(unsealKey);
@@ -309,8 +338,8 @@ export async function rekey(
   }
   const newKey = randomBytes(UNSEAL_KEY_BYTES);
   try {
-    const out = await newShareSet(newKey, shares, threshold, recipients);
-    await root.reseal(store, newKey, { method: 'shamir', shareSetId: out.shareSet.shareSetId, threshold, shares });
+    const { unseal, ...out } = await newShareSet(newKey, shares, threshold, recipients);
+    await root.reseal(store, newKey, unseal);
     return out;
   } finally {
     wipe(newKey);
@@ -346,6 +375,12 @@ export async function rotateRoot(
   shares: readonly string[] | readonly ParsedShare[],
 ): Promise<RotateRootResult> {
   await requireQuorum(store, shares);
+  if (await store.getMeta(PENDING_CEREMONY_META)) {
+    // Activating that rekey later would put back a seal of the OLD root key: refuse instead.
+    throw new InvalidInputError(
+      'rotate: a rekey is pending in this key store; finish it (`keywarden rekey --resume`) or abort it (`keywarden rekey --abort`) first',
+    );
+  }
   const stored = await storedDocument(store);
   const method = requireShamir(stored, 'rotate');
   const unsealKey = await combineShares(shares, expectationOf(method));
@@ -384,11 +419,15 @@ export async function destroyRootWithQuorum(
   // combined key against the root, else its tombstone, and refuses a store with neither (damaged).
   const method = requireShamir({ unseal: consentMethodOf(await readRootState(store)) } as SealedRootDocument, 'quorum');
   const key = await combineShares(shares, expectationOf(method));
+  let result: DestroyRootResult;
   try {
-    return await destroyRoot(store, { unsealKey: key });
+    result = await destroyRoot(store, { unsealKey: key });
   } catch (err) {
     throw UnsealError.isInstance(err) ? forgedShareError() : err;
   } finally {
     wipe(key);
   }
+  // A pending rekey of a destroyed root has nothing left to activate.
+  await store.deleteMeta(PENDING_CEREMONY_META);
+  return result;
 }

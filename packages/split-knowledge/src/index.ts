@@ -43,6 +43,7 @@ export {
   type ShareSetOptions,
   type HandOut,
   type SplitRoot,
+  type ShamirUnseal,
   DEFAULT_SHARES,
   DEFAULT_THRESHOLD,
   initSplitRoot,
@@ -55,6 +56,25 @@ export {
   rotateRoot,
   destroyRootWithQuorum,
 } from './ceremony.js';
+export { shareCommitment, checkShareCommitment } from './commitment.js';
+export {
+  type CeremonyKind,
+  type HandOutRecord,
+  type PendingCeremony,
+  type PendingState,
+  PENDING_CEREMONY_META,
+  StagedCeremony,
+  stageInit,
+  stageRekey,
+  handOutDigest,
+  readPendingCeremony,
+  pendingCeremonyState,
+  verifyPendingCeremony,
+  activatePendingCeremony,
+  abortPendingCeremony,
+  finishActivatedCeremony,
+  recordedCommitments,
+} from './staged-ceremony.js';
 export {
   type HardwareSecretPurpose,
   MAX_HARDWARE_SECRET_BYTES,

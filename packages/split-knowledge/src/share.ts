@@ -17,6 +17,7 @@
  */
 import { combine, split } from 'shamir-secret-sharing';
 import { constantTimeEqual, InvalidInputError, ShareError, wipe } from '@keywarden/core';
+import { checkShareCommitment } from './commitment.js';
 import { fromBase64UrlStrict, randomBytes, sha256, toBase64Url, utf8 } from './_bytes.js';
 
 /** What a share set protects. Custom purposes are lowercase words (`[a-z][a-z0-9-]{0,31}`). */
@@ -47,6 +48,11 @@ export interface ShareExpectation {
   threshold?: number;
   shares?: number;
   purpose?: SharePurpose;
+  /**
+   * The commitment to each share of the set (commitment.ts), from the sealed root: a share that
+   * does not match its commitment is refused before combining.
+   */
+  commitments?: readonly string[];
 }
 
 export const SHARE_FORMAT_VERSION = 1;
@@ -432,6 +438,7 @@ export async function combineWithPurpose(
     for (const p of parsed) checkSamePurpose(p, reference);
     for (const p of parsed) checkSameSet(p, reference);
     for (const p of parsed) checkSameParameters(p, reference);
+    if (expect.commitments) for (const p of parsed) checkShareCommitment(p, expect.commitments);
     const seen = new Map<number, ParsedShare>();
     for (const p of parsed) {
       const earlier = seen.get(p.index);

@@ -18,6 +18,7 @@
  *    `unsealWithSession` in ceremony.ts does; hardware secrets carry a verifier).
  */
 import { InvalidInputError, ShareError, wipe } from '@keywarden/core';
+import { checkShareCommitment, isCommitmentList } from './commitment.js';
 import { decodeHardwareSecret, type HardwareSecretPurpose } from './hardware-secret.js';
 import {
   checkEnough,
@@ -41,7 +42,14 @@ export const DEFAULT_UNSEAL_TIMEOUT_MS = 10 * 60 * 1000;
 
 export interface UnsealSessionOptions {
   /** The share set to collect: from the sealed root document's `unseal` (method "shamir"). */
-  expected: { shareSetId: string; threshold: number; shares: number; purpose?: SharePurpose };
+  expected: {
+    shareSetId: string;
+    threshold: number;
+    shares: number;
+    purpose?: SharePurpose;
+    /** The commitment to each share (commitment.ts): a share that does not match is refused on submit. */
+    commitments?: readonly string[];
+  };
   /** Idle time after the last accepted share before everything held is wiped. Default 10 minutes. */
   timeoutMs?: number;
   /** Clock in milliseconds, injectable for tests. Default `Date.now`. */
@@ -69,6 +77,7 @@ export interface UnsealProgress {
 
 export class UnsealSession {
   readonly expected: Readonly<ShareSetInfo>;
+  readonly #commitments: readonly string[] | undefined;
   readonly timeoutMs: number;
   readonly #now: () => number;
   readonly #held = new Map<number, ParsedShare>();
@@ -96,6 +105,10 @@ export class UnsealSession {
       shares: e.shares,
       purpose: e.purpose ?? 'unseal-key',
     });
+    if (e.commitments !== undefined && !isCommitmentList(e.commitments, e.shares)) {
+      throw new InvalidInputError('unseal: expected.commitments must hold one commitment per share');
+    }
+    this.#commitments = e.commitments === undefined ? undefined : Object.freeze([...e.commitments]);
     this.timeoutMs = timeoutMs;
     this.#now = options.now ?? Date.now;
   }
@@ -111,6 +124,7 @@ export class UnsealSession {
       checkSamePurpose(parsed, this.expected);
       checkSameSet(parsed, this.expected);
       checkSameParameters(parsed, this.expected);
+      if (this.#commitments) checkShareCommitment(parsed, this.#commitments);
       const earlier = this.#held.get(parsed.index);
       if (earlier) throw duplicateError(earlier, parsed);
       if (this.#held.size >= this.expected.threshold) {
@@ -146,7 +160,11 @@ export class UnsealSession {
     checkEnough(this.#held.size, this.expected.threshold);
     const shares = [...this.#held.values()];
     try {
-      const combined = await combineWithPurpose(shares, this.expected, true);
+      const combined = await combineWithPurpose(
+        shares,
+        this.#commitments ? { ...this.expected, commitments: this.#commitments } : this.expected,
+        true,
+      );
       if (!HARDWARE_PURPOSES.has(this.expected.purpose)) return combined;
       try {
         return decodeHardwareSecret(combined, this.expected.purpose as HardwareSecretPurpose);

@@ -22,7 +22,9 @@ import {
   rekey,
   requireQuorum,
   rotateRoot,
+  shareCommitment,
   splitHardwareSecret,
+  splitSecret,
   unsealSessionFor,
   unsealWithSession,
   unsealWithShares,
@@ -32,7 +34,26 @@ import { caught, expectKwError, expectNoShareLeak, forgeShare, payloadOf, rewrit
 const FORGED =
   'unseal: the shares combined into a key that does not open the root: at least one share is forged or altered, ' +
   'or comes from another ceremony; the root stays sealed';
+/** What a share that does not match the commitment recorded for it in the sealed root gets. */
+const SUBSTITUTED =
+  /^share: share \d of share set ss_[A-Za-z0-9_-]{16} is not the share this key store handed out \(its commitment does not match: substituted or forged\); it was not used$/;
 const text = new TextEncoder();
+
+/**
+ * A store whose root was sealed before commitments existed (no `commitments` in its unseal
+ * description): forged shares are caught only when the combined key fails to open the root.
+ */
+async function legacyCeremony() {
+  const store = new MemoryKeyStore();
+  const unsealKey = new Uint8Array(randomBytes(32));
+  const set = await splitSecret(unsealKey, { shares: 5, threshold: 3, purpose: 'unseal-key' });
+  const root = await SoftwareRoot.initialize(store, {
+    unsealKey,
+    unseal: { method: 'shamir', shareSetId: set.shareSetId, threshold: 3, shares: 5 },
+  });
+  await root.close();
+  return { store, shares: set.encoded };
+}
 
 async function storedDoc(store: MemoryKeyStore) {
   return decodeSealedRoot((await store.getMeta(ROOT_META_NAME))!);
@@ -52,7 +73,7 @@ async function ceremony() {
 async function decryptsWith(store: MemoryKeyStore, root: SoftwareRoot, envelope: Uint8Array): Promise<string> {
   const kw = new Keywarden({ store, root });
   try {
-    return new TextDecoder().decode(await kw.decrypt(envelope, { context: { table: 'orders' } }));
+    return new TextDecoder().decode(await kw.decrypt(envelope, { key: 'orders', context: { table: 'orders' } }));
   } finally {
     await kw.seal();
   }
@@ -75,7 +96,13 @@ describe('initSplitRoot', () => {
     expect(root.isSealed()).toBe(false);
     expect(root.describe().label).toBe('software root (split knowledge: 3 of 5 shares)');
     const doc = await storedDoc(store);
-    expect(doc.unseal).toEqual({ method: 'shamir', shareSetId: shareSet.shareSetId, threshold: 3, shares: 5 });
+    expect(doc.unseal).toEqual({
+      method: 'shamir',
+      shareSetId: shareSet.shareSetId,
+      threshold: 3,
+      shares: 5,
+      commitments: handOut.map((t) => shareCommitment(t)),
+    });
     // Nothing of the shares (hence of the unseal key) is in the store.
     const raw = Buffer.from((await store.getMeta(ROOT_META_NAME))!).toString('utf8');
     for (const t of handOut) expect(raw).not.toContain(payloadOf(t).slice(0, 12));
@@ -143,18 +170,20 @@ describe('sealed start and unseal by quorum', () => {
     const root = await SoftwareRoot.load(c.store);
     expect(root.isSealed()).toBe(true);
     const kw = new Keywarden({ store: c.store, root });
-    const err = await caught(() => kw.decrypt(c.envelope, { context: { table: 'orders' } }));
+    const err = await caught(() => kw.decrypt(c.envelope, { key: 'orders', context: { table: 'orders' } }));
     expect(KeystoreSealedError.isInstance(err)).toBe(true);
     await expect(kw.encrypt(text.encode('x'), { key: 'orders' })).rejects.toSatisfy(KeystoreSealedError.isInstance);
     await unsealWithShares(root, [c.shares[4]!, c.shares[0]!, c.shares[2]!]);
     expect(root.isSealed()).toBe(false);
     const again = await kw.encrypt(text.encode('order #2'), { key: 'orders' });
-    expect(new TextDecoder().decode(await kw.decrypt(again))).toBe('order #2');
-    expect(new TextDecoder().decode(await kw.decrypt(c.envelope, { context: { table: 'orders' } }))).toBe('order #1');
+    expect(new TextDecoder().decode(await kw.decrypt(again, { key: 'orders' }))).toBe('order #2');
+    expect(
+      new TextDecoder().decode(await kw.decrypt(c.envelope, { key: 'orders', context: { table: 'orders' } })),
+    ).toBe('order #1');
     // seal wipes the root and the KEK cache: the process is back to refusing.
     await kw.seal();
     expect(root.isSealed()).toBe(true);
-    await expect(kw.decrypt(again)).rejects.toSatisfy(KeystoreSealedError.isInstance);
+    await expect(kw.decrypt(again, { key: 'orders' })).rejects.toSatisfy(KeystoreSealedError.isInstance);
   });
 
   it('every 3-subset of the 5 shares unseals; every 2-subset is refused and the root stays sealed', async () => {
@@ -170,14 +199,29 @@ describe('sealed start and unseal by quorum', () => {
     }
   });
 
-  it('a forged share among 3 combines but is refused at unseal, with an error that reveals nothing', async () => {
+  it('a forged share among 3 is refused before combining by the commitment recorded for it, naming its index', async () => {
     for (const at of [0, 1, 2]) {
       const three = c.shares.slice(0, 3);
       three[at] = forgeShare(three[at]!, 3 + at);
-      expect(await combineShares(three)).toHaveLength(32); // combining itself succeeds
       const root = await SoftwareRoot.load(c.store);
-      const err = await expectKwError(() => unsealWithShares(root, three), 'KW_UNSEAL', FORGED, [
+      const err = await expectKwError(() => unsealWithShares(root, three), 'KW_SHARE', SUBSTITUTED, [
         ...c.shares,
+        ...three,
+      ]);
+      expect(err.message).toContain(`share ${at + 1} of share set`);
+      expect(root.isSealed()).toBe(true);
+    }
+  });
+
+  it('a root sealed before commitments: a forged share among 3 combines but is refused at unseal, with an error that reveals nothing', async () => {
+    const legacy = await legacyCeremony();
+    for (const at of [0, 1, 2]) {
+      const three = legacy.shares.slice(0, 3);
+      three[at] = forgeShare(three[at]!, 3 + at);
+      expect(await combineShares(three)).toHaveLength(32); // combining itself succeeds
+      const root = await SoftwareRoot.load(legacy.store);
+      const err = await expectKwError(() => unsealWithShares(root, three), 'KW_UNSEAL', FORGED, [
+        ...legacy.shares,
         ...three,
       ]);
       expect(err.name).toBe('UnsealError');
@@ -186,7 +230,7 @@ describe('sealed start and unseal by quorum', () => {
     }
   });
 
-  it('shares of another ceremony are refused before combining; relabelled ones at unseal', async () => {
+  it('shares of another ceremony are refused before combining, relabelled ones too (by their commitments)', async () => {
     const other = await ceremony();
     const root = await SoftwareRoot.load(c.store);
     await expectKwError(
@@ -200,7 +244,7 @@ describe('sealed start and unseal by quorum', () => {
         f[2] = c.shareSet.shareSetId;
       }),
     );
-    await expectKwError(() => unsealWithShares(root, relabelled), 'KW_UNSEAL', FORGED, [
+    await expectKwError(() => unsealWithShares(root, relabelled), 'KW_SHARE', SUBSTITUTED, [
       ...c.shares,
       ...other.shares,
       ...relabelled,
@@ -224,8 +268,14 @@ describe('sealed start and unseal by quorum', () => {
     await unsealWithShares(root, c.shares.slice(1, 4));
     await unsealWithShares(root, c.shares.slice(0, 3));
     const forged = [forgeShare(c.shares[0]!), c.shares[1]!, c.shares[2]!];
-    await expectKwError(() => unsealWithShares(root, forged), 'KW_UNSEAL', FORGED, [...c.shares, ...forged]);
+    await expectKwError(() => unsealWithShares(root, forged), 'KW_SHARE', SUBSTITUTED, [...c.shares, ...forged]);
     expect(root.isSealed()).toBe(false);
+    const legacy = await legacyCeremony();
+    const legacyRoot = await SoftwareRoot.load(legacy.store);
+    await unsealWithShares(legacyRoot, legacy.shares.slice(0, 3));
+    const legacyForged = [forgeShare(legacy.shares[0]!), legacy.shares[1]!, legacy.shares[2]!];
+    await expectKwError(() => unsealWithShares(legacyRoot, legacyForged), 'KW_UNSEAL', FORGED, legacyForged);
+    expect(legacyRoot.isSealed()).toBe(false);
   });
 
   it('one share at a time through an UnsealSession', async () => {
@@ -239,11 +289,20 @@ describe('sealed start and unseal by quorum', () => {
     expect(root.isSealed()).toBe(false);
     expect(session.progress().accepted).toBe(0);
 
+    // A forged share is refused as it is submitted (its commitment), and the progress is kept.
     const sealed = await SoftwareRoot.load(c.store);
     const s2 = unsealSessionFor(sealed);
-    for (const t of [c.shares[0]!, c.shares[1]!, forgeShare(c.shares[2]!)]) s2.submit(t);
-    await expectKwError(() => unsealWithSession(sealed, s2), 'KW_UNSEAL', FORGED, c.shares);
-    expect(sealed.isSealed()).toBe(true);
+    for (const t of [c.shares[0]!, c.shares[1]!]) s2.submit(t);
+    await expectKwError(() => s2.submit(forgeShare(c.shares[2]!)), 'KW_SHARE', SUBSTITUTED, c.shares);
+    expect(s2.progress().accepted).toBe(2);
+    s2.reset();
+    // Without commitments (a root sealed before them), it is caught only at combining.
+    const legacy = await legacyCeremony();
+    const legacySealed = await SoftwareRoot.load(legacy.store);
+    const s3 = unsealSessionFor(legacySealed);
+    for (const t of [legacy.shares[0]!, legacy.shares[1]!, forgeShare(legacy.shares[2]!)]) s3.submit(t);
+    await expectKwError(() => unsealWithSession(legacySealed, s3), 'KW_UNSEAL', FORGED, legacy.shares);
+    expect(legacySealed.isSealed()).toBe(true);
   });
 
   it('a development-mode root has no shares', async () => {
@@ -279,6 +338,7 @@ describe('rekey and the quorum gate', () => {
       shareSetId: shareSet.shareSetId,
       threshold: 2,
       shares: 3,
+      commitments: handOut.map((t) => shareCommitment(t)),
     });
     expect(root.isSealed()).toBe(false);
 
@@ -316,7 +376,7 @@ describe('rekey and the quorum gate', () => {
     );
     await expectKwError(() => rekey(c.store, root, [], {}), 'KW_SHARE', 'share: no shares given');
     const forged = [c.shares[0]!, c.shares[1]!, forgeShare(c.shares[2]!)];
-    await expectKwError(() => rekey(c.store, root, forged, {}), 'KW_UNSEAL', FORGED, [...c.shares, ...forged]);
+    await expectKwError(() => rekey(c.store, root, forged, {}), 'KW_SHARE', SUBSTITUTED, [...c.shares, ...forged]);
     const other = await ceremony();
     await expectKwError(() => rekey(c.store, root, other.shares.slice(0, 3), {}), 'KW_SHARE', /belongs to share set/);
     await expectKwError(
@@ -363,7 +423,7 @@ describe('rekey and the quorum gate', () => {
     );
     const forged = [forgeShare(c.shares[0]!), c.shares[1]!, c.shares[2]!];
     const err = await caught(() => requireQuorum(c.store, forged));
-    expect((err as Error).message).toBe(FORGED);
+    expect((err as Error).message).toMatch(SUBSTITUTED);
     expectNoShareLeak(err, [...c.shares, ...forged]);
     await expectKwError(
       () => requireQuorum(new MemoryKeyStore(), c.shares),
@@ -447,7 +507,7 @@ describe('root rotation and root destruction (quorum-gated)', () => {
         ...c.shares,
       ]);
       const err = await caught(() => op(c.store, forged));
-      expect((err as Error).message).toBe(FORGED);
+      expect((err as Error).message).toMatch(SUBSTITUTED);
       expectNoShareLeak(err, [...c.shares, ...forged]);
       await expectKwError(
         () => op(c.store, other.shares.slice(0, 3)),
@@ -494,8 +554,12 @@ describe('root rotation and root destruction (quorum-gated)', () => {
     // KEK material in the store is gone.
     await unsealWithShares(loadedBefore, c.shares.slice(0, 3));
     const kw = new Keywarden({ store: c.store, root: loadedBefore });
-    await expect(kw.decrypt(c.envelope, { context: { table: 'orders' } })).rejects.toSatisfy(KeyStateError.isInstance);
-    await expect(kw.decrypt(c.second, { context: { table: 'orders' } })).rejects.toSatisfy(KeyStateError.isInstance);
+    await expect(kw.decrypt(c.envelope, { key: 'orders', context: { table: 'orders' } })).rejects.toSatisfy(
+      KeyStateError.isInstance,
+    );
+    await expect(kw.decrypt(c.second, { key: 'orders', context: { table: 'orders' } })).rejects.toSatisfy(
+      KeyStateError.isInstance,
+    );
     await kw.seal();
   });
 });

@@ -8,7 +8,7 @@ import { DEFAULT_SHARES, DEFAULT_THRESHOLD } from '@keywarden/split-knowledge';
 import { displayPath, UsageError } from '../errors.js';
 import type { CliIO } from '../io.js';
 import { print } from '../output.js';
-import { describeHandOut, initSplitStoreDir } from '../split-store.js';
+import { abortInitStoreDir, describeHandOut, initSplitStoreDir, resumeInitStoreDir } from '../split-store.js';
 import { initStoreDir, SHARES_OUT_DIR, UNSEAL_KEY_ENV } from '../store-dir.js';
 import { collect, globalsOf, locationOf, positiveInt } from './_common.js';
 
@@ -25,6 +25,10 @@ interface InitOptions {
   threshold?: number;
   custodian?: string[];
   shareDir?: string;
+  verifyQuorum?: boolean;
+  resume?: boolean;
+  abort?: boolean;
+  shareFile?: string[];
 }
 
 export function registerInit(program: Command, io: CliIO): void {
@@ -52,6 +56,20 @@ export function registerInit(program: Command, io: CliIO): void {
       '--share-dir <dir>',
       `split knowledge: write the shares to DIR, one a file (default with --custodian: DIR/${SHARES_OUT_DIR})`,
     )
+    .option(
+      '--verify-quorum',
+      'split knowledge: keep the new store pending until a test quorum of its shares confirms it (`init --resume`)',
+    )
+    .option(
+      '--resume',
+      'split knowledge: finish an init cut short (crash, kill) whose shares were all written; or confirm a --verify-quorum init',
+    )
+    .option('--abort', 'split knowledge: remove an unfinished init (its staged store and the share files it wrote)')
+    .option(
+      '--share-file <file>',
+      'with --resume: a file holding one of the NEW plaintext shares (test quorum)',
+      collect,
+    )
     .addHelpText(
       'after',
       `
@@ -72,6 +90,12 @@ Split knowledge (--shares N --threshold M, default 5 and 3):
   - without: each share is printed once on stdout, labelled (or, with --share-dir, written one a
     file, mode 0600). The operator then sees every share: prefer custodian keys.
   The store starts sealed: run \`keywarden agent\`, then \`keywarden unseal\` with M shares.
+  Crash safety: the store is built as DIR/keystore.db.staged and becomes DIR/keystore.db only after
+  every share was written and fsynced (or printed), so a store whose shares were never handed out
+  never looks initialized. After a crash, \`keywarden status\` shows the unfinished init:
+  \`init --resume\` finishes it (every share file must be whole; shares printed on stdout need a
+  test quorum, --share-file), \`init --abort\` removes it. With --verify-quorum the store stays
+  pending until \`init --resume\` with a test quorum of M new shares.
   The ceremony: docs/split-knowledge.md.
 
 Examples:
@@ -83,7 +107,26 @@ Examples:
     .action(async (opts: InitOptions, cmd: Command) => {
       const loc = locationOf(cmd, io);
       const globals = globalsOf(cmd);
+      if (opts.resume || opts.abort) {
+        if (
+          (opts.resume && opts.abort) ||
+          opts.shares !== undefined ||
+          opts.threshold !== undefined ||
+          (opts.custodian?.length ?? 0) > 0 ||
+          opts.shareDir !== undefined ||
+          opts.verifyQuorum ||
+          (opts.abort && (opts.shareFile?.length ?? 0) > 0)
+        ) {
+          throw new UsageError(
+            '--resume takes only --share-file (new shares, the test quorum); --abort takes nothing else; the init keeps the parameters it was started with',
+          );
+        }
+        await resumeOrAbort(io, cmd, opts);
+        return;
+      }
+      if ((opts.shareFile?.length ?? 0) > 0) throw new UsageError('--share-file is for `init --resume`');
       const split =
+        opts.verifyQuorum === true ||
         opts.shares !== undefined ||
         opts.threshold !== undefined ||
         (opts.custodian?.length ?? 0) > 0 ||
@@ -125,11 +168,40 @@ async function initSplit(io: CliIO, cmd: Command, opts: InitOptions): Promise<vo
     threshold: opts.threshold ?? DEFAULT_THRESHOLD,
     ...(custodians.length > 0 ? { custodianFiles: custodians } : {}),
     ...(opts.shareDir !== undefined ? { shareDir: opts.shareDir } : {}),
+    ...(opts.verifyQuorum ? { verifyQuorum: true } : {}),
   });
+  if (!r.activated) {
+    const pendingLines = [
+      `Staged a split-knowledge key store in ${loc.display} (root ${r.rootId}); it is PENDING and not usable yet.`,
+      ...describeHandOut(r, io),
+      `Test quorum: ${r.shareSet.threshold} custodians open their share and run \`keywarden init --resume --share-file FILE …\`;`,
+      'that puts the key store in place. `keywarden init --abort` removes it instead.',
+    ];
+    await print(io.stderr, `${pendingLines.join('\n')}\n`);
+    return;
+  }
   const lines = [
     `Initialized a split-knowledge key store in ${loc.display} (root ${r.rootId}).`,
     ...describeHandOut(r, io),
     'The unseal key and the root key were never written anywhere in plaintext; no unseal key file exists.',
+    `The key store starts sealed: run \`keywarden agent\`, then \`keywarden unseal\` with ${r.shareSet.threshold} shares.`,
+  ];
+  await print(io.stderr, `${lines.join('\n')}\n`);
+}
+
+async function resumeOrAbort(io: CliIO, cmd: Command, opts: InitOptions): Promise<void> {
+  const loc = locationOf(cmd, io);
+  if (opts.abort) {
+    const notes = await abortInitStoreDir(io, loc);
+    await print(io.stderr, `${[`Removed the unfinished init in ${loc.display}.`, ...notes].join('\n')}\n`);
+    return;
+  }
+  const r = await resumeInitStoreDir(io, loc, { shareFiles: opts.shareFile ?? [] });
+  const lines = [
+    r.alreadyActivated
+      ? `The init of ${loc.display} had already been completed before it stopped; it is finished now.`
+      : `Initialized a split-knowledge key store in ${loc.display} (root ${r.rootId})${r.quorumOf ? ', after a test quorum of its shares' : ''}.`,
+    ...describeHandOut(r, io),
     `The key store starts sealed: run \`keywarden agent\`, then \`keywarden unseal\` with ${r.shareSet.threshold} shares.`,
   ];
   await print(io.stderr, `${lines.join('\n')}\n`);

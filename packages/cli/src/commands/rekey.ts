@@ -3,9 +3,16 @@
  * (split-store.ts; docs/split-knowledge.md §7).
  */
 import type { Command } from 'commander';
+import { CliError, UsageError } from '../errors.js';
 import type { CliIO } from '../io.js';
 import { print } from '../output.js';
-import { describeHandOut, rekeyStoreDir } from '../split-store.js';
+import {
+  abortRekeyStoreDir,
+  describeHandOut,
+  type ResumeResult,
+  rekeyStoreDir,
+  resumeRekeyStoreDir,
+} from '../split-store.js';
 import { SHARES_OUT_DIR } from '../store-dir.js';
 import { collect, locationOf, positiveInt } from './_common.js';
 
@@ -15,6 +22,9 @@ interface RekeyOptions {
   shareFile?: string[];
   custodian?: string[];
   shareDir?: string;
+  verifyQuorum?: boolean;
+  resume?: boolean;
+  abort?: boolean;
 }
 
 export function registerRekey(program: Command, io: CliIO): void {
@@ -31,6 +41,15 @@ export function registerRekey(program: Command, io: CliIO): void {
       '--share-dir <dir>',
       `write the new shares to DIR, one a file (default with --custodian: DIR/${SHARES_OUT_DIR})`,
     )
+    .option(
+      '--verify-quorum',
+      'hand the new shares out but activate them only after a test quorum of them (`rekey --resume` with new shares)',
+    )
+    .option(
+      '--resume',
+      'finish a rekey cut short (crash, kill): checks every new share is on disk, then activates; needs a quorum of current or new shares',
+    )
+    .option('--abort', 'drop a pending rekey and the share files it wrote; the current shares keep working')
     .addHelpText(
       'after',
       `
@@ -41,8 +60,18 @@ then the root is resealed under a new unseal key from the CSPRNG, split into the
 the new shares are handed out as by \`keywarden init\` (encrypted to --custodian keys, or plaintext).
 
 The root key does not change: KEKs and data stay as they are, and a running agent stays unsealed.
-Once the store is rewritten the old shares no longer open it; an agent that seals or restarts needs
-the new shares. If the new shares cannot all be handed out, the rekey is undone.
+Crash safety: the new share set is first recorded in the key store as PENDING, beside the current
+one; every new share is then written and fsynced (or printed); only then is the new set activated,
+in one store write. Until that instant the current shares keep working, whatever happens to this
+process. After a crash, \`keywarden status\` shows the pending rekey:
+  keywarden rekey --resume --share-file s1.txt …   activate it, if every new share file is whole
+                                                   (a quorum of the current OR of the new shares)
+  keywarden rekey --abort                          drop it and the files it wrote
+With --verify-quorum the rekey stays pending after the hand-out: custodians open their new shares,
+and \`rekey --resume\` with a quorum of NEW shares (a test quorum) activates it. Shares printed on
+stdout can only be resumed that way.
+Once the new set is active the old shares no longer open the store; an agent that seals or
+restarts needs the new shares.
 Old shares still open BACKUPS of the key store taken before the rekey: destroy them.
 
 Example:
@@ -51,13 +80,49 @@ Example:
     )
     .action(async (opts: RekeyOptions, cmd: Command) => {
       const loc = locationOf(cmd, io);
+      if (opts.resume || opts.abort) {
+        const extra =
+          opts.shares !== undefined ||
+          opts.threshold !== undefined ||
+          (opts.custodian?.length ?? 0) > 0 ||
+          opts.shareDir !== undefined ||
+          opts.verifyQuorum;
+        if ((opts.resume && opts.abort) || extra || (opts.abort && (opts.shareFile?.length ?? 0) > 0)) {
+          throw new UsageError(
+            '--resume takes only --share-file (current or new shares); --abort takes nothing else; the ceremony keeps the parameters it was started with',
+          );
+        }
+        if (opts.abort) {
+          const { pending, notes } = await abortRekeyStoreDir(io, loc);
+          const lines = [
+            `Aborted the pending rekey${pending ? ` to share set ${pending.shareSet.shareSetId}` : ''}; the current shares keep working.`,
+            ...notes,
+          ];
+          await print(io.stderr, `${lines.join('\n')}\n`);
+          return;
+        }
+        await printResumed(io, loc.display, await resumeRekeyStoreDir(io, loc, { shareFiles: opts.shareFile ?? [] }));
+        return;
+      }
       const r = await rekeyStoreDir(io, loc, {
         ...(opts.shares !== undefined ? { shares: opts.shares } : {}),
         ...(opts.threshold !== undefined ? { threshold: opts.threshold } : {}),
         ...(opts.shareFile?.length ? { shareFiles: opts.shareFile } : {}),
         ...(opts.custodian?.length ? { custodianFiles: opts.custodian } : {}),
         ...(opts.shareDir !== undefined ? { shareDir: opts.shareDir } : {}),
+        ...(opts.verifyQuorum ? { verifyQuorum: true } : {}),
       });
+      if (!r.activated) {
+        const lines = [
+          `Staged a rekey of the key store in ${loc.display} (root ${r.rootId}, unchanged); it is PENDING.`,
+          `The current share set ${r.previous.shareSetId} (${r.previous.threshold} of ${r.previous.shares}) keeps working until the new one is activated.`,
+          ...describeHandOut(r, io),
+          `Test quorum: ${r.shareSet.threshold} custodians open their new share and run \`keywarden rekey --resume --share-file FILE …\`;`,
+          'that activates the new share set. `keywarden rekey --abort` drops it instead.',
+        ];
+        await print(io.stderr, `${lines.join('\n')}\n`);
+        return;
+      }
       const lines = [
         `Rekeyed the key store in ${loc.display} (root ${r.rootId}, unchanged).`,
         `The previous share set ${r.previous.shareSetId} (${r.previous.threshold} of ${r.previous.shares}) no longer opens it; custodians destroy their old shares.`,
@@ -66,4 +131,21 @@ Example:
       ];
       await print(io.stderr, `${lines.join('\n')}\n`);
     });
+}
+
+async function printResumed(io: CliIO, where: string, r: ResumeResult): Promise<void> {
+  if (r.kind !== 'rekey')
+    throw new CliError('rekey --resume: the pending ceremony is an init; use `keywarden init --resume`');
+  const lines = [
+    r.alreadyActivated
+      ? `The rekey of ${where} to share set ${r.shareSet.shareSetId} had already been activated before it stopped; it is finished now.`
+      : `Activated the new share set ${r.shareSet.shareSetId} of ${where} (${r.shareSet.threshold} of ${r.shareSet.shares}; root ${r.rootId}, unchanged)${r.quorumOf === 'new' ? ', after a test quorum of the new shares' : ''}.`,
+  ];
+  if (r.previous) {
+    lines.push(
+      `The previous share set ${r.previous.shareSetId} no longer opens it; custodians destroy their old shares.`,
+    );
+  }
+  lines.push(...describeHandOut(r, io));
+  await print(io.stderr, `${lines.join('\n')}\n`);
 }

@@ -11,6 +11,7 @@ import { AgentClient, AgentUnavailableError } from '../agent-client.js';
 import { CliError } from '../errors.js';
 import type { CliIO } from '../io.js';
 import { formatJson, formatPairs, print } from '../output.js';
+import { pendingCeremonyOf } from '../split-store.js';
 import { sealedRootDocument } from '../store-dir.js';
 import { collect, locationOf, socketOf } from './_common.js';
 
@@ -107,6 +108,34 @@ while. Unsealing again needs a quorum of shares (\`keywarden unseal\`). Stopping
     .addHelpText('after', '\nNothing secret is shown: root id, share-set id, M and N, share indices held.')
     .action(async (opts: { json?: boolean }, cmd: Command) => {
       const loc = locationOf(cmd, io);
+      const ceremony = await pendingCeremonyOf(loc);
+      const pendingJson = ceremony
+        ? {
+            kind: ceremony.kind,
+            shareSetId: ceremony.pending.shareSet.shareSetId,
+            threshold: ceremony.pending.shareSet.threshold,
+            shares: ceremony.pending.shareSet.shares,
+            since: ceremony.pending.createdAt,
+            testQuorum: ceremony.pending.handOut.requireNewQuorum === true,
+          }
+        : null;
+      const pendingText = ceremony
+        ? `${ceremony.kind} to share set ${ceremony.pending.shareSet.shareSetId} (any ${ceremony.pending.shareSet.threshold} of ${ceremony.pending.shareSet.shares}) since ${ceremony.pending.createdAt}, not activated: \`keywarden ${ceremony.kind} --resume\` or \`keywarden ${ceremony.kind} --abort\``
+        : undefined;
+      if (ceremony?.kind === 'init') {
+        if (opts.json) {
+          await print(io.stdout, formatJson({ store: loc.dir, mode: 'init-pending', pending: pendingJson }));
+        } else {
+          await print(
+            io.stdout,
+            formatPairs([
+              ['key store', `${loc.display} (not initialized: the init did not finish)`],
+              ['pending', pendingText as string],
+            ]),
+          );
+        }
+        return;
+      }
       const doc = await sealedRootDocument(loc);
       const u = doc.unseal;
       if (u.method !== 'shamir') {
@@ -146,6 +175,7 @@ while. Unsealing again needs a quorum of shares (\`keywarden unseal\`). Stopping
             shareSetId: st?.shareSetId ?? u.shareSetId,
             threshold: st?.threshold ?? u.threshold,
             shares: st?.shares ?? u.shares,
+            pending: pendingJson,
             agent: st
               ? {
                   running: true,
@@ -169,6 +199,7 @@ while. Unsealing again needs a quorum of shares (\`keywarden unseal\`). Stopping
           `split knowledge: any ${st?.threshold ?? u.threshold} of ${st?.shares ?? u.shares} shares of share set ${shareSetId}`,
         ],
       ];
+      if (pendingText) pairs.push(['pending', `${pendingText}; the current shares still work`]);
       if (!st) {
         pairs.push(['agent', `no agent running on ${socket.display} (start one with \`keywarden agent\`)`]);
       } else {
