@@ -16,6 +16,7 @@
  */
 import { createCipheriv, createDecipheriv, createHmac, randomFillSync } from 'node:crypto';
 import { parseArgs } from 'node:util';
+import { rawXaesSubkey } from './_raw-xaes.js';
 
 const { values } = parseArgs({
   options: { rounds: { type: 'string', default: '5' }, ms: { type: 'string', default: '200' } },
@@ -26,7 +27,6 @@ const MS = Number(values.ms);
 const kek = randomFillSync(new Uint8Array(32));
 const dek = randomFillSync(new Uint8Array(32));
 const aad = randomFillSync(new Uint8Array(60));
-const ZERO_BLOCK = new Uint8Array(16);
 const ZERO_NONCE = new Uint8Array(12);
 const INFO = new TextEncoder().encode('keywarden/dek-wrap/hkdf\x01');
 
@@ -46,31 +46,7 @@ function open(key: Uint8Array, nonce: Uint8Array, sealed: Uint8Array): Uint8Arra
   return pt;
 }
 
-function xaesKey(nonce: Uint8Array): Uint8Array {
-  const ecb = createCipheriv('aes-256-ecb', kek, null).setAutoPadding(false);
-  const l = ecb.update(ZERO_BLOCK);
-  const m = new Uint8Array(32);
-  const carry = 0x87 & -(l[0]! >>> 7);
-  for (let i = 0; i < 16; i++) {
-    const k1 = ((l[i]! << 1) | (i < 15 ? l[i + 1]! >>> 7 : 0)) & 0xff;
-    m[i] = k1;
-    m[16 + i] = k1;
-  }
-  m[15]! ^= carry;
-  m[31]! ^= carry;
-  m[1]! ^= 1;
-  m[17]! ^= 2;
-  m[2]! ^= 0x58;
-  m[18]! ^= 0x58;
-  for (let i = 0; i < 12; i++) {
-    m[4 + i]! ^= nonce[i]!;
-    m[20 + i]! ^= nonce[i]!;
-  }
-  const kx = ecb.update(m);
-  ecb.final();
-  l.fill(0);
-  return kx;
-}
+const xaesKey = (nonce: Uint8Array): Uint8Array => rawXaesSubkey(kek, nonce);
 
 function hkdfKey(salt: Uint8Array): Uint8Array {
   const prk = createHmac('sha256', salt).update(kek).digest();

@@ -1,7 +1,8 @@
 /**
  * AES-256-GCM (NIST SP 800-38D) through node:crypto, and HKDF-SHA256 (RFC 5869).
- * Keywarden uses exactly one AEAD shape: 256-bit key, 96-bit nonce, 128-bit tag. Every length is
- * checked here, in one place, before OpenSSL sees the bytes.
+ * Keywarden uses exactly one AES-GCM shape: 256-bit key, 96-bit nonce, 128-bit tag. Every length is
+ * checked here, in one place, before OpenSSL sees the bytes. XAES-256-GCM (_xaes.ts, the data-key
+ * wrap suite 0x02) is this same AES-256-GCM under a derived key, so it goes through here too.
  */
 import { createCipheriv, createDecipheriv, createHmac } from 'node:crypto';
 import { asUint8, assertBytes, concatBytes } from './_bytes.js';
