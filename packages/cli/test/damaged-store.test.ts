@@ -70,7 +70,7 @@ describe.skipIf(!built)('a damaged key store is reported as damaged, never as de
       ['root', 'destroy', '--yes-destroy-every-key'],
       ['root', 'rotate'],
       ['key', 'create', 'k4'],
-      ['decrypt'],
+      ['decrypt', '--key', 'k2'],
     ]) {
       const r = await kw(argv, cwd, { input: envelope });
       expect(r.code, argv.join(' ')).toBe(1);
@@ -86,7 +86,7 @@ describe.skipIf(!built)('a damaged key store is reported as damaged, never as de
     const ok = await kw(['key', 'list', '--json'], cwd);
     expect(ok.code).toBe(0);
     expect((JSON.parse(ok.stdout) as Array<{ name: string }>).map((k) => k.name)).toEqual(['k1', 'k2', 'k3']);
-    expect((await kw(['decrypt'], cwd, { input: envelope })).stdout).toBe('record 7');
+    expect((await kw(['decrypt', '--key', 'k2'], cwd, { input: envelope })).stdout).toBe('record 7');
   }, 60_000);
 
   it('the root record gone without a tombstone (a healthy file): "damaged or never initialized, not destroyed"; destroy refuses even with the unseal key, and changes nothing', async () => {
@@ -147,7 +147,7 @@ describe.skipIf(!built)('empty and foreign key-store files (issue 6, item 8)', (
       ['key', 'list', '--json'],
       ['key', 'show', 'k1'],
       ['status'],
-      ['decrypt'],
+      ['decrypt', '--key', 'k1'],
       ['key', 'create', 'k9'],
       ['root', 'rotate'],
       ['root', 'destroy', '--yes-destroy-every-key'],
@@ -184,5 +184,46 @@ describe.skipIf(!built)('empty and foreign key-store files (issue 6, item 8)', (
       }
       expect(digest(file)).toBe(before);
     }
+  }, 60_000);
+});
+
+describe.skipIf(!built)('messages that name the real fault (issue 6, item 9)', () => {
+  it('a KEK record altered in the store: decrypt blames the key store record, not the envelope (exit 1, no output)', async () => {
+    const { cwd, envelope } = await store();
+    const db = new Database(path.join(cwd, DB));
+    const row = db
+      .prepare(
+        "SELECT key_id, version, wrapped_material FROM key_versions WHERE key_id = (SELECT id FROM keys WHERE name = 'k2')",
+      )
+      .get() as {
+      key_id: string;
+      version: number;
+      wrapped_material: Buffer;
+    };
+    row.wrapped_material[row.wrapped_material.length - 1] ^= 0x01;
+    db.prepare('UPDATE key_versions SET wrapped_material = ? WHERE key_id = ? AND version = ?').run(
+      row.wrapped_material,
+      row.key_id,
+      row.version,
+    );
+    db.close();
+    const r = await kw(['decrypt', '--key', 'k2'], cwd, { input: envelope });
+    expect(r.code).toBe(1);
+    expect(r.stdout).toBe('');
+    expect(lines(r.stderr)).toEqual([
+      `keywarden: keystore: the key store record of key ${row.key_id} v${row.version} failed to authenticate under the root (damaged or altered in the store); restore the key store from a backup`,
+    ]);
+  }, 60_000);
+
+  it('an envelope from another key store: decrypt says the key does not exist in this store, not that a version is missing', async () => {
+    const a = await store();
+    const b = await store();
+    const r = await kw(['decrypt', '--any-key-in-store'], b.cwd, { input: a.envelope });
+    expect(r.code).toBe(1);
+    expect(r.stdout).toBe('');
+    expect(lines(r.stderr)).toHaveLength(1);
+    expect(lines(r.stderr)[0]).toMatch(
+      /^keywarden: keystore: key kek_\S+ does not exist in this key store \(was the data encrypted under another key store\?\)$/,
+    );
   }, 60_000);
 });

@@ -35,11 +35,14 @@ import {
 } from './envelope.js';
 import {
   ClosedError,
+  DecryptionError,
+  FormatError,
   InvalidInputError,
   KeyMaterialError,
   KeyNotFoundError,
   KeyStateError,
   KeystoreSealedError,
+  StoreCorruptError,
   UnexpectedKeyError,
 } from './errors.js';
 import type { KeyRecord, KeyScope, KeyStore, KeyVersionRecord, KeyVersionState } from './keystore.js';
@@ -484,13 +487,30 @@ export class Keywarden implements DataKeyProvider {
     try {
       this.#requireUnsealed();
       const record = await this.store.getVersion(keyId, version);
-      if (!record) throw new KeyNotFoundError(`keystore: key ${keyId} has no version ${version}`);
+      if (!record) {
+        // Off the hot path: say whether the key itself is unknown here (an envelope from another store).
+        if (!(await this.store.getKey(keyId))) {
+          throw new KeyNotFoundError(
+            `keystore: key ${keyId} does not exist in this key store (was the data encrypted under another key store?)`,
+          );
+        }
+        throw new KeyNotFoundError(`keystore: key ${keyId} has no version ${version}`);
+      }
       if (record.state !== 'enabled') throw new KeyStateError(`keystore: key ${keyId} v${version} is ${record.state}`);
       const rootId = this.root.describe().id;
       if (record.rootId !== rootId) {
         throw new KeyStateError(`root: key ${keyId} v${version} was wrapped by another root (${record.rootId})`);
       }
-      material = await this.root.unwrapKey(record.wrappedMaterial, kekAad(keyId, version));
+      try {
+        material = await this.root.unwrapKey(record.wrappedMaterial, kekAad(keyId, version));
+      } catch (err) {
+        // The stored KEK record, not the caller's envelope, failed: say so (issue 6, item 9).
+        if (!DecryptionError.isInstance(err) && !FormatError.isInstance(err)) throw err;
+        throw new StoreCorruptError(
+          `keystore: the key store record of key ${keyId} v${version} failed to authenticate under the root (damaged or altered in the store); restore the key store from a backup`,
+          { cause: err },
+        );
+      }
     } finally {
       // From here to the return nothing awaits: no caller can join any more, `waiters` is final.
       if (this.#inflight.get(slot) === load) this.#inflight.delete(slot);
