@@ -8,8 +8,12 @@ let failed = 0;
 let skipped = 0;
 let suites = 0;
 const failedSuites = [];
-for (const dir of readdirSync('packages')) {
-  const file = join('packages', dir, '.vitest-results.json');
+// Each package's vitest report, plus the extra runs in .test-results/ (the suites on Node 22 and 24).
+const reports = readdirSync('packages').map((dir) => join('packages', dir, '.vitest-results.json'));
+if (existsSync('.test-results')) {
+  for (const f of readdirSync('.test-results')) if (f.endsWith('.json')) reports.push(join('.test-results', f));
+}
+for (const file of reports) {
   if (!existsSync(file)) continue;
   const r = JSON.parse(readFileSync(file, 'utf8'));
   suites += (r.testResults ?? []).length;
