@@ -77,6 +77,7 @@ export {
 } from './staged-ceremony.js';
 export {
   type HardwareSecretPurpose,
+  type CombineHardwareOptions,
   MAX_HARDWARE_SECRET_BYTES,
   splitHardwareSecret,
   combineHardwareSecret,

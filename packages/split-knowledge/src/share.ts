@@ -65,8 +65,12 @@ export const MIN_THRESHOLD = 2;
 export const MAX_SECRET_BYTES = 1024;
 /** Unseal-key shares carry exactly a 32-byte key (core's UNSEAL_KEY_BYTES). */
 const UNSEAL_KEY_SECRET_BYTES = 32;
-/** Hardware secrets are padded into one of these sizes (hardware-secret.ts); see there for why. */
-export const HARDWARE_ENCODED_LENGTHS: readonly number[] = [80, 144, 208, 272];
+/**
+ * Hardware secrets are padded into one of these sizes (hardware-secret.ts; see there for why):
+ * block ‖ key ‖ tag (version 2: 64..256 + 32 + 16) or block ‖ tag (version 1, still parsed so it
+ * can be refused with its own message).
+ */
+export const HARDWARE_ENCODED_LENGTHS: readonly number[] = [112, 176, 240, 304, 80, 144, 208, 272];
 
 const PREFIX = 'kwshare';
 const FIELD_COUNT = 7;
