@@ -30,7 +30,7 @@
  * better-sqlite3 is synchronous; the KeyStore methods stay async (and report every failure as a
  * rejection) so callers do not depend on that.
  */
-import { chmodSync, closeSync, existsSync, openSync, statfsSync, statSync } from 'node:fs';
+import { chmodSync, closeSync, existsSync, openSync, readFileSync, statfsSync, statSync } from 'node:fs';
 import { dirname } from 'node:path';
 import {
   ClosedError,
@@ -469,8 +469,11 @@ function requireExistingFile(path: string): void {
  * SQLite deletes a database's -wal and -shm files together when its last connection closes, and
  * a crash leaves both. A -shm without its -wal means the WAL was deleted under a connection that
  * is still open: that process holds committed writes in a file nobody else can see, and a new
- * WAL beside it would fork the database. Re-checked for a moment first, so that the instant in
- * which a closing connection has removed the one file and not yet the other is not mistaken.
+ * WAL beside it would fork the database. Whether a connection is still open is read from the
+ * kernel's lock table (every open connection holds a read lock on the -shm; Linux /proc/locks):
+ * leftovers of a process that died are no obstacle (SQLite recovers from them). Re-checked for a
+ * moment first, so that the instant in which a closing connection has removed the one file and
+ * not yet the other is not mistaken. Without /proc/locks, the leftover is refused too.
  */
 function refuseDeletedWal(path: string): void {
   for (let attempt = 0; ; attempt++) {
@@ -478,9 +481,28 @@ function refuseDeletedWal(path: string): void {
     if (attempt === 5) break;
     Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 20);
   }
+  if (shmLockedByAnyone(`${path}-shm`) === false) return;
   throw new StoreReplacedError(
     'keystore: the WAL file (-wal) of this key store was deleted while another process still has it open; nothing was changed. Stop every process using the key store (the agent, applications), then open it again',
   );
+}
+
+/** Whether any process holds a POSIX lock on `file` (Linux /proc/locks); undefined when unknown. */
+function shmLockedByAnyone(file: string): boolean | undefined {
+  let table: string;
+  let st: { dev: number; ino: number };
+  try {
+    table = readFileSync('/proc/locks', 'utf8');
+    st = statSync(file);
+  } catch {
+    return undefined;
+  }
+  // Linux encodes dev_t as major (bits 8..19, 32..) and minor (bits 0..7, 20..); /proc/locks
+  // prints them in hex: "1: POSIX ADVISORY READ <pid> <major>:<minor>:<inode> <start> <end>".
+  const major = ((st.dev >> 8) & 0xfff) | (Math.floor(st.dev / 2 ** 32) * 0x1000);
+  const minor = (st.dev & 0xff) | ((st.dev >> 12) & 0xfff00);
+  const id = `${major.toString(16).padStart(2, '0')}:${minor.toString(16).padStart(2, '0')}:${st.ino}`;
+  return table.split('\n').some((line) => line.split(/\s+/).includes(id));
 }
 
 type FileId = { dev: number; ino: number };
