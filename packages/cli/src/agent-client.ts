@@ -9,7 +9,7 @@
  */
 import { lstat } from 'node:fs/promises';
 import { createConnection, type Socket } from 'node:net';
-import type { CreateKeyOptions, DataKey, EncryptionContext, KeyInfo } from '@keywarden/core';
+import type { CreateKeyOptions, DataKey, EncryptionContext, KeyExpectation, KeyInfo } from '@keywarden/core';
 import {
   type AgentOp,
   type AgentRequest,
@@ -169,9 +169,13 @@ export class AgentClient implements KeyService {
     return { plaintext: bytes(r.plaintext), wrapped, keyId, version };
   }
 
-  async decryptDataKey(wrapped: Uint8Array, context?: EncryptionContext): Promise<Uint8Array> {
+  async decryptDataKey(
+    wrapped: Uint8Array,
+    context: EncryptionContext | undefined,
+    expected: KeyExpectation,
+  ): Promise<Uint8Array> {
     const r = asObject(
-      await this.request('decryptDataKey', { wrapped: toBase64(wrapped), ...(context ? { context } : {}) }),
+      await this.request('decryptDataKey', { wrapped: toBase64(wrapped), ...(context ? { context } : {}), expected }),
     );
     return bytes(r.plaintext);
   }

@@ -38,6 +38,7 @@ import { Connection, type ConnectionLimits } from './_agent-connection.js';
 import {
   decodeSealedRoot,
   type EncryptionContext,
+  type KeyExpectation,
   type KeyStore,
   KeyStoreError,
   KeystoreSealedError,
@@ -345,7 +346,9 @@ export class KeyAgent {
       case 'decryptDataKey': {
         const wrapped = bytesArg(req, 'wrapped');
         const context = recordArg(req, 'context') as EncryptionContext | undefined;
-        const plaintext = await this.#unsealed().decryptDataKey(wrapped, context);
+        // The client's expected key (core checks its shape): the agent never widens it to any key.
+        const expected = req.args.expected as KeyExpectation;
+        const plaintext = await this.#unsealed().decryptDataKey(wrapped, context, expected);
         try {
           return { plaintext: toBase64(plaintext) };
         } finally {

@@ -102,8 +102,8 @@ export async function runDemo(io: CliIO): Promise<void> {
     out.check(io);
 
     // 5 ───────────────────────────────────────────────────────────────────────────────────────
-    out.step('Decrypt with the right context');
-    const opened = await kw.decrypt(envelope, { context: contextA });
+    out.step("Decrypt as tenant A's code does: name the expected key, give the context");
+    const opened = await kw.decrypt(envelope, { key: 'tenant-a', context: contextA });
     out.facts([['plaintext', Buffer.from(opened).toString('utf8')]]);
     wipe(opened);
     out.protects(
@@ -114,23 +114,35 @@ export async function runDemo(io: CliIO): Promise<void> {
 
     // 6 ───────────────────────────────────────────────────────────────────────────────────────
     out.step('Decrypt with a wrong context (the same ciphertext pasted into row 43)');
-    out.refused(await refusal(() => kw!.decrypt(envelope, { context: { ...contextA, row: '43' } })));
-    out.protects(
-      'cut-and-paste and confused-deputy attacks: a ciphertext moved to another row, table or tenant ' +
-        'does not decrypt there.',
-    );
+    out.refused(await refusal(() => kw!.decrypt(envelope, { key: 'tenant-a', context: { ...contextA, row: '43' } })));
+    out.protects('cut-and-paste attacks: a ciphertext moved to another row, table or tenant does not decrypt there.');
     out.check(io);
 
     // 7 ───────────────────────────────────────────────────────────────────────────────────────
+    out.step("Give tenant A's code an envelope made with tenant B's key and tenant A's context");
+    const planted = await kw.encrypt(Buffer.from('{"customer":"Mallory","balance":1000000}', 'utf8'), {
+      key: 'tenant-b',
+      context: contextA,
+    });
+    out.say("Whoever may use tenant B's key can write tenant A's context into an envelope. Tenant A's code");
+    out.say('names the key it expects, so the envelope is refused before any key is used:');
+    out.refused(await refusal(() => kw!.decrypt(planted, { key: 'tenant-a', context: contextA })));
+    out.protects(
+      "a confused deputy across tenants: data planted under another tenant's key never passes as tenant " +
+        "A's, even with A's context. (Tools that must open every key's data say so: anyKeyInStore: true.)",
+    );
+    out.check(io);
+
+    // 8 ───────────────────────────────────────────────────────────────────────────────────────
     out.step('Decrypt after flipping one bit of the ciphertext');
     const tampered = Uint8Array.from(envelope);
     const last = tampered.length - 1;
     tampered[last] = (tampered[last] as number) ^ 0x01;
-    out.refused(await refusal(() => kw!.decrypt(tampered, { context: contextA })));
+    out.refused(await refusal(() => kw!.decrypt(tampered, { key: 'tenant-a', context: contextA })));
     out.protects('tampering: a modified envelope is refused as a whole, never decrypted into something else.');
     out.check(io);
 
-    // 8 ───────────────────────────────────────────────────────────────────────────────────────
+    // 9 ───────────────────────────────────────────────────────────────────────────────────────
     out.step("Try to unwrap tenant A's data key with tenant B's KEK");
     const keyB = await kw.getKey('tenant-b');
     const dkA = await kw.generateDataKey('tenant-a', contextA);
@@ -138,8 +150,8 @@ export async function runDemo(io: CliIO): Promise<void> {
     const relabelled = relabelWrappedKey(dkA.wrapped, keyB.id);
     if (relabelled) {
       out.say(`The wrapped DEK names its KEK; we rewrite that name to tenant-b (${keyB.id}), as an attacker`);
-      out.say("who may use tenant B's key would, and ask Keywarden to unwrap it.");
-      out.refused(await refusal(() => kw!.decryptDataKey(relabelled, contextA)));
+      out.say("who may use tenant B's key would, and ask Keywarden to unwrap it as tenant B's.");
+      out.refused(await refusal(() => kw!.decryptDataKey(relabelled, contextA, { key: 'tenant-b' })));
     } else {
       out.say('(skipped: the two KEK ids differ in length, so the relabelling is not a like-for-like swap)');
     }
@@ -149,7 +161,7 @@ export async function runDemo(io: CliIO): Promise<void> {
     );
     out.check(io);
 
-    // 9 ───────────────────────────────────────────────────────────────────────────────────────
+    // 10 ───────────────────────────────────────────────────────────────────────────────────────
     out.step('Generate a data key for your own encryption: store the wrapped form, never the plaintext');
     const dk = await kw.generateDataKey('tenant-a', contextA);
     out.facts([
@@ -160,15 +172,16 @@ export async function runDemo(io: CliIO): Promise<void> {
         `${dk.wrapped.length} bytes, starts "${Buffer.from(dk.wrapped.subarray(0, 3)).toString('latin1')}" (store this beside the data)`,
       ],
     ]);
-    const again = await kw.decryptDataKey(dk.wrapped, contextA);
+    const again = await kw.decryptDataKey(dk.wrapped, contextA, { key: 'tenant-a' });
     const same = constantTimeEqual(again, dk.plaintext);
     wipe(again, dk.plaintext);
     if (!same) throw new CliError('demo: the unwrapped data key differs from the generated one');
-    out.say('decryptDataKey(wrapped, context) later returns the same 32 bytes (checked in constant time).');
+    out.say("decryptDataKey(wrapped, context, { key: 'tenant-a' }) later returns the same 32 bytes (checked");
+    out.say('in constant time).');
     out.protects('keeping plaintext keys at rest: only the wrapped DEK is ever written down.');
     out.check(io);
 
-    // 10 ──────────────────────────────────────────────────────────────────────────────────────
+    // 11 ──────────────────────────────────────────────────────────────────────────────────────
     out.step(`Stream-encrypt ${STREAM_BYTES / (1024 * 1024)} MiB in bounded memory`);
     const streamed = await streamRoundTrip(kw, tmp, io);
     out.facts([
@@ -189,11 +202,11 @@ export async function runDemo(io: CliIO): Promise<void> {
     out.protects('reordered, dropped, duplicated or truncated frames; unbounded memory use on large files.');
     out.check(io);
 
-    // 11 ──────────────────────────────────────────────────────────────────────────────────────
+    // 12 ──────────────────────────────────────────────────────────────────────────────────────
     out.step("Rotate tenant A's KEK");
     const rotated = await kw.rotateKey('tenant-a');
     out.block(keyDetails(rotated));
-    const old = await kw.decrypt(envelope, { context: contextA });
+    const old = await kw.decrypt(envelope, { key: 'tenant-a', context: contextA });
     wipe(old);
     const fresh = await kw.encrypt(record, { key: 'tenant-a', context: contextA });
     out.facts([
@@ -206,16 +219,16 @@ export async function runDemo(io: CliIO): Promise<void> {
     );
     out.check(io);
 
-    // 12 ──────────────────────────────────────────────────────────────────────────────────────
+    // 13 ──────────────────────────────────────────────────────────────────────────────────────
     out.step('Close (cache wiped), reopen: sealed until unsealed');
     await kw.close();
     kw = undefined;
     out.say('close() wiped the cached KEKs and the root key from memory.');
     kw = await openKeywarden(loc, io);
     out.facts([['reopened', kw.root.sealable?.isSealed() ? 'sealed' : 'unsealed']]);
-    out.refused(await refusal(() => kw!.decrypt(envelope, { context: contextA })));
+    out.refused(await refusal(() => kw!.decrypt(envelope, { key: 'tenant-a', context: contextA })));
     await unsealRoot(kw.root as SoftwareRoot, unseal, io);
-    const afterUnseal = await kw.decrypt(envelope, { context: contextA });
+    const afterUnseal = await kw.decrypt(envelope, { key: 'tenant-a', context: contextA });
     const ok = Buffer.from(afterUnseal).equals(record);
     wipe(afterUnseal);
     out.facts([['after unseal', ok ? 'the record decrypts again' : 'UNEXPECTED: the record did not match']]);
@@ -290,7 +303,7 @@ async function streamRoundTrip(kw: Keywarden, dir: string, io: CliIO): Promise<S
   let outBytes = 0;
   await pipeline(
     createReadStream(file),
-    kw.createDecryptStream({ context }),
+    kw.createDecryptStream({ key: 'tenant-a', context }),
     new Writable({
       write(chunk: Buffer, _enc, cb) {
         outHash.update(chunk);

@@ -73,14 +73,14 @@ describe.skipIf(!built)('dist/bin.js', () => {
     const enc = await keywarden(['encrypt', '--key', 'k', '-c', 'a=b'], cwd, data);
     expect(enc.stderr).toBe('');
     expect(enc.code).toBe(0);
-    const dec = await keywarden(['decrypt', '-c', 'a=b'], cwd, enc.stdout);
+    const dec = await keywarden(['decrypt', '--key', 'k', '-c', 'a=b'], cwd, enc.stdout);
     expect(dec.code).toBe(0);
     expect(dec.stdout.equals(data)).toBe(true);
 
     const bad = Buffer.from(enc.stdout);
     const i = bad.length - 1000;
     bad[i] = (bad[i] as number) ^ 1;
-    const refused = await keywarden(['decrypt', '-c', 'a=b'], cwd, bad);
+    const refused = await keywarden(['decrypt', '--key', 'k', '-c', 'a=b'], cwd, bad);
     expect(refused.code).toBe(1);
     expect(refused.stderr).toBe(`${DECRYPT_FAILED}\n`);
   });

@@ -27,9 +27,9 @@ describe('keywarden datakey', () => {
     await unsealRoot(root, resolveUnsealSource(io, loc), { stderr: process.stderr });
     const kw = new Keywarden({ store, root });
     try {
-      const dek = await kw.decryptDataKey(wrapped, { table: 't', tenant: 'a' });
+      const dek = await kw.decryptDataKey(wrapped, { table: 't', tenant: 'a' }, { key: dk.keyId });
       expect(Buffer.from(dek).equals(plaintext)).toBe(true);
-      await expect(kw.decryptDataKey(wrapped, { tenant: 'b', table: 't' })).rejects.toSatisfy(
+      await expect(kw.decryptDataKey(wrapped, { tenant: 'b', table: 't' }, { key: dk.keyId })).rejects.toSatisfy(
         DecryptionError.isInstance,
       );
     } finally {

@@ -11,11 +11,14 @@ describe('keywarden demo', () => {
     expect(r.code).toBe(0);
     const out = r.out;
 
-    for (let step = 1; step <= 12; step++) expect(out).toContain(`[${step}] `);
+    for (let step = 1; step <= 13; step++) expect(out).toContain(`[${step}] `);
     expect(out).toContain('DEVELOPMENT MODE');
     expect(out).toMatch(/Protects against:/);
     expect(out.match(/refused: DecryptionError: envelope: decryption failed/g)?.length).toBe(2);
     expect(out).toMatch(/refused: DecryptionError: data key: decryption failed/);
+    expect(out).toMatch(
+      /refused: UnexpectedKeyError: keywarden: the data key is wrapped under kek_\S+, which is not the expected key/,
+    );
     expect(out).toMatch(/refused: KeystoreSealedError: /);
     expect(out).toContain('identical');
     expect(out).toMatch(/old envelope:\s+KEK v1: still decrypts/);

@@ -5,7 +5,8 @@ import * as path from 'node:path';
 import { PassThrough } from 'node:stream';
 import { beforeEach, describe, expect, it } from 'vitest';
 import { run } from '../src/cli.js';
-import { cli, DECRYPT_FAILED, initialized, oneLine } from './helpers.js';
+import { cli, DECRYPT_FAILED, initialized, oneLine, tempDir } from './helpers.js';
+import { built, startAgent } from './split-helpers.js';
 
 let cwd: string;
 beforeEach(async () => {
@@ -31,7 +32,9 @@ describe('encrypt / decrypt round trips', () => {
     const data = randomBytes(3 * FRAME + 12345);
     const ct = await encryptToFile(data, 'a', '--context', 'purpose=backup');
     expect(ct.subarray(0, 3).toString('latin1')).toBe('KWE');
-    const r = await cli(['decrypt', '-i', 'a.kw', '-o', 'a.out', '--context', 'purpose=backup'], { cwd });
+    const r = await cli(['decrypt', '--key', 'files', '-i', 'a.kw', '-o', 'a.out', '--context', 'purpose=backup'], {
+      cwd,
+    });
     expect(r.code).toBe(0);
     expect(r.stdout).toHaveLength(0);
     expect((await readFile(path.join(cwd, 'a.out'))).equals(data)).toBe(true);
@@ -42,7 +45,7 @@ describe('encrypt / decrypt round trips', () => {
     const data = Buffer.concat([Buffer.from(Array.from({ length: 256 }, (_, i) => i)), randomBytes(3 * 1024 * 1024)]);
     const enc = await cli(['encrypt', '--key', 'files'], { cwd, stdin: data });
     expect(enc.code).toBe(0);
-    const dec = await cli(['decrypt'], { cwd, stdin: enc.stdout });
+    const dec = await cli(['decrypt', '--key', 'files'], { cwd, stdin: enc.stdout });
     expect(dec.code).toBe(0);
     expect(dec.stdout.equals(data)).toBe(true);
   });
@@ -51,14 +54,14 @@ describe('encrypt / decrypt round trips', () => {
     const enc = await cli(['encrypt', '--key', 'files'], { cwd, stdin: Buffer.alloc(0) });
     expect(enc.code).toBe(0);
     expect(enc.stdout.length).toBeGreaterThan(0);
-    const dec = await cli(['decrypt'], { cwd, stdin: enc.stdout });
+    const dec = await cli(['decrypt', '--key', 'files'], { cwd, stdin: enc.stdout });
     expect(dec.code).toBe(0);
     expect(dec.stdout).toHaveLength(0);
   });
 
   it('context pairs may be given in any order', async () => {
     const enc = await cli(['encrypt', '--key', 'files', '-c', 'a=1', '-c', 'b=x=y'], { cwd, stdin: 'ctx' });
-    const dec = await cli(['decrypt', '-c', 'b=x=y', '-c', 'a=1'], { cwd, stdin: enc.stdout });
+    const dec = await cli(['decrypt', '--key', 'files', '-c', 'b=x=y', '-c', 'a=1'], { cwd, stdin: enc.stdout });
     expect(dec.code).toBe(0);
     expect(dec.out).toBe('ctx');
   });
@@ -70,18 +73,20 @@ describe('encrypt / decrypt round trips', () => {
     });
     expect(enc.code).toBe(0);
     expect(enc.out).toMatch(/^kw1\.[A-Za-z0-9_-]+\n$/);
-    const dec = await cli(['decrypt', '--context', 'row=42'], { cwd, stdin: enc.out });
+    const dec = await cli(['decrypt', '--key', 'files', '--context', 'row=42'], { cwd, stdin: enc.out });
     expect(dec.code).toBe(0);
     expect(dec.out).toBe('secret value');
 
     await writeFile(path.join(cwd, 't.txt'), enc.out);
-    const fromFile = await cli(['decrypt', '--context', 'row=42', '-i', 't.txt', '-o', 't.out'], { cwd });
+    const fromFile = await cli(['decrypt', '--key', 'files', '--context', 'row=42', '-i', 't.txt', '-o', 't.out'], {
+      cwd,
+    });
     expect(fromFile.code).toBe(0);
     expect(await readFile(path.join(cwd, 't.out'), 'utf8')).toBe('secret value');
 
     const empty = await cli(['encrypt', '--key', 'files', '--text'], { cwd, stdin: '' });
     expect(empty.code).toBe(0);
-    const back = await cli(['decrypt'], { cwd, stdin: empty.out });
+    const back = await cli(['decrypt', '--key', 'files'], { cwd, stdin: empty.out });
     expect(back.code).toBe(0);
     expect(back.stdout).toHaveLength(0);
   });
@@ -105,13 +110,15 @@ describe('decrypt failures leave no plaintext behind', () => {
   it('wrong context: exit 1, one line, -o file not created and an existing -o file untouched', async () => {
     await encryptToFile(data, 'w', '--context', 'tenant=a');
     for (const ctx of [['--context', 'tenant=b'], []]) {
-      const r = await cli(['decrypt', '-i', 'w.kw', '-o', 'w.out', ...ctx], { cwd });
+      const r = await cli(['decrypt', '--key', 'files', '-i', 'w.kw', '-o', 'w.out', ...ctx], { cwd });
       expect(r.code).toBe(1);
       expect(oneLine(r.stderr)).toBe(DECRYPT_FAILED);
       expect(existsSync(path.join(cwd, 'w.out'))).toBe(false);
     }
     await writeFile(path.join(cwd, 'keep.txt'), 'old content');
-    const r = await cli(['decrypt', '-i', 'w.kw', '-o', 'keep.txt', '--context', 'tenant=b'], { cwd });
+    const r = await cli(['decrypt', '--key', 'files', '-i', 'w.kw', '-o', 'keep.txt', '--context', 'tenant=b'], {
+      cwd,
+    });
     expect(r.code).toBe(1);
     expect(await readFile(path.join(cwd, 'keep.txt'), 'utf8')).toBe('old content');
     expect(await noTempFiles()).toEqual([]);
@@ -119,7 +126,7 @@ describe('decrypt failures leave no plaintext behind', () => {
 
   it('wrong context on stdout: nothing is written', async () => {
     const enc = await cli(['encrypt', '--key', 'files', '-c', 'tenant=a'], { cwd, stdin: data });
-    const r = await cli(['decrypt', '-c', 'tenant=b'], { cwd, stdin: enc.stdout });
+    const r = await cli(['decrypt', '--key', 'files', '-c', 'tenant=b'], { cwd, stdin: enc.stdout });
     expect(r.code).toBe(1);
     expect(oneLine(r.stderr)).toBe(DECRYPT_FAILED);
     expect(r.stdout).toHaveLength(0);
@@ -127,7 +134,7 @@ describe('decrypt failures leave no plaintext behind', () => {
 
   it('--text with a wrong context', async () => {
     const enc = await cli(['encrypt', '--key', 'files', '--text', '-c', 'row=1'], { cwd, stdin: 'v' });
-    const r = await cli(['decrypt', '-c', 'row=2', '-o', 'v.out'], { cwd, stdin: enc.out });
+    const r = await cli(['decrypt', '--key', 'files', '-c', 'row=2', '-o', 'v.out'], { cwd, stdin: enc.out });
     expect(r.code).toBe(1);
     expect(oneLine(r.stderr)).toBe(DECRYPT_FAILED);
     expect(existsSync(path.join(cwd, 'v.out'))).toBe(false);
@@ -141,7 +148,7 @@ describe('decrypt failures leave no plaintext behind', () => {
     await writeFile(path.join(cwd, 't.bad'), bad);
     await writeFile(path.join(cwd, 'existing.out'), 'untouched');
     for (const target of ['t.out', 'existing.out']) {
-      const r = await cli(['decrypt', '-i', 't.bad', '-o', target], { cwd });
+      const r = await cli(['decrypt', '--key', 'files', '-i', 't.bad', '-o', target], { cwd });
       expect(r.code).toBe(1);
       expect(oneLine(r.stderr)).toBe(DECRYPT_FAILED);
     }
@@ -155,7 +162,7 @@ describe('decrypt failures leave no plaintext behind', () => {
     const bad = Buffer.from(ct);
     const at = ct.length - 70_000;
     bad[at] = (bad[at] as number) ^ 0x80;
-    const r = await cli(['decrypt'], { cwd, stdin: bad });
+    const r = await cli(['decrypt', '--key', 'files'], { cwd, stdin: bad });
     expect(r.code).toBe(1);
     expect(oneLine(r.stderr)).toBe(DECRYPT_FAILED);
     expect(r.stdout.length).toBeLessThan(data.length);
@@ -168,7 +175,7 @@ describe('decrypt failures leave no plaintext behind', () => {
     const text = enc.out.trim();
     const i = text.length - 5;
     const flipped = text.slice(0, i) + (text[i] === 'A' ? 'B' : 'A') + text.slice(i + 1);
-    const r = await cli(['decrypt'], { cwd, stdin: flipped });
+    const r = await cli(['decrypt', '--key', 'files'], { cwd, stdin: flipped });
     expect(r.code).toBe(1);
     expect(oneLine(r.stderr)).toMatch(/^keywarden: envelope: /);
     expect(r.stdout).toHaveLength(0);
@@ -178,12 +185,12 @@ describe('decrypt failures leave no plaintext behind', () => {
     const ct = await encryptToFile(data, 'c');
     for (const cut of [10, FRAME + 100, ct.length - 100]) {
       await writeFile(path.join(cwd, 'c.cut'), ct.subarray(0, ct.length - cut));
-      const toFile = await cli(['decrypt', '-i', 'c.cut', '-o', 'c.out'], { cwd });
+      const toFile = await cli(['decrypt', '--key', 'files', '-i', 'c.cut', '-o', 'c.out'], { cwd });
       expect(toFile.code).toBe(1);
       expect(oneLine(toFile.stderr)).toMatch(/^keywarden: envelope: /);
       expect(existsSync(path.join(cwd, 'c.out'))).toBe(false);
 
-      const toStdout = await cli(['decrypt', '-i', 'c.cut'], { cwd });
+      const toStdout = await cli(['decrypt', '--key', 'files', '-i', 'c.cut'], { cwd });
       expect(toStdout.code).toBe(1);
       expect(oneLine(toStdout.stderr)).toMatch(/^keywarden: envelope: /);
       expect(toStdout.stdout.length).toBeLessThan(data.length);
@@ -194,7 +201,7 @@ describe('decrypt failures leave no plaintext behind', () => {
 
   it('empty or foreign input is not mistaken for ciphertext', async () => {
     for (const input of [Buffer.alloc(0), Buffer.from('hello, this is not ciphertext')]) {
-      const r = await cli(['decrypt', '-o', 'x.out'], { cwd, stdin: input });
+      const r = await cli(['decrypt', '--key', 'files', '-o', 'x.out'], { cwd, stdin: input });
       expect(r.code).toBe(1);
       expect(oneLine(r.stderr)).toMatch(/^keywarden: envelope: /);
       expect(existsSync(path.join(cwd, 'x.out'))).toBe(false);
@@ -213,7 +220,7 @@ describe('encrypt / decrypt errors', () => {
   it('missing input file', async () => {
     for (const argv of [
       ['encrypt', '--key', 'files', '-i', 'missing.bin'],
-      ['decrypt', '-i', 'missing.kw', '-o', 'm.out'],
+      ['decrypt', '--key', 'files', '-i', 'missing.kw', '-o', 'm.out'],
     ]) {
       const r = await cli(argv, { cwd });
       expect(r.code).toBe(1);
@@ -250,14 +257,66 @@ describe('encrypt / decrypt errors', () => {
     const noKey = await cli(['encrypt'], { cwd, stdin: 'x' });
     expect(noKey.code).toBe(2);
     expect(oneLine(noKey.stderr)).toMatch(/required option '-k, --key <name>' not specified/);
-    const badCtx = await cli(['decrypt', '--context', '=x'], { cwd, stdin: 'x' });
+    const badCtx = await cli(['decrypt', '--key', 'files', '--context', '=x'], { cwd, stdin: 'x' });
     expect(badCtx.code).toBe(2);
     expect(oneLine(badCtx.stderr)).toMatch(/^keywarden: context: expected key=value/);
   });
 
-  it('decrypt finds the KEK named in the envelope: no --key needed', async () => {
+  it('decrypt takes the expected key: ciphertext under another key is refused even with the right context', async () => {
+    const enc = await cli(['encrypt', '--key', 'other', '-c', 'tenant=a'], { cwd, stdin: 'planted' });
+    expect((await cli(['decrypt', '--key', 'other', '-c', 'tenant=a'], { cwd, stdin: enc.stdout })).out).toBe(
+      'planted',
+    );
+    const wrong = await cli(['decrypt', '--key', 'files', '-c', 'tenant=a', '-o', 'w.out'], { cwd, stdin: enc.stdout });
+    expect(wrong.code).toBe(1);
+    expect(oneLine(wrong.stderr)).toMatch(
+      /^keywarden: the data key is wrapped under kek_[A-Za-z0-9_-]+, which is not the expected key$/,
+    );
+    expect(existsSync(path.join(cwd, 'w.out'))).toBe(false);
+    // The text form goes through the same check.
+    const text = await cli(['encrypt', '--key', 'other', '--text'], { cwd, stdin: 'planted' });
+    expect((await cli(['decrypt', '--key', 'files'], { cwd, stdin: text.out })).code).toBe(1);
+    // An allow-list: --key repeated.
+    expect((await cli(['decrypt', '--key', 'files', '--key', 'other'], { cwd, stdin: text.out })).out).toBe('planted');
+    // Names and ids both work.
+    const id = /kek_[A-Za-z0-9_-]{22}/.exec((await cli(['key', 'show', 'other'], { cwd })).out)?.[0] as string;
+    expect((await cli(['decrypt', '--key', id], { cwd, stdin: text.out })).out).toBe('planted');
+  });
+
+  it('--any-key-in-store accepts any key of this store; no key at all, or both, is a usage error (exit 2)', async () => {
     const enc = await cli(['encrypt', '--key', 'other'], { cwd, stdin: 'x' });
-    const dec = await cli(['decrypt'], { cwd, stdin: enc.stdout });
-    expect(dec.out).toBe('x');
+    expect((await cli(['decrypt', '--any-key-in-store'], { cwd, stdin: enc.stdout })).out).toBe('x');
+    const none = await cli(['decrypt'], { cwd, stdin: enc.stdout });
+    expect(none.code).toBe(2);
+    expect(oneLine(none.stderr)).toBe(
+      "keywarden: name the key the ciphertext must be under: --key NAME (or --any-key-in-store to accept any key of this store) (see 'keywarden --help')",
+    );
+    const both = await cli(['decrypt', '--key', 'other', '--any-key-in-store'], { cwd, stdin: enc.stdout });
+    expect(both.code).toBe(2);
+    expect(oneLine(both.stderr)).toMatch(/^keywarden: give --key or --any-key-in-store, not both/);
+  });
+});
+
+describe.skipIf(!built)('decrypt through the agent (split knowledge) forwards the expected key', () => {
+  it('the agent refuses ciphertext under another key (UnexpectedKeyError over the wire) and never widens --key', async () => {
+    const dir = await tempDir();
+    const init = await cli(['init', '--shares', '2', '--threshold', '2', '--share-dir', 'shares'], { cwd: dir });
+    expect(init.code).toBe(0);
+    const agent = await startAgent(dir);
+    const shares = ['--share-file', 'shares/share-1-of-2.txt', '--share-file', 'shares/share-2-of-2.txt'];
+    expect((await cli(['unseal', ...shares], { cwd: dir })).code).toBe(0);
+    for (const name of ['files', 'other']) expect((await cli(['key', 'create', name], { cwd: dir })).code).toBe(0);
+    const text = (await cli(['encrypt', '--key', 'other', '--text', '-c', 'tenant=a'], { cwd: dir, stdin: 'planted' }))
+      .out;
+    const wrong = await cli(['decrypt', '--key', 'files', '-c', 'tenant=a'], { cwd: dir, stdin: text });
+    expect(wrong.code).toBe(1);
+    expect(oneLine(wrong.stderr)).toMatch(
+      /^keywarden: the data key is wrapped under kek_[A-Za-z0-9_-]+, which is not the expected key$/,
+    );
+    expect((await cli(['decrypt', '--key', 'other', '-c', 'tenant=a'], { cwd: dir, stdin: text })).out).toBe('planted');
+    expect((await cli(['decrypt', '--any-key-in-store', '-c', 'tenant=a'], { cwd: dir, stdin: text })).out).toBe(
+      'planted',
+    );
+    expect(await agent.stop()).toBe(0);
   });
 });

@@ -96,7 +96,7 @@ describe('opening a key store', () => {
       ['key', 'list'],
       ['key', 'create', 'k'],
       ['encrypt', '--key', 'k'],
-      ['decrypt'],
+      ['decrypt', '--key', 'k'],
       ['datakey', 'k'],
     ]) {
       const r = await cli(argv, { cwd });

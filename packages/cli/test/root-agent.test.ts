@@ -47,7 +47,7 @@ describe.skipIf(!built)('root rotate and root destroy with a running agent', () 
     await waitFor(() => agent.log().includes(`the key store's root was rotated (now ${after})`), 'the agent to log it');
 
     // The agent is sealed: key operations are refused until a quorum unseals the new root.
-    const refused = await cli(['decrypt', '-i', 'data.kw'], { cwd });
+    const refused = await cli(['decrypt', '--key', 'app', '-i', 'data.kw'], { cwd });
     expect(refused.code).toBe(1);
     expect(refused.stderr).toBe(`${SEALED}\n`);
     expect((await cli(['status'], { cwd })).out).toMatch(/sealed, unseal progress 0 of 2/);
@@ -56,8 +56,8 @@ describe.skipIf(!built)('root rotate and root destroy with a running agent', () 
     const again = await cli(['unseal', ...quorum(2, 0)], { cwd });
     expect(again.code).toBe(0);
     expect(again.out).toContain('unsealed\n');
-    expect((await cli(['decrypt', '-i', 'data.kw'], { cwd })).out).toBe('patient record 42\n');
-    expect((await cli(['decrypt'], { cwd, stdin: text })).out).toBe('after key rotation');
+    expect((await cli(['decrypt', '--key', 'app', '-i', 'data.kw'], { cwd })).out).toBe('patient record 42\n');
+    expect((await cli(['decrypt', '--key', 'app'], { cwd, stdin: text })).out).toBe('after key rotation');
     const show = JSON.parse((await cli(['key', 'show', 'app', '--json'], { cwd })).out) as {
       versions: Array<{ rootId: string }>;
     };
@@ -67,7 +67,7 @@ describe.skipIf(!built)('root rotate and root destroy with a running agent', () 
     // ── root destroy: without the flag nothing happens; with it and a quorum, everything goes ──
     const noFlag = await kw(['root', 'destroy', ...quorum(0, 1)], cwd);
     expect(noFlag.code).toBe(2);
-    expect((await cli(['decrypt', '-i', 'data.kw'], { cwd })).code).toBe(0);
+    expect((await cli(['decrypt', '--key', 'app', '-i', 'data.kw'], { cwd })).code).toBe(0);
     const destroyed = await kw(['root', 'destroy', '--yes-destroy-every-key', ...quorum(0, 1)], cwd);
     expect(destroyed.stderr).toBe('');
     expect(destroyed.code).toBe(0);
@@ -78,7 +78,7 @@ describe.skipIf(!built)('root rotate and root destroy with a running agent', () 
     );
     await waitFor(() => agent.log().includes("the key store's root was destroyed"), 'the agent to log it');
 
-    for (const argv of [['decrypt', '-i', 'data.kw'], ['decrypt']]) {
+    for (const argv of [['decrypt', '--key', 'app', '-i', 'data.kw'], ['decrypt', '--key', 'app']]) {
       const d = await cli(argv, { cwd, stdin: text });
       expect(d.code).toBe(1);
       expect(d.out).toBe('');

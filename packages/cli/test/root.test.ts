@@ -69,14 +69,14 @@ describe('root rotate (development mode)', () => {
       ].join('\n'),
     );
     expect((await versions(cwd, 'app')).map((v) => v.rootId)).toEqual([after, after]);
-    expect((await cli(['decrypt'], { cwd, stdin: v1 })).out).toBe('first');
-    expect((await cli(['decrypt'], { cwd, stdin: v2 })).out).toBe('second');
+    expect((await cli(['decrypt', '--key', 'app'], { cwd, stdin: v1 })).out).toBe('first');
+    expect((await cli(['decrypt', '--key', 'app'], { cwd, stdin: v2 })).out).toBe('second');
     // The store keeps working: new keys and rotations under the new root.
     expect((await cli(['key', 'rotate', 'app'], { cwd })).code).toBe(0);
     expect((await versions(cwd, 'app')).at(-1)?.rootId).toBe(after);
     // Twice in a row is fine.
     expect((await cli(['root', 'rotate'], { cwd })).code).toBe(0);
-    expect((await cli(['decrypt'], { cwd, stdin: v1 })).out).toBe('first');
+    expect((await cli(['decrypt', '--key', 'app'], { cwd, stdin: v1 })).out).toBe('first');
   });
 
   it('a wrong unseal key is refused and changes nothing; --share-file is a usage error', async () => {
@@ -93,7 +93,7 @@ describe('root rotate (development mode)', () => {
       /^keywarden: --share-file does not apply: this key store is in development mode/,
     );
     expect(await rootId(cwd)).toBe(before);
-    expect((await cli(['decrypt'], { cwd, stdin: v1 })).out).toBe('first');
+    expect((await cli(['decrypt', '--key', 'app'], { cwd, stdin: v1 })).out).toBe('first');
   });
 
   it('on a directory without a key store: one line, exit 1', async () => {
@@ -120,7 +120,7 @@ describe('root destroy (development mode)', () => {
     expect(oneLine(wrong.stderr)).toBe('keywarden: root: unseal failed (wrong unseal key or shares)');
     expect(await rootId(cwd)).toBe(before);
     expect((await versions(cwd, 'app')).map((v) => v.state)).toEqual(['enabled', 'enabled']);
-    expect((await cli(['decrypt'], { cwd, stdin: v1 })).out).toBe('first');
+    expect((await cli(['decrypt', '--key', 'app'], { cwd, stdin: v1 })).out).toBe('first');
   });
 
   it('destroys the root and every version: decrypt fails with a clear message (exit 1); key list shows every version destroyed', async () => {
@@ -134,7 +134,7 @@ describe('root destroy (development mode)', () => {
         'Nothing encrypted under this key store can be decrypted any more. Backups of the key store still hold the root: destroy them too.\n',
     );
     for (const text of [v1, v2]) {
-      const d = await cli(['decrypt'], { cwd, stdin: text });
+      const d = await cli(['decrypt', '--key', 'app'], { cwd, stdin: text });
       expect(d.code).toBe(1);
       expect(d.out).toBe('');
       expect(oneLine(d.stderr)).toBe(NO_ROOT);

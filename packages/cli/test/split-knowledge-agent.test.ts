@@ -351,7 +351,7 @@ describe('without an agent', () => {
       'keywarden: this key store is sealed by split knowledge (no agent answers on .keywarden/agent.sock); start `keywarden agent` and unseal it with a quorum (`keywarden unseal`)';
     for (const argv of [
       ['encrypt', '--key', 'k'],
-      ['decrypt'],
+      ['decrypt', '--key', 'k'],
       ['datakey', 'k'],
       ['key', 'create', 'k'],
       ['key', 'rotate', 'k'],
@@ -377,7 +377,7 @@ describe('without an agent', () => {
       agent: { running: false },
     });
     // --socket and $KEYWARDEN_AGENT_SOCKET choose another socket.
-    const other = await cli(['decrypt', '--socket', 'elsewhere.sock'], { cwd, stdin: 'x' });
+    const other = await cli(['decrypt', '--key', 'k', '--socket', 'elsewhere.sock'], { cwd, stdin: 'x' });
     expect(oneLine(other.stderr)).toContain('(no agent answers on elsewhere.sock)');
     const env = await cli(['seal'], { cwd, env: { KEYWARDEN_AGENT_SOCKET: '/nonexistent/kw.sock' } });
     expect(oneLine(env.stderr)).toBe(

@@ -120,11 +120,11 @@ describe.skipIf(!built)('split-knowledge ceremony (dist/bin.js, real agent proce
     expect(enc.code).toBe(0);
     const text = await run(['encrypt', '--key', 'app', '--text'], 'a database value');
     expect(text.stdout).toMatch(/^kw1\./);
-    const dec = await run(['decrypt', '-c', 'table=patients', '-i', 'data.kw']);
+    const dec = await run(['decrypt', '--key', 'app', '-c', 'table=patients', '-i', 'data.kw']);
     expect(dec.code).toBe(0);
     expect(dec.stdout).toBe('patient record 42\n');
-    expect((await run(['decrypt'], text.stdout)).stdout).toBe('a database value');
-    const wrong = await run(['decrypt', '-c', 'table=other', '-i', 'data.kw']);
+    expect((await run(['decrypt', '--key', 'app'], text.stdout)).stdout).toBe('a database value');
+    const wrong = await run(['decrypt', '--key', 'app', '-c', 'table=other', '-i', 'data.kw']);
     expect(wrong.code).toBe(1);
     expect(wrong.stderr).toBe(
       'keywarden: envelope: decryption failed (wrong key or context, or the data was modified)\n',
@@ -137,7 +137,7 @@ describe.skipIf(!built)('split-knowledge ceremony (dist/bin.js, real agent proce
     // ── seal: refused again ─────────────────────────────────────────────────────────────────
     expect((await run(['seal'])).stdout).toBe('sealed\n');
     for (const argv of [
-      ['decrypt', '-c', 'table=patients', '-i', 'data.kw'],
+      ['decrypt', '--key', 'app', '-c', 'table=patients', '-i', 'data.kw'],
       ['encrypt', '--key', 'app', '--text'],
     ]) {
       const r = await run(argv, 'x');
@@ -149,14 +149,14 @@ describe.skipIf(!built)('split-knowledge ceremony (dist/bin.js, real agent proce
     expect(await agent.stop('SIGTERM')).toBe(0);
     expect(agent.log()).toContain('stopped: the root and the KEK cache were wiped');
     expect(existsSync(socket)).toBe(false);
-    const none = await run(['decrypt', '-c', 'table=patients', '-i', 'data.kw']);
+    const none = await run(['decrypt', '--key', 'app', '-c', 'table=patients', '-i', 'data.kw']);
     expect(none.code).toBe(1);
     expect(none.stderr).toBe(
       'keywarden: this key store is sealed by split knowledge (no agent answers on .keywarden/agent.sock); start `keywarden agent` and unseal it with a quorum (`keywarden unseal`)\n',
     );
     agent = await startAgent(cwd);
     expect((await run(['status'])).stdout).toMatch(/sealed, unseal progress 0 of 3/);
-    expect((await run(['decrypt', '-c', 'table=patients', '-i', 'data.kw'])).stderr).toBe(`${SEALED}\n`);
+    expect((await run(['decrypt', '--key', 'app', '-c', 'table=patients', '-i', 'data.kw'])).stderr).toBe(`${SEALED}\n`);
     const again = await run([
       'unseal',
       ...['plain-1.txt', 'plain-3.txt', 'plain-4.txt'].flatMap((f) => ['--share-file', f]),
@@ -191,7 +191,7 @@ describe.skipIf(!built)('split-knowledge ceremony (dist/bin.js, real agent proce
     expect(newSetId).toBeDefined();
     expect(newSetId).not.toBe(shareSetId);
     // The running agent stays unsealed: the root key did not change.
-    expect((await run(['decrypt', '-c', 'table=patients', '-i', 'data.kw'])).stdout).toBe('patient record 42\n');
+    expect((await run(['decrypt', '--key', 'app', '-c', 'table=patients', '-i', 'data.kw'])).stdout).toBe('patient record 42\n');
 
     // ── restart: the old shares are refused, the new ones unseal ────────────────────────────
     await agent.stop('SIGKILL'); // killed, not stopped: leaves a stale socket behind
@@ -228,8 +228,8 @@ describe.skipIf(!built)('split-knowledge ceremony (dist/bin.js, real agent proce
     const n2 = await run(['unseal', '--share-file', 'new-3.txt']);
     expect(n2.stdout).toBe('unseal progress: 2 of 2 (shares 1, 3)\nunsealed\n');
     // Data encrypted before the rekey still decrypts.
-    expect((await run(['decrypt', '-c', 'table=patients', '-i', 'data.kw'])).stdout).toBe('patient record 42\n');
-    expect((await run(['decrypt'], text.stdout)).stdout).toBe('a database value');
+    expect((await run(['decrypt', '--key', 'app', '-c', 'table=patients', '-i', 'data.kw'])).stdout).toBe('patient record 42\n');
+    expect((await run(['decrypt', '--key', 'app'], text.stdout)).stdout).toBe('a database value');
 
     expect(await agent.stop()).toBe(0);
 

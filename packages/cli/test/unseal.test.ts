@@ -14,7 +14,7 @@ describe('unseal key resolution', () => {
     expect(created.code).toBe(0);
     const enc = await cli(['encrypt', '--key', 'app', '--text'], { cwd, env, stdin: 'hello' });
     expect(enc.code).toBe(0);
-    const dec = await cli(['decrypt'], { cwd, env, stdin: enc.out });
+    const dec = await cli(['decrypt', '--key', 'app'], { cwd, env, stdin: enc.out });
     expect(dec.out).toBe('hello');
   });
 

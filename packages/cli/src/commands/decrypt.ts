@@ -9,13 +9,16 @@ import { createDecryptStream, decryptEnvelope, envelopeFromText, TEXT_PREFIX, wi
 import { destroyOnAbort, MiB, openInput, openOutput, peek, readAll } from '../_streams.js';
 import type { CliIO } from '../io.js';
 import { withKeyService } from '../store-dir.js';
-import { addContextOption, contextFrom, keyServiceOptionsOf, locationOf } from './_common.js';
+import { UsageError } from '../errors.js';
+import { addContextOption, collect, contextFrom, keyServiceOptionsOf, locationOf } from './_common.js';
 import { pipeInto } from './_pipe.js';
 
 /** Above the text form of the largest --text plaintext (4/3 × 64 MiB of base64url plus a header). */
 export const MAX_TEXT_ENVELOPE_BYTES = 96 * MiB;
 
 interface DecryptOptions {
+  key?: string[];
+  anyKeyInStore?: boolean;
   context?: string[];
   input?: string;
   output?: string;
@@ -24,14 +27,22 @@ interface DecryptOptions {
 export function registerDecrypt(program: Command, io: CliIO): void {
   const cmd = program
     .command('decrypt')
-    .description('decrypt what `keywarden encrypt` produced (binary stream or "kw1." text, detected)');
+    .description('decrypt what `keywarden encrypt` produced (binary stream or "kw1." text, detected)')
+    .option('-k, --key <name>', 'KEK (name or id) the ciphertext must be under; repeat to allow several', collect)
+    .option(
+      '--any-key-in-store',
+      'accept ciphertext under ANY key of this store (audits, migrations; not for applications)',
+    );
   addContextOption(cmd)
     .option('-i, --input <file>', 'read ciphertext from FILE instead of stdin')
     .option('-o, --output <file>', 'write plaintext to FILE, only if the whole input authenticates')
     .addHelpText(
       'after',
       `
-The key is named inside the ciphertext; give the same --context pairs that were used to encrypt.
+Name the key the ciphertext must be under with --key (the key it was encrypted with) and give the
+same --context pairs; ciphertext under any other key is refused, even if the context matches.
+--any-key-in-store accepts whichever key of this store the ciphertext names: for audits and
+migrations only.
 
 Failure (wrong context, wrong key, modified or truncated input) exits with status 1 and one line:
   keywarden: envelope: decryption failed (wrong key or context, or the data was modified)
@@ -43,11 +54,12 @@ Failure (wrong context, wrong key, modified or truncated input) exits with statu
     Always check the exit status (in shells, set -o pipefail), or use -o FILE.
 
 Examples:
-  keywarden decrypt -i dump.sql.kw -o dump.sql
-  keywarden decrypt --context table=patients --context row=42 <<< "$CIPHERTEXT"`,
+  keywarden decrypt --key backups -i dump.sql.kw -o dump.sql
+  keywarden decrypt --key pii --context table=patients --context row=42 <<< "$CIPHERTEXT"`,
     )
     .action(async (opts: DecryptOptions, command: Command) => {
       const context = contextFrom(opts.context);
+      const options = { ...expectedKeyFrom(opts), ...(context ? { context } : {}) };
       const loc = locationOf(command, io);
       await withKeyService(loc, io, keyServiceOptionsOf(command), async (ks) => {
         const sink = await openOutput(opts.output, io.cwd, io.stdout, io.stderr);
@@ -65,14 +77,14 @@ Examples:
             const envelope = envelopeFromText(
               Buffer.from(raw.buffer, raw.byteOffset, raw.byteLength).toString('utf8').trim(),
             );
-            const plaintext = await decryptEnvelope(ks, envelope, context ? { context } : {});
+            const plaintext = await decryptEnvelope(ks, envelope, options);
             try {
               await sink.write(plaintext);
             } finally {
               if (sink.releasesBuffers) wipe(plaintext);
             }
           } else {
-            await pipeInto(all, createDecryptStream(ks, context ? { context } : {}), sink, {
+            await pipeInto(all, createDecryptStream(ks, options), sink, {
               wipeChunks: true,
               signal: io.signal,
             });
@@ -87,4 +99,19 @@ Examples:
         }
       });
     });
+}
+
+/** --key (repeatable) or --any-key-in-store: exactly one (KeyExpectation in core). */
+function expectedKeyFrom(opts: DecryptOptions): { key: string[] } | { anyKeyInStore: true } {
+  const keys = opts.key ?? [];
+  if (opts.anyKeyInStore === true) {
+    if (keys.length > 0) throw new UsageError('give --key or --any-key-in-store, not both');
+    return { anyKeyInStore: true };
+  }
+  if (keys.length === 0) {
+    throw new UsageError(
+      'name the key the ciphertext must be under: --key NAME (or --any-key-in-store to accept any key of this store)',
+    );
+  }
+  return { key: keys };
 }
