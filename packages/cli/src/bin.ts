@@ -75,11 +75,14 @@ process.on('exit', removeRegisteredSync);
 
 // A write error on stdout or stderr after the command is done (a reader that went away: `| head`,
 // `| true`) must not become an uncaught 'error' event and a stack trace.
-process.stdout.on('error', () => {});
+let stdoutError: NodeJS.ErrnoException | undefined;
+process.stdout.on('error', (err: NodeJS.ErrnoException) => {
+  stdoutError ??= err;
+});
 process.stderr.on('error', () => {});
 
 const { run } = await import('./cli.js');
-const { EXIT_OK, EXIT_FAILURE } = await import('./errors.js');
+const { EXIT_OK, EXIT_FAILURE, systemErrorText } = await import('./errors.js');
 
 let code = await run(process.argv.slice(2), {
   stdin: process.stdin,
@@ -92,12 +95,17 @@ let code = await run(process.argv.slice(2), {
 
 // Output written synchronously (help text, the demo's narration) fails after run() returned when
 // the reader is gone: find out before claiming success.
-const flushError = await new Promise<Error | null | undefined>((resolve) => {
-  if (process.stdout.destroyed) resolve(new Error('stdout closed'));
+const flushError = await new Promise<NodeJS.ErrnoException | null | undefined>((resolve) => {
+  if (process.stdout.destroyed) resolve(stdoutError ?? new Error('stdout closed'));
   else process.stdout.write('', resolve);
 });
 if (flushError && code === EXIT_OK) {
-  process.stderr.write('keywarden: output closed before the command finished (broken pipe)\n');
+  const why = stdoutError ?? flushError;
+  process.stderr.write(
+    why.code === 'EPIPE' || why.code === undefined || why.code === 'ERR_STREAM_DESTROYED'
+      ? 'keywarden: output closed before the command finished (broken pipe)\n'
+      : `keywarden: cannot write to standard output: ${systemErrorText(why)}\n`,
+  );
   code = EXIT_FAILURE;
 }
 process.exitCode = code;

@@ -2,9 +2,11 @@
  * The built executable (dist/bin.js) as a user runs it: real exit codes, real binary pipes, no
  * stack trace without --debug. CI builds first; locally these are skipped until `pnpm build`.
  */
-import { spawn } from 'node:child_process';
+import { execFileSync, spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { existsSync } from 'node:fs';
+import { closeSync, existsSync, openSync } from 'node:fs';
+import { mkdir, readdir, rmdir } from 'node:fs/promises';
+import * as path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { describe, expect, it } from 'vitest';
 import { DECRYPT_FAILED, tempDir } from './helpers.js';
@@ -44,6 +46,67 @@ function keywarden(
     child.stdin.end(input === undefined ? undefined : Buffer.from(input));
   });
 }
+
+const BROKEN_PIPE = 'keywarden: output closed before the command finished (broken pipe)\n';
+
+/**
+ * Run with stdout going to a pipe whose reader goes away: at once (`| true`), or after reading
+ * `keep` bytes (`| head -c KEEP`).
+ */
+function withClosedStdout(
+  args: string[],
+  cwd: string,
+  options: { keep?: number; input?: Uint8Array; env?: NodeJS.ProcessEnv } = {},
+): Promise<Spawned> {
+  return new Promise((resolve, reject) => {
+    const child = spawn(process.execPath, [BIN, ...args], {
+      cwd,
+      env: { PATH: process.env.PATH, ...options.env },
+      stdio: ['pipe', 'pipe', 'pipe'],
+    });
+    const out: Buffer[] = [];
+    let got = 0;
+    const err: Buffer[] = [];
+    if (!options.keep) child.stdout.destroy();
+    else {
+      child.stdout.on('data', (c: Buffer) => {
+        out.push(c);
+        got += c.length;
+        if (got >= (options.keep as number)) child.stdout.destroy();
+      });
+    }
+    child.stderr.on('data', (c: Buffer) => err.push(c));
+    child.on('error', reject);
+    child.on('close', (code) =>
+      resolve({ code, stdout: Buffer.concat(out), stderr: Buffer.concat(err).toString('utf8') }),
+    );
+    child.stdin.on('error', () => {});
+    child.stdin.end(options.input);
+  });
+}
+
+/** Run with stdout on /dev/full (every write fails with ENOSPC). */
+function toDevFull(args: string[], cwd: string, input?: Uint8Array, env: NodeJS.ProcessEnv = {}): Promise<Spawned> {
+  return new Promise((resolve, reject) => {
+    const full = openSync('/dev/full', 'w');
+    const child = spawn(process.execPath, [BIN, ...args], {
+      cwd,
+      env: { PATH: process.env.PATH, ...env },
+      stdio: ['pipe', full, 'pipe'],
+    });
+    closeSync(full);
+    const err: Buffer[] = [];
+    child.stderr.on('data', (c: Buffer) => err.push(c));
+    child.on('error', reject);
+    child.on('close', (code) =>
+      resolve({ code, stdout: Buffer.alloc(0), stderr: Buffer.concat(err).toString('utf8') }),
+    );
+    child.stdin.on('error', () => {});
+    child.stdin.end(input);
+  });
+}
+
+const NO_STACK = /\n\s+at |Error:|node:/;
 
 describe.skipIf(!built)('dist/bin.js', () => {
   it('exit codes: 0 for --help, 2 for an unknown command, 1 for a missing key store; one line, no stack', async () => {
@@ -96,3 +159,88 @@ describe.skipIf(!built)('dist/bin.js', () => {
     expect(JSON.parse(dk.stdout.toString()).plaintext).toHaveLength(44);
   });
 });
+
+describe.skipIf(!built)('write errors: one line, exit 1, never "interrupted", never a stack trace', () => {
+  it('`--help | true`, `init --help | true`, `key --help | true`: broken pipe, exit 1', async () => {
+    const cwd = await tempDir();
+    for (const args of [['--help'], ['init', '--help'], ['key', '--help'], ['--version']]) {
+      const r = await withClosedStdout(args, cwd);
+      expect(r.stderr, args.join(' ')).toBe(BROKEN_PIPE);
+      expect(r.code).toBe(1);
+    }
+  });
+
+  it('`demo | head -c1`: broken pipe, exit 1, no stack trace', async () => {
+    const cwd = await tempDir();
+    const r = await withClosedStdout(['demo'], cwd, { keep: 1 });
+    expect(r.stderr).not.toMatch(NO_STACK);
+    expect(r.stderr.endsWith(BROKEN_PIPE), r.stderr).toBe(true);
+    expect(r.code).toBe(1);
+  });
+
+  it('`decrypt | head -c1` of a large plaintext: broken pipe, exit 1', async () => {
+    const cwd = await tempDir();
+    expect((await keywarden(['init'], cwd)).code).toBe(0);
+    expect((await keywarden(['key', 'create', 'k'], cwd)).code).toBe(0);
+    const data = randomBytes(4 * 1024 * 1024);
+    const enc = await keywarden(['encrypt', '--key', 'k'], cwd, data);
+    expect(enc.code, enc.stderr).toBe(0);
+    const r = await withClosedStdout(['decrypt', ...(await decryptKeyArgs(cwd))], cwd, { keep: 1, input: enc.stdout });
+    expect(r.stderr).toBe(BROKEN_PIPE);
+    expect(r.code).toBe(1);
+  });
+
+  it.skipIf(!existsSync('/dev/full'))('stdout on /dev/full: "no space left on device", exit 1', async () => {
+    const cwd = await tempDir();
+    expect((await keywarden(['init'], cwd)).code).toBe(0);
+    expect((await keywarden(['key', 'create', 'k'], cwd)).code).toBe(0);
+    const enc = await keywarden(['encrypt', '--key', 'k'], cwd, randomBytes(1024 * 1024));
+    const dec = await toDevFull(['decrypt', ...(await decryptKeyArgs(cwd))], cwd, enc.stdout);
+    expect(dec.stderr).toBe('keywarden: cannot write to standard output: no space left on device\n');
+    expect(dec.code).toBe(1);
+    const help = await toDevFull(['--help'], cwd);
+    expect(help.stderr).toBe('keywarden: cannot write to standard output: no space left on device\n');
+    expect(help.code).toBe(1);
+  });
+
+  // A real full file system: a 64 KiB tmpfs (needs root and Linux; skipped where mount is refused).
+  it.skipIf(process.platform !== 'linux' || process.getuid?.() !== 0)(
+    'decrypt -o on a full file system: "no space left on device", exit 1, nothing left on it',
+    async () => {
+      const cwd = await tempDir();
+      const mnt = path.join(cwd, 'small');
+      await mkdir(mnt);
+      try {
+        execFileSync('mount', ['-t', 'tmpfs', '-o', 'size=64k', 'tmpfs', mnt], { stdio: 'ignore' });
+      } catch {
+        console.warn('bin.test.ts: mount -t tmpfs refused here; the ENOSPC-on-file case is covered by /dev/full only');
+        return;
+      }
+      try {
+        expect((await keywarden(['init'], cwd)).code).toBe(0);
+        expect((await keywarden(['key', 'create', 'k'], cwd)).code).toBe(0);
+        const enc = await keywarden(['encrypt', '--key', 'k'], cwd, randomBytes(1024 * 1024));
+        for (const env of [{}, { KEYWARDEN_NO_TMPFILE: '1' }]) {
+          const r = await keywarden(
+            ['decrypt', ...(await decryptKeyArgs(cwd)), '-o', 'small/out.bin'],
+            cwd,
+            enc.stdout,
+            env,
+          );
+          expect(r.stderr).toBe('keywarden: cannot write small/out.bin: no space left on device\n');
+          expect(r.code).toBe(1);
+          expect(await readdir(mnt)).toEqual([]);
+        }
+      } finally {
+        execFileSync('umount', [mnt], { stdio: 'ignore' });
+        await rmdir(mnt);
+      }
+    },
+  );
+});
+
+/** `--key k` once decrypt has the option (it names the KEK the data must be under), else nothing. */
+async function decryptKeyArgs(cwd: string): Promise<string[]> {
+  const help = await keywarden(['decrypt', '--help'], cwd);
+  return /--key\b/.test(help.stdout.toString()) ? ['--key', 'k'] : [];
+}

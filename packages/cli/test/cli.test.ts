@@ -104,4 +104,12 @@ describe('errors', () => {
     expect(debug.stderr).toMatch(/KeyNotFoundError/);
     expect(debug.stderr).toMatch(/\n\s+at /);
   });
+
+  it('a message that already names the Keywarden component is not prefixed twice', async () => {
+    const cwd = await initialized();
+    const r = await cli(['key', 'create', 'bad name!'], { cwd });
+    expect(r.code).toBe(1);
+    expect(oneLine(r.stderr)).toMatch(/^keywarden: key names are 1\.\.128 characters/);
+    expect(r.stderr).not.toContain('keywarden: keywarden:');
+  });
 });
