@@ -1,7 +1,7 @@
 /**
  * Encryption context: non-secret key/value pairs bound into every wrap and every envelope as
  * AEAD associated data. It is authenticated, never encrypted, and never stored in the envelope:
- * the caller presents the same context to decrypt (docs/format.md §Context).
+ * the caller presents the same context to decrypt (docs/format.md §3).
  */
 import { u16be, utf8 } from './_bytes.js';
 import { InvalidInputError } from './errors.js';

@@ -316,7 +316,7 @@ export class Keywarden implements DataKeyProvider {
     return encryptEnvelope(this, plaintext, options);
   }
 
-  /** Decrypt an envelope under the expected key: `{ key: 'name', context }` (docs/format.md §5). */
+  /** Decrypt an envelope under the expected key: `{ key: 'name', context }` (docs/format.md §4.8). */
   decrypt(envelope: Uint8Array, options: EnvelopeDecryptOptions): Promise<Uint8Array> {
     return decryptEnvelope(this, envelope, options);
   }

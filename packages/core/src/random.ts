@@ -4,7 +4,10 @@ import { InvalidInputError } from './errors.js';
 /**
  * Capability: a cryptographically secure random source. Every key Keywarden makes comes from one
  * of these — node:crypto here, the HSM's C_GenerateRandom or the TPM's TPM2_GetRandom in the
- * hardware backends. There is deliberately no seedable or Math.random implementation.
+ * hardware backends. Nothing here is seedable or uses Math.random. A RandomSource passed to
+ * Keywarden (`KeywardenOptions.random`, a root's `random`) must be a CSPRNG: a repeated source
+ * repeats data keys and nonces. The one deterministic source in the package is the golden vectors'
+ * (the internal, test-only _testing.ts), which is not exported.
  */
 export interface RandomSource {
   randomBytes(length: number): Promise<Uint8Array>;

@@ -6,7 +6,7 @@
  *  - split knowledge: an unseal key recombined from a quorum of Shamir shares (docs/split-knowledge.md).
  *
  * The sealed root is a small JSON document kept in the key store's meta table under "root"
- * (docs/format.md §4). It opens sealed; `unseal()` recovers the root key into memory, `seal()`
+ * (docs/format.md §12). It opens sealed; `unseal()` recovers the root key into memory, `seal()`
  * wipes it.
  */
 import { concatBytes, fromBase64Url, toBase64Url, u32be, u8, utf8, wipe } from './_bytes.js';
@@ -44,7 +44,7 @@ export type UnsealMethod =
   | { method: 'key' }
   | { method: 'shamir'; shareSetId: string; threshold: number; shares: number };
 
-/** The sealed root as stored (docs/format.md §4). Contains no secret in plaintext. */
+/** The sealed root as stored (docs/format.md §12). Contains no secret in plaintext. */
 export interface SealedRootDocument {
   format: 1;
   kind: 'software';
@@ -313,6 +313,7 @@ export class SoftwareRoot implements RootOfTrust, Sealable {
     this.#closed = true;
   }
 
+  /** KEK wrap AAD (docs/format.md §11): domain ‖ u32 len(rootId) ‖ rootId ‖ kekAad. */
   #wrapAad(aad: Uint8Array): Uint8Array {
     const id = utf8.encode(this.#doc.rootId);
     return concatBytes(WRAP_DOMAIN, u32be(id.length), id, aad);
