@@ -21,7 +21,7 @@
  * says. A forged tombstone needs write access to the store, which can erase the wraps anyway.
  *
  * The tombstone holds no secret: root id, time, the unseal description (share-set id, M, N), MAC.
- * Layout: docs/format.md §4.3.
+ * Layout: docs/format.md §12.1.
  */
 import { createHmac } from 'node:crypto';
 import { constantTimeEqual, fromBase64Url, toBase64Url, utf8, wipe } from './_bytes.js';
