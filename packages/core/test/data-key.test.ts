@@ -23,7 +23,13 @@ import {
   wrappedKeyLength,
 } from '../src/data-key.js';
 import { decryptEnvelope, encryptEnvelope, headerLengthFromPrefix } from '../src/envelope.js';
-import { DecryptionError, FormatError, InvalidInputError } from '../src/errors.js';
+import {
+  DecryptionError,
+  FormatError,
+  InvalidInputError,
+  KeyNotFoundError,
+  UnexpectedKeyError,
+} from '../src/errors.js';
 import { Keywarden } from '../src/keywarden.js';
 import { MemoryKeyStore } from '../src/memory-store.js';
 import { SoftwareRoot } from '../src/software-root.js';
@@ -194,6 +200,23 @@ describe('envelopes carry either suite (the envelope suite stays 0x01)', () => {
       expect(DecryptionError.isInstance(wrong)).toBe(true);
     });
   }
+
+  it('every single-bit flip of an envelope with a suite 0x02 wrapped DEK is refused (format, expected key or authentication)', async () => {
+    const provider = StaticKekProvider.withRandomKek('kek_env', 3, SUITE_DEK_XAES256GCM);
+    const envelope = await encryptEnvelope(provider, rand(40), { key: 'kek_env', context: CONTEXT });
+    let refused = 0;
+    for (let bit = 0; bit < envelope.length * 8; bit++) {
+      const bad = envelope.slice();
+      bad[bit >> 3]! ^= 1 << (bit & 7);
+      const r = await decryptEnvelope(provider, bad, { key: 'kek_env', context: CONTEXT }).catch((e: unknown) => e);
+      // A flipped KEK id names a key that is not the expected one, a flipped version one the
+      // provider does not have: both refused before any unwrap.
+      const known = [FormatError, DecryptionError, UnexpectedKeyError, KeyNotFoundError];
+      if (known.some((k) => k.isInstance(r))) refused++;
+      else throw new Error(`bit ${bit}: not refused (${String(r)})`);
+    }
+    expect(refused).toBe(envelope.length * 8);
+  });
 });
 
 describe('Keywarden wraps new data keys with suite 0x02 (no wrap budget to count)', () => {
