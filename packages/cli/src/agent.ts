@@ -155,7 +155,8 @@ export class KeyAgent {
     if (await clearStaleSocket(options.socket)) {
       options.log(`removed a stale socket file ${options.socket.display} (no agent answered on it)`);
     }
-    const store = await SqliteKeyStore.open(options.loc.dbPath);
+    // Never create or initialize a store (only `init` does): an empty file is refused as it is.
+    const store = await SqliteKeyStore.open(options.loc.dbPath, { create: false });
     let agent: KeyAgent | undefined;
     try {
       const root = await SoftwareRoot.load(store);
