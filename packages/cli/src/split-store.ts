@@ -26,7 +26,7 @@
  * (`announce`) or ends the process with SIGKILL (`kill:<step>`); unset, `step()` does nothing.
  */
 import { closeSync, fsyncSync, openSync, writeSync } from 'node:fs';
-import { type FileHandle, chmod, lstat, mkdir, open, readFile, rename, rm, rmdir } from 'node:fs/promises';
+import { type FileHandle, chmod, lstat, mkdir, open, readFile, rename, rm, rmdir, stat } from 'node:fs/promises';
 import * as path from 'node:path';
 import { KeywardenError, ShareError, SoftwareRoot } from '@keywarden/core';
 import {
@@ -439,7 +439,9 @@ async function clearAbandonedInit(io: CliIO, loc: StoreLocation): Promise<void> 
 }
 
 async function readStagedPending(stagedPath: string): Promise<PendingCeremony | undefined> {
-  const store = await SqliteKeyStore.open(stagedPath);
+  // Killed between creating the file and writing its schema: an empty file, nothing recorded.
+  if ((await stat(stagedPath)).size === 0 && !(await exists(`${stagedPath}-wal`))) return undefined;
+  const store = await SqliteKeyStore.open(stagedPath, { create: false });
   try {
     return await readPendingCeremony(store);
   } finally {
@@ -452,14 +454,14 @@ async function moveStagedStoreIntoPlace(io: CliIO, loc: StoreLocation): Promise<
   const stagedPath = stagedStorePath(loc);
   if (await exists(`${stagedPath}-wal`)) {
     // A crash left a write-ahead log: open and close the store so SQLite folds it in.
-    await (await SqliteKeyStore.open(stagedPath)).close();
+    await (await SqliteKeyStore.open(stagedPath, { create: false })).close();
   }
   if (await exists(loc.dbPath)) throw new CliError(`${loc.display} already has a key store`);
   await rename(stagedPath, loc.dbPath);
   fsyncDir(loc.dir);
   step(io, 'init:activated');
   await rm(`${stagedPath}-shm`, { force: true });
-  const store = await SqliteKeyStore.open(loc.dbPath);
+  const store = await SqliteKeyStore.open(loc.dbPath, { create: false });
   try {
     await finishActivatedCeremony(store);
   } finally {
@@ -487,7 +489,7 @@ export async function resumeInitStoreDir(io: CliIO, loc: StoreLocation, options:
   const stagedPath = stagedStorePath(loc);
   if (!(await exists(stagedPath))) {
     if (await exists(loc.dbPath)) {
-      const store = await SqliteKeyStore.open(loc.dbPath);
+      const store = await SqliteKeyStore.open(loc.dbPath, { create: false });
       try {
         const st = await pendingCeremonyState(store);
         if (st.state === 'activated' && st.pending.kind === 'init') {
@@ -506,7 +508,7 @@ export async function resumeInitStoreDir(io: CliIO, loc: StoreLocation, options:
     }
     throw new CliError(`init --resume: no init is pending in ${loc.display}`);
   }
-  const store = await SqliteKeyStore.open(stagedPath);
+  const store = await SqliteKeyStore.open(stagedPath, { create: false });
   let pending: PendingCeremony;
   let quorumOf: 'current' | 'new' | undefined;
   try {
@@ -593,7 +595,7 @@ export interface RekeyResult extends HandOutResult {
  */
 export async function rekeyStoreDir(io: CliIO, loc: StoreLocation, options: RekeyOptions): Promise<RekeyResult> {
   await requireStore(loc);
-  const store = await SqliteKeyStore.open(loc.dbPath);
+  const store = await SqliteKeyStore.open(loc.dbPath, { create: false });
   let staged: StagedCeremony | undefined;
   try {
     const st = await pendingCeremonyState(store);
@@ -693,7 +695,7 @@ export async function resumeRekeyStoreDir(
   options: ResumeOptions,
 ): Promise<ResumeResult> {
   await requireStore(loc);
-  const store = await SqliteKeyStore.open(loc.dbPath);
+  const store = await SqliteKeyStore.open(loc.dbPath, { create: false });
   try {
     const st = await pendingCeremonyState(store);
     if (st.state === 'none') throw new CliError(`rekey --resume: no rekey is pending in ${loc.display}`);
@@ -755,7 +757,7 @@ export async function abortRekeyStoreDir(
   loc: StoreLocation,
 ): Promise<{ pending: PendingCeremony | undefined; notes: string[] }> {
   await requireStore(loc);
-  const store = await SqliteKeyStore.open(loc.dbPath);
+  const store = await SqliteKeyStore.open(loc.dbPath, { create: false });
   try {
     const st = await pendingCeremonyState(store);
     if (st.state === 'none') throw new CliError(`rekey --abort: no rekey is pending in ${loc.display}`);

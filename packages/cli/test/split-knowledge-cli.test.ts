@@ -183,7 +183,9 @@ describe('share decrypt and share inspect', () => {
     expect(ok.code).toBe(0);
     expect(sharesIn(ok.out)).toHaveLength(1);
     expect(parseShare(ok.out).index).toBe(2);
-    expect(ok.stderr).toMatch(/^Decrypted share 2 of 2 of share set ss_\S+ \(any 2 unseal\)\./);
+    expect(ok.stderr).toMatch(
+      /^Decrypted share 2 of 2 of share set ss_\S+ \(any 2 unseal\); matches the commitment recorded in the key store in \.keywarden\./,
+    );
     expect(sharesIn(ok.stderr)).toEqual([]);
 
     const wrong = await cli(['share', 'decrypt', '-i', s1, '--private-key', b.privateKey], { cwd });

@@ -74,6 +74,7 @@ export {
   abortPendingCeremony,
   finishActivatedCeremony,
   recordedCommitments,
+  checkShareAgainstStore,
 } from './staged-ceremony.js';
 export {
   type HardwareSecretPurpose,

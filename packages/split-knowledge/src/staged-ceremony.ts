@@ -36,7 +36,7 @@ import {
   wipe,
 } from '@keywarden/core';
 import { fromBase64UrlStrict, randomBytes, sha256, utf8 } from './_bytes.js';
-import { isCommitmentList } from './commitment.js';
+import { checkShareCommitment, isCommitmentList } from './commitment.js';
 import {
   expectationOf,
   newShareSet,
@@ -48,7 +48,14 @@ import {
   storedDocument,
   unsealOrForged,
 } from './ceremony.js';
-import { combineShares, type ParsedShare, type ShareSetInfo } from './share.js';
+import {
+  checkSameParameters,
+  checkSamePurpose,
+  combineShares,
+  type ParsedShare,
+  parseShare,
+  type ShareSetInfo,
+} from './share.js';
 
 export { PENDING_CEREMONY_META };
 
@@ -440,4 +447,45 @@ function rootChangedError(): KeyStoreError {
 export function recordedCommitments(doc: SealedRootDocument): string[] | undefined {
   const u = doc.unseal as ShamirUnseal;
   return u.method === 'shamir' && isCommitmentList(u.commitments, u.shares) ? [...u.commitments] : undefined;
+}
+
+/**
+ * Check one share against a key store BEFORE it is used (`keywarden share decrypt`): when it
+ * names the store's current share set or a pending one, it must agree with that set's N and M and
+ * match the commitment recorded for its index in that set's sealed root. A share made by someone
+ * else with identical labels (anyone with a custodian's public key can make an encrypted share with
+ * byte-identical headers) is refused here, naming its index, instead of at the first unseal.
+ * Returns which set it belongs to ('unknown' when the store has no such set: nothing to check
+ * against), and whether a commitment was there to check (roots sealed before commitments have none).
+ */
+export async function checkShareAgainstStore(
+  store: KeyStore,
+  share: string | ParsedShare,
+): Promise<{ set: 'current' | 'pending' | 'unknown'; committed: boolean; storeShareSetId: string }> {
+  const parsed = typeof share === 'string' ? parseShare(share) : share;
+  try {
+    const current = await storedDocument(store);
+    const cu = requireShamir(current, 'share');
+    const pending = await readPendingCeremony(store);
+    const candidates: [SealedRootDocument, 'current' | 'pending'][] = [[current, 'current']];
+    if (pending) candidates.push([pending.document, 'pending']);
+    for (const [doc, set] of candidates) {
+      const u = requireShamir(doc, 'share');
+      if (u.shareSetId !== parsed.shareSetId) continue;
+      const expected = expectationOf(u);
+      const info: ShareSetInfo = {
+        shareSetId: u.shareSetId,
+        threshold: u.threshold,
+        shares: u.shares,
+        purpose: 'unseal-key',
+      };
+      checkSamePurpose(parsed, info);
+      checkSameParameters(parsed, info);
+      if (expected.commitments) checkShareCommitment(parsed, expected.commitments);
+      return { set, committed: expected.commitments !== undefined, storeShareSetId: cu.shareSetId };
+    }
+    return { set: 'unknown', committed: false, storeShareSetId: cu.shareSetId };
+  } finally {
+    if (parsed !== share) parsed.wipe();
+  }
 }

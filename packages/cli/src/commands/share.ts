@@ -1,28 +1,37 @@
 /**
  * `keywarden share decrypt|inspect`: what a custodian does with the encrypted share they were
- * given (docs/split-knowledge.md §3 step 6, §4). Runs on the custodian's own machine; needs no key
- * store.
+ * given (docs/split-knowledge.md §3 step 6, §4). Runs on the custodian's own machine and needs no
+ * key store; where one is at hand (the host, or a copy), `decrypt` checks the share against the
+ * commitment the store recorded for it, and `--commitment` checks it against the value the
+ * witness recorded, before the share is written or printed.
  */
 import { open } from 'node:fs/promises';
 import * as path from 'node:path';
 import type { Command } from 'commander';
 import { KeywardenError, ShareError } from '@keywarden/core';
 import {
+  checkShareAgainstStore,
   decryptShareForCustodian,
   isEncryptedPrivateKeyPem,
   parseShare,
   readEncryptedShareHeaders,
+  shareCommitment,
 } from '@keywarden/split-knowledge';
+import { SqliteKeyStore } from '@keywarden/store-sqlite';
 import { isTerminal, readHidden, readSmallSecretFile } from '../_prompt.js';
 import { CliError, displayPath, systemErrorText } from '../errors.js';
 import type { CliIO } from '../io.js';
 import { formatJson, formatPairs, print } from '../output.js';
+import { stagedStorePath } from '../split-store.js';
+import { exists, type StoreLocation } from '../store-dir.js';
+import { locationOf } from './_common.js';
 
 interface DecryptOptions {
   input: string;
   privateKey: string;
   passphraseFile?: string;
   output?: string;
+  commitment?: string;
 }
 
 export function registerShare(program: Command, io: CliIO): void {
@@ -43,18 +52,28 @@ private key apart; decrypt only when asked to unseal or rekey.`,
     .requiredOption('--private-key <pem>', 'your private key (X25519 or RSA, PEM; may be encrypted)')
     .option('--passphrase-file <file>', "the private key's passphrase (else asked for, hidden, on a terminal)")
     .option('-o, --output <file>', 'write the share to FILE (created, mode 0600; never overwritten) instead of stdout')
+    .option(
+      '--commitment <value>',
+      "the share's commitment as the witness recorded it (`keywarden status --json` on the host): checked before output",
+    )
     .addHelpText(
       'after',
       `
 A share encrypted to someone else's key is refused, naming both fingerprints; a modified file is
-refused with "share: decryption failed (…)" and nothing else. The plaintext share is the one output
+refused with "share: decryption failed (…)" and nothing else.
+Where a key store is at hand (-d DIR, $KEYWARDEN_DIR or ./.keywarden), the share is checked against
+the commitment the store recorded for it (current or pending share set) before it is output: a
+share made by someone else with the custodian's public key and identical headers is refused
+("… is not the share this key store handed out …"). Without a store, --commitment does the same
+against the value the witness recorded at the ceremony. The plaintext share is the one output
 of this command: give it only to \`keywarden unseal\` or \`keywarden rekey\` (for example with
 --share-file FILE), then delete FILE.
 
 Example:
   keywarden share decrypt -i share-2-of-5.kwshare --private-key custodian.key -o share-2.txt`,
     )
-    .action(async (opts: DecryptOptions) => {
+    .action(async (opts: DecryptOptions, cmd: Command) => {
+      const loc = locationOf(cmd, io);
       const inputPath = path.resolve(io.cwd, opts.input);
       const keyPath = path.resolve(io.cwd, opts.privateKey);
       // An encrypted share may be readable by others (that is its point); the private key may not.
@@ -91,8 +110,12 @@ Example:
         throw err;
       }
       const parsed = parseShare(text);
-      const label = `share ${parsed.index} of ${parsed.shares} of share set ${parsed.shareSetId} (any ${parsed.threshold} unseal)`;
-      parsed.wipe();
+      let label = `share ${parsed.index} of ${parsed.shares} of share set ${parsed.shareSetId} (any ${parsed.threshold} unseal)`;
+      try {
+        label += await verifyShare(loc, parsed, opts.commitment);
+      } finally {
+        parsed.wipe();
+      }
       if (opts.output === undefined) {
         await print(io.stdout, `${text}\n`);
         await print(
@@ -187,4 +210,42 @@ witness recorded. For a plaintext share: its labels (never its secret part).`,
         ]),
       );
     });
+}
+
+/**
+ * Check a decrypted share before it is output: against --commitment, and against the key store at
+ * `loc` when there is one (or the staged store of an init waiting for its test quorum). Returns
+ * what was checked, for the message; throws a ShareError when the share is not the one handed out.
+ */
+async function verifyShare(
+  loc: StoreLocation,
+  share: ReturnType<typeof parseShare>,
+  commitment: string | undefined,
+): Promise<string> {
+  const notes: string[] = [];
+  if (commitment !== undefined) {
+    if (shareCommitment(share) !== commitment.trim()) {
+      throw new ShareError(
+        `share: share ${share.index} of share set ${share.shareSetId} does not match the commitment given (--commitment): it is not the share the ceremony handed out; it was not output`,
+      );
+    }
+    notes.push('matches the commitment given');
+  }
+  const file = (await exists(loc.dbPath)) ? loc.dbPath : stagedStorePath(loc);
+  if (await exists(file)) {
+    const store = SqliteKeyStore.open(file, file === loc.dbPath ? { readonly: true } : { create: false });
+    try {
+      const r = await checkShareAgainstStore(store, share);
+      notes.push(
+        r.set === 'unknown'
+          ? `not checked against the key store in ${loc.display}, whose share set is ${r.storeShareSetId}`
+          : r.committed
+            ? `matches the commitment recorded in the key store in ${loc.display}${r.set === 'pending' ? ' (pending share set)' : ''}`
+            : `belongs to the key store in ${loc.display} (which records no commitments: sealed before them)`,
+      );
+    } finally {
+      await store.close();
+    }
+  }
+  return notes.length > 0 ? `; ${notes.join('; ')}` : '';
 }

@@ -175,6 +175,8 @@ while. Unsealing again needs a quorum of shares (\`keywarden unseal\`). Stopping
             shareSetId: st?.shareSetId ?? u.shareSetId,
             threshold: st?.threshold ?? u.threshold,
             shares: st?.shares ?? u.shares,
+            // Not secret: the witness records them so custodians can check their share anywhere.
+            commitments: (u as { commitments?: string[] }).commitments ?? null,
             pending: pendingJson,
             agent: st
               ? {
