@@ -21,7 +21,7 @@ export function registerDatakey(program: Command, io: CliIO): void {
 Prints {"keyId", "version", "plaintext", "wrapped"} with both keys in base64:
   plaintext  the 32-byte DEK: use it in memory, then discard it. Never store it.
   wrapped    the DEK wrapped under the KEK's primary version: store this beside the data;
-             Keywarden.decryptDataKey(wrapped, context) gives the DEK back later.
+             Keywarden.decryptDataKey(wrapped, context, { key: NAME }) gives the DEK back later.
 The plaintext is a secret: do not log this output or leave it in shell history or files.`,
     )
     .action(async (name: string, opts: { context?: string[] }, command: Command) => {
