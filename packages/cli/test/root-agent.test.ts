@@ -78,7 +78,10 @@ describe.skipIf(!built)('root rotate and root destroy with a running agent', () 
     );
     await waitFor(() => agent.log().includes("the key store's root was destroyed"), 'the agent to log it');
 
-    for (const argv of [['decrypt', '--key', 'app', '-i', 'data.kw'], ['decrypt', '--key', 'app']]) {
+    for (const argv of [
+      ['decrypt', '--key', 'app', '-i', 'data.kw'],
+      ['decrypt', '--key', 'app'],
+    ]) {
       const d = await cli(argv, { cwd, stdin: text });
       expect(d.code).toBe(1);
       expect(d.out).toBe('');

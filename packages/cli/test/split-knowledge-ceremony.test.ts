@@ -156,7 +156,9 @@ describe.skipIf(!built)('split-knowledge ceremony (dist/bin.js, real agent proce
     );
     agent = await startAgent(cwd);
     expect((await run(['status'])).stdout).toMatch(/sealed, unseal progress 0 of 3/);
-    expect((await run(['decrypt', '--key', 'app', '-c', 'table=patients', '-i', 'data.kw'])).stderr).toBe(`${SEALED}\n`);
+    expect((await run(['decrypt', '--key', 'app', '-c', 'table=patients', '-i', 'data.kw'])).stderr).toBe(
+      `${SEALED}\n`,
+    );
     const again = await run([
       'unseal',
       ...['plain-1.txt', 'plain-3.txt', 'plain-4.txt'].flatMap((f) => ['--share-file', f]),
@@ -191,7 +193,9 @@ describe.skipIf(!built)('split-knowledge ceremony (dist/bin.js, real agent proce
     expect(newSetId).toBeDefined();
     expect(newSetId).not.toBe(shareSetId);
     // The running agent stays unsealed: the root key did not change.
-    expect((await run(['decrypt', '--key', 'app', '-c', 'table=patients', '-i', 'data.kw'])).stdout).toBe('patient record 42\n');
+    expect((await run(['decrypt', '--key', 'app', '-c', 'table=patients', '-i', 'data.kw'])).stdout).toBe(
+      'patient record 42\n',
+    );
 
     // ── restart: the old shares are refused, the new ones unseal ────────────────────────────
     await agent.stop('SIGKILL'); // killed, not stopped: leaves a stale socket behind
@@ -228,7 +232,9 @@ describe.skipIf(!built)('split-knowledge ceremony (dist/bin.js, real agent proce
     const n2 = await run(['unseal', '--share-file', 'new-3.txt']);
     expect(n2.stdout).toBe('unseal progress: 2 of 2 (shares 1, 3)\nunsealed\n');
     // Data encrypted before the rekey still decrypts.
-    expect((await run(['decrypt', '--key', 'app', '-c', 'table=patients', '-i', 'data.kw'])).stdout).toBe('patient record 42\n');
+    expect((await run(['decrypt', '--key', 'app', '-c', 'table=patients', '-i', 'data.kw'])).stdout).toBe(
+      'patient record 42\n',
+    );
     expect((await run(['decrypt', '--key', 'app'], text.stdout)).stdout).toBe('a database value');
 
     expect(await agent.stop()).toBe(0);
