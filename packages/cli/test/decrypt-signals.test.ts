@@ -73,7 +73,7 @@ async function decryptAndKill(
   signal: NodeJS.Signals,
   env: NodeJS.ProcessEnv = {},
 ): Promise<Killed> {
-  const child: ChildProcess = spawn(process.execPath, [BIN, 'decrypt', '-o', 'out.bin'], {
+  const child: ChildProcess = spawn(process.execPath, [BIN, 'decrypt', '--key', 'k', '-o', 'out.bin'], {
     cwd,
     env: { PATH: process.env.PATH, ...env },
     stdio: ['pipe', 'pipe', 'pipe'],
@@ -143,7 +143,7 @@ describe.skipIf(!built)('decrypt -o killed mid-stream leaves no plaintext on dis
 
     // The next run decrypts something else into the same folder.
     const small = await cli(['encrypt', '--key', 'k', '--text'], { cwd, stdin: 'x' });
-    const next = await cli(['decrypt', '-o', 'small.txt'], { cwd, stdin: small.stdout });
+    const next = await cli(['decrypt', '--key', 'k', '-o', 'small.txt'], { cwd, stdin: small.stdout });
     expect(next.code, next.stderr).toBe(0);
     expect(next.stderr).toBe(
       `keywarden: warning: removed ${stale[0]}, a temporary output file left by process ${r.pid}, which was killed (it may have held partial plaintext)\n`,
@@ -153,7 +153,7 @@ describe.skipIf(!built)('decrypt -o killed mid-stream leaves no plaintext on dis
 
   it("another live process's temporary file is left alone", async () => {
     const { cwd, ciphertext } = await setup();
-    const child = spawn(process.execPath, [BIN, 'decrypt', '-o', 'out.bin'], {
+    const child = spawn(process.execPath, [BIN, 'decrypt', '--key', 'k', '-o', 'out.bin'], {
       cwd,
       env: { PATH: process.env.PATH, KEYWARDEN_NO_TMPFILE: '1' },
       stdio: ['pipe', 'ignore', 'pipe'],
@@ -169,7 +169,7 @@ describe.skipIf(!built)('decrypt -o killed mid-stream leaves no plaintext on dis
         names = (await readdir(cwd)).filter((f) => f.includes('keywarden-tmp'));
       }
       const small = await cli(['encrypt', '--key', 'k', '--text'], { cwd, stdin: 'x' });
-      const next = await cli(['decrypt', '-o', 'small.txt'], { cwd, stdin: small.stdout });
+      const next = await cli(['decrypt', '--key', 'k', '-o', 'small.txt'], { cwd, stdin: small.stdout });
       expect(next.code).toBe(0);
       expect(next.stderr).toBe('');
       expect((await readdir(cwd)).filter((f) => f.includes('keywarden-tmp'))).toEqual(names);
