@@ -272,18 +272,25 @@ export async function stageInit(options: ShareSetOptions = {}): Promise<StagedCe
 /**
  * Stage a rekey: a quorum of the CURRENT shares opens the store's root (separation of duties: even
  * if some process holds it unsealed); the root key is resealed under a new unseal key, split into
- * the new set (N and M may change). Nothing is written. Refuses while a ceremony is pending.
+ * the new set (N and M default to the current ones). Nothing is written. Refuses while a ceremony
+ * is pending.
  */
 export async function stageRekey(
   store: KeyStore,
   currentShares: readonly string[] | readonly ParsedShare[],
   options: ShareSetOptions = {},
 ): Promise<StagedCeremony> {
-  const { shares, threshold, recipients } = resolveParameters(options);
   const state = await pendingCeremonyState(store);
   if (state.state === 'pending') throw pendingError(state.pending);
   const stored = await storedDocument(store);
   const current = requireShamir(stored, 'rekey');
+  // N and M default to the current ones (M capped at a smaller new N).
+  const n = options.shares ?? current.shares;
+  const { shares, threshold, recipients } = resolveParameters({
+    ...options,
+    shares: n,
+    threshold: options.threshold ?? Math.min(current.threshold, n),
+  });
   const oldKey = await combineShares(currentShares, expectationOf(current));
   const root = await scratchRoot(stored);
   const newKey = randomBytes(UNSEAL_KEY_BYTES);
