@@ -18,7 +18,17 @@ requireBuild('damaged-store.test.ts');
 // better-sqlite3 is store-sqlite's dependency; the test reaches it from there to damage a file
 // the way a user with the sqlite3 shell would (no second copy, no mock).
 const storeRequire = createRequire(createRequire(import.meta.url).resolve('@keywarden/store-sqlite/package.json'));
-const Database = storeRequire('better-sqlite3') as typeof import('better-sqlite3');
+/** The part of better-sqlite3's API these tests use (its types are store-sqlite's dev dependency). */
+interface SqliteDatabase {
+  prepare(sql: string): { get(...params: unknown[]): unknown; run(...params: unknown[]): unknown };
+  pragma(source: string, options?: { simple?: boolean }): unknown;
+  exec(sql: string): void;
+  close(): void;
+}
+const Database = storeRequire('better-sqlite3') as new (
+  file: string,
+  options?: { readonly?: boolean },
+) => SqliteDatabase;
 
 const DB = path.join('.keywarden', 'keystore.db');
 const DAMAGED =
@@ -200,7 +210,8 @@ describe.skipIf(!built)('messages that name the real fault (issue 6, item 9)', (
       version: number;
       wrapped_material: Buffer;
     };
-    row.wrapped_material[row.wrapped_material.length - 1] ^= 0x01;
+    const last = row.wrapped_material.length - 1;
+    row.wrapped_material.writeUInt8(row.wrapped_material.readUInt8(last) ^ 0x01, last);
     db.prepare('UPDATE key_versions SET wrapped_material = ? WHERE key_id = ? AND version = ?').run(
       row.wrapped_material,
       row.key_id,

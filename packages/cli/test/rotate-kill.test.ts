@@ -26,7 +26,17 @@ import { BIN, built, kw, requireBuild } from './split-helpers.js';
 requireBuild('rotate-kill.test.ts');
 
 const storeRequire = createRequire(createRequire(import.meta.url).resolve('@keywarden/store-sqlite/package.json'));
-const Database = storeRequire('better-sqlite3') as typeof import('better-sqlite3');
+/** The part of better-sqlite3's API these tests use (its types are store-sqlite's dev dependency). */
+interface SqliteDatabase {
+  prepare(sql: string): { get(...params: unknown[]): unknown; run(...params: unknown[]): unknown };
+  pragma(source: string, options?: { simple?: boolean }): unknown;
+  exec(sql: string): void;
+  close(): void;
+}
+const Database = storeRequire('better-sqlite3') as new (
+  file: string,
+  options?: { readonly?: boolean },
+) => SqliteDatabase;
 
 const ROUNDS = 30;
 const KEYS = ['orders', 'users', 'audit'];
