@@ -114,6 +114,8 @@ export class KeyAgent {
   readonly #store: KeyStore;
   readonly #options: AgentOptions;
   readonly #clients = new Set<Connection>();
+  /** Every open socket, including those closed from the agent's side and lingering: close() ends them all. */
+  readonly #sockets = new Set<Socket>();
   readonly #limits: ConnectionLimits & { maxConnections: number };
   #evictions = 0;
   #evictionLoggedAt = 0;
@@ -200,6 +202,7 @@ export class KeyAgent {
     const server = this.#server;
     const closed = server ? new Promise<void>((resolve) => server.close(() => resolve())) : Promise.resolve();
     for (const c of [...this.#clients]) c.drop(undefined);
+    for (const s of this.#sockets) s.destroy();
     await closed;
     if (this.#expiryTimer !== undefined) clearTimeout(this.#expiryTimer);
     this.#session?.reset();
@@ -249,6 +252,8 @@ export class KeyAgent {
    */
   #serve(conn: Socket): void {
     conn.on('error', () => {}); // a client that went away: nothing to do
+    this.#sockets.add(conn);
+    conn.on('close', () => this.#sockets.delete(conn));
     if (this.#closed) {
       conn.destroy();
       return;
@@ -402,7 +407,12 @@ export class KeyAgent {
       return { sealed: false, accepted: 0, threshold, shares, indices: [], reset: false, alreadyUnsealed: true };
     }
     // The last moment before a share, then the root, is in this process's memory.
-    refuseInspector(this.#options);
+    try {
+      refuseInspector(this.#options);
+    } catch (err) {
+      this.#options.log(`share refused: ${messageOf(err)}`);
+      throw err;
+    }
     this.#session ??= unsealSessionFor(this.#root, { timeoutMs: this.#options.unsealTimeoutMs });
     const before = new Set(this.#session.progress().indices);
     let p: ReturnType<UnsealSession['submit']>;

@@ -73,9 +73,10 @@ export function registerAgent(program: Command, io: CliIO): void {
     .addHelpText(
       'after',
       `
-Runs in the foreground until SIGINT, SIGTERM, SIGHUP or SIGQUIT (run it under systemd, a container runtime or a
-terminal multiplexer). It opens the store SEALED and listens on a unix socket: --socket PATH, else
-$${AGENT_SOCKET_ENV}, else DIR/${AGENT_SOCKET_FILE} (mode 0600; DIR is 0700). Commands find it there:
+Runs in the foreground until SIGINT, SIGTERM, SIGHUP or SIGQUIT (run it under systemd, a container
+runtime or a terminal multiplexer). It opens the store SEALED and listens on a unix socket:
+--socket PATH, else $${AGENT_SOCKET_ENV}, else DIR/${AGENT_SOCKET_FILE} (mode 0600; DIR is 0700).
+Commands find it there:
   keywarden status                  sealed or not, unseal progress
   keywarden unseal                  custodians give their shares, one at a time (input hidden)
   keywarden encrypt/decrypt/datakey, key create/rotate
