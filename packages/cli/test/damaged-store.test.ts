@@ -8,7 +8,16 @@ import { createHash } from 'node:crypto';
 import { existsSync, readFileSync, statSync, truncateSync, writeFileSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import * as path from 'node:path';
-import { encodeUnsealKey } from '@keywarden/core';
+import {
+  encodeRootTombstone,
+  encodeUnsealKey,
+  makeRootTombstone,
+  ROOT_META_NAME,
+  ROOT_TOMBSTONE_META_NAME,
+  SoftwareRoot,
+} from '@keywarden/core';
+import { combineShares } from '@keywarden/split-knowledge';
+import { SqliteKeyStore } from '@keywarden/store-sqlite';
 import { describe, expect, it } from 'vitest';
 import { tempDir } from './helpers.js';
 import { built, kw, requireBuild } from './split-helpers.js';
@@ -144,6 +153,97 @@ describe.skipIf(!built)('a damaged key store is reported as damaged, never as de
     expect(lines(again.stderr)).toEqual([
       'keywarden: root: the unseal key (or shares) does not match the record of this root destruction; nothing was changed',
     ]);
+  }, 60_000);
+});
+
+describe.skipIf(!built)('root destroy under split knowledge always needs the quorum (issue 6, item 3)', () => {
+  /** A 2-of-3 split store with one key; the plaintext share files; the store file. */
+  async function splitStore() {
+    const cwd = await tempDir();
+    const init = await kw(['init', '--shares', '3', '--threshold', '2', '--share-dir', 'shares'], cwd);
+    expect(init.code, init.stderr).toBe(0);
+    const files = [1, 2, 3].map((i) => path.join('shares', `share-${i}-of-3.txt`));
+    const shares = files.map((f) => readFileSync(path.join(cwd, f), 'utf8').trim());
+    return { cwd, files, shares, file: path.join(cwd, DB) };
+  }
+
+  it('a destruction interrupted after the sealed root was deleted: root destroy asks for the quorum again (checked against the tombstone), refuses too few or foreign shares, and finishes with a quorum', async () => {
+    const { cwd, files, shares, file } = await splitStore();
+    // Interrupt a destruction by hand exactly where a SIGKILL could: tombstone written, sealed root deleted.
+    const store = SqliteKeyStore.open(file, { create: false });
+    const doc = (await SoftwareRoot.load(store)).document;
+    const unsealKey = await combineShares(shares.slice(0, 2));
+    await store.putMeta(ROOT_TOMBSTONE_META_NAME, encodeRootTombstone(makeRootTombstone(doc, unsealKey, new Date())));
+    unsealKey.fill(0);
+    await store.deleteMeta(ROOT_META_NAME);
+    await store.close();
+    const before = digest(file);
+
+    const none = await kw(['root', 'destroy', '--yes-destroy-every-key'], cwd);
+    expect(none.code).toBe(1);
+    expect(lines(none.stderr)).toEqual([
+      'keywarden: root destroy needs 2 current shares: pass --share-file, pipe them one a line, or run it in a terminal',
+    ]);
+    const one = await kw(['root', 'destroy', '--yes-destroy-every-key', '--share-file', files[0] as string], cwd);
+    expect(one.code).toBe(1);
+    expect(lines(one.stderr)).toEqual(['keywarden: share: 1 of 2 shares, need 1 more']);
+    const other = await splitStore();
+    const foreign = await kw(
+      [
+        'root',
+        'destroy',
+        '--yes-destroy-every-key',
+        '--share-file',
+        path.join(other.cwd, other.files[0] as string),
+        '--share-file',
+        path.join(other.cwd, other.files[1] as string),
+      ],
+      cwd,
+    );
+    expect(foreign.code).toBe(1);
+    expect(lines(foreign.stderr)[0]).toMatch(/^keywarden: share: share 1 belongs to share set/);
+    expect(digest(file)).toBe(before);
+
+    const done = await kw(
+      [
+        'root',
+        'destroy',
+        '--yes-destroy-every-key',
+        '--share-file',
+        files[1] as string,
+        '--share-file',
+        files[2] as string,
+      ],
+      cwd,
+    );
+    expect(done.stderr).toBe('');
+    expect(done.code).toBe(0);
+    expect(done.stdout).toMatch(
+      /^The root of the key store in \.keywarden \(root_\S+\) was already destroyed by an earlier, interrupted destruction; 0 remaining key versions destroyed now/,
+    );
+  }, 60_000);
+
+  it('a store whose root record is gone without a tombstone: root destroy refuses even with a quorum, and changes nothing', async () => {
+    const { cwd, files, file } = await splitStore();
+    const db = new Database(file);
+    db.prepare("DELETE FROM meta WHERE name = 'root'").run();
+    db.close();
+    const before = digest(file);
+    const r = await kw(
+      [
+        'root',
+        'destroy',
+        '--yes-destroy-every-key',
+        '--share-file',
+        files[0] as string,
+        '--share-file',
+        files[1] as string,
+      ],
+      cwd,
+    );
+    expect(r.code).toBe(1);
+    expect(lines(r.stderr)).toEqual([MISSING]);
+    expect(digest(file)).toBe(before);
   }, 60_000);
 });
 
