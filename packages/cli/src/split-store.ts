@@ -415,6 +415,13 @@ export async function initSplitStoreDir(
     await moveStagedStoreIntoPlace(io, loc);
     return { ...result, activated: true };
   } catch (err) {
+    if (!(await exists(stagedPath)) && (await exists(loc.dbPath))) {
+      // The store was moved into place (activated): its shares are the ones on disk; keep them.
+      throw new CliError(
+        `init: the key store is in place, but the clean-up failed (${messageOf(err)}); run \`keywarden init --resume\``,
+        { cause: err },
+      );
+    }
     await handOut.abort();
     await removeFiles(stagedPath);
     throw err;
