@@ -9,7 +9,7 @@ import { mkdir, readdir, rmdir } from 'node:fs/promises';
 import * as path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { describe, expect, it } from 'vitest';
-import { DECRYPT_FAILED, tempDir } from './helpers.js';
+import { cli, DECRYPT_FAILED, tempDir } from './helpers.js';
 
 const BIN = fileURLToPath(new URL('../dist/bin.js', import.meta.url));
 const built = existsSync(BIN);
@@ -160,6 +160,16 @@ describe.skipIf(!built)('dist/bin.js', () => {
   });
 });
 
+/** A development-mode store with key `k` (made in-process: faster than spawning) and a ciphertext. */
+async function storeWithCiphertext(bytes: number): Promise<{ cwd: string; ciphertext: Buffer }> {
+  const cwd = await tempDir();
+  expect((await cli(['init'], { cwd })).code).toBe(0);
+  expect((await cli(['key', 'create', 'k'], { cwd })).code).toBe(0);
+  const enc = await cli(['encrypt', '--key', 'k'], { cwd, stdin: randomBytes(bytes) });
+  expect(enc.code, enc.stderr).toBe(0);
+  return { cwd, ciphertext: enc.stdout };
+}
+
 describe.skipIf(!built)('write errors: one line, exit 1, never "interrupted", never a stack trace', () => {
   it('`--help | true`, `init --help | true`, `key --help | true`: broken pipe, exit 1', async () => {
     const cwd = await tempDir();
@@ -179,23 +189,15 @@ describe.skipIf(!built)('write errors: one line, exit 1, never "interrupted", ne
   });
 
   it('`decrypt | head -c1` of a large plaintext: broken pipe, exit 1', async () => {
-    const cwd = await tempDir();
-    expect((await keywarden(['init'], cwd)).code).toBe(0);
-    expect((await keywarden(['key', 'create', 'k'], cwd)).code).toBe(0);
-    const data = randomBytes(4 * 1024 * 1024);
-    const enc = await keywarden(['encrypt', '--key', 'k'], cwd, data);
-    expect(enc.code, enc.stderr).toBe(0);
-    const r = await withClosedStdout(['decrypt', '--key', 'k'], cwd, { keep: 1, input: enc.stdout });
+    const { cwd, ciphertext } = await storeWithCiphertext(4 * 1024 * 1024);
+    const r = await withClosedStdout(['decrypt', '--key', 'k'], cwd, { keep: 1, input: ciphertext });
     expect(r.stderr).toBe(BROKEN_PIPE);
     expect(r.code).toBe(1);
   });
 
   it.skipIf(!existsSync('/dev/full'))('stdout on /dev/full: "no space left on device", exit 1', async () => {
-    const cwd = await tempDir();
-    expect((await keywarden(['init'], cwd)).code).toBe(0);
-    expect((await keywarden(['key', 'create', 'k'], cwd)).code).toBe(0);
-    const enc = await keywarden(['encrypt', '--key', 'k'], cwd, randomBytes(1024 * 1024));
-    const dec = await toDevFull(['decrypt', '--key', 'k'], cwd, enc.stdout);
+    const { cwd, ciphertext } = await storeWithCiphertext(256 * 1024);
+    const dec = await toDevFull(['decrypt', '--key', 'k'], cwd, ciphertext);
     expect(dec.stderr).toBe('keywarden: cannot write to standard output: no space left on device\n');
     expect(dec.code).toBe(1);
     const help = await toDevFull(['--help'], cwd);
@@ -207,7 +209,7 @@ describe.skipIf(!built)('write errors: one line, exit 1, never "interrupted", ne
   it.skipIf(process.platform !== 'linux' || process.getuid?.() !== 0)(
     'decrypt -o on a full file system: "no space left on device", exit 1, nothing left on it',
     async () => {
-      const cwd = await tempDir();
+      const { cwd, ciphertext } = await storeWithCiphertext(256 * 1024);
       const mnt = path.join(cwd, 'small');
       await mkdir(mnt);
       try {
@@ -217,11 +219,8 @@ describe.skipIf(!built)('write errors: one line, exit 1, never "interrupted", ne
         return;
       }
       try {
-        expect((await keywarden(['init'], cwd)).code).toBe(0);
-        expect((await keywarden(['key', 'create', 'k'], cwd)).code).toBe(0);
-        const enc = await keywarden(['encrypt', '--key', 'k'], cwd, randomBytes(1024 * 1024));
         for (const env of [{}, { KEYWARDEN_NO_TMPFILE: '1' }]) {
-          const r = await keywarden(['decrypt', '--key', 'k', '-o', 'small/out.bin'], cwd, enc.stdout, env);
+          const r = await keywarden(['decrypt', '--key', 'k', '-o', 'small/out.bin'], cwd, ciphertext, env);
           expect(r.stderr).toBe('keywarden: cannot write small/out.bin: no space left on device\n');
           expect(r.code).toBe(1);
           expect(await readdir(mnt)).toEqual([]);
