@@ -19,15 +19,17 @@
 import {
   consentMethodOf,
   type DestroyRootResult,
-  decodeSealedRoot,
   destroyRoot,
   encodeSealedRoot,
   InvalidInputError,
   type KeyStore,
-  KeyStoreError,
   MemoryKeyStore,
   ROOT_META_NAME,
   readRootState,
+  RootDestroyedError,
+  RootMissingError,
+  ROOT_DESTROYED_MESSAGE,
+  ROOT_MISSING_MESSAGE,
   rewrapUnderNewRoot,
   type SealedRootDocument,
   SoftwareRoot,
@@ -150,9 +152,12 @@ export function expectationOf(method: ShamirMethod): ShareExpectation {
 
 /** @internal */
 export async function storedDocument(store: KeyStore): Promise<SealedRootDocument> {
-  const bytes = await store.getMeta(ROOT_META_NAME);
-  if (!bytes) throw new KeyStoreError('root: this key store has no root (it was destroyed, or never initialized)');
-  return decodeSealedRoot(bytes);
+  // "Destroyed" only when the store records it (core's root-tombstone.ts); no root and no
+  // tombstone is a damaged or uninitialized store.
+  const state = await readRootState(store);
+  if (state.state === 'destroyed') throw new RootDestroyedError(ROOT_DESTROYED_MESSAGE);
+  if (state.state === 'missing') throw new RootMissingError(ROOT_MISSING_MESSAGE);
+  return state.document;
 }
 
 function forgedShareError(): UnsealError {

@@ -10,6 +10,7 @@ import {
   MemoryKeyStore,
   ROOT_DESTROYED_MESSAGE,
   ROOT_META_NAME,
+  ROOT_MISSING_MESSAGE,
   SoftwareRoot,
 } from '@keywarden/core';
 import { beforeAll, describe, expect, it } from 'vitest';
@@ -425,17 +426,11 @@ describe('rekey and the quorum gate', () => {
     const err = await caught(() => requireQuorum(c.store, forged));
     expect((err as Error).message).toMatch(SUBSTITUTED);
     expectNoShareLeak(err, [...c.shares, ...forged]);
-    await expectKwError(
-      () => requireQuorum(new MemoryKeyStore(), c.shares),
-      'KW_STORE',
-      'root: this key store has no root (it was destroyed, or never initialized)',
-    );
+    await expectKwError(() => requireQuorum(new MemoryKeyStore(), c.shares), 'KW_ROOT_MISSING', ROOT_MISSING_MESSAGE);
   });
 });
 
 describe('root rotation and root destruction (quorum-gated)', () => {
-  const NO_ROOT = 'root: this key store has no root (it was destroyed, or never initialized)';
-
   async function snapshot(store: MemoryKeyStore) {
     const keys = await store.listKeys();
     return {
@@ -545,8 +540,12 @@ describe('root rotation and root destruction (quorum-gated)', () => {
       expect(v.wrappedMaterial).toHaveLength(0);
     }
     await expectKwError(() => SoftwareRoot.load(c.store), 'KW_ROOT_DESTROYED', ROOT_DESTROYED_MESSAGE);
-    await expectKwError(() => requireQuorum(c.store, c.shares.slice(0, 3)), 'KW_STORE', NO_ROOT);
-    await expectKwError(() => rotateRoot(c.store, c.shares.slice(0, 3)), 'KW_STORE', NO_ROOT);
+    await expectKwError(
+      () => requireQuorum(c.store, c.shares.slice(0, 3)),
+      'KW_ROOT_DESTROYED',
+      ROOT_DESTROYED_MESSAGE,
+    );
+    await expectKwError(() => rotateRoot(c.store, c.shares.slice(0, 3)), 'KW_ROOT_DESTROYED', ROOT_DESTROYED_MESSAGE);
     // Destroying again asks for the quorum again (checked against the tombstone), and has nothing left to erase.
     await expectKwError(() => destroyRootWithQuorum(c.store, c.shares.slice(0, 2)), 'KW_SHARE', /need 1 more/);
     expect(await destroyRootWithQuorum(c.store, c.shares.slice(0, 3))).toEqual({ destroyed: 0, alreadyDestroyed: 2 });
