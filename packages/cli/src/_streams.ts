@@ -189,7 +189,7 @@ function isAlive(pid: number): boolean {
 }
 
 /** An unnamed file in `dir` (O_TMPFILE), or undefined where the system or file system lacks it. */
-async function openUnnamed(dir: string): Promise<FileHandle | undefined> {
+export async function openUnnamed(dir: string): Promise<FileHandle | undefined> {
   if (O_TMPFILE === undefined || process.env.KEYWARDEN_NO_TMPFILE === '1') return undefined;
   try {
     return await open(dir, O_TMPFILE | fsConstants.O_RDWR, 0o600);
@@ -201,12 +201,15 @@ async function openUnnamed(dir: string): Promise<FileHandle | undefined> {
   }
 }
 
-/** Give the unnamed file open as `fh` the name `name` (which must not exist). */
-async function nameUnnamed(fh: FileHandle, name: string): Promise<void> {
+/**
+ * Give the unnamed file open as `fh` the name `name` (which must not exist): a hard link with
+ * coreutils `ln` (`ln` = its path), else (null) a copy. Exported for its test, which runs both ways.
+ */
+export async function nameUnnamed(fh: FileHandle, name: string, ln: string | null = LN ?? null): Promise<void> {
   const proc = `/proc/${process.pid}/fd/${fh.fd}`;
-  if (LN) {
+  if (ln) {
     const linked = await new Promise<boolean>((resolve) => {
-      execFile(LN, ['-L', '-T', '--', proc, name], { timeout: 30_000 }, (err) => resolve(!err));
+      execFile(ln, ['-L', '-T', '--', proc, name], { timeout: 30_000 }, (err) => resolve(!err));
     });
     if (linked) return;
   }

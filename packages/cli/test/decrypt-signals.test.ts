@@ -183,4 +183,34 @@ describe.skipIf(!built)('decrypt -o killed mid-stream leaves no plaintext on dis
       child.kill('SIGKILL');
     }
   });
+
+  it('SIGUSR1 mid-stream opens no debugger: the decrypt carries on and completes', async () => {
+    const { cwd, ciphertext } = await setup();
+    const child = spawn(process.execPath, [BIN, 'decrypt', '--key', 'k', '-o', 'out.bin'], {
+      cwd,
+      env: { PATH: process.env.PATH },
+      stdio: ['pipe', 'ignore', 'pipe'],
+    });
+    let stderr = '';
+    child.stderr.on('data', (c: Buffer) => (stderr += c.toString('utf8')));
+    child.stdin.on('error', () => {});
+    const exited = new Promise<number | null>((resolve) => child.on('exit', resolve));
+    try {
+      child.stdin.write(ciphertext.subarray(0, ciphertext.length / 2));
+      const until = Date.now() + 15_000;
+      while ((await tempOutputBytes(child.pid as number, cwd)).bytes < 256 * 1024) {
+        if (Date.now() > until) throw new Error(`no plaintext written within 15 s: ${stderr}`);
+        await new Promise((r) => setTimeout(r, 25));
+      }
+      child.kill('SIGUSR1');
+      await new Promise((r) => setTimeout(r, 500));
+      child.stdin.end(ciphertext.subarray(ciphertext.length / 2));
+      expect(await exited).toBe(0);
+      expect(stderr).toBe('');
+      expect((await readFile(path.join(cwd, 'out.bin'))).subarray(0, MARKER.length).equals(MARKER)).toBe(true);
+      expect((await stat(path.join(cwd, 'out.bin'))).size).toBe(4 * 1024 * 1024);
+    } finally {
+      child.kill('SIGKILL');
+    }
+  });
 });
