@@ -15,7 +15,8 @@
  *    once. The exit status is 128 + the signal's number, as for a process the signal killed
  *    (SIGQUIT and SIGABRT therefore do not dump core, which could hold key material). The agent
  *    treats the signal as a stop request: it wipes the root and exits 0.
- *  - SIGSEGV, SIGBUS, SIGFPE and SIGILL are left alone (Node uses them internally).
+ *  - SIGSEGV, SIGBUS, SIGFPE and SIGILL are left alone (Node uses them internally), and so is
+ *    SIGPROF (V8's sampling profiler, --cpu-prof, runs on it).
  */
 import { constants } from 'node:os';
 import { removeRegisteredSync } from './_exit-cleanup.js';
@@ -30,7 +31,6 @@ const TERMINATING: readonly string[] = [
   'SIGALRM',
   'SIGUSR2',
   'SIGVTALRM',
-  'SIGPROF',
   'SIGXCPU',
   'SIGXFSZ',
   'SIGTRAP',
