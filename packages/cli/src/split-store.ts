@@ -89,9 +89,12 @@ export interface HandOutResult {
   /** Absolute paths, in share order (file modes). */
   files: string[];
   dir: string | undefined;
-  custodians: Custodian[] | undefined;
+  /** Who received which share (no key material: the key file's name and its fingerprint). */
+  custodians: CustodianLabel[] | undefined;
   shareSet: ShareSetInfo;
 }
+
+export type CustodianLabel = Pick<Custodian, 'index' | 'display' | 'fingerprint'>;
 
 // ── Parameters ─────────────────────────────────────────────────────────────────────────────────
 
@@ -148,7 +151,7 @@ interface HandOutDescription {
   mode: HandOutResult['mode'];
   dir?: string;
   files: string[];
-  custodians?: Custodian[];
+  custodians?: CustodianLabel[];
   requireNewQuorum?: boolean;
 }
 
@@ -208,7 +211,6 @@ class HandOut {
             custodians: this.custodians.map((c) => ({
               index: c.index,
               display: c.display,
-              pem: '',
               fingerprint: c.fingerprint,
             })),
           }
@@ -949,7 +951,7 @@ export function describeHandOut(r: HandOutResult, io: Pick<CliIO, 'cwd'>): strin
   if (r.mode === 'encrypted-files' && r.custodians) {
     lines.push(`Encrypted shares written to ${displayPath(r.dir as string, io.cwd)} (mode 0600):`);
     for (const [i, f] of r.files.entries()) {
-      const c = r.custodians[i] as Custodian;
+      const c = r.custodians[i] as CustodianLabel;
       lines.push(`  ${path.basename(f)}  for custodian ${c.index}: ${c.display} (${c.fingerprint})`);
     }
     lines.push(
