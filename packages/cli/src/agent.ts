@@ -44,6 +44,9 @@ import {
   KeystoreSealedError,
   Keywarden,
   ROOT_META_NAME,
+  ROOT_MISSING_MESSAGE,
+  ROOT_TOMBSTONE_META_NAME,
+  RootMissingError,
   SoftwareRoot,
   type UnsealMethod,
   wipe,
@@ -482,6 +485,10 @@ export class KeyAgent {
       if (!this.#root.isSealed() || held > 0) {
         await this.#kw.seal();
         this.#options.log(`sealed: ${ROOT_DESTROYED_LOG}`);
+      }
+      // Destroyed only if the store says so (its tombstone); otherwise it is damaged, not destroyed.
+      if (!(await this.#store.getMeta(ROOT_TOMBSTONE_META_NAME))) {
+        throw new RootMissingError(`${ROOT_MISSING_MESSAGE}; stop the agent`);
       }
       throw new KeyStoreError(NO_ROOT_MESSAGE);
     }

@@ -7,9 +7,10 @@
  * stale, and once the agent stops, nothing acknowledged is lost.
  */
 import { existsSync } from 'node:fs';
+import { createRequire } from 'node:module';
 import { rm, writeFile } from 'node:fs/promises';
 import * as path from 'node:path';
-import { StoreReplacedError } from '@keywarden/core';
+import { KeywardenError, ROOT_MISSING_MESSAGE, RootMissingError, StoreReplacedError } from '@keywarden/core';
 import { describe, expect, it } from 'vitest';
 import { AgentClient } from '../src/agent-client.js';
 import { resolveAgentSocket, resolveStoreLocation } from '../src/store-dir.js';
@@ -17,6 +18,12 @@ import { tempDir } from './helpers.js';
 import { built, kw, requireBuild, startAgent } from './split-helpers.js';
 
 requireBuild('stale-store.test.ts');
+
+// better-sqlite3 is store-sqlite's dependency: reached from there, to damage a file by hand.
+const storeRequire = createRequire(createRequire(import.meta.url).resolve('@keywarden/store-sqlite/package.json'));
+const Database = storeRequire('better-sqlite3') as new (
+  file: string,
+) => { prepare(sql: string): { run(...params: unknown[]): unknown }; close(): void };
 
 const WAL_DELETED =
   'keywarden: keystore: the WAL file (-wal) of this key store was deleted while another process still has it open; nothing was changed. Stop every process using the key store (the agent, applications), then open it again';
@@ -123,5 +130,41 @@ describe.skipIf(!built)('a store deleted or replaced under a running agent (issu
     const list = await kw(['key', 'list', '--json'], cwd);
     expect(list.code, list.stderr).toBe(0);
     expect((JSON.parse(list.stdout) as Array<{ name: string }>).map((k) => k.name)).toEqual(['a', 'b', 'c']);
+  }, 60_000);
+
+  it('the root record lost under an unsealed agent (no tombstone): the agent seals itself and says "damaged", not "destroyed"', async () => {
+    const cwd = await tempDir();
+    expect((await kw(['init', '--shares', '3', '--threshold', '2', '--share-dir', 'shares'], cwd)).code).toBe(0);
+    const quorum = [
+      '--share-file',
+      path.join('shares', 'share-1-of-3.txt'),
+      '--share-file',
+      path.join('shares', 'share-2-of-3.txt'),
+    ];
+    const agent = await startAgent(cwd);
+    expect((await kw(['unseal', ...quorum], cwd)).code).toBe(0);
+    const raw = new Database(path.join(cwd, '.keywarden', 'keystore.db'));
+    raw.prepare("DELETE FROM meta WHERE name = 'root'").run();
+    raw.close();
+    const client = await AgentClient.connect(
+      resolveAgentSocket({ cwd, env: {} }, resolveStoreLocation({ cwd, env: {} })),
+    );
+    try {
+      const err = await client.status().then(
+        () => undefined,
+        (e: unknown) => e,
+      );
+      expect(RootMissingError.isInstance(err)).toBe(true);
+      expect((err as Error).message).toBe(`${ROOT_MISSING_MESSAGE}; stop the agent`);
+      // It wiped what it held: key operations are refused as sealed.
+      const sealed = await client.generateDataKey('any').then(
+        () => undefined,
+        (e: unknown) => e,
+      );
+      expect(KeywardenError.isInstance(sealed, 'KW_KEYSTORE_SEALED')).toBe(true);
+    } finally {
+      await client.close();
+    }
+    expect(await agent.stop()).toBe(0);
   }, 60_000);
 });
