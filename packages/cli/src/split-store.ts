@@ -776,8 +776,11 @@ export async function abortRekeyStoreDir(
         `rekey --abort: the rekey to share set ${st.pending.shareSet.shareSetId} had already been activated, so there is nothing to abort: its shares are the ones that work now`,
       );
     }
+    // Files first, then the record: a kill in between leaves a pending rekey to abort again, never
+    // share files of a dead share set that nothing points to.
+    const notes = await removeHandOutFiles(io, st.pending);
     const pending = await abortPendingCeremony(store);
-    return { pending, notes: await removeHandOutFiles(io, pending) };
+    return { pending, notes };
   } finally {
     await store.close().catch(() => {});
   }
