@@ -99,6 +99,13 @@ export {
   kekAad,
 } from './keywarden.js';
 export {
+  DataKeyCache,
+  type DataKeyCacheOptions,
+  type DataKeyCacheStats,
+  type DataKeyUsage,
+  type CacheableProvider,
+} from './data-key-cache.js';
+export {
   type RewrapResult,
   type DestroyRootOptions,
   type DestroyRootResult,
