@@ -218,7 +218,7 @@ describe.skipIf(!built)('keywarden agent and unseal', () => {
     expect(unknown.error.message).toMatch(/^agent: unknown op/);
     expect(ok).toMatchObject({ id: 8, ok: true, result: { sealed: true, threshold: 3, shares: 5, accepted: 0 } });
 
-    const long = await rawExchange(socket, Buffer.alloc(1024 * 1024 + 10, 0x61), 1);
+    const long = await rawExchange(socket, Buffer.alloc(64 * 1024 + 10, 0x61), 1);
     expect(long.closed).toBe(true);
     expect(JSON.parse(long.answers[0] as string)).toEqual({
       id: null,
