@@ -190,7 +190,10 @@ function isAlive(pid: number): boolean {
 
 /** An unnamed file in `dir` (O_TMPFILE), or undefined where the system or file system lacks it. */
 export async function openUnnamed(dir: string): Promise<FileHandle | undefined> {
-  if (O_TMPFILE === undefined || process.env.KEYWARDEN_NO_TMPFILE === '1') return undefined;
+  // Naming it later goes through /proc/PID/fd: without /proc (some containers), use a named file.
+  if (O_TMPFILE === undefined || process.env.KEYWARDEN_NO_TMPFILE === '1' || !existsSync('/proc/self/fd')) {
+    return undefined;
+  }
   try {
     return await open(dir, O_TMPFILE | fsConstants.O_RDWR, 0o600);
   } catch (err) {
