@@ -48,7 +48,10 @@ Failure (wrong context, wrong key, modified or truncated input) exits with statu
   keywarden: envelope: decryption failed (wrong key or context, or the data was modified)
   - with -o FILE: plaintext goes to a temporary file (mode 0600) beside FILE that is renamed over
     FILE only after the entire input authenticated; on failure it is deleted, so FILE is never
-    created or changed and no partial plaintext is left on disk.
+    created or changed and no partial plaintext is left on disk. A signal (SIGINT, SIGTERM,
+    SIGHUP, SIGQUIT…) deletes it too (exit 128 + N). On Linux it has no name until complete, so
+    even SIGKILL leaves nothing; elsewhere the next -o into the directory removes what a killed
+    decrypt left, with a warning.
   - on stdout: each frame is written only after it authenticated, so everything written is
     authentic, but a tampered or truncated stream stops early: the output is then INCOMPLETE.
     Always check the exit status (in shells, set -o pipefail), or use -o FILE.
