@@ -1,4 +1,4 @@
-import { randomBytes } from 'node:crypto';
+import { createHmac, hkdfSync, randomBytes } from 'node:crypto';
 import { describe, expect, it } from 'vitest';
 import {
   DecryptionError,
@@ -365,6 +365,28 @@ describe('destroyRoot', () => {
       expect((err as Error).message).toBe(ROOT_MISSING_MESSAGE);
     }
     expect(await snapshot(f.store)).toStrictEqual(before);
+  });
+
+  it('the tombstone MAC is exactly format.md §12.1: HMAC-SHA256(HKDF-SHA256(unseal key, "", info), domain ‖ canonical JSON), recomputed independently', () => {
+    const unsealKey = new Uint8Array(32).map((_, i) => i);
+    const doc = {
+      rootId: 'root_AAAAAAAAAAAAAAAAAAAAAA',
+      unseal: { method: 'shamir', shareSetId: 'ss_BBBBBBBBBBBBBBBB', threshold: 2, shares: 3 },
+    } as unknown as Parameters<typeof makeRootTombstone>[0];
+    const t = makeRootTombstone(doc, unsealKey, new Date(Date.UTC(2026, 10, 29, 12, 0, 0)));
+    // Sorted keys, no whitespace, nested objects sorted too; "mac" left out.
+    const canonical =
+      '{"destroyedAt":"2026-11-29T12:00:00.000Z","format":1,"kind":"root-tombstone","rootId":"root_AAAAAAAAAAAAAAAAAAAAAA",' +
+      '"unseal":{"method":"shamir","shareSetId":"ss_BBBBBBBBBBBBBBBB","shares":3,"threshold":2}}';
+    const key = Buffer.from(
+      hkdfSync('sha256', unsealKey, new Uint8Array(0), 'keywarden/software-root/tombstone-key/v1', 32),
+    );
+    const mac = createHmac('sha256', key).update('keywarden/software-root/tombstone/v1').update(canonical).digest();
+    expect(t.mac).toBe(mac.toString('base64url'));
+    expect(JSON.parse(new TextDecoder().decode(encodeRootTombstone(t)))).toEqual({
+      ...JSON.parse(canonical),
+      mac: t.mac,
+    });
   });
 
   it('a tombstone is authenticated: changing any field, or the MAC, makes the consent check fail', async () => {
