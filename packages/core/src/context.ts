@@ -101,3 +101,34 @@ export function parseContextPairs(pairs: readonly string[]): Record<string, stri
   }
   return out;
 }
+
+/**
+ * Context keys starting with this prefix are Keywarden's own (docs/format.md §3, §4.9): callers may
+ * not use them in an envelope's context, so that an entry Keywarden adds can never collide with one
+ * of the caller's, nor be supplied by a caller to imitate it. Like the AWS Encryption SDK's
+ * reserved `aws-crypto-` prefix.
+ */
+export const RESERVED_CONTEXT_PREFIX = 'keywarden:';
+/**
+ * Added by the signed envelope suite to the context the DEK is wrapped under (never to the
+ * envelope body's associated data): the base64url of the message's verification key. So the wrap
+ * binds the key that must verify the message, and whoever can only unwrap cannot swap in a key pair
+ * of their own (docs/format.md §4.9).
+ */
+export const VERIFICATION_KEY_CONTEXT_KEY = 'keywarden:verification-key';
+
+/**
+ * Refuse a caller's context that uses a reserved key (RESERVED_CONTEXT_PREFIX). Checked by every
+ * envelope entry point (encrypt, decrypt, streams) on the caller's context, before anything else
+ * happens; the data-key provider itself receives reserved keys from the envelope code.
+ */
+export function assertNoReservedContextKeys(context: EncryptionContext | undefined, component: string): void {
+  if (context === undefined || typeof context !== 'object' || context === null) return;
+  for (const k of Object.keys(context)) {
+    if (k.startsWith(RESERVED_CONTEXT_PREFIX)) {
+      throw new InvalidInputError(
+        `${component}: context keys starting with "${RESERVED_CONTEXT_PREFIX}" are reserved for Keywarden ("${printable(k)}")`,
+      );
+    }
+  }
+}

@@ -3,10 +3,12 @@
  * commitment, the single-shot body, the frame codec shared with stream.ts, the text form and
  * header inspection.
  *
- *   header = "KWE" ‖ 0x01 ‖ suite 0x01 ‖ mode ‖ u16 W ‖ wrapped DEK (W) ‖ message id (32)
- *            ‖ commitment (32) [‖ u32 frame size, framed mode only]
+ *   header = "KWE" ‖ 0x01 ‖ suite ‖ mode ‖ u16 W ‖ wrapped DEK (W) ‖ message id (32)
+ *            ‖ commitment (32) [‖ verification key (49), suite 0x02 only] [‖ u32 frame size, framed mode only]
  *   single-shot body = nonce (12) ‖ AES-256-GCM(encKey, nonce, plaintext, header ‖ context)
  *   framed body      = frames (docs/format.md §4.4; sealing and opening below, streaming in stream.ts)
+ *   suite 0x02 only  = the body is followed by an ECDSA P-384 signature (96) over every byte before it
+ *                      (docs/format.md §4.9, _signature.ts)
  *
  * Every length read from the bytes is bounded before it is used to slice or to wait for more input,
  * and the header is at most MAX_HEADER_BYTES, so a hostile envelope cannot make us allocate.
@@ -18,7 +20,21 @@
 import { createHash } from 'node:crypto';
 import { assertBytes, concatBytes, constantTimeEqual, toBase64Url, u16be, u32be, u8, utf8, wipe } from './_bytes.js';
 import { AES256_KEY_BYTES, GCM_NONCE_BYTES, GCM_TAG_BYTES, gcmOpen, gcmSeal, hkdfExpand, hkdfExtract } from './aead.js';
-import { encodeContext, type EncryptionContext } from './context.js';
+import {
+  MessageSigner,
+  MessageVerifier,
+  SIGNATURE_BYTES,
+  VERIFICATION_KEY_BYTES,
+  verificationKeyContextValue,
+} from './_signature.js';
+import {
+  assertNoReservedContextKeys,
+  encodeContext,
+  type EncryptionContext,
+  MAX_CONTEXT_BYTES,
+  MAX_CONTEXT_PAIRS,
+  VERIFICATION_KEY_CONTEXT_KEY,
+} from './context.js';
 import {
   DEK_BYTES,
   MAX_WRAPPED_KEY_BYTES,
@@ -38,6 +54,9 @@ export const ENVELOPE_MAGIC = Uint8Array.of(0x4b, 0x57, 0x45); // "KWE"
 export const ENVELOPE_VERSION = 0x01;
 /** AES-256-GCM data, HKDF-SHA256 derivation, key commitment, DEK wrapped as in docs/format.md §2. */
 export const SUITE_AES256GCM_HKDF_COMMIT = 0x01;
+/** Suite 0x01 plus a per-message ECDSA P-384 / SHA-384 signature whose verification key is in the
+ * header and bound into the DEK wrap (docs/format.md §4.9). Opt-in: `signed: true`. */
+export const SUITE_AES256GCM_HKDF_COMMIT_ECDSA_P384 = 0x02;
 export const MODE_SINGLE_SHOT = 0x00;
 export const MODE_FRAMED = 0x01;
 
@@ -50,7 +69,16 @@ export { MIN_WRAPPED_KEY_BYTES };
 const PREFIX_BYTES = 8;
 const FRAME_SIZE_FIELD_BYTES = 4;
 export const MAX_HEADER_BYTES =
-  PREFIX_BYTES + MAX_WRAPPED_KEY_BYTES + MESSAGE_ID_BYTES + COMMITMENT_BYTES + FRAME_SIZE_FIELD_BYTES;
+  PREFIX_BYTES +
+  MAX_WRAPPED_KEY_BYTES +
+  MESSAGE_ID_BYTES +
+  COMMITMENT_BYTES +
+  VERIFICATION_KEY_BYTES +
+  FRAME_SIZE_FIELD_BYTES;
+/** Suite 0x02: the signature after the body (IEEE P1363 r ‖ s, fixed length). */
+export { SIGNATURE_BYTES, VERIFICATION_KEY_BYTES };
+/** The reserved context pair a signed envelope adds to its DEK wrap: u16 + 26-byte key + u16 + 66-byte value. */
+const VERIFICATION_KEY_PAIR_BYTES = 4 + VERIFICATION_KEY_CONTEXT_KEY.length + 66;
 
 /** Plaintext bound for one single-shot envelope; larger data goes through createEncryptStream. */
 export const MAX_SINGLE_SHOT_PLAINTEXT = 64 * 1024 * 1024;
@@ -76,8 +104,15 @@ export const TEXT_PREFIX = 'kw1.';
 export interface EnvelopeEncryptOptions {
   /** Name or id of the KEK that wraps this message's DEK. */
   key: string;
-  /** Authenticated, never encrypted, never stored: pass the same context to decrypt. */
+  /** Authenticated, never encrypted, never stored: pass the same context to decrypt. Keys starting
+   * with "keywarden:" are reserved. */
   context?: EncryptionContext;
+  /**
+   * Sign the envelope (suite 0x02, docs/format.md §4.9): a fresh ECDSA P-384 key pair per message,
+   * its verification key bound into the DEK wrap, the signature over the whole envelope. For readers
+   * who may decrypt but must not be able to forge; they must decrypt with `requireSigned: true`.
+   */
+  signed?: boolean;
 }
 
 /**
@@ -87,6 +122,12 @@ export interface EnvelopeEncryptOptions {
 export interface EnvelopeDecryptOptions extends KeyExpectation {
   /** The context given to encrypt. */
   context?: EncryptionContext;
+  /**
+   * Accept only signed envelopes (suite 0x02); an unsigned one is refused with FormatError before
+   * any key is used. Without it both suites decrypt, and whoever can forge an unsigned envelope
+   * (anyone who may unwrap data keys in this context) can send one instead of a signed one.
+   */
+  requireSigned?: boolean;
 }
 
 export type EnvelopeMode = 'single-shot' | 'framed';
@@ -100,6 +141,8 @@ export interface EnvelopeInfo {
   keyVersion: number;
   /** Framed envelopes only. */
   frameSize?: number;
+  /** Present (true) for signed envelopes (suite 0x02) only. */
+  signed?: true;
 }
 
 /** A parsed header. `bytes` is a private copy of exactly the header bytes (the AAD input). */
@@ -108,6 +151,8 @@ export interface EnvelopeHeader extends EnvelopeInfo {
   wrappedKey: Uint8Array;
   messageId: Uint8Array;
   commitment: Uint8Array;
+  /** Suite 0x02 only: the compressed P-384 verification key (49 bytes). */
+  verificationKey?: Uint8Array;
 }
 
 /** The random source signature used for message ids and nonces. */
@@ -166,7 +211,10 @@ export function headerLengthFromPrefix(prefix: Uint8Array): number {
     throw new FormatError('envelope: not a Keywarden envelope (bad magic)');
   }
   if (prefix[3] !== ENVELOPE_VERSION) throw new FormatError(`envelope: unsupported format version ${prefix[3]}`);
-  if (prefix[4] !== SUITE_AES256GCM_HKDF_COMMIT) throw new FormatError(`envelope: unsupported suite ${prefix[4]}`);
+  const suite = prefix[4] as number;
+  if (suite !== SUITE_AES256GCM_HKDF_COMMIT && suite !== SUITE_AES256GCM_HKDF_COMMIT_ECDSA_P384) {
+    throw new FormatError(`envelope: unsupported suite ${suite}`);
+  }
   const mode = prefix[5] as number;
   if (mode !== MODE_SINGLE_SHOT && mode !== MODE_FRAMED) throw new FormatError(`envelope: unknown mode ${mode}`);
   const w = ((prefix[6] as number) << 8) | (prefix[7] as number);
@@ -175,7 +223,19 @@ export function headerLengthFromPrefix(prefix: Uint8Array): number {
       `envelope: wrapped data key length ${w} is outside ${MIN_WRAPPED_KEY_BYTES}..${MAX_WRAPPED_KEY_BYTES}`,
     );
   }
-  return PREFIX_BYTES + w + MESSAGE_ID_BYTES + COMMITMENT_BYTES + (mode === MODE_FRAMED ? FRAME_SIZE_FIELD_BYTES : 0);
+  return (
+    PREFIX_BYTES +
+    w +
+    MESSAGE_ID_BYTES +
+    COMMITMENT_BYTES +
+    (suite === SUITE_AES256GCM_HKDF_COMMIT_ECDSA_P384 ? VERIFICATION_KEY_BYTES : 0) +
+    (mode === MODE_FRAMED ? FRAME_SIZE_FIELD_BYTES : 0)
+  );
+}
+
+/** Bytes after the body: the signature of suite 0x02, nothing for suite 0x01. */
+export function trailerLength(suite: number): number {
+  return suite === SUITE_AES256GCM_HKDF_COMMIT_ECDSA_P384 ? SIGNATURE_BYTES : 0;
 }
 
 export function checkFrameSize(frameSize: number, what: string): void {
@@ -208,9 +268,20 @@ export function parseHeader(bytes: Uint8Array, maxFrameSize: number = MAX_FRAME_
   off += MESSAGE_ID_BYTES;
   const commitment = header.subarray(off, off + COMMITMENT_BYTES);
   off += COMMITMENT_BYTES;
+  const suite = header[4] as number;
+  let verificationKey: Uint8Array | undefined;
+  if (suite === SUITE_AES256GCM_HKDF_COMMIT_ECDSA_P384) {
+    verificationKey = header.subarray(off, off + VERIFICATION_KEY_BYTES);
+    off += VERIFICATION_KEY_BYTES;
+    // SEC 1 §2.3.3 compressed form only; whether the point is on the curve is checked when the key
+    // is imported (MessageVerifier), before any data key is unwrapped.
+    if (verificationKey[0] !== 0x02 && verificationKey[0] !== 0x03) {
+      throw new FormatError('envelope: invalid verification key');
+    }
+  }
   const parsed: EnvelopeHeader = {
     formatVersion: ENVELOPE_VERSION,
-    suite: header[4] as number,
+    suite,
     mode: modeName(mode),
     keyId,
     keyVersion,
@@ -219,6 +290,7 @@ export function parseHeader(bytes: Uint8Array, maxFrameSize: number = MAX_FRAME_
     messageId,
     commitment,
   };
+  if (verificationKey) parsed.verificationKey = verificationKey;
   if (mode === MODE_FRAMED) {
     const frameSize = readU32(header, off);
     const limit = Math.min(maxFrameSize, MAX_FRAME_SIZE);
@@ -231,21 +303,24 @@ export function parseHeader(bytes: Uint8Array, maxFrameSize: number = MAX_FRAME_
 }
 
 function encodeHeader(
+  suite: number,
   mode: number,
   wrappedKey: Uint8Array,
   messageId: Uint8Array,
   commitment: Uint8Array,
+  verificationKey: Uint8Array | undefined,
   frameSize: number | undefined,
 ): Uint8Array {
   return concatBytes(
     ENVELOPE_MAGIC,
     u8(ENVELOPE_VERSION),
-    u8(SUITE_AES256GCM_HKDF_COMMIT),
+    u8(suite),
     u8(mode),
     u16be(wrappedKey.length),
     wrappedKey,
     messageId,
     commitment,
+    verificationKey ?? new Uint8Array(0),
     mode === MODE_FRAMED ? u32be(frameSize as number) : new Uint8Array(0),
   );
 }
@@ -263,6 +338,9 @@ export interface SealingMessage {
   /** Secret: the owner wipes it. */
   encKey: Uint8Array;
   contextBytes: Uint8Array;
+  /** Suite 0x02 only: the message's signing key, already fed the header. The owner signs the rest of
+   * the envelope with it, or disposes of it. */
+  signer?: MessageSigner;
 }
 
 function drawRandom(random: RandomBytes, length: number, what: string): Uint8Array {
@@ -276,7 +354,61 @@ export function checkEncryptOptions(options: EnvelopeEncryptOptions): Uint8Array
   if (typeof options.key !== 'string' || options.key.length === 0) {
     throw new InvalidInputError('envelope: options.key must be a non-empty key name or id');
   }
-  return encodeContext(options.context);
+  if (options.signed !== undefined && typeof options.signed !== 'boolean') {
+    throw new InvalidInputError('envelope: options.signed must be true, false or absent');
+  }
+  const contextBytes = encodeContext(options.context);
+  assertNoReservedContextKeys(options.context, 'envelope');
+  if (options.signed === true) {
+    // The DEK of a signed envelope is wrapped under the context plus one reserved pair (§4.9):
+    // leave room for it within the context limits of §3.
+    const pairs = ((contextBytes[0] as number) << 8) | (contextBytes[1] as number);
+    if (pairs + 1 > MAX_CONTEXT_PAIRS || contextBytes.length + VERIFICATION_KEY_PAIR_BYTES > MAX_CONTEXT_BYTES) {
+      throw new InvalidInputError(
+        `envelope: the context of a signed envelope is limited to ${MAX_CONTEXT_PAIRS - 1} pairs and ${MAX_CONTEXT_BYTES - VERIFICATION_KEY_PAIR_BYTES} bytes encoded (one pair is reserved for the verification key)`,
+      );
+    }
+  }
+  return contextBytes;
+}
+
+/** Check the decryption options shared by decryptEnvelope and createDecryptStream. */
+export function checkRequireSigned(options: EnvelopeDecryptOptions): boolean {
+  if (options.requireSigned !== undefined && typeof options.requireSigned !== 'boolean') {
+    throw new InvalidInputError('envelope: options.requireSigned must be true, false or absent');
+  }
+  assertNoReservedContextKeys(options.context, 'envelope');
+  return options.requireSigned === true;
+}
+
+/** Refuse an unsigned envelope when signed ones are required: visible without a key (§4.9). */
+export function checkSignedRequirement(header: EnvelopeHeader, requireSigned: boolean): void {
+  if (requireSigned && header.suite !== SUITE_AES256GCM_HKDF_COMMIT_ECDSA_P384) {
+    throw new FormatError(
+      `envelope: the envelope is not signed (suite ${header.suite}), and signed envelopes are required`,
+    );
+  }
+}
+
+/**
+ * The context the DEK is wrapped under: the caller's, plus, for a signed envelope, the reserved pair
+ * that carries the verification key (§4.9). The caller's context holds no reserved key (checked).
+ */
+function wrapContext(
+  context: EncryptionContext | undefined,
+  verificationKey: Uint8Array | undefined,
+): EncryptionContext | undefined {
+  if (!verificationKey) return context;
+  return { ...context, [VERIFICATION_KEY_CONTEXT_KEY]: verificationKeyContextValue(verificationKey) };
+}
+
+/** A verifier for a signed envelope, already fed the header; undefined for suite 0x01. FormatError
+ * when the verification key is not a point on P-384. */
+export function startVerifier(header: EnvelopeHeader): MessageVerifier | undefined {
+  if (!header.verificationKey) return undefined;
+  const verifier = new MessageVerifier(header.verificationKey);
+  verifier.update(header.bytes);
+  return verifier;
 }
 
 function checkProvider(provider: DataKeyProvider): void {
@@ -307,10 +439,23 @@ export async function beginMessage(
   const contextBytes = checkEncryptOptions(options);
   if (typeof random !== 'function') throw new InvalidInputError('envelope: random must be a function');
   if (mode === MODE_FRAMED) checkFrameSize(frameSize as number, 'frameSize');
-  const dataKey: DataKey = await provider.generateDataKey(options.key, options.context);
+  const signed = options.signed === true;
+  const suite = signed ? SUITE_AES256GCM_HKDF_COMMIT_ECDSA_P384 : SUITE_AES256GCM_HKDF_COMMIT;
+  // Drawn before the DEK is requested: the key pair is made, and its public half bound into the wrap.
+  const messageId = drawRandom(random, MESSAGE_ID_BYTES, 'message id');
+  const signer = signed ? MessageSigner.generate(random) : undefined;
+  let dataKey: DataKey;
+  try {
+    dataKey = await provider.generateDataKey(options.key, wrapContext(options.context, signer?.verificationKey));
+  } catch (err) {
+    signer?.dispose();
+    throw err;
+  }
   if (typeof dataKey !== 'object' || dataKey === null || !(dataKey.plaintext instanceof Uint8Array)) {
+    signer?.dispose();
     throw new InvalidInputError('envelope: the provider returned no data key');
   }
+  let ok = false;
   try {
     assertBytes(dataKey.plaintext, 'envelope: DEK from the provider', DEK_BYTES);
     assertBytes(dataKey.wrapped, 'envelope: wrapped DEK from the provider');
@@ -319,12 +464,26 @@ export async function beginMessage(
     } catch (cause) {
       throw new FormatError('envelope: the provider returned an invalid wrapped data key', { cause });
     }
-    const messageId = drawRandom(random, MESSAGE_ID_BYTES, 'message id');
-    const { encKey, commitment } = deriveMessageKeys(dataKey.plaintext, messageId, SUITE_AES256GCM_HKDF_COMMIT);
-    const header = encodeHeader(mode, dataKey.wrapped, messageId, commitment, frameSize);
-    return { header, encKey, contextBytes };
+    const { encKey, commitment } = deriveMessageKeys(dataKey.plaintext, messageId, suite);
+    const header = encodeHeader(
+      suite,
+      mode,
+      dataKey.wrapped,
+      messageId,
+      commitment,
+      signer?.verificationKey,
+      frameSize,
+    );
+    const message: SealingMessage = { header, encKey, contextBytes };
+    if (signer) {
+      signer.update(header);
+      message.signer = signer;
+    }
+    ok = true;
+    return message;
   } finally {
     wipe(dataKey.plaintext);
+    if (!ok) signer?.dispose();
   }
 }
 
@@ -343,7 +502,7 @@ export async function openMessageKey(
   checkProvider(provider);
   let dek: Uint8Array;
   try {
-    dek = await provider.decryptDataKey(header.wrappedKey, context, expected);
+    dek = await provider.decryptDataKey(header.wrappedKey, wrapContext(context, header.verificationKey), expected);
   } catch (err) {
     if (DecryptionError.isInstance(err)) throw new DecryptionError('envelope');
     throw err;
@@ -512,10 +671,10 @@ interface FrameSpan {
 
 /**
  * Structural pass over an in-memory framed body, with no key: sequence, types, lengths, exactly one
- * final frame, nothing after it. Lets decryptEnvelope reject malformed input before asking the
- * provider to unwrap anything.
+ * final frame, then exactly `trailer` bytes (the signature of suite 0x02) and nothing after them.
+ * Lets decryptEnvelope reject malformed input before asking the provider to unwrap anything.
  */
-function scanFrames(body: Uint8Array, frameSize: number): FrameSpan[] {
+function scanFrames(body: Uint8Array, frameSize: number, trailer: number): FrameSpan[] {
   const spans: FrameSpan[] = [];
   let off = 0;
   for (let seq = 1; ; seq++) {
@@ -530,7 +689,12 @@ function scanFrames(body: Uint8Array, frameSize: number): FrameSpan[] {
     off = bodyEnd;
     if (frame.final) break;
   }
-  if (off !== body.length) throw new FormatError('envelope: data after the final frame');
+  if (trailer > 0 && body.length - off < trailer) {
+    throw new FormatError('envelope: truncated (the signature after the final frame is missing)');
+  }
+  if (off + trailer !== body.length) {
+    throw new FormatError(trailer > 0 ? 'envelope: data after the signature' : 'envelope: data after the final frame');
+  }
   return spans;
 }
 
@@ -540,9 +704,28 @@ function scanFrames(body: Uint8Array, frameSize: number): FrameSpan[] {
 const SINGLE_SHOT_OVERHEAD = GCM_NONCE_BYTES + GCM_TAG_BYTES;
 export const MAX_SINGLE_SHOT_BODY = SINGLE_SHOT_OVERHEAD + MAX_SINGLE_SHOT_PLAINTEXT;
 
-export function checkSingleShotBodyLength(length: number): void {
-  if (length < SINGLE_SHOT_OVERHEAD) throw new FormatError('envelope: truncated single-shot body');
-  if (length > MAX_SINGLE_SHOT_BODY) throw new FormatError('envelope: single-shot body exceeds the size limit');
+/** `length` counts everything after the header, the signature of suite 0x02 included. */
+export function checkSingleShotBodyLength(length: number, suite: number): void {
+  const trailer = trailerLength(suite);
+  if (length < SINGLE_SHOT_OVERHEAD + trailer) throw new FormatError('envelope: truncated single-shot body');
+  if (length > MAX_SINGLE_SHOT_BODY + trailer)
+    throw new FormatError('envelope: single-shot body exceeds the size limit');
+}
+
+/**
+ * Verify a suite 0x02 signature over `signedParts` (everything before the signature, header
+ * included) with the header's key: any failure is the envelope's single DecryptionError. Returns
+ * without doing anything for suite 0x01.
+ */
+export function verifyEnvelopeSignature(
+  header: EnvelopeHeader,
+  signedParts: readonly Uint8Array[],
+  signature: Uint8Array,
+): void {
+  const verifier = startVerifier(header);
+  if (!verifier) return;
+  for (const part of signedParts) verifier.update(part);
+  if (!verifier.verify(signature)) throw new DecryptionError('envelope');
 }
 
 /** Open a single-shot body whose length has been checked. Wipes nothing it does not own. */
@@ -574,8 +757,8 @@ export function encryptEnvelope(
 }
 
 /**
- * encryptEnvelope with the message id (first call, 32 bytes) and the nonce (second call, 12 bytes)
- * drawn from `random`. Internal: the published API passes the CSPRNG; only _testing.ts (golden
+ * encryptEnvelope with the message id (first call, 32 bytes), for a signed envelope the P-384
+ * signing key (next call, 48 bytes) and the nonce (last call, 12 bytes) drawn from `random`. Internal: the published API passes the CSPRNG; only _testing.ts (golden
  * vectors) passes anything else, because a repeated source repeats GCM nonces.
  */
 export async function encryptEnvelopeWithRandom(
@@ -595,9 +778,14 @@ export async function encryptEnvelopeWithRandom(
   try {
     const nonce = drawRandom(random, GCM_NONCE_BYTES, 'nonce');
     const sealed = gcmSeal(message.encKey, nonce, plaintext, concatBytes(message.header, message.contextBytes));
-    return concatBytes(message.header, nonce, sealed);
+    if (!message.signer) return concatBytes(message.header, nonce, sealed);
+    // §4.9: the signature covers every byte before it (the signer was already fed the header).
+    message.signer.update(nonce);
+    message.signer.update(sealed);
+    return concatBytes(message.header, nonce, sealed, message.signer.sign());
   } finally {
     wipe(message.encKey);
+    message.signer?.dispose();
   }
 }
 
@@ -606,8 +794,10 @@ export async function encryptEnvelopeWithRandom(
  * createEncryptStream), if its data key is under the expected key (`options.key`, or deliberately
  * `options.anyKeyInStore: true`). Returns the plaintext only when every check passed
  * (docs/format.md §4.5). InvalidInputError when no expected key is given; UnexpectedKeyError (from
- * the provider) for data under another key; FormatError for malformed bytes;
- * DecryptionError('envelope') for any authentication failure.
+ * the provider) for data under another key; FormatError for malformed bytes, and for an unsigned
+ * envelope when `options.requireSigned` is true; DecryptionError('envelope') for any authentication
+ * failure, a bad signature included. A signed envelope's signature is verified before any key is
+ * used, and nothing is returned unless it verifies.
  */
 export async function decryptEnvelope(
   provider: DataKeyProvider,
@@ -619,11 +809,18 @@ export async function decryptEnvelope(
     throw new InvalidInputError('envelope: options must be an object');
   const expected = toKeyExpectation(checkKeyExpectation(options, 'envelope'));
   const contextBytes = encodeContext(options.context);
+  const requireSigned = checkRequireSigned(options);
   const header = parseHeader(envelope);
-  const body = envelope.subarray(header.bytes.length);
+  checkSignedRequirement(header, requireSigned);
+  const trailer = trailerLength(header.suite);
+  const afterHeader = envelope.subarray(header.bytes.length);
+  // Suite 0x02: the signature is verified (§4.9) after the structural checks and before any key is
+  // used, so nothing is unwrapped for bytes that do not verify, and nothing is returned unverified.
 
   if (header.mode === 'single-shot') {
-    checkSingleShotBodyLength(body.length);
+    checkSingleShotBodyLength(afterHeader.length, header.suite);
+    const body = afterHeader.subarray(0, afterHeader.length - trailer);
+    verifyEnvelopeSignature(header, [body], afterHeader.subarray(body.length));
     const encKey = await openMessageKey(provider, header, options.context, expected);
     try {
       return openSingleShotBody(encKey, header.bytes, contextBytes, body);
@@ -633,7 +830,9 @@ export async function decryptEnvelope(
   }
 
   const frameSize = header.frameSize as number;
-  const spans = scanFrames(body, frameSize);
+  const spans = scanFrames(afterHeader, frameSize, trailer);
+  const body = afterHeader.subarray(0, afterHeader.length - trailer);
+  verifyEnvelopeSignature(header, [body], afterHeader.subarray(body.length));
   const encKey = await openMessageKey(provider, header, options.context, expected);
   const opener = new FrameOpener(encKey, frameAadPrefix(header.bytes, contextBytes), frameSize);
   const parts: Uint8Array[] = [];
@@ -688,5 +887,6 @@ export function inspectEnvelope(envelope: Uint8Array): EnvelopeInfo {
     keyVersion: h.keyVersion,
   };
   if (h.frameSize !== undefined) info.frameSize = h.frameSize;
+  if (h.suite === SUITE_AES256GCM_HKDF_COMMIT_ECDSA_P384) info.signed = true;
   return info;
 }

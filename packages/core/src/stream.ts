@@ -8,6 +8,14 @@
  * cannot know yet whether the stream will be truncated. Truncation is detected (the final frame is
  * missing) and reported as an error at the end; consumers must treat their output as incomplete
  * until the stream finishes without error.
+ *
+ * Signed envelopes (suite 0x02, docs/format.md §4.9) sharpen this: each frame is still released once
+ * its AES-GCM tag verifies (so it was made by someone who holds the message's DEK), but whether the
+ * message's SIGNATURE verifies is known only at the end. A reader who can unwrap data keys can
+ * therefore make a stream whose frames are released and which then fails at the end. A consumer of a
+ * signed stream must not act on any output until the stream ends without error (as with the AWS
+ * Encryption SDK's streaming decryption of signed messages); to be given nothing before the
+ * signature verifies, use decryptEnvelope (in memory) instead.
  */
 import { Transform, type TransformCallback } from 'node:stream';
 import { wipe } from './_bytes.js';
@@ -22,9 +30,12 @@ import {
   MAX_FRAME_SIZE,
   MAX_SINGLE_SHOT_BODY,
   MODE_FRAMED,
+  SIGNATURE_BYTES,
   beginMessage,
   checkEncryptOptions,
   checkFrameSize,
+  checkRequireSigned,
+  checkSignedRequirement,
   checkSingleShotBodyLength,
   defaultRandom,
   frameAadPrefix,
@@ -32,13 +43,17 @@ import {
   openMessageKey,
   openSingleShotBody,
   parseHeader,
+  startVerifier,
+  trailerLength,
+  verifyEnvelopeSignature,
   type EnvelopeDecryptOptions,
   type EnvelopeEncryptOptions,
   type EnvelopeHeader,
   type FrameHeader,
   type RandomBytes,
 } from './envelope.js';
-import { ClosedError, FormatError, InvalidInputError } from './errors.js';
+import { ClosedError, DecryptionError, FormatError, InvalidInputError } from './errors.js';
+import type { MessageSigner, MessageVerifier } from './_signature.js';
 import { checkKeyExpectation, type KeyExpectation, toKeyExpectation } from './key-expectation.js';
 
 export interface EncryptStreamOptions extends EnvelopeEncryptOptions {
@@ -130,6 +145,8 @@ function settle(step: () => Promise<void>, callback: TransformCallback): void {
 
 class EnvelopeEncryptStream extends Transform {
   private sealer: FrameSealer | undefined;
+  /** Signed envelopes only: fed every byte pushed, signs at the end. */
+  private signer: MessageSigner | undefined;
   private readonly plaintext = new ByteQueue(true);
 
   constructor(
@@ -148,11 +165,19 @@ class EnvelopeEncryptStream extends Transform {
     if (this.destroyed) {
       // Destroyed while the provider was working: nobody will dispose of the key but us.
       wipe(message.encKey);
+      message.signer?.dispose();
       throw new ClosedError('envelope: the stream was destroyed');
     }
     this.sealer = new FrameSealer(message.encKey, frameAadPrefix(message.header, message.contextBytes), this.frameSize);
+    this.signer = message.signer; // already fed the header
     this.push(message.header);
     return this.sealer;
+  }
+
+  /** Push a sealed frame, and feed it to the signature of a signed envelope (§4.9). */
+  private pushFrame(frame: Uint8Array): void {
+    this.signer?.update(frame);
+    this.push(frame);
   }
 
   override _transform(chunk: Uint8Array, _encoding: BufferEncoding, callback: TransformCallback): void {
@@ -164,7 +189,7 @@ class EnvelopeEncryptStream extends Transform {
       while (this.plaintext.length > this.frameSize) {
         const content = this.plaintext.take(this.frameSize);
         try {
-          this.push(sealer.seal(content, false));
+          this.pushFrame(sealer.seal(content, false));
         } finally {
           wipe(content);
         }
@@ -177,21 +202,24 @@ class EnvelopeEncryptStream extends Transform {
       const sealer = await this.start();
       const content = this.plaintext.take(this.plaintext.length);
       try {
-        this.push(sealer.seal(content, true));
+        this.pushFrame(sealer.seal(content, true));
       } finally {
         wipe(content);
       }
+      // Signed envelopes end with the signature over everything before it.
+      if (this.signer) this.push(this.signer.sign());
     }, callback);
   }
 
   override _destroy(error: Error | null, callback: (error?: Error | null) => void): void {
     this.sealer?.dispose();
+    this.signer?.dispose();
     this.plaintext.clear();
     callback(error);
   }
 }
 
-type DecryptState = 'header' | 'frames' | 'single-shot' | 'done';
+type DecryptState = 'header' | 'frames' | 'single-shot' | 'signature' | 'done';
 
 class EnvelopeDecryptStream extends Transform {
   private state: DecryptState = 'header';
@@ -199,6 +227,8 @@ class EnvelopeDecryptStream extends Transform {
   private header: EnvelopeHeader | undefined;
   private opener: FrameOpener | undefined;
   private frame: FrameHeader | undefined;
+  /** Signed framed envelopes: fed the header and every frame as it arrives, checked at the end. */
+  private verifier: MessageVerifier | undefined;
 
   constructor(
     private readonly provider: DataKeyProvider,
@@ -206,6 +236,7 @@ class EnvelopeDecryptStream extends Transform {
     private readonly contextBytes: Uint8Array,
     private readonly maxFrameSize: number,
     private readonly expected: KeyExpectation,
+    private readonly requireSigned: boolean,
   ) {
     super();
   }
@@ -219,9 +250,13 @@ class EnvelopeDecryptStream extends Transform {
       case 'done':
         if (chunk.length > 0) throw new FormatError('envelope: data after the final frame');
         return;
+      case 'signature':
+        this.input.push(chunk);
+        this.checkSignatureLength();
+        return;
       case 'single-shot':
         // Single-shot bodies are bounded (docs/format.md §4.3), so buffering one is bounded too.
-        if (this.input.length + chunk.length > MAX_SINGLE_SHOT_BODY) {
+        if (this.input.length + chunk.length > this.singleShotLimit()) {
           throw new FormatError('envelope: single-shot body exceeds the size limit');
         }
         this.input.push(chunk);
@@ -244,14 +279,17 @@ class EnvelopeDecryptStream extends Transform {
     const length = headerLengthFromPrefix(this.input.peek(8));
     if (this.input.length < length) return false;
     const header = parseHeader(this.input.take(length), this.maxFrameSize);
+    checkSignedRequirement(header, this.requireSigned);
     this.header = header;
     if (header.mode === 'single-shot') {
       this.state = 'single-shot';
-      if (this.input.length > MAX_SINGLE_SHOT_BODY) {
+      if (this.input.length > this.singleShotLimit()) {
         throw new FormatError('envelope: single-shot body exceeds the size limit');
       }
       return false;
     }
+    // A malformed verification key is refused here, before any data key is unwrapped.
+    this.verifier = startVerifier(header);
     const encKey = await openMessageKey(this.provider, header, this.context, this.expected);
     if (this.destroyed) {
       wipe(encKey);
@@ -267,29 +305,62 @@ class EnvelopeDecryptStream extends Transform {
     const opener = this.opener as FrameOpener;
     for (;;) {
       if (opener.done) {
+        if (this.verifier) {
+          // Signed: the signature follows the final frame, and is checked at the end of the input.
+          this.state = 'signature';
+          this.checkSignatureLength();
+          return;
+        }
         if (this.input.length > 0) throw new FormatError('envelope: data after the final frame');
         this.state = 'done';
         return;
       }
       if (!this.frame) {
         if (this.input.length < FRAME_HEADER_BYTES) return;
-        this.frame = opener.readHeader(this.input.take(FRAME_HEADER_BYTES));
+        const head = this.input.take(FRAME_HEADER_BYTES);
+        this.frame = opener.readHeader(head);
+        this.verifier?.update(head);
       }
       const sealedLength = this.frame.length + GCM_TAG_BYTES;
       if (this.input.length < sealedLength) return;
-      const plaintext = opener.open(this.input.take(sealedLength));
+      const sealed = this.input.take(sealedLength);
+      const plaintext = opener.open(sealed);
+      this.verifier?.update(sealed);
       this.frame = undefined;
       if (plaintext.length > 0) this.push(plaintext);
     }
   }
 
+  /** The most a single-shot body of this envelope's suite can be, its signature included. */
+  private singleShotLimit(): number {
+    return MAX_SINGLE_SHOT_BODY + trailerLength((this.header as EnvelopeHeader).suite);
+  }
+
+  /** After the final frame of a signed envelope: at most the signature's bytes, nothing more. */
+  private checkSignatureLength(): void {
+    if (this.input.length > SIGNATURE_BYTES) throw new FormatError('envelope: data after the signature');
+  }
+
   override _flush(callback: TransformCallback): void {
     settle(async () => {
       if (this.state === 'done') return;
+      if (this.state === 'signature') {
+        // Truncation that removes the signature (or part of it) is detected here, at the end.
+        if (this.input.length !== SIGNATURE_BYTES) {
+          throw new FormatError('envelope: truncated (the signature after the final frame is missing)');
+        }
+        const verified = (this.verifier as MessageVerifier).verify(this.input.take(SIGNATURE_BYTES));
+        if (!verified) throw new DecryptionError('envelope');
+        this.state = 'done';
+        return;
+      }
       if (this.state === 'single-shot') {
         const header = this.header as EnvelopeHeader;
-        checkSingleShotBodyLength(this.input.length);
-        const body = this.input.take(this.input.length);
+        checkSingleShotBodyLength(this.input.length, header.suite);
+        const trailer = trailerLength(header.suite);
+        const body = this.input.take(this.input.length - trailer);
+        // Suite 0x02: nothing is unwrapped or released before the signature verifies (§4.9).
+        verifyEnvelopeSignature(header, [body], this.input.take(trailer));
         const encKey = await openMessageKey(this.provider, header, this.context, this.expected);
         try {
           this.push(openSingleShotBody(encKey, header.bytes, this.contextBytes, body));
@@ -320,8 +391,8 @@ export function createEncryptStream(provider: DataKeyProvider, options: EncryptS
   return createEncryptStreamWithRandom(provider, options, defaultRandom);
 }
 
-/** createEncryptStream with the 32-byte message id drawn from `random`. Internal: only _testing.ts
- * (golden vectors) passes anything but the CSPRNG. */
+/** createEncryptStream with the 32-byte message id (and, when signed, the 48-byte signing key)
+ * drawn from `random`. Internal: only _testing.ts (golden vectors) passes anything but the CSPRNG. */
 export function createEncryptStreamWithRandom(
   provider: DataKeyProvider,
   options: EncryptStreamOptions,
@@ -332,8 +403,9 @@ export function createEncryptStreamWithRandom(
   checkFrameSize(frameSize, 'frameSize');
   if (typeof random !== 'function') throw new InvalidInputError('envelope: random must be a function');
   // Snapshot the options: the DEK is requested later, and must be bound to the context checked now.
-  const { key, context } = options;
+  const { key, context, signed } = options;
   const snapshot: EnvelopeEncryptOptions = context === undefined ? { key } : { key, context: { ...context } };
+  if (signed === true) snapshot.signed = true;
   return new EnvelopeEncryptStream(provider, snapshot, frameSize, random);
 }
 
@@ -343,6 +415,12 @@ export function createEncryptStreamWithRandom(
  * decrypted at the end of the input. The expected key (`options.key`, or deliberately
  * `options.anyKeyInStore: true`) is required, as for decryptEnvelope. Errors: FormatError for
  * malformed or truncated input, DecryptionError('envelope') for any authentication failure.
+ *
+ * Signed envelopes (suite 0x02): a signed single-shot envelope is released only after its signature
+ * verifies; a signed FRAMED envelope releases each frame once its tag verifies and checks the
+ * signature at the end, so the stream may emit data and then fail. Do not act on the output of a
+ * signed stream (or of any stream) until it ends without error. `requireSigned: true` refuses
+ * unsigned envelopes when the header arrives, before any key is used.
  */
 export function createDecryptStream(provider: DataKeyProvider, options: DecryptStreamOptions): Transform {
   if (typeof options !== 'object' || options === null)
@@ -350,8 +428,9 @@ export function createDecryptStream(provider: DataKeyProvider, options: DecryptS
   // A private copy, checked now: the provider is asked later, once the header has arrived.
   const expected = toKeyExpectation(checkKeyExpectation(options, 'envelope'));
   const contextBytes = encodeContext(options.context);
+  const requireSigned = checkRequireSigned(options);
   const maxFrameSize = options.maxFrameSize ?? MAX_FRAME_SIZE;
   checkFrameSize(maxFrameSize, 'maxFrameSize');
   const context = options.context === undefined ? undefined : { ...options.context };
-  return new EnvelopeDecryptStream(provider, context, contextBytes, maxFrameSize, expected);
+  return new EnvelopeDecryptStream(provider, context, contextBytes, maxFrameSize, expected, requireSigned);
 }

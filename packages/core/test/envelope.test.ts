@@ -247,7 +247,7 @@ describe('strict header parsing (docs/format.md §4.1)', () => {
     ['a bad magic', 0, 0x58, /bad magic/],
     ['an unknown format version', 3, 0x02, /unsupported format version 2/],
     ['format version 0', 3, 0x00, /unsupported format version 0/],
-    ['an unknown suite', 4, 0x02, /unsupported suite 2/],
+    ['an unknown suite', 4, 0x03, /unsupported suite 3/],
     ['suite 0', 4, 0x00, /unsupported suite 0/],
     ['an unknown mode', 5, 0x02, /unknown mode 2/],
   ])('%s is a FormatError', async (_what, index, value, pattern) => {
