@@ -13,9 +13,10 @@
  *
  * Internal module: the only callers are data-key.ts and the tests.
  */
-import { createCipheriv } from 'node:crypto';
+import { type Cipher, createCipheriv } from 'node:crypto';
 import { asUint8, assertBytes } from './_bytes.js';
 import { AES256_KEY_BYTES, GCM_NONCE_BYTES, gcmOpen, gcmSeal } from './aead.js';
+import { KeyMaterialError } from './errors.js';
 
 export const XAES_NONCE_BYTES = 24;
 const BLOCK = 16;
@@ -36,6 +37,17 @@ export function xaesDeriveKey(key: Uint8Array, nonce: Uint8Array): Uint8Array {
   // One ECB context for all three block encryptions: the AES key schedule is run once.
   const ecb = createCipheriv('aes-256-ecb', key, null);
   ecb.setAutoPadding(false);
+  try {
+    return deriveWith(ecb, nonce);
+  } finally {
+    // Without padding, ECB returns every complete block from update() and nothing from final();
+    // final() also frees the context (below).
+    ecb.final();
+  }
+}
+
+/** Steps 1–5 on an AES-256-ECB context keyed with K (ECB carries no state from block to block). */
+function deriveWith(ecb: Cipher, nonce: Uint8Array): Uint8Array {
   const l = ecb.update(ZERO_BLOCK);
   const m = new Uint8Array(2 * BLOCK);
   try {
@@ -59,19 +71,59 @@ export function xaesDeriveKey(key: Uint8Array, nonce: Uint8Array): Uint8Array {
       m[4 + i] = (m[4 + i] as number) ^ (nonce[i] as number);
       m[BLOCK + 4 + i] = (m[BLOCK + 4 + i] as number) ^ (nonce[i] as number);
     }
-    // Without padding, ECB returns every complete block from update() and nothing from final().
-    const kx = ecb.update(m);
-    ecb.final();
-    return asUint8(kx);
+    return asUint8(ecb.update(m));
   } finally {
     l.fill(0);
     m.fill(0);
   }
 }
 
+/**
+ * One key's AES-256-ECB context, kept for many subkey derivations (issue 11, hot path): the
+ * derivation then costs two block encryptions on a ready context instead of an AES key schedule and
+ * a native cipher object per wrap and unwrap. Whoever keeps one keeps the key's expanded schedule
+ * alive in OpenSSL memory as long as the key itself, so it must be destroyed exactly when the key is
+ * wiped: Keywarden's KEK cache does both in the same place (keywarden.ts, KekEntry). destroy() calls
+ * final(), after which Node frees the cipher context (EVP_CIPHER_CTX_free, which clears the
+ * schedule); any later use throws instead of deriving under a destroyed key.
+ */
+export class XaesKeySchedule {
+  #ecb: Cipher | undefined;
+
+  constructor(key: Uint8Array) {
+    assertBytes(key, 'xaes-256-gcm: key', AES256_KEY_BYTES);
+    this.#ecb = createCipheriv('aes-256-ecb', key, null);
+    this.#ecb.setAutoPadding(false);
+  }
+
+  /** Kₓ for `nonce`, as xaesDeriveKey(key, nonce) returns it (secret: the caller wipes it). */
+  derive(nonce: Uint8Array): Uint8Array {
+    if (!this.#ecb) throw new KeyMaterialError('xaes-256-gcm: the key schedule was destroyed with its key');
+    assertBytes(nonce, 'xaes-256-gcm: nonce', XAES_NONCE_BYTES);
+    return deriveWith(this.#ecb, nonce);
+  }
+
+  get destroyed(): boolean {
+    return this.#ecb === undefined;
+  }
+
+  destroy(): void {
+    const ecb = this.#ecb;
+    this.#ecb = undefined;
+    ecb?.final();
+  }
+}
+
+/** The key, or a schedule made from it (the caller guarantees it is the same key). */
+export type XaesKey = Uint8Array | XaesKeySchedule;
+
+function subkey(key: XaesKey, nonce: Uint8Array): Uint8Array {
+  return key instanceof XaesKeySchedule ? key.derive(nonce) : xaesDeriveKey(key, nonce);
+}
+
 /** XAES-256-GCM encryption: returns ciphertext ‖ tag (16). `nonce` is 24 bytes, fresh from a CSPRNG. */
-export function xaesSeal(key: Uint8Array, nonce: Uint8Array, plaintext: Uint8Array, aad: Uint8Array): Uint8Array {
-  const kx = xaesDeriveKey(key, nonce);
+export function xaesSeal(key: XaesKey, nonce: Uint8Array, plaintext: Uint8Array, aad: Uint8Array): Uint8Array {
+  const kx = subkey(key, nonce);
   try {
     return gcmSeal(kx, nonce.subarray(XAES_NONCE_BYTES - GCM_NONCE_BYTES), plaintext, aad);
   } finally {
@@ -81,13 +133,13 @@ export function xaesSeal(key: Uint8Array, nonce: Uint8Array, plaintext: Uint8Arr
 
 /** XAES-256-GCM decryption; like gcmOpen, every failure is the same DecryptionError. */
 export function xaesOpen(
-  key: Uint8Array,
+  key: XaesKey,
   nonce: Uint8Array,
   sealed: Uint8Array,
   aad: Uint8Array,
   component = 'xaes-256-gcm',
 ): Uint8Array {
-  const kx = xaesDeriveKey(key, nonce);
+  const kx = subkey(key, nonce);
   try {
     return gcmOpen(kx, nonce.subarray(XAES_NONCE_BYTES - GCM_NONCE_BYTES), sealed, aad, component);
   } finally {

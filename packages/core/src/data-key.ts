@@ -22,7 +22,7 @@
  */
 import { assertBytes, concatBytes, u32be, u8, utf8 } from './_bytes.js';
 import { GCM_NONCE_BYTES, GCM_TAG_BYTES, gcmOpen, gcmSeal } from './aead.js';
-import { XAES_NONCE_BYTES, xaesOpen, xaesSeal } from './_xaes.js';
+import { XAES_NONCE_BYTES, type XaesKeySchedule, xaesOpen, xaesSeal } from './_xaes.js';
 import { encodeContext, type EncryptionContext } from './context.js';
 import { FormatError, InvalidInputError } from './errors.js';
 import type { KeyExpectation } from './key-expectation.js';
@@ -101,6 +101,8 @@ export function wrapDataKey(
   context: EncryptionContext | undefined,
   nonce: Uint8Array,
   suite: WrapSuite = DEFAULT_WRAP_SUITE,
+  /** Internal (keywarden.ts): `kek`'s XAES key schedule, kept with the cached KEK. */
+  schedule?: XaesKeySchedule,
 ): Uint8Array {
   checkKekRef(ref);
   const nonceBytes = suiteNonceBytes(suite);
@@ -109,7 +111,8 @@ export function wrapDataKey(
   assertBytes(nonce, `data key: nonce of suite ${suite}`, nonceBytes);
   const h = header(ref, suite);
   const aad = concatBytes(h, encodeContext(context));
-  const sealed = suite === SUITE_DEK_XAES256GCM ? xaesSeal(kek, nonce, dek, aad) : gcmSeal(kek, nonce, dek, aad);
+  const sealed =
+    suite === SUITE_DEK_XAES256GCM ? xaesSeal(schedule ?? kek, nonce, dek, aad) : gcmSeal(kek, nonce, dek, aad);
   return concatBytes(h, nonce, sealed);
 }
 
@@ -154,9 +157,13 @@ export function unwrapDataKey(
   kek: Uint8Array,
   parsed: ParsedWrappedKey,
   context: EncryptionContext | undefined,
+  /** Internal (keywarden.ts): `kek`'s XAES key schedule, kept with the cached KEK. */
+  schedule?: XaesKeySchedule,
 ): Uint8Array {
   const aad = concatBytes(parsed.header, encodeContext(context));
-  if (parsed.suite === SUITE_DEK_XAES256GCM) return xaesOpen(kek, parsed.nonce, parsed.sealed, aad, 'data key');
+  if (parsed.suite === SUITE_DEK_XAES256GCM) {
+    return xaesOpen(schedule ?? kek, parsed.nonce, parsed.sealed, aad, 'data key');
+  }
   if (parsed.suite === SUITE_DEK_AES256GCM) return gcmOpen(kek, parsed.nonce, parsed.sealed, aad, 'data key');
   throw new FormatError(`data key: unsupported suite ${parsed.suite}`);
 }
