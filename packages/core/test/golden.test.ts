@@ -10,15 +10,27 @@
  *    together.
  * The first five envelopes wrap their DEK with suite 0x01 and pin that old data keeps decrypting;
  * the later ones and the `wrappedKeys` use suite 0x02, which every new wrap uses.
+ *
+ * The signed envelope suite 0x02 has its own file, test/vectors/golden-signed-v1.json: ECDSA
+ * signatures are randomized, so it pins decryption and every byte before the signature, and check 2
+ * compares a rebuild with the committed envelope up to its last 96 bytes (docs/format.md §9).
  */
-import { createCipheriv, createDecipheriv, createHash, hkdfSync } from 'node:crypto';
+import {
+  createCipheriv,
+  createDecipheriv,
+  createECDH,
+  createHash,
+  createPublicKey,
+  hkdfSync,
+  verify,
+} from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { describe, expect, it } from 'vitest';
 import { encodeContext } from '../src/context.js';
 import { parseWrappedKey, unwrapDataKey } from '../src/data-key.js';
-import { DecryptionError } from '../src/errors.js';
+import { DecryptionError, FormatError } from '../src/errors.js';
 import { decryptEnvelope, envelopeFromText, envelopeToText, inspectEnvelope } from '../src/envelope.js';
 import { createDecryptStream } from '../src/stream.js';
 import {
@@ -37,6 +49,13 @@ import {
   type GoldenVector,
   type WrappedKeyVector,
 } from './vectors/make-golden.js';
+import {
+  SIGNED_GOLDEN_INPUTS,
+  type SignedGoldenFile,
+  type SignedGoldenInputs,
+  type SignedGoldenVector,
+  buildSignedVector,
+} from './vectors/make-golden-signed.js';
 
 const committedText = readFileSync(new URL('./vectors/golden-v1.json', import.meta.url), 'utf8');
 const golden = JSON.parse(committedText) as GoldenFile;
@@ -283,6 +302,139 @@ describe('golden wrapped data keys (golden-v1.json `wrappedKeys`, docs/format.md
           error = e;
         }
         expect(DecryptionError.isInstance(error)).toBe(true);
+      });
+    });
+  }
+});
+
+// ---------------------------------------------------------------------------------------------
+// Signed suite 0x02 (docs/format.md §4.9): test/vectors/golden-signed-v1.json.
+
+const signedGolden = JSON.parse(
+  readFileSync(new URL('./vectors/golden-signed-v1.json', import.meta.url), 'utf8'),
+) as SignedGoldenFile;
+
+function signedInputsOf(v: SignedGoldenVector): SignedGoldenInputs {
+  const { verificationKey, wrapContext, wrappedKey, encKey, commitment, header, signature, envelope, text, ...rest } =
+    v;
+  return rest;
+}
+
+/** docs/format.md §4.9 with raw node:crypto: the envelope minus its signature, and the key that must verify it. */
+function rebuildSignedFromSpec(
+  file: SignedGoldenFile,
+  v: SignedGoldenVector,
+): { unsigned: Uint8Array; vk: Uint8Array } {
+  const ecdh = createECDH('secp384r1');
+  ecdh.setPrivateKey(fromHex(v.signingKey));
+  const vk = new Uint8Array(ecdh.getPublicKey(undefined, 'compressed'));
+  expect(hex(vk)).toBe(v.verificationKey);
+  const wrapContext = { ...v.context, 'keywarden:verification-key': Buffer.from(vk).toString('base64url') };
+  expect(v.wrapContext).toEqual(wrapContext);
+  const dek = fromHex(v.dek);
+  const messageId = fromHex(v.messageId);
+  const wrapped = kwkFromSpec(fromHex(file.kek.material), file.kek, 0x02, dek, wrapContext, fromHex(v.wrapNonce));
+  expect(hex(wrapped)).toBe(v.wrappedKey);
+  const hkdf = (label: string) =>
+    new Uint8Array(hkdfSync('sha256', dek, messageId, cat(ascii(label), Uint8Array.of(0x02)), 32));
+  const encKey = hkdf('keywarden/v1/data-key');
+  const commitment = hkdf('keywarden/v1/commit');
+  expect(hex(encKey)).toBe(v.encKey);
+  expect(hex(commitment)).toBe(v.commitment);
+  const framed = v.mode === 'framed';
+  const header = cat(
+    Uint8Array.of(0x4b, 0x57, 0x45, 0x01, 0x02, framed ? 0x01 : 0x00),
+    u16(wrapped.length),
+    wrapped,
+    messageId,
+    commitment,
+    vk,
+    framed ? u32(v.frameSize as number) : new Uint8Array(0),
+  );
+  expect(hex(header)).toBe(v.header);
+  const ctx = encodeContext(v.context); // the body's AAD carries the caller's context only
+  const plaintext = fromHex(v.plaintext);
+  if (!framed) {
+    const nonce = fromHex(v.nonce as string);
+    return { unsigned: cat(header, nonce, gcm(encKey, nonce, plaintext, cat(header, ctx))), vk };
+  }
+  const frameSize = v.frameSize as number;
+  const prefix = cat(ascii('KWF1'), createHash('sha256').update(header).update(ctx).digest());
+  const parts: Uint8Array[] = [header];
+  let off = 0;
+  for (let seq = 1; ; seq++) {
+    const final = plaintext.length - off <= frameSize;
+    const content = plaintext.subarray(off, final ? plaintext.length : off + frameSize);
+    const frameHead = cat(Uint8Array.of(final ? 1 : 0), u32(seq), u32(content.length));
+    parts.push(frameHead, gcm(encKey, cat(new Uint8Array(8), u32(seq)), content, cat(prefix, frameHead)));
+    off += content.length;
+    if (final) break;
+  }
+  return { unsigned: cat(...parts), vk };
+}
+
+const P384_N = BigInt(
+  '0xffffffffffffffffffffffffffffffffffffffffffffffffc7634d81f4372ddf581a0db248b0a77aecec196accc52973',
+);
+
+describe('golden vectors of the signed suite 0x02 (test/vectors/golden-signed-v1.json, docs/format.md §4.9)', () => {
+  it("the committed file is test-only material, covers both modes with and without context, and its inputs are the generator's", () => {
+    expect(signedGolden.description).toMatch(/TEST VECTORS ONLY/);
+    expect(signedGolden.kek).toEqual(GOLDEN_KEK);
+    expect(signedGolden.vectors.map(signedInputsOf)).toEqual(SIGNED_GOLDEN_INPUTS);
+    const kinds = signedGolden.vectors.map((v) => `${v.mode}/${Object.keys(v.context).length > 0 ? 'ctx' : 'empty'}`);
+    expect(new Set(kinds)).toEqual(new Set(['single-shot/ctx', 'single-shot/empty', 'framed/ctx', 'framed/empty']));
+  });
+
+  for (const v of signedGolden.vectors) {
+    describe(v.name, () => {
+      const envelope = fromHex(v.envelope);
+      const options = { key: signedGolden.kek.keyId, context: v.context, requireSigned: true };
+
+      it('the committed bytes decrypt and verify, in memory (requireSigned), through the stream and from the text form', async () => {
+        const provider = providerFor(signedGolden as unknown as GoldenFile);
+        expect(hex(await decryptEnvelope(provider, envelope, options))).toBe(v.plaintext);
+        expect(hex(await decryptThroughStream(provider, envelope, v.context))).toBe(v.plaintext);
+        expect(envelopeFromText(v.text)).toEqual(envelope);
+        expect(inspectEnvelope(envelope)).toMatchObject({ suite: 2, mode: v.mode, signed: true });
+      });
+
+      it('matches docs/format.md rebuilt with raw node:crypto, and the committed low-s signature verifies with raw node:crypto', () => {
+        const { unsigned, vk } = rebuildSignedFromSpec(signedGolden, v);
+        expect(hex(unsigned) + v.signature).toBe(v.envelope);
+        const spki = cat(fromHex('3046301006072a8648ce3d020106052b81040022033200'), vk);
+        const key = createPublicKey({ key: Buffer.from(spki), format: 'der', type: 'spki' });
+        const signature = fromHex(v.signature);
+        expect(verify('sha384', unsigned, { key, dsaEncoding: 'ieee-p1363' }, signature)).toBe(true);
+        expect(BigInt(`0x${v.signature.slice(96)}`) <= P384_N >> 1n).toBe(true);
+      });
+
+      it('re-encrypting the committed inputs gives the committed bytes except the (randomized) signature, which verifies too', async () => {
+        const rebuilt = await buildSignedVector(signedGolden.kek, signedInputsOf(v));
+        const { signature, envelope: rebuiltEnvelope, text, ...rest } = rebuilt;
+        const { signature: _s, envelope: committedEnvelope, text: _t, ...committedRest } = v;
+        expect(rest).toEqual(committedRest);
+        expect(rebuiltEnvelope.slice(0, -192)).toBe(committedEnvelope.slice(0, -192));
+        const provider = providerFor(signedGolden as unknown as GoldenFile);
+        expect(hex(await decryptEnvelope(provider, fromHex(rebuiltEnvelope), options))).toBe(v.plaintext);
+      });
+
+      it('flipping any byte of the committed envelope (one bit per byte, all bit positions in turn) fails', async () => {
+        const provider = providerFor(signedGolden as unknown as GoldenFile);
+        for (let i = 0; i < envelope.length; i++) {
+          const copy = envelope.slice();
+          copy[i] = (copy[i] as number) ^ (1 << (i % 8));
+          let error: unknown;
+          try {
+            await decryptEnvelope(provider, copy, options);
+          } catch (e) {
+            error = e;
+          }
+          expect(
+            DecryptionError.isInstance(error) || FormatError.isInstance(error),
+            `byte ${i}: ${String(error)}`,
+          ).toBe(true);
+        }
       });
     });
   }
