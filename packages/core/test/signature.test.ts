@@ -122,7 +122,7 @@ describe('MessageSigner / MessageVerifier round trips with node:crypto', () => {
       const vk = concat(Uint8Array.of(y & 1n ? 3 : 2), x);
       parities.add(vk[0] as number);
       const data = defaultRandom(64);
-      let sig = new Uint8Array(sign('sha384', data, { key: privateKey, dsaEncoding: 'ieee-p1363' }));
+      let sig: Uint8Array = new Uint8Array(sign('sha384', data, { key: privateKey, dsaEncoding: 'ieee-p1363' }));
       const s = big(Buffer.from(sig.subarray(48)).toString('hex'));
       if (s > N >> 1n) sig = concat(sig.subarray(0, 48), fromHex(pad48(N - s)));
       const verifier = new MessageVerifier(vk);
