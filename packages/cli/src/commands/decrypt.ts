@@ -22,6 +22,7 @@ interface DecryptOptions {
   context?: string[];
   input?: string;
   output?: string;
+  requireSigned?: boolean;
 }
 
 export function registerDecrypt(program: Command, io: CliIO): void {
@@ -36,13 +37,19 @@ export function registerDecrypt(program: Command, io: CliIO): void {
   addContextOption(cmd)
     .option('-i, --input <file>', 'read ciphertext from FILE instead of stdin')
     .option('-o, --output <file>', 'write plaintext to FILE, only if the whole input authenticates')
+    .option(
+      '--require-signed',
+      'refuse ciphertext that was not made with encrypt --signed (without it, anyone who can decrypt can forge unsigned ciphertext)',
+    )
     .addHelpText(
       'after',
       `
 Name the key the ciphertext must be under with --key (the key it was encrypted with) and give the
 same --context pairs; ciphertext under any other key is refused, even if the context matches.
 --any-key-in-store accepts whichever key of this store the ciphertext names: for audits and
-migrations only.
+migrations only. --require-signed refuses ciphertext that \`encrypt --signed\` did not make; a
+signed stream's signature is checked at its end, so on stdout trust nothing before exit status 0
+(with -o FILE, FILE appears only after the signature verified).
 
 Failure (wrong context, wrong key, modified or truncated input) exits with status 1 and one line:
   keywarden: envelope: decryption failed (wrong key or context, or the data was modified)
@@ -62,7 +69,11 @@ Examples:
     )
     .action(async (opts: DecryptOptions, command: Command) => {
       const context = contextFrom(opts.context);
-      const options = { ...expectedKeyFrom(opts), ...(context ? { context } : {}) };
+      const options = {
+        ...expectedKeyFrom(opts),
+        ...(context ? { context } : {}),
+        ...(opts.requireSigned ? { requireSigned: true } : {}),
+      };
       const loc = locationOf(command, io);
       await withKeyService(loc, io, keyServiceOptionsOf(command), async (ks) => {
         const sink = await openOutput(opts.output, io.cwd, io.stdout, io.stderr);

@@ -24,6 +24,7 @@ interface EncryptOptions {
   input?: string;
   output?: string;
   text?: boolean;
+  signed?: boolean;
 }
 
 export function registerEncrypt(program: Command, io: CliIO): void {
@@ -38,19 +39,32 @@ export function registerEncrypt(program: Command, io: CliIO): void {
       '--text',
       `write the compact "kw1." text form (single-shot, inputs up to ${MAX_TEXT_PLAINTEXT_BYTES / MiB} MiB)`,
     )
+    .option(
+      '--signed',
+      'sign the ciphertext (ECDSA P-384, a key pair per message) so that readers who can decrypt cannot forge; decrypt with --require-signed',
+    )
     .addHelpText(
       'after',
       `
 Without --text the output is binary, in authenticated frames, and any input size works in bounded
 memory. With --text the output is one line of text for a database column or a config value.
 The context pairs are bound into the ciphertext but not stored in it: decrypt needs the same pairs.
+With --signed, whoever may decrypt under the key can still read the data but cannot make new
+ciphertext that passes \`decrypt --require-signed\` (docs/format.md §4.9); context keys starting
+with "keywarden:" are reserved.
 
 Examples:
   keywarden encrypt --key backups -i dump.sql -o dump.sql.kw
+  keywarden encrypt --key payments --signed -i order.json -o order.json.kw
   printf '%s' "$SSN" | keywarden encrypt --key pii --context table=patients --context row=42 --text`,
     )
     .action(async (opts: EncryptOptions, command: Command) => {
       const context = contextFrom(opts.context);
+      const envelopeOptions = {
+        key: opts.key,
+        ...(context ? { context } : {}),
+        ...(opts.signed ? { signed: true } : {}),
+      };
       const loc = locationOf(command, io);
       if (!opts.text && opts.output === undefined && (io.stdout as { isTTY?: boolean }).isTTY === true) {
         throw new UsageError('refusing to write binary ciphertext to a terminal (use -o FILE, --text, or a pipe)');
@@ -70,13 +84,13 @@ Examples:
               opts.input !== undefined,
             );
             try {
-              const envelope = await encryptEnvelope(ks, plaintext, { key: opts.key, ...(context ? { context } : {}) });
+              const envelope = await encryptEnvelope(ks, plaintext, envelopeOptions);
               await sink.write(Buffer.from(`${envelopeToText(envelope)}\n`, 'utf8'));
             } finally {
               wipe(plaintext);
             }
           } else {
-            await pipeInto(input, createEncryptStream(ks, { key: opts.key, ...(context ? { context } : {}) }), sink, {
+            await pipeInto(input, createEncryptStream(ks, envelopeOptions), sink, {
               signal: io.signal,
             });
           }
