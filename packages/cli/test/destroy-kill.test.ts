@@ -161,6 +161,6 @@ describe.skipIf(!built)('random SIGKILL during root destroy (issue 6, item 3)', 
     console.info(
       `root destroy kill suite: ${ROUNDS} rounds, ${ROUNDS - seen.completed} killed (${seen.untouched} before the tombstone, ${seen.interrupted} mid-destruction, ${seen.destroyed} after the last write), ${seen.completed} completed; run time ${whole.ms} ms`,
     );
-    expect(ROUNDS - seen.completed, `delays ${delays.join(',')}`).toBeGreaterThanOrEqual(ROUNDS / 2);
+    expect(ROUNDS - seen.completed, `delays ${delays.join(',')}`).toBeGreaterThanOrEqual(ROUNDS / 3);
   }, 120_000);
 });
