@@ -32,6 +32,8 @@ export type KeywardenErrorCode =
   | 'KW_ROOT_DESTROYED'
   | 'KW_ROOT_MISSING'
   | 'KW_SHARE'
+  | 'KW_ROOT_CONTRACT'
+  | 'KW_ROOT_SCHEME'
   | 'KW_CLOSED';
 
 export class KeywardenError extends Error {
@@ -125,5 +127,13 @@ export class RootDestroyedError extends defineError('KW_ROOT_DESTROYED', 'RootDe
 export class RootMissingError extends defineError('KW_ROOT_MISSING', 'RootMissingError') {}
 /** A Shamir share is malformed, corrupted, duplicated or from another share set. */
 export class ShareError extends defineError('KW_SHARE', 'ShareError') {}
+/**
+ * A root backend broke the contract every root must honour (root.ts): an oversize wrapped blob, key
+ * material of the wrong length, an id that changed. An internal fault of the backend, refused before
+ * its output is used.
+ */
+export class RootContractError extends defineError('KW_ROOT_CONTRACT', 'RootContractError') {}
+/** A root URI names a scheme no backend is registered for (root-registry.ts). */
+export class UnknownRootSchemeError extends defineError('KW_ROOT_SCHEME', 'UnknownRootSchemeError') {}
 /** The object was closed and its key material wiped. */
 export class ClosedError extends defineError('KW_CLOSED', 'ClosedError') {}

@@ -20,10 +20,35 @@ export {
   type RootDescription,
   type KeyWrapper,
   type Sealable,
+  type UnsealSecretDescription,
+  type Destroyable,
+  type KekInRoot,
   type RootOfTrust,
+  CheckedRoot,
+  checkedRoot,
+  isKekInRootRecord,
+  KEK_IN_ROOT_MAGIC,
+  MAX_ROOT_WRAPPED_BYTES,
+  MIN_ROOT_MATERIAL_BYTES,
+  MAX_ROOT_MATERIAL_BYTES,
   requireRandom,
   requireSealable,
+  requireDestroyable,
+  requireKekInRoot,
 } from './root.js';
+export {
+  type OpenRootOptions,
+  type RootOpener,
+  type RootBackend,
+  type RootRecordHooks,
+  registerRootBackend,
+  unregisterRootBackend,
+  rootSchemes,
+  rootUriScheme,
+  openRoot,
+  recordedRootBackend,
+} from './root-registry.js';
+export { type Pkcs11Uri, type Pkcs11ObjectType, parsePkcs11Uri } from './pkcs11-uri.js';
 export type {
   KeyScope,
   KeyVersionState,
@@ -48,6 +73,7 @@ export {
   decodeSealedRoot,
   encodeUnsealKey,
   decodeUnsealKey,
+  destroySoftwareRootRecord,
 } from './software-root.js';
 export {
   type DataKey,
@@ -95,6 +121,7 @@ export {
   type KeyInfo,
   type KeyVersionInfo,
   type CreateKeyOptions,
+  type KekMode,
   DEK_WRAPS_PER_KEK_VERSION,
   kekAad,
 } from './keywarden.js';

@@ -27,17 +27,8 @@ import { constantTimeEqual, wipe } from './_bytes.js';
 import { InvalidInputError, KeyStateError, RootMissingError } from './errors.js';
 import type { KeyStore, RootRewrap, RootUpdate } from './keystore.js';
 import { kekAad } from './keywarden.js';
-import { MemoryKeyStore } from './memory-store.js';
-import type { RootOfTrust } from './root.js';
-import { encodeRootTombstone, makeRootTombstone, readRootState, verifyRootTombstone } from './root-tombstone.js';
-import {
-  encodeSealedRoot,
-  ROOT_META_NAME,
-  ROOT_MISSING_MESSAGE,
-  ROOT_TOMBSTONE_META_NAME,
-  type SealedRootDocument,
-  SoftwareRoot,
-} from './software-root.js';
+import { checkedRoot, isKekInRootRecord, requireDestroyable, ROOT_MISSING_MESSAGE, type RootOfTrust } from './root.js';
+import { recordedRootBackend } from './root-registry.js';
 
 export interface RewrapResult {
   /** KEK versions moved to the new root. */
@@ -48,11 +39,18 @@ export interface RewrapResult {
 
 export interface DestroyRootOptions {
   /**
-   * The consent: the unseal key of the root being destroyed (the development-mode key, or the key
-   * a quorum of shares combines into). It must open the sealed root, or, when an earlier
-   * destruction already deleted the root, match the tombstone. The caller wipes it.
+   * The consent: the unlocking secret of the root being destroyed (the software root's unseal key
+   * — the development-mode key, or the key a quorum of shares combines into —, an HSM's PIN). The
+   * root checks it (for the software root: it must open the sealed root, or, when an earlier
+   * destruction already deleted the root, match the tombstone). The caller wipes it.
    */
   unsealKey: Uint8Array;
+  /**
+   * The root to destroy, when the caller has it open (it must be `Destroyable`). Default: the
+   * backend that recognises the root record `store` holds (root-registry.ts root-record hooks),
+   * which also finishes a destruction interrupted after the root could no longer be opened.
+   */
+  root?: RootOfTrust;
   /** Time recorded in the tombstone and on every version. Default: now. */
   now?: Date;
 }
@@ -72,7 +70,8 @@ export interface DestroyRootResult {
  * KeyStateError; every old wrap opens (else the root's DecryptionError).
  * Post: in one `replaceRoot` transaction, every non-destroyed version carries a wrap by `newRoot`
  * (checked to unwrap to the same material before the write) and its rootId, and the meta record
- * `newRootMeta` is written (for the software root: "root", the new sealed document). On any
+ * `newRootMeta` is written (the new root's own record: for the software root, meta "root", the new
+ * sealed document). On any
  * failure, nothing has changed and the old root keeps working.
  *
  * Each version's plaintext material is wiped as soon as it is rewrapped. A version added by
@@ -85,8 +84,11 @@ export async function rewrapUnderNewRoot(
   newRootMeta: { name: string; value: Uint8Array },
   now: Date = new Date(),
 ): Promise<RewrapResult> {
-  const oldId = oldRoot.describe().id;
-  const newId = newRoot.describe().id;
+  // Through the checked wrappers: blob bounds, material length and stable ids hold for any backend.
+  const from = checkedRoot(oldRoot);
+  const to = checkedRoot(newRoot);
+  const oldId = from.describe().id;
+  const newId = to.describe().id;
   if (oldId === newId) {
     throw new InvalidInputError('root: rotation needs a new root; the new root has the id of the old one');
   }
@@ -99,6 +101,11 @@ export async function rewrapUnderNewRoot(
       if (v.state === 'destroyed') {
         skippedDestroyed++;
         continue;
+      }
+      if (isKekInRootRecord(v.wrappedMaterial)) {
+        throw new KeyStateError(
+          `root: key ${key.id} v${v.version} is held inside the root (KEK mode "root") and cannot leave it for another root; nothing was changed`,
+        );
       }
       if (v.rootId !== oldId) {
         throw new KeyStateError(
@@ -113,12 +120,12 @@ export async function rewrapUnderNewRoot(
   const versions: RootRewrap[] = [];
   for (const v of live) {
     const aad = kekAad(v.keyId, v.version);
-    const material = await oldRoot.unwrapKey(v.wrapped, aad);
+    const material = await from.unwrapKey(v.wrapped, aad);
     try {
-      const wrapped = await newRoot.wrapKey(material, aad);
+      const wrapped = await to.wrapKey(material, aad);
       // Verify before commit: a new root that cannot give the material back (a misconfigured
       // hardware root) must be caught while the old wraps are still in the store.
-      const back = await newRoot.unwrapKey(wrapped, aad);
+      const back = await to.unwrapKey(wrapped, aad);
       const same = constantTimeEqual(back, material);
       wipe(back);
       if (!same) {
@@ -138,14 +145,16 @@ export async function rewrapUnderNewRoot(
 /**
  * Destroy the root of `store`: crypto-shredding of every key in it.
  *
- * Pre: the store has a root or the tombstone of one (else RootMissingError: a store with neither
- * is damaged or was never initialized, and nothing is changed); `unsealKey` opens the sealed root,
- * or matches the tombstone (else UnsealError, nothing changed). Consent is asked for even when the
- * root is already gone: finishing an interrupted destruction erases material too.
- * Step 1: write the tombstone (meta "root-tombstone"), authenticated under the unseal key. From
- * here on the store reads as destroyed and SoftwareRoot.load refuses the root.
- * Step 2, the one that matters: delete the sealed root (meta "root"). From that instant nothing
- * under the root can be recovered from this store, whoever holds the unseal secret.
+ * Pre: the store has a root or the record of a destruction (else RootMissingError: a store with
+ * neither is damaged or was never initialized, and nothing is changed); the root accepts the
+ * consent (else UnsealError, nothing changed). Consent is asked for even when the root is already
+ * gone: finishing an interrupted destruction erases material too.
+ * Steps 1 and 2 are the root's own (`Destroyable.destroy`, or the root-record hook of the backend
+ * whose record the store holds). For the software root: write the tombstone (meta
+ * "root-tombstone"), authenticated under the unseal key — from here on the store reads as
+ * destroyed and the root refuses to load —, then, the step that matters, delete the sealed root
+ * (meta "root"): from that instant nothing under the root can be recovered from this store,
+ * whoever holds the unseal secret.
  * Step 3, hygiene: mark every version that is not yet destroyed `destroyed`, which erases its
  * wrapped material in the store.
  *
@@ -159,15 +168,14 @@ export async function rewrapUnderNewRoot(
  */
 export async function destroyRoot(store: KeyStore, options: DestroyRootOptions): Promise<DestroyRootResult> {
   const now = options.now ?? new Date();
-  const state = await readRootState(store);
-  if (state.state === 'missing') throw new RootMissingError(ROOT_MISSING_MESSAGE);
-  if (state.state === 'present') {
-    await checkUnsealKeyOpens(state.document, options.unsealKey);
-    const tombstone = makeRootTombstone(state.document, options.unsealKey, now);
-    await store.putMeta(ROOT_TOMBSTONE_META_NAME, encodeRootTombstone(tombstone));
-    await store.deleteMeta(ROOT_META_NAME);
+  // Steps 1 and 2 belong to the root: its record is its own (software: tombstone, then the sealed
+  // root deleted; an HSM: C_DestroyObject). Generic code names no backend.
+  if (options.root) {
+    await requireDestroyable(checkedRoot(options.root)).destroy(store, options.unsealKey, now);
   } else {
-    verifyRootTombstone(state.tombstone, options.unsealKey);
+    const recorded = await recordedRootBackend(store);
+    if (!recorded) throw new RootMissingError(ROOT_MISSING_MESSAGE);
+    await recorded.destroyRecorded(store, options.unsealKey, now);
   }
   let destroyed = 0;
   let alreadyDestroyed = 0;
@@ -183,17 +191,4 @@ export async function destroyRoot(store: KeyStore, options: DestroyRootOptions):
     }
   }
   return { destroyed, alreadyDestroyed };
-}
-
-/** UnsealError unless `unsealKey` opens `doc`; a private in-memory copy, nothing in use is touched. */
-async function checkUnsealKeyOpens(doc: SealedRootDocument, unsealKey: Uint8Array): Promise<void> {
-  const scratch = new MemoryKeyStore();
-  await scratch.putMeta(ROOT_META_NAME, encodeSealedRoot(doc));
-  const probe = await SoftwareRoot.load(scratch);
-  try {
-    await probe.unseal(unsealKey);
-  } finally {
-    await probe.close();
-    await scratch.close();
-  }
 }

@@ -23,8 +23,18 @@ import {
   UnsealError,
 } from './errors.js';
 import type { KeyStore } from './keystore.js';
+import { MemoryKeyStore } from './memory-store.js';
 import { nodeRandom, type RandomSource } from './random.js';
-import type { RootDescription, RootOfTrust, Sealable } from './root.js';
+import {
+  type Destroyable,
+  ROOT_MISSING_MESSAGE,
+  type RootDescription,
+  type RootOfTrust,
+  type Sealable,
+  type UnsealSecretDescription,
+} from './root.js';
+import { encodeRootTombstone, makeRootTombstone, readRootState, verifyRootTombstone } from './root-tombstone.js';
+import { assertStrongKeyMaterial } from './weak-key.js';
 
 export const ROOT_META_NAME = 'root';
 /** Written by a root destruction before the sealed root is deleted (root-tombstone.ts). */
@@ -32,8 +42,8 @@ export const ROOT_TOMBSTONE_META_NAME = 'root-tombstone';
 export const ROOT_DESTROYED_MESSAGE = 'root: the root of this key store was destroyed: nothing in it can be unwrapped';
 export const ROOT_DESTRUCTION_INTERRUPTED_MESSAGE =
   'root: the destruction of this root was started and not finished: the root may no longer be used; run the destruction again to finish it';
-export const ROOT_MISSING_MESSAGE =
-  'root: this key store has no root and no record of a root destruction: it is damaged or was never initialized, not destroyed; nothing was changed (check it, e.g. PRAGMA integrity_check and REINDEX for SQLite, or restore it from a backup)';
+/** Generic (root.ts); re-exported here where it was first defined. */
+export { ROOT_MISSING_MESSAGE } from './root.js';
 export const UNSEAL_KEY_BYTES = 32;
 const WRAP_FORMAT = 0x01;
 const WRAP_DOMAIN = utf8.encode('keywarden/software-root/kek-wrap/v1');
@@ -119,6 +129,23 @@ function checkUnsealKey(unsealKey: Uint8Array): void {
   }
 }
 
+/**
+ * A NEW unseal key (initialize, rotation, reseal) must also be strong: the same check as imported
+ * KEKs (weak-key.ts), so an all-zero key or a password typed as 32 ASCII bytes is refused
+ * (WeakKeyMaterialError) before it seals anything. Opening an existing root does not re-check it.
+ */
+function checkNewUnsealKey(unsealKey: Uint8Array): void {
+  checkUnsealKey(unsealKey);
+  assertStrongKeyMaterial(unsealKey, { expectedLength: UNSEAL_KEY_BYTES, what: 'unseal key' });
+}
+
+const UNSEAL_SECRET: UnsealSecretDescription = {
+  kind: 'unseal-key',
+  minBytes: UNSEAL_KEY_BYTES,
+  maxBytes: UNSEAL_KEY_BYTES,
+  label: `software root unseal key (${UNSEAL_KEY_BYTES} bytes)`,
+};
+
 function sealRootKey(
   rootKey: Uint8Array,
   unsealKey: Uint8Array,
@@ -130,12 +157,14 @@ function sealRootKey(
   return { ...draft, wrappedRoot: toBase64Url(sealed) };
 }
 
-export class SoftwareRoot implements RootOfTrust, Sealable {
+export class SoftwareRoot implements RootOfTrust, Sealable, Destroyable {
   readonly random: RandomSource;
   readonly sealable: Sealable = this;
+  readonly destroyable: Destroyable = this;
   #doc: SealedRootDocument;
   #rootKey: Uint8Array | undefined;
   #closed = false;
+  readonly #sealListeners = new Set<() => void>();
 
   private constructor(doc: SealedRootDocument, random: RandomSource) {
     this.#doc = doc;
@@ -150,7 +179,7 @@ export class SoftwareRoot implements RootOfTrust, Sealable {
     store: KeyStore,
     options: { unsealKey: Uint8Array; unseal?: UnsealMethod; random?: RandomSource; now?: Date },
   ): Promise<SoftwareRoot> {
-    checkUnsealKey(options.unsealKey);
+    checkNewUnsealKey(options.unsealKey);
     if (await store.getMeta(ROOT_META_NAME)) throw new KeyStoreError('root: this key store already has a root');
     if (await store.getMeta(ROOT_TOMBSTONE_META_NAME)) throw new RootDestroyedError(ROOT_DESTROYED_MESSAGE);
     const root = await SoftwareRoot.#create(options);
@@ -179,7 +208,7 @@ export class SoftwareRoot implements RootOfTrust, Sealable {
     random?: RandomSource;
     now?: Date;
   }): Promise<{ root: SoftwareRoot; document: SealedRootDocument }> {
-    checkUnsealKey(options.unsealKey);
+    checkNewUnsealKey(options.unsealKey);
     const root = await SoftwareRoot.#create(options);
     return { root, document: root.document };
   }
@@ -271,9 +300,34 @@ export class SoftwareRoot implements RootOfTrust, Sealable {
     else this.#rootKey = rootKey;
   }
 
+  /** Wipe the root key. Subscribers (onSeal: the KEK caches of key managers) are told at once,
+   * before this returns, so no KEK they cached serves another call. */
   async seal(): Promise<void> {
     wipe(this.#rootKey);
     this.#rootKey = undefined;
+    for (const listener of [...this.#sealListeners]) listener();
+  }
+
+  onSeal(listener: () => void): () => void {
+    this.#sealListeners.add(listener);
+    return () => {
+      this.#sealListeners.delete(listener);
+    };
+  }
+
+  unsealSecret(): UnsealSecretDescription {
+    return { ...UNSEAL_SECRET };
+  }
+
+  /**
+   * Destroyable: write the tombstone, then delete this root's sealed record from `store`
+   * (root-tombstone.ts). `consent` is the unseal key; the store's root must be this root.
+   * A wrong consent changes nothing; once the record is gone the root is sealed. Generic code
+   * (root-rotation.ts destroyRoot) erases the wraps after.
+   */
+  async destroy(store: KeyStore, consent: Uint8Array, now: Date): Promise<void> {
+    await destroySoftwareRootRecord(store, consent, now, this.#doc.rootId);
+    await this.seal();
   }
 
   /**
@@ -282,7 +336,7 @@ export class SoftwareRoot implements RootOfTrust, Sealable {
    */
   async reseal(store: KeyStore, newUnsealKey: Uint8Array, unseal: UnsealMethod): Promise<SealedRootDocument> {
     const rootKey = this.#requireKey();
-    checkUnsealKey(newUnsealKey);
+    checkNewUnsealKey(newUnsealKey);
     const nonce = await this.random.randomBytes(GCM_NONCE_BYTES);
     const { nonce: _n, wrappedRoot: _w, ...meta } = this.#doc;
     const doc = sealRootKey(rootKey, newUnsealKey, { ...meta, unseal }, nonce);
@@ -311,6 +365,7 @@ export class SoftwareRoot implements RootOfTrust, Sealable {
   async close(): Promise<void> {
     await this.seal();
     this.#closed = true;
+    this.#sealListeners.clear();
   }
 
   /** KEK wrap AAD (docs/format.md §11): domain ‖ u32 len(rootId) ‖ rootId ‖ kekAad. */
@@ -327,6 +382,50 @@ export class SoftwareRoot implements RootOfTrust, Sealable {
     this.#checkOpen();
     if (!this.#rootKey) throw new KeystoreSealedError('root: the root is sealed; unseal it first');
     return this.#rootKey;
+  }
+}
+
+/**
+ * The software root's own part of a root destruction, on whatever root record `store` holds
+ * (steps 1 and 2 of root-rotation.ts `destroyRoot`): check the consent (the unseal key must open
+ * the sealed root, or match the tombstone of an interrupted destruction), write the tombstone,
+ * delete the sealed root. Idempotent. `expectRootId`: refuse a store whose root is another one.
+ * A store with neither root nor tombstone is damaged: RootMissingError, nothing changes.
+ */
+export async function destroySoftwareRootRecord(
+  store: KeyStore,
+  consent: Uint8Array,
+  now: Date,
+  expectRootId?: string,
+): Promise<void> {
+  const state = await readRootState(store);
+  if (state.state === 'missing') throw new RootMissingError(ROOT_MISSING_MESSAGE);
+  const rootId = state.state === 'present' ? state.document.rootId : state.tombstone.rootId;
+  if (expectRootId !== undefined && rootId !== expectRootId) {
+    throw new InvalidInputError(
+      `root: the key store's root is ${rootId}, not this root (${expectRootId}); nothing was changed`,
+    );
+  }
+  if (state.state === 'present') {
+    await checkUnsealKeyOpens(state.document, consent);
+    const tombstone = makeRootTombstone(state.document, consent, now);
+    await store.putMeta(ROOT_TOMBSTONE_META_NAME, encodeRootTombstone(tombstone));
+    await store.deleteMeta(ROOT_META_NAME);
+  } else {
+    verifyRootTombstone(state.tombstone, consent);
+  }
+}
+
+/** UnsealError unless `unsealKey` opens `doc`; a private in-memory copy, nothing in use is touched. */
+async function checkUnsealKeyOpens(doc: SealedRootDocument, unsealKey: Uint8Array): Promise<void> {
+  const scratch = new MemoryKeyStore();
+  await scratch.putMeta(ROOT_META_NAME, encodeSealedRoot(doc));
+  const probe = await SoftwareRoot.load(scratch);
+  try {
+    await probe.unseal(unsealKey);
+  } finally {
+    await probe.close();
+    await scratch.close();
   }
 }
 
