@@ -26,7 +26,7 @@
  */
 import type { Transform } from 'node:stream';
 import { assertBytes, wipe } from './_bytes.js';
-import { encodeContext, type EncryptionContext } from './context.js';
+import { encodeContext, type EncryptionContext, VERIFICATION_KEY_CONTEXT_KEY } from './context.js';
 import { DEK_BYTES, type DataKey, type DataKeyProvider, parseWrappedKey } from './data-key.js';
 import {
   decryptEnvelope,
@@ -73,7 +73,8 @@ export interface DataKeyCacheStats {
   /** Data keys the provider generated for the cache (cached misses). */
   dataKeysGenerated: number;
   encryptHits: number;
-  /** Data keys handed out uncached (unknown length under maxBytes, or one message over maxBytes). */
+  /** Data keys handed out uncached (unknown length under maxBytes, one message over maxBytes, or a
+   * signed envelope's, whose context is unique to the message). */
   encryptBypasses: number;
   decryptHits: number;
   /** Unwraps the provider did for the cache. */
@@ -185,8 +186,14 @@ export class DataKeyCache implements DataKeyProvider {
       throw new InvalidInputError('data key cache: plaintextBytes must be a non-negative integer');
     }
     const contextBytes = encodeContext(context);
-    // Precondition of reuse: the message's length is known to fit the byte bound.
-    if ((bytes === undefined && this.#maxBytes !== Number.POSITIVE_INFINITY) || (bytes ?? 0) > this.#maxBytes) {
+    // Precondition of reuse: the message's length is known to fit the byte bound. A signed envelope's
+    // context holds its own verification key (docs/format.md §4.9), so its slot is never hit again:
+    // caching it would only keep a DEK in memory and evict entries that are reused.
+    if (
+      (bytes === undefined && this.#maxBytes !== Number.POSITIVE_INFINITY) ||
+      (bytes ?? 0) > this.#maxBytes ||
+      (context !== undefined && Object.hasOwn(context, VERIFICATION_KEY_CONTEXT_KEY))
+    ) {
       this.#stats.encryptBypasses++;
       return this.provider.generateDataKey(key, context);
     }

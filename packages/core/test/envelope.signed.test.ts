@@ -36,6 +36,7 @@ import {
 import type { KeyExpectation } from '../src/key-expectation.js';
 import { defaultRandom } from '../src/envelope.js';
 import { createDecryptStream, createEncryptStream } from '../src/stream.js';
+import { DataKeyCache } from '../src/data-key-cache.js';
 import { StaticKekProvider, counting } from './vectors/make-golden.js';
 
 const KEY = 'signed-kek';
@@ -548,5 +549,23 @@ describe('tampering and truncation of signed envelopes', () => {
     const { error } = await run(createDecryptStream(recording, { key: KEY, context }), notOnCurve as Uint8Array);
     expect((error as Error).message).toMatch(/^envelope: invalid verification key/);
     expect(recording.unwrapped).toBe(0);
+  });
+});
+
+describe('signed envelopes and the data-key cache', () => {
+  it("a DataKeyCache never caches a signed message's data key (its wrap context is unique to the message): it bypasses", async () => {
+    const cache = new DataKeyCache(provider, { maxAgeMs: 60_000 });
+    for (let i = 0; i < 3; i++) {
+      const envelope = await cache.encrypt(counting(i, 10), { key: KEY, context, signed: true });
+      same(await decrypt(envelope, { requireSigned: true }), counting(i, 10));
+    }
+    expect(cache.stats.encryptBypasses).toBe(3);
+    expect(cache.stats.dataKeysGenerated).toBe(0);
+    // Unsigned messages in the same context still share a cached data key.
+    await cache.encrypt(Uint8Array.of(1), { key: KEY, context });
+    await cache.encrypt(Uint8Array.of(2), { key: KEY, context });
+    expect(cache.stats.dataKeysGenerated).toBe(1);
+    expect(cache.stats.encryptBypasses).toBe(3);
+    await cache.close();
   });
 });
