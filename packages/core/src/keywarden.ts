@@ -16,6 +16,7 @@
  */
 import type { Transform } from 'node:stream';
 import { concatBytes, toBase64Url, u32be, u8, utf8, wipe } from './_bytes.js';
+import { XaesKeySchedule } from './_xaes.js';
 import { AES256_KEY_BYTES } from './aead.js';
 import type { EncryptionContext } from './context.js';
 import {
@@ -121,6 +122,9 @@ const KEK_AAD_DOMAIN = utf8.encode('keywarden/kek/v1');
  */
 interface KekEntry {
   material: Uint8Array;
+  /** The material's XAES key schedule (wrap suite 0x02), made on first use by a call that holds the
+   * entry and destroyed wherever the material is wiped (wipeEntry): it lives exactly as long. */
+  schedule?: XaesKeySchedule;
   expires: number;
   /** Calls holding this entry between borrow and release. */
   refs: number;
@@ -267,7 +271,7 @@ export class Keywarden implements DataKeyProvider {
         ? this.#syncRandom(WRAP_NONCE_BYTES)
         : await this.#random.randomBytes(WRAP_NONCE_BYTES);
       assertUsableKek(kek.material, primary);
-      const wrapped = wrapDataKey(kek.material, primary, dek, context, nonce);
+      const wrapped = wrapDataKey(kek.material, primary, dek, context, nonce, undefined, scheduleOf(kek));
       return { plaintext: dek, wrapped, keyId: primary.keyId, version: primary.version };
     } catch (err) {
       wipe(dek);
@@ -303,7 +307,7 @@ export class Keywarden implements DataKeyProvider {
     const kek = this.#kekHit(slot) ?? (await this.#kek(parsed.keyId, parsed.version, slot));
     try {
       assertUsableKek(kek.material, parsed);
-      return unwrapDataKey(kek.material, parsed, context);
+      return unwrapDataKey(kek.material, parsed, context, scheduleOf(kek));
     } finally {
       this.#release(kek);
     }
@@ -432,13 +436,13 @@ export class Keywarden implements DataKeyProvider {
   /** End a borrow; the last holder of an entry that left the cache wipes it. */
   #release(entry: KekEntry): void {
     entry.refs--;
-    if (entry.refs === 0 && !entry.cached) wipe(entry.material);
+    if (entry.refs === 0 && !entry.cached) wipeEntry(entry);
   }
 
   /** Take an entry out of the cache (the caller already removed it from the map). */
   #drop(entry: KekEntry): void {
     entry.cached = false;
-    if (entry.refs === 0) wipe(entry.material);
+    if (entry.refs === 0) wipeEntry(entry);
   }
 
   async #resolvePrimary(nameOrId: string): Promise<CachedPrimary> {
@@ -581,6 +585,23 @@ function assertUsableKek(material: Uint8Array, ref: { keyId: string; version: nu
       `keywarden: KEK ${ref.keyId} v${ref.version} material is unusable (all zeros or wrong length); nothing was wrapped or unwrapped`,
     );
   }
+}
+
+/**
+ * The entry's XAES key schedule, made on first use (issue 11, hot path: one AES key schedule per
+ * cached KEK version instead of one per wrap and unwrap). Only called between borrow and release,
+ * after assertUsableKek, so the material it is made from is intact.
+ */
+function scheduleOf(entry: KekEntry): XaesKeySchedule {
+  if (entry.schedule === undefined) entry.schedule = new XaesKeySchedule(entry.material);
+  return entry.schedule;
+}
+
+/** Wipe an entry's material and destroy its key schedule with it: neither outlives the other. */
+function wipeEntry(entry: KekEntry): void {
+  entry.schedule?.destroy();
+  entry.schedule = undefined;
+  wipe(entry.material);
 }
 
 /** Associated data for KEK material wrapped by the root: binds the key id and version. */
