@@ -136,7 +136,7 @@ export class KeyAgent {
   private constructor(store: KeyStore, root: SoftwareRoot, options: AgentOptions) {
     this.#store = store;
     this.#root = root;
-    this.#kw = new Keywarden({ store, root });
+    this.#kw = new Keywarden({ store, root, ownsStore: true, ownsRoot: true });
     this.#options = options;
     this.socket = options.socket;
     this.#limits = {
@@ -529,7 +529,7 @@ export class KeyAgent {
     // The old Keywarden is sealed and its cache wiped; it is dropped without closing the shared store.
     await this.#root.close();
     this.#root = root;
-    this.#kw = new Keywarden({ store: this.#store, root });
+    this.#kw = new Keywarden({ store: this.#store, root, ownsStore: true, ownsRoot: true });
     this.#storedUnseal = undefined;
   }
 

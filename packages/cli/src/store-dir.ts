@@ -260,9 +260,9 @@ export async function openKeywarden(
       // Destroyed only when the store says so (its tombstone); neither root nor tombstone is damage.
       const state = await readRootState(store);
       if (state.state === 'missing') throw new RootMissingError(ROOT_MISSING_MESSAGE);
-      if (state.state === 'destroyed') return new Keywarden({ store, root: new MissingRoot() });
-      if (state.tombstone) return new Keywarden({ store, root: new MissingRoot(true) });
-      return new Keywarden({ store, root: await SoftwareRoot.load(store) });
+      if (state.state === 'destroyed') return new Keywarden({ store, root: new MissingRoot(), ownsStore: true, ownsRoot: true });
+      if (state.tombstone) return new Keywarden({ store, root: new MissingRoot(true), ownsStore: true, ownsRoot: true });
+      return new Keywarden({ store, root: await SoftwareRoot.load(store), ownsStore: true, ownsRoot: true });
     } catch (err) {
       await store.close().catch(() => {});
       throw err;
@@ -271,7 +271,7 @@ export async function openKeywarden(
   const { store, root } = await loadSealed(loc);
   try {
     if (options.unseal) await unsealRoot(root, options.unseal, io);
-    return new Keywarden({ store, root });
+    return new Keywarden({ store, root, ownsStore: true, ownsRoot: true });
   } catch (err) {
     await root.close().catch(() => {});
     await store.close().catch(() => {});
@@ -348,7 +348,7 @@ export async function openKeyService(
     });
     if (source.kind !== 'agent') {
       await unsealRoot(root, source, io);
-      return new Keywarden({ store, root });
+      return new Keywarden({ store, root, ownsStore: true, ownsRoot: true });
     }
   } catch (err) {
     await root.close().catch(() => {});

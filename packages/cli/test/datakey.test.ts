@@ -25,7 +25,7 @@ describe('keywarden datakey', () => {
     const store = SqliteKeyStore.open(path.join(loc.dir, 'keystore.db'));
     const root = await SoftwareRoot.load(store);
     await unsealRoot(root, resolveUnsealSource(io, loc), { stderr: process.stderr });
-    const kw = new Keywarden({ store, root });
+    const kw = new Keywarden({ store, root, ownsStore: true, ownsRoot: true });
     try {
       const dek = await kw.decryptDataKey(wrapped, { table: 't', tenant: 'a' }, { key: dk.keyId });
       expect(Buffer.from(dek).equals(plaintext)).toBe(true);

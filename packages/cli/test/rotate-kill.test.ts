@@ -91,7 +91,7 @@ async function openUnsealed(cwd: string): Promise<Keywarden> {
   const key = decodeUnsealKey(readFileSync(path.join(dir, 'unseal.key'), 'utf8'));
   await root.unseal(key);
   key.fill(0);
-  return new Keywarden({ store, root });
+  return new Keywarden({ store, root, ownsStore: true, ownsRoot: true });
 }
 
 /** The full integrity check (the open only runs quick_check and the meta table's), read-only. */

@@ -45,10 +45,12 @@ import {
   KeystoreSealedError,
   StoreCorruptError,
   UnexpectedKeyError,
+  UnsupportedCapabilityError,
 } from './errors.js';
 import type { KeyRecord, KeyScope, KeyStore, KeyVersionRecord, KeyVersionState } from './keystore.js';
 import { NodeRandomSource, nodeRandom, type RandomSource } from './random.js';
-import type { RootOfTrust } from './root.js';
+import { kekInRootRecord, kekReferenceOf, unwrapDataKeyInRoot, wrapDataKeyInRoot } from './_kek-in-root.js';
+import { type CheckedRoot, checkedRoot, isKekInRootRecord, requireKekInRoot, type RootOfTrust } from './root.js';
 import { checkKeyExpectation, type KeyExpectation } from './key-expectation.js';
 import {
   createDecryptStream,
@@ -75,7 +77,12 @@ export interface CacheOptions {
 
 export interface KeywardenOptions {
   store: KeyStore;
+  /** Any root backend; Keywarden uses it through the checked wrapper (root.ts `checkedRoot`). */
   root: RootOfTrust;
+  /** close() also closes the store. Default false: whoever opened the store closes it. */
+  ownsStore?: boolean;
+  /** close() also closes the root (which seals it). Default false: whoever opened the root closes it. */
+  ownsRoot?: boolean;
   /** CSPRNG for DEKs and nonces on the hot path. Default: node:crypto. KEK material always comes
    * from the root's random source when it has one. */
   random?: RandomSource;
@@ -104,7 +111,16 @@ export interface KeyInfo {
 
 export interface CreateKeyOptions {
   scope?: KeyScope;
+  /**
+   * Where the KEK lives. "memory" (default when the root cannot hold KEKs): wrapped by the root,
+   * unwrapped into this process and cached. "root": made and kept inside the root (an HSM key
+   * object); every data-key wrap and unwrap is a root call and the KEK is never in this process
+   * (root.ts `KekInRoot`; default when the root has that capability). Not for importKey.
+   */
+  kekMode?: KekMode;
 }
+
+export type KekMode = 'memory' | 'root';
 
 /** Key names: what applications and operators type. Ids ("kek_…") are never valid names. */
 const NAME_RE = /^[A-Za-z0-9][A-Za-z0-9._/:-]{0,127}$/;
@@ -121,10 +137,13 @@ const KEK_AAD_DOMAIN = utf8.encode('keywarden/kek/v1');
  * borrow and the use (today: the slow-random-source path and a shared in-flight load).
  */
 interface KekEntry {
+  /** Unwrapped KEK (memory mode); empty for a KEK held in the root. */
   material: Uint8Array;
   /** The material's XAES key schedule (wrap suite 0x02), made on first use by a call that holds the
    * entry and destroyed wherever the material is wiped (wipeEntry): it lives exactly as long. */
   schedule?: XaesKeySchedule;
+  /** KEK mode "root": the root's reference to the KEK (non-secret), and the version's KEK AAD. */
+  inRoot?: { reference: Uint8Array; kekAad: Uint8Array };
   expires: number;
   /** Calls holding this entry between borrow and release. */
   refs: number;
@@ -145,7 +164,15 @@ interface CachedPrimary {
 
 export class Keywarden implements DataKeyProvider {
   readonly store: KeyStore;
+  /** The root as passed in. Keywarden itself calls it through the checked wrapper. */
   readonly root: RootOfTrust;
+  readonly #root: CheckedRoot;
+  readonly #ownsStore: boolean;
+  readonly #ownsRoot: boolean;
+  /** Stop hearing about seals of the root (close). */
+  readonly #unsubscribeSeal: (() => void) | undefined;
+  /** The root can be sealed behind our back without telling us: check isSealed() on every call. */
+  readonly #pollSeal: boolean;
   readonly #random: RandomSource;
   readonly #syncRandom: ((n: number) => Uint8Array) | undefined;
   readonly #maxEntries: number;
@@ -163,8 +190,33 @@ export class Keywarden implements DataKeyProvider {
 
   constructor(options: KeywardenOptions) {
     if (!options?.store || !options.root) throw new InvalidInputError('keywarden: store and root are required');
+    checkOptions(options, CONSTRUCTOR_OPTIONS, 'new Keywarden');
+    checkOptions(options.cache, CACHE_OPTIONS, 'new Keywarden cache');
+    for (const flag of ['ownsStore', 'ownsRoot'] as const) {
+      if (options[flag] !== undefined && typeof options[flag] !== 'boolean') {
+        throw new InvalidInputError(`keywarden: option "${flag}" must be true, false or absent`);
+      }
+    }
+    if (options.random !== undefined && typeof options.random?.randomBytes !== 'function') {
+      throw new InvalidInputError('keywarden: option "random" must be a RandomSource (randomBytes(length))');
+    }
+    if (options.now !== undefined && typeof options.now !== 'function') {
+      throw new InvalidInputError('keywarden: option "now" must be a function returning a Date');
+    }
     this.store = options.store;
     this.root = options.root;
+    this.#root = checkedRoot(options.root);
+    this.#ownsStore = options.ownsStore === true;
+    this.#ownsRoot = options.ownsRoot === true;
+    // Sealing is immediate (issue 7 §2): however the root gets sealed — kw.seal(), or
+    // root.seal() called on the root itself — no KEK cached here serves another call.
+    if (this.#root.sealable) {
+      const watch = this.#root.onSeal(() => this.#wipeCache());
+      this.#unsubscribeSeal = watch.unsubscribe;
+      this.#pollSeal = !watch.watchesDirectSeal;
+    } else {
+      this.#pollSeal = false;
+    }
     this.#random = options.random ?? nodeRandom;
     this.#syncRandom =
       this.#random instanceof NodeRandomSource
@@ -185,7 +237,9 @@ export class Keywarden implements DataKeyProvider {
   /** Create a KEK whose first version is generated by the root's CSPRNG. */
   async createKey(name: string, options: CreateKeyOptions = {}): Promise<KeyInfo> {
     this.#checkOpen();
-    const random = this.root.random ?? this.#random;
+    checkOptions(options, CREATE_KEY_OPTIONS, 'createKey');
+    if (this.#kekMode(options.kekMode) === 'root') return this.#insertKey(name, options.scope ?? {}, undefined);
+    const random = this.#root.random ?? this.#random;
     const material = await random.randomBytes(AES256_KEY_BYTES);
     try {
       return await this.#insertKey(name, options.scope ?? {}, material);
@@ -201,6 +255,15 @@ export class Keywarden implements DataKeyProvider {
    */
   async importKey(name: string, material: Uint8Array, options: CreateKeyOptions = {}): Promise<KeyInfo> {
     this.#checkOpen();
+    checkOptions(options, CREATE_KEY_OPTIONS, 'importKey');
+    if (options.kekMode === 'root') {
+      throw new UnsupportedCapabilityError(
+        'keywarden: importKey makes memory-mode KEKs only (a KEK held in the root is born there)',
+      );
+    }
+    if (options.kekMode !== undefined && options.kekMode !== 'memory') {
+      throw new InvalidInputError('keywarden: option "kekMode" must be "memory" or "root"');
+    }
     assertStrongKeyMaterial(material, { expectedLength: AES256_KEY_BYTES, what: 'KEK material' });
     return this.#insertKey(name, options.scope ?? {}, material);
   }
@@ -227,17 +290,22 @@ export class Keywarden implements DataKeyProvider {
     const key = await this.#requireKey(nameOrId);
     const versions = await this.store.listVersions(key.id);
     const next = Math.max(0, ...versions.map((v) => v.version)) + 1;
-    const random = this.root.random ?? this.#random;
-    const material = await random.randomBytes(AES256_KEY_BYTES);
+    // A key keeps its KEK mode: a KEK held in the root rotates to a new KEK made in the root.
+    const primaryRecord = versions.find((v) => v.version === key.primaryVersion);
+    const inRoot = primaryRecord !== undefined && isKekInRootRecord(primaryRecord.wrappedMaterial);
+    const random = this.#root.random ?? this.#random;
+    const material = inRoot ? new Uint8Array(0) : await random.randomBytes(AES256_KEY_BYTES);
     try {
       const now = this.#now();
-      const wrapped = await this.root.wrapKey(material, kekAad(key.id, next));
+      const wrapped = inRoot
+        ? kekInRootRecord(await requireKekInRoot(this.#root).createKek(kekAad(key.id, next)))
+        : await this.#root.wrapKey(material, kekAad(key.id, next));
       await this.store.addVersion(
         {
           keyId: key.id,
           version: next,
           state: 'enabled',
-          rootId: this.root.describe().id,
+          rootId: this.#root.id,
           wrappedMaterial: wrapped,
           createdAt: now,
           updatedAt: now,
@@ -265,6 +333,7 @@ export class Keywarden implements DataKeyProvider {
     let dek: Uint8Array | undefined;
     try {
       dek = this.#syncRandom ? this.#syncRandom(DEK_BYTES) : await this.#random.randomBytes(DEK_BYTES);
+      if (kek.inRoot) return await this.#wrapInRoot(kek.inRoot, primary, dek, context);
       // Suite 0x02 (XAES-256-GCM, 192-bit nonce): a derived key per wrap, so no wrap budget to
       // count per KEK version (docs/format.md §2.1).
       const nonce = this.#syncRandom
@@ -306,6 +375,7 @@ export class Keywarden implements DataKeyProvider {
     const slot = `${parsed.keyId}:${parsed.version}`;
     const kek = this.#kekHit(slot) ?? (await this.#kek(parsed.keyId, parsed.version, slot));
     try {
+      if (kek.inRoot) return await this.#unwrapInRoot(kek.inRoot, parsed, context);
       assertUsableKek(kek.material, parsed);
       return unwrapDataKey(kek.material, parsed, context, scheduleOf(kek));
     } finally {
@@ -317,21 +387,33 @@ export class Keywarden implements DataKeyProvider {
 
   /** Encrypt `plaintext` under a fresh DEK wrapped by `options.key` (docs/format.md). */
   encrypt(plaintext: Uint8Array, options: EnvelopeEncryptOptions): Promise<Uint8Array> {
+    try {
+      checkOptions(options, ENCRYPT_OPTIONS, 'encrypt');
+    } catch (err) {
+      return Promise.reject(err);
+    }
     return encryptEnvelope(this, plaintext, options);
   }
 
   /** Decrypt an envelope under the expected key: `{ key: 'name', context }` (docs/format.md §4.8). */
   decrypt(envelope: Uint8Array, options: EnvelopeDecryptOptions): Promise<Uint8Array> {
+    try {
+      checkOptions(options, DECRYPT_OPTIONS, 'decrypt');
+    } catch (err) {
+      return Promise.reject(err);
+    }
     return decryptEnvelope(this, envelope, options);
   }
 
   /** A Transform that encrypts a stream of any length in authenticated frames, in bounded memory. */
   createEncryptStream(options: EncryptStreamOptions): Transform {
+    checkOptions(options, ENCRYPT_STREAM_OPTIONS, 'createEncryptStream');
     return createEncryptStream(this, options);
   }
 
   /** A Transform that decrypts an envelope stream (framed, or single-shot up to its bound); no frame's plaintext is emitted before it verifies. */
   createDecryptStream(options: DecryptStreamOptions): Transform {
+    checkOptions(options, DECRYPT_STREAM_OPTIONS, 'createDecryptStream');
     return createDecryptStream(this, options);
   }
 
@@ -340,7 +422,7 @@ export class Keywarden implements DataKeyProvider {
   /** Wipe the KEK cache and seal the root (when it can be sealed). */
   async seal(): Promise<void> {
     this.#wipeCache();
-    if (this.root.sealable) await this.root.sealable.seal();
+    if (this.#root.sealable) await this.#root.sealable.seal();
   }
 
   /** Drop cached KEK material and primary versions (they are reloaded on next use). */
@@ -348,30 +430,42 @@ export class Keywarden implements DataKeyProvider {
     this.#wipeCache();
   }
 
-  /** Wipe the cache and close the root and the store. */
+  /**
+   * Wipe this instance's caches, and close the root and the store only when it owns them
+   * (`ownsRoot`, `ownsStore`; default: no — whoever opened them closes them, so a store shared
+   * with other code stays open).
+   */
   async close(): Promise<void> {
     if (this.#closed) return;
     this.#closed = true;
     this.#wipeCache();
-    await this.root.close();
-    await this.store.close();
+    this.#unsubscribeSeal?.();
+    try {
+      if (this.#ownsRoot) await this.root.close();
+    } finally {
+      if (this.#ownsStore) await this.store.close();
+    }
   }
 
   // ── Internals ─────────────────────────────────────────────────────────────────────────────────
 
-  async #insertKey(name: string, scope: KeyScope, material: Uint8Array): Promise<KeyInfo> {
+  /** `material` undefined: a KEK made inside the root (KEK mode "root"). */
+  async #insertKey(name: string, scope: KeyScope, material: Uint8Array | undefined): Promise<KeyInfo> {
     this.#requireUnsealed();
     checkName(name);
     const cleanScope = checkScope(scope);
-    const id = `kek_${toBase64Url(await (this.root.random ?? this.#random).randomBytes(16))}`;
-    const wrapped = await this.root.wrapKey(material, kekAad(id, 1));
+    const id = `kek_${toBase64Url(await (this.#root.random ?? this.#random).randomBytes(16))}`;
+    const wrapped =
+      material === undefined
+        ? kekInRootRecord(await requireKekInRoot(this.#root).createKek(kekAad(id, 1)))
+        : await this.#root.wrapKey(material, kekAad(id, 1));
     const now = this.#now();
     const record: KeyRecord = { id, name, scope: cleanScope, primaryVersion: 1, createdAt: now, updatedAt: now };
     const version: KeyVersionRecord = {
       keyId: id,
       version: 1,
       state: 'enabled',
-      rootId: this.root.describe().id,
+      rootId: this.#root.id,
       wrappedMaterial: wrapped,
       createdAt: now,
       updatedAt: now,
@@ -424,6 +518,11 @@ export class Keywarden implements DataKeyProvider {
 
   /** Borrow a cached, unexpired KEK version (the caller must #release it), or undefined. */
   #kekHit(slot: string): KekEntry | undefined {
+    // A root that cannot tell us it was sealed is asked (one call); sealed means nothing cached serves.
+    if (this.#pollSeal && this.#root.sealable?.isSealed()) {
+      this.#wipeCache();
+      return undefined;
+    }
     const hit = this.#kekCache.get(slot);
     if (!hit || hit.expires <= Date.now()) return undefined;
     // Re-insert to keep Map order = least recently used first.
@@ -488,6 +587,7 @@ export class Keywarden implements DataKeyProvider {
   async #loadKek(keyId: string, version: number, slot: string, load: KekLoad): Promise<KekEntry> {
     const generation = this.#generation;
     let material: Uint8Array;
+    let inRoot: KekEntry['inRoot'];
     try {
       this.#requireUnsealed();
       const record = await this.store.getVersion(keyId, version);
@@ -501,20 +601,26 @@ export class Keywarden implements DataKeyProvider {
         throw new KeyNotFoundError(`keystore: key ${keyId} has no version ${version}`);
       }
       if (record.state !== 'enabled') throw new KeyStateError(`keystore: key ${keyId} v${version} is ${record.state}`);
-      const rootId = this.root.describe().id;
+      const rootId = this.#root.id;
       if (record.rootId !== rootId) {
         throw new KeyStateError(`root: key ${keyId} v${version} was wrapped by another root (${record.rootId})`);
       }
-      try {
-        material = await this.root.unwrapKey(record.wrappedMaterial, kekAad(keyId, version));
-      } catch (err) {
-        // The stored KEK record, not the caller's envelope, failed: say so (issue 6, item 9).
-        if (!DecryptionError.isInstance(err) && !FormatError.isInstance(err)) throw err;
-        throw new StoreCorruptError(
-          `keystore: the key store record of key ${keyId} v${version} failed to authenticate under the root (damaged or altered in the store); restore the key store from a backup`,
-          { cause: err },
-        );
-      }
+      if (isKekInRootRecord(record.wrappedMaterial)) {
+        // KEK mode "root": nothing to unwrap; the entry holds the root's reference only.
+        requireKekInRoot(this.#root);
+        inRoot = { reference: kekReferenceOf(record.wrappedMaterial), kekAad: kekAad(keyId, version) };
+        material = new Uint8Array(0);
+      } else
+        try {
+          material = await this.#root.unwrapKey(record.wrappedMaterial, kekAad(keyId, version));
+        } catch (err) {
+          // The stored KEK record, not the caller's envelope, failed: say so (issue 6, item 9).
+          if (!DecryptionError.isInstance(err) && !FormatError.isInstance(err)) throw err;
+          throw new StoreCorruptError(
+            `keystore: the key store record of key ${keyId} v${version} failed to authenticate under the root (damaged or altered in the store); restore the key store from a backup`,
+            { cause: err },
+          );
+        }
     } finally {
       // From here to the return nothing awaits: no caller can join any more, `waiters` is final.
       if (this.#inflight.get(slot) === load) this.#inflight.delete(slot);
@@ -523,12 +629,13 @@ export class Keywarden implements DataKeyProvider {
       wipe(material);
       throw new ClosedError('keywarden: closed');
     }
-    if (this.root.sealable?.isSealed()) {
+    if (this.#root.sealable?.isSealed()) {
       // Sealed while the unwrap was in flight: the key must not outlive the seal.
       wipe(material);
       throw new KeystoreSealedError('keystore: sealed; unseal the root before using keys');
     }
     const entry: KekEntry = { material, expires: Date.now() + this.#ttlMs, refs: load.waiters, cached: false };
+    if (inRoot) entry.inRoot = inRoot;
     // A load that straddled clearCache()/seal() serves its waiters (the last release wipes the
     // material) but does not put the key back into the cache.
     if (generation !== this.#generation) return entry;
@@ -561,8 +668,35 @@ export class Keywarden implements DataKeyProvider {
     this.#primaryCache.clear();
   }
 
+  /** KEK mode "root": one root call per data key (root.ts KekInRoot). */
+  #wrapInRoot(
+    inRoot: NonNullable<KekEntry['inRoot']>,
+    ref: { keyId: string; version: number },
+    dek: Uint8Array,
+    context: EncryptionContext | undefined,
+  ): Promise<DataKey> {
+    return wrapDataKeyInRoot(requireKekInRoot(this.#root), inRoot.reference, inRoot.kekAad, ref, dek, context);
+  }
+
+  #unwrapInRoot(
+    inRoot: NonNullable<KekEntry['inRoot']>,
+    parsed: ReturnType<typeof parseWrappedKey>,
+    context: EncryptionContext | undefined,
+  ): Promise<Uint8Array> {
+    return unwrapDataKeyInRoot(requireKekInRoot(this.#root), inRoot.reference, inRoot.kekAad, parsed, context);
+  }
+
+  /** The KEK mode for a new key: as asked, else "root" when the root can hold KEKs. */
+  #kekMode(asked: KekMode | undefined): KekMode {
+    if (asked !== undefined && asked !== 'memory' && asked !== 'root') {
+      throw new InvalidInputError('keywarden: option "kekMode" must be "memory" or "root"');
+    }
+    if (asked === 'root') requireKekInRoot(this.#root);
+    return asked ?? (this.#root.kekInRoot ? 'root' : 'memory');
+  }
+
   #requireUnsealed(): void {
-    if (this.root.sealable?.isSealed()) {
+    if (this.#root.sealable?.isSealed()) {
       throw new KeystoreSealedError('keystore: sealed; unseal the root before using keys');
     }
   }
@@ -632,6 +766,34 @@ function checkScope(scope: KeyScope): KeyScope {
     out[k as (typeof SCOPE_FIELDS)[number]] = v;
   }
   return out;
+}
+
+const CONSTRUCTOR_OPTIONS = new Set(['store', 'root', 'random', 'cache', 'now', 'ownsStore', 'ownsRoot']);
+const CACHE_OPTIONS = new Set(['maxEntries', 'ttlMs']);
+const CREATE_KEY_OPTIONS = new Set(['scope', 'kekMode']);
+const ENCRYPT_OPTIONS = new Set(['key', 'context', 'signed']);
+const DECRYPT_OPTIONS = new Set(['key', 'anyKeyInStore', 'context', 'requireSigned']);
+const ENCRYPT_STREAM_OPTIONS = new Set([...ENCRYPT_OPTIONS, 'frameSize']);
+const DECRYPT_STREAM_OPTIONS = new Set([...DECRYPT_OPTIONS, 'maxFrameSize']);
+
+/**
+ * Runtime check for JavaScript callers (TypeScript catches these at compile time): an options
+ * object is an object, and every option in it is one the method knows. An unknown or misspelt
+ * option — `createKey('k', { environment: 'prod' })` — is an InvalidInputError naming it, never
+ * silently ignored. One pass over the caller's own keys: cheap enough for every call.
+ */
+function checkOptions(options: unknown, allowed: ReadonlySet<string>, method: string): void {
+  if (options === undefined) return;
+  if (typeof options !== 'object' || options === null || Array.isArray(options)) {
+    throw new InvalidInputError(`keywarden: the options of ${method} must be an object`);
+  }
+  for (const k in options) {
+    if (allowed.has(k)) continue;
+    const hint = (SCOPE_FIELDS as readonly string[]).includes(k) ? ` (a scope field: pass { scope: { ${k}: … } })` : '';
+    throw new InvalidInputError(
+      `keywarden: unknown option "${k.slice(0, 64)}" for ${method}${hint}; expected ${[...allowed].join(', ')}`,
+    );
+  }
 }
 
 function hasControlCharacter(v: string): boolean {
