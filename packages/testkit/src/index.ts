@@ -2,6 +2,9 @@
  * @keywarden/testkit: shared conformance suites for Keywarden packages (private, not published).
  * Run a suite from a package's own test file, e.g.
  *   describeKeyStoreConformance('SqliteKeyStore', async () => ({ store: SqliteKeyStore.open(path) }));
+ *   describeRootConformance('SoftwareRoot', async () => ({ root, store, secret: unsealKey, reopen }));
  */
 export { describeKeyStoreConformance } from './keystore-conformance.js';
 export type { KeyStoreFactory, KeyStoreFixture } from './keystore-conformance.js';
+export { describeRootConformance } from './root-conformance.js';
+export type { RootFactory, RootFixture } from './root-conformance.js';
