@@ -9,6 +9,8 @@ import {
   ROOT_META_NAME,
   SoftwareRoot,
   UnsealError,
+  type RootOfTrust,
+  WeakKeyMaterialError,
   decodeSealedRoot,
   decodeUnsealKey,
   encodeSealedRoot,
@@ -131,5 +133,62 @@ describe('SoftwareRoot', () => {
       expect((err as Error).message).not.toContain('AAAA');
     }
     expect(() => decodeUnsealKey('hunter2')).toThrow(/not a Keywarden unseal key/);
+  });
+});
+
+describe('SoftwareRoot: weak unseal keys (the same check as imported KEKs, weak-key.ts)', () => {
+  const weak: Array<[string, Uint8Array]> = [
+    ['all zeros', new Uint8Array(32)],
+    ['a repeated byte', new Uint8Array(32).fill(0x41)],
+    ['an ASCII password', new TextEncoder().encode('correct horse battery staple!!!!')],
+    ['a counter', Uint8Array.from({ length: 32 }, (_, i) => i)],
+  ];
+
+  for (const [what, key] of weak) {
+    it(`initialize refuses ${what} as a new unseal key with WeakKeyMaterialError and writes nothing`, async () => {
+      const store = new MemoryKeyStore();
+      await expect(SoftwareRoot.initialize(store, { unsealKey: key })).rejects.toSatisfy(
+        WeakKeyMaterialError.isInstance,
+      );
+      expect(await store.getMeta(ROOT_META_NAME)).toBeUndefined();
+    });
+  }
+
+  it('createForRotation and reseal (rekey) refuse a weak new unseal key; the stored root is unchanged', async () => {
+    const store = new MemoryKeyStore();
+    const root = await SoftwareRoot.initialize(store, { unsealKey: unsealKey() });
+    const before = await store.getMeta(ROOT_META_NAME);
+    await expect(
+      SoftwareRoot.createForRotation({ unsealKey: new Uint8Array(32), unseal: { method: 'key' } }),
+    ).rejects.toSatisfy(WeakKeyMaterialError.isInstance);
+    await expect(root.reseal(store, new Uint8Array(32).fill(7), { method: 'key' })).rejects.toSatisfy(
+      WeakKeyMaterialError.isInstance,
+    );
+    expect(Array.from((await store.getMeta(ROOT_META_NAME))!)).toEqual(Array.from(before!));
+  });
+
+  it('the message names the reason and never the key', async () => {
+    const key = new TextEncoder().encode('correct horse battery staple!!!!');
+    let message = '';
+    try {
+      await SoftwareRoot.initialize(new MemoryKeyStore(), { unsealKey: key });
+    } catch (e) {
+      message = (e as Error).message;
+    }
+    expect(message).toMatch(/^weak-key: unseal key refused/);
+    expect(message).not.toContain('horse');
+  });
+
+  it('describes its unsealing secret for split knowledge: a 32-byte unseal key', async () => {
+    const root = await SoftwareRoot.initialize(new MemoryKeyStore(), { unsealKey: unsealKey() });
+    expect(root.unsealSecret()).toEqual({
+      kind: 'unseal-key',
+      minBytes: 32,
+      maxBytes: 32,
+      label: 'software root unseal key (32 bytes)',
+    });
+    expect(root.sealable).toBe(root);
+    expect(root.destroyable).toBe(root);
+    expect((root as RootOfTrust).kekInRoot).toBeUndefined();
   });
 });
