@@ -15,7 +15,14 @@
  * Rows for the PKCS#11 and TPM roots (raw pkcs11js / ESAPI loops), the agent round trip, audit on/off
  * and bulk rewrap come with those backends and features; there are none yet, and no row stands in.
  */
-import { createCipheriv, createDecipheriv, randomBytes, randomFillSync } from 'node:crypto';
+import {
+  createCipheriv,
+  createDecipheriv,
+  createHmac,
+  randomBytes,
+  randomFillSync,
+  timingSafeEqual,
+} from 'node:crypto';
 import { spawnSync } from 'node:child_process';
 import {
   closeSync,
@@ -183,6 +190,70 @@ function rawDecrypt(env: Uint8Array): Uint8Array {
   return Buffer.concat([d.update(body.subarray(0, body.length - 16)), d.final()]);
 }
 
+/**
+ * Reference: the operations Keywarden's format needs per message, in raw node:crypto with nothing
+ * else (no parsing, no checks, no context encoding): an XAES-256-GCM wrap of the DEK on a kept ECB
+ * context, HKDF-SHA256 extract + two expands (body key and key commitment), the body's GCM. Not a
+ * ceiling: it shows where the format's own cost ends and Keywarden's JavaScript begins.
+ */
+const floorEcb = createCipheriv('aes-256-ecb', rawKek, null).setAutoPadding(false);
+const FLOOR_INFO_KEY = new TextEncoder().encode('keywarden/v1/data-key\x01');
+const FLOOR_INFO_COMMIT = new TextEncoder().encode('keywarden/v1/commit\x01');
+const ONE = Uint8Array.of(1);
+function floorSubkey(nonce: Uint8Array): Uint8Array {
+  const l = floorEcb.update(new Uint8Array(16));
+  const m = new Uint8Array(32);
+  for (let i = 0; i < 16; i++) m[i] = m[16 + i] = l[i] as number;
+  for (let i = 0; i < 12; i++) {
+    m[4 + i] = (m[4 + i] as number) ^ (nonce[i] as number);
+    m[20 + i] = (m[20 + i] as number) ^ (nonce[i] as number);
+  }
+  return floorEcb.update(m);
+}
+function floorKeys(dek: Uint8Array, messageId: Uint8Array): [Uint8Array, Uint8Array] {
+  const prk = createHmac('sha256', messageId).update(dek).digest();
+  const enc = createHmac('sha256', prk).update(FLOOR_INFO_KEY).update(ONE).digest();
+  const commit = createHmac('sha256', prk).update(FLOOR_INFO_COMMIT).update(ONE).digest();
+  return [enc, commit];
+}
+function floorEncrypt(pt: Uint8Array): Uint8Array {
+  const r = randomFillSync(new Uint8Array(32 + 24 + 32 + 12)); // DEK, wrap nonce, message id, nonce
+  const dek = r.subarray(0, 32);
+  const wn = r.subarray(32, 56);
+  const c = createCipheriv('aes-256-gcm', floorSubkey(wn), wn.subarray(12));
+  c.setAAD(rawAad);
+  const wrapped = Buffer.concat([c.update(dek), c.final(), c.getAuthTag()]);
+  const [enc, commit] = floorKeys(dek, r.subarray(56, 88));
+  const b = createCipheriv('aes-256-gcm', enc, r.subarray(88));
+  b.setAAD(rawAad);
+  // wrap nonce (24) ‖ wrapped DEK (48) ‖ message id (32) ‖ commitment (32) ‖ nonce (12) ‖ body ‖ tag
+  return Buffer.concat([
+    wn,
+    wrapped,
+    r.subarray(56, 88),
+    commit,
+    r.subarray(88),
+    b.update(pt),
+    b.final(),
+    b.getAuthTag(),
+  ]);
+}
+function floorDecrypt(env: Uint8Array): Uint8Array {
+  const wn = env.subarray(0, 24);
+  const d = createDecipheriv('aes-256-gcm', floorSubkey(wn), wn.subarray(12));
+  d.setAAD(rawAad);
+  d.setAuthTag(env.subarray(56, 72));
+  const dek = d.update(env.subarray(24, 56));
+  d.final();
+  const [enc, commit] = floorKeys(dek, env.subarray(72, 104));
+  if (!timingSafeEqual(commit, env.subarray(104, 136))) throw new Error('floor: commitment');
+  const body = env.subarray(148);
+  const b = createDecipheriv('aes-256-gcm', enc, env.subarray(136, 148));
+  b.setAAD(rawAad);
+  b.setAuthTag(body.subarray(body.length - 16));
+  return Buffer.concat([b.update(body.subarray(0, body.length - 16)), b.final()]);
+}
+
 const SIZES: Array<[string, number]> = [
   ['1 KiB', 1024],
   ['64 KiB', 64 * 1024],
@@ -274,6 +345,7 @@ async function buildGroups(): Promise<{ groups: Group[]; close: () => Promise<vo
     const payload = new Uint8Array(randomBytes(size));
     const kwEnvelope = await kw.encrypt(payload, { key: 'bench', context });
     const rawEnvelope = rawEncrypt(payload);
+    const floorEnvelope = floorEncrypt(payload);
     const fairEnvelope = (await esdk.encrypt(keyring, payload, { encryptionContext: context, suiteId: fairSuite }))
       .result;
     const signedEnvelope = (await esdk.encrypt(keyring, payload, { encryptionContext: context })).result;
@@ -282,6 +354,15 @@ async function buildGroups(): Promise<{ groups: Group[]; close: () => Promise<vo
         name: `encrypt ${sizeName}`,
         cases: [
           { label: 'raw node:crypto envelope', kind: 'raw', fn: () => rawEncrypt(payload) },
+          ...(size === 1024
+            ? [
+                {
+                  label: "raw node:crypto, Keywarden's construction (format floor)",
+                  kind: 'reference' as Kind,
+                  fn: () => floorEncrypt(payload),
+                },
+              ]
+            : []),
           { label: 'keywarden', kind: 'keywarden', fn: () => kw.encrypt(payload, { key: 'bench', context }) },
           {
             label: 'keywarden + data-key cache',
@@ -304,6 +385,15 @@ async function buildGroups(): Promise<{ groups: Group[]; close: () => Promise<vo
         name: `decrypt ${sizeName}`,
         cases: [
           { label: 'raw node:crypto envelope', kind: 'raw', fn: () => rawDecrypt(rawEnvelope) },
+          ...(size === 1024
+            ? [
+                {
+                  label: "raw node:crypto, Keywarden's construction (format floor)",
+                  kind: 'reference' as Kind,
+                  fn: () => floorDecrypt(floorEnvelope),
+                },
+              ]
+            : []),
           { label: 'keywarden', kind: 'keywarden', fn: () => kw.decrypt(kwEnvelope, { key: 'bench', context }) },
           {
             label: 'keywarden + data-key cache',
