@@ -12,7 +12,7 @@ bash harness/setup.sh
 bash scripts/bootstrap.sh
 if [ -z "${npm_config_nodedir:-}" ] && [ -f /usr/include/node/node.h ]; then export npm_config_nodedir=/usr; fi
 
-rm -f packages/*/.vitest-results.json
+rm -rf packages/*/.vitest-results.json .test-results
 
 status=0
 echo "== lint" && pnpm run lint || status=1
@@ -23,6 +23,13 @@ echo "== test" && pnpm exec turbo run test --concurrency=1 || status=1
 # the committed benchmarks/baseline.json: fails when a ratio regresses beyond its tolerance (how it
 # was chosen: benchmarks/README.md), printing the rows that moved. `pnpm bench:baseline` updates it.
 echo "== bench" && pnpm run bench:check || status=1
+
+# What a consumer installs: the packed tarballs in a fresh project, every README example compiled
+# and run as written, require() from CommonJS, the packed CLI's demo.
+echo "== packed packages and README examples" && node scripts/packed-test.mjs || status=1
+
+# The library suites on the other supported Node.js lines (binaries from the npm registry).
+echo "== node 22 and 24" && bash scripts/test-node-versions.sh 22 24 || status=1
 
 node scripts/test-summary.mjs || status=1
 exit "$status"
