@@ -58,7 +58,7 @@ async function freshStore(): Promise<{ cwd: string; envelopes: Array<{ key: stri
   const unsealKey = decodeUnsealKey(readFileSync(files(cwd).key, 'utf8'));
   await root.unseal(unsealKey);
   unsealKey.fill(0);
-  const k = new Keywarden({ store, root });
+  const k = new Keywarden({ store, root, ownsStore: true, ownsRoot: true });
   const envelopes: Array<{ key: string; envelope: Uint8Array }> = [];
   try {
     for (const key of ['a', 'b']) {
@@ -133,7 +133,7 @@ describe.skipIf(!built)('random SIGKILL during root destroy (issue 6, item 3)', 
         const unsealKey = decodeUnsealKey(readFileSync(files(current.cwd).key, 'utf8'));
         await root.unseal(unsealKey);
         unsealKey.fill(0);
-        const k = new Keywarden({ store, root });
+        const k = new Keywarden({ store, root, ownsStore: true, ownsRoot: true });
         try {
           for (const e of current.envelopes) {
             const plain = await k.decrypt(e.envelope, { key: e.key, context: CONTEXT });
