@@ -55,6 +55,10 @@ export function describeError(err: unknown, cwd: string): ReportedError {
     return { message: oneLine(err.message.replace(/^error:\s*/i, '')), exitCode: EXIT_USAGE };
   }
   if (err instanceof CliError) return { message: oneLine(err.message), exitCode: err.exitCode };
+  if (KeywardenError.isInstance(err, 'KW_AGENT_UNAVAILABLE')) {
+    // The library says what failed; the CLI says which command fixes it.
+    return { message: oneLine(`${err.message} (start one with \`keywarden agent\`)`), exitCode: EXIT_FAILURE };
+  }
   if (KeywardenError.isInstance(err)) return { message: oneLine(err.message), exitCode: EXIT_FAILURE };
   if (isAbort(err)) return { message: 'interrupted', exitCode: EXIT_INTERRUPTED };
   const sys = err as NodeJS.ErrnoException | undefined;

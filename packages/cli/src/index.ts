@@ -16,7 +16,4 @@ export {
   type StoreLocation,
   type UnsealSource,
 } from './store-dir.js';
-export { KeyAgent, type AgentOptions } from './agent.js';
-export { AgentClient, AgentUnavailableError } from './agent-client.js';
-export type { AgentStatus, UnsealResult } from './_agent-protocol.js';
 export { runDemo } from './demo.js';

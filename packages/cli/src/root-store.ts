@@ -27,7 +27,7 @@ import {
   wipe,
 } from '@keywarden/core';
 import { destroyRootWithQuorum, rotateRoot, type ShareSetInfo } from '@keywarden/split-knowledge';
-import { AgentClient, AgentUnavailableError } from './agent-client.js';
+import { AgentClient, isAgentUnavailable } from '@keywarden/agent';
 import { UsageError } from './errors.js';
 import type { CliIO } from './io.js';
 import { collectCurrentShares, type QuorumRequest } from './split-store.js';
@@ -231,7 +231,7 @@ async function sealAgent(io: CliIO, loc: StoreLocation, socketOption: string | u
   try {
     client = await AgentClient.connect(socket, { connectTimeoutMs: 2000, requestTimeoutMs: 10_000 });
   } catch (err) {
-    if (err instanceof AgentUnavailableError) return { state: 'none', socket };
+    if (isAgentUnavailable(err)) return { state: 'none', socket };
     return { state: 'unreachable', socket, reason: reasonOf(err) };
   }
   try {

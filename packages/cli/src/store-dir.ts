@@ -16,7 +16,7 @@
  *    command unseals a root of its own and does the key operations in-process;
  *  - "shamir" (split knowledge): the unseal key exists only while a quorum of shares is being
  *    combined, inside a long-running `keywarden agent`; the command does not unseal anything
- *    itself but sends its key operations to the agent over its socket (agent-client.ts).
+ *    itself but sends its key operations to the agent over its socket (@keywarden/agent's AgentClient).
  * Either way the command gets a `KeyService`, and envelope encryption itself always runs in the
  * command's own process (core's functions take any DataKeyProvider).
  */
@@ -24,11 +24,8 @@ import { randomFillSync } from 'node:crypto';
 import { mkdir, open, readFile, rm, stat, chmod } from 'node:fs/promises';
 import * as path from 'node:path';
 import {
-  type CreateKeyOptions,
-  type DataKeyProvider,
   decodeUnsealKey,
   encodeUnsealKey,
-  type KeyInfo,
   KeywardenError,
   Keywarden,
   readRootState,
@@ -46,7 +43,7 @@ import {
   type KeyStore,
 } from '@keywarden/core';
 import { SqliteKeyStore } from '@keywarden/store-sqlite';
-import { AgentClient, AgentUnavailableError } from './agent-client.js';
+import { AgentClient, isAgentUnavailable, type KeyService, type SocketLocation } from '@keywarden/agent';
 import { CliError, displayPath, UsageError } from './errors.js';
 import type { CliIO } from './io.js';
 
@@ -81,11 +78,8 @@ export function resolveStoreLocation(io: Pick<CliIO, 'cwd' | 'env'>, dirOption?:
   };
 }
 
-/** Where a `keywarden agent` listens, and how to show it. */
-export interface SocketLocation {
-  path: string;
-  display: string;
-}
+/** Where a `keywarden agent` listens, and how to show it (@keywarden/agent's type). */
+export type { SocketLocation };
 
 /** --socket, else $KEYWARDEN_AGENT_SOCKET, else D/agent.sock. */
 export function resolveAgentSocket(
@@ -260,8 +254,10 @@ export async function openKeywarden(
       // Destroyed only when the store says so (its tombstone); neither root nor tombstone is damage.
       const state = await readRootState(store);
       if (state.state === 'missing') throw new RootMissingError(ROOT_MISSING_MESSAGE);
-      if (state.state === 'destroyed') return new Keywarden({ store, root: new MissingRoot(), ownsStore: true, ownsRoot: true });
-      if (state.tombstone) return new Keywarden({ store, root: new MissingRoot(true), ownsStore: true, ownsRoot: true });
+      if (state.state === 'destroyed')
+        return new Keywarden({ store, root: new MissingRoot(), ownsStore: true, ownsRoot: true });
+      if (state.tombstone)
+        return new Keywarden({ store, root: new MissingRoot(true), ownsStore: true, ownsRoot: true });
       return new Keywarden({ store, root: await SoftwareRoot.load(store), ownsStore: true, ownsRoot: true });
     } catch (err) {
       await store.close().catch(() => {});
@@ -310,18 +306,11 @@ export async function withKeywarden<T>(
 }
 
 /**
- * What the key-using commands need: data keys (a DataKeyProvider, which is all envelope
- * encryption asks for) and KEK management. A development-mode `Keywarden` is one; so is an
- * `AgentClient` talking to the agent of a split-knowledge store.
+ * What the key-using commands need (@keywarden/agent's type): data keys and KEK management. A
+ * development-mode `Keywarden` is one; so is an `AgentClient` talking to the agent of a
+ * split-knowledge store.
  */
-export interface KeyService extends DataKeyProvider {
-  createKey(name: string, options?: CreateKeyOptions): Promise<KeyInfo>;
-  rotateKey(nameOrId: string): Promise<KeyInfo>;
-  getKey(nameOrId: string): Promise<KeyInfo>;
-  listKeys(): Promise<KeyInfo[]>;
-  /** Development mode: wipe the KEK cache and seal the root. Agent: close the connection. */
-  close(): Promise<void>;
-}
+export type { KeyService };
 
 export interface KeyServiceOptions {
   /** --unseal-key-file (development mode). */
@@ -361,7 +350,7 @@ export async function openKeyService(
   try {
     return await AgentClient.connect(source.socket);
   } catch (err) {
-    if (err instanceof AgentUnavailableError) throw splitKnowledgeError(source.socket, err);
+    if (isAgentUnavailable(err)) throw splitKnowledgeError(source.socket, err);
     throw err;
   }
 }

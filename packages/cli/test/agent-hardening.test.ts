@@ -172,7 +172,7 @@ describe.skipIf(!built)('the agent against slow and hostile clients', () => {
     await waitFor(() => idle.closed(), 'the idle connection to be closed', 10_000);
     expect(idle.received()).toBe('');
     // In-process client: first request, idle past the timeout, second request on a new connection.
-    const { AgentClient } = await import('../src/agent-client.js');
+    const { AgentClient } = await import('@keywarden/agent');
     const client = await AgentClient.connect({ path: socket, display: 'agent.sock' });
     try {
       expect((await client.status()).sealed).toBe(false);

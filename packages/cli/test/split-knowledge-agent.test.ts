@@ -189,7 +189,7 @@ describe.skipIf(!built)('keywarden agent and unseal', () => {
       (err: { code?: number; log?: string }) => err,
     );
     expect(second?.code).toBe(1);
-    expect(second?.log).toBe('keywarden: an agent is already running on .keywarden/agent.sock\n');
+    expect(second?.log).toBe('keywarden: agent: another agent is already running on .keywarden/agent.sock\n');
     expect((await status(cwd)).includes(`pid ${agent.child.pid}`)).toBe(true);
 
     expect(await agent.stop('SIGKILL')).toBe(null);
@@ -364,7 +364,7 @@ describe('without an agent', () => {
       const r = await cli(argv, { cwd });
       expect(r.code).toBe(1);
       expect(oneLine(r.stderr)).toBe(
-        'keywarden: no agent running on .keywarden/agent.sock (start one with `keywarden agent`)',
+        'keywarden: agent: no agent running on .keywarden/agent.sock (start one with `keywarden agent`)',
       );
     }
     // Metadata needs neither the agent nor a share.
@@ -381,7 +381,7 @@ describe('without an agent', () => {
     expect(oneLine(other.stderr)).toContain('(no agent answers on elsewhere.sock)');
     const env = await cli(['seal'], { cwd, env: { KEYWARDEN_AGENT_SOCKET: '/nonexistent/kw.sock' } });
     expect(oneLine(env.stderr)).toBe(
-      'keywarden: no agent running on /nonexistent/kw.sock (start one with `keywarden agent`)',
+      'keywarden: agent: no agent running on /nonexistent/kw.sock (start one with `keywarden agent`)',
     );
     // A socket that belongs to another user is refused before anything is sent to it.
     if (process.getuid?.() === 0) {
@@ -391,7 +391,7 @@ describe('without an agent', () => {
         await chown(path.join(cwd, 'theirs.sock'), 12345, 12345);
         const theirs = await cli(['seal', '--socket', 'theirs.sock'], { cwd });
         expect(oneLine(theirs.stderr)).toBe(
-          'keywarden: theirs.sock belongs to another user (uid 12345); refusing to talk to it',
+          'keywarden: agent: theirs.sock belongs to another user (uid 12345); refusing to talk to it',
         );
       } finally {
         await new Promise((resolve) => server.close(resolve));

@@ -1,27 +1,17 @@
 /**
  * Split knowledge without an agent, in-process: init in its three hand-out forms and its
- * refusals, rekey's refusals, `share decrypt` and `share inspect`, the hidden prompt with a fake
- * terminal, and the agent protocol's pieces (line framing, errors rebuilt by code).
+ * refusals, rekey's refusals, `share decrypt` and `share inspect`, and the hidden prompt with a fake
+ * terminal (the agent protocol's pieces are tested in packages/agent).
  */
 import { generateKeyPairSync } from 'node:crypto';
 import { existsSync } from 'node:fs';
 import { readdir, readFile, stat, writeFile } from 'node:fs/promises';
 import * as path from 'node:path';
 import { PassThrough } from 'node:stream';
-import { DecryptionError, KeystoreSealedError, KeywardenError, ShareError } from '@keywarden/core';
 import { parseShare } from '@keywarden/split-knowledge';
 import { describe, expect, it } from 'vitest';
-import {
-  errorFromWire,
-  errorToWire,
-  LineBuffer,
-  LineTooLongError,
-  parseRequest,
-  ProtocolError,
-} from '../src/_agent-protocol.js';
 import { readHidden } from '../src/_prompt.js';
 import { run } from '../src/cli.js';
-import { CliError } from '../src/errors.js';
 import { cli, oneLine, tempDir } from './helpers.js';
 import { custodian, sharesIn } from './split-helpers.js';
 
@@ -462,54 +452,6 @@ describe('commands at a terminal (fake TTY, in-process)', () => {
     expect(r.code).toBe(0);
     expect(parseShare(r.out).index).toBe(1);
     expect(r.err).not.toContain('tr0ub4dor');
-  });
-});
-
-describe('agent protocol pieces', () => {
-  it('LineBuffer splits lines across chunks and refuses a line over its bound', () => {
-    const lb = new LineBuffer(8);
-    expect(lb.push(Buffer.from('ab')).map(String)).toEqual([]);
-    expect(lb.push(Buffer.from('c\nde\nf')).map(String)).toEqual(['abc', 'de']);
-    expect(lb.pending).toBe(true);
-    expect(lb.push(Buffer.from('\n')).map(String)).toEqual(['f']);
-    expect(() => lb.push(Buffer.from('123456789'))).toThrow(LineTooLongError);
-    expect(lb.pending).toBe(false);
-    expect(lb.push(Buffer.from('12345678\n')).map(String)).toEqual(['12345678']);
-  });
-
-  it('parseRequest refuses what is not a request without echoing it', () => {
-    const share = 'kwshare1.unseal-key.ss_AAAAAAAAAAAAAAAA.1-of-2.need-2.x.00000000';
-    for (const line of [`{"op":"unseal","args":{"share":"${share}"}}`, `[${JSON.stringify(share)}]`, `${share}`]) {
-      try {
-        parseRequest(Buffer.from(line));
-        expect.unreachable();
-      } catch (err) {
-        expect(err).toBeInstanceOf(ProtocolError);
-        expect((err as Error).message).not.toContain('kwshare1');
-      }
-    }
-    expect(parseRequest(Buffer.from('{"id":3,"op":"seal"}'))).toEqual({ id: 3, op: 'seal', args: {} });
-  });
-
-  it('errors cross as {code, message} and come back as the same KeywardenError subclass', () => {
-    const sealed = errorFromWire(errorToWire(new KeystoreSealedError('keystore: sealed; x')));
-    expect(sealed).toBeInstanceOf(KeystoreSealedError);
-    expect(KeywardenError.isInstance(sealed, 'KW_KEYSTORE_SEALED')).toBe(true);
-    expect(sealed.message).toBe('keystore: sealed; x');
-    const dec = errorFromWire(errorToWire(new DecryptionError('data key')));
-    expect(dec).toBeInstanceOf(DecryptionError);
-    expect(dec.message).toBe('data key: decryption failed (wrong key or context, or the data was modified)');
-    expect(errorFromWire(errorToWire(new ShareError('share: a\nb')))).toMatchObject({
-      code: 'KW_SHARE',
-      message: 'share: a b',
-    });
-    // Anything else is not described to the client (the agent logs it).
-    expect(errorToWire(new Error('SQLITE_IOERR at /secret/path'))).toEqual({
-      code: 'KW_AGENT_INTERNAL',
-      message: "agent: internal error (see the agent's log)",
-    });
-    expect(errorFromWire({ code: 'KW_AGENT_PROTOCOL', message: 'agent: nope' })).toBeInstanceOf(CliError);
-    expect(errorFromWire('garbage').message).toBe('agent: malformed error response');
   });
 });
 

@@ -34,6 +34,10 @@ export type KeywardenErrorCode =
   | 'KW_SHARE'
   | 'KW_ROOT_CONTRACT'
   | 'KW_ROOT_SCHEME'
+  | 'KW_AGENT'
+  | 'KW_AGENT_UNAVAILABLE'
+  | 'KW_AGENT_PROTOCOL'
+  | 'KW_AGENT_VERSION'
   | 'KW_CLOSED';
 
 export class KeywardenError extends Error {
@@ -135,5 +139,13 @@ export class ShareError extends defineError('KW_SHARE', 'ShareError') {}
 export class RootContractError extends defineError('KW_ROOT_CONTRACT', 'RootContractError') {}
 /** A root URI names a scheme no backend is registered for (root-registry.ts). */
 export class UnknownRootSchemeError extends defineError('KW_ROOT_SCHEME', 'UnknownRootSchemeError') {}
+/** The key agent (@keywarden/agent) failed or refused: cannot listen, connection lost, no answer in time. */
+export class AgentError extends defineError('KW_AGENT', 'AgentError') {}
+/** No key agent answers on the socket (no socket file, or one nobody listens on). */
+export class AgentUnavailableError extends defineError('KW_AGENT_UNAVAILABLE', 'AgentUnavailableError') {}
+/** A request or response that is not the agent protocol (docs/agent-protocol.md). */
+export class AgentProtocolError extends defineError('KW_AGENT_PROTOCOL', 'AgentProtocolError') {}
+/** Client and agent share no protocol version (docs/agent-protocol.md §hello). */
+export class AgentVersionError extends defineError('KW_AGENT_VERSION', 'AgentVersionError') {}
 /** The object was closed and its key material wiped. */
 export class ClosedError extends defineError('KW_CLOSED', 'ClosedError') {}

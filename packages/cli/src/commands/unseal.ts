@@ -1,13 +1,12 @@
 /**
  * `keywarden unseal`, `keywarden seal`, `keywarden status`: talking to the agent of a
- * split-knowledge store (agent.ts). Shares go to the agent one at a time and are never echoed,
+ * split-knowledge store (@keywarden/agent). Shares go to the agent one at a time and are never echoed,
  * printed or logged; only progress is shown ("unseal progress: 2 of 3").
  */
 import type { Command } from 'commander';
 import { KeywardenError } from '@keywarden/core';
-import type { AgentStatus, UnsealResult } from '../_agent-protocol.js';
+import { AgentClient, type AgentStatus, isAgentUnavailable, type UnsealResult } from '@keywarden/agent';
 import { isTerminal, readHidden, readShareFile, readSharesFromStream } from '../_prompt.js';
-import { AgentClient, AgentUnavailableError } from '../agent-client.js';
 import { CliError } from '../errors.js';
 import type { CliIO } from '../io.js';
 import { formatJson, formatPairs, print } from '../output.js';
@@ -163,7 +162,7 @@ while. Unsealing again needs a quorum of shares (\`keywarden unseal\`). Stopping
           await client.close();
         }
       } catch (err) {
-        if (!(err instanceof AgentUnavailableError)) throw err;
+        if (!isAgentUnavailable(err)) throw err;
       }
       if (opts.json) {
         await print(

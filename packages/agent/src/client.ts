@@ -1,15 +1,30 @@
 /**
- * AgentClient: the CLI's side of the agent protocol (_agent-protocol.ts). It is a KeyService — a
- * DataKeyProvider plus KEK management — so `encrypt`, `decrypt`, `datakey` and `key create|rotate`
- * work unchanged on a split-knowledge store: the data keys come from the agent, and envelope
- * encryption itself runs in this process. Plus the agent's own operations: status, unseal, seal.
+ * AgentClient: an application's (or a command's) side of the agent protocol (protocol.ts). It is a
+ * DataKeyProvider, like Keywarden, so core's encryptEnvelope/decryptEnvelope and the streams take
+ * it as they take a Keywarden: the data keys come from the agent, and envelope encryption itself
+ * runs in this process. Plus KEK management (createKey, rotateKey, getKey, listKeys) and the
+ * agent's own operations: status, unseal, seal.
  *
- * Failures are rebuilt from their wire code as the same KeywardenError subclass the agent hit,
- * so the one-line messages are the same as in development mode.
+ * Every connection starts with `hello` (the protocol version, docs/agent-protocol.md); the agent
+ * closes idle connections and the client reconnects, with a new hello, on the next request.
+ * Failures are rebuilt from their wire code as the same KeywardenError subclass the agent hit.
  */
 import { lstat } from 'node:fs/promises';
 import { createConnection, type Socket } from 'node:net';
-import type { CreateKeyOptions, DataKey, EncryptionContext, KeyExpectation, KeyInfo } from '@keywarden/core';
+import {
+  AgentError,
+  AgentProtocolError,
+  AgentUnavailableError,
+  AgentVersionError,
+  type CreateKeyOptions,
+  type DataKey,
+  type DataKeyProvider,
+  type EncryptionContext,
+  type KeyExpectation,
+  type KeyInfo,
+  KeywardenError,
+} from '@keywarden/core';
+import { type SocketLocation, socketLocation, systemErrorText } from './_socket.js';
 import {
   type AgentOp,
   type AgentRequest,
@@ -17,22 +32,31 @@ import {
   encodeLine,
   errorFromWire,
   fromBase64,
+  type HelloResult,
   keyInfoFromWire,
   LineBuffer,
   MAX_RESPONSE_BYTES,
+  PROTOCOL_VERSIONS,
   toBase64,
   type UnsealResult,
-} from './_agent-protocol.js';
-import { CliError, systemErrorText } from './errors.js';
-import type { KeyService, SocketLocation } from './store-dir.js';
+} from './protocol.js';
 
-/** No agent answers on the socket (no socket file, or a stale one). */
-export class AgentUnavailableError extends CliError {
-  override name = 'AgentUnavailableError';
+/**
+ * What key-using code needs: data keys (a DataKeyProvider, which is all envelope encryption asks
+ * for) and KEK management. A `Keywarden` in the application's own process is one; so is an
+ * `AgentClient` talking to an agent.
+ */
+export interface KeyService extends DataKeyProvider {
+  createKey(name: string, options?: CreateKeyOptions): Promise<KeyInfo>;
+  rotateKey(nameOrId: string): Promise<KeyInfo>;
+  getKey(nameOrId: string): Promise<KeyInfo>;
+  listKeys(): Promise<KeyInfo[]>;
+  /** A Keywarden: wipe the KEK cache (and close what it owns). An AgentClient: close the connection. */
+  close(): Promise<void>;
 }
 
 export interface AgentClientOptions {
-  /** How long to wait for the connection. Default 5 s. */
+  /** How long to wait for the connection and the hello. Default 5 s. */
   connectTimeoutMs?: number;
   /** How long to wait for each answer. Default 60 s. */
   requestTimeoutMs?: number;
@@ -55,43 +79,55 @@ export class AgentClient implements KeyService {
   readonly #requestTimeoutMs: number;
   #nextId = 1;
   #failure: Error | undefined;
+  #protocol = 0;
 
-  private constructor(socket: SocketLocation, conn: Socket, options: AgentClientOptions) {
+  private constructor(socket: SocketLocation, options: AgentClientOptions) {
     this.socket = socket;
     this.#options = options;
     this.#requestTimeoutMs = options.requestTimeoutMs ?? 60_000;
-    this.#attach(conn);
   }
 
   /**
-   * Connect to the agent on `socket`. AgentUnavailableError when none answers. Refuses a socket
-   * owned by another user: shares and data keys go over it, and a --socket in a shared directory
-   * could be someone else's listener.
+   * Connect to the agent listening on `socket` (a path, or a path and how to name it in messages)
+   * and agree on a protocol version. AgentUnavailableError when no agent answers, AgentVersionError
+   * when it speaks no version this client speaks. Refuses a socket owned by another user: shares
+   * and data keys go over it, and a socket in a shared directory could be someone else's listener.
    */
-  static async connect(socket: SocketLocation, options: AgentClientOptions = {}): Promise<AgentClient> {
-    return new AgentClient(socket, await AgentClient.#open(socket, options), options);
+  static async connect(socket: string | SocketLocation, options: AgentClientOptions = {}): Promise<AgentClient> {
+    const client = new AgentClient(socketLocation(socket), options);
+    try {
+      await client.#connection();
+    } catch (err) {
+      await client.close();
+      throw err;
+    }
+    return client;
+  }
+
+  /** The protocol version agreed with the agent on the current connection. */
+  get protocolVersion(): number {
+    return this.#protocol;
   }
 
   static async #open(socket: SocketLocation, options: AgentClientOptions): Promise<Socket> {
     await checkSocketOwner(socket);
+    const timeoutMs = options.connectTimeoutMs ?? 5000;
     return new Promise((resolve, reject) => {
       const conn = createConnection({ path: socket.path });
       const timer = setTimeout(() => {
         conn.destroy();
-        reject(
-          new CliError(`agent: no answer from ${socket.display} within ${(options.connectTimeoutMs ?? 5000) / 1000} s`),
-        );
-      }, options.connectTimeoutMs ?? 5000);
+        reject(new AgentError(`agent: no answer from ${socket.display} within ${timeoutMs / 1000} s`));
+      }, timeoutMs);
       const onError = (err: NodeJS.ErrnoException) => {
         clearTimeout(timer);
         conn.destroy();
         if (err.code === 'ENOENT' || err.code === 'ECONNREFUSED') {
-          reject(
-            new AgentUnavailableError(`no agent running on ${socket.display} (start one with \`keywarden agent\`)`),
-          );
+          reject(new AgentUnavailableError(`agent: no agent running on ${socket.display}`));
         } else {
           reject(
-            new CliError(`cannot connect to the agent on ${socket.display}: ${systemErrorText(err)}`, { cause: err }),
+            new AgentError(`agent: cannot connect to the agent on ${socket.display}: ${systemErrorText(err)}`, {
+              cause: err,
+            }),
           );
         }
       };
@@ -105,42 +141,71 @@ export class AgentClient implements KeyService {
   }
 
   /**
-   * The agent closes a connection that stayed idle (its --idle-timeout) or waited too long on
-   * this client: with nothing pending that is not a failure, and the next request reconnects.
+   * The agent closes a connection that stayed idle or waited too long on this client: with
+   * nothing pending that is not a failure, and the next request reconnects.
    */
   #attach(conn: Socket): void {
     this.#conn = conn;
     conn.on('data', (chunk: Buffer) => this.#onData(chunk));
     conn.on('error', (err) => {
-      if (this.#pending.size > 0) this.#fail(new CliError(`agent: connection failed: ${systemErrorText(err)}`));
+      if (this.#pending.size > 0) this.#fail(new AgentError(`agent: connection failed: ${systemErrorText(err)}`));
     });
     conn.on('close', () => {
       if (this.#conn === conn) this.#conn = undefined;
       this.#lines.wipe();
       if (this.#pending.size > 0) {
-        this.#fail(new CliError(`agent: the agent on ${this.socket.display} closed the connection before answering`));
+        this.#fail(new AgentError(`agent: the agent on ${this.socket.display} closed the connection before answering`));
       }
     });
   }
 
+  /** The open connection, or a new one with its hello done. */
   async #connection(): Promise<Socket> {
     if (this.#conn) return this.#conn;
-    this.#connecting ??= AgentClient.#open(this.socket, this.#options).then(
-      (conn) => {
-        this.#connecting = undefined;
+    this.#connecting ??= (async () => {
+      try {
+        const conn = await AgentClient.#open(this.socket, this.#options);
         if (this.#failure) {
           conn.destroy();
           throw this.#failure;
         }
         this.#attach(conn);
+        try {
+          await this.#hello(conn);
+        } catch (err) {
+          conn.destroy();
+          if (this.#conn === conn) this.#conn = undefined;
+          throw err;
+        }
         return conn;
-      },
-      (err: unknown) => {
+      } finally {
         this.#connecting = undefined;
-        throw err;
-      },
-    );
+      }
+    })();
     return this.#connecting;
+  }
+
+  /** Agree on a protocol version: the first request on every connection. */
+  async #hello(conn: Socket): Promise<void> {
+    let r: unknown;
+    try {
+      r = await this.#send(conn, 'hello', { versions: [...PROTOCOL_VERSIONS] }, this.#options.connectTimeoutMs ?? 5000);
+    } catch (err) {
+      // An agent older than versioning answers hello as an unknown op.
+      if (AgentProtocolError.isInstance(err) && /unknown op/.test(err.message)) {
+        throw new AgentVersionError(
+          `agent: the agent on ${this.socket.display} does not negotiate a protocol version (it predates versioning); use matching releases of @keywarden/agent`,
+        );
+      }
+      throw err;
+    }
+    const protocol = (r as Partial<HelloResult> | undefined)?.protocol;
+    if (typeof protocol !== 'number' || !(PROTOCOL_VERSIONS as readonly number[]).includes(protocol)) {
+      throw new AgentVersionError(
+        `agent: the agent on ${this.socket.display} chose protocol version ${String(protocol)}, which this client does not speak (it speaks ${PROTOCOL_VERSIONS.join(', ')})`,
+      );
+    }
+    this.#protocol = protocol;
   }
 
   // ── The agent's own operations ─────────────────────────────────────────────────────────────────
@@ -149,11 +214,12 @@ export class AgentClient implements KeyService {
     return (await this.request('status')) as AgentStatus;
   }
 
-  /** Submit one plaintext share. */
+  /** Submit one plaintext share (split knowledge). */
   async unseal(share: string): Promise<UnsealResult> {
     return (await this.request('unseal', { share })) as UnsealResult;
   }
 
+  /** Wipe the agent's root and KEK cache; key operations are refused until it is unsealed again. */
   async seal(): Promise<void> {
     await this.request('seal');
   }
@@ -198,8 +264,9 @@ export class AgentClient implements KeyService {
     return r.map(keyInfoFromWire);
   }
 
+  /** Close the connection. Requests after this fail with ClosedError-like AgentError. */
   async close(): Promise<void> {
-    this.#fail(new CliError('agent: connection closed'));
+    this.#fail(new AgentError('agent: connection closed'));
     const conn = this.#conn;
     if (!conn) return;
     await new Promise<void>((resolve) => {
@@ -216,13 +283,17 @@ export class AgentClient implements KeyService {
   async request(op: AgentOp, args: Record<string, unknown> = {}): Promise<unknown> {
     if (this.#failure) throw this.#failure;
     const conn = await this.#connection();
+    return this.#send(conn, op, args, this.#requestTimeoutMs);
+  }
+
+  #send(conn: Socket, op: AgentOp, args: Record<string, unknown>, timeoutMs: number): Promise<unknown> {
     const id = this.#nextId++;
     const req: AgentRequest = { id, op, args };
     return new Promise((resolve, reject) => {
       const timer = setTimeout(() => {
         this.#pending.delete(id);
-        reject(new CliError(`agent: no answer from ${this.socket.display} within ${this.#requestTimeoutMs / 1000} s`));
-      }, this.#requestTimeoutMs);
+        reject(new AgentError(`agent: no answer from ${this.socket.display} within ${timeoutMs / 1000} s`));
+      }, timeoutMs);
       this.#pending.set(id, { resolve, reject, timer });
       conn.write(encodeLine(req));
     });
@@ -233,7 +304,7 @@ export class AgentClient implements KeyService {
     try {
       lines = this.#lines.push(chunk);
     } catch {
-      this.#fail(new CliError('agent: response too long'));
+      this.#fail(new AgentProtocolError('agent: response too long'));
       this.#conn?.destroy();
       return;
     } finally {
@@ -250,7 +321,7 @@ export class AgentClient implements KeyService {
       }
       const m = msg as { id?: unknown; ok?: unknown; result?: unknown; error?: unknown } | undefined;
       if (!m || typeof m !== 'object' || typeof m.ok !== 'boolean') {
-        this.#fail(new CliError('agent: malformed response'));
+        this.#fail(malformed());
         this.#conn?.destroy();
         return;
       }
@@ -287,17 +358,17 @@ async function checkSocketOwner(socket: SocketLocation): Promise<void> {
     owner = (await lstat(socket.path)).uid;
   } catch (err) {
     if ((err as NodeJS.ErrnoException).code === 'ENOENT') {
-      throw new AgentUnavailableError(`no agent running on ${socket.display} (start one with \`keywarden agent\`)`);
+      throw new AgentUnavailableError(`agent: no agent running on ${socket.display}`);
     }
     return; // let connect() report it
   }
   if (owner !== uid && owner !== 0) {
-    throw new CliError(`${socket.display} belongs to another user (uid ${owner}); refusing to talk to it`);
+    throw new AgentError(`agent: ${socket.display} belongs to another user (uid ${owner}); refusing to talk to it`);
   }
 }
 
-function malformed(): CliError {
-  return new CliError('agent: malformed response');
+function malformed(): AgentProtocolError {
+  return new AgentProtocolError('agent: malformed response');
 }
 
 function asObject(v: unknown): Record<string, unknown> {
@@ -308,4 +379,9 @@ function asObject(v: unknown): Record<string, unknown> {
 function bytes(v: unknown): Uint8Array {
   if (typeof v !== 'string') throw malformed();
   return fromBase64(v, malformed);
+}
+
+/** True for an error meaning "no agent answers on that socket". */
+export function isAgentUnavailable(err: unknown): boolean {
+  return KeywardenError.isInstance(err, 'KW_AGENT_UNAVAILABLE');
 }

@@ -21,7 +21,7 @@
  * queue and the unfinished line are wiped when the connection goes.
  */
 import type { Socket } from 'node:net';
-import { encodeLine, LineBuffer, LineTooLongError, PROTOCOL_ERROR } from './_agent-protocol.js';
+import { encodeLine, LineBuffer, LineTooLongError, PROTOCOL_ERROR } from './protocol.js';
 
 export interface ConnectionLimits {
   /** A connection with nothing in progress is closed after this long. */

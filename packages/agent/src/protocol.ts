@@ -1,6 +1,7 @@
 /**
- * The agent protocol: newline-delimited JSON over a local unix socket (docs/split-knowledge.md
- * §"The agent protocol").
+ * The agent protocol, version 1: newline-delimited JSON over a local unix socket. The spec, with
+ * golden request/response examples that test/protocol-spec.test.ts replays against a real
+ * server, is docs/agent-protocol.md.
  *
  *   request   {"id": 1, "op": "unseal", "args": {"share": "kwshare1.…"}}\n
  *   response  {"id": 1, "ok": true, "result": {…}}\n
@@ -8,16 +9,24 @@
  *
  * One JSON object a line (JSON text never contains a raw newline), UTF-8, at most
  * MAX_REQUEST_BYTES a request line; bytes travel as standard base64 (RFC 4648 §4). `id` is the
- * client's (a number or a short string), echoed back; a request the agent could not read at all
- * is answered with `"id": null`. Errors carry a stable code (core's KW_* codes, or
- * KW_AGENT_PROTOCOL / KW_AGENT_INTERNAL) and a one-line message, and are rebuilt on the client as
- * the same KeywardenError subclass, so every command prints the same one-line messages through
- * the agent as without it.
+ * client's (a safe integer or a string of 1..64 characters), echoed back; a request the agent
+ * could not read at all is answered with `"id": null`. Errors carry a stable code (core's KW_*
+ * codes, or KW_AGENT_INTERNAL) and a one-line message, and are rebuilt on the client as the same
+ * KeywardenError subclass, so an application sees the same errors through the agent as with a
+ * Keywarden in its own process.
+ *
+ * Versions: a client opens every connection with `hello`, listing the versions it speaks; the
+ * agent answers with the one it will speak, or KW_AGENT_VERSION when they share none. A
+ * connection that sends no hello speaks version 1 (so `socat` and the version-1 examples work).
  *
  * Nothing in this file formats a buffer into a message: shares, DEKs and wrapped keys appear only
  * inside request and response bodies, never in an error.
  */
 import {
+  AgentError,
+  AgentProtocolError,
+  AgentUnavailableError,
+  AgentVersionError,
   ClosedError,
   DecryptionError,
   FormatError,
@@ -40,10 +49,12 @@ import {
   UnsupportedCapabilityError,
   UsageLimitError,
   WeakKeyMaterialError,
-  wipe,
 } from '@keywarden/core';
-import { CliError } from './errors.js';
-import { keyToJson } from './output.js';
+
+/** The protocol versions this package speaks, oldest first. */
+export const PROTOCOL_VERSIONS = [1] as const;
+/** The newest of them: what a client asks for first. */
+export const PROTOCOL_VERSION = 1;
 
 /**
  * Longest request line the agent reads (without its newline); a longer one closes the connection.
@@ -55,6 +66,7 @@ export const MAX_REQUEST_BYTES = 64 * 1024;
 export const MAX_RESPONSE_BYTES = 16 * 1024 * 1024;
 
 export const AGENT_OPS = [
+  'hello',
   'status',
   'unseal',
   'seal',
@@ -85,12 +97,12 @@ export type AgentResponse =
   | { id: RequestId | null; ok: false; error: WireError };
 
 /** The request was not a request (not JSON, no id, unknown op, arguments of the wrong type). */
-export const PROTOCOL_ERROR = 'KW_AGENT_PROTOCOL';
+export const PROTOCOL_ERROR: KeywardenErrorCode = 'KW_AGENT_PROTOCOL';
 /** Something failed inside the agent that is not a Keywarden error; the details are in its log. */
 export const INTERNAL_ERROR = 'KW_AGENT_INTERNAL';
 
-export class ProtocolError extends CliError {
-  override name = 'ProtocolError';
+/** A request the agent could not read, with the request's id when it could be read. */
+export class ProtocolError extends AgentProtocolError {
   constructor(
     message: string,
     /** The request's id, when it could be read. */
@@ -100,11 +112,19 @@ export class ProtocolError extends CliError {
   }
 }
 
-// ── Status and progress (non-secret) ────────────────────────────────────────────────────────────
+// ── Results (non-secret) ────────────────────────────────────────────────────────────────────────
+
+/** `hello`: the version the agent will speak on this connection. */
+export interface HelloResult {
+  protocol: number;
+  /** "keywarden-agent". */
+  server: string;
+}
 
 export interface AgentStatus {
   sealed: boolean;
   rootId: string;
+  /** Split knowledge: the share set the next unseal needs ("" for a root not unsealed by shares). */
   shareSetId: string;
   threshold: number;
   shares: number;
@@ -254,6 +274,29 @@ export function bytesArg(req: AgentRequest, name: string): Uint8Array {
   return fromBase64(stringArg(req, name), () => new ProtocolError(`agent: args.${name} is not base64`, req.id));
 }
 
+/**
+ * `hello`'s args.versions: the protocol versions the client speaks. The agent picks the newest it
+ * shares; none in common is an AgentVersionError naming both sides' versions.
+ */
+export function negotiateVersion(req: AgentRequest): HelloResult {
+  const v = req.args.versions;
+  if (!Array.isArray(v) || v.length === 0 || v.length > 16 || !v.every((x) => Number.isSafeInteger(x) && x > 0)) {
+    throw new ProtocolError('agent: hello needs args.versions (an array of 1..16 positive integers)', req.id);
+  }
+  const common = (PROTOCOL_VERSIONS as readonly number[]).filter((x) => v.includes(x));
+  const chosen = common.length > 0 ? Math.max(...common) : undefined;
+  if (chosen === undefined) {
+    throw new AgentVersionError(
+      `agent: protocol version mismatch: the client speaks ${versionList(v as number[])}, this agent speaks ${versionList(PROTOCOL_VERSIONS)}; use matching releases of @keywarden/agent`,
+    );
+  }
+  return { protocol: chosen, server: 'keywarden-agent' };
+}
+
+function versionList(v: readonly number[]): string {
+  return v.length === 1 ? `version ${v[0]}` : `versions ${v.join(', ')}`;
+}
+
 // ── Bytes ──────────────────────────────────────────────────────────────────────────────────────
 
 /** Base64 through a view: Buffer.from(bytes) would leave an unwiped copy of a secret. */
@@ -295,6 +338,10 @@ const ERROR_CLASSES: Partial<Record<KeywardenErrorCode, ErrorClass>> = {
   KW_ROOT_MISSING: RootMissingError,
   KW_SHARE: ShareError,
   KW_CLOSED: ClosedError,
+  KW_AGENT: AgentError,
+  KW_AGENT_UNAVAILABLE: AgentUnavailableError,
+  KW_AGENT_PROTOCOL: AgentProtocolError,
+  KW_AGENT_VERSION: AgentVersionError,
 };
 
 const MAX_MESSAGE_CHARS = 2000;
@@ -305,21 +352,18 @@ function oneLine(message: string): string {
 }
 
 /**
- * What crosses the socket for a failure. Keywarden's and the CLI's own messages are made to be
- * shown (they carry no secret); anything else becomes a generic internal error, and the agent
- * logs its description locally.
+ * What crosses the socket for a failure. Keywarden's messages are made to be shown (they carry
+ * no secret); anything else becomes a generic internal error, and the agent logs it locally.
  */
 export function errorToWire(err: unknown): WireError {
-  if (err instanceof ProtocolError) return { code: PROTOCOL_ERROR, message: oneLine(err.message) };
   if (KeywardenError.isInstance(err)) return { code: err.code, message: oneLine(err.message) };
-  if (err instanceof CliError) return { code: INTERNAL_ERROR, message: oneLine(err.message) };
   return { code: INTERNAL_ERROR, message: "agent: internal error (see the agent's log)" };
 }
 
 /** The error a client throws for a wire error: the matching KeywardenError subclass, by code. */
-export function errorFromWire(wire: unknown): Error {
+export function errorFromWire(wire: unknown): KeywardenError {
   if (!isPlainObject(wire) || typeof wire.code !== 'string' || typeof wire.message !== 'string') {
-    return new CliError('agent: malformed error response');
+    return new AgentProtocolError('agent: malformed error response');
   }
   const message = oneLine(wire.message);
   if (wire.code === 'KW_DECRYPT') {
@@ -329,36 +373,53 @@ export function errorFromWire(wire: unknown): Error {
   }
   const cls = ERROR_CLASSES[wire.code as KeywardenErrorCode];
   if (cls) return new cls(message);
-  return new CliError(message);
+  // KW_AGENT_INTERNAL, or a code from a newer agent.
+  return new AgentError(message);
 }
 
 // ── Key metadata ───────────────────────────────────────────────────────────────────────────────
 
-/** Key metadata on the wire: the same JSON shape as `key show --json`. */
-export const keyInfoToWire = keyToJson;
+/** Key metadata on the wire: the same JSON shape as the CLI's `key show --json`. */
+export function keyInfoToWire(key: KeyInfo): Record<string, unknown> {
+  return {
+    id: key.id,
+    name: key.name,
+    scope: { ...key.scope },
+    primaryVersion: key.primaryVersion,
+    createdAt: key.createdAt.toISOString(),
+    updatedAt: key.updatedAt.toISOString(),
+    versions: key.versions.map((v) => ({
+      version: v.version,
+      state: v.state,
+      rootId: v.rootId,
+      createdAt: v.createdAt.toISOString(),
+      updatedAt: v.updatedAt.toISOString(),
+    })),
+  };
+}
+
+function malformedKey(): AgentProtocolError {
+  return new AgentProtocolError('agent: malformed key metadata in the response');
+}
 
 function date(v: unknown): Date {
   const d = typeof v === 'string' ? new Date(v) : new Date(Number.NaN);
-  if (Number.isNaN(d.getTime())) throw new CliError('agent: malformed key metadata in the response');
+  if (Number.isNaN(d.getTime())) throw malformedKey();
   return d;
 }
 
 function str(v: unknown): string {
-  if (typeof v !== 'string') throw new CliError('agent: malformed key metadata in the response');
+  if (typeof v !== 'string') throw malformedKey();
   return v;
 }
 
 function int(v: unknown): number {
-  if (typeof v !== 'number' || !Number.isSafeInteger(v)) {
-    throw new CliError('agent: malformed key metadata in the response');
-  }
+  if (typeof v !== 'number' || !Number.isSafeInteger(v)) throw malformedKey();
   return v;
 }
 
 export function keyInfoFromWire(v: unknown): KeyInfo {
-  if (!isPlainObject(v) || !isPlainObject(v.scope) || !Array.isArray(v.versions)) {
-    throw new CliError('agent: malformed key metadata in the response');
-  }
+  if (!isPlainObject(v) || !isPlainObject(v.scope) || !Array.isArray(v.versions)) throw malformedKey();
   const scope: Record<string, string> = {};
   for (const [k, s] of Object.entries(v.scope)) scope[k] = str(s);
   return {
@@ -369,7 +430,7 @@ export function keyInfoFromWire(v: unknown): KeyInfo {
     createdAt: date(v.createdAt),
     updatedAt: date(v.updatedAt),
     versions: v.versions.map((x: unknown) => {
-      if (!isPlainObject(x)) throw new CliError('agent: malformed key metadata in the response');
+      if (!isPlainObject(x)) throw malformedKey();
       return {
         version: int(x.version),
         state: str(x.state) as KeyInfo['versions'][number]['state'],
@@ -379,9 +440,4 @@ export function keyInfoFromWire(v: unknown): KeyInfo {
       };
     }),
   };
-}
-
-/** Wipe a line buffer once parsed (requests may carry a share, responses a data key). */
-export function wipeLine(line: Uint8Array): void {
-  wipe(line);
 }

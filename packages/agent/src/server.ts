@@ -1,41 +1,50 @@
 /**
- * The key agent (`keywarden agent`): one long-running process that holds a split-knowledge
- * store's root, so the CLI — one process per command — has something to unseal. It starts
+ * The key agent: one long-running process that holds a key store's root, so that short-lived
+ * processes (application workers, the `keywarden` commands) never hold it. It serves data keys
+ * and KEK management over a local unix socket (protocol.ts, docs/agent-protocol.md); envelope
+ * encryption itself runs in each client's own process. With a split-knowledge store it starts
  * SEALED, collects shares one at a time (UnsealSession: progress M of N, shares only in memory,
- * wiped after the idle timeout), unseals the root with the quorum, and serves key operations to
- * the commands over a local unix socket (_agent-protocol.ts). Like Vault's server process.
+ * wiped after the idle timeout) and unseals the root with the quorum. Like Vault's server process.
  *
- * State machine (the root's):
+ * It takes any KeyStore and any RootOfTrust: an opened root, or a factory that loads the store's
+ * root (then the agent loads it again after every seal, so that a rekey or a root rotation done
+ * by another process is picked up). Unsealing by shares applies to roots sealed by split
+ * knowledge (today the software root with a Shamir share set); any other root is served as it
+ * was given (unsealed by its owner before start, or sealed and unsealed on the device).
+ *
+ * State machine (the root's, for a split-knowledge root):
  *   sealed --unseal (share k < M)--> sealed, k shares held
  *   sealed --unseal (share M; the quorum opens the root)--> unsealed
  *   sealed --unseal (share M; the quorum does not open it: forged / other ceremony)--> sealed, 0 held
  *   sealed --idle timeout--> sealed, 0 held
- *   unsealed --seal--> sealed (root and KEK cache wiped; the root is reloaded from the store, so
- *                      after a root rotation the next quorum unseals the NEW root)
+ *   unsealed --seal--> sealed (root and KEK cache wiped; with a root factory the root is reloaded
+ *                      from the store, so after a root rotation the next quorum unseals the NEW root)
  *   any --seal, status or unseal, once the store's root was destroyed--> sealed for good: shares
  *                      are refused ("no root"); stop the agent
- *   any --SIGINT/SIGTERM--> stopped (root and KEK cache wiped, socket removed)
+ *   any --close()--> stopped (root and KEK cache wiped, socket removed)
  *
  * Invariants:
  *  - key operations (data keys, create, rotate) are refused with KeystoreSealedError while
- *    sealed; metadata (getKey, listKeys) is served either way, as `key list` is without an agent;
+ *    sealed; metadata (getKey, listKeys) is served either way;
  *  - the quorum is always checked against the sealed root in the key store as it is NOW: when the
  *    store was rekeyed (or its root rotated) since this process loaded it, a sealed agent reloads
  *    it (dropping any shares held), so old shares never unseal a running agent after a rekey, and
  *    an agent never unseals a root that was rotated away or destroyed;
- *  - `keywarden root rotate|destroy` seal a running agent when they are done: an unsealed agent
- *    still holds the old root and its cached KEKs until then;
  *  - nothing secret is logged: the log names share indices and counts, never a share or a key.
  *
- * Access control is the file system's: the socket is mode 0600 in the store directory (0700), so
- * only the user the agent runs as can connect — and that user can already read the store.
- * Anyone who can connect while the agent is unsealed can use every key; seal when in doubt.
+ * Hostile local clients (_connection.ts): a maximum request line, a maximum of pipelined requests
+ * per connection with backpressure, a maximum of connections (the one waiting longest on its client
+ * is evicted), an idle timeout, and a deadline for finishing a line or reading a reply.
+ *
+ * Access control is the file system's: the socket is mode 0600 (keep it in a 0700 directory), so
+ * only the user the agent runs as can connect. Anyone who can connect while the agent is unsealed
+ * can use every key; seal when in doubt.
  */
 import { chmod, lstat, readFile, unlink } from 'node:fs/promises';
 import { url as inspectorUrl } from 'node:inspector';
 import { createConnection, createServer, type Server, type Socket } from 'node:net';
-import { Connection, type ConnectionLimits } from './_agent-connection.js';
 import {
+  AgentError,
   decodeSealedRoot,
   type EncryptionContext,
   type KeyExpectation,
@@ -47,12 +56,15 @@ import {
   ROOT_MISSING_MESSAGE,
   ROOT_TOMBSTONE_META_NAME,
   RootMissingError,
+  type RootOfTrust,
   SoftwareRoot,
   type UnsealMethod,
+  UnsupportedCapabilityError,
   wipe,
 } from '@keywarden/core';
 import { type UnsealSession, unsealSessionFor, unsealWithSession } from '@keywarden/split-knowledge';
-import { SqliteKeyStore } from '@keywarden/store-sqlite';
+import { Connection, type ConnectionLimits } from './_connection.js';
+import { describeForLog, type SocketLocation, socketLocation, systemErrorText } from './_socket.js';
 import {
   type AgentRequest,
   type AgentStatus,
@@ -62,6 +74,7 @@ import {
   INTERNAL_ERROR,
   keyInfoToWire,
   MAX_REQUEST_BYTES,
+  negotiateVersion,
   PROTOCOL_ERROR,
   ProtocolError,
   parseRequest,
@@ -69,41 +82,55 @@ import {
   stringArg,
   toBase64,
   type UnsealResult,
-} from './_agent-protocol.js';
-import { CliError, describeError, systemErrorText } from './errors.js';
-import { requireStore, type SocketLocation, type StoreLocation } from './store-dir.js';
+} from './protocol.js';
 
 export const DEFAULT_UNSEAL_TIMEOUT_SECONDS = 600;
-/** Connections served at once (each command opens one); at the limit the longest-waiting one goes. */
+/** Connections served at once; at the limit the one waiting longest on its client goes. */
 export const DEFAULT_MAX_CONNECTIONS = 64;
 /** A connection with nothing in progress is closed after this long (clients reconnect). */
 export const DEFAULT_IDLE_TIMEOUT_SECONDS = 60;
 /** A request line must be complete, and each reply read, within this long. */
 export const DEFAULT_LINE_TIMEOUT_SECONDS = 10;
 /** Complete requests waiting on one connection before the agent stops reading from it. */
-const MAX_PIPELINED = 16;
+export const MAX_PIPELINED = 16;
 /** sun_path is 108 bytes on Linux, 104 on macOS, NUL included. */
 const MAX_SOCKET_PATH_BYTES = process.platform === 'darwin' ? 103 : 107;
 
-/** What the agent answers once the store's root was destroyed (`keywarden root destroy`). */
+/** What the agent answers once the store's root was destroyed. */
 export const NO_ROOT_MESSAGE = 'root: this key store has no root any more (it was destroyed); stop the agent';
 const ROOT_DESTROYED_LOG = "the key store's root was destroyed: nothing can be unsealed any more; stop this agent";
 
-export const SEALED_MESSAGE =
-  'keystore: sealed; unseal the root before using keys (the agent is sealed: unseal it with a quorum of shares, `keywarden unseal`)';
+export const DEFAULT_SEALED_MESSAGE =
+  'keystore: sealed; unseal the root before using keys (the agent is sealed: unseal it with a quorum of shares)';
 
-export interface AgentOptions {
-  loc: StoreLocation;
-  socket: SocketLocation;
-  /** Idle time after the last accepted share before the shares held are wiped. */
-  unsealTimeoutMs: number;
-  /** One line, no newline, nothing secret. */
-  log: (line: string) => void;
-  cwd: string;
+/** Loads the store's root (sealed or not). Called at start and, for a split-knowledge root, after every seal. */
+export type RootFactory = (store: KeyStore) => Promise<RootOfTrust>;
+
+export interface AgentServerOptions {
+  /** The unix socket to listen on: a path, or a path and how to show it in messages. */
+  socket: string | SocketLocation;
+  /** An opened key store. Closed by close() only with `ownsStore`. */
+  store: KeyStore;
+  /**
+   * The root: an opened root (served as it is; closed by close() only with `ownsRoot`), or a
+   * factory that loads the store's root (the agent owns and closes every root it loads, and loads
+   * it again after each seal so that a rekey or root rotation is picked up).
+   */
+  root: RootOfTrust | RootFactory;
+  /** close() also closes the store. Default false: whoever opened it closes it. */
+  ownsStore?: boolean;
+  /** close() also closes a root passed in as an object. Default false. */
+  ownsRoot?: boolean;
+  /** Idle time after the last accepted share before the shares held are wiped. Default 600 s. */
+  unsealTimeoutMs?: number;
+  /** The agent's log: one line, no newline, nothing secret. Default: no log. */
+  log?: (line: string) => void;
   /** Client limits (defaults: DEFAULT_MAX_CONNECTIONS, DEFAULT_IDLE_TIMEOUT_SECONDS, DEFAULT_LINE_TIMEOUT_SECONDS). */
   maxConnections?: number;
   idleTimeoutMs?: number;
   lineTimeoutMs?: number;
+  /** The message of the KeystoreSealedError clients get while the agent is sealed (say how to unseal it). */
+  sealedMessage?: string;
   /**
    * Development only: serve even though a Node inspector is active in this process (started with
    * --inspect). Without it the agent refuses to start: anyone who can reach the inspector's port
@@ -112,10 +139,20 @@ export interface AgentOptions {
   allowInspector?: boolean;
 }
 
-export class KeyAgent {
+interface Settings {
+  unsealTimeoutMs: number;
+  log: (line: string) => void;
+  sealedMessage: string;
+  allowInspector: boolean;
+  ownsStore: boolean;
+  ownsRoot: boolean;
+  factory: RootFactory | undefined;
+}
+
+export class AgentServer {
   readonly socket: SocketLocation;
   readonly #store: KeyStore;
-  readonly #options: AgentOptions;
+  readonly #settings: Settings;
   readonly #clients = new Set<Connection>();
   /** Every open socket, including those closed from the agent's side and lingering: close() ends them all. */
   readonly #sockets = new Set<Socket>();
@@ -123,7 +160,7 @@ export class KeyAgent {
   #evictions = 0;
   #evictionLoggedAt = 0;
   #server: Server | undefined;
-  #root: SoftwareRoot;
+  #root: RootOfTrust;
   #kw: Keywarden;
   #session: UnsealSession | undefined;
   /** The store's unseal description when it differs from the loaded root's (rekeyed while unsealed). */
@@ -133,12 +170,21 @@ export class KeyAgent {
   #lock: Promise<unknown> = Promise.resolve();
   #closed = false;
 
-  private constructor(store: KeyStore, root: SoftwareRoot, options: AgentOptions) {
+  private constructor(socket: SocketLocation, store: KeyStore, root: RootOfTrust, options: AgentServerOptions) {
+    this.socket = socket;
     this.#store = store;
     this.#root = root;
-    this.#kw = new Keywarden({ store, root, ownsStore: true, ownsRoot: true });
-    this.#options = options;
-    this.socket = options.socket;
+    this.#kw = new Keywarden({ store, root });
+    const factory = typeof options.root === 'function' ? options.root : undefined;
+    this.#settings = {
+      unsealTimeoutMs: options.unsealTimeoutMs ?? DEFAULT_UNSEAL_TIMEOUT_SECONDS * 1000,
+      log: options.log ?? (() => {}),
+      sealedMessage: options.sealedMessage ?? DEFAULT_SEALED_MESSAGE,
+      allowInspector: options.allowInspector === true,
+      ownsStore: options.ownsStore === true,
+      ownsRoot: factory !== undefined || options.ownsRoot === true,
+      factory,
+    };
     this.#limits = {
       maxConnections: options.maxConnections ?? DEFAULT_MAX_CONNECTIONS,
       idleTimeoutMs: options.idleTimeoutMs ?? DEFAULT_IDLE_TIMEOUT_SECONDS * 1000,
@@ -149,56 +195,66 @@ export class KeyAgent {
   }
 
   /**
-   * Open D's split-knowledge store sealed and listen on the socket. Refuses a development-mode
-   * store, a socket on which a live agent answers, and a path that is something else than a
-   * socket; removes a stale socket file.
+   * Load the root and listen on the socket. Refuses (AgentError) an active inspector, a socket on
+   * which a live agent answers, and a path that is something else than a socket; removes a stale
+   * socket file (left by an agent that was killed). On failure the store and a root it loaded are
+   * closed as they would be by close().
    */
-  static async start(options: AgentOptions): Promise<KeyAgent> {
-    refuseInspector(options);
-    checkSocketPathLength(options.socket);
-    await requireStore(options.loc);
-    if (await clearStaleSocket(options.socket)) {
-      options.log(`removed a stale socket file ${options.socket.display} (no agent answered on it)`);
-    }
-    // Never create or initialize a store (only `init` does): an empty file is refused as it is.
-    const store = await SqliteKeyStore.open(options.loc.dbPath, { create: false });
-    let agent: KeyAgent | undefined;
+  static async start(options: AgentServerOptions): Promise<AgentServer> {
+    checkOptions(options);
+    const socket = socketLocation(options.socket);
+    const log = options.log ?? (() => {});
+    const ownsStore = options.ownsStore === true;
+    let agent: AgentServer | undefined;
+    let root: RootOfTrust | undefined;
     try {
-      const root = await SoftwareRoot.load(store);
-      if (root.document.unseal.method !== 'shamir') {
-        await root.close();
-        throw new CliError(
-          'this key store is in development mode (unseal key file or environment variable): commands use it directly, no agent is needed',
-        );
+      refuseInspector(options.allowInspector === true, log);
+      checkSocketPathLength(socket);
+      if (await clearStaleSocket(socket)) {
+        log(`removed a stale socket file ${socket.display} (no agent answered on it)`);
       }
-      agent = new KeyAgent(store, root, options);
+      root = typeof options.root === 'function' ? await options.root(options.store) : options.root;
+      agent = new AgentServer(socket, options.store, root, options);
       const core = await coreDumpLimit();
       if (core !== undefined && core !== '0') {
-        options.log(
+        log(
           `warning: core dumps are enabled (RLIMIT_CORE ${core}): a crash would write the unsealed root to disk; run the agent with \`ulimit -c 0\` or systemd LimitCORE=0 (docs/threat-model.md)`,
         );
       }
       await agent.#listen();
-      // Again, now that the signal handler (bin.ts) has long been in place: a SIGUSR1 that came
-      // before it may have started the inspector a moment after the first check.
-      refuseInspector(options);
+      // Again, now that an embedding process has long had the chance to make SIGUSR1 harmless: a
+      // SIGUSR1 that came before may have started the inspector a moment after the first check.
+      refuseInspector(options.allowInspector === true, log);
       return agent;
     } catch (err) {
       if (agent) await agent.close().catch(() => {});
-      else await store.close().catch(() => {});
+      else {
+        if (root && typeof options.root === 'function') await root.close().catch(() => {});
+        if (ownsStore) await options.store.close().catch(() => {});
+      }
       throw err;
     }
   }
 
-  /** The non-secret description of the share set the next unseal needs. */
-  describeSealed(): string {
-    const u = this.#root.document.unseal;
-    return u.method === 'shamir'
-      ? `${u.threshold} of ${u.shares} shares of share set ${u.shareSetId}`
-      : 'a development-mode key';
+  /** The root being served (it changes after a seal when the agent loads roots itself). */
+  get root(): RootOfTrust {
+    return this.#root;
   }
 
-  /** Stop: close the socket and every connection, wipe the shares held, the KEK cache and the root. */
+  /** Whether key operations are refused until an unseal. */
+  isSealed(): boolean {
+    return this.#root.sealable?.isSealed() ?? false;
+  }
+
+  /** The non-secret description of what the next unseal needs. */
+  describeSealed(): string {
+    const u = this.#shamirRoot()?.document.unseal;
+    if (u?.method === 'shamir') return `${u.threshold} of ${u.shares} shares of share set ${u.shareSetId}`;
+    const s = this.#root.sealable?.unsealSecret();
+    return s ? s.label : `a ${this.#root.describe().kind} root that is not unsealed through the agent`;
+  }
+
+  /** Stop: close the socket and every connection, wipe the shares held and the KEK cache, close what it owns. */
   async close(): Promise<void> {
     if (this.#closed) return;
     this.#closed = true;
@@ -211,6 +267,11 @@ export class KeyAgent {
     this.#session?.reset();
     this.#session = undefined;
     await this.#kw.close().catch(() => {});
+    try {
+      if (this.#settings.ownsRoot) await this.#root.close().catch(() => {});
+    } finally {
+      if (this.#settings.ownsStore) await this.#store.close().catch(() => {});
+    }
     // net.Server removes its socket file when it closes; this covers the cases where it did not.
     if (server) await unlink(this.socket.path).catch(() => {});
   }
@@ -225,8 +286,8 @@ export class KeyAgent {
       const onError = (err: NodeJS.ErrnoException) => {
         reject(
           err.code === 'EADDRINUSE'
-            ? new CliError(`another agent started on ${this.socket.display} at the same time`)
-            : new CliError(`cannot listen on ${this.socket.display}: ${systemErrorText(err)}`, { cause: err }),
+            ? new AgentError(`agent: another agent started on ${this.socket.display} at the same time`)
+            : new AgentError(`agent: cannot listen on ${this.socket.display}: ${systemErrorText(err)}`, { cause: err }),
         );
       };
       server.once('error', onError);
@@ -243,7 +304,7 @@ export class KeyAgent {
       }
     });
     this.#server = server;
-    server.on('error', (err) => this.#options.log(`socket error: ${systemErrorText(err)}`));
+    server.on('error', (err) => this.#settings.log(`socket error: ${systemErrorText(err)}`));
     await chmod(this.socket.path, 0o600);
   }
 
@@ -301,7 +362,7 @@ export class KeyAgent {
     this.#evictions++;
     const now = Date.now();
     if (now - this.#evictionLoggedAt < 10_000) return;
-    this.#options.log(
+    this.#settings.log(
       `connection limit (${this.#limits.maxConnections}) reached: closed ${this.#evictions} connection(s) that waited longest on their client`,
     );
     this.#evictions = 0;
@@ -317,8 +378,7 @@ export class KeyAgent {
       return encodeLine({ id: req.id, ok: true, result });
     } catch (err) {
       const wire = errorToWire(err);
-      if (wire.code === INTERNAL_ERROR)
-        this.#options.log(`internal error: ${describeError(err, this.#options.cwd).message}`);
+      if (wire.code === INTERNAL_ERROR) this.#settings.log(`internal error: ${describeForLog(err)}`);
       const id = req?.id ?? (err instanceof ProtocolError ? err.requestId : null);
       return encodeLine({ id, ok: false, error: wire });
     } finally {
@@ -330,6 +390,8 @@ export class KeyAgent {
 
   async #dispatch(req: AgentRequest): Promise<unknown> {
     switch (req.op) {
+      case 'hello':
+        return negotiateVersion(req);
       case 'status':
         return this.#exclusive(() => this.#status());
       case 'unseal':
@@ -378,55 +440,70 @@ export class KeyAgent {
     }
   }
 
+  /** The root when it is unsealed by a quorum of shares (split knowledge), else undefined. */
+  #shamirRoot(): SoftwareRoot | undefined {
+    const r = this.#root;
+    return r instanceof SoftwareRoot && r.document.unseal.method === 'shamir' ? r : undefined;
+  }
+
   #unsealed(): Keywarden {
-    if (this.#root.isSealed()) throw new KeystoreSealedError(SEALED_MESSAGE);
+    if (this.isSealed()) throw new KeystoreSealedError(this.#settings.sealedMessage);
     return this.#kw;
   }
 
   async #status(): Promise<AgentStatus> {
     await this.#followStore();
-    const u = this.#storedUnseal ?? this.#root.document.unseal;
+    const sk = this.#shamirRoot();
+    const u = this.#storedUnseal ?? sk?.document.unseal;
     const p = this.#session?.progress();
     return {
-      sealed: this.#root.isSealed(),
-      rootId: this.#root.document.rootId,
-      shareSetId: u.method === 'shamir' ? u.shareSetId : '',
-      threshold: u.method === 'shamir' ? u.threshold : 0,
-      shares: u.method === 'shamir' ? u.shares : 0,
+      sealed: this.isSealed(),
+      rootId: sk ? sk.document.rootId : this.#root.describe().id,
+      shareSetId: u?.method === 'shamir' ? u.shareSetId : '',
+      threshold: u?.method === 'shamir' ? u.threshold : 0,
+      shares: u?.method === 'shamir' ? u.shares : 0,
       accepted: p?.accepted ?? 0,
       indices: p?.indices ?? [],
       reset: p?.reset ?? false,
-      unsealTimeoutSeconds: this.#options.unsealTimeoutMs / 1000,
+      unsealTimeoutSeconds: this.#settings.unsealTimeoutMs / 1000,
       pid: process.pid,
     };
   }
 
   async #unseal(share: string): Promise<UnsealResult> {
     await this.#followStore();
-    const u = this.#root.document.unseal;
-    const threshold = u.method === 'shamir' ? u.threshold : 0;
-    const shares = u.method === 'shamir' ? u.shares : 0;
-    if (!this.#root.isSealed()) {
+    const sk = this.#shamirRoot();
+    const u = sk?.document.unseal;
+    const threshold = u?.method === 'shamir' ? u.threshold : 0;
+    const shares = u?.method === 'shamir' ? u.shares : 0;
+    if (!this.isSealed()) {
       return { sealed: false, accepted: 0, threshold, shares, indices: [], reset: false, alreadyUnsealed: true };
+    }
+    if (!sk) {
+      throw new UnsupportedCapabilityError(
+        `agent: the ${this.#root.describe().kind} root this agent serves is not unsealed by a quorum of shares`,
+      );
     }
     // The last moment before a share, then the root, is in this process's memory.
     try {
-      refuseInspector(this.#options);
+      refuseInspector(this.#settings.allowInspector, this.#settings.log);
     } catch (err) {
-      this.#options.log(`share refused: ${messageOf(err)}`);
+      this.#settings.log(`share refused: ${describeForLog(err)}`);
       throw err;
     }
-    this.#session ??= unsealSessionFor(this.#root, { timeoutMs: this.#options.unsealTimeoutMs });
+    this.#session ??= unsealSessionFor(sk, { timeoutMs: this.#settings.unsealTimeoutMs });
     const before = new Set(this.#session.progress().indices);
     let p: ReturnType<UnsealSession['submit']>;
     try {
       p = this.#session.submit(share);
     } catch (err) {
-      this.#options.log(`share refused (${this.#session.progress().accepted} of ${threshold} held): ${messageOf(err)}`);
+      this.#settings.log(
+        `share refused (${this.#session.progress().accepted} of ${threshold} held): ${describeForLog(err)}`,
+      );
       throw err;
     }
     const added = p.indices.find((i) => !before.has(i));
-    this.#options.log(
+    this.#settings.log(
       `${p.reset ? 'earlier shares had timed out; ' : ''}share ${added ?? '?'} accepted (${p.accepted} of ${p.threshold})`,
     );
     const result = {
@@ -442,49 +519,63 @@ export class KeyAgent {
       return { sealed: true, ...result };
     }
     try {
-      await unsealWithSession(this.#root, this.#session);
+      await unsealWithSession(sk, this.#session);
     } catch (err) {
-      this.#options.log(`unseal failed, shares discarded: ${messageOf(err)}`);
+      this.#settings.log(`unseal failed, shares discarded: ${describeForLog(err)}`);
       throw err;
     }
-    this.#options.log('unsealed');
+    this.#settings.log('unsealed');
     return { sealed: false, ...result };
   }
 
   async #seal(): Promise<{ sealed: true }> {
+    if (!this.#root.sealable) {
+      this.#kw.clearCache();
+      throw new UnsupportedCapabilityError(
+        `agent: the ${this.#root.describe().kind} root this agent serves cannot be sealed (the KEK cache was wiped)`,
+      );
+    }
     await this.#kw.seal();
     this.#session?.reset();
     this.#session = undefined;
-    if (!(await this.#store.getMeta(ROOT_META_NAME))) {
-      this.#options.log(`sealed: the root and the KEK cache were wiped; ${ROOT_DESTROYED_LOG}`);
+    const sk = this.#shamirRoot();
+    if (sk && !(await this.#store.getMeta(ROOT_META_NAME))) {
+      this.#settings.log(`sealed: the root and the KEK cache were wiped; ${ROOT_DESTROYED_LOG}`);
+      return { sealed: true };
+    }
+    if (!this.#settings.factory) {
+      this.#settings.log('sealed: the root and the KEK cache were wiped');
       return { sealed: true };
     }
     // Load the root again: if the store was rekeyed while unsealed, the next unseal needs the new
     // set; if its root was rotated, the next quorum unseals the new root.
-    const before = this.#root.document.rootId;
+    const before = this.#root.describe().id;
     await this.#reload();
-    const after = this.#root.document.rootId;
-    this.#options.log(
+    const after = this.#root.describe().id;
+    this.#settings.log(
       `sealed: the root and the KEK cache were wiped${after !== before ? `; the key store's root was rotated (now ${after}): unseal it again with a quorum` : ''}`,
     );
     return { sealed: true };
   }
 
   /**
-   * Compare the loaded root with the sealed root in the store. A sealed agent whose store was
-   * rekeyed (or replaced) reloads it and drops the shares it held; an unsealed one keeps its root
-   * (a rekey does not change the root key) and picks the new document up when it next seals.
+   * Split knowledge: compare the loaded root with the sealed root in the store. A sealed agent
+   * whose store was rekeyed (or replaced) reloads it and drops the shares it held; an unsealed one
+   * keeps its root (a rekey does not change the root key) and picks the new document up when it
+   * next seals.
    */
   async #followStore(): Promise<void> {
+    const sk = this.#shamirRoot();
+    if (!sk) return;
     const bytes = await this.#store.getMeta(ROOT_META_NAME);
     if (!bytes) {
       // The root was destroyed: wipe what this agent still holds and never collect shares again.
       const held = this.#session?.progress().accepted ?? 0;
       this.#session?.reset();
       this.#session = undefined;
-      if (!this.#root.isSealed() || held > 0) {
+      if (!sk.isSealed() || held > 0) {
         await this.#kw.seal();
-        this.#options.log(`sealed: ${ROOT_DESTROYED_LOG}`);
+        this.#settings.log(`sealed: ${ROOT_DESTROYED_LOG}`);
       }
       // Destroyed only if the store says so (its tombstone); otherwise it is damaged, not destroyed.
       if (!(await this.#store.getMeta(ROOT_TOMBSTONE_META_NAME))) {
@@ -493,7 +584,7 @@ export class KeyAgent {
       throw new KeyStoreError(NO_ROOT_MESSAGE);
     }
     const stored = decodeSealedRoot(bytes);
-    const loaded = this.#root.document;
+    const loaded = sk.document;
     if (
       stored.rootId === loaded.rootId &&
       stored.nonce === loaded.nonce &&
@@ -503,7 +594,8 @@ export class KeyAgent {
       this.#storedUnseal = undefined;
       return;
     }
-    if (!this.#root.isSealed()) {
+    if (!sk.isSealed() || !this.#settings.factory) {
+      // Unsealed: picked up at the next seal. A root given as an object is never replaced.
       this.#storedUnseal = stored.unseal;
       return;
     }
@@ -515,21 +607,21 @@ export class KeyAgent {
       stored.rootId === loaded.rootId
         ? 'the key store was rekeyed'
         : `the key store's root was rotated (now ${stored.rootId})`;
-    this.#options.log(
+    this.#settings.log(
       `${what}; now expecting ${this.describeSealed()}${held > 0 ? ` (${held} shares held were discarded)` : ''}`,
     );
   }
 
+  /** Load the store's root again through the factory; the old one (sealed) is closed. */
   async #reload(): Promise<void> {
-    const root = await SoftwareRoot.load(this.#store);
-    if (root.document.unseal.method !== 'shamir') {
-      await root.close();
-      throw new CliError('agent: the key store is no longer split-knowledge; stop this agent');
-    }
+    const factory = this.#settings.factory;
+    if (!factory) return;
+    const root = await factory(this.#store);
     // The old Keywarden is sealed and its cache wiped; it is dropped without closing the shared store.
+    this.#kw.clearCache();
     await this.#root.close();
     this.#root = root;
-    this.#kw = new Keywarden({ store: this.#store, root, ownsStore: true, ownsRoot: true });
+    this.#kw = new Keywarden({ store: this.#store, root });
     this.#storedUnseal = undefined;
   }
 
@@ -541,11 +633,11 @@ export class KeyAgent {
       if (this.#closed || this.#session !== session) return;
       const p = session.progress();
       if (p.reset) {
-        this.#options.log(
-          `unseal progress discarded: no new share within ${this.#options.unsealTimeoutMs / 1000} s (0 of ${p.threshold} held)`,
+        this.#settings.log(
+          `unseal progress discarded: no new share within ${this.#settings.unsealTimeoutMs / 1000} s (0 of ${p.threshold} held)`,
         );
       }
-    }, this.#options.unsealTimeoutMs + 50);
+    }, this.#settings.unsealTimeoutMs + 50);
     this.#expiryTimer.unref?.();
   }
 
@@ -556,22 +648,42 @@ export class KeyAgent {
   }
 }
 
+function checkOptions(options: AgentServerOptions): void {
+  if (typeof options !== 'object' || options === null) throw new AgentError('agent: options are required');
+  if (!options.store || typeof options.store.getMeta !== 'function') {
+    throw new AgentError('agent: option "store" must be an opened KeyStore');
+  }
+  if (!options.root || (typeof options.root !== 'function' && typeof options.root !== 'object')) {
+    throw new AgentError('agent: option "root" must be a RootOfTrust or a function that loads one');
+  }
+  for (const [name, v] of [
+    ['unsealTimeoutMs', options.unsealTimeoutMs],
+    ['idleTimeoutMs', options.idleTimeoutMs],
+    ['lineTimeoutMs', options.lineTimeoutMs],
+    ['maxConnections', options.maxConnections],
+  ] as const) {
+    if (v !== undefined && !(Number.isSafeInteger(v) && v > 0 && v <= 2 ** 31 - 1)) {
+      throw new AgentError(`agent: option "${name}" must be a positive integer`);
+    }
+  }
+}
+
 // ── Debuggers ───────────────────────────────────────────────────────────────────────────────────
 
 /**
- * Refuse to run with an active Node inspector (--inspect, or a SIGUSR1 that came before bin.ts
- * made the signal harmless): it is an unauthenticated debugger on a local port, and whoever
- * reaches it runs code inside the process that holds the root.
+ * Refuse to run with an active Node inspector (--inspect, or a SIGUSR1 that came before the
+ * embedding process made the signal harmless): it is an unauthenticated debugger on a local port,
+ * and whoever reaches it runs code inside the process that holds the root.
  */
-function refuseInspector(options: AgentOptions): void {
+function refuseInspector(allow: boolean, log: (line: string) => void): void {
   const url = inspectorUrl();
   if (url === undefined) return;
-  if (options.allowInspector) {
-    options.log(`WARNING: a Node inspector is active (${url}); anyone who can reach it controls this agent`);
+  if (allow) {
+    log(`WARNING: a Node inspector is active (${url}); anyone who can reach it controls this agent`);
     return;
   }
-  throw new CliError(
-    `agent: a Node inspector (debugger) is active in this process (${url}); refusing to hold the root. Start the agent without --inspect, or pass --allow-inspector (development only)`,
+  throw new AgentError(
+    `agent: a Node inspector (debugger) is active in this process (${url}); refusing to hold the root. Start the agent without --inspect, or allow it explicitly (development only: --allow-inspector, allowInspector)`,
   );
 }
 
@@ -593,8 +705,8 @@ async function coreDumpLimit(): Promise<string | undefined> {
 function checkSocketPathLength(socket: SocketLocation): void {
   const n = Buffer.byteLength(socket.path);
   if (n > MAX_SOCKET_PATH_BYTES) {
-    throw new CliError(
-      `socket path ${socket.display} is too long for a unix socket (${n} bytes, at most ${MAX_SOCKET_PATH_BYTES}); pass a shorter --socket`,
+    throw new AgentError(
+      `agent: socket path ${socket.display} is too long for a unix socket (${n} bytes, at most ${MAX_SOCKET_PATH_BYTES}); use a shorter path`,
     );
   }
 }
@@ -609,9 +721,9 @@ async function clearStaleSocket(socket: SocketLocation): Promise<boolean> {
     isSocket = (await lstat(socket.path)).isSocket();
   } catch (err) {
     if ((err as NodeJS.ErrnoException).code === 'ENOENT') return false;
-    throw err;
+    throw new AgentError(`agent: cannot use ${socket.display}: ${systemErrorText(err)}`, { cause: err });
   }
-  if (!isSocket) throw new CliError(`${socket.display} exists and is not a socket; refusing to replace it`);
+  if (!isSocket) throw new AgentError(`agent: ${socket.display} exists and is not a socket; refusing to replace it`);
   const live = await new Promise<boolean>((resolve) => {
     const c = createConnection({ path: socket.path });
     const timer = setTimeout(() => {
@@ -629,9 +741,10 @@ async function clearStaleSocket(socket: SocketLocation): Promise<boolean> {
       resolve(err.code !== 'ECONNREFUSED' && err.code !== 'ENOENT');
     });
   });
-  if (live) throw new CliError(`an agent is already running on ${socket.display}`);
+  if (live) throw new AgentError(`agent: another agent is already running on ${socket.display}`);
   await unlink(socket.path).catch((err: NodeJS.ErrnoException) => {
-    if (err.code !== 'ENOENT') throw err;
+    if (err.code !== 'ENOENT')
+      throw new AgentError(`agent: cannot remove the stale socket ${socket.display}: ${systemErrorText(err)}`);
   });
   return true;
 }
@@ -643,8 +756,4 @@ function setUmask(mask: number): number | undefined {
   } catch {
     return undefined;
   }
-}
-
-function messageOf(err: unknown): string {
-  return describeError(err, '/').message;
 }
