@@ -243,6 +243,24 @@ export function describeRootConformance(name: string, factory: RootFactory): voi
         expect(Array.from(await root.unwrapKey(wrapped, aadOf('seal')))).toEqual(Array.from(m));
       });
 
+      it('a seal racing 100 in-flight wraps and unwraps: each completes correctly or fails sealed, and nothing succeeds after seal() resolves', async () => {
+        if (!root.sealable || !f.secret) return;
+        const s = root.sealable;
+        const m = material();
+        const w = await root.wrapKey(m, aadOf('race'));
+        const calls = Array.from({ length: 100 }, (_, i) =>
+          i % 2 === 0
+            ? root.unwrapKey(w, aadOf('race')).then((b) => expect(Array.from(b)).toEqual(Array.from(m)))
+            : root.wrapKey(material(), aadOf('race')).then((b) => expect(b.length).toBeGreaterThan(0)),
+        );
+        await s.seal();
+        const settled = await Promise.allSettled(calls);
+        for (const r of settled) {
+          if (r.status === 'rejected') expect((r.reason as { code?: string }).code).toBe('KW_KEYSTORE_SEALED');
+        }
+        await expectCode(() => root.unwrapKey(w, aadOf('race')), ['KW_KEYSTORE_SEALED']);
+      });
+
       it('a wrong unlocking secret is an UnsealError and the root stays sealed', async () => {
         if (!root.sealable || !f.secret) return;
         const s = root.sealable;
