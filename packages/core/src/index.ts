@@ -48,7 +48,7 @@ export {
   openRoot,
   recordedRootBackend,
 } from './root-registry.js';
-export { type Pkcs11Uri, type Pkcs11ObjectType, parsePkcs11Uri } from './pkcs11-uri.js';
+export { type Pkcs11Uri, type Pkcs11ObjectType, parsePkcs11Uri, readPkcs11Pin } from './pkcs11-uri.js';
 export type {
   KeyScope,
   KeyVersionState,

@@ -234,3 +234,52 @@ function setQueryAttribute(out: Pkcs11Uri, name: string, value: string): void {
 function camel(name: string): string {
   return name.replace(/-([a-z])/g, (_, c: string) => c.toUpperCase());
 }
+
+/**
+ * The user PIN for a parsed URI, from exactly one place: `secret` (a PIN a quorum of custodians
+ * recombined: @keywarden/split-knowledge), the URI's `pin-value`, or its `pin-source` — a `file:`
+ * URI (RFC 8089; an absolute path, one trailing newline dropped) or, a Keywarden extension,
+ * `env:NAME`. Undefined when none gives one (the backend then opens the token logged out, i.e.
+ * sealed). The result is a fresh buffer for the caller to wipe; errors never carry the PIN.
+ */
+export async function readPkcs11Pin(
+  uri: Pkcs11Uri,
+  options: { secret?: Uint8Array; env?: Readonly<Record<string, string | undefined>> } = {},
+): Promise<Uint8Array | undefined> {
+  const given = [options.secret, uri.pinValue, uri.pinSource].filter((x) => x !== undefined).length;
+  if (given > 1) fail('and the caller both give a PIN; give it one way');
+  if (options.secret !== undefined) return options.secret.slice();
+  if (uri.pinValue !== undefined) return uri.pinValue.slice();
+  const source = uri.pinSource;
+  if (source === undefined) return undefined;
+  if (source.startsWith('env:')) {
+    const name = source.slice(4);
+    const value = (options.env ?? process.env)[name];
+    if (!/^[A-Za-z_][A-Za-z0-9_]*$/.test(name) || !value)
+      fail('"pin-source" names an environment variable that holds no PIN');
+    return new TextEncoder().encode(value);
+  }
+  let path: string;
+  if (source.startsWith('file://')) {
+    if (!source.startsWith('file:///')) fail('"pin-source" file URI must name a local absolute path (file:///…)');
+    path = source.slice('file://'.length);
+  } else if (source.startsWith('file:/')) {
+    path = source.slice('file:'.length);
+  } else {
+    fail('"pin-source" must be a file: URI or env:NAME');
+  }
+  const { readFile } = await import('node:fs/promises');
+  let bytes: Uint8Array;
+  try {
+    bytes = new Uint8Array(await readFile(path));
+  } catch {
+    fail('"pin-source" file cannot be read');
+  }
+  let end = bytes.length;
+  if (end > 0 && bytes[end - 1] === 0x0a) end--;
+  if (end > 0 && bytes[end - 1] === 0x0d) end--;
+  const pin = bytes.slice(0, end);
+  wipe(bytes);
+  if (pin.length === 0) fail('"pin-source" file is empty');
+  return pin;
+}

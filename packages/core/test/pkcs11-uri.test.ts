@@ -4,7 +4,10 @@
  * with an error naming the attribute and never echoing a value (a URI may carry the PIN).
  */
 import { describe, expect, it } from 'vitest';
-import { InvalidInputError, parsePkcs11Uri } from '../src/index.js';
+import { mkdtempSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import * as path from 'node:path';
+import { InvalidInputError, parsePkcs11Uri, readPkcs11Pin } from '../src/index.js';
 
 const text = (b: Uint8Array | undefined) => (b ? new TextDecoder().decode(b) : undefined);
 
@@ -172,5 +175,46 @@ describe('parsePkcs11Uri: strictness', () => {
   it('refuses a URI longer than 8192 characters and a non-string', () => {
     expect(() => parsePkcs11Uri(`pkcs11:token=${'a'.repeat(8200)}`)).toThrow(/longer than 8192/);
     expect(() => parsePkcs11Uri(42 as unknown as string)).toThrow(InvalidInputError);
+  });
+});
+
+describe('readPkcs11Pin: the PIN from exactly one place', () => {
+  const PIN = '5839201746';
+  const dir = mkdtempSync(path.join(tmpdir(), 'kw-pin-'));
+  const file = path.join(dir, 'pin');
+  writeFileSync(file, `${PIN}\n`, { mode: 0o600 });
+
+  it('pin-value, a file: pin-source (absolute path or file:///, one newline dropped), env:NAME, or the caller’s secret', async () => {
+    const t = async (uri: string, o = {}) => new TextDecoder().decode(await readPkcs11Pin(parsePkcs11Uri(uri), o));
+    expect(await t(`pkcs11:token=a?pin-value=${PIN}`)).toBe(PIN);
+    expect(await t(`pkcs11:token=a?pin-source=file:${file}`)).toBe(PIN);
+    expect(await t(`pkcs11:token=a?pin-source=file://${file}`)).toBe(PIN);
+    expect(await t('pkcs11:token=a?pin-source=env:KW_PIN', { env: { KW_PIN: PIN } })).toBe(PIN);
+    expect(await t('pkcs11:token=a', { secret: new TextEncoder().encode(PIN) })).toBe(PIN);
+    expect(await readPkcs11Pin(parsePkcs11Uri('pkcs11:token=a'))).toBeUndefined();
+  });
+
+  it('refuses two sources, an unreadable or empty file, a missing variable and other schemes, never echoing the PIN', async () => {
+    const empty = path.join(dir, 'empty');
+    writeFileSync(empty, '\n');
+    const cases: Array<[string, object]> = [
+      [`pkcs11:token=a?pin-value=${PIN}`, { secret: new TextEncoder().encode(PIN) }],
+      [`pkcs11:token=a?pin-source=file:${dir}/missing-${PIN}`, {}],
+      [`pkcs11:token=a?pin-source=file:${empty}`, {}],
+      ['pkcs11:token=a?pin-source=env:KW_NONE', { env: {} }],
+      [`pkcs11:token=a?pin-source=https://example.org/${PIN}`, {}],
+      ['pkcs11:token=a?pin-source=file://host/etc/pin', {}],
+    ];
+    for (const [uri, options] of cases) {
+      let err: unknown;
+      try {
+        await readPkcs11Pin(parsePkcs11Uri(uri), options);
+      } catch (e) {
+        err = e;
+      }
+      expect(InvalidInputError.isInstance(err), uri).toBe(true);
+      expect((err as Error).message).toMatch(/^pkcs11: URI /);
+      expect((err as Error).message).not.toContain(PIN);
+    }
   });
 });
