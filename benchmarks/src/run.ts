@@ -659,14 +659,15 @@ function compare(
   return { regressions, improvements, missing };
 }
 
-function printMoved(title: string, moved: readonly Moved[]): void {
+function printMoved(title: string, moved: readonly Moved[], showLimit = true): void {
   if (moved.length === 0) return;
   console.log(`\n${title}`);
   const w = Math.max(...moved.map((m) => m.id.length));
   for (const m of moved) {
     const pct = ((m.now / m.base - 1) * 100).toFixed(0);
+    const limit = showLimit ? `, allowed up to ×${m.limit.toFixed(2)}` : '';
     console.log(
-      `  ${m.id.padEnd(w)}  baseline ×${m.base.toFixed(2)} → now ×${m.now.toFixed(2)} (${Number(pct) > 0 ? '+' : ''}${pct}%, allowed up to ×${m.limit.toFixed(2)})`,
+      `  ${m.id.padEnd(w)}  baseline ×${m.base.toFixed(2)} → now ×${m.now.toFixed(2)} (${Number(pct) > 0 ? '+' : ''}${pct}%${limit})`,
     );
   }
 }
@@ -730,7 +731,7 @@ async function main(): Promise<void> {
       // the better of the two medians. A real regression survives this; a burst of load rarely does.
       const suspects = new Set(result.regressions.map((m) => m.id.split(' | ')[0]));
       console.log(
-        `\nbench: ${result.regressions.length} row(s) above tolerance; measuring their groups again to confirm`,
+        `\nbench: ${result.regressions.length} row(s) above tolerance (${result.regressions.map((m) => `${m.id} ×${m.now.toFixed(2)}`).join('; ')}); measuring their groups again to confirm`,
       );
       const again = await measureGroups(
         groups.filter((g) => suspects.has(g.name)),
@@ -751,10 +752,11 @@ async function main(): Promise<void> {
     printMoved(
       'Rows that got faster beyond tolerance (update the baseline: pnpm bench:baseline):',
       result.improvements,
+      false,
     );
     for (const id of result.missing) console.log(`bench: baseline row missing from this run: ${id}`);
     if (result.regressions.length > 0 || result.missing.length > 0) status = 1;
-    else console.log(`\nbench: every gated ratio within tolerance of ${BASELINE_FILE.replace(`${PKG_DIR}`, '')}`);
+    else console.log(`\nbench: every gated ratio within tolerance of ${BASELINE_FILE}`);
   }
   await close();
   meta.durationS = (Date.now() - started) / 1000;
