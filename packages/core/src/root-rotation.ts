@@ -69,9 +69,9 @@ export interface DestroyRootResult {
  * root has another id; every non-destroyed version was wrapped by `oldRoot` (its rootId), else
  * KeyStateError; every old wrap opens (else the root's DecryptionError).
  * Post: in one `replaceRoot` transaction, every non-destroyed version carries a wrap by `newRoot`
- * (checked to unwrap to the same material before the write) and its rootId, and the meta record
- * `newRootMeta` is written (the new root's own record: for the software root, meta "root", the new
- * sealed document). On any
+ * (checked to unwrap to the same material before the write) and its rootId, and the new root's
+ * own record is written: `newRootMeta` when given, else the root's `storeRecord()` (for the
+ * software root, meta "root", the new sealed document). On any
  * failure, nothing has changed and the old root keeps working.
  *
  * Each version's plaintext material is wiped as soon as it is rewrapped. A version added by
@@ -81,7 +81,7 @@ export async function rewrapUnderNewRoot(
   store: KeyStore,
   oldRoot: RootOfTrust,
   newRoot: RootOfTrust,
-  newRootMeta: { name: string; value: Uint8Array },
+  newRootMeta?: { name: string; value: Uint8Array },
   now: Date = new Date(),
 ): Promise<RewrapResult> {
   // Through the checked wrappers: blob bounds, material length and stable ids hold for any backend.
@@ -91,6 +91,13 @@ export async function rewrapUnderNewRoot(
   const newId = to.describe().id;
   if (oldId === newId) {
     throw new InvalidInputError('root: rotation needs a new root; the new root has the id of the old one');
+  }
+  // The new root's record is the root's own (root-record hook); a caller may still pass it.
+  const meta = newRootMeta ?? to.storeRecord();
+  if (!meta) {
+    throw new InvalidInputError(
+      'root: the new root keeps no record in the store; pass the record to write (newRootMeta)',
+    );
   }
 
   // First pass, no unwrap yet: which versions move, and are they all the old root's?
@@ -137,7 +144,7 @@ export async function rewrapUnderNewRoot(
     }
   }
 
-  const update: RootUpdate = { versions, meta: newRootMeta, at: now };
+  const update: RootUpdate = { versions, meta, at: now };
   await store.replaceRoot(update);
   return { rewrapped: versions.length, skippedDestroyed };
 }

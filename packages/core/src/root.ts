@@ -147,6 +147,12 @@ export interface RootOfTrust extends KeyWrapper {
   readonly destroyable?: Destroyable;
   /** Present when the root can hold KEKs itself. */
   readonly kekInRoot?: KekInRoot;
+  /**
+   * Optional root-record hook: the non-secret record this root keeps in the key store (meta name
+   * and value; for the software root, "root" and its sealed document). A root rotation writes it
+   * in the same transaction as the new wraps, so generic code never builds a backend's record.
+   */
+  storeRecord?(): { name: string; value: Uint8Array } | undefined;
   /** Release handles and wipe any key material held in memory. */
   close(): Promise<void>;
 }
@@ -308,6 +314,24 @@ export class CheckedRoot implements RootOfTrust {
 
   async close(): Promise<void> {
     await this.backend.close();
+  }
+
+  /** The backend's own store record, checked; undefined when the backend keeps none. */
+  storeRecord(): { name: string; value: Uint8Array } | undefined {
+    const record = this.backend.storeRecord?.();
+    if (record === undefined) return undefined;
+    // Postcondition: a store record has a name of 1..64 characters and a value of at most 64 KiB.
+    if (
+      typeof record !== 'object' ||
+      record === null ||
+      typeof record.name !== 'string' ||
+      !/^[\x21-\x7e]{1,64}$/.test(record.name) ||
+      !isBytes(record.value) ||
+      record.value.length > 65_536
+    ) {
+      throw new RootContractError(`root: the ${this.#kind} root's store record is malformed`);
+    }
+    return record;
   }
 
   /**

@@ -261,6 +261,11 @@ export class SoftwareRoot implements RootOfTrust, Sealable, Destroyable {
     return new SoftwareRoot(decodeSealedRoot(bytes), options.random ?? nodeRandom);
   }
 
+  /** Root-record hook: meta "root" holds the sealed document (written by a root rotation). */
+  storeRecord(): { name: string; value: Uint8Array } {
+    return { name: ROOT_META_NAME, value: encodeSealedRoot(this.#doc) };
+  }
+
   /** The stored document (non-secret): unseal method, share-set id, root id. */
   get document(): SealedRootDocument {
     return structuredClone(this.#doc);

@@ -16,6 +16,7 @@ import {
   RootDestroyedError,
   RootMissingError,
   registerRootBackend,
+  rewrapUnderNewRoot,
   rootSchemes,
   SoftwareRoot,
   UnknownRootSchemeError,
@@ -182,5 +183,36 @@ describe('destroyRoot names no backend', () => {
     const rootA = await openRoot('software:', { store: a.store, secret: a.unsealKey });
     await expect(destroyRoot(b.store, { root: rootA, unsealKey: a.unsealKey })).rejects.toThrow(/not this root/);
     expect(await b.store.getMeta('root')).toBeDefined();
+  });
+});
+
+describe("the root's record belongs to the root", () => {
+  it('rewrapUnderNewRoot writes the new root’s own record (storeRecord) when the caller passes none', async () => {
+    const { store, unsealKey } = await initialized();
+    const old = await openRoot('software:', { store, secret: unsealKey });
+    const kw = new Keywarden({ store, root: old });
+    await kw.createKey('k');
+    const dk = await kw.generateDataKey('k');
+    const { root: next } = await SoftwareRoot.createForRotation({ unsealKey, unseal: { method: 'key' } });
+    expect((await rewrapUnderNewRoot(store, old, next)).rewrapped).toBe(1);
+    const loaded = await openRoot('software:', { store, secret: unsealKey });
+    expect(loaded.describe().id).toBe(next.describe().id);
+    const kw2 = new Keywarden({ store, root: loaded });
+    expect(Array.from(await kw2.decryptDataKey(dk.wrapped, undefined, { key: 'k' }))).toEqual(Array.from(dk.plaintext));
+  });
+
+  it('a new root that keeps no record and no record given: refused, nothing changes', async () => {
+    const { store, unsealKey } = await initialized();
+    const old = await openRoot('software:', { store, secret: unsealKey });
+    const { root: next } = await SoftwareRoot.createForRotation({ unsealKey, unseal: { method: 'key' } });
+    const noRecord = {
+      describe: () => next.describe(),
+      wrapKey: next.wrapKey.bind(next),
+      unwrapKey: next.unwrapKey.bind(next),
+      close: next.close.bind(next),
+    };
+    const before = await store.getMeta('root');
+    await expect(rewrapUnderNewRoot(store, old, noRecord)).rejects.toThrow(/keeps no record in the store/);
+    expect(Array.from((await store.getMeta('root'))!)).toEqual(Array.from(before!));
   });
 });
