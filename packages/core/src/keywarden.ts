@@ -362,6 +362,7 @@ export class Keywarden implements DataKeyProvider {
     expected: KeyExpectation,
   ): Promise<Uint8Array> {
     this.#checkOpen();
+    checkOptions(expected, EXPECTATION_OPTIONS, 'decryptDataKey');
     const allowed = checkKeyExpectation(expected, 'keywarden');
     const parsed = parseWrappedKey(wrapped);
     if (
@@ -771,6 +772,7 @@ function checkScope(scope: KeyScope): KeyScope {
 const CONSTRUCTOR_OPTIONS = new Set(['store', 'root', 'random', 'cache', 'now', 'ownsStore', 'ownsRoot']);
 const CACHE_OPTIONS = new Set(['maxEntries', 'ttlMs']);
 const CREATE_KEY_OPTIONS = new Set(['scope', 'kekMode']);
+const EXPECTATION_OPTIONS = new Set(['key', 'anyKeyInStore']);
 const ENCRYPT_OPTIONS = new Set(['key', 'context', 'signed']);
 const DECRYPT_OPTIONS = new Set(['key', 'anyKeyInStore', 'context', 'requireSigned']);
 const ENCRYPT_STREAM_OPTIONS = new Set([...ENCRYPT_OPTIONS, 'frameSize']);

@@ -84,6 +84,10 @@ describe('options are checked at run time', () => {
     ).toBe('x');
     expect(() => kw.createEncryptStream({ key: 'k', frame: 1024 } as never)).toThrow(/unknown option "frame"/);
     expect(() => kw.createDecryptStream({ key: 'k', maxFrame: 1024 } as never)).toThrow(/unknown option "maxFrame"/);
+    const dk = await kw.generateDataKey('k');
+    await expect(kw.decryptDataKey(dk.wrapped, undefined, { key: 'k', anyKey: true } as never)).rejects.toThrow(
+      /unknown option "anyKey" for decryptDataKey/,
+    );
     kw.createEncryptStream({ key: 'k', frameSize: 1024 }).destroy();
     kw.createDecryptStream({ anyKeyInStore: true, maxFrameSize: 4096 }).destroy();
   });
