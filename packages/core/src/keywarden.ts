@@ -211,9 +211,12 @@ export class Keywarden implements DataKeyProvider {
     // Sealing is immediate (issue 7 §2): however the root gets sealed — kw.seal(), or
     // root.seal() called on the root itself — no KEK cached here serves another call.
     if (this.#root.sealable) {
-      const watch = this.#root.onSeal(() => this.#wipeCache());
+      // Held weakly: a Keywarden dropped without close() is not kept alive by the root it used,
+      // and its subscription goes with it.
+      const watch = this.#root.onSeal(Keywarden.#sealListener(new WeakRef(this)));
       this.#unsubscribeSeal = watch.unsubscribe;
       this.#pollSeal = !watch.watchesDirectSeal;
+      SEAL_SUBSCRIPTIONS.register(this, watch.unsubscribe, this);
     } else {
       this.#pollSeal = false;
     }
@@ -230,6 +233,14 @@ export class Keywarden implements DataKeyProvider {
     if (!Number.isFinite(this.#ttlMs) || this.#ttlMs < 0)
       throw new InvalidInputError('keywarden: cache.ttlMs must be ≥ 0');
     this.#now = options.now ?? (() => new Date());
+  }
+
+  /** Made outside the constructor, whose closures hold `this`: the listener holds only the WeakRef. */
+  static #sealListener(ref: WeakRef<Keywarden>): () => void {
+    return () => {
+      const kw = ref.deref();
+      if (kw) kw.#wipeCache();
+    };
   }
 
   // ── Key management ────────────────────────────────────────────────────────────────────────────
@@ -440,6 +451,7 @@ export class Keywarden implements DataKeyProvider {
     if (this.#closed) return;
     this.#closed = true;
     this.#wipeCache();
+    SEAL_SUBSCRIPTIONS.unregister(this);
     this.#unsubscribeSeal?.();
     try {
       if (this.#ownsRoot) await this.root.close();
@@ -768,6 +780,9 @@ function checkScope(scope: KeyScope): KeyScope {
   }
   return out;
 }
+
+/** Ends the seal subscription of a Keywarden that was garbage-collected without close(). */
+const SEAL_SUBSCRIPTIONS = new FinalizationRegistry<() => void>((unsubscribe) => unsubscribe());
 
 const CONSTRUCTOR_OPTIONS = new Set(['store', 'root', 'random', 'cache', 'now', 'ownsStore', 'ownsRoot']);
 const CACHE_OPTIONS = new Set(['maxEntries', 'ttlMs']);

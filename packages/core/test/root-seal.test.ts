@@ -4,6 +4,8 @@
  * load in flight when the seal ran does not put its key back into the cache.
  */
 import { randomBytes } from 'node:crypto';
+import { setFlagsFromString } from 'node:v8';
+import { runInNewContext } from 'node:vm';
 import { describe, expect, it } from 'vitest';
 import {
   KeystoreSealedError,
@@ -153,5 +155,21 @@ describe('sealing is immediate', () => {
     await kw.close();
     await root.seal(); // must not throw or touch the closed instance
     expect(root.isSealed()).toBe(true);
+  });
+
+  it('a Keywarden dropped without close() is not kept alive by the root it listens to', async () => {
+    setFlagsFromString('--expose-gc');
+    const gc = runInNewContext('gc') as () => void;
+    const store = new MemoryKeyStore();
+    const root = await SoftwareRoot.initialize(store, { unsealKey: new Uint8Array(randomBytes(32)) });
+    const refs: Array<WeakRef<Keywarden>> = [];
+    for (let i = 0; i < 20; i++) refs.push(new WeakRef(new Keywarden({ store, root })));
+    // No deref() before the collection: deref keeps its target alive until the job ends.
+    for (let i = 0; i < 5; i++) {
+      await new Promise((r) => setImmediate(r));
+      gc();
+    }
+    expect(refs.filter((r) => r.deref()).length).toBe(0);
+    await root.seal(); // the root's listeners are gone or harmless
   });
 });
