@@ -83,3 +83,4 @@ export {
   splitHardwareSecret,
   combineHardwareSecret,
 } from './hardware-secret.js';
+export { SHARE_PURPOSE_OF_SECRET, unsealRootWithQuorum } from './root-unseal.js';
