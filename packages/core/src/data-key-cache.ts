@@ -12,7 +12,7 @@
  *    of exactly these bytes under exactly this context and expectation, which is what the provider
  *    would redo. Concurrent misses for one slot share one unwrap.
  *  - Both are wiped by clear(), seal() and close(), and as soon as a call notices that the wrapped
- *    Keywarden's root was sealed (or closed) behind the cache's back.
+ *    Keywarden was closed, or its root sealed, behind the cache's back.
  *
  * What reuse costs (docs/architecture.md §Data-key cache): the messages that share a data key share
  * its fate. Every message still gets its own message id, and so its own HKDF-derived body key and
@@ -64,6 +64,8 @@ export interface DataKeyCacheOptions {
  * and whose seal/close it forwards). */
 export interface CacheableProvider extends DataKeyProvider {
   readonly root?: RootOfTrust;
+  /** True once the provider was closed (Keywarden.closed): the cache wipes and refuses. */
+  readonly closed?: boolean;
   seal?(): Promise<void>;
   close?(): Promise<void>;
 }
@@ -405,9 +407,14 @@ export class DataKeyCache implements DataKeyProvider {
     this.#decryptFlights.clear();
   }
 
-  /** Closed: refuse. Sealed behind our back (the Keywarden's seal() or close()): wipe, refuse. */
+  /** Closed: refuse. Closed or sealed behind our back (the Keywarden's own close() or seal(), or its
+   * root's seal): wipe, refuse. */
   #checkLive(): void {
     if (this.#closed) throw new ClosedError('data key cache: closed');
+    if (this.provider.closed === true) {
+      if (this.#encrypt.size > 0 || this.#decrypt.size > 0) this.#wipe();
+      throw new ClosedError('data key cache: the Keywarden it wraps was closed');
+    }
     if (this.provider.root?.sealable?.isSealed()) {
       if (this.#encrypt.size > 0 || this.#decrypt.size > 0) this.#wipe();
       throw new KeystoreSealedError('keystore: sealed; unseal the root before using keys');

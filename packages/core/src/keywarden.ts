@@ -442,6 +442,11 @@ export class Keywarden implements DataKeyProvider {
     this.#wipeCache();
   }
 
+  /** Whether close() was called: a wrapper (DataKeyCache) must then stop serving what it cached. */
+  get closed(): boolean {
+    return this.#closed;
+  }
+
   /**
    * Wipe this instance's caches, and close the root and the store only when it owns them
    * (`ownsRoot`, `ownsStore`; default: no — whoever opened them closes them, so a store shared

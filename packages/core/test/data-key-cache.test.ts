@@ -59,6 +59,9 @@ async function setup(options: Partial<DataKeyCacheOptions> = {}) {
     },
     seal: () => kw.seal(),
     close: () => kw.close(),
+    get closed() {
+      return kw.closed;
+    },
   };
   let clock = 1_000_000;
   const cache = new DataKeyCache(counting, { maxAgeMs: 60_000, now: () => clock, ...options });
@@ -312,6 +315,28 @@ describe("wiping: clear, seal, close and a seal behind the cache wipe every cach
     await kw.seal();
     await expect(cache.generateDataKey('orders', ctx)).rejects.toBeInstanceOf(KeystoreSealedError);
     expect(held.every(isZero)).toBe(true);
+    expect(cache[cachedSecretsForTests]()).toHaveLength(0);
+  });
+
+  it('a close of the Keywarden itself (behind the cache) is noticed by the next call, which wipes and refuses', async () => {
+    const { cache, kw, held, dk } = await warm();
+    const before = hex(dk.plaintext);
+    await kw.close();
+    await expect(cache.generateDataKey('orders', ctx)).rejects.toBeInstanceOf(ClosedError);
+    expect(held.every(isZero)).toBe(true);
+    expect(cache[cachedSecretsForTests]()).toHaveLength(0);
+    expect(hex(dk.plaintext)).toBe(before);
+  });
+
+  it('a cache around a Keywarden passed directly (no wrapper) notices its close too', async () => {
+    const store = new MemoryKeyStore();
+    const root = await SoftwareRoot.initialize(store, { unsealKey: new Uint8Array(randomBytes(32)) });
+    const kw = new Keywarden({ store, root });
+    await kw.createKey('orders');
+    const cache = new DataKeyCache(kw, { maxAgeMs: 60_000 });
+    await cache.generateDataKey('orders', ctx);
+    await kw.close();
+    await expect(cache.generateDataKey('orders', ctx)).rejects.toBeInstanceOf(ClosedError);
     expect(cache[cachedSecretsForTests]()).toHaveLength(0);
   });
 
