@@ -15,6 +15,24 @@ export const GCM_TAG_BYTES = 16;
 
 /** Encrypt; returns ciphertext ‖ tag. */
 export function gcmSeal(key: Uint8Array, nonce: Uint8Array, plaintext: Uint8Array, aad: Uint8Array): Uint8Array {
+  return gcmSealAfter(EMPTY, key, nonce, plaintext, aad);
+}
+
+const EMPTY = new Uint8Array(0);
+
+/**
+ * gcmSeal returning `prefix` ‖ ciphertext ‖ tag in one allocation (`prefix` is not encrypted or
+ * authenticated here: put it in `aad` when it must be). For frames and single-shot bodies, whose
+ * ciphertext was otherwise copied a second time to put a header in front (issue 11).
+ */
+export function gcmSealAfter(
+  prefix: Uint8Array,
+  key: Uint8Array,
+  nonce: Uint8Array,
+  plaintext: Uint8Array,
+  aad: Uint8Array,
+): Uint8Array {
+  assertBytes(prefix, 'aes-gcm: prefix');
   assertBytes(key, 'aes-gcm: key', AES256_KEY_BYTES);
   assertBytes(nonce, 'aes-gcm: nonce', GCM_NONCE_BYTES);
   assertBytes(plaintext, 'aes-gcm: plaintext');
@@ -23,7 +41,7 @@ export function gcmSeal(key: Uint8Array, nonce: Uint8Array, plaintext: Uint8Arra
   cipher.setAAD(aad);
   const head = cipher.update(plaintext);
   const tail = cipher.final();
-  return concatBytes(head, tail, cipher.getAuthTag());
+  return concatBytes(prefix, head, tail, cipher.getAuthTag());
 }
 
 /**

@@ -19,7 +19,16 @@
  */
 import { createHash } from 'node:crypto';
 import { assertBytes, concatBytes, constantTimeEqual, toBase64Url, u16be, u32be, u8, utf8, wipe } from './_bytes.js';
-import { AES256_KEY_BYTES, GCM_NONCE_BYTES, GCM_TAG_BYTES, gcmOpen, gcmSeal, hkdfExpand, hkdfExtract } from './aead.js';
+import {
+  AES256_KEY_BYTES,
+  GCM_NONCE_BYTES,
+  GCM_TAG_BYTES,
+  gcmOpen,
+  gcmSeal,
+  gcmSealAfter,
+  hkdfExpand,
+  hkdfExtract,
+} from './aead.js';
 import {
   MessageSigner,
   MessageVerifier,
@@ -601,10 +610,11 @@ export class FrameSealer {
     }
     const head = encodeFrameHeader(final, this.seq, content.length);
     const aad = concatBytes(this.aadPrefix, head);
-    const sealed = gcmSeal(this.encKey, frameNonce(this.seq), content, aad);
+    // frame = header ‖ ciphertext ‖ tag, written once (no second copy of the ciphertext).
+    const frame = gcmSealAfter(head, this.encKey, frameNonce(this.seq), content, aad);
     this.seq += 1;
     if (final) this.dispose();
-    return concatBytes(head, sealed);
+    return frame;
   }
 
   get done(): boolean {
@@ -777,8 +787,10 @@ export async function encryptEnvelopeWithRandom(
   const message = await beginMessage(provider, options, MODE_SINGLE_SHOT, undefined, random);
   try {
     const nonce = drawRandom(random, GCM_NONCE_BYTES, 'nonce');
-    const sealed = gcmSeal(message.encKey, nonce, plaintext, concatBytes(message.header, message.contextBytes));
-    if (!message.signer) return concatBytes(message.header, nonce, sealed);
+    const aad = concatBytes(message.header, message.contextBytes);
+    // Unsigned: header ‖ nonce ‖ ciphertext ‖ tag in one allocation.
+    if (!message.signer) return gcmSealAfter(concatBytes(message.header, nonce), message.encKey, nonce, plaintext, aad);
+    const sealed = gcmSeal(message.encKey, nonce, plaintext, aad);
     // §4.9: the signature covers every byte before it (the signer was already fed the header).
     message.signer.update(nonce);
     message.signer.update(sealed);
