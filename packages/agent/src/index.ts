@@ -32,6 +32,7 @@ export {
   PROTOCOL_ERROR,
   PROTOCOL_VERSION,
   PROTOCOL_VERSIONS,
+  keyInfoToWire,
 } from './protocol.js';
 /** The agent's errors live in core with every other code (re-exported for convenience). */
 export { AgentError, AgentProtocolError, AgentUnavailableError, AgentVersionError } from '@keywarden/core';

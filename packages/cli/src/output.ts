@@ -79,24 +79,8 @@ export function keyDetails(key: KeyInfo): string {
   return `${head}\n${versions}`;
 }
 
-/** JSON shape of a key for `--json` (dates as ISO 8601 strings). */
-export function keyToJson(key: KeyInfo): Record<string, unknown> {
-  return {
-    id: key.id,
-    name: key.name,
-    scope: { ...key.scope },
-    primaryVersion: key.primaryVersion,
-    createdAt: key.createdAt.toISOString(),
-    updatedAt: key.updatedAt.toISOString(),
-    versions: key.versions.map((v) => ({
-      version: v.version,
-      state: v.state,
-      rootId: v.rootId,
-      createdAt: v.createdAt.toISOString(),
-      updatedAt: v.updatedAt.toISOString(),
-    })),
-  };
-}
+/** JSON shape of a key for `--json` (dates as ISO 8601 strings): the agent's wire shape, one definition. */
+export { keyInfoToWire as keyToJson } from '@keywarden/agent';
 
 /** Write text and wait until the stream took it (small outputs; bulk data uses _streams.ts). */
 export function print(out: Writable, text: string): Promise<void> {
