@@ -100,6 +100,22 @@ const RUNS = Number(values.runs ?? (values['write-baseline'] ? 5 : 1));
 const DEFAULT_TOLERANCE = 0.3;
 const TOLERANCE_FACTOR = 2;
 const MAX_TOLERANCE = 2;
+/**
+ * Lower bounds on the tolerance of rows whose spread five baseline runs can underestimate, from a
+ * study of consecutive check runs with no code change (README.md §Regression gate): the 64 KiB and
+ * 1 MiB rows swung up to +112% over their median (memory-bandwidth contention from other jobs, for
+ * the raw ceiling and Keywarden alike, in phases that outlast a re-measurement), streaming rows up
+ * to +44% between full runs.
+ */
+const TOLERANCE_FLOORS: ReadonlyArray<readonly [RegExp, number]> = [
+  [/^(encrypt|decrypt) (64 KiB|1 MiB) \|/, 1.2],
+  [/^stream /, 0.6],
+];
+function toleranceFloor(id: string): number {
+  let floor = DEFAULT_TOLERANCE;
+  for (const [re, min] of TOLERANCE_FLOORS) if (re.test(id)) floor = Math.max(floor, min);
+  return floor;
+}
 
 /** Issue 11's hot-path targets, reported in the results (never asserted in unit tests). */
 const TARGETS: Target[] = [
@@ -795,7 +811,10 @@ async function main(): Promise<void> {
     for (const r of gated) {
       const seen = runs.map((run) => run.find((x) => x.id === r.id)?.ratio).filter((x): x is number => x !== undefined);
       const excess = Math.max(...seen) / r.ratio - 1;
-      const tol = Math.min(MAX_TOLERANCE, Math.ceil(TOLERANCE_FACTOR * excess * 20) / 20);
+      const tol = Math.min(
+        MAX_TOLERANCE,
+        Math.max(toleranceFloor(r.id), Math.ceil(TOLERANCE_FACTOR * excess * 20) / 20),
+      );
       if (tol > DEFAULT_TOLERANCE) tolerances[r.id] = tol;
     }
     const next: Baseline = {
@@ -805,7 +824,7 @@ async function main(): Promise<void> {
       tolerance: {
         default: DEFAULT_TOLERANCE,
         rows: tolerances,
-        method: `per row: ${TOLERANCE_FACTOR} × the worst excess of one of the ${RUNS} baseline runs over their median, rounded up to 0.05, at least the default ${DEFAULT_TOLERANCE} and at most ${MAX_TOLERANCE} (benchmarks/README.md §Regression gate)`,
+        method: `per row: ${TOLERANCE_FACTOR} × the worst excess of one of the ${RUNS} baseline runs over their median, rounded up to 0.05, at least the default ${DEFAULT_TOLERANCE} (1.2 for the 64 KiB and 1 MiB rows, 0.6 for streaming: measured spread, see the README) and at most ${MAX_TOLERANCE} (benchmarks/README.md §Regression gate)`,
       },
       measuredOn: {
         date: meta.date,
