@@ -12,8 +12,9 @@
  * with its committing, non-signing suite (ALG_AES256_GCM_IV12_TAG16_HKDF_SHA512_COMMIT_KEY: the fair
  * peer, the same guarantees as a Keywarden envelope) and with its default suite (the same plus an
  * ECDSA P-384 signature per message, which Keywarden does not do: not a like-for-like comparison).
- * Rows for the PKCS#11 and TPM roots (raw pkcs11js / ESAPI loops), the agent round trip, audit on/off
- * and bulk rewrap come with those backends and features; there are none yet, and no row stands in.
+ * Rows for the PKCS#11 and TPM roots (raw pkcs11js / ESAPI loops), audit on/off and bulk rewrap come
+ * with those backends and features; no row stands in for them. The agent round trip (AgentClient
+ * against an in-process call) is not written yet (README.md).
  */
 import {
   createCipheriv,
