@@ -118,6 +118,13 @@ export class KeyStoreError extends defineError('KW_STORE', 'KeyStoreError') {}
  */
 export class StoreCorruptError extends defineError('KW_STORE_CORRUPT', 'StoreCorruptError') {}
 /**
+ * A native addon a package needs (better-sqlite3 for the SQLite store) is missing or was built for
+ * another Node.js: its install script was skipped (pnpm's unapproved build scripts, npm's
+ * `--ignore-scripts`) or Node.js was upgraded since. The message names the package, the cause and
+ * the fix.
+ */
+export class NativeAddonError extends defineError('KW_NATIVE_ADDON', 'NativeAddonError') {}
+/**
  * The database under a long-lived process is no longer the one it opened (the file or its WAL was
  * deleted, moved or replaced). Writing on would lose data: the process must stop and start again.
  */

@@ -39,6 +39,7 @@ import {
   KeyNotFoundError,
   KeyStoreError,
   KeywardenError,
+  NativeAddonError,
   type KeyRecord,
   type KeyScope,
   type KeyStore,
@@ -200,6 +201,8 @@ export class SqliteKeyStore implements KeyStore {
     }
     const inMemory = path === ':memory:';
     const create = !readonly && (options.create ?? true);
+    // Before any file is made: a missing native addon must not leave an empty keystore.db behind.
+    requireNativeAddon();
     if (!inMemory) {
       if (create) createOwnerOnly(path);
       else requireExistingFile(path);
@@ -768,6 +771,36 @@ function copyOut(blob: Buffer): Uint8Array {
  * the SQLite result code only: SQLite messages can quote SQL, and no value belongs in a message.
  * The constraint codes are a backstop: the methods check existence themselves first.
  */
+let addonChecked = false;
+
+/**
+ * Load better-sqlite3's native addon once (an in-memory database) and turn the ways it fails to
+ * load into one NativeAddonError naming the package, the cause and the fix.
+ */
+function requireNativeAddon(): void {
+  if (addonChecked) return;
+  try {
+    new Database(':memory:').close();
+    addonChecked = true;
+  } catch (err) {
+    const text = err instanceof Error ? err.message : String(err);
+    if (
+      /Could not locate the bindings file|NODE_MODULE_VERSION|compiled against a different Node\.js|invalid ELF|cannot open shared object|wrong ELF class/.test(
+        text,
+      )
+    ) {
+      const stale = /NODE_MODULE_VERSION|different Node\.js/.test(text);
+      throw new NativeAddonError(
+        stale
+          ? `keystore: better-sqlite3's native addon was built for another Node.js version (${process.version} is running); rebuild it: \`npm rebuild better-sqlite3\` or \`pnpm rebuild better-sqlite3\``
+          : "keystore: better-sqlite3's native addon is not built (its install script did not run); with pnpm, approve its build (`pnpm approve-builds`, or `allowBuilds: { better-sqlite3: true }` in pnpm-workspace.yaml) and run `pnpm rebuild better-sqlite3`; with npm, install without --ignore-scripts or run `npm rebuild better-sqlite3`",
+        { cause: err },
+      );
+    }
+    throw storeError('open', err);
+  }
+}
+
 function storeError(operation: string, err: unknown, path?: string): KeywardenError {
   const code = sqliteCode(err);
   if (code !== undefined && (code.startsWith('SQLITE_CORRUPT') || code === 'SQLITE_NOTADB')) {
