@@ -28,6 +28,7 @@ export type KeywardenErrorCode =
   | 'KW_USAGE_LIMIT'
   | 'KW_STORE'
   | 'KW_STORE_CORRUPT'
+  | 'KW_NATIVE_ADDON'
   | 'KW_STORE_REPLACED'
   | 'KW_ROOT_DESTROYED'
   | 'KW_ROOT_MISSING'
