@@ -3,7 +3,14 @@
  * string, no plotting dependency), from the same rows as the JSON.
  */
 
-export type Kind = 'raw' | 'reference' | 'keywarden' | 'keywarden-cached' | 'peer-fair' | 'peer-signing';
+export type Kind =
+  | 'raw'
+  | 'reference'
+  | 'keywarden'
+  | 'keywarden-cached'
+  | 'keywarden-agent'
+  | 'peer-fair'
+  | 'peer-signing';
 
 export interface Row {
   /** Stable identity, the key of baseline.json: "<group> | <label>". */
@@ -50,6 +57,7 @@ const KIND_LABEL: Record<Kind, string> = {
   reference: 'raw reference',
   keywarden: 'Keywarden',
   'keywarden-cached': 'Keywarden + data-key cache',
+  'keywarden-agent': 'Keywarden through @keywarden/agent',
   'peer-fair': 'AWS ESDK, committing, no signature (fair peer)',
   'peer-signing': 'AWS ESDK default (ECDSA P-384 signing)',
 };
@@ -58,6 +66,7 @@ const KIND_COLOR: Record<Kind, string> = {
   reference: '#cfcfcf',
   keywarden: '#1f6feb',
   'keywarden-cached': '#2da44e',
+  'keywarden-agent': '#8250df',
   'peer-fair': '#e8871e',
   'peer-signing': '#cf222e',
 };

@@ -55,6 +55,7 @@ import {
   SUITE_DEK_AES256GCM,
   wrapDataKey,
 } from '@keywarden/core';
+import { AgentClient, AgentServer } from '@keywarden/agent';
 import { combineShares, splitSecret } from '@keywarden/split-knowledge';
 import { combine as rawCombine, split as rawSplit } from 'shamir-secret-sharing';
 import { calibrate, type Fn, median, opsPerSecond } from './_measure.js';
@@ -505,7 +506,31 @@ async function buildGroups(): Promise<{ groups: Group[]; close: () => Promise<vo
     },
   );
 
+  // The agent: the same data key unwrapped in this process and through @keywarden/agent over its
+  // unix socket (the server runs in this process too, so CPU time counts both ends of the socket).
+  const agentDir = mkdtempSync(join(tmpdir(), 'kw-bench-agent-'));
+  const agent = await AgentServer.start({ socket: join(agentDir, 'agent.sock'), store, root });
+  const agentClient = await AgentClient.connect(join(agentDir, 'agent.sock'));
+  groups.push({
+    name: 'decryptDataKey through the agent',
+    cases: [
+      {
+        label: 'in-process Keywarden (ceiling)',
+        kind: 'raw',
+        fn: () => kw.decryptDataKey(dk.wrapped, context, expected),
+      },
+      {
+        label: 'AgentClient over the unix socket',
+        kind: 'keywarden-agent',
+        fn: () => agentClient.decryptDataKey(dk.wrapped, context, expected),
+      },
+    ],
+  });
+
   const close = async () => {
+    await agentClient.close();
+    await agent.close();
+    rmSync(agentDir, { recursive: true, force: true });
     await cache.close(); // closes kw too
   };
   return { groups: ONLY ? groups.filter((g) => ONLY.test(g.name)) : groups, close };
