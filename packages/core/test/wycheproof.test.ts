@@ -256,14 +256,14 @@ interface XdhCase extends Case {
 }
 
 /**
- * Raw 32-byte X25519 keys as KeyObjects through JWK import (RFC 8037). Node quirk, checked below:
- * a private OKP JWK must carry `x`, but node does not check it against `d` — it derives the public
- * key from `d`. So a custodian helper must never trust the `x` of a private JWK; it derives the
- * public key with createPublicKey(privateKey). The placeholder `x` here is therefore harmless.
+ * Raw 32-byte X25519 private keys as KeyObjects through PKCS#8 DER (RFC 8410 §7), as the
+ * split-knowledge custodian helper does: no public key travels with the private one. (A private
+ * OKP JWK also carries `x`; Node 20 ignores it and derives the public key from `d`, Node 24 refuses
+ * a mismatch — checked below — so `x` of a private JWK is never trusted either way.)
  */
+const X25519_PKCS8_PREFIX = Buffer.from('302e020100300506032b656e04220420', 'hex');
 function x25519PrivateKey(raw: Uint8Array): KeyObject {
-  const jwk: JsonWebKey = { kty: 'OKP', crv: 'X25519', d: b64url(raw), x: b64url(new Uint8Array(32)) };
-  return createPrivateKey({ key: jwk, format: 'jwk' });
+  return createPrivateKey({ key: Buffer.concat([X25519_PKCS8_PREFIX, raw]), format: 'der', type: 'pkcs8' });
 }
 function x25519PublicKey(raw: Uint8Array): KeyObject {
   return createPublicKey({ key: { kty: 'OKP', crv: 'X25519', x: b64url(raw) }, format: 'jwk' });
@@ -305,17 +305,22 @@ describe('Wycheproof X25519 (x25519_test.json) through node:crypto diffieHellman
   const file = load<{ curve: string; tests: XdhCase[] }>(FILE);
   const tally = new Tally(file);
 
-  it('node ignores the x of a private JWK and derives the public key from d', () => {
+  it('the public key comes from d, and a private JWK whose x does not match d is never trusted', () => {
     const d = hex('c8a9d5a91091ad851c668b0736c1c9a02936c0d3ad62670858088047ba057475');
     const a = createPublicKey(x25519PrivateKey(d)).export({ format: 'jwk' });
-    const b = createPublicKey(
-      createPrivateKey({
-        key: { kty: 'OKP', crv: 'X25519', d: b64url(d), x: b64url(new Uint8Array(32).fill(0x11)) },
-        format: 'jwk',
-      }),
-    ).export({ format: 'jwk' });
-    expect(a.x).toBe(b.x);
     expect(a.x).toBe('X2S0HM6Kaz1qOHYwiPYVpJd9QiKIrkK0mrOlfi_Nb20'); // RFC 7748 X25519(d, 9)
+    let b: string | undefined;
+    try {
+      b = createPublicKey(
+        createPrivateKey({
+          key: { kty: 'OKP', crv: 'X25519', d: b64url(d), x: b64url(new Uint8Array(32).fill(0x11)) },
+          format: 'jwk',
+        }),
+      ).export({ format: 'jwk' }).x;
+    } catch (e) {
+      expect((e as { code?: string }).code).toBe('ERR_CRYPTO_INVALID_JWK'); // newer Node: refused
+    }
+    if (b !== undefined) expect(b).toBe(a.x); // Node 20: the wrong x is ignored, d decides
   });
 
   it('every case: valid → exact secret; acceptable → exact secret, or refused when all-zero', () => {
