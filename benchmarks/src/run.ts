@@ -515,7 +515,7 @@ async function buildGroups(): Promise<{ groups: Group[]; close: () => Promise<vo
     name: 'decryptDataKey through the agent',
     cases: [
       {
-        label: 'in-process Keywarden (ceiling)',
+        label: 'in-process Keywarden',
         kind: 'raw',
         fn: () => kw.decryptDataKey(dk.wrapped, context, expected),
       },
