@@ -41,13 +41,6 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import {
-  AlgorithmSuiteIdentifier,
-  buildClient,
-  CommitmentPolicy,
-  RawAesKeyringNode,
-  RawAesWrappingSuiteIdentifier,
-} from '@aws-crypto/client-node';
-import {
   DataKeyCache,
   Keywarden,
   MemoryKeyStore,
@@ -58,6 +51,7 @@ import {
 import { AgentClient, AgentServer } from '@keywarden/agent';
 import { combineShares, splitSecret } from '@keywarden/split-knowledge';
 import { combine as rawCombine, split as rawSplit } from 'shamir-secret-sharing';
+import { esdkPeer } from './_esdk.js';
 import { calibrate, type Fn, median, opsPerSecond } from './_measure.js';
 import { rawXaesSubkey } from './_raw-xaes.js';
 import { type Kind, type Meta, markdown, type Row, svg, type Target } from './_report.js';
@@ -302,14 +296,7 @@ async function buildGroups(): Promise<{ groups: Group[]; close: () => Promise<vo
   const rawWrapped = rawWrap(dk.plaintext);
   const rawXaesWrapped = rawXaesWrap(dk.plaintext);
 
-  const esdk = buildClient(CommitmentPolicy.REQUIRE_ENCRYPT_REQUIRE_DECRYPT);
-  const keyring = new RawAesKeyringNode({
-    keyName: 'bench',
-    keyNamespace: 'keywarden-bench',
-    unencryptedMasterKey: new Uint8Array(randomBytes(32)),
-    wrappingSuite: RawAesWrappingSuiteIdentifier.AES256_GCM_IV12_TAG16_NO_PADDING,
-  });
-  const fairSuite = AlgorithmSuiteIdentifier.ALG_AES256_GCM_IV12_TAG16_HKDF_SHA512_COMMIT_KEY;
+  const { esdk, keyring, fairSuite } = esdkPeer();
   const FAIR = 'aws-encryption-sdk, committing, no signature (fair peer)';
   const SIGNING = 'aws-encryption-sdk default suite (+ ECDSA P-384 signature)';
 

@@ -13,14 +13,8 @@
  */
 import { createCipheriv, createDecipheriv, randomBytes, randomFillSync } from 'node:crypto';
 import { parseArgs } from 'node:util';
-import {
-  AlgorithmSuiteIdentifier,
-  buildClient,
-  CommitmentPolicy,
-  RawAesKeyringNode,
-  RawAesWrappingSuiteIdentifier,
-} from '@aws-crypto/client-node';
 import { Keywarden, MemoryKeyStore, SoftwareRoot } from '@keywarden/core';
+import { esdkPeer } from './_esdk.js';
 import { calibrate, type Fn, median, opsPerSecond } from './_measure.js';
 
 const { values } = parseArgs({
@@ -63,14 +57,7 @@ async function main(): Promise<void> {
   await kw.createKey('bench');
   const context = { tenant: 'bench', purpose: 'benchmark' };
   const payload = new Uint8Array(randomBytes(1024));
-  const esdk = buildClient(CommitmentPolicy.REQUIRE_ENCRYPT_REQUIRE_DECRYPT);
-  const keyring = new RawAesKeyringNode({
-    keyName: 'bench',
-    keyNamespace: 'keywarden-bench',
-    unencryptedMasterKey: new Uint8Array(randomBytes(32)),
-    wrappingSuite: RawAesWrappingSuiteIdentifier.AES256_GCM_IV12_TAG16_NO_PADDING,
-  });
-  const fairSuite = AlgorithmSuiteIdentifier.ALG_AES256_GCM_IV12_TAG16_HKDF_SHA512_COMMIT_KEY;
+  const { esdk, keyring, fairSuite } = esdkPeer();
   const unsigned = await kw.encrypt(payload, { key: 'bench', context });
   const signed = await kw.encrypt(payload, { key: 'bench', context, signed: true });
   const raw = rawEncrypt(payload);
