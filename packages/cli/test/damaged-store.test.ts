@@ -18,7 +18,6 @@ import {
   writeFileSync,
   writeSync,
 } from 'node:fs';
-import { createRequire } from 'node:module';
 import * as path from 'node:path';
 import {
   encodeRootTombstone,
@@ -31,25 +30,10 @@ import {
 import { combineShares } from '@keywarden/split-knowledge';
 import { SqliteKeyStore } from '@keywarden/store-sqlite';
 import { describe, expect, it } from 'vitest';
-import { tempDir } from './helpers.js';
+import { Database, tempDir } from './helpers.js';
 import { built, kw, requireBuild } from './split-helpers.js';
 
 requireBuild('damaged-store.test.ts');
-
-// better-sqlite3 is store-sqlite's dependency; the test reaches it from there to damage a file
-// the way a user with the sqlite3 shell would (no second copy, no mock).
-const storeRequire = createRequire(createRequire(import.meta.url).resolve('@keywarden/store-sqlite/package.json'));
-/** The part of better-sqlite3's API these tests use (its types are store-sqlite's dev dependency). */
-interface SqliteDatabase {
-  prepare(sql: string): { get(...params: unknown[]): unknown; run(...params: unknown[]): unknown };
-  pragma(source: string, options?: { simple?: boolean }): unknown;
-  exec(sql: string): void;
-  close(): void;
-}
-const Database = storeRequire('better-sqlite3') as new (
-  file: string,
-  options?: { readonly?: boolean },
-) => SqliteDatabase;
 
 const DB = path.join('.keywarden', 'keystore.db');
 const DAMAGED =

@@ -3,6 +3,7 @@
  * directories that are removed after each test. No mocks: real SQLite, real files.
  */
 import { mkdtemp, rm } from 'node:fs/promises';
+import { createRequire } from 'node:module';
 import { tmpdir } from 'node:os';
 import * as path from 'node:path';
 import { PassThrough } from 'node:stream';
@@ -69,3 +70,18 @@ export function oneLine(stderr: string): string {
 }
 
 export const DECRYPT_FAILED = 'keywarden: envelope: decryption failed (wrong key or context, or the data was modified)';
+
+// better-sqlite3 is store-sqlite's dependency; tests reach it from there to inspect or damage a
+// store the way a user with the sqlite3 shell would (no second copy, no mock).
+const storeRequire = createRequire(createRequire(import.meta.url).resolve('@keywarden/store-sqlite/package.json'));
+/** The part of better-sqlite3's API the tests use (its types are store-sqlite's dev dependency). */
+export interface SqliteDatabase {
+  prepare(sql: string): { get(...params: unknown[]): unknown; run(...params: unknown[]): unknown };
+  pragma(source: string, options?: { simple?: boolean }): unknown;
+  exec(sql: string): void;
+  close(): void;
+}
+export const Database = storeRequire('better-sqlite3') as new (
+  file: string,
+  options?: { readonly?: boolean },
+) => SqliteDatabase;

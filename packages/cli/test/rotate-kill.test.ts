@@ -15,28 +15,14 @@
 import { type ChildProcess, spawn } from 'node:child_process';
 import { randomInt } from 'node:crypto';
 import { readFileSync } from 'node:fs';
-import { createRequire } from 'node:module';
 import * as path from 'node:path';
 import { decodeUnsealKey, Keywarden, SoftwareRoot } from '@keywarden/core';
 import { SqliteKeyStore } from '@keywarden/store-sqlite';
 import { describe, expect, it } from 'vitest';
-import { tempDir } from './helpers.js';
+import { Database, tempDir } from './helpers.js';
 import { BIN, built, kw, requireBuild } from './split-helpers.js';
 
 requireBuild('rotate-kill.test.ts');
-
-const storeRequire = createRequire(createRequire(import.meta.url).resolve('@keywarden/store-sqlite/package.json'));
-/** The part of better-sqlite3's API these tests use (its types are store-sqlite's dev dependency). */
-interface SqliteDatabase {
-  prepare(sql: string): { get(...params: unknown[]): unknown; run(...params: unknown[]): unknown };
-  pragma(source: string, options?: { simple?: boolean }): unknown;
-  exec(sql: string): void;
-  close(): void;
-}
-const Database = storeRequire('better-sqlite3') as new (
-  file: string,
-  options?: { readonly?: boolean },
-) => SqliteDatabase;
 
 const ROUNDS = 30;
 const KEYS = ['orders', 'users', 'audit'];
