@@ -76,7 +76,7 @@ beforeAll(async () => {
 }, 30_000);
 
 afterAll(async () => {
-  if (work) await rm(work, { recursive: true, force: true });
+  if (work) await rm(work, { recursive: true, force: true, maxRetries: 10, retryDelay: 200 });
 });
 
 async function mk(dir: string): Promise<string> {
