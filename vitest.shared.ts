@@ -6,6 +6,7 @@ export const workspaceAlias = {
   '@keywarden/core': fileURLToPath(new URL('./packages/core/src/index.ts', import.meta.url)),
   '@keywarden/store-sqlite': fileURLToPath(new URL('./packages/store-sqlite/src/index.ts', import.meta.url)),
   '@keywarden/split-knowledge': fileURLToPath(new URL('./packages/split-knowledge/src/index.ts', import.meta.url)),
+  '@keywarden/ceremony': fileURLToPath(new URL('./packages/ceremony/src/index.ts', import.meta.url)),
   '@keywarden/agent': fileURLToPath(new URL('./packages/agent/src/index.ts', import.meta.url)),
   '@keywarden/testkit': fileURLToPath(new URL('./packages/testkit/src/index.ts', import.meta.url)),
 };

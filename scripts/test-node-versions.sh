@@ -12,7 +12,7 @@ cd "$(dirname "$0")/.."
 repo="$(pwd)"
 majors=("$@")
 [ "${#majors[@]}" -gt 0 ] || majors=(22 24)
-suites=(core split-knowledge store-sqlite agent testkit)
+suites=(core split-knowledge store-sqlite ceremony agent testkit)
 cache="${KEYWARDEN_NODE_CACHE:-$HOME/.cache/keywarden}"
 export TURBO_TELEMETRY_DISABLED=1
 mkdir -p "$repo/.test-results"

@@ -1,13 +1,8 @@
 /**
- * A key-store directory:
- *
- *   D/             mode 0700
- *   D/keystore.db  SqliteKeyStore: key metadata, root-wrapped KEKs, the sealed root document
- *   D/unseal.key   development mode only: the unseal key in text form, mode 0600
- *   D/agent.sock   split knowledge: the socket of a running `keywarden agent` (mode 0600)
- *   D/shares-out/  split knowledge: encrypted shares written by init/rekey, to hand out and delete
- *
- * D is `--dir`, else $KEYWARDEN_DIR, else ./.keywarden (relative to the working directory).
+ * A key-store directory as the commands use it. The layout itself (D/keystore.db, D/unseal.key,
+ * D/agent.sock, D/shares-out/; D is `--dir`, else $KEYWARDEN_DIR, else ./.keywarden), creating a
+ * development-mode store and opening one sealed are @keywarden/ceremony's; what stays here is
+ * where a command's unseal secret comes from and the choice between a local Keywarden and the agent.
  *
  * Opening a store and unsealing it are separate steps: commands that only read metadata
  * (`key list`, `key show`) never touch an unseal secret. Where the secret comes from is an
@@ -20,62 +15,60 @@
  * Either way the command gets a `KeyService`, and envelope encryption itself always runs in the
  * command's own process (core's functions take any DataKeyProvider).
  */
-import { randomFillSync } from 'node:crypto';
-import { mkdir, open, readFile, rm, stat, chmod } from 'node:fs/promises';
+import { readFile, stat } from 'node:fs/promises';
 import * as path from 'node:path';
 import {
   decodeUnsealKey,
-  encodeUnsealKey,
   KeywardenError,
   Keywarden,
   readRootState,
-  RootDestroyedError,
   RootMissingError,
-  ROOT_DESTROYED_MESSAGE,
   ROOT_MISSING_MESSAGE,
-  type RootDescription,
-  type RootOfTrust,
   SoftwareRoot,
-  UNSEAL_KEY_BYTES,
-  type SealedRootDocument,
   type UnsealMethod,
   wipe,
   type KeyStore,
 } from '@keywarden/core';
-import { SqliteKeyStore } from '@keywarden/store-sqlite';
+import {
+  AGENT_SOCKET_ENV,
+  AGENT_SOCKET_FILE,
+  displayPath,
+  initStoreDir as initStoreFolder,
+  type InitOptions as FolderInitOptions,
+  type InitResult,
+  MissingRoot,
+  openSealed,
+  openStoreFile,
+  requireStore,
+  resolveStoreLocation as resolveFolder,
+  type StoreLocation,
+  UNSEAL_KEY_ENV,
+} from '@keywarden/ceremony';
 import { AgentClient, isAgentUnavailable, type KeyService, type SocketLocation } from '@keywarden/agent';
-import { CliError, displayPath, UsageError } from './errors.js';
+import { CliError, UsageError } from './errors.js';
 import type { CliIO } from './io.js';
 
-export const DEFAULT_DIR = '.keywarden';
-export const KEYSTORE_FILE = 'keystore.db';
-export const UNSEAL_KEY_FILE = 'unseal.key';
-export const AGENT_SOCKET_FILE = 'agent.sock';
-export const SHARES_OUT_DIR = 'shares-out';
-export const DIR_ENV = 'KEYWARDEN_DIR';
-export const UNSEAL_KEY_ENV = 'KEYWARDEN_UNSEAL_KEY';
-export const AGENT_SOCKET_ENV = 'KEYWARDEN_AGENT_SOCKET';
+export {
+  AGENT_SOCKET_ENV,
+  AGENT_SOCKET_FILE,
+  DEFAULT_DIR,
+  DIR_ENV,
+  exists,
+  KEYSTORE_FILE,
+  MissingRoot,
+  openStoreFile,
+  removeStoreFiles,
+  requireStore,
+  sealedRootDocument,
+  SHARES_OUT_DIR,
+  type StoreLocation,
+  UNSEAL_KEY_ENV,
+  UNSEAL_KEY_FILE,
+} from '@keywarden/ceremony';
 
-export interface StoreLocation {
-  /** Absolute path of D. */
-  dir: string;
-  /** Absolute path of D/keystore.db. */
-  dbPath: string;
-  /** Absolute path of D/unseal.key. */
-  defaultUnsealKeyPath: string;
-  /** How to show D in messages. */
-  display: string;
-}
-
+/** D for a command: `--dir`, else $KEYWARDEN_DIR, else ./.keywarden. */
 export function resolveStoreLocation(io: Pick<CliIO, 'cwd' | 'env'>, dirOption?: string): StoreLocation {
-  const raw = dirOption ?? nonEmpty(io.env[DIR_ENV]) ?? DEFAULT_DIR;
-  const dir = path.resolve(io.cwd, raw);
-  return {
-    dir,
-    dbPath: path.join(dir, KEYSTORE_FILE),
-    defaultUnsealKeyPath: path.join(dir, UNSEAL_KEY_FILE),
-    display: displayPath(dir, io.cwd),
-  };
+  return resolveFolder({ cwd: io.cwd, env: io.env }, dirOption);
 }
 
 /** Where a `keywarden agent` listens, and how to show it (@keywarden/agent's type). */
@@ -210,37 +203,6 @@ export interface OpenOptions {
   allowMissingRoot?: boolean;
 }
 
-/**
- * How a command opens D/keystore.db: never creating or initializing it (only `init` does), and
- * read-only for commands that only read (`key list`, `key show`, `status`), which therefore never
- * migrate it either. An empty or foreign file is a StoreCorruptError, a damaged one too.
- */
-export function openStoreFile(loc: StoreLocation, mode: 'read' | 'write'): SqliteKeyStore {
-  return SqliteKeyStore.open(loc.dbPath, mode === 'read' ? { readonly: true } : { create: false });
-}
-
-/**
- * Stands in for the root of a store whose root was destroyed (its tombstone says so), so that key
- * metadata can still be read. It has no key: wrapping and unwrapping are refused with a
- * KeyStoreError, never a no-op. `interrupted`: the destruction was started and not finished.
- */
-export class MissingRoot implements RootOfTrust {
-  constructor(readonly interrupted = false) {}
-
-  describe(): RootDescription {
-    return { kind: 'software', id: 'none', label: 'no root (destroyed)', wrapAlgorithm: 'none' };
-  }
-  async wrapKey(): Promise<Uint8Array> {
-    throw new RootDestroyedError(NO_ROOT);
-  }
-  async unwrapKey(): Promise<Uint8Array> {
-    throw new RootDestroyedError(NO_ROOT);
-  }
-  async close(): Promise<void> {}
-}
-
-const NO_ROOT = ROOT_DESTROYED_MESSAGE;
-
 /** Open D's store and root. The returned Keywarden owns both: close it when done. */
 export async function openKeywarden(
   loc: StoreLocation,
@@ -264,27 +226,12 @@ export async function openKeywarden(
       throw err;
     }
   }
-  const { store, root } = await loadSealed(loc);
+  const { store, root } = await openSealed(loc);
   try {
     if (options.unseal) await unsealRoot(root, options.unseal, io);
     return new Keywarden({ store, root, ownsStore: true, ownsRoot: true });
   } catch (err) {
     await root.close().catch(() => {});
-    await store.close().catch(() => {});
-    throw err;
-  }
-}
-
-/** D's store and its root, sealed. The caller closes both. */
-async function loadSealed(
-  loc: StoreLocation,
-  mode: 'read' | 'write' = 'write',
-): Promise<{ store: KeyStore; root: SoftwareRoot }> {
-  await requireStore(loc);
-  const store: KeyStore = openStoreFile(loc, mode);
-  try {
-    return { store, root: await SoftwareRoot.load(store) };
-  } catch (err) {
     await store.close().catch(() => {});
     throw err;
   }
@@ -328,7 +275,7 @@ export async function openKeyService(
   io: Pick<CliIO, 'stderr' | 'cwd' | 'env'>,
   options: KeyServiceOptions = {},
 ): Promise<KeyService> {
-  const { store, root } = await loadSealed(loc);
+  const { store, root } = await openSealed(loc);
   let source: UnsealSource;
   try {
     source = resolveUnsealSource(io, loc, options.unsealKeyFile, {
@@ -370,17 +317,6 @@ export async function withKeyService<T>(
   }
 }
 
-/** D's sealed root document (not secret): root id, unseal method, share-set id, M and N. */
-export async function sealedRootDocument(loc: StoreLocation): Promise<SealedRootDocument> {
-  const { store, root } = await loadSealed(loc, 'read');
-  try {
-    return root.document;
-  } finally {
-    await root.close();
-    await store.close();
-  }
-}
-
 function splitKnowledgeError(socket?: SocketLocation, cause?: unknown): CliError {
   const where = socket ? ` (no agent answers on ${socket.display})` : '';
   return new CliError(
@@ -389,39 +325,10 @@ function splitKnowledgeError(socket?: SocketLocation, cause?: unknown): CliError
   );
 }
 
-export async function requireStore(loc: StoreLocation): Promise<void> {
-  try {
-    const st = await stat(loc.dbPath);
-    if (st.isFile()) return;
-  } catch (err) {
-    if ((err as NodeJS.ErrnoException).code !== 'ENOENT' && (err as NodeJS.ErrnoException).code !== 'ENOTDIR')
-      throw err;
-  }
-  throw new CliError(`no key store in ${loc.display} (run \`keywarden init\`)`);
-}
+export type InitOptions = Omit<FolderInitOptions, 'cwd'>;
+export type { InitResult };
 
-// ── Initializing ──────────────────────────────────────────────────────────────────────────────
-
-export interface InitOptions {
-  /** Where to write the unseal key; default D/unseal.key. */
-  unsealKeyFile?: string;
-  /** Return the unseal key's text form instead of writing a file. */
-  printUnsealKey?: boolean;
-}
-
-export interface InitResult {
-  rootId: string;
-  /** Absolute path of the unseal key file, when one was written. */
-  unsealKeyPath?: string;
-  /** Text form of the unseal key, only with printUnsealKey. */
-  unsealKeyText?: string;
-}
-
-/**
- * Create D (0700), a new key store, and a software root sealed under a fresh 32-byte unseal key
- * from node:crypto. Refuses when D already has a key store or the unseal key file exists. On
- * failure nothing is left behind: neither a store without a key nor a key without a store.
- */
+/** Development-mode init (@keywarden/ceremony's initStoreDir), with the two options' clash a usage error. */
 export async function initStoreDir(
   io: Pick<CliIO, 'cwd'>,
   loc: StoreLocation,
@@ -430,81 +337,7 @@ export async function initStoreDir(
   if (options.printUnsealKey && options.unsealKeyFile !== undefined) {
     throw new UsageError('--print-unseal-key and --unseal-key-file cannot be used together');
   }
-  if (await exists(loc.dbPath)) throw new CliError(`${loc.display} already has a key store`);
-  const keyPath = options.printUnsealKey
-    ? undefined
-    : options.unsealKeyFile !== undefined
-      ? path.resolve(io.cwd, options.unsealKeyFile)
-      : loc.defaultUnsealKeyPath;
-  if (keyPath !== undefined && (await exists(keyPath))) {
-    throw new CliError(`unseal key file ${displayPath(keyPath, io.cwd)} already exists; refusing to overwrite it`);
-  }
-
-  const created = await mkdir(loc.dir, { recursive: true, mode: 0o700 });
-  // mkdir's mode is filtered by the umask; make the directory private whatever the umask is.
-  if (created !== undefined) await chmod(loc.dir, 0o700);
-
-  const unsealKey = randomFillSync(new Uint8Array(UNSEAL_KEY_BYTES));
-  let wroteKeyFile = false;
-  let storeCreated = false;
-  try {
-    const text = encodeUnsealKey(unsealKey);
-    if (keyPath !== undefined) {
-      // Written before the store, so a failure never leaves a store whose key was lost.
-      await writeSecretFile(keyPath, `${text}\n`);
-      wroteKeyFile = true;
-    }
-    storeCreated = true;
-    const store = await SqliteKeyStore.open(loc.dbPath);
-    let rootId: string;
-    try {
-      const root = await SoftwareRoot.initialize(store, { unsealKey });
-      rootId = root.describe().id;
-      await root.close();
-    } finally {
-      await store.close();
-    }
-    await chmod(loc.dbPath, 0o600);
-    return {
-      rootId,
-      ...(keyPath !== undefined ? { unsealKeyPath: keyPath } : {}),
-      ...(options.printUnsealKey ? { unsealKeyText: text } : {}),
-    };
-  } catch (err) {
-    if (storeCreated) await removeStoreFiles(loc);
-    if (wroteKeyFile && keyPath !== undefined) await rm(keyPath, { force: true }).catch(() => {});
-    throw err;
-  } finally {
-    wipe(unsealKey);
-  }
-}
-
-/** Create a file that must not exist yet, readable only by its owner. */
-async function writeSecretFile(file: string, content: string): Promise<void> {
-  const fh = await open(file, 'wx', 0o600);
-  try {
-    await fh.chmod(0o600);
-    await fh.writeFile(content, 'utf8');
-    await fh.sync();
-  } finally {
-    await fh.close();
-  }
-}
-
-export async function removeStoreFiles(loc: StoreLocation): Promise<void> {
-  for (const suffix of ['', '-wal', '-shm', '-journal']) {
-    await rm(loc.dbPath + suffix, { force: true }).catch(() => {});
-  }
-}
-
-export async function exists(p: string): Promise<boolean> {
-  try {
-    await stat(p);
-    return true;
-  } catch (err) {
-    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return false;
-    throw err;
-  }
+  return initStoreFolder(loc, { ...options, cwd: io.cwd });
 }
 
 function nonEmpty(v: string | undefined): string | undefined {

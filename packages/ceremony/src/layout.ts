@@ -1,0 +1,259 @@
+/**
+ * A key-store folder:
+ *
+ *   D/                   mode 0700
+ *   D/keystore.db        SqliteKeyStore: key metadata, root-wrapped KEKs, the sealed root document
+ *   D/keystore.db.staged an init in progress: the store is built here and moved into place only
+ *                        once every share is handed out (docs/split-knowledge.md §7.1)
+ *   D/unseal.key         development mode only: the unseal key in text form, mode 0600
+ *   D/agent.sock         split knowledge: the socket of a running agent (mode 0600)
+ *   D/shares-out/        split knowledge: encrypted shares written by init/rekey, to hand out and delete
+ *
+ * D is an explicit folder, else $KEYWARDEN_DIR, else ./.keywarden (relative to the working
+ * directory). Nothing here prompts or prints: paths, secrets and options are inputs, failures are
+ * core's typed errors.
+ */
+import { randomFillSync } from 'node:crypto';
+import { chmod, mkdir, open, rm, stat } from 'node:fs/promises';
+import * as path from 'node:path';
+import {
+  encodeUnsealKey,
+  InvalidInputError,
+  type KeyStore,
+  KeyStoreError,
+  ROOT_DESTROYED_MESSAGE,
+  type RootDescription,
+  RootDestroyedError,
+  type RootOfTrust,
+  type SealedRootDocument,
+  SoftwareRoot,
+  UNSEAL_KEY_BYTES,
+  wipe,
+} from '@keywarden/core';
+import { SqliteKeyStore } from '@keywarden/store-sqlite';
+
+export const DEFAULT_DIR = '.keywarden';
+export const KEYSTORE_FILE = 'keystore.db';
+export const UNSEAL_KEY_FILE = 'unseal.key';
+export const AGENT_SOCKET_FILE = 'agent.sock';
+export const SHARES_OUT_DIR = 'shares-out';
+export const DIR_ENV = 'KEYWARDEN_DIR';
+export const UNSEAL_KEY_ENV = 'KEYWARDEN_UNSEAL_KEY';
+export const AGENT_SOCKET_ENV = 'KEYWARDEN_AGENT_SOCKET';
+
+/** Where relative paths start and which environment applies (a process's own, or a caller's). */
+export interface Surroundings {
+  cwd: string;
+  env: Readonly<Record<string, string | undefined>>;
+}
+
+export interface StoreLocation {
+  /** Absolute path of D. */
+  dir: string;
+  /** Absolute path of D/keystore.db. */
+  dbPath: string;
+  /** Absolute path of D/unseal.key. */
+  defaultUnsealKeyPath: string;
+  /** How to show D in messages (relative to the working directory when under it). */
+  display: string;
+}
+
+/** D: `dir`, else $KEYWARDEN_DIR, else ./.keywarden, resolved against `at.cwd`. */
+export function resolveStoreLocation(at: Surroundings, dir?: string): StoreLocation {
+  const raw = dir ?? nonEmpty(at.env[DIR_ENV]) ?? DEFAULT_DIR;
+  const abs = path.resolve(at.cwd, raw);
+  return {
+    dir: abs,
+    dbPath: path.join(abs, KEYSTORE_FILE),
+    defaultUnsealKeyPath: path.join(abs, UNSEAL_KEY_FILE),
+    display: displayPath(abs, at.cwd),
+  };
+}
+
+/** Where an init builds its store before moving it into place. */
+export function stagedStorePath(loc: StoreLocation): string {
+  return `${loc.dbPath}.staged`;
+}
+
+/** Paths under the working directory are shown relative to it, as the user most likely typed them. */
+export function displayPath(p: string, cwd: string): string {
+  const rel = path.relative(cwd, p);
+  return rel !== '' && !rel.startsWith('..') && !path.isAbsolute(rel) ? rel : p;
+}
+
+/**
+ * Open D/keystore.db: never creating or initializing it (only an init does), and read-only for
+ * callers that only read, which therefore never migrate it either. An empty or foreign file is a
+ * StoreCorruptError, a damaged one too.
+ */
+export function openStoreFile(loc: StoreLocation, mode: 'read' | 'write'): SqliteKeyStore {
+  return SqliteKeyStore.open(loc.dbPath, mode === 'read' ? { readonly: true } : { create: false });
+}
+
+/** D has a key store (a file at D/keystore.db); else a KeyStoreError saying to initialize one. */
+export async function requireStore(loc: StoreLocation): Promise<void> {
+  try {
+    const st = await stat(loc.dbPath);
+    if (st.isFile()) return;
+  } catch (err) {
+    const code = (err as NodeJS.ErrnoException).code;
+    if (code !== 'ENOENT' && code !== 'ENOTDIR') throw err;
+  }
+  throw new KeyStoreError(`no key store in ${loc.display} (run \`keywarden init\`)`);
+}
+
+/** D's store and its software root, sealed. The caller closes both. */
+export async function openSealed(
+  loc: StoreLocation,
+  mode: 'read' | 'write' = 'write',
+): Promise<{ store: KeyStore; root: SoftwareRoot }> {
+  await requireStore(loc);
+  const store: KeyStore = openStoreFile(loc, mode);
+  try {
+    return { store, root: await SoftwareRoot.load(store) };
+  } catch (err) {
+    await store.close().catch(() => {});
+    throw err;
+  }
+}
+
+/** D's sealed root document (not secret): root id, unseal method, share-set id, M and N. */
+export async function sealedRootDocument(loc: StoreLocation): Promise<SealedRootDocument> {
+  const { store, root } = await openSealed(loc, 'read');
+  try {
+    return root.document;
+  } finally {
+    await root.close();
+    await store.close();
+  }
+}
+
+/**
+ * Stands in for the root of a store whose root was destroyed (its tombstone says so), so that key
+ * metadata can still be read. It has no key: wrapping and unwrapping are refused with a
+ * RootDestroyedError, never a no-op. `interrupted`: the destruction was started and not finished.
+ */
+export class MissingRoot implements RootOfTrust {
+  constructor(readonly interrupted = false) {}
+
+  describe(): RootDescription {
+    return { kind: 'software', id: 'none', label: 'no root (destroyed)', wrapAlgorithm: 'none' };
+  }
+  async wrapKey(): Promise<Uint8Array> {
+    throw new RootDestroyedError(ROOT_DESTROYED_MESSAGE);
+  }
+  async unwrapKey(): Promise<Uint8Array> {
+    throw new RootDestroyedError(ROOT_DESTROYED_MESSAGE);
+  }
+  async close(): Promise<void> {}
+}
+
+// ── Initializing (development mode) ──────────────────────────────────────────────────────────
+
+export interface InitOptions {
+  /** Where to write the unseal key (relative to `cwd`); default D/unseal.key. */
+  unsealKeyFile?: string;
+  /** Return the unseal key's text form instead of writing a file. */
+  printUnsealKey?: boolean;
+  /** Where a relative `unsealKeyFile` starts, and how paths are shown; default process.cwd(). */
+  cwd?: string;
+}
+
+export interface InitResult {
+  rootId: string;
+  /** Absolute path of the unseal key file, when one was written. */
+  unsealKeyPath?: string;
+  /** Text form of the unseal key, only with printUnsealKey. */
+  unsealKeyText?: string;
+}
+
+/**
+ * Create D (0700), a new key store, and a software root sealed under a fresh 32-byte unseal key
+ * from node:crypto. Refuses when D already has a key store or the unseal key file exists. On
+ * failure nothing is left behind: neither a store without a key nor a key without a store.
+ */
+export async function initStoreDir(loc: StoreLocation, options: InitOptions = {}): Promise<InitResult> {
+  const cwd = options.cwd ?? process.cwd();
+  if (options.printUnsealKey && options.unsealKeyFile !== undefined) {
+    throw new InvalidInputError('init: printUnsealKey and unsealKeyFile cannot be used together');
+  }
+  if (await exists(loc.dbPath)) throw new KeyStoreError(`${loc.display} already has a key store`);
+  const keyPath = options.printUnsealKey
+    ? undefined
+    : options.unsealKeyFile !== undefined
+      ? path.resolve(cwd, options.unsealKeyFile)
+      : loc.defaultUnsealKeyPath;
+  if (keyPath !== undefined && (await exists(keyPath))) {
+    throw new KeyStoreError(`unseal key file ${displayPath(keyPath, cwd)} already exists; refusing to overwrite it`);
+  }
+
+  const created = await mkdir(loc.dir, { recursive: true, mode: 0o700 });
+  // mkdir's mode is filtered by the umask; make the directory private whatever the umask is.
+  if (created !== undefined) await chmod(loc.dir, 0o700);
+
+  const unsealKey = randomFillSync(new Uint8Array(UNSEAL_KEY_BYTES));
+  let wroteKeyFile = false;
+  let storeCreated = false;
+  try {
+    const text = encodeUnsealKey(unsealKey);
+    if (keyPath !== undefined) {
+      // Written before the store, so a failure never leaves a store whose key was lost.
+      await writeSecretFile(keyPath, `${text}\n`);
+      wroteKeyFile = true;
+    }
+    storeCreated = true;
+    const store = await SqliteKeyStore.open(loc.dbPath);
+    let rootId: string;
+    try {
+      const root = await SoftwareRoot.initialize(store, { unsealKey });
+      rootId = root.describe().id;
+      await root.close();
+    } finally {
+      await store.close();
+    }
+    await chmod(loc.dbPath, 0o600);
+    return {
+      rootId,
+      ...(keyPath !== undefined ? { unsealKeyPath: keyPath } : {}),
+      ...(options.printUnsealKey ? { unsealKeyText: text } : {}),
+    };
+  } catch (err) {
+    if (storeCreated) await removeStoreFiles(loc.dbPath);
+    if (wroteKeyFile && keyPath !== undefined) await rm(keyPath, { force: true }).catch(() => {});
+    throw err;
+  } finally {
+    wipe(unsealKey);
+  }
+}
+
+/** Create a file that must not exist yet, readable only by its owner, and fsync it. */
+async function writeSecretFile(file: string, content: string): Promise<void> {
+  const fh = await open(file, 'wx', 0o600);
+  try {
+    await fh.chmod(0o600);
+    await fh.writeFile(content, 'utf8');
+    await fh.sync();
+  } finally {
+    await fh.close();
+  }
+}
+
+/** Remove a SQLite store file and its companions (-wal, -shm, -journal). Never throws. */
+export async function removeStoreFiles(dbPath: string): Promise<void> {
+  for (const suffix of ['', '-wal', '-shm', '-journal']) await rm(dbPath + suffix, { force: true }).catch(() => {});
+}
+
+/** Whether a path exists (following symbolic links); errors other than ENOENT are thrown. */
+export async function exists(p: string): Promise<boolean> {
+  try {
+    await stat(p);
+    return true;
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return false;
+    throw err;
+  }
+}
+
+function nonEmpty(v: string | undefined): string | undefined {
+  return v === undefined || v === '' ? undefined : v;
+}
