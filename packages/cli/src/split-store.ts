@@ -26,7 +26,7 @@
  * (`announce`) or ends the process with SIGKILL (`kill:<step>`); unset, `step()` does nothing.
  */
 import { closeSync, fsyncSync, openSync, writeSync } from 'node:fs';
-import { type FileHandle, chmod, lstat, mkdir, open, readFile, rename, rm, rmdir, stat } from 'node:fs/promises';
+import { type FileHandle, chmod, lstat, mkdir, open, readFile, rename, rm, rmdir } from 'node:fs/promises';
 import * as path from 'node:path';
 import { KeywardenError, ShareError, SoftwareRoot } from '@keywarden/core';
 import {
@@ -47,11 +47,15 @@ import {
   verifyPendingCeremony,
 } from '@keywarden/split-knowledge';
 import { SqliteKeyStore } from '@keywarden/store-sqlite';
+import { pendingCeremonyOf, readStagedPending, stagedStorePath } from '@keywarden/ceremony';
 import { isTerminal, readHidden, readShareFile, readSharesFromStream, readSmallSecretFile } from './_prompt.js';
 import { CliError, displayPath, systemErrorText, UsageError } from './errors.js';
 import type { CliIO } from './io.js';
 import { print } from './output.js';
 import { exists, requireStore, SHARES_OUT_DIR, type StoreLocation } from './store-dir.js';
+
+/** The unfinished ceremony of a store folder, and where an init stages its store: @keywarden/ceremony's. */
+export { pendingCeremonyOf, stagedStorePath };
 
 /** Test-only: announce or SIGKILL at step boundaries (see the file comment). Inert when unset. */
 export const TEST_STEP_HOOK_ENV = 'KEYWARDEN_TEST_STEP_HOOK';
@@ -62,11 +66,6 @@ function step(io: Pick<CliIO, 'env'>, name: string): void {
   const parts = hook.split(',');
   if (parts.includes('announce')) writeSync(2, `keywarden-test-step: ${name}\n`);
   if (parts.includes(`kill:${name}`)) process.kill(process.pid, 'SIGKILL');
-}
-
-/** Where an init builds its store before moving it into place. */
-export function stagedStorePath(loc: StoreLocation): string {
-  return `${loc.dbPath}.staged`;
 }
 
 export interface Custodian {
@@ -447,17 +446,6 @@ async function clearAbandonedInit(io: CliIO, loc: StoreLocation): Promise<void> 
   await print(io.stderr, `Removed the remains of an earlier init that stopped before any share was handed out.\n`);
 }
 
-async function readStagedPending(stagedPath: string): Promise<PendingCeremony | undefined> {
-  // Killed between creating the file and writing its schema: an empty file, nothing recorded.
-  if ((await stat(stagedPath)).size === 0 && !(await exists(`${stagedPath}-wal`))) return undefined;
-  const store = await SqliteKeyStore.open(stagedPath, { create: false });
-  try {
-    return await readPendingCeremony(store);
-  } finally {
-    await store.close();
-  }
-}
-
 /** The activation of an init: D/keystore.db.staged becomes D/keystore.db (rename, fsync of D). */
 async function moveStagedStoreIntoPlace(io: CliIO, loc: StoreLocation): Promise<void> {
   const stagedPath = stagedStorePath(loc);
@@ -783,26 +771,6 @@ export async function abortRekeyStoreDir(
     return { pending, notes };
   } finally {
     await store.close().catch(() => {});
-  }
-}
-
-/** What `keywarden status` says about an unfinished ceremony in D, if any. */
-export async function pendingCeremonyOf(
-  loc: StoreLocation,
-): Promise<{ kind: 'init' | 'rekey'; pending: PendingCeremony } | undefined> {
-  const stagedPath = stagedStorePath(loc);
-  if (!(await exists(loc.dbPath)) && (await exists(stagedPath))) {
-    const pending = await readStagedPending(stagedPath);
-    return pending ? { kind: 'init', pending } : undefined;
-  }
-  if (!(await exists(loc.dbPath))) return undefined;
-  // `status` reads only: never create, initialize or migrate the file (issue 6, item 8).
-  const store = await SqliteKeyStore.open(loc.dbPath, { readonly: true });
-  try {
-    const st = await pendingCeremonyState(store);
-    return st.state === 'pending' ? { kind: st.pending.kind, pending: st.pending } : undefined;
-  } finally {
-    await store.close();
   }
 }
 
