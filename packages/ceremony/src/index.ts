@@ -27,4 +27,4 @@ export {
   UNSEAL_KEY_ENV,
   UNSEAL_KEY_FILE,
 } from './layout.js';
-export { pendingCeremonyOf, readStagedPending } from './pending.js';
+export { openStagedStore, pendingCeremonyOf, readStagedPending } from './pending.js';

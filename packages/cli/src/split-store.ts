@@ -47,7 +47,7 @@ import {
   verifyPendingCeremony,
 } from '@keywarden/split-knowledge';
 import { SqliteKeyStore } from '@keywarden/store-sqlite';
-import { pendingCeremonyOf, readStagedPending, stagedStorePath } from '@keywarden/ceremony';
+import { openStagedStore, pendingCeremonyOf, readStagedPending, stagedStorePath } from '@keywarden/ceremony';
 import { isTerminal, readHidden, readShareFile, readSharesFromStream, readSmallSecretFile } from './_prompt.js';
 import { CliError, displayPath, systemErrorText, UsageError } from './errors.js';
 import type { CliIO } from './io.js';
@@ -505,7 +505,7 @@ export async function resumeInitStoreDir(io: CliIO, loc: StoreLocation, options:
     }
     throw new CliError(`init --resume: no init is pending in ${loc.display}`);
   }
-  const store = await SqliteKeyStore.open(stagedPath, { create: false });
+  const store = await openStagedStore(stagedPath);
   let pending: PendingCeremony;
   let quorumOf: 'current' | 'new' | undefined;
   try {
