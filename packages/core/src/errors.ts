@@ -39,7 +39,16 @@ export type KeywardenErrorCode =
   | 'KW_AGENT_UNAVAILABLE'
   | 'KW_AGENT_PROTOCOL'
   | 'KW_AGENT_VERSION'
-  | 'KW_CLOSED';
+  | 'KW_CLOSED'
+  | 'KW_KEY_COMPROMISED'
+  | 'KW_KEY_RETIRED'
+  | 'KW_KEY_DESTROYED'
+  | 'KW_CONFLICT'
+  | 'KW_ROOT_UNAVAILABLE'
+  | 'KW_ROOT_DEVICE'
+  | 'KW_ROOT_LOCKOUT'
+  | 'KW_CEREMONY'
+  | 'KW_CEREMONY_PENDING';
 
 export class KeywardenError extends Error {
   readonly code: KeywardenErrorCode;
@@ -157,3 +166,38 @@ export class AgentProtocolError extends defineError('KW_AGENT_PROTOCOL', 'AgentP
 export class AgentVersionError extends defineError('KW_AGENT_VERSION', 'AgentVersionError') {}
 /** The object was closed and its key material wiped. */
 export class ClosedError extends defineError('KW_CLOSED', 'ClosedError') {}
+/**
+ * The key version was marked compromised: it never decrypts (or encrypts) again, whatever its other
+ * settings. Irreversible (docs/lifecycle.md).
+ */
+export class KeyCompromisedError extends defineError('KW_KEY_COMPROMISED', 'KeyCompromisedError') {}
+/** The key version is below the key's minimum decryption version (retired, like Vault transit's
+ * `min_decryption_version`). Reversible by lowering the minimum. */
+export class KeyVersionRetiredError extends defineError('KW_KEY_RETIRED', 'KeyVersionRetiredError') {}
+/** The key version (or the whole key) was destroyed: its material is gone and what it protected is
+ * unrecoverable (crypto-shredding). */
+export class KeyDestroyedError extends defineError('KW_KEY_DESTROYED', 'KeyDestroyedError') {}
+/**
+ * Another process changed the same thing first (two rotations of one key, two rekeys of one store):
+ * this call lost the compare-and-swap and changed nothing. Read the current state and retry if
+ * still wanted.
+ */
+export class ConflictError extends defineError('KW_CONFLICT', 'ConflictError') {}
+/**
+ * The root's device cannot be reached or is not there: the PKCS#11 token is missing or was
+ * re-initialised, the module was finalized, the TPM does not answer within the deadline. Retrying
+ * later may succeed; nothing was changed.
+ */
+export class RootUnavailableError extends defineError('KW_ROOT_UNAVAILABLE', 'RootUnavailableError') {}
+/**
+ * The root's device refused or failed an operation (a PKCS#11 CKR code, a TPM response code). The
+ * message names the device function and the decoded code, never a secret.
+ */
+export class RootDeviceError extends defineError('KW_ROOT_DEVICE', 'RootDeviceError') {}
+/** The root's device locked itself after failed authentications (PKCS#11 CKR_PIN_LOCKED, the TPM's
+ * dictionary-attack lockout). */
+export class RootLockoutError extends defineError('KW_ROOT_LOCKOUT', 'RootLockoutError') {}
+/** A key-store ceremony (init, rekey, root rotation or destruction) cannot go on as asked. */
+export class CeremonyError extends defineError('KW_CEREMONY', 'CeremonyError') {}
+/** An earlier ceremony on this store was interrupted and must be resumed or abandoned first. */
+export class CeremonyPendingError extends defineError('KW_CEREMONY_PENDING', 'CeremonyPendingError') {}
