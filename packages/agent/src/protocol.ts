@@ -23,8 +23,10 @@
  * inside request and response bodies, never in an error.
  */
 import {
+  AccessDeniedError,
   AgentError,
   AgentProtocolError,
+  AuditError,
   AgentUnavailableError,
   AgentVersionError,
   CeremonyError,
@@ -362,6 +364,8 @@ const ERROR_CLASSES: Partial<Record<KeywardenErrorCode, ErrorClass>> = {
   KW_ROOT_LOCKOUT: RootLockoutError,
   KW_CEREMONY: CeremonyError,
   KW_CEREMONY_PENDING: CeremonyPendingError,
+  KW_DENIED: AccessDeniedError,
+  KW_AUDIT: AuditError,
 };
 
 const MAX_MESSAGE_CHARS = 2000;

@@ -48,7 +48,9 @@ export type KeywardenErrorCode =
   | 'KW_ROOT_DEVICE'
   | 'KW_ROOT_LOCKOUT'
   | 'KW_CEREMONY'
-  | 'KW_CEREMONY_PENDING';
+  | 'KW_CEREMONY_PENDING'
+  | 'KW_DENIED'
+  | 'KW_AUDIT';
 
 export class KeywardenError extends Error {
   readonly code: KeywardenErrorCode;
@@ -201,3 +203,7 @@ export class RootLockoutError extends defineError('KW_ROOT_LOCKOUT', 'RootLockou
 export class CeremonyError extends defineError('KW_CEREMONY', 'CeremonyError') {}
 /** An earlier ceremony on this store was interrupted and must be resumed or abandoned first. */
 export class CeremonyPendingError extends defineError('KW_CEREMONY_PENDING', 'CeremonyPendingError') {}
+/** The acting principal's policy does not allow this operation on this key (docs/policy.md). Default deny. */
+export class AccessDeniedError extends defineError('KW_DENIED', 'AccessDeniedError') {}
+/** The audit record of an operation could not be written, so the operation was refused (fail closed, docs/audit.md). */
+export class AuditError extends defineError('KW_AUDIT', 'AuditError') {}

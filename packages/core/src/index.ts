@@ -150,3 +150,4 @@ export {
   decodeRootTombstone,
 } from './root-tombstone.js';
 export * as keyStoreChecks from './keystore-checks.js';
+export * from './audit/index.js';

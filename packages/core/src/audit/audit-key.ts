@@ -1,0 +1,141 @@
+/**
+ * The audit key: 32 random bytes made by the root's CSPRNG, stored in the key store only wrapped
+ * by the root (meta record "audit-key", associated data "keywarden/audit-key/v1"), exactly like a
+ * KEK version. Two keys are derived from it with HKDF-SHA256 (RFC 5869), never the material itself:
+ *  - the MAC key, which authenticates every audit record and chains it to the one before;
+ *  - the identifier key, which turns caller-supplied identifiers and context values into keyed
+ *    digests (looked up by hashing the value again, as Vault's audit devices do).
+ * Whoever can verify the log can also forge it: verification needs the root unsealed (docs/audit.md).
+ */
+import { createHash, type Hash } from 'node:crypto';
+import { toBase64Url, utf8, wipe } from '../_bytes.js';
+import { hkdfSha256 } from '../aead.js';
+import { InvalidInputError, StoreCorruptError } from '../errors.js';
+import type { KeyStore } from '../keystore.js';
+import { nodeRandom } from '../random.js';
+import type { RootOfTrust } from '../root.js';
+import { checkedRoot } from '../root.js';
+
+export const AUDIT_KEY_META_NAME = 'audit-key';
+const AUDIT_KEY_AAD = utf8.encode('keywarden/audit-key/v1');
+const HKDF_SALT = utf8.encode('keywarden/audit/v1');
+const MAC_DOMAIN = 'keywarden-audit-record-v1\n';
+const ID_DOMAIN = 'keywarden-audit-id-v1\n';
+/** Identifier and context digests are HMAC-SHA256 truncated to 128 bits (NIST SP 800-107 §5.3.4). */
+const DIGEST_BYTES = 16;
+
+/**
+ * HMAC-SHA256 (RFC 2104) with the padded key hashed once: H((K ⊕ opad) ‖ H((K ⊕ ipad) ‖ m)).
+ * Each MAC copies the two prepared hash states instead of re-keying an Hmac object, which is what
+ * makes a per-record MAC cheap enough for the hot path. Interchangeable with createHmac (tested).
+ */
+class PreparedHmac {
+  #inner: Hash;
+  #outer: Hash;
+  constructor(key: Uint8Array) {
+    if (key.length !== 32) throw new InvalidInputError('audit: HMAC keys are 32 bytes');
+    const ipad = new Uint8Array(64).fill(0x36);
+    const opad = new Uint8Array(64).fill(0x5c);
+    for (let i = 0; i < 32; i++) {
+      ipad[i] = (ipad[i] as number) ^ (key[i] as number);
+      opad[i] = (opad[i] as number) ^ (key[i] as number);
+    }
+    this.#inner = createHash('sha256').update(ipad);
+    this.#outer = createHash('sha256').update(opad);
+    wipe(ipad, opad);
+  }
+  mac(message: string | Uint8Array): Buffer {
+    const inner = this.#inner.copy().update(message).digest();
+    return this.#outer.copy().update(inner).digest();
+  }
+  destroy(): void {
+    // A Hash cannot be wiped in place; replace the states so nothing keyed stays reachable from here.
+    this.#inner = createHash('sha256');
+    this.#outer = createHash('sha256');
+  }
+}
+
+export class AuditKey {
+  readonly #mac: PreparedHmac;
+  readonly #id: PreparedHmac;
+  /** Non-secret fingerprint of the audit key, written into every record ("kid"). */
+  readonly kid: string;
+
+  /** `material` (32 bytes) is not kept: the caller wipes it. */
+  constructor(material: Uint8Array) {
+    if (!(material instanceof Uint8Array) || material.length !== 32) {
+      throw new InvalidInputError('audit: the audit key is 32 bytes');
+    }
+    const macKey = hkdfSha256(material, HKDF_SALT, utf8.encode('record-mac'), 32);
+    const idKey = hkdfSha256(material, HKDF_SALT, utf8.encode('identifier'), 32);
+    this.#mac = new PreparedHmac(macKey);
+    this.#id = new PreparedHmac(idKey);
+    this.kid = toBase64Url(this.#mac.mac('kid').subarray(0, 8));
+    wipe(macKey, idKey);
+  }
+
+  /** The MAC of a record's canonical text (base64url, 32 bytes). */
+  recordMac(canonical: string): string {
+    return this.#mac.mac(MAC_DOMAIN + canonical).toString('base64url');
+  }
+
+  /** The keyed digest of a caller-supplied identifier or context ("h:" + base64url, 128 bits). */
+  digest(value: string): string {
+    return `h:${this.#id
+      .mac(ID_DOMAIN + value)
+      .subarray(0, DIGEST_BYTES)
+      .toString('base64url')}`;
+  }
+
+  destroy(): void {
+    this.#mac.destroy();
+    this.#id.destroy();
+  }
+}
+
+interface AuditKeyDocument {
+  v: 1;
+  rootId: string;
+  /** base64url: the root's wrap of the 32-byte audit key. */
+  wrapped: string;
+}
+
+/**
+ * Load the store's audit key through the root (which must be unsealed), making it on first use
+ * when `create` is true. The material is wiped once the derived keys exist.
+ */
+export async function loadAuditKey(
+  store: KeyStore,
+  rootOfTrust: RootOfTrust,
+  options: { create?: boolean } = {},
+): Promise<AuditKey> {
+  const root = checkedRoot(rootOfTrust);
+  const existing = await store.getMeta(AUDIT_KEY_META_NAME);
+  if (existing) {
+    let doc: AuditKeyDocument;
+    try {
+      doc = JSON.parse(Buffer.from(existing).toString('utf8')) as AuditKeyDocument;
+      if (doc?.v !== 1 || typeof doc.wrapped !== 'string') throw new Error('shape');
+    } catch {
+      throw new StoreCorruptError('audit: the audit-key record in the key store is unreadable');
+    }
+    const material = await root.unwrapKey(new Uint8Array(Buffer.from(doc.wrapped, 'base64url')), AUDIT_KEY_AAD);
+    try {
+      return new AuditKey(material);
+    } finally {
+      wipe(material);
+    }
+  }
+  if (options.create === false) {
+    throw new InvalidInputError('audit: this key store has no audit key yet (nothing was audited)');
+  }
+  const material = await (root.random ?? nodeRandom).randomBytes(32);
+  try {
+    const wrapped = await root.wrapKey(material, AUDIT_KEY_AAD);
+    const doc: AuditKeyDocument = { v: 1, rootId: root.id, wrapped: toBase64Url(wrapped) };
+    await store.putMeta(AUDIT_KEY_META_NAME, utf8.encode(JSON.stringify(doc)));
+    return new AuditKey(material);
+  } finally {
+    wipe(material);
+  }
+}

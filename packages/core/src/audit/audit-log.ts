@@ -1,0 +1,261 @@
+/**
+ * AuditLog: buffered, batched, hash-chained appends to one or more sinks (docs/audit.md).
+ *
+ * The hot path only pushes the event onto a buffer; MACs and digests are computed when a batch is
+ * written. Durability modes:
+ *  - "each" (default): the operation's promise resolves only after the batch holding its record is
+ *    written to every sink (files fdatasync'ed). Concurrent operations share one batch (group commit).
+ *  - { intervalMs }: batches are written every intervalMs; an operation does not wait for its record.
+ *    A crash (not a clean close) can lose up to intervalMs of records; close() writes everything.
+ * Fail closed (default): once a batch cannot be written, the waiting operations fail with
+ * AuditError and every later record() is refused, so no operation runs unrecorded. With
+ * `failClosed: false` a failed batch is reported to `onError` and dropped: the next record's `prev`
+ * does not chain on, so verification shows where records went missing.
+ *
+ * One writer per log: two processes appending to the same store or file fork the chain (the agent
+ * is the single writer in a deployment; docs/audit.md §Writers).
+ */
+import { AuditError, InvalidInputError } from '../errors.js';
+import type { KeyStore } from '../keystore.js';
+import type { RootOfTrust } from '../root.js';
+import { type AuditKey, loadAuditKey } from './audit-key.js';
+import { type AuditAnchor, type AuditEvent, type AuditRecord, sealRecord } from './record.js';
+import { type AuditSink, CallbackAuditSink, JsonlFileAuditSink, StoreAuditSink } from './sinks.js';
+
+export type AuditDurability = 'each' | { intervalMs: number };
+
+export interface AuditLogOptions {
+  /** The audit key, or where to load it from: the store's "audit-key" record through the root. */
+  key?: AuditKey;
+  store?: KeyStore;
+  root?: RootOfTrust;
+  /** Write records into the key store (needs `store`). Default true when `store` is given. */
+  toStore?: boolean;
+  /** Append records to this JSONL file. */
+  file?: string;
+  /** Hand each batch of records to the application. */
+  callback?: (records: readonly AuditRecord[]) => void | Promise<void>;
+  /** Further sinks. */
+  sinks?: AuditSink[];
+  durability?: AuditDurability;
+  /** Default true: an operation whose record cannot be written is refused (docs/audit.md §Fail closed). */
+  failClosed?: boolean;
+  /** Failures of batches (fail open), and of background batches (interval mode). */
+  onError?: (err: AuditError) => void;
+  /** Records buffered while no batch can be written before record() refuses. Default 10 000. */
+  maxBuffered?: number;
+  /** Subscribers to every record written (anomaly detection, tests). */
+  onRecord?: (record: AuditRecord) => void;
+}
+
+interface Waiter {
+  resolve(): void;
+  reject(err: unknown): void;
+}
+
+export class AuditLog {
+  readonly #sinks: AuditSink[];
+  readonly #durability: AuditDurability;
+  readonly #failClosed: boolean;
+  readonly #onError: ((err: AuditError) => void) | undefined;
+  readonly #maxBuffered: number;
+  readonly #keySource: { key?: AuditKey; store?: KeyStore; root?: RootOfTrust };
+  readonly #listeners = new Set<(record: AuditRecord) => void>();
+  #key: AuditKey | undefined;
+  #head: AuditAnchor | undefined;
+  #pending: AuditEvent[] = [];
+  #waiters: Waiter[] = [];
+  #scheduled = false;
+  #timer: NodeJS.Timeout | undefined;
+  #chain: Promise<void> = Promise.resolve();
+  #failed: AuditError | undefined;
+  #closed = false;
+
+  constructor(options: AuditLogOptions) {
+    if (typeof options !== 'object' || options === null) throw new InvalidInputError('audit: options are required');
+    const sinks: AuditSink[] = [];
+    const toStore = options.toStore ?? options.store !== undefined;
+    if (toStore) {
+      if (!options.store) throw new InvalidInputError('audit: toStore needs a store');
+      sinks.push(new StoreAuditSink(options.store));
+    }
+    if (options.file !== undefined) sinks.push(new JsonlFileAuditSink(options.file));
+    if (options.callback !== undefined) sinks.push(new CallbackAuditSink(options.callback));
+    for (const s of options.sinks ?? []) {
+      if (typeof s?.write !== 'function') throw new InvalidInputError('audit: a sink must have write()');
+      sinks.push(s);
+    }
+    if (sinks.length === 0) throw new InvalidInputError('audit: at least one sink (store, file, callback, sinks)');
+    if (!options.key && !(options.store && options.root)) {
+      throw new InvalidInputError('audit: the audit key, or the store and root to load it from, is required');
+    }
+    const d = options.durability ?? 'each';
+    if (d !== 'each' && !(typeof d === 'object' && Number.isFinite(d.intervalMs) && d.intervalMs >= 1)) {
+      throw new InvalidInputError('audit: durability is "each" or { intervalMs ≥ 1 }');
+    }
+    this.#sinks = sinks;
+    this.#durability = d;
+    this.#failClosed = options.failClosed !== false;
+    this.#onError = options.onError;
+    this.#maxBuffered = options.maxBuffered ?? 10_000;
+    this.#keySource = { key: options.key, store: options.store, root: options.root };
+    if (options.onRecord) this.#listeners.add(options.onRecord);
+  }
+
+  /** Subscribe to every record once written; returns the unsubscribe function. */
+  subscribe(listener: (record: AuditRecord) => void): () => void {
+    this.#listeners.add(listener);
+    return () => this.#listeners.delete(listener);
+  }
+
+  /** Throws AuditError when a record could not be written now (fail closed): check before acting. */
+  assertWritable(): void {
+    if (this.#closed) throw new AuditError('audit: the audit log is closed; operations are refused');
+    if (this.#failed && this.#failClosed) throw this.#failed;
+    if (this.#pending.length >= this.#maxBuffered) {
+      throw new AuditError(`audit: ${this.#pending.length} records wait to be written; operations are refused`);
+    }
+  }
+
+  /**
+   * Append an event. Durability "each": resolves once its batch is written (rejects with AuditError
+   * if it cannot be, fail closed). Interval mode: returns undefined at once.
+   */
+  record(event: AuditEvent): Promise<void> | undefined {
+    this.assertWritable();
+    this.#pending.push(event.at === undefined ? { ...event, at: Date.now() } : event);
+    if (this.#durability === 'each') {
+      const p = new Promise<void>((resolve, reject) => this.#waiters.push({ resolve, reject }));
+      if (!this.#scheduled) {
+        this.#scheduled = true;
+        setImmediate(() => {
+          this.#scheduled = false;
+          void this.#enqueueFlush();
+        });
+      }
+      return p;
+    }
+    if (this.#timer === undefined) {
+      this.#timer = setTimeout(() => {
+        this.#timer = undefined;
+        void this.#enqueueFlush();
+      }, this.#durability.intervalMs);
+      this.#timer.unref();
+    }
+    return undefined;
+  }
+
+  /** Write everything buffered now. */
+  flush(): Promise<void> {
+    return this.#enqueueFlush(true);
+  }
+
+  /** The chain's head after the last written batch. */
+  get head(): AuditAnchor | undefined {
+    return this.#head && { ...this.#head };
+  }
+
+  /** The audit key (loaded through the root on first use). */
+  async key(): Promise<AuditKey> {
+    if (this.#key) return this.#key;
+    const src = this.#keySource;
+    const key = src.key ?? (await loadAuditKey(src.store as KeyStore, src.root as RootOfTrust, { create: true }));
+    if (!this.#key) this.#key = key;
+    return this.#key;
+  }
+
+  /** Write everything buffered (durably), close the sinks. Idempotent. */
+  async close(): Promise<void> {
+    if (this.#closed) return this.#chain;
+    if (this.#timer !== undefined) clearTimeout(this.#timer);
+    this.#timer = undefined;
+    try {
+      await this.#enqueueFlush(true);
+    } finally {
+      this.#closed = true;
+      for (const s of this.#sinks) await s.close?.();
+      if (!this.#keySource.key) this.#key?.destroy();
+    }
+  }
+
+  #enqueueFlush(sync = false, rethrow = sync): Promise<void> {
+    const run = this.#chain.then(() => this.#flushOnce(sync));
+    this.#chain = run.catch(() => {});
+    return rethrow ? run : this.#chain;
+  }
+
+  async #flushOnce(forceSync: boolean): Promise<void> {
+    if (this.#pending.length === 0) {
+      for (const w of this.#waiters.splice(0)) w.resolve();
+      return;
+    }
+    const events = this.#pending;
+    const waiters = this.#waiters;
+    this.#pending = [];
+    this.#waiters = [];
+    if (this.#failed && this.#failClosed) {
+      for (const w of waiters) w.reject(this.#failed);
+      throw this.#failed;
+    }
+    let key: AuditKey;
+    try {
+      key = await this.key();
+      if (this.#head === undefined) this.#head = await this.#readHead(key);
+    } catch (cause) {
+      // The key is not available yet (a sealed root): keep the records, fail this batch's waiters.
+      this.#pending = events.concat(this.#pending);
+      const err = new AuditError('audit: the audit key could not be loaded (is the root sealed?)', { cause });
+      for (const w of waiters) w.reject(err);
+      this.#onError?.(err);
+      throw err;
+    }
+    const records: AuditRecord[] = [];
+    let { seq, mac } = this.#head;
+    for (const ev of events) {
+      const rec = sealRecord(key, ev, seq + 1, mac);
+      records.push(rec);
+      seq = rec.seq;
+      mac = rec.mac;
+    }
+    const batch = {
+      records,
+      text: `${records.map((r) => JSON.stringify(r)).join('\n')}\n`,
+      head: { seq, mac },
+      sync: forceSync || this.#durability === 'each',
+    };
+    // The chain moves on whether or not the sinks take the batch: a dropped batch (fail open)
+    // shows as a break in the chain, never as a silently renumbered log.
+    this.#head = { seq, mac };
+    try {
+      for (const s of this.#sinks) await s.write(batch, key);
+    } catch (cause) {
+      const err = new AuditError(`audit: ${records.length} audit record(s) could not be written`, { cause });
+      if (this.#failClosed) this.#failed = err;
+      for (const w of waiters)
+        if (this.#failClosed) w.reject(err);
+        else w.resolve();
+      this.#onError?.(err);
+      if (this.#failClosed) throw err;
+      return;
+    }
+    for (const w of waiters) w.resolve();
+    for (const rec of records) {
+      for (const l of this.#listeners) {
+        try {
+          l(rec);
+        } catch {
+          // A subscriber's failure is its own; the record is written.
+        }
+      }
+    }
+  }
+
+  async #readHead(key: AuditKey): Promise<AuditAnchor> {
+    let best: AuditAnchor | undefined;
+    for (const s of this.#sinks) {
+      const h = await s.head?.(key);
+      if (h && (best === undefined || h.seq > best.seq)) best = h;
+    }
+    return best ?? { seq: 0, mac: '' };
+  }
+}

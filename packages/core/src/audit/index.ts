@@ -1,0 +1,25 @@
+export { AuditKey, AUDIT_KEY_META_NAME, loadAuditKey } from './audit-key.js';
+export {
+  type AuditEvent,
+  type AuditRecord,
+  type AuditOutcome,
+  type AuditAnchor,
+  type AuditVerifyResult,
+  type VerifyOptions,
+  AUDIT_RECORD_VERSION,
+  sealRecord,
+  contextDigest,
+  verifyAuditLog,
+} from './record.js';
+export {
+  type AuditSink,
+  type AuditBatch,
+  StoreAuditSink,
+  JsonlFileAuditSink,
+  CallbackAuditSink,
+  AUDIT_HEAD_META_NAME,
+  AUDIT_SEGMENT_PREFIX,
+  readStoreAuditHead,
+  readStoreAuditLines,
+} from './sinks.js';
+export { AuditLog, type AuditLogOptions, type AuditDurability } from './audit-log.js';

@@ -1,0 +1,168 @@
+/**
+ * Where audit records go (docs/audit.md §Sinks). Every sink receives the same records, in order,
+ * batch by batch; a sink that throws fails the batch (and, fail closed, the operations waiting on it).
+ *  - StoreAuditSink: the key store itself (meta records "audit/seg/N" and a MACed head "audit/head");
+ *  - JsonlFileAuditSink: one record per line, appended; fdatasync when the durability mode asks;
+ *  - CallbackAuditSink: hands each batch to the application (to ship to its logger).
+ */
+import { closeSync, fdatasyncSync, openSync, readFileSync, writeSync } from 'node:fs';
+import { utf8 } from '../_bytes.js';
+import { InvalidInputError, StoreCorruptError } from '../errors.js';
+import type { KeyStore } from '../keystore.js';
+import type { AuditKey } from './audit-key.js';
+import type { AuditAnchor, AuditRecord } from './record.js';
+
+export interface AuditBatch {
+  records: readonly AuditRecord[];
+  /** The records as JSONL (each line ends with "\n"). */
+  text: string;
+  /** The chain's new head (the last record's seq and mac). */
+  head: AuditAnchor;
+  /** Whether this batch must be durable before write() resolves (durability "each", close). */
+  sync: boolean;
+}
+
+export interface AuditSink {
+  /** Where the chain continues from, if this sink already holds records (read once, on open). */
+  head?(key: AuditKey): Promise<AuditAnchor | undefined>;
+  write(batch: AuditBatch, key: AuditKey): Promise<void>;
+  close?(): Promise<void>;
+}
+
+export const AUDIT_HEAD_META_NAME = 'audit/head';
+export const AUDIT_SEGMENT_PREFIX = 'audit/seg/';
+
+interface StoreHead {
+  v: 1;
+  seq: number;
+  mac: string;
+  segments: number;
+  /** MAC of the three fields above: a forged head needs the audit key. */
+  hmac: string;
+}
+
+function headMac(key: AuditKey, seq: number, mac: string, segments: number): string {
+  return key.recordMac(`head:${seq}:${mac}:${segments}`);
+}
+
+export function segmentName(n: number): string {
+  return `${AUDIT_SEGMENT_PREFIX}${String(n).padStart(10, '0')}`;
+}
+
+/** The store's audit head, checked under the audit key (undefined when nothing was audited). */
+export async function readStoreAuditHead(
+  store: KeyStore,
+  key: AuditKey,
+): Promise<(AuditAnchor & { segments: number }) | undefined> {
+  const raw = await store.getMeta(AUDIT_HEAD_META_NAME);
+  if (!raw) return undefined;
+  let head: StoreHead;
+  try {
+    head = JSON.parse(Buffer.from(raw).toString('utf8')) as StoreHead;
+  } catch {
+    throw new StoreCorruptError('audit: the audit head record in the key store is unreadable');
+  }
+  if (
+    head?.v !== 1 ||
+    !Number.isSafeInteger(head.seq) ||
+    !Number.isSafeInteger(head.segments) ||
+    typeof head.mac !== 'string' ||
+    head.hmac !== headMac(key, head.seq, head.mac, head.segments)
+  ) {
+    throw new StoreCorruptError('audit: the audit head record in the key store does not verify (altered)');
+  }
+  return { seq: head.seq, mac: head.mac, segments: head.segments };
+}
+
+/** Every audit record held in the store, as JSONL lines in chain order. */
+export async function readStoreAuditLines(store: KeyStore, key: AuditKey): Promise<string[]> {
+  const head = await readStoreAuditHead(store, key);
+  if (!head) return [];
+  const lines: string[] = [];
+  for (let n = 1; n <= head.segments; n++) {
+    const seg = await store.getMeta(segmentName(n));
+    // A missing segment is reported by verification as the records that follow not chaining on.
+    if (!seg) continue;
+    const text = Buffer.from(seg).toString('utf8');
+    for (const l of text.split('\n')) if (l !== '') lines.push(l);
+  }
+  return lines;
+}
+
+export class StoreAuditSink implements AuditSink {
+  readonly #store: KeyStore;
+  #segments = 0;
+  constructor(store: KeyStore) {
+    this.#store = store;
+  }
+  async head(key: AuditKey): Promise<AuditAnchor | undefined> {
+    const head = await readStoreAuditHead(this.#store, key);
+    this.#segments = head?.segments ?? 0;
+    return head && { seq: head.seq, mac: head.mac };
+  }
+  async write(batch: AuditBatch, key: AuditKey): Promise<void> {
+    const n = this.#segments + 1;
+    await this.#store.putMeta(segmentName(n), utf8.encode(batch.text));
+    const head: StoreHead = {
+      v: 1,
+      seq: batch.head.seq,
+      mac: batch.head.mac,
+      segments: n,
+      hmac: headMac(key, batch.head.seq, batch.head.mac, n),
+    };
+    await this.#store.putMeta(AUDIT_HEAD_META_NAME, utf8.encode(JSON.stringify(head)));
+    this.#segments = n;
+  }
+}
+
+export class JsonlFileAuditSink implements AuditSink {
+  readonly path: string;
+  #fd: number | undefined;
+  constructor(path: string) {
+    if (typeof path !== 'string' || path.length === 0) throw new InvalidInputError('audit: a JSONL sink needs a path');
+    this.path = path;
+  }
+  async head(): Promise<AuditAnchor | undefined> {
+    let text: string;
+    try {
+      text = readFileSync(this.path, 'utf8');
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
+      throw err;
+    }
+    const lines = text.split('\n').filter((l) => l !== '');
+    const lastLine = lines[lines.length - 1];
+    if (lastLine === undefined) return undefined;
+    try {
+      const last = JSON.parse(lastLine) as AuditRecord;
+      return { seq: last.seq, mac: last.mac };
+    } catch {
+      throw new StoreCorruptError(`audit: the last line of ${this.path} is not an audit record (run audit verify)`);
+    }
+  }
+  async write(batch: AuditBatch): Promise<void> {
+    if (this.#fd === undefined) this.#fd = openSync(this.path, 'a', 0o600);
+    const bytes = Buffer.from(batch.text, 'utf8');
+    let off = 0;
+    while (off < bytes.length) off += writeSync(this.#fd, bytes, off, bytes.length - off);
+    if (batch.sync) fdatasyncSync(this.#fd);
+  }
+  async close(): Promise<void> {
+    if (this.#fd === undefined) return;
+    const fd = this.#fd;
+    this.#fd = undefined;
+    fdatasyncSync(fd);
+    closeSync(fd);
+  }
+}
+
+export class CallbackAuditSink implements AuditSink {
+  readonly #fn: (records: readonly AuditRecord[]) => void | Promise<void>;
+  constructor(fn: (records: readonly AuditRecord[]) => void | Promise<void>) {
+    if (typeof fn !== 'function') throw new InvalidInputError('audit: a callback sink needs a function');
+    this.#fn = fn;
+  }
+  async write(batch: AuditBatch): Promise<void> {
+    await this.#fn(batch.records);
+  }
+}

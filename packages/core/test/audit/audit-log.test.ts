@@ -1,0 +1,210 @@
+import { createHmac } from 'node:crypto';
+import { readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { afterEach, describe, expect, it } from 'vitest';
+import { hkdfSha256 } from '../../src/aead.js';
+import { AuditError } from '../../src/errors.js';
+import {
+  AUDIT_KEY_META_NAME,
+  AuditKey,
+  AuditLog,
+  type AuditRecord,
+  type AuditSink,
+  loadAuditKey,
+  readStoreAuditHead,
+  readStoreAuditLines,
+  verifyAuditLog,
+} from '../../src/audit/index.js';
+import { storeAndRoot, tempDir } from './_setup.js';
+
+const cleanups: Array<() => void> = [];
+afterEach(() => {
+  for (const c of cleanups.splice(0)) c();
+});
+
+function event(i: number) {
+  return {
+    op: 'decrypt',
+    principal: 'billing',
+    keyId: 'kek_x',
+    version: 1,
+    outcome: 'ok' as const,
+    context: { order: `o-${i}` },
+  };
+}
+
+describe('audit key', () => {
+  it('is made once, stored only wrapped by the root, and loads back to the same key', async () => {
+    const { store, root } = await storeAndRoot();
+    const a = await loadAuditKey(store, root);
+    const b = await loadAuditKey(store, root);
+    expect(b.kid).toBe(a.kid);
+    const stored = Buffer.from((await store.getMeta(AUDIT_KEY_META_NAME)) as Uint8Array).toString('utf8');
+    expect(JSON.parse(stored)).toMatchObject({ v: 1, rootId: expect.stringMatching(/^root_/) });
+  });
+
+  it('cannot be loaded while the root is sealed', async () => {
+    const { store, root } = await storeAndRoot();
+    await loadAuditKey(store, root);
+    await root.seal();
+    await expect(loadAuditKey(store, root)).rejects.toThrow();
+  });
+
+  it('record MACs are standard HMAC-SHA256 under the HKDF-derived MAC key (RFC 2104, RFC 5869)', () => {
+    const material = new Uint8Array(32).map((_, i) => i + 1);
+    const key = new AuditKey(material);
+    const macKey = hkdfSha256(
+      material,
+      new TextEncoder().encode('keywarden/audit/v1'),
+      new TextEncoder().encode('record-mac'),
+      32,
+    );
+    const expected = createHmac('sha256', macKey).update('keywarden-audit-record-v1\nabc').digest('base64url');
+    expect(key.recordMac('abc')).toBe(expected);
+    const idKey = hkdfSha256(
+      material,
+      new TextEncoder().encode('keywarden/audit/v1'),
+      new TextEncoder().encode('identifier'),
+      32,
+    );
+    const d = createHmac('sha256', idKey)
+      .update('keywarden-audit-id-v1\nalice')
+      .digest()
+      .subarray(0, 16)
+      .toString('base64url');
+    expect(key.digest('alice')).toBe(`h:${d}`);
+  });
+});
+
+describe('AuditLog', () => {
+  it('appends chained records to the store, a JSONL file and a callback, which all verify', async () => {
+    const { store, root } = await storeAndRoot();
+    const { dir, cleanup } = tempDir();
+    cleanups.push(cleanup);
+    const file = join(dir, 'audit.jsonl');
+    const shipped: AuditRecord[] = [];
+    const log = new AuditLog({ store, root, file, callback: (r) => void shipped.push(...r) });
+    await Promise.all([0, 1, 2, 3, 4].map((i) => log.record(event(i))));
+    await log.record(event(5));
+    await log.close();
+    const key = await loadAuditKey(store, root);
+    const lines = readFileSync(file, 'utf8').trim().split('\n');
+    expect(lines).toHaveLength(6);
+    expect(verifyAuditLog(key, lines)).toMatchObject({ ok: true, verified: 6 });
+    expect(verifyAuditLog(key, await readStoreAuditLines(store, key))).toMatchObject({ ok: true, verified: 6 });
+    expect(verifyAuditLog(key, shipped)).toMatchObject({ ok: true, verified: 6 });
+    expect(shipped.map((r) => r.seq)).toEqual([1, 2, 3, 4, 5, 6]);
+    // The context is a keyed digest, never the value.
+    expect(lines.join('\n')).not.toContain('o-1');
+    expect(shipped[1]?.ctx).toMatch(/^h:/);
+  });
+
+  it('continues the chain of an existing log after a reopen', async () => {
+    const { store, root } = await storeAndRoot();
+    const first = new AuditLog({ store, root });
+    await first.record(event(1));
+    await first.close();
+    const second = new AuditLog({ store, root });
+    await second.record(event(2));
+    await second.close();
+    const key = await loadAuditKey(store, root);
+    const lines = await readStoreAuditLines(store, key);
+    expect(verifyAuditLog(key, lines, { anchor: await readStoreAuditHead(store, key) })).toMatchObject({
+      ok: true,
+      verified: 2,
+    });
+  });
+
+  it('durability "each": record() resolves only once the record is written', async () => {
+    const { store, root } = await storeAndRoot();
+    const seen: number[] = [];
+    const log = new AuditLog({ store, root, toStore: false, callback: (r) => void seen.push(...r.map((x) => x.seq)) });
+    await log.record(event(1));
+    expect(seen).toEqual([1]);
+    await log.close();
+  });
+
+  it('interval mode: records are written in batches, and nothing is lost on a clean close', async () => {
+    const { store, root } = await storeAndRoot();
+    const batches: number[] = [];
+    const log = new AuditLog({
+      store,
+      root,
+      toStore: false,
+      durability: { intervalMs: 60_000 },
+      callback: (r) => void batches.push(r.length),
+    });
+    for (let i = 0; i < 500; i++) expect(log.record(event(i))).toBeUndefined();
+    expect(batches).toEqual([]);
+    await log.close();
+    expect(batches).toEqual([500]);
+  });
+
+  it('fails closed: a record that cannot be written fails its operation and refuses every later one', async () => {
+    const { store, root } = await storeAndRoot();
+    let broken = false;
+    const sink: AuditSink = {
+      async write() {
+        if (broken) throw new Error('disk full');
+      },
+    };
+    const log = new AuditLog({ store, root, toStore: false, sinks: [sink] });
+    await log.record(event(1));
+    broken = true;
+    await expect(log.record(event(2))).rejects.toBeInstanceOf(AuditError);
+    broken = false;
+    expect(() => log.record(event(3))).toThrow(AuditError);
+    expect(() => log.assertWritable()).toThrow(/could not be written/);
+  });
+
+  it('fail open (documented opt-out): the failure is reported, the operation goes on, and the gap is visible', async () => {
+    const { store, root } = await storeAndRoot();
+    let broken = false;
+    const written: AuditRecord[] = [];
+    const errors: unknown[] = [];
+    const sink: AuditSink = {
+      async write(batch) {
+        if (broken) throw new Error('disk full');
+        written.push(...batch.records);
+      },
+    };
+    const log = new AuditLog({
+      store,
+      root,
+      toStore: false,
+      sinks: [sink],
+      failClosed: false,
+      onError: (e) => errors.push(e),
+    });
+    await log.record(event(1));
+    broken = true;
+    await log.record(event(2));
+    broken = false;
+    await log.record(event(3));
+    expect(errors).toHaveLength(1);
+    const key = await log.key();
+    const result = verifyAuditLog(key, written);
+    expect(result.ok).toBe(false);
+    expect(result.firstBad).toMatchObject({ seq: 3, line: 2 });
+    await log.close();
+  });
+
+  it('while the root is sealed records wait (their operations fail), and are written once it is unsealed', async () => {
+    const { store, root, unsealKey } = await storeAndRoot();
+    await root.seal();
+    const seen: AuditRecord[] = [];
+    const log = new AuditLog({ store, root, toStore: false, callback: (r) => void seen.push(...r) });
+    await expect(log.record(event(1))).rejects.toBeInstanceOf(AuditError);
+    await root.unseal(unsealKey);
+    await log.record(event(2));
+    expect(seen.map((r) => r.seq)).toEqual([1, 2]);
+    await log.close();
+  });
+
+  it('refuses options without a sink or a key source', async () => {
+    const { store, root } = await storeAndRoot();
+    expect(() => new AuditLog({ store, root, toStore: false })).toThrow(/at least one sink/);
+    expect(() => new AuditLog({ file: '/tmp/x' })).toThrow(/audit key/);
+    expect(() => new AuditLog({ store, root, durability: { intervalMs: 0 } })).toThrow(/durability/);
+  });
+});
