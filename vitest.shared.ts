@@ -9,6 +9,7 @@ export const workspaceAlias = {
   '@keywarden/ceremony': fileURLToPath(new URL('./packages/ceremony/src/index.ts', import.meta.url)),
   '@keywarden/agent': fileURLToPath(new URL('./packages/agent/src/index.ts', import.meta.url)),
   '@keywarden/testkit': fileURLToPath(new URL('./packages/testkit/src/index.ts', import.meta.url)),
+  '@keywarden/pkcs11': fileURLToPath(new URL('./packages/pkcs11/src/index.ts', import.meta.url)),
 };
 
 /** The one vitest configuration every package uses: sources aliased, a JSON report per package

@@ -1,0 +1,245 @@
+/**
+ * The worker pool that keeps PKCS#11 calls off the event loop. graphene-pk11 and pkcs11js call the
+ * module synchronously, so one C_Encrypt run on the main thread would stall every other request.
+ * Each worker thread (_worker.ts) owns one session, so no session is ever used by two threads at
+ * once (PKCS#11 v2.40 §5.1); the pool is sized to the cores; a request goes to the worker with the
+ * fewest requests in flight.
+ *
+ * Faults: every request has a deadline (a worker that does not answer in time is replaced and the
+ * request fails with RootUnavailableError); a worker that dies (a crash, an uncaught error) is
+ * replaced at once, and its requests in flight are sent again to the new worker when they are
+ * idempotent (encrypt, decrypt, random, exists, info) or fail with RootDeviceError when not (a key
+ * generation may or may not have happened). The replacement opens its session and, while the root
+ * is unsealed, logs in with the PIN the pool holds; nothing needs a restart.
+ */
+import { availableParallelism } from 'node:os';
+import { existsSync } from 'node:fs';
+import { fileURLToPath } from 'node:url';
+import { Worker } from 'node:worker_threads';
+import { wipe } from '@keywarden/core';
+import type { WorkerConfig, WorkerFailure, WorkerReply, WorkerRequest } from './_worker.js';
+import { Pkcs11DeviceError, Pkcs11UnavailableError } from './errors.js';
+
+/** What a request is, without its sequence number. */
+export type PoolRequest = WorkerRequest extends infer R ? (R extends { seq: number } ? Omit<R, 'seq'> : never) : never;
+
+const IDEMPOTENT = new Set(['encrypt', 'decrypt', 'random', 'exists', 'info', 'open', 'forget', 'logout', 'close']);
+
+/** The compiled worker: next to this file in dist/, or dist/ when the sources run (tests, vitest). */
+function workerUrl(): URL {
+  const here = new URL('./_worker.js', import.meta.url);
+  if (existsSync(fileURLToPath(here))) return here;
+  const built = new URL('../dist/_worker.js', import.meta.url);
+  if (existsSync(fileURLToPath(built))) return built;
+  throw new Pkcs11DeviceError('worker', '', 'the compiled worker (dist/_worker.js) is missing: run the package build');
+}
+
+interface Pending {
+  seq: number;
+  request: PoolRequest;
+  resolve: (v: unknown) => void;
+  reject: (e: Error) => void;
+  timer: NodeJS.Timeout;
+  retried: boolean;
+}
+
+interface Slot {
+  worker: Worker;
+  inFlight: Map<number, Pending>;
+  alive: boolean;
+}
+
+export interface PoolOptions extends WorkerConfig {
+  /** Number of workers (default: the number of cores, os.availableParallelism()). */
+  size?: number;
+  /** Deadline of one request in milliseconds (default 15 000). */
+  callTimeoutMs?: number;
+}
+
+export class WorkerPool {
+  readonly size: number;
+  readonly #config: WorkerConfig;
+  readonly #timeout: number;
+  readonly #slots: Slot[] = [];
+  #seq = 0;
+  #closed = false;
+  /** Held while the root is unsealed, so that a replacement worker can log in. */
+  #pin: Uint8Array | undefined;
+  /** Workers replaced since the pool started (crashes, deadlines): for status and the tests. */
+  replaced = 0;
+
+  constructor(options: PoolOptions) {
+    this.#config = { modulePath: options.modulePath, token: options.token };
+    this.size = Math.max(1, Math.min(64, Math.floor(options.size ?? availableParallelism())));
+    this.#timeout = options.callTimeoutMs ?? 15_000;
+  }
+
+  /** Start the workers; each opens its session (the first failure is thrown, the pool closed). */
+  async start(): Promise<void> {
+    const url = workerUrl();
+    for (let i = 0; i < this.size; i++) this.#slots.push(this.#spawn(url));
+    try {
+      await Promise.all(this.#slots.map((s) => this.#send(s, { op: 'open' })));
+    } catch (err) {
+      await this.close();
+      throw err;
+    }
+  }
+
+  /** One request on the least busy worker. Byte fields are moved to the worker (pass copies). */
+  call<T>(request: PoolRequest): Promise<T> {
+    if (this.#closed) return Promise.reject(new Pkcs11UnavailableError('worker', '', 'the pool is closed'));
+    let best = this.#slots[0] as Slot;
+    for (const s of this.#slots) if (s.alive && (!best.alive || s.inFlight.size < best.inFlight.size)) best = s;
+    return this.#send(best, request) as Promise<T>;
+  }
+
+  /** The same request on one given worker (index), e.g. the one login that checks a PIN. */
+  callOn<T>(index: number, request: PoolRequest): Promise<T> {
+    const slot = this.#slots[index % this.#slots.length] as Slot;
+    return this.#send(slot, request) as Promise<T>;
+  }
+
+  /** The request on every worker (copies of byte fields made by `make`). */
+  async broadcast(make: () => PoolRequest): Promise<void> {
+    await Promise.all(this.#slots.map((s) => this.#send(s, make())));
+  }
+
+  /** Hold the PIN for replacement workers (a copy; the caller keeps its own). Undefined: forget. */
+  holdPin(pin: Uint8Array | undefined): void {
+    wipe(this.#pin);
+    this.#pin = pin?.slice();
+  }
+
+  /** Requests in flight per worker (for status and tests). */
+  inFlight(): number[] {
+    return this.#slots.map((s) => s.inFlight.size);
+  }
+
+  /** Test hook: the worker at `index` dies at once, as a crash would. */
+  crashWorker(index: number): void {
+    const slot = this.#slots[index % this.#slots.length] as Slot;
+    slot.worker.postMessage({ seq: ++this.#seq, op: 'crash' } satisfies WorkerRequest);
+  }
+
+  async close(): Promise<void> {
+    if (this.#closed) return;
+    this.#closed = true;
+    this.holdPin(undefined);
+    await Promise.all(
+      this.#slots.map(async (s) => {
+        if (s.alive) {
+          await this.#send(s, { op: 'close' }, true).catch(() => undefined);
+        }
+        s.alive = false;
+        await s.worker.terminate().catch(() => undefined);
+      }),
+    );
+  }
+
+  #spawn(url: URL): Slot {
+    const worker = new Worker(url, { workerData: this.#config });
+    // A pool with no requests in flight must not keep the process alive.
+    worker.unref();
+    const slot: Slot = { worker, inFlight: new Map(), alive: true };
+    worker.on('message', (reply: WorkerReply) => {
+      const p = slot.inFlight.get(reply.seq);
+      if (!p) return;
+      slot.inFlight.delete(reply.seq);
+      this.#refreshRef(slot);
+      clearTimeout(p.timer);
+      wipeRequest(p.request);
+      if (reply.ok) p.resolve(reply.result);
+      else p.reject(toError(reply.error));
+    });
+    worker.on('error', () => {
+      // An uncaught exception in the worker: 'exit' follows and does the replacement.
+    });
+    worker.on('exit', () => this.#onExit(slot));
+    return slot;
+  }
+
+  #refreshRef(slot: Slot): void {
+    if (slot.inFlight.size > 0) slot.worker.ref();
+    else slot.worker.unref();
+  }
+
+  #onExit(slot: Slot): void {
+    const wasAlive = slot.alive;
+    slot.alive = false;
+    const pending = [...slot.inFlight.values()];
+    slot.inFlight.clear();
+    if (this.#closed || !wasAlive) {
+      for (const p of pending) {
+        clearTimeout(p.timer);
+        wipeRequest(p.request);
+        p.reject(new Pkcs11UnavailableError('worker', '', 'the pool was closed with the request in flight'));
+      }
+      return;
+    }
+    // Replace the worker in place: it opens a session and logs in before anything else it is sent.
+    this.replaced++;
+    const index = this.#slots.indexOf(slot);
+    const next = this.#spawn(workerUrl());
+    if (index >= 0) this.#slots[index] = next;
+    this.#send(next, { op: 'open' }).catch(() => undefined);
+    if (this.#pin) this.#send(next, { op: 'login', pin: this.#pin.slice(), hold: true }).catch(() => undefined);
+    for (const p of pending) {
+      clearTimeout(p.timer);
+      if (IDEMPOTENT.has(p.request.op) && !p.retried) {
+        this.#send(next, p.request, false, true).then(p.resolve, p.reject);
+      } else {
+        wipeRequest(p.request);
+        p.reject(new Pkcs11DeviceError('worker', '', 'the worker serving the request stopped; it was not retried'));
+      }
+    }
+  }
+
+  /** Send `request` (structured-cloned: the worker gets its own copy and wipes it). The pool wipes
+   * the request's secret fields (data, pin) once it is settled and will not be sent again. */
+  #send(slot: Slot, request: PoolRequest, closing = false, retried = false): Promise<unknown> {
+    if (this.#closed && !closing) {
+      wipeRequest(request);
+      return Promise.reject(new Pkcs11UnavailableError('worker', '', 'the pool is closed'));
+    }
+    return new Promise((resolve, reject) => {
+      const seq = ++this.#seq;
+      const timer = setTimeout(() => {
+        if (!slot.inFlight.delete(seq)) return;
+        wipeRequest(request);
+        reject(new Pkcs11UnavailableError('worker', '', `no answer within ${this.#timeout} ms`));
+        // The worker may be stuck in the module: replace it (its other requests go to the new one).
+        if (slot.alive) slot.worker.terminate().catch(() => undefined);
+      }, this.#timeout);
+      timer.unref();
+      const p: Pending = { seq, request, resolve, reject, timer, retried };
+      slot.inFlight.set(seq, p);
+      this.#refreshRef(slot);
+      try {
+        slot.worker.postMessage({ ...request, seq } as WorkerRequest);
+      } catch (err) {
+        slot.inFlight.delete(seq);
+        clearTimeout(timer);
+        wipeRequest(request);
+        reject(new Pkcs11DeviceError('worker', '', 'the request could not be sent to the worker', { cause: err }));
+      }
+    });
+  }
+}
+
+/** A worker's failure as a typed error; the root refines "decrypt" and "missing". */
+export class WorkerFailureError extends Error {
+  constructor(readonly failure: WorkerFailure) {
+    super(`pkcs11: ${failure.fn}: ${failure.ckr || failure.kind}`);
+  }
+}
+
+function toError(f: WorkerFailure): Error {
+  return new WorkerFailureError(f);
+}
+
+function wipeRequest(request: PoolRequest): void {
+  const r = request as { data?: Uint8Array; pin?: Uint8Array };
+  if (r.data instanceof Uint8Array) wipe(r.data);
+  if (r.pin instanceof Uint8Array) wipe(r.pin);
+}
