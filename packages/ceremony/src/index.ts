@@ -28,3 +28,35 @@ export {
   UNSEAL_KEY_FILE,
 } from './layout.js';
 export { openStagedStore, pendingCeremonyOf, readStagedPending } from './pending.js';
+export {
+  abortRekey,
+  abortSplitInit,
+  type CeremonyHooks,
+  type CustodianKey,
+  type CustodianKeys,
+  type CustodianLabel,
+  checkCustodians,
+  checkShareParameters,
+  type DeliveredShare,
+  type HandOutResult,
+  initSplitStoreDir,
+  type QuorumRequest,
+  type QuorumSource,
+  type RekeyOptions,
+  type RekeyResult,
+  type ResumeOptions,
+  type ResumeResult,
+  rekeyStoreDir,
+  resumeRekey,
+  resumeSplitInit,
+  type ShareDestination,
+  type SplitInitOptions,
+  type SplitInitResult,
+} from './split.js';
+export {
+  destroyRootStoreDir,
+  type RootCeremonyOptions,
+  type RootDestroyResult,
+  type RootRotateResult,
+  rotateRootStoreDir,
+} from './root.js';

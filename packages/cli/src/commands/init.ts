@@ -8,7 +8,15 @@ import { DEFAULT_SHARES, DEFAULT_THRESHOLD } from '@keywarden/split-knowledge';
 import { displayPath, UsageError } from '../errors.js';
 import type { CliIO } from '../io.js';
 import { print } from '../output.js';
-import { abortInitStoreDir, describeHandOut, initSplitStoreDir, resumeInitStoreDir } from '../split-store.js';
+import { abortSplitInit, initSplitStoreDir, resumeSplitInit } from '@keywarden/ceremony';
+import {
+  checkShareParameters,
+  custodianKeysOf,
+  describeHandOut,
+  destinationOf,
+  hooksOf,
+  quorumOf,
+} from '../ceremony-io.js';
 import { initStoreDir, SHARES_OUT_DIR, UNSEAL_KEY_ENV } from '../store-dir.js';
 import { collect, globalsOf, locationOf, positiveInt } from './_common.js';
 
@@ -162,12 +170,16 @@ Examples:
 
 async function initSplit(io: CliIO, cmd: Command, opts: InitOptions): Promise<void> {
   const loc = locationOf(cmd, io);
-  const custodians = opts.custodian ?? [];
-  const r = await initSplitStoreDir(io, loc, {
-    shares: opts.shares ?? DEFAULT_SHARES,
-    threshold: opts.threshold ?? DEFAULT_THRESHOLD,
-    ...(custodians.length > 0 ? { custodianFiles: custodians } : {}),
-    ...(opts.shareDir !== undefined ? { shareDir: opts.shareDir } : {}),
+  const shares = opts.shares ?? DEFAULT_SHARES;
+  const threshold = opts.threshold ?? DEFAULT_THRESHOLD;
+  checkShareParameters(shares, threshold);
+  const custodians = custodianKeysOf(io, opts.custodian);
+  const r = await initSplitStoreDir(loc, {
+    ...hooksOf(io),
+    shares,
+    threshold,
+    ...(custodians ? { custodians } : {}),
+    destination: destinationOf(io, loc, opts.custodian, opts.shareDir),
     ...(opts.verifyQuorum ? { verifyQuorum: true } : {}),
   });
   if (!r.activated) {
@@ -192,11 +204,15 @@ async function initSplit(io: CliIO, cmd: Command, opts: InitOptions): Promise<vo
 async function resumeOrAbort(io: CliIO, cmd: Command, opts: InitOptions): Promise<void> {
   const loc = locationOf(cmd, io);
   if (opts.abort) {
-    const notes = await abortInitStoreDir(io, loc);
+    const notes = await abortSplitInit(loc, hooksOf(io));
     await print(io.stderr, `${[`Removed the unfinished init in ${loc.display}.`, ...notes].join('\n')}\n`);
     return;
   }
-  const r = await resumeInitStoreDir(io, loc, { shareFiles: opts.shareFile ?? [] });
+  const r = await resumeSplitInit(loc, {
+    ...hooksOf(io),
+    quorum: quorumOf(io, opts.shareFile),
+    testQuorum: (opts.shareFile?.length ?? 0) > 0,
+  });
   const lines = [
     r.alreadyActivated
       ? `The init of ${loc.display} had already been completed before it stopped; it is finished now.`

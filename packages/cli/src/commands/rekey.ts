@@ -1,19 +1,21 @@
 /**
  * `keywarden rekey`: a new share set for a split-knowledge store, from a quorum of the current one
- * (split-store.ts; docs/split-knowledge.md §7).
+ * (@keywarden/ceremony's rekeyStoreDir; docs/split-knowledge.md §7).
  */
 import type { Command } from 'commander';
-import { CliError, UsageError } from '../errors.js';
+import { abortRekey, type ResumeResult, rekeyStoreDir, resumeRekey, SHARES_OUT_DIR } from '@keywarden/ceremony';
+import { CeremonyError } from '@keywarden/core';
+import {
+  checkShareParameters,
+  custodianKeysOf,
+  describeHandOut,
+  destinationOf,
+  hooksOf,
+  quorumOf,
+} from '../ceremony-io.js';
+import { UsageError } from '../errors.js';
 import type { CliIO } from '../io.js';
 import { print } from '../output.js';
-import {
-  abortRekeyStoreDir,
-  describeHandOut,
-  type ResumeResult,
-  rekeyStoreDir,
-  resumeRekeyStoreDir,
-} from '../split-store.js';
-import { SHARES_OUT_DIR } from '../store-dir.js';
 import { collect, locationOf, positiveInt } from './_common.js';
 
 interface RekeyOptions {
@@ -93,7 +95,7 @@ Example:
           );
         }
         if (opts.abort) {
-          const { pending, notes } = await abortRekeyStoreDir(io, loc);
+          const { pending, notes } = await abortRekey(loc, hooksOf(io));
           const lines = [
             `Aborted the pending rekey${pending ? ` to share set ${pending.shareSet.shareSetId}` : ''}; the current shares keep working.`,
             ...notes,
@@ -101,15 +103,22 @@ Example:
           await print(io.stderr, `${lines.join('\n')}\n`);
           return;
         }
-        await printResumed(io, loc.display, await resumeRekeyStoreDir(io, loc, { shareFiles: opts.shareFile ?? [] }));
+        await printResumed(
+          io,
+          loc.display,
+          await resumeRekey(loc, { ...hooksOf(io), quorum: quorumOf(io, opts.shareFile) }),
+        );
         return;
       }
-      const r = await rekeyStoreDir(io, loc, {
+      const custodians = custodianKeysOf(io, opts.custodian);
+      const r = await rekeyStoreDir(loc, {
+        ...hooksOf(io),
         ...(opts.shares !== undefined ? { shares: opts.shares } : {}),
         ...(opts.threshold !== undefined ? { threshold: opts.threshold } : {}),
-        ...(opts.shareFile?.length ? { shareFiles: opts.shareFile } : {}),
-        ...(opts.custodian?.length ? { custodianFiles: opts.custodian } : {}),
-        ...(opts.shareDir !== undefined ? { shareDir: opts.shareDir } : {}),
+        checkParameters: checkShareParameters,
+        ...(custodians ? { custodians } : {}),
+        destination: destinationOf(io, loc, opts.custodian, opts.shareDir),
+        quorum: quorumOf(io, opts.shareFile),
         ...(opts.verifyQuorum ? { verifyQuorum: true } : {}),
       });
       if (!r.activated) {
@@ -135,7 +144,7 @@ Example:
 
 async function printResumed(io: CliIO, where: string, r: ResumeResult): Promise<void> {
   if (r.kind !== 'rekey')
-    throw new CliError('rekey --resume: the pending ceremony is an init; use `keywarden init --resume`');
+    throw new CeremonyError('rekey --resume: the pending ceremony is an init; use `keywarden init --resume`');
   const lines = [
     r.alreadyActivated
       ? `The rekey of ${where} to share set ${r.shareSet.shareSetId} had already been activated before it stopped; it is finished now.`

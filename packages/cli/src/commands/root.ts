@@ -1,20 +1,21 @@
 /**
  * `keywarden root rotate` and `keywarden root destroy`: replace the root key (every KEK rewrapped
  * in one transaction), or crypto-shred the whole store. Both need a quorum of current shares on a
- * split-knowledge store, the unseal key in development mode (root-store.ts;
+ * split-knowledge store, the unseal key in development mode (@keywarden/ceremony's rotateRootStoreDir and destroyRootStoreDir;
  * docs/split-knowledge.md, "Rotating and destroying the root").
  */
 import type { Command } from 'commander';
 import { displayPath } from '../errors.js';
 import type { CliIO } from '../io.js';
 import { print } from '../output.js';
+import { destroyRootStoreDir, type StoreLocation, rotateRootStoreDir } from '@keywarden/ceremony';
 import {
   type AgentOutcome,
   destroyNeedsConfirmation,
-  destroyRootStoreDir,
-  type RootOperationOptions,
-  rotateRootStoreDir,
-} from '../root-store.js';
+  type RootCommandOptions,
+  rootConsentOf,
+  sealAgent,
+} from '../ceremony-io.js';
 import { collect, globalsOf, locationOf } from './_common.js';
 
 interface RootOptions {
@@ -65,7 +66,9 @@ Example:
     )
     .action(async (opts: RootOptions, cmd: Command) => {
       const loc = locationOf(cmd, io);
-      const r = await rotateRootStoreDir(io, loc, operationOptions(opts, cmd));
+      const options = operationOptions(opts, cmd);
+      const rotated = await rotateRootStoreDir(loc, rootConsentOf(io, loc, options, 'root rotate'));
+      const r = { ...rotated, agent: await agentAfter(io, loc, rotated.mode, options) };
       const lines = [
         `Rotated the root of the key store in ${loc.display}: ${r.previousRootId} → ${r.rootId}; ${count(r.rewrapped, 'key version')} rewrapped under the new root in one transaction.`,
         r.shareSet
@@ -102,7 +105,9 @@ Example:
     .action(async (opts: RootOptions, cmd: Command) => {
       if (!opts.yesDestroyEveryKey) throw destroyNeedsConfirmation();
       const loc = locationOf(cmd, io);
-      const r = await destroyRootStoreDir(io, loc, operationOptions(opts, cmd));
+      const options = operationOptions(opts, cmd);
+      const destroyed = await destroyRootStoreDir(loc, rootConsentOf(io, loc, options, 'root destroy'));
+      const r = { ...destroyed, agent: await agentAfter(io, loc, destroyed.mode, options) };
       const lines = r.resumed
         ? [
             `The root of the key store in ${loc.display} (${r.rootId}) was already destroyed by an earlier, interrupted destruction; ${count(r.destroyed, 'remaining key version')} destroyed now (wrapped material erased).`,
@@ -117,7 +122,17 @@ Example:
     });
 }
 
-function operationOptions(opts: RootOptions, cmd: Command): RootOperationOptions {
+/** A split-knowledge store's agent still holds the old root: tell it to seal. */
+function agentAfter(
+  io: CliIO,
+  loc: StoreLocation,
+  mode: 'development' | 'split-knowledge',
+  options: RootCommandOptions,
+): Promise<AgentOutcome> {
+  return mode === 'split-knowledge' ? sealAgent(io, loc, options.socket) : Promise.resolve({ state: 'not-applicable' });
+}
+
+function operationOptions(opts: RootOptions, cmd: Command): RootCommandOptions {
   const g = globalsOf(cmd);
   return {
     ...(opts.shareFile?.length ? { shareFiles: opts.shareFile } : {}),

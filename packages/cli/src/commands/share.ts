@@ -22,7 +22,7 @@ import { isTerminal, readHidden, readSmallSecretFile } from '../_prompt.js';
 import { CliError, displayPath, systemErrorText } from '../errors.js';
 import type { CliIO } from '../io.js';
 import { formatJson, formatPairs, print } from '../output.js';
-import { stagedStorePath } from '../split-store.js';
+import { stagedStorePath } from '@keywarden/ceremony';
 import { exists, type StoreLocation } from '../store-dir.js';
 import { locationOf } from './_common.js';
 

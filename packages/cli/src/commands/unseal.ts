@@ -10,7 +10,7 @@ import { isTerminal, readHidden, readShareFile, readSharesFromStream } from '../
 import { CliError } from '../errors.js';
 import type { CliIO } from '../io.js';
 import { formatJson, formatPairs, print } from '../output.js';
-import { pendingCeremonyOf } from '../split-store.js';
+import { pendingCeremonyOf } from '@keywarden/ceremony';
 import { sealedRootDocument } from '../store-dir.js';
 import { collect, locationOf, socketOf } from './_common.js';
 
