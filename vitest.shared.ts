@@ -9,6 +9,8 @@ export const workspaceAlias = {
   '@keywarden/ceremony': fileURLToPath(new URL('./packages/ceremony/src/index.ts', import.meta.url)),
   '@keywarden/agent': fileURLToPath(new URL('./packages/agent/src/index.ts', import.meta.url)),
   '@keywarden/testkit': fileURLToPath(new URL('./packages/testkit/src/index.ts', import.meta.url)),
+  '@keywarden/tss2': fileURLToPath(new URL('./packages/tss2/src/index.ts', import.meta.url)),
+  '@keywarden/tpm': fileURLToPath(new URL('./packages/tpm/src/index.ts', import.meta.url)),
   '@keywarden/pkcs11': fileURLToPath(new URL('./packages/pkcs11/src/index.ts', import.meta.url)),
 };
 
