@@ -123,7 +123,13 @@ function openSession(): graphene.Session {
   const slots = call('C_GetSlotList', () => m.getSlots(true));
   for (let i = 0; i < slots.length; i++) {
     const slot = slots.items(i);
-    const label = call('C_GetTokenInfo', () => slot.getToken().label.trim());
+    let label: string;
+    try {
+      label = slot.getToken().label.trim();
+    } catch {
+      // A token deleted by another process leaves a slot that answers CKR_GENERAL_ERROR: not ours.
+      continue;
+    }
     if (label === config.token) {
       const s = call('C_OpenSession', () =>
         slot.open(graphene.SessionFlag.SERIAL_SESSION | graphene.SessionFlag.RW_SESSION),
