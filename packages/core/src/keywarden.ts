@@ -59,6 +59,7 @@ import {
   type EncryptStreamOptions,
 } from './stream.js';
 import { assertStrongKeyMaterial } from './weak-key.js';
+import { actAs, type AuditOption, installGuard, type PolicyOption } from './guard.js';
 
 /**
  * @deprecated No longer enforced. It was SP 800-38D §8.3's bound of 2^32 random 96-bit nonces per
@@ -89,6 +90,12 @@ export interface KeywardenOptions {
   cache?: CacheOptions;
   /** Injected clock for tests. */
   now?: () => Date;
+  /** Record every operation in a tamper-evident audit log (docs/audit.md): an AuditLog, or its options. */
+  audit?: AuditOption;
+  /** Enforce a policy on every operation (docs/policy.md): a Policy, or "store" (the stored, versioned one). */
+  policy?: PolicyOption;
+  /** The principal this instance acts as, for the policy and the audit log. Default "local". */
+  principal?: string;
 }
 
 export interface KeyVersionInfo {
@@ -233,6 +240,7 @@ export class Keywarden implements DataKeyProvider {
     if (!Number.isFinite(this.#ttlMs) || this.#ttlMs < 0)
       throw new InvalidInputError('keywarden: cache.ttlMs must be ≥ 0');
     this.#now = options.now ?? (() => new Date());
+    if (options.audit !== undefined || options.policy !== undefined) installGuard(this, options);
   }
 
   /** Made outside the constructor, whose closures hold `this`: the listener holds only the WeakRef. */
@@ -430,6 +438,11 @@ export class Keywarden implements DataKeyProvider {
   }
 
   // ── Lifecycle of this instance ────────────────────────────────────────────────────────────────
+
+  /** This key manager acting as `principal`: its policy decides, its records name it (guard.ts). */
+  as(principal: string): Keywarden {
+    return actAs(this, principal);
+  }
 
   /** Wipe the KEK cache and seal the root (when it can be sealed). */
   async seal(): Promise<void> {
@@ -789,7 +802,10 @@ function checkScope(scope: KeyScope): KeyScope {
 /** Ends the seal subscription of a Keywarden that was garbage-collected without close(). */
 const SEAL_SUBSCRIPTIONS = new FinalizationRegistry<() => void>((unsubscribe) => unsubscribe());
 
-const CONSTRUCTOR_OPTIONS = new Set(['store', 'root', 'random', 'cache', 'now', 'ownsStore', 'ownsRoot']);
+const CONSTRUCTOR_OPTIONS = new Set([
+  ...['store', 'root', 'random', 'cache', 'now', 'ownsStore', 'ownsRoot'],
+  ...['audit', 'policy', 'principal'],
+]);
 const CACHE_OPTIONS = new Set(['maxEntries', 'ttlMs']);
 const CREATE_KEY_OPTIONS = new Set(['scope', 'kekMode']);
 const EXPECTATION_OPTIONS = new Set(['key', 'anyKeyInStore']);
