@@ -57,6 +57,9 @@ export type {
   KeyStore,
   RootRewrap,
   RootUpdate,
+  KeyLifecycle,
+  KeyUpdate,
+  RotationPolicy,
 } from './keystore.js';
 export { MemoryKeyStore } from './memory-store.js';
 export {
@@ -124,6 +127,14 @@ export {
   type KekMode,
   DEK_WRAPS_PER_KEK_VERSION,
   kekAad,
+  type LifecycleOptions,
+  type DisableOptions,
+  type CompromiseOptions,
+  type DestroyOptions,
+  type CompromiseReport,
+  type RotationDue,
+  DEFAULT_ROTATION,
+  DEFAULT_DESTROY_GRACE_MS,
 } from './keywarden.js';
 export {
   DataKeyCache,
@@ -151,13 +162,3 @@ export {
 } from './root-tombstone.js';
 export * as keyStoreChecks from './keystore-checks.js';
 export * from './audit/index.js';
-export * from './policy/index.js';
-export {
-  type AuditOption,
-  type PolicyOption,
-  auditLogOf,
-  principalOf,
-  policyOf,
-  updatePolicy,
-  recordAudit,
-} from './guard.js';

@@ -4,8 +4,15 @@
  * same inputs with the same messages. Exported from the package as `keyStoreChecks` for store
  * implementers; the @keywarden/testkit conformance suite holds every store to them.
  */
-import { InvalidInputError, KeyNotFoundError, KeyStateError } from './errors.js';
-import type { KeyRecord, KeyVersionRecord, KeyVersionState, RootUpdate } from './keystore.js';
+import { ConflictError, InvalidInputError, KeyNotFoundError, KeyStateError } from './errors.js';
+import type {
+  KeyRecord,
+  KeyUpdate,
+  KeyVersionRecord,
+  KeyVersionState,
+  RootUpdate,
+  RotationPolicy,
+} from './keystore.js';
 
 const STATES: ReadonlySet<string> = new Set<KeyVersionState>(['enabled', 'disabled', 'compromised', 'destroyed']);
 export const SCOPE_FIELDS = ['environment', 'service', 'tenant', 'purpose'] as const;
@@ -22,6 +29,19 @@ const VERSION_FIELDS: ReadonlySet<string> = new Set([
 const ROOT_UPDATE_FIELDS: ReadonlySet<string> = new Set(['versions', 'meta', 'at']);
 const REWRAP_FIELDS: ReadonlySet<string> = new Set(['keyId', 'version', 'rootId', 'wrappedMaterial']);
 const META_FIELDS: ReadonlySet<string> = new Set(['name', 'value']);
+const KEY_UPDATE_FIELDS: ReadonlySet<string> = new Set([
+  'keyId',
+  'expectedRevision',
+  'at',
+  'addVersion',
+  'primaryVersion',
+  'states',
+  'minDecryptionVersion',
+  'rotation',
+]);
+const ROTATION_FIELDS: ReadonlySet<string> = new Set(['maxAgeMs', 'maxUses']);
+/** Largest reservation of uses in one call, and largest stored count (a safe integer with room). */
+export const MAX_USES = 2 ** 52;
 const LONE_SURROGATE = /[\uD800-\uDBFF](?![\uDC00-\uDFFF])|(?<![\uD800-\uDBFF])[\uDC00-\uDFFF]/;
 
 export function quote(s: string): string {
@@ -185,5 +205,75 @@ export function rewrapDestroyedError(keyId: string, version: number): KeyStateEr
 export function rewrapUnlistedError(keyId: string, version: number): KeyStateError {
   return new KeyStateError(
     `keystore: replaceRoot: key ${quote(keyId)} v${version} is not in the update; every version that is not destroyed must move to the new root in the same write (was a key added or rotated meanwhile?)`,
+  );
+}
+
+/** A rotation policy: each field absent or a positive safe integer. */
+export function checkRotation(policy: RotationPolicy): void {
+  if (typeof policy !== 'object' || policy === null) {
+    throw new InvalidInputError('keystore: rotation policy must be an object');
+  }
+  checkKnownFields(policy, ROTATION_FIELDS, 'rotation policy');
+  for (const field of ROTATION_FIELDS) {
+    const value = (policy as Record<string, unknown>)[field];
+    if (value === undefined) continue;
+    if (typeof value !== 'number' || !Number.isSafeInteger(value) || value < 1 || value > MAX_USES) {
+      throw new InvalidInputError(`keystore: rotation ${field} must be a positive integer`);
+    }
+  }
+}
+
+/** A reservation of uses: a positive integer, at most MAX_USES. */
+export function checkUseCount(count: unknown): asserts count is number {
+  if (typeof count !== 'number' || !Number.isSafeInteger(count) || count < 1 || count > MAX_USES) {
+    throw new InvalidInputError('keystore: reserveUses: count must be a positive integer');
+  }
+}
+
+/** The shape of a KeyUpdate (the checks against stored data are the store's, in its transaction). */
+export function checkKeyUpdate(update: KeyUpdate): void {
+  if (typeof update !== 'object' || update === null) {
+    throw new InvalidInputError('keystore: updateKey: the update must be an object');
+  }
+  checkKnownFields(update, KEY_UPDATE_FIELDS, 'key update');
+  checkText(update.keyId, 'key id');
+  if (
+    typeof update.expectedRevision !== 'number' ||
+    !Number.isSafeInteger(update.expectedRevision) ||
+    update.expectedRevision < 0
+  ) {
+    throw new InvalidInputError('keystore: updateKey: expectedRevision must be a non-negative integer');
+  }
+  checkDate(update.at, 'at');
+  if (update.addVersion !== undefined) {
+    checkVersion(update.addVersion);
+    if (update.addVersion.keyId !== update.keyId) {
+      throw new InvalidInputError('keystore: updateKey: the added version belongs to another key id');
+    }
+  }
+  if (update.primaryVersion !== undefined) checkVersionNumber(update.primaryVersion);
+  if (update.states !== undefined) {
+    if (!Array.isArray(update.states)) throw new InvalidInputError('keystore: updateKey: states must be an array');
+    const seen = new Set<number>();
+    for (const change of update.states) {
+      if (typeof change !== 'object' || change === null) {
+        throw new InvalidInputError('keystore: updateKey: each state change must be an object');
+      }
+      checkVersionNumber(change.version);
+      checkState(change.state);
+      if (seen.has(change.version)) {
+        throw new InvalidInputError(`keystore: updateKey: version ${change.version} is listed twice`);
+      }
+      seen.add(change.version);
+    }
+  }
+  if (update.minDecryptionVersion !== undefined) checkVersionNumber(update.minDecryptionVersion);
+  if (update.rotation !== undefined) checkRotation(update.rotation);
+}
+
+/** updateKey lost the compare-and-swap: the key changed since the caller read it. */
+export function conflictError(keyId: string): ConflictError {
+  return new ConflictError(
+    `keystore: key ${quote(keyId)} was changed by someone else since it was read (another process rotated or changed it); nothing was changed — read it again and retry if still wanted`,
   );
 }

@@ -67,6 +67,58 @@ export interface RootUpdate {
   at: Date;
 }
 
+/**
+ * Rotation policy of one key (keywarden.ts `rotateDue`). Absent fields take the key manager's
+ * defaults (90 days; 2^31 data-key wraps per version).
+ */
+export interface RotationPolicy {
+  /** Rotate when the primary version is older than this (milliseconds). */
+  maxAgeMs?: number;
+  /** Rotate when this many data keys were wrapped under the primary version (reserved uses). */
+  maxUses?: number;
+}
+
+/**
+ * The lifecycle bookkeeping of one key, kept beside its KeyRecord: a revision for
+ * compare-and-swap, the minimum decryption version, the rotation policy and per-version usage.
+ */
+export interface KeyLifecycle {
+  /**
+   * Bumped by every write that changes the key or one of its versions (updateKey, addVersion,
+   * setPrimaryVersion, setVersionState). updateKey succeeds only against the revision it read.
+   */
+  revision: number;
+  /** Versions below it refuse to decrypt (KeyVersionRetiredError). 1 = none retired. */
+  minDecryptionVersion: number;
+  rotation: RotationPolicy;
+  /** Data-key wraps reserved per version (reserveUses); a version never reserved is absent. */
+  uses: Record<number, number>;
+}
+
+/**
+ * One compare-and-swap change to a key, applied in ONE transaction (keywarden.ts decides which
+ * changes are allowed; the store checks the facts below and applies all of them or none).
+ *
+ * Pre: the key exists (KeyNotFoundError); its revision is still `expectedRevision`
+ * (ConflictError: someone else changed the key since it was read); `addVersion` belongs to the key
+ * and its number is new (KeyExistsError); every version named in `primaryVersion` and `states`
+ * exists, counting `addVersion` (KeyNotFoundError); every state change is allowed by
+ * checkTransition (KeyStateError).
+ * Post: revision + 1; key.updatedAt = `at`; a changed version's updatedAt = `at`; a version set
+ * to `destroyed` has its wrapped material erased in the same write.
+ */
+export interface KeyUpdate {
+  keyId: string;
+  expectedRevision: number;
+  at: Date;
+  addVersion?: KeyVersionRecord;
+  primaryVersion?: number;
+  states?: Array<{ version: number; state: KeyVersionState }>;
+  minDecryptionVersion?: number;
+  /** Replaces the stored policy (an empty object restores the defaults). */
+  rotation?: RotationPolicy;
+}
+
 export interface KeyStore {
   /** Insert a key and its first version atomically. KeyExistsError if the id or name exists. */
   createKey(key: KeyRecord, firstVersion: KeyVersionRecord): Promise<void>;
@@ -81,6 +133,16 @@ export interface KeyStore {
   setPrimaryVersion(keyId: string, version: number, at: Date): Promise<void>;
   /** Change a version's state; `destroyed` also erases the wrapped material in the same write. */
   setVersionState(keyId: string, version: number, state: KeyVersionState, at: Date): Promise<void>;
+  /** The key's lifecycle bookkeeping; undefined when there is no such key. */
+  getLifecycle(keyId: string): Promise<KeyLifecycle | undefined>;
+  /** Apply one compare-and-swap change (see KeyUpdate). */
+  updateKey(update: KeyUpdate): Promise<void>;
+  /**
+   * Reserve `count` data-key wraps of one version, atomically across processes, and return the
+   * version's total reserved uses after this reservation. Does not change the revision.
+   * KeyNotFoundError when the version is missing.
+   */
+  reserveUses(keyId: string, version: number, count: number): Promise<number>;
   /** Small non-secret or root-wrapped records (sealed root blob, store format version…). */
   getMeta(name: string): Promise<Uint8Array | undefined>;
   putMeta(name: string, value: Uint8Array): Promise<void>;

@@ -34,20 +34,33 @@ import {
   type EnvelopeEncryptOptions,
   encryptEnvelope,
 } from './envelope.js';
+import { type KeySnapshot, type LifecycleOp, nextVersionNumber, planTransition } from './_lifecycle.js';
 import {
   ClosedError,
+  ConflictError,
   DecryptionError,
   FormatError,
   InvalidInputError,
+  KeyCompromisedError,
+  KeyDestroyedError,
   KeyMaterialError,
   KeyNotFoundError,
   KeyStateError,
+  KeyVersionRetiredError,
   KeystoreSealedError,
   StoreCorruptError,
   UnexpectedKeyError,
   UnsupportedCapabilityError,
 } from './errors.js';
-import type { KeyRecord, KeyScope, KeyStore, KeyVersionRecord, KeyVersionState } from './keystore.js';
+import type {
+  KeyLifecycle,
+  KeyRecord,
+  KeyScope,
+  KeyStore,
+  KeyVersionRecord,
+  KeyVersionState,
+  RotationPolicy,
+} from './keystore.js';
 import { NodeRandomSource, nodeRandom, type RandomSource } from './random.js';
 import { kekInRootRecord, kekReferenceOf, unwrapDataKeyInRoot, wrapDataKeyInRoot } from './_kek-in-root.js';
 import { type CheckedRoot, checkedRoot, isKekInRootRecord, requireKekInRoot, type RootOfTrust } from './root.js';
@@ -59,7 +72,6 @@ import {
   type EncryptStreamOptions,
 } from './stream.js';
 import { assertStrongKeyMaterial } from './weak-key.js';
-import { actAs, type AuditOption, installGuard, type PolicyOption } from './guard.js';
 
 /**
  * @deprecated No longer enforced. It was SP 800-38D §8.3's bound of 2^32 random 96-bit nonces per
@@ -90,12 +102,67 @@ export interface KeywardenOptions {
   cache?: CacheOptions;
   /** Injected clock for tests. */
   now?: () => Date;
-  /** Record every operation in a tamper-evident audit log (docs/audit.md): an AuditLog, or its options. */
-  audit?: AuditOption;
-  /** Enforce a policy on every operation (docs/policy.md): a Policy, or "store" (the stored, versioned one). */
-  policy?: PolicyOption;
-  /** The principal this instance acts as, for the policy and the audit log. Default "local". */
-  principal?: string;
+  /** Rotation defaults, destroy grace period and usage accounting (docs/lifecycle.md). */
+  lifecycle?: LifecycleOptions;
+}
+
+export interface LifecycleOptions {
+  /** Policy of every key that has none of its own. Default: 90 days, 2^31 wraps per version. */
+  rotation?: RotationPolicy;
+  /** How long a version stays disabled (or compromised) before it may be destroyed without
+   * `force`. Default 7 days. */
+  destroyGraceMs?: number;
+  /** Largest block of uses reserved in the store at once (blocks start at 64 and double up to
+   * this). A crash loses at most one block, counted as used. Default 4096. */
+  usageBlock?: number;
+}
+
+/** Default rotation policy (docs/lifecycle.md §Rotation policy). */
+export const DEFAULT_ROTATION: Readonly<Required<RotationPolicy>> = Object.freeze({
+  maxAgeMs: 90 * 24 * 3_600_000,
+  maxUses: 2 ** 31,
+});
+export const DEFAULT_DESTROY_GRACE_MS = 7 * 24 * 3_600_000;
+
+export interface DisableOptions {
+  /** Allow disabling the key's last enabled version (it then encrypts and decrypts nothing). */
+  confirmLastVersion?: boolean;
+}
+
+export interface CompromiseOptions {
+  /** Rotate in the same change (default true; always done when the version is the primary). */
+  rotate?: boolean;
+}
+
+export interface DestroyOptions {
+  /** Skip the grace period (the version must still be disabled or compromised first). */
+  force?: boolean;
+  /** Allow destroying the key's primary or last remaining version (crypto-shredding a whole key). */
+  confirmLastVersion?: boolean;
+}
+
+/** What `compromiseVersion` did, and what the data under the key now needs. */
+export interface CompromiseReport {
+  key: KeyInfo;
+  compromisedVersion: number;
+  /** The new primary made by the rotation, if one was made. */
+  rotatedTo: number | undefined;
+  /** Versions whose envelopes are now unreadable: re-encrypt that data from its source. */
+  unreadableVersions: number[];
+  /** Enabled versions other than the primary: envelopes under them should be rewrapped. */
+  rewrapVersions: number[];
+}
+
+/** One key looked at by `rotateDue`. */
+export interface RotationDue {
+  key: string;
+  id: string;
+  /** What made it due: the primary's age, its uses, or both. */
+  reasons: Array<'age' | 'uses'>;
+  fromVersion: number;
+  /** The new primary; undefined when another process rotated it first (conflict). */
+  toVersion: number | undefined;
+  outcome: 'rotated' | 'conflict';
 }
 
 export interface KeyVersionInfo {
@@ -104,6 +171,8 @@ export interface KeyVersionInfo {
   rootId: string;
   createdAt: Date;
   updatedAt: Date;
+  /** Data-key wraps reserved under this version (counted in blocks; see LifecycleOptions). */
+  uses?: number;
 }
 
 export interface KeyInfo {
@@ -114,6 +183,12 @@ export interface KeyInfo {
   createdAt: Date;
   updatedAt: Date;
   versions: KeyVersionInfo[];
+  /** Versions below it refuse to decrypt (KeyVersionRetiredError). */
+  minDecryptionVersion?: number;
+  /** The key's effective rotation policy (its own, else the manager's default). */
+  rotation?: Required<RotationPolicy>;
+  /** When the primary version reaches its maximum age; undefined when the key cannot encrypt. */
+  nextRotationDue?: Date | undefined;
 }
 
 export interface CreateKeyOptions {
@@ -154,6 +229,12 @@ interface KekEntry {
   expires: number;
   /** Calls holding this entry between borrow and release. */
   refs: number;
+  /** Data-key wraps left in the block reserved in the store (usage accounting, see #takeUse). */
+  usesLeft: number;
+  /** Size of the next block to reserve (starts small, doubles up to the usageBlock option). */
+  nextBlock: number;
+  /** A reservation in flight, shared by the callers that found the block empty. */
+  reserving?: Promise<void> | undefined;
   /** In the cache map; once false it never returns there, and refs === 0 means wiped. */
   cached: boolean;
 }
@@ -185,6 +266,9 @@ export class Keywarden implements DataKeyProvider {
   readonly #maxEntries: number;
   readonly #ttlMs: number;
   readonly #now: () => Date;
+  readonly #rotation: Required<RotationPolicy>;
+  readonly #graceMs: number;
+  readonly #usageBlock: number;
   /** keyId:version → unwrapped KEK material; Map iteration order gives LRU eviction. */
   readonly #kekCache = new Map<string, KekEntry>();
   readonly #inflight = new Map<string, KekLoad>();
@@ -240,7 +324,17 @@ export class Keywarden implements DataKeyProvider {
     if (!Number.isFinite(this.#ttlMs) || this.#ttlMs < 0)
       throw new InvalidInputError('keywarden: cache.ttlMs must be ≥ 0');
     this.#now = options.now ?? (() => new Date());
-    if (options.audit !== undefined || options.policy !== undefined) installGuard(this, options);
+    const lifecycle = options.lifecycle ?? {};
+    checkOptions(lifecycle, LIFECYCLE_OPTIONS, 'new Keywarden lifecycle');
+    this.#rotation = { ...DEFAULT_ROTATION, ...checkPolicy(lifecycle.rotation ?? {}) };
+    this.#graceMs = lifecycle.destroyGraceMs ?? DEFAULT_DESTROY_GRACE_MS;
+    if (!Number.isSafeInteger(this.#graceMs) || this.#graceMs < 0) {
+      throw new InvalidInputError('keywarden: lifecycle.destroyGraceMs must be an integer ≥ 0');
+    }
+    this.#usageBlock = lifecycle.usageBlock ?? 4096;
+    if (!Number.isSafeInteger(this.#usageBlock) || this.#usageBlock < 1 || this.#usageBlock > 2 ** 32) {
+      throw new InvalidInputError('keywarden: lifecycle.usageBlock must be an integer in 1..2^32');
+    }
   }
 
   /** Made outside the constructor, whose closures hold `this`: the listener holds only the WeakRef. */
@@ -290,13 +384,13 @@ export class Keywarden implements DataKeyProvider {
   async getKey(nameOrId: string): Promise<KeyInfo> {
     this.#checkOpen();
     const key = await this.#requireKey(nameOrId);
-    return toKeyInfo(key, await this.store.listVersions(key.id));
+    return this.#info(key);
   }
 
   async listKeys(): Promise<KeyInfo[]> {
     this.#checkOpen();
     const keys = await this.store.listKeys();
-    return Promise.all(keys.map(async (k) => toKeyInfo(k, await this.store.listVersions(k.id))));
+    return Promise.all(keys.map((k) => this.#info(k)));
   }
 
   /**
@@ -306,36 +400,162 @@ export class Keywarden implements DataKeyProvider {
   async rotateKey(nameOrId: string): Promise<KeyInfo> {
     this.#checkOpen();
     this.#requireUnsealed();
-    const key = await this.#requireKey(nameOrId);
-    const versions = await this.store.listVersions(key.id);
-    const next = Math.max(0, ...versions.map((v) => v.version)) + 1;
-    // A key keeps its KEK mode: a KEK held in the root rotates to a new KEK made in the root.
-    const primaryRecord = versions.find((v) => v.version === key.primaryVersion);
-    const inRoot = primaryRecord !== undefined && isKekInRootRecord(primaryRecord.wrappedMaterial);
-    const random = this.#root.random ?? this.#random;
-    const material = inRoot ? new Uint8Array(0) : await random.randomBytes(AES256_KEY_BYTES);
+    const snapshot = await this.#snapshot(nameOrId);
+    const newVersion = await this.#makeVersion(snapshot);
     try {
-      const now = this.#now();
-      const wrapped = inRoot
-        ? kekInRootRecord(await requireKekInRoot(this.#root).createKek(kekAad(key.id, next)))
-        : await this.#root.wrapKey(material, kekAad(key.id, next));
-      await this.store.addVersion(
-        {
-          keyId: key.id,
-          version: next,
-          state: 'enabled',
-          rootId: this.#root.id,
-          wrappedMaterial: wrapped,
-          createdAt: now,
-          updatedAt: now,
-        },
-        true,
-      );
+      await this.#apply(snapshot, { op: 'rotate', newVersion });
     } finally {
-      wipe(material);
+      wipeVersion(newVersion);
     }
-    this.#forgetPrimary(key);
-    return this.getKey(key.id);
+    return this.getKey(snapshot.key.id);
+  }
+
+  // ── Lifecycle of KEK versions (rules: _lifecycle.ts; docs/lifecycle.md) ───────────────────────
+  //
+  // Each change reads the key, plans the transition in one place (planTransition) and writes it in
+  // one compare-and-swap transaction (KeyStore.updateKey): a concurrent change by another process
+  // makes this one fail with ConflictError and change nothing. A change made here takes effect in
+  // this instance at once (its cached KEK versions and primary are dropped); other processes see
+  // it when their cached entries expire (cache.ttlMs).
+
+  /** Make an enabled version (at or above the minimum decryption version) the primary. */
+  async setPrimaryVersion(nameOrId: string, version: number): Promise<KeyInfo> {
+    this.#checkOpen();
+    return this.#change(nameOrId, { op: 'primary', version });
+  }
+
+  /** Disable a version (reversible): it neither wraps nor unwraps until enabled again. */
+  async disableVersion(nameOrId: string, version: number, options: DisableOptions = {}): Promise<KeyInfo> {
+    this.#checkOpen();
+    checkOptions(options, DISABLE_OPTIONS, 'disableVersion');
+    return this.#change(nameOrId, {
+      op: 'disable',
+      version,
+      ...(options.confirmLastVersion !== undefined ? { confirmLastVersion: options.confirmLastVersion } : {}),
+    });
+  }
+
+  /** Enable a disabled version again (a compromised or destroyed one never). */
+  async enableVersion(nameOrId: string, version: number): Promise<KeyInfo> {
+    this.#checkOpen();
+    return this.#change(nameOrId, { op: 'enable', version });
+  }
+
+  /**
+   * Mark a version compromised (irreversible): it never unwraps again (KeyCompromisedError), so an
+   * attacker holding its material cannot get forged envelopes accepted. Rotates in the same
+   * write unless `rotate: false` (a primary is always replaced).
+   */
+  async compromiseVersion(
+    nameOrId: string,
+    version: number,
+    options: CompromiseOptions = {},
+  ): Promise<CompromiseReport> {
+    this.#checkOpen();
+    checkOptions(options, COMPROMISE_OPTIONS, 'compromiseVersion');
+    const snapshot = await this.#snapshot(nameOrId);
+    const isPrimary = snapshot.key.primaryVersion === version;
+    const target = snapshot.versions.find((v) => v.version === version);
+    const rotate = target !== undefined && target.state !== 'destroyed' && (options.rotate !== false || isPrimary);
+    let newVersion: KeyVersionRecord | undefined;
+    if (rotate && target.state !== 'compromised') {
+      this.#requireUnsealed();
+      newVersion = await this.#makeVersion(snapshot);
+    }
+    try {
+      await this.#apply(snapshot, { op: 'compromise', version, ...(newVersion ? { newVersion } : {}) });
+    } finally {
+      if (newVersion) wipeVersion(newVersion);
+    }
+    const key = await this.getKey(snapshot.key.id);
+    return {
+      key,
+      compromisedVersion: version,
+      rotatedTo: newVersion?.version,
+      unreadableVersions: key.versions.filter((v) => v.state === 'compromised').map((v) => v.version),
+      rewrapVersions: key.versions
+        .filter((v) => v.state === 'enabled' && v.version !== key.primaryVersion)
+        .map((v) => v.version),
+    };
+  }
+
+  /**
+   * Destroy a version (crypto-shredding): its wrapped material is erased from the store (and a KEK
+   * held in the root is destroyed there when the root can), and everything wrapped under it fails
+   * with KeyDestroyedError from then on. The version must be disabled or compromised first, for at
+   * least the grace period (or `force`); the primary or last version of a key needs
+   * `confirmLastVersion`.
+   */
+  async destroyVersion(nameOrId: string, version: number, options: DestroyOptions = {}): Promise<KeyInfo> {
+    this.#checkOpen();
+    checkOptions(options, DESTROY_OPTIONS, 'destroyVersion');
+    const snapshot = await this.#snapshot(nameOrId);
+    const op: LifecycleOp = {
+      op: 'destroy',
+      version,
+      graceMs: this.#graceMs,
+      now: this.#now(),
+      ...(options.force !== undefined ? { force: options.force } : {}),
+      ...(options.confirmLastVersion !== undefined ? { confirmLastVersion: options.confirmLastVersion } : {}),
+    };
+    const record = snapshot.versions.find((v) => v.version === version);
+    // Checked (planTransition throws) before the root is asked to destroy anything.
+    const plan = planTransition(snapshot, op);
+    if (plan && record && isKekInRootRecord(record.wrappedMaterial)) {
+      const destroyKek = this.#root.kekInRoot?.destroyKek;
+      // A root that cannot destroy one KEK keeps it; the store record (its only reference) goes.
+      if (destroyKek) await destroyKek(kekReferenceOf(record.wrappedMaterial), kekAad(snapshot.key.id, version));
+    }
+    await this.#apply(snapshot, op);
+    return this.getKey(snapshot.key.id);
+  }
+
+  /** Versions below `version` refuse to decrypt (KeyVersionRetiredError); lower it to undo. */
+  async setMinDecryptionVersion(nameOrId: string, version: number): Promise<KeyInfo> {
+    this.#checkOpen();
+    return this.#change(nameOrId, { op: 'minDecryption', version });
+  }
+
+  /** Set the key's own rotation policy (an empty object: the manager's defaults). */
+  async setRotationPolicy(nameOrId: string, policy: RotationPolicy): Promise<KeyInfo> {
+    this.#checkOpen();
+    return this.#change(nameOrId, { op: 'rotation', policy: checkPolicy(policy) });
+  }
+
+  /**
+   * Rotate every key whose primary version is older than its maximum age or has reached its
+   * maximum uses (for a scheduler). A key another process rotated meanwhile is reported as a
+   * conflict and left alone. Keys whose primary cannot encrypt (disabled, destroyed) are skipped.
+   */
+  async rotateDue(): Promise<RotationDue[]> {
+    this.#checkOpen();
+    const out: RotationDue[] = [];
+    for (const key of await this.store.listKeys()) {
+      const snapshot = await this.#snapshotOf(key);
+      const reasons = this.#dueReasons(snapshot);
+      if (reasons.length === 0) continue;
+      this.#requireUnsealed();
+      const newVersion = await this.#makeVersion(snapshot);
+      const due: RotationDue = {
+        key: key.name,
+        id: key.id,
+        reasons,
+        fromVersion: key.primaryVersion,
+        toVersion: newVersion.version,
+        outcome: 'rotated',
+      };
+      try {
+        await this.#apply(snapshot, { op: 'rotate', newVersion });
+      } catch (err) {
+        if (!ConflictError.isInstance(err)) throw err;
+        due.toVersion = undefined;
+        due.outcome = 'conflict';
+      } finally {
+        wipeVersion(newVersion);
+      }
+      out.push(due);
+    }
+    return out;
   }
 
   // ── Data keys: the hot path ───────────────────────────────────────────────────────────────────
@@ -351,6 +571,7 @@ export class Keywarden implements DataKeyProvider {
     const kek = this.#kekHit(slot) ?? (await this.#kek(primary.keyId, primary.version, slot));
     let dek: Uint8Array | undefined;
     try {
+      if (!this.#takeUse(kek)) await this.#reserveUse(kek, primary.keyId, primary.version);
       dek = this.#syncRandom ? this.#syncRandom(DEK_BYTES) : await this.#random.randomBytes(DEK_BYTES);
       if (kek.inRoot) return await this.#wrapInRoot(kek.inRoot, primary, dek, context);
       // Suite 0x02 (XAES-256-GCM, 192-bit nonce): a derived key per wrap, so no wrap budget to
@@ -439,11 +660,6 @@ export class Keywarden implements DataKeyProvider {
 
   // ── Lifecycle of this instance ────────────────────────────────────────────────────────────────
 
-  /** This key manager acting as `principal`: its policy decides, its records name it (guard.ts). */
-  as(principal: string): Keywarden {
-    return actAs(this, principal);
-  }
-
   /** Wipe the KEK cache and seal the root (when it can be sealed). */
   async seal(): Promise<void> {
     this.#wipeCache();
@@ -479,6 +695,158 @@ export class Keywarden implements DataKeyProvider {
   }
 
   // ── Internals ─────────────────────────────────────────────────────────────────────────────────
+
+  async #snapshot(nameOrId: string): Promise<KeySnapshot> {
+    return this.#snapshotOf(await this.#requireKey(nameOrId));
+  }
+
+  /** The key as one compare-and-swap reads it: the revision first, so any later write is seen. */
+  async #snapshotOf(key: KeyRecord): Promise<KeySnapshot> {
+    const life = await this.store.getLifecycle(key.id);
+    if (!life) throw new KeyNotFoundError(`keystore: no key named "${key.name}"`);
+    // Re-read the key and versions after the revision: a write between the two reads bumps the
+    // revision past the one recorded here, so the update below loses rather than acting on a mix.
+    const fresh = await this.store.getKey(key.id);
+    if (!fresh) throw new KeyNotFoundError(`keystore: no key named "${key.name}"`);
+    return { key: fresh, versions: await this.store.listVersions(key.id), life };
+  }
+
+  /** A new version record (material from the root's CSPRNG, wrapped by the root), in the key's KEK mode. */
+  async #makeVersion(snapshot: KeySnapshot): Promise<KeyVersionRecord> {
+    const { key, versions } = snapshot;
+    const next = nextVersionNumber(snapshot);
+    // A key keeps its KEK mode: a KEK held in the root rotates to a new KEK made in the root.
+    const primaryRecord = versions.find((v) => v.version === key.primaryVersion);
+    const inRoot = primaryRecord !== undefined && isKekInRootRecord(primaryRecord.wrappedMaterial);
+    const random = this.#root.random ?? this.#random;
+    const material = inRoot ? new Uint8Array(0) : await random.randomBytes(AES256_KEY_BYTES);
+    try {
+      const now = this.#now();
+      const wrapped = inRoot
+        ? kekInRootRecord(await requireKekInRoot(this.#root).createKek(kekAad(key.id, next)))
+        : await this.#root.wrapKey(material, kekAad(key.id, next));
+      return {
+        keyId: key.id,
+        version: next,
+        state: 'enabled',
+        rootId: this.#root.id,
+        wrappedMaterial: wrapped,
+        createdAt: now,
+        updatedAt: now,
+      };
+    } finally {
+      wipe(material);
+    }
+  }
+
+  async #change(nameOrId: string, op: LifecycleOp): Promise<KeyInfo> {
+    const snapshot = await this.#snapshot(nameOrId);
+    await this.#apply(snapshot, op);
+    return this.getKey(snapshot.key.id);
+  }
+
+  /** Plan the transition and write it with compare-and-swap; then forget what this instance cached of the key. */
+  async #apply(snapshot: KeySnapshot, op: LifecycleOp): Promise<void> {
+    const plan = planTransition(snapshot, op);
+    if (plan === null) return;
+    try {
+      await this.store.updateKey({
+        keyId: snapshot.key.id,
+        expectedRevision: snapshot.life.revision,
+        at: this.#now(),
+        ...plan,
+      });
+    } finally {
+      // Also after a failure: the write may have committed before an error was reported.
+      this.#forgetKey(snapshot.key);
+    }
+  }
+
+  /**
+   * Refuse a version that may not unwrap, with the error that says why (checked on every KEK load;
+   * a change made through this instance drops the cached versions of the key at once).
+   */
+  async #checkUsable(record: KeyVersionRecord): Promise<void> {
+    const { keyId, version } = record;
+    if (record.state === 'destroyed') {
+      throw new KeyDestroyedError(
+        `keywarden: key ${keyId} v${version} was destroyed; what it protected is unrecoverable`,
+      );
+    }
+    if (record.state === 'compromised') {
+      throw new KeyCompromisedError(
+        `keywarden: key ${keyId} v${version} is compromised and never unwraps again; re-encrypt that data from its source`,
+      );
+    }
+    const life = await this.store.getLifecycle(keyId);
+    if (life && version < life.minDecryptionVersion) {
+      throw new KeyVersionRetiredError(
+        `keywarden: key ${keyId} v${version} is retired (below the minimum decryption version v${life.minDecryptionVersion})`,
+      );
+    }
+    if (record.state !== 'enabled') throw new KeyStateError(`keystore: key ${keyId} v${version} is ${record.state}`);
+  }
+
+  #dueReasons(snapshot: KeySnapshot): Array<'age' | 'uses'> {
+    const { key, versions, life } = snapshot;
+    const primary = versions.find((v) => v.version === key.primaryVersion);
+    if (primary?.state !== 'enabled') return [];
+    const policy = { ...this.#rotation, ...life.rotation };
+    const reasons: Array<'age' | 'uses'> = [];
+    if (this.#now().getTime() - primary.createdAt.getTime() >= policy.maxAgeMs) reasons.push('age');
+    if ((life.uses[primary.version] ?? 0) >= policy.maxUses) reasons.push('uses');
+    return reasons;
+  }
+
+  async #info(key: KeyRecord): Promise<KeyInfo> {
+    const [versions, life] = await Promise.all([this.store.listVersions(key.id), this.store.getLifecycle(key.id)]);
+    return toKeyInfo(key, versions, life, this.#rotation);
+  }
+
+  /** Drop every cached KEK version and primary of one key; loads in flight are not cached. */
+  #forgetKey(key: KeyRecord): void {
+    this.#generation++;
+    this.#forgetPrimary(key);
+    const prefix = `${key.id}:`;
+    for (const [slot, entry] of this.#kekCache) {
+      if (!slot.startsWith(prefix)) continue;
+      this.#kekCache.delete(slot);
+      this.#drop(entry);
+    }
+  }
+
+  /**
+   * Count one data-key wrap under the entry's version. Uses are reserved in the store in blocks
+   * (KeyStore.reserveUses: one write per block, shared by all processes), so the warm path is one
+   * integer decrement; a crash loses at most the rest of one block, which stays counted as used.
+   */
+  #takeUse(entry: KekEntry): boolean {
+    if (entry.usesLeft > 0) {
+      entry.usesLeft--;
+      return true;
+    }
+    return false;
+  }
+
+  async #reserveUse(entry: KekEntry, keyId: string, version: number): Promise<void> {
+    while (!this.#takeUse(entry)) {
+      if (!entry.reserving) {
+        const block = entry.nextBlock;
+        entry.nextBlock = Math.min(block * 2, this.#usageBlock);
+        entry.reserving = this.store.reserveUses(keyId, version, block).then(
+          () => {
+            entry.usesLeft += block;
+            entry.reserving = undefined;
+          },
+          (err) => {
+            entry.reserving = undefined;
+            throw err;
+          },
+        );
+      }
+      await entry.reserving;
+    }
+  }
 
   /** `material` undefined: a KEK made inside the root (KEK mode "root"). */
   async #insertKey(name: string, scope: KeyScope, material: Uint8Array | undefined): Promise<KeyInfo> {
@@ -631,7 +999,7 @@ export class Keywarden implements DataKeyProvider {
         }
         throw new KeyNotFoundError(`keystore: key ${keyId} has no version ${version}`);
       }
-      if (record.state !== 'enabled') throw new KeyStateError(`keystore: key ${keyId} v${version} is ${record.state}`);
+      await this.#checkUsable(record);
       const rootId = this.#root.id;
       if (record.rootId !== rootId) {
         throw new KeyStateError(`root: key ${keyId} v${version} was wrapped by another root (${record.rootId})`);
@@ -665,7 +1033,14 @@ export class Keywarden implements DataKeyProvider {
       wipe(material);
       throw new KeystoreSealedError('keystore: sealed; unseal the root before using keys');
     }
-    const entry: KekEntry = { material, expires: Date.now() + this.#ttlMs, refs: load.waiters, cached: false };
+    const entry: KekEntry = {
+      material,
+      expires: Date.now() + this.#ttlMs,
+      refs: load.waiters,
+      cached: false,
+      usesLeft: 0,
+      nextBlock: Math.min(64, this.#usageBlock),
+    };
     if (inRoot) entry.inRoot = inRoot;
     // A load that straddled clearCache()/seal() serves its waiters (the last release wipes the
     // material) but does not put the key back into the cache.
@@ -803,9 +1178,13 @@ function checkScope(scope: KeyScope): KeyScope {
 const SEAL_SUBSCRIPTIONS = new FinalizationRegistry<() => void>((unsubscribe) => unsubscribe());
 
 const CONSTRUCTOR_OPTIONS = new Set([
-  ...['store', 'root', 'random', 'cache', 'now', 'ownsStore', 'ownsRoot'],
-  ...['audit', 'policy', 'principal'],
+  ...['store', 'root', 'random', 'cache', 'now', 'ownsStore', 'ownsRoot', 'lifecycle'],
 ]);
+const LIFECYCLE_OPTIONS = new Set(['rotation', 'destroyGraceMs', 'usageBlock']);
+const ROTATION_OPTIONS = new Set(['maxAgeMs', 'maxUses']);
+const DISABLE_OPTIONS = new Set(['confirmLastVersion']);
+const COMPROMISE_OPTIONS = new Set(['rotate']);
+const DESTROY_OPTIONS = new Set(['force', 'confirmLastVersion']);
 const CACHE_OPTIONS = new Set(['maxEntries', 'ttlMs']);
 const CREATE_KEY_OPTIONS = new Set(['scope', 'kekMode']);
 const EXPECTATION_OPTIONS = new Set(['key', 'anyKeyInStore']);
@@ -839,8 +1218,40 @@ function hasControlCharacter(v: string): boolean {
   return false;
 }
 
-function toKeyInfo(key: KeyRecord, versions: KeyVersionRecord[]): KeyInfo {
+/** A rotation policy as given by a caller: known fields, each a positive integer. Returns a clean copy. */
+function checkPolicy(policy: RotationPolicy): RotationPolicy {
+  checkOptions(policy, ROTATION_OPTIONS, 'rotation policy');
+  const out: RotationPolicy = {};
+  for (const field of ['maxAgeMs', 'maxUses'] as const) {
+    const value = policy[field];
+    if (value === undefined) continue;
+    if (typeof value !== 'number' || !Number.isSafeInteger(value) || value < 1) {
+      throw new InvalidInputError(`keywarden: rotation ${field} must be a positive integer`);
+    }
+    out[field] = value;
+  }
+  return out;
+}
+
+/** Wipe the wrapped material of a version record the manager made (the store kept its own copy). */
+function wipeVersion(record: KeyVersionRecord): void {
+  wipe(record.wrappedMaterial);
+}
+
+function toKeyInfo(
+  key: KeyRecord,
+  versions: KeyVersionRecord[],
+  life?: KeyLifecycle,
+  defaults: Required<RotationPolicy> = DEFAULT_ROTATION,
+): KeyInfo {
+  const rotation = { ...defaults, ...(life?.rotation ?? {}) };
+  const primary = versions.find((v) => v.version === key.primaryVersion);
+  const due =
+    primary && primary.state === 'enabled' ? new Date(primary.createdAt.getTime() + rotation.maxAgeMs) : undefined;
   return {
+    minDecryptionVersion: life?.minDecryptionVersion ?? 1,
+    rotation,
+    nextRotationDue: due,
     id: key.id,
     name: key.name,
     scope: { ...key.scope },
@@ -854,6 +1265,7 @@ function toKeyInfo(key: KeyRecord, versions: KeyVersionRecord[]): KeyInfo {
         rootId: v.rootId,
         createdAt: v.createdAt,
         updatedAt: v.updatedAt,
+        uses: life?.uses[v.version] ?? 0,
       }))
       .sort((a, b) => a.version - b.version),
   };

@@ -17,6 +17,9 @@ import { ClosedError, InvalidInputError, KeyExistsError, KeyNotFoundError } from
 import {
   SCOPE_FIELDS,
   checkBoolean,
+  checkKeyUpdate,
+  checkUseCount,
+  conflictError,
   checkBytes,
   checkDate,
   checkKey,
@@ -31,7 +34,24 @@ import {
   rewrapMissingError,
   rewrapUnlistedError,
 } from './keystore-checks.js';
-import type { KeyRecord, KeyScope, KeyStore, KeyVersionRecord, KeyVersionState, RootUpdate } from './keystore.js';
+import type {
+  KeyLifecycle,
+  KeyRecord,
+  KeyScope,
+  KeyStore,
+  KeyUpdate,
+  KeyVersionRecord,
+  KeyVersionState,
+  RootUpdate,
+  RotationPolicy,
+} from './keystore.js';
+
+interface Lifecycle {
+  revision: number;
+  minDecryptionVersion: number;
+  rotation: RotationPolicy;
+  uses: Map<number, number>;
+}
 
 export class MemoryKeyStore implements KeyStore {
   readonly #keys = new Map<string, KeyRecord>();
@@ -40,6 +60,8 @@ export class MemoryKeyStore implements KeyStore {
   /** id → version → record */
   readonly #versions = new Map<string, Map<number, KeyVersionRecord>>();
   readonly #meta = new Map<string, Uint8Array>();
+  /** id → lifecycle bookkeeping (revision, minimum decryption version, policy, uses). */
+  readonly #lifecycle = new Map<string, Lifecycle>();
   #closed = false;
 
   async createKey(key: KeyRecord, firstVersion: KeyVersionRecord): Promise<void> {
@@ -64,6 +86,7 @@ export class MemoryKeyStore implements KeyStore {
     this.#keys.set(key.id, copyKey(key));
     this.#names.set(key.name, key.id);
     this.#versions.set(key.id, new Map([[firstVersion.version, copyVersion(firstVersion)]]));
+    this.#lifecycle.set(key.id, { revision: 0, minDecryptionVersion: 1, rotation: {}, uses: new Map() });
   }
 
   async getKey(idOrName: string): Promise<KeyRecord | undefined> {
@@ -105,6 +128,7 @@ export class MemoryKeyStore implements KeyStore {
       throw new KeyExistsError(`keystore: key ${quote(version.keyId)} already has version ${version.version}`);
     }
     versions.set(version.version, copyVersion(version));
+    this.#bump(version.keyId);
     if (makePrimary) {
       key.primaryVersion = version.version;
       key.updatedAt = new Date(version.createdAt.getTime());
@@ -123,6 +147,7 @@ export class MemoryKeyStore implements KeyStore {
     }
     key.primaryVersion = version;
     key.updatedAt = new Date(at.getTime());
+    this.#bump(keyId);
   }
 
   async setVersionState(keyId: string, version: number, state: KeyVersionState, at: Date): Promise<void> {
@@ -141,6 +166,83 @@ export class MemoryKeyStore implements KeyStore {
     }
     record.state = state;
     record.updatedAt = new Date(at.getTime());
+    this.#bump(keyId);
+  }
+
+  async getLifecycle(keyId: string): Promise<KeyLifecycle | undefined> {
+    this.#assertOpen();
+    checkText(keyId, 'key id');
+    const life = this.#lifecycle.get(keyId);
+    if (!life) return undefined;
+    return {
+      revision: life.revision,
+      minDecryptionVersion: life.minDecryptionVersion,
+      rotation: { ...life.rotation },
+      uses: Object.fromEntries(life.uses),
+    };
+  }
+
+  async updateKey(update: KeyUpdate): Promise<void> {
+    this.#assertOpen();
+    checkKeyUpdate(update);
+    const { keyId } = update;
+    const key = this.#keys.get(keyId);
+    const versions = this.#versions.get(keyId);
+    const life = this.#lifecycle.get(keyId);
+    if (!key || !versions || !life) throw new KeyNotFoundError(`keystore: key ${quote(keyId)} not found`);
+    // Preconditions, all checked before the first change (so a failure changes nothing).
+    if (life.revision !== update.expectedRevision) throw conflictError(keyId);
+    const added = update.addVersion;
+    if (added && versions.has(added.version)) {
+      throw new KeyExistsError(`keystore: key ${quote(keyId)} already has version ${added.version}`);
+    }
+    const exists = (v: number) => versions.has(v) || added?.version === v;
+    if (update.primaryVersion !== undefined && !exists(update.primaryVersion)) {
+      throw new KeyNotFoundError(`keystore: key ${quote(keyId)} has no version ${update.primaryVersion}`);
+    }
+    for (const change of update.states ?? []) {
+      if (!exists(change.version)) {
+        throw new KeyNotFoundError(`keystore: key ${quote(keyId)} has no version ${change.version}`);
+      }
+      const from = versions.get(change.version)?.state ?? (added as KeyVersionRecord).state;
+      checkTransition(from, change.state);
+    }
+    // All checks passed: the writes below cannot fail half-way.
+    const at = update.at.getTime();
+    if (added) versions.set(added.version, copyVersion(added));
+    for (const change of update.states ?? []) {
+      const record = versions.get(change.version) as KeyVersionRecord;
+      if (record.state === change.state) continue;
+      if (change.state === 'destroyed') {
+        wipe(record.wrappedMaterial);
+        record.wrappedMaterial = new Uint8Array(0);
+      }
+      record.state = change.state;
+      record.updatedAt = new Date(at);
+    }
+    if (update.primaryVersion !== undefined) key.primaryVersion = update.primaryVersion;
+    if (update.minDecryptionVersion !== undefined) life.minDecryptionVersion = update.minDecryptionVersion;
+    if (update.rotation !== undefined) {
+      life.rotation = {};
+      if (update.rotation.maxAgeMs !== undefined) life.rotation.maxAgeMs = update.rotation.maxAgeMs;
+      if (update.rotation.maxUses !== undefined) life.rotation.maxUses = update.rotation.maxUses;
+    }
+    key.updatedAt = new Date(at);
+    life.revision++;
+  }
+
+  async reserveUses(keyId: string, version: number, count: number): Promise<number> {
+    this.#assertOpen();
+    checkText(keyId, 'key id');
+    checkVersionNumber(version);
+    checkUseCount(count);
+    const life = this.#lifecycle.get(keyId);
+    if (!life || !this.#versions.get(keyId)?.has(version)) {
+      throw new KeyNotFoundError(`keystore: key ${quote(keyId)} has no version ${version}`);
+    }
+    const total = (life.uses.get(version) ?? 0) + count;
+    life.uses.set(version, total);
+    return total;
   }
 
   async getMeta(name: string): Promise<Uint8Array | undefined> {
@@ -208,6 +310,12 @@ export class MemoryKeyStore implements KeyStore {
     this.#names.clear();
     this.#versions.clear();
     this.#meta.clear();
+    this.#lifecycle.clear();
+  }
+
+  #bump(keyId: string): void {
+    const life = this.#lifecycle.get(keyId);
+    if (life) life.revision++;
   }
 
   #assertOpen(): void {

@@ -56,6 +56,20 @@ export const MIGRATIONS: readonly Migration[] = [
       ) STRICT;
     `,
   },
+  {
+    version: 2,
+    // Key lifecycle (docs/lifecycle.md): a revision for compare-and-swap updates, the minimum
+    // decryption version, the key's own rotation policy (NULL: the manager's default), and the
+    // data-key wraps reserved per version.
+    sql: `
+      ALTER TABLE keys ADD COLUMN revision INTEGER NOT NULL DEFAULT 0 CHECK (revision >= 0);
+      ALTER TABLE keys ADD COLUMN min_decryption_version INTEGER NOT NULL DEFAULT 1
+        CHECK (min_decryption_version >= 1);
+      ALTER TABLE keys ADD COLUMN rotation_max_age_ms INTEGER CHECK (rotation_max_age_ms >= 1);
+      ALTER TABLE keys ADD COLUMN rotation_max_uses INTEGER CHECK (rotation_max_uses >= 1);
+      ALTER TABLE key_versions ADD COLUMN uses INTEGER NOT NULL DEFAULT 0 CHECK (uses >= 0);
+    `,
+  },
 ];
 
 export const SCHEMA_VERSION = MIGRATIONS.length;

@@ -40,9 +40,11 @@ import {
   KeyStoreError,
   KeywardenError,
   NativeAddonError,
+  type KeyLifecycle,
   type KeyRecord,
   type KeyScope,
   type KeyStore,
+  type KeyUpdate,
   type KeyVersionRecord,
   type KeyVersionState,
   keyStoreChecks as checks,
@@ -154,6 +156,28 @@ function prepare(db: Db) {
     ),
     liveVersions: db.prepare<[], { key_id: string; version: number }>(
       "SELECT key_id, version FROM key_versions WHERE state <> 'destroyed' ORDER BY key_id, version",
+    ),
+    lifecycle: db.prepare<
+      [string],
+      {
+        revision: number;
+        min_decryption_version: number;
+        rotation_max_age_ms: number | null;
+        rotation_max_uses: number | null;
+      }
+    >('SELECT revision, min_decryption_version, rotation_max_age_ms, rotation_max_uses FROM keys WHERE id = ?'),
+    usesOf: db.prepare<[string], { version: number; uses: number }>(
+      'SELECT version, uses FROM key_versions WHERE key_id = ? AND uses > 0 ORDER BY version',
+    ),
+    bump: db.prepare<[string]>('UPDATE keys SET revision = revision + 1 WHERE id = ?'),
+    touchKey: db.prepare<[number, string]>('UPDATE keys SET updated_at = ? WHERE id = ?'),
+    setPrimaryOnly: db.prepare<[number, string]>('UPDATE keys SET primary_version = ? WHERE id = ?'),
+    setMinDecryption: db.prepare<[number, string]>('UPDATE keys SET min_decryption_version = ? WHERE id = ?'),
+    setRotation: db.prepare<[number | null, number | null, string]>(
+      'UPDATE keys SET rotation_max_age_ms = ?, rotation_max_uses = ? WHERE id = ?',
+    ),
+    reserveUses: db.prepare<[number, string, number], { uses: number }>(
+      'UPDATE key_versions SET uses = uses + ? WHERE key_id = ? AND version = ? RETURNING uses',
     ),
     getMeta: db.prepare<[string], { value: Buffer }>('SELECT value FROM meta WHERE name = ?'),
     deleteMeta: db.prepare<[string]>('DELETE FROM meta WHERE name = ?'),
@@ -306,6 +330,7 @@ export class SqliteKeyStore implements KeyStore {
       }
       this.#sql.insertVersion.run(versionToRow(version));
       if (makePrimary) this.#sql.setPrimary.run(version.version, version.createdAt.getTime(), version.keyId);
+      this.#sql.bump.run(version.keyId);
     });
   }
 
@@ -320,6 +345,7 @@ export class SqliteKeyStore implements KeyStore {
         throw new KeyNotFoundError(`keystore: key ${checks.quote(keyId)} has no version ${version}`);
       }
       this.#sql.setPrimary.run(version, at.getTime(), keyId);
+      this.#sql.bump.run(keyId);
     });
   }
 
@@ -335,8 +361,88 @@ export class SqliteKeyStore implements KeyStore {
       checks.checkTransition(current.state, state);
       if (state === 'destroyed') this.#sql.destroy.run(at.getTime(), keyId, version);
       else this.#sql.setState.run(state, at.getTime(), keyId, version);
+      this.#sql.bump.run(keyId);
     });
     if (state === 'destroyed') truncateWal(db);
+  }
+
+  async getLifecycle(keyId: string): Promise<KeyLifecycle | undefined> {
+    this.#open();
+    checks.checkText(keyId, 'key id');
+    return this.#read('getLifecycle', () => {
+      const row = this.#sql.lifecycle.get(keyId);
+      if (!row) return undefined;
+      const life: KeyLifecycle = {
+        revision: row.revision,
+        minDecryptionVersion: row.min_decryption_version,
+        rotation: {},
+        uses: {},
+      };
+      if (row.rotation_max_age_ms !== null) life.rotation.maxAgeMs = row.rotation_max_age_ms;
+      if (row.rotation_max_uses !== null) life.rotation.maxUses = row.rotation_max_uses;
+      for (const u of this.#sql.usesOf.all(keyId)) life.uses[u.version] = u.uses;
+      return life;
+    });
+  }
+
+  /**
+   * One IMMEDIATE transaction: the revision is compared under the write lock, so of two
+   * connections that read the same revision exactly one commits and the other gets ConflictError.
+   */
+  async updateKey(update: KeyUpdate): Promise<void> {
+    const db = this.#writable();
+    checks.checkKeyUpdate(update);
+    const { keyId } = update;
+    let destroyed = false;
+    this.#write('updateKey', () => {
+      const life = this.#sql.lifecycle.get(keyId);
+      if (!life) throw new KeyNotFoundError(`keystore: key ${checks.quote(keyId)} not found`);
+      if (life.revision !== update.expectedRevision) throw checks.conflictError(keyId);
+      const added = update.addVersion;
+      if (added && this.#sql.versionState.get(keyId, added.version)) {
+        throw new KeyExistsError(`keystore: key ${checks.quote(keyId)} already has version ${added.version}`);
+      }
+      const stateOf = (v: number): KeyVersionState | undefined =>
+        this.#sql.versionState.get(keyId, v)?.state ?? (added?.version === v ? added.state : undefined);
+      if (update.primaryVersion !== undefined && !stateOf(update.primaryVersion)) {
+        throw new KeyNotFoundError(`keystore: key ${checks.quote(keyId)} has no version ${update.primaryVersion}`);
+      }
+      const changes: Array<{ version: number; state: KeyVersionState }> = [];
+      for (const change of update.states ?? []) {
+        const from = stateOf(change.version);
+        if (!from) throw new KeyNotFoundError(`keystore: key ${checks.quote(keyId)} has no version ${change.version}`);
+        checks.checkTransition(from, change.state);
+        if (from !== change.state) changes.push(change);
+      }
+      const at = update.at.getTime();
+      if (added) this.#sql.insertVersion.run(versionToRow(added));
+      for (const change of changes) {
+        if (change.state === 'destroyed') {
+          this.#sql.destroy.run(at, keyId, change.version);
+          destroyed = true;
+        } else this.#sql.setState.run(change.state, at, keyId, change.version);
+      }
+      if (update.primaryVersion !== undefined) this.#sql.setPrimaryOnly.run(update.primaryVersion, keyId);
+      if (update.minDecryptionVersion !== undefined) this.#sql.setMinDecryption.run(update.minDecryptionVersion, keyId);
+      if (update.rotation !== undefined) {
+        this.#sql.setRotation.run(update.rotation.maxAgeMs ?? null, update.rotation.maxUses ?? null, keyId);
+      }
+      this.#sql.touchKey.run(at, keyId);
+      this.#sql.bump.run(keyId);
+    });
+    if (destroyed) truncateWal(db);
+  }
+
+  async reserveUses(keyId: string, version: number, count: number): Promise<number> {
+    this.#writable();
+    checks.checkText(keyId, 'key id');
+    checks.checkVersionNumber(version);
+    checks.checkUseCount(count);
+    return this.#write('reserveUses', () => {
+      const row = this.#sql.reserveUses.get(count, keyId, version);
+      if (!row) throw new KeyNotFoundError(`keystore: key ${checks.quote(keyId)} has no version ${version}`);
+      return row.uses;
+    });
   }
 
   async getMeta(name: string): Promise<Uint8Array | undefined> {
@@ -431,11 +537,12 @@ export class SqliteKeyStore implements KeyStore {
    * copies the write into the database file (best effort: a reader may hold it back, and the
    * write is durable in the WAL either way).
    */
-  #write(operation: string, body: () => void): void {
+  #write<T>(operation: string, body: () => T): T {
     const db = this.#open();
     if (this.#identity) checkIdentity(this.#identity, operation);
+    let result: T;
     try {
-      db.transaction(body).immediate();
+      result = db.transaction(body).immediate();
     } catch (err) {
       throw KeywardenError.isInstance(err) ? err : storeError(operation, err, this.#identity?.path);
     }
@@ -444,6 +551,7 @@ export class SqliteKeyStore implements KeyStore {
     } catch {
       // Deliberately ignored: the write has committed (see above).
     }
+    return result;
   }
 
   #read<T>(operation: string, body: () => T): T {

@@ -28,7 +28,14 @@ export type KeyStoreFactory = () => Promise<KeyStoreFixture>;
 /** The brand `KeywardenError.isInstance()` checks (packages/core/src/errors.ts). */
 const ERROR_BRAND = Symbol.for('keywarden.error');
 
-type ErrorCode = 'KW_KEY_EXISTS' | 'KW_KEY_NOT_FOUND' | 'KW_KEY_STATE' | 'KW_BAD_INPUT' | 'KW_CLOSED' | 'KW_STORE';
+type ErrorCode =
+  | 'KW_KEY_EXISTS'
+  | 'KW_KEY_NOT_FOUND'
+  | 'KW_KEY_STATE'
+  | 'KW_BAD_INPUT'
+  | 'KW_CLOSED'
+  | 'KW_STORE'
+  | 'KW_CONFLICT';
 
 /** A fixed instant with a non-zero millisecond part, so a store that drops milliseconds fails. */
 const T0 = Date.UTC(2025, 2, 14, 15, 9, 26, 535);
@@ -904,6 +911,192 @@ export function describeKeyStoreConformance(name: string, factory: KeyStoreFacto
         expect(await store.getKey(key.name)).toStrictEqual(key);
         expect(await store.getVersion(key.id, 1)).toStrictEqual(v1);
         expect((await store.listKeys())[0]).toStrictEqual(key);
+      });
+    });
+
+    describe('lifecycle: getLifecycle, updateKey (compare-and-swap), reserveUses', () => {
+      it('a new key has revision 0, minimum decryption version 1, no policy of its own and no uses; an unknown key has none', async () => {
+        const { key } = await createSample(store);
+        expect(await store.getLifecycle(key.id)).toStrictEqual({
+          revision: 0,
+          minDecryptionVersion: 1,
+          rotation: {},
+          uses: {},
+        });
+        expect(await store.getLifecycle('kek_missing')).toBeUndefined();
+      });
+
+      it('updateKey adds a version and makes it primary in one write: revision + 1, key.updatedAt = at', async () => {
+        const { key, v1 } = await createSample(store);
+        const v2 = versionRecord(key.id, 2);
+        await store.updateKey({ keyId: key.id, expectedRevision: 0, at: at(5_000), addVersion: v2, primaryVersion: 2 });
+        expect(await store.getKey(key.id)).toStrictEqual({ ...key, primaryVersion: 2, updatedAt: at(5_000) });
+        expect(await store.listVersions(key.id)).toStrictEqual([v1, v2]);
+        expect((await store.getLifecycle(key.id))?.revision).toBe(1);
+      });
+
+      it('updateKey against a stale revision is a ConflictError (KW_CONFLICT) and changes nothing', async () => {
+        const { key } = await createSample(store);
+        await store.updateKey({
+          keyId: key.id,
+          expectedRevision: 0,
+          at: at(1),
+          states: [{ version: 1, state: 'disabled' }],
+        });
+        const before = await snapshot(store);
+        await expectRejects(
+          () =>
+            store.updateKey({
+              keyId: key.id,
+              expectedRevision: 0,
+              at: at(2),
+              addVersion: versionRecord(key.id, 2),
+              primaryVersion: 2,
+            }),
+          'KW_CONFLICT',
+        );
+        expect(await snapshot(store)).toStrictEqual(before);
+        expect((await store.getLifecycle(key.id))?.revision).toBe(1);
+      });
+
+      it('of two updates made against the same revision exactly one wins; the other is KW_CONFLICT', async () => {
+        const { key } = await createSample(store);
+        const results = await Promise.allSettled([
+          store.updateKey({
+            keyId: key.id,
+            expectedRevision: 0,
+            at: at(1),
+            addVersion: versionRecord(key.id, 2),
+            primaryVersion: 2,
+          }),
+          store.updateKey({
+            keyId: key.id,
+            expectedRevision: 0,
+            at: at(2),
+            addVersion: versionRecord(key.id, 2),
+            primaryVersion: 2,
+          }),
+        ]);
+        expect(results.filter((r) => r.status === 'fulfilled')).toHaveLength(1);
+        const lost = results.find((r) => r.status === 'rejected') as PromiseRejectedResult;
+        expect((lost.reason as { code?: string }).code).toBe('KW_CONFLICT');
+        expect((await store.listVersions(key.id)).map((v) => v.version)).toEqual([1, 2]);
+      });
+
+      it('addVersion, setPrimaryVersion and setVersionState bump the revision too, so a compare-and-swap sees them', async () => {
+        const { key } = await createSample(store);
+        await store.addVersion(versionRecord(key.id, 2), false);
+        await store.setPrimaryVersion(key.id, 2, at(1));
+        await store.setVersionState(key.id, 1, 'disabled', at(2));
+        expect((await store.getLifecycle(key.id))?.revision).toBe(3);
+        await expectRejects(
+          () => store.updateKey({ keyId: key.id, expectedRevision: 2, at: at(3), minDecryptionVersion: 2 }),
+          'KW_CONFLICT',
+        );
+      });
+
+      it('updateKey to destroyed erases the wrapped material in the same write', async () => {
+        const { key } = await createSample(store);
+        await store.addVersion(versionRecord(key.id, 2), true);
+        await store.updateKey({
+          keyId: key.id,
+          expectedRevision: 1,
+          at: at(9),
+          states: [{ version: 1, state: 'destroyed' }],
+        });
+        const v1 = await store.getVersion(key.id, 1);
+        expect(v1?.state).toBe('destroyed');
+        expect(v1?.wrappedMaterial).toHaveLength(0);
+        expect(v1?.updatedAt).toStrictEqual(at(9));
+      });
+
+      it('updateKey refuses a transition the store forbids (compromised → enabled) with KW_KEY_STATE, and applies none of the update', async () => {
+        const { key } = await createSample(store);
+        await store.addVersion(versionRecord(key.id, 2), true);
+        await store.setVersionState(key.id, 1, 'compromised', at(1));
+        const before = await snapshot(store);
+        const { revision } = (await store.getLifecycle(key.id)) as { revision: number };
+        await expectRejects(
+          () =>
+            store.updateKey({
+              keyId: key.id,
+              expectedRevision: revision,
+              at: at(2),
+              addVersion: versionRecord(key.id, 3),
+              primaryVersion: 3,
+              states: [{ version: 1, state: 'enabled' }],
+            }),
+          'KW_KEY_STATE',
+        );
+        expect(await snapshot(store)).toStrictEqual(before);
+        expect((await store.getLifecycle(key.id))?.revision).toBe(revision);
+      });
+
+      it('updateKey: an unknown key or version is KW_KEY_NOT_FOUND, an existing version number KW_KEY_EXISTS, a malformed update KW_BAD_INPUT', async () => {
+        const { key } = await createSample(store);
+        await expectRejects(
+          () => store.updateKey({ keyId: 'kek_missing', expectedRevision: 0, at: at(1), minDecryptionVersion: 1 }),
+          'KW_KEY_NOT_FOUND',
+        );
+        await expectRejects(
+          () => store.updateKey({ keyId: key.id, expectedRevision: 0, at: at(1), primaryVersion: 7 }),
+          'KW_KEY_NOT_FOUND',
+        );
+        await expectRejects(
+          () =>
+            store.updateKey({
+              keyId: key.id,
+              expectedRevision: 0,
+              at: at(1),
+              states: [{ version: 4, state: 'disabled' }],
+            }),
+          'KW_KEY_NOT_FOUND',
+        );
+        await expectRejects(
+          () =>
+            store.updateKey({ keyId: key.id, expectedRevision: 0, at: at(1), addVersion: versionRecord(key.id, 1) }),
+          'KW_KEY_EXISTS',
+        );
+        await expectRejects(() => store.updateKey({ keyId: key.id, expectedRevision: -1, at: at(1) }), 'KW_BAD_INPUT');
+        await expectRejects(
+          () => store.updateKey({ keyId: key.id, expectedRevision: 0, at: at(1), rotation: { maxAgeMs: 0 } }),
+          'KW_BAD_INPUT',
+        );
+        expect((await store.getLifecycle(key.id))?.revision).toBe(0);
+      });
+
+      it('updateKey stores the minimum decryption version and the rotation policy; an empty policy clears it', async () => {
+        const { key } = await createSample(store);
+        await store.updateKey({
+          keyId: key.id,
+          expectedRevision: 0,
+          at: at(1),
+          minDecryptionVersion: 1,
+          rotation: { maxAgeMs: 86_400_000, maxUses: 1_000_000 },
+        });
+        expect(await store.getLifecycle(key.id)).toStrictEqual({
+          revision: 1,
+          minDecryptionVersion: 1,
+          rotation: { maxAgeMs: 86_400_000, maxUses: 1_000_000 },
+          uses: {},
+        });
+        await store.addVersion(versionRecord(key.id, 2), true);
+        await store.updateKey({ keyId: key.id, expectedRevision: 2, at: at(2), minDecryptionVersion: 2, rotation: {} });
+        const life = await store.getLifecycle(key.id);
+        expect(life?.minDecryptionVersion).toBe(2);
+        expect(life?.rotation).toStrictEqual({});
+      });
+
+      it('reserveUses returns the running total per version and leaves the revision alone; an unknown version is KW_KEY_NOT_FOUND', async () => {
+        const { key } = await createSample(store);
+        await store.addVersion(versionRecord(key.id, 2), true);
+        expect(await store.reserveUses(key.id, 2, 64)).toBe(64);
+        expect(await store.reserveUses(key.id, 2, 128)).toBe(192);
+        expect(await store.reserveUses(key.id, 1, 1)).toBe(1);
+        expect(await store.getLifecycle(key.id)).toMatchObject({ revision: 1, uses: { 1: 1, 2: 192 } });
+        await expectRejects(() => store.reserveUses(key.id, 3, 1), 'KW_KEY_NOT_FOUND');
+        await expectRejects(() => store.reserveUses(key.id, 1, 0), 'KW_BAD_INPUT');
+        await expectRejects(() => store.reserveUses(key.id, 1, 1.5), 'KW_BAD_INPUT');
       });
     });
 
