@@ -162,3 +162,13 @@ export {
 } from './root-tombstone.js';
 export * as keyStoreChecks from './keystore-checks.js';
 export * from './audit/index.js';
+export * from './policy/index.js';
+export {
+  type AuditOption,
+  type PolicyOption,
+  auditLogOf,
+  principalOf,
+  policyOf,
+  updatePolicy,
+  recordAudit,
+} from './guard.js';

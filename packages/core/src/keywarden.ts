@@ -72,6 +72,7 @@ import {
   type EncryptStreamOptions,
 } from './stream.js';
 import { assertStrongKeyMaterial } from './weak-key.js';
+import { actAs, type AuditOption, installGuard, type PolicyOption } from './guard.js';
 
 /**
  * @deprecated No longer enforced. It was SP 800-38D §8.3's bound of 2^32 random 96-bit nonces per
@@ -102,6 +103,12 @@ export interface KeywardenOptions {
   cache?: CacheOptions;
   /** Injected clock for tests. */
   now?: () => Date;
+  /** Record every operation in a tamper-evident audit log (docs/audit.md): an AuditLog, or its options. */
+  audit?: AuditOption;
+  /** Enforce a policy on every operation (docs/policy.md): a Policy, or "store" (the stored, versioned one). */
+  policy?: PolicyOption;
+  /** The principal this instance acts as, for the policy and the audit log. Default "local". */
+  principal?: string;
   /** Rotation defaults, destroy grace period and usage accounting (docs/lifecycle.md). */
   lifecycle?: LifecycleOptions;
 }
@@ -324,6 +331,7 @@ export class Keywarden implements DataKeyProvider {
     if (!Number.isFinite(this.#ttlMs) || this.#ttlMs < 0)
       throw new InvalidInputError('keywarden: cache.ttlMs must be ≥ 0');
     this.#now = options.now ?? (() => new Date());
+    if (options.audit !== undefined || options.policy !== undefined) installGuard(this, options);
     const lifecycle = options.lifecycle ?? {};
     checkOptions(lifecycle, LIFECYCLE_OPTIONS, 'new Keywarden lifecycle');
     this.#rotation = { ...DEFAULT_ROTATION, ...checkPolicy(lifecycle.rotation ?? {}) };
@@ -659,6 +667,11 @@ export class Keywarden implements DataKeyProvider {
   }
 
   // ── Lifecycle of this instance ────────────────────────────────────────────────────────────────
+
+  /** This key manager acting as `principal`: its policy decides, its records name it (guard.ts). */
+  as(principal: string): Keywarden {
+    return actAs(this, principal);
+  }
 
   /** Wipe the KEK cache and seal the root (when it can be sealed). */
   async seal(): Promise<void> {
@@ -1179,6 +1192,7 @@ const SEAL_SUBSCRIPTIONS = new FinalizationRegistry<() => void>((unsubscribe) =>
 
 const CONSTRUCTOR_OPTIONS = new Set([
   ...['store', 'root', 'random', 'cache', 'now', 'ownsStore', 'ownsRoot', 'lifecycle'],
+  ...['audit', 'policy', 'principal'],
 ]);
 const LIFECYCLE_OPTIONS = new Set(['rotation', 'destroyGraceMs', 'usageBlock']);
 const ROTATION_OPTIONS = new Set(['maxAgeMs', 'maxUses']);
