@@ -1,0 +1,609 @@
+/**
+ * The TPM root of trust (docs/tpm.md).
+ *
+ * The root key is the TPM's storage primary key in the owner hierarchy (the TCG storage template,
+ * ECC NIST P-256 or RSA-2048), re-derived from the hierarchy's seed on every open and never stored
+ * anywhere — or, with `handle=`, a persistent key at that handle. It never leaves the TPM.
+ *
+ * wrapKey: TPM2_Create of a sealed data object (keyedhash) under the root, holding the material;
+ * its auth value is derived from the associated data, so the TPM itself refuses to unseal under
+ * another AAD:
+ *
+ *   authValue = HMAC-SHA-256(K, "keywarden/tpm/kek-auth/v1" ‖ 0x00 ‖ aad)    (sealable root)
+ *             = SHA-256("keywarden/tpm/kek-auth/v1" ‖ 0x00 ‖ aad)            (no auth value)
+ *
+ * where K is a 32-byte secret the TPM generated, sealed in the root's "check object" under the
+ * root's own auth value (dictionary-attack protected). The wrapped blob is TPM2B_PUBLIC ‖
+ * TPM2B_PRIVATE of the sealed object, exactly what `tpm2_create -u/-r` writes. The objects carry
+ * noDA, so a wrong AAD (TPM_RC_BAD_AUTH) never counts towards a lockout; a wrong root auth value
+ * (the check object) does.
+ *
+ * unwrapKey: Load + Unseal + FlushContext. Create and Unseal run in an HMAC session salted with
+ * the root key, with AES-128-CFB parameter encryption (the material crosses the TPM interface
+ * encrypted in both directions). With `pcrs=`, each sealed object's policy is PolicyPCR (the
+ * values at wrap time) + PolicyAuthValue, and unsealing after one of those PCRs changed fails with
+ * TpmPcrPolicyError.
+ *
+ * Every command has a deadline; a TPM that goes away is reconnected on the next call (the root key
+ * is re-derived, or found again at its handle, and checked to be the same key), and the call that
+ * met the lost connection is retried once.
+ */
+import { createHash, createHmac } from 'node:crypto';
+import {
+  ClosedError,
+  DecryptionError,
+  FormatError,
+  InvalidInputError,
+  KeyStoreError,
+  type KeyStore,
+  KeystoreSealedError,
+  type RandomSource,
+  RootDestroyedError,
+  RootDeviceError,
+  type RootDescription,
+  type RootOfTrust,
+  type Sealable,
+  type Destroyable,
+  type UnsealSecretDescription,
+  UnsealError,
+  wipe,
+} from '@keywarden/core';
+import {
+  Esys,
+  ESYS_TR,
+  type EsysTR,
+  isTpmRc,
+  sealedObjectTemplate,
+  storagePrimaryTemplate,
+  TPM2_ALG,
+  TPM2_HR,
+  TPMA_SESSION,
+  TssError,
+  TssLockoutError,
+  TssUnavailableError,
+  unmarshalTpm2bPublic,
+  WireReader,
+} from '@keywarden/tss2';
+
+export const TPM_ROOT_META_NAME = 'tpm-root';
+export const TPM_TOMBSTONE_META_NAME = 'tpm-root-tombstone';
+/** The store's software-root record: a store holds one root. */
+const SOFTWARE_ROOT_META_NAME = 'root';
+const KEK_AUTH_DOMAIN = Buffer.from('keywarden/tpm/kek-auth/v1\0', 'utf8');
+const AUTH_MIN = 8;
+const AUTH_MAX = 32;
+
+/** The root's record in the key store (meta "tpm-root"): non-secret. */
+export interface TpmRootRecord {
+  v: 1;
+  kind: 'tpm';
+  alg: 'ecc' | 'rsa';
+  /** Persistent handle of the root key, when it is not re-derived. */
+  handle?: number;
+  /** The root key's TPM name (hex): the same key on every open, or the open is refused. */
+  primaryName: string;
+  /** SHA-256 PCRs every KEK is bound to. */
+  pcrs?: number[];
+  /** The check object (base64 TPM2B_PUBLIC ‖ TPM2B_PRIVATE): K sealed under the root auth value. */
+  check?: string;
+  createdAt: string;
+}
+
+export interface TpmRootOptions {
+  store: KeyStore;
+  /** TCTI configuration (see @keywarden/tss2). Default: KEYWARDEN_TPM_TCTI, then tpm2-tss's default. */
+  tcti?: string;
+  /** Deadline per TPM command, ms (default 10 000). */
+  timeoutMs?: number;
+}
+
+export interface TpmRootCreateOptions extends TpmRootOptions {
+  alg?: 'ecc' | 'rsa';
+  handle?: number;
+  pcrs?: number[];
+  /** The root's auth value (8..32 bytes): makes the root sealable and destroyable. The caller
+   * wipes it. */
+  authValue?: Uint8Array;
+}
+
+/** Unsealing failed because a PCR the key is bound to changed (TPM_RC_POLICY_FAIL). */
+export class TpmPcrPolicyError extends RootDeviceError {}
+
+interface Connection {
+  esys: Esys;
+  primary: EsysTR;
+  session: EsysTR;
+}
+
+function hex(b: Uint8Array): string {
+  return Buffer.from(b).toString('hex');
+}
+
+export function encodeTpmRecord(r: TpmRootRecord): Uint8Array {
+  return new Uint8Array(Buffer.from(JSON.stringify(r), 'utf8'));
+}
+
+export function decodeTpmRecord(bytes: Uint8Array): TpmRootRecord {
+  let r: TpmRootRecord;
+  try {
+    r = JSON.parse(Buffer.from(bytes).toString('utf8')) as TpmRootRecord;
+  } catch {
+    throw new FormatError('tpm: the root record in the key store is not readable (damaged store?)');
+  }
+  if (
+    typeof r !== 'object' ||
+    r === null ||
+    r.v !== 1 ||
+    r.kind !== 'tpm' ||
+    (r.alg !== 'ecc' && r.alg !== 'rsa') ||
+    typeof r.primaryName !== 'string' ||
+    !/^[0-9a-f]{4,132}$/.test(r.primaryName) ||
+    (r.handle !== undefined && !Number.isInteger(r.handle)) ||
+    (r.check !== undefined && typeof r.check !== 'string') ||
+    (r.pcrs !== undefined && (!Array.isArray(r.pcrs) || r.pcrs.some((p) => !Number.isInteger(p) || p < 0 || p > 23)))
+  ) {
+    throw new FormatError('tpm: the root record in the key store is malformed (damaged store?)');
+  }
+  return r;
+}
+
+/** Split a wrapped blob into TPM2B_PUBLIC and TPM2B_PRIVATE (wire form); FormatError when it is not
+ * exactly those two of a sealed data object. */
+export function splitSealedBlob(blob: Uint8Array): { outPublic: Uint8Array; outPrivate: Uint8Array } {
+  try {
+    const r = new WireReader(blob);
+    const pubSize = r.u16();
+    r.bytes(pubSize);
+    const pubEnd = r.offset;
+    const privSize = r.u16();
+    r.bytes(privSize);
+    if (r.remaining !== 0 || pubSize === 0 || privSize === 0) throw new RangeError('sizes');
+    const outPublic = blob.slice(0, pubEnd);
+    const pub = unmarshalTpm2bPublic(new WireReader(outPublic));
+    if (pub.type !== 'keyedhash') throw new RangeError('type');
+    return { outPublic, outPrivate: blob.slice(pubEnd) };
+  } catch {
+    throw new FormatError(
+      'tpm: a wrapped key is a sealed TPM object (TPM2B_PUBLIC ‖ TPM2B_PRIVATE); this one is malformed',
+    );
+  }
+}
+
+function defaultTcti(): string | undefined {
+  return process.env.KEYWARDEN_TPM_TCTI || undefined;
+}
+
+export class TpmRoot implements RootOfTrust {
+  readonly random: RandomSource;
+  readonly sealable?: Sealable;
+  readonly destroyable?: Destroyable;
+  #record: TpmRootRecord;
+  readonly #tcti: string | undefined;
+  readonly #timeoutMs: number | undefined;
+  readonly #id: string;
+  #conn: Connection | undefined;
+  #k: Uint8Array | undefined;
+  #generation = 0;
+  #closed = false;
+  #destroyed = false;
+  #lock: Promise<unknown> = Promise.resolve();
+  readonly #listeners = new Set<() => void>();
+
+  private constructor(record: TpmRootRecord, options: TpmRootOptions, conn: Connection | undefined, k?: Uint8Array) {
+    this.#record = record;
+    this.#tcti = options.tcti ?? defaultTcti();
+    this.#timeoutMs = options.timeoutMs;
+    this.#conn = conn;
+    this.#k = k;
+    const checkTag = record.check ? `-${createHash('sha256').update(record.check).digest('hex').slice(0, 16)}` : '';
+    this.#id = `tpm-${record.primaryName.slice(4, 36)}${checkTag}`;
+    this.random = { randomBytes: (n: number) => this.#withTpm((c) => c.esys.getRandom(n), false) };
+    if (record.check) {
+      this.sealable = {
+        isSealed: () => this.#k === undefined,
+        seal: async () => this.#seal(),
+        unseal: (secret: Uint8Array) => this.#unseal(secret),
+        unsealSecret: (): UnsealSecretDescription => ({
+          kind: 'auth-value',
+          minBytes: AUTH_MIN,
+          maxBytes: AUTH_MAX,
+          label: `TPM root auth value (${AUTH_MIN}..${AUTH_MAX} bytes)`,
+        }),
+        onSeal: (listener: () => void) => {
+          this.#listeners.add(listener);
+          return () => this.#listeners.delete(listener);
+        },
+      };
+      this.destroyable = { destroy: (store, consent, now) => this.#destroy(store, consent, now) };
+    }
+  }
+
+  /** Make a new TPM root in `store` (refused when it has a root, or the record of a destroyed one). */
+  static async create(options: TpmRootCreateOptions): Promise<TpmRoot> {
+    const { store } = options;
+    if ((await store.getMeta(TPM_ROOT_META_NAME)) || (await store.getMeta(SOFTWARE_ROOT_META_NAME))) {
+      throw new KeyStoreError('tpm: this key store already has a root');
+    }
+    if (await store.getMeta(TPM_TOMBSTONE_META_NAME)) {
+      throw new RootDestroyedError("tpm: this key store's root was destroyed; make a new store");
+    }
+    const auth = options.authValue;
+    if (auth !== undefined && (!(auth instanceof Uint8Array) || auth.length < AUTH_MIN || auth.length > AUTH_MAX)) {
+      throw new InvalidInputError(`tpm: the root auth value is ${AUTH_MIN}..${AUTH_MAX} bytes`);
+    }
+    const alg = options.alg ?? 'ecc';
+    const esys = await Esys.open({ tcti: options.tcti ?? defaultTcti(), timeoutMs: options.timeoutMs });
+    let k: Uint8Array | undefined;
+    try {
+      let primary: EsysTR;
+      let name: Uint8Array;
+      if (options.handle !== undefined) {
+        const existing = await esys.handles(TPM2_HR.PERSISTENT);
+        if (existing.includes(options.handle)) {
+          // Adopt a key provisioned at the handle (tpm2_evictcontrol, an earlier store).
+          primary = await esys.trFromTPMPublic(options.handle);
+          name = (await esys.readPublic(primary)).name;
+        } else {
+          // A fresh key with a random unique field, so that evicting it destroys it for good (the
+          // same template alone could re-derive it).
+          const template = storagePrimaryTemplate(alg);
+          const unique = await esys.getRandom(32);
+          template.unique = alg === 'ecc' ? [unique, new Uint8Array(0)] : [unique];
+          const p = await esys.createPrimary(ESYS_TR.RH_OWNER, template);
+          primary = await esys.evictControl(ESYS_TR.RH_OWNER, p.handle, options.handle);
+          await esys.flushContext(p.handle);
+          name = p.name;
+        }
+      } else {
+        const p = await esys.createPrimary(ESYS_TR.RH_OWNER, storagePrimaryTemplate(alg));
+        primary = p.handle;
+        name = p.name;
+      }
+      const session = await esys.startAuthSession({ tpmKey: primary, type: 'hmac' });
+      let check: string | undefined;
+      if (auth) {
+        k = await esys.getRandom(32);
+        await esys.setSessionAttributes(session, TPMA_SESSION.CONTINUESESSION | TPMA_SESSION.DECRYPT);
+        // DA-protected (no noDA): guessing the root auth value meets the TPM's lockout.
+        const sealed = await esys.create(primary, sealedObjectTemplate(), {
+          userAuth: auth,
+          data: k,
+          sessions: [session],
+        });
+        check = Buffer.concat([sealed.outPublic, sealed.outPrivate]).toString('base64');
+      }
+      const record: TpmRootRecord = {
+        v: 1,
+        kind: 'tpm',
+        alg,
+        ...(options.handle !== undefined ? { handle: options.handle } : {}),
+        primaryName: hex(name),
+        ...(options.pcrs?.length ? { pcrs: [...options.pcrs] } : {}),
+        ...(check ? { check } : {}),
+        createdAt: new Date().toISOString(),
+      };
+      await store.putMeta(TPM_ROOT_META_NAME, encodeTpmRecord(record));
+      return new TpmRoot(record, options, { esys, primary, session }, k);
+    } catch (err) {
+      if (k) wipe(k);
+      await esys.close();
+      throw err;
+    }
+  }
+
+  /** Open the TPM root recorded in `store`, sealed when it has an auth value (unseal it). */
+  static async load(options: TpmRootOptions): Promise<TpmRoot> {
+    const bytes = await options.store.getMeta(TPM_ROOT_META_NAME);
+    if (!bytes) {
+      if (await options.store.getMeta(TPM_TOMBSTONE_META_NAME)) {
+        throw new RootDestroyedError(
+          "tpm: this key store's TPM root was destroyed; nothing it wrapped can be unwrapped",
+        );
+      }
+      throw new KeyStoreError('tpm: this key store has no TPM root');
+    }
+    const root = new TpmRoot(decodeTpmRecord(bytes), options, undefined);
+    // Connect now: a wrong TPM or an unreachable one is reported at open, not at first use.
+    await root.#withTpm(async () => undefined, false);
+    return root;
+  }
+
+  /** The root's record (non-secret). */
+  get record(): Readonly<TpmRootRecord> {
+    return this.#record;
+  }
+
+  describe(): RootDescription {
+    const r = this.#record;
+    const where = r.handle !== undefined ? `persistent at 0x${r.handle.toString(16)}` : 'owner hierarchy, re-derived';
+    return {
+      kind: 'tpm',
+      id: this.#id,
+      label: `TPM ${r.alg === 'ecc' ? 'ECC P-256' : 'RSA-2048'} storage key (${where})${r.pcrs ? `, KEKs bound to PCRs ${r.pcrs.join(',')}` : ''}`,
+      wrapAlgorithm: 'TPM2 sealed data object under the storage key',
+    };
+  }
+
+  storeRecord(): { name: string; value: Uint8Array } {
+    return { name: TPM_ROOT_META_NAME, value: encodeTpmRecord(this.#record) };
+  }
+
+  /** Handle counts of the current TPM connection (leak tests): ESAPI buffers, tracked handles. */
+  stats(): { liveBuffers: number; liveHandles: number; commands: number } | undefined {
+    const s = this.#conn?.esys.stats();
+    return s ? { liveBuffers: s.liveBuffers, liveHandles: s.liveHandles, commands: s.commands } : undefined;
+  }
+
+  /** The TPM's loaded transient objects (by anyone), for leak tests. */
+  transientHandles(): Promise<number[]> {
+    return this.#withTpm((c) => c.esys.transientHandles(), false);
+  }
+
+  // ── plumbing ─────────────────────────────────────────────────────────────────────────────────
+
+  #exclusive<T>(body: () => Promise<T>): Promise<T> {
+    const next = this.#lock.then(body, body);
+    this.#lock = next.catch(() => undefined);
+    return next;
+  }
+
+  #assertOpen(needUnsealed: boolean): void {
+    if (this.#closed) throw new ClosedError('tpm: the root is closed');
+    if (this.#destroyed) throw new RootDestroyedError('tpm: this root was destroyed');
+    if (needUnsealed && this.sealable && this.#k === undefined) {
+      throw new KeystoreSealedError('tpm: the root is sealed; unseal it with its auth value');
+    }
+  }
+
+  async #connect(): Promise<Connection> {
+    if (this.#conn && !this.#conn.esys.broken) return this.#conn;
+    await this.#drop();
+    const esys = await Esys.open({ tcti: this.#tcti, timeoutMs: this.#timeoutMs });
+    try {
+      const r = this.#record;
+      let primary: EsysTR;
+      let name: Uint8Array;
+      if (r.handle !== undefined) {
+        primary = await esys.trFromTPMPublic(r.handle);
+        name = (await esys.readPublic(primary)).name;
+      } else {
+        const p = await esys.createPrimary(ESYS_TR.RH_OWNER, storagePrimaryTemplate(r.alg));
+        primary = p.handle;
+        name = p.name;
+      }
+      if (hex(name) !== r.primaryName) {
+        throw new RootDeviceError(
+          "tpm: this TPM's storage key is not the one the store's root was made with (another TPM, or its owner hierarchy was cleared); nothing was changed",
+        );
+      }
+      const session = await esys.startAuthSession({ tpmKey: primary, type: 'hmac' });
+      this.#conn = { esys, primary, session };
+      return this.#conn;
+    } catch (err) {
+      await esys.close();
+      throw err;
+    }
+  }
+
+  async #drop(): Promise<void> {
+    const c = this.#conn;
+    this.#conn = undefined;
+    if (c) await c.esys.close().catch(() => undefined);
+  }
+
+  /**
+   * Run `body` on the TPM, alone. A lost connection (TssUnavailableError) is reconnected and the
+   * body retried once. `needUnsealed`: refuse while sealed, and refuse the result when the root
+   * was sealed while the body ran (the result is wiped by `onSealedResult`).
+   */
+  #withTpm<T>(body: (c: Connection) => Promise<T>, needUnsealed: boolean, onSealedResult?: (v: T) => void): Promise<T> {
+    this.#assertOpen(needUnsealed);
+    const generation = this.#generation;
+    return this.#exclusive(async () => {
+      this.#assertOpen(needUnsealed);
+      if (needUnsealed && generation !== this.#generation) throw new KeystoreSealedError('tpm: the root was sealed');
+      let result: T;
+      try {
+        result = await body(await this.#connect());
+      } catch (err) {
+        if (!(err instanceof TssUnavailableError) || this.#closed) throw err;
+        await this.#drop();
+        try {
+          result = await body(await this.#connect());
+        } catch (again) {
+          if (again instanceof TssUnavailableError) await this.#drop();
+          throw again;
+        }
+      }
+      if (needUnsealed && (generation !== this.#generation || this.#k === undefined) && this.sealable) {
+        onSealedResult?.(result);
+        throw new KeystoreSealedError('tpm: the root was sealed');
+      }
+      return result;
+    });
+  }
+
+  #kekAuth(aad: Uint8Array): Uint8Array {
+    const h = this.#k ? createHmac('sha256', this.#k) : createHash('sha256');
+    h.update(KEK_AUTH_DOMAIN);
+    h.update(aad);
+    return new Uint8Array(h.digest());
+  }
+
+  #pcrSelection(): { hash: number; pcrs: number[] }[] {
+    return [{ hash: TPM2_ALG.SHA256, pcrs: this.#record.pcrs ?? [] }];
+  }
+
+  /** The policy digest for the PCRs' current values + PolicyAuthValue (a trial session). */
+  async #pcrPolicy(c: Connection): Promise<Uint8Array> {
+    const trial = await c.esys.startAuthSession({ type: 'trial', symmetric: null });
+    try {
+      await c.esys.policyPCR(trial, this.#pcrSelection());
+      await c.esys.policyAuthValue(trial);
+      return await c.esys.policyGetDigest(trial);
+    } finally {
+      await c.esys.flushContext(trial);
+    }
+  }
+
+  // ── wrap / unwrap ────────────────────────────────────────────────────────────────────────────
+
+  async wrapKey(material: Uint8Array, aad: Uint8Array): Promise<Uint8Array> {
+    if (!(material instanceof Uint8Array) || material.length < 1 || material.length > 128) {
+      throw new InvalidInputError('tpm: key material is 1..128 bytes');
+    }
+    if (!(aad instanceof Uint8Array)) throw new InvalidInputError('tpm: associated data must be a Uint8Array');
+    return this.#withTpm(async (c) => {
+      const auth = this.#kekAuth(aad);
+      try {
+        const policy = this.#record.pcrs ? await this.#pcrPolicy(c) : undefined;
+        await c.esys.setSessionAttributes(c.session, TPMA_SESSION.CONTINUESESSION | TPMA_SESSION.DECRYPT);
+        const sealed = await c.esys.create(c.primary, sealedObjectTemplate({ noDA: true, authPolicy: policy }), {
+          userAuth: auth,
+          data: material,
+          sessions: [c.session],
+        });
+        return new Uint8Array(Buffer.concat([sealed.outPublic, sealed.outPrivate]));
+      } finally {
+        wipe(auth);
+      }
+    }, true);
+  }
+
+  async unwrapKey(wrapped: Uint8Array, aad: Uint8Array): Promise<Uint8Array> {
+    if (!(wrapped instanceof Uint8Array)) throw new InvalidInputError('tpm: a wrapped key must be a Uint8Array');
+    if (!(aad instanceof Uint8Array)) throw new InvalidInputError('tpm: associated data must be a Uint8Array');
+    if (wrapped.length > 4096) throw new FormatError('tpm: a wrapped key is at most 4096 bytes');
+    const { outPublic, outPrivate } = splitSealedBlob(wrapped);
+    return this.#withTpm(
+      async (c) => {
+        let item: EsysTR;
+        try {
+          // Load needs no parameter encryption (the private part is encrypted under the root key).
+          item = await c.esys.load(c.primary, outPrivate, outPublic, [ESYS_TR.PASSWORD]);
+        } catch (err) {
+          throw this.#unwrapError(err);
+        }
+        const auth = this.#kekAuth(aad);
+        try {
+          await c.esys.trSetAuth(item, auth);
+          let out: Uint8Array;
+          if (this.#record.pcrs) {
+            const policy = await c.esys.startAuthSession({ tpmKey: c.primary, type: 'policy' });
+            try {
+              await c.esys.policyPCR(policy, this.#pcrSelection());
+              await c.esys.policyAuthValue(policy);
+              await c.esys.setSessionAttributes(policy, TPMA_SESSION.CONTINUESESSION | TPMA_SESSION.ENCRYPT);
+              out = await c.esys.unseal(item, [policy]);
+            } finally {
+              await c.esys.flushContext(policy).catch(() => undefined);
+            }
+          } else {
+            await c.esys.setSessionAttributes(c.session, TPMA_SESSION.CONTINUESESSION | TPMA_SESSION.ENCRYPT);
+            out = await c.esys.unseal(item, [c.session]);
+          }
+          if (out.length < 16 || out.length > 64) {
+            wipe(out);
+            throw new DecryptionError('root');
+          }
+          return out;
+        } catch (err) {
+          throw this.#unwrapError(err);
+        } finally {
+          wipe(auth);
+          await c.esys.flushContext(item).catch(() => undefined);
+        }
+      },
+      true,
+      (m) => wipe(m),
+    );
+  }
+
+  #unwrapError(err: unknown): unknown {
+    if (err instanceof TssUnavailableError || err instanceof TssLockoutError) return err;
+    if (isTpmRc(err, 'TPM_RC_POLICY_FAIL') || isTpmRc(err, 'TPM_RC_PCR_CHANGED')) {
+      return new TpmPcrPolicyError(
+        'tpm: the PCR values differ from those the key was sealed under (TPM_RC_POLICY_FAIL); it cannot be unsealed in this machine state',
+      );
+    }
+    if (err instanceof TssError || err instanceof InvalidInputError || err instanceof DecryptionError) {
+      return new DecryptionError('root');
+    }
+    return err;
+  }
+
+  // ── seal / unseal / destroy ──────────────────────────────────────────────────────────────────
+
+  #seal(): void {
+    this.#generation++;
+    if (this.#k) wipe(this.#k);
+    this.#k = undefined;
+    for (const l of [...this.#listeners]) l();
+  }
+
+  /** K from the check object, authorized with `secret` (UnsealError when wrong). */
+  async #openCheck(c: Connection, secret: Uint8Array): Promise<Uint8Array> {
+    const blob = Buffer.from(this.#record.check as string, 'base64');
+    const { outPublic, outPrivate } = splitSealedBlob(new Uint8Array(blob));
+    const item = await c.esys.load(c.primary, outPrivate, outPublic, [ESYS_TR.PASSWORD]);
+    try {
+      await c.esys.trSetAuth(item, secret);
+      await c.esys.setSessionAttributes(c.session, TPMA_SESSION.CONTINUESESSION | TPMA_SESSION.ENCRYPT);
+      return await c.esys.unseal(item, [c.session]);
+    } catch (err) {
+      if (isTpmRc(err, 'TPM_RC_AUTH_FAIL') || isTpmRc(err, 'TPM_RC_BAD_AUTH')) {
+        throw new UnsealError('tpm: the auth value does not open this TPM root');
+      }
+      throw err;
+    } finally {
+      await c.esys.flushContext(item).catch(() => undefined);
+    }
+  }
+
+  async #unseal(secret: Uint8Array): Promise<void> {
+    if (!(secret instanceof Uint8Array) || secret.length < AUTH_MIN || secret.length > AUTH_MAX) {
+      throw new InvalidInputError(`tpm: the root auth value is ${AUTH_MIN}..${AUTH_MAX} bytes`);
+    }
+    const k = await this.#withTpm((c) => this.#openCheck(c, secret), false);
+    if (this.#closed || this.#destroyed) {
+      wipe(k);
+      throw new ClosedError('tpm: the root is closed');
+    }
+    if (this.#k) wipe(this.#k);
+    this.#k = k;
+  }
+
+  async #destroy(store: KeyStore, consent: Uint8Array, now: Date): Promise<void> {
+    if (this.#closed) throw new ClosedError('tpm: the root is closed');
+    if (!(await store.getMeta(TPM_ROOT_META_NAME))) {
+      if (await store.getMeta(TPM_TOMBSTONE_META_NAME)) return; // finished already
+      throw new KeyStoreError('tpm: this key store has no TPM root');
+    }
+    const k = await this.#withTpm((c) => this.#openCheck(c, consent), false);
+    wipe(k);
+    await store.putMeta(
+      TPM_TOMBSTONE_META_NAME,
+      new Uint8Array(
+        Buffer.from(JSON.stringify({ v: 1, kind: 'tpm', rootId: this.#id, destroyedAt: now.toISOString() }), 'utf8'),
+      ),
+    );
+    const handle = this.#record.handle;
+    if (handle !== undefined) {
+      await this.#withTpm(async (c) => {
+        await c.esys.evictControl(ESYS_TR.RH_OWNER, c.primary, handle);
+      }, false);
+      await this.#drop();
+    }
+    await store.deleteMeta(TPM_ROOT_META_NAME);
+    this.#seal();
+    this.#destroyed = true;
+  }
+
+  async close(): Promise<void> {
+    if (this.#closed) return;
+    this.#closed = true;
+    this.#seal();
+    await this.#lock.catch(() => undefined);
+    await this.#drop();
+  }
+}
