@@ -122,6 +122,14 @@ export class WorkerPool {
     slot.worker.postMessage({ seq: ++this.#seq, op: 'crash' } satisfies WorkerRequest);
   }
 
+  /** Test hook: C_Finalize from the worker at `index`, after the requests it was sent before. With
+   * one worker no other thread is inside the module then (C_Finalize while another thread is in a
+   * call is undefined behaviour: PKCS#11 v2.40 §5.4; SoftHSM2 can crash). */
+  finalizeModule(index: number): Promise<void> {
+    const slot = this.#slots[index % this.#slots.length] as Slot;
+    return this.#send(slot, { op: 'finalize' }) as Promise<void>;
+  }
+
   async close(): Promise<void> {
     if (this.#closed) return;
     this.#closed = true;

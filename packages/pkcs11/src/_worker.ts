@@ -42,7 +42,9 @@ export type WorkerRequest =
   | { seq: number; op: 'destroy'; label?: string; id: Uint8Array; prefix?: boolean }
   | { seq: number; op: 'close' }
   /** Fault injection for the test suites: the thread dies at once, mid-request for the pool. */
-  | { seq: number; op: 'crash' };
+  | { seq: number; op: 'crash' }
+  /** Fault injection: C_Finalize from this thread, between two of its requests. */
+  | { seq: number; op: 'finalize' };
 
 export interface WorkerFailure {
   /** "ckr": a CKR return value; "decrypt": the token refused to authenticate the ciphertext;
@@ -201,14 +203,17 @@ function reset(): void {
   }
 }
 
+/** Run `f`; after a recoverable failure repair the session and run it again, at most twice more
+ * (a C_CloseAllSessions still running in another thread can close the session just reopened). */
 function withRecovery<T>(f: () => T): T {
-  try {
-    return f();
-  } catch (err) {
-    const failure = asFailure('worker', err);
-    if (!RECOVERABLE.has(failure.failure.ckr)) throw failure;
-    reset();
-    return f();
+  for (let attempt = 0; ; attempt++) {
+    try {
+      return f();
+    } catch (err) {
+      const failure = asFailure('worker', err);
+      if (!RECOVERABLE.has(failure.failure.ckr) || attempt >= 2) throw failure;
+      reset();
+    }
   }
 }
 
@@ -411,6 +416,10 @@ function handle(r: WorkerRequest): unknown {
       return undefined;
     case 'crash':
       process.exit(70);
+      return undefined;
+    case 'finalize':
+      call('C_Finalize', () => mod?.finalize());
+      return undefined;
   }
 }
 
