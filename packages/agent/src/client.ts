@@ -60,6 +60,11 @@ export interface AgentClientOptions {
   connectTimeoutMs?: number;
   /** How long to wait for each answer. Default 60 s. */
   requestTimeoutMs?: number;
+  /**
+   * The principal's agent credential ("kwagent1.…", issued by an administrator), presented in every
+   * hello. Default: the KEYWARDEN_AGENT_TOKEN environment variable, if set.
+   */
+  credential?: string;
 }
 
 interface Pending {
@@ -189,7 +194,9 @@ export class AgentClient implements KeyService {
   async #hello(conn: Socket): Promise<void> {
     let r: unknown;
     try {
-      r = await this.#send(conn, 'hello', { versions: [...PROTOCOL_VERSIONS] }, this.#options.connectTimeoutMs ?? 5000);
+      const credential = this.#options.credential ?? process.env.KEYWARDEN_AGENT_TOKEN;
+      const args = { versions: [...PROTOCOL_VERSIONS], ...(credential ? { credential } : {}) };
+      r = await this.#send(conn, 'hello', args, this.#options.connectTimeoutMs ?? 5000);
     } catch (err) {
       // An agent older than versioning answers hello as an unknown op.
       if (AgentProtocolError.isInstance(err) && /unknown op/.test(err.message)) {

@@ -18,6 +18,15 @@ export {
 export { AgentClient, type AgentClientOptions, type KeyService, isAgentUnavailable } from './client.js';
 export type { SocketLocation } from './_socket.js';
 export {
+  CREDENTIALS_META_NAME,
+  CREDENTIAL_PREFIX,
+  checkAgentCredential,
+  credentialPrincipal,
+  issueAgentCredential,
+  readAgentCredentials,
+  revokeAgentCredential,
+} from './credentials.js';
+export {
   type AgentOp,
   type AgentRequest,
   type AgentResponse,

@@ -45,13 +45,16 @@ import { url as inspectorUrl } from 'node:inspector';
 import { createConnection, createServer, type Server, type Socket } from 'node:net';
 import {
   AgentError,
+  type AuditOption,
   decodeSealedRoot,
   type EncryptionContext,
   type KeyExpectation,
   type KeyStore,
   KeyStoreError,
+  type PolicyOption,
   KeystoreSealedError,
   Keywarden,
+  recordAudit,
   ROOT_META_NAME,
   ROOT_MISSING_MESSAGE,
   ROOT_TOMBSTONE_META_NAME,
@@ -63,6 +66,7 @@ import {
   wipe,
 } from '@keywarden/core';
 import { type UnsealSession, unsealSessionFor, unsealWithSession } from '@keywarden/split-knowledge';
+import { AgentAuth, type AuthSession } from './_auth.js';
 import { Connection, type ConnectionLimits } from './_connection.js';
 import { describeForLog, type SocketLocation, socketLocation, systemErrorText } from './_socket.js';
 import {
@@ -137,6 +141,16 @@ export interface AgentServerOptions {
    * can run code inside the process that holds the root.
    */
   allowInspector?: boolean;
+  /**
+   * Serve authenticated principals only (docs/agent-protocol.md §Authentication): each connection
+   * presents a principal's credential in its hello, and that principal's policy (the key store's)
+   * decides every request. Default false: anyone who can open the socket may use every key.
+   */
+  authenticate?: boolean;
+  /** Record every operation (docs/audit.md). Default with `authenticate`: into the key store. */
+  audit?: AuditOption;
+  /** The policy to enforce. Default with `authenticate`: the key store's ("store"). */
+  policy?: PolicyOption;
 }
 
 interface Settings {
@@ -162,6 +176,7 @@ export class AgentServer {
   #server: Server | undefined;
   #root: RootOfTrust;
   #kw: Keywarden;
+  readonly #auth: AgentAuth;
   #session: UnsealSession | undefined;
   /** The store's unseal description when it differs from the loaded root's (rekeyed while unsealed). */
   #storedUnseal: UnsealMethod | undefined;
@@ -174,7 +189,8 @@ export class AgentServer {
     this.socket = socket;
     this.#store = store;
     this.#root = root;
-    this.#kw = new Keywarden({ store, root });
+    this.#auth = new AgentAuth(store, options);
+    this.#kw = new Keywarden({ store, root, ...this.#auth.keywardenOptions(store, root) });
     const factory = typeof options.root === 'function' ? options.root : undefined;
     this.#settings = {
       unsealTimeoutMs: options.unsealTimeoutMs ?? DEFAULT_UNSEAL_TIMEOUT_SECONDS * 1000,
@@ -267,6 +283,7 @@ export class AgentServer {
     this.#session?.reset();
     this.#session = undefined;
     await this.#kw.close().catch(() => {});
+    await this.#auth.close().catch(() => {});
     try {
       if (this.#settings.ownsRoot) await this.#root.close().catch(() => {});
     } finally {
@@ -338,11 +355,15 @@ export class AgentServer {
       this.#noteEviction();
       victim.drop(undefined);
     }
+    const session: AuthSession = this.#auth.session(() => client.drop(undefined));
     const client: Connection = new Connection(
       conn,
       this.#limits,
-      (line) => this.#answer(line),
-      () => this.#clients.delete(client),
+      (line) => this.#answer(line, session),
+      () => {
+        this.#clients.delete(client);
+        this.#auth.end(session);
+      },
     );
     this.#clients.add(client);
   }
@@ -370,11 +391,11 @@ export class AgentServer {
   }
 
   /** One request line in, one response line out. Never throws. */
-  async #answer(line: Buffer): Promise<string> {
+  async #answer(line: Buffer, session: AuthSession): Promise<string> {
     let req: AgentRequest | undefined;
     try {
       req = parseRequest(line);
-      const result = await this.#dispatch(req);
+      const result = await this.#dispatch(req, session);
       return encodeLine({ id: req.id, ok: true, result });
     } catch (err) {
       const wire = errorToWire(err);
@@ -388,20 +409,22 @@ export class AgentServer {
 
   // ── Operations ────────────────────────────────────────────────────────────────────────────────
 
-  async #dispatch(req: AgentRequest): Promise<unknown> {
+  async #dispatch(req: AgentRequest, session: AuthSession): Promise<unknown> {
+    // The agent's Keywarden, or (authenticate) a view of it acting as the connection's principal.
+    const acting = await this.#auth.acting(req, session, this.#kw);
     switch (req.op) {
       case 'hello':
-        return negotiateVersion(req);
+        return this.#auth.hello(req, session, negotiateVersion(req));
       case 'status':
         return this.#exclusive(() => this.#status());
       case 'unseal':
         return this.#exclusive(() => this.#unseal(stringArg(req, 'share')));
       case 'seal':
-        return this.#exclusive(() => this.#seal());
+        return this.#exclusive(() => this.#seal(acting));
       case 'generateDataKey': {
         const key = stringArg(req, 'key');
         const context = recordArg(req, 'context') as EncryptionContext | undefined;
-        const kw = this.#unsealed();
+        const kw = this.#unsealed(acting);
         const dk = await kw.generateDataKey(key, context);
         try {
           return {
@@ -419,7 +442,7 @@ export class AgentServer {
         const context = recordArg(req, 'context') as EncryptionContext | undefined;
         // The client's expected key (core checks its shape): the agent never widens it to any key.
         const expected = req.args.expected as KeyExpectation;
-        const plaintext = await this.#unsealed().decryptDataKey(wrapped, context, expected);
+        const plaintext = await this.#unsealed(acting).decryptDataKey(wrapped, context, expected);
         try {
           return { plaintext: toBase64(plaintext) };
         } finally {
@@ -429,14 +452,14 @@ export class AgentServer {
       case 'createKey': {
         const name = stringArg(req, 'name');
         const scope = recordArg(req, 'scope') ?? {};
-        return keyInfoToWire(await this.#unsealed().createKey(name, { scope }));
+        return keyInfoToWire(await this.#unsealed(acting).createKey(name, { scope }));
       }
       case 'rotateKey':
-        return keyInfoToWire(await this.#unsealed().rotateKey(stringArg(req, 'key')));
+        return keyInfoToWire(await this.#unsealed(acting).rotateKey(stringArg(req, 'key')));
       case 'getKey':
-        return keyInfoToWire(await this.#kw.getKey(stringArg(req, 'key')));
+        return keyInfoToWire(await acting.getKey(stringArg(req, 'key')));
       case 'listKeys':
-        return (await this.#kw.listKeys()).map(keyInfoToWire);
+        return (await acting.listKeys()).map(keyInfoToWire);
     }
   }
 
@@ -446,9 +469,9 @@ export class AgentServer {
     return r instanceof SoftwareRoot && r.document.unseal.method === 'shamir' ? r : undefined;
   }
 
-  #unsealed(): Keywarden {
+  #unsealed(kw: Keywarden = this.#kw): Keywarden {
     if (this.isSealed()) throw new KeystoreSealedError(this.#settings.sealedMessage);
-    return this.#kw;
+    return kw;
   }
 
   async #status(): Promise<AgentStatus> {
@@ -525,17 +548,19 @@ export class AgentServer {
       throw err;
     }
     this.#settings.log('unsealed');
+    await recordAudit(this.#kw, { op: 'unseal', principal: 'custodians', outcome: 'ok' }).catch(() => {});
     return { sealed: false, ...result };
   }
 
-  async #seal(): Promise<{ sealed: true }> {
+  async #seal(acting: Keywarden = this.#kw): Promise<{ sealed: true }> {
     if (!this.#root.sealable) {
       this.#kw.clearCache();
       throw new UnsupportedCapabilityError(
         `agent: the ${this.#root.describe().kind} root this agent serves cannot be sealed (the KEK cache was wiped)`,
       );
     }
-    await this.#kw.seal();
+    // Recorded as the principal that asked (the same Keywarden, acting as it).
+    await acting.seal();
     this.#session?.reset();
     this.#session = undefined;
     const sk = this.#shamirRoot();
@@ -621,7 +646,7 @@ export class AgentServer {
     this.#kw.clearCache();
     await this.#root.close();
     this.#root = root;
-    this.#kw = new Keywarden({ store: this.#store, root });
+    this.#kw = new Keywarden({ store: this.#store, root, ...this.#auth.keywardenOptions(this.#store, root) });
     this.#storedUnseal = undefined;
   }
 

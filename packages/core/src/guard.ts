@@ -392,8 +392,9 @@ function dataMethods(guard: Guard, principal: () => string): Record<string, AnyF
         streamProvider('decrypt', 'decrypt-stream', (options as { context?: EncryptionContext })?.context),
         options as never,
       ),
+    // Sealing only takes access away: never refused by the policy (an agent gates who may ask), always recorded.
     seal: () =>
-      guard.run(principal(), 'seal', guard.enforcing ? 'administer' : undefined, undefined, {}, async () => {
+      guard.run(principal(), 'seal', undefined, undefined, {}, async () => {
         await raw.seal?.call(kw);
       }),
   };
