@@ -15,8 +15,8 @@ describe('keywarden key', () => {
     const list = await cli(['key', 'list'], { cwd });
     expect(list.code).toBe(0);
     const lines = list.out.trimEnd().split('\n');
-    expect(lines[0]).toMatch(/^NAME\s+ID\s+PRIMARY\s+SCOPE\s+CREATED$/);
-    expect(lines[1]).toMatch(/^audit\s+kek_\S+\s+v1\s+-\s+\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$/);
+    expect(lines[0]).toMatch(/^NAME\s+ID\s+PRIMARY\s+SCOPE\s+CREATED\s+AGE\s+USES\s+ROTATE BY$/);
+    expect(lines[1]).toMatch(/^audit\s+kek_\S+\s+v1\s+-\s+\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ\s+<1h\s+0\s+\d{4}-/);
     expect(lines[2]).toMatch(
       /^billing-a\s+kek_\S+\s+v1\s+environment=prod service=billing tenant=a purpose=invoices\s+\d{4}-\d\d-\d\dT/,
     );

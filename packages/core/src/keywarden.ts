@@ -169,7 +169,7 @@ export interface RotationDue {
   fromVersion: number;
   /** The new primary; undefined when another process rotated it first (conflict). */
   toVersion: number | undefined;
-  outcome: 'rotated' | 'conflict';
+  outcome: 'rotated' | 'conflict' | 'due';
 }
 
 export interface KeyVersionInfo {
@@ -534,14 +534,21 @@ export class Keywarden implements DataKeyProvider {
    * Rotate every key whose primary version is older than its maximum age or has reached its
    * maximum uses (for a scheduler). A key another process rotated meanwhile is reported as a
    * conflict and left alone. Keys whose primary cannot encrypt (disabled, destroyed) are skipped.
+   * `dryRun`: only report what is due (`outcome` "due", no new version, no root needed).
    */
-  async rotateDue(): Promise<RotationDue[]> {
+  async rotateDue(options: { dryRun?: boolean } = {}): Promise<RotationDue[]> {
     this.#checkOpen();
+    checkOptions(options, ROTATE_DUE_OPTIONS, 'rotateDue');
     const out: RotationDue[] = [];
     for (const key of await this.store.listKeys()) {
       const snapshot = await this.#snapshotOf(key);
       const reasons = this.#dueReasons(snapshot);
       if (reasons.length === 0) continue;
+      if (options.dryRun === true) {
+        const { name, id, primaryVersion } = key;
+        out.push({ key: name, id, reasons, fromVersion: primaryVersion, toVersion: undefined, outcome: 'due' });
+        continue;
+      }
       this.#requireUnsealed();
       const newVersion = await this.#makeVersion(snapshot);
       const due: RotationDue = {
@@ -1197,6 +1204,7 @@ const CONSTRUCTOR_OPTIONS = new Set([
 const LIFECYCLE_OPTIONS = new Set(['rotation', 'destroyGraceMs', 'usageBlock']);
 const ROTATION_OPTIONS = new Set(['maxAgeMs', 'maxUses']);
 const DISABLE_OPTIONS = new Set(['confirmLastVersion']);
+const ROTATE_DUE_OPTIONS = new Set(['dryRun']);
 const COMPROMISE_OPTIONS = new Set(['rotate']);
 const DESTROY_OPTIONS = new Set(['force', 'confirmLastVersion']);
 const CACHE_OPTIONS = new Set(['maxEntries', 'ttlMs']);

@@ -1,14 +1,32 @@
 /**
- * `keywarden key create|list|show|rotate`: KEK management. list and show read metadata only and
+ * `keywarden key create|list|show|rotate|disable|enable|compromise|destroy|retire|policy`: KEK
+ * management and the lifecycle of KEK versions (docs/lifecycle.md). list and show read metadata only and
  * never need the unseal key (nor, under split knowledge, a running agent); create and rotate wrap
  * new KEK material under the root, so under split knowledge they go through the agent.
  */
 import type { Command } from 'commander';
-import type { KeyInfo, KeyScope, Keywarden } from '@keywarden/core';
+import {
+  type CompromiseReport,
+  type KeyInfo,
+  type KeyScope,
+  type Keywarden,
+  KeywardenError,
+  type RotationDue,
+} from '@keywarden/core';
+import { UsageError } from '../errors.js';
 import type { CliIO } from '../io.js';
-import { formatJson, keyDetails, keyListTable, keyToJson, print } from '../output.js';
+import {
+  formatDate,
+  formatJson,
+  formatPairs,
+  formatScope,
+  formatTable,
+  keyDetails,
+  keyToJson,
+  print,
+} from '../output.js';
 import { MissingRoot, withKeyService, withKeywarden } from '../store-dir.js';
-import { keyServiceOptionsOf, locationOf } from './_common.js';
+import { keyServiceOptionsOf, locationOf, positiveInt } from './_common.js';
 
 interface CreateOptions {
   env?: string;
@@ -21,12 +39,14 @@ interface CreateOptions {
 export function registerKey(program: Command, io: CliIO): void {
   const key = program
     .command('key')
-    .description('create, list, show and rotate key-encryption keys (KEKs)')
+    .description('create, list, show, rotate, disable, compromise and destroy key-encryption keys (KEKs)')
     .addHelpText(
       'after',
       `
 A KEK never leaves the key store unwrapped; it wraps the data keys (DEKs) that encrypt your data.
-Give each KEK one job with scope metadata (environment, service, tenant, purpose).`,
+Give each KEK one job with scope metadata (environment, service, tenant, purpose).
+Lifecycle of a version: enabled (the primary wraps, others unwrap) ⇄ disabled → destroyed;
+compromised never unwraps again. See docs/lifecycle.md.`,
     );
 
   key
@@ -58,12 +78,14 @@ Give each KEK one job with scope metadata (environment, service, tenant, purpose
 
   key
     .command('list')
-    .description('list KEKs: name, id, primary version, scope, creation time (no unseal key needed)')
+    .description(
+      'list KEKs: name, id, primary version, scope, creation time, age and uses of the primary, next rotation due (no unseal key needed)',
+    )
     .option('--json', 'print a JSON array')
     .action(async (opts: { json?: boolean }, cmd: Command) => {
       await withKeywarden(locationOf(cmd, io), io, { allowMissingRoot: true }, async (kw) => {
         const keys = await kw.listKeys();
-        await print(io.stdout, opts.json ? formatJson(keys.map(keyToJson)) : keyListTable(keys));
+        await print(io.stdout, opts.json ? formatJson(keys.map(lifecycleJson)) : listTable(keys, new Date()));
         await noteMissingRoot(io, kw, keys);
       });
     });
@@ -76,7 +98,7 @@ Give each KEK one job with scope metadata (environment, service, tenant, purpose
     .action(async (name: string, opts: { json?: boolean }, cmd: Command) => {
       await withKeywarden(locationOf(cmd, io), io, { allowMissingRoot: true }, async (kw) => {
         const info = await kw.getKey(name);
-        await print(io.stdout, opts.json ? formatJson(keyToJson(info)) : keyDetails(info));
+        await print(io.stdout, opts.json ? formatJson(lifecycleJson(info)) : showText(info));
         await noteMissingRoot(io, kw, [info]);
       });
     });
@@ -84,18 +106,36 @@ Give each KEK one job with scope metadata (environment, service, tenant, purpose
   key
     .command('rotate')
     .description('add a new KEK version and make it primary; older versions still decrypt')
-    .argument('<name>', 'key name or id')
-    .option('--json', 'print the rotated key as JSON')
+    .argument('[name]', 'key name or id (or --due for every key due by its rotation policy)')
+    .option('--due', 'rotate every key whose primary version reached its maximum age or uses (for a scheduler)')
+    .option('--json', 'print the rotated key (with --due: what was rotated) as JSON')
     .addHelpText(
       'after',
       `
 New data keys are wrapped under the new version; data encrypted before stays decryptable because
-older versions remain enabled. Rotation bounds how much data one KEK version ever protects.`,
+older versions remain enabled. Rotation bounds how much data one KEK version ever protects.
+Two processes rotating the same key at once: one wins, the other fails with a conflict and
+changes nothing. Schedule \`keywarden key rotate --due\` (e.g. daily) to apply each key's policy
+(\`keywarden key policy\`; default 90 days).`,
     )
-    .action(async (name: string, opts: { json?: boolean }, cmd: Command) => {
+    .action(async (name: string | undefined, opts: { due?: boolean; json?: boolean }, cmd: Command) => {
+      if ((name === undefined) === (opts.due !== true)) {
+        throw new UsageError('key rotate: give a key name, or --due (not both)');
+      }
       const loc = locationOf(cmd, io);
+      if (opts.due) {
+        const done = await withKeyService(loc, io, keyServiceOptionsOf(cmd), async (ks) => {
+          if (isKeywarden(ks)) return ks.rotateDue();
+          // Through the agent: find what is due from the store, rotate each through the agent.
+          const due = await withKeywarden(loc, io, {}, (kw) => kw.rotateDue({ dryRun: true }));
+          for (const d of due) d.toVersion = (await ks.rotateKey(d.id)).primaryVersion;
+          return due;
+        });
+        await print(io.stdout, opts.json ? formatJson(done) : dueText(done));
+        return;
+      }
       await withKeyService(loc, io, keyServiceOptionsOf(cmd), async (ks) => {
-        const info = await ks.rotateKey(name);
+        const info = await ks.rotateKey(name as string);
         await print(
           io.stdout,
           opts.json
@@ -104,6 +144,279 @@ older versions remain enabled. Rotation bounds how much data one KEK version eve
         );
       });
     });
+
+  versionCommand(key, io, 'disable', {
+    description: 'disable a KEK version (reversible): it neither wraps nor unwraps until enabled again',
+    help: `
+The primary version cannot be disabled (rotate first), except the key's last enabled version with
+--confirm-last-version: the key then encrypts and decrypts nothing. A running agent or
+application sees the change when its cached keys expire (cache TTL, 5 minutes by default).`,
+    confirm: true,
+    run: (kw, name, version, opts) =>
+      kw.disableVersion(name, version, { confirmLastVersion: opts.confirmLastVersion === true }),
+    done: (info, version) => `Disabled ${info.name} v${version}.\n`,
+  });
+
+  versionCommand(key, io, 'enable', {
+    description: 'enable a disabled KEK version again (never a compromised or destroyed one)',
+    run: (kw, name, version) => kw.enableVersion(name, version),
+    done: (info, version) => `Enabled ${info.name} v${version}.\n`,
+  });
+
+  key
+    .command('compromise')
+    .description('mark a KEK version compromised (irreversible: it never unwraps again) and rotate')
+    .argument('<name>', 'key name or id')
+    .argument('<version>', 'the version that leaked (2 or v2)', versionNumber)
+    .option('--no-rotate', 'do not rotate (only when the version is not the primary)')
+    .option('--json', 'print the report as JSON')
+    .addHelpText(
+      'after',
+      `
+Envelopes under a compromised version are refused from then on (an attacker holding the KEK could
+otherwise forge them): re-encrypt that data from its source. Envelopes under other enabled versions
+still decrypt; rewrap them to the new primary (\`keywarden rewrap FILE...\`). Runbook: docs/lifecycle.md.`,
+    )
+    .action(async (name: string, version: number, opts: { rotate?: boolean; json?: boolean }, cmd: Command) => {
+      const loc = locationOf(cmd, io);
+      const report = await withKeyService(loc, io, keyServiceOptionsOf(cmd), async (ks) => {
+        if (isKeywarden(ks)) return ks.compromiseVersion(name, version, { rotate: opts.rotate !== false });
+        // Through the agent: rotate there (the root is there), then mark the version in the store.
+        const before = await ks.getKey(name);
+        const rotate = opts.rotate !== false || before.primaryVersion === version;
+        const target = before.versions.find((v) => v.version === version);
+        if (rotate && target && target.state !== 'destroyed' && target.state !== 'compromised')
+          await ks.rotateKey(name);
+        return withKeywarden(loc, io, {}, (kw) => kw.compromiseVersion(name, version, { rotate: false }));
+      });
+      await print(io.stdout, opts.json ? formatJson(reportJson(report)) : reportText(report));
+    });
+
+  versionCommand(key, io, 'destroy', {
+    description: 'destroy a disabled or compromised KEK version: its material is erased (crypto-shredding)',
+    help: `
+Irreversible: every envelope under the version fails with "destroyed" from then on. The version must
+be disabled (or compromised) first, for the grace period (7 days), unless --force. The primary or
+last version of a key also needs --confirm-last-version (a tenant that left). The SQLite store
+zeroes the freed pages and truncates its WAL, so no copy of the wrapped material remains in its files.`,
+    confirm: true,
+    force: true,
+    run: (kw, name, version, opts) =>
+      kw.destroyVersion(name, version, {
+        force: opts.force === true,
+        confirmLastVersion: opts.confirmLastVersion === true,
+      }),
+    done: (info, version) => `Destroyed ${info.name} v${version}: its material is erased.\n`,
+  });
+
+  key
+    .command('retire')
+    .description('set the minimum decryption version: versions below it refuse to decrypt (reversible)')
+    .argument('<name>', 'key name or id')
+    .requiredOption('--min-version <n>', 'lowest version that may still decrypt', positiveInt)
+    .option('--json', 'print the key as JSON')
+    .action(async (name: string, opts: { minVersion: number; json?: boolean }, cmd: Command) => {
+      await withKeywarden(locationOf(cmd, io), io, {}, async (kw) => {
+        const info = await withHints(() => kw.setMinDecryptionVersion(name, opts.minVersion));
+        await print(
+          io.stdout,
+          opts.json
+            ? formatJson(lifecycleJson(info))
+            : `Key ${info.name}: versions below v${opts.minVersion} no longer decrypt.\n`,
+        );
+      });
+    });
+
+  key
+    .command('policy')
+    .description("set a key's rotation policy (used by `key rotate --due`)")
+    .argument('<name>', 'key name or id')
+    .option('--max-age-days <days>', 'rotate when the primary version is older than this', positiveInt)
+    .option('--max-uses <n>', 'rotate after this many data keys under one version', (v: string) => {
+      if (!/^[1-9][0-9]{0,15}$/.test(v)) throw new UsageError('--max-uses must be a positive integer');
+      return Number(v);
+    })
+    .option('--default', 'use the defaults again (90 days, 2^31 uses)')
+    .option('--json', 'print the key as JSON')
+    .action(
+      async (
+        name: string,
+        opts: { maxAgeDays?: number; maxUses?: number; default?: boolean; json?: boolean },
+        cmd: Command,
+      ) => {
+        const set = opts.maxAgeDays !== undefined || opts.maxUses !== undefined;
+        if (set === (opts.default === true)) {
+          throw new UsageError('key policy: give --max-age-days and/or --max-uses, or --default');
+        }
+        await withKeywarden(locationOf(cmd, io), io, {}, async (kw) => {
+          const info = await kw.setRotationPolicy(name, {
+            ...(opts.maxAgeDays !== undefined ? { maxAgeMs: opts.maxAgeDays * DAY_MS } : {}),
+            ...(opts.maxUses !== undefined ? { maxUses: opts.maxUses } : {}),
+          });
+          await print(io.stdout, opts.json ? formatJson(lifecycleJson(info)) : showText(info));
+        });
+      },
+    );
+}
+
+const DAY_MS = 86_400_000;
+
+/**
+ * A version number argument: "2" or "v2". Positional, not `--version N`: the program's global
+ * `-V, --version` is recognised anywhere on the command line (commander global options).
+ */
+function versionNumber(value: string): number {
+  const m = /^v?([1-9][0-9]{0,8})$/.exec(value);
+  if (!m) throw new UsageError(`not a key version: give a positive integer such as 2 or v2`);
+  return Number(m[1]);
+}
+
+interface VersionCommandOptions {
+  force?: boolean;
+  confirmLastVersion?: boolean;
+  json?: boolean;
+}
+
+/** `key <verb> NAME --version N`: one state change through the key manager (metadata only). */
+function versionCommand(
+  key: Command,
+  io: CliIO,
+  verb: string,
+  spec: {
+    description: string;
+    help?: string;
+    confirm?: boolean;
+    force?: boolean;
+    run: (kw: Keywarden, name: string, version: number, opts: VersionCommandOptions) => Promise<KeyInfo>;
+    done: (info: KeyInfo, version: number) => string;
+  },
+): void {
+  const cmd = key
+    .command(verb)
+    .description(spec.description)
+    .argument('<name>', 'key name or id')
+    .argument('<version>', 'the key version (2 or v2)', versionNumber);
+  if (spec.force) cmd.option('--force', 'skip the grace period');
+  if (spec.confirm) cmd.option('--confirm-last-version', "allow it on the key's primary or last version");
+  cmd.option('--json', 'print the key as JSON');
+  if (spec.help) cmd.addHelpText('after', spec.help);
+  cmd.action(async (name: string, version: number, opts: VersionCommandOptions, c: Command) => {
+    await withKeywarden(locationOf(c, io), io, {}, async (kw) => {
+      const info = await withHints(() => spec.run(kw, name, version, opts));
+      await print(io.stdout, opts.json ? formatJson(lifecycleJson(info)) : spec.done(info, version));
+    });
+  });
+}
+
+/** The manager's refusals name what to confirm; the CLI adds the flag that does it. */
+async function withHints<T>(fn: () => Promise<T>): Promise<T> {
+  try {
+    return await fn();
+  } catch (err) {
+    if (!KeywardenError.isInstance(err)) throw err;
+    // Same error (class and code), its message completed with the flag.
+    if (/confirm to do so$/.test(err.message)) err.message = `${err.message} with --confirm-last-version`;
+    else if (/or force it$/.test(err.message)) err.message = `${err.message} with --force`;
+    throw err;
+  }
+}
+
+function isKeywarden(ks: unknown): ks is Keywarden {
+  return typeof (ks as Keywarden).compromiseVersion === 'function';
+}
+
+/** The agent's key wire shape plus the lifecycle fields. */
+function lifecycleJson(info: KeyInfo): Record<string, unknown> {
+  const wire = keyToJson(info) as Record<string, unknown> & { versions: Array<Record<string, unknown>> };
+  return {
+    ...wire,
+    versions: wire.versions.map((v, i) => ({ ...v, uses: info.versions[i]?.uses ?? 0 })),
+    minDecryptionVersion: info.minDecryptionVersion ?? 1,
+    rotation: info.rotation,
+    nextRotationDue: info.nextRotationDue?.toISOString() ?? null,
+  };
+}
+
+function primaryOf(info: KeyInfo) {
+  return info.versions.find((v) => v.version === info.primaryVersion);
+}
+
+/** "3d", "5h", "<1h": how long ago. */
+function age(from: Date, now: Date): string {
+  const h = Math.floor((now.getTime() - from.getTime()) / 3_600_000);
+  if (h < 1) return '<1h';
+  return h < 48 ? `${h}h` : `${Math.floor(h / 24)}d`;
+}
+
+function listTable(keys: readonly KeyInfo[], now: Date): string {
+  if (keys.length === 0) return 'no keys (create one with `keywarden key create NAME`)\n';
+  return formatTable(
+    ['NAME', 'ID', 'PRIMARY', 'SCOPE', 'CREATED', 'AGE', 'USES', 'ROTATE BY'],
+    [...keys]
+      .sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0))
+      .map((k) => {
+        const p = primaryOf(k);
+        const state = p?.state ?? 'missing';
+        const due = k.nextRotationDue;
+        return [
+          k.name,
+          k.id,
+          state === 'enabled' ? `v${k.primaryVersion}` : `v${k.primaryVersion} (${state})`,
+          formatScope(k.scope),
+          formatDate(k.createdAt),
+          p ? age(p.createdAt, now) : '-',
+          String(p?.uses ?? 0),
+          due === undefined ? '-' : due.getTime() <= now.getTime() ? 'now (due)' : formatDate(due),
+        ];
+      }),
+  );
+}
+
+function showText(info: KeyInfo): string {
+  const rotation = info.rotation;
+  const extra = formatPairs([
+    ['min decryption version', `v${info.minDecryptionVersion ?? 1}`],
+    [
+      'rotation policy',
+      rotation ? `every ${Math.round(rotation.maxAgeMs / DAY_MS)} days or ${rotation.maxUses} uses` : '-',
+    ],
+    ['next rotation due', info.nextRotationDue ? formatDate(info.nextRotationDue) : '-'],
+    ['uses (primary)', String(primaryOf(info)?.uses ?? 0)],
+  ]);
+  return `${keyDetails(info)}${extra}`;
+}
+
+function dueText(done: readonly RotationDue[]): string {
+  if (done.length === 0) return 'No key is due for rotation.\n';
+  return done
+    .map((d) =>
+      d.outcome === 'conflict'
+        ? `Key ${d.key}: rotated by another process meanwhile (conflict); nothing done here.\n`
+        : `Rotated key ${d.key} (${d.id}, due by ${d.reasons.join(' and ')}): primary is now v${d.toVersion}.\n`,
+    )
+    .join('');
+}
+
+function reportJson(r: CompromiseReport): Record<string, unknown> {
+  return {
+    key: lifecycleJson(r.key),
+    compromisedVersion: r.compromisedVersion,
+    rotatedTo: r.rotatedTo ?? null,
+    unreadableVersions: r.unreadableVersions,
+    rewrapVersions: r.rewrapVersions,
+  };
+}
+
+function reportText(r: CompromiseReport): string {
+  const lines = [
+    `Key ${r.key.name} v${r.compromisedVersion} is compromised: it never unwraps again.`,
+    r.rotatedTo !== undefined ? `Rotated: primary is now v${r.rotatedTo}.` : `Primary stays v${r.key.primaryVersion}.`,
+    `Re-encrypt from its source: data under v${r.unreadableVersions.join(', v')} (unreadable now).`,
+    r.rewrapVersions.length > 0
+      ? `Rewrap to v${r.key.primaryVersion}: data under v${r.rewrapVersions.join(', v')} (\`keywarden rewrap FILE...\`).`
+      : 'Nothing else to rewrap.',
+  ];
+  return `${lines.join('\n')}\n`;
 }
 
 /**

@@ -1,0 +1,138 @@
+/**
+ * `keywarden key disable|enable|compromise|destroy NAME VERSION`, `key retire|policy` and `key rotate --due`
+ * (issue 10), through the real CLI on a real SQLite key store.
+ */
+import { describe, expect, it } from 'vitest';
+import { cli, initialized, oneLine } from './helpers.js';
+
+async function encrypt(cwd: string, key: string, text: string): Promise<Buffer> {
+  const r = await cli(['encrypt', '--key', key], { cwd, stdin: text });
+  if (r.code !== 0) throw new Error(r.stderr);
+  return r.stdout;
+}
+
+async function decrypt(cwd: string, key: string, envelope: Buffer) {
+  return cli(['decrypt', '--key', key], { cwd, stdin: envelope });
+}
+
+describe('keywarden key lifecycle commands', () => {
+  it('disable, enable, compromise and destroy a version, each with --json; decrypt follows the states', async () => {
+    const cwd = await initialized();
+    await cli(['key', 'create', 'app'], { cwd });
+    const v1 = await encrypt(cwd, 'app', 'one');
+    expect((await cli(['key', 'rotate', 'app'], { cwd })).code).toBe(0);
+    const v2 = await encrypt(cwd, 'app', 'two');
+
+    const primary = await cli(['key', 'disable', 'app', '2'], { cwd });
+    expect(primary.code).toBe(1);
+    expect(oneLine(primary.stderr)).toMatch(/^keywarden: (keywarden: )?v2 is the primary version of key "app"/);
+
+    const dis = await cli(['key', 'disable', 'app', '1'], { cwd });
+    expect(dis.code).toBe(0);
+    expect(dis.out).toBe('Disabled app v1.\n');
+    const refused = await decrypt(cwd, 'app', v1);
+    expect(refused.code).toBe(1);
+    expect(oneLine(refused.stderr)).toMatch(/v1 is disabled/);
+
+    const en = await cli(['key', 'enable', 'app', 'v1', '--json'], { cwd });
+    expect(en.code).toBe(0);
+    expect(JSON.parse(en.out).versions.map((v: { state: string }) => v.state)).toEqual(['enabled', 'enabled']);
+    expect((await decrypt(cwd, 'app', v1)).out).toBe('one');
+
+    const comp = await cli(['key', 'compromise', 'app', '2', '--json'], { cwd });
+    expect(comp.code).toBe(0);
+    const report = JSON.parse(comp.out);
+    expect(report).toMatchObject({ compromisedVersion: 2, rotatedTo: 3, unreadableVersions: [2], rewrapVersions: [1] });
+    expect(report.key.primaryVersion).toBe(3);
+    const compromised = await decrypt(cwd, 'app', v2);
+    expect(compromised.code).toBe(1);
+    expect(oneLine(compromised.stderr)).toMatch(/v2 is compromised/);
+
+    const enabled = await cli(['key', 'destroy', 'app', '1'], { cwd });
+    expect(oneLine(enabled.stderr)).toMatch(/v1 is enabled; disable it first/);
+    await cli(['key', 'disable', 'app', '1'], { cwd });
+    const early = await cli(['key', 'destroy', 'app', '1'], { cwd });
+    expect(early.code).toBe(1);
+    expect(oneLine(early.stderr)).toMatch(/grace period.* with --force$/);
+    const destroyed = await cli(['key', 'destroy', 'app', '1', '--force'], { cwd });
+    expect(destroyed.code).toBe(0);
+    expect(destroyed.out).toBe('Destroyed app v1: its material is erased.\n');
+    const gone = await decrypt(cwd, 'app', v1);
+    expect(gone.code).toBe(1);
+    expect(oneLine(gone.stderr)).toMatch(/v1 was destroyed/);
+    expect((await decrypt(cwd, 'app', await encrypt(cwd, 'app', 'three'))).out).toBe('three');
+  });
+
+  it('list shows age, uses and the next rotation due; rotate --due rotates only what is due', async () => {
+    const cwd = await initialized();
+    await cli(['key', 'create', 'busy'], { cwd });
+    await cli(['key', 'create', 'quiet'], { cwd });
+    await encrypt(cwd, 'busy', 'x');
+    const list = await cli(['key', 'list'], { cwd });
+    expect(list.code).toBe(0);
+    const lines = list.out.trimEnd().split('\n');
+    expect(lines[0]).toMatch(/^NAME\s+ID\s+PRIMARY\s+SCOPE\s+CREATED\s+AGE\s+USES\s+ROTATE BY$/);
+    // One CLI encrypt reserves the first block of uses (64), counted as used.
+    expect(lines[1]).toMatch(/^busy\s+kek_\S+\s+v1\s+-\s+\S+\s+<1h\s+64\s+\d{4}-\d\d-\d\dT/);
+    expect(lines[2]).toMatch(/^quiet\s+kek_\S+\s+v1\s+-\s+\S+\s+<1h\s+0\s+\d{4}-/);
+    const json = JSON.parse((await cli(['key', 'list', '--json'], { cwd })).out);
+    const due = new Date(json[0].nextRotationDue).getTime() - new Date(json[0].versions[0].createdAt).getTime();
+    expect(due).toBe(90 * 86_400_000);
+    expect(json[0].rotation).toEqual({ maxAgeMs: 90 * 86_400_000, maxUses: 2 ** 31 });
+
+    expect((await cli(['key', 'rotate', '--due'], { cwd })).out).toBe('No key is due for rotation.\n');
+    expect((await cli(['key', 'policy', 'busy', '--max-uses', '10'], { cwd })).code).toBe(0);
+    const r = await cli(['key', 'rotate', '--due', '--json'], { cwd });
+    expect(r.code).toBe(0);
+    expect(JSON.parse(r.out)).toMatchObject([
+      { key: 'busy', reasons: ['uses'], fromVersion: 1, toVersion: 2, outcome: 'rotated' },
+    ]);
+    expect((await cli(['key', 'rotate', '--due'], { cwd })).out).toBe('No key is due for rotation.\n');
+
+    const both = await cli(['key', 'rotate', 'busy', '--due'], { cwd });
+    expect(both.code).toBe(2);
+  });
+
+  it('retire sets the minimum decryption version; lowering it again restores decryption', async () => {
+    const cwd = await initialized();
+    await cli(['key', 'create', 'k'], { cwd });
+    const v1 = await encrypt(cwd, 'k', 'old');
+    await cli(['key', 'rotate', 'k'], { cwd });
+    const r = await cli(['key', 'retire', 'k', '--min-version', '2'], { cwd });
+    expect(r.code).toBe(0);
+    expect(oneLine((await decrypt(cwd, 'k', v1)).stderr)).toMatch(/retired/);
+    await cli(['key', 'retire', 'k', '--min-version', '1'], { cwd });
+    expect((await decrypt(cwd, 'k', v1)).out).toBe('old');
+  });
+
+  it('destroying the last version of a key needs --confirm-last-version', async () => {
+    const cwd = await initialized();
+    await cli(['key', 'create', 'tenant-x'], { cwd });
+    const last = await cli(['key', 'disable', 'tenant-x', '1'], { cwd });
+    expect(oneLine(last.stderr)).toMatch(/with --confirm-last-version$/);
+    expect((await cli(['key', 'disable', 'tenant-x', '1', '--confirm-last-version'], { cwd })).code).toBe(0);
+    expect((await cli(['key', 'destroy', 'tenant-x', '1', '--force'], { cwd })).code).toBe(1);
+    const ok = await cli(['key', 'destroy', 'tenant-x', '1', '--force', '--confirm-last-version', '--json'], {
+      cwd,
+    });
+    expect(ok.code).toBe(0);
+    expect(JSON.parse(ok.out).versions[0]).toMatchObject({ version: 1, state: 'destroyed' });
+  });
+
+  it('each lifecycle command has --help naming its options', async () => {
+    const cwd = await initialized();
+    for (const [verb, flags] of [
+      ['disable', ['<version>', '--confirm-last-version', '--json']],
+      ['enable', ['<version>', '--json']],
+      ['compromise', ['<version>', '--no-rotate', '--json']],
+      ['destroy', ['<version>', '--force', '--confirm-last-version', '--json']],
+      ['rotate', ['--due', '--json']],
+      ['retire', ['--min-version', '--json']],
+      ['policy', ['--max-age-days', '--max-uses', '--default', '--json']],
+    ] as const) {
+      const r = await cli(['key', verb, '--help'], { cwd });
+      expect(r.code, verb).toBe(0);
+      for (const flag of flags) expect(r.out, `${verb} ${flag}`).toContain(flag);
+    }
+  });
+});
