@@ -60,3 +60,20 @@ export {
   type RootRotateResult,
   rotateRootStoreDir,
 } from './root.js';
+export {
+  type FolderAgentOptions,
+  type KeyServiceOptions,
+  type OpenFolderOptions,
+  openFolderKeywarden,
+  openKeyService,
+  readUnsealKey,
+  resolveAgentSocket,
+  resolveUnsealSource,
+  type ServiceSurroundings,
+  startFolderAgent,
+  UNSEAL_KEY_FILE_NOT_APPLICABLE,
+  type UnsealSource,
+  type UnsealSourceOptions,
+  unsealRoot,
+  withKeyService,
+} from './service.js';

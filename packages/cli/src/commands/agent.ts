@@ -1,47 +1,24 @@
 /**
  * `keywarden agent`: the long-running process that holds a split-knowledge store's root. The
- * server is @keywarden/agent's AgentServer; this command parses the options, opens D's store,
- * starts the server over it, prints the log lines, and stops on a signal.
+ * server is @keywarden/agent's AgentServer, started over D's store by @keywarden/ceremony's
+ * startFolderAgent; this command parses the options, prints the log lines, and stops on a signal.
  */
 import type { Command } from 'commander';
 import { InvalidArgumentError } from 'commander';
 import {
-  AgentServer,
   DEFAULT_IDLE_TIMEOUT_SECONDS,
   DEFAULT_LINE_TIMEOUT_SECONDS,
   DEFAULT_MAX_CONNECTIONS,
   DEFAULT_UNSEAL_TIMEOUT_SECONDS,
 } from '@keywarden/agent';
-import { type KeyStore, KeyStoreError, SoftwareRoot } from '@keywarden/core';
-import { CliError } from '../errors.js';
+import { startFolderAgent } from '@keywarden/ceremony';
 import type { CliIO } from '../io.js';
-import { AGENT_SOCKET_ENV, AGENT_SOCKET_FILE, openStoreFile, requireStore } from '../store-dir.js';
+import { AGENT_SOCKET_ENV, AGENT_SOCKET_FILE } from '../store-dir.js';
 
 /** What key-using clients are told while the agent is sealed. */
 const SEALED_MESSAGE =
   'keystore: sealed; unseal the root before using keys (the agent is sealed: unseal it with a quorum of shares, `keywarden unseal`)';
 
-/**
- * The store's split-knowledge root, sealed. At start a development-mode store is refused (its
- * commands unseal it themselves); later (reloads after a seal) a store that stopped being
- * split-knowledge is reported to clients, and the agent keeps its sealed root.
- */
-function splitRootLoader(): (store: KeyStore) => Promise<SoftwareRoot> {
-  let started = false;
-  return async (store) => {
-    const root = await SoftwareRoot.load(store);
-    if (root.document.unseal.method !== 'shamir') {
-      await root.close();
-      throw started
-        ? new KeyStoreError('agent: the key store is no longer split-knowledge; stop this agent')
-        : new CliError(
-            'this key store is in development mode (unseal key file or environment variable): commands use it directly, no agent is needed',
-          );
-    }
-    started = true;
-    return root;
-  };
-}
 import { locationOf, socketOf } from './_common.js';
 
 /** Seconds, possibly fractional, up to the UnsealSession's limit (~24.8 days). */
@@ -140,22 +117,20 @@ The log (stderr) names share indices and counts, never a share or a key.`,
         io.stderr.write(`keywarden agent: ${line}\n`);
       };
       const timeoutSeconds = opts.unsealTimeout ?? DEFAULT_UNSEAL_TIMEOUT_SECONDS;
-      await requireStore(loc);
-      // Never create or initialize a store (only `init` does): an empty file is refused as it is.
-      const store = openStoreFile(loc, 'write');
-      const agent = await AgentServer.start({
-        socket,
-        store,
-        ownsStore: true,
-        root: splitRootLoader(),
+      const agent = await startFolderAgent(
+        loc,
+        {
+          socket: socket.path,
         unsealTimeoutMs: Math.round(timeoutSeconds * 1000),
         log,
         sealedMessage: SEALED_MESSAGE,
         ...(opts.idleTimeout !== undefined ? { idleTimeoutMs: Math.round(opts.idleTimeout * 1000) } : {}),
         ...(opts.lineTimeout !== undefined ? { lineTimeoutMs: Math.round(opts.lineTimeout * 1000) } : {}),
         ...(opts.maxConnections !== undefined ? { maxConnections: opts.maxConnections } : {}),
-        ...(opts.allowInspector ? { allowInspector: true } : {}),
-      });
+          ...(opts.allowInspector ? { allowInspector: true } : {}),
+        },
+        { cwd: io.cwd, env: io.env },
+      );
       log(`serving ${socket.display} for the key store in ${loc.display} (pid ${process.pid})`);
       log(`sealed: unseal with ${agent.describeSealed()} (\`keywarden unseal\`)`);
       await untilAborted(io.signal);

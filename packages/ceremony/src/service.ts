@@ -1,0 +1,382 @@
+/**
+ * Using a key-store folder's keys: where the unseal secret comes from, and a local Keywarden or a
+ * connection to the folder's running agent — what every key-using `keywarden` command does, for an
+ * application.
+ *
+ * Opening a store and unsealing it are separate steps: metadata-only callers never touch an unseal
+ * secret. Where the secret comes from is an `UnsealSource`, chosen from the sealed root document's
+ * `unseal.method`:
+ *  - "key" (development mode): a key in text form, from $KEYWARDEN_UNSEAL_KEY or a file; the caller
+ *    unseals a root of its own and does the key operations in its process;
+ *  - "shamir" (split knowledge): the unseal key exists only while a quorum of shares is being
+ *    combined, inside a long-running agent; the caller does not unseal anything itself but sends
+ *    its key operations to the agent over its socket (@keywarden/agent's AgentClient).
+ * Either way the caller gets a `KeyService`, and envelope encryption itself always runs in the
+ * caller's own process (core's functions take any DataKeyProvider).
+ *
+ * Nothing here prompts or prints: a permission warning goes to `onWarning`; failures are core's
+ * typed errors, and no message ever holds an unseal key.
+ */
+import { readFile, stat } from 'node:fs/promises';
+import * as path from 'node:path';
+import {
+  AgentClient,
+  AgentServer,
+  type AgentServerOptions,
+  isAgentUnavailable,
+  type KeyService,
+  type SocketLocation,
+} from '@keywarden/agent';
+import {
+  decodeUnsealKey,
+  InvalidInputError,
+  type KeyStore,
+  KeyStoreError,
+  KeystoreSealedError,
+  Keywarden,
+  KeywardenError,
+  ROOT_MISSING_MESSAGE,
+  RootMissingError,
+  readRootState,
+  SoftwareRoot,
+  type UnsealMethod,
+  UnsealError,
+  wipe,
+} from '@keywarden/core';
+import {
+  AGENT_SOCKET_ENV,
+  AGENT_SOCKET_FILE,
+  displayPath,
+  MissingRoot,
+  openSealed,
+  openStoreFile,
+  requireStore,
+  type StoreLocation,
+  type Surroundings,
+  UNSEAL_KEY_ENV,
+} from './layout.js';
+
+/** Where relative paths start, which environment applies, and where warnings go. */
+export interface ServiceSurroundings extends Surroundings {
+  /** A non-fatal warning (an unseal key file others can read), one line without a prefix. */
+  onWarning?: (message: string) => void;
+}
+
+function surroundingsOf(at: Partial<ServiceSurroundings> | undefined): ServiceSurroundings {
+  return {
+    cwd: at?.cwd ?? process.cwd(),
+    env: at?.env ?? process.env,
+    ...(at?.onWarning ? { onWarning: at.onWarning } : {}),
+  };
+}
+
+/** The folder's agent socket: `socket`, else $KEYWARDEN_AGENT_SOCKET, else D/agent.sock. */
+export function resolveAgentSocket(at: Surroundings, loc: StoreLocation, socket?: string): SocketLocation {
+  const raw = socket ?? nonEmpty(at.env[AGENT_SOCKET_ENV]);
+  const p = raw === undefined ? path.join(loc.dir, AGENT_SOCKET_FILE) : path.resolve(at.cwd, raw);
+  return { path: p, display: displayPath(p, at.cwd) };
+}
+
+// ── Unseal sources ────────────────────────────────────────────────────────────────────────────
+
+/**
+ * Where the unseal secret comes from: a development-mode key (environment or file), or, for a
+ * split-knowledge store, the agent that a quorum unsealed (the key never reaches this process).
+ */
+export type UnsealSource =
+  | { kind: 'env'; variable: string; value: string }
+  | { kind: 'file'; path: string; display: string; explicit: boolean }
+  | { kind: 'agent'; socket: SocketLocation };
+
+export interface UnsealSourceOptions {
+  /** How the store's root is unsealed (its sealed document's `unseal.method`); default "key". */
+  method?: UnsealMethod['method'];
+  /** An explicit unseal key file (development mode only). */
+  unsealKeyFile?: string;
+  /** The agent's socket (split knowledge); default $KEYWARDEN_AGENT_SOCKET, else D/agent.sock. */
+  socket?: string;
+}
+
+/** The refusal of an explicit unseal key file for a split-knowledge store (an InvalidInputError). */
+export const UNSEAL_KEY_FILE_NOT_APPLICABLE =
+  '--unseal-key-file does not apply: this key store is sealed by split knowledge (unseal it with `keywarden unseal`)';
+
+/**
+ * Development mode: $KEYWARDEN_UNSEAL_KEY if set, else `unsealKeyFile`, else D/unseal.key.
+ * Split knowledge (method "shamir"): the agent's socket; an explicit `unsealKeyFile` is then an
+ * InvalidInputError (such a store has no unseal key to give), while an unseal key in the
+ * environment is ignored (it may be set for other stores).
+ */
+export function resolveUnsealSource(
+  at: Surroundings,
+  loc: StoreLocation,
+  options: UnsealSourceOptions = {},
+): UnsealSource {
+  if (options.method === 'shamir') {
+    if (options.unsealKeyFile !== undefined) {
+      throw new InvalidInputError(UNSEAL_KEY_FILE_NOT_APPLICABLE);
+    }
+    return { kind: 'agent', socket: resolveAgentSocket(at, loc, options.socket) };
+  }
+  const fromEnv = nonEmpty(at.env[UNSEAL_KEY_ENV]);
+  if (fromEnv !== undefined) return { kind: 'env', variable: UNSEAL_KEY_ENV, value: fromEnv };
+  if (options.unsealKeyFile !== undefined) {
+    const p = path.resolve(at.cwd, options.unsealKeyFile);
+    return { kind: 'file', path: p, display: displayPath(p, at.cwd), explicit: true };
+  }
+  return {
+    kind: 'file',
+    path: loc.defaultUnsealKeyPath,
+    display: displayPath(loc.defaultUnsealKeyPath, at.cwd),
+    explicit: false,
+  };
+}
+
+/**
+ * Read the 32-byte unseal key a source holds; the caller wipes it. A file that group or others can
+ * read is reported to `onWarning` (like ssh with a private key). Errors never echo the key:
+ * UnsealError when there is none, InvalidInputError when it is not a valid unseal key,
+ * KeystoreSealedError for an agent source (split knowledge has no key to read).
+ */
+export async function readUnsealKey(
+  source: UnsealSource,
+  at: Pick<ServiceSurroundings, 'onWarning'> = {},
+): Promise<Uint8Array> {
+  if (source.kind === 'agent') throw splitKnowledgeError();
+  if (source.kind === 'env') {
+    try {
+      return decodeUnsealKey(source.value);
+    } catch (err) {
+      throw new InvalidInputError(`${source.variable} does not hold a valid unseal key (${messageOf(err)})`, {
+        cause: err,
+      });
+    }
+  }
+  let text: string;
+  try {
+    const st = await stat(source.path);
+    if (process.platform !== 'win32' && (st.mode & 0o077) !== 0) {
+      at.onWarning?.(
+        `unseal key file ${source.display} is accessible to group or others (mode ${(st.mode & 0o777).toString(8)}); run chmod 600 on it`,
+      );
+    }
+    const bytes = await readFile(source.path);
+    text = bytes.toString('utf8');
+    wipe(bytes);
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'ENOENT') {
+      throw new UnsealError(
+        source.explicit
+          ? `no such unseal key file: ${source.display}`
+          : `no unseal key: set ${UNSEAL_KEY_ENV}, pass --unseal-key-file, or keep the key in ${source.display}`,
+      );
+    }
+    throw err;
+  }
+  try {
+    return decodeUnsealKey(text);
+  } catch (err) {
+    throw new InvalidInputError(`${source.display} does not hold a valid unseal key (${messageOf(err)})`, {
+      cause: err,
+    });
+  }
+}
+
+/**
+ * Unseal a loaded development-mode root with the key from `source`. A split-knowledge root is never
+ * unsealed here: its key operations go through the agent (openKeyService).
+ */
+export async function unsealRoot(
+  root: SoftwareRoot,
+  source: UnsealSource,
+  at: Pick<ServiceSurroundings, 'onWarning'> = {},
+): Promise<void> {
+  if (root.document.unseal.method !== 'key' || source.kind === 'agent') throw splitKnowledgeError();
+  const key = await readUnsealKey(source, at);
+  try {
+    await root.unseal(key);
+  } finally {
+    wipe(key);
+  }
+}
+
+// ── Opening ───────────────────────────────────────────────────────────────────────────────────
+
+export interface OpenFolderOptions {
+  /** Unseal the root with this source; omit to leave it sealed (metadata only). */
+  unseal?: UnsealSource;
+  /**
+   * Metadata only: open a store whose root was destroyed (its tombstone says so) too, read-only,
+   * with a MissingRoot in its place, so its keys can still be listed. A store with neither a root
+   * nor a tombstone is damaged, not destroyed: RootMissingError, whatever this says.
+   */
+  allowMissingRoot?: boolean;
+}
+
+/** D's store and root as a Keywarden that owns both: close it when done. */
+export async function openFolderKeywarden(
+  loc: StoreLocation,
+  options: OpenFolderOptions = {},
+  at: Pick<ServiceSurroundings, 'onWarning'> = {},
+): Promise<Keywarden> {
+  if (options.allowMissingRoot && !options.unseal) {
+    await requireStore(loc);
+    const store: KeyStore = openStoreFile(loc, 'read');
+    try {
+      // Destroyed only when the store says so (its tombstone); neither root nor tombstone is damage.
+      const state = await readRootState(store);
+      if (state.state === 'missing') throw new RootMissingError(ROOT_MISSING_MESSAGE);
+      if (state.state === 'destroyed')
+        return new Keywarden({ store, root: new MissingRoot(), ownsStore: true, ownsRoot: true });
+      if (state.tombstone)
+        return new Keywarden({ store, root: new MissingRoot(true), ownsStore: true, ownsRoot: true });
+      return new Keywarden({ store, root: await SoftwareRoot.load(store), ownsStore: true, ownsRoot: true });
+    } catch (err) {
+      await store.close().catch(() => {});
+      throw err;
+    }
+  }
+  const { store, root } = await openSealed(loc);
+  try {
+    if (options.unseal) await unsealRoot(root, options.unseal, at);
+    return new Keywarden({ store, root, ownsStore: true, ownsRoot: true });
+  } catch (err) {
+    await root.close().catch(() => {});
+    await store.close().catch(() => {});
+    throw err;
+  }
+}
+
+export interface KeyServiceOptions {
+  /** Development mode: an explicit unseal key file (else $KEYWARDEN_UNSEAL_KEY, else D/unseal.key). */
+  unsealKeyFile?: string;
+  /** Split knowledge: the agent's socket (else $KEYWARDEN_AGENT_SOCKET, else D/agent.sock). */
+  socket?: string;
+  /** How long to wait for the agent's connection and hello; @keywarden/agent's default otherwise. */
+  connectTimeoutMs?: number;
+}
+
+/**
+ * The KeyService for D's store: an unsealed Keywarden in development mode, or a connection to the
+ * store's agent under split knowledge (KeystoreSealedError when no agent answers). Close it when
+ * done.
+ */
+export async function openKeyService(
+  loc: StoreLocation,
+  options: KeyServiceOptions = {},
+  surroundings?: Partial<ServiceSurroundings>,
+): Promise<KeyService> {
+  const at = surroundingsOf(surroundings);
+  const { store, root } = await openSealed(loc);
+  let source: UnsealSource;
+  try {
+    source = resolveUnsealSource(at, loc, {
+      method: root.document.unseal.method,
+      ...(options.unsealKeyFile !== undefined ? { unsealKeyFile: options.unsealKeyFile } : {}),
+      ...(options.socket !== undefined ? { socket: options.socket } : {}),
+    });
+    if (source.kind !== 'agent') {
+      await unsealRoot(root, source, at);
+      return new Keywarden({ store, root, ownsStore: true, ownsRoot: true });
+    }
+  } catch (err) {
+    await root.close().catch(() => {});
+    await store.close().catch(() => {});
+    throw err;
+  }
+  // Split knowledge: this process never holds the root; close it before talking to the agent.
+  await root.close();
+  await store.close();
+  try {
+    return await AgentClient.connect(
+      source.socket,
+      options.connectTimeoutMs !== undefined ? { connectTimeoutMs: options.connectTimeoutMs } : {},
+    );
+  } catch (err) {
+    if (isAgentUnavailable(err)) throw splitKnowledgeError(source.socket, err);
+    throw err;
+  }
+}
+
+/** openKeyService, run `fn`, and always close. */
+export async function withKeyService<T>(
+  loc: StoreLocation,
+  options: KeyServiceOptions,
+  fn: (keys: KeyService) => Promise<T>,
+  surroundings?: Partial<ServiceSurroundings>,
+): Promise<T> {
+  const keys = await openKeyService(loc, options, surroundings);
+  try {
+    return await fn(keys);
+  } finally {
+    await keys.close();
+  }
+}
+
+// ── The folder's agent ────────────────────────────────────────────────────────────────────────
+
+export interface FolderAgentOptions
+  extends Omit<AgentServerOptions, 'socket' | 'store' | 'root' | 'ownsStore' | 'ownsRoot'> {
+  /** Where to listen; default $KEYWARDEN_AGENT_SOCKET, else D/agent.sock. */
+  socket?: string;
+}
+
+/**
+ * Start an agent over D's split-knowledge store, sealed, listening on the folder's socket. The
+ * agent owns the store (it is closed with the agent) and loads the root again after every seal, so
+ * a rekey or root rotation done meanwhile is picked up. A development-mode store is refused at
+ * start (InvalidInputError: its users unseal it themselves); one that stops being split-knowledge
+ * later is reported to clients and the agent keeps its sealed root.
+ */
+export async function startFolderAgent(
+  loc: StoreLocation,
+  options: FolderAgentOptions = {},
+  surroundings?: Partial<Surroundings>,
+): Promise<AgentServer> {
+  const at = surroundingsOf(surroundings);
+  const { socket, ...rest } = options;
+  await requireStore(loc);
+  // Never create or initialize a store (only an init does): an empty file is refused as it is.
+  const store = openStoreFile(loc, 'write');
+  let started = false;
+  try {
+    return await AgentServer.start({
+      ...rest,
+      socket: resolveAgentSocket(at, loc, socket),
+      store,
+      ownsStore: true,
+      root: async (s: KeyStore) => {
+        const root = await SoftwareRoot.load(s);
+        if (root.document.unseal.method !== 'shamir') {
+          await root.close();
+          throw started
+            ? new KeyStoreError('agent: the key store is no longer split-knowledge; stop this agent')
+            : new InvalidInputError(
+                'this key store is in development mode (unseal key file or environment variable): commands use it directly, no agent is needed',
+              );
+        }
+        started = true;
+        return root;
+      },
+    });
+  } catch (err) {
+    await store.close().catch(() => {});
+    throw err;
+  }
+}
+
+function splitKnowledgeError(socket?: SocketLocation, cause?: unknown): KeystoreSealedError {
+  const where = socket ? ` (no agent answers on ${socket.display})` : '';
+  return new KeystoreSealedError(
+    `this key store is sealed by split knowledge${where}; start \`keywarden agent\` and unseal it with a quorum (\`keywarden unseal\`)`,
+    cause === undefined ? undefined : { cause },
+  );
+}
+
+function nonEmpty(v: string | undefined): string | undefined {
+  return v === undefined || v === '' ? undefined : v;
+}
+
+function messageOf(err: unknown): string {
+  return KeywardenError.isInstance(err) ? err.message : 'unreadable';
+}
