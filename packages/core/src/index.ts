@@ -161,6 +161,13 @@ export {
   decodeRootTombstone,
 } from './root-tombstone.js';
 export * as keyStoreChecks from './keystore-checks.js';
+export {
+  rewrapRecords,
+  type RewrapRecord,
+  type RewrapUpdate,
+  type RewrapProgress,
+  type RewrapJobOptions,
+} from './rewrap-job.js';
 export * from './audit/index.js';
 export * from './policy/index.js';
 export {

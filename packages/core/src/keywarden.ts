@@ -33,6 +33,7 @@ import {
   type EnvelopeDecryptOptions,
   type EnvelopeEncryptOptions,
   encryptEnvelope,
+  inspectEnvelope,
 } from './envelope.js';
 import { type KeySnapshot, type LifecycleOp, nextVersionNumber, planTransition } from './_lifecycle.js';
 import {
@@ -636,6 +637,83 @@ export class Keywarden implements DataKeyProvider {
       return unwrapDataKey(kek.material, parsed, context, scheduleOf(kek));
     } finally {
       this.#release(kek);
+    }
+  }
+
+  // ── Rewrap: move data onto the key's current primary version ──────────────────────────────────
+
+  /**
+   * Re-wrap a data key made by generateDataKey under the current primary version of the key it is
+   * wrapped under, without touching what the DEK encrypts: one unwrap and one wrap, whatever the
+   * payload size. Refused like an unwrap (expected key, context, the version's state: a
+   * compromised, destroyed or retired version cannot be rewrapped). `changed` is false when the
+   * data key is already under the primary (the same bytes are returned).
+   */
+  async rewrapDataKey(
+    wrapped: Uint8Array,
+    context: EncryptionContext | undefined,
+    expected: KeyExpectation,
+  ): Promise<{ wrapped: Uint8Array; changed: boolean; fromVersion: number; toVersion: number }> {
+    this.#checkOpen();
+    const parsed = parseWrappedKey(wrapped);
+    const primary = this.#primaryHit(parsed.keyId) ?? (await this.#resolvePrimary(parsed.keyId));
+    if (parsed.version === primary.version) {
+      // Still checked as an unwrap would be (expected key, context, state), so "unchanged" never
+      // vouches for a data key that does not open.
+      wipe(await this.decryptDataKey(wrapped, context, expected));
+      return { wrapped, changed: false, fromVersion: parsed.version, toVersion: primary.version };
+    }
+    const dek = await this.decryptDataKey(wrapped, context, expected);
+    try {
+      const slot = `${primary.keyId}:${primary.version}`;
+      const kek = this.#kekHit(slot) ?? (await this.#kek(primary.keyId, primary.version, slot));
+      try {
+        if (!this.#takeUse(kek)) await this.#reserveUse(kek, primary.keyId, primary.version);
+        let out: Uint8Array;
+        if (kek.inRoot) out = (await this.#wrapInRoot(kek.inRoot, primary, dek, context)).wrapped;
+        else {
+          const nonce = await this.#random.randomBytes(WRAP_NONCE_BYTES);
+          assertUsableKek(kek.material, primary);
+          out = wrapDataKey(kek.material, primary, dek, context, nonce, undefined, scheduleOf(kek));
+        }
+        return { wrapped: out, changed: true, fromVersion: parsed.version, toVersion: primary.version };
+      } finally {
+        this.#release(kek);
+      }
+    } finally {
+      wipe(dek);
+    }
+  }
+
+  /**
+   * Move an envelope onto the key's current primary version. The envelope format binds its whole
+   * header, wrapped DEK included, into the body's authentication (docs/format.md §8 "Rewrap"), so
+   * this decrypts and re-encrypts (a new DEK, message id and nonce; a signed envelope is signed
+   * again); an envelope already under the primary is returned unchanged. For rewraps that cost one
+   * unwrap and one wrap whatever the size, store data keys (generateDataKey) and use rewrapDataKey.
+   * Single-shot envelopes; framed ones through createDecryptStream → createEncryptStream.
+   */
+  async rewrapEnvelope(
+    envelope: Uint8Array,
+    options: EnvelopeDecryptOptions,
+  ): Promise<{ envelope: Uint8Array; changed: boolean; fromVersion: number; toVersion: number }> {
+    this.#checkOpen();
+    checkOptions(options, DECRYPT_OPTIONS, 'rewrapEnvelope');
+    const info = inspectEnvelope(envelope);
+    const primary = this.#primaryHit(info.keyId) ?? (await this.#resolvePrimary(info.keyId));
+    const plaintext = await this.decrypt(envelope, options);
+    try {
+      if (info.keyVersion === primary.version) {
+        return { envelope, changed: false, fromVersion: info.keyVersion, toVersion: primary.version };
+      }
+      const out = await this.encrypt(plaintext, {
+        key: info.keyId,
+        ...(options.context !== undefined ? { context: options.context } : {}),
+        ...(info.signed ? { signed: true } : {}),
+      });
+      return { envelope: out, changed: true, fromVersion: info.keyVersion, toVersion: primary.version };
+    } finally {
+      wipe(plaintext);
     }
   }
 
