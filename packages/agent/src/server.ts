@@ -55,6 +55,7 @@ import {
   KeystoreSealedError,
   Keywarden,
   recordAudit,
+  redactSecrets,
   ROOT_META_NAME,
   ROOT_MISSING_MESSAGE,
   ROOT_TOMBSTONE_META_NAME,
@@ -194,7 +195,7 @@ export class AgentServer {
     const factory = typeof options.root === 'function' ? options.root : undefined;
     this.#settings = {
       unsealTimeoutMs: options.unsealTimeoutMs ?? DEFAULT_UNSEAL_TIMEOUT_SECONDS * 1000,
-      log: options.log ?? (() => {}),
+      log: scrubbedLog(options.log),
       sealedMessage: options.sealedMessage ?? DEFAULT_SEALED_MESSAGE,
       allowInspector: options.allowInspector === true,
       ownsStore: options.ownsStore === true,
@@ -219,7 +220,7 @@ export class AgentServer {
   static async start(options: AgentServerOptions): Promise<AgentServer> {
     checkOptions(options);
     const socket = socketLocation(options.socket);
-    const log = options.log ?? (() => {});
+    const log = scrubbedLog(options.log);
     const ownsStore = options.ownsStore === true;
     let agent: AgentServer | undefined;
     let root: RootOfTrust | undefined;
@@ -671,6 +672,11 @@ export class AgentServer {
     this.#lock = run.catch(() => {});
     return run;
   }
+}
+
+/** The agent's log passes through core's redactor: a secret in an error message never reaches it. */
+function scrubbedLog(log: ((line: string) => void) | undefined): (line: string) => void {
+  return log ? (line) => log(redactSecrets(line)) : () => {};
 }
 
 function checkOptions(options: AgentServerOptions): void {

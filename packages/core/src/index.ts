@@ -179,3 +179,14 @@ export {
   updatePolicy,
   recordAudit,
 } from './guard.js';
+export {
+  type RedactOptions,
+  type Redactor,
+  REDACTED,
+  DEFAULT_REDACT_FIELDS,
+  createRedactor,
+  redactSecrets,
+  redactValue,
+  pinoRedaction,
+  createRedactTransform,
+} from './redact.js';
