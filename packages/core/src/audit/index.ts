@@ -23,3 +23,11 @@ export {
   readStoreAuditLines,
 } from './sinks.js';
 export { AuditLog, type AuditLogOptions, type AuditDurability } from './audit-log.js';
+export {
+  AnomalyDetector,
+  type Anomaly,
+  type AnomalyKind,
+  type AnomalyOptions,
+  type ObservedRecord,
+  detectAnomalies,
+} from './anomaly.js';
