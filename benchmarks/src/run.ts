@@ -12,8 +12,10 @@
  * with its committing, non-signing suite (ALG_AES256_GCM_IV12_TAG16_HKDF_SHA512_COMMIT_KEY: the fair
  * peer, the same guarantees as a Keywarden envelope) and with its default suite (the same plus an
  * ECDSA P-384 signature per message, which Keywarden does not do: not a like-for-like comparison).
- * Rows for the PKCS#11 and TPM roots (raw pkcs11js / ESAPI loops), audit on/off and bulk rewrap come
- * with those backends and features; no row stands in for them. The agent round trip (AgentClient
+ * The PKCS#11 root's rows (KEK in the HSM and in memory, against a raw pkcs11js loop on the same
+ * SoftHSM2 token, started by harness/softhsm.sh) are ungated (_pkcs11-groups.ts; wall-clock scaling
+ * and event-loop delay: pkcs11.ts). Rows for the TPM root (ESAPI loops), audit on/off and bulk
+ * rewrap come with those backends and features; no row stands in for them. The agent round trip (AgentClient
  * against an in-process call) is not written yet (README.md).
  */
 import {
@@ -52,6 +54,7 @@ import { AgentClient, AgentServer } from '@keywarden/agent';
 import { combineShares, splitSecret } from '@keywarden/split-knowledge';
 import { combine as rawCombine, split as rawSplit } from 'shamir-secret-sharing';
 import { esdkPeer } from './_esdk.js';
+import { pkcs11Groups } from './_pkcs11-groups.js';
 import { calibrate, type Fn, median, opsPerSecond } from './_measure.js';
 import { rawXaesSubkey } from './_raw-xaes.js';
 import { type Kind, type Meta, markdown, type Row, svg, type Target } from './_report.js';
@@ -514,7 +517,13 @@ async function buildGroups(): Promise<{ groups: Group[]; close: () => Promise<vo
     ],
   });
 
+  // The PKCS#11 root on a SoftHSM2 token started by harness/softhsm.sh (ungated rows).
+  const wantPkcs11 = !ONLY || ONLY.test('PKCS#11 data key wrap + unwrap');
+  const p11 = wantPkcs11 ? await pkcs11Groups(CONCURRENCY) : undefined;
+  if (p11) groups.push(...p11.groups);
+
   const close = async () => {
+    await p11?.close();
     await agentClient.close();
     await agent.close();
     rmSync(agentDir, { recursive: true, force: true });

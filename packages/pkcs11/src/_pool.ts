@@ -47,6 +47,8 @@ interface Slot {
   worker: Worker;
   inFlight: Map<number, Pending>;
   alive: boolean;
+  /** Requests waiting for the end of this turn of the event loop, sent then as one message. */
+  outbox: WorkerRequest[];
 }
 
 export interface PoolOptions extends WorkerConfig {
@@ -119,7 +121,7 @@ export class WorkerPool {
   /** Test hook: the worker at `index` dies at once, as a crash would. */
   crashWorker(index: number): void {
     const slot = this.#slots[index % this.#slots.length] as Slot;
-    slot.worker.postMessage({ seq: ++this.#seq, op: 'crash' } satisfies WorkerRequest);
+    this.#enqueue(slot, { seq: ++this.#seq, op: 'crash' });
   }
 
   /** Test hook: C_Finalize from the worker at `index`, after the requests it was sent before. With
@@ -149,16 +151,18 @@ export class WorkerPool {
     const worker = new Worker(url, { workerData: this.#config });
     // A pool with no requests in flight must not keep the process alive.
     worker.unref();
-    const slot: Slot = { worker, inFlight: new Map(), alive: true };
-    worker.on('message', (reply: WorkerReply) => {
-      const p = slot.inFlight.get(reply.seq);
-      if (!p) return;
-      slot.inFlight.delete(reply.seq);
+    const slot: Slot = { worker, inFlight: new Map(), alive: true, outbox: [] };
+    worker.on('message', (replies: WorkerReply[]) => {
+      for (const reply of replies) {
+        const p = slot.inFlight.get(reply.seq);
+        if (!p) continue;
+        slot.inFlight.delete(reply.seq);
+        clearTimeout(p.timer);
+        wipeRequest(p.request);
+        if (reply.ok) p.resolve(reply.result);
+        else p.reject(toError(reply.error));
+      }
       this.#refreshRef(slot);
-      clearTimeout(p.timer);
-      wipeRequest(p.request);
-      if (reply.ok) p.resolve(reply.result);
-      else p.reject(toError(reply.error));
     });
     worker.on('error', () => {
       // An uncaught exception in the worker: 'exit' follows and does the replacement.
@@ -177,6 +181,7 @@ export class WorkerPool {
     slot.alive = false;
     const pending = [...slot.inFlight.values()];
     slot.inFlight.clear();
+    slot.outbox = [];
     if (this.#closed || !wasAlive) {
       for (const p of pending) {
         clearTimeout(p.timer);
@@ -223,15 +228,32 @@ export class WorkerPool {
       const p: Pending = { seq, request, resolve, reject, timer, retried };
       slot.inFlight.set(seq, p);
       this.#refreshRef(slot);
-      try {
-        slot.worker.postMessage({ ...request, seq } as WorkerRequest);
-      } catch (err) {
-        slot.inFlight.delete(seq);
-        clearTimeout(timer);
-        wipeRequest(request);
-        reject(new Pkcs11DeviceError('worker', '', 'the request could not be sent to the worker', { cause: err }));
-      }
+      this.#enqueue(slot, { ...request, seq } as WorkerRequest);
     });
+  }
+
+  /** Queue `message` for `slot`; the queue goes out as one message at the end of this turn. */
+  #enqueue(slot: Slot, message: WorkerRequest): void {
+    slot.outbox.push(message);
+    if (slot.outbox.length === 1) queueMicrotask(() => this.#flush(slot));
+  }
+
+  #flush(slot: Slot): void {
+    const batch = slot.outbox;
+    slot.outbox = [];
+    if (batch.length === 0) return;
+    try {
+      slot.worker.postMessage(batch);
+    } catch (err) {
+      for (const m of batch) {
+        const p = slot.inFlight.get(m.seq);
+        if (!p) continue;
+        slot.inFlight.delete(m.seq);
+        clearTimeout(p.timer);
+        wipeRequest(p.request);
+        p.reject(new Pkcs11DeviceError('worker', '', 'the request could not be sent to the worker', { cause: err }));
+      }
+    }
   }
 }
 

@@ -427,14 +427,22 @@ function transferOf(result: unknown): ArrayBuffer[] {
   return result instanceof Uint8Array && result.buffer instanceof ArrayBuffer ? [result.buffer] : [];
 }
 
-parentPort?.on('message', (r: WorkerRequest) => {
-  let reply: WorkerReply;
-  try {
-    reply = { seq: r.seq, ok: true, result: handle(r) };
-  } catch (err) {
-    reply = { seq: r.seq, ok: false, error: asFailure(r.op, err).failure };
+/** The pool sends requests in batches (what accumulated during one turn of its event loop) and
+ * gets one reply message per batch: one message-port round trip serves many requests. */
+parentPort?.on('message', (batch: WorkerRequest[]) => {
+  const replies: WorkerReply[] = [];
+  const transfer: ArrayBuffer[] = [];
+  for (const r of batch) {
+    let reply: WorkerReply;
+    try {
+      reply = { seq: r.seq, ok: true, result: handle(r) };
+    } catch (err) {
+      reply = { seq: r.seq, ok: false, error: asFailure(r.op, err).failure };
+    }
+    replies.push(reply);
+    // Results (ciphertext, opened key material) are moved to the main thread, not copied: no
+    // second copy stays in this thread's heap.
+    if (reply.ok) transfer.push(...transferOf(reply.result));
   }
-  // Results (ciphertext, opened key material) are moved to the main thread, not copied: no second
-  // copy stays in this thread's heap.
-  parentPort?.postMessage(reply, reply.ok ? transferOf(reply.result) : []);
+  parentPort?.postMessage(replies, transfer);
 });

@@ -1,0 +1,74 @@
+/**
+ * run.ts's PKCS#11 rows (ungated: kind "keywarden-pkcs11"): a data-key wrap + unwrap with the KEK in
+ * the HSM (every call an AES-GCM call in the token, through the worker pool) and with the KEK
+ * unwrapped into memory by the HSM root, against the raw pkcs11js loop on the same token and key
+ * object (the ceiling), as CPU-time ratios like every other row. The token is a SoftHSM2 this
+ * module starts with harness/softhsm.sh and removes in close(). Wall-clock throughput, pool
+ * scaling and event-loop delay are pkcs11.ts's (bench:pkcs11): CPU time cannot show them.
+ */
+import { randomBytes } from 'node:crypto';
+import { Keywarden, MemoryKeyStore } from '@keywarden/core';
+import { Pkcs11Root } from '@keywarden/pkcs11';
+import type { Kind } from './_report.js';
+import { RawPkcs11, startSoftHsm } from './_softhsm.js';
+
+interface Case {
+  label: string;
+  kind: Kind;
+  fn: () => unknown;
+  perCall?: number;
+}
+
+export async function pkcs11Groups(
+  concurrency: number,
+): Promise<{ groups: Array<{ name: string; cases: Case[] }>; close: () => Promise<void> }> {
+  const hsm = startSoftHsm();
+  const store = new MemoryKeyStore();
+  const root = await Pkcs11Root.open(hsm.uri('kw-bench-run'), { store, create: true });
+  const kw = new Keywarden({ store, root });
+  const k = await kw.createKey('in-hsm', { kekMode: 'root' });
+  await kw.createKey('in-memory', { kekMode: 'memory' });
+  const ref = (await store.getVersion(k.id, 1))?.wrappedMaterial.slice(5) as Uint8Array;
+  const raw = new RawPkcs11(hsm, ref);
+  const iv = new Uint8Array(randomBytes(12));
+  const aad = new Uint8Array(randomBytes(80));
+  const dek = new Uint8Array(randomBytes(32));
+  const context = { tenant: 'bench' };
+  const roundTrip = (key: string) => async () => {
+    const d = await kw.generateDataKey(key, context);
+    await kw.decryptDataKey(d.wrapped, context, { key });
+  };
+  const fanOut = (f: () => unknown) => () => Promise.all(Array.from({ length: concurrency }, f));
+  const RAW = 'raw pkcs11js loop, same token and key (C_Encrypt + C_Decrypt of 32 B)';
+  const groups = [
+    {
+      name: 'PKCS#11 data key wrap + unwrap (SoftHSM2)',
+      cases: [
+        { label: RAW, kind: 'raw' as Kind, fn: () => raw.wrapUnwrap(iv, aad, dek) },
+        { label: 'keywarden, KEK in the HSM (worker pool)', kind: 'keywarden-pkcs11' as Kind, fn: roundTrip('in-hsm') },
+        { label: 'keywarden, KEK in memory (HSM root)', kind: 'keywarden-pkcs11' as Kind, fn: roundTrip('in-memory') },
+      ],
+    },
+    {
+      name: `PKCS#11 data key wrap + unwrap, ${concurrency} concurrent callers (SoftHSM2)`,
+      cases: [
+        { label: RAW, kind: 'raw' as Kind, perCall: concurrency, fn: fanOut(() => raw.wrapUnwrap(iv, aad, dek)) },
+        {
+          label: 'keywarden, KEK in the HSM (worker pool)',
+          kind: 'keywarden-pkcs11' as Kind,
+          perCall: concurrency,
+          fn: fanOut(roundTrip('in-hsm')),
+        },
+      ],
+    },
+  ];
+  return {
+    groups,
+    close: async () => {
+      raw.close();
+      await kw.close();
+      await root.close();
+      hsm.stop();
+    },
+  };
+}
