@@ -496,6 +496,31 @@ async function buildGroups(): Promise<{ groups: Group[]; close: () => Promise<vo
     },
   );
 
+  // Rewrap (issue 10): moving a 1 MiB record onto the key's new primary. A stored data key is
+  // rewrapped with one unwrap and one wrap (the payload is not read); an envelope is decrypted and
+  // re-encrypted (the v1 format authenticates the wrapped DEK in the body). A key of its own, so
+  // that its rotation moves no other row.
+  await kw.createKey('bench-rewrap');
+  const rewrapDk = await kw.generateDataKey('bench-rewrap', context);
+  const rewrapEnv = await kw.encrypt(new Uint8Array(randomBytes(1024 * 1024)), { key: 'bench-rewrap', context });
+  await kw.rotateKey('bench-rewrap');
+  const rewrapExpected = { key: 'bench-rewrap' };
+  groups.push({
+    name: 'rewrap a 1 MiB record to the new primary',
+    cases: [
+      {
+        label: 'decrypt + re-encrypt the 1 MiB envelope (rewrapEnvelope)',
+        kind: 'raw',
+        fn: () => kw.rewrapEnvelope(rewrapEnv, { ...rewrapExpected, context }),
+      },
+      {
+        label: 'keywarden rewrapDataKey (payload untouched)',
+        kind: 'keywarden',
+        fn: () => kw.rewrapDataKey(rewrapDk.wrapped, context, rewrapExpected),
+      },
+    ],
+  });
+
   // The agent: the same data key unwrapped in this process and through @keywarden/agent over its
   // unix socket (the server runs in this process too, so CPU time counts both ends of the socket).
   const agentDir = mkdtempSync(join(tmpdir(), 'kw-bench-agent-'));
