@@ -526,6 +526,9 @@ export class TpmRoot implements RootOfTrust {
         'tpm: the PCR values differ from those the key was sealed under (TPM_RC_POLICY_FAIL); it cannot be unsealed in this machine state',
       );
     }
+    // TPM warnings (format zero, 0x900: out of object memory, retry, testing…) are about the TPM's
+    // state, not the blob: they stay device errors.
+    if (err instanceof TssError && err.layer === 0 && (err.base & 0x900) === 0x900) return err;
     if (err instanceof TssError || err instanceof InvalidInputError || err instanceof DecryptionError) {
       return new DecryptionError('root');
     }

@@ -175,17 +175,25 @@ export class Esys {
   }
 
   /** One ESAPI call on the worker pool under the deadline; rejects with the typed error. */
-  async #call(command: string, fn: NativeFn, args: unknown[], outs: unknown[][] = []): Promise<void> {
+  async #call(
+    command: string,
+    fn: NativeFn,
+    args: unknown[],
+    outs: unknown[][] = [],
+    created?: number[],
+  ): Promise<void> {
     this.#commands++;
     this.#inflight = true;
     const state = { timedOut: false };
     let rc: number;
     try {
-      rc = await asyncCall(fn, [this.#ctx, ...args], this.#timeoutMs, command, state, () => {
-        // Abandoned after the deadline: free what it returned, and the context if close() ran.
+      rc = await asyncCall(fn, [this.#ctx, ...args], this.#timeoutMs, command, state, (late) => {
+        // Abandoned after the deadline, and now answered: free what it returned, and flush what
+        // it created and every handle this context still holds (a TPM without a resource manager
+        // keeps them loaded otherwise), then release the context if close() ran.
         for (const o of outs) if (o[0]) this.#n.esys.Esys_Free(o[0]);
-        this.#inflight = false;
-        if (this.#closed) this.#finalize();
+        if (late >>> 0 === 0 && created?.[0]) this.#handles.add(created[0]);
+        void this.#flushAbandoned();
       });
     } catch (err) {
       if (err instanceof TssUnavailableError) this.#broken = err;
@@ -201,6 +209,26 @@ export class Esys {
       if (e instanceof TssUnavailableError) this.#broken = e;
       throw e;
     }
+  }
+
+  async #flushAbandoned(): Promise<void> {
+    for (const h of [...this.#handles]) {
+      try {
+        const rc = await asyncCall(
+          this.#n.esys.Esys_FlushContext,
+          [this.#ctx, h],
+          this.#timeoutMs,
+          'TPM2_FlushContext',
+        );
+        if (rc !== 0) break;
+      } catch {
+        break; // the TPM is gone again: nothing more to flush
+      }
+    }
+    this.#handles.clear();
+    this.#trs.clear();
+    this.#inflight = false;
+    if (this.#closed) this.#finalize();
   }
 
   #free(out: unknown[], wipeBytes = 0): void {
@@ -322,6 +350,7 @@ export class Esys {
           this.#n.esys.Esys_CreatePrimary,
           [hierarchy, ...this.#sessions(options.sessions, true), sens, pub, outside, pcr, h, oPub, o2, o3, o4],
           [oPub, o2, o3, o4],
+          h,
         );
       } finally {
         sens.fill(0);
@@ -392,7 +421,13 @@ export class Esys {
       const priv = this.#cstruct('TPM2B_PRIVATE', inPrivate);
       const pub = this.#cstruct('TPM2B_PUBLIC', inPublic);
       const h = [0];
-      await this.#call('TPM2_Load', this.#n.esys.Esys_Load, [parent, ...this.#sessions(sessions, true), priv, pub, h]);
+      await this.#call(
+        'TPM2_Load',
+        this.#n.esys.Esys_Load,
+        [parent, ...this.#sessions(sessions, true), priv, pub, h],
+        [],
+        h,
+      );
       const handle = h[0] as number;
       this.#handles.add(handle);
       return handle;
@@ -436,18 +471,24 @@ export class Esys {
       const symC = this.#cstruct('TPMT_SYM_DEF', symWire);
       const type = options.type ?? 'hmac';
       const h = [0];
-      await this.#call('TPM2_StartAuthSession', this.#n.esys.Esys_StartAuthSession, [
-        options.tpmKey ?? ESYS_TR.NONE,
-        options.bind ?? ESYS_TR.NONE,
-        ESYS_TR.NONE,
-        ESYS_TR.NONE,
-        ESYS_TR.NONE,
-        null,
-        type === 'hmac' ? TPM2_SE.HMAC : type === 'policy' ? TPM2_SE.POLICY : TPM2_SE.TRIAL,
-        symC,
-        options.authHash ?? TPM2_ALG.SHA256,
+      await this.#call(
+        'TPM2_StartAuthSession',
+        this.#n.esys.Esys_StartAuthSession,
+        [
+          options.tpmKey ?? ESYS_TR.NONE,
+          options.bind ?? ESYS_TR.NONE,
+          ESYS_TR.NONE,
+          ESYS_TR.NONE,
+          ESYS_TR.NONE,
+          null,
+          type === 'hmac' ? TPM2_SE.HMAC : type === 'policy' ? TPM2_SE.POLICY : TPM2_SE.TRIAL,
+          symC,
+          options.authHash ?? TPM2_ALG.SHA256,
+          h,
+        ],
+        [],
         h,
-      ]);
+      );
       const handle = h[0] as number;
       this.#handles.add(handle);
       const attrs = options.attributes ?? TPMA_SESSION.CONTINUESESSION;
@@ -668,7 +709,7 @@ export class Esys {
     return this.#run(async () => {
       const c = this.#cstruct('TPMS_CONTEXT', saved);
       const h = [0];
-      await this.#call('TPM2_ContextLoad', this.#n.esys.Esys_ContextLoad, [c, h]);
+      await this.#call('TPM2_ContextLoad', this.#n.esys.Esys_ContextLoad, [c, h], [], h);
       const handle = h[0] as number;
       this.#handles.add(handle);
       return handle;
@@ -774,9 +815,10 @@ export class Esys {
       }
     }
     this.#closed = true;
+    if (this.#inflight) return; // the abandoned command's return flushes the handles, then finalizes
     this.#handles.clear();
     this.#trs.clear();
-    if (!this.#inflight) this.#finalize();
+    this.#finalize();
   }
 
   #finalize(): void {
@@ -800,7 +842,7 @@ function asyncCall(
   timeoutMs: number,
   command: string,
   state: { timedOut: boolean } = { timedOut: false },
-  abandoned?: () => void,
+  abandoned?: (rc: number) => void,
 ): Promise<number> {
   return new Promise((resolve, reject) => {
     let settled = false;
@@ -817,8 +859,10 @@ function asyncCall(
       );
     }, timeoutMs);
     fn.async(...args, (err: unknown, rc: number) => {
+      // The arguments (buffers the native side reads or writes) stay referenced until it returns.
+      void args;
       if (settled) {
-        abandoned?.();
+        abandoned?.(err ? 0xa000a : rc);
         return;
       }
       settled = true;

@@ -23,9 +23,9 @@ interface Koffi {
   load(path: string): { func(definition: string): NativeFn };
 }
 
-/** C sizes of the TPM structures that ESAPI takes by pointer (tpm2-tss 3.x, x86-64 and arm64:
- * checked in test/lib.test.ts by unmarshalling a maximal instance). Buffers are allocated at
- * least this large. */
+/** C sizes of the TPM structures that ESAPI takes by pointer (sizeof in tpm2-tss 3.2's
+ * tss2_tpm2_types.h on 64-bit Linux: fixed-size arrays, no pointers). Buffers are allocated this
+ * large; Tss2_MU_*_Unmarshal never writes past the struct. */
 export const C_SIZE = {
   TPM2B_PUBLIC: 616,
   TPM2B_PRIVATE: 1552,
