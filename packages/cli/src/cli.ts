@@ -16,6 +16,7 @@ import { registerEncrypt } from './commands/encrypt.js';
 import { registerInit } from './commands/init.js';
 import { registerKey } from './commands/key.js';
 import { registerRekey } from './commands/rekey.js';
+import { registerRewrap } from './commands/rewrap.js';
 import { registerRoot } from './commands/root.js';
 import { registerShare } from './commands/share.js';
 import { registerUnseal } from './commands/unseal.js';
@@ -117,6 +118,7 @@ Run 'keywarden demo' for a guided tour of the key lifecycle, and 'keywarden COMM
   registerAgent(program, io);
   registerUnseal(program, io);
   registerRekey(program, io);
+  registerRewrap(program, io);
   registerRoot(program, io);
   registerShare(program, io);
   registerDemo(program, io);
