@@ -9,6 +9,7 @@ export type Kind =
   | 'keywarden'
   | 'keywarden-cached'
   | 'keywarden-agent'
+  | 'keywarden-audit'
   | 'keywarden-pkcs11'
   | 'peer-fair'
   | 'peer-signing';
@@ -59,6 +60,7 @@ const KIND_LABEL: Record<Kind, string> = {
   keywarden: 'Keywarden',
   'keywarden-cached': 'Keywarden + data-key cache',
   'keywarden-agent': 'Keywarden through @keywarden/agent',
+  'keywarden-audit': 'Keywarden with an audit log',
   'keywarden-pkcs11': 'Keywarden on the PKCS#11 root (SoftHSM2)',
   'peer-fair': 'AWS ESDK, committing, no signature (fair peer)',
   'peer-signing': 'AWS ESDK default (ECDSA P-384 signing)',
@@ -69,6 +71,7 @@ const KIND_COLOR: Record<Kind, string> = {
   keywarden: '#1f6feb',
   'keywarden-cached': '#2da44e',
   'keywarden-agent': '#8250df',
+  'keywarden-audit': '#9a6700',
   'keywarden-pkcs11': '#bf3989',
   'peer-fair': '#e8871e',
   'peer-signing': '#cf222e',

@@ -53,6 +53,7 @@ import {
 import { AgentClient, AgentServer } from '@keywarden/agent';
 import { combineShares, splitSecret } from '@keywarden/split-knowledge';
 import { combine as rawCombine, split as rawSplit } from 'shamir-secret-sharing';
+import { auditGroups } from './_audit-groups.js';
 import { esdkPeer } from './_esdk.js';
 import { pkcs11Groups } from './_pkcs11-groups.js';
 import { calibrate, type Fn, median, opsPerSecond } from './_measure.js';
@@ -521,6 +522,10 @@ async function buildGroups(): Promise<{ groups: Group[]; close: () => Promise<vo
     ],
   });
 
+  // Audit on against off (_audit-groups.ts; ungated).
+  const audit = await auditGroups(store, root, context);
+  groups.push(...audit.groups);
+
   // The agent: the same data key unwrapped in this process and through @keywarden/agent over its
   // unix socket (the server runs in this process too, so CPU time counts both ends of the socket).
   const agentDir = mkdtempSync(join(tmpdir(), 'kw-bench-agent-'));
@@ -549,6 +554,7 @@ async function buildGroups(): Promise<{ groups: Group[]; close: () => Promise<vo
 
   const close = async () => {
     await p11?.close();
+    await audit.close();
     await agentClient.close();
     await agent.close();
     rmSync(agentDir, { recursive: true, force: true });

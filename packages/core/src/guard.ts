@@ -138,12 +138,13 @@ class Guard {
     op: Operation,
     key: string | PolicyTarget | undefined,
   ): Promise<KeyRecord | undefined> {
+    // Not enforcing: nothing to decide, and the key id comes from the operation's result.
+    if (!this.enforcing) return undefined;
     let record: KeyRecord | undefined;
     let target: PolicyTarget | undefined;
     if (typeof key === 'string') {
       record = await this.keyRecord(key);
       if (!record) {
-        if (!this.enforcing) return undefined;
         throw new KeyNotFoundError(`keystore: no key named "${key.slice(0, 128)}"`);
       }
       target = record;
@@ -173,10 +174,11 @@ class Guard {
     try {
       const record = op === undefined ? undefined : await this.authorize(principal, op, key);
       if (record && ev.keyId === undefined) ev.keyId = record.id;
-      if (!record && typeof key === 'string' && ev.keyId === undefined) ev.ids = { ...ev.ids, key };
       result = await fn(record);
       after?.(result, ev);
     } catch (err) {
+      // A key the operation never resolved: the name as the caller typed it, as a keyed digest.
+      if (ev.keyId === undefined && typeof key === 'string') ev.ids = { ...ev.ids, key };
       await this.#recordFailure(ev, err);
       throw err;
     }

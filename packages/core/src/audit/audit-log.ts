@@ -19,7 +19,7 @@ import { AuditError, InvalidInputError } from '../errors.js';
 import type { KeyStore } from '../keystore.js';
 import type { RootOfTrust } from '../root.js';
 import { type AuditKey, loadAuditKey } from './audit-key.js';
-import { type AuditAnchor, type AuditEvent, type AuditRecord, sealRecord } from './record.js';
+import { type AuditAnchor, type AuditEvent, type AuditRecord, sealRecordLine } from './record.js';
 import { type AuditSink, CallbackAuditSink, JsonlFileAuditSink, StoreAuditSink } from './sinks.js';
 
 export type AuditDurability = 'each' | { intervalMs: number };
@@ -210,16 +210,18 @@ export class AuditLog {
       throw err;
     }
     const records: AuditRecord[] = [];
+    let text = '';
     let { seq, mac } = this.#head;
     for (const ev of events) {
-      const rec = sealRecord(key, ev, seq + 1, mac);
-      records.push(rec);
-      seq = rec.seq;
-      mac = rec.mac;
+      const { record, line } = sealRecordLine(key, ev, seq + 1, mac);
+      records.push(record);
+      text += `${line}\n`;
+      seq = record.seq;
+      mac = record.mac;
     }
     const batch = {
       records,
-      text: `${records.map((r) => JSON.stringify(r)).join('\n')}\n`,
+      text,
       head: { seq, mac },
       sync: forceSync || this.#durability === 'each',
     };

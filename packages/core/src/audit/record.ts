@@ -59,8 +59,50 @@ export interface AuditRecord {
   mac: string;
 }
 
+const q = JSON.stringify;
+
+/**
+ * The canonical JSON of a record without `mac` (what the MAC covers): keys in sorted order, as
+ * canonicalJson would write them, built directly because it runs once per operation. verifyAuditLog
+ * recomputes it with the generic canonicalJson, so the two must agree (tested on every record).
+ */
+function canonicalBody(r: Omit<AuditRecord, 'mac'>): string {
+  let s = '{';
+  if (r.code !== undefined) s += `"code":${q(r.code)},`;
+  if (r.ctx !== undefined) s += `"ctx":${q(r.ctx)},`;
+  if (r.detail !== undefined) s += `"detail":${canonicalJson(r.detail)},`;
+  if (r.ids !== undefined) s += `"ids":${canonicalJson(r.ids)},`;
+  if (r.key !== undefined) s += `"key":${q(r.key)},`;
+  s += `"kid":${q(r.kid)},"op":${q(r.op)},"outcome":${q(r.outcome)},"prev":${q(r.prev)},"principal":${q(r.principal)},"seq":${r.seq},"time":${q(r.time)},"v":1`;
+  if (r.version !== undefined) s += `,"version":${q(r.version)}`;
+  return `${s}}`;
+}
+
+/** Turn an event into the next record of the chain; `line` is its JSONL text. */
+export function sealRecordLine(
+  key: AuditKey,
+  event: AuditEvent,
+  seq: number,
+  prev: string,
+): { record: AuditRecord; line: string } {
+  const rec = buildRecord(key, event, seq, prev);
+  const body = canonicalBody(rec);
+  const mac = key.recordMac(body);
+  (rec as AuditRecord).mac = mac;
+  return { record: rec as AuditRecord, line: `${body.slice(0, -1)},"mac":${q(mac)}}` };
+}
+
 /** Turn an event into the next record of the chain. */
 export function sealRecord(key: AuditKey, event: AuditEvent, seq: number, prev: string): AuditRecord {
+  return sealRecordLine(key, event, seq, prev).record;
+}
+
+function buildRecord(
+  key: AuditKey,
+  event: AuditEvent,
+  seq: number,
+  prev: string,
+): Omit<AuditRecord, 'mac'> & { mac?: string } {
   const rec: Omit<AuditRecord, 'mac'> & { mac?: string } = {
     v: 1,
     seq,
@@ -83,8 +125,7 @@ export function sealRecord(key: AuditKey, event: AuditEvent, seq: number, prev: 
     rec.ids = ids;
   }
   if (event.detail !== undefined) rec.detail = { ...event.detail };
-  rec.mac = key.recordMac(canonicalJson(rec));
-  return rec as AuditRecord;
+  return rec;
 }
 
 /** The keyed digest a record holds for `context` (search by context). */

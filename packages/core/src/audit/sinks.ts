@@ -145,14 +145,26 @@ export class JsonlFileAuditSink implements AuditSink {
     const bytes = Buffer.from(batch.text, 'utf8');
     let off = 0;
     while (off < bytes.length) off += writeSync(this.#fd, bytes, off, bytes.length - off);
-    if (batch.sync) fdatasyncSync(this.#fd);
+    if (batch.sync) syncFd(this.#fd);
   }
   async close(): Promise<void> {
     if (this.#fd === undefined) return;
     const fd = this.#fd;
     this.#fd = undefined;
+    try {
+      syncFd(fd);
+    } finally {
+      closeSync(fd);
+    }
+  }
+}
+
+/** fdatasync, except on what cannot be synced (a pipe, a terminal, /dev/null: EINVAL), which has nothing to flush. */
+function syncFd(fd: number): void {
+  try {
     fdatasyncSync(fd);
-    closeSync(fd);
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code !== 'EINVAL') throw err;
   }
 }
 

@@ -15,6 +15,7 @@ import {
   readStoreAuditLines,
   verifyAuditLog,
 } from '../../src/audit/index.js';
+import { sealRecordLine } from '../../src/audit/record.js';
 import { storeAndRoot, tempDir } from './_setup.js';
 
 const cleanups: Array<() => void> = [];
@@ -73,6 +74,45 @@ describe('audit key', () => {
       .subarray(0, 16)
       .toString('base64url');
     expect(key.digest('alice')).toBe(`h:${d}`);
+  });
+});
+
+describe('record encoding', () => {
+  it('the JSONL line of a record with every field verifies, and parses back to the same record', async () => {
+    const { store, root } = await storeAndRoot();
+    const key = await loadAuditKey(store, root);
+    const full = sealRecordLine(
+      key,
+      {
+        op: 'decrypt',
+        principal: 'p@x',
+        keyId: 'kek_a',
+        version: 3,
+        outcome: 'error',
+        code: 'KW_DECRYPT',
+        context: { b: '2', a: 'é"\\' },
+        ids: { key: 'orders/main', request: 'r-1' },
+        detail: { name: 'orders/main', policyVersion: 2, flag: true },
+        at: Date.parse('2026-11-29T10:00:00Z'),
+      },
+      7,
+      'prevmac',
+    );
+    expect(JSON.parse(full.line)).toEqual(full.record);
+    expect(verifyAuditLog(key, [full.line], { after: { seq: 6, mac: 'prevmac' } })).toMatchObject({ ok: true });
+    const bare = sealRecordLine(key, { op: 'seal', principal: 'agent', outcome: 'ok' }, 1, '');
+    expect(verifyAuditLog(key, [bare.line]).ok).toBe(true);
+    expect(Object.keys(bare.record).sort()).toEqual([
+      'kid',
+      'mac',
+      'op',
+      'outcome',
+      'prev',
+      'principal',
+      'seq',
+      'time',
+      'v',
+    ]);
   });
 });
 
