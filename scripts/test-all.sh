@@ -26,7 +26,12 @@ echo "== bench" && pnpm run bench:check || status=1
 
 # What a consumer installs: the packed tarballs in a fresh project, every README example compiled
 # and run as written, require() from CommonJS, the packed CLI's demo.
-echo "== packed packages and README examples" && node scripts/packed-test.mjs || status=1
+# @keywarden/pkcs11's README example runs against a SoftHSM2 token the harness starts for it.
+echo "== packed packages and README examples" && (
+  eval "$(bash harness/softhsm.sh start)" &&
+    trap 'bash harness/softhsm.sh stop "$KEYWARDEN_SOFTHSM_DIR"' EXIT &&
+    node scripts/packed-test.mjs
+) || status=1
 
 # The library suites on the other supported Node.js lines (binaries from the npm registry).
 echo "== node 22 and 24" && bash scripts/test-node-versions.sh 22 24 || status=1

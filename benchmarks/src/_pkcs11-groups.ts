@@ -22,7 +22,15 @@ interface Case {
 export async function pkcs11Groups(
   concurrency: number,
 ): Promise<{ groups: Array<{ name: string; cases: Case[] }>; close: () => Promise<void> }> {
-  const hsm = startSoftHsm();
+  let hsm: ReturnType<typeof startSoftHsm>;
+  try {
+    hsm = startSoftHsm();
+  } catch (err) {
+    // In CI SoftHSM2 is installed by harness/setup.sh: a failure there is a failure.
+    if (process.env.CI) throw err;
+    console.log(`bench: PKCS#11 rows skipped: SoftHSM2 could not be started (${String(err).split('\n')[0]})`);
+    return { groups: [], close: async () => {} };
+  }
   const store = new MemoryKeyStore();
   const root = await Pkcs11Root.open(hsm.uri('kw-bench-run'), { store, create: true });
   const kw = new Keywarden({ store, root });
