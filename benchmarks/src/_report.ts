@@ -11,6 +11,7 @@ export type Kind =
   | 'keywarden-agent'
   | 'keywarden-audit'
   | 'keywarden-pkcs11'
+  | 'keywarden-tpm'
   | 'peer-fair'
   | 'peer-signing';
 
@@ -62,6 +63,7 @@ const KIND_LABEL: Record<Kind, string> = {
   'keywarden-agent': 'Keywarden through @keywarden/agent',
   'keywarden-audit': 'Keywarden with an audit log',
   'keywarden-pkcs11': 'Keywarden on the PKCS#11 root (SoftHSM2)',
+  'keywarden-tpm': 'Keywarden on the TPM root (swtpm)',
   'peer-fair': 'AWS ESDK, committing, no signature (fair peer)',
   'peer-signing': 'AWS ESDK default (ECDSA P-384 signing)',
 };
@@ -73,6 +75,7 @@ const KIND_COLOR: Record<Kind, string> = {
   'keywarden-agent': '#8250df',
   'keywarden-audit': '#9a6700',
   'keywarden-pkcs11': '#bf3989',
+  'keywarden-tpm': '#0a7d6c',
   'peer-fair': '#e8871e',
   'peer-signing': '#cf222e',
 };

@@ -14,8 +14,10 @@
  * ECDSA P-384 signature per message, which Keywarden does not do: not a like-for-like comparison).
  * The PKCS#11 root's rows (KEK in the HSM and in memory, against a raw pkcs11js loop on the same
  * SoftHSM2 token, started by harness/softhsm.sh) are ungated (_pkcs11-groups.ts; wall-clock scaling
- * and event-loop delay: pkcs11.ts). Rows for the TPM root (ESAPI loops), audit on/off and bulk
- * rewrap come with those backends and features; no row stands in for them. The agent round trip (AgentClient
+ * and event-loop delay: pkcs11.ts). The TPM root's rows (TpmRoot.unwrapKey and @keywarden/tss2
+ * against a raw ESAPI loop on the same swtpm, and the cached-KEK data-key rate) are ungated too
+ * (_tpm-groups.ts; wall-clock rates: tpm.ts). Rows for audit on/off and bulk
+ * rewrap come with those features; no row stands in for them. The agent round trip (AgentClient
  * against an in-process call) is not written yet (README.md).
  */
 import {
@@ -56,6 +58,7 @@ import { combine as rawCombine, split as rawSplit } from 'shamir-secret-sharing'
 import { auditGroups } from './_audit-groups.js';
 import { esdkPeer } from './_esdk.js';
 import { pkcs11Groups } from './_pkcs11-groups.js';
+import { tpmGroups } from './_tpm-groups.js';
 import { calibrate, type Fn, median, opsPerSecond } from './_measure.js';
 import { rawXaesSubkey } from './_raw-xaes.js';
 import { type Kind, type Meta, markdown, type Row, svg, type Target } from './_report.js';
@@ -552,8 +555,14 @@ async function buildGroups(): Promise<{ groups: Group[]; close: () => Promise<vo
   const p11 = wantPkcs11 ? await pkcs11Groups(CONCURRENCY) : undefined;
   if (p11) groups.push(...p11.groups);
 
+  // The TPM root on a swtpm started by harness/swtpm.sh (ungated rows; wall clock: tpm.ts).
+  const wantTpm = !ONLY || ONLY.test('TPM unseal') || ONLY.test('TPM root, KEK cached');
+  const tpmRows = wantTpm ? await tpmGroups(() => rawUnwrap(rawWrap(randomFillSync(new Uint8Array(32))))) : undefined;
+  if (tpmRows) groups.push(...tpmRows.groups);
+
   const close = async () => {
     await p11?.close();
+    await tpmRows?.close();
     await audit.close();
     await agentClient.close();
     await agent.close();
