@@ -36,6 +36,11 @@ export class RawToken {
     if (!slot) throw new Error(`raw: no token labelled ${this.token}`);
     this.slot = slot;
     this.session = this.lib.C_OpenSession(slot, pkcs11js.CKF_SERIAL_SESSION | pkcs11js.CKF_RW_SESSION);
+    this.login();
+  }
+
+  /** Login state is the application's (PKCS#11 §5.6): a root's seal logs this session out too. */
+  login(): void {
     try {
       this.lib.C_Login(this.session, pkcs11js.CKU_USER, Buffer.from(pin()).toString('utf8'));
     } catch (err) {
@@ -45,6 +50,7 @@ export class RawToken {
 
   /** Secret-key objects with this CKA_ID (all of them when `id` is undefined). */
   find(template: { id?: Uint8Array; label?: string }): Buffer[] {
+    this.login();
     const t: Pkcs11js.Template = [{ type: pkcs11js.CKA_CLASS, value: pkcs11js.CKO_SECRET_KEY }];
     if (template.id) t.push({ type: pkcs11js.CKA_ID, value: Buffer.from(template.id) });
     if (template.label) t.push({ type: pkcs11js.CKA_LABEL, value: template.label });

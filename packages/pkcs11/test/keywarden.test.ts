@@ -116,6 +116,27 @@ describe.skipIf(unavailable)('Keywarden on a PKCS#11 root (SoftHSM2)', () => {
     );
   });
 
+  it('destroyRoot without an opened root: the registry finds the PKCS#11 record, and a wrong PIN changes nothing while the right one destroys the objects', async () => {
+    const store = new MemoryKeyStore();
+    const object = uniqueLabel('kw-destroy-recorded');
+    const root = (await openRoot(rootUri(object), { store, create: true })) as Pkcs11Root;
+    const kw = new Keywarden({ store, root });
+    await kw.createKey('k', { kekMode: 'root' });
+    await kw.close();
+    const rootId = Buffer.from(root.record.id, 'base64url');
+    await root.close();
+    await expect(destroyRoot(store, { unsealKey: new TextEncoder().encode('not-the-pin') })).rejects.toSatisfy(
+      (e: unknown) => KeywardenError.isInstance(e, 'KW_UNSEAL'),
+    );
+    expect(raw!.find({ id: rootId, label: object })).toHaveLength(1);
+    expect(await store.getMeta('pkcs11-root-tombstone')).toBeUndefined();
+    const result = await destroyRoot(store, { unsealKey: pin() });
+    expect(result.destroyed).toBe(1);
+    expect(raw!.find({ id: rootId })).toHaveLength(0);
+    expect(await store.getMeta('root')).toBeUndefined();
+    expect(await store.getMeta('pkcs11-root-tombstone')).toBeDefined();
+  });
+
   it('the root and KEK objects are AES-256 token objects, private, sensitive, never extractable, without wrap or unwrap usage', async () => {
     const store = new MemoryKeyStore();
     const object = uniqueLabel('kw-attrs');
