@@ -9,12 +9,15 @@ import { readFileSync } from 'node:fs';
 import { constants } from 'node:os';
 import { Command, CommanderError } from 'commander';
 import { registerAgent } from './commands/agent.js';
+import { registerAudit } from './commands/audit.js';
 import { registerDatakey } from './commands/datakey.js';
 import { registerDecrypt } from './commands/decrypt.js';
 import { registerDemo } from './commands/demo.js';
 import { registerEncrypt } from './commands/encrypt.js';
 import { registerInit } from './commands/init.js';
 import { registerKey } from './commands/key.js';
+import { registerPolicy } from './commands/policy.js';
+import { registerPrincipal } from './commands/principal.js';
 import { registerRekey } from './commands/rekey.js';
 import { registerRewrap } from './commands/rewrap.js';
 import { registerRoot } from './commands/root.js';
@@ -122,6 +125,9 @@ Run 'keywarden demo' for a guided tour of the key lifecycle, and 'keywarden COMM
   registerRoot(program, io);
   registerShare(program, io);
   registerDemo(program, io);
+  registerAudit(program, io);
+  registerPolicy(program, io);
+  registerPrincipal(program, io);
   return program;
 }
 

@@ -1,0 +1,147 @@
+/**
+ * `keywarden audit tail|export|verify|search|anomalies`: read the key store's audit log
+ * (docs/audit.md). Every command needs the root unsealed (the records are checked under the audit
+ * key, which the root wraps); each calls one library function and prints.
+ */
+import { readFile } from 'node:fs/promises';
+import {
+  type AuditAnchor,
+  AuditError,
+  type AuditRecord,
+  detectAnomalies,
+  KeyNotFoundError,
+  loadAuditKey,
+  readStoreAuditHead,
+  readStoreAuditLines,
+  verifyAuditLog,
+} from '@keywarden/core';
+import type { Command } from 'commander';
+import type { CliIO } from '../io.js';
+import { print } from '../output.js';
+import { positiveInt } from './_common.js';
+import { withUnsealed } from './_unsealed.js';
+
+interface LogOpen {
+  lines: string[];
+  anchor: AuditAnchor | undefined;
+}
+
+/** The verified log, or AuditError naming the first bad record (nothing is printed from a bad log). */
+async function openLog(
+  cmd: Command,
+  io: CliIO,
+  file: string | undefined,
+): Promise<LogOpen & { records: AuditRecord[] }> {
+  return withUnsealed(cmd, io, async (kw) => {
+    const key = await loadAuditKey(kw.store, kw.root, { create: false });
+    try {
+      const anchor = await readStoreAuditHead(kw.store, key);
+      const lines =
+        file === undefined
+          ? await readStoreAuditLines(kw.store, key)
+          : (await readFile(file, 'utf8')).split('\n').filter((l, i, all) => l !== '' || i < all.length - 1);
+      const result = verifyAuditLog(key, lines, anchor ? { anchor } : {});
+      if (!result.ok) {
+        const bad = result.firstBad as NonNullable<typeof result.firstBad>;
+        throw new AuditError(
+          `audit: the log does not verify: line ${bad.line}${bad.seq !== undefined ? ` (seq ${bad.seq})` : ''}: ${bad.reason}; ${result.verified} records before it verified`,
+        );
+      }
+      return { lines, anchor, records: lines.map((l) => JSON.parse(l) as AuditRecord) };
+    } finally {
+      key.destroy();
+    }
+  });
+}
+
+export function registerAudit(program: Command, io: CliIO): void {
+  const audit = program.command('audit').description('read and verify the tamper-evident audit log (docs/audit.md)');
+
+  audit
+    .command('verify')
+    .description('check every record and the chain; names the first bad record')
+    .option(
+      '--file <path>',
+      'verify a JSONL copy (a file sink) against the key store’s head instead of the store’s own log',
+    )
+    .action(async (opts: { file?: string }, cmd: Command) => {
+      const { lines, anchor } = await openLog(cmd, io, opts.file);
+      await print(
+        io.stdout,
+        `audit: ${lines.length} records verified, chain intact${anchor ? ` up to seq ${anchor.seq}, the head the key store recorded` : ' (no head in the key store to check the tail against)'}\n`,
+      );
+    });
+
+  audit
+    .command('tail')
+    .description('print the last records, one JSON object a line')
+    .option('-n, --lines <n>', 'how many', positiveInt, 20)
+    .action(async (opts: { lines: number }, cmd: Command) => {
+      const { lines } = await openLog(cmd, io, undefined);
+      await print(
+        io.stdout,
+        lines
+          .slice(-opts.lines)
+          .map((l) => `${l}\n`)
+          .join(''),
+      );
+    });
+
+  audit
+    .command('export')
+    .description('print the whole log')
+    .requiredOption('--jsonl', 'as JSON lines (the only format)')
+    .action(async (_opts: unknown, cmd: Command) => {
+      const { lines } = await openLog(cmd, io, undefined);
+      await print(io.stdout, lines.map((l) => `${l}\n`).join(''));
+    });
+
+  audit
+    .command('search')
+    .description('print the records about a key, a principal, an operation or an outcome')
+    .option('--key <name>', 'a key name or id')
+    .option('--principal <name>', 'a principal')
+    .option('--op <op>', 'an operation (encrypt, decrypt, generate-data-key, rotate-key, policy-change …)')
+    .option('--outcome <outcome>', 'ok, denied or error')
+    .action(async (opts: { key?: string; principal?: string; op?: string; outcome?: string }, cmd: Command) => {
+      let keyId: string | undefined;
+      if (opts.key !== undefined) {
+        keyId = await withUnsealed(cmd, io, async (kw) => {
+          const k = await kw.store.getKey(opts.key as string);
+          if (!k) throw new KeyNotFoundError(`keystore: no key named "${opts.key}"`);
+          return k.id;
+        });
+      }
+      const { lines, records } = await openLog(cmd, io, undefined);
+      const out = records
+        .map((r, i) => [r, lines[i] as string] as const)
+        .filter(
+          ([r]) =>
+            (keyId === undefined || r.key === keyId) &&
+            (opts.principal === undefined || r.principal === opts.principal) &&
+            (opts.op === undefined || r.op === opts.op) &&
+            (opts.outcome === undefined || r.outcome === opts.outcome),
+        );
+      await print(io.stdout, out.map(([, l]) => `${l}\n`).join(''));
+    });
+
+  audit
+    .command('anomalies')
+    .description(
+      'flag unusual use in the log: rate spikes, new principal-key pairs, retired versions, decrypt-failure bursts, off-hours use',
+    )
+    .option('--learn <n>', 'records of each principal before it is established', positiveInt, 100)
+    .action(async (opts: { learn: number }, cmd: Command) => {
+      const { records } = await openLog(cmd, io, undefined);
+      const found = detectAnomalies(records, { learnRecords: opts.learn });
+      await print(
+        io.stdout,
+        found
+          .map(
+            (a) =>
+              `${a.at.toISOString()}  ${a.kind}  ${a.principal}${a.key ? `  ${a.key}${a.version !== undefined ? ` v${a.version}` : ''}` : ''}${a.seq !== undefined ? `  (seq ${a.seq})` : ''}: ${a.detail}\n`,
+          )
+          .join('') || 'audit: no anomalies\n',
+      );
+    });
+}
