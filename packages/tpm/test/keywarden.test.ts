@@ -1,8 +1,8 @@
 import { createHash, randomBytes } from 'node:crypto';
-import { Keywarden, MemoryKeyStore, openRoot, rootSchemes } from '@keywarden/core';
+import { destroyRoot, Keywarden, MemoryKeyStore, openRoot, rootSchemes } from '@keywarden/core';
 import { Esys, TPM2_ALG } from '@keywarden/tss2';
 import { beforeAll, describe, expect, it } from 'vitest';
-import { parseTpmUri, TPM_ROOT_META_NAME, TpmRoot } from '../src/index.js';
+import { parseTpmUri, TPM_ROOT_META_NAME, TPM_TOMBSTONE_META_NAME, TpmRoot } from '../src/index.js';
 import { freshRoot, relaxDictionaryAttack, tcti } from './_tpm.js';
 
 const enc = new TextEncoder();
@@ -81,6 +81,28 @@ describe('Keywarden end to end through the TPM root', () => {
       code: 'KW_ROOT_DEVICE',
       message: expect.stringMatching(/^tpm: this TPM's storage key is not the one/),
     });
+  });
+});
+
+describe("destroying a store's TPM root without opening it (registry record hooks)", () => {
+  it('destroyRoot(store, { unsealKey }) finds the TPM record, checks the auth value on the TPM, destroys; the root no longer opens', async () => {
+    const { root, store, secret } = await freshRoot();
+    const kw = new Keywarden({ store, root });
+    const { id } = await kw.createKey('doomed');
+    await kw.close();
+    await root.close();
+    await expect(destroyRoot(store, { unsealKey: new Uint8Array(32).fill(1) })).rejects.toMatchObject({
+      code: 'KW_UNSEAL',
+    });
+    expect(await store.getMeta(TPM_ROOT_META_NAME)).toBeDefined();
+    const result = await destroyRoot(store, { unsealKey: secret });
+    expect(result.destroyed).toBe(1);
+    expect((await store.getVersion(id, 1))?.state).toBe('destroyed');
+    expect(await store.getMeta(TPM_ROOT_META_NAME)).toBeUndefined();
+    expect(await store.getMeta(TPM_TOMBSTONE_META_NAME)).toBeDefined();
+    await expect(TpmRoot.load({ store, tcti: tcti() })).rejects.toMatchObject({ code: 'KW_ROOT_DESTROYED' });
+    // Idempotent: finishing again changes nothing.
+    expect((await destroyRoot(store, { unsealKey: secret })).alreadyDestroyed).toBe(1);
   });
 });
 
