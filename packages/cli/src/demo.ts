@@ -237,6 +237,52 @@ export async function runDemo(io: CliIO): Promise<void> {
       'a restarted process, a stolen disk or a backup: everything on disk stays sealed until the unseal key ' +
         '(in production: a quorum of share holders, or an HSM/TPM) opens the root.',
     );
+    out.check(io);
+
+    // 14 ──────────────────────────────────────────────────────────────────────────────────────
+    const live = kw;
+    out.step("Rewrap tenant A's old envelope onto v2, then retire v1 (docs/lifecycle.md)");
+    const moved = await live.rewrapEnvelope(envelope, { key: 'tenant-a', context: contextA });
+    await live.setMinDecryptionVersion('tenant-a', 2);
+    out.facts([
+      ['rewrapped', `KEK v${moved.fromVersion} → v${moved.toVersion}: decrypts as before`],
+      ['minimum decryption version', 'v2: the original v1 envelope is now refused'],
+    ]);
+    out.refused(await refusal(() => live.decrypt(envelope, { key: 'tenant-a', context: contextA })));
+    out.protects(
+      'old versions that must stop being accepted: data moves to the primary first, then the old version is ' +
+        'retired (reversible), so nothing is lost by mistake.',
+    );
+    out.check(io);
+
+    // 15 ──────────────────────────────────────────────────────────────────────────────────────
+    out.step('Disable v1 (reversible), then destroy it: crypto-shredding');
+    await live.disableVersion('tenant-a', 1);
+    out.say('A disabled version neither wraps nor unwraps until enabled again; the primary cannot be disabled.');
+    await live.destroyVersion('tenant-a', 1, { force: true });
+    out.say('Destroyed (--force skips the 7-day grace period): its wrapped material is erased from the store,');
+    out.say('the SQLite pages zeroed and the WAL truncated. Every envelope under v1 is unrecoverable:');
+    await live.setMinDecryptionVersion('tenant-a', 1);
+    out.refused(await refusal(() => live.decrypt(envelope, { key: 'tenant-a', context: contextA })));
+    out.protects(
+      'data that must become unrecoverable (a tenant that left, a retention limit): erasing one KEK version shreds every record under it.',
+    );
+    out.check(io);
+
+    // 16 ──────────────────────────────────────────────────────────────────────────────────────
+    out.step("Tenant B's KEK leaked: mark it compromised");
+    const beforeLeak = await live.encrypt(record, { key: 'tenant-b', context: contextA });
+    const report = await live.compromiseVersion('tenant-b', 1);
+    out.facts([
+      ['compromised', `v${report.compromisedVersion}: never unwraps again`],
+      ['rotated', `primary is now v${report.rotatedTo} (in the same write)`],
+      ['re-encrypt from source', `data under v${report.unreadableVersions.join(', v')}`],
+    ]);
+    out.refused(await refusal(() => live.decrypt(beforeLeak, { key: 'tenant-b', context: contextA })));
+    out.protects(
+      'forgeries with a leaked KEK: whoever holds it could wrap data keys the application would accept; a ' +
+        'compromised version is refused for ever (runbook: docs/lifecycle.md).',
+    );
     await kw.close();
     kw = undefined;
   } finally {

@@ -11,7 +11,7 @@ describe('keywarden demo', () => {
     expect(r.code).toBe(0);
     const out = r.out;
 
-    for (let step = 1; step <= 13; step++) expect(out).toContain(`[${step}] `);
+    for (let step = 1; step <= 16; step++) expect(out).toContain(`[${step}] `);
     expect(out).toContain('DEVELOPMENT MODE');
     expect(out).toMatch(/Protects against:/);
     expect(out.match(/refused: DecryptionError: envelope: decryption failed/g)?.length).toBe(2);
@@ -23,6 +23,9 @@ describe('keywarden demo', () => {
     expect(out).toContain('identical');
     expect(out).toMatch(/old envelope:\s+KEK v1: still decrypts/);
     expect(out).toMatch(/new envelope:\s+KEK v2/);
+    expect(out).toMatch(/refused: KeyVersionRetiredError: /);
+    expect(out).toMatch(/refused: KeyDestroyedError: /);
+    expect(out).toMatch(/refused: KeyCompromisedError: /);
 
     // No secret: neither the unseal key's text form nor anything shaped like a base64 32-byte key.
     expect(out).not.toContain('keywarden-unseal-key');
