@@ -4,12 +4,13 @@
  * real concurrent processes (two rotations of one key: exactly one wins).
  */
 import { spawn } from 'node:child_process';
-import { randomBytes } from 'node:crypto';
+import { randomBytes, randomInt } from 'node:crypto';
 import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
-import { type DataKey, KeyDestroyedError, Keywarden, SoftwareRoot } from '@keywarden/core';
+import { type DataKey, KeyDestroyedError, Keywarden, parseWrappedKey, SoftwareRoot } from '@keywarden/core';
+import Database from 'better-sqlite3';
 import { afterEach, describe, expect, it } from 'vitest';
 import { SqliteKeyStore } from '../src/index.js';
 
@@ -206,4 +207,156 @@ describe('compare-and-swap between real processes', () => {
     await kw2.close();
     await after.close();
   }, 60_000);
+});
+
+/**
+ * The caller's side of a bulk rewrap: records in their own SQLite table, a rewrapRecords job over
+ * them with a checkpoint, each update written back before the next is asked for. Prints
+ * "resumed N" at the start and "done" at the end.
+ */
+const REWRAPPER = `
+import { createRequire } from 'node:module';
+const [coreUrl, storeUrl, pkgDir, dbPath, recordsPath, unsealHex] = process.argv.slice(2);
+const { Keywarden, SoftwareRoot, rewrapRecords } = await import(coreUrl);
+const { SqliteKeyStore } = await import(storeUrl);
+const Database = createRequire(pkgDir + '/package.json')('better-sqlite3');
+const store = SqliteKeyStore.open(dbPath, { create: false });
+const root = await SoftwareRoot.load(store);
+await root.unseal(Uint8Array.from(Buffer.from(unsealHex, 'hex')));
+const kw = new Keywarden({ store, root });
+const db = new Database(recordsPath);
+db.pragma('journal_mode = WAL');
+db.pragma('synchronous = NORMAL');
+const rows = db.prepare('SELECT id, wrapped FROM records ORDER BY id').all();
+const update = db.prepare('UPDATE records SET wrapped = ? WHERE id = ?');
+const records = rows.map((r) => ({ id: String(r.id), wrappedKey: new Uint8Array(r.wrapped), context: { row: String(r.id) } }));
+let first = true;
+for await (const u of rewrapRecords(kw, records, {
+  key: 'bulk',
+  jobId: 'bulk-v2',
+  checkpointEvery: 25,
+  concurrency: 4,
+  onProgress: (p) => {
+    if (first) process.stdout.write('resumed ' + p.resumedFrom + '\\n');
+    first = false;
+  },
+})) {
+  if (u.status === 'rewrapped') update.run(Buffer.from(u.wrappedKey), Number(u.id));
+}
+process.stdout.write('done\\n');
+db.close();
+await kw.close();
+await store.close();
+`;
+
+function runKilled(
+  script: string,
+  args: string[],
+  killAfterMs?: number,
+): Promise<{ killed: boolean; out: string; ms: number }> {
+  return new Promise((resolve, reject) => {
+    const started = Date.now();
+    const child = spawn(process.execPath, [script, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
+    let out = '';
+    let err = '';
+    child.stdout.on('data', (c: Buffer) => {
+      out += c.toString();
+    });
+    child.stderr.on('data', (c: Buffer) => {
+      err += c.toString();
+    });
+    const timer = killAfterMs === undefined ? undefined : setTimeout(() => child.kill('SIGKILL'), killAfterMs);
+    const guard = setTimeout(() => child.kill('SIGKILL'), 30_000);
+    child.on('close', (code, signal) => {
+      clearTimeout(timer);
+      clearTimeout(guard);
+      if (signal === 'SIGKILL') resolve({ killed: true, out, ms: Date.now() - started });
+      else if (code === 0) resolve({ killed: false, out, ms: Date.now() - started });
+      else reject(new Error(`rewrap child exited ${code}: ${err}`));
+    });
+  });
+}
+
+describe('bulk rewrap job SIGKILLed at random points (real processes)', () => {
+  it('the checkpoint never runs ahead of what the caller wrote; every record keeps its data key; reruns resume and complete', async () => {
+    const dir = scratch();
+    const path = join(dir, 'keystore.db');
+    const recordsPath = join(dir, 'records.db');
+    const unsealKey = new Uint8Array(randomBytes(32));
+    const store = SqliteKeyStore.open(path);
+    const root = await SoftwareRoot.initialize(store, { unsealKey });
+    const kw = new Keywarden({ store, root });
+    await kw.createKey('bulk');
+    const db = new Database(recordsPath);
+    db.pragma('journal_mode = WAL');
+    db.exec('CREATE TABLE records (id INTEGER PRIMARY KEY, wrapped BLOB NOT NULL)');
+    const insert = db.prepare('INSERT INTO records (id, wrapped) VALUES (?, ?)');
+    const deks = new Map<number, Uint8Array>();
+    const N = 2000;
+    for (let id = 0; id < N; id++) {
+      const dk = await kw.generateDataKey('bulk', { row: String(id) });
+      insert.run(id, Buffer.from(dk.wrapped));
+      deks.set(id, dk.plaintext);
+    }
+    db.close();
+    await kw.rotateKey('bulk');
+    await kw.close();
+    await store.close();
+
+    const script = join(dir, 'rewrap.mjs');
+    writeFileSync(script, REWRAPPER);
+    const args = [CORE_DIST, STORE_DIST, PACKAGE_DIR, path, recordsPath, Buffer.from(unsealKey).toString('hex')];
+    // Typical run time: a run over a copy would need its own store; use the first killed-or-not run.
+    let typical = 1500;
+    let kills = 0;
+    let resumed = 0;
+    let finished = false;
+    for (let round = 0; round < 12 && !finished; round++) {
+      const delay = Math.round(typical * (0.25 + (0.7 * randomInt(0, 1001)) / 1000));
+      const r = await runKilled(script, args, round < 10 ? delay : undefined);
+      const where = `round ${round} (kill after ${delay} ms)`;
+      if (r.killed) kills++;
+      else {
+        expect(r.out, where).toMatch(/done\n$/);
+        finished = true;
+        typical = r.ms;
+      }
+      const from = Number(/^resumed (\d+)/.exec(r.out)?.[1] ?? 0);
+      if (from > 0) resumed++;
+
+      // Check from the outside: the checkpoint, and every record.
+      const check = SqliteKeyStore.open(path, { create: false });
+      const root2 = await SoftwareRoot.load(check);
+      await root2.unseal(unsealKey);
+      const kw2 = new Keywarden({ store: check, root: root2 });
+      const meta = await check.getMeta('rewrap-job/bulk-v2');
+      const checkpoint =
+        meta === undefined ? (finished ? N : 0) : (JSON.parse(new TextDecoder().decode(meta)) as { done: number }).done;
+      const rdb = new Database(recordsPath, { readonly: true });
+      const rows = rdb.prepare('SELECT id, wrapped FROM records ORDER BY id').all() as Array<{
+        id: number;
+        wrapped: Buffer;
+      }>;
+      rdb.close();
+      for (const row of rows) {
+        const wrapped = new Uint8Array(row.wrapped);
+        const version = parseWrappedKey(wrapped).version;
+        // Everything before the checkpoint was written by the caller before the checkpoint moved.
+        if (row.id < checkpoint) expect(version, `${where}: record ${row.id} below checkpoint ${checkpoint}`).toBe(2);
+        if (row.id % 13 === 0 || (row.id >= checkpoint && row.id < checkpoint + 50)) {
+          expect(await kw2.decryptDataKey(wrapped, { row: String(row.id) }, { key: 'bulk' }), where).toEqual(
+            deks.get(row.id),
+          );
+        }
+      }
+      if (finished) expect(meta, 'the checkpoint is removed when the job completes').toBeUndefined();
+      await kw2.close();
+      await check.close();
+      if (!finished) typical = r.killed ? typical * 1.05 : typical;
+    }
+    console.info(`bulk rewrap kill suite: ${kills} kills, ${resumed} resumed runs, full run ${typical} ms`);
+    expect(finished).toBe(true);
+    expect(kills, 'rounds killed').toBeGreaterThanOrEqual(3);
+    expect(resumed, 'runs that resumed from a checkpoint').toBeGreaterThanOrEqual(1);
+  }, 120_000);
 });
