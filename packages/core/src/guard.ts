@@ -13,12 +13,13 @@
  * recorded; every method that changes or uses a key is, including lifecycle methods this file does
  * not name (they are classified by name and default to "administer").
  */
+import { AsyncLocalStorage } from 'node:async_hooks';
 import { wipe } from './_bytes.js';
 import { AuditLog, type AuditLogOptions } from './audit/audit-log.js';
 import type { AuditEvent } from './audit/record.js';
 import type { EncryptionContext } from './context.js';
 import { type DataKey, type DataKeyProvider, parseWrappedKey } from './data-key.js';
-import { decryptEnvelope, encryptEnvelope } from './envelope.js';
+import { decryptEnvelope, encryptEnvelope, inspectEnvelope } from './envelope.js';
 import { AccessDeniedError, InvalidInputError, KeyNotFoundError, KeywardenError } from './errors.js';
 import type { KeyRecord, KeyStore } from './keystore.js';
 import type { Keywarden } from './keywarden.js';
@@ -51,6 +52,14 @@ interface Binding {
 const BINDINGS = new WeakMap<object, Binding>();
 
 type AnyFn = (...args: unknown[]) => unknown;
+
+/**
+ * Set (to the Keywarden) while a guarded operation runs its unguarded method: a public method that
+ * the Keywarden calls on itself meanwhile (rewrapDataKey → decryptDataKey, rewrapEnvelope →
+ * decrypt and encrypt) is part of the operation already decided and recorded, so it runs unguarded
+ * instead of being decided again as the instance's own principal.
+ */
+const INNER = new AsyncLocalStorage<object>();
 
 class Guard {
   readonly kw: Keywarden;
@@ -220,6 +229,8 @@ const METHODS: Record<string, { op: Operation | 'none'; action: string; global?:
 /** Not operations of the policy: metadata reads and this instance's own lifecycle. */
 const UNGUARDED = new Set(['constructor', 'getKey', 'listKeys', 'clearCache', 'close', 'as']);
 const DATA_METHODS = new Set([
+  'rewrapDataKey',
+  'rewrapEnvelope',
   'generateDataKey',
   'decryptDataKey',
   'encrypt',
@@ -264,7 +275,7 @@ function keyMethod(guard: Guard, name: string, principal: () => string): AnyFn {
       op,
       target,
       event,
-      async () => raw.apply(guard.kw, args),
+      async () => INNER.run(guard.kw, () => raw.apply(guard.kw, args)),
       (result, ev) => {
         const info = result as { id?: unknown; primaryVersion?: unknown } | undefined;
         if (typeof info?.id === 'string' && ev.keyId === undefined) ev.keyId = info.id;
@@ -394,6 +405,52 @@ function dataMethods(guard: Guard, principal: () => string): Record<string, AnyF
         streamProvider('decrypt', 'decrypt-stream', (options as { context?: EncryptionContext })?.context),
         options as never,
       ),
+    rewrapDataKey: (wrapped: unknown, context: unknown, expected: unknown) => {
+      const ev: Partial<AuditEvent> = { context: context as EncryptionContext | undefined };
+      return guard.run(
+        principal(),
+        'rewrap-data-key',
+        undefined,
+        undefined,
+        ev,
+        async () => {
+          const parsed = parseWrappedKey(wrapped as Uint8Array);
+          ev.keyId = parsed.keyId;
+          ev.version = parsed.version;
+          await guard.authorize(principal(), 'rewrap', parsed.keyId);
+          return (await INNER.run(kw, () => raw.rewrapDataKey?.call(kw, wrapped, context, expected))) as {
+            toVersion: number;
+            changed: boolean;
+          };
+        },
+        (r, e) => {
+          e.detail = { toVersion: r.toVersion, changed: r.changed };
+        },
+      );
+    },
+    rewrapEnvelope: (envelope: unknown, options: unknown) => {
+      const ev: Partial<AuditEvent> = { context: (options as { context?: EncryptionContext })?.context };
+      return guard.run(
+        principal(),
+        'rewrap-envelope',
+        undefined,
+        undefined,
+        ev,
+        async () => {
+          const info = inspectEnvelope(envelope as Uint8Array);
+          ev.keyId = info.keyId;
+          ev.version = info.keyVersion;
+          await guard.authorize(principal(), 'rewrap', info.keyId);
+          return (await INNER.run(kw, () => raw.rewrapEnvelope?.call(kw, envelope, options))) as {
+            toVersion: number;
+            changed: boolean;
+          };
+        },
+        (r, e) => {
+          e.detail = { toVersion: r.toVersion, changed: r.changed };
+        },
+      );
+    },
     // Sealing only takes access away: never refused by the policy (an agent gates who may ask), always recorded.
     seal: () =>
       guard.run(principal(), 'seal', undefined, undefined, {}, async () => {
@@ -410,6 +467,12 @@ function guardedMethods(guard: Guard, principal: () => string): Record<string, A
     const d = Object.getOwnPropertyDescriptor(guard.proto, name);
     if (typeof d?.value !== 'function') continue;
     out[name] = keyMethod(guard, name, principal);
+  }
+  // Inside a guarded operation, the Keywarden's calls on itself are part of it (INNER).
+  for (const [name, fn] of Object.entries(out)) {
+    const raw = guard.proto[name];
+    if (typeof raw !== 'function') continue;
+    out[name] = (...args: unknown[]) => (INNER.getStore() === guard.kw ? raw.apply(guard.kw, args) : fn(...args));
   }
   return out;
 }
