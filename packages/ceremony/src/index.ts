@@ -27,7 +27,7 @@ export {
   UNSEAL_KEY_ENV,
   UNSEAL_KEY_FILE,
 } from './layout.js';
-export { openStagedStore, pendingCeremonyOf, readStagedPending } from './pending.js';
+export { checkShareAgainstFolder, openStagedStore, pendingCeremonyOf, readStagedPending } from './pending.js';
 export {
   abortRekey,
   abortSplitInit,

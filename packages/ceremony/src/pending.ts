@@ -5,7 +5,13 @@
  * without a schema gets its empty one: `openStagedStore`).
  */
 import { stat } from 'node:fs/promises';
-import { type PendingCeremony, pendingCeremonyState, readPendingCeremony } from '@keywarden/split-knowledge';
+import {
+  checkShareAgainstStore,
+  type ParsedShare,
+  type PendingCeremony,
+  pendingCeremonyState,
+  readPendingCeremony,
+} from '@keywarden/split-knowledge';
 import { SqliteKeyStore } from '@keywarden/store-sqlite';
 import { exists, type StoreLocation, stagedStorePath } from './layout.js';
 
@@ -50,6 +56,26 @@ export async function pendingCeremonyOf(
   try {
     const st = await pendingCeremonyState(store);
     return st.state === 'pending' ? { kind: st.pending.kind, pending: st.pending } : undefined;
+  } finally {
+    await store.close();
+  }
+}
+
+/**
+ * Check one share against D's key store, or against the staged store of an init waiting for its
+ * test quorum (split-knowledge's checkShareAgainstStore: the share set's N and M, and the
+ * commitment recorded for its index). Undefined when D has neither; the key store is opened
+ * read-only. A share that is not the one handed out is a ShareError.
+ */
+export async function checkShareAgainstFolder(
+  loc: StoreLocation,
+  share: string | ParsedShare,
+): Promise<Awaited<ReturnType<typeof checkShareAgainstStore>> | undefined> {
+  const file = (await exists(loc.dbPath)) ? loc.dbPath : stagedStorePath(loc);
+  if (!(await exists(file))) return undefined;
+  const store = SqliteKeyStore.open(file, file === loc.dbPath ? { readonly: true } : { create: false });
+  try {
+    return await checkShareAgainstStore(store, share);
   } finally {
     await store.close();
   }

@@ -12,9 +12,9 @@
 import { readFile, stat } from 'node:fs/promises';
 import * as path from 'node:path';
 import type { Readable, Writable } from 'node:stream';
-import { wipe } from '@keywarden/core';
+import { InvalidInputError, KeywardenError, wipe } from '@keywarden/core';
 import { readAll } from './_streams.js';
-import { CliError, displayPath, systemErrorText } from './errors.js';
+import { displayPath, systemErrorText } from './errors.js';
 
 /** What a terminal input offers (process.stdin when it is a TTY). */
 export interface TtyInput extends Readable {
@@ -44,7 +44,9 @@ export function readHidden(
   options: { signal?: AbortSignal | undefined; maxLength?: number } = {},
 ): Promise<string | undefined> {
   if (typeof input.setRawMode !== 'function') {
-    return Promise.reject(new CliError('cannot turn off echo on this terminal; give the share in a file instead'));
+    return Promise.reject(
+      new InvalidInputError('cannot turn off echo on this terminal; give the share in a file instead'),
+    );
   }
   const maxLength = options.maxLength ?? MAX_HIDDEN_INPUT;
   const setRaw = input.setRawMode.bind(input);
@@ -120,7 +122,7 @@ export function readHidden(
         }
         if (ch < ' ') continue; // other control characters
         if (chars.length >= maxLength) {
-          finish(new CliError(`input longer than ${maxLength} characters`));
+          finish(new InvalidInputError(`input longer than ${maxLength} characters`));
           return;
         }
         chars.push(ch);
@@ -139,7 +141,11 @@ export function readHidden(
       setRaw(true);
     } catch (err) {
       settled = true;
-      reject(new CliError('cannot turn off echo on this terminal; give the share in a file instead', { cause: err }));
+      reject(
+        new InvalidInputError('cannot turn off echo on this terminal; give the share in a file instead', {
+          cause: err,
+        }),
+      );
       return;
     }
     output.write(prompt);
@@ -163,12 +169,12 @@ export async function readShareFile(file: string, cwd: string, stderr: Writable)
   const shown = displayPath(p, cwd);
   const text = await readSmallSecretFile(p, shown, stderr, 'share file');
   if (text.includes('-----BEGIN KEYWARDEN ENCRYPTED SHARE-----')) {
-    throw new CliError(
+    throw new InvalidInputError(
       `${shown} holds an encrypted share: its custodian decrypts it first (\`keywarden share decrypt -i ${shown} --private-key KEY\`)`,
     );
   }
   const share = text.trim();
-  if (share === '') throw new CliError(`${shown} is empty`);
+  if (share === '') throw new InvalidInputError(`${shown} is empty`);
   return share;
 }
 
@@ -206,8 +212,8 @@ export async function readSmallSecretFile(
   let bytes: Buffer;
   try {
     const st = await stat(p);
-    if (!st.isFile()) throw new CliError(`${shown} is not a file`);
-    if (st.size > MAX_SHARE_FILE_BYTES) throw new CliError(`${shown} is too large to be a ${what}`);
+    if (!st.isFile()) throw new InvalidInputError(`${shown} is not a file`);
+    if (st.size > MAX_SHARE_FILE_BYTES) throw new InvalidInputError(`${shown} is too large to be a ${what}`);
     if (secret && process.platform !== 'win32' && (st.mode & 0o077) !== 0) {
       stderr.write(
         `keywarden: warning: ${what} ${shown} is accessible to group or others (mode ${(st.mode & 0o777).toString(8)}); run chmod 600 on it\n`,
@@ -215,8 +221,8 @@ export async function readSmallSecretFile(
     }
     bytes = await readFile(p);
   } catch (err) {
-    if (err instanceof CliError) throw err;
-    throw new CliError(`cannot read ${what} ${shown}: ${systemErrorText(err)}`, { cause: err });
+    if (KeywardenError.isInstance(err)) throw err;
+    throw new InvalidInputError(`cannot read ${what} ${shown}: ${systemErrorText(err)}`, { cause: err });
   }
   try {
     return bytes.toString('utf8');

@@ -31,9 +31,9 @@ import { constants as fsConstants, createReadStream, existsSync } from 'node:fs'
 import { copyFile, type FileHandle, lstat, open, readdir, rename, unlink } from 'node:fs/promises';
 import * as path from 'node:path';
 import { Readable, type Writable } from 'node:stream';
-import { wipe } from '@keywarden/core';
+import { InvalidInputError, wipe } from '@keywarden/core';
 import { removeOnExit } from './_exit-cleanup.js';
-import { CliError, displayPath, systemErrorText } from './errors.js';
+import { displayPath, systemErrorText } from './errors.js';
 
 export const MiB = 1024 * 1024;
 
@@ -84,7 +84,7 @@ function streamSink(out: Writable): OutputSink {
         const code = (err as NodeJS.ErrnoException).code;
         // EPIPE keeps its code: errors.ts words it ("broken pipe").
         if (code === 'EPIPE' || code === 'ERR_STREAM_DESTROYED' || typeof code !== 'string') throw err;
-        throw new CliError(`cannot write to standard output: ${systemErrorText(err)}`, { cause: err });
+        throw new InvalidInputError(`cannot write to standard output: ${systemErrorText(err)}`, { cause: err });
       }
     },
     commit: async () => {},
@@ -242,7 +242,7 @@ async function syncDir(dir: string): Promise<void> {
 async function atomicFileSink(target: string, cwd: string): Promise<OutputSink> {
   const dir = path.dirname(target);
   const cannotCreate = (err: unknown) =>
-    new CliError(
+    new InvalidInputError(
       `cannot create ${displayPath(target, cwd)}: ${
         (err as NodeJS.ErrnoException).code === 'ENOENT'
           ? `no such directory ${displayPath(dir, cwd)}`
@@ -290,7 +290,9 @@ async function atomicFileSink(target: string, cwd: string): Promise<OutputSink> 
           off += bytesWritten;
         }
       } catch (err) {
-        throw new CliError(`cannot write ${displayPath(target, cwd)}: ${systemErrorText(err)}`, { cause: err });
+        throw new InvalidInputError(`cannot write ${displayPath(target, cwd)}: ${systemErrorText(err)}`, {
+          cause: err,
+        });
       }
     },
     async commit() {
@@ -304,13 +306,17 @@ async function atomicFileSink(target: string, cwd: string): Promise<OutputSink> 
             await nameUnnamed(fh, tmp);
           }
         } catch (err) {
-          throw new CliError(`cannot write ${displayPath(target, cwd)}: ${systemErrorText(err)}`, { cause: err });
+          throw new InvalidInputError(`cannot write ${displayPath(target, cwd)}: ${systemErrorText(err)}`, {
+            cause: err,
+          });
         }
         await close();
         try {
           await rename(tmp, target);
         } catch (err) {
-          throw new CliError(`cannot replace ${displayPath(target, cwd)}: ${systemErrorText(err)}`, { cause: err });
+          throw new InvalidInputError(`cannot replace ${displayPath(target, cwd)}: ${systemErrorText(err)}`, {
+            cause: err,
+          });
         }
         done = true;
         forget();
@@ -342,7 +348,7 @@ export async function readAll(
       const chunk = toBytes(c);
       total += chunk.length;
       chunks.push(chunk);
-      if (total > limit) throw new CliError(tooLarge);
+      if (total > limit) throw new InvalidInputError(tooLarge);
     }
     const out = new Uint8Array(total);
     let off = 0;
@@ -416,5 +422,5 @@ export function destroyOnAbort(stream: Readable, signal: AbortSignal | undefined
 function toBytes(c: unknown): Uint8Array {
   if (c instanceof Uint8Array) return c;
   if (typeof c === 'string') return Buffer.from(c, 'utf8');
-  throw new CliError('input stream produced something other than bytes');
+  throw new InvalidInputError('input stream produced something other than bytes');
 }

@@ -29,11 +29,11 @@ import {
   SHARES_OUT_DIR,
   type StoreLocation,
 } from '@keywarden/ceremony';
-import { KeywardenError, ShareError } from '@keywarden/core';
+import { InvalidInputError, KeywardenError, ShareError } from '@keywarden/core';
 import { type ShareSetInfo, UnsealSession } from '@keywarden/split-knowledge';
 import { AgentClient, isAgentUnavailable } from '@keywarden/agent';
 import { isTerminal, readHidden, readShareFile, readSharesFromStream, readSmallSecretFile } from './_prompt.js';
-import { CliError, displayPath, UsageError } from './errors.js';
+import { displayPath, UsageError } from './errors.js';
 import type { CliIO } from './io.js';
 import { print } from './output.js';
 import { readUnsealKey, resolveAgentSocket, resolveUnsealSource, type SocketLocation } from './store-dir.js';
@@ -154,7 +154,7 @@ export async function collectShares(
   if (!isTerminal(io.stdin)) {
     const lines = await readSharesFromStream(io.stdin);
     if (lines.length === 0) {
-      throw new CliError(
+      throw new InvalidInputError(
         `${request.operation} needs ${current.threshold} ${request.which ?? 'current'} shares${request.which === 'new' ? ` (share set ${current.shareSetId})` : ''}: pass --share-file, pipe them one a line, or run it in a terminal`,
       );
     }
@@ -175,7 +175,7 @@ export async function collectShares(
         { signal: io.signal },
       );
       if (text === undefined) {
-        throw new CliError(
+        throw new InvalidInputError(
           `${request.operation}: ${texts.length} of ${current.threshold} ${request.which ?? 'current'} shares given; nothing was changed`,
         );
       }

@@ -18,10 +18,11 @@ import {
   KeywardenError,
   type Keywarden,
   type EncryptionContext,
+  KeyMaterialError,
+  KeyStateError,
   type SoftwareRoot,
   wipe,
 } from '@keywarden/core';
-import { CliError } from './errors.js';
 import type { CliIO } from './io.js';
 import { formatPairs, keyDetails, keyListTable } from './output.js';
 import { DEVELOPMENT_MODE_WARNING } from './commands/init.js';
@@ -175,7 +176,7 @@ export async function runDemo(io: CliIO): Promise<void> {
     const again = await kw.decryptDataKey(dk.wrapped, contextA, { key: 'tenant-a' });
     const same = constantTimeEqual(again, dk.plaintext);
     wipe(again, dk.plaintext);
-    if (!same) throw new CliError('demo: the unwrapped data key differs from the generated one');
+    if (!same) throw new KeyMaterialError('demo: the unwrapped data key differs from the generated one');
     out.say("decryptDataKey(wrapped, context, { key: 'tenant-a' }) later returns the same 32 bytes (checked");
     out.say('in constant time).');
     out.protects('keeping plaintext keys at rest: only the wrapped DEK is ever written down.');
@@ -195,7 +196,8 @@ export async function runDemo(io: CliIO): Promise<void> {
         `${streamed.outBytes} bytes, SHA-256 ${streamed.outHash.slice(0, 16)}… (${streamed.inHash === streamed.outHash ? 'identical' : 'DIFFERENT'})`,
       ],
     ]);
-    if (streamed.inHash !== streamed.outHash) throw new CliError('demo: the streamed round trip changed the data');
+    if (streamed.inHash !== streamed.outHash)
+      throw new KeyMaterialError('demo: the streamed round trip changed the data');
     out.say('At most about one frame is buffered on each side, so a 4 MiB file and a 400 GiB one need the');
     out.say('same memory. Each frame is authenticated before its plaintext is released, and the last frame');
     out.say('is marked, so a truncated stream is detected.');
@@ -232,7 +234,7 @@ export async function runDemo(io: CliIO): Promise<void> {
     const ok = Buffer.from(afterUnseal).equals(record);
     wipe(afterUnseal);
     out.facts([['after unseal', ok ? 'the record decrypts again' : 'UNEXPECTED: the record did not match']]);
-    if (!ok) throw new CliError('demo: the record did not decrypt after unsealing');
+    if (!ok) throw new KeyMaterialError('demo: the record did not decrypt after unsealing');
     out.protects(
       'a restarted process, a stolen disk or a backup: everything on disk stays sealed until the unseal key ' +
         '(in production: a quorum of share holders, or an HSM/TPM) opens the root.',
@@ -312,7 +314,7 @@ async function refusal(fn: () => Promise<unknown>): Promise<string> {
     throw err;
   }
   if (result instanceof Uint8Array) wipe(result);
-  throw new CliError('demo: an operation that must be refused succeeded');
+  throw new KeyStateError('demo: an operation that must be refused succeeded');
 }
 
 interface StreamResult {

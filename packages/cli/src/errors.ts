@@ -2,14 +2,17 @@
  * How a failure reaches the user: exactly one line `keywarden: <message>` on stderr and an exit
  * status (0 success, 1 failure, 2 usage). A stack trace only with --debug.
  *
- * Messages come from KeywardenError (whose rules already keep key material, plaintext and unseal
- * keys out of them, and never say which decryption check failed), from the CLI's own errors
- * below, or — for anything else — from a short description of a Node system error. Nothing here
- * ever formats a buffer or a secret into text.
+ * One error model: everything the libraries and the commands throw is a core `KeywardenError` with
+ * a stable code (its rules already keep key material, plaintext and unseal keys out of messages,
+ * and never say which decryption check failed), except `UsageError`: the command line itself is
+ * wrong. `BY_CODE` below is the one place that turns a code into an exit status and adds what the
+ * command line knows (which command fixes it); a code not in it exits 1 with the library's message.
+ * Anything else (a Node system error) gets a short description. Nothing here ever formats a buffer
+ * or a secret into text.
  */
 import * as path from 'node:path';
 import { CommanderError } from 'commander';
-import { KeywardenError } from '@keywarden/core';
+import { KeywardenError, type KeywardenErrorCode } from '@keywarden/core';
 
 export const EXIT_OK = 0;
 export const EXIT_FAILURE = 1;
@@ -17,17 +20,24 @@ export const EXIT_USAGE = 2;
 /** 128 + SIGINT, what shells report for an interrupted command. */
 export const EXIT_INTERRUPTED = 130;
 
-/** A failure the CLI detected itself (missing key store, refusing to overwrite…): exit 1. */
-export class CliError extends Error {
-  readonly exitCode: number = EXIT_FAILURE;
-  override name = 'CliError';
-}
-
-/** The command line itself is wrong (conflicting options, malformed --context): exit 2. */
-export class UsageError extends CliError {
-  override readonly exitCode: number = EXIT_USAGE;
+/** The command line itself is wrong (conflicting options, malformed --context, bad N and M): exit 2. */
+export class UsageError extends Error {
+  readonly exitCode: number = EXIT_USAGE;
   override name = 'UsageError';
 }
+
+/** A core error code as the command line reports it: exit status, and text after the message. */
+interface CodeReport {
+  exitCode: number;
+  /** Appended to the library's message: how to fix it from the command line. */
+  suffix?: string;
+}
+
+/** Core error code → exit status (and message suffix). Codes not listed exit 1, message as is. */
+export const BY_CODE: Readonly<Partial<Record<KeywardenErrorCode, CodeReport>>> = {
+  // The library says what failed; the CLI says which command fixes it.
+  KW_AGENT_UNAVAILABLE: { exitCode: EXIT_FAILURE, suffix: ' (start one with `keywarden agent`)' },
+};
 
 export interface ReportedError {
   /** Single line, no trailing newline, without the `keywarden: ` prefix. */
@@ -54,12 +64,11 @@ export function describeError(err: unknown, cwd: string): ReportedError {
   if (err instanceof CommanderError) {
     return { message: oneLine(err.message.replace(/^error:\s*/i, '')), exitCode: EXIT_USAGE };
   }
-  if (err instanceof CliError) return { message: oneLine(err.message), exitCode: err.exitCode };
-  if (KeywardenError.isInstance(err, 'KW_AGENT_UNAVAILABLE')) {
-    // The library says what failed; the CLI says which command fixes it.
-    return { message: oneLine(`${err.message} (start one with \`keywarden agent\`)`), exitCode: EXIT_FAILURE };
+  if (err instanceof UsageError) return { message: oneLine(err.message), exitCode: err.exitCode };
+  if (KeywardenError.isInstance(err)) {
+    const report = BY_CODE[err.code];
+    return { message: oneLine(`${err.message}${report?.suffix ?? ''}`), exitCode: report?.exitCode ?? EXIT_FAILURE };
   }
-  if (KeywardenError.isInstance(err)) return { message: oneLine(err.message), exitCode: EXIT_FAILURE };
   if (isAbort(err)) return { message: 'interrupted', exitCode: EXIT_INTERRUPTED };
   const sys = err as NodeJS.ErrnoException | undefined;
   if (sys && typeof sys === 'object' && typeof sys.code === 'string') {

@@ -2,7 +2,7 @@
  * keywarden — the command line. `run(argv, io)` is the whole CLI, callable in-process.
  */
 export { run, buildProgram, type CliIO } from './cli.js';
-export { describeError, CliError, UsageError, EXIT_OK, EXIT_FAILURE, EXIT_USAGE } from './errors.js';
+export { BY_CODE, describeError, UsageError, EXIT_OK, EXIT_FAILURE, EXIT_USAGE } from './errors.js';
 export {
   resolveStoreLocation,
   resolveUnsealSource,

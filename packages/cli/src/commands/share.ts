@@ -8,22 +8,20 @@
 import { open } from 'node:fs/promises';
 import * as path from 'node:path';
 import type { Command } from 'commander';
-import { KeywardenError, ShareError } from '@keywarden/core';
+import { InvalidInputError, KeywardenError, ShareError } from '@keywarden/core';
 import {
-  checkShareAgainstStore,
   decryptShareForCustodian,
   isEncryptedPrivateKeyPem,
   parseShare,
   readEncryptedShareHeaders,
   shareCommitment,
 } from '@keywarden/split-knowledge';
-import { SqliteKeyStore } from '@keywarden/store-sqlite';
 import { isTerminal, readHidden, readSmallSecretFile } from '../_prompt.js';
-import { CliError, displayPath, systemErrorText } from '../errors.js';
+import { displayPath, systemErrorText } from '../errors.js';
 import type { CliIO } from '../io.js';
 import { formatJson, formatPairs, print } from '../output.js';
-import { stagedStorePath } from '@keywarden/ceremony';
-import { exists, type StoreLocation } from '../store-dir.js';
+import { checkShareAgainstFolder } from '@keywarden/ceremony';
+import type { StoreLocation } from '../store-dir.js';
 import { locationOf } from './_common.js';
 
 interface DecryptOptions {
@@ -105,7 +103,9 @@ Example:
         text = decryptShareForCustodian(armored, pem, passphrase === undefined ? {} : { passphrase });
       } catch (err) {
         if (KeywardenError.isInstance(err) && /the private key is encrypted; give its passphrase/.test(err.message)) {
-          throw new CliError(`${err.message} (--passphrase-file FILE, or run this in a terminal)`, { cause: err });
+          throw new InvalidInputError(`${err.message} (--passphrase-file FILE, or run this in a terminal)`, {
+            cause: err,
+          });
         }
         throw err;
       }
@@ -130,7 +130,7 @@ Example:
       try {
         fh = await open(out, 'wx', 0o600);
       } catch (err) {
-        throw new CliError(
+        throw new InvalidInputError(
           (err as NodeJS.ErrnoException).code === 'EEXIST'
             ? `${shown} already exists; refusing to overwrite it`
             : `cannot create ${shown}: ${systemErrorText(err)}`,
@@ -231,21 +231,15 @@ async function verifyShare(
     }
     notes.push('matches the commitment given');
   }
-  const file = (await exists(loc.dbPath)) ? loc.dbPath : stagedStorePath(loc);
-  if (await exists(file)) {
-    const store = SqliteKeyStore.open(file, file === loc.dbPath ? { readonly: true } : { create: false });
-    try {
-      const r = await checkShareAgainstStore(store, share);
-      notes.push(
-        r.set === 'unknown'
-          ? `not checked against the key store in ${loc.display}, whose share set is ${r.storeShareSetId}`
-          : r.committed
-            ? `matches the commitment recorded in the key store in ${loc.display}${r.set === 'pending' ? ' (pending share set)' : ''}`
-            : `belongs to the key store in ${loc.display} (which records no commitments: sealed before them)`,
-      );
-    } finally {
-      await store.close();
-    }
+  const r = await checkShareAgainstFolder(loc, share);
+  if (r) {
+    notes.push(
+      r.set === 'unknown'
+        ? `not checked against the key store in ${loc.display}, whose share set is ${r.storeShareSetId}`
+        : r.committed
+          ? `matches the commitment recorded in the key store in ${loc.display}${r.set === 'pending' ? ' (pending share set)' : ''}`
+          : `belongs to the key store in ${loc.display} (which records no commitments: sealed before them)`,
+    );
   }
   return notes.length > 0 ? `; ${notes.join('; ')}` : '';
 }

@@ -4,10 +4,9 @@
  * printed or logged; only progress is shown ("unseal progress: 2 of 3").
  */
 import type { Command } from 'commander';
-import { KeywardenError } from '@keywarden/core';
+import { InvalidInputError, KeywardenError } from '@keywarden/core';
 import { AgentClient, type AgentStatus, isAgentUnavailable, type UnsealResult } from '@keywarden/agent';
 import { isTerminal, readHidden, readShareFile, readSharesFromStream } from '../_prompt.js';
-import { CliError } from '../errors.js';
 import type { CliIO } from '../io.js';
 import { formatJson, formatPairs, print } from '../output.js';
 import { pendingCeremonyOf } from '@keywarden/ceremony';
@@ -63,7 +62,7 @@ a pipe was refused (at the prompt, a refused share is reported and the next one 
         } else if (!isTerminal(io.stdin)) {
           const shares = await readSharesFromStream(io.stdin);
           if (shares.length === 0) {
-            throw new CliError(
+            throw new InvalidInputError(
               'no shares given: pass --share-file FILE, pipe shares one a line, or run `keywarden unseal` in a terminal',
             );
           }
