@@ -139,3 +139,30 @@ export async function loadAuditKey(
     wipe(material);
   }
 }
+
+/**
+ * After a root rotation (root-rotation.ts moves the KEK versions, not this record): unwrap the
+ * audit key under the old root and store it wrapped by the new one, so the log keeps verifying
+ * under the same key. False when the store has no audit key. Both roots must be unsealed.
+ */
+export async function rewrapAuditKey(store: KeyStore, from: RootOfTrust, to: RootOfTrust): Promise<boolean> {
+  const existing = await store.getMeta(AUDIT_KEY_META_NAME);
+  if (!existing) return false;
+  let doc: AuditKeyDocument;
+  try {
+    doc = JSON.parse(Buffer.from(existing).toString('utf8')) as AuditKeyDocument;
+  } catch {
+    throw new StoreCorruptError('audit: the audit-key record in the key store is unreadable');
+  }
+  const oldRoot = checkedRoot(from);
+  const newRoot = checkedRoot(to);
+  const material = await oldRoot.unwrapKey(new Uint8Array(Buffer.from(doc.wrapped, 'base64url')), AUDIT_KEY_AAD);
+  try {
+    const wrapped = await newRoot.wrapKey(material, AUDIT_KEY_AAD);
+    const next: AuditKeyDocument = { v: 1, rootId: newRoot.id, wrapped: toBase64Url(wrapped) };
+    await store.putMeta(AUDIT_KEY_META_NAME, utf8.encode(JSON.stringify(next)));
+    return true;
+  } finally {
+    wipe(material);
+  }
+}

@@ -1,4 +1,4 @@
-export { AuditKey, AUDIT_KEY_META_NAME, loadAuditKey } from './audit-key.js';
+export { AuditKey, AUDIT_KEY_META_NAME, loadAuditKey, rewrapAuditKey } from './audit-key.js';
 export {
   type AuditEvent,
   type AuditRecord,

@@ -13,6 +13,7 @@ import {
   loadAuditKey,
   readStoreAuditHead,
   readStoreAuditLines,
+  rewrapAuditKey,
   verifyAuditLog,
 } from '../../src/audit/index.js';
 import { sealRecordLine } from '../../src/audit/record.js';
@@ -42,6 +43,19 @@ describe('audit key', () => {
     expect(b.kid).toBe(a.kid);
     const stored = Buffer.from((await store.getMeta(AUDIT_KEY_META_NAME)) as Uint8Array).toString('utf8');
     expect(JSON.parse(stored)).toMatchObject({ v: 1, rootId: expect.stringMatching(/^root_/) });
+  });
+
+  it('moves to a new root with rewrapAuditKey, and the log still verifies under it', async () => {
+    const { store, root } = await storeAndRoot();
+    const log = new AuditLog({ store, root });
+    await log.record(event(1));
+    await log.close();
+    const other = await storeAndRoot();
+    await expect(loadAuditKey(store, other.root)).rejects.toThrow();
+    expect(await rewrapAuditKey(store, root, other.root)).toBe(true);
+    const key = await loadAuditKey(store, other.root);
+    expect(verifyAuditLog(key, await readStoreAuditLines(store, key)).ok).toBe(true);
+    expect(await rewrapAuditKey(other.store, other.root, root)).toBe(false);
   });
 
   it('cannot be loaded while the root is sealed', async () => {
