@@ -123,8 +123,19 @@ export class Esys {
     }
     const n = tss2Native();
     const tctiOut: unknown[] = [null];
+    // A connection that is made only after the deadline is closed when it is.
+    const late = (code: number) => {
+      if (code >>> 0 === 0 && tctiOut[0]) n.tctiFinalize(tctiOut);
+    };
     const rc =
-      (await asyncCall(n.tctiInit, [options.tcti ?? null, tctiOut], timeoutMs, 'Tss2_TctiLdr_Initialize')) >>> 0;
+      (await asyncCall(
+        n.tctiInit,
+        [options.tcti ?? null, tctiOut],
+        timeoutMs,
+        'Tss2_TctiLdr_Initialize',
+        undefined,
+        late,
+      )) >>> 0;
     if (rc !== 0) {
       const d = decodeRc(rc, String(n.rcDecode(rc)));
       throw new TssUnavailableError(
