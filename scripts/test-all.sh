@@ -17,7 +17,7 @@ rm -rf packages/*/.vitest-results.json .test-results
 status=0
 echo "== lint" && pnpm run lint || status=1
 echo "== typecheck" && pnpm exec turbo run typecheck --output-logs=errors-only || status=1
-echo "== test" && pnpm exec turbo run test --concurrency=1 || status=1
+echo "== test" && pnpm exec turbo run test --concurrency=1 --continue || status=1
 
 # Speed as ratios to raw node:crypto measured in the same run (never absolute times), gated against
 # the committed benchmarks/baseline.json: fails when a ratio regresses beyond its tolerance (how it

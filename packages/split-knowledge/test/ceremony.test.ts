@@ -3,7 +3,7 @@ import {
   DecryptionError,
   decodeSealedRoot,
   encodeSealedRoot,
-  KeyStateError,
+  KeyDestroyedError,
   KeystoreSealedError,
   Keywarden,
   kekAad,
@@ -554,10 +554,10 @@ describe('root rotation and root destruction (quorum-gated)', () => {
     await unsealWithShares(loadedBefore, c.shares.slice(0, 3));
     const kw = new Keywarden({ store: c.store, root: loadedBefore });
     await expect(kw.decrypt(c.envelope, { key: 'orders', context: { table: 'orders' } })).rejects.toSatisfy(
-      KeyStateError.isInstance,
+      KeyDestroyedError.isInstance,
     );
     await expect(kw.decrypt(c.second, { key: 'orders', context: { table: 'orders' } })).rejects.toSatisfy(
-      KeyStateError.isInstance,
+      KeyDestroyedError.isInstance,
     );
     await kw.seal();
   });
