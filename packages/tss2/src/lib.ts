@@ -106,8 +106,7 @@ function open(koffi: Koffi, names: string[]): { func(definition: string): Native
     try {
       // RTLD_DEEPBIND: tpm2-tss resolves OpenSSL from the libcrypto it was built against, not from
       // the OpenSSL statically linked into Node.js (whose exported symbols would otherwise win:
-      // another version, and state shared with node:crypto). It is also 5× faster: the HMAC
-      // sessions' digest fetches hit Node's OpenSSL name map uncached on every command.
+      // another version, and state shared with node:crypto). Measured: no change in speed.
       return koffi.load(n, { deep: true });
     } catch (err) {
       last = err;
