@@ -99,7 +99,9 @@ try {
         `typescript@${devDeps.typescript}`,
         `@types/node@${devDeps['@types/node']}`,
       ],
-      { cwd: app },
+      // Compiles better-sqlite3 and pkcs11js from source (no prebuilt binaries reach this machine):
+      // minutes on two busy cores.
+      { cwd: app, timeout: 1_200_000 },
     ),
   );
 
