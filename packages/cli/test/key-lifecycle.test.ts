@@ -3,7 +3,8 @@
  * (issue 10), through the real CLI on a real SQLite key store.
  */
 import { describe, expect, it } from 'vitest';
-import { cli, initialized, oneLine } from './helpers.js';
+import { cli, initialized, oneLine, tempDir } from './helpers.js';
+import { built, startAgent } from './split-helpers.js';
 
 async function encrypt(cwd: string, key: string, text: string): Promise<Buffer> {
   const r = await cli(['encrypt', '--key', key], { cwd, stdin: text });
@@ -133,6 +134,43 @@ describe('keywarden key lifecycle commands', () => {
       const r = await cli(['key', verb, '--help'], { cwd });
       expect(r.code, verb).toBe(0);
       for (const flag of flags) expect(r.out, `${verb} ${flag}`).toContain(flag);
+    }
+  });
+});
+
+describe.skipIf(!built)('key lifecycle commands on a split-knowledge store (through the agent)', () => {
+  it('compromise rotates through the agent and marks the version in the store; rotate --due rotates through the agent; disable needs no agent', async () => {
+    const dir = await tempDir();
+    expect((await cli(['init', '--shares', '2', '--threshold', '2', '--share-dir', 'shares'], { cwd: dir })).code).toBe(
+      0,
+    );
+    const agent = await startAgent(dir);
+    try {
+      const shares = ['--share-file', 'shares/share-1-of-2.txt', '--share-file', 'shares/share-2-of-2.txt'];
+      expect((await cli(['unseal', ...shares], { cwd: dir })).code).toBe(0);
+      expect((await cli(['key', 'create', 'k'], { cwd: dir })).code).toBe(0);
+      const v1 = (await cli(['encrypt', '--key', 'k', '--text'], { cwd: dir, stdin: 'one' })).out;
+      const comp = await cli(['key', 'compromise', 'k', '1', '--json'], { cwd: dir });
+      expect(comp.code, comp.stderr).toBe(0);
+      expect(JSON.parse(comp.out)).toMatchObject({ compromisedVersion: 1, unreadableVersions: [1] });
+      expect(JSON.parse(comp.out).key.primaryVersion).toBe(2);
+      // The agent's cache still holds v1 until its TTL: what this test checks is the store's state.
+      const show = JSON.parse((await cli(['key', 'show', 'k', '--json'], { cwd: dir })).out);
+      expect(show.versions.map((v: { state: string }) => v.state)).toEqual(['compromised', 'enabled']);
+      expect(v1.startsWith('kw1.')).toBe(true);
+
+      expect((await cli(['key', 'policy', 'k', '--max-uses', '1'], { cwd: dir })).code).toBe(0);
+      expect((await cli(['encrypt', '--key', 'k', '--text'], { cwd: dir, stdin: 'two' })).code).toBe(0);
+      const due = await cli(['key', 'rotate', '--due', '--json'], { cwd: dir });
+      expect(due.code, due.stderr).toBe(0);
+      expect(JSON.parse(due.out)).toMatchObject([
+        { key: 'k', reasons: ['uses'], fromVersion: 2, toVersion: 3, outcome: 'rotated' },
+      ]);
+
+      const dis = await cli(['key', 'disable', 'k', '2'], { cwd: dir });
+      expect(dis.code, dis.stderr).toBe(0);
+    } finally {
+      expect(await agent.stop()).toBe(0);
     }
   });
 });

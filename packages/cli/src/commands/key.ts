@@ -128,7 +128,15 @@ changes nothing. Schedule \`keywarden key rotate --due\` (e.g. daily) to apply e
           if (isKeywarden(ks)) return ks.rotateDue();
           // Through the agent: find what is due from the store, rotate each through the agent.
           const due = await withKeywarden(loc, io, {}, (kw) => kw.rotateDue({ dryRun: true }));
-          for (const d of due) d.toVersion = (await ks.rotateKey(d.id)).primaryVersion;
+          for (const d of due) {
+            try {
+              d.toVersion = (await ks.rotateKey(d.id)).primaryVersion;
+              d.outcome = 'rotated';
+            } catch (err) {
+              if (!KeywardenError.isInstance(err, 'KW_CONFLICT')) throw err;
+              d.outcome = 'conflict';
+            }
+          }
           return due;
         });
         await print(io.stdout, opts.json ? formatJson(done) : dueText(done));
