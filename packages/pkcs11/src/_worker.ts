@@ -17,7 +17,7 @@ import { parentPort, workerData } from 'node:worker_threads';
 import * as graphene from 'graphene-pk11';
 import { createRequire } from 'node:module';
 import type * as Pkcs11js from 'pkcs11js';
-import { ckrName } from './errors.js';
+import { ckrName } from './_ckr.js';
 
 /** pkcs11js is CommonJS whose exports live on a native object: loaded through require. */
 const pkcs11js = createRequire(import.meta.url)('pkcs11js') as typeof Pkcs11js;

@@ -17,17 +17,9 @@
  * CKR_GENERAL_ERROR and other tokens as CKR_ENCRYPTED_DATA_INVALID.
  */
 import { RootDeviceError, RootLockoutError, RootUnavailableError, UnsealError } from '@keywarden/core';
-import { createRequire } from 'node:module';
-import type * as Pkcs11js from 'pkcs11js';
+import { ckrName } from './_ckr.js';
 
-/** pkcs11js is CommonJS whose exports live on a native object: loaded through require. */
-const pkcs11js = createRequire(import.meta.url)('pkcs11js') as typeof Pkcs11js;
-
-/** CKR value → name, from pkcs11js's constants (the names of the standard's header). */
-const CKR_NAMES = new Map<number, string>();
-for (const [name, value] of Object.entries(pkcs11js as unknown as Record<string, unknown>)) {
-  if (name.startsWith('CKR_') && typeof value === 'number' && !CKR_NAMES.has(value)) CKR_NAMES.set(value, name);
-}
+export { ckrName };
 
 export type Pkcs11ErrorKind = 'unavailable' | 'lockout' | 'unseal' | 'device';
 
@@ -49,14 +41,6 @@ const UNAVAILABLE = new Set([
 ]);
 const LOCKOUT = new Set(['CKR_PIN_LOCKED', 'CKR_PIN_EXPIRED']);
 const UNSEAL = new Set(['CKR_PIN_INCORRECT', 'CKR_PIN_INVALID', 'CKR_PIN_LEN_RANGE']);
-
-/** The CKR name of a return value ("CKR_VENDOR_DEFINED+0x…" for vendor codes, "CKR_0x…" for unknown ones). */
-export function ckrName(code: number): string {
-  const name = CKR_NAMES.get(code);
-  if (name) return name;
-  if (code >= 0x80000000) return `CKR_VENDOR_DEFINED+0x${(code - 0x80000000).toString(16)}`;
-  return `CKR_0x${code.toString(16)}`;
-}
 
 export function ckrKind(ckr: string): Pkcs11ErrorKind {
   if (UNAVAILABLE.has(ckr)) return 'unavailable';
