@@ -1,8 +1,8 @@
 /**
  * Acting as a principal: policy enforcement and audit records around every Keywarden operation
- * (docs/policy.md, docs/audit.md). Installed by `new Keywarden({ audit, policy, principal })` on the
- * instance itself, and made per principal by `kw.as(principal)`, a view that shares the instance's
- * caches, store and root but decides and records as that principal.
+ * (docs/policy.md, docs/audit.md). `new Keywarden({ audit, policy, principal })` returns a guarded
+ * view of the instance it built, and `kw.as(principal)` makes one per principal: views share the
+ * instance's caches, store and root but decide and record as their principal.
  *
  * Every guarded call: (1) the audit log must be writable (fail closed); (2) the policy decides
  * (a denial is an AccessDeniedError); (3) the operation runs through the unguarded method; (4) one
@@ -13,7 +13,6 @@
  * recorded; every method that changes or uses a key is, including lifecycle methods this file does
  * not name (they are classified by name and default to "administer").
  */
-import { AsyncLocalStorage } from 'node:async_hooks';
 import { wipe } from './_bytes.js';
 import { AuditLog, type AuditLogOptions } from './audit/audit-log.js';
 import type { AuditEvent } from './audit/record.js';
@@ -52,14 +51,6 @@ interface Binding {
 const BINDINGS = new WeakMap<object, Binding>();
 
 type AnyFn = (...args: unknown[]) => unknown;
-
-/**
- * Set (to the Keywarden) while a guarded operation runs its unguarded method: a public method that
- * the Keywarden calls on itself meanwhile (rewrapDataKey → decryptDataKey, rewrapEnvelope →
- * decrypt and encrypt) is part of the operation already decided and recorded, so it runs unguarded
- * instead of being decided again as the instance's own principal.
- */
-const INNER = new AsyncLocalStorage<object>();
 
 class Guard {
   readonly kw: Keywarden;
@@ -275,7 +266,7 @@ function keyMethod(guard: Guard, name: string, principal: () => string): AnyFn {
       op,
       target,
       event,
-      async () => INNER.run(guard.kw, () => raw.apply(guard.kw, args)),
+      async () => raw.apply(guard.kw, args),
       (result, ev) => {
         const info = result as { id?: unknown; primaryVersion?: unknown } | undefined;
         if (typeof info?.id === 'string' && ev.keyId === undefined) ev.keyId = info.id;
@@ -367,7 +358,7 @@ function dataMethods(guard: Guard, principal: () => string): Record<string, AnyF
           const parsed = parseWrappedKey(wrapped as Uint8Array);
           ev.keyId = parsed.keyId;
           ev.version = parsed.version;
-          await guard.authorize(principal(), 'decrypt', parsed.keyId);
+          if (guard.enforcing) await guard.authorize(principal(), 'decrypt', parsed.keyId);
           return ddk(wrapped as Uint8Array, context as EncryptionContext | undefined, expected);
         },
         undefined,
@@ -418,7 +409,7 @@ function dataMethods(guard: Guard, principal: () => string): Record<string, AnyF
           ev.keyId = parsed.keyId;
           ev.version = parsed.version;
           await guard.authorize(principal(), 'rewrap', parsed.keyId);
-          return (await INNER.run(kw, () => raw.rewrapDataKey?.call(kw, wrapped, context, expected))) as {
+          return (await raw.rewrapDataKey?.call(kw, wrapped, context, expected)) as {
             toVersion: number;
             changed: boolean;
           };
@@ -441,7 +432,7 @@ function dataMethods(guard: Guard, principal: () => string): Record<string, AnyF
           ev.keyId = info.keyId;
           ev.version = info.keyVersion;
           await guard.authorize(principal(), 'rewrap', info.keyId);
-          return (await INNER.run(kw, () => raw.rewrapEnvelope?.call(kw, envelope, options))) as {
+          return (await raw.rewrapEnvelope?.call(kw, envelope, options)) as {
             toVersion: number;
             changed: boolean;
           };
@@ -468,12 +459,6 @@ function guardedMethods(guard: Guard, principal: () => string): Record<string, A
     if (typeof d?.value !== 'function') continue;
     out[name] = keyMethod(guard, name, principal);
   }
-  // Inside a guarded operation, the Keywarden's calls on itself are part of it (INNER).
-  for (const [name, fn] of Object.entries(out)) {
-    const raw = guard.proto[name];
-    if (typeof raw !== 'function') continue;
-    out[name] = (...args: unknown[]) => (INNER.getStore() === guard.kw ? raw.apply(guard.kw, args) : fn(...args));
-  }
   return out;
 }
 
@@ -484,28 +469,58 @@ function checkPrincipal(principal: unknown): string {
   return principal;
 }
 
-/** Called by the Keywarden constructor when `audit` or `policy` is given. */
-export function installGuard(kw: Keywarden, options: GuardOptions): void {
+/**
+ * A view of the guard's Keywarden acting as `principal`: its prototype is the Keywarden (so it is
+ * `instanceof Keywarden` and sees its `store` and `root`), unguarded methods are bound to it, and
+ * the guarded ones decide and record. The Keywarden itself stays unguarded underneath: a method it
+ * calls on itself (rewrapDataKey → decryptDataKey, rewrapEnvelope → decrypt and encrypt, the
+ * lifecycle methods → getKey) is part of the operation already decided and recorded.
+ */
+function makeView(guard: Guard, principal: string, owner: boolean): Keywarden {
+  const base = guard.kw;
+  const view = Object.create(base) as Keywarden;
+  const proto = guard.proto;
+  for (const key of Object.getOwnPropertyNames(proto)) {
+    const d = Object.getOwnPropertyDescriptor(proto, key);
+    if (!d || key === 'constructor') continue;
+    if (d.get) Object.defineProperty(view, key, { get: () => d.get?.call(base), configurable: true });
+    else if (typeof d.value === 'function') {
+      Object.defineProperty(view, key, { value: (d.value as AnyFn).bind(base), configurable: true });
+    }
+  }
+  for (const [k, fn] of Object.entries(guardedMethods(guard, () => principal))) {
+    Object.defineProperty(view, k, { value: fn, configurable: true });
+  }
+  const rawClose = proto.close as AnyFn;
+  Object.defineProperty(view, 'close', {
+    // A view made by as() shares everything with its Keywarden: closing it does nothing.
+    value: owner
+      ? async () => {
+          try {
+            // Records first (the store sink writes into the store the Keywarden may close).
+            if (guard.ownsAudit) await guard.audit?.close();
+            else await guard.audit?.flush();
+          } finally {
+            await rawClose.call(base);
+          }
+        }
+      : async () => {},
+    configurable: true,
+  });
+  Object.defineProperty(view, 'as', { value: (p: string) => actAs(base, p), configurable: true });
+  BINDINGS.set(view, { guard, principal });
+  return view;
+}
+
+/**
+ * Called by the Keywarden constructor when `audit` or `policy` is given: the constructor returns
+ * the view this makes (acting as `options.principal`, default "local"), which owns the audit log.
+ */
+export function installGuard(kw: Keywarden, options: GuardOptions): Keywarden {
   const guard = new Guard(kw, options);
   const principal = checkPrincipal(options.principal ?? DEFAULT_PRINCIPAL);
   BINDINGS.set(kw, { guard, principal });
-  const methods = guardedMethods(guard, () => principal);
-  for (const [name, fn] of Object.entries(methods)) {
-    Object.defineProperty(kw, name, { value: fn, writable: false, enumerable: false, configurable: true });
-  }
-  const rawClose = guard.proto.close as AnyFn;
-  Object.defineProperty(kw, 'close', {
-    value: async () => {
-      try {
-        // Records first (the store sink writes into the store the Keywarden may close).
-        if (guard.ownsAudit) await guard.audit?.close();
-        else await guard.audit?.flush();
-      } finally {
-        await rawClose.call(kw);
-      }
-    },
-    configurable: true,
-  });
+  return makeView(guard, principal, true);
 }
 
 /**
@@ -517,25 +532,7 @@ export function actAs(kw: Keywarden, principal: string): Keywarden {
   if (!binding) {
     throw new InvalidInputError('keywarden: as() needs a Keywarden made with an "audit" or "policy" option');
   }
-  const name = checkPrincipal(principal);
-  const base = binding.guard.kw;
-  const view = Object.create(base) as Keywarden;
-  const proto = binding.guard.proto;
-  for (const key of Object.getOwnPropertyNames(proto)) {
-    const d = Object.getOwnPropertyDescriptor(proto, key);
-    if (!d || key === 'constructor') continue;
-    if (d.get) Object.defineProperty(view, key, { get: () => d.get?.call(base), configurable: true });
-    else if (typeof d.value === 'function') {
-      Object.defineProperty(view, key, { value: (d.value as AnyFn).bind(base), configurable: true });
-    }
-  }
-  for (const [k, fn] of Object.entries(guardedMethods(binding.guard, () => name))) {
-    Object.defineProperty(view, k, { value: fn, configurable: true });
-  }
-  Object.defineProperty(view, 'close', { value: async () => {}, configurable: true });
-  Object.defineProperty(view, 'as', { value: (p: string) => actAs(base, p), configurable: true });
-  BINDINGS.set(view, { guard: binding.guard, principal: name });
-  return view;
+  return makeView(binding.guard, checkPrincipal(principal), false);
 }
 
 /** The audit log a Keywarden (or a view of one) records into, if any. */

@@ -332,7 +332,6 @@ export class Keywarden implements DataKeyProvider {
     if (!Number.isFinite(this.#ttlMs) || this.#ttlMs < 0)
       throw new InvalidInputError('keywarden: cache.ttlMs must be ≥ 0');
     this.#now = options.now ?? (() => new Date());
-    if (options.audit !== undefined || options.policy !== undefined) installGuard(this, options);
     const lifecycle = options.lifecycle ?? {};
     checkOptions(lifecycle, LIFECYCLE_OPTIONS, 'new Keywarden lifecycle');
     this.#rotation = { ...DEFAULT_ROTATION, ...checkPolicy(lifecycle.rotation ?? {}) };
@@ -344,6 +343,10 @@ export class Keywarden implements DataKeyProvider {
     if (!Number.isSafeInteger(this.#usageBlock) || this.#usageBlock < 1 || this.#usageBlock > 2 ** 32) {
       throw new InvalidInputError('keywarden: lifecycle.usageBlock must be an integer in 1..2^32');
     }
+    // Audited or policed: the caller gets a guarded view of this instance (guard.ts). Last, once
+    // every field is set.
+    // biome-ignore lint/correctness/noConstructorReturn: the view is a Keywarden (its prototype is this instance).
+    if (options.audit !== undefined || options.policy !== undefined) return installGuard(this, options);
   }
 
   /** Made outside the constructor, whose closures hold `this`: the listener holds only the WeakRef. */

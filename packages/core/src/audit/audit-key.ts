@@ -58,6 +58,7 @@ class PreparedHmac {
 export class AuditKey {
   readonly #mac: PreparedHmac;
   readonly #id: PreparedHmac;
+  readonly #contexts = new Map<string, string>();
   /** Non-secret fingerprint of the audit key, written into every record ("kid"). */
   readonly kid: string;
 
@@ -79,6 +80,21 @@ export class AuditKey {
     return this.#mac.mac(MAC_DOMAIN + canonical).toString('base64url');
   }
 
+  /**
+   * digest() of a context's canonical JSON, remembered for the contexts seen last (an application
+   * uses few distinct contexts at a high rate; one HMAC saved per record). Bounded; the digests
+   * are as public as the records they go into.
+   */
+  contextDigest(canonical: string): string {
+    let d = this.#contexts.get(canonical);
+    if (d === undefined) {
+      d = this.digest(canonical);
+      if (this.#contexts.size >= 1024) this.#contexts.clear();
+      this.#contexts.set(canonical, d);
+    }
+    return d;
+  }
+
   /** The keyed digest of a caller-supplied identifier or context ("h:" + base64url, 128 bits). */
   digest(value: string): string {
     return `h:${this.#id
@@ -90,6 +106,7 @@ export class AuditKey {
   destroy(): void {
     this.#mac.destroy();
     this.#id.destroy();
+    this.#contexts.clear();
   }
 }
 

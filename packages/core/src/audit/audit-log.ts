@@ -53,6 +53,9 @@ interface Waiter {
   reject(err: unknown): void;
 }
 
+/** Interval mode: a batch this large is written at once, whatever the interval. */
+const BATCH_RECORDS = 1024;
+
 export class AuditLog {
   readonly #sinks: AuditSink[];
   readonly #durability: AuditDurability;
@@ -66,6 +69,7 @@ export class AuditLog {
   #pending: AuditEvent[] = [];
   #waiters: Waiter[] = [];
   #scheduled = false;
+  #batchQueued = false;
   #timer: NodeJS.Timeout | undefined;
   #chain: Promise<void> = Promise.resolve();
   #failed: AuditError | undefined;
@@ -123,7 +127,9 @@ export class AuditLog {
    */
   record(event: AuditEvent): Promise<void> | undefined {
     this.assertWritable();
-    this.#pending.push(event.at === undefined ? { ...event, at: Date.now() } : event);
+    // Stamped in place (no copy on the hot path): record() owns the event from here on.
+    if (event.at === undefined) event.at = Date.now();
+    this.#pending.push(event);
     if (this.#durability === 'each') {
       const p = new Promise<void>((resolve, reject) => this.#waiters.push({ resolve, reject }));
       if (!this.#scheduled) {
@@ -134,6 +140,14 @@ export class AuditLog {
         });
       }
       return p;
+    }
+    // A batch is written once it is full, without waiting for the timer: a caller in a tight loop of
+    // awaits never lets a timer run, and its records must not pile up until record() refuses.
+    if (this.#pending.length >= BATCH_RECORDS && !this.#batchQueued) {
+      this.#batchQueued = true;
+      void this.#enqueueFlush().finally(() => {
+        this.#batchQueued = false;
+      });
     }
     if (this.#timer === undefined) {
       this.#timer = setTimeout(() => {

@@ -117,7 +117,7 @@ function buildRecord(
   if (event.version !== undefined) rec.version = event.version;
   if (event.code !== undefined) rec.code = event.code;
   if (event.context !== undefined && Object.keys(event.context).length > 0) {
-    rec.ctx = key.digest(canonicalJson(event.context));
+    rec.ctx = key.contextDigest(canonicalJson(event.context));
   }
   if (event.ids !== undefined) {
     const ids: Record<string, string> = {};

@@ -9,6 +9,7 @@ import {
   AuditKey,
   AuditLog,
   type AuditRecord,
+  contextDigest,
   type AuditSink,
   loadAuditKey,
   readStoreAuditHead,
@@ -113,6 +114,11 @@ describe('record encoding', () => {
       'prevmac',
     );
     expect(JSON.parse(full.line)).toEqual(full.record);
+    // The context digest (remembered per context) is the keyed digest of its canonical JSON, key order aside.
+    expect(full.record.ctx).toBe(contextDigest(key, { a: 'é"\\', b: '2' }));
+    expect(
+      sealRecordLine(key, { op: 'x', principal: 'p', outcome: 'ok', context: { a: 'é"\\', b: '2' } }, 1, '').record.ctx,
+    ).toBe(full.record.ctx);
     expect(verifyAuditLog(key, [full.line], { after: { seq: 6, mac: 'prevmac' } })).toMatchObject({ ok: true });
     const bare = sealRecordLine(key, { op: 'seal', principal: 'agent', outcome: 'ok' }, 1, '');
     expect(verifyAuditLog(key, [bare.line]).ok).toBe(true);
@@ -260,5 +266,31 @@ describe('AuditLog', () => {
     expect(() => new AuditLog({ store, root, toStore: false })).toThrow(/at least one sink/);
     expect(() => new AuditLog({ file: '/tmp/x' })).toThrow(/audit key/);
     expect(() => new AuditLog({ store, root, durability: { intervalMs: 0 } })).toThrow(/durability/);
+  });
+});
+
+describe('AuditLog under a tight loop', () => {
+  it('interval mode writes full batches without waiting for its timer (a loop of awaits never lets it run)', async () => {
+    const { store, root } = await storeAndRoot();
+    let written = 0;
+    const log = new AuditLog({
+      store,
+      root,
+      toStore: false,
+      durability: { intervalMs: 60_000 },
+      maxBuffered: 3000,
+      callback: (r) => {
+        written += r.length;
+      },
+    });
+    await log.key();
+    // Only microtasks between records: no timer can fire in here.
+    for (let i = 0; i < 20_000; i++) {
+      log.record(event(i));
+      await Promise.resolve();
+    }
+    expect(written).toBeGreaterThan(15_000);
+    await log.close();
+    expect(written).toBe(20_000);
   });
 });
