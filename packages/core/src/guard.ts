@@ -169,7 +169,10 @@ class Guard {
   ): Promise<T> {
     this.audit?.assertWritable();
     // The caller's event object itself: a provider that learns the key version mid-call writes into it.
-    const ev = Object.assign(event, { op: action, principal, outcome: 'ok' }) as AuditEvent;
+    const ev = event as AuditEvent;
+    ev.op = action;
+    ev.principal = principal;
+    ev.outcome = 'ok';
     let result: T;
     try {
       const record = op === undefined ? undefined : await this.authorize(principal, op, key);
@@ -276,6 +279,15 @@ function keyMethod(guard: Guard, name: string, principal: () => string): AnyFn {
   };
 }
 
+/** Made once, not per call: the hot path allocates as little as it can. */
+function noteDataKey(dk: DataKey, ev: AuditEvent): void {
+  ev.keyId = dk.keyId;
+  ev.version = dk.version;
+}
+function wipeDataKey(dk: DataKey): void {
+  wipe(dk.plaintext);
+}
+
 function dataMethods(guard: Guard, principal: () => string): Record<string, AnyFn> {
   const raw = guard.proto;
   const kw = guard.kw;
@@ -340,11 +352,8 @@ function dataMethods(guard: Guard, principal: () => string): Record<string, AnyF
         key as string,
         { context: context as EncryptionContext | undefined },
         () => gdk(key as string, context as EncryptionContext | undefined),
-        (dk, ev) => {
-          ev.keyId = dk.keyId;
-          ev.version = dk.version;
-        },
-        (dk) => wipe(dk.plaintext),
+        noteDataKey,
+        wipeDataKey,
       ),
     decryptDataKey: (wrapped: unknown, context: unknown, expected: unknown) => {
       const ev: Partial<AuditEvent> = { context: context as EncryptionContext | undefined };

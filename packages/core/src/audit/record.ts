@@ -78,6 +78,18 @@ function canonicalBody(r: Omit<AuditRecord, 'mac'>): string {
   return `${s}}`;
 }
 
+/** canonicalJson of an encryption context (string values), without its generic machinery. */
+function canonicalContext(context: Readonly<Record<string, string>>): string {
+  const keys = Object.keys(context).sort();
+  let s = '{';
+  for (const k of keys) {
+    const v = context[k];
+    if (v === undefined) continue;
+    s += `${s.length > 1 ? ',' : ''}${q(k)}:${typeof v === 'string' ? q(v) : canonicalJson(v)}`;
+  }
+  return `${s}}`;
+}
+
 /** Turn an event into the next record of the chain; `line` is its JSONL text. */
 export function sealRecordLine(
   key: AuditKey,
@@ -117,7 +129,7 @@ function buildRecord(
   if (event.version !== undefined) rec.version = event.version;
   if (event.code !== undefined) rec.code = event.code;
   if (event.context !== undefined && Object.keys(event.context).length > 0) {
-    rec.ctx = key.contextDigest(canonicalJson(event.context));
+    rec.ctx = key.contextDigest(canonicalContext(event.context));
   }
   if (event.ids !== undefined) {
     const ids: Record<string, string> = {};
