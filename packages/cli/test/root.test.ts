@@ -145,7 +145,7 @@ describe('root destroy (development mode)', () => {
 
     const list = await cli(['key', 'list'], { cwd });
     expect(list.code).toBe(0);
-    expect(list.out).toMatch(/^app\s+kek_\S+\s+v2 \(destroyed\)\s+-\s+\S+$/m);
+    expect(list.out).toMatch(/^app\s+kek_\S+\s+v2 \(destroyed\)\s+-\s+\S+\s+\S+\s+\d+\s+-$/m);
     expect(list.stderr).toBe(
       'keywarden: the root of this key store was destroyed (its tombstone says so): nothing in it can be unwrapped; every key version is destroyed\n',
     );

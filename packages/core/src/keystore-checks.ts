@@ -26,7 +26,7 @@ const VERSION_FIELDS: ReadonlySet<string> = new Set([
   'createdAt',
   'updatedAt',
 ]);
-const ROOT_UPDATE_FIELDS: ReadonlySet<string> = new Set(['versions', 'meta', 'at']);
+const ROOT_UPDATE_FIELDS: ReadonlySet<string> = new Set(['versions', 'meta', 'at', 'expectedRootId', 'expectedMeta']);
 const REWRAP_FIELDS: ReadonlySet<string> = new Set(['keyId', 'version', 'rootId', 'wrappedMaterial']);
 const META_FIELDS: ReadonlySet<string> = new Set(['name', 'value']);
 const KEY_UPDATE_FIELDS: ReadonlySet<string> = new Set([
@@ -187,6 +187,24 @@ export function checkRootUpdate(update: RootUpdate): void {
   checkText(update.meta.name, 'meta name');
   checkBytes(update.meta.value, 'meta value');
   checkDate(update.at, 'at');
+  if (update.expectedRootId !== undefined) checkText(update.expectedRootId, 'expected root id');
+  if (update.expectedMeta !== undefined && update.expectedMeta !== null)
+    checkBytes(update.expectedMeta, 'expected meta');
+}
+
+/** replaceRoot lost its compare-and-swap: another rotation or rekey of the store committed first. */
+export function rootConflictError(): ConflictError {
+  return new ConflictError(
+    'keystore: replaceRoot: the store changed since this root rotation read it (another root rotation or rekey committed first); nothing was changed — read it again and retry if still wanted',
+  );
+}
+
+/** Whether a stored meta value is what a compare-and-swap expects (null: absent). */
+export function metaMatches(current: Uint8Array | undefined, expected: Uint8Array | null): boolean {
+  if (expected === null) return current === undefined;
+  if (current === undefined || current.length !== expected.length) return false;
+  for (let i = 0; i < current.length; i++) if (current[i] !== expected[i]) return false;
+  return true;
 }
 
 /** replaceRoot names a version the store does not have. */

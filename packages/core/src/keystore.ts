@@ -65,6 +65,16 @@ export interface RootUpdate {
   meta: { name: string; value: Uint8Array };
   /** Written as the updatedAt of every listed version. */
   at: Date;
+  /**
+   * Compare-and-swap (two rotations of one store cannot both win): when given, every listed
+   * version must still be wrapped by this root (its rootId), else ConflictError.
+   */
+  expectedRootId?: string;
+  /**
+   * Compare-and-swap on the root's own record: when given, the meta record `meta.name` must still
+   * hold exactly these bytes (null: must not exist), else ConflictError. Nothing changes on a conflict.
+   */
+  expectedMeta?: Uint8Array | null;
 }
 
 /**
@@ -158,7 +168,9 @@ export interface KeyStore {
    * - no version is listed twice (InvalidInputError);
    * - every non-destroyed version in the store is listed (KeyStateError): a version added
    *   meanwhile by another process, still wrapped by the old root, would otherwise be left behind
-   *   under a root that no longer exists.
+   *   under a root that no longer exists;
+   * - `expectedRootId` / `expectedMeta`, when given, still hold (ConflictError): another root
+   *   rotation or rekey committed since this one read the store.
    * Post: the listed versions carry the new wraps; states, createdAt and keys are unchanged.
    */
   replaceRoot(update: RootUpdate): Promise<void>;

@@ -20,6 +20,8 @@ import {
   checkKeyUpdate,
   checkUseCount,
   conflictError,
+  metaMatches,
+  rootConflictError,
   checkBytes,
   checkDate,
   checkKey,
@@ -277,7 +279,11 @@ export class MemoryKeyStore implements KeyStore {
       const record = this.#versions.get(v.keyId)?.get(v.version);
       if (!record) throw rewrapMissingError(v.keyId, v.version);
       if (record.state === 'destroyed') throw rewrapDestroyedError(v.keyId, v.version);
+      if (update.expectedRootId !== undefined && record.rootId !== update.expectedRootId) throw rootConflictError();
       listed.add(record);
+    }
+    if (update.expectedMeta !== undefined && !metaMatches(this.#meta.get(update.meta.name), update.expectedMeta)) {
+      throw rootConflictError();
     }
     for (const versions of this.#versions.values()) {
       for (const record of versions.values()) {

@@ -100,6 +100,10 @@ export async function rewrapUnderNewRoot(
     );
   }
 
+  // Compare-and-swap (issue 10): the root record as read now; replaceRoot refuses to commit if
+  // another rotation or rekey replaced it (or moved a version) in the meantime.
+  const expectedMeta = (await store.getMeta(meta.name)) ?? null;
+
   // First pass, no unwrap yet: which versions move, and are they all the old root's?
   const live: Array<{ keyId: string; version: number; wrapped: Uint8Array }> = [];
   let skippedDestroyed = 0;
@@ -144,7 +148,7 @@ export async function rewrapUnderNewRoot(
     }
   }
 
-  const update: RootUpdate = { versions, meta, at: now };
+  const update: RootUpdate = { versions, meta, at: now, expectedRootId: oldId, expectedMeta };
   await store.replaceRoot(update);
   return { rewrapped: versions.length, skippedDestroyed };
 }

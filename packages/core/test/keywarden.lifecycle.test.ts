@@ -14,6 +14,7 @@ import {
   Keywarden,
   type KeywardenOptions,
   MemoryKeyStore,
+  rewrapUnderNewRoot,
   SoftwareRoot,
 } from '../src/index.js';
 
@@ -110,6 +111,30 @@ describe('KEK lifecycle: compare-and-swap between two managers on one store', ()
     expect(ConflictError.isInstance(lost.reason)).toBe(true);
     expect((await kw.getKey('k')).versions.map((v) => v.version)).toEqual([1, 2]);
     await other.close();
+  });
+});
+
+describe('root rotation: compare-and-swap on the versions and the sealed root document', () => {
+  it('two root rotations of one store at the same moment: exactly one wins, the other is a ConflictError and its root is never written', async () => {
+    const { store, root, kw, unsealKey } = await setup();
+    await kw.createKey('k');
+    const env = await kw.encrypt(new TextEncoder().encode('kept'), { key: 'k' });
+    const a = await SoftwareRoot.createForRotation({ unsealKey, unseal: root.document.unseal });
+    const b = await SoftwareRoot.createForRotation({ unsealKey, unseal: root.document.unseal });
+    const results = await Promise.allSettled([
+      rewrapUnderNewRoot(store, root, a.root),
+      rewrapUnderNewRoot(store, root, b.root),
+    ]);
+    expect(results.map((r) => r.status).sort()).toEqual(['fulfilled', 'rejected']);
+    const lost = results.find((r) => r.status === 'rejected') as PromiseRejectedResult;
+    expect(ConflictError.isInstance(lost.reason)).toBe(true);
+    const winner = results[0]?.status === 'fulfilled' ? a.root : b.root;
+    const loaded = await SoftwareRoot.load(store);
+    expect(loaded.describe().id).toBe(winner.describe().id);
+    await loaded.unseal(unsealKey);
+    const after = new Keywarden({ store, root: loaded });
+    expect(new TextDecoder().decode(await after.decrypt(env, { key: 'k' }))).toBe('kept');
+    await after.close();
   });
 });
 

@@ -489,10 +489,19 @@ export class SqliteKeyStore implements KeyStore {
     this.#write('replaceRoot', () => {
       const listed = new Set<string>();
       for (const v of update.versions) {
-        const current = this.#sql.versionState.get(v.keyId, v.version);
+        const current = this.#sql.version.get(v.keyId, v.version);
         if (!current) throw checks.rewrapMissingError(v.keyId, v.version);
+        current.wrapped_material.fill(0);
         if (current.state === 'destroyed') throw checks.rewrapDestroyedError(v.keyId, v.version);
+        if (update.expectedRootId !== undefined && current.root_id !== update.expectedRootId) {
+          throw checks.rootConflictError();
+        }
         listed.add(JSON.stringify([v.keyId, v.version]));
+      }
+      if (update.expectedMeta !== undefined) {
+        const row = this.#sql.getMeta.get(update.meta.name);
+        const current = row && copyOut(row.value);
+        if (!checks.metaMatches(current, update.expectedMeta)) throw checks.rootConflictError();
       }
       for (const live of this.#sql.liveVersions.all()) {
         if (!listed.has(JSON.stringify([live.key_id, live.version]))) {

@@ -1087,6 +1087,43 @@ export function describeKeyStoreConformance(name: string, factory: KeyStoreFacto
         expect(life?.rotation).toStrictEqual({});
       });
 
+      it('replaceRoot with expectedRootId / expectedMeta: a stale expectation is KW_CONFLICT and changes nothing; a current one commits', async () => {
+        const { live } = await rootRotationSample(store);
+        const update = (rootId: string): RootUpdate => ({
+          versions: live.map(([k, v]) => rewrap(k, v, rootId)),
+          meta: { name: 'root', value: Uint8Array.of(0x6e, 0x65, 0x77) },
+          at: at(90),
+        });
+        const before = await snapshot(store);
+        await expectRejects(
+          () => store.replaceRoot({ ...update('root_a'), expectedRootId: 'root_other' }),
+          'KW_CONFLICT',
+        );
+        await expectRejects(
+          () => store.replaceRoot({ ...update('root_a'), expectedMeta: Uint8Array.of(0x6f, 0x6c, 0x65) }),
+          'KW_CONFLICT',
+        );
+        await expectRejects(() => store.replaceRoot({ ...update('root_a'), expectedMeta: null }), 'KW_CONFLICT');
+        expect(await snapshot(store)).toStrictEqual(before);
+        // The first rotation commits against what it read…
+        await store.replaceRoot({
+          ...update('root_a'),
+          expectedRootId: 'root_software_test',
+          expectedMeta: Uint8Array.of(0x6f, 0x6c, 0x64),
+        });
+        // …and a second one that read the same old state loses.
+        await expectRejects(
+          () =>
+            store.replaceRoot({
+              ...update('root_b'),
+              expectedRootId: 'root_software_test',
+              expectedMeta: Uint8Array.of(0x6f, 0x6c, 0x64),
+            }),
+          'KW_CONFLICT',
+        );
+        expect((await store.getVersion('kek_orders', 1))?.rootId).toBe('root_a');
+      });
+
       it('reserveUses returns the running total per version and leaves the revision alone; an unknown version is KW_KEY_NOT_FOUND', async () => {
         const { key } = await createSample(store);
         await store.addVersion(versionRecord(key.id, 2), true);
