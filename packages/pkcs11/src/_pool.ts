@@ -17,7 +17,7 @@ import { existsSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { Worker } from 'node:worker_threads';
 import { wipe } from '@keywarden/core';
-import type { WorkerConfig, WorkerFailure, WorkerReply, WorkerRequest } from './_worker.js';
+import type { WorkerBatchReply, WorkerConfig, WorkerFailure, WorkerRequest } from './_worker.js';
 import { Pkcs11DeviceError, Pkcs11UnavailableError } from './errors.js';
 
 /** What a request is, without its sequence number. */
@@ -152,16 +152,19 @@ export class WorkerPool {
     // A pool with no requests in flight must not keep the process alive.
     worker.unref();
     const slot: Slot = { worker, inFlight: new Map(), alive: true, outbox: [] };
-    worker.on('message', (replies: WorkerReply[]) => {
+    worker.on('message', ({ replies, packed }: WorkerBatchReply) => {
       for (const reply of replies) {
         const p = slot.inFlight.get(reply.seq);
         if (!p) continue;
         slot.inFlight.delete(reply.seq);
         clearTimeout(p.timer);
         wipeRequest(p.request);
-        if (reply.ok) p.resolve(reply.result);
-        else p.reject(toError(reply.error));
+        if (!reply.ok) p.reject(toError(reply.error));
+        else if (reply.bytes) p.resolve(packed.slice(reply.bytes[0], reply.bytes[0] + reply.bytes[1]));
+        else p.resolve(reply.result);
       }
+      // Each result has its own copy now: no key material stays in the batch buffer.
+      wipe(packed);
       this.#refreshRef(slot);
     });
     worker.on('error', () => {

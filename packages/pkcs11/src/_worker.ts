@@ -55,9 +55,15 @@ export interface WorkerFailure {
   detail?: string;
 }
 
+/** A reply; a byte result is `bytes`: [offset, length] in the batch's packed buffer. */
 export type WorkerReply =
-  | { seq: number; ok: true; result?: unknown }
+  | { seq: number; ok: true; result?: unknown; bytes?: [number, number] }
   | { seq: number; ok: false; error: WorkerFailure };
+
+export interface WorkerBatchReply {
+  replies: WorkerReply[];
+  packed: Uint8Array;
+}
 
 /** SoftHSM reports a GCM tag mismatch as CKR_GENERAL_ERROR; the standard's codes are the others. */
 const DECRYPT_REFUSED = new Set(['CKR_ENCRYPTED_DATA_INVALID', 'CKR_ENCRYPTED_DATA_LEN_RANGE', 'CKR_GENERAL_ERROR']);
@@ -71,6 +77,9 @@ const RECOVERABLE = new Set([
   'CKR_KEY_HANDLE_INVALID',
   'CKR_DEVICE_REMOVED',
   'CKR_TOKEN_NOT_PRESENT',
+  // An operation left active on the session (an Init whose C_Encrypt/C_Decrypt never ran, e.g. a
+  // thread stopped between the two): a fresh session has none.
+  'CKR_OPERATION_ACTIVE',
 ]);
 
 class Failure extends Error {
@@ -423,26 +432,36 @@ function handle(r: WorkerRequest): unknown {
   }
 }
 
-function transferOf(result: unknown): ArrayBuffer[] {
-  return result instanceof Uint8Array && result.buffer instanceof ArrayBuffer ? [result.buffer] : [];
-}
-
 /** The pool sends requests in batches (what accumulated during one turn of its event loop) and
- * gets one reply message per batch: one message-port round trip serves many requests. */
+ * gets one reply message per batch: one message-port round trip serves many requests. Byte results
+ * (ciphertext, opened key material) travel packed in one buffer that is transferred, not copied
+ * (one transfer per batch instead of one per result); this thread wipes its own copies. */
 parentPort?.on('message', (batch: WorkerRequest[]) => {
   const replies: WorkerReply[] = [];
-  const transfer: ArrayBuffer[] = [];
+  const results: Uint8Array[] = [];
+  let total = 0;
   for (const r of batch) {
     let reply: WorkerReply;
     try {
-      reply = { seq: r.seq, ok: true, result: handle(r) };
+      const result = handle(r);
+      if (result instanceof Uint8Array) {
+        reply = { seq: r.seq, ok: true, bytes: [total, result.length] };
+        results.push(result);
+        total += result.length;
+      } else {
+        reply = { seq: r.seq, ok: true, result };
+      }
     } catch (err) {
       reply = { seq: r.seq, ok: false, error: asFailure(r.op, err).failure };
     }
     replies.push(reply);
-    // Results (ciphertext, opened key material) are moved to the main thread, not copied: no
-    // second copy stays in this thread's heap.
-    if (reply.ok) transfer.push(...transferOf(reply.result));
   }
-  parentPort?.postMessage(replies, transfer);
+  const packed = new Uint8Array(total);
+  let off = 0;
+  for (const b of results) {
+    packed.set(b, off);
+    off += b.length;
+    wipe(b);
+  }
+  parentPort?.postMessage({ replies, packed } satisfies WorkerBatchReply, [packed.buffer]);
 });
