@@ -5,6 +5,7 @@ import { defineConfig } from 'vitest/config';
 export const workspaceAlias = {
   '@keywarden/core': fileURLToPath(new URL('./packages/core/src/index.ts', import.meta.url)),
   '@keywarden/store-sqlite': fileURLToPath(new URL('./packages/store-sqlite/src/index.ts', import.meta.url)),
+  '@keywarden/store-postgres': fileURLToPath(new URL('./packages/store-postgres/src/index.ts', import.meta.url)),
   '@keywarden/split-knowledge': fileURLToPath(new URL('./packages/split-knowledge/src/index.ts', import.meta.url)),
   '@keywarden/ceremony': fileURLToPath(new URL('./packages/ceremony/src/index.ts', import.meta.url)),
   '@keywarden/agent': fileURLToPath(new URL('./packages/agent/src/index.ts', import.meta.url)),
@@ -12,6 +13,7 @@ export const workspaceAlias = {
   '@keywarden/tss2': fileURLToPath(new URL('./packages/tss2/src/index.ts', import.meta.url)),
   '@keywarden/tpm': fileURLToPath(new URL('./packages/tpm/src/index.ts', import.meta.url)),
   '@keywarden/pkcs11': fileURLToPath(new URL('./packages/pkcs11/src/index.ts', import.meta.url)),
+  '@keywarden/secretlint-rule': fileURLToPath(new URL('./packages/secretlint-rule/src/index.ts', import.meta.url)),
 };
 
 /** The one vitest configuration every package uses: sources aliased, a JSON report per package

@@ -164,6 +164,32 @@ function run(script: string, args: string[]): Promise<string> {
   });
 }
 
+/** Like ROTATOR, for a root rotation: the barrier sits just before replaceRoot. */
+const ROOT_ROTATOR = `
+import { existsSync, writeFileSync } from 'node:fs';
+const [coreUrl, storeUrl, dbPath, unsealHex, goPath, readyPath] = process.argv.slice(2);
+const { SoftwareRoot, rewrapUnderNewRoot } = await import(coreUrl);
+const { SqliteKeyStore } = await import(storeUrl);
+const store = SqliteKeyStore.open(dbPath, { create: false });
+const root = await SoftwareRoot.load(store);
+const unsealKey = Uint8Array.from(Buffer.from(unsealHex, 'hex'));
+await root.unseal(unsealKey);
+const { root: next } = await SoftwareRoot.createForRotation({ unsealKey, unseal: root.document.unseal });
+const replaceRoot = store.replaceRoot.bind(store);
+store.replaceRoot = async (update) => {
+  writeFileSync(readyPath, '');
+  while (!existsSync(goPath)) await new Promise((r) => setTimeout(r, 5));
+  return replaceRoot(update);
+};
+try {
+  await rewrapUnderNewRoot(store, root, next);
+  process.stdout.write('won ' + next.describe().id + '\\n');
+} catch (err) {
+  process.stdout.write('lost ' + err.code + ' ' + err.message + '\\n');
+}
+await store.close();
+`;
+
 describe('compare-and-swap between real processes', () => {
   it('two processes rotating the same key at the same moment: exactly one wins, the other gets KW_CONFLICT, nothing is lost', async () => {
     const dir = scratch();
@@ -204,6 +230,48 @@ describe('compare-and-swap between real processes', () => {
     ]);
     expect(info.primaryVersion).toBe(2);
     expect(new TextDecoder().decode(await kw2.decrypt(before, { key: 'shared' }))).toBe('before');
+    await kw2.close();
+    await after.close();
+  }, 60_000);
+  it('two processes rotating the ROOT of one store at the same moment: exactly one wins (its root is the one stored), the other gets KW_CONFLICT', async () => {
+    const dir = scratch();
+    const path = join(dir, 'keystore.db');
+    const unsealKey = new Uint8Array(randomBytes(32));
+    const store = SqliteKeyStore.open(path);
+    const root = await SoftwareRoot.initialize(store, { unsealKey });
+    const kw = new Keywarden({ store, root });
+    await kw.createKey('a');
+    await kw.createKey('b');
+    const before = await kw.encrypt(new TextEncoder().encode('before'), { key: 'b' });
+    await kw.close();
+    await store.close();
+
+    const script = join(dir, 'root-rotate.mjs');
+    writeFileSync(script, ROOT_ROTATOR);
+    const go = join(dir, 'go');
+    const hex = Buffer.from(unsealKey).toString('hex');
+    const a = run(script, [CORE_DIST, STORE_DIST, path, hex, go, join(dir, 'ready-a')]);
+    const b = run(script, [CORE_DIST, STORE_DIST, path, hex, go, join(dir, 'ready-b')]);
+    const deadline = Date.now() + 15_000;
+    while (!(existsSync(join(dir, 'ready-a')) && existsSync(join(dir, 'ready-b')))) {
+      if (Date.now() > deadline) throw new Error('the children never reached the barrier');
+      await new Promise((r) => setTimeout(r, 10));
+    }
+    writeFileSync(go, '');
+    const results = (await Promise.all([a, b])).sort();
+    expect(results[0]).toMatch(/^lost KW_CONFLICT keystore: replaceRoot: the store changed/);
+    const winner = /^won (\S+)$/.exec(results[1] as string)?.[1];
+    expect(winner).toBeDefined();
+
+    const after = SqliteKeyStore.open(path, { create: false });
+    const loaded = await SoftwareRoot.load(after);
+    expect(loaded.describe().id).toBe(winner);
+    await loaded.unseal(unsealKey);
+    const kw2 = new Keywarden({ store: after, root: loaded });
+    for (const k of await after.listKeys()) {
+      for (const v of await after.listVersions(k.id)) expect(v.rootId).toBe(winner);
+    }
+    expect(new TextDecoder().decode(await kw2.decrypt(before, { key: 'b' }))).toBe('before');
     await kw2.close();
     await after.close();
   }, 60_000);
