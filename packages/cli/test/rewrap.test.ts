@@ -4,8 +4,10 @@
  */
 import { readFileSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
+import { PassThrough } from 'node:stream';
 import { inspectEnvelope } from '@keywarden/core';
 import { describe, expect, it } from 'vitest';
+import { run } from '../src/cli.js';
 import { cli, initialized, oneLine } from './helpers.js';
 
 async function encryptTo(cwd: string, key: string, text: string, file: string, extra: string[] = []) {
@@ -62,5 +64,32 @@ describe('keywarden rewrap', () => {
     expect(r.out).toMatch(/^one\.kw: rewrapped v1 → v3\ntwo\.kw: failed: .*v2 is compromised/);
     expect(oneLine(r.stderr)).toBe('keywarden: rewrap: 1 of 2 files could not be rewrapped (listed above)');
     expect(readFileSync(join(cwd, 'two.kw')).equals(bytes)).toBe(true);
+  });
+
+  it('on a terminal, several files show a cli-progress bar on stderr (and --no-progress hides it)', async () => {
+    const cwd = await initialized();
+    await cli(['key', 'create', 'p'], { cwd });
+    for (const f of ['x.kw', 'y.kw', 'z.kw']) await encryptTo(cwd, 'p', f, f);
+    await cli(['key', 'rotate', 'p'], { cwd });
+    const tty = async (argv: string[]) => {
+      const stderr = Object.assign(new PassThrough(), { isTTY: true, columns: 100 });
+      const stdout = new PassThrough();
+      let err = '';
+      stderr.on('data', (c: Buffer) => {
+        err += c.toString();
+      });
+      stdout.resume();
+      const stdin = new PassThrough();
+      stdin.end();
+      const code = await run(argv, { stdin, stdout, stderr, env: {}, cwd });
+      return { code, err };
+    };
+    const shown = await tty(['rewrap', '--key', 'p', 'x.kw', 'y.kw', 'z.kw']);
+    expect(shown.code).toBe(0);
+    expect(shown.err).toMatch(/rewrap \[[^\]]*\] 3\/3 files/);
+    await cli(['key', 'rotate', 'p'], { cwd });
+    const hidden = await tty(['rewrap', '--key', 'p', '--no-progress', 'x.kw', 'y.kw', 'z.kw']);
+    expect(hidden.code).toBe(0);
+    expect(hidden.err).toBe('');
   });
 });
