@@ -7,7 +7,7 @@
  *    digests (looked up by hashing the value again, as Vault's audit devices do).
  * Whoever can verify the log can also forge it: verification needs the root unsealed (docs/audit.md).
  */
-import { createHash, type Hash } from 'node:crypto';
+import { createHmac } from 'node:crypto';
 import { toBase64Url, utf8, wipe } from '../_bytes.js';
 import { hkdfSha256 } from '../aead.js';
 import { InvalidInputError, StoreCorruptError } from '../errors.js';
@@ -25,33 +25,23 @@ const ID_DOMAIN = 'keywarden-audit-id-v1\n';
 const DIGEST_BYTES = 16;
 
 /**
- * HMAC-SHA256 (RFC 2104) with the padded key hashed once: H((K ⊕ opad) ‖ H((K ⊕ ipad) ‖ m)).
- * Each MAC copies the two prepared hash states instead of re-keying an Hmac object, which is what
- * makes a per-record MAC cheap enough for the hot path. Interchangeable with createHmac (tested).
+ * HMAC-SHA256 (RFC 2104) under one 32-byte key, through node:crypto's createHmac. (Copying
+ * pre-keyed hash states was measured slower: four native objects per MAC instead of one.)
  */
 class PreparedHmac {
-  #inner: Hash;
-  #outer: Hash;
+  readonly #key: Buffer;
   constructor(key: Uint8Array) {
     if (key.length !== 32) throw new InvalidInputError('audit: HMAC keys are 32 bytes');
-    const ipad = new Uint8Array(64).fill(0x36);
-    const opad = new Uint8Array(64).fill(0x5c);
-    for (let i = 0; i < 32; i++) {
-      ipad[i] = (ipad[i] as number) ^ (key[i] as number);
-      opad[i] = (opad[i] as number) ^ (key[i] as number);
-    }
-    this.#inner = createHash('sha256').update(ipad);
-    this.#outer = createHash('sha256').update(opad);
-    wipe(ipad, opad);
+    this.#key = Buffer.from(key);
   }
   mac(message: string | Uint8Array): Buffer {
-    const inner = this.#inner.copy().update(message).digest();
-    return this.#outer.copy().update(inner).digest();
+    return createHmac('sha256', this.#key).update(message).digest();
+  }
+  macBase64Url(domain: string, message: string): string {
+    return createHmac('sha256', this.#key).update(domain).update(message).digest('base64url');
   }
   destroy(): void {
-    // A Hash cannot be wiped in place; replace the states so nothing keyed stays reachable from here.
-    this.#inner = createHash('sha256');
-    this.#outer = createHash('sha256');
+    this.#key.fill(0);
   }
 }
 
@@ -77,7 +67,7 @@ export class AuditKey {
 
   /** The MAC of a record's canonical text (base64url, 32 bytes). */
   recordMac(canonical: string): string {
-    return this.#mac.mac(MAC_DOMAIN + canonical).toString('base64url');
+    return this.#mac.macBase64Url(MAC_DOMAIN, canonical);
   }
 
   /**
