@@ -88,6 +88,12 @@ export interface KeyStoreChange {
 export interface WatchOptions {
   /** Polling fallback: how often the generation is compared (ms). Default 1000. 0 disables it. */
   pollIntervalMs?: number;
+  /**
+   * LISTEN for notifications. Default true. false: poll only — for a connection pooler in
+   * transaction mode (PgBouncer), which does not carry LISTEN; changes are then seen within
+   * `pollIntervalMs`.
+   */
+  listen?: boolean;
   /** Reports a listener connection failure (message only; no secret in it). */
   onError?: (err: KeyStoreError) => void;
 }
@@ -581,6 +587,11 @@ export class PostgresKeyStore implements KeyStore {
     if (!Number.isSafeInteger(pollMs) || pollMs < 0) {
       throw new InvalidInputError('keystore: watch: pollIntervalMs must be an integer ≥ 0');
     }
+    const listen = options.listen ?? true;
+    if (typeof listen !== 'boolean') throw new InvalidInputError('keystore: watch: listen must be true or false');
+    if (!listen && pollMs === 0) {
+      throw new InvalidInputError('keystore: watch: with listen: false, pollIntervalMs must be above 0');
+    }
     let stopped = false;
     let seen = await this.#generation();
     let client: pg.Client | undefined;
@@ -596,7 +607,7 @@ export class PostgresKeyStore implements KeyStore {
     };
     const connect = async (): Promise<void> => {
       if (stopped) return;
-      const c = new pg.Client({ ...this.#config });
+      const c = new pg.Client({ ...this.#config, application_name: 'keywarden-watch' });
       c.on('error', () => {});
       c.on('notification', (msg) => {
         if (msg.channel !== this.#channel || !msg.payload) return;
@@ -644,7 +655,7 @@ export class PostgresKeyStore implements KeyStore {
         if (!stopped) setTimeout(() => void reconnect(), backoff).unref();
       }
     };
-    await connect();
+    if (listen) await connect();
     if (pollMs > 0) {
       const poll = async () => {
         if (stopped) return;
