@@ -101,6 +101,8 @@ export interface WatchOptions {
 export type KeyStoreChangeListener = (change: KeyStoreChange) => void;
 
 const DEFAULT_SCHEMA = 'keywarden';
+/** Pool clients that already carry our 'error' listener (see #connect). */
+const GUARDED = new WeakSet<pg.PoolClient>();
 const SCHEMA_NAME = /^[a-z_][a-z0-9_]{0,62}$/;
 /** Connection-level failures: the server rolled back whatever was in flight. */
 const TRANSIENT_SQLSTATE = /^(08|57P0[1-3]|40001|40P01|53300)/;
@@ -700,7 +702,15 @@ export class PostgresKeyStore implements KeyStore {
   }
 
   async #connect(): Promise<pg.PoolClient> {
-    return this.#pool_().connect();
+    const client = await this.#pool_().connect();
+    // A connection that ends while checked out (server restart, pg_terminate_backend) fails its
+    // query, and pg then also emits 'error' on the client: without a listener that would crash the
+    // process. The query's failure is what we act on.
+    if (!GUARDED.has(client)) {
+      GUARDED.add(client);
+      client.on('error', () => {});
+    }
+    return client;
   }
 
   async #generation(): Promise<number> {
