@@ -27,12 +27,15 @@ echo "== bench" && pnpm run bench:check || status=1
 # What a consumer installs: the packed tarballs in a fresh project, every README example compiled
 # and run as written, require() from CommonJS, the packed CLI's demo.
 # @keywarden/pkcs11's README example runs against a SoftHSM2 token the harness starts for it, and
-# @keywarden/tss2's and @keywarden/tpm's against a swtpm (KEYWARDEN_TPM_TCTI).
+# @keywarden/tss2's and @keywarden/tpm's against a swtpm (KEYWARDEN_TPM_TCTI), and
+# @keywarden/store-postgres's against a throwaway PostgreSQL cluster (KEYWARDEN_PG_URL).
 echo "== packed packages and README examples" && (
   eval "$(bash harness/softhsm.sh start)" &&
     trap 'bash harness/softhsm.sh stop "$KEYWARDEN_SOFTHSM_DIR"' EXIT &&
     eval "$(bash harness/swtpm.sh start)" &&
     trap 'bash harness/softhsm.sh stop "$KEYWARDEN_SOFTHSM_DIR"; bash harness/swtpm.sh stop' EXIT &&
+    eval "$(bash harness/postgres.sh start)" &&
+    trap 'bash harness/softhsm.sh stop "$KEYWARDEN_SOFTHSM_DIR"; bash harness/swtpm.sh stop; bash harness/postgres.sh stop "$KEYWARDEN_PG_DIR"' EXIT &&
     node scripts/packed-test.mjs
 ) || status=1
 
