@@ -8,17 +8,22 @@
  *   D/unseal.key         development mode only: the unseal key in text form, mode 0600
  *   D/agent.sock         split knowledge: the socket of a running agent (mode 0600)
  *   D/shares-out/        split knowledge: encrypted shares written by init/rekey, to hand out and delete
+ *   D/root.uri           a device root only (`pkcs11:…`, `tpm:…`): the root's URI, one line, mode 0600,
+ *                        not secret (a URI carrying `pin-value` is refused). Absent: the software root
+ *                        sealed in keystore.db, as in every folder made before device roots existed
  *
  * D is an explicit folder, else $KEYWARDEN_DIR, else ./.keywarden (relative to the working
  * directory). Nothing here prompts or prints: paths, secrets and options are inputs, failures are
  * core's typed errors.
  */
 import { randomFillSync } from 'node:crypto';
-import { chmod, mkdir, open, rm, stat } from 'node:fs/promises';
+import { chmod, mkdir, open, readFile, rename, rm, stat } from 'node:fs/promises';
 import * as path from 'node:path';
 import {
   encodeUnsealKey,
   InvalidInputError,
+  openRoot,
+  rootUriScheme,
   type KeyStore,
   KeyStoreError,
   ROOT_DESTROYED_MESSAGE,
@@ -37,6 +42,9 @@ export const KEYSTORE_FILE = 'keystore.db';
 export const UNSEAL_KEY_FILE = 'unseal.key';
 export const AGENT_SOCKET_FILE = 'agent.sock';
 export const SHARES_OUT_DIR = 'shares-out';
+export const ROOT_URI_FILE = 'root.uri';
+/** The root URI of a folder without D/root.uri. */
+export const SOFTWARE_ROOT_URI = 'software:';
 export const DIR_ENV = 'KEYWARDEN_DIR';
 export const UNSEAL_KEY_ENV = 'KEYWARDEN_UNSEAL_KEY';
 export const AGENT_SOCKET_ENV = 'KEYWARDEN_AGENT_SOCKET';
@@ -102,15 +110,85 @@ export async function requireStore(loc: StoreLocation): Promise<void> {
   throw new KeyStoreError(`no key store in ${loc.display} (run \`keywarden init\`)`);
 }
 
-/** D's store and its software root, sealed. The caller closes both. */
+/** D's store and its software root, sealed. The caller closes both. A device-root folder is refused. */
 export async function openSealed(
   loc: StoreLocation,
   mode: 'read' | 'write' = 'write',
 ): Promise<{ store: KeyStore; root: SoftwareRoot }> {
   await requireStore(loc);
+  await requireSoftwareRoot(loc);
   const store: KeyStore = openStoreFile(loc, mode);
   try {
     return { store, root: await SoftwareRoot.load(store) };
+  } catch (err) {
+    await store.close().catch(() => {});
+    throw err;
+  }
+}
+
+// ── The folder's root URI ─────────────────────────────────────────────────────────────────────
+
+/**
+ * The folder's root URI: D/root.uri's one line, else "software:" (the software root sealed in the
+ * store). The URI is not secret, but it is never put in an error message either (it may name a
+ * PIN file).
+ */
+export async function folderRootUri(loc: StoreLocation): Promise<string> {
+  let text: string;
+  try {
+    text = await readFile(path.join(loc.dir, ROOT_URI_FILE), 'utf8');
+  } catch (err) {
+    const code = (err as NodeJS.ErrnoException).code;
+    if (code === 'ENOENT' || code === 'ENOTDIR') return SOFTWARE_ROOT_URI;
+    throw err;
+  }
+  const uri = text.replace(/\r?\n$/, '');
+  if (uri.length === 0 || /[\r\n]/.test(uri)) {
+    throw new KeyStoreError(`${loc.display}/${ROOT_URI_FILE} is not one root URI (damaged folder?)`);
+  }
+  rootUriScheme(uri); // InvalidInputError when it is not a URI
+  return uri;
+}
+
+/** The scheme of the folder's root ("software", "pkcs11", "tpm"). */
+export async function folderRootScheme(loc: StoreLocation): Promise<string> {
+  return rootUriScheme(await folderRootUri(loc));
+}
+
+/** Refuse a software-root operation (shares, unseal keys, rekey, root rotate) on a device-root folder. */
+async function requireSoftwareRoot(loc: StoreLocation): Promise<void> {
+  const scheme = await folderRootScheme(loc);
+  if (scheme !== 'software') {
+    throw new InvalidInputError(
+      `this key store's root is a ${scheme}: device root; this applies only to a software root (unseal keys and shares)`,
+    );
+  }
+}
+
+/**
+ * D's store and the root its URI names, opened through core's root registry (the backend for a
+ * device scheme must be registered: import @keywarden/pkcs11 or @keywarden/tpm first). `secret`
+ * unseals it (not modified; the caller wipes it); else the URI's own PIN/auth source does, or it
+ * opens sealed. The caller closes both.
+ */
+export async function openFolderRoot(
+  loc: StoreLocation,
+  mode: 'read' | 'write',
+  options: { secret?: Uint8Array; env?: Readonly<Record<string, string | undefined>> } = {},
+): Promise<{ store: KeyStore; root: RootOfTrust; uri: string }> {
+  await requireStore(loc);
+  const uri = await folderRootUri(loc);
+  const store: KeyStore = openStoreFile(loc, mode);
+  try {
+    const root =
+      rootUriScheme(uri) === 'software'
+        ? await SoftwareRoot.load(store)
+        : await openRoot(uri, {
+            store,
+            ...(options.secret ? { secret: options.secret } : {}),
+            ...(options.env ? { env: options.env } : {}),
+          });
+    return { store, root, uri };
   } catch (err) {
     await store.close().catch(() => {});
     throw err;
@@ -190,6 +268,8 @@ export async function initStoreDir(loc: StoreLocation, options: InitOptions = {}
   const created = await mkdir(loc.dir, { recursive: true, mode: 0o700 });
   // mkdir's mode is filtered by the umask; make the directory private whatever the umask is.
   if (created !== undefined) await chmod(loc.dir, 0o700);
+  // A root.uri left by a device init that failed before its store existed names no root.
+  await rm(path.join(loc.dir, ROOT_URI_FILE), { force: true });
 
   const unsealKey = randomFillSync(new Uint8Array(UNSEAL_KEY_BYTES));
   let wroteKeyFile = false;
@@ -223,6 +303,82 @@ export async function initStoreDir(loc: StoreLocation, options: InitOptions = {}
     throw err;
   } finally {
     wipe(unsealKey);
+  }
+}
+
+// ── Initializing with a device root ───────────────────────────────────────────────────────────
+
+export interface DeviceInitOptions {
+  /** The root URI: `pkcs11:token=…;object=…?module-path=…&pin-source=…`, `tpm:[pcrs=7]?auth-env=…`. */
+  uri: string;
+  /** The PIN / auth value when the URI names no source for it (a prompt); not modified. */
+  secret?: Uint8Array;
+  /** Environment for URI attributes that name variables. Default: process.env. */
+  env?: Readonly<Record<string, string | undefined>>;
+}
+
+export interface DeviceInitResult {
+  rootId: string;
+  /** The root's description (kind, label, wrap algorithm): nothing secret. */
+  description: RootDescription;
+  /** Absolute path of D/root.uri. */
+  rootUriPath: string;
+}
+
+/**
+ * Create D (0700), a new key store, and a root in the device the URI names (core's openRoot with
+ * `create`; the backend must be registered), and record the URI in D/root.uri. Refuses when D has a
+ * key store, and a URI that carries the PIN itself (`pin-value`: D/root.uri is not a secret's
+ * place). On failure no store and no root.uri are left behind (the device may keep an orphan
+ * object: the backend's create says what it made).
+ */
+export async function initDeviceStoreDir(loc: StoreLocation, options: DeviceInitOptions): Promise<DeviceInitResult> {
+  const scheme = rootUriScheme(options.uri);
+  if (scheme === 'software') {
+    throw new InvalidInputError('init: a software root is made by a plain init (unseal key or shares), not by URI');
+  }
+  if (/[?&;]pin-value=/i.test(options.uri)) {
+    throw new InvalidInputError(
+      'init: the root URI carries the PIN (pin-value=); it is recorded in the folder, so name a pin-source=file:… or env:NAME instead',
+    );
+  }
+  if (/[\r\n]/.test(options.uri)) throw new InvalidInputError('init: a root URI is one line');
+  if (await exists(loc.dbPath)) throw new KeyStoreError(`${loc.display} already has a key store`);
+  const created = await mkdir(loc.dir, { recursive: true, mode: 0o700 });
+  if (created !== undefined) await chmod(loc.dir, 0o700);
+  const uriPath = path.join(loc.dir, ROOT_URI_FILE);
+  const tmp = `${uriPath}.tmp`;
+  let storeCreated = false;
+  try {
+    // The URI first (a stale one without a store is replaced by the next init), then the store.
+    await rm(tmp, { force: true });
+    await writeSecretFile(tmp, `${options.uri}\n`);
+    await rename(tmp, uriPath);
+    storeCreated = true;
+    const store = await SqliteKeyStore.open(loc.dbPath);
+    let description: RootDescription;
+    try {
+      const root = await openRoot(options.uri, {
+        store,
+        create: true,
+        ...(options.secret ? { secret: options.secret } : {}),
+        ...(options.env ? { env: options.env } : {}),
+      });
+      try {
+        description = root.describe();
+      } finally {
+        await root.close();
+      }
+    } finally {
+      await store.close();
+    }
+    await chmod(loc.dbPath, 0o600);
+    return { rootId: description.id, description, rootUriPath: uriPath };
+  } catch (err) {
+    if (storeCreated) await removeStoreFiles(loc.dbPath);
+    await rm(uriPath, { force: true }).catch(() => {});
+    await rm(tmp, { force: true }).catch(() => {});
+    throw err;
   }
 }
 

@@ -47,7 +47,9 @@ import {
   AGENT_SOCKET_ENV,
   AGENT_SOCKET_FILE,
   displayPath,
+  folderRootScheme,
   MissingRoot,
+  openFolderRoot,
   openSealed,
   openStoreFile,
   requireStore,
@@ -211,6 +213,43 @@ export interface OpenFolderOptions {
    * nor a tombstone is damaged, not destroyed: RootMissingError, whatever this says.
    */
   allowMissingRoot?: boolean;
+  /**
+   * A device root (D/root.uri, `pkcs11:` / `tpm:`): asked for the PIN / auth value when the root
+   * opened sealed (its URI names no source) and it must be unsealed; the result is wiped after use.
+   * Return undefined to leave it sealed.
+   */
+  rootSecret?: () => Promise<Uint8Array | undefined>;
+  /** Environment for the root URI's attributes that name variables; default process.env. */
+  env?: Readonly<Record<string, string | undefined>>;
+}
+
+/**
+ * A device-root folder's store and root as a Keywarden: the URI's own PIN/auth source unseals it,
+ * else `rootSecret` when `unseal` (and the root is sealable and sealed).
+ */
+async function openDeviceKeywarden(
+  loc: StoreLocation,
+  unseal: boolean,
+  options: Pick<OpenFolderOptions, 'rootSecret' | 'env'>,
+): Promise<Keywarden> {
+  const { store, root } = await openFolderRoot(loc, 'write', options.env ? { env: options.env } : {});
+  try {
+    if (unseal && root.sealable?.isSealed() && options.rootSecret) {
+      const secret = await options.rootSecret();
+      if (secret) {
+        try {
+          await root.sealable.unseal(secret);
+        } finally {
+          wipe(secret);
+        }
+      }
+    }
+    return new Keywarden({ store, root, ownsStore: true, ownsRoot: true });
+  } catch (err) {
+    await root.close().catch(() => {});
+    await store.close().catch(() => {});
+    throw err;
+  }
 }
 
 /** D's store and root as a Keywarden that owns both: close it when done. */
@@ -219,6 +258,10 @@ export async function openFolderKeywarden(
   options: OpenFolderOptions = {},
   at: Pick<ServiceSurroundings, 'onWarning'> = {},
 ): Promise<Keywarden> {
+  await requireStore(loc);
+  if ((await folderRootScheme(loc)) !== 'software') {
+    return openDeviceKeywarden(loc, options.unseal !== undefined, options);
+  }
   if (options.allowMissingRoot && !options.unseal) {
     await requireStore(loc);
     const store: KeyStore = openStoreFile(loc, 'read');
@@ -254,6 +297,8 @@ export interface KeyServiceOptions {
   socket?: string;
   /** How long to wait for the agent's connection and hello; @keywarden/agent's default otherwise. */
   connectTimeoutMs?: number;
+  /** A device root whose URI names no PIN/auth source: asked for it (OpenFolderOptions.rootSecret). */
+  rootSecret?: () => Promise<Uint8Array | undefined>;
 }
 
 /**
@@ -267,6 +312,15 @@ export async function openKeyService(
   surroundings?: Partial<ServiceSurroundings>,
 ): Promise<KeyService> {
   const at = surroundingsOf(surroundings);
+  await requireStore(loc);
+  if ((await folderRootScheme(loc)) !== 'software') {
+    // A device root: this process opens the device itself (no agent), unsealed by the URI's
+    // PIN/auth source or by the caller's rootSecret.
+    return openDeviceKeywarden(loc, true, {
+      env: at.env,
+      ...(options.rootSecret ? { rootSecret: options.rootSecret } : {}),
+    });
+  }
   const { store, root } = await openSealed(loc);
   let source: UnsealSource;
   try {
@@ -336,6 +390,12 @@ export async function startFolderAgent(
   const at = surroundingsOf(surroundings);
   const { socket, ...rest } = options;
   await requireStore(loc);
+  const scheme = await folderRootScheme(loc);
+  if (scheme !== 'software') {
+    throw new InvalidInputError(
+      `this key store's root is a ${scheme}: device root: commands open the device themselves, no agent is needed`,
+    );
+  }
   // Never create or initialize a store (only an init does): an empty file is refused as it is.
   const store = openStoreFile(loc, 'write');
   let started = false;

@@ -65,6 +65,7 @@ import {
   SHARES_OUT_DIR,
   type StoreLocation,
   stagedStorePath,
+  ROOT_URI_FILE,
 } from './layout.js';
 import { openStagedStore, readStagedPending } from './pending.js';
 
@@ -503,6 +504,8 @@ export async function initSplitStoreDir(loc: StoreLocation, options: SplitInitOp
   await clearAbandonedInit(loc, options);
   const created = await mkdir(loc.dir, { recursive: true, mode: 0o700 });
   if (created !== undefined) await chmod(loc.dir, 0o700);
+  // A root.uri left by a device init that failed before its store existed names no root.
+  await rm(path.join(loc.dir, ROOT_URI_FILE), { force: true });
 
   const destination = options.destination ?? { kind: 'files', dir: path.join(loc.dir, SHARES_OUT_DIR) };
   const handOut = await HandOut.plan(destination, options.shares, custodians, cwd);

@@ -4,8 +4,8 @@
  * SqliteKeyStore, SoftwareRoot, Keywarden), and it never prints key material or the unseal key:
  * only ids, versions, lengths and non-secret header fields.
  */
-import { createHash, randomFillSync } from 'node:crypto';
-import { createReadStream, createWriteStream } from 'node:fs';
+import { createHash, randomBytes, randomFillSync } from 'node:crypto';
+import { createReadStream, createWriteStream, readFileSync } from 'node:fs';
 import { mkdtemp, rm, stat } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import * as path from 'node:path';
@@ -20,18 +20,82 @@ import {
   type EncryptionContext,
   KeyMaterialError,
   KeyStateError,
+  recordedRootBackend,
+  RootUnavailableError,
   type SoftwareRoot,
   wipe,
 } from '@keywarden/core';
+import { initDeviceStoreDir, openFolderKeywarden } from '@keywarden/ceremony';
 import type { CliIO } from './io.js';
 import { formatPairs, keyDetails, keyListTable } from './output.js';
 import { DEVELOPMENT_MODE_WARNING } from './commands/init.js';
-import { initStoreDir, openKeywarden, resolveStoreLocation, resolveUnsealSource, unsealRoot } from './store-dir.js';
+import {
+  initStoreDir,
+  loadRootBackend,
+  openKeywarden,
+  openStoreFile,
+  resolveStoreLocation,
+  resolveUnsealSource,
+  type StoreLocation,
+  unsealRoot,
+} from './store-dir.js';
+
+/** A device the demo can run on: what the harness (harness/softhsm.sh, harness/swtpm.sh) exports. */
+export type DemoRoot = 'pkcs11' | 'tpm';
+
+interface DemoDevice {
+  kind: DemoRoot;
+  uri: string;
+  /** The PIN / auth value; the demo passes it itself, so the reopened root starts sealed. */
+  secret: Uint8Array;
+  env: Readonly<Record<string, string | undefined>>;
+}
+
+/** The harness's device from the environment, or a RootUnavailableError naming the harness command. */
+export function demoDevice(kind: DemoRoot, env: Readonly<Record<string, string | undefined>>): DemoDevice {
+  if (kind === 'pkcs11') {
+    const module = env.KEYWARDEN_PKCS11_MODULE;
+    const pinFile = env.KEYWARDEN_PKCS11_PIN_FILE;
+    if (!module || !pinFile) {
+      throw new RootUnavailableError(
+        'demo: no PKCS#11 token in this environment (KEYWARDEN_PKCS11_MODULE and KEYWARDEN_PKCS11_PIN_FILE): start one with eval "$(bash harness/softhsm.sh start)"',
+      );
+    }
+    let secret: Uint8Array;
+    try {
+      const bytes = readFileSync(pinFile);
+      const end = bytes.length > 0 && bytes[bytes.length - 1] === 0x0a ? bytes.length - 1 : bytes.length;
+      secret = new Uint8Array(bytes.subarray(0, end));
+      wipe(bytes);
+    } catch (err) {
+      throw new RootUnavailableError('demo: the PIN file named by KEYWARDEN_PKCS11_PIN_FILE cannot be read', {
+        cause: err,
+      });
+    }
+    const token = env.KEYWARDEN_PKCS11_TOKEN || 'keywarden';
+    const object = `kw-demo-${randomBytes(6).toString('hex')}`;
+    return {
+      kind,
+      uri: `pkcs11:token=${encodeURIComponent(token)};object=${object}?module-path=${encodeURI(module)}`,
+      secret,
+      env,
+    };
+  }
+  if (!env.KEYWARDEN_TPM_TCTI) {
+    throw new RootUnavailableError(
+      'demo: no TPM in this environment (KEYWARDEN_TPM_TCTI): start swtpm with eval "$(bash harness/swtpm.sh start)"',
+    );
+  }
+  return { kind, uri: 'tpm:', secret: new Uint8Array(randomBytes(20)), env };
+}
 
 const STREAM_BYTES = 4 * 1024 * 1024;
 const STREAM_CHUNK = 64 * 1024;
 
-export async function runDemo(io: CliIO): Promise<void> {
+export async function runDemo(io: CliIO, options: { root?: DemoRoot } = {}): Promise<void> {
+  // Checked before anything is made: a missing device is one line naming the harness command.
+  const device = options.root ? demoDevice(options.root, io.env) : undefined;
+  if (device) await loadRootBackend(device.uri);
   const out = new Narrator(io);
   const tmp = await mkdtemp(path.join(tmpdir(), 'keywarden-demo-'));
   let kw: Keywarden | undefined;
@@ -43,19 +107,23 @@ export async function runDemo(io: CliIO): Promise<void> {
     const unseal = resolveUnsealSource(demoIO, loc);
 
     // 1 ───────────────────────────────────────────────────────────────────────────────────────
-    out.step('Initialize a key store with a software root of trust');
-    const init = await initStoreDir(demoIO, loc, {});
-    kw = await openKeywarden(loc, io, { unseal });
-    out.facts([
-      ['key store', path.join(loc.display, 'keystore.db')],
-      ['root', `${init.rootId} (${kw.root.describe().label})`],
-      ['unseal key', `32 random bytes in ${path.join(loc.display, 'unseal.key')}, mode 0600 (never shown)`],
-    ]);
-    out.protects(
-      'a copy of the key store alone: it holds KEKs only wrapped by the root key, and the root key only ' +
-        'sealed under the unseal key.',
-    );
-    out.note(DEVELOPMENT_MODE_WARNING);
+    if (device) {
+      kw = await initOnDevice(out, io, loc, device);
+    } else {
+      out.step('Initialize a key store with a software root of trust');
+      const init = await initStoreDir(demoIO, loc, {});
+      kw = await openKeywarden(loc, io, { unseal });
+      out.facts([
+        ['key store', path.join(loc.display, 'keystore.db')],
+        ['root', `${init.rootId} (${kw.root.describe().label})`],
+        ['unseal key', `32 random bytes in ${path.join(loc.display, 'unseal.key')}, mode 0600 (never shown)`],
+      ]);
+      out.protects(
+        'a copy of the key store alone: it holds KEKs only wrapped by the root key, and the root key only ' +
+          'sealed under the unseal key.',
+      );
+      out.note(DEVELOPMENT_MODE_WARNING);
+    }
     out.check(io);
 
     // 2 ───────────────────────────────────────────────────────────────────────────────────────
@@ -226,10 +294,17 @@ export async function runDemo(io: CliIO): Promise<void> {
     await kw.close();
     kw = undefined;
     out.say('close() wiped the cached KEKs and the root key from memory.');
-    kw = await openKeywarden(loc, io);
+    kw = device ? await openFolderKeywarden(loc, { env: device.env }) : await openKeywarden(loc, io);
     out.facts([['reopened', kw.root.sealable?.isSealed() ? 'sealed' : 'unsealed']]);
     out.refused(await refusal(() => kw!.decrypt(envelope, { key: 'tenant-a', context: contextA })));
-    await unsealRoot(kw.root as SoftwareRoot, unseal, io);
+    if (device) {
+      out.say(
+        `Unsealing: the ${device.kind === 'tpm' ? 'auth value' : 'user PIN'} goes to the device (never printed).`,
+      );
+      await kw.root.sealable?.unseal(device.secret);
+    } else {
+      await unsealRoot(kw.root as SoftwareRoot, unseal, io);
+    }
     const afterUnseal = await kw.decrypt(envelope, { key: 'tenant-a', context: contextA });
     const ok = Buffer.from(afterUnseal).equals(record);
     wipe(afterUnseal);
@@ -287,11 +362,59 @@ export async function runDemo(io: CliIO): Promise<void> {
     );
     await kw.close();
     kw = undefined;
+    if (device) await destroyOnDevice(out, io, loc, device);
   } finally {
     await kw?.close().catch(() => {});
+    if (device) wipe(device.secret);
     await rm(tmp, { recursive: true, force: true });
   }
   out.done(tmp);
+}
+
+/** Step 1 on a device: the root key made in the token / TPM, the folder recording its URI. */
+async function initOnDevice(out: Narrator, io: CliIO, loc: StoreLocation, device: DemoDevice): Promise<Keywarden> {
+  const name = device.kind === 'tpm' ? 'a TPM' : 'a PKCS#11 token';
+  out.step(`Initialize a key store whose root of trust is in ${name}`);
+  const init = await initDeviceStoreDir(loc, { uri: device.uri, secret: device.secret, env: device.env });
+  const copy = () => Promise.resolve(Uint8Array.from(device.secret));
+  const kw = await openFolderKeywarden(loc, {
+    unseal: { kind: 'env', variable: 'none', value: '' },
+    rootSecret: copy,
+    env: device.env,
+  });
+  out.facts([
+    ['key store', path.join(loc.display, 'keystore.db')],
+    ['root', `${init.rootId} (${init.description.label})`],
+    ['wraps with', init.description.wrapAlgorithm],
+    ['root URI', `${path.join(loc.display, 'root.uri')} (no PIN or auth value in it)`],
+    [
+      'KEKs',
+      kw.root.kekInRoot ? 'made and kept in the device (kekMode "root", --kek-mode hsm)' : 'wrapped by the root',
+    ],
+  ]);
+  out.protects(
+    'a copy of the key store, or of this whole machine: the root key was generated in the device and cannot ' +
+      'be exported; without the device and its PIN / auth value, nothing in the store unwraps.',
+  );
+  io.signal?.throwIfAborted();
+  return kw;
+}
+
+/** The last step on a device: destroy the root (and its KEK objects), leaving nothing on the device. */
+async function destroyOnDevice(out: Narrator, io: CliIO, loc: StoreLocation, device: DemoDevice): Promise<void> {
+  out.step('Destroy the root in the device: crypto-shred the whole store');
+  const store = openStoreFile(loc, 'write');
+  try {
+    const backend = await recordedRootBackend(store);
+    if (!backend) throw new KeyStateError('demo: the store records no root to destroy');
+    await backend.destroyRecorded(store, Uint8Array.from(device.secret), new Date());
+  } finally {
+    await store.close();
+  }
+  out.say('The root object (and every KEK object it made) was destroyed in the device; the store keeps a');
+  out.say('tombstone, so it reads as destroyed, never as damaged.');
+  out.protects('data that must become unreadable everywhere at once, backups included (decommissioning).');
+  io.signal?.throwIfAborted();
 }
 
 /** Replace the KEK id inside a wrapped data key (docs/format.md §2) by another of the same length. */

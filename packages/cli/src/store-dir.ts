@@ -6,7 +6,10 @@
  * the library's.
  */
 import {
+  type DeviceInitResult,
+  folderRootUri,
   type InitOptions as FolderInitOptions,
+  initDeviceStoreDir as initDeviceFolder,
   type InitResult,
   initStoreDir as initStoreFolder,
   type KeyServiceOptions,
@@ -21,7 +24,16 @@ import {
   type UnsealSource,
   unsealRoot as unsealFolderRoot,
 } from '@keywarden/ceremony';
-import { type Keywarden, KeywardenError, type SoftwareRoot, type UnsealMethod } from '@keywarden/core';
+import {
+  InvalidInputError,
+  type Keywarden,
+  KeywardenError,
+  rootUriScheme,
+  type SoftwareRoot,
+  UnknownRootSchemeError,
+  type UnsealMethod,
+} from '@keywarden/core';
+import { isTerminal, readHidden } from './_prompt.js';
 import type { KeyService, SocketLocation } from '@keywarden/agent';
 import { UsageError } from './errors.js';
 import type { CliIO } from './io.js';
@@ -32,13 +44,18 @@ export {
   DEFAULT_DIR,
   DIR_ENV,
   exists,
+  folderRootScheme,
+  folderRootUri,
   KEYSTORE_FILE,
   type KeyServiceOptions,
   MissingRoot,
   type OpenFolderOptions as OpenOptions,
+  openFolderRoot,
   openStoreFile,
   removeStoreFiles,
   requireStore,
+  ROOT_URI_FILE,
+  SOFTWARE_ROOT_URI,
   sealedRootDocument,
   SHARES_OUT_DIR,
   type StoreLocation,
@@ -107,13 +124,107 @@ export function unsealRoot(root: SoftwareRoot, source: UnsealSource, io: Pick<Cl
   return unsealFolderRoot(root, source, warningsTo(io));
 }
 
-/** Open D's store and root. The returned Keywarden owns both: close it when done. */
-export function openKeywarden(
+// ── Device roots (pkcs11:, tpm:) ─────────────────────────────────────────────────────────────
+
+/**
+ * The packages that register a device scheme with core's root registry. They are optional peer
+ * dependencies of this package (native code: pkcs11js, libtss2), loaded only when a folder's root
+ * or an `init --root` names their scheme, so `npm i keywarden` builds nothing native.
+ */
+const DEVICE_BACKENDS: Readonly<Record<string, string>> = {
+  pkcs11: '@keywarden/pkcs11',
+  tpm: '@keywarden/tpm',
+};
+
+/** Register the backend for `uri`'s scheme (a dynamic import); nothing for "software:". */
+export async function loadRootBackend(uri: string): Promise<string> {
+  const scheme = rootUriScheme(uri);
+  if (scheme === 'software') return scheme;
+  const pkg = DEVICE_BACKENDS[scheme];
+  if (!pkg) {
+    throw new UnknownRootSchemeError(`root: unknown root scheme "${scheme}:" (the CLI knows software:, pkcs11:, tpm:)`);
+  }
+  try {
+    if (scheme === 'pkcs11') await import('@keywarden/pkcs11/register');
+    else await import('@keywarden/tpm/register');
+  } catch (err) {
+    const code = (err as NodeJS.ErrnoException | undefined)?.code;
+    if (code === 'ERR_MODULE_NOT_FOUND' || code === 'MODULE_NOT_FOUND') {
+      throw new UnknownRootSchemeError(
+        `root: ${scheme}: roots need ${pkg}, which is not installed (npm i ${pkg} next to keywarden)`,
+        { cause: err },
+      );
+    }
+    throw err;
+  }
+  return scheme;
+}
+
+/** Register the backend of D's root (when D records a device root). */
+export async function loadFolderRootBackend(loc: StoreLocation): Promise<string> {
+  return loadRootBackend(await folderRootUri(loc));
+}
+
+/**
+ * Where a device root's PIN / auth value comes from when its URI names no source: a hidden prompt
+ * on a terminal; elsewhere none (the root stays sealed and the key operation says so).
+ */
+export function rootSecretPrompt(io: Pick<CliIO, 'stdin' | 'stderr' | 'signal'>, what = 'PIN / auth value') {
+  return async (): Promise<Uint8Array | undefined> => {
+    if (!isTerminal(io.stdin)) return undefined;
+    const text = await readHidden(io.stdin, io.stderr, `Root ${what} (input hidden): `, { signal: io.signal });
+    if (text === undefined || text === '') return undefined;
+    return new TextEncoder().encode(text);
+  };
+}
+
+/** Whether a device root URI names where its PIN / auth value comes from. */
+export function uriNamesSecret(uri: string): boolean {
+  return /[?&;](pin-source|pin-value|auth-env|auth-file)=/i.test(uri);
+}
+
+/** Init with a device root: the backend loaded, the PIN prompted for when the URI names no source. */
+export async function initDeviceStoreDir(
+  io: Pick<CliIO, 'stdin' | 'stderr' | 'signal' | 'env'>,
   loc: StoreLocation,
-  io: Pick<CliIO, 'stderr'>,
+  uri: string,
+): Promise<DeviceInitResult> {
+  const scheme = await loadRootBackend(uri);
+  let secret: Uint8Array | undefined;
+  if (!uriNamesSecret(uri)) {
+    secret = await rootSecretPrompt(io, scheme === 'tpm' ? 'auth value' : 'user PIN')();
+    if (!secret && scheme === 'pkcs11') {
+      throw new InvalidInputError(
+        'init: the PKCS#11 root needs the user PIN: add pin-source=file:/PATH or pin-source=env:NAME to the URI, or run on a terminal to be asked',
+      );
+    }
+  }
+  try {
+    return await initDeviceFolder(loc, { uri, env: io.env, ...(secret ? { secret } : {}) });
+  } finally {
+    secret?.fill(0);
+  }
+}
+
+/** Open D's store and root. The returned Keywarden owns both: close it when done. */
+export async function openKeywarden(
+  loc: StoreLocation,
+  io: Pick<CliIO, 'stderr'> & Partial<Pick<CliIO, 'stdin' | 'env' | 'signal'>>,
   options: { unseal?: UnsealSource; allowMissingRoot?: boolean } = {},
 ): Promise<Keywarden> {
-  return openFolderKeywarden(loc, options, warningsTo(io));
+  await loadFolderRootBackend(loc).catch((err: unknown) => {
+    // No store: let the library say so (and how to make one).
+    if ((err as NodeJS.ErrnoException)?.code !== 'ENOENT') throw err;
+  });
+  return openFolderKeywarden(
+    loc,
+    {
+      ...options,
+      ...(io.env ? { env: io.env } : {}),
+      ...(io.stdin ? { rootSecret: rootSecretPrompt({ stdin: io.stdin, stderr: io.stderr, signal: io.signal }) } : {}),
+    },
+    warningsTo(io),
+  );
 }
 
 /** Open, run `fn`, and always close (which wipes the KEK cache and seals the root). */
@@ -141,7 +252,16 @@ export async function openKeyService(
   options: KeyServiceOptions = {},
 ): Promise<KeyService> {
   try {
-    return await openFolderKeyService(loc, options, { cwd: io.cwd, env: io.env, ...warningsTo(io) });
+    await loadFolderRootBackend(loc);
+    const stdin = (io as Partial<CliIO>).stdin;
+    return await openFolderKeyService(
+      loc,
+      {
+        ...options,
+        ...(stdin ? { rootSecret: rootSecretPrompt({ stdin, stderr: io.stderr, signal: (io as CliIO).signal }) } : {}),
+      },
+      { cwd: io.cwd, env: io.env, ...warningsTo(io) },
+    );
   } catch (err) {
     if (KeywardenError.isInstance(err, 'KW_BAD_INPUT') && err.message === UNSEAL_KEY_FILE_NOT_APPLICABLE) {
       throw new UsageError(err.message, { cause: err });

@@ -50,6 +50,19 @@ export function positiveInt(value: string): number {
   return Number(value);
 }
 
+/** Where a new KEK lives (core's CreateKeyOptions.kekMode). */
+export type KekMode = 'memory' | 'root';
+
+export const KEK_MODE_HELP =
+  'hsm: the KEK is made and kept in the root device (PKCS#11 token, TPM) and never enters this process; memory: wrapped by the root, unwrapped here and cached (default: hsm when the root can hold KEKs)';
+
+/** `--kek-mode hsm|memory` (commander parser): "hsm" is core's kekMode "root". */
+export function kekModeOf(value: string): KekMode {
+  if (value === 'hsm' || value === 'root') return 'root';
+  if (value === 'memory') return 'memory';
+  throw new InvalidArgumentError('must be hsm or memory');
+}
+
 /** A repeatable option's collector (no default, so the help shows none). */
 export function collect(value: string, previous: string[] | undefined): string[] {
   return [...(previous ?? []), value];

@@ -17,7 +17,7 @@ import {
   hooksOf,
   quorumOf,
 } from '../ceremony-io.js';
-import { initStoreDir, SHARES_OUT_DIR, UNSEAL_KEY_ENV } from '../store-dir.js';
+import { initDeviceStoreDir, initStoreDir, SHARES_OUT_DIR, UNSEAL_KEY_ENV } from '../store-dir.js';
 import { collect, globalsOf, locationOf, positiveInt } from './_common.js';
 
 export const DEVELOPMENT_MODE_WARNING = [
@@ -37,6 +37,8 @@ interface InitOptions {
   resume?: boolean;
   abort?: boolean;
   shareFile?: string[];
+  root?: string;
+  pcrs?: string;
 }
 
 export function registerInit(program: Command, io: CliIO): void {
@@ -78,6 +80,11 @@ export function registerInit(program: Command, io: CliIO): void {
       'with --resume: a file holding one of the NEW plaintext shares (test quorum)',
       collect,
     )
+    .option(
+      '--root <uri>',
+      "a device root instead of the software root: 'pkcs11:token=…;object=…?module-path=…&pin-source=…' or 'tpm:…' (needs @keywarden/pkcs11 or @keywarden/tpm)",
+    )
+    .option('--pcrs <list>', 'with --root tpm:…: bind every KEK to these SHA-256 PCRs (e.g. 7 or 7,16)')
     .addHelpText(
       'after',
       `
@@ -106,8 +113,16 @@ Split knowledge (--shares N --threshold M, default 5 and 3):
   pending until \`init --resume\` with a test quorum of M new shares.
   The ceremony: docs/split-knowledge.md.
 
+Device root (--root URI): the root key is made in a PKCS#11 token or a TPM and never leaves it.
+  The URI is recorded in DIR/root.uri (not secret; a URI with pin-value= is refused) and every later
+  command opens the device through it. The user PIN / auth value comes from the URI
+  (pin-source=file:/PATH or env:NAME for PKCS#11; auth-file=PATH or auth-env=NAME for a TPM), else
+  from a hidden prompt on a terminal. See docs/pkcs11.md and docs/tpm.md.
+
 Examples:
   keywarden init
+  keywarden init --root 'pkcs11:token=kw;object=kw-root?module-path=/usr/lib/softhsm/libsofthsm2.so&pin-source=env:KW_PIN'
+  keywarden init --root 'tpm:?auth-file=/run/secrets/kw-auth' --pcrs 7
   export ${UNSEAL_KEY_ENV}="$(keywarden init --print-unseal-key)"
   keywarden init --shares 5 --threshold 3 --custodian alice.pub --custodian bob.pub \\
     --custodian carol.pub --custodian dan.pub --custodian erin.pub`,
@@ -133,6 +148,24 @@ Examples:
         return;
       }
       if ((opts.shareFile?.length ?? 0) > 0) throw new UsageError('--share-file is for `init --resume`');
+      if (opts.pcrs !== undefined && opts.root === undefined) throw new UsageError('--pcrs is for `init --root tpm:…`');
+      if (opts.root !== undefined) {
+        if (
+          opts.printUnsealKey ||
+          globals.unsealKeyFile !== undefined ||
+          opts.verifyQuorum ||
+          opts.shares !== undefined ||
+          opts.threshold !== undefined ||
+          (opts.custodian?.length ?? 0) > 0 ||
+          opts.shareDir !== undefined
+        ) {
+          throw new UsageError(
+            '--root makes a device root: unseal keys and --shares/--threshold/--custodian are for the software root',
+          );
+        }
+        await initDevice(io, cmd, opts.root, opts.pcrs);
+        return;
+      }
       const split =
         opts.verifyQuorum === true ||
         opts.shares !== undefined ||
@@ -166,6 +199,31 @@ Examples:
       await print(io.stderr, `${lines.join('\n')}\n\n${DEVELOPMENT_MODE_WARNING}\n`);
       if (result.unsealKeyText !== undefined) await print(io.stdout, `${result.unsealKeyText}\n`);
     });
+}
+
+/** `tpm:…` with `pcrs=LIST` added to its attributes (`--pcrs`). */
+export function withPcrs(uri: string, pcrs: string): string {
+  if (!/^tpm:/i.test(uri)) throw new UsageError('--pcrs is for a TPM root (--root tpm:…)');
+  if (!/^(sha256:)?\d{1,2}(,\d{1,2})*$/i.test(pcrs))
+    throw new UsageError('--pcrs is a list of PCR indices, e.g. 7 or 7,16');
+  const rest = uri.slice(4);
+  const q = rest.indexOf('?');
+  const attrs = q === -1 ? rest : rest.slice(0, q);
+  if (/(^|;)pcrs=/.test(attrs)) throw new UsageError('give the PCRs once: --pcrs or pcrs= in the URI');
+  const query = q === -1 ? '' : rest.slice(q);
+  return `tpm:${attrs}${attrs ? ';' : ''}pcrs=${pcrs}${query}`;
+}
+
+async function initDevice(io: CliIO, cmd: Command, rootUri: string, pcrs: string | undefined): Promise<void> {
+  const loc = locationOf(cmd, io);
+  const uri = pcrs !== undefined ? withPcrs(rootUri, pcrs) : rootUri;
+  const r = await initDeviceStoreDir(io, loc, uri);
+  const lines = [
+    `Initialized a key store in ${loc.display} with a ${r.description.kind} root (root ${r.rootId}).`,
+    `Root: ${r.description.label}; wraps with ${r.description.wrapAlgorithm}.`,
+    `The root URI is recorded in ${displayPath(r.rootUriPath, io.cwd)}; every command opens the device through it.`,
+  ];
+  await print(io.stderr, `${lines.join('\n')}\n`);
 }
 
 async function initSplit(io: CliIO, cmd: Command, opts: InitOptions): Promise<void> {

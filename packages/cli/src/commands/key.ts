@@ -26,13 +26,14 @@ import {
   print,
 } from '../output.js';
 import { MissingRoot, withKeyService, withKeywarden } from '../store-dir.js';
-import { keyServiceOptionsOf, locationOf, positiveInt } from './_common.js';
+import { KEK_MODE_HELP, type KekMode, kekModeOf, keyServiceOptionsOf, locationOf, positiveInt } from './_common.js';
 
 interface CreateOptions {
   env?: string;
   service?: string;
   tenant?: string;
   purpose?: string;
+  kekMode?: KekMode;
   json?: boolean;
 }
 
@@ -57,6 +58,7 @@ compromised never unwraps again. See docs/lifecycle.md.`,
     .option('--service <service>', 'scope: service that uses the key')
     .option('--tenant <tenant>', 'scope: tenant whose data the key protects')
     .option('--purpose <purpose>', 'scope: what the key is for (e.g. pii-records)')
+    .option('--kek-mode <mode>', KEK_MODE_HELP, kekModeOf)
     .option('--json', 'print the new key as JSON')
     .addHelpText('after', '\nExample:\n  keywarden key create billing-tenant-a --env prod --service billing --tenant a')
     .action(async (name: string, opts: CreateOptions, cmd: Command) => {
@@ -68,7 +70,7 @@ compromised never unwraps again. See docs/lifecycle.md.`,
         ...(opts.purpose !== undefined ? { purpose: opts.purpose } : {}),
       };
       await withKeyService(loc, io, keyServiceOptionsOf(cmd), async (ks) => {
-        const info = await ks.createKey(name, { scope });
+        const info = await ks.createKey(name, { scope, ...(opts.kekMode ? { kekMode: opts.kekMode } : {}) });
         await print(
           io.stdout,
           opts.json ? formatJson(keyToJson(info)) : `Created key ${info.name} (${info.id}, v1).\n`,

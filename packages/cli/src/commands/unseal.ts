@@ -10,7 +10,8 @@ import { isTerminal, readHidden, readShareFile, readSharesFromStream } from '../
 import type { CliIO } from '../io.js';
 import { formatJson, formatPairs, print } from '../output.js';
 import { pendingCeremonyOf } from '@keywarden/ceremony';
-import { sealedRootDocument } from '../store-dir.js';
+import { loadFolderRootBackend, requireStore, sealedRootDocument } from '../store-dir.js';
+import { deviceStatus } from './_device-status.js';
 import { collect, locationOf, socketOf } from './_common.js';
 
 /** Errors about one share: reported, and the prompt asks for the next one. */
@@ -132,6 +133,12 @@ while. Unsealing again needs a quorum of shares (\`keywarden unseal\`). Stopping
             ]),
           );
         }
+        return;
+      }
+      await requireStore(loc);
+      const scheme = await loadFolderRootBackend(loc);
+      if (scheme !== 'software') {
+        await deviceStatus(io, loc, scheme, opts.json === true);
         return;
       }
       const doc = await sealedRootDocument(loc);

@@ -1,0 +1,84 @@
+/**
+ * `keywarden status` for a folder whose root is a device (D/root.uri: `pkcs11:…`, `tpm:…`): the
+ * root's kind, the token or TPM it lives in, the mechanism that wraps with it, whether it is
+ * sealed, and for PKCS#11 the worker pool. Nothing secret: no PIN, no auth value, no URI query
+ * (it may name a PIN file).
+ */
+import type { RootOfTrust } from '@keywarden/core';
+import type { CliIO } from '../io.js';
+import { formatJson, formatPairs, print } from '../output.js';
+import { openFolderRoot, type StoreLocation } from '../store-dir.js';
+
+interface Pkcs11Like {
+  record: { token: string; tokenSerial: string; object: string };
+  pool: { size: number; replaced: number; inFlight(): number[] };
+}
+interface TpmLike {
+  record: { alg: 'ecc' | 'rsa'; handle?: number; pcrs?: number[] };
+}
+
+export async function deviceStatus(io: CliIO, loc: StoreLocation, scheme: string, json: boolean): Promise<void> {
+  const { store, root } = await openFolderRoot(loc, 'read', { env: io.env });
+  try {
+    const d = root.describe();
+    const sealed = root.sealable ? root.sealable.isSealed() : false;
+    const keys = (await store.listKeys()).length;
+    const info: Record<string, unknown> = {
+      store: loc.dir,
+      mode: 'device',
+      rootId: d.id,
+      root: { kind: d.kind, description: d.label, mechanism: mechanismOf(scheme, root), sealed },
+      keys,
+    };
+    const pairs: [string, string][] = [
+      ['key store', loc.display],
+      ['root', `${d.id} (${d.kind})`],
+      ['device', d.label],
+      ['mechanism', mechanismOf(scheme, root)],
+      [
+        'unseal',
+        root.sealable
+          ? sealed
+            ? `sealed (${root.sealable.unsealSecret().label} not given: add it to the root URI or run on a terminal)`
+            : `unsealed by the root URI's ${scheme === 'tpm' ? 'auth' : 'PIN'} source`
+          : 'no auth value: the device alone unlocks it',
+      ],
+    ];
+    if (scheme === 'pkcs11') {
+      const p = root as unknown as Pkcs11Like;
+      const busy = p.pool.inFlight().reduce((a, b) => a + b, 0);
+      info.token = { label: p.record.token, serial: p.record.tokenSerial, object: p.record.object };
+      info.pool = { workers: p.pool.size, inFlight: busy, replaced: p.pool.replaced };
+      pairs.push(['token', `"${p.record.token}" (serial ${p.record.tokenSerial}), root object "${p.record.object}"`]);
+      pairs.push([
+        'pool',
+        `${p.pool.size} worker thread${p.pool.size === 1 ? '' : 's'}, ${busy} request${busy === 1 ? '' : 's'} in flight, ${p.pool.replaced} replaced`,
+      ]);
+    } else if (scheme === 'tpm') {
+      const t = root as unknown as TpmLike;
+      info.tpm = {
+        storageKey: t.record.alg === 'ecc' ? 'ECC P-256' : 'RSA-2048',
+        handle: t.record.handle ?? null,
+        pcrs: t.record.pcrs ?? [],
+      };
+      pairs.push([
+        'PCR policy',
+        t.record.pcrs?.length
+          ? `every KEK bound to SHA-256 PCRs ${t.record.pcrs.join(',')}`
+          : 'none (KEKs not bound to PCRs)',
+      ]);
+    }
+    pairs.push(['keys', String(keys)]);
+    await print(io.stdout, json ? formatJson(info) : formatPairs(pairs));
+  } finally {
+    await root.close().catch(() => {});
+    await store.close().catch(() => {});
+  }
+}
+
+function mechanismOf(scheme: string, root: RootOfTrust): string {
+  if (scheme === 'pkcs11') {
+    return 'CKM_AES_GCM (AES-256-GCM, 12-byte IV) in the token; KEKs as token objects (--kek-mode hsm) or wrapped by the root';
+  }
+  return root.describe().wrapAlgorithm;
+}
