@@ -23,6 +23,7 @@
  * stopped (the CLI seals the agent); in the rotating process, `clearCache()` or `seal()` any
  * Keywarden that used the old root.
  */
+import { finishAuditKeyMove, stageAuditKeyMove } from './audit/audit-key.js';
 import { constantTimeEqual, wipe } from './_bytes.js';
 import { InvalidInputError, KeyStateError, RootMissingError } from './errors.js';
 import type { KeyStore, RootRewrap, RootUpdate } from './keystore.js';
@@ -148,8 +149,12 @@ export async function rewrapUnderNewRoot(
     }
   }
 
+  // The audit key (docs/audit.md §3) moves with the KEKs: staged under the new root first, so a
+  // crash anywhere leaves a key that the root in use can unwrap.
+  const auditKeyStaged = await stageAuditKeyMove(store, oldRoot, newRoot);
   const update: RootUpdate = { versions, meta, at: now, expectedRootId: oldId, expectedMeta };
   await store.replaceRoot(update);
+  if (auditKeyStaged) await finishAuditKeyMove(store, newRoot);
   return { rewrapped: versions.length, skippedDestroyed };
 }
 

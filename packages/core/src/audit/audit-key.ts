@@ -17,6 +17,8 @@ import type { RootOfTrust } from '../root.js';
 import { checkedRoot } from '../root.js';
 
 export const AUDIT_KEY_META_NAME = 'audit-key';
+/** The audit key staged under the next root during a root rotation (docs/audit.md §3). */
+export const AUDIT_KEY_NEXT_META_NAME = 'audit-key/next';
 const AUDIT_KEY_AAD = utf8.encode('keywarden/audit-key/v1');
 const HKDF_SALT = utf8.encode('keywarden/audit/v1');
 const MAC_DOMAIN = 'keywarden-audit-record-v1\n';
@@ -100,6 +102,48 @@ export class AuditKey {
   }
 }
 
+async function readDoc(store: KeyStore, name: string): Promise<AuditKeyDocument | undefined> {
+  const raw = await store.getMeta(name);
+  if (!raw) return undefined;
+  try {
+    const doc = JSON.parse(Buffer.from(raw).toString('utf8')) as AuditKeyDocument;
+    if (doc?.v !== 1 || typeof doc.wrapped !== 'string' || typeof doc.rootId !== 'string') throw new Error('shape');
+    return doc;
+  } catch {
+    throw new StoreCorruptError(`audit: the ${name} record in the key store is unreadable`);
+  }
+}
+
+/**
+ * Root rotation, step 1 (before the new root is stored): the audit key wrapped by the new root,
+ * staged as "audit-key/next". False when the store has no audit key. A rotation that then fails
+ * leaves only a staged record nobody reads; one that stops after storing the new root is finished
+ * by loadAuditKey, which takes the staged key when its root is the one in use.
+ */
+export async function stageAuditKeyMove(store: KeyStore, from: RootOfTrust, to: RootOfTrust): Promise<boolean> {
+  const doc = await readDoc(store, AUDIT_KEY_META_NAME);
+  if (!doc) return false;
+  const oldRoot = checkedRoot(from);
+  const newRoot = checkedRoot(to);
+  const material = await oldRoot.unwrapKey(new Uint8Array(Buffer.from(doc.wrapped, 'base64url')), AUDIT_KEY_AAD);
+  try {
+    const wrapped = await newRoot.wrapKey(material, AUDIT_KEY_AAD);
+    const next: AuditKeyDocument = { v: 1, rootId: newRoot.id, wrapped: toBase64Url(wrapped) };
+    await store.putMeta(AUDIT_KEY_NEXT_META_NAME, utf8.encode(JSON.stringify(next)));
+    return true;
+  } finally {
+    wipe(material);
+  }
+}
+
+/** Root rotation, step 2 (after the new root is stored): the staged audit key becomes the audit key. */
+export async function finishAuditKeyMove(store: KeyStore, to: RootOfTrust): Promise<void> {
+  const next = await readDoc(store, AUDIT_KEY_NEXT_META_NAME);
+  if (!next || next.rootId !== checkedRoot(to).id) return;
+  await store.putMeta(AUDIT_KEY_META_NAME, utf8.encode(JSON.stringify(next)));
+  await store.deleteMeta(AUDIT_KEY_NEXT_META_NAME);
+}
+
 interface AuditKeyDocument {
   v: 1;
   rootId: string;
@@ -117,15 +161,11 @@ export async function loadAuditKey(
   options: { create?: boolean } = {},
 ): Promise<AuditKey> {
   const root = checkedRoot(rootOfTrust);
-  const existing = await store.getMeta(AUDIT_KEY_META_NAME);
-  if (existing) {
-    let doc: AuditKeyDocument;
-    try {
-      doc = JSON.parse(Buffer.from(existing).toString('utf8')) as AuditKeyDocument;
-      if (doc?.v !== 1 || typeof doc.wrapped !== 'string') throw new Error('shape');
-    } catch {
-      throw new StoreCorruptError('audit: the audit-key record in the key store is unreadable');
-    }
+  const current = await readDoc(store, AUDIT_KEY_META_NAME);
+  // A root rotation that stopped after the new root was stored leaves the key staged under it.
+  const staged = current && current.rootId !== root.id ? await readDoc(store, AUDIT_KEY_NEXT_META_NAME) : undefined;
+  const doc = staged?.rootId === root.id ? staged : current;
+  if (doc) {
     const material = await root.unwrapKey(new Uint8Array(Buffer.from(doc.wrapped, 'base64url')), AUDIT_KEY_AAD);
     try {
       return new AuditKey(material);

@@ -1,4 +1,12 @@
-export { AuditKey, AUDIT_KEY_META_NAME, loadAuditKey, rewrapAuditKey } from './audit-key.js';
+export {
+  AuditKey,
+  AUDIT_KEY_META_NAME,
+  AUDIT_KEY_NEXT_META_NAME,
+  finishAuditKeyMove,
+  loadAuditKey,
+  rewrapAuditKey,
+  stageAuditKeyMove,
+} from './audit-key.js';
 export {
   type AuditEvent,
   type AuditRecord,
