@@ -11,4 +11,4 @@ export {
   SCHEMA_VERSION,
   type WatchOptions,
 } from './postgres-store.js';
-export { invalidateCachesOnChange } from './invalidate.js';
+export { type ClearableCache, invalidateCachesOnChange } from './invalidate.js';
