@@ -19,6 +19,10 @@ echo "== lint" && pnpm run lint || status=1
 echo "== typecheck" && pnpm exec turbo run typecheck --output-logs=errors-only || status=1
 echo "== test" && pnpm exec turbo run test --concurrency=1 --continue || status=1
 
+# Keywarden's own working tree holds no committed secret (docs/scanning.md): secretlint's
+# recommended preset and @keywarden/secretlint-rule through `keywarden scan`, .secretlintignore honoured.
+echo "== secret scan" && node packages/cli/dist/bin.js scan || status=1
+
 # Speed as ratios to raw node:crypto measured in the same run (never absolute times), gated against
 # the committed benchmarks/baseline.json: fails when a ratio regresses beyond its tolerance (how it
 # was chosen: benchmarks/README.md), printing the rows that moved. `pnpm bench:baseline` updates it.

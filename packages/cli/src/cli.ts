@@ -21,6 +21,7 @@ import { registerPrincipal } from './commands/principal.js';
 import { registerRekey } from './commands/rekey.js';
 import { registerRewrap } from './commands/rewrap.js';
 import { registerRoot } from './commands/root.js';
+import { registerScan } from './commands/scan.js';
 import { registerShare } from './commands/share.js';
 import { registerUnseal } from './commands/unseal.js';
 import { debugDetails, describeError, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE } from './errors.js';
@@ -128,6 +129,7 @@ Run 'keywarden demo' for a guided tour of the key lifecycle, and 'keywarden COMM
   registerAudit(program, io);
   registerPolicy(program, io);
   registerPrincipal(program, io);
+  registerScan(program, io);
   return program;
 }
 

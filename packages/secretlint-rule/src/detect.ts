@@ -149,6 +149,8 @@ const PIN_FILE_NAME_RE =
 
 function pins(text: string, filePath: string | undefined, out: KeywardenFinding[]): void {
   for (const m of text.matchAll(PIN_VALUE_RE)) {
+    // A placeholder is not a PIN: ${PIN} in a template, $PIN in a shell line, {{pin}}, <pin>.
+    if (/^(?:\$\{|\$[A-Za-z_]|\{\{|<)/.test(m[1] as string)) continue;
     const end = (m.index as number) + m[0].length;
     out.push({ kind: 'pin', range: [end - (m[1] as string).length, end], detail: { where: 'pkcs11-uri' } });
   }

@@ -82,7 +82,10 @@ export const creator: SecretLintRuleCreator<Options> = {
     return {
       file(source: SecretLintSourceCode) {
         for (const f of detectKeywardenSecrets(source.content, source.getFilePath())) {
-          context.report({ message: t(MESSAGE_IDS[f.kind], { detail: describe(f) }), range: f.range });
+          // The detail is not secret, so it is part of the message but not of `data`: secretlint's
+          // maskSecrets option (which `keywarden scan` sets) masks every data value in a message.
+          const message = t(MESSAGE_IDS[f.kind], { detail: describe(f) });
+          context.report({ message: { ...message, data: undefined }, range: f.range });
         }
       },
     };

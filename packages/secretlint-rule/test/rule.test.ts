@@ -13,10 +13,15 @@ import type { SecretLintCoreResultMessage } from '@secretlint/types';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { creator, detectKeywardenSecrets, MESSAGE_IDS, RULE_ID, shareChecksumMatches } from '../src/index.js';
 
-async function lint(content: string, filePath = 'config.txt'): Promise<SecretLintCoreResultMessage[]> {
+async function lint(
+  content: string,
+  filePath = 'config.txt',
+  maskSecrets = false,
+): Promise<SecretLintCoreResultMessage[]> {
   const result = await lintSource({
     source: { content, filePath, contentType: 'text' },
     options: {
+      maskSecrets,
       config: {
         rules: [
           { id: '@secretlint/secretlint-rule-preset-recommend', rule: recommended },
@@ -103,6 +108,9 @@ describe('every Keywarden secret form is flagged, with what leaked and the comma
     expect(ms[0]?.messageId).toBe(MESSAGE_IDS.share);
     expect(ms[0]?.message).toContain('keywarden rekey');
     expect(ms[0]?.message).toMatch(/unseal-key share 2 of 5 of share set ss_[A-Za-z0-9_-]{16}, 3 needed/);
+    // With secretlint's maskSecrets (as `keywarden scan` runs it) the non-secret detail stays readable.
+    const masked = ours(await lint(share, 'notes.txt', true));
+    expect(masked[0]?.message).toMatch(/unseal-key share 2 of 5 of share set ss_[A-Za-z0-9_-]{16}, 3 needed/);
     const cut = share.length - 30;
     expect(ours(await lint(`${share.slice(0, cut)}\n    ${share.slice(cut)}\n`))).toHaveLength(1);
     expect(ours(await lint(pinShares.join('\n')))).toHaveLength(5);
@@ -141,6 +149,11 @@ describe('every Keywarden secret form is flagged, with what leaked and the comma
     const ms = ours(await lint(`${uri}\n`, 'root.uri'));
     expect(ms).toHaveLength(1);
     expect(ms[0]?.message).toContain('pin-value=');
+    // Placeholders are not PINs.
+    // biome-ignore lint/suspicious/noTemplateCurlyInString: a template placeholder, written as text on purpose.
+    for (const p of ['${PIN}', '$PIN', '{{ pin }}', '<pin>']) {
+      expect(ours(await lint(`pkcs11:token=keywarden?pin-value=${p}\n`, 'root.uri')), p).toEqual([]);
+    }
   });
 });
 
