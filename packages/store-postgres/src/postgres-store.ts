@@ -380,6 +380,7 @@ export class PostgresKeyStore implements KeyStore {
       'getLifecycle',
       async () => {
         const client = await this.#connect();
+        let broken = true;
         try {
           // One snapshot for both reads.
           await client.query('BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY');
@@ -397,6 +398,7 @@ export class PostgresKeyStore implements KeyStore {
             [keyId],
           );
           await client.query('COMMIT');
+          broken = false;
           const row = life.rows[0];
           if (!row) return undefined;
           const out: KeyLifecycle = {
@@ -410,7 +412,7 @@ export class PostgresKeyStore implements KeyStore {
           for (const u of uses.rows) out.uses[u.version] = Number(u.uses);
           return out;
         } finally {
-          client.release(true);
+          client.release(broken);
         }
       },
       true,
@@ -809,8 +811,14 @@ export class PostgresKeyStore implements KeyStore {
           committing = true;
           await tx.query('COMMIT');
         } catch (err) {
-          broken = true;
-          if (!committing) await tx.query('ROLLBACK').catch(() => {});
+          // A refused change (conflict, missing key…) rolls back cleanly and the connection goes
+          // back to the pool; a connection that cannot even roll back is discarded.
+          broken =
+            committing ||
+            !(await tx.query('ROLLBACK').then(
+              () => true,
+              () => false,
+            ));
           throw err;
         } finally {
           tx.release(broken);
