@@ -14,6 +14,7 @@ export const workspaceAlias = {
   '@keywarden/tpm': fileURLToPath(new URL('./packages/tpm/src/index.ts', import.meta.url)),
   '@keywarden/pkcs11': fileURLToPath(new URL('./packages/pkcs11/src/index.ts', import.meta.url)),
   '@keywarden/secretlint-rule': fileURLToPath(new URL('./packages/secretlint-rule/src/index.ts', import.meta.url)),
+  '@keywarden/pki': fileURLToPath(new URL('./packages/pki/src/index.ts', import.meta.url)),
 };
 
 /** The one vitest configuration every package uses: sources aliased, a JSON report per package

@@ -1,0 +1,35 @@
+/**
+ * @keywarden/pki — certificate keys: key pairs with versions under a Keywarden KEK, a signer
+ * interface any root can implement, PKCS#10 requests, X.509 certificates, a small CA, CRLs.
+ */
+export { type KeyPairAlgorithm, KEY_PAIR_ALGORITHMS, type Signer, SoftwareSigner } from './signer.js';
+export {
+  KeyPairs,
+  type KeyPairsOptions,
+  type KeyPairInfo,
+  type KeyPairVersionInfo,
+  type KeyPairVersionState,
+} from './keypairs.js';
+export {
+  type DistinguishedName,
+  type CertificateProfile,
+  type CsrOptions,
+  type CsrInfo,
+  type CertificateOptions,
+  type Issuer,
+  type RevokedEntry,
+  type CrlOptions,
+  type CrlReason,
+  CRL_REASONS,
+  createCsr,
+  readCsr,
+  issueCertificate,
+  createCrl,
+  serialOf,
+  subjectOf,
+  parseCertificate,
+  keyIdentifier,
+  algorithmOfPublicKey,
+  toPem,
+} from './x509.js';
+export { CertificateAuthority, type CreateCaOptions, type IssueOptions } from './ca.js';
