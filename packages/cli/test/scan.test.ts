@@ -9,11 +9,13 @@ import { execFileSync, spawnSync } from 'node:child_process';
 import { generateKeyPairSync, randomBytes } from 'node:crypto';
 import { mkdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
+import { PassThrough } from 'node:stream';
 import { fileURLToPath } from 'node:url';
 import { issueAgentCredential } from '@keywarden/agent';
 import { MemoryKeyStore } from '@keywarden/core';
 import { encryptShareForCustodian, splitSecret } from '@keywarden/split-knowledge';
 import { beforeAll, describe, expect, it } from 'vitest';
+import { run } from '../src/cli.js';
 import { cli, initialized, oneLine, tempDir } from './helpers.js';
 
 const BIN = fileURLToPath(new URL('../dist/bin.js', import.meta.url));
@@ -269,6 +271,33 @@ describe('keywarden scan --history', () => {
     const ok = await cli(['scan', '--history'], { cwd: dir });
     expect(ok.code, ok.out).toBe(0);
     expect(ok.out).toMatch(/no secrets found \(\d+ blobs scanned\)/);
+  });
+});
+
+describe('keywarden scan --history on a terminal', () => {
+  async function scanOnTerminal(cwd: string, args: string[]): Promise<{ code: number; stderr: string }> {
+    const stdout = new PassThrough();
+    const stderr = Object.assign(new PassThrough(), { isTTY: true, columns: 100 });
+    const err: Buffer[] = [];
+    stdout.resume();
+    stderr.on('data', (c: Buffer) => err.push(Buffer.from(c)));
+    const stdin = new PassThrough();
+    stdin.end();
+    const code = await run(['scan', '--history', ...args], { stdin, stdout, stderr, env: {}, cwd });
+    return { code, stderr: Buffer.concat(err).toString('utf8') };
+  }
+
+  it('shows a progress bar from 200 blobs on, unless --no-progress', async () => {
+    const dir = await gitRepo();
+    for (let i = 0; i < 210; i++) put(dir, `f/${i}.txt`, `file ${i}\n`);
+    git(dir, 'add', '.');
+    git(dir, 'commit', '-q', '-m', 'many files');
+    const r = await scanOnTerminal(dir, []);
+    expect(r.code).toBe(0);
+    expect(r.stderr).toContain('210/210 blobs');
+    const quiet = await scanOnTerminal(dir, ['--no-progress']);
+    expect(quiet.code).toBe(0);
+    expect(quiet.stderr).toBe('');
   });
 });
 
