@@ -19,7 +19,7 @@ import { AuditError, InvalidInputError } from '../errors.js';
 import type { KeyStore } from '../keystore.js';
 import type { RootOfTrust } from '../root.js';
 import { type AuditKey, loadAuditKey } from './audit-key.js';
-import { type AuditAnchor, type AuditEvent, type AuditRecord, sealRecordLine } from './record.js';
+import { type AuditAnchor, type AuditEvent, type AuditRecord, canonicalContext, sealRecordLine } from './record.js';
 import { type AuditSink, CallbackAuditSink, JsonlFileAuditSink, StoreAuditSink } from './sinks.js';
 
 export type AuditDurability = 'each' | { intervalMs: number };
@@ -129,6 +129,9 @@ export class AuditLog {
     this.assertWritable();
     // Stamped in place (no copy on the hot path): record() owns the event from here on.
     if (event.at === undefined) event.at = Date.now();
+    if (event.context !== undefined && event.contextCanonical === undefined) {
+      event.contextCanonical = canonicalContext(event.context);
+    }
     this.#pending.push(event);
     if (this.#durability === 'each') {
       const p = new Promise<void>((resolve, reject) => this.#waiters.push({ resolve, reject }));

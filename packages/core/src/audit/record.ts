@@ -39,6 +39,9 @@ export interface AuditEvent {
   detail?: Readonly<Record<string, string | number | boolean>>;
   /** Milliseconds since the epoch; default: when recorded. */
   at?: number;
+  /** Internal: the context's canonical JSON, taken by AuditLog.record() when the event is handed
+   * over, so that a caller who reuses and changes its context object afterwards changes nothing. */
+  contextCanonical?: string;
 }
 
 export interface AuditRecord {
@@ -61,6 +64,17 @@ export interface AuditRecord {
 
 const q = JSON.stringify;
 
+/** Records of one batch are mostly stamped in the same millisecond: format each millisecond once. */
+let lastMs = -1;
+let lastIso = '';
+function isoTime(ms: number): string {
+  if (ms !== lastMs) {
+    lastMs = ms;
+    lastIso = new Date(ms).toISOString();
+  }
+  return lastIso;
+}
+
 /**
  * The canonical JSON of a record without `mac` (what the MAC covers): keys in sorted order, as
  * canonicalJson would write them, built directly because it runs once per operation. verifyAuditLog
@@ -79,7 +93,7 @@ function canonicalBody(r: Omit<AuditRecord, 'mac'>): string {
 }
 
 /** canonicalJson of an encryption context (string values), without its generic machinery. */
-function canonicalContext(context: Readonly<Record<string, string>>): string {
+export function canonicalContext(context: Readonly<Record<string, string>>): string {
   const keys = Object.keys(context).sort();
   let s = '{';
   for (const k of keys) {
@@ -118,7 +132,7 @@ function buildRecord(
   const rec: Omit<AuditRecord, 'mac'> & { mac?: string } = {
     v: 1,
     seq,
-    time: new Date(event.at ?? Date.now()).toISOString(),
+    time: isoTime(event.at ?? Date.now()),
     principal: event.principal,
     op: event.op,
     outcome: event.outcome,
@@ -128,9 +142,12 @@ function buildRecord(
   if (event.keyId !== undefined) rec.key = event.keyId;
   if (event.version !== undefined) rec.version = event.version;
   if (event.code !== undefined) rec.code = event.code;
-  if (event.context !== undefined && Object.keys(event.context).length > 0) {
-    rec.ctx = key.contextDigest(canonicalContext(event.context));
-  }
+  const canonical =
+    event.contextCanonical ??
+    (event.context !== undefined && Object.keys(event.context).length > 0
+      ? canonicalContext(event.context)
+      : undefined);
+  if (canonical !== undefined && canonical !== '{}') rec.ctx = key.contextDigest(canonical);
   if (event.ids !== undefined) {
     const ids: Record<string, string> = {};
     for (const [k, v] of Object.entries(event.ids)) if (typeof v === 'string') ids[k] = key.digest(v);

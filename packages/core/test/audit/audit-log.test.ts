@@ -294,3 +294,27 @@ describe('AuditLog under a tight loop', () => {
     expect(written).toBe(20_000);
   });
 });
+
+describe('AuditLog takes the context when the event is handed over', () => {
+  it('a caller that reuses and changes its context object after the call changes no record', async () => {
+    const { store, root } = await storeAndRoot();
+    const seen: AuditRecord[] = [];
+    const log = new AuditLog({
+      store,
+      root,
+      toStore: false,
+      durability: { intervalMs: 60_000 },
+      callback: (r) => void seen.push(...r),
+    });
+    const context: Record<string, string> = { order: 'o-1' };
+    log.record({ op: 'encrypt', principal: 'p', outcome: 'ok', context });
+    context.order = 'o-2';
+    log.record({ op: 'encrypt', principal: 'p', outcome: 'ok', context });
+    await log.close();
+    const key = await loadAuditKey(store, root);
+    expect(seen.map((r) => r.ctx)).toEqual([
+      contextDigest(key, { order: 'o-1' }),
+      contextDigest(key, { order: 'o-2' }),
+    ]);
+  });
+});
