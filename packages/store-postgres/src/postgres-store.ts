@@ -38,6 +38,7 @@ import {
   keyStoreChecks as checks,
   type RootUpdate,
   StoreCorruptError,
+  StoreReplacedError,
 } from '@keywarden/core';
 import pg from 'pg';
 import { parse as parseConnectionString } from 'pg-connection-string';
@@ -157,6 +158,9 @@ export class PostgresKeyStore implements KeyStore {
   readonly #channel: string;
   readonly #retryForMs: number;
   readonly #watchers = new Set<() => Promise<void>>();
+  /** The store's random id (store_state.store_id), read at open: a write into another store — the
+   * schema dropped and created again, or restored from a backup of another store — is refused. */
+  #storeId: string | undefined;
 
   private constructor(pool: pg.Pool, config: pg.PoolConfig, schema: string, retryForMs: number) {
     this.#pool = pool;
@@ -224,6 +228,8 @@ export class PostgresKeyStore implements KeyStore {
     const store = new PostgresKeyStore(pool, config, schema, retryForMs);
     try {
       await store.#retry('open', async () => store.#migrate(options.create ?? true), true);
+      const id = await store.#read<{ store_id: string }>('open', `SELECT store_id FROM ${store.#s}.store_state`, []);
+      store.#storeId = id[0]?.store_id;
     } catch (err) {
       await pool.end().catch(() => {});
       throw err;
@@ -798,9 +804,10 @@ export class PostgresKeyStore implements KeyStore {
           await tx.query('BEGIN');
           const changed = await body(tx);
           if (changed) {
-            const g = await tx.query<{ generation: string }>(
-              `UPDATE ${this.#s}.store_state SET generation = generation + 1 RETURNING generation`,
+            const g = await tx.query<{ generation: string; store_id: string }>(
+              `UPDATE ${this.#s}.store_state SET generation = generation + 1 RETURNING generation, store_id`,
             );
+            if (g.rows[0]?.store_id !== this.#storeId) throw storeReplaced(operation);
             const payload = JSON.stringify(
               changed.keyId !== undefined
                 ? { g: Number(g.rows[0]?.generation), k: changed.keyId }
@@ -933,6 +940,12 @@ function readPassword(file: string): string {
   }
 }
 
+function storeReplaced(operation: string): StoreReplacedError {
+  return new StoreReplacedError(
+    `keystore: ${operation}: the key store in PostgreSQL is no longer the one this process opened (its schema was dropped and created again, or restored from another store); nothing was written. Stop this process and start it again`,
+  );
+}
+
 function rootConflict(): ConflictError {
   return new ConflictError(
     'keystore: replaceRoot: the store changed since this root rotation read it (another root rotation or rekey committed first); nothing was changed — read it again and retry if still wanted',
@@ -960,6 +973,8 @@ function toStoreError(operation: string, err: unknown): KeywardenError {
   if (KeywardenError.isInstance(err)) return err as KeywardenError;
   const code = (err as { code?: unknown } | undefined)?.code;
   if (typeof code === 'string' && /^[0-9A-Z]{5}$/.test(code)) {
+    // undefined_table / invalid_schema_name: the store's schema is gone under a running process.
+    if (code === '42P01' || code === '3F000') return storeReplaced(operation);
     if (code === '23505')
       return new KeyExistsError(`keystore: ${operation}: the key or version already exists`, { cause: err });
     if (code === '23503')

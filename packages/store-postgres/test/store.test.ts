@@ -193,3 +193,28 @@ describe.skipIf(unavailable !== undefined)('PostgresKeyStore: schema, credential
     expect((await rejection(() => store.watch(() => {}))).code).toBe('KW_CLOSED');
   });
 });
+
+describe.skipIf(unavailable !== undefined)('PostgresKeyStore: a store replaced under a running process', () => {
+  it('after the schema is dropped (and created again by another process), a write is StoreReplacedError (KW_STORE_REPLACED) and writes nothing', async () => {
+    const s = freshSchema();
+    const store = await openStore(s);
+    try {
+      await store.createKey(keyRecord('kek_a', 'a'), versionRecord('kek_a', 1));
+      await dropSchema(s);
+      const gone = await rejection(() => store.putMeta('m', Uint8Array.of(1)));
+      expect(gone.code).toBe('KW_STORE_REPLACED');
+      expect(gone.message).toMatch(/^keystore: putMeta: /);
+      // Another process creates a new, empty store in the same place.
+      const other = await openStore(s);
+      await other.close();
+      const replaced = await rejection(() => store.createKey(keyRecord('kek_b', 'b'), versionRecord('kek_b', 1)));
+      expect(replaced.code).toBe('KW_STORE_REPLACED');
+      const again = await openStore(s);
+      expect(await again.listKeys()).toEqual([]);
+      await again.close();
+    } finally {
+      await store.close();
+      await dropSchema(s);
+    }
+  });
+});
