@@ -30,6 +30,7 @@ export {
   parseCertificate,
   keyIdentifier,
   algorithmOfPublicKey,
+  verifySignature,
   toPem,
 } from './x509.js';
 export { CertificateAuthority, type CreateCaOptions, type IssueOptions } from './ca.js';

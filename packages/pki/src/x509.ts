@@ -103,13 +103,28 @@ export function algorithmOfPublicKey(spki: Uint8Array): KeyPairAlgorithm {
   );
 }
 
-/** Verify `signature` over `data` with node:crypto (independent of the WebCrypto signer). */
-function verifySignature(spki: Uint8Array, algorithmOid: string, data: Uint8Array, signature: Uint8Array): boolean {
+/**
+ * Verify `signature` (X.509 encoding, see Signer.sign) over `data` under a SubjectPublicKeyInfo
+ * and a signature AlgorithmIdentifier OID, with node:crypto — independent of the WebCrypto signer.
+ * False when the OID is not the one this package uses for that key (no algorithm substitution).
+ * Checked against Wycheproof's ECDSA P-256 DER vectors (test/wycheproof.test.ts).
+ */
+export function verifySignature(
+  spki: Uint8Array,
+  algorithmOid: string,
+  data: Uint8Array,
+  signature: Uint8Array,
+): boolean {
   const algorithm = algorithmOfPublicKey(spki);
   const p = webCryptoParams(algorithm);
   if (algorithmOid !== p.signatureOid) return false;
   const key = createPublicKey({ key: Buffer.from(spki), format: 'der', type: 'spki' });
-  return nodeVerify(p.hash === undefined ? null : p.hash.replace('-', '').toLowerCase(), data, key, signature);
+  try {
+    return nodeVerify(p.hash === undefined ? null : p.hash.replace('-', '').toLowerCase(), data, key, signature);
+  } catch {
+    // A signature that does not even parse (bad DER) is a signature that does not verify.
+    return false;
+  }
 }
 
 // ── Names, times, serials ───────────────────────────────────────────────────────────────────────

@@ -7,14 +7,25 @@ import { Keywarden, MemoryKeyStore, SoftwareRoot } from '@keywarden/core';
 import { KeyPairs } from '../src/index.js';
 
 /** A software-root Keywarden on an in-memory store, with the "pki" KEK. */
-export async function setup(): Promise<{ kw: Keywarden; pairs: KeyPairs; close(): Promise<void> }> {
+export async function setup(): Promise<{
+  kw: Keywarden;
+  pairs: KeyPairs;
+  store: MemoryKeyStore;
+  root: SoftwareRoot;
+  unsealKey: Uint8Array;
+  close(): Promise<void>;
+}> {
   const store = new MemoryKeyStore();
-  const root = await SoftwareRoot.initialize(store, { unsealKey: new Uint8Array(randomBytes(32)) });
+  const unsealKey = new Uint8Array(randomBytes(32));
+  const root = await SoftwareRoot.initialize(store, { unsealKey: Uint8Array.from(unsealKey) });
   const kw = new Keywarden({ store, root });
   await kw.createKey('pki');
   return {
     kw,
     pairs: new KeyPairs({ keywarden: kw }),
+    store,
+    root,
+    unsealKey,
     async close() {
       await kw.close();
       await root.close();
