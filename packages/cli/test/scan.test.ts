@@ -212,7 +212,12 @@ describe('keywarden scan --history', () => {
     plantLookalikes(dir);
     // The same unseal key under a second name in the same commit is the same blob: scanned once.
     put(dir, 'config/copy-of-unseal.key', s.unsealKeyFile);
+    // .secretlintignore applies to history too; .gitignore does not hide what was committed anyway.
+    put(dir, '.secretlintignore', 'vectors/\n');
+    put(dir, 'vectors/published.pem', s.privateKeyPem);
+    put(dir, '.gitignore', 'hsm/\n');
     git(dir, 'add', '.');
+    git(dir, 'add', '-f', 'hsm/user.pin');
     git(dir, 'commit', '-q', '-m', 'oops');
     const added = git(dir, 'rev-parse', 'HEAD').trim();
     git(dir, 'rm', '-q', '-r', 'config', 'out', 'notes', 'deploy', 'hsm', 'keys');

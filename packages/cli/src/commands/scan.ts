@@ -12,7 +12,8 @@
  */
 import { spawn } from 'node:child_process';
 import { constants as fsConstants } from 'node:fs';
-import { access, chmod, lstat, mkdir, readdir, readFile, writeFile } from 'node:fs/promises';
+import { access, chmod, lstat, mkdir, mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
 import * as path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { creator as keywardenRule, RULE_ID as KEYWARDEN_RULE_ID } from '@keywarden/secretlint-rule';
@@ -237,24 +238,29 @@ async function gitTreeFiles(where: string, top: string): Promise<string[]> {
   return [...new Set(listed)].filter((f) => !ignored.has(f));
 }
 
-/** Paths (relative to the top level) that .secretlintignore excludes, from a list of candidates. */
+/**
+ * Paths (relative to the top level) that .secretlintignore excludes, from a list of candidates
+ * (history and staged files, which are not in the working tree to list). `git check-ignore
+ * --no-index` runs in an empty scratch repository whose only exclude file is .secretlintignore,
+ * so the repository's own .gitignore cannot answer first (a gitignored path that was committed
+ * anyway is still scanned).
+ */
 async function secretlintIgnored(top: string, paths: string[]): Promise<Set<string>> {
   const ignoreFile = path.join(top, IGNORE_FILE);
   if (paths.length === 0 || !(await exists(ignoreFile))) return new Set();
-  // check-ignore also reads .gitignore; -v names the pattern's source, so only this file's count.
-  const out = await git(
-    top,
-    ['-c', `core.excludesFile=${ignoreFile}`, 'check-ignore', '--no-index', '-v', '-z', '--stdin'],
-    `${paths.join('\0')}\0`,
-    [0, 1],
-  );
-  const fields = splitZ(out);
-  const hit = new Set<string>();
-  // -v -z: <source> NUL <linenum> NUL <pattern> NUL <pathname> NUL
-  for (let i = 0; i + 3 < fields.length; i += 4) {
-    if (path.resolve(top, fields[i] as string) === ignoreFile) hit.add(fields[i + 3] as string);
+  const scratch = await mkdtemp(path.join(tmpdir(), 'keywarden-scan-'));
+  try {
+    await git(scratch, ['init', '-q']);
+    const out = await git(
+      scratch,
+      ['-c', `core.excludesFile=${ignoreFile}`, 'check-ignore', '--no-index', '-z', '--stdin'],
+      `${paths.join('\0')}\0`,
+      [0, 1],
+    );
+    return new Set(splitZ(out));
+  } finally {
+    await rm(scratch, { recursive: true, force: true });
   }
-  return hit;
 }
 
 async function scanHistory(where: string, allRefs: boolean, progress: boolean, io: CliIO): Promise<ScanResult> {
@@ -275,31 +281,30 @@ async function scanHistory(where: string, allRefs: boolean, progress: boolean, i
     const sp = line.indexOf(' ');
     if (sp > 0) blobs.push({ sha: line.slice(0, sp), file: line.slice(sp + 1) });
   }
-  const ignored = await secretlintIgnored(
-    top,
-    blobs.map((b) => b.file),
-  );
-  const todo = blobs.filter((b) => !ignored.has(b.file));
+  // rev-list names each blob by the first path it met; the same content may also sit at other
+  // paths, so .secretlintignore is applied after the scan, to every path the blob was committed at.
   const tty = (io.stderr as { isTTY?: boolean }).isTTY === true;
   const bar =
-    progress && tty && todo.length >= PROGRESS_FROM
+    progress && tty && blobs.length >= PROGRESS_FROM
       ? new cliProgress.SingleBar(
           { stream: io.stderr, format: 'scan [{bar}] {value}/{total} blobs', hideCursor: true },
           cliProgress.Presets.shades_classic,
         )
       : undefined;
-  bar?.start(todo.length, 0);
+  bar?.start(blobs.length, 0);
   const found = new Map<string, ScanFinding[]>();
   try {
     await catFileBatch(
       top,
-      todo.map((b) => b.sha),
+      blobs.map((b) => b.sha),
       async (i, type, bytes) => {
-        const b = todo[i] as { sha: string; file: string };
+        const b = blobs[i] as { sha: string; file: string };
         if (type === 'blob') {
-          const before = result.findings.length;
-          await scanOne(result, bytes, b.file);
-          if (result.findings.length > before) found.set(b.sha, result.findings.slice(before));
+          const one: ScanResult = { mode: 'history', scanned: 0, skipped: [], findings: [] };
+          await scanOne(one, bytes, b.file);
+          result.scanned += one.scanned;
+          result.skipped.push(...one.skipped);
+          if (one.findings.length > 0) found.set(b.sha, one.findings);
         }
         bar?.increment();
       },
@@ -307,18 +312,42 @@ async function scanHistory(where: string, allRefs: boolean, progress: boolean, i
   } finally {
     bar?.stop();
   }
-  // Which commit added each blob that holds a secret (the oldest commit that touched it): a few
-  // `git log --find-object` runs, only for the blobs with findings.
+  // For each blob that holds a secret, the commits that brought it in (git log --find-object
+  // --raw, oldest first): the oldest one not at an ignored path is the commit and file reported.
   for (const [sha, fs] of found) {
     const log = await git(top, [
       'log',
-      '--format=%H',
       '--reverse',
+      '--no-renames',
+      '--raw',
+      '--no-abbrev',
+      '--format=commit %H',
       `--find-object=${sha}`,
       ...(allRefs ? ['--all'] : ['HEAD']),
     ]);
-    const commit = log.split('\n')[0]?.trim();
-    if (commit) for (const f of fs) f.commit = commit;
+    const introduced: { commit: string; file: string }[] = [];
+    let commit = '';
+    for (const line of log.split('\n')) {
+      if (line.startsWith('commit ')) commit = line.slice(7).trim();
+      else if (line.startsWith(':')) {
+        const tab = line.indexOf('\t');
+        const meta = line.slice(1, tab).split(' ');
+        if (meta[3] === sha) introduced.push({ commit, file: line.slice(tab + 1) });
+      }
+    }
+    const ignored = await secretlintIgnored(
+      top,
+      introduced.map((x) => x.file),
+    );
+    const first = introduced.find((x) => !ignored.has(x.file));
+    if (introduced.length > 0 && !first) continue; // only ever at ignored paths
+    for (const f of fs) {
+      if (first) {
+        f.commit = first.commit;
+        f.file = first.file;
+      }
+      result.findings.push(f);
+    }
   }
   return result;
 }
