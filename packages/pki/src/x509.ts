@@ -103,11 +103,24 @@ export function algorithmOfPublicKey(spki: Uint8Array): KeyPairAlgorithm {
   );
 }
 
+/** Signature AlgorithmIdentifiers accepted on verification (RFC 5758 §3.2, RFC 8017 App. A.2.4, RFC 8410 §3). */
+const VERIFY_ALGORITHMS: Readonly<Record<string, { family: 'ec' | 'rsa' | 'ed25519'; hash: string | null }>> = {
+  '1.2.840.10045.4.3.2': { family: 'ec', hash: 'sha256' },
+  '1.2.840.10045.4.3.3': { family: 'ec', hash: 'sha384' },
+  '1.2.840.10045.4.3.4': { family: 'ec', hash: 'sha512' },
+  '1.2.840.113549.1.1.11': { family: 'rsa', hash: 'sha256' },
+  '1.2.840.113549.1.1.12': { family: 'rsa', hash: 'sha384' },
+  '1.2.840.113549.1.1.13': { family: 'rsa', hash: 'sha512' },
+  '1.3.101.112': { family: 'ed25519', hash: null },
+};
+
 /**
  * Verify `signature` (X.509 encoding, see Signer.sign) over `data` under a SubjectPublicKeyInfo
  * and a signature AlgorithmIdentifier OID, with node:crypto — independent of the WebCrypto signer.
- * False when the OID is not the one this package uses for that key (no algorithm substitution).
- * Checked against Wycheproof's ECDSA P-256 DER vectors (test/wycheproof.test.ts).
+ * The OID decides the hash (other parties sign a P-384 request with SHA-256, as openssl does by
+ * default), and must be of the key's family: an RSA OID never verifies under an EC key. SHA-1 and
+ * RSA-PSS are not accepted. Checked against Wycheproof's ECDSA P-256 DER vectors
+ * (test/wycheproof.test.ts).
  */
 export function verifySignature(
   spki: Uint8Array,
@@ -116,11 +129,12 @@ export function verifySignature(
   signature: Uint8Array,
 ): boolean {
   const algorithm = algorithmOfPublicKey(spki);
-  const p = webCryptoParams(algorithm);
-  if (algorithmOid !== p.signatureOid) return false;
+  const accepted = Object.hasOwn(VERIFY_ALGORITHMS, algorithmOid) ? VERIFY_ALGORITHMS[algorithmOid] : undefined;
+  const family = algorithm.startsWith('ECDSA') ? 'ec' : algorithm.startsWith('RSA') ? 'rsa' : 'ed25519';
+  if (!accepted || accepted.family !== family) return false;
   const key = createPublicKey({ key: Buffer.from(spki), format: 'der', type: 'spki' });
   try {
-    return nodeVerify(p.hash === undefined ? null : p.hash.replace('-', '').toLowerCase(), data, key, signature);
+    return nodeVerify(accepted.hash, data, key, signature);
   } catch {
     // A signature that does not even parse (bad DER) is a signature that does not verify.
     return false;
@@ -363,6 +377,7 @@ export async function issueCertificate(issuer: Issuer, options: CertificateOptio
     if (hex(new Uint8Array(ca.subjectPublicKeyInfo.toSchema().toBER())) !== hex(issuer.signer.publicKey)) {
       throw new InvalidInputError('pki: the issuer certificate is not for the signer’s key');
     }
+    checkCanIssue(ca, options.profile === 'ca');
     issuerName = ca.subject;
     issuerKeyId = subjectKeyIdOf(ca) ?? keyIdentifier(issuer.signer.publicKey);
   }
@@ -425,6 +440,30 @@ export function parseCertificate(der: Uint8Array): Certificate {
     return Certificate.fromBER(der);
   } catch {
     throw new InvalidInputError('pki: not a DER X.509 certificate');
+  }
+}
+
+/**
+ * Refuse to sign under a certificate a verifier would not accept as an issuer (RFC 5280 §6.1.4
+ * (k), (l), (n)): it must be a CA, with keyCertSign when it has a keyUsage, and a CA certificate
+ * may only be issued below it when its pathLenConstraint is not 0.
+ */
+function checkCanIssue(ca: Certificate, issuingCa: boolean): void {
+  const bc = ca.extensions?.find((e) => e.extnID === OID.basicConstraints);
+  const constraints = bc ? BasicConstraints.fromBER(bc.extnValue.valueBlock.valueHexView) : undefined;
+  if (!constraints?.cA) throw new InvalidInputError('pki: the issuer certificate is not a CA certificate');
+  const ku = ca.extensions?.find((e) => e.extnID === OID.keyUsage);
+  if (ku) {
+    const bits = asn1js.fromBER(ku.extnValue.valueBlock.valueHexView).result as asn1js.BitString;
+    // keyCertSign is bit 5: 0x04 in the first octet.
+    if (!((bits.valueBlock.valueHexView[0] ?? 0) & 0x04)) {
+      throw new InvalidInputError('pki: the issuer certificate’s keyUsage does not allow keyCertSign');
+    }
+  }
+  const pathLen = constraints.pathLenConstraint;
+  const limit = pathLen === undefined ? undefined : typeof pathLen === 'number' ? pathLen : pathLen.valueBlock.valueDec;
+  if (issuingCa && limit === 0) {
+    throw new InvalidInputError('pki: the issuer’s pathLenConstraint is 0; it cannot issue CA certificates');
   }
 }
 

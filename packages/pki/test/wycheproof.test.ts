@@ -41,7 +41,7 @@ describe('Wycheproof ECDSA P-256 / SHA-256 (DER signatures): verifySignature', (
     expect(counts).toEqual({ valid: 174, invalid: 310, acceptable: 0 });
   });
 
-  it('the same signature under another AlgorithmIdentifier is refused (no algorithm substitution)', () => {
+  it('the same signature under another hash or another key family is refused (no algorithm substitution)', () => {
     const file = JSON.parse(
       readFileSync(new URL('./vectors/wycheproof/ecdsa_secp256r1_sha256_test.json', import.meta.url), 'utf8'),
     ) as EcdsaFile;
@@ -50,5 +50,7 @@ describe('Wycheproof ECDSA P-256 / SHA-256 (DER signatures): verifySignature', (
     if (!group || !t) throw new Error('no valid case');
     expect(verifySignature(hex(group.publicKeyDer), '1.2.840.10045.4.3.2', hex(t.msg), hex(t.sig))).toBe(true);
     expect(verifySignature(hex(group.publicKeyDer), '1.2.840.10045.4.3.3', hex(t.msg), hex(t.sig))).toBe(false);
+    expect(verifySignature(hex(group.publicKeyDer), '1.2.840.113549.1.1.11', hex(t.msg), hex(t.sig))).toBe(false);
+    expect(verifySignature(hex(group.publicKeyDer), '1.2.840.10045.4.1', hex(t.msg), hex(t.sig))).toBe(false);
   });
 });

@@ -157,4 +157,32 @@ describe('requests', () => {
       ),
     ).rejects.toThrow(/not for the signer/);
   });
+
+  it('refuses to sign under a certificate that cannot issue: a leaf, or a CA whose pathLenConstraint is 0 for a CA below it', async () => {
+    await env.pairs.create('iss-ca', { algorithm: 'ECDSA-P256' });
+    await env.pairs.create('iss-leaf', { algorithm: 'ECDSA-P256' });
+    const ca = await env.pairs.signer('iss-ca');
+    const leaf = await env.pairs.signer('iss-leaf');
+    const notAfter = new Date(Date.now() + DAY);
+    const caCert = await issueCertificate(
+      { signer: ca },
+      { subject: { commonName: 'ca' }, publicKey: ca.publicKey, profile: 'ca', pathLength: 0, notAfter },
+    );
+    const leafCert = await issueCertificate(
+      { signer: ca, certificate: caCert },
+      { subject: { commonName: 'leaf' }, publicKey: leaf.publicKey, profile: 'client', notAfter },
+    );
+    await expect(
+      issueCertificate(
+        { signer: leaf, certificate: leafCert },
+        { subject: { commonName: 'x' }, publicKey: ca.publicKey, profile: 'server', notAfter },
+      ),
+    ).rejects.toThrow(/not a CA certificate/);
+    await expect(
+      issueCertificate(
+        { signer: ca, certificate: caCert },
+        { subject: { commonName: 'sub' }, publicKey: leaf.publicKey, profile: 'ca', notAfter },
+      ),
+    ).rejects.toThrow(/pathLenConstraint is 0/);
+  });
 });
