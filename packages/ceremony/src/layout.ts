@@ -156,7 +156,7 @@ export async function folderRootScheme(loc: StoreLocation): Promise<string> {
 }
 
 /** Refuse a software-root operation (shares, unseal keys, rekey, root rotate) on a device-root folder. */
-async function requireSoftwareRoot(loc: StoreLocation): Promise<void> {
+export async function requireSoftwareRoot(loc: StoreLocation): Promise<void> {
   const scheme = await folderRootScheme(loc);
   if (scheme !== 'software') {
     throw new InvalidInputError(

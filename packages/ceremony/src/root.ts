@@ -27,7 +27,7 @@ import {
   wipe,
 } from '@keywarden/core';
 import { destroyRootWithQuorum, rotateRoot, type ShareSetInfo } from '@keywarden/split-knowledge';
-import { openStoreFile, requireStore, type StoreLocation } from './layout.js';
+import { openStoreFile, requireSoftwareRoot, requireStore, type StoreLocation } from './layout.js';
 import type { QuorumSource } from './split.js';
 
 export interface RootCeremonyOptions {
@@ -62,6 +62,7 @@ export interface RootDestroyResult {
  */
 export async function rotateRootStoreDir(loc: StoreLocation, options: RootCeremonyOptions): Promise<RootRotateResult> {
   await requireStore(loc);
+  await requireSoftwareRoot(loc);
   const store: KeyStore = openStoreFile(loc, 'write');
   let root: SoftwareRoot | undefined;
   try {
@@ -119,6 +120,7 @@ export async function destroyRootStoreDir(
   options: RootCeremonyOptions,
 ): Promise<RootDestroyResult> {
   await requireStore(loc);
+  await requireSoftwareRoot(loc);
   const store = openStoreFile(loc, 'write');
   try {
     const state = await readRootState(store);

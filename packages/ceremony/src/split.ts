@@ -61,11 +61,12 @@ import {
   displayPath,
   exists,
   removeStoreFiles,
+  ROOT_URI_FILE,
+  requireSoftwareRoot,
   requireStore,
   SHARES_OUT_DIR,
   type StoreLocation,
   stagedStorePath,
-  ROOT_URI_FILE,
 } from './layout.js';
 import { openStagedStore, readStagedPending } from './pending.js';
 
@@ -734,6 +735,7 @@ export interface RekeyResult extends HandOutResult {
 export async function rekeyStoreDir(loc: StoreLocation, options: RekeyOptions): Promise<RekeyResult> {
   const cwd = options.cwd ?? process.cwd();
   await requireStore(loc);
+  await requireSoftwareRoot(loc);
   const store = await SqliteKeyStore.open(loc.dbPath, { create: false });
   let staged: StagedCeremony | undefined;
   try {

@@ -368,7 +368,7 @@ export async function runDemo(io: CliIO, options: { root?: DemoRoot } = {}): Pro
     if (device) wipe(device.secret);
     await rm(tmp, { recursive: true, force: true });
   }
-  out.done(tmp);
+  out.done(tmp, device?.kind);
 }
 
 /** Step 1 on a device: the root key made in the token / TPM, the folder recording its URI. */
@@ -376,12 +376,13 @@ async function initOnDevice(out: Narrator, io: CliIO, loc: StoreLocation, device
   const name = device.kind === 'tpm' ? 'a TPM' : 'a PKCS#11 token';
   out.step(`Initialize a key store whose root of trust is in ${name}`);
   const init = await initDeviceStoreDir(loc, { uri: device.uri, secret: device.secret, env: device.env });
-  const copy = () => Promise.resolve(Uint8Array.from(device.secret));
-  const kw = await openFolderKeywarden(loc, {
-    unseal: { kind: 'env', variable: 'none', value: '' },
-    rootSecret: copy,
-    env: device.env,
-  });
+  const kw = await openFolderKeywarden(loc, { env: device.env });
+  try {
+    if (kw.root.sealable?.isSealed()) await kw.root.sealable.unseal(device.secret);
+  } catch (err) {
+    await kw.close().catch(() => {});
+    throw err;
+  }
   out.facts([
     ['key store', path.join(loc.display, 'keystore.db')],
     ['root', `${init.rootId} (${init.description.label})`],
@@ -563,8 +564,14 @@ class Narrator {
     io.signal?.throwIfAborted();
   }
 
-  done(tmp: string): void {
+  done(tmp: string, device?: DemoRoot): void {
     this.#write(`\nDone: ${this.#n} steps. Removed ${tmp}.\n`);
+    if (device) {
+      this.#write(
+        `For your own store: keywarden init --root '${device === 'tpm' ? 'tpm:?auth-file=PATH' : 'pkcs11:token=…;object=…?module-path=…&pin-source=file:/PATH'}' (docs/${device}.md).\n`,
+      );
+      return;
+    }
     this.#write(
       'In production, split the unseal key among custodians instead: keywarden init --shares 5 --threshold 3 (docs/split-knowledge.md).\n',
     );
