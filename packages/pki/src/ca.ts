@@ -14,10 +14,10 @@ import {
   type DistinguishedName,
   createCrl,
   issueCertificate,
-  parseCertificate,
   readCsr,
   serialOf,
   subjectOf,
+  validityOf,
 } from './x509.js';
 
 const DAY_MS = 86_400_000;
@@ -123,7 +123,7 @@ export class CertificateAuthority {
     const caCert = unb64(current.certificate);
     const notBefore = new Date();
     // A leaf never outlives its issuer (RFC 5280 §6.1.3 would reject it at the issuer's expiry).
-    const caNotAfter = parseCertificate(caCert).notAfter.value;
+    const caNotAfter = validityOf(caCert).notAfter;
     const notAfter = new Date(Math.min(notBefore.getTime() + options.validityDays * DAY_MS, caNotAfter.getTime()));
     const certificate = await issueCertificate(
       { signer, certificate: caCert },

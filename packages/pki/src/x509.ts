@@ -435,7 +435,9 @@ export async function issueCertificate(issuer: Issuer, options: CertificateOptio
   return signTbs(cert, issuer.signer);
 }
 
-export function parseCertificate(der: Uint8Array): Certificate {
+/** Internal: not exported from the package, so that no pkijs type reaches the public .d.ts
+ * (pkijs's declarations need the DOM lib, which a Node project does not load). */
+function parseCertificate(der: Uint8Array): Certificate {
   try {
     return Certificate.fromBER(der);
   } catch {
@@ -470,6 +472,17 @@ function checkCanIssue(ca: Certificate, issuingCa: boolean): void {
 function subjectKeyIdOf(cert: Certificate): Uint8Array | undefined {
   const ext = cert.extensions?.find((e) => e.extnID === OID.subjectKeyIdentifier);
   return ext ? new Uint8Array((ext.parsedValue as asn1js.OctetString).valueBlock.valueHexView) : undefined;
+}
+
+/** The SubjectPublicKeyInfo (DER) of a certificate. */
+export function publicKeyOf(der: Uint8Array): Uint8Array {
+  return new Uint8Array(parseCertificate(der).subjectPublicKeyInfo.toSchema().toBER());
+}
+
+/** The validity period of a certificate. */
+export function validityOf(der: Uint8Array): { notBefore: Date; notAfter: Date } {
+  const cert = parseCertificate(der);
+  return { notBefore: cert.notBefore.value, notAfter: cert.notAfter.value };
 }
 
 /** The subject of a certificate (the attributes this package writes). */
