@@ -117,8 +117,19 @@ export class KeyPairs {
     return infoOf(await this.#read(name));
   }
 
+  /** Names of the key pairs, sorted. */
   async list(): Promise<string[]> {
-    // The meta API has no listing; key pairs are found through an index record.
+    const store = this.#kw.store;
+    const out: string[] = [];
+    for (const name of await this.#indexed()) {
+      // The index is written before the record (#write): a name whose record never landed is skipped.
+      if ((await store.getMeta(META_PREFIX + name)) !== undefined) out.push(name);
+    }
+    return out;
+  }
+
+  /** The meta API has no listing; key pairs are found through an index record. */
+  async #indexed(): Promise<string[]> {
     const index = await this.#kw.store.getMeta(`${META_PREFIX}index`);
     return index === undefined ? [] : (JSON.parse(new TextDecoder().decode(index)) as string[]);
   }
@@ -211,12 +222,14 @@ export class KeyPairs {
 
   async #write(record: StoredKeyPair): Promise<void> {
     const store = this.#kw.store;
-    await store.putMeta(META_PREFIX + record.name, new TextEncoder().encode(JSON.stringify(record)));
-    const names = await this.list();
+    // Index first, record second: a crash in between leaves an index entry without a record, which
+    // list() skips and create() may reuse — never a key pair that list() cannot find.
+    const names = await this.#indexed();
     if (!names.includes(record.name)) {
       names.push(record.name);
       await store.putMeta(`${META_PREFIX}index`, new TextEncoder().encode(JSON.stringify(names.sort())));
     }
+    await store.putMeta(META_PREFIX + record.name, new TextEncoder().encode(JSON.stringify(record)));
   }
 }
 

@@ -85,6 +85,21 @@ describe('KeyPairs', () => {
     await expect(env.pairs.signer('kp-life', 3)).rejects.toThrow(KeyNotFoundError);
   });
 
+  it('list() names every key pair whose record exists, even when the index names one whose record never landed', async () => {
+    await env.pairs.create('kp-listed', { algorithm: 'ECDSA-P256' });
+    const index = JSON.parse(new TextDecoder().decode(await env.kw.store.getMeta('pki/keypair/index')));
+    // What a crash between the two writes of create() leaves: the name indexed, no record.
+    await env.kw.store.putMeta(
+      'pki/keypair/index',
+      new TextEncoder().encode(JSON.stringify([...index, 'kp-crashed'].sort())),
+    );
+    const listed = await env.pairs.list();
+    expect(listed).toContain('kp-listed');
+    expect(listed).not.toContain('kp-crashed');
+    await env.pairs.create('kp-crashed', { algorithm: 'ECDSA-P256' });
+    expect(await env.pairs.list()).toContain('kp-crashed');
+  });
+
   it('bad input is a typed error', async () => {
     await expect(env.pairs.create('bad name', { algorithm: 'ECDSA-P256' })).rejects.toThrow(InvalidInputError);
     await expect(env.pairs.create('index', { algorithm: 'ECDSA-P256' })).rejects.toThrow(InvalidInputError);
