@@ -136,7 +136,7 @@ while. Unsealing again needs a quorum of shares (\`keywarden unseal\`). Stopping
         return;
       }
       await requireStore(loc);
-      const scheme = await loadFolderRootBackend(loc);
+      const scheme = await loadFolderRootBackend(loc, io.env);
       if (scheme !== 'software') {
         await deviceStatus(io, loc, scheme, opts.json === true);
         return;
