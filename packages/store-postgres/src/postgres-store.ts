@@ -20,6 +20,7 @@
  *   messages name the operation and the SQLSTATE or errno only.
  */
 import { readFileSync } from 'node:fs';
+import type { ConnectionOptions } from 'node:tls';
 import {
   ClosedError,
   ConflictError,
@@ -67,8 +68,9 @@ export interface PostgresKeyStoreOptions {
   retryForMs?: number;
   /** Server-side limit on one statement, and on waiting for a lock. Default 30 000 ms. */
   statementTimeoutMs?: number;
-  /** TLS options passed to pg (`ssl`); for a managed PostgreSQL, `{ ca, rejectUnauthorized: true }`. */
-  ssl?: pg.ClientConfig['ssl'];
+  /** TLS options passed to pg (`ssl`); for a managed PostgreSQL, `{ ca, rejectUnauthorized: true }`.
+   * Node's own TLS type, so consumers need no `@types/pg`. */
+  ssl?: boolean | ConnectionOptions;
   /** The environment to read defaults from. Default process.env. */
   env?: Record<string, string | undefined>;
 }
