@@ -20,10 +20,19 @@ export const EXIT_USAGE = 2;
 /** 128 + SIGINT, what shells report for an interrupted command. */
 export const EXIT_INTERRUPTED = 130;
 
-/** The command line itself is wrong (conflicting options, malformed --context, bad N and M): exit 2. */
+/**
+ * The command line itself is wrong (conflicting options, malformed --context, bad N and M): exit 2.
+ * A command's own non-library outcome that must exit non-zero (`scan` found secrets: exit 1) is a
+ * UsageError with its `exitCode`, so the CLI still defines one error class.
+ */
 export class UsageError extends Error {
-  readonly exitCode: number = EXIT_USAGE;
+  readonly exitCode: number;
   override name = 'UsageError';
+
+  constructor(message: string, options?: { exitCode?: number; cause?: unknown }) {
+    super(message, options?.cause !== undefined ? { cause: options.cause } : undefined);
+    this.exitCode = options?.exitCode ?? EXIT_USAGE;
+  }
 }
 
 /** A core error code as the command line reports it: exit status, and text after the message. */

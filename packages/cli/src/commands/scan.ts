@@ -60,12 +60,6 @@ interface ScanResult {
   findings: ScanFinding[];
 }
 
-/** Exit 1 with a one-line summary (the findings are on stdout already). */
-class SecretsFound extends UsageError {
-  override readonly exitCode: number = EXIT_FAILURE;
-  override name = 'SecretsFound';
-}
-
 interface ScanOptions {
   history?: boolean;
   all?: boolean;
@@ -431,8 +425,10 @@ async function report(result: ScanResult, opts: ScanOptions, io: CliIO): Promise
   if (findings.length > 0) {
     const files = new Set(findings.map((f) => `${f.commit ?? ''}:${f.file}`)).size;
     const hook = result.mode === 'staged' ? '; commit refused (bypass: git commit --no-verify)' : '';
-    throw new SecretsFound(
+    // Exit 1 with a one-line summary (the findings are on stdout already).
+    throw new UsageError(
       `scan: ${findings.length} secret${findings.length === 1 ? '' : 's'} found in ${files} ${result.mode === 'history' ? 'blob' : 'file'}${files === 1 ? '' : 's'}${hook}; what to do: docs/scanning.md`,
+      { exitCode: EXIT_FAILURE },
     );
   }
 }
