@@ -95,7 +95,7 @@ const STREAM_CHUNK = 64 * 1024;
 export async function runDemo(io: CliIO, options: { root?: DemoRoot } = {}): Promise<void> {
   // Checked before anything is made: a missing device is one line naming the harness command.
   const device = options.root ? demoDevice(options.root, io.env) : undefined;
-  if (device) await loadRootBackend(device.uri, io.env);
+  if (device) await loadRootBackend(device.uri);
   const out = new Narrator(io);
   const tmp = await mkdtemp(path.join(tmpdir(), 'keywarden-demo-'));
   let kw: Keywarden | undefined;

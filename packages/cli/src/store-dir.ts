@@ -5,8 +5,6 @@
  * layout, the unseal sources, opening a local Keywarden or connecting to the folder's agent are
  * the library's.
  */
-import { constants } from 'node:os';
-import * as path from 'node:path';
 import {
   type DeviceInitResult,
   folderRootUri,
@@ -138,45 +136,8 @@ const DEVICE_BACKENDS: Readonly<Record<string, string>> = {
   tpm: '@keywarden/tpm',
 };
 
-/**
- * Keep the PKCS#11 module loaded for the life of this process (RTLD_NODELETE from the main thread).
- * @keywarden/pkcs11 loads the module in each pool worker and never calls C_Finalize; when the last
- * worker of a pool ends, its dlclose runs the module's static destructors (__cxa_finalize) on that
- * thread while the other workers are still being torn down, and SoftHSM2 2.6 then crashes the
- * process (SIGSEGV, about one run in ten of `keywarden demo --root pkcs11`, backtrace in
- * _dl_close → __cxa_finalize → libsofthsm2). Pinned, the destructors run once, at exit, on the
- * main thread. A module that cannot be pinned (not a path, not loadable) is left to the pool, which
- * reports it properly.
- */
-function pinPkcs11Module(uri: string, env: Readonly<Record<string, string | undefined>>): void {
-  let modulePath: string | undefined;
-  const m = /[?&]module-path=([^&]*)/.exec(uri);
-  try {
-    modulePath = m?.[1] !== undefined ? decodeURIComponent(m[1]) : env.KEYWARDEN_PKCS11_MODULE;
-  } catch {
-    return;
-  }
-  if (!modulePath || !path.isAbsolute(modulePath) || pinned.has(modulePath)) return;
-  pinned.add(modulePath);
-  // Node does not export RTLD_NODELETE: glibc's <dlfcn.h> value on Linux, Apple's on macOS.
-  const noDelete = process.platform === 'linux' ? 0x01000 : process.platform === 'darwin' ? 0x80 : undefined;
-  const now = constants.dlopen.RTLD_NOW;
-  if (noDelete === undefined || now === undefined) return;
-  try {
-    // Not a Node addon: dlopen succeeds, registration fails ("did not self-register") and Node
-    // dlcloses it, which RTLD_NODELETE turns into a no-op. That is the point.
-    process.dlopen({ exports: {} }, modulePath, now | noDelete);
-  } catch {
-    // Expected (see above).
-  }
-}
-const pinned = new Set<string>();
-
 /** Register the backend for `uri`'s scheme (a dynamic import); nothing for "software:". */
-export async function loadRootBackend(
-  uri: string,
-  env: Readonly<Record<string, string | undefined>> = process.env,
-): Promise<string> {
+export async function loadRootBackend(uri: string): Promise<string> {
   const scheme = rootUriScheme(uri);
   if (scheme === 'software') return scheme;
   const pkg = DEVICE_BACKENDS[scheme];
@@ -184,10 +145,9 @@ export async function loadRootBackend(
     throw new UnknownRootSchemeError(`root: unknown root scheme "${scheme}:" (the CLI knows software:, pkcs11:, tpm:)`);
   }
   try {
-    if (scheme === 'pkcs11') {
-      await import('@keywarden/pkcs11/register');
-      pinPkcs11Module(uri, env);
-    } else await import('@keywarden/tpm/register');
+    // @keywarden/pkcs11 pins the module itself (RTLD_NODELETE) before its pool's workers load it.
+    if (scheme === 'pkcs11') await import('@keywarden/pkcs11/register');
+    else await import('@keywarden/tpm/register');
   } catch (err) {
     const code = (err as NodeJS.ErrnoException | undefined)?.code;
     if (code === 'ERR_MODULE_NOT_FOUND' || code === 'MODULE_NOT_FOUND') {
@@ -202,11 +162,8 @@ export async function loadRootBackend(
 }
 
 /** Register the backend of D's root (when D records a device root). */
-export async function loadFolderRootBackend(
-  loc: StoreLocation,
-  env: Readonly<Record<string, string | undefined>> = process.env,
-): Promise<string> {
-  return loadRootBackend(await folderRootUri(loc), env);
+export async function loadFolderRootBackend(loc: StoreLocation): Promise<string> {
+  return loadRootBackend(await folderRootUri(loc));
 }
 
 /**
@@ -233,7 +190,7 @@ export async function initDeviceStoreDir(
   loc: StoreLocation,
   uri: string,
 ): Promise<DeviceInitResult> {
-  const scheme = await loadRootBackend(uri, io.env);
+  const scheme = await loadRootBackend(uri);
   let secret: Uint8Array | undefined;
   if (!uriNamesSecret(uri)) {
     secret = await rootSecretPrompt(io, scheme === 'tpm' ? 'auth value' : 'user PIN')();
@@ -256,7 +213,7 @@ export async function openKeywarden(
   io: Pick<CliIO, 'stderr'> & Partial<Pick<CliIO, 'stdin' | 'env' | 'signal'>>,
   options: { unseal?: UnsealSource; allowMissingRoot?: boolean } = {},
 ): Promise<Keywarden> {
-  await loadFolderRootBackend(loc, io.env ?? process.env).catch((err: unknown) => {
+  await loadFolderRootBackend(loc).catch((err: unknown) => {
     // No store: let the library say so (and how to make one).
     if ((err as NodeJS.ErrnoException)?.code !== 'ENOENT') throw err;
   });
@@ -296,7 +253,7 @@ export async function openKeyService(
   options: KeyServiceOptions = {},
 ): Promise<KeyService> {
   try {
-    await loadFolderRootBackend(loc, io.env);
+    await loadFolderRootBackend(loc);
     const stdin = (io as Partial<CliIO>).stdin;
     return await openFolderKeyService(
       loc,

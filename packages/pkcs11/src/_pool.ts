@@ -17,6 +17,7 @@ import { existsSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { Worker } from 'node:worker_threads';
 import { wipe } from '@keywarden/core';
+import { pinModule } from './_pin-module.js';
 import type { WorkerBatchReply, WorkerConfig, WorkerFailure, WorkerRequest } from './_worker.js';
 import { Pkcs11DeviceError, Pkcs11UnavailableError } from './errors.js';
 
@@ -72,6 +73,8 @@ export class WorkerPool {
 
   constructor(options: PoolOptions) {
     this.#config = { modulePath: options.modulePath, token: options.token };
+    // Before any worker loads it: the module's destructors must never run on a worker's teardown.
+    pinModule(options.modulePath);
     this.size = Math.max(1, Math.min(64, Math.floor(options.size ?? availableParallelism())));
     this.#timeout = options.callTimeoutMs ?? 15_000;
   }

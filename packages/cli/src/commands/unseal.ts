@@ -136,7 +136,7 @@ while. Unsealing again needs a quorum of shares (\`keywarden unseal\`). Stopping
         return;
       }
       await requireStore(loc);
-      const scheme = await loadFolderRootBackend(loc, io.env);
+      const scheme = await loadFolderRootBackend(loc);
       if (scheme !== 'software') {
         await deviceStatus(io, loc, scheme, opts.json === true);
         return;
