@@ -94,8 +94,15 @@ cmd_start() {
 }
 
 cmd_stop() {
-  local pid="${1:-${KEYWARDEN_SWTPM_PID:-}}" dir="${2:-${KEYWARDEN_SWTPM_DIR:-}}"
-  [ -n "$pid" ] || die "stop: no pid (give one, or set KEYWARDEN_SWTPM_PID)"
+  local pid dir
+  if [ "$#" -eq 1 ] && [ -d "$1" ]; then
+    # `stop DIR` (like softhsm.sh): the pid is the one swtpm wrote into its state folder.
+    dir="$1"
+    pid="$(cat "$dir/swtpm.pid" 2>/dev/null || true)"
+  else
+    pid="${1:-${KEYWARDEN_SWTPM_PID:-}}" dir="${2:-${KEYWARDEN_SWTPM_DIR:-}}"
+  fi
+  [ -n "$pid" ] || die "stop: no pid (give DIR, or PID DIR, or set KEYWARDEN_SWTPM_PID)"
   if kill "$pid" 2>/dev/null; then
     local i
     for i in $(seq 1 50); do
@@ -114,5 +121,5 @@ cmd_stop() {
 case "${1:-}" in
   start) shift; cmd_start "$@" ;;
   stop) shift; cmd_stop "$@" ;;
-  *) die "usage: swtpm.sh start [--state DIR] [--port N] | stop [PID DIR]" ;;
+  *) die "usage: swtpm.sh start [--state DIR] [--port N] | stop [DIR | PID DIR]" ;;
 esac
