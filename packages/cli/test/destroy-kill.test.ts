@@ -7,7 +7,6 @@
  * same consent). Development mode, so each round's consent is the unseal key file. The kill delay
  * is random around a target that adapts to where the writes happen (see the loop).
  */
-import { type ChildProcess, spawn } from 'node:child_process';
 import { randomInt } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import * as path from 'node:path';
@@ -15,35 +14,12 @@ import { decodeUnsealKey, Keywarden, readRootState, SoftwareRoot } from '@keywar
 import { SqliteKeyStore } from '@keywarden/store-sqlite';
 import { describe, expect, it } from 'vitest';
 import { tempDir } from './helpers.js';
-import { BIN, built, kw, requireBuild } from './split-helpers.js';
+import { built, kw, requireBuild, runAndKill } from './split-helpers.js';
 
 requireBuild('destroy-kill.test.ts');
 
 const ROUNDS = 12;
 const CONTEXT = { table: 'destroy-kill' };
-
-function runAndKill(
-  args: string[],
-  cwd: string,
-  killAfterMs?: number,
-): Promise<{ killed: boolean; code: number | null; ms: number }> {
-  return new Promise((resolve, reject) => {
-    const started = Date.now();
-    const child: ChildProcess = spawn(process.execPath, [BIN, ...args], {
-      cwd,
-      env: { PATH: process.env.PATH },
-      stdio: ['ignore', 'ignore', 'ignore'],
-    });
-    const timer = killAfterMs === undefined ? undefined : setTimeout(() => child.kill('SIGKILL'), killAfterMs);
-    const guard = setTimeout(() => child.kill('SIGKILL'), 20_000);
-    child.on('error', reject);
-    child.on('close', (code, signal) => {
-      clearTimeout(timer);
-      clearTimeout(guard);
-      resolve({ killed: signal === 'SIGKILL', code, ms: Date.now() - started });
-    });
-  });
-}
 
 function files(cwd: string): { db: string; key: string } {
   return { db: path.join(cwd, '.keywarden', 'keystore.db'), key: path.join(cwd, '.keywarden', 'unseal.key') };

@@ -8,7 +8,6 @@
  * version, never a mix) and a second run completes it. Same pattern as rotate-kill.test.ts: kill
  * delays drawn around the measured run time, checks in-process with the same library.
  */
-import { type ChildProcess, spawn } from 'node:child_process';
 import { randomInt } from 'node:crypto';
 import { readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import * as path from 'node:path';
@@ -23,7 +22,7 @@ import {
 import { SqliteKeyStore } from '@keywarden/store-sqlite';
 import { describe, expect, it } from 'vitest';
 import { tempDir } from './helpers.js';
-import { BIN, built, kw, requireBuild } from './split-helpers.js';
+import { built, kw, requireBuild, runAndKill } from './split-helpers.js';
 
 requireBuild('lifecycle-kill.test.ts');
 
@@ -31,40 +30,6 @@ const ROUNDS = 16;
 /** Each killed rewrap round also reruns the job to completion: fewer rounds keep the suite short. */
 const REWRAP_ROUNDS = 8;
 const CONTEXT = { suite: 'lifecycle-kill' };
-
-interface Outcome {
-  killed: boolean;
-  code: number | null;
-  stdout: string;
-  ms: number;
-}
-
-function runAndKill(args: string[], cwd: string, killAfterMs?: number): Promise<Outcome> {
-  return new Promise((resolve, reject) => {
-    const started = Date.now();
-    const child: ChildProcess = spawn(process.execPath, [BIN, ...args], {
-      cwd,
-      env: { PATH: process.env.PATH },
-      stdio: ['ignore', 'pipe', 'pipe'],
-    });
-    const out: Buffer[] = [];
-    child.stdout?.on('data', (c: Buffer) => out.push(c));
-    child.stderr?.resume();
-    const timer = killAfterMs === undefined ? undefined : setTimeout(() => child.kill('SIGKILL'), killAfterMs);
-    const guard = setTimeout(() => child.kill('SIGKILL'), 20_000);
-    child.on('error', reject);
-    child.on('close', (code, signal) => {
-      clearTimeout(timer);
-      clearTimeout(guard);
-      resolve({
-        killed: signal === 'SIGKILL',
-        code,
-        stdout: Buffer.concat(out).toString('utf8'),
-        ms: Date.now() - started,
-      });
-    });
-  });
-}
 
 async function openUnsealed(cwd: string): Promise<Keywarden> {
   const dir = path.join(cwd, '.keywarden');

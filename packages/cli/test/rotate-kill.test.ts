@@ -12,7 +12,6 @@
  * the unwrap/rewrap work and in the commit; rounds whose command finished first count as completed, not as kills, and
  * each suite requires most rounds to be real kills.
  */
-import { type ChildProcess, spawn } from 'node:child_process';
 import { randomInt } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import * as path from 'node:path';
@@ -20,48 +19,13 @@ import { decodeUnsealKey, Keywarden, SoftwareRoot } from '@keywarden/core';
 import { SqliteKeyStore } from '@keywarden/store-sqlite';
 import { describe, expect, it } from 'vitest';
 import { Database, tempDir } from './helpers.js';
-import { BIN, built, kw, requireBuild } from './split-helpers.js';
+import { built, type KillOutcome, kw, requireBuild, runAndKill } from './split-helpers.js';
 
 requireBuild('rotate-kill.test.ts');
 
 const ROUNDS = 30;
 const KEYS = ['orders', 'users', 'audit'];
 const CONTEXT = { table: 'kill-suite' };
-
-interface Outcome {
-  killed: boolean;
-  code: number | null;
-  stdout: string;
-  ms: number;
-}
-
-/** Spawn `keywarden ARGS` and SIGKILL it after `killAfterMs` (undefined: let it finish). */
-function runAndKill(args: string[], cwd: string, killAfterMs?: number): Promise<Outcome> {
-  return new Promise((resolve, reject) => {
-    const started = Date.now();
-    const child: ChildProcess = spawn(process.execPath, [BIN, ...args], {
-      cwd,
-      env: { PATH: process.env.PATH },
-      stdio: ['ignore', 'pipe', 'pipe'],
-    });
-    const out: Buffer[] = [];
-    child.stdout?.on('data', (c: Buffer) => out.push(c));
-    child.stderr?.resume();
-    const timer = killAfterMs === undefined ? undefined : setTimeout(() => child.kill('SIGKILL'), killAfterMs);
-    const guard = setTimeout(() => child.kill('SIGKILL'), 20_000);
-    child.on('error', reject);
-    child.on('close', (code, signal) => {
-      clearTimeout(timer);
-      clearTimeout(guard);
-      resolve({
-        killed: signal === 'SIGKILL',
-        code,
-        stdout: Buffer.concat(out).toString('utf8'),
-        ms: Date.now() - started,
-      });
-    });
-  });
-}
 
 interface Made {
   key: string;
@@ -119,7 +83,7 @@ async function expectAllDecrypt(kwd: Keywarden, made: readonly Made[], round: st
 }
 
 /** Run the command twice unkilled (both acknowledged); the faster run is the typical run time. */
-async function calibrated(args: string[], cwd: string): Promise<Outcome> {
+async function calibrated(args: string[], cwd: string): Promise<KillOutcome> {
   const first = await runAndKill(args, cwd);
   const second = await runAndKill(args, cwd);
   expect([first.code, second.code]).toEqual([0, 0]);

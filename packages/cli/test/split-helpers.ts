@@ -170,3 +170,39 @@ export async function custodian(dir: string, name: string, type: 'x25519' | 'rsa
 export function sharesIn(text: string): string[] {
   return text.match(/kwshare1\.[A-Za-z0-9._-]+/g) ?? [];
 }
+
+/** What a killed-or-finished `keywarden` run left: exit status, stdout, wall time. */
+export interface KillOutcome {
+  killed: boolean;
+  code: number | null;
+  stdout: string;
+  ms: number;
+}
+
+/** Spawn `keywarden ARGS` and SIGKILL it after `killAfterMs` (undefined: let it finish; 20 s guard). */
+export function runAndKill(args: string[], cwd: string, killAfterMs?: number): Promise<KillOutcome> {
+  return new Promise((resolve, reject) => {
+    const started = Date.now();
+    const child: ChildProcess = spawn(process.execPath, [BIN, ...args], {
+      cwd,
+      env: { PATH: process.env.PATH },
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
+    const out: Buffer[] = [];
+    child.stdout?.on('data', (c: Buffer) => out.push(c));
+    child.stderr?.resume();
+    const timer = killAfterMs === undefined ? undefined : setTimeout(() => child.kill('SIGKILL'), killAfterMs);
+    const guard = setTimeout(() => child.kill('SIGKILL'), 20_000);
+    child.on('error', reject);
+    child.on('close', (code, signal) => {
+      clearTimeout(timer);
+      clearTimeout(guard);
+      resolve({
+        killed: signal === 'SIGKILL',
+        code,
+        stdout: Buffer.concat(out).toString('utf8'),
+        ms: Date.now() - started,
+      });
+    });
+  });
+}
