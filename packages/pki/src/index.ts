@@ -35,3 +35,22 @@ export {
   toPem,
 } from './x509.js';
 export { CertificateAuthority, type CreateCaOptions, type IssueOptions } from './ca.js';
+export {
+  Certificates,
+  type CertificatesOptions,
+  type HeldCertificate,
+  type RenewOptions,
+  fromPem,
+} from './certificates.js';
+export {
+  AuditCheckpointer,
+  type CheckpointerOptions,
+  type CheckpointInfo,
+  type CheckpointVerifyOptions,
+  type CheckpointVerifyResult,
+  type WriteCheckpointOptions,
+  CHECKPOINT_OP,
+  signerKeyId,
+  verifyCheckpoints,
+  writeCheckpoint,
+} from './checkpoint.js';
