@@ -7,7 +7,11 @@
  *    (kw.as(principal)): its policy (the one stored in the key store) decides, and the audit log
  *    records who did what;
  *  - revoking a principal's credential cuts its open connections: the agent re-reads the
- *    credentials record every second and drops the connections whose credential is gone.
+ *    credentials record every second and drops the connections whose credential is gone;
+ *  - a mutual-TLS connection (server.ts, _tls.ts) is authenticated by its client certificate from
+ *    the first byte: the certificate's principal replaces the token, a credential in its hello is
+ *    refused, and revoking the principal (credentials.ts `revoked`) refuses its next request and
+ *    cuts its open TLS connections in the same re-check.
  */
 import {
   AccessDeniedError,
@@ -19,7 +23,7 @@ import {
   policyOf,
   type RootOfTrust,
 } from '@keywarden/core';
-import { checkAgentCredential, readAgentCredentials } from './credentials.js';
+import { checkAgentCredential, isPrincipalRevoked, readAgentCredentials } from './credentials.js';
 import type { AgentRequest, HelloResult } from './protocol.js';
 
 /** Requests a connection may make before it authenticates. */
@@ -30,6 +34,8 @@ export interface AuthSession {
   principal?: string;
   /** The credential digest the session authenticated with (a re-issued credential cuts it too). */
   hash?: string;
+  /** Authenticated by a client certificate (mutual TLS); `checked` once its revocation was looked up. */
+  tls?: { checked: boolean };
   /** The agent Keywarden this session's view was made from, and the view. */
   base?: Keywarden;
   view?: Keywarden;
@@ -84,8 +90,9 @@ export class AgentAuth {
     };
   }
 
-  session(drop: () => void): AuthSession {
-    const s: AuthSession = { drop };
+  session(drop: () => void, tlsPrincipal?: string): AuthSession {
+    const s: AuthSession =
+      tlsPrincipal === undefined ? { drop } : { drop, principal: tlsPrincipal, tls: { checked: false } };
     this.#sessions.add(s);
     return s;
   }
@@ -101,6 +108,15 @@ export class AgentAuth {
     result: HelloResult,
   ): Promise<HelloResult & { principal?: string }> {
     const credential = req.args.credential;
+    if (session.tls) {
+      if (credential !== undefined) {
+        throw new AccessDeniedError(
+          'agent: over mutual TLS the client certificate names the principal; send no credential',
+        );
+      }
+      await this.#checkTls(session);
+      return { ...result, principal: session.principal as string };
+    }
     if (credential === undefined) return result;
     const doc = await readAgentCredentials(this.#store);
     session.principal = checkAgentCredential(doc, credential);
@@ -111,6 +127,7 @@ export class AgentAuth {
 
   /** The Keywarden a request runs through: the agent's, or a view acting as the session's principal. */
   async acting(req: AgentRequest, session: AuthSession, kw: Keywarden): Promise<Keywarden> {
+    if (session.tls) await this.#checkTls(session);
     if (!this.enabled || OPEN_OPS.has(req.op)) return kw;
     if (session.principal === undefined) {
       throw new AccessDeniedError(
@@ -129,12 +146,30 @@ export class AgentAuth {
     return session.view;
   }
 
+  /** A TLS session's principal, looked up once: refused when revoked (later revocations: #recheck). */
+  async #checkTls(session: AuthSession): Promise<void> {
+    if (!session.tls || session.tls.checked) return;
+    const doc = await readAgentCredentials(this.#store);
+    if (isPrincipalRevoked(doc, session.principal as string)) {
+      // Every request of this connection is refused the same way (the client closes it).
+      throw new AccessDeniedError(`agent: the principal ${session.principal} was revoked`);
+    }
+    session.tls.checked = true;
+  }
+
   /** Drop the connections whose credential was revoked or replaced since they authenticated. */
   async #recheck(): Promise<void> {
     const doc = await readAgentCredentials(this.#store);
     if (doc.serial === this.#serial) return;
     this.#serial = doc.serial;
     for (const s of this.#sessions) {
+      if (s.tls) {
+        if (isPrincipalRevoked(doc, s.principal as string)) {
+          this.#sessions.delete(s);
+          s.drop();
+        }
+        continue;
+      }
       if (s.principal !== undefined && doc.principals[s.principal]?.hash !== s.hash) {
         this.#sessions.delete(s);
         s.drop();

@@ -10,7 +10,8 @@
  * Failures are rebuilt from their wire code as the same KeywardenError subclass the agent hit.
  */
 import { lstat } from 'node:fs/promises';
-import { createConnection, type Socket } from 'node:net';
+import { createConnection, isIP, type Socket } from 'node:net';
+import { connect as tlsConnect } from 'node:tls';
 import {
   AgentError,
   AgentProtocolError,
@@ -25,6 +26,7 @@ import {
   KeywardenError,
 } from '@keywarden/core';
 import { type SocketLocation, socketLocation, systemErrorText } from './_socket.js';
+import { type AgentTcpEndpoint, pemBuffer, TLS_VERSION, tcpDisplay, tlsFailureText } from './_tls.js';
 import {
   type AgentOp,
   type AgentRequest,
@@ -67,14 +69,35 @@ export interface AgentClientOptions {
   credential?: string;
 }
 
+/**
+ * Where an agent listens: a unix socket (a path, or a path and how to show it), or a TCP address
+ * with this client's TLS certificate (mutual TLS, docs/agent-protocol.md §1.1).
+ */
+export type AgentEndpoint = string | SocketLocation | AgentTcpEndpoint;
+
+/**
+ * What became of one request, for a caller that may retry it elsewhere (failover.ts):
+ *  - `unsent`: it never left this process (no connection, or the hello failed): safe to send anywhere;
+ *  - `lost`: it was written, and the connection died or the answer timed out: the agent may or may
+ *    not have done it;
+ *  - `answered`: the agent answered with this error.
+ */
+export type RequestFate = 'unsent' | 'lost' | 'answered';
+export type Outcome = { ok: true; result: unknown } | { ok: false; error: Error; fate: RequestFate };
+
 interface Pending {
-  resolve: (result: unknown) => void;
-  reject: (err: Error) => void;
+  settle: (outcome: Outcome) => void;
   timer: ReturnType<typeof setTimeout>;
 }
 
+function isTcp(e: AgentEndpoint): e is AgentTcpEndpoint {
+  return typeof e === 'object' && e !== null && 'port' in e;
+}
+
 export class AgentClient implements KeyService {
+  /** The unix socket, or for a TCP endpoint `{ path: "", display: "tls://host:port" }`. */
   readonly socket: SocketLocation;
+  readonly #tcp: AgentTcpEndpoint | undefined;
   readonly #options: AgentClientOptions;
   /** undefined after the agent closed an idle connection: the next request reconnects. */
   #conn: Socket | undefined;
@@ -86,8 +109,13 @@ export class AgentClient implements KeyService {
   #failure: Error | undefined;
   #protocol = 0;
 
-  private constructor(socket: SocketLocation, options: AgentClientOptions) {
-    this.socket = socket;
+  private constructor(endpoint: AgentEndpoint, options: AgentClientOptions) {
+    if (isTcp(endpoint)) {
+      this.#tcp = endpoint;
+      this.socket = { path: '', display: endpoint.display ?? tcpDisplay(endpoint.host, endpoint.port) };
+    } else {
+      this.socket = socketLocation(endpoint);
+    }
     this.#options = options;
     this.#requestTimeoutMs = options.requestTimeoutMs ?? 60_000;
   }
@@ -98,8 +126,8 @@ export class AgentClient implements KeyService {
    * when it speaks no version this client speaks. Refuses a socket owned by another user: shares
    * and data keys go over it, and a socket in a shared directory could be someone else's listener.
    */
-  static async connect(socket: string | SocketLocation, options: AgentClientOptions = {}): Promise<AgentClient> {
-    const client = new AgentClient(socketLocation(socket), options);
+  static async connect(endpoint: AgentEndpoint, options: AgentClientOptions = {}): Promise<AgentClient> {
+    const client = AgentClient.create(endpoint, options);
     try {
       await client.#connection();
     } catch (err) {
@@ -109,12 +137,75 @@ export class AgentClient implements KeyService {
     return client;
   }
 
+  /** A client that connects on its first request (connect() = create() and connect now). */
+  static create(endpoint: AgentEndpoint, options: AgentClientOptions = {}): AgentClient {
+    if (isTcp(endpoint)) {
+      if (typeof endpoint.host !== 'string' || !Number.isSafeInteger(endpoint.port) || !endpoint.tls) {
+        throw new AgentError('agent: a TCP endpoint needs host, port and tls (cert, key, ca)');
+      }
+    }
+    return new AgentClient(endpoint, options);
+  }
+
   /** The protocol version agreed with the agent on the current connection. */
   get protocolVersion(): number {
     return this.#protocol;
   }
 
-  static async #open(socket: SocketLocation, options: AgentClientOptions): Promise<Socket> {
+  /**
+   * Mutual TLS 1.3 to a remote agent. The handshake checks the agent's certificate against
+   * `tls.ca` and the host name; the agent's verdict on this client's certificate arrives after it
+   * (TLS 1.3 sends it with the client's last flight), as an alert on the hello.
+   */
+  static #openTcp(e: AgentTcpEndpoint, display: string, options: AgentClientOptions): Promise<Socket> {
+    const timeoutMs = options.connectTimeoutMs ?? 5000;
+    return new Promise((resolve, reject) => {
+      const key = pemBuffer(e.tls.key, 'key');
+      const servername = e.tls.servername ?? (isIP(e.host) === 0 ? e.host : undefined);
+      let conn: Socket;
+      try {
+        conn = tlsConnect({
+          host: e.host,
+          port: e.port,
+          cert: pemBuffer(e.tls.cert, 'cert'),
+          key,
+          ca: pemBuffer(e.tls.ca, 'ca'),
+          ...(servername !== undefined ? { servername } : {}),
+          minVersion: TLS_VERSION,
+          maxVersion: TLS_VERSION,
+        });
+      } catch {
+        reject(new AgentError(`agent: this client's TLS certificate, key or CA is not usable for ${display}`));
+        return;
+      } finally {
+        key.fill(0);
+      }
+      const timer = setTimeout(() => {
+        conn.destroy();
+        reject(new AgentError(`agent: no answer from ${display} within ${timeoutMs / 1000} s`));
+      }, timeoutMs);
+      const onError = (err: NodeJS.ErrnoException) => {
+        clearTimeout(timer);
+        conn.destroy();
+        const tls = tlsFailureText(err);
+        if (tls) reject(new AgentError(`agent: ${display}: ${tls}`));
+        else if (err.code === 'ECONNREFUSED' || err.code === 'ECONNRESET' || err.code === 'EHOSTUNREACH') {
+          reject(new AgentUnavailableError(`agent: no agent answers on ${display} (${systemErrorText(err)})`));
+        } else {
+          reject(new AgentError(`agent: cannot connect to the agent on ${display}: ${systemErrorText(err)}`));
+        }
+      };
+      conn.once('error', onError);
+      conn.once('secureConnect', () => {
+        clearTimeout(timer);
+        conn.off('error', onError);
+        resolve(conn);
+      });
+    });
+  }
+
+  static async #open(socket: SocketLocation, options: AgentClientOptions, tcp?: AgentTcpEndpoint): Promise<Socket> {
+    if (tcp) return AgentClient.#openTcp(tcp, socket.display, options);
     await checkSocketOwner(socket);
     const timeoutMs = options.connectTimeoutMs ?? 5000;
     return new Promise((resolve, reject) => {
@@ -153,7 +244,13 @@ export class AgentClient implements KeyService {
     this.#conn = conn;
     conn.on('data', (chunk: Buffer) => this.#onData(chunk));
     conn.on('error', (err) => {
-      if (this.#pending.size > 0) this.#fail(new AgentError(`agent: connection failed: ${systemErrorText(err)}`));
+      if (this.#pending.size === 0) return;
+      const tls = tlsFailureText(err);
+      this.#fail(
+        tls
+          ? new AgentError(`agent: ${this.socket.display}: ${tls}`)
+          : new AgentError(`agent: connection to ${this.socket.display} failed: ${systemErrorText(err)}`),
+      );
     });
     conn.on('close', () => {
       if (this.#conn === conn) this.#conn = undefined;
@@ -169,7 +266,7 @@ export class AgentClient implements KeyService {
     if (this.#conn) return this.#conn;
     this.#connecting ??= (async () => {
       try {
-        const conn = await AgentClient.#open(this.socket, this.#options);
+        const conn = await AgentClient.#open(this.socket, this.#options, this.#tcp);
         if (this.#failure) {
           conn.destroy();
           throw this.#failure;
@@ -196,7 +293,9 @@ export class AgentClient implements KeyService {
     try {
       const credential = this.#options.credential ?? process.env.KEYWARDEN_AGENT_TOKEN;
       const args = { versions: [...PROTOCOL_VERSIONS], ...(credential ? { credential } : {}) };
-      r = await this.#send(conn, 'hello', args, this.#options.connectTimeoutMs ?? 5000);
+      const o = await this.#send(conn, 'hello', args, this.#options.connectTimeoutMs ?? 5000);
+      if (!o.ok) throw o.error;
+      r = o.result;
     } catch (err) {
       // An agent older than versioning answers hello as an unknown op.
       if (AgentProtocolError.isInstance(err) && /unknown op/.test(err.message)) {
@@ -288,20 +387,49 @@ export class AgentClient implements KeyService {
 
   /** Send one request and wait for its answer (rejects with the rebuilt error). */
   async request(op: AgentOp, args: Record<string, unknown> = {}): Promise<unknown> {
-    if (this.#failure) throw this.#failure;
-    const conn = await this.#connection();
+    const o = await this.exchange(op, args);
+    if (!o.ok) throw o.error;
+    return o.result;
+  }
+
+  /**
+   * Send one request and say what became of it: its result, or its error and whether it was sent
+   * at all (RequestFate). Never rejects. For failover (failover.ts): only an `unsent` request may be
+   * sent again to another agent whatever its op.
+   */
+  async exchange(op: AgentOp, args: Record<string, unknown> = {}): Promise<Outcome> {
+    if (this.#failure) return { ok: false, error: this.#failure, fate: 'unsent' };
+    let conn: Socket;
+    try {
+      conn = await this.#connection();
+    } catch (err) {
+      return {
+        ok: false,
+        error: err instanceof Error ? err : new AgentError('agent: connection failed'),
+        fate: 'unsent',
+      };
+    }
     return this.#send(conn, op, args, this.#requestTimeoutMs);
   }
 
-  #send(conn: Socket, op: AgentOp, args: Record<string, unknown>, timeoutMs: number): Promise<unknown> {
+  /** Whether this client failed for good (a lost connection with requests in flight, or close()). */
+  get failed(): boolean {
+    return this.#failure !== undefined;
+  }
+
+  #send(conn: Socket, op: AgentOp, args: Record<string, unknown>, timeoutMs: number): Promise<Outcome> {
     const id = this.#nextId++;
     const req: AgentRequest = { id, op, args };
-    return new Promise((resolve, reject) => {
+    return new Promise((settle) => {
       const timer = setTimeout(() => {
         this.#pending.delete(id);
-        reject(new AgentError(`agent: no answer from ${this.socket.display} within ${timeoutMs / 1000} s`));
+        settle({
+          ok: false,
+          error: new AgentError(`agent: no answer from ${this.socket.display} within ${timeoutMs / 1000} s`),
+          fate: 'lost',
+        });
       }, timeoutMs);
-      this.#pending.set(id, { resolve, reject, timer });
+      this.#pending.set(id, { settle, timer });
       conn.write(encodeLine(req));
     });
   }
@@ -340,8 +468,8 @@ export class AgentClient implements KeyService {
       }
       this.#pending.delete(m.id as number);
       clearTimeout(pending.timer);
-      if (m.ok) pending.resolve(m.result);
-      else pending.reject(errorFromWire(m.error));
+      if (m.ok) pending.settle({ ok: true, result: m.result });
+      else pending.settle({ ok: false, error: errorFromWire(m.error), fate: 'answered' });
     }
   }
 
@@ -350,7 +478,7 @@ export class AgentClient implements KeyService {
     this.#failure ??= err;
     for (const p of this.#pending.values()) {
       clearTimeout(p.timer);
-      p.reject(err);
+      p.settle({ ok: false, error: err, fate: 'lost' });
     }
     this.#pending.clear();
     this.#lines.wipe();

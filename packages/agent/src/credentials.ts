@@ -23,11 +23,21 @@ export interface CredentialRecord {
   issuedAt: string;
 }
 
+export interface RevocationRecord {
+  revokedAt: string;
+}
+
 interface CredentialsDocument {
   v: 1;
   /** Bumped by every issue and revoke: the agent re-checks its connections when it changes. */
   serial: number;
   principals: Record<string, CredentialRecord>;
+  /**
+   * Principals revoked since their last issue: their client certificates (mutual TLS, which has no
+   * token to delete) are refused, and their open TLS connections cut. Absent in records written
+   * before mutual TLS; readers ignore fields they do not know, so the record stays version 1.
+   */
+  revoked?: Record<string, RevocationRecord>;
 }
 
 function digest(token: string): Buffer {
@@ -41,6 +51,8 @@ export async function readAgentCredentials(store: KeyStore): Promise<Credentials
   try {
     const doc = JSON.parse(Buffer.from(raw).toString('utf8')) as CredentialsDocument;
     if (doc.v !== 1 || typeof doc.principals !== 'object' || !Number.isSafeInteger(doc.serial))
+      throw new Error('shape');
+    if (doc.revoked !== undefined && (typeof doc.revoked !== 'object' || doc.revoked === null))
       throw new Error('shape');
     return doc;
   } catch {
@@ -69,19 +81,54 @@ export async function issueAgentCredential(
   secret.fill(0);
   const doc = await readAgentCredentials(store);
   doc.principals[principal] = { hash: digest(token).toString('base64url'), issuedAt: at.toISOString() };
+  // Issuing again re-admits a revoked principal, its client certificates included.
+  if (doc.revoked) delete doc.revoked[principal];
   doc.serial++;
   await write(store, doc);
   return { principal, token, issuedAt: at };
 }
 
-/** Revoke `principal`'s credential; false when it had none. */
-export async function revokeAgentCredential(store: KeyStore, principal: string): Promise<boolean> {
+/**
+ * Revoke `principal`: its token is deleted, and its client certificates (mutual TLS) are refused
+ * until it is issued a credential again or re-admitted (admitAgentPrincipal). A running agent cuts
+ * its open connections, unix socket and TLS alike, within a second. False when it had no token.
+ */
+export async function revokeAgentCredential(
+  store: KeyStore,
+  principal: string,
+  at: Date = new Date(),
+): Promise<boolean> {
   const doc = await readAgentCredentials(store);
-  if (!doc.principals[principal]) return false;
+  const had = doc.principals[principal] !== undefined;
+  if (!had && doc.revoked?.[principal]) return false;
   delete doc.principals[principal];
+  doc.revoked = { ...(doc.revoked ?? {}), [principal]: { revokedAt: at.toISOString() } };
+  doc.serial++;
+  await write(store, doc);
+  return had;
+}
+
+/**
+ * Lift a revocation for mutual TLS without issuing a token: `principal`'s client certificates are
+ * accepted again. False when it was not revoked.
+ */
+export async function admitAgentPrincipal(store: KeyStore, principal: string): Promise<boolean> {
+  const doc = await readAgentCredentials(store);
+  if (!doc.revoked?.[principal]) return false;
+  delete doc.revoked[principal];
   doc.serial++;
   await write(store, doc);
   return true;
+}
+
+/** Whether `principal` was revoked (its client certificates are refused). */
+export function isPrincipalRevoked(doc: CredentialsDocument, principal: string): boolean {
+  return doc.revoked?.[principal] !== undefined;
+}
+
+/** A principal name as tokens and certificates carry it: 1..64 of [A-Za-z0-9._@:-]. */
+export function isPrincipalName(name: string): boolean {
+  return PRINCIPAL_RE.test(name);
 }
 
 /** The principal a token names, if it has the token's shape (no check against the store). */

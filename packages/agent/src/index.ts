@@ -1,6 +1,7 @@
 /**
  * @keywarden/agent — the key agent as a library: a server that holds a key store's root (sealed,
- * unsealed by a quorum of shares) and serves data keys over a local unix socket, the wire
+ * unsealed by a quorum of shares) and serves data keys over a local unix socket (and to remote
+ * clients over mutual TLS), the wire
  * protocol (docs/agent-protocol.md), and the client applications use in place of a Keywarden.
  */
 export {
@@ -15,11 +16,27 @@ export {
   MAX_PIPELINED,
   NO_ROOT_MESSAGE,
 } from './server.js';
-export { AgentClient, type AgentClientOptions, type KeyService, isAgentUnavailable } from './client.js';
+export {
+  AgentClient,
+  type AgentClientOptions,
+  type AgentEndpoint,
+  type KeyService,
+  type Outcome,
+  type RequestFate,
+  isAgentUnavailable,
+} from './client.js';
 export type { SocketLocation } from './_socket.js';
+export {
+  type AgentClientTlsOptions,
+  type AgentListenOptions,
+  type AgentTcpEndpoint,
+  type AgentTlsOptions,
+  PRINCIPAL_URI_PREFIX,
+} from './_tls.js';
 export {
   CREDENTIALS_META_NAME,
   CREDENTIAL_PREFIX,
+  admitAgentPrincipal,
   checkAgentCredential,
   credentialPrincipal,
   issueAgentCredential,

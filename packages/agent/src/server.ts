@@ -42,7 +42,8 @@
  */
 import { chmod, lstat, readFile, unlink } from 'node:fs/promises';
 import { url as inspectorUrl } from 'node:inspector';
-import { createConnection, createServer, type Server, type Socket } from 'node:net';
+import { type AddressInfo, createConnection, createServer, type Server, type Socket } from 'node:net';
+import { createServer as createTlsServer, type Server as TlsServer, type TLSSocket } from 'node:tls';
 import {
   AgentError,
   type AuditOption,
@@ -66,10 +67,25 @@ import {
   UnsupportedCapabilityError,
   wipe,
 } from '@keywarden/core';
-import { type UnsealSession, unsealSessionFor, unsealWithSession } from '@keywarden/split-knowledge';
+import {
+  type HardwareSecretPurpose,
+  UnsealSession,
+  unsealSessionFor,
+  unsealWithSession,
+} from '@keywarden/split-knowledge';
 import { AgentAuth, type AuthSession } from './_auth.js';
 import { Connection, type ConnectionLimits } from './_connection.js';
 import { describeForLog, type SocketLocation, socketLocation, systemErrorText } from './_socket.js';
+import {
+  type AgentListenOptions,
+  clientCertRefusal,
+  peerCertificate,
+  pemBuffer,
+  principalFromCertificate,
+  TLS_VERSION,
+  tcpDisplay,
+  tlsFailureText,
+} from './_tls.js';
 import {
   type AgentRequest,
   type AgentStatus,
@@ -128,6 +144,12 @@ export interface AgentServerOptions {
   ownsRoot?: boolean;
   /** Idle time after the last accepted share before the shares held are wiped. Default 600 s. */
   unsealTimeoutMs?: number;
+  /**
+   * A device root (PKCS#11, TPM) whose user PIN / auth value was split M-of-N: the share set the
+   * agent collects on `unseal`. The quorum is combined in memory (the verifier refuses forged or
+   * foreign shares before the device sees anything), the root unsealed with it, the secret wiped.
+   */
+  secretShares?: SecretShareSet;
   /** The agent's log: one line, no newline, nothing secret. Default: no log. */
   log?: (line: string) => void;
   /** Client limits (defaults: DEFAULT_MAX_CONNECTIONS, DEFAULT_IDLE_TIMEOUT_SECONDS, DEFAULT_LINE_TIMEOUT_SECONDS). */
@@ -152,9 +174,26 @@ export interface AgentServerOptions {
   audit?: AuditOption;
   /** The policy to enforce. Default with `authenticate`: the key store's ("store"). */
   policy?: PolicyOption;
+  /**
+   * Also listen on TCP for remote clients, mutual TLS 1.3 only (docs/agent-protocol.md §1.1): each
+   * client presents a certificate from `tls.clientCa`, which names its principal. Turns
+   * `authenticate` on (refused with `authenticate: false`): a network listener never serves
+   * anonymous clients, and unix-socket clients then present tokens too.
+   */
+  listen?: AgentListenOptions;
+}
+
+/** The share set of a device root's PIN / auth value (not secret). */
+export interface SecretShareSet {
+  shareSetId: string;
+  threshold: number;
+  shares: number;
+  purpose: HardwareSecretPurpose;
+  commitments?: readonly string[];
 }
 
 interface Settings {
+  secretShares: SecretShareSet | undefined;
   unsealTimeoutMs: number;
   log: (line: string) => void;
   sealedMessage: string;
@@ -175,6 +214,8 @@ export class AgentServer {
   #evictions = 0;
   #evictionLoggedAt = 0;
   #server: Server | undefined;
+  #tlsServer: TlsServer | undefined;
+  #tcpAddress: { host: string; port: number; display: string } | undefined;
   #root: RootOfTrust;
   #kw: Keywarden;
   readonly #auth: AgentAuth;
@@ -190,10 +231,14 @@ export class AgentServer {
     this.socket = socket;
     this.#store = store;
     this.#root = root;
-    this.#auth = new AgentAuth(store, options);
+    this.#auth = new AgentAuth(store, {
+      ...options,
+      authenticate: options.authenticate ?? (options.listen !== undefined ? true : undefined),
+    });
     this.#kw = new Keywarden({ store, root, ...this.#auth.keywardenOptions(store, root) });
     const factory = typeof options.root === 'function' ? options.root : undefined;
     this.#settings = {
+      secretShares: options.secretShares,
       unsealTimeoutMs: options.unsealTimeoutMs ?? DEFAULT_UNSEAL_TIMEOUT_SECONDS * 1000,
       log: scrubbedLog(options.log),
       sealedMessage: options.sealedMessage ?? DEFAULT_SEALED_MESSAGE,
@@ -239,6 +284,7 @@ export class AgentServer {
         );
       }
       await agent.#listen();
+      if (options.listen) await agent.#listenTls(options.listen);
       // Again, now that an embedding process has long had the chance to make SIGUSR1 harmless: a
       // SIGUSR1 that came before may have started the inspector a moment after the first check.
       refuseInspector(options.allowInspector === true, log);
@@ -251,6 +297,11 @@ export class AgentServer {
       }
       throw err;
     }
+  }
+
+  /** Where the TLS listener is bound (the port chosen when 0 was asked for), or undefined. */
+  get tcpAddress(): { host: string; port: number; display: string } | undefined {
+    return this.#tcpAddress ? { ...this.#tcpAddress } : undefined;
   }
 
   /** The root being served (it changes after a seal when the agent loads roots itself). */
@@ -267,6 +318,8 @@ export class AgentServer {
   describeSealed(): string {
     const u = this.#shamirRoot()?.document.unseal;
     if (u?.method === 'shamir') return `${u.threshold} of ${u.shares} shares of share set ${u.shareSetId}`;
+    const d = this.#settings.secretShares;
+    if (d) return `${d.threshold} of ${d.shares} shares of share set ${d.shareSetId} (${d.purpose})`;
     const s = this.#root.sealable?.unsealSecret();
     return s ? s.label : `a ${this.#root.describe().kind} root that is not unsealed through the agent`;
   }
@@ -277,9 +330,12 @@ export class AgentServer {
     this.#closed = true;
     const server = this.#server;
     const closed = server ? new Promise<void>((resolve) => server.close(() => resolve())) : Promise.resolve();
+    const tlsServer = this.#tlsServer;
+    const tlsClosed = tlsServer ? new Promise<void>((resolve) => tlsServer.close(() => resolve())) : Promise.resolve();
     for (const c of [...this.#clients]) c.drop(undefined);
     for (const s of this.#sockets) s.destroy();
     await closed;
+    await tlsClosed;
     if (this.#expiryTimer !== undefined) clearTimeout(this.#expiryTimer);
     this.#session?.reset();
     this.#session = undefined;
@@ -327,17 +383,92 @@ export class AgentServer {
   }
 
   /**
+   * The TCP listener: TLS 1.3 only, a client certificate from the client CA required. OpenSSL
+   * verifies the certificate against the client CA in the handshake (requestCert); the agent then
+   * admits only a connection whose verification succeeded (`authorized`) and whose certificate
+   * names a principal, before reading a byte of the protocol. It does this itself instead of Node's
+   * `rejectUnauthorized`, which destroys the socket without a word: the client could not tell an
+   * expired certificate from a dead agent, and a failover client (failover.ts) would then try every
+   * agent in turn. A refused client gets one KW_DENIED line saying why, then the connection is
+   * closed. The key is copied into the TLS context and the copy made here is wiped.
+   */
+  async #listenTls(listen: AgentListenOptions): Promise<void> {
+    const from = listen.tls.principalFrom ?? 'uri';
+    const key = pemBuffer(listen.tls.key, 'key');
+    let server: TlsServer;
+    try {
+      server = createTlsServer(
+        {
+          cert: pemBuffer(listen.tls.cert, 'cert'),
+          key,
+          ca: pemBuffer(listen.tls.clientCa, 'clientCa'),
+          requestCert: true,
+          // Enforced in the connection handler below (the same OpenSSL verdict, with a reason).
+          rejectUnauthorized: false,
+          minVersion: TLS_VERSION,
+          maxVersion: TLS_VERSION,
+          // A connection that never finishes its handshake is not yet counted against
+          // maxConnections: bound how long it may hold a socket.
+          handshakeTimeout: this.#limits.lineTimeoutMs,
+        },
+        (conn) =>
+          this.#serve(
+            conn,
+            conn.authorized
+              ? principalFromCertificate(peerCertificate(conn), from)
+              : { refused: clientCertRefusal(conn) },
+          ),
+      );
+    } catch (err) {
+      throw new AgentError(
+        `agent: the TLS certificate, key or client CA is not usable (${describeForLog(err).replace(/^error:\S+:/, '')})`,
+      );
+    } finally {
+      key.fill(0);
+    }
+    server.on('tlsClientError', (err, conn: TLSSocket) => {
+      const why = tlsFailureText(err) ?? systemErrorText(err);
+      this.#settings.log(`refused a TLS client from ${peerAddress(conn)}: ${why}`);
+    });
+    const display = tcpDisplay(listen.host, listen.port);
+    await new Promise<void>((resolve, reject) => {
+      const onError = (err: NodeJS.ErrnoException) => {
+        reject(new AgentError(`agent: cannot listen on ${display}: ${systemErrorText(err)}`, { cause: err }));
+      };
+      server.once('error', onError);
+      server.listen({ host: listen.host, port: listen.port }, () => {
+        server.off('error', onError);
+        resolve();
+      });
+    });
+    this.#tlsServer = server;
+    server.on('error', (err) => this.#settings.log(`TLS listener error: ${systemErrorText(err)}`));
+    const port = (server.address() as AddressInfo).port;
+    this.#tcpAddress = { host: listen.host, port, display: tcpDisplay(listen.host, port) };
+    this.#settings.log(
+      `listening on ${this.#tcpAddress.display} (mutual TLS 1.3; principals from client certificates ${from === 'uri' ? 'URI SAN keywarden:principal:NAME' : 'subject CN'})`,
+    );
+  }
+
+  /**
    * Admit a connection. At the connection limit, the connection that has waited longest on its
    * client (an unfinished line, unread replies, or nothing at all) is closed to make room, so
    * clients that hold connections open cannot lock `status` and `seal` out; only when every
    * connection is in the middle of an answer is the newcomer refused.
    */
-  #serve(conn: Socket): void {
+  #serve(conn: Socket, tls?: { principal: string } | { refused: string }): void {
     conn.on('error', () => {}); // a client that went away: nothing to do
     this.#sockets.add(conn);
     conn.on('close', () => this.#sockets.delete(conn));
     if (this.#closed) {
       conn.destroy();
+      return;
+    }
+    if (tls && 'refused' in tls) {
+      // A certificate from the client CA that names no principal: say so, then close.
+      this.#settings.log(`refused a TLS client from ${peerAddress(conn)}: ${tls.refused.replace(/^agent: /, '')}`);
+      conn.end(encodeLine({ id: null, ok: false, error: { code: 'KW_DENIED', message: tls.refused } }));
+      setTimeout(() => conn.destroy(), 2000).unref();
       return;
     }
     if (this.#clients.size >= this.#limits.maxConnections) {
@@ -356,7 +487,7 @@ export class AgentServer {
       this.#noteEviction();
       victim.drop(undefined);
     }
-    const session: AuthSession = this.#auth.session(() => client.drop(undefined));
+    const session: AuthSession = this.#auth.session(() => client.drop(undefined), tls?.principal);
     const client: Connection = new Connection(
       conn,
       this.#limits,
@@ -480,12 +611,13 @@ export class AgentServer {
     const sk = this.#shamirRoot();
     const u = this.#storedUnseal ?? sk?.document.unseal;
     const p = this.#session?.progress();
+    const d = sk ? undefined : this.#settings.secretShares;
     return {
       sealed: this.isSealed(),
       rootId: sk ? sk.document.rootId : this.#root.describe().id,
-      shareSetId: u?.method === 'shamir' ? u.shareSetId : '',
-      threshold: u?.method === 'shamir' ? u.threshold : 0,
-      shares: u?.method === 'shamir' ? u.shares : 0,
+      shareSetId: u?.method === 'shamir' ? u.shareSetId : (d?.shareSetId ?? ''),
+      threshold: u?.method === 'shamir' ? u.threshold : (d?.threshold ?? 0),
+      shares: u?.method === 'shamir' ? u.shares : (d?.shares ?? 0),
       accepted: p?.accepted ?? 0,
       indices: p?.indices ?? [],
       reset: p?.reset ?? false,
@@ -498,12 +630,13 @@ export class AgentServer {
     await this.#followStore();
     const sk = this.#shamirRoot();
     const u = sk?.document.unseal;
-    const threshold = u?.method === 'shamir' ? u.threshold : 0;
-    const shares = u?.method === 'shamir' ? u.shares : 0;
+    const device = sk || !this.#root.sealable ? undefined : this.#settings.secretShares;
+    const threshold = u?.method === 'shamir' ? u.threshold : (device?.threshold ?? 0);
+    const shares = u?.method === 'shamir' ? u.shares : (device?.shares ?? 0);
     if (!this.isSealed()) {
       return { sealed: false, accepted: 0, threshold, shares, indices: [], reset: false, alreadyUnsealed: true };
     }
-    if (!sk) {
+    if (!sk && !device) {
       throw new UnsupportedCapabilityError(
         `agent: the ${this.#root.describe().kind} root this agent serves is not unsealed by a quorum of shares`,
       );
@@ -515,7 +648,9 @@ export class AgentServer {
       this.#settings.log(`share refused: ${describeForLog(err)}`);
       throw err;
     }
-    this.#session ??= unsealSessionFor(sk, { timeoutMs: this.#settings.unsealTimeoutMs });
+    this.#session ??= sk
+      ? unsealSessionFor(sk, { timeoutMs: this.#settings.unsealTimeoutMs })
+      : new UnsealSession({ expected: device as SecretShareSet, timeoutMs: this.#settings.unsealTimeoutMs });
     const before = new Set(this.#session.progress().indices);
     let p: ReturnType<UnsealSession['submit']>;
     try {
@@ -543,7 +678,16 @@ export class AgentServer {
       return { sealed: true, ...result };
     }
     try {
-      await unsealWithSession(sk, this.#session);
+      if (sk) await unsealWithSession(sk, this.#session);
+      else {
+        // A device root: the PIN / auth value exists only here, between the combine and the wipe.
+        const secret = await this.#session.takeSecret();
+        try {
+          await this.#root.sealable?.unseal(secret);
+        } finally {
+          wipe(secret);
+        }
+      }
     } catch (err) {
       this.#settings.log(`unseal failed, shares discarded: ${describeForLog(err)}`);
       throw err;
@@ -674,6 +818,13 @@ export class AgentServer {
   }
 }
 
+/** `address:port` of a TCP peer, for the log. */
+function peerAddress(conn: Socket): string {
+  const a = conn.remoteAddress;
+  if (a === undefined) return 'an unknown address';
+  return `${a.includes(':') ? `[${a}]` : a}:${conn.remotePort ?? '?'}`;
+}
+
 /** The agent's log passes through core's redactor: a secret in an error message never reaches it. */
 function scrubbedLog(log: ((line: string) => void) | undefined): (line: string) => void {
   return log ? (line) => log(redactSecrets(line)) : () => {};
@@ -695,6 +846,26 @@ function checkOptions(options: AgentServerOptions): void {
   ] as const) {
     if (v !== undefined && !(Number.isSafeInteger(v) && v > 0 && v <= 2 ** 31 - 1)) {
       throw new AgentError(`agent: option "${name}" must be a positive integer`);
+    }
+  }
+  const l = options.listen;
+  if (l !== undefined) {
+    if (typeof l !== 'object' || l === null || typeof l.host !== 'string' || l.host === '') {
+      throw new AgentError('agent: option "listen" needs a host');
+    }
+    if (!(Number.isSafeInteger(l.port) && l.port >= 0 && l.port <= 65535)) {
+      throw new AgentError('agent: option "listen.port" must be an integer from 0 to 65535');
+    }
+    if (typeof l.tls !== 'object' || l.tls === null || !l.tls.cert || !l.tls.key || !l.tls.clientCa) {
+      throw new AgentError('agent: option "listen.tls" needs cert, key and clientCa (mutual TLS is required on TCP)');
+    }
+    if (l.tls.principalFrom !== undefined && l.tls.principalFrom !== 'uri' && l.tls.principalFrom !== 'cn') {
+      throw new AgentError('agent: option "listen.tls.principalFrom" must be "uri" or "cn"');
+    }
+    if (options.authenticate === false) {
+      throw new AgentError(
+        'agent: a TCP listener serves authenticated principals only; leave "authenticate" unset or true',
+      );
     }
   }
 }
