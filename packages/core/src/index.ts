@@ -35,6 +35,11 @@ export {
   requireSealable,
   requireDestroyable,
   requireKekInRoot,
+  type KeyPairRoot,
+  type RootKeyPair,
+  type RootKeyPairAlgorithm,
+  ROOT_KEY_PAIR_ALGORITHMS,
+  requireKeyPairs,
 } from './root.js';
 export {
   type OpenRootOptions,

@@ -13,6 +13,8 @@
  *   destroy        `destroyable` destroy the root key and the root's own record  tombstone C_Destroy… evict
  *   KEK in root    `kekInRoot`   KEKs made and kept inside the root: every DEK   —         yes       —
  *                                wrap/unwrap is a root call
+ *   key pairs      `keyPairs`    signing key pairs born and kept in the root:    — (pki    yes       planned
+ *                                generate → handle + SPKI, sign, destroy         envelopes)
  *
  * Backends implement `RootOfTrust` (the hooks). Generic code never calls a backend directly: it
  * goes through `checkedRoot(backend)`, the public wrapper that enforces, once and for every
@@ -136,6 +138,48 @@ export interface KekInRoot {
   destroyKek?(ref: Uint8Array, kekAad: Uint8Array): Promise<void>;
 }
 
+/** Signing key pair algorithms (RFC 5480 curves, RFC 8017 RSA, RFC 8410 Ed25519); the hash is
+ * SHA-256 for ECDSA-P256 and RSA-2048, SHA-384 for ECDSA-P384 and RSA-3072. */
+export type RootKeyPairAlgorithm = 'ECDSA-P256' | 'ECDSA-P384' | 'RSA-2048' | 'RSA-3072' | 'Ed25519';
+
+export const ROOT_KEY_PAIR_ALGORITHMS: readonly RootKeyPairAlgorithm[] = Object.freeze([
+  'ECDSA-P256',
+  'ECDSA-P384',
+  'RSA-2048',
+  'RSA-3072',
+  'Ed25519',
+]);
+
+/** A key pair made in a root: the root's non-secret reference to the private key, and the public key. */
+export interface RootKeyPair {
+  /** 1..MAX_ROOT_WRAPPED_BYTES, non-secret (an object id, a TPM public ‖ private blob). */
+  handle: Uint8Array;
+  /** SubjectPublicKeyInfo, DER (RFC 5280 §4.1.2.7). */
+  publicKey: Uint8Array;
+}
+
+/**
+ * Capability: signing key pairs generated inside the root (an HSM's C_GenerateKeyPair with the
+ * private key sensitive and never extractable; a TPM's unrestricted signing key). The private key
+ * never leaves the root; Keywarden stores the handle and the public key.
+ */
+export interface KeyPairRoot {
+  /** The algorithms this root can generate. */
+  readonly algorithms: readonly RootKeyPairAlgorithm[];
+  /** Make a key pair. `label` (1..128 printable ASCII, non-secret) names it on the device, e.g.
+   * "kw-kp/<name>/v<version>". */
+  generate(algorithm: RootKeyPairAlgorithm, label: string): Promise<RootKeyPair>;
+  /**
+   * Hash `data` with the algorithm's hash and sign it. The signature is returned as WebCrypto
+   * returns it: ECDSA as r ‖ s (IEEE P1363, each half the curve's byte length), RSA as PKCS#1
+   * v1.5 (RFC 8017 §8.2), Ed25519 as 64 bytes. KeyDestroyedError once `destroy(handle)` ran;
+   * KeystoreSealedError while the root is sealed.
+   */
+  sign(handle: Uint8Array, data: Uint8Array): Promise<Uint8Array>;
+  /** Destroy the private (and public) key objects. Idempotent. */
+  destroy(handle: Uint8Array): Promise<void>;
+}
+
 /** A backend: the required hooks and whichever capabilities it has. */
 export interface RootOfTrust extends KeyWrapper {
   describe(): RootDescription;
@@ -147,6 +191,8 @@ export interface RootOfTrust extends KeyWrapper {
   readonly destroyable?: Destroyable;
   /** Present when the root can hold KEKs itself. */
   readonly kekInRoot?: KekInRoot;
+  /** Present when the root can hold signing key pairs. */
+  readonly keyPairs?: KeyPairRoot;
   /**
    * Optional root-record hook: the non-secret record this root keeps in the key store (meta name
    * and value; for the software root, "root" and its sealed document). A root rotation writes it
@@ -196,6 +242,11 @@ export function requireKekInRoot(root: RootOfTrust): KekInRoot {
   return root.kekInRoot;
 }
 
+export function requireKeyPairs(root: RootOfTrust): KeyPairRoot {
+  if (!root.keyPairs) throw missing(root, 'cannot hold key pairs itself');
+  return root.keyPairs;
+}
+
 function missing(root: RootOfTrust, what: string): UnsupportedCapabilityError {
   return new UnsupportedCapabilityError(`root: ${root.describe().kind} root ${what}`);
 }
@@ -240,6 +291,7 @@ export class CheckedRoot implements RootOfTrust {
   readonly sealable?: Sealable;
   readonly destroyable?: Destroyable;
   readonly kekInRoot?: KekInRoot;
+  readonly keyPairs?: KeyPairRoot;
   readonly #id: string;
   readonly #kind: string;
   readonly #listeners = new Set<() => void>();
@@ -264,6 +316,7 @@ export class CheckedRoot implements RootOfTrust {
     if (backend.sealable) this.sealable = this.#checkedSealable(backend.sealable);
     if (backend.destroyable) this.destroyable = this.#checkedDestroyable(backend.destroyable);
     if (backend.kekInRoot) this.kekInRoot = this.#checkedKekInRoot(backend.kekInRoot);
+    if (backend.keyPairs) this.keyPairs = this.#checkedKeyPairs(backend.keyPairs);
   }
 
   /** The id recorded when the root was checked; describe() must keep giving it. */
@@ -471,6 +524,76 @@ export class CheckedRoot implements RootOfTrust {
           }
         : {}),
     };
+  }
+
+  #checkedKeyPairs(k: KeyPairRoot): KeyPairRoot {
+    const kind = this.#kind;
+    const algorithms = Object.freeze([...k.algorithms]);
+    // Precondition: the root declares only algorithms this version knows.
+    for (const a of algorithms) {
+      if (!ROOT_KEY_PAIR_ALGORITHMS.includes(a)) {
+        throw new RootContractError(`root: the ${kind} root declares unknown key pair algorithm ${String(a)}`);
+      }
+    }
+    return {
+      algorithms,
+      generate: async (algorithm, label) => {
+        // Precondition: the algorithm is one the root declares.
+        if (!algorithms.includes(algorithm)) {
+          throw new UnsupportedCapabilityError(
+            `root: the ${kind} root cannot make ${String(algorithm)} key pairs (it makes ${algorithms.join(', ') || 'none'})`,
+          );
+        }
+        // Precondition: the label is 1..128 printable ASCII characters.
+        if (typeof label !== 'string' || !LABEL_RE.test(label)) {
+          throw new InvalidInputError('root: a key pair label is 1..128 printable ASCII characters');
+        }
+        const pair = await k.generate(algorithm, label);
+        // Postcondition: a key pair handle is 1..MAX_ROOT_WRAPPED_BYTES bytes and its public key a DER SEQUENCE of at most MAX_ROOT_WRAPPED_BYTES.
+        if (
+          typeof pair !== 'object' ||
+          pair === null ||
+          !isBytes(pair.handle) ||
+          pair.handle.length < 1 ||
+          pair.handle.length > MAX_ROOT_WRAPPED_BYTES ||
+          !isBytes(pair.publicKey) ||
+          pair.publicKey.length < 2 ||
+          pair.publicKey.length > MAX_ROOT_WRAPPED_BYTES ||
+          pair.publicKey[0] !== 0x30
+        ) {
+          throw new RootContractError(`root: the ${kind} root returned a malformed key pair (handle or SPKI)`);
+        }
+        return pair;
+      },
+      sign: async (handle, data) => {
+        // Precondition: the handle is 1..MAX_ROOT_WRAPPED_BYTES bytes and the data a Uint8Array.
+        checkHandleIn(handle);
+        if (!isBytes(data)) throw new InvalidInputError('root: the data to sign must be a Uint8Array');
+        const signature = await k.sign(handle, data);
+        // Postcondition: a signature is 1..MAX_SIGNATURE_BYTES bytes.
+        if (!isBytes(signature) || signature.length < 1 || signature.length > MAX_SIGNATURE_BYTES) {
+          throw new RootContractError(
+            `root: the ${kind} root returned a signature outside 1..${MAX_SIGNATURE_BYTES} bytes`,
+          );
+        }
+        return signature;
+      },
+      destroy: async (handle) => {
+        // Precondition: the handle is 1..MAX_ROOT_WRAPPED_BYTES bytes.
+        checkHandleIn(handle);
+        await k.destroy(handle);
+      },
+    };
+  }
+}
+
+const LABEL_RE = /^[\x20-\x7e]{1,128}$/;
+/** Largest signature of the algorithms above (RSA-3072: 384 bytes), with room for RSA-4096. */
+const MAX_SIGNATURE_BYTES = 512;
+
+function checkHandleIn(handle: Uint8Array): void {
+  if (!isBytes(handle) || handle.length < 1 || handle.length > MAX_ROOT_WRAPPED_BYTES) {
+    throw new InvalidInputError(`root: a key pair handle is 1..${MAX_ROOT_WRAPPED_BYTES} bytes`);
   }
 }
 

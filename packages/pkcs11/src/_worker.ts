@@ -18,6 +18,7 @@ import * as graphene from 'graphene-pk11';
 import { createRequire } from 'node:module';
 import type * as Pkcs11js from 'pkcs11js';
 import { ckrName } from './_ckr.js';
+import { type KeyPairRequest, keyPairOp } from './_worker-keypairs.js';
 
 /** pkcs11js is CommonJS whose exports live on a native object: loaded through require. */
 const pkcs11js = createRequire(import.meta.url)('pkcs11js') as typeof Pkcs11js;
@@ -44,7 +45,9 @@ export type WorkerRequest =
   /** Fault injection for the test suites: the thread dies at once, mid-request for the pool. */
   | { seq: number; op: 'crash' }
   /** Fault injection: C_Finalize from this thread, between two of its requests. */
-  | { seq: number; op: 'finalize' };
+  | { seq: number; op: 'finalize' }
+  /** Key pairs (_worker-keypairs.ts). */
+  | KeyPairRequest;
 
 export interface WorkerFailure {
   /** "ckr": a CKR return value; "decrypt": the token refused to authenticate the ciphertext;
@@ -429,6 +432,10 @@ function handle(r: WorkerRequest): unknown {
     case 'finalize':
       call('C_Finalize', () => mod?.finalize());
       return undefined;
+    case 'kp-generate':
+    case 'kp-sign':
+    case 'kp-destroy':
+      return keyPairOp(r, { current, withRecovery, call, loggedIn });
   }
 }
 

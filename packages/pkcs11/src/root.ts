@@ -9,6 +9,8 @@
  *   destroyable  C_DestroyObject of the root and of every KEK it made, a tombstone in the store
  *   kekInRoot    KEKs as AES-256 token objects: every data-key seal/open is an AES-GCM call in the
  *                token with Keywarden's associated data (suite 0x01: AES-256-GCM, 12-byte IV)
+ *   keyPairs     signing key pairs made by C_GenerateKeyPair, private key sensitive and never
+ *                extractable; C_Sign in the token (keypairs.ts)
  *
  * Why C_Encrypt and not C_WrapKey: C_WrapKey wraps a key OBJECT, and the KEK material Keywarden
  * hands a root is bytes; SoftHSM2 also has no AES-GCM wrapping mechanism (CKM_AES_GCM is
@@ -30,6 +32,7 @@ import {
   FormatError,
   InvalidInputError,
   type KekInRoot,
+  type KeyPairRoot,
   type KeyStore,
   KeyStoreError,
   KeystoreSealedError,
@@ -48,6 +51,7 @@ import {
 } from '@keywarden/core';
 import { type PoolRequest, WorkerFailureError, WorkerPool } from './_pool.js';
 import { Pkcs11UnavailableError, Pkcs11UnsealError, pkcs11Error } from './errors.js';
+import { Pkcs11KeyPairs } from './keypairs.js';
 
 export const PKCS11_ROOT_META_NAME = 'root';
 export const PKCS11_TOMBSTONE_META_NAME = 'pkcs11-root-tombstone';
@@ -144,6 +148,7 @@ export class Pkcs11Root implements RootOfTrust, Sealable, Destroyable, KekInRoot
   readonly destroyable: Destroyable = this;
   readonly kekInRoot: KekInRoot = this;
   readonly random: RandomSource = this;
+  readonly keyPairs: KeyPairRoot;
   readonly suite = 0x01 as const;
   readonly #pool: WorkerPool;
   readonly #record: Pkcs11RootRecord;
@@ -160,6 +165,11 @@ export class Pkcs11Root implements RootOfTrust, Sealable, Destroyable, KekInRoot
     this.#pool = pool;
     this.#record = record;
     this.#objectId = b64urlDecode(record.id);
+    this.keyPairs = new Pkcs11KeyPairs({
+      rootObjectId: this.#objectId,
+      run: (request) => this.#run(this.#requireUnsealed(), request),
+      randomBytes: (length) => this.randomBytes(length),
+    });
   }
 
   /**
@@ -519,6 +529,10 @@ export class Pkcs11Root implements RootOfTrust, Sealable, Destroyable, KekInRoot
       );
     }
     await this.#pool.call({ op: 'destroy', id: this.#objectId.slice(), prefix: true }).catch((err: unknown) => {
+      throw refine(err, 'destroy');
+    });
+    // The key pairs it made (keypairs.ts): private and public key objects under the same CKA_ID prefix.
+    await this.#pool.call({ op: 'kp-destroy', id: this.#objectId.slice(), prefix: true }).catch((err: unknown) => {
       throw refine(err, 'destroy');
     });
     await this.#pool

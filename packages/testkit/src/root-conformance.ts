@@ -10,7 +10,7 @@
  * Errors are recognised by their stable `code` and the global brand `KeywardenError.isInstance()`
  * checks, so a backend built against another copy of @keywarden/core passes the same suite.
  */
-import { randomBytes } from 'node:crypto';
+import { createPublicKey, randomBytes, verify as verifySignature } from 'node:crypto';
 import {
   checkedRoot,
   destroyRoot,
@@ -19,8 +19,10 @@ import {
   MAX_ROOT_WRAPPED_BYTES,
   requireDestroyable,
   requireKekInRoot,
+  requireKeyPairs,
   requireRandom,
   requireSealable,
+  type RootKeyPairAlgorithm,
   type RootOfTrust,
 } from '@keywarden/core';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
@@ -35,6 +37,41 @@ export interface RootFixture {
   reopen?: () => Promise<RootOfTrust>;
   /** Runs after the suite has closed the root and the store. */
   cleanup?: () => Promise<void>;
+  /**
+   * Required when the root has key pairs: what the device itself says about the private key of
+   * `handle`, read beside the root (a second PKCS#11 session, TPM2_ReadPublic's attributes), so
+   * the suite can check the key was born sensitive and can never be extracted.
+   */
+  inspectPrivateKey?: (handle: Uint8Array) => Promise<PrivateKeyFacts>;
+}
+
+/** How a device reports a private key (PKCS#11 CKA_* names; a TPM maps fixedTPM/fixedParent/sensitiveDataOrigin). */
+export interface PrivateKeyFacts {
+  sensitive: boolean;
+  extractable: boolean;
+  alwaysSensitive: boolean;
+  neverExtractable: boolean;
+  /** Whether reading the private value (CKA_VALUE, CKA_PRIVATE_EXPONENT…) gave bytes. */
+  valueReadable: boolean;
+}
+
+/** What the SPKI of each algorithm must be, and how node:crypto verifies its signatures (the
+ * root's form: ECDSA r ‖ s, RSA PKCS#1 v1.5, Ed25519 raw). */
+const KEY_PAIR_EXPECTATIONS: Record<
+  RootKeyPairAlgorithm,
+  { type: string; curve?: string; bits?: number; hash: string | null; dsaEncoding?: 'ieee-p1363' }
+> = {
+  'ECDSA-P256': { type: 'ec', curve: 'prime256v1', hash: 'sha256', dsaEncoding: 'ieee-p1363' },
+  'ECDSA-P384': { type: 'ec', curve: 'secp384r1', hash: 'sha384', dsaEncoding: 'ieee-p1363' },
+  'RSA-2048': { type: 'rsa', bits: 2048, hash: 'sha256' },
+  'RSA-3072': { type: 'rsa', bits: 3072, hash: 'sha384' },
+  Ed25519: { type: 'ed25519', hash: null },
+};
+
+function verifiesWith(algorithm: RootKeyPairAlgorithm, spki: Uint8Array, data: Uint8Array, sig: Uint8Array): boolean {
+  const e = KEY_PAIR_EXPECTATIONS[algorithm];
+  const key = createPublicKey({ key: Buffer.from(spki), format: 'der', type: 'spki' });
+  return verifySignature(e.hash, data, e.dsaEncoding ? { key, dsaEncoding: e.dsaEncoding } : key, sig);
 }
 
 export type RootFactory = () => Promise<RootFixture>;
@@ -382,6 +419,99 @@ export function describeRootConformance(name: string, factory: RootFactory): voi
           await expectCode(() => kw.generateDataKey('conformance-in-root'), ['KW_KEYSTORE_SEALED']);
         }
         await kw.close();
+      });
+    });
+
+    describe('key pairs (optional)', () => {
+      it('each declared algorithm: generate gives an SPKI of that algorithm, and sign(handle, data) verifies with node:crypto against it and not over other data; or it is an UnsupportedCapabilityError', async () => {
+        if (!root.keyPairs) {
+          await expectCode(async () => requireKeyPairs(root), ['KW_UNSUPPORTED']);
+          return;
+        }
+        const k = requireKeyPairs(checkedRoot(root));
+        expect(k.algorithms.length).toBeGreaterThan(0);
+        for (const algorithm of k.algorithms) {
+          const pair = await k.generate(algorithm, `kw-conformance/${algorithm}/v1`);
+          const e = KEY_PAIR_EXPECTATIONS[algorithm];
+          const pub = createPublicKey({ key: Buffer.from(pair.publicKey), format: 'der', type: 'spki' });
+          expect(pub.asymmetricKeyType, algorithm).toBe(e.type);
+          if (e.curve) expect(pub.asymmetricKeyDetails?.namedCurve, algorithm).toBe(e.curve);
+          if (e.bits) {
+            expect(pub.asymmetricKeyDetails?.modulusLength, algorithm).toBe(e.bits);
+            expect(pub.asymmetricKeyDetails?.publicExponent, algorithm).toBe(65537n);
+          }
+          const data = material(100);
+          const sig = await k.sign(pair.handle, data);
+          expect(verifiesWith(algorithm, pair.publicKey, data, sig), `${algorithm} signature verifies`).toBe(true);
+          expect(verifiesWith(algorithm, pair.publicKey, flip(data, 3), sig), `${algorithm} over other data`).toBe(
+            false,
+          );
+          await k.destroy(pair.handle);
+        }
+      });
+
+      it('the private key is never extractable: the device reports it sensitive and never extractable from birth, and its value unreadable', async () => {
+        if (!root.keyPairs) return;
+        expect(f.inspectPrivateKey, 'a root with key pairs: the fixture gives inspectPrivateKey').toBeDefined();
+        const k = requireKeyPairs(checkedRoot(root));
+        const pair = await k.generate(k.algorithms[0] as RootKeyPairAlgorithm, 'kw-conformance/inspect/v1');
+        const facts = await (f.inspectPrivateKey as NonNullable<RootFixture['inspectPrivateKey']>)(pair.handle);
+        expect(facts).toEqual({
+          sensitive: true,
+          extractable: false,
+          alwaysSensitive: true,
+          neverExtractable: true,
+          valueReadable: false,
+        });
+        expect(Buffer.from(pair.handle).length).toBeLessThanOrEqual(MAX_ROOT_WRAPPED_BYTES);
+        await k.destroy(pair.handle);
+      });
+
+      it('after destroy(handle) sign fails with KeyDestroyedError, and destroy again is harmless', async () => {
+        if (!root.keyPairs) return;
+        const k = requireKeyPairs(checkedRoot(root));
+        const pair = await k.generate(k.algorithms[0] as RootKeyPairAlgorithm, 'kw-conformance/destroy/v1');
+        await k.sign(pair.handle, material());
+        await k.destroy(pair.handle);
+        await expectCode(() => k.sign(pair.handle, material()), ['KW_KEY_DESTROYED']);
+        await k.destroy(pair.handle);
+        await expectCode(() => k.sign(pair.handle, material()), ['KW_KEY_DESTROYED']);
+      });
+
+      it('a sealed root signs nothing (KeystoreSealedError), and signs again once unsealed', async () => {
+        if (!root.keyPairs || !root.sealable || !f.secret) return;
+        const k = requireKeyPairs(checkedRoot(root));
+        const algorithm = k.algorithms[0] as RootKeyPairAlgorithm;
+        const pair = await k.generate(algorithm, 'kw-conformance/seal/v1');
+        await root.sealable.seal();
+        await expectCode(() => k.sign(pair.handle, material()), ['KW_KEYSTORE_SEALED']);
+        await expectCode(() => k.generate(algorithm, 'kw-conformance/seal/v2'), ['KW_KEYSTORE_SEALED']);
+        await root.sealable.unseal(f.secret);
+        const data = material();
+        expect(verifiesWith(algorithm, pair.publicKey, data, await k.sign(pair.handle, data))).toBe(true);
+        await k.destroy(pair.handle);
+      });
+
+      it('Precondition: the algorithm is one the root declares; the label is 1..128 printable ASCII characters', async () => {
+        if (!root.keyPairs) return;
+        const k = requireKeyPairs(checkedRoot(root));
+        await expectCode(() => k.generate('RSA-1024' as RootKeyPairAlgorithm, 'kw-conformance/x'), ['KW_UNSUPPORTED']);
+        const algorithm = k.algorithms[0] as RootKeyPairAlgorithm;
+        await expectCode(() => k.generate(algorithm, ''), ['KW_BAD_INPUT']);
+        await expectCode(() => k.generate(algorithm, 'x'.repeat(129)), ['KW_BAD_INPUT']);
+        await expectCode(() => k.generate(algorithm, 'line\nbreak'), ['KW_BAD_INPUT']);
+      });
+
+      it('Precondition: the handle is 1..MAX_ROOT_WRAPPED_BYTES bytes and the data a Uint8Array; the backend refuses a handle it did not make', async () => {
+        if (!root.keyPairs) return;
+        const k = requireKeyPairs(checkedRoot(root));
+        await expectCode(() => k.sign(new Uint8Array(0), material()), ['KW_BAD_INPUT']);
+        await expectCode(() => k.sign(new Uint8Array(MAX_ROOT_WRAPPED_BYTES + 1), material()), ['KW_BAD_INPUT']);
+        await expectCode(() => k.destroy(new Uint8Array(0)), ['KW_BAD_INPUT']);
+        await expectCode(
+          () => root.keyPairs?.sign(material(26), material()) ?? Promise.resolve(),
+          ['KW_BAD_INPUT', 'KW_KEY_NOT_FOUND', 'KW_KEY_DESTROYED', 'KW_DECRYPT', 'KW_FORMAT'],
+        );
       });
     });
 
