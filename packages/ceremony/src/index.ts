@@ -35,6 +35,23 @@ export {
   UNSEAL_KEY_ENV,
   UNSEAL_KEY_FILE,
 } from './layout.js';
+export {
+  abortDeviceInit,
+  DEVICE_SECRET_SHARES_META,
+  type DeviceAbortOptions,
+  type DeviceResumeOptions,
+  type DeviceResumeResult,
+  type DeviceSecretShares,
+  type DeviceSplitInitOptions,
+  type DeviceSplitInitResult,
+  devicePendingInitOf,
+  folderDeviceSecretShares,
+  initDeviceSplitStoreDir,
+  readDeviceSecretShares,
+  resumeDeviceInit,
+  secretPurposeOf,
+  withoutSecretSource,
+} from './device-split.js';
 export { checkShareAgainstFolder, openStagedStore, pendingCeremonyOf, readStagedPending } from './pending.js';
 export {
   abortRekey,

@@ -13,6 +13,7 @@ import {
   readPendingCeremony,
 } from '@keywarden/split-knowledge';
 import { SqliteKeyStore } from '@keywarden/store-sqlite';
+import { readDevicePendingInit } from './device-split.js';
 import { exists, type StoreLocation, stagedStorePath } from './layout.js';
 
 /**
@@ -24,7 +25,8 @@ export async function readStagedPending(stagedPath: string): Promise<PendingCere
   if ((await stat(stagedPath)).size === 0 && !(await exists(`${stagedPath}-wal`))) return undefined;
   const store = await openStagedStore(stagedPath);
   try {
-    return await readPendingCeremony(store);
+    // A split init's record, or a device init's (its PIN / auth value split: device-split.ts).
+    return (await readPendingCeremony(store)) ?? (await readDevicePendingInit(store));
   } finally {
     await store.close();
   }

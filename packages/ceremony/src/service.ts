@@ -35,6 +35,7 @@ import {
   KeystoreSealedError,
   Keywarden,
   KeywardenError,
+  openRoot,
   ROOT_MISSING_MESSAGE,
   RootMissingError,
   readRootState,
@@ -48,6 +49,7 @@ import {
   AGENT_SOCKET_FILE,
   displayPath,
   folderRootScheme,
+  folderRootUri,
   MissingRoot,
   openFolderRoot,
   openSealed,
@@ -57,6 +59,7 @@ import {
   type Surroundings,
   UNSEAL_KEY_ENV,
 } from './layout.js';
+import { type DeviceSecretShares, folderDeviceSecretShares } from './device-split.js';
 
 /** Where relative paths start, which environment applies, and where warnings go. */
 export interface ServiceSurroundings extends Surroundings {
@@ -314,6 +317,20 @@ export async function openKeyService(
   const at = surroundingsOf(surroundings);
   await requireStore(loc);
   if ((await folderRootScheme(loc)) !== 'software') {
+    if (await folderDeviceSecretShares(loc)) {
+      // The device's PIN / auth value exists only as shares: the folder's agent, unsealed by a
+      // quorum, holds the device open; this process sends it its key operations.
+      const socket = resolveAgentSocket(at, loc, options.socket);
+      try {
+        return await AgentClient.connect(
+          socket,
+          options.connectTimeoutMs !== undefined ? { connectTimeoutMs: options.connectTimeoutMs } : {},
+        );
+      } catch (err) {
+        if (isAgentUnavailable(err)) throw splitKnowledgeError(socket, err);
+        throw err;
+      }
+    }
     // A device root: this process opens the device itself (no agent), unsealed by the URI's
     // PIN/auth source or by the caller's rootSecret.
     return openDeviceKeywarden(loc, true, {
@@ -392,9 +409,13 @@ export async function startFolderAgent(
   await requireStore(loc);
   const scheme = await folderRootScheme(loc);
   if (scheme !== 'software') {
-    throw new InvalidInputError(
-      `this key store's root is a ${scheme}: device root: commands open the device themselves, no agent is needed`,
-    );
+    const secretShares = await folderDeviceSecretShares(loc);
+    if (!secretShares) {
+      throw new InvalidInputError(
+        `this key store's root is a ${scheme}: device root: commands open the device themselves, no agent is needed`,
+      );
+    }
+    return startDeviceAgent(loc, at, options, secretShares);
   }
   // Never create or initialize a store (only an init does): an empty file is refused as it is.
   const store = openStoreFile(loc, 'write');
@@ -418,6 +439,41 @@ export async function startFolderAgent(
         started = true;
         return root;
       },
+    });
+  } catch (err) {
+    await store.close().catch(() => {});
+    throw err;
+  }
+}
+
+/**
+ * The agent of a device-root folder whose PIN / auth value was split: the device opened sealed
+ * (D/root.uri names no PIN source), unsealed by a quorum of the secret's shares, reopened sealed
+ * after each seal.
+ */
+async function startDeviceAgent(
+  loc: StoreLocation,
+  at: Surroundings,
+  options: FolderAgentOptions,
+  secretShares: DeviceSecretShares,
+): Promise<AgentServer> {
+  const { socket, ...rest } = options;
+  const uri = await folderRootUri(loc);
+  const store = openStoreFile(loc, 'write');
+  try {
+    return await AgentServer.start({
+      ...rest,
+      socket: resolveAgentSocket(at, loc, socket),
+      store,
+      ownsStore: true,
+      secretShares: {
+        shareSetId: secretShares.shareSetId,
+        threshold: secretShares.threshold,
+        shares: secretShares.shares,
+        purpose: secretShares.purpose,
+        commitments: secretShares.commitments,
+      },
+      root: (s: KeyStore) => openRoot(uri, { store: s, env: at.env }),
     });
   } catch (err) {
     await store.close().catch(() => {});

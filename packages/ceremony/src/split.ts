@@ -68,6 +68,7 @@ import {
   type StoreLocation,
   stagedStorePath,
 } from './layout.js';
+import { abortDeviceInit, devicePendingInitOf } from './device-split.js';
 import { openStagedStore, readStagedPending } from './pending.js';
 
 // ── Options shared by the ceremonies ───────────────────────────────────────────────────────────
@@ -113,7 +114,8 @@ export interface CustodianLabel {
   fingerprint: string;
 }
 
-interface Custodian extends CustodianLabel {
+/** @internal */
+export interface Custodian extends CustodianLabel {
   pem: string;
 }
 
@@ -123,7 +125,8 @@ interface Custodian extends CustodianLabel {
  */
 export type CustodianKeys = readonly CustodianKey[] | ((shares: number) => Promise<readonly CustodianKey[]>);
 
-async function custodiansFor(keys: CustodianKeys | undefined, shares: number): Promise<Custodian[] | undefined> {
+/** @internal */
+export async function custodiansFor(keys: CustodianKeys | undefined, shares: number): Promise<Custodian[] | undefined> {
   if (keys === undefined) return undefined;
   const list = typeof keys === 'function' ? await keys(shares) : keys;
   return list.length > 0 ? checkCustodians(list, shares) : undefined;
@@ -201,7 +204,8 @@ export function checkCustodians(keys: readonly CustodianKey[], shares: number): 
 const DEFAULT_CALLBACK_DESCRIPTION = 'handed out through a callback';
 
 /** The hand-out as recorded in the pending ceremony (no key material: paths and fingerprints). */
-interface HandOutDescription {
+/** @internal */
+export interface HandOutDescription {
   /** 'stdout': a record written before the callback form (the CLI printed the shares). */
   mode: HandOutResult['mode'] | 'stdout';
   dir?: string;
@@ -211,12 +215,14 @@ interface HandOutDescription {
   describedAs?: string;
 }
 
-function descriptionOf(p: PendingCeremony): HandOutDescription {
+/** @internal */
+export function descriptionOf(p: PendingCeremony): HandOutDescription {
   return p.handOut as unknown as HandOutDescription;
 }
 
 /** Shares handed to a callback (or printed, in an older record): nothing on disk to check. */
-function isCallback(h: HandOutDescription): boolean {
+/** @internal */
+export function isCallback(h: HandOutDescription): boolean {
   return h.mode === 'callback' || h.mode === 'stdout';
 }
 
@@ -225,7 +231,8 @@ function describedAs(h: HandOutDescription): string {
   return typeof h.describedAs === 'string' ? h.describedAs : DEFAULT_CALLBACK_DESCRIPTION;
 }
 
-class HandOut {
+/** @internal Also the device-secret init's hand-out (device-split.ts). */
+export class HandOut {
   readonly mode: HandOutResult['mode'];
   readonly dir: string | undefined;
   readonly files: string[];
@@ -393,7 +400,8 @@ function labelOf(c: CustodianLabel): CustodianLabel {
  * the text whose digest was recorded. Each file and the folder are fsynced again (a crash may have
  * come between a write and its fsync). Returns what is wrong, one item a file; empty when complete.
  */
-async function checkHandOutFiles(pending: PendingCeremony, cwd: string): Promise<string[]> {
+/** @internal */
+export async function checkHandOutFiles(pending: PendingCeremony, cwd: string): Promise<string[]> {
   const h = descriptionOf(pending);
   const problems: string[] = [];
   for (const [i, f] of h.files.entries()) {
@@ -419,7 +427,8 @@ async function checkHandOutFiles(pending: PendingCeremony, cwd: string): Promise
  * crash came before the write), hold the recorded text, or name its share set; anything else at
  * those paths is left alone and reported.
  */
-async function removeHandOutFiles(pending: PendingCeremony | undefined, cwd: string): Promise<string[]> {
+/** @internal */
+export async function removeHandOutFiles(pending: PendingCeremony | undefined, cwd: string): Promise<string[]> {
   const notes: string[] = [];
   if (!pending) return notes;
   const h = descriptionOf(pending);
@@ -447,7 +456,8 @@ async function removeHandOutFiles(pending: PendingCeremony | undefined, cwd: str
   return notes;
 }
 
-function handOutResultOf(pending: PendingCeremony): HandOutResult {
+/** @internal */
+export function handOutResultOf(pending: PendingCeremony): HandOutResult {
   const h = descriptionOf(pending);
   return {
     mode: isCallback(h) ? 'callback' : h.mode === 'encrypted-files' ? 'encrypted-files' : 'plaintext-files',
@@ -459,7 +469,8 @@ function handOutResultOf(pending: PendingCeremony): HandOutResult {
 }
 
 /** Ask the caller for a quorum; a missing callback is an InvalidInputError naming the operation. */
-async function askQuorum(quorum: QuorumSource | undefined, request: QuorumRequest): Promise<string[]> {
+/** @internal */
+export async function askQuorum(quorum: QuorumSource | undefined, request: QuorumRequest): Promise<string[]> {
   if (typeof quorum !== 'function') {
     throw new InvalidInputError(
       `${request.operation}: needs ${request.shareSet.threshold} ${request.which} shares (share set ${request.shareSet.shareSetId}): pass a quorum callback`,
@@ -631,6 +642,11 @@ export async function resumeSplitInit(loc: StoreLocation, options: ResumeOptions
     }
     throw new CeremonyError(`init --resume: no init is pending in ${loc.display}`);
   }
+  if (await devicePendingInitOf(loc)) {
+    throw new CeremonyError(
+      "init --resume: the pending init is a device root's (its PIN / auth value split): resume it with resumeDeviceInit",
+    );
+  }
   const store = await openStagedStore(stagedPath);
   let pending: PendingCeremony;
   let quorumOf: 'current' | 'new' | undefined;
@@ -685,6 +701,7 @@ export async function abortSplitInit(loc: StoreLocation, options: CeremonyHooks 
   const cwd = options.cwd ?? process.cwd();
   const stagedPath = stagedStorePath(loc);
   if (!(await exists(stagedPath))) throw new CeremonyError(`init --abort: no init is pending in ${loc.display}`);
+  if (await devicePendingInitOf(loc).catch(() => undefined)) return abortDeviceInit(loc, options);
   let pending: PendingCeremony | undefined;
   try {
     pending = await readStagedPending(stagedPath);

@@ -4,10 +4,12 @@
  * sealed, and for PKCS#11 the worker pool. Nothing secret: no PIN, no auth value, no URI query
  * (it may name a PIN file).
  */
+import { AgentClient, type AgentStatus, isAgentUnavailable } from '@keywarden/agent';
+import { folderDeviceSecretShares } from '@keywarden/ceremony';
 import type { RootOfTrust } from '@keywarden/core';
 import type { CliIO } from '../io.js';
 import { formatJson, formatPairs, print } from '../output.js';
-import { openFolderRoot, type StoreLocation } from '../store-dir.js';
+import { openFolderRoot, type SocketLocation, type StoreLocation } from '../store-dir.js';
 
 interface Pkcs11Like {
   record: { token: string; tokenSerial: string; object: string };
@@ -17,7 +19,15 @@ interface TpmLike {
   record: { alg: 'ecc' | 'rsa'; handle?: number; pcrs?: number[] };
 }
 
-export async function deviceStatus(io: CliIO, loc: StoreLocation, scheme: string, json: boolean): Promise<void> {
+export async function deviceStatus(
+  io: CliIO,
+  loc: StoreLocation,
+  scheme: string,
+  json: boolean,
+  socket?: SocketLocation,
+): Promise<void> {
+  const split = await folderDeviceSecretShares(loc);
+  const agent = split && socket ? await agentStatus(socket) : undefined;
   const { store, root } = await openFolderRoot(loc, 'read', { env: io.env });
   try {
     const d = root.describe();
@@ -37,11 +47,13 @@ export async function deviceStatus(io: CliIO, loc: StoreLocation, scheme: string
       ['mechanism', mechanismOf(scheme, root)],
       [
         'unseal',
-        root.sealable
-          ? sealed
-            ? `sealed (${root.sealable.unsealSecret().label} not given: add it to the root URI or run on a terminal)`
-            : `unsealed by the root URI's ${scheme === 'tpm' ? 'auth' : 'PIN'} source`
-          : 'no auth value: the device alone unlocks it',
+        split
+          ? `split knowledge: any ${split.threshold} of ${split.shares} shares of share set ${split.shareSetId} (the ${split.purpose === 'tpm-auth' ? 'TPM auth value' : 'user PIN'}), given to the agent`
+          : root.sealable
+            ? sealed
+              ? `sealed (${root.sealable.unsealSecret().label} not given: add it to the root URI or run on a terminal)`
+              : `unsealed by the root URI's ${scheme === 'tpm' ? 'auth' : 'PIN'} source`
+            : 'no auth value: the device alone unlocks it',
       ],
     ];
     if (scheme === 'pkcs11') {
@@ -68,6 +80,30 @@ export async function deviceStatus(io: CliIO, loc: StoreLocation, scheme: string
           : 'none (KEKs not bound to PCRs)',
       ]);
     }
+    if (split) {
+      info.mode = 'device-split-knowledge';
+      info.shareSetId = split.shareSetId;
+      info.threshold = split.threshold;
+      info.shares = split.shares;
+      info.purpose = split.purpose;
+      info.commitments = split.commitments;
+      info.agent = agent
+        ? {
+            running: true,
+            socket: socket?.path,
+            pid: agent.pid,
+            sealed: agent.sealed,
+            accepted: agent.accepted,
+            indices: agent.indices,
+          }
+        : { running: false, socket: socket?.path ?? null };
+      pairs.push([
+        'agent',
+        agent
+          ? `running on ${socket?.display} (pid ${agent.pid}), ${agent.sealed ? `sealed, unseal progress ${agent.accepted} of ${agent.threshold}` : 'unsealed'}`
+          : `no agent running on ${socket?.display ?? 'its socket'} (start one with \`keywarden agent\`)`,
+      ]);
+    }
     pairs.push(['keys', String(keys)]);
     await print(io.stdout, json ? formatJson(info) : formatPairs(pairs));
   } finally {
@@ -81,4 +117,18 @@ function mechanismOf(scheme: string, root: RootOfTrust): string {
     return 'CKM_AES_GCM (AES-256-GCM, 12-byte IV) in the token; KEKs as token objects (--kek-mode hsm) or wrapped by the root';
   }
   return root.describe().wrapAlgorithm;
+}
+
+async function agentStatus(socket: SocketLocation): Promise<AgentStatus | undefined> {
+  try {
+    const client = await AgentClient.connect(socket);
+    try {
+      return await client.status();
+    } finally {
+      await client.close();
+    }
+  } catch (err) {
+    if (isAgentUnavailable(err)) return undefined;
+    throw err;
+  }
 }

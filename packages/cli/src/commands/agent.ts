@@ -13,7 +13,7 @@ import {
 } from '@keywarden/agent';
 import { startFolderAgent } from '@keywarden/ceremony';
 import type { CliIO } from '../io.js';
-import { AGENT_SOCKET_ENV, AGENT_SOCKET_FILE } from '../store-dir.js';
+import { AGENT_SOCKET_ENV, AGENT_SOCKET_FILE, loadFolderRootBackend } from '../store-dir.js';
 
 /** What key-using clients are told while the agent is sealed. */
 const SEALED_MESSAGE =
@@ -117,6 +117,8 @@ The log (stderr) names share indices and counts, never a share or a key.`,
         io.stderr.write(`keywarden agent: ${line}\n`);
       };
       const timeoutSeconds = opts.unsealTimeout ?? DEFAULT_UNSEAL_TIMEOUT_SECONDS;
+      // A device root whose PIN / auth value was split is served too: register its backend first.
+      await loadFolderRootBackend(loc).catch(() => undefined);
       const agent = await startFolderAgent(
         loc,
         {

@@ -8,7 +8,17 @@ import { DEFAULT_SHARES, DEFAULT_THRESHOLD } from '@keywarden/split-knowledge';
 import { displayPath, UsageError } from '../errors.js';
 import type { CliIO } from '../io.js';
 import { print } from '../output.js';
-import { abortSplitInit, initSplitStoreDir, resumeSplitInit } from '@keywarden/ceremony';
+import {
+  abortDeviceInit,
+  abortSplitInit,
+  devicePendingInitOf,
+  initDeviceSplitStoreDir,
+  initSplitStoreDir,
+  resumeDeviceInit,
+  resumeSplitInit,
+  type StoreLocation,
+} from '@keywarden/ceremony';
+import { InvalidInputError } from '@keywarden/core';
 import {
   checkShareParameters,
   custodianKeysOf,
@@ -17,7 +27,16 @@ import {
   hooksOf,
   quorumOf,
 } from '../ceremony-io.js';
-import { initDeviceStoreDir, initStoreDir, SHARES_OUT_DIR, UNSEAL_KEY_ENV } from '../store-dir.js';
+import {
+  folderRootUri,
+  initDeviceStoreDir,
+  initStoreDir,
+  loadRootBackend,
+  rootSecretPrompt,
+  SHARES_OUT_DIR,
+  UNSEAL_KEY_ENV,
+  uriNamesSecret,
+} from '../store-dir.js';
 import { collect, globalsOf, locationOf, positiveInt } from './_common.js';
 
 export const DEVELOPMENT_MODE_WARNING = [
@@ -39,6 +58,10 @@ interface InitOptions {
   shareFile?: string[];
   root?: string;
   pcrs?: string;
+  pinShares?: number;
+  pinThreshold?: number;
+  authShares?: number;
+  authThreshold?: number;
 }
 
 export function registerInit(program: Command, io: CliIO): void {
@@ -85,6 +108,26 @@ export function registerInit(program: Command, io: CliIO): void {
       "a device root instead of the software root: 'pkcs11:token=…;object=…?module-path=…&pin-source=…' or 'tpm:…' (needs @keywarden/pkcs11 or @keywarden/tpm)",
     )
     .option('--pcrs <list>', 'with --root tpm:…: bind every KEK to these SHA-256 PCRs (e.g. 7 or 7,16)')
+    .option(
+      '--pin-shares <n>',
+      "with --root pkcs11:…: split the token's user PIN into N shares (custodians as for --shares); the agent unseals with a quorum",
+      positiveInt,
+    )
+    .option(
+      '--pin-threshold <m>',
+      `with --root pkcs11:…: any M PIN shares unseal (2..N, default ${DEFAULT_THRESHOLD})`,
+      positiveInt,
+    )
+    .option(
+      '--auth-shares <n>',
+      'with --root tpm:…: draw a random auth value for the TPM root and split it into N shares (nobody ever sees it)',
+      positiveInt,
+    )
+    .option(
+      '--auth-threshold <m>',
+      `with --root tpm:…: any M auth-value shares unseal (2..N, default ${DEFAULT_THRESHOLD})`,
+      positiveInt,
+    )
     .addHelpText(
       'after',
       `
@@ -118,11 +161,21 @@ Device root (--root URI): the root key is made in a PKCS#11 token or a TPM and n
   command opens the device through it. The user PIN / auth value comes from the URI
   (pin-source=file:/PATH or env:NAME for PKCS#11; auth-file=PATH or auth-env=NAME for a TPM), else
   from a hidden prompt on a terminal. See docs/pkcs11.md and docs/tpm.md.
+  Split knowledge over the device (--pin-shares N --pin-threshold M for pkcs11:, --auth-shares N
+  --auth-threshold M for tpm:; --custodian and --share-dir hand the shares out as for --shares):
+  the token's user PIN (read once from the URI's pin-source or the prompt), or for a TPM a random
+  32-byte auth value that nobody ever sees, is split M-of-N; D/root.uri is recorded without its PIN
+  source. Run \`keywarden agent\`, then \`keywarden unseal\` with M shares: the agent recombines the
+  secret in memory, unseals the device with it and wipes it. Staged like a split init (\`init --resume\`,
+  \`init --abort\`; an abort given --share-file with a quorum also destroys the root object it made).
 
 Examples:
   keywarden init
   keywarden init --root 'pkcs11:token=kw;object=kw-root?module-path=/usr/lib/softhsm/libsofthsm2.so&pin-source=env:KW_PIN'
   keywarden init --root 'tpm:?auth-file=/run/secrets/kw-auth' --pcrs 7
+  keywarden init --root 'pkcs11:token=kw;object=kw-root?module-path=…&pin-source=env:KW_PIN' \\
+    --pin-shares 5 --pin-threshold 3 --custodian alice.pub … --custodian erin.pub
+  keywarden init --root tpm: --auth-shares 3 --auth-threshold 2 --share-dir ./auth-shares
   export ${UNSEAL_KEY_ENV}="$(keywarden init --print-unseal-key)"
   keywarden init --shares 5 --threshold 3 --custodian alice.pub --custodian bob.pub \\
     --custodian carol.pub --custodian dan.pub --custodian erin.pub`,
@@ -130,15 +183,17 @@ Examples:
     .action(async (opts: InitOptions, cmd: Command) => {
       const loc = locationOf(cmd, io);
       const globals = globalsOf(cmd);
+      const deviceSplit = deviceSplitOf(opts);
       if (opts.resume || opts.abort) {
         if (
+          deviceSplit !== undefined ||
           (opts.resume && opts.abort) ||
           opts.shares !== undefined ||
           opts.threshold !== undefined ||
           (opts.custodian?.length ?? 0) > 0 ||
           opts.shareDir !== undefined ||
           opts.verifyQuorum ||
-          (opts.abort && (opts.shareFile?.length ?? 0) > 0)
+          (opts.abort && (opts.shareFile?.length ?? 0) > 0 && !(await devicePendingInitOf(loc)))
         ) {
           throw new UsageError(
             '--resume takes only --share-file (new shares, the test quorum); --abort takes nothing else; the init keeps the parameters it was started with',
@@ -149,6 +204,9 @@ Examples:
       }
       if ((opts.shareFile?.length ?? 0) > 0) throw new UsageError('--share-file is for `init --resume`');
       if (opts.pcrs !== undefined && opts.root === undefined) throw new UsageError('--pcrs is for `init --root tpm:…`');
+      if (deviceSplit !== undefined && opts.root === undefined) {
+        throw new UsageError('--pin-shares/--pin-threshold and --auth-shares/--auth-threshold are for `init --root …`');
+      }
       if (opts.root !== undefined) {
         if (
           opts.printUnsealKey ||
@@ -156,14 +214,14 @@ Examples:
           opts.verifyQuorum ||
           opts.shares !== undefined ||
           opts.threshold !== undefined ||
-          (opts.custodian?.length ?? 0) > 0 ||
-          opts.shareDir !== undefined
+          (deviceSplit === undefined && ((opts.custodian?.length ?? 0) > 0 || opts.shareDir !== undefined))
         ) {
           throw new UsageError(
-            '--root makes a device root: unseal keys and --shares/--threshold/--custodian are for the software root',
+            '--root makes a device root: unseal keys and --shares/--threshold are for the software root (split the device secret with --pin-shares or --auth-shares)',
           );
         }
-        await initDevice(io, cmd, opts.root, opts.pcrs);
+        if (deviceSplit !== undefined) await initDeviceSplit(io, cmd, opts, deviceSplit);
+        else await initDevice(io, cmd, opts.root, opts.pcrs);
         return;
       }
       const split =
@@ -226,6 +284,79 @@ async function initDevice(io: CliIO, cmd: Command, rootUri: string, pcrs: string
   await print(io.stderr, `${lines.join('\n')}\n`);
 }
 
+/** --pin-shares/--pin-threshold or --auth-shares/--auth-threshold, when given (never both kinds). */
+function deviceSplitOf(opts: InitOptions): { kind: 'pin' | 'auth'; shares?: number; threshold?: number } | undefined {
+  const pin = opts.pinShares !== undefined || opts.pinThreshold !== undefined;
+  const auth = opts.authShares !== undefined || opts.authThreshold !== undefined;
+  if (pin && auth)
+    throw new UsageError(
+      'give --pin-shares/--pin-threshold (PKCS#11) or --auth-shares/--auth-threshold (TPM), not both',
+    );
+  if (pin) return { kind: 'pin', shares: opts.pinShares, threshold: opts.pinThreshold };
+  if (auth) return { kind: 'auth', shares: opts.authShares, threshold: opts.authThreshold };
+  return undefined;
+}
+
+async function initDeviceSplit(
+  io: CliIO,
+  cmd: Command,
+  opts: InitOptions,
+  split: { kind: 'pin' | 'auth'; shares?: number; threshold?: number },
+): Promise<void> {
+  const loc = locationOf(cmd, io);
+  const rootUri = opts.root as string;
+  const uri = opts.pcrs !== undefined ? withPcrs(rootUri, opts.pcrs) : rootUri;
+  const scheme = await loadRootBackend(uri);
+  if (split.kind === 'pin' && scheme !== 'pkcs11') {
+    throw new UsageError(
+      '--pin-shares/--pin-threshold split a PKCS#11 user PIN (--root pkcs11:…); a TPM root takes --auth-shares/--auth-threshold',
+    );
+  }
+  if (split.kind === 'auth' && scheme !== 'tpm') {
+    throw new UsageError(
+      '--auth-shares/--auth-threshold split a TPM auth value (--root tpm:…); a PKCS#11 root takes --pin-shares/--pin-threshold',
+    );
+  }
+  const shares = split.shares ?? DEFAULT_SHARES;
+  const threshold = split.threshold ?? Math.min(DEFAULT_THRESHOLD, shares);
+  checkShareParameters(shares, threshold);
+  const custodians = custodianKeysOf(io, opts.custodian);
+  let secret: Uint8Array | undefined;
+  if (scheme === 'pkcs11' && !uriNamesSecret(uri)) {
+    secret = await rootSecretPrompt(io, 'user PIN (to split)')();
+    if (!secret) {
+      throw new InvalidInputError(
+        'init: splitting the user PIN needs the PIN once: add pin-source=file:/PATH or pin-source=env:NAME to the URI, or run on a terminal to be asked',
+      );
+    }
+  }
+  let r: Awaited<ReturnType<typeof initDeviceSplitStoreDir>>;
+  try {
+    r = await initDeviceSplitStoreDir(loc, {
+      ...hooksOf(io),
+      uri,
+      env: io.env,
+      ...(secret ? { secret } : {}),
+      shares,
+      threshold,
+      ...(custodians ? { custodians } : {}),
+      destination: destinationOf(io, loc, opts.custodian, opts.shareDir),
+    });
+  } finally {
+    secret?.fill(0);
+  }
+  const what = scheme === 'tpm' ? 'a random auth value for the TPM root' : "the token's user PIN";
+  const lines = [
+    `Initialized a key store in ${loc.display} with a ${r.description.kind} root (root ${r.rootId}).`,
+    `Root: ${r.description.label}; wraps with ${r.description.wrapAlgorithm}.`,
+    `Split knowledge: ${what} was split into ${r.shareSet.shares} shares, any ${r.shareSet.threshold} of which unseal.`,
+    ...describeHandOut(r, io),
+    `The root URI is recorded without a PIN source in ${displayPath(r.rootUriPath, io.cwd)}.`,
+    `The key store starts sealed: run \`keywarden agent\`, then \`keywarden unseal\` with ${r.shareSet.threshold} shares.`,
+  ];
+  await print(io.stderr, `${lines.join('\n')}\n`);
+}
+
 async function initSplit(io: CliIO, cmd: Command, opts: InitOptions): Promise<void> {
   const loc = locationOf(cmd, io);
   const shares = opts.shares ?? DEFAULT_SHARES;
@@ -261,6 +392,10 @@ async function initSplit(io: CliIO, cmd: Command, opts: InitOptions): Promise<vo
 
 async function resumeOrAbort(io: CliIO, cmd: Command, opts: InitOptions): Promise<void> {
   const loc = locationOf(cmd, io);
+  if (await devicePendingInitOf(loc)) {
+    await resumeOrAbortDevice(io, loc, opts);
+    return;
+  }
   if (opts.abort) {
     const notes = await abortSplitInit(loc, hooksOf(io));
     await print(io.stderr, `${[`Removed the unfinished init in ${loc.display}.`, ...notes].join('\n')}\n`);
@@ -275,6 +410,30 @@ async function resumeOrAbort(io: CliIO, cmd: Command, opts: InitOptions): Promis
     r.alreadyActivated
       ? `The init of ${loc.display} had already been completed before it stopped; it is finished now.`
       : `Initialized a split-knowledge key store in ${loc.display} (root ${r.rootId})${r.quorumOf ? ', after a test quorum of its shares' : ''}.`,
+    ...describeHandOut(r, io),
+    `The key store starts sealed: run \`keywarden agent\`, then \`keywarden unseal\` with ${r.shareSet.threshold} shares.`,
+  ];
+  await print(io.stderr, `${lines.join('\n')}\n`);
+}
+
+/** `init --resume` / `init --abort` of a device init whose PIN / auth value was being split. */
+async function resumeOrAbortDevice(io: CliIO, loc: StoreLocation, opts: InitOptions): Promise<void> {
+  await loadRootBackend(await folderRootUri(loc));
+  const files = opts.shareFile ?? [];
+  if (opts.abort) {
+    const notes = await abortDeviceInit(loc, {
+      ...hooksOf(io),
+      env: io.env,
+      ...(files.length > 0 ? { quorum: quorumOf(io, files) } : {}),
+    });
+    await print(io.stderr, `${[`Removed the unfinished init in ${loc.display}.`, ...notes].join('\n')}\n`);
+    return;
+  }
+  const r = await resumeDeviceInit(loc, { ...hooksOf(io), quorum: quorumOf(io, files), testQuorum: files.length > 0 });
+  const lines = [
+    r.alreadyActivated
+      ? `The init of ${loc.display} had already been completed before it stopped; it is finished now.`
+      : `Initialized a key store in ${loc.display} with a device root${r.quorumOf ? ', after a test quorum of its shares' : ''}.`,
     ...describeHandOut(r, io),
     `The key store starts sealed: run \`keywarden agent\`, then \`keywarden unseal\` with ${r.shareSet.threshold} shares.`,
   ];

@@ -138,7 +138,7 @@ while. Unsealing again needs a quorum of shares (\`keywarden unseal\`). Stopping
       await requireStore(loc);
       const scheme = await loadFolderRootBackend(loc);
       if (scheme !== 'software') {
-        await deviceStatus(io, loc, scheme, opts.json === true);
+        await deviceStatus(io, loc, scheme, opts.json === true, socketOf(cmd, io, loc));
         return;
       }
       const doc = await sealedRootDocument(loc);

@@ -1,0 +1,630 @@
+/**
+ * Split knowledge for a device root's unlocking secret (docs/split-knowledge.md §11): the PKCS#11
+ * token's user PIN or the TPM root's auth value is split M-of-N among custodians at init, so that
+ * no single person can log in to the token or open the TPM root. The split, the padding and the
+ * keyed verifier are @keywarden/split-knowledge's (`splitHardwareSecret`, purposes `hsm-pin` and
+ * `tpm-auth`: a forged or foreign share never reaches the device as a guessed PIN); the hand-out,
+ * the custodians and the crash-safe staging are the software root's split init's (split.ts).
+ *
+ *   PKCS#11: the user PIN comes from the URI's pin-source (or the caller's `secret`, a prompt); the
+ *            URI recorded in D/root.uri has its pin-source removed, so nothing in the folder leads
+ *            to the PIN. (The token keeps its PIN: change it first if people know it.)
+ *   TPM:     the auth value is 32 bytes drawn from the CSPRNG at init; it never exists anywhere but
+ *            in memory during the init and during an unseal, and as shares.
+ *
+ * The share set's description (not secret: id, M, N, purpose, a commitment to each share) is the
+ * store's meta `device/secret-shares`. The folder's agent collects a quorum, recombines the secret
+ * in memory, unseals the root with it and wipes it (@keywarden/agent, `secretShares`).
+ *
+ * Crash safety, as for the split init: the store is built as D/keystore.db.staged; the order is
+ * split → record (share set + pending hand-out in the staged store) → the root made in the device
+ * → every share handed out and fsynced → the staged store moved into place → the pending record
+ * dropped. A kill at any instant leaves either nothing that looks initialized (resume or abort
+ * it: `init --resume` once every share is written, `init --abort` else), or the finished folder.
+ * An abort destroys the root object the init made in the device when it can log in (a quorum of
+ * the shares written, or the PIN given again); else it names the object left in the token. No
+ * wrong PIN ever reaches the device from here, so nothing counts towards a lockout.
+ */
+import { randomFillSync } from 'node:crypto';
+import { chmod, mkdir, open, readFile, rename, rm } from 'node:fs/promises';
+import * as path from 'node:path';
+import {
+  CeremonyError,
+  CeremonyPendingError,
+  FormatError,
+  InvalidInputError,
+  type KeyStore,
+  KeyStoreError,
+  openRoot,
+  parsePkcs11Uri,
+  type RootDescription,
+  type RootOfTrust,
+  readPkcs11Pin,
+  rootUriScheme,
+  wipe,
+} from '@keywarden/core';
+import {
+  combineHardwareSecret,
+  encryptShareForCustodian,
+  type HardwareSecretPurpose,
+  handOutDigest,
+  type PendingCeremony,
+  type ShareSetInfo,
+  shareCommitment,
+  splitHardwareSecret,
+} from '@keywarden/split-knowledge';
+import { SqliteKeyStore } from '@keywarden/store-sqlite';
+import { readStagedPending } from './pending.js';
+import { fsyncPath, messageOf } from './_files.js';
+import {
+  exists,
+  removeStoreFiles,
+  ROOT_URI_FILE,
+  SHARES_OUT_DIR,
+  type StoreLocation,
+  stagedStorePath,
+} from './layout.js';
+import {
+  askQuorum,
+  type CeremonyHooks,
+  type CustodianKeys,
+  checkHandOutFiles,
+  checkShareParameters,
+  custodiansFor,
+  descriptionOf,
+  HandOut,
+  type HandOutDescription,
+  type HandOutResult,
+  handOutResultOf,
+  isCallback,
+  type QuorumSource,
+  removeHandOutFiles,
+  type ShareDestination,
+} from './split.js';
+
+/** Meta record: the share set of the device root's unlocking secret (JSON, not secret). */
+export const DEVICE_SECRET_SHARES_META = 'device/secret-shares';
+/** Meta record of a device init whose shares are being handed out (in the staged store only). */
+export const DEVICE_PENDING_INIT_META = 'device/pending-init';
+/** The TPM auth value drawn at init (the TPM root takes 8..32 bytes). */
+const TPM_AUTH_BYTES = 32;
+/** The meta records in which the device backends keep their root record. */
+const DEVICE_ROOT_RECORDS: Readonly<Record<string, string>> = { pkcs11: 'root', tpm: 'tpm-root' };
+
+const enc = new TextEncoder();
+
+/** The share set of a device root's PIN / auth value, as the store records it. */
+export interface DeviceSecretShares {
+  format: 1;
+  purpose: HardwareSecretPurpose;
+  shareSetId: string;
+  threshold: number;
+  shares: number;
+  /** The commitment to each share (split-knowledge's shareCommitment), share order. */
+  commitments: string[];
+  createdAt: string;
+}
+
+interface DevicePendingInit {
+  format: 1;
+  kind: 'init';
+  device: string;
+  createdAt: string;
+  shareSet: ShareSetInfo;
+  digests: string[];
+  handOut: HandOutDescription;
+}
+
+/** Which share purpose a device scheme's secret has. */
+export function secretPurposeOf(scheme: string): HardwareSecretPurpose {
+  if (scheme === 'pkcs11') return 'hsm-pin';
+  if (scheme === 'tpm') return 'tpm-auth';
+  throw new InvalidInputError(`init: a ${scheme}: root has no PIN or auth value to split`);
+}
+
+/** Decode the share-set record (FormatError when it is not one). */
+export function decodeDeviceSecretShares(bytes: Uint8Array): DeviceSecretShares {
+  let r: Partial<DeviceSecretShares>;
+  try {
+    r = JSON.parse(Buffer.from(bytes).toString('utf8')) as Partial<DeviceSecretShares>;
+  } catch {
+    throw new FormatError('device: the secret share-set record is not valid JSON');
+  }
+  if (
+    r?.format !== 1 ||
+    (r.purpose !== 'hsm-pin' && r.purpose !== 'tpm-auth') ||
+    typeof r.shareSetId !== 'string' ||
+    !/^ss_[A-Za-z0-9_-]{16}$/.test(r.shareSetId) ||
+    !Number.isInteger(r.threshold) ||
+    !Number.isInteger(r.shares) ||
+    (r.threshold as number) < 2 ||
+    (r.threshold as number) > (r.shares as number) ||
+    !Array.isArray(r.commitments) ||
+    r.commitments.length !== r.shares ||
+    r.commitments.some((c) => typeof c !== 'string')
+  ) {
+    throw new FormatError('device: the secret share-set record is malformed');
+  }
+  return r as DeviceSecretShares;
+}
+
+/** The store's device-secret share set, if its root's secret was split. */
+export async function readDeviceSecretShares(store: KeyStore): Promise<DeviceSecretShares | undefined> {
+  const bytes = await store.getMeta(DEVICE_SECRET_SHARES_META);
+  return bytes ? decodeDeviceSecretShares(bytes) : undefined;
+}
+
+/** The share set of D's device root's secret, read-only; undefined for a folder without one. */
+export async function folderDeviceSecretShares(loc: StoreLocation): Promise<DeviceSecretShares | undefined> {
+  if (!(await exists(loc.dbPath))) return undefined;
+  const store = SqliteKeyStore.open(loc.dbPath, { readonly: true });
+  try {
+    return await readDeviceSecretShares(store);
+  } finally {
+    await store.close();
+  }
+}
+
+/** The URI without the query attributes that say where the PIN / auth value comes from. */
+export function withoutSecretSource(uri: string): string {
+  const q = uri.indexOf('?');
+  if (q === -1) return uri;
+  const kept = uri
+    .slice(q + 1)
+    .split('&')
+    .filter((p) => p !== '' && !/^(pin-source|pin-value|auth-env|auth-file)=/i.test(p));
+  return kept.length > 0 ? `${uri.slice(0, q)}?${kept.join('&')}` : uri.slice(0, q);
+}
+
+/** The pending device init recorded in a staged store (undefined: none, or not a device init). */
+export async function readDevicePendingInit(store: KeyStore): Promise<PendingCeremony | undefined> {
+  const bytes = await store.getMeta(DEVICE_PENDING_INIT_META);
+  if (!bytes) return undefined;
+  let p: Partial<DevicePendingInit>;
+  try {
+    p = JSON.parse(Buffer.from(bytes).toString('utf8')) as Partial<DevicePendingInit>;
+  } catch {
+    throw new FormatError('device: the pending init record is not valid JSON');
+  }
+  if (p?.format !== 1 || p.kind !== 'init' || !p.shareSet || !Array.isArray(p.digests) || !p.handOut) {
+    throw new FormatError('device: the pending init record is malformed');
+  }
+  // The fields the hand-out checks and the status report read have the split init's shape.
+  return p as unknown as PendingCeremony;
+}
+
+// ── Init ──────────────────────────────────────────────────────────────────────────────────────
+
+export interface DeviceSplitInitOptions extends CeremonyHooks {
+  /** The root URI (`pkcs11:…?pin-source=…`, `tpm:…`); recorded in D/root.uri without its PIN source. */
+  uri: string;
+  /** PKCS#11: the user PIN when the URI names no source (a prompt); not modified. */
+  secret?: Uint8Array;
+  env?: Readonly<Record<string, string | undefined>>;
+  shares: number;
+  threshold: number;
+  custodians?: CustodianKeys;
+  /** Where the shares go; default files in D/shares-out. */
+  destination?: ShareDestination;
+}
+
+export interface DeviceSplitInitResult extends HandOutResult {
+  rootId: string;
+  description: RootDescription;
+  rootUriPath: string;
+  /** The URI as recorded (no PIN source). */
+  recordedUri: string;
+}
+
+/**
+ * Create D, a key store and a root in the device, with the device's unlocking secret split M-of-N
+ * and handed out (see the file comment). Refuses when D has a key store (KeyStoreError) or an
+ * unfinished init (CeremonyPendingError). On an ordinary failure nothing is left behind: the root
+ * object made in the device is destroyed again, the share files written are removed.
+ */
+export async function initDeviceSplitStoreDir(
+  loc: StoreLocation,
+  options: DeviceSplitInitOptions,
+): Promise<DeviceSplitInitResult> {
+  const cwd = options.cwd ?? process.cwd();
+  const scheme = rootUriScheme(options.uri);
+  const purpose = secretPurposeOf(scheme);
+  if (/[?&;]pin-value=/i.test(options.uri)) {
+    throw new InvalidInputError(
+      'init: the root URI carries the PIN (pin-value=); name a pin-source=file:… or env:NAME instead',
+    );
+  }
+  if (/[\r\n]/.test(options.uri)) throw new InvalidInputError('init: a root URI is one line');
+  checkShareParameters(options.shares, options.threshold);
+  const custodians = await custodiansFor(options.custodians, options.shares);
+  if (await exists(loc.dbPath)) throw new KeyStoreError(`${loc.display} already has a key store`);
+  await refuseOrClearStaged(loc, options);
+  const recordedUri = withoutSecretSource(options.uri);
+
+  const secret = await secretFor(scheme, options);
+  let store: SqliteKeyStore | undefined;
+  let root: RootOfTrust | undefined;
+  let handOut: HandOut | undefined;
+  const stagedPath = stagedStorePath(loc);
+  const uriPath = path.join(loc.dir, ROOT_URI_FILE);
+  let activated = false;
+  try {
+    // Split and encrypt first: a bad custodian key or parameter fails before anything is written.
+    const set = await splitHardwareSecret(secret, { shares: options.shares, threshold: options.threshold, purpose });
+    const shareSet: ShareSetInfo = {
+      shareSetId: set.shareSetId,
+      threshold: set.threshold,
+      shares: set.shares,
+      purpose: set.purpose,
+    };
+    const commitments = set.encoded.map((s) => shareCommitment(s));
+    const texts = custodians ? set.encoded.map((s, i) => encryptShareForCustodian(s, custodians[i]!.pem)) : set.encoded;
+    if (custodians) set.encoded.length = 0;
+
+    const created = await mkdir(loc.dir, { recursive: true, mode: 0o700 });
+    if (created !== undefined) await chmod(loc.dir, 0o700);
+    const destination = options.destination ?? { kind: 'files', dir: path.join(loc.dir, SHARES_OUT_DIR) };
+    handOut = await HandOut.plan(destination, options.shares, custodians, cwd);
+
+    await writeUri(uriPath, recordedUri);
+    store = SqliteKeyStore.open(stagedPath);
+    options.onStep?.('init:store-created');
+    const record: DeviceSecretShares = {
+      format: 1,
+      purpose,
+      ...pick(shareSet),
+      commitments,
+      createdAt: new Date().toISOString(),
+    };
+    const pending: DevicePendingInit = {
+      format: 1,
+      kind: 'init',
+      device: scheme,
+      createdAt: record.createdAt,
+      shareSet,
+      digests: texts.map(digestOf),
+      handOut: handOut.describe(false),
+    };
+    await store.putMeta(DEVICE_PENDING_INIT_META, enc.encode(JSON.stringify(pending)));
+    await store.putMeta(DEVICE_SECRET_SHARES_META, enc.encode(JSON.stringify(record)));
+    await chmod(stagedPath, 0o600);
+    fsyncPath(stagedPath);
+    fsyncPath(loc.dir);
+    options.onStep?.('init:recorded');
+
+    root = await openRoot(recordedUri, {
+      store,
+      create: true,
+      secret,
+      ...(options.env ? { env: options.env } : {}),
+    });
+    const description = root.describe();
+    options.onStep?.('init:root-created');
+
+    await handOut.write(texts, shareSet, 'init', options);
+    texts.length = 0;
+    set.encoded.length = 0;
+    options.onStep?.('init:shares-written');
+
+    await root.close();
+    root = undefined;
+    await store.close();
+    store = undefined;
+    await moveIntoPlace(loc, options);
+    activated = true;
+    return {
+      rootId: description.id,
+      description,
+      rootUriPath: uriPath,
+      recordedUri,
+      ...handOut.result(shareSet),
+    };
+  } catch (err) {
+    if (activated || (!(await exists(stagedPath)) && (await exists(loc.dbPath)))) {
+      throw new CeremonyError(
+        `init: the key store is in place, but the clean-up failed (${messageOf(err)}); run \`keywarden init --resume\``,
+        { cause: err },
+      );
+    }
+    if (root && store) {
+      // Undo in the device too: the object this init made must not block the next one.
+      await root.destroyable?.destroy(store, secret, new Date()).catch(() => {});
+    }
+    await root?.close().catch(() => {});
+    root = undefined;
+    await store?.close().catch(() => {});
+    store = undefined;
+    await handOut?.abort();
+    await removeStoreFiles(stagedPath);
+    await rm(uriPath, { force: true }).catch(() => {});
+    await rm(`${uriPath}.tmp`, { force: true }).catch(() => {});
+    throw err;
+  } finally {
+    wipe(secret);
+    await root?.close().catch(() => {});
+    await store?.close().catch(() => {});
+  }
+}
+
+function pick(s: ShareSetInfo): Pick<DeviceSecretShares, 'shareSetId' | 'threshold' | 'shares'> {
+  return { shareSetId: s.shareSetId, threshold: s.threshold, shares: s.shares };
+}
+
+/** The split init's hand-out digest (what a resume checks each share file against). */
+function digestOf(text: string): string {
+  return handOutDigest(text);
+}
+
+/**
+ * The secret to split. PKCS#11: the token's user PIN, from the caller or the URI's pin-source
+ * (required). TPM: 32 bytes from the CSPRNG; an auth value named by the URI or the caller is
+ * refused (with shares, nobody is meant to know it).
+ */
+async function secretFor(scheme: string, options: DeviceSplitInitOptions): Promise<Uint8Array> {
+  if (scheme === 'tpm') {
+    if (options.secret !== undefined || /[?&;](auth-env|auth-file)=/i.test(options.uri)) {
+      throw new InvalidInputError(
+        'init: with --auth-shares the TPM auth value is drawn at random and exists only as shares: drop auth-env=/auth-file= from the URI',
+      );
+    }
+    return randomFillSync(new Uint8Array(TPM_AUTH_BYTES));
+  }
+  const parsed = parsePkcs11Uri(options.uri);
+  try {
+    const pin = await readPkcs11Pin(parsed, {
+      ...(options.secret ? { secret: options.secret } : {}),
+      ...(options.env ? { env: options.env } : {}),
+    });
+    if (!pin) {
+      throw new InvalidInputError(
+        'init: splitting the user PIN needs the PIN once: add pin-source=file:/PATH or pin-source=env:NAME to the URI, or run on a terminal to be asked',
+      );
+    }
+    return pin;
+  } finally {
+    wipe(parsed.pinValue);
+  }
+}
+
+async function writeUri(uriPath: string, uri: string): Promise<void> {
+  const tmp = `${uriPath}.tmp`;
+  await rm(tmp, { force: true });
+  const fh = await open(tmp, 'wx', 0o600);
+  try {
+    await fh.chmod(0o600);
+    await fh.writeFile(`${uri}\n`, 'utf8');
+    await fh.sync();
+  } finally {
+    await fh.close();
+  }
+  await rename(tmp, uriPath);
+}
+
+/**
+ * A staged store left by an earlier init: refused when it recorded a ceremony (resume or abort
+ * it), removed when it recorded nothing (a kill before anything was handed out or made).
+ */
+async function refuseOrClearStaged(loc: StoreLocation, hooks: CeremonyHooks): Promise<void> {
+  const stagedPath = stagedStorePath(loc);
+  if (!(await exists(stagedPath))) return;
+  const pending = await readStagedPending(stagedPath);
+  if (pending) {
+    throw new CeremonyPendingError(
+      `an earlier \`keywarden init\` in ${loc.display} did not finish (share set ${pending.shareSet.shareSetId}, started ${pending.createdAt}): ` +
+        'finish it with `keywarden init --resume` or drop it with `keywarden init --abort`',
+    );
+  }
+  await removeStoreFiles(stagedPath);
+  hooks.onNotice?.('Removed the remains of an earlier init that stopped before any share was handed out.');
+}
+
+/** D/keystore.db.staged becomes D/keystore.db (rename, fsync of D), then the pending record goes. */
+async function moveIntoPlace(loc: StoreLocation, hooks: CeremonyHooks): Promise<void> {
+  const stagedPath = stagedStorePath(loc);
+  if (await exists(`${stagedPath}-wal`)) {
+    // A crash left a write-ahead log: open and close the store so SQLite folds it in.
+    await (await SqliteKeyStore.open(stagedPath, { create: false })).close();
+  }
+  if (await exists(loc.dbPath)) throw new KeyStoreError(`${loc.display} already has a key store`);
+  await rename(stagedPath, loc.dbPath);
+  fsyncPath(loc.dir);
+  hooks.onStep?.('init:activated');
+  await rm(`${stagedPath}-shm`, { force: true });
+  await dropPendingRecord(loc.dbPath);
+  hooks.onStep?.('init:done');
+}
+
+async function dropPendingRecord(dbPath: string): Promise<boolean> {
+  const store = SqliteKeyStore.open(dbPath, { create: false });
+  try {
+    if (!(await store.getMeta(DEVICE_PENDING_INIT_META))) return false;
+    await store.deleteMeta(DEVICE_PENDING_INIT_META);
+    return true;
+  } finally {
+    await store.close();
+  }
+}
+
+// ── Resume and abort ──────────────────────────────────────────────────────────────────────────
+
+/** The pending device init in D's staged store, if any (what routes `init --resume/--abort`). */
+export async function devicePendingInitOf(loc: StoreLocation): Promise<PendingCeremony | undefined> {
+  const stagedPath = stagedStorePath(loc);
+  if (!(await exists(stagedPath))) return undefined;
+  const p = await readStagedPending(stagedPath);
+  return p && (p as unknown as Partial<DevicePendingInit>).device !== undefined ? p : undefined;
+}
+
+export interface DeviceResumeOptions extends CeremonyHooks {
+  /** A test quorum of the new shares (required when they went to a callback, e.g. stdout). */
+  quorum?: QuorumSource;
+  testQuorum?: boolean;
+}
+
+export interface DeviceResumeResult extends HandOutResult {
+  alreadyActivated: boolean;
+  quorumOf?: 'new';
+}
+
+/**
+ * Finish a device init whose shares were all handed out (`keywarden init --resume`): the root must
+ * have been made in the device, every share file must be whole (or a test quorum of the shares
+ * must recombine the secret, when they went to a callback), then the store moves into place.
+ */
+export async function resumeDeviceInit(
+  loc: StoreLocation,
+  options: DeviceResumeOptions = {},
+): Promise<DeviceResumeResult> {
+  const cwd = options.cwd ?? process.cwd();
+  const stagedPath = stagedStorePath(loc);
+  if (!(await exists(stagedPath))) {
+    if ((await exists(loc.dbPath)) && (await dropPendingRecord(loc.dbPath))) {
+      const shares = await folderDeviceSecretShares(loc);
+      return {
+        alreadyActivated: true,
+        mode: 'plaintext-files',
+        files: [],
+        dir: undefined,
+        custodians: undefined,
+        shareSet: {
+          shareSetId: shares?.shareSetId ?? '',
+          threshold: shares?.threshold ?? 0,
+          shares: shares?.shares ?? 0,
+          purpose: shares?.purpose ?? 'hsm-pin',
+        },
+      };
+    }
+    throw new CeremonyError(`init --resume: no init is pending in ${loc.display}`);
+  }
+  const store = SqliteKeyStore.open(stagedPath, { create: false });
+  let pending: PendingCeremony;
+  let quorumOf: 'new' | undefined;
+  try {
+    const p = await readDevicePendingInit(store);
+    if (!p) throw new CeremonyError(`init --resume: no device init is pending in ${loc.display}`);
+    pending = p;
+    const device = (p as unknown as DevicePendingInit).device;
+    if (!(await store.getMeta(DEVICE_ROOT_RECORDS[device] ?? 'root'))) {
+      throw new CeremonyError(
+        'init --resume: the earlier init stopped before the root was made in the device; nothing can be resumed: run `keywarden init --abort`, then init again',
+      );
+    }
+    const record = await readDeviceSecretShares(store);
+    if (!record)
+      throw new CeremonyError('init --resume: the staged store has no share-set record; run `keywarden init --abort`');
+    const h = descriptionOf(pending);
+    if (options.testQuorum || isCallback(h)) {
+      const shares = await askQuorum(options.quorum, {
+        operation: `init --resume${isCallback(h) ? ' (the shares were printed, so a test quorum must show they were received; or `keywarden init --abort`)' : ''}`,
+        title: 'Test quorum',
+        which: 'new',
+        shareSet: pending.shareSet,
+      });
+      try {
+        wipe(
+          await combineHardwareSecret(shares, {
+            ...pick(record),
+            purpose: record.purpose,
+            commitments: record.commitments,
+          }),
+        );
+      } finally {
+        shares.length = 0;
+      }
+      quorumOf = 'new';
+    }
+  } finally {
+    await store.close().catch(() => {});
+  }
+  const problems = isCallback(descriptionOf(pending)) ? [] : await checkHandOutFiles(pending, cwd);
+  if (problems.length > 0) {
+    throw new CeremonyError(
+      `init --resume: the shares were not all written (${problems.join('; ')}); nothing was activated: run \`keywarden init --abort\`, then init again`,
+    );
+  }
+  await moveIntoPlace(loc, options);
+  return { alreadyActivated: false, ...(quorumOf ? { quorumOf } : {}), ...handOutResultOf(pending) };
+}
+
+export interface DeviceAbortOptions extends CeremonyHooks {
+  /** A quorum of the shares written, to log in and destroy the root object the init made. */
+  quorum?: QuorumSource;
+  env?: Readonly<Record<string, string | undefined>>;
+}
+
+/**
+ * Remove an unfinished device init (`keywarden init --abort`): the root object it made in the
+ * device (destroyed when a quorum of its shares is given; else named, to be removed by hand or
+ * left), its share files, its staged store and D/root.uri. Returns one line per thing done.
+ */
+export async function abortDeviceInit(loc: StoreLocation, options: DeviceAbortOptions = {}): Promise<string[]> {
+  const cwd = options.cwd ?? process.cwd();
+  const stagedPath = stagedStorePath(loc);
+  const uriPath = path.join(loc.dir, ROOT_URI_FILE);
+  const notes: string[] = [];
+  let pending: PendingCeremony | undefined;
+  const store = SqliteKeyStore.open(stagedPath, { create: false });
+  try {
+    pending = await readDevicePendingInit(store);
+    const device = (pending as unknown as DevicePendingInit | undefined)?.device;
+    const rootRecord = device ? await store.getMeta(DEVICE_ROOT_RECORDS[device] ?? 'root') : undefined;
+    if (rootRecord) notes.push(...(await destroyStagedRoot(store, uriPath, options)));
+  } finally {
+    await store.close().catch(() => {});
+  }
+  notes.push(...(await removeHandOutFiles(pending, cwd)));
+  await removeStoreFiles(stagedPath);
+  await rm(uriPath, { force: true });
+  fsyncPath(loc.dir);
+  return notes;
+}
+
+async function destroyStagedRoot(store: KeyStore, uriPath: string, options: DeviceAbortOptions): Promise<string[]> {
+  const record = await readDeviceSecretShares(store);
+  let uri: string;
+  try {
+    uri = (await readFile(uriPath, 'utf8')).replace(/\r?\n$/, '');
+  } catch {
+    return ['the device may keep the root object this init made (D/root.uri is gone): remove it by hand'];
+  }
+  const where = describeObject(uri);
+  if (!record || typeof options.quorum !== 'function') {
+    return [
+      `the device keeps the root object this init made (${where}): give \`init --abort\` a quorum of the shares written (--share-file) to destroy it, or remove it by hand`,
+    ];
+  }
+  const shares = await askQuorum(options.quorum, {
+    operation: 'init --abort',
+    title: 'Destroying the root object',
+    which: 'new',
+    shareSet: { ...pick(record), purpose: record.purpose },
+  });
+  let secret: Uint8Array | undefined;
+  try {
+    secret = await combineHardwareSecret(shares, {
+      ...pick(record),
+      purpose: record.purpose,
+      commitments: record.commitments,
+    });
+  } finally {
+    shares.length = 0;
+  }
+  try {
+    const root = await openRoot(uri, { store, secret, ...(options.env ? { env: options.env } : {}) });
+    try {
+      if (!root.destroyable) return [`the device keeps the root object (${where}): this root cannot be destroyed`];
+      await root.destroyable.destroy(store, secret, new Date());
+    } finally {
+      await root.close().catch(() => {});
+    }
+  } finally {
+    wipe(secret);
+  }
+  return [`destroyed the root object this init made (${where})`];
+}
+
+/** Non-secret: which object in which device (no module path, no query). */
+function describeObject(uri: string): string {
+  const q = uri.indexOf('?');
+  return q === -1 ? uri : uri.slice(0, q);
+}

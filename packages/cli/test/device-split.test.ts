@@ -1,0 +1,422 @@
+/**
+ * Split knowledge over a device root's secret, through the real `keywarden` executable: the
+ * SoftHSM2 token's user PIN (`init --root pkcs11:… --pin-shares N --pin-threshold M`) and a TPM
+ * root's auth value (`init --root tpm: --auth-shares N --auth-threshold M`), on the devices the
+ * harness scripts start (harness/softhsm.sh, harness/swtpm.sh), unsealed by a real agent process
+ * from a quorum of shares. Wrong, forged and too few shares; SIGKILL inside the init (then resume or
+ * abort, and the token still takes its PIN). Nothing secret in a file of the folder, an error or
+ * the agent's log. Outside CI a machine without the device skips with the harness's reason; in CI
+ * a missing device is a failure.
+ */
+import { execFileSync } from 'node:child_process';
+import { readdirSync, readFileSync } from 'node:fs';
+import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import * as path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { built, kw, requireBuild, type Spawned, startAgent } from './split-helpers.js';
+
+requireBuild('device-split.test.ts');
+const HARNESS = fileURLToPath(new URL('../../../harness/', import.meta.url));
+
+type Env = Record<string, string>;
+
+/** Start a harness device; its env, or the reason it cannot run (a failure in CI). */
+function startDevice(script: string): { env: Env; stop: () => void } | { reason: string } {
+  let out: string;
+  try {
+    out = execFileSync('bash', [path.join(HARNESS, script), 'start'], {
+      encoding: 'utf8',
+      stdio: ['ignore', 'pipe', 'pipe'],
+      timeout: 60_000,
+    });
+  } catch (err) {
+    const reason = `${script} could not start its device: ${String((err as { stderr?: string }).stderr ?? err).trim()}`;
+    if (process.env.CI) throw new Error(reason);
+    return { reason };
+  }
+  const env: Env = {};
+  for (const line of out.split('\n')) {
+    const m = /^export ([A-Z0-9_]+)='?([^']*)'?$/.exec(line);
+    if (m?.[1] && m[2] !== undefined) env[m[1]] = m[2];
+  }
+  const dir = env.KEYWARDEN_SOFTHSM_DIR ?? env.KEYWARDEN_SWTPM_DIR;
+  return {
+    env,
+    stop: () => {
+      execFileSync('bash', [path.join(HARNESS, script), 'stop', dir as string], { stdio: 'ignore', timeout: 30_000 });
+    },
+  };
+}
+
+const scratch: string[] = [];
+async function tempDir(): Promise<string> {
+  const d = await mkdtemp(path.join(tmpdir(), 'keywarden-device-split-'));
+  scratch.push(d);
+  return d;
+}
+afterAll(async () => {
+  for (const d of scratch) await rm(d, { recursive: true, force: true });
+});
+
+/** Every file under `dir` (recursively), as bytes. */
+function filesUnder(dir: string): { file: string; bytes: Buffer }[] {
+  const out: { file: string; bytes: Buffer }[] = [];
+  for (const e of readdirSync(dir, { withFileTypes: true })) {
+    const p = path.join(dir, e.name);
+    if (e.isDirectory()) out.push(...filesUnder(p));
+    else if (e.isFile()) out.push({ file: p, bytes: readFileSync(p) });
+  }
+  return out;
+}
+
+/** The CLI's one-line failure: `keywarden: …`, no stack trace. */
+function oneLineError(r: Spawned, pattern: RegExp, code = 1): void {
+  expect(r.code, r.stderr).toBe(code);
+  const lines = r.stderr.trimEnd().split('\n');
+  expect(lines).toHaveLength(1);
+  expect(lines[0]).toMatch(/^keywarden: /);
+  expect(lines[0]).toMatch(pattern);
+  expect(r.stderr).not.toMatch(/\n\s+at /);
+}
+
+/** Alter one character in the middle of a share's payload (still well-formed base64url). */
+function altered(share: string): string {
+  const i = Math.floor(share.length * 0.7);
+  const c = share[i] === 'A' ? 'B' : 'A';
+  return share.slice(0, i) + c + share.slice(i + 1);
+}
+
+// ── PKCS#11: the user PIN ──────────────────────────────────────────────────────────────────────
+
+describe.skipIf(!built)('init --root pkcs11:… --pin-shares: the user PIN split among custodians (SoftHSM2)', () => {
+  let device: ReturnType<typeof startDevice>;
+  let env: Env = {};
+  let pin = '';
+  beforeAll(() => {
+    device = startDevice('softhsm.sh');
+    if ('env' in device) {
+      env = { SOFTHSM2_CONF: device.env.SOFTHSM2_CONF as string };
+      pin = readFileSync(device.env.KEYWARDEN_PKCS11_PIN_FILE as string, 'utf8').replace(/\n$/, '');
+    }
+  }, 90_000);
+  afterAll(() => {
+    if (device && 'stop' in device) device.stop();
+  });
+  const skip = () => {
+    if ('reason' in device) {
+      console.warn(`skipped: ${device.reason}`);
+      return true;
+    }
+    return false;
+  };
+  const uri = (object: string) =>
+    `pkcs11:token=${encodeURIComponent(('env' in device && device.env.KEYWARDEN_PKCS11_TOKEN) || 'keywarden')};object=${object}` +
+    `?module-path=${encodeURI(('env' in device && device.env.KEYWARDEN_PKCS11_MODULE) || '')}&pin-source=env:KW_TEST_PIN`;
+  const withPin = () => ({ ...env, KW_TEST_PIN: pin });
+
+  it('init splits the PIN; the agent unseals from a quorum; wrong, forged and too few shares never reach the token', async (ctx) => {
+    if (skip()) return ctx.skip();
+    const cwd = await tempDir();
+    const init = await kw(
+      [
+        '--dir',
+        'd',
+        'init',
+        '--root',
+        uri('kw-split'),
+        '--pin-shares',
+        '3',
+        '--pin-threshold',
+        '2',
+        '--share-dir',
+        'shares',
+      ],
+      cwd,
+      { env: withPin(), timeoutMs: 60_000 },
+    );
+    expect(init.code, init.stderr).toBe(0);
+    expect(init.stderr).toMatch(/the token's user PIN was split into 3 shares, any 2 of which unseal/);
+    const shares = [1, 2, 3].map((i) => readFileSync(path.join(cwd, 'shares', `share-${i}-of-3.txt`), 'utf8').trim());
+    for (const s of shares) expect(s).toMatch(/^kwshare1\.hsm-pin\.ss_/);
+    // D/root.uri names no PIN source, and no file of the folder holds the PIN.
+    const recorded = readFileSync(path.join(cwd, 'd', 'root.uri'), 'utf8');
+    expect(recorded).not.toMatch(/pin-source|pin-value/);
+    for (const f of filesUnder(path.join(cwd, 'd'))) {
+      expect(f.bytes.includes(Buffer.from(pin)), f.file).toBe(false);
+    }
+
+    // Without the agent, key operations say how to unseal.
+    oneLineError(await kw(['--dir', 'd', 'key', 'create', 'k'], cwd, { env }), /start `keywarden agent`/);
+
+    const agent = await startAgent(cwd, ['--dir', 'd'], env);
+    expect(agent.log()).toMatch(/unseal with 2 of 3 shares of share set ss_\S+ \(hsm-pin\)/);
+    let st = await kw(['--dir', 'd', 'status', '--json'], cwd, { env, timeoutMs: 60_000 });
+    expect(st.code, st.stderr).toBe(0);
+    expect(JSON.parse(st.stdout)).toMatchObject({
+      mode: 'device-split-knowledge',
+      purpose: 'hsm-pin',
+      threshold: 2,
+      shares: 3,
+      agent: { running: true, sealed: true, accepted: 0 },
+    });
+
+    // Too few: one share leaves it sealed, and key operations are refused.
+    await writeFile(path.join(cwd, 's1'), `${shares[0]}\n`, { mode: 0o600 });
+    const one = await kw(['--dir', 'd', 'unseal', '--share-file', 's1'], cwd, { env });
+    expect(one.code, one.stderr).toBe(0);
+    expect(one.stdout).toMatch(/unseal progress: 1 of 2 \(share 1\)/);
+    expect(one.stdout).toMatch(/still sealed/);
+    oneLineError(await kw(['--dir', 'd', 'key', 'create', 'k'], cwd, { env }), /sealed/);
+
+    // A forged share (altered) is refused by its commitment; the progress made is kept.
+    await writeFile(path.join(cwd, 'forged'), `${altered(shares[1] as string)}\n`, { mode: 0o600 });
+    const forged = await kw(['--dir', 'd', 'unseal', '--share-file', 'forged'], cwd, { env });
+    expect(forged.code).toBe(1);
+    expect(forged.stderr).toMatch(/^keywarden: share: /);
+    // A share of another split (an unseal-key share, or another PIN split) is refused too.
+    const other = await kw(
+      ['--dir', 'other', 'init', '--shares', '3', '--threshold', '2', '--share-dir', 'other-shares'],
+      cwd,
+      {},
+    );
+    expect(other.code, other.stderr).toBe(0);
+    const foreign = path.join(cwd, 'other-shares', 'share-2-of-3.txt');
+    const wrong = await kw(['--dir', 'd', 'unseal', '--share-file', foreign], cwd, { env });
+    expect(wrong.code).toBe(1);
+    expect(wrong.stderr).toMatch(/^keywarden: share: .*(unseal-key|hsm-pin)/);
+    st = await kw(['--dir', 'd', 'status', '--json'], cwd, { env, timeoutMs: 60_000 });
+    expect(JSON.parse(st.stdout).agent).toMatchObject({ sealed: true, accepted: 1, indices: [1] });
+
+    // The quorum: share 3 completes it; the agent logs in with the recombined PIN.
+    await writeFile(path.join(cwd, 's3'), `${shares[2]}\n`, { mode: 0o600 });
+    const done = await kw(['--dir', 'd', 'unseal', '--share-file', 's3'], cwd, { env, timeoutMs: 60_000 });
+    expect(done.code, done.stderr).toBe(0);
+    expect(done.stdout).toMatch(/unsealed/);
+    expect((await kw(['--dir', 'd', 'key', 'create', 'k'], cwd, { env, timeoutMs: 60_000 })).code).toBe(0);
+    const enc = await kw(['--dir', 'd', 'encrypt', '--key', 'k', '-o', 'ct'], cwd, {
+      env,
+      input: 'pin split',
+      timeoutMs: 60_000,
+    });
+    expect(enc.code, enc.stderr).toBe(0);
+    const dec = await kw(['--dir', 'd', 'decrypt', '--key', 'k', '-i', 'ct'], cwd, { env, timeoutMs: 60_000 });
+    expect(dec.code, dec.stderr).toBe(0);
+    expect(dec.stdout).toBe('pin split');
+
+    // Seal, and a quorum unseals again (the root is reopened sealed from the store).
+    expect((await kw(['--dir', 'd', 'seal'], cwd, { env })).code).toBe(0);
+    oneLineError(await kw(['--dir', 'd', 'key', 'create', 'k2'], cwd, { env }), /sealed/);
+    const again = await kw(['--dir', 'd', 'unseal'], cwd, {
+      env,
+      input: `${shares[1]}\n${shares[2]}\n`,
+      timeoutMs: 60_000,
+    });
+    expect(again.stdout).toMatch(/unsealed/);
+    expect((await kw(['--dir', 'd', 'key', 'create', 'k2'], cwd, { env, timeoutMs: 60_000 })).code).toBe(0);
+
+    expect(await agent.stop()).toBe(0);
+    // Nothing secret in the agent's log.
+    const log = agent.log();
+    expect(log).not.toContain(pin);
+    for (const s of shares) expect(log).not.toContain(s.slice(20));
+    for (const f of filesUnder(path.join(cwd, 'd'))) {
+      expect(f.bytes.includes(Buffer.from(pin)), f.file).toBe(false);
+    }
+  }, 240_000);
+
+  it('refuses what does not fit: --pin-* on a TPM URI, --auth-* on PKCS#11, both kinds, --pin-* without --root', async (ctx) => {
+    if (skip()) return ctx.skip();
+    const cwd = await tempDir();
+    const r1 = await kw(['init', '--root', 'tpm:', '--pin-shares', '3'], cwd, { env });
+    oneLineError(r1, /--pin-shares\/--pin-threshold split a PKCS#11 user PIN/, 2);
+    const r2 = await kw(['init', '--root', uri('x'), '--auth-shares', '3'], cwd, { env: withPin() });
+    oneLineError(r2, /--auth-shares\/--auth-threshold split a TPM auth value/, 2);
+    const r3 = await kw(['init', '--root', uri('x'), '--pin-shares', '3', '--auth-threshold', '2'], cwd, { env });
+    oneLineError(r3, /not both/, 2);
+    const r4 = await kw(['init', '--pin-shares', '3'], cwd, { env });
+    oneLineError(r4, /are for `init --root …`/, 2);
+    const r5 = await kw(['init', '--root', uri('x'), '--pin-shares', '3', '--pin-threshold', '4'], cwd, {
+      env: withPin(),
+    });
+    expect(r5.code).toBe(2);
+    // Nothing was made.
+    expect(readdirSync(cwd)).toEqual([]);
+  }, 60_000);
+
+  it('SIGKILL inside the init: abort with a quorum destroys the token object; resume finishes; the token still takes its PIN', async (ctx) => {
+    if (skip()) return ctx.skip();
+    const cwd = await tempDir();
+    const args = (object: string) => [
+      '--dir',
+      'd',
+      'init',
+      '--root',
+      uri(object),
+      '--pin-shares',
+      '3',
+      '--pin-threshold',
+      '2',
+      '--share-dir',
+      'shares',
+    ];
+    // Killed after share 2 of 3 was written: the root object exists in the token.
+    const killed = await kw(args('kw-kill'), cwd, {
+      env: { ...withPin(), KEYWARDEN_TEST_STEP_HOOK: 'kill:init:share-2' },
+      timeoutMs: 60_000,
+    });
+    expect(killed.code).toBeNull();
+    // The staged store (and its write-ahead log), the URI: nothing that looks initialized.
+    const left = readdirSync(path.join(cwd, 'd')).filter((f) => !/^keystore\.db\.staged-(wal|shm)$/.test(f));
+    expect(left.sort()).toEqual(['keystore.db.staged', 'root.uri']);
+    const st = await kw(['--dir', 'd', 'status'], cwd, { env });
+    expect(st.code, st.stderr).toBe(0);
+    expect(st.stdout).toMatch(/not initialized: the init did not finish/);
+    // A new init is refused while this one is unfinished; resume refuses a torn hand-out.
+    oneLineError(await kw(args('kw-kill'), cwd, { env: withPin(), timeoutMs: 60_000 }), /did not finish/);
+    oneLineError(
+      await kw(['--dir', 'd', 'init', '--resume'], cwd, { env, timeoutMs: 60_000 }),
+      /shares were not all written .*share-3-of-3\.txt/,
+    );
+    // Abort with the two shares written: the PIN is recombined, the object destroyed, all removed.
+    const abort = await kw(
+      [
+        '--dir',
+        'd',
+        'init',
+        '--abort',
+        '--share-file',
+        'shares/share-1-of-3.txt',
+        '--share-file',
+        'shares/share-2-of-3.txt',
+      ],
+      cwd,
+      { env, timeoutMs: 60_000 },
+    );
+    expect(abort.code, abort.stderr).toBe(0);
+    expect(abort.stderr).toMatch(/destroyed the root object this init made/);
+    expect(readdirSync(path.join(cwd, 'd'))).toEqual([]);
+    expect(readdirSync(path.join(cwd, 'shares'))).toEqual([]);
+
+    // The same object label is free again, and the token logs in with its PIN (not locked out).
+    // Killed after every share was written: resume puts the store in place.
+    const killed2 = await kw(args('kw-kill'), cwd, {
+      env: { ...withPin(), KEYWARDEN_TEST_STEP_HOOK: 'kill:init:shares-written' },
+      timeoutMs: 60_000,
+    });
+    expect(killed2.code).toBeNull();
+    const resume = await kw(['--dir', 'd', 'init', '--resume'], cwd, { env, timeoutMs: 60_000 });
+    expect(resume.code, resume.stderr).toBe(0);
+    expect(readdirSync(path.join(cwd, 'd')).sort()).toEqual(['keystore.db', 'root.uri']);
+    const agent = await startAgent(cwd, ['--dir', 'd'], env);
+    const shares = [1, 3].map((i) => path.join(cwd, 'shares', `share-${i}-of-3.txt`));
+    const un = await kw(
+      ['--dir', 'd', 'unseal', '--share-file', shares[0] as string, '--share-file', shares[1] as string],
+      cwd,
+      {
+        env,
+        timeoutMs: 60_000,
+      },
+    );
+    expect(un.stdout, un.stderr).toMatch(/unsealed/);
+    expect((await kw(['--dir', 'd', 'key', 'create', 'k'], cwd, { env, timeoutMs: 60_000 })).code).toBe(0);
+    await agent.stop();
+  }, 240_000);
+});
+
+// ── TPM: the auth value ────────────────────────────────────────────────────────────────────────
+
+describe.skipIf(!built)(
+  'init --root tpm: --auth-shares: a random TPM auth value split among custodians (swtpm)',
+  () => {
+    let device: ReturnType<typeof startDevice>;
+    let env: Env = {};
+    beforeAll(() => {
+      device = startDevice('swtpm.sh');
+      if ('env' in device) env = { KEYWARDEN_TPM_TCTI: device.env.KEYWARDEN_TPM_TCTI as string };
+    }, 90_000);
+    afterAll(() => {
+      if (device && 'stop' in device) device.stop();
+    });
+
+    it('init draws and splits the auth value; the agent unseals from a quorum; wrong-purpose shares are refused', async (ctx) => {
+      if ('reason' in device) {
+        console.warn(`skipped: ${device.reason}`);
+        return ctx.skip();
+      }
+      const cwd = await tempDir();
+      // An auth value named by the URI is refused: with shares nobody is meant to know it.
+      await writeFile(path.join(cwd, 'auth'), 'a-known-auth-value\n', { mode: 0o600 });
+      oneLineError(
+        await kw(
+          ['--dir', 'd', 'init', '--root', `tpm:?auth-file=${path.join(cwd, 'auth')}`, '--auth-shares', '3'],
+          cwd,
+          {
+            env,
+          },
+        ),
+        /drawn at random and exists only as shares/,
+      );
+      expect(readdirSync(cwd)).toEqual(['auth']);
+
+      const init = await kw(
+        [
+          '--dir',
+          'd',
+          'init',
+          '--root',
+          'tpm:',
+          '--auth-shares',
+          '3',
+          '--auth-threshold',
+          '2',
+          '--share-dir',
+          'shares',
+        ],
+        cwd,
+        { env, timeoutMs: 60_000 },
+      );
+      expect(init.code, init.stderr).toBe(0);
+      expect(init.stderr).toMatch(/a random auth value for the TPM root was split into 3 shares/);
+      const shares = [1, 2, 3].map((i) => path.join(cwd, 'shares', `share-${i}-of-3.txt`));
+      for (const s of shares) expect(await readFile(s, 'utf8')).toMatch(/^kwshare1\.tpm-auth\.ss_/);
+      expect(readFileSync(path.join(cwd, 'd', 'root.uri'), 'utf8')).toBe('tpm:\n');
+
+      const agent = await startAgent(cwd, ['--dir', 'd'], env);
+      expect(agent.log()).toMatch(/unseal with 2 of 3 shares of share set ss_\S+ \(tpm-auth\)/);
+      // An unseal-key share where a TPM auth-value share is expected.
+      const other = await kw(
+        ['--dir', 'other', 'init', '--shares', '3', '--threshold', '2', '--share-dir', 'o'],
+        cwd,
+        {},
+      );
+      expect(other.code, other.stderr).toBe(0);
+      const wrong = await kw(['--dir', 'd', 'unseal', '--share-file', 'o/share-1-of-3.txt'], cwd, { env });
+      expect(wrong.code).toBe(1);
+      expect(wrong.stderr).toMatch(/^keywarden: share: .*(unseal-key|tpm-auth)/);
+      const un = await kw(
+        ['--dir', 'd', 'unseal', '--share-file', shares[2] as string, '--share-file', shares[0] as string],
+        cwd,
+        {
+          env,
+          timeoutMs: 60_000,
+        },
+      );
+      expect(un.code, un.stderr).toBe(0);
+      expect(un.stdout).toMatch(/unsealed/);
+      expect((await kw(['--dir', 'd', 'key', 'create', 'k'], cwd, { env, timeoutMs: 60_000 })).code).toBe(0);
+      const enc = await kw(['--dir', 'd', 'encrypt', '--key', 'k', '-o', 'ct'], cwd, {
+        env,
+        input: 'tpm split',
+        timeoutMs: 60_000,
+      });
+      expect(enc.code, enc.stderr).toBe(0);
+      const dec = await kw(['--dir', 'd', 'decrypt', '--key', 'k', '-i', 'ct'], cwd, { env, timeoutMs: 60_000 });
+      expect(dec.stdout).toBe('tpm split');
+      expect(await agent.stop()).toBe(0);
+      const log = agent.log();
+      for (const s of shares) expect(log).not.toContain((await readFile(s, 'utf8')).trim().slice(20));
+    }, 180_000);
+  },
+);
