@@ -177,6 +177,14 @@ export class AgentAuth {
     }
   }
 
+  /**
+   * Load the audit key while the root is still unsealed, so that the record of a seal (written
+   * just after the root is sealed) can be sealed into the chain. Failures surface on the record.
+   */
+  async prepareSeal(): Promise<void> {
+    await this.#audit?.key().catch(() => {});
+  }
+
   /** Check now (tests, and after the agent itself changed credentials). */
   recheck(): Promise<void> {
     return this.#recheck();

@@ -90,11 +90,77 @@ interface Pending {
   timer: ReturnType<typeof setTimeout>;
 }
 
-function isTcp(e: AgentEndpoint): e is AgentTcpEndpoint {
+export function isTcp(e: AgentEndpoint): e is AgentTcpEndpoint {
   return typeof e === 'object' && e !== null && 'port' in e;
 }
 
-export class AgentClient implements KeyService {
+/**
+ * The protocol's operations over one `request` (AgentClient: one agent; AgentFleetClient in
+ * fleet.ts: several, with failover). Each method checks the shape of the answer.
+ */
+export abstract class AgentOperations implements KeyService {
+  /** Send one request and wait for its answer (rejects with the rebuilt error). */
+  abstract request(op: AgentOp, args?: Record<string, unknown>): Promise<unknown>;
+  abstract close(): Promise<void>;
+
+  // ── The agent's own operations ─────────────────────────────────────────────────────────────────
+
+  async status(): Promise<AgentStatus> {
+    return (await this.request('status')) as AgentStatus;
+  }
+
+  /** Submit one plaintext share (split knowledge). */
+  async unseal(share: string): Promise<UnsealResult> {
+    return (await this.request('unseal', { share })) as UnsealResult;
+  }
+
+  /** Wipe the agent's root and KEK cache; key operations are refused until it is unsealed again. */
+  async seal(): Promise<void> {
+    await this.request('seal');
+  }
+
+  // ── KeyService ────────────────────────────────────────────────────────────────────────────────
+
+  async generateDataKey(key: string, context?: EncryptionContext): Promise<DataKey> {
+    const r = asObject(await this.request('generateDataKey', { key, ...(context ? { context } : {}) }));
+    const keyId = r.keyId;
+    const version = r.version;
+    if (typeof keyId !== 'string' || typeof version !== 'number') throw malformed();
+    const wrapped = bytes(r.wrapped);
+    return { plaintext: bytes(r.plaintext), wrapped, keyId, version };
+  }
+
+  async decryptDataKey(
+    wrapped: Uint8Array,
+    context: EncryptionContext | undefined,
+    expected: KeyExpectation,
+  ): Promise<Uint8Array> {
+    const r = asObject(
+      await this.request('decryptDataKey', { wrapped: toBase64(wrapped), ...(context ? { context } : {}), expected }),
+    );
+    return bytes(r.plaintext);
+  }
+
+  async createKey(name: string, options: CreateKeyOptions = {}): Promise<KeyInfo> {
+    return keyInfoFromWire(await this.request('createKey', { name, scope: { ...(options.scope ?? {}) } }));
+  }
+
+  async rotateKey(nameOrId: string): Promise<KeyInfo> {
+    return keyInfoFromWire(await this.request('rotateKey', { key: nameOrId }));
+  }
+
+  async getKey(nameOrId: string): Promise<KeyInfo> {
+    return keyInfoFromWire(await this.request('getKey', { key: nameOrId }));
+  }
+
+  async listKeys(): Promise<KeyInfo[]> {
+    const r = await this.request('listKeys');
+    if (!Array.isArray(r)) throw malformed();
+    return r.map(keyInfoFromWire);
+  }
+}
+
+export class AgentClient extends AgentOperations {
   /** The unix socket, or for a TCP endpoint `{ path: "", display: "tls://host:port" }`. */
   readonly socket: SocketLocation;
   readonly #tcp: AgentTcpEndpoint | undefined;
@@ -110,6 +176,7 @@ export class AgentClient implements KeyService {
   #protocol = 0;
 
   private constructor(endpoint: AgentEndpoint, options: AgentClientOptions) {
+    super();
     if (isTcp(endpoint)) {
       this.#tcp = endpoint;
       this.socket = { path: '', display: endpoint.display ?? tcpDisplay(endpoint.host, endpoint.port) };
@@ -291,7 +358,8 @@ export class AgentClient implements KeyService {
   async #hello(conn: Socket): Promise<void> {
     let r: unknown;
     try {
-      const credential = this.#options.credential ?? process.env.KEYWARDEN_AGENT_TOKEN;
+      // Over mutual TLS the certificate names the principal: a token is never sent there.
+      const credential = this.#tcp ? undefined : (this.#options.credential ?? process.env.KEYWARDEN_AGENT_TOKEN);
       const args = { versions: [...PROTOCOL_VERSIONS], ...(credential ? { credential } : {}) };
       const o = await this.#send(conn, 'hello', args, this.#options.connectTimeoutMs ?? 5000);
       if (!o.ok) throw o.error;
@@ -312,62 +380,6 @@ export class AgentClient implements KeyService {
       );
     }
     this.#protocol = protocol;
-  }
-
-  // ── The agent's own operations ─────────────────────────────────────────────────────────────────
-
-  async status(): Promise<AgentStatus> {
-    return (await this.request('status')) as AgentStatus;
-  }
-
-  /** Submit one plaintext share (split knowledge). */
-  async unseal(share: string): Promise<UnsealResult> {
-    return (await this.request('unseal', { share })) as UnsealResult;
-  }
-
-  /** Wipe the agent's root and KEK cache; key operations are refused until it is unsealed again. */
-  async seal(): Promise<void> {
-    await this.request('seal');
-  }
-
-  // ── KeyService ────────────────────────────────────────────────────────────────────────────────
-
-  async generateDataKey(key: string, context?: EncryptionContext): Promise<DataKey> {
-    const r = asObject(await this.request('generateDataKey', { key, ...(context ? { context } : {}) }));
-    const keyId = r.keyId;
-    const version = r.version;
-    if (typeof keyId !== 'string' || typeof version !== 'number') throw malformed();
-    const wrapped = bytes(r.wrapped);
-    return { plaintext: bytes(r.plaintext), wrapped, keyId, version };
-  }
-
-  async decryptDataKey(
-    wrapped: Uint8Array,
-    context: EncryptionContext | undefined,
-    expected: KeyExpectation,
-  ): Promise<Uint8Array> {
-    const r = asObject(
-      await this.request('decryptDataKey', { wrapped: toBase64(wrapped), ...(context ? { context } : {}), expected }),
-    );
-    return bytes(r.plaintext);
-  }
-
-  async createKey(name: string, options: CreateKeyOptions = {}): Promise<KeyInfo> {
-    return keyInfoFromWire(await this.request('createKey', { name, scope: { ...(options.scope ?? {}) } }));
-  }
-
-  async rotateKey(nameOrId: string): Promise<KeyInfo> {
-    return keyInfoFromWire(await this.request('rotateKey', { key: nameOrId }));
-  }
-
-  async getKey(nameOrId: string): Promise<KeyInfo> {
-    return keyInfoFromWire(await this.request('getKey', { key: nameOrId }));
-  }
-
-  async listKeys(): Promise<KeyInfo[]> {
-    const r = await this.request('listKeys');
-    if (!Array.isArray(r)) throw malformed();
-    return r.map(keyInfoFromWire);
   }
 
   /** Close the connection. Requests after this fail with ClosedError-like AgentError. */

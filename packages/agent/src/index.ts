@@ -19,12 +19,23 @@ export {
 export {
   AgentClient,
   type AgentClientOptions,
+  AgentOperations,
   type AgentEndpoint,
   type KeyService,
   type Outcome,
   type RequestFate,
   isAgentUnavailable,
 } from './client.js';
+export {
+  AgentFleetClient,
+  type AgentFleetOptions,
+  endpointDisplay,
+  type FleetStats,
+  parseAgentEndpoint,
+  RETRIED_WHEN_LOST,
+  type SealReport,
+  sealAgents,
+} from './fleet.js';
 export type { SocketLocation } from './_socket.js';
 export {
   type AgentClientTlsOptions,

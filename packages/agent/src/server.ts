@@ -704,7 +704,9 @@ export class AgentServer {
         `agent: the ${this.#root.describe().kind} root this agent serves cannot be sealed (the KEK cache was wiped)`,
       );
     }
-    // Recorded as the principal that asked (the same Keywarden, acting as it).
+    // Recorded as the principal that asked (the same Keywarden, acting as it). The audit key is
+    // loaded first: an agent whose first audited request is a seal could not record it after.
+    if (!this.isSealed()) await this.#auth.prepareSeal();
     await acting.seal();
     this.#session?.reset();
     this.#session = undefined;

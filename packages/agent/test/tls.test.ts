@@ -73,7 +73,10 @@ const failure = (p: Promise<unknown>) =>
   );
 
 /** A raw TLS client's handshake outcome: the error code it got, or "connected" and the first line. */
-function rawHandshake(options: ConnectionOptions): Promise<string> {
+function rawHandshake(
+  options: ConnectionOptions,
+  line = '{"id":1,"op":"hello","args":{"versions":[1]}}',
+): Promise<string> {
   return new Promise((resolve) => {
     const s = tlsConnect({ host: '127.0.0.1', port, ca: pki.ca.cert, ...options });
     const timer = setTimeout(() => {
@@ -87,7 +90,7 @@ function rawHandshake(options: ConnectionOptions): Promise<string> {
     });
     s.on('secureConnect', () => {
       // TLS 1.3: the server's verdict on the client certificate comes after the client's handshake.
-      s.write('{"id":1,"op":"hello","args":{"versions":[1]}}\n');
+      s.write(`${line}\n`);
     });
     s.on('data', (d: Buffer) => {
       clearTimeout(timer);
@@ -165,16 +168,20 @@ describe('mutual TLS: who may connect', () => {
     expect(AccessDeniedError.isInstance(await failure(connect(pki.cnOnly('admin'))))).toBe(true);
   });
 
-  it('a credential token in the hello of a TLS connection is refused', async () => {
+  it('a credential token in the hello of a TLS connection is refused (AgentClient never sends one there)', async () => {
     const { token } = await issueAgentCredential(store, 'admin');
     const pem = pki.client('app');
-    const err = await failure(
-      AgentClient.connect(
-        { host: '127.0.0.1', port, tls: { cert: pem.cert, key: pem.key, ca: pki.ca.cert } },
-        { credential: token },
-      ),
+    const hello = JSON.stringify({ id: 1, op: 'hello', args: { versions: [1], credential: token } });
+    expect(await rawHandshake({ cert: pem.cert, key: pem.key }, hello)).toBe(
+      'answered {"id":1,"ok":false,"error":{"code":"KW_DENIED","message":"agent: over mutual TLS the client certificate names the principal; send no credential"}}',
     );
-    expect(err?.message).toBe('agent: over mutual TLS the client certificate names the principal; send no credential');
+    // With KEYWARDEN_AGENT_TOKEN set, AgentClient still connects over TLS as the certificate's principal.
+    const c = await AgentClient.connect(
+      { host: '127.0.0.1', port, tls: { cert: pem.cert, key: pem.key, ca: pki.ca.cert } },
+      { credential: token },
+    );
+    clients.push(c);
+    expect(AccessDeniedError.isInstance(await failure(c.generateDataKey('hr/payroll')))).toBe(true);
   });
 
   it("the agent's certificate is checked by the client: a client trusting another CA refuses the agent", async () => {
