@@ -27,6 +27,15 @@ export function findKeyObjects(raw: RawToken, cls: 'private' | 'public', id: Uin
   return out;
 }
 
+/** Every private key object on the token. */
+export function allPrivateKeys(raw: RawToken): Buffer[] {
+  raw.login();
+  raw.lib.C_FindObjectsInit(raw.session, [{ type: pkcs11js.CKA_CLASS, value: pkcs11js.CKO_PRIVATE_KEY }]);
+  const out = raw.lib.C_FindObjects(raw.session, 10_000);
+  raw.lib.C_FindObjectsFinal(raw.session);
+  return out;
+}
+
 function bool(raw: RawToken, o: Buffer, type: number): boolean {
   const [a] = raw.lib.C_GetAttributeValue(raw.session, o, [{ type }]);
   return Boolean((a?.value as Buffer | undefined)?.[0]);

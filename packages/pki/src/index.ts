@@ -6,6 +6,7 @@ export { type KeyPairAlgorithm, KEY_PAIR_ALGORITHMS, type Signer, SoftwareSigner
 export {
   KeyPairs,
   type KeyPairsOptions,
+  type KeyPairStorage,
   type KeyPairInfo,
   type KeyPairVersionInfo,
   type KeyPairVersionState,
@@ -34,6 +35,7 @@ export {
   verifySignature,
   toPem,
 } from './x509.js';
+export { RootSigner } from './root-signer.js';
 export { CertificateAuthority, type CreateCaOptions, type IssueOptions } from './ca.js';
 export {
   Certificates,

@@ -15,19 +15,33 @@
  * version becomes primary; the primary cannot be disabled or destroyed; destroyed erases the
  * envelope and is terminal. Writes are read-modify-write of that record: one writer per key pair
  * (the store's meta API has no compare-and-swap yet; see docs/pki.md).
+ *
+ * Key pairs held in the root (`storage: "root"`, docs/pki.md §1): the root's `keyPairs`
+ * capability makes the key pair (a PKCS#11 token: C_GenerateKeyPair, private key sensitive and
+ * never extractable) and every signature is a root call (RootSigner). The record keeps the root's
+ * non-secret handle twice: in clear (`handle`, for destroy) and as an envelope under the KEK (in
+ * `privateKey`, with the same context plus pki_storage=root), which signer() opens, so that using
+ * a key held in the root is, as for a software key, a `decrypt` under its KEK: the same policy
+ * decides who may sign, and the audit log records it.
  */
-import { webcrypto } from 'node:crypto';
+import { createHash, webcrypto } from 'node:crypto';
 import {
+  checkedRoot,
   InvalidInputError,
   KeyDestroyedError,
   KeyExistsError,
   KeyNotFoundError,
   KeyStateError,
   type Keywarden,
+  requireKeyPairs,
   StoreCorruptError,
   wipe,
 } from '@keywarden/core';
+import { RootSigner } from './root-signer.js';
 import { type KeyPairAlgorithm, SoftwareSigner, type Signer, webCryptoParams } from './signer.js';
+
+/** Where private keys live: envelopes under the KEK ("kek", any root) or in the root ("root"). */
+export type KeyPairStorage = 'kek' | 'root';
 
 export type KeyPairVersionState = 'enabled' | 'disabled' | 'destroyed';
 
@@ -42,8 +56,9 @@ export interface KeyPairVersionInfo {
 export interface KeyPairInfo {
   name: string;
   algorithm: KeyPairAlgorithm;
-  /** The KEK whose envelopes hold the private keys. */
+  /** The KEK whose envelopes hold the private keys (or, for storage "root", the handles). */
   kek: string;
+  storage: KeyPairStorage;
   primaryVersion: number;
   versions: KeyPairVersionInfo[];
 }
@@ -52,8 +67,11 @@ interface StoredVersion {
   version: number;
   state: KeyPairVersionState;
   publicKey: string;
-  /** Base64 of the Keywarden envelope of the PKCS#8 private key; "" once destroyed. */
+  /** Base64 of the Keywarden envelope of the PKCS#8 private key (storage "root": of the root's
+   * handle); "" once destroyed. */
   privateKey: string;
+  /** Storage "root": base64 of the root's handle; "" once destroyed. */
+  handle?: string;
   createdAt: string;
 }
 
@@ -62,6 +80,10 @@ interface StoredKeyPair {
   name: string;
   algorithm: KeyPairAlgorithm;
   kek: string;
+  /** Absent: "kek". */
+  storage?: 'root';
+  /** Storage "root": the id of the root holding the private keys. */
+  rootId?: string;
   primaryVersion: number;
   versions: StoredVersion[];
 }
@@ -70,6 +92,9 @@ export interface KeyPairsOptions {
   keywarden: Keywarden;
   /** Name of the KEK that wraps the private keys (created by the caller). Default "pki". */
   kek?: string;
+  /** Where create() puts new key pairs (a CA's too). Default "kek"; "root" needs a root with the
+   * `keyPairs` capability (PKCS#11). */
+  storage?: KeyPairStorage;
 }
 
 const NAME_RE = /^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$/;
@@ -78,16 +103,22 @@ const META_PREFIX = 'pki/keypair/';
 export class KeyPairs {
   readonly #kw: Keywarden;
   readonly #kek: string;
+  readonly #storage: KeyPairStorage;
 
   constructor(options: KeyPairsOptions) {
     this.#kw = options.keywarden;
     this.#kek = options.kek ?? 'pki';
+    this.#storage = options.storage ?? 'kek';
+    checkStorage(this.#storage);
   }
 
   /** Create a key pair; version 1 is primary. KeyExistsError if the name is taken. */
-  async create(name: string, options: { algorithm: KeyPairAlgorithm }): Promise<KeyPairInfo> {
+  async create(name: string, options: { algorithm: KeyPairAlgorithm; storage?: KeyPairStorage }): Promise<KeyPairInfo> {
     checkName(name);
     webCryptoParams(options.algorithm);
+    const storage = options.storage ?? this.#storage;
+    checkStorage(storage);
+    if (storage === 'root') this.#rootKeyPairs();
     if ((await this.#kw.store.getMeta(META_PREFIX + name)) !== undefined) {
       throw new KeyExistsError(`pki: key pair ${name} already exists`);
     }
@@ -96,9 +127,11 @@ export class KeyPairs {
       name,
       algorithm: options.algorithm,
       kek: this.#kek,
+      ...(storage === 'root' ? { storage: 'root' as const, rootId: this.#kw.root.describe().id } : {}),
       primaryVersion: 1,
-      versions: [await this.#newVersion(name, options.algorithm, this.#kek, 1)],
+      versions: [],
     };
+    record.versions.push(await this.#newVersion(record, 1));
     await this.#write(record);
     return infoOf(record);
   }
@@ -107,7 +140,7 @@ export class KeyPairs {
   async rotate(name: string): Promise<KeyPairInfo> {
     const record = await this.#read(name);
     const next = Math.max(...record.versions.map((v) => v.version)) + 1;
-    record.versions.push(await this.#newVersion(name, record.algorithm, record.kek, next));
+    record.versions.push(await this.#newVersion(record, next));
     record.primaryVersion = next;
     await this.#write(record);
     return infoOf(record);
@@ -157,6 +190,15 @@ export class KeyPairs {
     const stored = findVersion(record, v);
     if (stored.state === 'destroyed') throw new KeyDestroyedError(`pki: key pair ${name} v${v} is destroyed`);
     if (stored.state !== 'enabled') throw new KeyStateError(`pki: key pair ${name} v${v} is ${stored.state}`);
+    if (record.storage === 'root') {
+      const keyPairs = this.#rootKeyPairs(record);
+      // The decrypt is the access check and the audit record of the use (see the file comment).
+      const handle = await this.#kw.decrypt(fromB64(stored.privateKey), {
+        key: record.kek,
+        context: rootContextOf(name, v),
+      });
+      return new RootSigner(record.algorithm, fromB64(stored.publicKey), keyPairs, handle);
+    }
     const pkcs8 = await this.#kw.decrypt(fromB64(stored.privateKey), {
       key: record.kek,
       context: contextOf(name, v),
@@ -175,13 +217,50 @@ export class KeyPairs {
     if (state !== 'enabled' && version === record.primaryVersion) {
       throw new KeyStateError(`pki: key pair ${name} v${version} is the primary version; rotate first`);
     }
+    if (state === 'destroyed' && record.storage === 'root' && stored.handle) {
+      // The device objects first: a crash before the record is written leaves a version whose
+      // signer fails with KeyDestroyedError, and destroy runs again (the root's destroy is idempotent).
+      await this.#rootKeyPairs(record).destroy(fromB64(stored.handle));
+      stored.handle = '';
+    }
     stored.state = state;
     if (state === 'destroyed') stored.privateKey = '';
     await this.#write(record);
     return infoOf(record);
   }
 
-  async #newVersion(name: string, algorithm: KeyPairAlgorithm, kek: string, version: number): Promise<StoredVersion> {
+  /** The root's checked key-pair capability; for a record, also that it is the root holding it. */
+  #rootKeyPairs(record?: StoredKeyPair) {
+    const root = checkedRoot(this.#kw.root);
+    if (record?.rootId !== undefined && root.describe().id !== record.rootId) {
+      throw new KeyStateError(
+        `pki: key pair ${record.name} is held in root ${record.rootId}, not in this Keywarden's root ${root.describe().id}`,
+      );
+    }
+    return requireKeyPairs(root);
+  }
+
+  async #newVersion(record: StoredKeyPair, version: number): Promise<StoredVersion> {
+    const { name, algorithm, kek } = record;
+    if (record.storage === 'root') {
+      const keyPairs = this.#rootKeyPairs(record);
+      const pair = await keyPairs.generate(algorithm, deviceLabel(name, version));
+      try {
+        const envelope = await this.#kw.encrypt(pair.handle, { key: kek, context: rootContextOf(name, version) });
+        return {
+          version,
+          state: 'enabled',
+          publicKey: toB64(pair.publicKey),
+          privateKey: toB64(envelope),
+          handle: toB64(pair.handle),
+          createdAt: new Date().toISOString(),
+        };
+      } catch (err) {
+        // Not allowed to encrypt under the KEK, or the store failed: leave no orphan in the root.
+        await keyPairs.destroy(pair.handle).catch(() => undefined);
+        throw err;
+      }
+    }
     const params = webCryptoParams(algorithm);
     // Extractable once, only to be wrapped; the signer imports it again as non-extractable.
     const pair = (await webcrypto.subtle.generateKey(params.generate, true, [
@@ -241,6 +320,21 @@ function checkName(name: string): void {
   }
 }
 
+function checkStorage(storage: unknown): void {
+  if (storage !== 'kek' && storage !== 'root') {
+    throw new InvalidInputError(
+      'pki: key pair storage is "kek" (an envelope under the KEK) or "root" (in the root of trust)',
+    );
+  }
+}
+
+/** The object label in the root: "kw-kp/<name>/v<version>", or a digest of a name too long for it. */
+function deviceLabel(name: string, version: number): string {
+  const plain = `kw-kp/${name}/v${version}`;
+  if (plain.length <= 128) return plain;
+  return `kw-kp/${createHash('sha256').update(name).digest('base64url').slice(0, 22)}/v${version}`;
+}
+
 function findVersion(record: StoredKeyPair, version: number): StoredVersion {
   const found = record.versions.find((v) => v.version === version);
   if (!found) throw new KeyNotFoundError(`pki: key pair ${record.name} has no version ${version}`);
@@ -252,11 +346,17 @@ function contextOf(name: string, version: number): Record<string, string> {
   return { pki_key_pair: name, pki_version: String(version) };
 }
 
+/** A root-held key pair's handle envelope: its own context, so it never opens as a PKCS#8 one. */
+function rootContextOf(name: string, version: number): Record<string, string> {
+  return { ...contextOf(name, version), pki_storage: 'root' };
+}
+
 function infoOf(record: StoredKeyPair): KeyPairInfo {
   return {
     name: record.name,
     algorithm: record.algorithm,
     kek: record.kek,
+    storage: record.storage === 'root' ? 'root' : 'kek',
     primaryVersion: record.primaryVersion,
     versions: record.versions.map((v) => ({
       version: v.version,
