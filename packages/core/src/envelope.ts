@@ -1,11 +1,14 @@
 /**
- * Envelope format v1 (docs/format.md §4): the header codec, the key schedule with key
- * commitment, the single-shot body, the frame codec shared with stream.ts, the text form and
- * header inspection.
+ * Envelope formats v1 and v2 (docs/format.md §4, §4.10): the header codec, the key schedule with
+ * key commitment, the single-shot body, the frame codec shared with stream.ts, the text form,
+ * header inspection and the header replacement of a rewrap.
  *
- *   header = "KWE" ‖ 0x01 ‖ suite ‖ mode ‖ u16 W ‖ wrapped DEK (W) ‖ message id (32)
+ *   header = "KWE" ‖ version ‖ suite ‖ mode ‖ u16 W ‖ wrapped DEK (W) ‖ message id (32)
  *            ‖ commitment (32) [‖ verification key (49), suite 0x02 only] [‖ u32 frame size, framed mode only]
- *   single-shot body = nonce (12) ‖ AES-256-GCM(encKey, nonce, plaintext, header ‖ context)
+ *   authHeader = v1: the header; v2: the header with u16 W ‖ wrapped DEK replaced by u8 L ‖ KEK id
+ *                (docs/format.md §4.10), so that the wrapped DEK can be replaced (rewrap) while
+ *                every byte of the body stays valid
+ *   single-shot body = nonce (12) ‖ AES-256-GCM(encKey, nonce, plaintext, authHeader ‖ context)
  *   framed body      = frames (docs/format.md §4.4; sealing and opening below, streaming in stream.ts)
  *   suite 0x02 only  = the body is followed by an ECDSA P-384 signature (96) over every byte before it
  *                      (docs/format.md §4.9, _signature.ts)
@@ -60,7 +63,13 @@ import { nodeRandom } from './random.js';
 // Constants (docs/format.md §4.1, §4.7)
 
 export const ENVELOPE_MAGIC = Uint8Array.of(0x4b, 0x57, 0x45); // "KWE"
-export const ENVELOPE_VERSION = 0x01;
+/** Format v1: the whole header (wrapped DEK included) is the body's AAD; read, no longer written. */
+export const ENVELOPE_VERSION_1 = 0x01;
+/** Format v2 (docs/format.md §4.10): the wrapped DEK is outside the body's AAD and can be replaced. */
+export const ENVELOPE_VERSION_2 = 0x02;
+/** The version every new envelope is written in. */
+export const ENVELOPE_VERSION = ENVELOPE_VERSION_2;
+export type EnvelopeFormatVersion = typeof ENVELOPE_VERSION_1 | typeof ENVELOPE_VERSION_2;
 /** AES-256-GCM data, HKDF-SHA256 derivation, key commitment, DEK wrapped as in docs/format.md §2. */
 export const SUITE_AES256GCM_HKDF_COMMIT = 0x01;
 /** Suite 0x01 plus a per-message ECDSA P-384 / SHA-384 signature whose verification key is in the
@@ -103,6 +112,8 @@ const FRAME_FINAL = 0x01;
 
 const INFO_DATA_KEY = utf8.encode('keywarden/v1/data-key');
 const INFO_COMMIT = utf8.encode('keywarden/v1/commit');
+const INFO_DATA_KEY_V2 = utf8.encode('keywarden/v2/data-key');
+const INFO_COMMIT_V2 = utf8.encode('keywarden/v2/commit');
 const FRAME_AAD_LABEL = utf8.encode('KWF1');
 
 export const TEXT_PREFIX = 'kw1.';
@@ -154,9 +165,13 @@ export interface EnvelopeInfo {
   signed?: true;
 }
 
-/** A parsed header. `bytes` is a private copy of exactly the header bytes (the AAD input). */
+/** A parsed header. `bytes` is a private copy of exactly the header bytes; `authBytes` what every
+ * AAD and the signature cover in its place (v1: `bytes` itself; v2: the header without the wrapped
+ * DEK, docs/format.md §4.10). */
 export interface EnvelopeHeader extends EnvelopeInfo {
+  formatVersion: EnvelopeFormatVersion;
   bytes: Uint8Array;
+  authBytes: Uint8Array;
   wrappedKey: Uint8Array;
   messageId: Uint8Array;
   commitment: Uint8Array;
@@ -185,18 +200,36 @@ export interface MessageKeys {
  * RFC 5869 HKDF-SHA256 with the message id as salt (§3.1: a random salt strengthens extraction)
  * and the suite byte in `info`, so keys of different suites are independent. The data key and the
  * commitment come from the same PRK with different labels; learning the commitment tells nothing
- * about the data key (RFC 5869 §3.2).
+ * about the data key (RFC 5869 §3.2). Format v2 has its own labels and adds the KEK id to `info`
+ * (docs/format.md §4.10): the commitment then commits to the DEK and to the KEK id, and v1 and v2
+ * never share a key.
  */
-export function deriveMessageKeys(dek: Uint8Array, messageId: Uint8Array, suite: number): MessageKeys {
+export function deriveMessageKeys(
+  dek: Uint8Array,
+  messageId: Uint8Array,
+  suite: number,
+  formatVersion: EnvelopeFormatVersion = ENVELOPE_VERSION_1,
+  keyId?: string,
+): MessageKeys {
   assertBytes(dek, 'envelope: DEK', DEK_BYTES);
   assertBytes(messageId, 'envelope: message id', MESSAGE_ID_BYTES);
-  const suiteByte = u8(suite);
+  let dataLabel: Uint8Array;
+  let commitLabel: Uint8Array;
+  if (formatVersion === ENVELOPE_VERSION_2) {
+    if (typeof keyId !== 'string') throw new InvalidInputError('envelope: format v2 keys need the KEK id');
+    const binding = concatBytes(u8(suite), keyIdField(keyId));
+    dataLabel = concatBytes(INFO_DATA_KEY_V2, binding);
+    commitLabel = concatBytes(INFO_COMMIT_V2, binding);
+  } else {
+    dataLabel = concatBytes(INFO_DATA_KEY, u8(suite));
+    commitLabel = concatBytes(INFO_COMMIT, u8(suite));
+  }
   // Both outputs share one extract (same IKM and salt): HKDF-SHA256(dek, messageId, info, L) each.
   const prk = hkdfExtract(messageId, dek);
   try {
     return {
-      encKey: hkdfExpand(prk, concatBytes(INFO_DATA_KEY, suiteByte), AES256_KEY_BYTES),
-      commitment: hkdfExpand(prk, concatBytes(INFO_COMMIT, suiteByte), COMMITMENT_BYTES),
+      encKey: hkdfExpand(prk, dataLabel, AES256_KEY_BYTES),
+      commitment: hkdfExpand(prk, commitLabel, COMMITMENT_BYTES),
     };
   } finally {
     wipe(prk);
@@ -219,7 +252,9 @@ export function headerLengthFromPrefix(prefix: Uint8Array): number {
   if (prefix[0] !== 0x4b || prefix[1] !== 0x57 || prefix[2] !== 0x45) {
     throw new FormatError('envelope: not a Keywarden envelope (bad magic)');
   }
-  if (prefix[3] !== ENVELOPE_VERSION) throw new FormatError(`envelope: unsupported format version ${prefix[3]}`);
+  if (prefix[3] !== ENVELOPE_VERSION_1 && prefix[3] !== ENVELOPE_VERSION_2) {
+    throw new FormatError(`envelope: unsupported format version ${prefix[3]}`);
+  }
   const suite = prefix[4] as number;
   if (suite !== SUITE_AES256GCM_HKDF_COMMIT && suite !== SUITE_AES256GCM_HKDF_COMMIT_ECDSA_P384) {
     throw new FormatError(`envelope: unsupported suite ${suite}`);
@@ -253,6 +288,28 @@ export function checkFrameSize(frameSize: number, what: string): void {
   }
 }
 
+/** The length of the envelope header at the start of `bytes` (at least its first 8 bytes), from
+ * the prefix alone: for reading a header from a file before the rest (keywarden rewrap). */
+export function envelopeHeaderLength(bytes: Uint8Array): number {
+  assertBytes(bytes, 'envelope: envelope');
+  return headerLengthFromPrefix(bytes);
+}
+
+/** u8 L ‖ KEK id (ASCII, 1..64 characters, checked by the "KWK" parser): the KEK id as format v2
+ * binds it (docs/format.md §4.10). */
+function keyIdField(keyId: string): Uint8Array {
+  return concatBytes(u8(keyId.length), utf8.encode(keyId));
+}
+
+/**
+ * What the body's AAD and the signature cover in place of the header (docs/format.md §4.10):
+ * v1, the header itself; v2, the header with `u16 W ‖ wrapped DEK` replaced by `u8 L ‖ KEK id`.
+ */
+function authenticatedHeader(header: Uint8Array, formatVersion: number, w: number, keyId: string): Uint8Array {
+  if (formatVersion === ENVELOPE_VERSION_1) return header;
+  return concatBytes(header.subarray(0, 6), keyIdField(keyId), header.subarray(PREFIX_BYTES + w));
+}
+
 /**
  * Parse the header at the start of `bytes` (which may hold more: the body). Strict: every field is
  * checked, the wrapped DEK is parsed as a complete "KWK" v1 blob of exactly W bytes, and the frame
@@ -262,6 +319,7 @@ export function parseHeader(bytes: Uint8Array, maxFrameSize: number = MAX_FRAME_
   const length = headerLengthFromPrefix(bytes);
   if (bytes.length < length) throw new FormatError('envelope: truncated header');
   const header = bytes.slice(0, length); // private copy: the caller may reuse its buffer
+  const formatVersion = header[3] as EnvelopeFormatVersion;
   const mode = header[5] as number;
   const w = ((header[6] as number) << 8) | (header[7] as number);
   const wrappedKey = header.subarray(PREFIX_BYTES, PREFIX_BYTES + w);
@@ -289,12 +347,13 @@ export function parseHeader(bytes: Uint8Array, maxFrameSize: number = MAX_FRAME_
     }
   }
   const parsed: EnvelopeHeader = {
-    formatVersion: ENVELOPE_VERSION,
+    formatVersion,
     suite,
     mode: modeName(mode),
     keyId,
     keyVersion,
     bytes: header,
+    authBytes: authenticatedHeader(header, formatVersion, w, keyId),
     wrappedKey,
     messageId,
     commitment,
@@ -312,6 +371,7 @@ export function parseHeader(bytes: Uint8Array, maxFrameSize: number = MAX_FRAME_
 }
 
 function encodeHeader(
+  formatVersion: EnvelopeFormatVersion,
   suite: number,
   mode: number,
   wrappedKey: Uint8Array,
@@ -322,7 +382,7 @@ function encodeHeader(
 ): Uint8Array {
   return concatBytes(
     ENVELOPE_MAGIC,
-    u8(ENVELOPE_VERSION),
+    u8(formatVersion),
     u8(suite),
     u8(mode),
     u16be(wrappedKey.length),
@@ -344,6 +404,8 @@ function readU32(b: Uint8Array, off: number): number {
 /** A message being encrypted: its header, its data key and the canonical context bytes. */
 export interface SealingMessage {
   header: Uint8Array;
+  /** What the body's AAD and the signature cover in place of the header (v2: without the wrapped DEK). */
+  authHeader: Uint8Array;
   /** Secret: the owner wipes it. */
   encKey: Uint8Array;
   contextBytes: Uint8Array;
@@ -416,7 +478,7 @@ function wrapContext(
 export function startVerifier(header: EnvelopeHeader): MessageVerifier | undefined {
   if (!header.verificationKey) return undefined;
   const verifier = new MessageVerifier(header.verificationKey);
-  verifier.update(header.bytes);
+  verifier.update(header.authBytes);
   return verifier;
 }
 
@@ -443,6 +505,7 @@ export async function beginMessage(
   mode: typeof MODE_SINGLE_SHOT | typeof MODE_FRAMED,
   frameSize: number | undefined,
   random: RandomBytes,
+  formatVersion: EnvelopeFormatVersion = ENVELOPE_VERSION,
 ): Promise<SealingMessage> {
   checkProvider(provider);
   const contextBytes = checkEncryptOptions(options);
@@ -468,13 +531,15 @@ export async function beginMessage(
   try {
     assertBytes(dataKey.plaintext, 'envelope: DEK from the provider', DEK_BYTES);
     assertBytes(dataKey.wrapped, 'envelope: wrapped DEK from the provider');
+    let keyId: string;
     try {
-      parseWrappedKey(dataKey.wrapped);
+      keyId = parseWrappedKey(dataKey.wrapped).keyId;
     } catch (cause) {
       throw new FormatError('envelope: the provider returned an invalid wrapped data key', { cause });
     }
-    const { encKey, commitment } = deriveMessageKeys(dataKey.plaintext, messageId, suite);
+    const { encKey, commitment } = deriveMessageKeys(dataKey.plaintext, messageId, suite, formatVersion, keyId);
     const header = encodeHeader(
+      formatVersion,
       suite,
       mode,
       dataKey.wrapped,
@@ -483,9 +548,10 @@ export async function beginMessage(
       signer?.verificationKey,
       frameSize,
     );
-    const message: SealingMessage = { header, encKey, contextBytes };
+    const authHeader = authenticatedHeader(header, formatVersion, dataKey.wrapped.length, keyId);
+    const message: SealingMessage = { header, authHeader, encKey, contextBytes };
     if (signer) {
-      signer.update(header);
+      signer.update(authHeader);
       message.signer = signer;
     }
     ok = true;
@@ -508,6 +574,23 @@ export async function openMessageKey(
   context: EncryptionContext | undefined,
   expected: KeyExpectation,
 ): Promise<Uint8Array> {
+  const { dek, encKey } = await openCommittedDataKey(provider, header, context, expected);
+  wipe(dek);
+  return encKey;
+}
+
+/**
+ * Unwrap the header's DEK (under the wrap context: the caller's, plus the verification key of a
+ * signed envelope) and check the key commitment against it in constant time. Returns the DEK and
+ * the body key; the caller wipes both. Shared by decryption and rewrap (Keywarden.rewrapEnvelope),
+ * which wraps the same DEK again and so must know it is the envelope's.
+ */
+export async function openCommittedDataKey(
+  provider: DataKeyProvider,
+  header: EnvelopeHeader,
+  context: EncryptionContext | undefined,
+  expected: KeyExpectation,
+): Promise<{ dek: Uint8Array; encKey: Uint8Array }> {
   checkProvider(provider);
   let dek: Uint8Array;
   try {
@@ -518,17 +601,70 @@ export async function openMessageKey(
   }
   if (!(dek instanceof Uint8Array))
     throw new InvalidInputError('envelope: the provider returned a DEK that is not bytes');
+  let ok = false;
   try {
     assertBytes(dek, 'envelope: DEK from the provider', DEK_BYTES);
-    const { encKey, commitment } = deriveMessageKeys(dek, header.messageId, header.suite);
+    const { encKey, commitment } = deriveMessageKeys(
+      dek,
+      header.messageId,
+      header.suite,
+      header.formatVersion,
+      header.keyId,
+    );
     if (!constantTimeEqual(commitment, header.commitment)) {
       wipe(encKey);
       throw new DecryptionError('envelope');
     }
-    return encKey;
+    ok = true;
+    return { dek, encKey };
   } finally {
-    wipe(dek);
+    if (!ok) wipe(dek);
   }
+}
+
+/** The context a header's DEK is wrapped under (the caller's, plus a signed envelope's
+ * verification key, §4.9): what a rewrap wraps the DEK under again. */
+export function headerWrapContext(
+  header: EnvelopeHeader,
+  context: EncryptionContext | undefined,
+): EncryptionContext | undefined {
+  return wrapContext(context, header.verificationKey);
+}
+
+/**
+ * A format v2 header with its wrapped DEK replaced (docs/format.md §4.10): same version, suite,
+ * mode, message id, commitment, verification key and frame size. `wrappedKey` must be a "KWK" blob
+ * under the same KEK id (FormatError otherwise: a different KEK id changes the authenticated header
+ * and the commitment, so the body would no longer open).
+ */
+export function replaceWrappedKey(header: EnvelopeHeader, wrappedKey: Uint8Array): Uint8Array {
+  if (header.formatVersion !== ENVELOPE_VERSION_2) {
+    throw new FormatError('envelope: only a format v2 header can have its wrapped data key replaced');
+  }
+  let keyId: string;
+  try {
+    keyId = parseWrappedKey(wrappedKey).keyId;
+  } catch (cause) {
+    throw new FormatError('envelope: invalid replacement wrapped data key', { cause });
+  }
+  if (keyId !== header.keyId) throw new FormatError('envelope: the replacement data key is under another KEK');
+  const mode = header.mode === 'framed' ? MODE_FRAMED : MODE_SINGLE_SHOT;
+  const out = encodeHeader(
+    ENVELOPE_VERSION_2,
+    header.suite,
+    mode,
+    wrappedKey,
+    header.messageId,
+    header.commitment,
+    header.verificationKey,
+    header.frameSize,
+  );
+  // Postcondition: only the wrapped DEK changed; what the body authenticates is byte-identical.
+  const reparsed = parseHeader(out);
+  if (!constantTimeEqual(reparsed.authBytes, header.authBytes)) {
+    throw new FormatError('envelope: the rewrapped header does not authenticate the same body');
+  }
+  return out;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -776,6 +912,7 @@ export async function encryptEnvelopeWithRandom(
   plaintext: Uint8Array,
   options: EnvelopeEncryptOptions,
   random: RandomBytes,
+  formatVersion: EnvelopeFormatVersion = ENVELOPE_VERSION,
 ): Promise<Uint8Array> {
   // Preconditions: everything the caller controls is checked before a DEK is generated.
   assertBytes(plaintext, 'envelope: plaintext');
@@ -784,14 +921,18 @@ export async function encryptEnvelopeWithRandom(
       `envelope: single-shot plaintext is limited to ${MAX_SINGLE_SHOT_PLAINTEXT} bytes; use createEncryptStream for larger data`,
     );
   }
-  const message = await beginMessage(provider, options, MODE_SINGLE_SHOT, undefined, random);
+  if (formatVersion !== ENVELOPE_VERSION_1 && formatVersion !== ENVELOPE_VERSION_2) {
+    throw new InvalidInputError('envelope: unknown format version');
+  }
+  const message = await beginMessage(provider, options, MODE_SINGLE_SHOT, undefined, random, formatVersion);
   try {
     const nonce = drawRandom(random, GCM_NONCE_BYTES, 'nonce');
-    const aad = concatBytes(message.header, message.contextBytes);
+    const aad = concatBytes(message.authHeader, message.contextBytes);
     // Unsigned: header ‖ nonce ‖ ciphertext ‖ tag in one allocation.
     if (!message.signer) return gcmSealAfter(concatBytes(message.header, nonce), message.encKey, nonce, plaintext, aad);
     const sealed = gcmSeal(message.encKey, nonce, plaintext, aad);
-    // §4.9: the signature covers every byte before it (the signer was already fed the header).
+    // §4.9: the signature covers every byte before it, the header as authHeader (§4.10) (the signer
+    // was already fed it).
     message.signer.update(nonce);
     message.signer.update(sealed);
     return concatBytes(message.header, nonce, sealed, message.signer.sign());
@@ -835,7 +976,7 @@ export async function decryptEnvelope(
     verifyEnvelopeSignature(header, [body], afterHeader.subarray(body.length));
     const encKey = await openMessageKey(provider, header, options.context, expected);
     try {
-      return openSingleShotBody(encKey, header.bytes, contextBytes, body);
+      return openSingleShotBody(encKey, header.authBytes, contextBytes, body);
     } finally {
       wipe(encKey);
     }
@@ -846,7 +987,7 @@ export async function decryptEnvelope(
   const body = afterHeader.subarray(0, afterHeader.length - trailer);
   verifyEnvelopeSignature(header, [body], afterHeader.subarray(body.length));
   const encKey = await openMessageKey(provider, header, options.context, expected);
-  const opener = new FrameOpener(encKey, frameAadPrefix(header.bytes, contextBytes), frameSize);
+  const opener = new FrameOpener(encKey, frameAadPrefix(header.authBytes, contextBytes), frameSize);
   const parts: Uint8Array[] = [];
   try {
     for (const span of spans) {

@@ -113,6 +113,7 @@ export {
   decryptEnvelope,
   envelopeToText,
   envelopeFromText,
+  envelopeHeaderLength,
   inspectEnvelope,
 } from './envelope.js';
 export {

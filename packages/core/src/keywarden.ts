@@ -29,11 +29,18 @@ import {
   wrapDataKey,
 } from './data-key.js';
 import {
+  checkRequireSigned,
+  checkSignedRequirement,
   decryptEnvelope,
+  ENVELOPE_VERSION_2,
   type EnvelopeDecryptOptions,
   type EnvelopeEncryptOptions,
   encryptEnvelope,
+  headerWrapContext,
   inspectEnvelope,
+  openCommittedDataKey,
+  parseHeader,
+  replaceWrappedKey,
 } from './envelope.js';
 import { type KeySnapshot, type LifecycleOp, nextVersionNumber, planTransition } from './_lifecycle.js';
 import {
@@ -65,7 +72,7 @@ import type {
 import { NodeRandomSource, nodeRandom, type RandomSource } from './random.js';
 import { kekInRootRecord, kekReferenceOf, unwrapDataKeyInRoot, wrapDataKeyInRoot } from './_kek-in-root.js';
 import { type CheckedRoot, checkedRoot, isKekInRootRecord, requireKekInRoot, type RootOfTrust } from './root.js';
-import { checkKeyExpectation, type KeyExpectation } from './key-expectation.js';
+import { checkKeyExpectation, type KeyExpectation, toKeyExpectation } from './key-expectation.js';
 import {
   createDecryptStream,
   createEncryptStream,
@@ -668,33 +675,50 @@ export class Keywarden implements DataKeyProvider {
     }
     const dek = await this.decryptDataKey(wrapped, context, expected);
     try {
-      const slot = `${primary.keyId}:${primary.version}`;
-      const kek = this.#kekHit(slot) ?? (await this.#kek(primary.keyId, primary.version, slot));
-      try {
-        if (!this.#takeUse(kek)) await this.#reserveUse(kek, primary.keyId, primary.version);
-        let out: Uint8Array;
-        if (kek.inRoot) out = (await this.#wrapInRoot(kek.inRoot, primary, dek, context)).wrapped;
-        else {
-          const nonce = await this.#random.randomBytes(WRAP_NONCE_BYTES);
-          assertUsableKek(kek.material, primary);
-          out = wrapDataKey(kek.material, primary, dek, context, nonce, undefined, scheduleOf(kek));
-        }
-        return { wrapped: out, changed: true, fromVersion: parsed.version, toVersion: primary.version };
-      } finally {
-        this.#release(kek);
-      }
+      const out = await this.#wrapUnderPrimary(primary, dek, context);
+      return { wrapped: out, changed: true, fromVersion: parsed.version, toVersion: primary.version };
     } finally {
       wipe(dek);
     }
   }
 
+  /** Wrap an existing DEK under `primary` (a use of that version, counted like generateDataKey's). */
+  async #wrapUnderPrimary(
+    primary: { keyId: string; version: number },
+    dek: Uint8Array,
+    context: EncryptionContext | undefined,
+  ): Promise<Uint8Array> {
+    const slot = `${primary.keyId}:${primary.version}`;
+    const kek = this.#kekHit(slot) ?? (await this.#kek(primary.keyId, primary.version, slot));
+    try {
+      if (!this.#takeUse(kek)) await this.#reserveUse(kek, primary.keyId, primary.version);
+      if (kek.inRoot) return (await this.#wrapInRoot(kek.inRoot, primary, dek, context)).wrapped;
+      const nonce = await this.#random.randomBytes(WRAP_NONCE_BYTES);
+      assertUsableKek(kek.material, primary);
+      return wrapDataKey(kek.material, primary, dek, context, nonce, undefined, scheduleOf(kek));
+    } finally {
+      this.#release(kek);
+    }
+  }
+
   /**
-   * Move an envelope onto the key's current primary version. The envelope format binds its whole
-   * header, wrapped DEK included, into the body's authentication (docs/format.md §8 "Rewrap"), so
-   * this decrypts and re-encrypts (a new DEK, message id and nonce; a signed envelope is signed
-   * again); an envelope already under the primary is returned unchanged. For rewraps that cost one
-   * unwrap and one wrap whatever the size, store data keys (generateDataKey) and use rewrapDataKey.
-   * Single-shot envelopes; framed ones through createDecryptStream → createEncryptStream.
+   * Move an envelope onto the key's current primary version.
+   *
+   * Format v2 (what encrypt writes, docs/format.md §4.10): only the header changes. The DEK is
+   * unwrapped under the expected key and context (refused like a decryption: UnexpectedKeyError
+   * before any KEK is loaded; a compromised, destroyed or retired version cannot be rewrapped), its
+   * key commitment is checked, and it is wrapped again under the primary; the body after the header
+   * is returned byte for byte, unread: one unwrap and one wrap whatever the size, framed envelopes
+   * included. Given only the header of a v2 envelope (the first `envelopeHeaderLength` bytes of a
+   * file), it returns only the new header. The body is not authenticated here: a damaged body stays
+   * damaged and fails when it is decrypted, as before.
+   *
+   * Format v1 (written before v2): its whole header, wrapped DEK included, is in the body's AAD, so
+   * it is decrypted and re-encrypted as a single-shot v2 envelope (a new DEK, message id and nonce;
+   * a signed envelope is signed again); later rewraps of it are then header-only.
+   *
+   * An envelope already under the primary is returned unchanged (`changed: false`, the same bytes),
+   * after the same checks.
    */
   async rewrapEnvelope(
     envelope: Uint8Array,
@@ -704,6 +728,7 @@ export class Keywarden implements DataKeyProvider {
     checkOptions(options, DECRYPT_OPTIONS, 'rewrapEnvelope');
     const info = inspectEnvelope(envelope);
     const primary = this.#primaryHit(info.keyId) ?? (await this.#resolvePrimary(info.keyId));
+    if (info.formatVersion === ENVELOPE_VERSION_2) return this.#rewrapHeader(envelope, options, primary);
     const plaintext = await this.decrypt(envelope, options);
     try {
       if (info.keyVersion === primary.version) {
@@ -717,6 +742,36 @@ export class Keywarden implements DataKeyProvider {
       return { envelope: out, changed: true, fromVersion: info.keyVersion, toVersion: primary.version };
     } finally {
       wipe(plaintext);
+    }
+  }
+
+  /** rewrapEnvelope for format v2: replace the wrapped DEK in the header, keep the rest. */
+  async #rewrapHeader(
+    envelope: Uint8Array,
+    options: EnvelopeDecryptOptions,
+    primary: { keyId: string; version: number },
+  ): Promise<{ envelope: Uint8Array; changed: boolean; fromVersion: number; toVersion: number }> {
+    // Preconditions as for a decryption (docs/format.md §4.5 steps 1, 3-5): options, the header,
+    // the signed requirement, the expected key, the unwrap, the commitment.
+    const expected = toKeyExpectation(checkKeyExpectation(options, 'envelope'));
+    const requireSigned = checkRequireSigned(options);
+    const header = parseHeader(envelope);
+    checkSignedRequirement(header, requireSigned);
+    const { dek, encKey } = await openCommittedDataKey(this, header, options.context, expected);
+    wipe(encKey);
+    try {
+      const unchanged = { changed: false, fromVersion: header.keyVersion, toVersion: primary.version };
+      if (header.keyVersion === primary.version) return { envelope, ...unchanged };
+      const wrapped = await this.#wrapUnderPrimary(primary, dek, headerWrapContext(header, options.context));
+      const next = replaceWrappedKey(header, wrapped);
+      return {
+        envelope: concatBytes(next, envelope.subarray(header.bytes.length)),
+        changed: true,
+        fromVersion: header.keyVersion,
+        toVersion: primary.version,
+      };
+    } finally {
+      wipe(dek);
     }
   }
 

@@ -24,6 +24,10 @@ import { encodeContext, type EncryptionContext } from './context.js';
 import type { DataKeyProvider } from './data-key.js';
 import {
   DEFAULT_FRAME_SIZE,
+  ENVELOPE_VERSION,
+  ENVELOPE_VERSION_1,
+  ENVELOPE_VERSION_2,
+  type EnvelopeFormatVersion,
   FRAME_HEADER_BYTES,
   FrameOpener,
   FrameSealer,
@@ -154,6 +158,7 @@ class EnvelopeEncryptStream extends Transform {
     private readonly options: EnvelopeEncryptOptions,
     private readonly frameSize: number,
     private readonly random: RandomBytes,
+    private readonly formatVersion: EnvelopeFormatVersion,
   ) {
     super();
   }
@@ -161,14 +166,26 @@ class EnvelopeEncryptStream extends Transform {
   /** The DEK is requested on the first write or at the end (an empty stream is a valid message). */
   private async start(): Promise<FrameSealer> {
     if (this.sealer) return this.sealer;
-    const message = await beginMessage(this.provider, this.options, MODE_FRAMED, this.frameSize, this.random);
+    const message = await beginMessage(
+      this.provider,
+      this.options,
+      MODE_FRAMED,
+      this.frameSize,
+      this.random,
+      this.formatVersion,
+    );
     if (this.destroyed) {
       // Destroyed while the provider was working: nobody will dispose of the key but us.
       wipe(message.encKey);
       message.signer?.dispose();
       throw new ClosedError('envelope: the stream was destroyed');
     }
-    this.sealer = new FrameSealer(message.encKey, frameAadPrefix(message.header, message.contextBytes), this.frameSize);
+    // The frames authenticate the header as authHeader (v2: without the wrapped DEK, §4.10).
+    this.sealer = new FrameSealer(
+      message.encKey,
+      frameAadPrefix(message.authHeader, message.contextBytes),
+      this.frameSize,
+    );
     this.signer = message.signer; // already fed the header
     this.push(message.header);
     return this.sealer;
@@ -295,7 +312,11 @@ class EnvelopeDecryptStream extends Transform {
       wipe(encKey);
       throw new ClosedError('envelope: the stream was destroyed');
     }
-    this.opener = new FrameOpener(encKey, frameAadPrefix(header.bytes, this.contextBytes), header.frameSize as number);
+    this.opener = new FrameOpener(
+      encKey,
+      frameAadPrefix(header.authBytes, this.contextBytes),
+      header.frameSize as number,
+    );
     this.state = 'frames';
     return true;
   }
@@ -363,7 +384,7 @@ class EnvelopeDecryptStream extends Transform {
         verifyEnvelopeSignature(header, [body], this.input.take(trailer));
         const encKey = await openMessageKey(this.provider, header, this.context, this.expected);
         try {
-          this.push(openSingleShotBody(encKey, header.bytes, this.contextBytes, body));
+          this.push(openSingleShotBody(encKey, header.authBytes, this.contextBytes, body));
         } finally {
           wipe(encKey);
         }
@@ -392,11 +413,13 @@ export function createEncryptStream(provider: DataKeyProvider, options: EncryptS
 }
 
 /** createEncryptStream with the 32-byte message id (and, when signed, the 48-byte signing key)
- * drawn from `random`. Internal: only _testing.ts (golden vectors) passes anything but the CSPRNG. */
+ * drawn from `random`, and for the v1 golden vectors the format version. Internal: only _testing.ts
+ * (golden vectors) passes anything but the CSPRNG and the current version. */
 export function createEncryptStreamWithRandom(
   provider: DataKeyProvider,
   options: EncryptStreamOptions,
   random: RandomBytes,
+  formatVersion: EnvelopeFormatVersion = ENVELOPE_VERSION,
 ): Transform {
   checkEncryptOptions(options);
   const frameSize = options.frameSize ?? DEFAULT_FRAME_SIZE;
@@ -406,7 +429,10 @@ export function createEncryptStreamWithRandom(
   const { key, context, signed } = options;
   const snapshot: EnvelopeEncryptOptions = context === undefined ? { key } : { key, context: { ...context } };
   if (signed === true) snapshot.signed = true;
-  return new EnvelopeEncryptStream(provider, snapshot, frameSize, random);
+  if (formatVersion !== ENVELOPE_VERSION_1 && formatVersion !== ENVELOPE_VERSION_2) {
+    throw new InvalidInputError('envelope: unknown format version');
+  }
+  return new EnvelopeEncryptStream(provider, snapshot, frameSize, random, formatVersion);
 }
 
 /**

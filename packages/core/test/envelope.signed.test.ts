@@ -200,7 +200,7 @@ describe('suite 0x02: layout and round trips (docs/format.md §4.9)', () => {
     expect([2, 3]).toContain(h.verificationKey?.[0]);
     expect(envelope.length).toBe(h.bytes.length + 12 + 100 + 16 + 96);
     expect(inspectEnvelope(envelope)).toEqual({
-      formatVersion: 1,
+      formatVersion: 2,
       suite: 2,
       mode: 'single-shot',
       keyId: KEY,
@@ -222,20 +222,28 @@ describe('suite 0x02: layout and round trips (docs/format.md §4.9)', () => {
     expect(a.verificationKey).not.toEqual(b.verificationKey);
   });
 
-  it('the signature is over every byte before it, with the header key, and is low-s (s ≤ n/2)', async () => {
+  it('the signature is over every byte before it (the header as its format v2 authenticated form), with the header key, and is low-s (s ≤ n/2)', async () => {
     for (let i = 0; i < 8; i++) {
       const envelope = await encryptSigned(counting(i, 40));
       const sig = envelope.subarray(envelope.length - 96);
       const s = BigInt(`0x${Buffer.from(sig.subarray(48)).toString('hex')}`);
       expect(s <= N >> 1n).toBe(true);
-      // Raw node:crypto, from the document: SHA-384 ECDSA over header ‖ body, P1363 r ‖ s.
+      // Raw node:crypto, from the document: SHA-384 ECDSA over authHeader ‖ body, P1363 r ‖ s, where
+      // authHeader is the header with u16 W ‖ wrapped DEK replaced by u8 L ‖ KEK id (§4.10).
       const { createPublicKey, verify } = await import('node:crypto');
-      const vk = parseHeader(envelope).verificationKey as Uint8Array;
+      const header = parseHeader(envelope);
+      const w = (envelope[6]! << 8) | envelope[7]!;
+      const authHeader = concatBytes(
+        envelope.subarray(0, 6),
+        Uint8Array.of(KEY.length),
+        new TextEncoder().encode(KEY),
+        envelope.subarray(8 + w, header.bytes.length),
+      );
+      const signed = concatBytes(authHeader, envelope.subarray(header.bytes.length, envelope.length - 96));
+      const vk = header.verificationKey as Uint8Array;
       const spki = concatBytes(Buffer.from('3046301006072a8648ce3d020106052b81040022033200', 'hex'), vk);
       const key = createPublicKey({ key: Buffer.from(spki), format: 'der', type: 'spki' });
-      expect(
-        verify('sha384', envelope.subarray(0, envelope.length - 96), { key, dsaEncoding: 'ieee-p1363' }, sig),
-      ).toBe(true);
+      expect(verify('sha384', signed, { key, dsaEncoding: 'ieee-p1363' }, sig)).toBe(true);
     }
   });
 
@@ -436,11 +444,20 @@ describe('a reader who can unwrap data keys cannot forge a signed envelope', () 
 });
 
 describe('tampering and truncation of signed envelopes', () => {
-  it('every single-bit flip of a signed single-shot envelope is refused, without returning anything', async () => {
+  it('every single-bit flip of a signed single-shot envelope is refused, without returning anything (UnexpectedKeyError or KeyNotFoundError only inside the KEK reference)', async () => {
     const envelope = await encryptSigned(counting(0, 3));
+    // Format v2: the signature does not cover the wrapped DEK (so that it can be rewrapped, §4.10), so
+    // a flip in the KEK id or version reaches the expected-key check or the provider, which refuse it.
+    const idFrom = 8 + 6;
+    const idTo = idFrom + KEY.length + 4;
     for (let bit = 0; bit < envelope.length * 8; bit++) {
       const err = await rejection(decrypt(flipBit(envelope, bit)));
-      expect(FormatError.isInstance(err) || DecryptionError.isInstance(err), `bit ${bit}: ${String(err)}`).toBe(true);
+      const inKeyId = bit >> 3 >= idFrom && bit >> 3 < idTo;
+      const refused =
+        FormatError.isInstance(err) ||
+        DecryptionError.isInstance(err) ||
+        (inKeyId && (UnexpectedKeyError.isInstance(err) || KeyNotFoundError.isInstance(err)));
+      expect(refused, `bit ${bit}: ${String(err)}`).toBe(true);
     }
   });
 

@@ -190,7 +190,8 @@ describe('key commitment (docs/format.md §4.2)', () => {
   /** Re-seal the body under the real message key with `header` as AAD: only the commitment can object. */
   async function resealWithHeader(mutate: (header: Uint8Array) => void): Promise<Uint8Array> {
     const random = scriptedRandom([messageId, nonce]);
-    const good = await encryptEnvelopeForTestVectors(fixedProvider(), Uint8Array.of(1, 2, 3), { key: KEY }, random);
+    // Format v1, whose AAD is the header itself (v2: test/envelope.v2.test.ts).
+    const good = await encryptEnvelopeForTestVectors(fixedProvider(), Uint8Array.of(1, 2, 3), { key: KEY }, random, 1);
     const header = parseHeader(good).bytes.slice();
     mutate(header);
     const { encKey } = deriveMessageKeys(dek, messageId, 1);
@@ -245,7 +246,7 @@ describe('strict header parsing (docs/format.md §4.1)', () => {
 
   it.each([
     ['a bad magic', 0, 0x58, /bad magic/],
-    ['an unknown format version', 3, 0x02, /unsupported format version 2/],
+    ['an unknown format version', 3, 0x03, /unsupported format version 3/],
     ['format version 0', 3, 0x00, /unsupported format version 0/],
     ['an unknown suite', 4, 0x03, /unsupported suite 3/],
     ['suite 0', 4, 0x00, /unsupported suite 0/],
@@ -340,7 +341,7 @@ describe('inspectEnvelope (docs/format.md §7)', () => {
     const p = new StaticKekProvider([{ keyId: 'kek_01', version: 7, material: counting(3, 32) }]);
     const envelope = await encryptEnvelope(p, new Uint8Array(5), { key: 'kek_01', context: { a: 'b' } });
     expect(inspectEnvelope(envelope)).toEqual({
-      formatVersion: 1,
+      formatVersion: 2,
       suite: 1,
       mode: 'single-shot',
       keyId: 'kek_01',

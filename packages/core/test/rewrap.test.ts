@@ -1,10 +1,18 @@
 /**
- * Rewrap (issue 10): rewrapDataKey, rewrapEnvelope and the bulk job rewrapRecords (order,
+ * Rewrap (issue 10): rewrapDataKey, rewrapEnvelope (format v2: header only; v1: re-encrypted) and
+ * the bulk job rewrapRecords (order,
  * concurrency bound, progress, per-record failures, checkpoint and resume).
  */
 import { randomBytes } from 'node:crypto';
+import { Readable, type Transform } from 'node:stream';
+import { pipeline } from 'node:stream/promises';
 import { describe, expect, it } from 'vitest';
+import { concatBytes } from '../src/_bytes.js';
+import { encryptEnvelopeForTestVectors } from '../src/_testing.js';
 import {
+  DecryptionError,
+  envelopeHeaderLength,
+  FormatError,
   KeyCompromisedError,
   Keywarden,
   MemoryKeyStore,
@@ -18,6 +26,15 @@ import {
 } from '../src/index.js';
 
 const CONTEXT = { table: 'users' };
+const rnd = (n: number) => new Uint8Array(randomBytes(n));
+
+async function streamed(stream: Transform, input: Uint8Array): Promise<Uint8Array> {
+  const out: Buffer[] = [];
+  await pipeline(Readable.from([Buffer.from(input)]), stream, async (source) => {
+    for await (const c of source) out.push(c as Buffer);
+  });
+  return new Uint8Array(Buffer.concat(out));
+}
 
 async function setup() {
   const store = new MemoryKeyStore();
@@ -56,20 +73,90 @@ describe('rewrapDataKey', () => {
 });
 
 describe('rewrapEnvelope', () => {
-  it('moves an envelope to the primary (re-encrypting: the format authenticates the wrapped DEK in the body), keeping signed envelopes signed', async () => {
+  const bodyOf = (e: Uint8Array) => e.subarray(envelopeHeaderLength(e));
+
+  it('format v2: replaces only the header, the body comes back byte for byte (single-shot, framed, signed), and it decrypts under the new version alone', async () => {
     const { kw } = await setup();
     const plain = new TextEncoder().encode('hello');
     const env = await kw.encrypt(plain, { key: 'k', context: CONTEXT });
     const signed = await kw.encrypt(plain, { key: 'k', context: CONTEXT, signed: true });
+    const bigPlain = new Uint8Array(randomBytes(200_000));
+    const framed = await streamed(kw.createEncryptStream({ key: 'k', context: CONTEXT, frameSize: 4096 }), bigPlain);
     await kw.rotateKey('k');
-    const r = await kw.rewrapEnvelope(env, { key: 'k', context: CONTEXT });
+    for (const [input, plaintext, opts] of [
+      [env, plain, {}],
+      [signed, plain, { requireSigned: true }],
+      [framed, bigPlain, {}],
+    ] as const) {
+      const r = await kw.rewrapEnvelope(input, { key: 'k', context: CONTEXT });
+      expect(r).toMatchObject({ changed: true, fromVersion: 1, toVersion: 2 });
+      expect(inspectEnvelope(r.envelope)).toMatchObject({ formatVersion: 2, keyVersion: 2 });
+      expect(bodyOf(r.envelope)).toEqual(bodyOf(input));
+      expect(r.envelope.length - input.length).toBe(0); // same wrap suite, same KEK id: same header length
+      expect(await kw.decrypt(r.envelope, { key: 'k', context: CONTEXT, ...opts })).toEqual(plaintext);
+      expect((await kw.rewrapEnvelope(r.envelope, { key: 'k', context: CONTEXT })).changed).toBe(false);
+    }
+    // Version 1 disabled: the rewrapped envelopes no longer need it.
+    const moved = (await kw.rewrapEnvelope(env, { key: 'k', context: CONTEXT })).envelope;
+    await kw.disableVersion('k', 1);
+    expect(await kw.decrypt(moved, { key: 'k', context: CONTEXT })).toEqual(plain);
+  });
+
+  it('format v2: given only the header (the first envelopeHeaderLength bytes), it returns only the new header', async () => {
+    const { kw } = await setup();
+    const plain = new TextEncoder().encode('header only');
+    const env = await kw.encrypt(plain, { key: 'k', context: CONTEXT });
+    await kw.rotateKey('k');
+    const head = env.subarray(0, envelopeHeaderLength(env));
+    const r = await kw.rewrapEnvelope(head, { key: 'k', context: CONTEXT });
+    expect(r.envelope.length).toBe(envelopeHeaderLength(r.envelope));
+    expect(await kw.decrypt(concatBytes(r.envelope, bodyOf(env)), { key: 'k', context: CONTEXT })).toEqual(plain);
+  });
+
+  it('format v2: refused like a decryption — unexpected key (before any KEK is loaded), wrong context, wrong commitment, compromised version', async () => {
+    const { kw } = await setup();
+    await kw.createKey('other');
+    const env = await kw.encrypt(new Uint8Array(10), { key: 'k', context: CONTEXT });
+    await kw.rotateKey('k');
+    await expect(kw.rewrapEnvelope(env, { key: 'other', context: CONTEXT })).rejects.toSatisfy(
+      UnexpectedKeyError.isInstance,
+    );
+    await expect(kw.rewrapEnvelope(env, { key: 'k', context: { table: 'x' } })).rejects.toSatisfy(
+      DecryptionError.isInstance,
+    );
+    const badCommitment = env.slice();
+    badCommitment[envelopeHeaderLength(env) - 1]! ^= 1;
+    await expect(kw.rewrapEnvelope(badCommitment, { key: 'k', context: CONTEXT })).rejects.toSatisfy(
+      DecryptionError.isInstance,
+    );
+    await expect(kw.rewrapEnvelope(env, { key: 'k', context: CONTEXT, requireSigned: true })).rejects.toSatisfy(
+      FormatError.isInstance,
+    );
+    await kw.compromiseVersion('k', 1, { rotate: false });
+    await expect(kw.rewrapEnvelope(env, { key: 'k', context: CONTEXT })).rejects.toSatisfy(
+      KeyCompromisedError.isInstance,
+    );
+  });
+
+  it('format v1: decrypted and re-encrypted into a v2 envelope (its header is in the body AAD), signed stays signed', async () => {
+    const { kw } = await setup();
+    const plain = new TextEncoder().encode('hello');
+    const v1 = await encryptEnvelopeForTestVectors(kw, plain, { key: 'k', context: CONTEXT }, rnd, 1);
+    const signedV1 = await encryptEnvelopeForTestVectors(
+      kw,
+      plain,
+      { key: 'k', context: CONTEXT, signed: true },
+      rnd,
+      1,
+    );
+    await kw.rotateKey('k');
+    const r = await kw.rewrapEnvelope(v1, { key: 'k', context: CONTEXT });
     expect(r).toMatchObject({ changed: true, fromVersion: 1, toVersion: 2 });
-    expect(inspectEnvelope(r.envelope).keyVersion).toBe(2);
+    expect(inspectEnvelope(r.envelope)).toMatchObject({ formatVersion: 2, keyVersion: 2 });
     expect(await kw.decrypt(r.envelope, { key: 'k', context: CONTEXT })).toEqual(plain);
-    const s = await kw.rewrapEnvelope(signed, { key: 'k', context: CONTEXT });
-    expect(inspectEnvelope(s.envelope).signed).toBe(true);
+    const s = await kw.rewrapEnvelope(signedV1, { key: 'k', context: CONTEXT });
+    expect(inspectEnvelope(s.envelope)).toMatchObject({ formatVersion: 2, signed: true });
     expect(await kw.decrypt(s.envelope, { key: 'k', context: CONTEXT, requireSigned: true })).toEqual(plain);
-    expect((await kw.rewrapEnvelope(r.envelope, { key: 'k', context: CONTEXT })).changed).toBe(false);
   });
 });
 

@@ -169,7 +169,7 @@ describe('bounded, incremental parsing', () => {
   });
 
   it.each([
-    ['version', 3, 0x02],
+    ['version', 3, 0x03],
     ['suite', 4, 0x07],
     ['mode', 5, 0x05],
     ['magic', 1, 0x00],

@@ -23,7 +23,13 @@ import { pathToFileURL } from 'node:url';
 import { SIGNATURE_BYTES } from '../../src/_signature.js';
 import { createEncryptStreamForTestVectors, encryptEnvelopeForTestVectors } from '../../src/_testing.js';
 import { SUITE_DEK_XAES256GCM } from '../../src/data-key.js';
-import { deriveMessageKeys, envelopeToText, parseHeader } from '../../src/envelope.js';
+import {
+  deriveMessageKeys,
+  ENVELOPE_VERSION_1,
+  type EnvelopeFormatVersion,
+  envelopeToText,
+  parseHeader,
+} from '../../src/envelope.js';
 import { GOLDEN_KEK, type GoldenFile, StaticKekProvider, counting, fromHex, hex, scriptedRandom } from './make-golden.js';
 
 export interface SignedGoldenInputs {
@@ -97,8 +103,13 @@ export const SIGNED_GOLDEN_INPUTS: readonly SignedGoldenInputs[] = [
   inputs(3, 'signed, framed, empty context, empty plaintext (one empty final frame)', 'framed', {}, new Uint8Array(0), 1024),
 ];
 
-/** Build one vector with the real envelope code (deterministic up to the signature). */
-export async function buildSignedVector(kek: GoldenFile['kek'], input: SignedGoldenInputs): Promise<SignedGoldenVector> {
+/** Build one vector with the real envelope code (deterministic up to the signature).
+ * `formatVersion` 1 for golden-signed-v1.json; 2 for the signed vectors of golden-v2.json. */
+export async function buildSignedVector(
+  kek: GoldenFile['kek'],
+  input: SignedGoldenInputs,
+  formatVersion: EnvelopeFormatVersion = ENVELOPE_VERSION_1,
+): Promise<SignedGoldenVector> {
   const provider = new StaticKekProvider(
     [{ keyId: kek.keyId, version: kek.version, material: fromHex(kek.material) }],
     scriptedRandom([fromHex(input.dek), fromHex(input.wrapNonce)]),
@@ -109,10 +120,15 @@ export async function buildSignedVector(kek: GoldenFile['kek'], input: SignedGol
   let envelope: Uint8Array;
   if (input.mode === 'single-shot') {
     const random = scriptedRandom([fromHex(input.messageId), fromHex(input.signingKey), fromHex(input.nonce as string)]);
-    envelope = await encryptEnvelopeForTestVectors(provider, plaintext, options, random);
+    envelope = await encryptEnvelopeForTestVectors(provider, plaintext, options, random, formatVersion);
   } else {
     const random = scriptedRandom([fromHex(input.messageId), fromHex(input.signingKey)]);
-    const encryptor = createEncryptStreamForTestVectors(provider, { ...options, frameSize: input.frameSize as number }, random);
+    const encryptor = createEncryptStreamForTestVectors(
+      provider,
+      { ...options, frameSize: input.frameSize as number },
+      random,
+      formatVersion,
+    );
     const chunks: Uint8Array[] = [];
     await pipeline(Readable.from(plaintext.length > 0 ? [Buffer.from(plaintext)] : []), encryptor, async (source) => {
       for await (const chunk of source) chunks.push(chunk as Uint8Array);
@@ -121,7 +137,13 @@ export async function buildSignedVector(kek: GoldenFile['kek'], input: SignedGol
   }
   const header = parseHeader(envelope);
   const verificationKey = header.verificationKey as Uint8Array;
-  const keys = deriveMessageKeys(fromHex(input.dek), fromHex(input.messageId), header.suite);
+  const keys = deriveMessageKeys(
+    fromHex(input.dek),
+    fromHex(input.messageId),
+    header.suite,
+    header.formatVersion,
+    header.keyId,
+  );
   return {
     ...input,
     verificationKey: hex(verificationKey),

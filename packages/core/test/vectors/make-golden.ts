@@ -35,7 +35,14 @@ import {
   type WrapSuite,
 } from '../../src/data-key.js';
 import { createEncryptStreamForTestVectors, encryptEnvelopeForTestVectors } from '../../src/_testing.js';
-import { deriveMessageKeys, envelopeToText, parseHeader } from '../../src/envelope.js';
+import {
+  deriveMessageKeys,
+  ENVELOPE_VERSION_1,
+  ENVELOPE_VERSION_2,
+  type EnvelopeFormatVersion,
+  envelopeToText,
+  parseHeader,
+} from '../../src/envelope.js';
 import { KeyNotFoundError, UnexpectedKeyError } from '../../src/errors.js';
 import { checkKeyExpectation, type KeyExpectation } from '../../src/key-expectation.js';
 
@@ -152,6 +159,8 @@ export interface GoldenVector extends GoldenInputs {
   encKey: string;
   commitment: string;
   header: string;
+  /** Format v2 only (golden-v2.json): the authenticated header of docs/format.md §4.10. */
+  authHeader?: string;
   envelope: string;
   text: string;
 }
@@ -274,7 +283,12 @@ function kekFromFile(kek: GoldenFile['kek']): TestKek {
 }
 
 /** Deterministically build one vector from its inputs with the real envelope code. */
-export async function buildVector(kek: GoldenFile['kek'], input: GoldenInputs): Promise<GoldenVector> {
+/** `formatVersion` 1 for golden-v1.json (byte-identical to the published file), 2 for golden-v2.json. */
+export async function buildVector(
+  kek: GoldenFile['kek'],
+  input: GoldenInputs,
+  formatVersion: EnvelopeFormatVersion = ENVELOPE_VERSION_1,
+): Promise<GoldenVector> {
   const dek = fromHex(input.dek);
   const provider = new StaticKekProvider(
     [kekFromFile(kek)],
@@ -286,13 +300,14 @@ export async function buildVector(kek: GoldenFile['kek'], input: GoldenInputs): 
   let envelope: Uint8Array;
   if (input.mode === 'single-shot') {
     const random = scriptedRandom([fromHex(input.messageId), fromHex(input.nonce as string)]);
-    envelope = await encryptEnvelopeForTestVectors(provider, plaintext, options, random);
+    envelope = await encryptEnvelopeForTestVectors(provider, plaintext, options, random, formatVersion);
   } else {
     const random = scriptedRandom([fromHex(input.messageId)]);
     const encryptor = createEncryptStreamForTestVectors(
       provider,
       { ...options, frameSize: input.frameSize as number },
       random,
+      formatVersion,
     );
     const chunks: Uint8Array[] = [];
     await pipeline(Readable.from(plaintext.length > 0 ? [Buffer.from(plaintext)] : []), encryptor, async (source) => {
@@ -301,13 +316,21 @@ export async function buildVector(kek: GoldenFile['kek'], input: GoldenInputs): 
     envelope = new Uint8Array(Buffer.concat(chunks));
   }
   const header = parseHeader(envelope);
-  const keys = deriveMessageKeys(fromHex(input.dek), fromHex(input.messageId), header.suite);
+  const keys = deriveMessageKeys(
+    fromHex(input.dek),
+    fromHex(input.messageId),
+    header.suite,
+    header.formatVersion,
+    header.keyId,
+  );
   return {
     ...input,
     wrappedKey: hex(header.wrappedKey),
     encKey: hex(keys.encKey),
     commitment: hex(keys.commitment),
     header: hex(header.bytes),
+    // Format v2 only: what the body authenticates in place of the header (docs/format.md §4.10).
+    ...(formatVersion === ENVELOPE_VERSION_2 ? { authHeader: hex(header.authBytes) } : {}),
     envelope: hex(envelope),
     text: envelopeToText(envelope),
   };
