@@ -18,7 +18,8 @@ import {
 import type { Command } from 'commander';
 import type { CliIO } from '../io.js';
 import { print } from '../output.js';
-import { positiveInt } from './_common.js';
+import { collect, positiveInt } from './_common.js';
+import { uncoveredOf, verifyAuditCheckpoints } from './cert.js';
 import { withUnsealed } from './_unsealed.js';
 
 interface LogOpen {
@@ -64,11 +65,25 @@ export function registerAudit(program: Command, io: CliIO): void {
       '--file <path>',
       'verify a JSONL copy (a file sink) against the key store’s head instead of the store’s own log',
     )
-    .action(async (opts: { file?: string }, cmd: Command) => {
+    .option(
+      '--checkpoint-cert <file>',
+      'also check the signed checkpoints against this certificate (PEM/DER; repeat for several; see `audit checkpoint`)',
+      collect,
+    )
+    .option(
+      '--max-uncovered <n>',
+      'with --checkpoint-cert: records allowed after the last signed checkpoint',
+      uncoveredOf,
+      1000,
+    )
+    .action(async (opts: { file?: string; checkpointCert?: string[]; maxUncovered: number }, cmd: Command) => {
       const { lines, anchor } = await openLog(cmd, io, opts.file);
+      const signed = opts.checkpointCert
+        ? await verifyAuditCheckpoints(lines, opts.checkpointCert, opts.maxUncovered, io.cwd)
+        : '';
       await print(
         io.stdout,
-        `audit: ${lines.length} records verified, chain intact${anchor ? ` up to seq ${anchor.seq}, the head the key store recorded` : ' (no head in the key store to check the tail against)'}\n`,
+        `audit: ${lines.length} records verified, chain intact${anchor ? ` up to seq ${anchor.seq}, the head the key store recorded` : ' (no head in the key store to check the tail against)'}\n${signed}`,
       );
     });
 
