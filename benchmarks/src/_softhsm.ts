@@ -43,6 +43,66 @@ export function startSoftHsm(): SoftHsm {
   };
 }
 
+/** The slot whose token has this label (a slot whose token cannot be read is not it). */
+export function findSlot(lib: Pkcs11js.PKCS11, label: string): Buffer | undefined {
+  for (const slot of lib.C_GetSlotList(true)) {
+    try {
+      if (lib.C_GetTokenInfo(slot).label.trim() === label) return slot;
+    } catch {
+      // SoftHSM2's free slot, a token being initialised: not ours.
+    }
+  }
+  return undefined;
+}
+
+/** A second token in the same SoftHSM2 (softhsm2-util --init-token --free), with the same user PIN
+ * (and that PIN as its SO PIN: the token lives as long as the benchmark). */
+export function addToken(hsm: SoftHsm, label: string): SoftHsm {
+  const pin = readFileSync(hsm.pinFile, 'utf8');
+  execFileSync('softhsm2-util', ['--init-token', '--free', '--label', label, '--so-pin', pin, '--pin', pin], {
+    stdio: 'ignore',
+    timeout: 30_000,
+  });
+  return { ...hsm, token: label, uri: (object) => hsm.uri(object).replace(`token=${hsm.token}`, `token=${label}`) };
+}
+
+/** A fresh AES-256 key object on the token, made with raw pkcs11js (Keywarden's template: token,
+ * private, sensitive, never extractable, encrypt/decrypt only); its CKA_ID (16 random bytes). */
+export function createBenchKey(hsm: SoftHsm): Uint8Array {
+  const lib = new pkcs11js.PKCS11();
+  lib.load(hsm.module);
+  try {
+    lib.C_Initialize({ flags: pkcs11js.CKF_OS_LOCKING_OK });
+  } catch (err) {
+    if (!/ALREADY_INITIALIZED/.test(String((err as Error).message))) throw err;
+  }
+  const slot = findSlot(lib, hsm.token);
+  if (!slot) throw new Error('bench: the harness token is not there');
+  const session = lib.C_OpenSession(slot, pkcs11js.CKF_SERIAL_SESSION | pkcs11js.CKF_RW_SESSION);
+  try {
+    lib.C_Login(session, pkcs11js.CKU_USER, readFileSync(hsm.pinFile, 'utf8'));
+  } catch (err) {
+    if (!/ALREADY_LOGGED_IN/.test(String((err as Error).message))) throw err;
+  }
+  const id = Buffer.alloc(16);
+  lib.C_GenerateRandom(session, id);
+  lib.C_GenerateKey(session, { mechanism: pkcs11js.CKM_AES_KEY_GEN }, [
+    { type: pkcs11js.CKA_CLASS, value: pkcs11js.CKO_SECRET_KEY },
+    { type: pkcs11js.CKA_KEY_TYPE, value: pkcs11js.CKK_AES },
+    { type: pkcs11js.CKA_TOKEN, value: true },
+    { type: pkcs11js.CKA_PRIVATE, value: true },
+    { type: pkcs11js.CKA_SENSITIVE, value: true },
+    { type: pkcs11js.CKA_EXTRACTABLE, value: false },
+    { type: pkcs11js.CKA_ENCRYPT, value: true },
+    { type: pkcs11js.CKA_DECRYPT, value: true },
+    { type: pkcs11js.CKA_VALUE_LEN, value: 32 },
+    { type: pkcs11js.CKA_LABEL, value: 'kw-bench-scaling' },
+    { type: pkcs11js.CKA_ID, value: id },
+  ]);
+  lib.C_CloseSession(session);
+  return new Uint8Array(id);
+}
+
 function gcm(iv: Uint8Array, aad: Uint8Array): Pkcs11js.Mechanism {
   return {
     mechanism: pkcs11js.CKM_AES_GCM,
@@ -63,7 +123,7 @@ export class RawPkcs11 {
     } catch (err) {
       if (!/ALREADY_INITIALIZED/.test(String((err as Error).message))) throw err;
     }
-    const slot = this.lib.C_GetSlotList(true).find((s) => this.lib.C_GetTokenInfo(s).label.trim() === hsm.token);
+    const slot = findSlot(this.lib, hsm.token);
     if (!slot) throw new Error('bench: the harness token is not there');
     this.session = this.lib.C_OpenSession(slot, pkcs11js.CKF_SERIAL_SESSION | pkcs11js.CKF_RW_SESSION);
     try {

@@ -18,7 +18,7 @@ import { fileURLToPath } from 'node:url';
 import { Worker } from 'node:worker_threads';
 import { wipe } from '@keywarden/core';
 import { pinModule } from './_pin-module.js';
-import type { WorkerBatchReply, WorkerConfig, WorkerFailure, WorkerRequest } from './_worker.js';
+import type { WorkerBatch, WorkerBatchReply, WorkerConfig, WorkerFailure, WorkerRequest } from './_worker.js';
 import { Pkcs11DeviceError, Pkcs11UnavailableError } from './errors.js';
 
 /** What a request is, without its sequence number. */
@@ -248,9 +248,11 @@ export class WorkerPool {
     const batch = slot.outbox;
     slot.outbox = [];
     if (batch.length === 0) return;
+    const message = pack(batch);
     try {
-      slot.worker.postMessage(batch);
+      slot.worker.postMessage(message, [message.bytes.buffer as ArrayBuffer]);
     } catch (err) {
+      wipe(message.bytes);
       for (const m of batch) {
         const p = slot.inFlight.get(m.seq);
         if (!p) continue;
@@ -272,6 +274,34 @@ export class WorkerFailureError extends Error {
 
 function toError(f: WorkerFailure): Error {
   return new WorkerFailureError(f);
+}
+
+/** The batch as it crosses to the worker (WorkerBatch): the requests' byte fields copied into one
+ * buffer, transferred with the message, so the pool keeps no copy (its own requests are wiped when
+ * settled) and the worker wipes it when the batch is done. */
+function pack(batch: WorkerRequest[]): WorkerBatch {
+  let total = 0;
+  for (const r of batch) {
+    for (const v of Object.values(r)) if (v instanceof Uint8Array) total += v.length;
+  }
+  const bytes = new Uint8Array(total);
+  let off = 0;
+  const requests = batch.map((r) => {
+    const wire: WorkerBatch['requests'][number] = { seq: r.seq, op: r.op };
+    let fields: Array<[string, number, number]> | undefined;
+    for (const [name, v] of Object.entries(r)) {
+      if (v instanceof Uint8Array) {
+        bytes.set(v, off);
+        (fields ??= []).push([name, off, v.length]);
+        off += v.length;
+      } else {
+        wire[name] = v;
+      }
+    }
+    if (fields) wire.b = fields;
+    return wire;
+  });
+  return { requests, bytes };
 }
 
 function wipeRequest(request: PoolRequest): void {

@@ -68,6 +68,22 @@ export interface WorkerBatchReply {
   packed: Uint8Array;
 }
 
+/** A batch as it crosses to the worker: every byte field of every request travels in `bytes` (one
+ * transferred buffer), the request naming its fields in `b` as [name, offset, length]. Structured
+ * cloning a typed array allocates a backing store per field; four fields per AES-GCM request made
+ * that the largest cost of a request after the token's own work. */
+export interface WorkerBatch {
+  requests: Array<Record<string, unknown> & { seq: number; op: string; b?: Array<[string, number, number]> }>;
+  bytes: Uint8Array;
+}
+
+/** Replies go back after this many requests or this many milliseconds of work, whichever comes
+ * first, rather than once per batch: the main thread resumes those callers (whose next requests
+ * then queue behind this batch) while this thread works on, and no single reply message carries
+ * so much work that handling it holds the event loop for long. */
+const REPLY_EVERY_REQUESTS = 16;
+const REPLY_EVERY_MS = 2;
+
 /** SoftHSM reports a GCM tag mismatch as CKR_GENERAL_ERROR; the standard's codes are the others. */
 const DECRYPT_REFUSED = new Set(['CKR_ENCRYPTED_DATA_INVALID', 'CKR_ENCRYPTED_DATA_LEN_RANGE', 'CKR_GENERAL_ERROR']);
 /** What the worker repairs (reopen, re-login, find again) before retrying the call once. */
@@ -229,8 +245,13 @@ function withRecovery<T>(f: () => T): T {
   }
 }
 
+/** A Buffer over the same bytes (no copy): pkcs11js takes Buffers. */
+function view(b: Uint8Array): Buffer {
+  return Buffer.isBuffer(b) ? b : Buffer.from(b.buffer, b.byteOffset, b.byteLength);
+}
+
 function keyHandle(label: string, id: Uint8Array): Buffer {
-  const k = `${label}\u0000${Buffer.from(id).toString('hex')}`;
+  const k = `${label}\u0000${view(id).toString('hex')}`;
   const cached = handles.get(k);
   if (cached) return cached;
   const s = current();
@@ -250,7 +271,7 @@ function keyHandle(label: string, id: Uint8Array): Buffer {
 function gcm(iv: Uint8Array, aad: Uint8Array): Pkcs11js.Mechanism {
   return {
     mechanism: pkcs11js.CKM_AES_GCM,
-    parameter: { type: pkcs11js.CK_PARAMS_AES_GCM, iv: Buffer.from(iv), aad: Buffer.from(aad), tagBits: 128 },
+    parameter: { type: pkcs11js.CK_PARAMS_AES_GCM, iv: view(iv), aad: view(aad), tagBits: 128 },
   } as Pkcs11js.Mechanism;
 }
 
@@ -260,7 +281,7 @@ function encrypt(r: Extract<WorkerRequest, { op: 'encrypt' }>): Uint8Array {
     const h = keyHandle(r.label, r.id);
     const out = Buffer.alloc(r.data.length + 16);
     call('C_EncryptInit', () => s.lib.C_EncryptInit(s.handle, gcm(r.iv, r.aad), h));
-    const ct = call('C_Encrypt', () => s.lib.C_Encrypt(s.handle, Buffer.from(r.data), out));
+    const ct = call('C_Encrypt', () => s.lib.C_Encrypt(s.handle, view(r.data), out));
     return new Uint8Array(ct.buffer, ct.byteOffset, ct.byteLength);
   });
 }
@@ -273,7 +294,7 @@ function decrypt(r: Extract<WorkerRequest, { op: 'decrypt' }>): Uint8Array {
     call('C_DecryptInit', () => s.lib.C_DecryptInit(s.handle, gcm(r.iv, r.aad), h));
     let pt: Buffer;
     try {
-      pt = s.lib.C_Decrypt(s.handle, Buffer.from(r.data), out);
+      pt = s.lib.C_Decrypt(s.handle, view(r.data), out);
     } catch (err) {
       wipe(out);
       const f = asFailure('C_Decrypt', err);
@@ -439,36 +460,58 @@ function handle(r: WorkerRequest): unknown {
   }
 }
 
-/** The pool sends requests in batches (what accumulated during one turn of its event loop) and
- * gets one reply message per batch: one message-port round trip serves many requests. Byte results
- * (ciphertext, opened key material) travel packed in one buffer that is transferred, not copied
- * (one transfer per batch instead of one per result); this thread wipes its own copies. */
-parentPort?.on('message', (batch: WorkerRequest[]) => {
-  const replies: WorkerReply[] = [];
-  const results: Uint8Array[] = [];
+/** The pool sends requests in batches (what accumulated during one turn of its event loop), their
+ * byte fields packed in one transferred buffer (views of it are what the requests hold here; the
+ * PIN alone is copied out, as it is kept). Replies go back in chunks (REPLY_EVERY_*): byte results
+ * (ciphertext, opened key material) travel packed in one transferred buffer per chunk; this thread
+ * wipes its own copies, and the batch's buffer once the batch is done. */
+parentPort?.on('message', ({ requests, bytes }: WorkerBatch) => {
+  let replies: WorkerReply[] = [];
+  let results: Uint8Array[] = [];
   let total = 0;
-  for (const r of batch) {
-    let reply: WorkerReply;
-    try {
-      const result = handle(r);
-      if (result instanceof Uint8Array) {
-        reply = { seq: r.seq, ok: true, bytes: [total, result.length] };
-        results.push(result);
-        total += result.length;
-      } else {
-        reply = { seq: r.seq, ok: true, result };
-      }
-    } catch (err) {
-      reply = { seq: r.seq, ok: false, error: asFailure(r.op, err).failure };
+  let since = performance.now();
+  const send = () => {
+    const packed = new Uint8Array(total);
+    let off = 0;
+    for (const b of results) {
+      packed.set(b, off);
+      off += b.length;
+      wipe(b);
     }
-    replies.push(reply);
+    parentPort?.postMessage({ replies, packed } satisfies WorkerBatchReply, [packed.buffer]);
+    replies = [];
+    results = [];
+    total = 0;
+    since = performance.now();
+  };
+  try {
+    for (const w of requests) {
+      const r = w as unknown as WorkerRequest & Record<string, unknown>;
+      if (w.b) {
+        for (const [name, off, len] of w.b) {
+          const field = bytes.subarray(off, off + len);
+          r[name] = name === 'pin' ? field.slice() : field;
+        }
+        delete r.b;
+      }
+      let reply: WorkerReply;
+      try {
+        const result = handle(r);
+        if (result instanceof Uint8Array) {
+          reply = { seq: r.seq, ok: true, bytes: [total, result.length] };
+          results.push(result);
+          total += result.length;
+        } else {
+          reply = { seq: r.seq, ok: true, result };
+        }
+      } catch (err) {
+        reply = { seq: r.seq, ok: false, error: asFailure(r.op, err).failure };
+      }
+      replies.push(reply);
+      if (replies.length >= REPLY_EVERY_REQUESTS || performance.now() - since >= REPLY_EVERY_MS) send();
+    }
+    if (replies.length > 0) send();
+  } finally {
+    wipe(bytes);
   }
-  const packed = new Uint8Array(total);
-  let off = 0;
-  for (const b of results) {
-    packed.set(b, off);
-    off += b.length;
-    wipe(b);
-  }
-  parentPort?.postMessage({ replies, packed } satisfies WorkerBatchReply, [packed.buffer]);
 });
