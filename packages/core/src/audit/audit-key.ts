@@ -15,6 +15,7 @@ import type { KeyStore } from '../keystore.js';
 import { nodeRandom } from '../random.js';
 import type { RootOfTrust } from '../root.js';
 import { checkedRoot } from '../root.js';
+import { AuditHmac } from './_hmac.js';
 
 export const AUDIT_KEY_META_NAME = 'audit-key';
 /** The audit key staged under the next root during a root rotation (docs/audit.md §3). */
@@ -26,30 +27,11 @@ const ID_DOMAIN = 'keywarden-audit-id-v1\n';
 /** Identifier and context digests are HMAC-SHA256 truncated to 128 bits (NIST SP 800-107 §5.3.4). */
 const DIGEST_BYTES = 16;
 
-/**
- * HMAC-SHA256 (RFC 2104) under one 32-byte key, through node:crypto's createHmac. (Copying
- * pre-keyed hash states was measured slower: four native objects per MAC instead of one.)
- */
-class PreparedHmac {
-  readonly #key: Buffer;
-  constructor(key: Uint8Array) {
-    if (key.length !== 32) throw new InvalidInputError('audit: HMAC keys are 32 bytes');
-    this.#key = Buffer.from(key);
-  }
-  mac(message: string | Uint8Array): Buffer {
-    return createHmac('sha256', this.#key).update(message).digest();
-  }
-  macBase64Url(domain: string, message: string): string {
-    return createHmac('sha256', this.#key).update(domain).update(message).digest('base64url');
-  }
-  destroy(): void {
-    this.#key.fill(0);
-  }
-}
-
 export class AuditKey {
-  readonly #mac: PreparedHmac;
-  readonly #id: PreparedHmac;
+  /** HMAC-SHA256 under the MAC key, of MAC_DOMAIN ‖ message. */
+  readonly #mac: AuditHmac;
+  /** HMAC-SHA256 under the identifier key, of ID_DOMAIN ‖ value. */
+  readonly #id: AuditHmac;
   readonly #contexts = new Map<string, string>();
   /** Non-secret fingerprint of the audit key, written into every record ("kid"). */
   readonly kid: string;
@@ -61,15 +43,21 @@ export class AuditKey {
     }
     const macKey = hkdfSha256(material, HKDF_SALT, utf8.encode('record-mac'), 32);
     const idKey = hkdfSha256(material, HKDF_SALT, utf8.encode('identifier'), 32);
-    this.#mac = new PreparedHmac(macKey);
-    this.#id = new PreparedHmac(idKey);
-    this.kid = toBase64Url(this.#mac.mac('kid').subarray(0, 8));
+    this.#mac = new AuditHmac(macKey, MAC_DOMAIN);
+    this.#id = new AuditHmac(idKey, ID_DOMAIN);
+    // The fingerprint is the MAC key's HMAC of "kid" with no domain prefix (docs/audit.md §2).
+    this.kid = toBase64Url(createHmac('sha256', macKey).update('kid').digest().subarray(0, 8));
     wipe(macKey, idKey);
   }
 
   /** The MAC of a record's canonical text (base64url, 32 bytes). */
   recordMac(canonical: string): string {
-    return this.#mac.macBase64Url(MAC_DOMAIN, canonical);
+    return this.#mac.macBase64Url(canonical);
+  }
+
+  /** recordMac of the UTF-8 text bytes[start, end), read in place (the audit log's batch buffer). */
+  recordMacOfBytes(bytes: Uint8Array, start: number, end: number): string {
+    return this.#mac.macRangeBase64Url(bytes, start, end);
   }
 
   /**
@@ -89,10 +77,7 @@ export class AuditKey {
 
   /** The keyed digest of a caller-supplied identifier or context ("h:" + base64url, 128 bits). */
   digest(value: string): string {
-    return `h:${this.#id
-      .mac(ID_DOMAIN + value)
-      .subarray(0, DIGEST_BYTES)
-      .toString('base64url')}`;
+    return `h:${this.#id.mac(value).subarray(0, DIGEST_BYTES).toString('base64url')}`;
   }
 
   destroy(): void {

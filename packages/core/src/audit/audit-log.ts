@@ -19,8 +19,8 @@ import { AuditError, InvalidInputError } from '../errors.js';
 import type { KeyStore } from '../keystore.js';
 import type { RootOfTrust } from '../root.js';
 import { type AuditKey, loadAuditKey } from './audit-key.js';
-import { type AuditAnchor, type AuditEvent, type AuditRecord, canonicalContext, sealRecordLine } from './record.js';
-import { type AuditSink, CallbackAuditSink, JsonlFileAuditSink, StoreAuditSink } from './sinks.js';
+import { type AuditAnchor, type AuditEvent, type AuditRecord, canonicalContext, RecordSealer } from './record.js';
+import { type AuditSink, CallbackAuditSink, JsonlFileAuditSink, LazyAuditBatch, StoreAuditSink } from './sinks.js';
 
 export type AuditDurability = 'each' | { intervalMs: number };
 
@@ -65,6 +65,7 @@ export class AuditLog {
   readonly #keySource: { key?: AuditKey; store?: KeyStore; root?: RootOfTrust };
   readonly #listeners = new Set<(record: AuditRecord) => void>();
   #key: AuditKey | undefined;
+  #sealer: RecordSealer | undefined;
   #head: AuditAnchor | undefined;
   #pending: AuditEvent[] = [];
   #waiters: Waiter[] = [];
@@ -74,6 +75,11 @@ export class AuditLog {
   #chain: Promise<void> = Promise.resolve();
   #failed: AuditError | undefined;
   #closed = false;
+  /** The last context object seen, its own keys and string values, and its canonical JSON. */
+  #ctxObject: object | undefined;
+  #ctxKeys: string[] = [];
+  #ctxValues: string[] = [];
+  #ctxCanonical = '';
 
   constructor(options: AuditLogOptions) {
     if (typeof options !== 'object' || options === null) throw new InvalidInputError('audit: options are required');
@@ -130,7 +136,7 @@ export class AuditLog {
     // Stamped in place (no copy on the hot path): record() owns the event from here on.
     if (event.at === undefined) event.at = Date.now();
     if (event.context !== undefined && event.contextCanonical === undefined) {
-      event.contextCanonical = canonicalContext(event.context);
+      event.contextCanonical = this.#canonicalOf(event.context);
     }
     this.#pending.push(event);
     if (this.#durability === 'each') {
@@ -160,6 +166,43 @@ export class AuditLog {
       this.#timer.unref();
     }
     return undefined;
+  }
+
+  /**
+   * The context's canonical JSON, taken now (a caller may change its object afterwards). An
+   * application passes the same context object at a high rate: when it is the object seen last,
+   * with the same own keys holding the same string values, the canonical JSON made then is still
+   * exact, and sorting and escaping are skipped.
+   */
+  #canonicalOf(context: Readonly<Record<string, string>>): string {
+    const keys = Object.keys(context);
+    if (context === this.#ctxObject && keys.length === this.#ctxKeys.length) {
+      let same = true;
+      for (let i = 0; i < keys.length; i++) {
+        const k = keys[i] as string;
+        if (k !== this.#ctxKeys[i] || context[k] !== this.#ctxValues[i]) {
+          same = false;
+          break;
+        }
+      }
+      if (same) return this.#ctxCanonical;
+    }
+    const canonical = canonicalContext(context);
+    const values: string[] = [];
+    for (const k of keys) {
+      const v = context[k];
+      if (typeof v !== 'string') {
+        // Only string values are compared by value; anything else is never taken from the cache.
+        this.#ctxObject = undefined;
+        return canonical;
+      }
+      values.push(v);
+    }
+    this.#ctxObject = context;
+    this.#ctxKeys = keys;
+    this.#ctxValues = values;
+    this.#ctxCanonical = canonical;
+    return canonical;
   }
 
   /** Write everything buffered now. */
@@ -226,29 +269,18 @@ export class AuditLog {
       this.#onError?.(err);
       throw err;
     }
-    const records: AuditRecord[] = [];
-    let text = '';
-    let { seq, mac } = this.#head;
-    for (const ev of events) {
-      const { record, line } = sealRecordLine(key, ev, seq + 1, mac);
-      records.push(record);
-      text += `${line}\n`;
-      seq = record.seq;
-      mac = record.mac;
-    }
-    const batch = {
-      records,
-      text,
-      head: { seq, mac },
-      sync: forceSync || this.#durability === 'each',
-    };
+    if (this.#sealer === undefined) this.#sealer = new RecordSealer(key);
+    const { bytes, head } = this.#sealer.sealBatch(events, this.#head);
+    const { seq, mac } = head;
+    const sync = forceSync || this.#durability === 'each';
+    const batch = new LazyAuditBatch(bytes, events.length, head, sync);
     // The chain moves on whether or not the sinks take the batch: a dropped batch (fail open)
     // shows as a break in the chain, never as a silently renumbered log.
     this.#head = { seq, mac };
     try {
       for (const s of this.#sinks) await s.write(batch, key);
     } catch (cause) {
-      const err = new AuditError(`audit: ${records.length} audit record(s) could not be written`, { cause });
+      const err = new AuditError(`audit: ${events.length} audit record(s) could not be written`, { cause });
       if (this.#failClosed) this.#failed = err;
       for (const w of waiters)
         if (this.#failClosed) w.reject(err);
@@ -258,7 +290,8 @@ export class AuditLog {
       return;
     }
     for (const w of waiters) w.resolve();
-    for (const rec of records) {
+    if (this.#listeners.size === 0) return;
+    for (const rec of batch.records) {
       for (const l of this.#listeners) {
         try {
           l(rec);

@@ -10,12 +10,14 @@ import { utf8 } from '../_bytes.js';
 import { InvalidInputError, StoreCorruptError } from '../errors.js';
 import type { KeyStore } from '../keystore.js';
 import type { AuditKey } from './audit-key.js';
-import type { AuditAnchor, AuditRecord } from './record.js';
+import { type AuditAnchor, type AuditRecord, recordOfLine } from './record.js';
 
 export interface AuditBatch {
-  records: readonly AuditRecord[];
+  readonly records: readonly AuditRecord[];
   /** The records as JSONL (each line ends with "\n"). */
-  text: string;
+  readonly text: string;
+  /** The same JSONL as UTF-8 bytes (what the file and store sinks write). */
+  readonly bytes?: Uint8Array;
   /** The chain's new head (the last record's seq and mac). */
   head: AuditAnchor;
   /** Whether this batch must be durable before write() resolves (durability "each", close). */
@@ -27,6 +29,44 @@ export interface AuditSink {
   head?(key: AuditKey): Promise<AuditAnchor | undefined>;
   write(batch: AuditBatch, key: AuditKey): Promise<void>;
   close?(): Promise<void>;
+}
+
+/**
+ * The batch AuditLog hands to its sinks: the JSONL bytes are what the flush makes; the text and the
+ * record objects are made from them only when a sink or subscriber reads `text` or `records` (the
+ * file and store sinks never do), so a log without them pays for no object per record.
+ */
+export class LazyAuditBatch implements AuditBatch {
+  readonly bytes: Uint8Array;
+  readonly count: number;
+  readonly head: AuditAnchor;
+  readonly sync: boolean;
+  #text: string | undefined;
+  #records: AuditRecord[] | undefined;
+  constructor(bytes: Uint8Array, count: number, head: AuditAnchor, sync: boolean) {
+    this.bytes = bytes;
+    this.count = count;
+    this.head = head;
+    this.sync = sync;
+  }
+  get text(): string {
+    this.#text ??= Buffer.from(this.bytes.buffer, this.bytes.byteOffset, this.bytes.length).toString('utf8');
+    return this.#text;
+  }
+  get records(): readonly AuditRecord[] {
+    if (this.#records === undefined) {
+      const text = this.text;
+      const records: AuditRecord[] = [];
+      let at = 0;
+      while (at < text.length) {
+        const nl = text.indexOf('\n', at);
+        records.push(recordOfLine(text.slice(at, nl)));
+        at = nl + 1;
+      }
+      this.#records = records;
+    }
+    return this.#records;
+  }
 }
 
 export const AUDIT_HEAD_META_NAME = 'audit/head';
@@ -102,7 +142,7 @@ export class StoreAuditSink implements AuditSink {
   }
   async write(batch: AuditBatch, key: AuditKey): Promise<void> {
     const n = this.#segments + 1;
-    await this.#store.putMeta(segmentName(n), utf8.encode(batch.text));
+    await this.#store.putMeta(segmentName(n), batch.bytes ?? utf8.encode(batch.text));
     const head: StoreHead = {
       v: 1,
       seq: batch.head.seq,
@@ -142,7 +182,7 @@ export class JsonlFileAuditSink implements AuditSink {
   }
   async write(batch: AuditBatch): Promise<void> {
     if (this.#fd === undefined) this.#fd = openSync(this.path, 'a', 0o600);
-    const bytes = Buffer.from(batch.text, 'utf8');
+    const bytes = batch.bytes ?? Buffer.from(batch.text, 'utf8');
     let off = 0;
     while (off < bytes.length) off += writeSync(this.#fd, bytes, off, bytes.length - off);
     if (batch.sync) syncFd(this.#fd);
