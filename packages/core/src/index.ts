@@ -173,7 +173,22 @@ export {
   type RewrapUpdate,
   type RewrapProgress,
   type RewrapJobOptions,
+  type RewrapJobLease,
 } from './rewrap-job.js';
+export {
+  JobLease,
+  type JobLeaseOptions,
+  type LeaseGrant,
+  type LeaseRefusal,
+  type LeaseStore,
+  supportsLeases,
+} from './job-lease.js';
+export {
+  ROOT_ROTATION_LEASE,
+  runRootRotationJob,
+  type RootRotationJobOptions,
+  type RootRotationJobResult,
+} from './root-rotation-job.js';
 export * from './audit/index.js';
 export * from './policy/index.js';
 export {

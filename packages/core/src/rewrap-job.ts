@@ -60,6 +60,19 @@ export interface RewrapJobOptions extends KeyExpectation {
   /** Save the checkpoint every this many records. Default 100. */
   checkpointEvery?: number;
   onProgress?: (progress: RewrapProgress) => void;
+  /**
+   * A lease held on the job (core's JobLease, docs/fleet.md): the checkpoint is written and removed
+   * only while it holds, and no update is handed out once it may have expired (ConflictError) —
+   * so two instances resuming one job cannot both run it.
+   */
+  lease?: RewrapJobLease;
+}
+
+/** What the job needs of a lease (JobLease has it). */
+export interface RewrapJobLease {
+  check(): void;
+  putMeta(name: string, value: Uint8Array): Promise<void>;
+  deleteMeta(name: string): Promise<void>;
 }
 
 const JOB_ID_RE = /^[A-Za-z0-9._:-]{1,64}$/;
@@ -124,12 +137,13 @@ export async function* rewrapRecords(
   const take = async function* (): AsyncGenerator<RewrapUpdate> {
     const update = await (window.shift() as Promise<RewrapUpdate>);
     progress[update.status === 'rewrapped' ? 'rewrapped' : update.status === 'unchanged' ? 'unchanged' : 'failed']++;
+    options.lease?.check();
     yield update;
     // The consumer asked for the next update: it has handled this one.
     progress.done++;
     options.onProgress?.({ ...progress });
     if (meta !== undefined && progress.done - savedAt >= every) {
-      await kw.store.putMeta(meta, utf8.encode(JSON.stringify({ done: progress.done })));
+      await (options.lease ?? kw.store).putMeta(meta, utf8.encode(JSON.stringify({ done: progress.done })));
       savedAt = progress.done;
     }
   };
@@ -149,7 +163,7 @@ export async function* rewrapRecords(
     // Abandoned (consumer broke out, or an error): settle what is in flight, keep the checkpoint.
     await Promise.allSettled(window);
   }
-  if (meta !== undefined) await kw.store.deleteMeta(meta);
+  if (meta !== undefined) await (options.lease ?? kw.store).deleteMeta(meta);
 }
 
 const RECORD_ERRORS: ReadonlySet<string> = new Set([

@@ -37,6 +37,9 @@ import {
   type KeyVersionState,
   KeywardenError,
   keyStoreChecks as checks,
+  type LeaseGrant,
+  type LeaseRefusal,
+  type LeaseStore,
   type RootUpdate,
   StoreCorruptError,
   StoreReplacedError,
@@ -152,7 +155,7 @@ interface Changed {
   root?: boolean;
 }
 
-export class PostgresKeyStore implements KeyStore {
+export class PostgresKeyStore implements KeyStore, LeaseStore {
   #pool: pg.Pool | undefined;
   readonly #config: pg.PoolConfig;
   readonly #schema: string;
@@ -528,6 +531,108 @@ export class PostgresKeyStore implements KeyStore {
       await tx.query(`DELETE FROM ${this.#s}.meta WHERE name = $1`, [name]);
       return { root: true };
     });
+  }
+
+  /**
+   * Leases for fleet jobs (core's LeaseStore; docs/fleet.md §Jobs): the meta record
+   * "lease/<name>" holds the holder, the fencing token and the expiry, all decided under that
+   * row's lock and by the SERVER's clock (clock_timestamp()), so instances with skewed clocks
+   * agree. Every grant draws a new token, also to the same holder (a restarted instance), which
+   * fences out whatever its earlier self still had in flight. Lease writes bump no generation
+   * and send no notification: they change no key.
+   */
+  async acquireLease(name: string, holder: string, ttlMs: number): Promise<LeaseGrant | LeaseRefusal> {
+    this.#pool_();
+    checks.checkText(name, 'lease name');
+    checks.checkText(holder, 'lease holder');
+    checkTtl(ttlMs);
+    let out: LeaseGrant | LeaseRefusal | undefined;
+    await this.#write('acquireLease', async (tx) => {
+      const { lease, now } = await this.#lockLease(tx, name, true);
+      if (lease && lease.holder !== holder && lease.expiresAt > now) {
+        out = { heldBy: lease.holder, expiresInMs: lease.expiresAt - now };
+        return undefined;
+      }
+      const token = (lease?.token ?? 0) + 1;
+      await this.#putLease(tx, name, { holder, token, expiresAt: now + ttlMs });
+      out = { name, holder, token };
+      return undefined;
+    });
+    return out as LeaseGrant | LeaseRefusal;
+  }
+
+  async renewLease(grant: LeaseGrant, ttlMs: number): Promise<boolean> {
+    this.#pool_();
+    checkTtl(ttlMs);
+    let held = false;
+    await this.#write('renewLease', async (tx) => {
+      const { lease, now } = await this.#lockLease(tx, grant.name, false);
+      held = holds(lease, grant, now);
+      if (held)
+        await this.#putLease(tx, grant.name, { holder: grant.holder, token: grant.token, expiresAt: now + ttlMs });
+      return undefined;
+    });
+    return held;
+  }
+
+  async releaseLease(grant: LeaseGrant): Promise<void> {
+    this.#pool_();
+    await this.#write('releaseLease', async (tx) => {
+      const { lease, now } = await this.#lockLease(tx, grant.name, false);
+      // Expired now; the token stays, so the next grant's is higher.
+      if (holds(lease, grant, now))
+        await this.#putLease(tx, grant.name, { holder: grant.holder, token: grant.token, expiresAt: 0 });
+      return undefined;
+    });
+  }
+
+  async putMetaUnderLease(grant: LeaseGrant, meta: string, value: Uint8Array | undefined): Promise<void> {
+    this.#pool_();
+    checks.checkText(meta, 'meta name');
+    if (meta.startsWith('lease/'))
+      throw new InvalidInputError('keystore: lease records are written through the lease calls only');
+    if (value !== undefined) checks.checkBytes(value, 'meta value');
+    const copy = value === undefined ? undefined : Buffer.from(value);
+    await this.#write('putMetaUnderLease', async (tx) => {
+      const { lease, now } = await this.#lockLease(tx, grant.name, false);
+      if (!holds(lease, grant, now)) {
+        throw new ConflictError(
+          `keystore: lease ${grant.name} is no longer held by ${grant.holder} (expired, or taken by another instance); nothing was written`,
+        );
+      }
+      const id = await tx.query<{ store_id: string }>(`SELECT store_id FROM ${this.#s}.store_state`);
+      if (id.rows[0]?.store_id !== this.#storeId) throw storeReplaced('putMetaUnderLease');
+      if (copy === undefined) await tx.query(`DELETE FROM ${this.#s}.meta WHERE name = $1`, [meta]);
+      else
+        await tx.query(
+          `INSERT INTO ${this.#s}.meta (name, value) VALUES ($1, $2) ON CONFLICT (name) DO UPDATE SET value = excluded.value`,
+          [meta, copy],
+        );
+      return undefined;
+    });
+  }
+
+  /** The lease row, locked for this transaction (created empty first when `create`), and the server's time. */
+  async #lockLease(tx: Tx, name: string, create: boolean): Promise<{ lease: LeaseRow | undefined; now: number }> {
+    const row = `lease/${name}`;
+    if (create) {
+      await tx.query(`INSERT INTO ${this.#s}.meta (name, value) VALUES ($1, ''::bytea) ON CONFLICT (name) DO NOTHING`, [
+        row,
+      ]);
+    }
+    const r = await tx.query<{ value: Buffer; now: string }>(
+      `SELECT value, (extract(epoch FROM clock_timestamp()) * 1000)::bigint AS now FROM ${this.#s}.meta WHERE name = $1 FOR UPDATE`,
+      [row],
+    );
+    const now = Number(r.rows[0]?.now ?? Date.now());
+    return { lease: r.rows[0] ? parseLease(r.rows[0].value) : undefined, now };
+  }
+
+  async #putLease(tx: Tx, name: string, lease: LeaseRow): Promise<void> {
+    await tx.query(
+      `INSERT INTO ${this.#s}.meta (name, value) VALUES ($1, $2) ON CONFLICT (name) DO UPDATE SET value = excluded.value`,
+      [`lease/${name}`, Buffer.from(JSON.stringify(lease))],
+    );
   }
 
   /**
@@ -1049,4 +1154,33 @@ function copyOut(blob: Buffer): Uint8Array {
   const out = new Uint8Array(blob);
   blob.fill(0);
   return out;
+}
+
+interface LeaseRow {
+  holder: string;
+  token: number;
+  /** Server time, ms since the epoch; 0 when released. */
+  expiresAt: number;
+}
+
+function parseLease(value: Buffer): LeaseRow | undefined {
+  if (value.length === 0) return undefined;
+  try {
+    const r = JSON.parse(value.toString('utf8')) as Partial<LeaseRow>;
+    if (typeof r.holder === 'string' && Number.isSafeInteger(r.token) && Number.isSafeInteger(r.expiresAt)) {
+      return r as LeaseRow;
+    }
+  } catch {
+    // Fall through.
+  }
+  throw new StoreCorruptError('keystore: a lease record is damaged');
+}
+
+function holds(lease: LeaseRow | undefined, grant: LeaseGrant, now: number): boolean {
+  return lease !== undefined && lease.holder === grant.holder && lease.token === grant.token && lease.expiresAt > now;
+}
+
+function checkTtl(ttlMs: number): void {
+  if (!Number.isSafeInteger(ttlMs) || ttlMs < 1)
+    throw new InvalidInputError('keystore: a lease TTL must be a positive integer (ms)');
 }
