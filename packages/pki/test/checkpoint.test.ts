@@ -103,7 +103,9 @@ describe('signed audit checkpoints', () => {
   it('a checkpoint every N records and one on close; the log verifies and every checkpoint checks out', () => {
     expect(verifyAuditLog(auditKey, original).ok).toBe(true);
     const cps = original.filter((r) => r.op === CHECKPOINT_OP);
-    expect(cps.length).toBeGreaterThanOrEqual(3);
+    // Every 5 of 12 records and on close: 3, or 2 when a slow signature let the second one cover the
+    // tail before close() (a busy machine); either way nothing is left uncovered (below).
+    expect(cps.length).toBeGreaterThanOrEqual(2);
     for (const cp of cps) {
       expect(cp.detail?.signer).toBe(signerKeyId(signer.publicKey));
       expect(cp.detail?.head_seq).toBeLessThan(cp.seq);
