@@ -38,7 +38,7 @@ export async function run(argv: string[], io: CliIO): Promise<number> {
   io.stdout.on('error', swallow);
   io.stderr.on('error', swallow);
   try {
-    await program.parseAsync(argv, { from: 'user' });
+    await program.parseAsync(programVersionFlag(argv), { from: 'user' });
     return EXIT_OK;
   } catch (err) {
     if (err instanceof CommanderError) {
@@ -91,7 +91,10 @@ export function buildProgram(io: CliIO): Command {
 
   program
     .description('Keywarden key management: a key store, KEKs with scope, envelope encryption of files and streams')
-    .version(packageVersion(), '-V, --version', 'print the version')
+    // -V only: commander recognises a program option anywhere on the line, which would take
+    // `key disable NAME --version 2` for the program's version; `--version` before any command is
+    // turned into -V by programVersionFlag.
+    .version(packageVersion(), '-V', 'print the version (also --version, before any command)')
     .option('-d, --dir <dir>', `key-store directory (default: $${DIR_ENV}, else ./.keywarden)`)
     .option(
       '--unseal-key-file <path>',
@@ -138,6 +141,28 @@ Run 'keywarden demo' for a guided tour of the key lifecycle, and 'keywarden COMM
 
 function signalNumber(name: string): number | undefined {
   return (constants.signals as Record<string, number | undefined>)[name];
+}
+
+/** The program's options that take a value (their value is not a command name). */
+const PROGRAM_OPTIONS_WITH_VALUE = new Set(['-d', '--dir', '--unseal-key-file', '--socket']);
+
+/**
+ * `--version` before the command (`keywarden --version`, `keywarden --dir D --version`) is the
+ * program's version (-V); after the command it belongs to the command (`key disable NAME --version 2`).
+ */
+export function programVersionFlag(argv: readonly string[]): string[] {
+  const out = [...argv];
+  for (let i = 0; i < out.length; i++) {
+    const a = out[i] as string;
+    if (a === '--') break;
+    if (a === '--version') {
+      out[i] = '-V';
+      break;
+    }
+    if (PROGRAM_OPTIONS_WITH_VALUE.has(a)) i++;
+    else if (!a.startsWith('-')) break; // the command
+  }
+  return out;
 }
 
 /** --debug anywhere before a `--` terminator (known even when parsing itself failed). */

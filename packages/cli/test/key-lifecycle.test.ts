@@ -2,6 +2,7 @@
  * `keywarden key disable|enable|compromise|destroy NAME VERSION`, `key retire|policy` and `key rotate --due`
  * (issue 10), through the real CLI on a real SQLite key store.
  */
+import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { cli, initialized, oneLine, tempDir } from './helpers.js';
 import { built, startAgent } from './split-helpers.js';
@@ -120,13 +121,55 @@ describe('keywarden key lifecycle commands', () => {
     expect(JSON.parse(ok.out).versions[0]).toMatchObject({ version: 1, state: 'destroyed' });
   });
 
+  it('--version N selects the version of disable, enable, compromise and destroy (the positional form still works); only --version before the command prints the program version', async () => {
+    const cwd = await initialized();
+    await cli(['key', 'create', 'app'], { cwd });
+    const v1 = await encrypt(cwd, 'app', 'one');
+    await cli(['key', 'rotate', 'app'], { cwd });
+
+    const dis = await cli(['key', 'disable', 'app', '--version', '1'], { cwd });
+    expect(dis.code, dis.stderr).toBe(0);
+    expect(dis.out).toBe('Disabled app v1.\n');
+    expect((await decrypt(cwd, 'app', v1)).code).toBe(1);
+    const en = await cli(['key', 'enable', '--version', 'v1', 'app', '--json'], { cwd });
+    expect(en.code, en.stderr).toBe(0);
+    expect(JSON.parse(en.out).versions.map((v: { state: string }) => v.state)).toEqual(['enabled', 'enabled']);
+    expect((await decrypt(cwd, 'app', v1)).out).toBe('one');
+    // Positional and option agree: fine; disagree: a usage error that changes nothing.
+    expect((await cli(['key', 'disable', 'app', '1', '--version', '1'], { cwd })).code).toBe(0);
+    const both = await cli(['key', 'enable', 'app', '1', '--version', '2'], { cwd });
+    expect(both.code).toBe(2);
+    expect(oneLine(both.stderr)).toMatch(/^keywarden: two different versions given: v1 and --version 2/);
+    const none = await cli(['key', 'enable', 'app'], { cwd });
+    expect(none.code).toBe(2);
+    expect(oneLine(none.stderr)).toMatch(/^keywarden: missing the key version: give --version N/);
+    expect((await cli(['key', 'enable', 'app', '--version', '1'], { cwd })).code).toBe(0);
+
+    const comp = await cli(['key', 'compromise', 'app', '--version', '1', '--no-rotate', '--json'], { cwd });
+    expect(comp.code, comp.stderr).toBe(0);
+    expect(JSON.parse(comp.out)).toMatchObject({ compromisedVersion: 1 });
+    const des = await cli(['key', 'destroy', 'app', '--version', '1', '--force'], { cwd });
+    expect(des.code, des.stderr).toBe(0);
+    expect(des.out).toBe('Destroyed app v1: its material is erased.\n');
+    expect(oneLine((await decrypt(cwd, 'app', v1)).stderr)).toMatch(/v1 was destroyed/);
+
+    // The program's version: --version before any command (global options may come first), or -V.
+    for (const argv of [['--version'], ['-V'], ['--dir', join(cwd, '.keywarden'), '--version']]) {
+      const r = await cli(argv, { cwd });
+      expect(r.code, argv.join(' ')).toBe(0);
+      expect(r.out).toMatch(/^\d+\.\d+\.\d+\n$/);
+    }
+    const help = await cli(['--help'], { cwd });
+    expect(help.out).toMatch(/-V\s+print the version \(also --version, before any command\)/);
+  });
+
   it('each lifecycle command has --help naming its options', async () => {
     const cwd = await initialized();
     for (const [verb, flags] of [
-      ['disable', ['<version>', '--confirm-last-version', '--json']],
-      ['enable', ['<version>', '--json']],
-      ['compromise', ['<version>', '--no-rotate', '--json']],
-      ['destroy', ['<version>', '--force', '--confirm-last-version', '--json']],
+      ['disable', ['[version]', '--version <n>', '--confirm-last-version', '--json']],
+      ['enable', ['[version]', '--version <n>', '--json']],
+      ['compromise', ['[version]', '--version <n>', '--no-rotate', '--json']],
+      ['destroy', ['[version]', '--version <n>', '--force', '--confirm-last-version', '--json']],
       ['rotate', ['--due', '--json']],
       ['retire', ['--min-version', '--json']],
       ['policy', ['--max-age-days', '--max-uses', '--default', '--json']],

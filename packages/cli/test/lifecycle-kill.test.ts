@@ -5,7 +5,8 @@
  * made primary, in one transaction); a destroy is all or nothing (state and erased material
  * together); nothing acknowledged is lost; every envelope decrypts unless its version was
  * deliberately compromised or destroyed; an interrupted rewrap leaves every file whole (old or new
- * version, never a mix) and a second run completes it. Same pattern as rotate-kill.test.ts: kill
+ * version, never a mix; a format v2 file's body byte for byte the original) and a second run
+ * completes it. Same pattern as rotate-kill.test.ts: kill
  * delays drawn around the measured run time, checks in-process with the same library.
  */
 import { randomInt } from 'node:crypto';
@@ -13,6 +14,7 @@ import { readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import * as path from 'node:path';
 import {
   decodeUnsealKey,
+  envelopeHeaderLength,
   inspectEnvelope,
   KeyCompromisedError,
   KeyDestroyedError,
@@ -177,17 +179,18 @@ describe.skipIf(!built)('random SIGKILL during the key lifecycle (issue 10)', ()
 
   it(`rewrap FILE..., SIGKILLed ${REWRAP_ROUNDS} times: every file stays whole (old or new version) and a rerun completes the job`, async () => {
     const cwd = await initialized();
-    const files: Array<{ name: string; text: string }> = [];
+    const files: Array<{ name: string; text: string; body: Buffer }> = [];
     const kwd = await openUnsealed(cwd);
     await kwd.createKey('r');
     for (let i = 0; i < 12; i++) {
-      const text = `file ${i} `.repeat(1000 + i * 97);
+      // Format v2 (docs/format.md §4.10): the rewrap writes a new header and copies the body, which
+      // must come out byte for byte; sizes up to ~300 KB so that kills land inside the copy too.
+      const text = `file ${i} `.repeat(1000 + i * 2500);
       const name = `f${i}.kw`;
-      writeFileSync(
-        path.join(cwd, name),
-        await kwd.encrypt(new TextEncoder().encode(text), { key: 'r', context: CONTEXT }),
-      );
-      files.push({ name, text });
+      const envelope = await kwd.encrypt(new TextEncoder().encode(text), { key: 'r', context: CONTEXT });
+      expect(inspectEnvelope(envelope).formatVersion).toBe(2);
+      writeFileSync(path.join(cwd, name), envelope);
+      files.push({ name, text, body: Buffer.from(envelope.subarray(envelopeHeaderLength(envelope))) });
     }
     await kwd.close();
     // Calibrate on a copy of the job's shape: rotate, then time an unkilled run over the files.
@@ -216,6 +219,7 @@ describe.skipIf(!built)('random SIGKILL during the key lifecycle (issue 10)', ()
           expect(v === primary || v === primary - 1, `${where}: ${f.name} under v${v}`).toBe(true);
           const plain = await check.decrypt(bytes, { key: 'r', context: CONTEXT });
           expect(new TextDecoder().decode(plain), `${where}: ${f.name}`).toBe(f.text);
+          expect(bytes.subarray(envelopeHeaderLength(bytes)).equals(f.body), `${where}: ${f.name} body`).toBe(true);
         }
       } finally {
         await check.close();

@@ -173,11 +173,13 @@ application sees the change when its cached keys expire (cache TTL, 5 minutes by
     done: (info, version) => `Enabled ${info.name} v${version}.\n`,
   });
 
-  key
-    .command('compromise')
-    .description('mark a KEK version compromised (irreversible: it never unwraps again) and rotate')
-    .argument('<name>', 'key name or id')
-    .argument('<version>', 'the version that leaked (2 or v2)', versionNumber)
+  withVersionArgument(
+    key
+      .command('compromise')
+      .description('mark a KEK version compromised (irreversible: it never unwraps again) and rotate')
+      .argument('<name>', 'key name or id'),
+    'the version that leaked',
+  )
     .option('--no-rotate', 'do not rotate (only when the version is not the primary)')
     .option('--json', 'print the report as JSON')
     .addHelpText(
@@ -187,7 +189,8 @@ Envelopes under a compromised version are refused from then on (an attacker hold
 otherwise forge them): re-encrypt that data from its source. Envelopes under other enabled versions
 still decrypt; rewrap them to the new primary (\`keywarden rewrap FILE...\`). Runbook: docs/lifecycle.md.`,
     )
-    .action(async (name: string, version: number, opts: { rotate?: boolean; json?: boolean }, cmd: Command) => {
+    .action(async (name: string, positional: number | undefined, opts: CompromiseOptions, cmd: Command) => {
+      const version = versionOf(positional, opts);
       const loc = locationOf(cmd, io);
       const report = await withKeyService(loc, io, keyServiceOptionsOf(cmd), async (ks) => {
         if (isKeywarden(ks)) return ks.compromiseVersion(name, version, { rotate: opts.rotate !== false });
@@ -271,20 +274,44 @@ zeroes the freed pages and truncates its WAL, so no copy of the wrapped material
 
 const DAY_MS = 86_400_000;
 
-/**
- * A version number argument: "2" or "v2". Positional, not `--version N`: the program's global
- * `-V, --version` is recognised anywhere on the command line (commander global options).
- */
+/** A version number: "2" or "v2". */
 function versionNumber(value: string): number {
   const m = /^v?([1-9][0-9]{0,8})$/.exec(value);
   if (!m) throw new UsageError(`not a key version: give a positive integer such as 2 or v2`);
   return Number(m[1]);
 }
 
+/**
+ * The version of `key disable|enable|compromise|destroy NAME`: `--version N`, or positionally
+ * (`NAME N`, the older form, kept). The program prints its own version only for `-V`, or for
+ * `--version` before any command (cli.ts), so `--version` after the command is this option.
+ */
+function withVersionArgument(cmd: Command, what: string): Command {
+  return cmd
+    .argument('[version]', `${what} (2 or v2); or --version N`, versionNumber)
+    .option('--version <n>', `${what} (2 or v2)`, versionNumber);
+}
+
+function versionOf(positional: number | undefined, opts: { version?: number }): number {
+  if (positional !== undefined && opts.version !== undefined && positional !== opts.version) {
+    throw new UsageError(`two different versions given: v${positional} and --version ${opts.version}`);
+  }
+  const version = opts.version ?? positional;
+  if (version === undefined) throw new UsageError('missing the key version: give --version N (or NAME N)');
+  return version;
+}
+
+interface CompromiseOptions {
+  rotate?: boolean;
+  json?: boolean;
+  version?: number;
+}
+
 interface VersionCommandOptions {
   force?: boolean;
   confirmLastVersion?: boolean;
   json?: boolean;
+  version?: number;
 }
 
 /** `key <verb> NAME --version N`: one state change through the key manager (metadata only). */
@@ -301,16 +328,16 @@ function versionCommand(
     done: (info: KeyInfo, version: number) => string;
   },
 ): void {
-  const cmd = key
-    .command(verb)
-    .description(spec.description)
-    .argument('<name>', 'key name or id')
-    .argument('<version>', 'the key version (2 or v2)', versionNumber);
+  const cmd = withVersionArgument(
+    key.command(verb).description(spec.description).argument('<name>', 'key name or id'),
+    'the key version',
+  );
   if (spec.force) cmd.option('--force', 'skip the grace period');
   if (spec.confirm) cmd.option('--confirm-last-version', "allow it on the key's primary or last version");
   cmd.option('--json', 'print the key as JSON');
   if (spec.help) cmd.addHelpText('after', spec.help);
-  cmd.action(async (name: string, version: number, opts: VersionCommandOptions, c: Command) => {
+  cmd.action(async (name: string, positional: number | undefined, opts: VersionCommandOptions, c: Command) => {
+    const version = versionOf(positional, opts);
     await withKeywarden(locationOf(c, io), io, {}, async (kw) => {
       const info = await withHints(() => spec.run(kw, name, version, opts));
       await print(io.stdout, opts.json ? formatJson(lifecycleJson(info)) : spec.done(info, version));

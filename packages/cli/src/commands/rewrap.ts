@@ -1,12 +1,17 @@
 /**
  * `keywarden rewrap FILE...`: move encrypted files onto their key's current primary version, in
- * place (docs/lifecycle.md §Rewrap). Each file is replaced atomically: the new ciphertext is written
- * to a temporary file beside it, fsynced, and renamed over the original, so the original stays
- * until the new file is complete (a crash or SIGKILL leaves one or the other, never a mix). A file
- * already under the primary is left untouched. The envelope format authenticates the wrapped DEK in
- * the body, so a file is decrypted and re-encrypted as it streams (bounded memory); signed files
- * stay signed. On a terminal, runs of several files show a progress bar (cli-progress).
+ * place (docs/lifecycle.md §Rewrap). Each file is replaced atomically: the new file is written to a
+ * temporary file beside it, fsynced, and renamed over the original, so the original stays until
+ * the new file is complete (a crash or SIGKILL leaves one or the other, never a mix). A file
+ * already under the primary is left untouched.
+ *
+ * Format v2 files (docs/format.md §4.10): only the header is rewrapped (Keywarden.rewrapEnvelope on
+ * the header alone); the rest of the file is copied byte for byte, never decrypted. Format v1
+ * files, `--re-encrypt`, and rewraps through the agent (whose protocol has no rewrap operation)
+ * decrypt and re-encrypt as the file streams (bounded memory), into format v2; signed files stay
+ * signed. On a terminal, runs of several files show a progress bar (cli-progress).
  */
+import { createReadStream } from 'node:fs';
 import { open, stat } from 'node:fs/promises';
 import * as path from 'node:path';
 import { pipeline } from 'node:stream/promises';
@@ -16,8 +21,10 @@ import {
   createDecryptStream,
   createEncryptStream,
   type EncryptionContext,
+  envelopeHeaderLength,
   InvalidInputError,
   inspectEnvelope,
+  type Keywarden,
   KeywardenError,
 } from '@keywarden/core';
 import { openInput, openOutput } from '../_streams.js';
@@ -32,11 +39,14 @@ interface RewrapOptions {
   context?: string[];
   json?: boolean;
   progress?: boolean;
+  reEncrypt?: boolean;
 }
 
 interface FileResult {
   file: string;
   status: 'rewrapped' | 'unchanged' | 'failed';
+  /** rewrapped only: "header" (format v2, the body copied as is) or "re-encrypted". */
+  method?: 'header' | 're-encrypted';
   fromVersion?: number;
   toVersion?: number;
   error?: string;
@@ -50,13 +60,18 @@ export function registerRewrap(program: Command, io: CliIO): void {
     .requiredOption('-k, --key <name>', 'KEK (name or id) the files must be under; repeat to allow several', collect);
   addContextOption(cmd)
     .option('--no-progress', 'no progress bar (it is shown on a terminal for several files)')
+    .option('--re-encrypt', 'decrypt and re-encrypt under a new data key instead of rewrapping the header')
     .option('--json', 'print one result per file as a JSON array')
     .addHelpText(
       'after',
       `
 Run after \`keywarden key rotate\` or \`key compromise\` so that old versions can then be retired
-(\`key retire\`), disabled and destroyed. Each file is replaced only once its new ciphertext is
-complete and on disk; files already under the primary are not rewritten. Files under a compromised
+(\`key retire\`), disabled and destroyed. Each file is replaced only once the new file is
+complete and on disk; files already under the primary are not rewritten. Format v2 files keep
+their data key and body: only the header is rewrapped, whatever the file size. Format v1 files
+(and all files with --re-encrypt, or through the agent) are decrypted and re-encrypted under a new
+data key, into format v2; use --re-encrypt when whoever held the old KEK may also have the old
+files (a rewrap keeps the data key). Files under a compromised
 or destroyed version cannot be rewrapped (re-encrypt them from their source): they are reported and
 the others go on; the exit status is 1 if any file failed.
 
@@ -80,7 +95,7 @@ Example:
         try {
           for (const file of files) {
             bar?.update({ file: path.basename(file) });
-            results.push(await rewrapFile(ks, file, opts.key, context, io));
+            results.push(await rewrapFile(ks, file, opts.key, context, io, opts.reEncrypt === true));
             bar?.increment();
           }
         } finally {
@@ -103,6 +118,7 @@ async function rewrapFile(
   keys: readonly string[],
   context: EncryptionContext | undefined,
   io: CliIO,
+  reEncrypt: boolean,
 ): Promise<FileResult> {
   const target = path.resolve(io.cwd, file);
   try {
@@ -113,6 +129,21 @@ async function rewrapFile(
       return { file, status: 'unchanged', fromVersion: info.keyVersion, toVersion: primary };
     }
     const expected = { key: keys.length === 1 ? (keys[0] as string) : [...keys] };
+    if (info.formatVersion === 2 && !reEncrypt && canRewrap(ks)) {
+      // docs/format.md §4.10: the new header, then the rest of the file unchanged.
+      const length = envelopeHeaderLength(header);
+      const r = await ks.rewrapEnvelope(header.subarray(0, length), { ...expected, ...(context ? { context } : {}) });
+      const sink = await openOutput(file, io.cwd, io.stdout, io.stderr);
+      try {
+        await sink.write(r.envelope);
+        await pipeline(createReadStream(target, { start: length }), drainInto(sink));
+        await sink.commit();
+      } catch (err) {
+        await sink.abort();
+        throw err;
+      }
+      return { file, status: 'rewrapped', method: 'header', fromVersion: r.fromVersion, toVersion: r.toVersion };
+    }
     const sink = await openOutput(file, io.cwd, io.stdout, io.stderr);
     try {
       await pipeline(
@@ -131,11 +162,16 @@ async function rewrapFile(
       await sink.abort();
       throw err;
     }
-    return { file, status: 'rewrapped', fromVersion: info.keyVersion, toVersion: primary };
+    return { file, status: 'rewrapped', method: 're-encrypted', fromVersion: info.keyVersion, toVersion: primary };
   } catch (err) {
     if (!KeywardenError.isInstance(err) && !isFileError(err)) throw err;
     return { file, status: 'failed', error: messageOf(err) };
   }
+}
+
+/** A local key manager (not an agent client): it can rewrap a header. */
+function canRewrap(ks: KeyService): ks is KeyService & Pick<Keywarden, 'rewrapEnvelope'> {
+  return typeof (ks as Partial<Keywarden>).rewrapEnvelope === 'function';
 }
 
 /** Longer than any envelope header (docs/format.md §4.1: at most 271 bytes). */
@@ -175,7 +211,7 @@ function resultText(results: readonly FileResult[]): string {
   return results
     .map((r) =>
       r.status === 'rewrapped'
-        ? `${r.file}: rewrapped v${r.fromVersion} → v${r.toVersion}\n`
+        ? `${r.file}: ${r.method === 'header' ? 'rewrapped' : 're-encrypted'} v${r.fromVersion} → v${r.toVersion}\n`
         : r.status === 'unchanged'
           ? `${r.file}: already under v${r.toVersion}\n`
           : `${r.file}: failed: ${r.error}\n`,
