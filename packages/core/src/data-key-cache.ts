@@ -13,12 +13,19 @@
  *    would redo. Concurrent misses for one slot share one unwrap.
  *  - Both are wiped by clear(), seal() and close(), and as soon as a call notices that the wrapped
  *    Keywarden was closed, or its root sealed, behind the cache's back.
+ *  - A lifecycle change of a key (rotate, disable, enable, compromise, destroy, retire, policy) made
+ *    through the wrapped Keywarden drops that key's data keys at once, in both directions, so a
+ *    disabled, compromised or destroyed version stops serving here when it stops serving there
+ *    (KEY_CHANGES). Changes made by another process reach this one through the store's change
+ *    signal where it has one (PostgreSQL: invalidateCachesOnChange clears the cache); otherwise when
+ *    the entries expire (maxAgeMs).
  *
  * What reuse costs (docs/architecture.md §Data-key cache): the messages that share a data key share
  * its fate. Every message still gets its own message id, and so its own HKDF-derived body key and
  * commitment (docs/format.md §4.2), so reuse costs no nonce safety; but one leaked data key opens
  * every message encrypted under it, and the bounds are how many that can be. A cached key keeps
- * being used after a rotation of its KEK until it reaches a bound (or clear()).
+ * being used after a rotation of its KEK made by another process until it reaches a bound (or
+ * clear()); a rotation made through the wrapped Keywarden drops it.
  *
  * Buffers: the cache owns its copies. Every caller gets a fresh copy of the data key (envelope
  * encryption wipes the DEK it is given as soon as it has derived the message keys), so wiping the
@@ -28,6 +35,7 @@ import type { Transform } from 'node:stream';
 import { assertBytes, wipe } from './_bytes.js';
 import { encodeContext, type EncryptionContext, VERIFICATION_KEY_CONTEXT_KEY } from './context.js';
 import { DEK_BYTES, type DataKey, type DataKeyProvider, parseWrappedKey } from './data-key.js';
+
 import {
   decryptEnvelope,
   type EnvelopeDecryptOptions,
@@ -60,9 +68,21 @@ export interface DataKeyCacheOptions {
   now?: () => number;
 }
 
-/** What the cache can wrap: a DataKeyProvider, ideally a Keywarden (whose root it watches for a seal
- * and whose seal/close it forwards). */
+/**
+ * Subscription to the key changes made through a Keywarden: `provider[KEY_CHANGES](listener)` calls
+ * `listener(keyId)` after each lifecycle change of one key, and `listener(undefined)` after
+ * clearCache() (drop everything); it returns the function that unsubscribes. A registered symbol,
+ * so that it works across two copies of this package, and not a named method, so that it is no
+ * operation of the policy guard.
+ */
+export const KEY_CHANGES: unique symbol = Symbol.for('keywarden.keyChanges') as never;
+export type KeyChangeListener = (keyId: string | undefined) => void;
+
+/** What the cache can wrap: a DataKeyProvider, ideally a Keywarden (whose root it watches for a seal,
+ * whose key changes it follows, and whose seal/close it forwards). */
 export interface CacheableProvider extends DataKeyProvider {
+  /** Keywarden: subscribe to its key changes (see KEY_CHANGES). */
+  readonly [KEY_CHANGES]?: (listener: KeyChangeListener) => () => void;
   readonly root?: RootOfTrust;
   /** True once the provider was closed (Keywarden.closed): the cache wipes and refuses. */
   readonly closed?: boolean;
@@ -99,6 +119,8 @@ interface EncryptEntry {
 }
 interface DecryptEntry {
   dek: Uint8Array;
+  /** The KEK id the data key is wrapped under (for a key change). */
+  keyId: string;
   expires: number;
 }
 /** One generation or unwrap in progress, shared by every caller that misses the same slot. */
@@ -111,6 +133,8 @@ const MAX_AGE_LIMIT_MS = 24 * 60 * 60 * 1000;
  * so a test can see them wiped. */
 export const cachedSecretsForTests: unique symbol = Symbol('keywarden.dataKeyCache.cachedSecrets');
 const MAX_MESSAGES_LIMIT = 2 ** 32;
+/** Unsubscribes a cache dropped without close() from its Keywarden's key changes. */
+const KEY_CHANGE_SUBSCRIPTIONS = new FinalizationRegistry<() => void>((unsubscribe) => unsubscribe());
 
 export class DataKeyCache implements DataKeyProvider {
   readonly provider: CacheableProvider;
@@ -126,6 +150,8 @@ export class DataKeyCache implements DataKeyProvider {
   /** Bumped by every wipe: a flight that straddles one does not put its key into the cache. */
   #generation = 0;
   #closed = false;
+  /** Stop following the provider's key changes (close). */
+  readonly #unsubscribe: (() => void) | undefined;
   readonly #stats: DataKeyCacheStats = {
     dataKeysGenerated: 0,
     encryptHits: 0,
@@ -165,6 +191,22 @@ export class DataKeyCache implements DataKeyProvider {
     this.#maxBytes = maxBytes;
     this.#maxEntries = maxEntries;
     this.#now = options.now ?? Date.now;
+    const subscribe = provider[KEY_CHANGES];
+    if (typeof subscribe === 'function') {
+      // The listener holds the cache weakly: a cache dropped without close() is not kept alive by
+      // the Keywarden it wraps (and its subscription goes with it).
+      this.#unsubscribe = subscribe.call(provider, DataKeyCache.#keyChangeListener(new WeakRef(this)));
+      KEY_CHANGE_SUBSCRIPTIONS.register(this, this.#unsubscribe, this);
+    }
+  }
+
+  static #keyChangeListener(ref: WeakRef<DataKeyCache>): KeyChangeListener {
+    return (keyId) => {
+      const cache = ref.deref();
+      if (!cache) return;
+      if (keyId === undefined) cache.#wipe();
+      else cache.#forgetKey(keyId);
+    };
   }
 
   get stats(): Readonly<DataKeyCacheStats> {
@@ -240,7 +282,8 @@ export class DataKeyCache implements DataKeyProvider {
   ): Promise<Uint8Array> {
     this.#checkLive();
     const allowed = checkKeyExpectation(expected, 'data key cache');
-    parseWrappedKey(wrapped); // bounds the slot's length; the provider parses again to unwrap
+    // Bounds the slot's length, and names the KEK for a key change; the provider parses again.
+    const { keyId } = parseWrappedKey(wrapped);
     const contextBytes = encodeContext(context);
     const slot = `${allowed === null ? '*' : JSON.stringify(allowed)}\n${Buffer.from(wrapped).toString('base64')}\n${Buffer.from(contextBytes).toString('base64')}`;
     for (;;) {
@@ -262,7 +305,7 @@ export class DataKeyCache implements DataKeyProvider {
         continue;
       }
       // A failed unwrap is never cached, and fails every caller that joined it.
-      await this.#unwrap(slot, new Uint8Array(wrapped), context, toKeyExpectation(allowed));
+      await this.#unwrap(slot, keyId, new Uint8Array(wrapped), context, toKeyExpectation(allowed));
       this.#checkLive();
     }
   }
@@ -310,6 +353,8 @@ export class DataKeyCache implements DataKeyProvider {
     if (this.#closed) return;
     this.#closed = true;
     this.#wipe();
+    this.#unsubscribe?.();
+    KEY_CHANGE_SUBSCRIPTIONS.unregister(this);
     await this.provider.close?.();
   }
 
@@ -366,6 +411,7 @@ export class DataKeyCache implements DataKeyProvider {
 
   #unwrap(
     slot: string,
+    keyId: string,
     wrapped: Uint8Array,
     context: EncryptionContext | undefined,
     expected: KeyExpectation,
@@ -387,13 +433,33 @@ export class DataKeyCache implements DataKeyProvider {
         const previous = this.#decrypt.get(slot);
         if (previous) wipe(previous.dek);
         this.#decrypt.delete(slot);
-        this.#decrypt.set(slot, { dek, expires: this.#now() + this.#maxAgeMs });
+        this.#decrypt.set(slot, { dek, keyId, expires: this.#now() + this.#maxAgeMs });
         evict(this.#decrypt, this.#maxEntries, (e) => wipe(e.dek));
       } finally {
         if (this.#decryptFlights.get(slot) === flight) this.#decryptFlights.delete(slot);
       }
     })();
     return flight.promise;
+  }
+
+  /**
+   * A key changed (docs/lifecycle.md §3 Caches): drop its data keys, both directions. Work in flight
+   * for any key does not cache its result (generation), since it may have started before the change.
+   */
+  #forgetKey(keyId: string): void {
+    this.#generation++;
+    for (const [slot, e] of this.#encrypt) {
+      if (e.keyId !== keyId) continue;
+      this.#encrypt.delete(slot);
+      wipe(e.plaintext);
+    }
+    for (const [slot, e] of this.#decrypt) {
+      if (e.keyId !== keyId) continue;
+      this.#decrypt.delete(slot);
+      wipe(e.dek);
+    }
+    this.#encryptFlights.clear();
+    this.#decryptFlights.clear();
   }
 
   #wipe(): void {

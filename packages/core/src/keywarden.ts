@@ -80,6 +80,7 @@ import {
   type EncryptStreamOptions,
 } from './stream.js';
 import { assertStrongKeyMaterial } from './weak-key.js';
+import { KEY_CHANGES, type KeyChangeListener } from './data-key-cache.js';
 import { actAs, type AuditOption, installGuard, type PolicyOption } from './guard.js';
 
 /**
@@ -293,6 +294,12 @@ export class Keywarden implements DataKeyProvider {
   /** name or id → primary version. */
   readonly #primaryCache = new Map<string, CachedPrimary>();
   #closed = false;
+  /** Told of every key change made here, and of clearCache() (DataKeyCache, KEY_CHANGES). */
+  readonly #keyChangeListeners = new Set<KeyChangeListener>();
+  /** DataKeyCache subscribes here (data-key-cache.ts KEY_CHANGES): an own property whose closure
+   * holds this instance, so it also works through a guarded view (guard.ts), and is no operation
+   * of the policy (a symbol, not a named method). */
+  declare readonly [KEY_CHANGES]: (listener: KeyChangeListener) => () => void;
 
   constructor(options: KeywardenOptions) {
     if (!options?.store || !options.root) throw new InvalidInputError('keywarden: store and root are required');
@@ -346,6 +353,14 @@ export class Keywarden implements DataKeyProvider {
     if (!Number.isSafeInteger(this.#graceMs) || this.#graceMs < 0) {
       throw new InvalidInputError('keywarden: lifecycle.destroyGraceMs must be an integer ≥ 0');
     }
+    Object.defineProperty(this, KEY_CHANGES, {
+      value: (listener: KeyChangeListener) => {
+        this.#keyChangeListeners.add(listener);
+        return () => {
+          this.#keyChangeListeners.delete(listener);
+        };
+      },
+    });
     this.#usageBlock = lifecycle.usageBlock ?? 4096;
     if (!Number.isSafeInteger(this.#usageBlock) || this.#usageBlock < 1 || this.#usageBlock > 2 ** 32) {
       throw new InvalidInputError('keywarden: lifecycle.usageBlock must be an integer in 1..2^32');
@@ -822,9 +837,15 @@ export class Keywarden implements DataKeyProvider {
     if (this.#root.sealable) await this.#root.sealable.seal();
   }
 
-  /** Drop cached KEK material and primary versions (they are reloaded on next use). */
+  /** Drop cached KEK material and primary versions (they are reloaded on next use), and the data
+   * keys of every DataKeyCache that wraps this instance. */
   clearCache(): void {
     this.#wipeCache();
+    this.#notifyKeyChange(undefined);
+  }
+
+  #notifyKeyChange(keyId: string | undefined): void {
+    for (const listener of this.#keyChangeListeners) listener(keyId);
   }
 
   /** Whether close() was called: a wrapper (DataKeyCache) must then stop serving what it cached. */
@@ -915,6 +936,7 @@ export class Keywarden implements DataKeyProvider {
     } finally {
       // Also after a failure: the write may have committed before an error was reported.
       this.#forgetKey(snapshot.key);
+      this.#notifyKeyChange(snapshot.key.id);
     }
   }
 

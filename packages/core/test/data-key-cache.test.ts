@@ -5,7 +5,8 @@
  *  - bounds: a data key serves at most maxMessages messages, maxBytes bytes, for maxAgeMs;
  *  - keying: a different key, context (canonical encoding) or expected key never hits;
  *  - wiping: clear(), seal(), close() and a seal behind the cache's back wipe every cached key,
- *    and never a buffer a caller holds.
+ *    and never a buffer a caller holds;
+ *  - key changes: a lifecycle change made through the wrapped Keywarden drops that key's data keys.
  * Everything runs against a real Keywarden (MemoryKeyStore, SoftwareRoot); the counting provider
  * below only forwards to it and counts calls.
  */
@@ -20,6 +21,8 @@ import {
   DecryptionError,
   type EncryptionContext,
   type KeyExpectation,
+  KeyCompromisedError,
+  KeyDestroyedError,
   KeystoreSealedError,
   Keywarden,
   MemoryKeyStore,
@@ -27,6 +30,7 @@ import {
   SoftwareRoot,
   UnexpectedKeyError,
   decryptEnvelope,
+  inspectEnvelope,
 } from '../src/index.js';
 
 /** A random source that answers only after the event loop has turned, so concurrent misses really
@@ -381,5 +385,78 @@ describe("wiping: clear, seal, close and a seal behind the cache wipe every cach
       expect(KeystoreSealedError.isInstance((r as PromiseRejectedResult).reason)).toBe(true);
     }
     expect(cache[cachedSecretsForTests]()).toHaveLength(0);
+  });
+});
+
+describe('a lifecycle change made through the Keywarden drops the data keys of that key at once', () => {
+  async function direct() {
+    const store = new MemoryKeyStore();
+    const root = await SoftwareRoot.initialize(store, { unsealKey: new Uint8Array(randomBytes(32)) });
+    const kw = new Keywarden({ store, root });
+    await kw.createKey('orders');
+    await kw.createKey('billing');
+    // An hour: without the key change, everything below would still be served from the cache.
+    const cache = new DataKeyCache(kw, { maxAgeMs: 3_600_000 });
+    const plain = new TextEncoder().encode('order 1');
+    const orders = await cache.encrypt(plain, { key: 'orders', context: ctx });
+    const billing = await cache.encrypt(plain, { key: 'billing', context: ctx });
+    // Warm the decrypt side: later decryptions of these envelopes are cache hits.
+    await cache.decrypt(orders, { key: 'orders', context: ctx });
+    await cache.decrypt(billing, { key: 'billing', context: ctx });
+    expect(cache.stats.dataKeysUnwrapped).toBe(2);
+    await cache.decrypt(orders, { key: 'orders', context: ctx });
+    expect(cache.stats.dataKeysUnwrapped).toBe(2); // served from the cache
+    return { kw, cache, plain, orders, billing };
+  }
+
+  it('disable: the disabled version stops decrypting through the cache, its cached keys are wiped, and encryption takes a new data key', async () => {
+    const { kw, cache, orders } = await direct();
+    const held = cache[cachedSecretsForTests]();
+    expect(held).toHaveLength(4);
+    await kw.rotateKey('orders');
+    await kw.disableVersion('orders', 1);
+    await expect(cache.decrypt(orders, { key: 'orders', context: ctx })).rejects.toThrow(/v1 is disabled/);
+    // The two data keys of "orders" (encrypt and decrypt side) are wiped; "billing"'s are kept.
+    expect(held.filter(isZero)).toHaveLength(2);
+    expect(cache[cachedSecretsForTests]()).toHaveLength(2);
+    const fresh = await cache.encrypt(new Uint8Array(3), { key: 'orders', context: ctx });
+    expect(inspectEnvelope(fresh).keyVersion).toBe(2);
+    // Enabled again: it decrypts again (through the provider, not a stale entry).
+    await kw.enableVersion('orders', 1);
+    expect(await cache.decrypt(orders, { key: 'orders', context: ctx })).toEqual(new TextEncoder().encode('order 1'));
+  });
+
+  it('compromise and destroy: the version is refused through the cache with its own error', async () => {
+    const { kw, cache, orders } = await direct();
+    await kw.compromiseVersion('orders', 1);
+    await expect(cache.decrypt(orders, { key: 'orders', context: ctx })).rejects.toSatisfy(
+      KeyCompromisedError.isInstance,
+    );
+    await kw.destroyVersion('orders', 1, { force: true });
+    await expect(cache.decrypt(orders, { key: 'orders', context: ctx })).rejects.toSatisfy(
+      KeyDestroyedError.isInstance,
+    );
+  });
+
+  it("another key's change leaves this key's entries cached; clearCache() on the Keywarden drops them all", async () => {
+    const { kw, cache, orders, billing } = await direct();
+    await kw.rotateKey('billing');
+    const unwraps = cache.stats.dataKeysUnwrapped;
+    await cache.decrypt(orders, { key: 'orders', context: ctx });
+    expect(cache.stats.dataKeysUnwrapped).toBe(unwraps); // still cached
+    await cache.decrypt(billing, { key: 'billing', context: ctx });
+    expect(cache.stats.dataKeysUnwrapped).toBe(unwraps + 1); // billing's entry was dropped by its rotation
+    kw.clearCache();
+    expect(cache[cachedSecretsForTests]()).toHaveLength(0);
+  });
+
+  it('an unwrap in flight across the change does not put its key into the cache', async () => {
+    const { kw, cache, orders } = await direct();
+    cache.clear();
+    const pending = cache.decrypt(orders, { key: 'orders', context: ctx });
+    await kw.rotateKey('orders'); // a change of the key while the unwrap may be in flight
+    await pending;
+    await kw.disableVersion('orders', 1);
+    await expect(cache.decrypt(orders, { key: 'orders', context: ctx })).rejects.toThrow(/v1 is disabled/);
   });
 });
