@@ -29,6 +29,19 @@ function openssl(...args: string[]): { status: number; output: string } {
   return { status: r.status ?? -1, output: `${r.stdout}${r.stderr}` };
 }
 
+/** The same CLI in this process (run()): for steps whose point is not the spawned binary. */
+async function here(cwd: string, ...args: string[]): Promise<Spawned> {
+  const r = await cli(args, { cwd });
+  expect(r.code, `keywarden ${args.join(' ')}\n${r.stderr}`).toBe(0);
+  return { code: r.code, stdout: r.out, stderr: r.stderr };
+}
+
+async function hereFails(cwd: string, code: number, ...args: string[]): Promise<string> {
+  const r = await cli(args, { cwd });
+  expect(r.code, `keywarden ${args.join(' ')}\n${r.out}${r.stderr}`).toBe(code);
+  return oneLine(r.stderr);
+}
+
 /** Run keywarden in `cwd`; expect exit 0 unless `code` says otherwise. */
 async function ok(cwd: string, ...args: string[]): Promise<Spawned> {
   const r = await kw(args, cwd, { timeoutMs: 30_000 });
@@ -123,7 +136,7 @@ describe.skipIf(!built)('keywarden cert (dist/bin.js, checked by openssl)', () =
     const v1 = openssl('verify', '-x509_strict', '-purpose', 'sslserver', '-CAfile', f('ca.pem'), f('web-1.pem'));
     expect(v1.status, v1.output).toBe(0);
 
-    const list = JSON.parse((await ok(cwd, 'cert', 'list', '--json')).stdout) as Array<Record<string, unknown>>;
+    const list = JSON.parse((await here(cwd, 'cert', 'list', '--json')).stdout) as Array<Record<string, unknown>>;
     expect(list.map((r) => [r.name, r.ca, (r.certificates as unknown[]).length])).toEqual([
       ['demo-ca', true, 1],
       ['web', false, 1],
@@ -143,10 +156,10 @@ describe.skipIf(!built)('keywarden cert (dist/bin.js, checked by openssl)', () =
       file: 'web-2.pem',
     });
     // A second leaf, revoked by its file.
-    await ok(cwd, 'cert', 'request', 'client-a', '--cn', 'client-a', '--out', 'a.csr');
-    await ok(cwd, 'cert', 'issue', 'demo-ca', '--csr', 'a.csr', '--profile', 'client', '--out', 'a.pem');
+    await here(cwd, 'cert', 'request', 'client-a', '--cn', 'client-a', '--out', 'a.csr');
+    await here(cwd, 'cert', 'issue', 'demo-ca', '--csr', 'a.csr', '--profile', 'client', '--out', 'a.pem');
     const revoked = JSON.parse(
-      (await ok(cwd, 'cert', 'revoke', 'demo-ca', '--cert', 'a.pem', '--reason', 'keyCompromise', '--json')).stdout,
+      (await here(cwd, 'cert', 'revoke', 'demo-ca', '--cert', 'a.pem', '--reason', 'keyCompromise', '--json')).stdout,
     );
     expect(revoked.reason).toBe('keyCompromise');
 
@@ -172,13 +185,13 @@ describe.skipIf(!built)('keywarden cert (dist/bin.js, checked by openssl)', () =
     // Renew the CA: a new key version; the old CA certificate stays exportable for the overlap.
     const caRenewed = JSON.parse((await ok(cwd, 'cert', 'renew', 'demo-ca', '--json', '--out', 'ca-2.pem')).stdout);
     expect(caRenewed.keyVersion).toBe(2);
-    await ok(cwd, 'cert', 'export', 'demo-ca', '--all', '--out', 'trust.pem');
+    await here(cwd, 'cert', 'export', 'demo-ca', '--all', '--out', 'trust.pem');
     expect(readFileSync(f('trust.pem'), 'utf8').match(/BEGIN CERTIFICATE/g)).toHaveLength(2);
     expect(openssl('verify', '-CAfile', f('ca-2.pem'), f('ca-2.pem')).status).toBe(0);
     expect(openssl('verify', '-CAfile', f('ca-2.pem'), f('web-2.pem')).status).not.toBe(0);
     expect(openssl('verify', '-CAfile', f('trust.pem'), f('web-2.pem')).status).toBe(0);
     // The old key still signs the CRL of what it issued.
-    await ok(cwd, 'cert', 'crl', 'demo-ca', '--key-version', '1', '--out', 'ca-v1.crl');
+    await here(cwd, 'cert', 'crl', 'demo-ca', '--key-version', '1', '--out', 'ca-v1.crl');
     expect(openssl('crl', '-in', f('ca-v1.crl'), '-CAfile', f('ca.pem'), '-noout').output).toMatch(/verify OK/);
   }, 240_000);
 
@@ -227,7 +240,7 @@ describe.skipIf(!built)('keywarden cert (dist/bin.js, checked by openssl)', () =
     expect(certKey).toMatch(/BEGIN PUBLIC KEY/);
     expect(certKey).toBe(reqKey);
     // Exported again byte for byte.
-    const exported = await ok(cwd, 'cert', 'export', 'svc');
+    const exported = await here(cwd, 'cert', 'export', 'svc');
     expect(exported.stdout.replace(/\s+/g, '')).toBe(readFileSync(f('svc.pem'), 'utf8').replace(/\s+/g, ''));
 
     const line = await fails(cwd, 1, 'cert', 'import', 'svc', 'ossl-ca.pem');
@@ -334,7 +347,7 @@ describe.skipIf(!built)('signed audit checkpoints (dist/bin.js)', () => {
     expect(first).toMatchObject({ keyPair: 'auditor' });
     expect(first.headSeq).toBeGreaterThanOrEqual(4);
     await appendEvents(cwd, 3);
-    expect((await ok(cwd, 'audit', 'checkpoint', '--key-pair', 'auditor')).stdout).toMatch(
+    expect((await here(cwd, 'audit', 'checkpoint', '--key-pair', 'auditor')).stdout).toMatch(
       /^audit: checkpoint signed by auditor over seq \d+\.\n$/,
     );
 
@@ -343,21 +356,23 @@ describe.skipIf(!built)('signed audit checkpoints (dist/bin.js)', () => {
       /^audit: \d+ records verified, chain intact up to seq \d+, the head the key store recorded\naudit: 2 signed checkpoint\(s\) verified; the log is signed through seq \d+ \(0 record\(s\) after it, at most 0 allowed\)\n$/,
     );
     // Another certificate's key did not sign them.
-    expect(await fails(cwd, 1, 'audit', 'verify', '--checkpoint-cert', 'other.pem')).toMatch(
+    expect(await hereFails(cwd, 1, 'audit', 'verify', '--checkpoint-cert', 'other.pem')).toMatch(
       /^keywarden: audit: the signed checkpoints do not verify: checkpoint at seq \d+: signed by a key none of the trusted certificates holds$/,
     );
 
     // The attacker edits record 2 and rebuilds the whole chain (and head) with the audit key.
     await rewriteStoreLog(cwd, (records) => records.map((r) => (r.seq === 2 ? { ...r, principal: 'intruder' } : r)));
-    expect((await ok(cwd, 'audit', 'verify')).stdout).toMatch(/^audit: \d+ records verified, chain intact/);
+    expect((await here(cwd, 'audit', 'verify')).stdout).toMatch(/^audit: \d+ records verified, chain intact/);
     expect(await fails(cwd, 1, 'audit', 'verify', '--checkpoint-cert', 'auditor.pem')).toMatch(
       /^keywarden: audit: the signed checkpoints do not verify: checkpoint at seq \d+: the signed head \(seq \d+\) is not the record this log has there: the log was rewritten$/,
     );
 
     // Dropping the checkpoints as well leaves records no checkpoint covers.
     await rewriteStoreLog(cwd, (records) => records.filter((r) => r.op !== 'audit-checkpoint'));
-    expect((await ok(cwd, 'audit', 'verify')).stdout).toMatch(/^audit: \d+ records verified, chain intact/);
-    expect(await fails(cwd, 1, 'audit', 'verify', '--checkpoint-cert', 'auditor.pem', '--max-uncovered', '3')).toMatch(
+    expect((await here(cwd, 'audit', 'verify')).stdout).toMatch(/^audit: \d+ records verified, chain intact/);
+    expect(
+      await hereFails(cwd, 1, 'audit', 'verify', '--checkpoint-cert', 'auditor.pem', '--max-uncovered', '3'),
+    ).toMatch(
       /^keywarden: audit: the signed checkpoints do not verify: no valid signed checkpoint in \d+ records \(at most 3 may be uncovered\)$/,
     );
   }, 240_000);
