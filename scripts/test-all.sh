@@ -28,6 +28,12 @@ echo "== secret scan" && node packages/cli/dist/bin.js scan || status=1
 # was chosen: benchmarks/README.md), printing the rows that moved. `pnpm bench:baseline` updates it.
 echo "== bench" && pnpm run bench:check || status=1
 
+# The fleet load test (docs/fleet.md §Load test): worker processes on one PostgreSQL store (a
+# throwaway cluster from harness/postgres.sh) while another rotates, rewraps and revokes; fails on
+# an operation that failed but should not have, a success past the revocation bound, or a record
+# that no longer decrypts. Figures in benchmarks/results/fleet.{json,md}. About 45 s.
+echo "== fleet load test" && pnpm --filter @keywarden/benchmarks run bench:fleet || status=1
+
 # What a consumer installs: the packed tarballs in a fresh project, every README example compiled
 # and run as written, require() from CommonJS, the packed CLI's demo.
 # @keywarden/pkcs11's README example runs against a SoftHSM2 token the harness starts for it, and
