@@ -167,7 +167,8 @@ class Guard {
     after?: (result: T, event: AuditEvent) => void,
     wipeResult?: (result: T) => void,
   ): Promise<T> {
-    this.audit?.assertWritable();
+    // Refused at once when the log cannot take records (fail closed); counted as in flight until its record.
+    this.audit?.begin();
     // The caller's event object itself: a provider that learns the key version mid-call writes into it.
     const ev = event as AuditEvent;
     ev.op = action;
@@ -189,7 +190,7 @@ class Guard {
     if (this.audit) {
       try {
         // Interval mode returns nothing to wait for.
-        const written = this.audit.record(ev);
+        const written = this.audit.record(ev, true);
         if (written !== undefined) await written;
       } catch (err) {
         wipeResult?.(result);
@@ -204,7 +205,7 @@ class Guard {
     ev.outcome = AccessDeniedError.isInstance(err) ? 'denied' : 'error';
     ev.code = KeywardenError.isInstance(err) ? err.code : 'KW_INTERNAL';
     try {
-      await this.audit.record(ev);
+      await this.audit.record(ev, true);
     } catch {
       // The operation already failed; its own error is the one to report.
     }

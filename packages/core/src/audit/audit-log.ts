@@ -75,6 +75,8 @@ export class AuditLog {
   #chain: Promise<void> = Promise.resolve();
   #failed: AuditError | undefined;
   #closed = false;
+  /** Operations begun and not yet recorded (group commit in durability "each"). */
+  #inFlight = 0;
   /** The last context object seen, its own keys and string values, and its canonical JSON. */
   #ctxObject: object | undefined;
   #ctxKeys: string[] = [];
@@ -128,10 +130,24 @@ export class AuditLog {
   }
 
   /**
-   * Append an event. Durability "each": resolves once its batch is written (rejects with AuditError
-   * if it cannot be, fail closed). Interval mode: returns undefined at once.
+   * An operation that will record starts (Keywarden's guard calls this before it acts): throws as
+   * assertWritable does, and counts the operation as in flight until its record() with `begun`.
+   * Durability "each" uses the count for group commit: a record made while other operations are
+   * in flight waits one event-loop turn for theirs to join its batch; the record of the last one in
+   * flight (a caller doing one operation at a time, or the end of a burst) is written at once.
    */
-  record(event: AuditEvent): Promise<void> | undefined {
+  begin(): void {
+    this.assertWritable();
+    this.#inFlight++;
+  }
+
+  /**
+   * Append an event (`begun`: of an operation announced with begin()). Durability "each": resolves
+   * once its batch is written (rejects with AuditError if it cannot be, fail closed). Interval mode:
+   * returns undefined at once.
+   */
+  record(event: AuditEvent, begun = false): Promise<void> | undefined {
+    if (begun && this.#inFlight > 0) this.#inFlight--;
     this.assertWritable();
     // Stamped in place (no copy on the hot path): record() owns the event from here on.
     if (event.at === undefined) event.at = Date.now();
@@ -141,7 +157,12 @@ export class AuditLog {
     this.#pending.push(event);
     if (this.#durability === 'each') {
       const p = new Promise<void>((resolve, reject) => this.#waiters.push({ resolve, reject }));
-      if (!this.#scheduled) {
+      if (begun && this.#inFlight === 0) {
+        // No other operation is about to record: no batch to wait for (the flush runs a microtask
+        // later, so records made before it still join). Records not announced by begin() (an
+        // application's own, the agent's unseal) keep waiting one turn for company.
+        void this.#enqueueFlush();
+      } else if (!this.#scheduled) {
         this.#scheduled = true;
         setImmediate(() => {
           this.#scheduled = false;
@@ -259,7 +280,7 @@ export class AuditLog {
     }
     let key: AuditKey;
     try {
-      key = await this.key();
+      key = this.#key ?? (await this.key());
       if (this.#head === undefined) this.#head = await this.#readHead(key);
     } catch (cause) {
       // The key is not available yet (a sealed root): keep the records, fail this batch's waiters.

@@ -123,6 +123,7 @@ export class RecordSealer {
   #tailMs = -1;
   #tailVersion: number | undefined;
   #tail: Uint8Array = new Uint8Array(0);
+  #scratch = Buffer.allocUnsafeSlow(64 * 1024);
 
   constructor(key: AuditKey) {
     this.#key = key;
@@ -130,8 +131,10 @@ export class RecordSealer {
 
   /** Seal `events` as the records after `after`; returns their JSONL bytes and the new head. */
   sealBatch(events: readonly AuditEvent[], after: AuditAnchor): { bytes: Uint8Array; head: AuditAnchor } {
-    // Never from Buffer's shared pool: the bytes may be kept (a store's putMeta) and must be theirs alone.
-    let buf = Buffer.allocUnsafeSlow(Math.max(1024, events.length * 400));
+    // Sealed into this sealer's scratch buffer (kept between batches: a batch of one record, as in
+    // durability "each", costs no large allocation), then copied out to bytes of its own, since a
+    // sink may keep them (a store's putMeta).
+    let buf = this.#scratch;
     let len = 0;
     let { seq, mac } = after;
     let macAt = -1;
@@ -147,6 +150,7 @@ export class RecordSealer {
         const next = Buffer.allocUnsafeSlow(Math.max(buf.length * 2, len + worst));
         buf.copy(next, 0, 0, len);
         buf = next;
+        this.#scratch = next;
       }
       const start = len;
       buf.set(head, start);
@@ -171,7 +175,11 @@ export class RecordSealer {
       buf[p++] = 0x0a;
       len = p;
     }
-    return { bytes: new Uint8Array(buf.buffer, buf.byteOffset, len), head: { seq, mac } };
+    const bytes = new Uint8Array(len);
+    bytes.set(buf.subarray(0, len));
+    // A batch with a huge record (a large detail) does not keep its buffer for ever.
+    if (buf.length > 1 << 20) this.#scratch = Buffer.allocUnsafeSlow(64 * 1024);
+    return { bytes, head: { seq, mac } };
   }
 
   /** `{` … `"prev":` — the members before prev (UTF-8), remembered for consecutive records of one kind. */
