@@ -7,6 +7,7 @@
 import { execFileSync } from 'node:child_process';
 import { readFileSync } from 'node:fs';
 import { createRequire } from 'node:module';
+import { constants } from 'node:os';
 import { fileURLToPath } from 'node:url';
 import type * as Pkcs11js from 'pkcs11js';
 
@@ -22,6 +23,18 @@ export interface SoftHsm {
   stop(): void;
 }
 
+/** Keep the module loaded until the process exits (RTLD_NODELETE), as @keywarden/pkcs11 does
+ * (its _pin-module.ts says why): a worker thread's teardown must never run SoftHSM2's destructors
+ * while other threads are still in the module (SIGSEGV). process.dlopen then fails on a library
+ * that is not an addon, as expected. */
+function pinModule(modulePath: string): void {
+  try {
+    process.dlopen({ exports: {} }, modulePath, (constants.dlopen.RTLD_NOW ?? 2) | 0x01000);
+  } catch {
+    // Expected: "did not self-register"; the library stays loaded.
+  }
+}
+
 export function startSoftHsm(): SoftHsm {
   const out = execFileSync('bash', [SCRIPT, 'start', 'kw-bench'], { encoding: 'utf8', timeout: 60_000 });
   const env: Record<string, string> = {};
@@ -32,6 +45,7 @@ export function startSoftHsm(): SoftHsm {
   // The module reads its configuration from the environment when it is initialised.
   process.env.SOFTHSM2_CONF = env.SOFTHSM2_CONF;
   const module = env.KEYWARDEN_PKCS11_MODULE as string;
+  pinModule(module);
   const pinFile = env.KEYWARDEN_PKCS11_PIN_FILE as string;
   const dir = env.KEYWARDEN_SOFTHSM_DIR as string;
   return {

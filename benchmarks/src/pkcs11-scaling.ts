@@ -49,7 +49,7 @@ interface LoopConfig {
 
 /** One loop: set up (session, login, key), wait for the common start, count ops until the end.
  * `cpuMs`: this process's CPU time during the loop (meaningful for a loop alone in its process). */
-function loop(c: LoopConfig): { n: number; cpuMs: number } {
+function loop(c: LoopConfig): { n: number; cpuMs: number; waits: number } {
   const iv = randomBytes(12);
   const aad = randomBytes(80);
   const dek = randomBytes(32);
@@ -79,10 +79,19 @@ function loop(c: LoopConfig): { n: number; cpuMs: number } {
     const slot = findSlot(lib, c.token);
     if (!slot) throw new Error('bench: the harness token is not there');
     const session = lib.C_OpenSession(slot, pkcs11js.CKF_SERIAL_SESSION | pkcs11js.CKF_RW_SESSION);
-    try {
-      lib.C_Login(session, pkcs11js.CKU_USER, readFileSync(c.pinFile, 'utf8'));
-    } catch (err) {
-      if (!/ALREADY_LOGGED_IN/.test(String((err as Error).message))) throw err;
+    const pin = readFileSync(c.pinFile, 'utf8');
+    for (let attempt = 0; ; attempt++) {
+      try {
+        lib.C_Login(session, pkcs11js.CKU_USER, pin);
+        break;
+      } catch (err) {
+        const m = String((err as Error).message);
+        if (/ALREADY_LOGGED_IN/.test(m)) break;
+        // Two processes logging in at the same moment: SoftHSM2 can answer CKR_GENERAL_ERROR to one
+        // (it reads the token file another process holds): try again shortly.
+        if (!/GENERAL_ERROR/.test(m) || attempt >= 20) throw err;
+        Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 25);
+      }
     }
     lib.C_FindObjectsInit(session, [
       { type: pkcs11js.CKA_CLASS, value: pkcs11js.CKO_SECRET_KEY },
@@ -113,13 +122,14 @@ function loop(c: LoopConfig): { n: number; cpuMs: number } {
   }
   const end = c.startAt + c.ms;
   const cpu0 = process.cpuUsage();
+  const waits0 = process.resourceUsage().voluntaryContextSwitches;
   let n = 0;
   while (Date.now() < end) {
     for (let i = 0; i < 32; i++) once();
     n += 32;
   }
   const cpu = process.cpuUsage(cpu0);
-  return { n, cpuMs: (cpu.user + cpu.system) / 1000 };
+  return { n, cpuMs: (cpu.user + cpu.system) / 1000, waits: process.resourceUsage().voluntaryContextSwitches - waits0 };
 }
 
 type LoopResult = ReturnType<typeof loop>;
@@ -203,6 +213,7 @@ async function main(): Promise<void> {
     ];
     const rates = new Map<string, number[]>();
     const coresUsed = new Map<string, number[]>();
+    const waitsPerKop = new Map<string, number[]>();
     for (let r = 0; r < rounds; r++) {
       for (const row of rows) {
         for (const loops of [1, 2]) {
@@ -213,17 +224,20 @@ async function main(): Promise<void> {
           // Threads: this process's CPU time from the start to the end of the loops (the main thread
           // only waits meanwhile); processes: the sum of the children's own.
           let cpuStart = process.cpuUsage();
-          let cpuThreads = 0;
+          let waitsStart = process.resourceUsage().voluntaryContextSwitches;
+          let cpuThreads = -1;
+          let waitsThreads = 0;
+          const stop = () => {
+            if (cpuThreads >= 0) return;
+            const u = process.cpuUsage(cpuStart);
+            cpuThreads = (u.user + u.system) / 1000;
+            waitsThreads = process.resourceUsage().voluntaryContextSwitches - waitsStart;
+          };
           const t0 = setTimeout(() => {
             cpuStart = process.cpuUsage();
+            waitsStart = process.resourceUsage().voluntaryContextSwitches;
           }, startAt - Date.now());
-          const t1 = setTimeout(
-            () => {
-              const u = process.cpuUsage(cpuStart);
-              cpuThreads = (u.user + u.system) / 1000;
-            },
-            startAt + base.ms - Date.now(),
-          );
+          const t1 = setTimeout(stop, startAt + base.ms - Date.now());
           const counts = await Promise.all(
             Array.from({ length: loops }, (_, i) =>
               run(row.where === 'threads-2-tokens' && i === 1 ? { ...config, ...second } : config),
@@ -231,10 +245,14 @@ async function main(): Promise<void> {
           );
           clearTimeout(t0);
           clearTimeout(t1);
+          stop();
           const cpuMs = row.where !== 'processes' ? cpuThreads : counts.reduce((a, b) => a + b.cpuMs, 0);
+          const waits = row.where !== 'processes' ? waitsThreads : counts.reduce((a, b) => a + b.waits, 0);
+          const ops = counts.reduce((a, b) => a + b.n, 0);
           const key = `${row.label}|${loops}`;
           rates.set(key, [...(rates.get(key) ?? []), counts.reduce((a, b) => a + b.n, 0) / seconds]);
           coresUsed.set(key, [...(coresUsed.get(key) ?? []), cpuMs / base.ms]);
+          waitsPerKop.set(key, [...(waitsPerKop.get(key) ?? []), (waits / ops) * 1000]);
         }
       }
     }
@@ -248,6 +266,8 @@ async function main(): Promise<void> {
         speedup: Math.round((two / one) * 100) / 100,
         coresUsedOneLoop: Math.round(median(coresUsed.get(`${row.label}|1`) as number[]) * 100) / 100,
         coresUsedTwoLoops: Math.round(median(coresUsed.get(`${row.label}|2`) as number[]) * 100) / 100,
+        waitsPer1000OpsOneLoop: Math.round(median(waitsPerKop.get(`${row.label}|1`) as number[])),
+        waitsPer1000OpsTwoLoops: Math.round(median(waitsPerKop.get(`${row.label}|2`) as number[])),
       };
     });
     const meta = {
@@ -264,11 +284,11 @@ async function main(): Promise<void> {
       '',
       `${meta.date} · node ${meta.node} · ${meta.cores} × ${meta.cpuModel} · load ${meta.loadAverage.join(' ')} · ${rounds} rounds × ${seconds} s per case, interleaved, median · one op = one wrap + one unwrap (or one C_GenerateRandom)`,
       '',
-      '| case | 1 loop, ops/s | 2 loops, ops/s | 2 ÷ 1 | CPU cores busy, 1 / 2 loops |',
-      '|---|---:|---:|---:|---:|',
+      '| case | 1 loop, ops/s | 2 loops, ops/s | 2 ÷ 1 | CPU cores busy, 1 / 2 loops | threads put to sleep per 1,000 ops, 1 / 2 loops |',
+      '|---|---:|---:|---:|---:|---:|',
       ...results.map(
         (r) =>
-          `| ${r.label} | ${r.oneLoopOpsPerSecond.toLocaleString('en-US')} | ${r.twoLoopsOpsPerSecond.toLocaleString('en-US')} | ${r.speedup.toFixed(2)} | ${r.coresUsedOneLoop.toFixed(2)} / ${r.coresUsedTwoLoops.toFixed(2)} |`,
+          `| ${r.label} | ${r.oneLoopOpsPerSecond.toLocaleString('en-US')} | ${r.twoLoopsOpsPerSecond.toLocaleString('en-US')} | ${r.speedup.toFixed(2)} | ${r.coresUsedOneLoop.toFixed(2)} / ${r.coresUsedTwoLoops.toFixed(2)} | ${r.waitsPer1000OpsOneLoop} / ${r.waitsPer1000OpsTwoLoops} |`,
       ),
       '',
     ];

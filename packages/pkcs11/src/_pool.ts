@@ -24,6 +24,9 @@ import { Pkcs11DeviceError, Pkcs11UnavailableError } from './errors.js';
 /** What a request is, without its sequence number. */
 export type PoolRequest = WorkerRequest extends infer R ? (R extends { seq: number } ? Omit<R, 'seq'> : never) : never;
 
+/** Callers resumed per turn of the event loop (#settle). */
+const SETTLE_PER_TURN = 16;
+
 const IDEMPOTENT = new Set(['encrypt', 'decrypt', 'random', 'exists', 'info', 'open', 'forget', 'logout', 'close']);
 
 /** The compiled worker: next to this file in dist/, or dist/ when the sources run (tests, vitest). */
@@ -68,6 +71,9 @@ export class WorkerPool {
   #closed = false;
   /** Held while the root is unsealed, so that a replacement worker can log in. */
   #pin: Uint8Array | undefined;
+  /** Settlements not yet run (#settle), and whether a drain is under way. */
+  readonly #ready: Array<() => void> = [];
+  #draining = false;
   /** Workers replaced since the pool started (crashes, deadlines): for status and the tests. */
   replaced = 0;
 
@@ -162,9 +168,16 @@ export class WorkerPool {
         slot.inFlight.delete(reply.seq);
         clearTimeout(p.timer);
         wipeRequest(p.request);
-        if (!reply.ok) p.reject(toError(reply.error));
-        else if (reply.bytes) p.resolve(packed.slice(reply.bytes[0], reply.bytes[0] + reply.bytes[1]));
-        else p.resolve(reply.result);
+        if (!reply.ok) {
+          const err = toError(reply.error);
+          this.#settle(() => p.reject(err));
+        } else if (reply.bytes) {
+          const bytes = packed.slice(reply.bytes[0], reply.bytes[0] + reply.bytes[1]);
+          this.#settle(() => p.resolve(bytes));
+        } else {
+          const result = reply.result;
+          this.#settle(() => p.resolve(result));
+        }
       }
       // Each result has its own copy now: no key material stays in the batch buffer.
       wipe(packed);
@@ -175,6 +188,25 @@ export class WorkerPool {
     });
     worker.on('exit', () => this.#onExit(slot));
     return slot;
+  }
+
+  /** Resume a caller from a setImmediate, at most SETTLE_PER_TURN per turn of the event loop
+   * (issue #8: event-loop delay under full load). Never from the message handler itself: Node
+   * delivers a port's messages in one loop (up to 1000 per call), so callers resumed there send
+   * new requests whose replies arrive while that loop still runs, and a busy pool would hold the
+   * poll phase (measured: 60-100 ms stalls); each resumed caller also runs on to its next await. */
+  #settle(f: () => void): void {
+    this.#ready.push(f);
+    if (this.#draining) return;
+    this.#draining = true;
+    setImmediate(() => this.#drain());
+  }
+
+  #drain(): void {
+    const batch = this.#ready.splice(0, SETTLE_PER_TURN);
+    for (const f of batch) f();
+    if (this.#ready.length > 0) setImmediate(() => this.#drain());
+    else this.#draining = false;
   }
 
   #refreshRef(slot: Slot): void {
