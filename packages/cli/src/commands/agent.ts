@@ -1,17 +1,27 @@
 /**
- * `keywarden agent`: the long-running process that holds a split-knowledge store's root. The
- * server is @keywarden/agent's AgentServer, started over D's store by @keywarden/ceremony's
- * startFolderAgent; this command parses the options, prints the log lines, and stops on a signal.
+ * `keywarden agent` / `keywarden agent start`: the long-running process that holds a
+ * split-knowledge store's root. The server is @keywarden/agent's AgentServer, started over D's
+ * store by @keywarden/ceremony's startFolderAgent; this command parses the options, reads the TLS
+ * files (--listen), prints the log lines, and stops on a signal.
+ * `keywarden agent seal --all ENDPOINT…`: @keywarden/agent's sealAgents over a list of agents.
  */
+import { readFile, stat } from 'node:fs/promises';
+import * as path from 'node:path';
 import type { Command } from 'commander';
 import { InvalidArgumentError } from 'commander';
 import {
+  type AgentClientTlsOptions,
+  type AgentEndpoint,
+  type AgentListenOptions,
   DEFAULT_IDLE_TIMEOUT_SECONDS,
   DEFAULT_LINE_TIMEOUT_SECONDS,
   DEFAULT_MAX_CONNECTIONS,
   DEFAULT_UNSEAL_TIMEOUT_SECONDS,
+  parseAgentEndpoint,
+  sealAgents,
 } from '@keywarden/agent';
 import { startFolderAgent } from '@keywarden/ceremony';
+import { EXIT_FAILURE, systemErrorText, UsageError } from '../errors.js';
 import type { CliIO } from '../io.js';
 import { AGENT_SOCKET_ENV, AGENT_SOCKET_FILE, loadFolderRootBackend } from '../store-dir.js';
 
@@ -39,20 +49,100 @@ function connections(value: string): number {
   return n;
 }
 
+/** `tcp://HOST:PORT` (IPv6 in brackets); port 0 picks a free one (the log says which). */
+function listenAddress(value: string): { host: string; port: number } {
+  const m = /^tcp:\/\/(\[[0-9A-Fa-f:.]+\]|[^:/[\]]+):([0-9]{1,5})$/.exec(value);
+  if (!m || Number(m[2]) > 65535) throw new InvalidArgumentError('must be tcp://HOST:PORT (IPv6 in brackets)');
+  return { host: (m[1] as string).replace(/^\[|\]$/g, ''), port: Number(m[2]) };
+}
+
+function principalFrom(value: string): 'uri' | 'cn' {
+  if (value !== 'uri' && value !== 'cn') throw new InvalidArgumentError('must be uri or cn');
+  return value;
+}
+
 interface AgentCommandOptions {
   unsealTimeout?: number;
   idleTimeout?: number;
   lineTimeout?: number;
   maxConnections?: number;
   allowInspector?: boolean;
+  listen?: { host: string; port: number };
+  tlsCert?: string;
+  tlsKey?: string;
+  tlsClientCa?: string;
+  tlsPrincipalFrom?: 'uri' | 'cn';
 }
 
-export function registerAgent(program: Command, io: CliIO): void {
-  program
-    .command('agent')
-    .description(
-      'serve a split-knowledge key store: start sealed, unseal by quorum, answer key operations (foreground)',
-    )
+/** Largest certificate (chain) or key file read (PEM). */
+const MAX_PEM_BYTES = 1024 * 1024;
+
+/** A public PEM file (a certificate or CA bundle). */
+async function readPem(io: CliIO, file: string, what: string): Promise<Buffer> {
+  const p = path.resolve(io.cwd, file);
+  try {
+    const st = await stat(p);
+    if (!st.isFile() || st.size > MAX_PEM_BYTES) throw new UsageError(`${what} ${file} is not a PEM file`);
+    return await readFile(p);
+  } catch (err) {
+    if (err instanceof UsageError) throw err;
+    throw new UsageError(`cannot read ${what} ${file}: ${systemErrorText(err)}`);
+  }
+}
+
+/**
+ * A PEM private key file, as bytes the caller wipes: warned about, like every secret file the CLI
+ * reads (readSmallSecretFile), when group or others can read it.
+ */
+async function readKeyPem(io: CliIO, file: string): Promise<Buffer> {
+  const p = path.resolve(io.cwd, file);
+  try {
+    const st = await stat(p);
+    if (!st.isFile() || st.size > MAX_PEM_BYTES) throw new UsageError(`TLS key file ${file} is not a PEM file`);
+    if (process.platform !== 'win32' && (st.mode & 0o077) !== 0) {
+      io.stderr.write(
+        `keywarden: warning: TLS key file ${file} is accessible to group or others (mode ${(st.mode & 0o777).toString(8)}); run chmod 600 on it\n`,
+      );
+    }
+    return await readFile(p);
+  } catch (err) {
+    if (err instanceof UsageError) throw err;
+    throw new UsageError(`cannot read TLS key file ${file}: ${systemErrorText(err)}`);
+  }
+}
+
+/**
+ * The TLS listener from --listen and the --tls-* files. The key file is a secret file: warned
+ * about when group or others can read it, like every secret file the CLI reads, its bytes wiped
+ * once the agent holds the key in its TLS context, and never logged.
+ */
+async function listenOptions(io: CliIO, opts: AgentCommandOptions): Promise<AgentListenOptions | undefined> {
+  const tlsGiven = opts.tlsCert ?? opts.tlsKey ?? opts.tlsClientCa;
+  if (!opts.listen) {
+    if (tlsGiven !== undefined)
+      throw new UsageError('agent: --tls-cert, --tls-key and --tls-client-ca go with --listen');
+    return undefined;
+  }
+  if (!opts.tlsCert || !opts.tlsKey || !opts.tlsClientCa) {
+    throw new UsageError(
+      'agent: --listen needs --tls-cert, --tls-key and --tls-client-ca (remote clients use mutual TLS only)',
+    );
+  }
+  const key = await readKeyPem(io, opts.tlsKey);
+  return {
+    host: opts.listen.host,
+    port: opts.listen.port,
+    tls: {
+      cert: await readPem(io, opts.tlsCert, 'TLS certificate'),
+      key,
+      clientCa: await readPem(io, opts.tlsClientCa, 'client CA'),
+      ...(opts.tlsPrincipalFrom ? { principalFrom: opts.tlsPrincipalFrom } : {}),
+    },
+  };
+}
+
+function startOptions(cmd: Command): Command {
+  return cmd
     .option(
       '--unseal-timeout <seconds>',
       `discard the shares given so far after this long without a new one (default ${DEFAULT_UNSEAL_TIMEOUT_SECONDS})`,
@@ -77,9 +167,114 @@ export function registerAgent(program: Command, io: CliIO): void {
       '--allow-inspector',
       'development only: serve even when a Node inspector (--inspect) is active in this process',
     )
+    .option(
+      '--listen <tcp://HOST:PORT>',
+      'also serve remote clients on TCP, mutual TLS 1.3 only (needs --tls-cert, --tls-key, --tls-client-ca)',
+      listenAddress,
+    )
+    .option('--tls-cert <file>', "the agent's TLS certificate chain (PEM)")
+    .option('--tls-key <file>', "the agent's TLS private key (PEM; keep it mode 600)")
+    .option('--tls-client-ca <file>', 'the CA whose client certificates are accepted (PEM)')
+    .option(
+      '--tls-principal-from <uri|cn>',
+      'which field of a client certificate names its principal: the URI SAN keywarden:principal:NAME (default) or the subject CN',
+      principalFrom,
+    );
+}
+
+export function registerAgent(program: Command, io: CliIO): void {
+  const agent = startOptions(
+    program
+      .command('agent')
+      .description(
+        'serve a split-knowledge key store: start sealed, unseal by quorum, answer key operations (foreground); `agent seal --all` seals a fleet',
+      ),
+  );
+  const start = startOptions(
+    agent.command('start').description('start the agent (the same as `keywarden agent` with no subcommand)'),
+  );
+  for (const c of [agent, start]) {
+    c.addHelpText('after', START_HELP).action((_opts: unknown, cmd: Command) => startAgent(io, cmd));
+  }
+  agent
+    .command('seal')
+    .description("seal every agent listed: each wipes its root and KEK cache (an administrator's action)")
+    .option('--all', 'seal all the agents listed, each on its own: one that fails does not stop the others')
+    .argument('<endpoints...>', 'agents: a socket path, unix:PATH, or tcp://HOST:PORT (mutual TLS)')
+    .option('--tls-cert <file>', "this client's certificate (PEM), for tcp:// agents; it must name an administrator")
+    .option('--tls-key <file>', "this client's private key (PEM)")
+    .option('--tls-ca <file>', "the CA that issued the agents' certificates (PEM)")
     .addHelpText(
       'after',
       `
+Each agent is asked to seal on its own connection, all at once; the result is one line per agent,
+in the order given, and the exit status is 1 when any agent was not sealed (unreachable, refused,
+or a root that cannot be sealed). Over a unix socket the principal is $KEYWARDEN_AGENT_TOKEN's; over
+tcp:// it is the one --tls-cert names. Either must be allowed to administer the store.`,
+    )
+    .action(async (endpoints: string[], _opts: unknown, cmd: Command) => {
+      // --tls-cert and --tls-key are also `agent`'s own options: given after "seal", `agent` parses them.
+      await sealFleet(io, endpoints, cmd.optsWithGlobals<SealCommandOptions>());
+    });
+}
+
+interface SealCommandOptions {
+  all?: boolean;
+  tlsCert?: string;
+  tlsKey?: string;
+  tlsCa?: string;
+}
+
+async function sealFleet(io: CliIO, endpoints: string[], opts: SealCommandOptions): Promise<void> {
+  if (!opts.all) {
+    throw new UsageError(
+      'agent seal: pass --all with the agents to seal (`keywarden agent seal --all ENDPOINT…`); `keywarden seal` seals the local agent',
+    );
+  }
+  let tls: AgentClientTlsOptions | undefined;
+  if (endpoints.some((e) => /^(tcp|tls):\/\//.test(e))) {
+    if (!opts.tlsCert || !opts.tlsKey || !opts.tlsCa) {
+      throw new UsageError('agent seal: tcp:// agents need --tls-cert, --tls-key and --tls-ca');
+    }
+    const key = await readKeyPem(io, opts.tlsKey);
+    tls = {
+      cert: await readPem(io, opts.tlsCert, 'TLS certificate'),
+      key,
+      ca: await readPem(io, opts.tlsCa, 'TLS CA'),
+    };
+  }
+  const parsed = endpoints.map((e): AgentEndpoint => {
+    try {
+      const endpoint = parseAgentEndpoint(e, tls);
+      // A socket path is relative to the working directory; it is shown as given.
+      return typeof endpoint === 'string' ? { path: path.resolve(io.cwd, endpoint), display: e } : endpoint;
+    } catch (err) {
+      throw new UsageError(`agent seal: ${(err as Error).message.replace(/^agent: /, '')}`);
+    }
+  });
+  const token = io.env.KEYWARDEN_AGENT_TOKEN;
+  let report: Awaited<ReturnType<typeof sealAgents>>;
+  try {
+    report = await sealAgents(parsed, token ? { credential: token } : {});
+  } finally {
+    if (tls && typeof tls.key !== 'string') tls.key.fill(0);
+  }
+  let failed = 0;
+  for (const r of report) {
+    if (r.sealed) io.stdout.write(`sealed      ${r.endpoint}\n`);
+    else {
+      failed++;
+      io.stdout.write(`not sealed  ${r.endpoint}: ${(r.error?.message ?? 'failed').replace(/^agent: /, '')}\n`);
+    }
+  }
+  if (failed > 0) {
+    throw new UsageError(`agent seal: ${failed} of ${report.length} agents were not sealed`, {
+      exitCode: EXIT_FAILURE,
+    });
+  }
+}
+
+const START_HELP = `
 Runs in the foreground until SIGINT, SIGTERM, SIGHUP or SIGQUIT (run it under systemd, a container
 runtime or a terminal multiplexer). It opens the store SEALED and listens on a unix socket:
 --socket PATH, else $${AGENT_SOCKET_ENV}, else DIR/${AGENT_SOCKET_FILE} (mode 0600; DIR is 0700).
@@ -108,37 +303,53 @@ SIGUSR1 does nothing (by default it would open Node's debugger on 127.0.0.1:9229
 refuses to start with an active inspector (--inspect) unless --allow-inspector. Disable core dumps
 for it (ulimit -c 0, or LimitCORE=0 under systemd): see docs/threat-model.md.
 
-The log (stderr) names share indices and counts, never a share or a key.`,
-    )
-    .action(async (opts: AgentCommandOptions, cmd: Command) => {
-      const loc = locationOf(cmd, io);
-      const socket = socketOf(cmd, io, loc);
-      const log = (line: string) => {
-        io.stderr.write(`keywarden agent: ${line}\n`);
-      };
-      const timeoutSeconds = opts.unsealTimeout ?? DEFAULT_UNSEAL_TIMEOUT_SECONDS;
-      // A device root whose PIN / auth value was split is served too: register its backend first.
-      await loadFolderRootBackend(loc).catch(() => undefined);
-      const agent = await startFolderAgent(
-        loc,
-        {
-          socket: socket.path,
-          unsealTimeoutMs: Math.round(timeoutSeconds * 1000),
-          log,
-          sealedMessage: SEALED_MESSAGE,
-          ...(opts.idleTimeout !== undefined ? { idleTimeoutMs: Math.round(opts.idleTimeout * 1000) } : {}),
-          ...(opts.lineTimeout !== undefined ? { lineTimeoutMs: Math.round(opts.lineTimeout * 1000) } : {}),
-          ...(opts.maxConnections !== undefined ? { maxConnections: opts.maxConnections } : {}),
-          ...(opts.allowInspector ? { allowInspector: true } : {}),
-        },
-        { cwd: io.cwd, env: io.env },
-      );
-      log(`serving ${socket.display} for the key store in ${loc.display} (pid ${process.pid})`);
-      log(`sealed: unseal with ${agent.describeSealed()} (\`keywarden unseal\`)`);
-      await untilAborted(io.signal);
-      await agent.close();
-      log('stopped: the root and the KEK cache were wiped and the socket removed');
-    });
+Remote clients (--listen tcp://HOST:PORT, docs/agent-protocol.md §1.1): TLS 1.3 only, and every
+client presents a certificate issued by --tls-client-ca whose URI SAN keywarden:principal:NAME
+names its principal; the key store's policy decides its requests. With --listen the agent serves
+authenticated principals only, on the unix socket too (\`keywarden principal issue\`); status and
+unseal stay open to anyone who can connect. \`keywarden principal revoke NAME\` cuts NAME's open
+connections, TLS and socket alike, within a second.
+
+The log (stderr) names share indices and counts, never a share or a key.`;
+
+async function startAgent(io: CliIO, cmd: Command): Promise<void> {
+  // \`agent start\`: options given before "start" were parsed by \`agent\`; take both.
+  const opts = cmd.optsWithGlobals<AgentCommandOptions>();
+  const listen = await listenOptions(io, opts);
+  const loc = locationOf(cmd, io);
+  const socket = socketOf(cmd, io, loc);
+  const log = (line: string) => {
+    io.stderr.write(`keywarden agent: ${line}\n`);
+  };
+  const timeoutSeconds = opts.unsealTimeout ?? DEFAULT_UNSEAL_TIMEOUT_SECONDS;
+  // A device root whose PIN / auth value was split is served too: register its backend first.
+  await loadFolderRootBackend(loc).catch(() => undefined);
+  let agent: Awaited<ReturnType<typeof startFolderAgent>>;
+  try {
+    agent = await startFolderAgent(
+      loc,
+      {
+        socket: socket.path,
+        unsealTimeoutMs: Math.round(timeoutSeconds * 1000),
+        log,
+        sealedMessage: SEALED_MESSAGE,
+        ...(opts.idleTimeout !== undefined ? { idleTimeoutMs: Math.round(opts.idleTimeout * 1000) } : {}),
+        ...(opts.lineTimeout !== undefined ? { lineTimeoutMs: Math.round(opts.lineTimeout * 1000) } : {}),
+        ...(opts.maxConnections !== undefined ? { maxConnections: opts.maxConnections } : {}),
+        ...(opts.allowInspector ? { allowInspector: true } : {}),
+        ...(listen ? { listen } : {}),
+      },
+      { cwd: io.cwd, env: io.env },
+    );
+  } finally {
+    // The agent holds the key in its TLS context now (or failed to start): wipe the bytes read.
+    if (listen && typeof listen.tls.key !== 'string') listen.tls.key.fill(0);
+  }
+  log(`serving ${socket.display} for the key store in ${loc.display} (pid ${process.pid})`);
+  log(`sealed: unseal with ${agent.describeSealed()} (\`keywarden unseal\`)`);
+  await untilAborted(io.signal);
+  await agent.close();
+  log('stopped: the root and the KEK cache were wiped and the socket removed');
 }
 
 /** Resolves when `signal` aborts (SIGINT/SIGTERM in bin.ts); never without one. */
