@@ -7,6 +7,7 @@
  * event loop between records.
  *
  *   node dist/fleet-worker.js SCHEMA WORKER_ID POLL_MS     (unseal key: first stdin line, hex; "stop" ends it)
+ *   WORKER_ID "observer": no load; prints {"t":"change","at":MS,…} for every committed change it hears.
  *
  * stdout, one JSON line each: {"t":"ready"} · {"t":"env","n":N,"v":VERSION,"e":BASE64} for every
  * record written (the coordinator keeps the application's table) · {"t":"summary",…} at the end:
@@ -25,6 +26,22 @@ const lines = createInterface({ input: process.stdin })[Symbol.asyncIterator]();
 const unsealKey = Uint8Array.from(Buffer.from(String((await lines.next()).value), 'hex'));
 
 const store = await PostgresKeyStore.open({ schema, maxConnections: 4 });
+if (workerId === 'observer') {
+  // An idle process that only LISTENs: it timestamps each committed change within milliseconds of
+  // its commit (NOTIFY is delivered at commit), which the busy processes cannot (fleet.ts uses it
+  // as the commit time of the rotation and the revocation).
+  const stop = await store.watch((change) => {
+    process.stdout.write(`${JSON.stringify({ t: 'change', at: Date.now(), ...change })}\n`);
+  });
+  process.stdout.write(`${JSON.stringify({ t: 'ready' })}\n`);
+  for (;;) {
+    const line = await lines.next();
+    if (line.done || line.value === 'stop') break;
+  }
+  await stop();
+  await store.close();
+  process.exit(0);
+}
 const root = await SoftwareRoot.load(store);
 await root.unseal(unsealKey);
 unsealKey.fill(0);
