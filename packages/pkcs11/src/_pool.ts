@@ -161,19 +161,28 @@ export class WorkerPool {
     // A pool with no requests in flight must not keep the process alive.
     worker.unref();
     const slot: Slot = { worker, inFlight: new Map(), alive: true, outbox: [] };
-    worker.on('message', ({ replies, packed }: WorkerBatchReply) => {
-      for (const reply of replies) {
-        const p = slot.inFlight.get(reply.seq);
-        if (!p) continue;
-        slot.inFlight.delete(reply.seq);
+    worker.on('message', ({ replies, done, packed }: WorkerBatchReply) => {
+      const take = (seq: number): Pending | undefined => {
+        const p = slot.inFlight.get(seq);
+        if (!p) return undefined;
+        slot.inFlight.delete(seq);
         clearTimeout(p.timer);
         wipeRequest(p.request);
+        return p;
+      };
+      for (let i = 0; i < done.length; i += 3) {
+        const p = take(done[i] as number);
+        if (!p) continue;
+        const off = done[i + 1] as number;
+        const bytes = packed.slice(off, off + (done[i + 2] as number));
+        this.#settle(() => p.resolve(bytes));
+      }
+      for (const reply of replies) {
+        const p = take(reply.seq);
+        if (!p) continue;
         if (!reply.ok) {
           const err = toError(reply.error);
           this.#settle(() => p.reject(err));
-        } else if (reply.bytes) {
-          const bytes = packed.slice(reply.bytes[0], reply.bytes[0] + reply.bytes[1]);
-          this.#settle(() => p.resolve(bytes));
         } else {
           const result = reply.result;
           this.#settle(() => p.resolve(result));
@@ -320,11 +329,11 @@ function pack(batch: WorkerRequest[]): WorkerBatch {
   let off = 0;
   const requests = batch.map((r) => {
     const wire: WorkerBatch['requests'][number] = { seq: r.seq, op: r.op };
-    let fields: Array<[string, number, number]> | undefined;
+    let fields: Array<string | number> | undefined;
     for (const [name, v] of Object.entries(r)) {
       if (v instanceof Uint8Array) {
         bytes.set(v, off);
-        (fields ??= []).push([name, off, v.length]);
+        (fields ??= []).push(name, off, v.length);
         off += v.length;
       } else {
         wire[name] = v;

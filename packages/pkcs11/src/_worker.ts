@@ -58,22 +58,27 @@ export interface WorkerFailure {
   detail?: string;
 }
 
-/** A reply; a byte result is `bytes`: [offset, length] in the batch's packed buffer. */
+/** A reply other than a byte result: a value (or none), or a failure. */
 export type WorkerReply =
-  | { seq: number; ok: true; result?: unknown; bytes?: [number, number] }
+  | { seq: number; ok: true; result?: unknown }
   | { seq: number; ok: false; error: WorkerFailure };
 
+/** Replies to part of a batch. Byte results (the hot path: ciphertext, opened key material) are
+ * `done`: (seq, offset, length) triples into `packed`, one buffer transferred with the message;
+ * everything else is in `replies`. Numbers in a typed array cost the structured clone nothing per
+ * reply, where an object per reply cost a few per cent of the worker's time. */
 export interface WorkerBatchReply {
   replies: WorkerReply[];
+  done: Float64Array;
   packed: Uint8Array;
 }
 
 /** A batch as it crosses to the worker: every byte field of every request travels in `bytes` (one
- * transferred buffer), the request naming its fields in `b` as [name, offset, length]. Structured
+ * transferred buffer), the request naming its fields in `b` as name, offset, length, …. Structured
  * cloning a typed array allocates a backing store per field; four fields per AES-GCM request made
  * that the largest cost of a request after the token's own work. */
 export interface WorkerBatch {
-  requests: Array<Record<string, unknown> & { seq: number; op: string; b?: Array<[string, number, number]> }>;
+  requests: Array<Record<string, unknown> & { seq: number; op: string; b?: Array<string | number> }>;
   bytes: Uint8Array;
 }
 
@@ -468,49 +473,59 @@ function handle(r: WorkerRequest): unknown {
 parentPort?.on('message', ({ requests, bytes }: WorkerBatch) => {
   let replies: WorkerReply[] = [];
   let results: Uint8Array[] = [];
+  let seqs: number[] = [];
   let total = 0;
+  let count = 0;
   let since = performance.now();
   const send = () => {
     const packed = new Uint8Array(total);
+    const done = new Float64Array(results.length * 3);
     let off = 0;
-    for (const b of results) {
+    for (let i = 0; i < results.length; i++) {
+      const b = results[i] as Uint8Array;
       packed.set(b, off);
+      done[i * 3] = seqs[i] as number;
+      done[i * 3 + 1] = off;
+      done[i * 3 + 2] = b.length;
       off += b.length;
       wipe(b);
     }
-    parentPort?.postMessage({ replies, packed } satisfies WorkerBatchReply, [packed.buffer]);
+    parentPort?.postMessage({ replies, done, packed } satisfies WorkerBatchReply, [packed.buffer, done.buffer]);
     replies = [];
     results = [];
+    seqs = [];
     total = 0;
+    count = 0;
     since = performance.now();
   };
   try {
     for (const w of requests) {
       const r = w as unknown as WorkerRequest & Record<string, unknown>;
-      if (w.b) {
-        for (const [name, off, len] of w.b) {
-          const field = bytes.subarray(off, off + len);
+      const b = w.b;
+      if (b) {
+        for (let i = 0; i < b.length; i += 3) {
+          const name = b[i] as string;
+          const off = b[i + 1] as number;
+          const field = bytes.subarray(off, off + (b[i + 2] as number));
           r[name] = name === 'pin' ? field.slice() : field;
         }
-        delete r.b;
       }
-      let reply: WorkerReply;
       try {
         const result = handle(r);
         if (result instanceof Uint8Array) {
-          reply = { seq: r.seq, ok: true, bytes: [total, result.length] };
           results.push(result);
+          seqs.push(r.seq);
           total += result.length;
         } else {
-          reply = { seq: r.seq, ok: true, result };
+          replies.push({ seq: r.seq, ok: true, result });
         }
       } catch (err) {
-        reply = { seq: r.seq, ok: false, error: asFailure(r.op, err).failure };
+        replies.push({ seq: r.seq, ok: false, error: asFailure(r.op, err).failure });
       }
-      replies.push(reply);
-      if (replies.length >= REPLY_EVERY_REQUESTS || performance.now() - since >= REPLY_EVERY_MS) send();
+      count++;
+      if (count >= REPLY_EVERY_REQUESTS || performance.now() - since >= REPLY_EVERY_MS) send();
     }
-    if (replies.length > 0) send();
+    if (count > 0) send();
   } finally {
     wipe(bytes);
   }
