@@ -33,6 +33,7 @@ import * as path from 'node:path';
 import {
   CeremonyError,
   CeremonyPendingError,
+  ConflictError,
   InvalidInputError,
   KeyStoreError,
   KeywardenError,
@@ -778,7 +779,10 @@ export async function rekeyStoreDir(loc: StoreLocation, options: RekeyOptions): 
     checkShareParameters(shares, threshold);
     const custodians = await custodiansFor(options.custodians, shares);
     const destination = options.destination ?? { kind: 'files', dir: path.join(loc.dir, SHARES_OUT_DIR) };
-    const handOut = await HandOut.plan(destination, shares, custodians, cwd);
+    const handOut = await HandOut.plan(destination, shares, custodians, cwd).catch(async (err: unknown) => {
+      // The share files of a rekey that started meanwhile in another process: a conflict.
+      throw (await concurrentCeremony(store, doc)) ?? err;
+    });
     const current = await askQuorum(options.quorum, {
       operation: 'rekey',
       title: 'Rekey',
@@ -810,6 +814,16 @@ export async function rekeyStoreDir(loc: StoreLocation, options: RekeyOptions): 
         options.onStep?.('rekey:activated');
       }
     } catch (err) {
+      if (activating && ConflictError.isInstance(err) && !(await newRootIsActive(store, staged))) {
+        // Another rekey or a root rotation committed first (compare-and-swap on the sealed root):
+        // this one never switched anything; take its shares and its pending record back.
+        await handOut.abort();
+        await abortPendingCeremony(store).catch(() => {});
+        throw new ConflictError(
+          `rekey: another rekey or a root rotation of this key store committed first; this rekey was undone (its new shares were deleted) and nothing was lost — ${messageOf(err)}`,
+          { cause: err },
+        );
+      }
       if (activating && (await newRootIsActive(store, staged))) {
         // The switch happened: the new shares were handed out and are the ones that work now.
         throw new CeremonyError(
@@ -970,6 +984,21 @@ async function sealedDocument(store: SqliteKeyStore): Promise<SealedRootDocument
   } finally {
     await root.close();
   }
+}
+
+/** A ceremony recorded, or a root change made, since `doc` was read: the ConflictError to report. */
+async function concurrentCeremony(store: SqliteKeyStore, doc: SealedRootDocument): Promise<ConflictError | undefined> {
+  try {
+    const st = await pendingCeremonyState(store);
+    const now = await sealedDocument(store);
+    if (st.state === 'none' && now.nonce === doc.nonce && now.wrappedRoot === doc.wrappedRoot) return undefined;
+  } catch {
+    // Unreadable now: report the original failure.
+    return undefined;
+  }
+  return new ConflictError(
+    'rekey: another rekey of this key store started or finished meanwhile (its shares are being handed out); nothing was changed',
+  );
 }
 
 async function newRootIsActive(store: SqliteKeyStore, staged: StagedCeremony): Promise<boolean> {

@@ -12,10 +12,11 @@
  *    callback destination, recorded as "printed on a terminal".
  *
  * Tests only: with KEYWARDEN_TEST_STEP_HOOK set, each step boundary the library reports (`onStep`)
- * is announced on stderr (`announce`) or ends the process with SIGKILL (`kill:<step>`); unset,
+ * is announced on stderr (`announce`), ends the process with SIGKILL (`kill:<step>`) or waits for a
+ * file to exist (`wait:<step>@<file>`); unset,
  * there is no hook.
  */
-import { writeSync } from 'node:fs';
+import { existsSync, writeSync } from 'node:fs';
 import * as path from 'node:path';
 import {
   type CeremonyHooks,
@@ -55,6 +56,15 @@ export function hooksOf(io: CliIO): Required<Pick<CeremonyHooks, 'cwd' | 'onNoti
           onStep: (name: string) => {
             if (parts.includes('announce')) writeSync(2, `keywarden-test-step: ${name}\n`);
             if (parts.includes(`kill:${name}`)) process.kill(process.pid, 'SIGKILL');
+            // `wait:<step>@<file>`: hold at the step until FILE exists (at most 30 s), so a test can
+            // line up two processes at the same step (concurrent rekeys).
+            for (const p of parts) {
+              const at = p.indexOf('@');
+              if (!p.startsWith('wait:') || at === -1 || p.slice(5, at) !== name) continue;
+              const until = Date.now() + 30_000;
+              const cell = new Int32Array(new SharedArrayBuffer(4));
+              while (!existsSync(p.slice(at + 1)) && Date.now() < until) Atomics.wait(cell, 0, 0, 10);
+            }
           },
         }
       : {}),

@@ -199,6 +199,20 @@ export function rootConflictError(): ConflictError {
   );
 }
 
+/** swapMeta lost its compare-and-swap: another process changed the record first. */
+export function metaConflictError(name: string): ConflictError {
+  return new ConflictError(
+    `keystore: swapMeta: meta record ${quote(name)} changed since it was read (another rekey or root rotation committed first); nothing was changed`,
+  );
+}
+
+/** Check swapMeta's arguments. */
+export function checkSwapMeta(name: string, expected: Uint8Array | null, value: Uint8Array | null): void {
+  checkText(name, 'meta name');
+  if (expected !== null) checkBytes(expected, 'expected meta');
+  if (value !== null) checkBytes(value, 'meta value');
+}
+
 /** Whether a stored meta value is what a compare-and-swap expects (null: absent). */
 export function metaMatches(current: Uint8Array | undefined, expected: Uint8Array | null): boolean {
   if (expected === null) return current === undefined;

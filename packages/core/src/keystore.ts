@@ -159,6 +159,13 @@ export interface KeyStore {
   /** Delete a meta record; deleting a missing one is not an error (idempotent). */
   deleteMeta(name: string): Promise<void>;
   /**
+   * Compare-and-swap one meta record, atomically across processes: when the record still holds
+   * exactly `expected` (null: absent), write `value` (null: delete it); else ConflictError and
+   * nothing changes. What two concurrent rekeys of one store need so that they cannot both win
+   * (split-knowledge's staged ceremonies). Optional: a store without it gets a check then a write.
+   */
+  swapMeta?(name: string, expected: Uint8Array | null, value: Uint8Array | null): Promise<void>;
+  /**
    * Move the KEK versions to a new root, in ONE transaction: for each listed version set rootId,
    * wrappedMaterial and updatedAt (= `at`), and write the meta record. A crash leaves either the
    * old root and the old wraps or the new root and the new wraps, never a mix.

@@ -20,8 +20,10 @@ import {
   checkKeyUpdate,
   checkUseCount,
   conflictError,
+  metaConflictError,
   metaMatches,
   rootConflictError,
+  checkSwapMeta,
   checkBytes,
   checkDate,
   checkKey,
@@ -267,6 +269,15 @@ export class MemoryKeyStore implements KeyStore {
     checkText(name, 'meta name');
     wipe(this.#meta.get(name));
     this.#meta.delete(name);
+  }
+
+  async swapMeta(name: string, expected: Uint8Array | null, value: Uint8Array | null): Promise<void> {
+    this.#assertOpen();
+    checkSwapMeta(name, expected, value);
+    if (!metaMatches(this.#meta.get(name), expected)) throw metaConflictError(name);
+    wipe(this.#meta.get(name));
+    if (value === null) this.#meta.delete(name);
+    else this.#meta.set(name, new Uint8Array(value));
   }
 
   async replaceRoot(update: RootUpdate): Promise<void> {

@@ -20,6 +20,7 @@
  * root key can make one, and a quorum of the old set or of the new set can check it.
  */
 import {
+  ConflictError,
   constantTimeEqual,
   decodeSealedRoot,
   encodeSealedRoot,
@@ -199,7 +200,13 @@ export class StagedCeremony {
   async record(store: KeyStore, handOut: HandOutRecord): Promise<PendingCeremony> {
     if (this.#recorded) throw new InvalidInputError('ceremony: this ceremony was already recorded');
     const existing = await store.getMeta(PENDING_CEREMONY_META);
-    if (existing) throw pendingError(decodePending(existing));
+    if (existing) {
+      // Staging refused a pending ceremony, so this one was recorded since: a concurrent ceremony.
+      const other = decodePending(existing);
+      throw new ConflictError(
+        `ceremony: another ${other.kind} (to share set ${other.shareSet.shareSetId}) was recorded since this one was staged; nothing was changed`,
+      );
+    }
     if (this.kind === 'rekey') {
       const current = await storedDocument(store);
       if (!this.#previous || !sameSealedRoot(current, this.#previous)) throw rootChangedError();
@@ -231,7 +238,9 @@ export class StagedCeremony {
     const digest = sha256(recordBody(body));
     const authenticator = toBase64Url(await this.#root.wrapKey(digest, AUTH_AAD));
     const pending: PendingCeremony = { ...body, authenticator };
-    await store.putMeta(PENDING_CEREMONY_META, utf8.encode(JSON.stringify(pending)));
+    // Compare-and-swap: of two ceremonies staged at the same moment, one records, the other gets
+    // ConflictError here, before any of its shares is handed out.
+    await swapMeta(store, PENDING_CEREMONY_META, null, utf8.encode(JSON.stringify(pending)));
     if (this.kind === 'init') await store.putMeta(ROOT_META_NAME, encodeSealedRoot(this.document));
     this.#recorded = pending;
     return structuredClone(pending);
@@ -413,14 +422,16 @@ export async function finishActivatedCeremony(store: KeyStore): Promise<boolean>
 async function activate(store: KeyStore, pending: PendingCeremony): Promise<void> {
   const stored = await store.getMeta(PENDING_CEREMONY_META);
   if (!stored || decodePending(stored).authenticator !== pending.authenticator) {
-    throw new KeyStoreError('ceremony: the pending ceremony changed in the key store meanwhile; nothing was activated');
+    throw new ConflictError('ceremony: the pending ceremony changed in the key store meanwhile; nothing was activated');
   }
+  const currentBytes = await store.getMeta(ROOT_META_NAME);
   const current = await storedDocument(store);
   if (sameSealedRoot(current, pending.document)) {
-    await store.deleteMeta(PENDING_CEREMONY_META);
+    await swapMeta(store, PENDING_CEREMONY_META, stored, null);
     return;
   }
   if (
+    !currentBytes ||
     !pending.previous ||
     current.nonce !== pending.previous.nonce ||
     current.wrappedRoot !== pending.previous.wrappedRoot
@@ -428,8 +439,38 @@ async function activate(store: KeyStore, pending: PendingCeremony): Promise<void
     throw rootChangedError();
   }
   // The one write that switches share sets: the old set works up to here, the new one from here.
-  await store.putMeta(ROOT_META_NAME, encodeSealedRoot(pending.document));
-  await store.deleteMeta(PENDING_CEREMONY_META);
+  // Compare-and-swap on the sealed root: a rekey or root rotation that committed since it was read
+  // makes this one a ConflictError that changes nothing.
+  await swapMeta(store, ROOT_META_NAME, currentBytes, encodeSealedRoot(pending.document));
+  await swapMeta(store, PENDING_CEREMONY_META, stored, null);
+}
+
+/**
+ * The store's compare-and-swap on one meta record (KeyStore.swapMeta). A store without one gets a
+ * read, a comparison and a write: safe against everything but a second process in between.
+ */
+async function swapMeta(
+  store: KeyStore,
+  name: string,
+  expected: Uint8Array | null,
+  value: Uint8Array | null,
+): Promise<void> {
+  if (typeof store.swapMeta === 'function') {
+    await store.swapMeta(name, expected, value);
+    return;
+  }
+  const current = await store.getMeta(name);
+  const same =
+    expected === null
+      ? current === undefined
+      : current !== undefined && current.length === expected.length && constantTimeEqual(current, expected);
+  if (!same) {
+    throw new ConflictError(
+      `ceremony: meta record "${name}" changed since it was read (another rekey or root rotation committed first); nothing was changed`,
+    );
+  }
+  if (value === null) await store.deleteMeta(name);
+  else await store.putMeta(name, value);
 }
 
 async function scratchRoot(doc: SealedRootDocument): Promise<SoftwareRoot> {
@@ -444,8 +485,8 @@ function pendingError(p: PendingCeremony): InvalidInputError {
   );
 }
 
-function rootChangedError(): KeyStoreError {
-  return new KeyStoreError(
+function rootChangedError(): ConflictError {
+  return new ConflictError(
     "ceremony: the key store's root changed since this ceremony was staged (another rekey or a root rotation); abort the pending ceremony",
   );
 }

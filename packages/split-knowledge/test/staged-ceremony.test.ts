@@ -166,7 +166,7 @@ describe('stageRekey → record → activate', () => {
     // Someone put another sealed root in the store meanwhile (a rekey that did not look).
     const other = await initSplitRoot(new MemoryKeyStore(), { shares: 2, threshold: 2 });
     await c.store.putMeta(ROOT_META_NAME, text.encode(JSON.stringify(other.root.document)));
-    await expectKwError(() => staged.activate(c.store), 'KW_STORE', /root changed since this ceremony was staged/);
+    await expectKwError(() => staged.activate(c.store), 'KW_CONFLICT', /root changed since this ceremony was staged/);
     await staged.close();
     await other.root.close();
   });

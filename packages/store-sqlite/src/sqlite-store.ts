@@ -464,6 +464,26 @@ export class SqliteKeyStore implements KeyStore {
   }
 
   /**
+   * Compare-and-swap one meta record in one IMMEDIATE transaction: the check runs under the write
+   * lock, so of two connections that read the same value exactly one swaps and the other gets
+   * ConflictError. A delete truncates the WAL as deleteMeta does.
+   */
+  async swapMeta(name: string, expected: Uint8Array | null, value: Uint8Array | null): Promise<void> {
+    const db = this.#writable();
+    checks.checkSwapMeta(name, expected, value);
+    this.#write('swapMeta', () => {
+      const row = this.#sql.getMeta.get(name);
+      const current = row && copyOut(row.value);
+      const matches = checks.metaMatches(current, expected);
+      current?.fill(0);
+      if (!matches) throw checks.metaConflictError(name);
+      if (value === null) this.#sql.deleteMeta.run(name);
+      else this.#sql.putMeta.run(name, asBuffer(value));
+    });
+    if (value === null) truncateWal(db);
+  }
+
+  /**
    * Idempotent. The record is deleted in one transaction, then the WAL is truncated like after a
    * destroy: deleting the sealed root is how a whole store is crypto-shredded (destroyRoot), so its
    * old value must not linger in WAL frames.
