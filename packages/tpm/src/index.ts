@@ -18,3 +18,4 @@ export {
   type TpmRootRecord,
 } from './root.js';
 export { parseTpmUri, type TpmUri } from './uri.js';
+export { TpmKeyPairs, type TpmKeyPairAttributes } from './keypairs.js';

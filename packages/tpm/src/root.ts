@@ -48,6 +48,7 @@ import {
   UnsealError,
   wipe,
 } from '@keywarden/core';
+import { TpmKeyPairs } from './keypairs.js';
 import {
   Esys,
   ESYS_TR,
@@ -177,6 +178,8 @@ export class TpmRoot implements RootOfTrust {
   readonly random: RandomSource;
   readonly sealable?: Sealable;
   readonly destroyable?: Destroyable;
+  /** Signing key pairs under the storage key (keypairs.ts). */
+  readonly keyPairs: TpmKeyPairs;
   #record: TpmRootRecord;
   readonly #tcti: string | undefined;
   readonly #timeoutMs: number | undefined;
@@ -198,6 +201,13 @@ export class TpmRoot implements RootOfTrust {
     const checkTag = record.check ? `-${createHash('sha256').update(record.check).digest('hex').slice(0, 16)}` : '';
     this.#id = `tpm-${record.primaryName.slice(4, 36)}${checkTag}`;
     this.random = { randomBytes: (n: number) => this.#withTpm((c) => c.esys.getRandom(n), false) };
+    this.keyPairs = new TpmKeyPairs({
+      withTpm: (body) => this.#withTpm(body, true),
+      derive: (data) => {
+        const h = this.#k ? createHmac('sha256', this.#k) : createHash('sha256');
+        return new Uint8Array(h.update(data).digest());
+      },
+    });
     if (record.check) {
       this.sealable = {
         isSealed: () => this.#k === undefined,

@@ -28,6 +28,9 @@ export const TPM2_ALG = {
   SHA384: 0x000c,
   SHA512: 0x000d,
   NULL: 0x0010,
+  /** TPM 2.0 Part 2 §6.3: signature schemes. */
+  RSASSA: 0x0014,
+  ECDSA: 0x0018,
   ECC: 0x0023,
   CFB: 0x0043,
 } as const;

@@ -90,6 +90,10 @@ function readTpm2b(wire: Uint8Array): Uint8Array {
   return r.tpm2b();
 }
 
+/** TPM 2.0 Part 2 §6.9 TPM_ST_HASHCHECK and §7.4 TPM_RH_NULL (the NULL ticket of TPM2_Sign). */
+const TPM2_ST_HASHCHECK = 0x8024;
+const TPM2_RH_NULL = 0x40000007;
+
 export class Esys {
   readonly #n: Tss2Native;
   #ctx: unknown;
@@ -456,6 +460,36 @@ export class Esys {
       } finally {
         wire.fill(0);
       }
+    });
+  }
+
+  /**
+   * TPM2_Sign (TPM 2.0 Part 3 §20.2) of `digest` with the unrestricted signing key `key`, with
+   * the scheme given here (the key's own scheme is TPM_ALG_NULL). The validation ticket is the
+   * NULL ticket (TPM_ST_HASHCHECK, TPM_RH_NULL, empty digest), which only an unrestricted key
+   * accepts. Returns the TPMT_SIGNATURE in wire form.
+   */
+  sign(
+    key: EsysTR,
+    digest: Uint8Array,
+    scheme: { algorithm: number; hash: number },
+    sessions?: Sessions,
+  ): Promise<Uint8Array> {
+    return this.#run(async () => {
+      const d = this.#cstruct('TPM2B_DIGEST', new WireWriter().tpm2b(digest).finish());
+      const sch = this.#cstruct('TPMT_SIG_SCHEME', new WireWriter().u16(scheme.algorithm).u16(scheme.hash).finish());
+      const ticket = this.#cstruct(
+        'TPMT_TK_HASHCHECK',
+        new WireWriter().u16(TPM2_ST_HASHCHECK).u32(TPM2_RH_NULL).tpm2b(new Uint8Array(0)).finish(),
+      );
+      const o: unknown[] = [null];
+      await this.#call(
+        'TPM2_Sign',
+        this.#n.esys.Esys_Sign,
+        [key, ...this.#sessions(sessions, true), d, sch, ticket, o],
+        [o],
+      );
+      return this.#take('TPMT_SIGNATURE', o);
     });
   }
 

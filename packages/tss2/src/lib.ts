@@ -42,6 +42,9 @@ export const C_SIZE = {
   TPM2B_SENSITIVE_DATA: 258,
   TPM2B_NAME: 70,
   TPMS_CAPABILITY_DATA: 1032,
+  TPMT_SIG_SCHEME: 6,
+  TPMT_TK_HASHCHECK: 76,
+  TPMT_SIGNATURE: 518,
 } as const;
 
 export type MuType = keyof typeof C_SIZE;
@@ -62,6 +65,7 @@ const ESYS_DECLS = {
   Esys_Load: `uint32_t Esys_Load(void *ctx, uint32_t parent, ${S3}, const void *inPrivate, const void *inPublic, _Out_ uint32_t *handle)`,
   Esys_Unseal: `uint32_t Esys_Unseal(void *ctx, uint32_t item, ${S3}, _Out_ void **outData)`,
   Esys_FlushContext: 'uint32_t Esys_FlushContext(void *ctx, uint32_t handle)',
+  Esys_Sign: `uint32_t Esys_Sign(void *ctx, uint32_t key, ${S3}, const void *digest, const void *inScheme, const void *validation, _Out_ void **signature)`,
   Esys_StartAuthSession: `uint32_t Esys_StartAuthSession(void *ctx, uint32_t tpmKey, uint32_t bind, ${S3}, const void *nonceCaller, uint8_t sessionType, const void *symmetric, uint16_t authHash, _Out_ uint32_t *session)`,
   Esys_TRSess_SetAttributes:
     'uint32_t Esys_TRSess_SetAttributes(void *ctx, uint32_t session, uint8_t flags, uint8_t mask)',

@@ -1,0 +1,275 @@
+/**
+ * The TPM root's key-pair capability (core's KeyPairRoot): an unrestricted ECC signing key
+ * (TPM 2.0 Part 1 §27: sign = 1, restricted = 0, decrypt = 0; fixedTPM, fixedParent,
+ * sensitiveDataOrigin, userWithAuth, noDA) created under the root's storage key with TPM2_Create,
+ * loaded with TPM2_Load, made persistent with TPM2_EvictControl at a random owner handle in
+ * 0x81400000..0x817FFFFF, and the transient copy flushed at once (swtpm has no resource manager).
+ * Persistent, not a public ‖ private blob: a blob copied anywhere stays loadable under the
+ * storage key, so `destroy` could not keep its promise; evicting the persistent object does.
+ *
+ * The key's auth value is derived like a KEK object's (root.ts): HMAC-SHA-256(K, domain ‖ handle)
+ * for a sealable root (K exists only while unsealed), SHA-256(domain ‖ handle) otherwise; TPM2_Sign
+ * runs in the root's HMAC session salted with the storage key, so the auth value never crosses the
+ * TPM interface. The handle Keywarden stores is 0x01 ‖ algorithm code ‖ u32 persistent handle ‖
+ * the object's name (TPM2B_NAME contents): a sign or destroy finds the object and checks its name,
+ * so another object later put at the same handle is never used.
+ *
+ * Signing: TPM2_Sign with TPM_ALG_ECDSA over SHA-256 (P-256) or SHA-384 (P-384) of the data,
+ * with the NULL hash-check ticket; the TPMS_SIGNATURE_ECDSA's r and s are returned as r ‖ s.
+ */
+import { createHash, createPublicKey } from 'node:crypto';
+import {
+  InvalidInputError,
+  KeyDestroyedError,
+  KeyNotFoundError,
+  type KeyPairRoot,
+  type RootKeyPair,
+  type RootKeyPairAlgorithm,
+  UnsupportedCapabilityError,
+  wipe,
+} from '@keywarden/core';
+import {
+  type Esys,
+  ESYS_TR,
+  type EsysTR,
+  isTpmRc,
+  type PublicTemplate,
+  TPM2_ALG,
+  TPM2_HR,
+  TPMA_OBJECT,
+  TPMA_SESSION,
+  unmarshalTpm2bPublic,
+  WireReader,
+} from '@keywarden/tss2';
+
+type TpmKeyPairAlgorithm = 'ECDSA-P256' | 'ECDSA-P384';
+
+const PARAMS: Record<
+  TpmKeyPairAlgorithm,
+  { code: number; curve: number; crv: string; bytes: number; hash: number; node: string }
+> = {
+  // TPM 2.0 Part 2 §6.4 TPM_ECC_CURVE: NIST_P256 = 3, NIST_P384 = 4.
+  'ECDSA-P256': { code: 1, curve: 0x0003, crv: 'P-256', bytes: 32, hash: TPM2_ALG.SHA256, node: 'sha256' },
+  'ECDSA-P384': { code: 2, curve: 0x0004, crv: 'P-384', bytes: 48, hash: TPM2_ALG.SHA384, node: 'sha384' },
+};
+const BY_CODE = new Map(Object.entries(PARAMS).map(([a, p]) => [p.code, a as TpmKeyPairAlgorithm]));
+const HANDLE_FORMAT = 0x01;
+const FIRST = 0x81400000;
+const SPAN = 0x00400000;
+const AUTH_DOMAIN = Buffer.from('keywarden/tpm/keypair-auth/v1\0', 'utf8');
+
+/** What the root lends: its connection (storage key and HMAC session), run alone and only while
+ * unsealed, and the auth derivation under its secret. */
+export interface TpmKeyPairHost {
+  withTpm<T>(body: (c: { esys: Esys; primary: EsysTR; session: EsysTR }) => Promise<T>): Promise<T>;
+  /** HMAC-SHA-256(K, data) for a sealable root, SHA-256(data) otherwise. */
+  derive(data: Uint8Array): Uint8Array;
+}
+
+/** What the TPM reports about a key pair's object (TPM2_ReadPublic). */
+export interface TpmKeyPairAttributes {
+  objectAttributes: number;
+  fixedTPM: boolean;
+  fixedParent: boolean;
+  sensitiveDataOrigin: boolean;
+  sign: boolean;
+  restricted: boolean;
+  decrypt: boolean;
+}
+
+export class TpmKeyPairs implements KeyPairRoot {
+  readonly algorithms: readonly RootKeyPairAlgorithm[] = Object.freeze(Object.keys(PARAMS) as TpmKeyPairAlgorithm[]);
+  readonly #host: TpmKeyPairHost;
+
+  constructor(host: TpmKeyPairHost) {
+    this.#host = host;
+  }
+
+  async generate(algorithm: RootKeyPairAlgorithm, _label: string): Promise<RootKeyPair> {
+    const p = PARAMS[algorithm as TpmKeyPairAlgorithm];
+    if (!p) throw new UnsupportedCapabilityError(`tpm: the TPM root cannot make ${String(algorithm)} key pairs`);
+    return this.#host.withTpm(async (c) => {
+      const taken = new Set(await c.esys.handles(TPM2_HR.PERSISTENT));
+      let ph = 0;
+      for (let i = 0; i < 16 && (ph === 0 || taken.has(ph)); i++) {
+        ph = FIRST + (createHash('sha256').update(String(Math.random())).digest().readUInt32BE(0) % SPAN);
+      }
+      if (taken.has(ph)) throw new InvalidInputError('tpm: no free persistent handle for a key pair');
+      const auth = this.#auth(ph);
+      let loaded: EsysTR | undefined;
+      try {
+        const template: PublicTemplate = {
+          type: 'ecc',
+          nameAlg: TPM2_ALG.SHA256,
+          objectAttributes:
+            TPMA_OBJECT.FIXEDTPM |
+            TPMA_OBJECT.FIXEDPARENT |
+            TPMA_OBJECT.SENSITIVEDATAORIGIN |
+            TPMA_OBJECT.USERWITHAUTH |
+            TPMA_OBJECT.NODA |
+            TPMA_OBJECT.SIGN_ENCRYPT,
+          symmetric: null,
+          curve: p.curve,
+        };
+        // The auth value crosses the interface encrypted (the session's DECRYPT attribute).
+        await c.esys.setSessionAttributes(c.session, TPMA_SESSION.CONTINUESESSION | TPMA_SESSION.DECRYPT);
+        const created = await c.esys.create(c.primary, template, { userAuth: auth, sessions: [c.session] });
+        loaded = await c.esys.load(c.primary, created.outPrivate, created.outPublic, [ESYS_TR.PASSWORD]);
+        const persistent = await c.esys.evictControl(ESYS_TR.RH_OWNER, loaded, ph);
+        const { name } = await c.esys.readPublic(persistent);
+        await c.esys.trClose(persistent).catch(() => undefined);
+        const pub = unmarshalTpm2bPublic(new WireReader(created.outPublic));
+        const [x, y] = pub.unique ?? [];
+        if (!x || !y || x.length !== p.bytes || y.length !== p.bytes) {
+          throw new InvalidInputError('tpm: the TPM returned an unexpected ECC public point');
+        }
+        const der = createPublicKey({
+          key: {
+            kty: 'EC',
+            crv: p.crv,
+            x: Buffer.from(x).toString('base64url'),
+            y: Buffer.from(y).toString('base64url'),
+          },
+          format: 'jwk',
+        }).export({ type: 'spki', format: 'der' });
+        const handle = new Uint8Array(6 + name.length);
+        handle[0] = HANDLE_FORMAT;
+        handle[1] = p.code;
+        new DataView(handle.buffer).setUint32(2, ph);
+        handle.set(name, 6);
+        return { handle, publicKey: new Uint8Array(der) };
+      } finally {
+        wipe(auth);
+        if (loaded !== undefined) await c.esys.flushContext(loaded).catch(() => undefined);
+      }
+    });
+  }
+
+  async sign(handle: Uint8Array, data: Uint8Array): Promise<Uint8Array> {
+    const h = parse(handle);
+    const p = PARAMS[h.algorithm];
+    const digest = createHash(p.node).update(data).digest();
+    return this.#host.withTpm(async (c) => {
+      const tr = await this.#find(c.esys, h);
+      const auth = this.#auth(h.persistent);
+      try {
+        await c.esys.trSetAuth(tr, auth);
+        const wire = await this.#sign(c, tr, digest, p.hash);
+        // TPMT_SIGNATURE: sigAlg, then TPMS_SIGNATURE_ECDSA: hash, TPM2B r, TPM2B s (Part 2 §11.3.5).
+        const r = new WireReader(wire);
+        if (r.u16() !== TPM2_ALG.ECDSA) throw new InvalidInputError('tpm: TPM2_Sign returned another scheme');
+        r.u16();
+        const sigR = r.tpm2b();
+        const sigS = r.tpm2b();
+        const out = new Uint8Array(2 * p.bytes);
+        if (sigR.length > p.bytes || sigS.length > p.bytes)
+          throw new InvalidInputError('tpm: oversized ECDSA signature');
+        out.set(sigR, p.bytes - sigR.length);
+        out.set(sigS, 2 * p.bytes - sigS.length);
+        return out;
+      } finally {
+        wipe(auth);
+        await c.esys.trClose(tr).catch(() => undefined);
+      }
+    });
+  }
+
+  async destroy(handle: Uint8Array): Promise<void> {
+    const h = parse(handle);
+    await this.#host.withTpm(async (c) => {
+      let tr: EsysTR;
+      try {
+        tr = await this.#find(c.esys, h);
+      } catch (err) {
+        if (KeyDestroyedError.isInstance(err)) return; // idempotent
+        throw err;
+      }
+      // The owner hierarchy may evict any object: first prove the key is this root's (its auth
+      // value opens it: one signature over a zero digest), so no root destroys another's key pair.
+      const auth = this.#auth(h.persistent);
+      try {
+        await c.esys.trSetAuth(tr, auth);
+        await this.#sign(c, tr, new Uint8Array(PARAMS[h.algorithm].bytes), PARAMS[h.algorithm].hash);
+      } catch (err) {
+        await c.esys.trClose(tr).catch(() => undefined);
+        throw err;
+      } finally {
+        wipe(auth);
+      }
+      await c.esys.evictControl(ESYS_TR.RH_OWNER, tr, h.persistent);
+    });
+  }
+
+  /** TPM2_Sign in the root's HMAC session; a refused auth value is a key of another root. */
+  async #sign(c: { esys: Esys; session: EsysTR }, tr: EsysTR, digest: Uint8Array, hash: number): Promise<Uint8Array> {
+    await c.esys.setSessionAttributes(c.session, TPMA_SESSION.CONTINUESESSION);
+    try {
+      return await c.esys.sign(tr, digest, { algorithm: TPM2_ALG.ECDSA, hash }, [c.session]);
+    } catch (err) {
+      if (isTpmRc(err, 'TPM_RC_BAD_AUTH') || isTpmRc(err, 'TPM_RC_AUTH_FAIL')) {
+        throw new KeyNotFoundError('tpm: the key pair is not one of this root (the TPM refused its auth value)');
+      }
+      throw err;
+    }
+  }
+
+  /** TPM2_ReadPublic of the key pair's object: the attributes the TPM enforces for it. */
+  async attributes(handle: Uint8Array): Promise<TpmKeyPairAttributes> {
+    const h = parse(handle);
+    return this.#host.withTpm(async (c) => {
+      const tr = await this.#find(c.esys, h);
+      try {
+        const pub = unmarshalTpm2bPublic(new WireReader((await c.esys.readPublic(tr)).outPublic));
+        const a = pub.objectAttributes;
+        return {
+          objectAttributes: a,
+          fixedTPM: (a & TPMA_OBJECT.FIXEDTPM) !== 0,
+          fixedParent: (a & TPMA_OBJECT.FIXEDPARENT) !== 0,
+          sensitiveDataOrigin: (a & TPMA_OBJECT.SENSITIVEDATAORIGIN) !== 0,
+          sign: (a & TPMA_OBJECT.SIGN_ENCRYPT) !== 0,
+          restricted: (a & TPMA_OBJECT.RESTRICTED) !== 0,
+          decrypt: (a & TPMA_OBJECT.DECRYPT) !== 0,
+        };
+      } finally {
+        await c.esys.trClose(tr).catch(() => undefined);
+      }
+    });
+  }
+
+  /** The persistent object, checked to be the one the handle names; KeyDestroyedError when gone. */
+  async #find(esys: Esys, h: Parsed): Promise<EsysTR> {
+    if (!(await esys.handles(TPM2_HR.PERSISTENT)).includes(h.persistent)) {
+      throw new KeyDestroyedError('tpm: the key pair is destroyed (its persistent object is gone)');
+    }
+    const tr = await esys.trFromTPMPublic(h.persistent);
+    const { name } = await esys.readPublic(tr);
+    if (!Buffer.from(name).equals(Buffer.from(h.name))) {
+      await esys.trClose(tr).catch(() => undefined);
+      throw new KeyDestroyedError('tpm: the key pair is destroyed (another object is at its handle)');
+    }
+    return tr;
+  }
+
+  #auth(persistent: number): Uint8Array {
+    const b = Buffer.alloc(4);
+    b.writeUInt32BE(persistent >>> 0);
+    return this.#host.derive(new Uint8Array(Buffer.concat([AUTH_DOMAIN, b])));
+  }
+}
+
+interface Parsed {
+  algorithm: TpmKeyPairAlgorithm;
+  persistent: number;
+  name: Uint8Array;
+}
+
+function parse(handle: Uint8Array): Parsed {
+  if (!(handle instanceof Uint8Array) || handle.length < 8 || handle.length > 6 + 66 || handle[0] !== HANDLE_FORMAT) {
+    throw new InvalidInputError('tpm: not a TPM key pair handle');
+  }
+  const algorithm = BY_CODE.get(handle[1] as number);
+  if (!algorithm) throw new InvalidInputError('tpm: the key pair handle names an unknown algorithm');
+  const persistent = new DataView(handle.buffer, handle.byteOffset, handle.byteLength).getUint32(2);
+  if (persistent < FIRST || persistent >= FIRST + SPAN) throw new InvalidInputError('tpm: not a TPM key pair handle');
+  return { algorithm, persistent, name: handle.slice(6) };
+}
