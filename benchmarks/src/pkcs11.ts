@@ -16,6 +16,7 @@
  *   pool, N workers            Keywarden (generateDataKey + decryptDataKey, KEK in the HSM) through
  *                              the worker pool, 64 concurrent callers
  *   KEK in memory              the same key mode "memory": the HSM root unwrapped the KEK once
+ *   idle event loop            nothing at all: the event-loop delay this machine adds by itself
  *
  * Maximum event-loop delay (perf_hooks.monitorEventLoopDelay) is recorded during every case.
  */
@@ -115,6 +116,15 @@ async function main(): Promise<void> {
           await new Promise((r) => setImmediate(r));
         }
         return n;
+      },
+    });
+    // The machine's own floor: nothing runs, the loop only waits. A shared or virtual machine that
+    // deschedules this process shows it here, and no case below can have a smaller delay.
+    cases.push({
+      label: 'idle event loop (nothing running: the machine’s delay floor)',
+      run: async (deadline) => {
+        await new Promise((r) => setTimeout(r, Math.max(0, deadline - performance.now())));
+        return 0;
       },
     });
     for (const sessions of [...new Set([1, CORES, 4])]) {
