@@ -12,6 +12,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import {
   AccessDeniedError,
+  destroyRoot,
   KeyDestroyedError,
   KeyStateError,
   Keywarden,
@@ -187,6 +188,23 @@ describe.skipIf(unavailable)('@keywarden/pki with keys in SoftHSM2', () => {
     } finally {
       await guarded.close();
     }
+  });
+
+  it("destroying the root destroys the key pairs it made (C_DestroyObject of every private and public object under the root's CKA_ID)", async () => {
+    const doomed = await createRoot({ poolSize: 1 });
+    const k = requireKeyPairs(doomed.root);
+    const a = await k.generate('ECDSA-P256', 'kw-kp/doomed-a/v1');
+    const b = await k.generate('RSA-2048', 'kw-kp/doomed-b/v1');
+    for (const h of [a.handle, b.handle]) expect(findKeyObjects(raw, 'private', idOf(h))).toHaveLength(1);
+    await destroyRoot(doomed.store, { root: doomed.root, unsealKey: pin() });
+    for (const h of [a.handle, b.handle]) {
+      expect(findKeyObjects(raw, 'private', idOf(h))).toHaveLength(0);
+      expect(findKeyObjects(raw, 'public', idOf(h))).toHaveLength(0);
+    }
+    // The suite's own key pairs (another root) are untouched.
+    expect(findKeyObjects(raw, 'private', idOf(await handleOf('svc', 2)))).toHaveLength(1);
+    await doomed.root.close();
+    await doomed.store.close();
   });
 
   it('openssl req -verify accepts PKCS#10 requests signed in the HSM (P-256, P-384, RSA-2048, RSA-3072)', async () => {
