@@ -12,12 +12,20 @@ import { tmpdir } from 'node:os';
 import * as path from 'node:path';
 import { createInterface } from 'node:readline';
 import { fileURLToPath } from 'node:url';
-import { AccessDeniedError, Keywarden, KeywardenError, SoftwareRoot, writeStoredPolicy } from '@keywarden/core';
+import {
+  AccessDeniedError,
+  Keywarden,
+  KeywardenError,
+  MemoryKeyStore,
+  SoftwareRoot,
+  writeStoredPolicy,
+} from '@keywarden/core';
 import { SqliteKeyStore } from '@keywarden/store-sqlite';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { type AgentEndpoint, AgentClient } from '../src/client.js';
 import { issueAgentCredential } from '../src/credentials.js';
 import { AgentFleetClient, sealAgents } from '../src/fleet.js';
+import { AgentServer } from '../src/server.js';
 import { makePki, type Pem, type TestPki } from './_certs.js';
 
 const FIXTURE = fileURLToPath(new URL('./fixtures/fleet-agent.mjs', import.meta.url));
@@ -202,6 +210,37 @@ describe('failover', () => {
     const err = await failure(AgentFleetClient.connect([gone, `${gone}2`]));
     expect(KeywardenError.isInstance(err, 'KW_AGENT_UNAVAILABLE')).toBe(true);
     expect(err?.message).toMatch(new RegExp(`^agent: no agent answered \\(tried ${gone}, ${gone}2\\)`));
+  });
+});
+
+describe('failover past a sealed agent', () => {
+  it('a sealed agent refuses before doing anything, so any op goes on to an unsealed one', async () => {
+    // Two agents in this process on one store: one root left sealed, one unsealed.
+    const store = new MemoryKeyStore();
+    const unsealKey = new Uint8Array(randomBytes(32));
+    const setupRoot = await SoftwareRoot.initialize(store, { unsealKey: unsealKey.slice() });
+    await setupRoot.close();
+    const sealedRoot = await SoftwareRoot.load(store);
+    const openRoot = await SoftwareRoot.load(store);
+    await openRoot.unseal(unsealKey);
+    unsealKey.fill(0);
+    const s1 = await AgentServer.start({ socket: path.join(dir, 's1.sock'), store, root: sealedRoot, ownsRoot: true });
+    const s2 = await AgentServer.start({ socket: path.join(dir, 's2.sock'), store, root: openRoot, ownsRoot: true });
+    try {
+      const fleet = await AgentFleetClient.connect([s1.socket.path, s2.socket.path]);
+      expect((await fleet.status()).sealed).toBe(true); // status is served by the first, sealed or not
+      const created = await fleet.createKey('invoices');
+      expect(created.primaryVersion).toBe(1);
+      const dk = await fleet.generateDataKey('invoices');
+      expect(dk.keyId).toBe(created.id);
+      // createKey moved on once; the fleet then prefers the agent that answered.
+      expect(fleet.stats.failovers).toBe(1);
+      expect((await fleet.status()).sealed).toBe(false);
+      await fleet.close();
+    } finally {
+      await s1.close();
+      await s2.close();
+    }
   });
 });
 

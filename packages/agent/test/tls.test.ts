@@ -198,18 +198,25 @@ describe('mutual TLS: who may connect', () => {
 describe('mutual TLS: revocation', () => {
   it('revoking the principal cuts its live TLS connection and refuses the next; issuing again re-admits it', async () => {
     await issueAgentCredential(store, 'app'); // a token too: revocation removes both
-    const app = await connect(pki.client('app'));
+    const pem = pki.client('app');
+    const app = await connect(pem);
     await app.generateDataKey('orders/main');
     const other = await connect(pki.client('admin'));
+    // A raw TLS connection of the principal's, authenticated (hello answered), then left idle.
+    const live = tlsConnect({ host: '127.0.0.1', port, ca: pki.ca.cert, cert: pem.cert, key: pem.key });
+    live.on('error', () => {});
+    const answered = new Promise<string>((resolve) => live.once('data', (d: Buffer) => resolve(d.toString('utf8'))));
+    live.write('{"id":1,"op":"hello","args":{"versions":[1]}}\n');
+    expect(await answered).toContain('"principal":"app"');
+    const cut = new Promise<'cut'>((resolve) => live.once('close', () => resolve('cut')));
     await revokeAgentCredential(store, 'app');
     // The agent re-reads the credentials record every second and closes the connection.
-    let err: Error | undefined;
-    const deadline = Date.now() + 15_000;
-    while (!err && Date.now() < deadline) {
-      err = await failure(app.generateDataKey('orders/main'));
-      if (!err) await new Promise((r) => setTimeout(r, 100));
-    }
-    expect(err?.message).toMatch(/closed the connection before answering/);
+    const timeout = new Promise<'still open'>((resolve) => setTimeout(() => resolve('still open'), 15_000).unref());
+    expect(await Promise.race([cut, timeout])).toBe('cut');
+    // The client's connection went the same way: its next request fails (cut, or its reconnect refused).
+    expect((await failure(app.generateDataKey('orders/main')))?.message).toMatch(
+      /closed the connection before answering|the principal app was revoked/,
+    );
     const again = await failure(connect(pki.client('app')));
     expect(again?.message).toBe('agent: the principal app was revoked');
     expect(AccessDeniedError.isInstance(again)).toBe(true);
