@@ -59,7 +59,8 @@ class Instance {
       this.events.push(JSON.parse(line) as JobEvent);
       for (const w of this.#watchers) w();
     });
-    this.exited = new Promise((resolve) => this.child.once('exit', (code) => resolve(code)));
+    // 'close', not 'exit': every line of stdout and stderr has been read by then.
+    this.exited = new Promise((resolve) => this.child.once('close', (code) => resolve(code)));
     this.child.stdin?.end(`${Buffer.from(unsealKey).toString('hex')}\n`);
   }
 
@@ -166,7 +167,10 @@ describe.skipIf(unavailable !== undefined)('jobs resumed on another instance (re
     const hit = await i.until((e) => e.event === 'progress' && (e.done as number) >= target);
     i.kill();
     await i.exited;
-    expect(hit, `the job finished before the kill point ${target}: ${i.stderr}`).toBeDefined();
+    expect(
+      hit,
+      `the job ended before the kill point ${target}: ${JSON.stringify(i.events.filter((e) => e.event !== 'progress'))} ${i.stderr}`,
+    ).toBeDefined();
     return target;
   }
 
