@@ -21,6 +21,15 @@ import { withUnsealed } from './_unsealed.js';
 
 type PkiModule = typeof Pki;
 type Profile = 'server' | 'client' | 'server-client';
+type Storage = 'kek' | 'root';
+
+const STORAGE_HELP =
+  'where a new private key lives: kek (generated here, kept wrapped under the KEK) or root (generated and kept inside the root device, e.g. the PKCS#11 token; never leaves it)';
+
+function storageOf(value: string): Storage {
+  if (value !== 'kek' && value !== 'root') throw new InvalidArgumentError('must be kek or root');
+  return value;
+}
 
 const ALGORITHMS = ['ECDSA-P256', 'ECDSA-P384', 'RSA-2048', 'RSA-3072', 'Ed25519'] as const;
 const PROFILES: readonly Profile[] = ['server', 'client', 'server-client'];
@@ -33,10 +42,16 @@ interface PkiContext {
   certs: Pki.Certificates;
 }
 
-async function withPki<T>(cmd: Command, io: CliIO, kek: string, fn: (c: PkiContext) => Promise<T>): Promise<T> {
+async function withPki<T>(
+  cmd: Command,
+  io: CliIO,
+  kek: string,
+  fn: (c: PkiContext) => Promise<T>,
+  storage: Storage = 'kek',
+): Promise<T> {
   const pki = await import('@keywarden/pki');
   return withUnsealed(cmd, io, async (kw) => {
-    const pairs = new pki.KeyPairs({ keywarden: kw, kek });
+    const pairs = new pki.KeyPairs({ keywarden: kw, kek, storage });
     return fn({ pki, kw, pairs, certs: new pki.Certificates({ keywarden: kw, keyPairs: pairs }) });
   });
 }
@@ -207,6 +222,7 @@ Example:
     })
     .option('--parent <ca>', 'make an intermediate CA issued by this CA of the key store')
     .option('--kek <name>', 'KEK that wraps the private key', 'pki')
+    .option('--storage <where>', STORAGE_HELP, storageOf, 'kek')
     .option('--out <file>', 'write the CA certificate (PEM) here')
     .option('--json', 'print JSON')
     .action(
@@ -219,32 +235,39 @@ Example:
             pathLength?: number;
             parent?: string;
             kek: string;
+            storage: Storage;
           },
         cmd: Command,
       ) => {
         const subject = subjectOf(opts);
-        await withPki(cmd, io, opts.kek, async (c) => {
-          await ensureKek(c.kw, opts.kek);
-          const parent =
-            opts.parent !== undefined ? await c.pki.CertificateAuthority.open(c.kw, c.pairs, opts.parent) : undefined;
-          const ca = await c.pki.CertificateAuthority.create(c.kw, c.pairs, name, {
-            subject,
-            algorithm: opts.algorithm,
-            validityDays: opts.days,
-            ...(opts.pathLength !== undefined ? { pathLength: opts.pathLength } : {}),
-            ...(parent ? { parent } : {}),
-          });
-          const der = await ca.certificate();
-          await c.certs.add(name, der, parent ? { source: 'issued', ca: parent.name } : { source: 'imported' });
-          await emit(
-            io,
-            opts,
-            c.pki,
-            [{ der, label: 'CERTIFICATE' }],
-            { ca: name, algorithm: opts.algorithm, ...certJson(c.pki, der) },
-            `Created CA ${name} (${opts.algorithm}, ${dnText(subject)}).`,
-          );
-        });
+        await withPki(
+          cmd,
+          io,
+          opts.kek,
+          async (c) => {
+            await ensureKek(c.kw, opts.kek);
+            const parent =
+              opts.parent !== undefined ? await c.pki.CertificateAuthority.open(c.kw, c.pairs, opts.parent) : undefined;
+            const ca = await c.pki.CertificateAuthority.create(c.kw, c.pairs, name, {
+              subject,
+              algorithm: opts.algorithm,
+              validityDays: opts.days,
+              ...(opts.pathLength !== undefined ? { pathLength: opts.pathLength } : {}),
+              ...(parent ? { parent } : {}),
+            });
+            const der = await ca.certificate();
+            await c.certs.add(name, der, parent ? { source: 'issued', ca: parent.name } : { source: 'imported' });
+            await emit(
+              io,
+              opts,
+              c.pki,
+              [{ der, label: 'CERTIFICATE' }],
+              { ca: name, algorithm: opts.algorithm, storage: opts.storage, ...certJson(c.pki, der) },
+              `Created CA ${name} (${opts.algorithm}${opts.storage === 'root' ? ', key in the root' : ''}, ${dnText(subject)}).`,
+            );
+          },
+          opts.storage,
+        );
       },
     );
 
@@ -262,6 +285,7 @@ Example:
       algorithmOf,
     )
     .option('--kek <name>', 'KEK that wraps a new key pair’s private key', 'pki')
+    .option('--storage <where>', STORAGE_HELP, storageOf, 'kek')
     .option('--out <file>', 'write the request (PEM) here')
     .option('--json', 'print JSON')
     .addHelpText(
@@ -272,48 +296,61 @@ Example:
       async (
         name: string,
         opts: SubjectOptions &
-          OutOptions & { dns?: string[]; ip?: string[]; algorithm?: Pki.KeyPairAlgorithm; kek: string },
+          OutOptions & {
+            dns?: string[];
+            ip?: string[];
+            algorithm?: Pki.KeyPairAlgorithm;
+            kek: string;
+            storage: Storage;
+          },
         cmd: Command,
       ) => {
         const subject = subjectOf(opts);
-        await withPki(cmd, io, opts.kek, async (c) => {
-          let info: Pki.KeyPairInfo;
-          let created = false;
-          try {
-            info = await c.pairs.get(name);
-          } catch (err) {
-            if (!KeywardenError.isInstance(err, 'KW_KEY_NOT_FOUND')) throw err;
-            await ensureKek(c.kw, opts.kek);
-            info = await c.pairs.create(name, { algorithm: opts.algorithm ?? 'ECDSA-P256' });
-            created = true;
-          }
-          if (opts.algorithm !== undefined && info.algorithm !== opts.algorithm) {
-            throw new UsageError(
-              `cert request: key pair ${name} exists and is ${info.algorithm}, not ${opts.algorithm} (leave out --algorithm)`,
-            );
-          }
-          const csr = await c.pki.createCsr(await c.pairs.signer(name), {
-            subject,
-            dnsNames: opts.dns ?? [],
-            ipAddresses: opts.ip ?? [],
-          });
-          await emit(
-            io,
-            opts,
-            c.pki,
-            [{ der: csr, label: 'CERTIFICATE REQUEST' }],
-            {
-              keyPair: name,
-              keyVersion: info.primaryVersion,
-              algorithm: info.algorithm,
-              created,
+        await withPki(
+          cmd,
+          io,
+          opts.kek,
+          async (c) => {
+            let info: Pki.KeyPairInfo;
+            let created = false;
+            try {
+              info = await c.pairs.get(name);
+            } catch (err) {
+              if (!KeywardenError.isInstance(err, 'KW_KEY_NOT_FOUND')) throw err;
+              await ensureKek(c.kw, opts.kek);
+              info = await c.pairs.create(name, { algorithm: opts.algorithm ?? 'ECDSA-P256' });
+              created = true;
+            }
+            if (opts.algorithm !== undefined && info.algorithm !== opts.algorithm) {
+              throw new UsageError(
+                `cert request: key pair ${name} exists and is ${info.algorithm}, not ${opts.algorithm} (leave out --algorithm)`,
+              );
+            }
+            const csr = await c.pki.createCsr(await c.pairs.signer(name), {
               subject,
               dnsNames: opts.dns ?? [],
               ipAddresses: opts.ip ?? [],
-            },
-            `${created ? `Created key pair ${name} (${info.algorithm}). ` : ''}Request for ${dnText(subject)} signed by ${name} v${info.primaryVersion}.`,
-          );
-        });
+            });
+            await emit(
+              io,
+              opts,
+              c.pki,
+              [{ der: csr, label: 'CERTIFICATE REQUEST' }],
+              {
+                keyPair: name,
+                keyVersion: info.primaryVersion,
+                algorithm: info.algorithm,
+                storage: info.storage,
+                created,
+                subject,
+                dnsNames: opts.dns ?? [],
+                ipAddresses: opts.ip ?? [],
+              },
+              `${created ? `Created key pair ${name} (${info.algorithm}${info.storage === 'root' ? ', in the root' : ''}). ` : ''}Request for ${dnText(subject)} signed by ${name} v${info.primaryVersion}.`,
+            );
+          },
+          opts.storage,
+        );
       },
     );
 
@@ -559,6 +596,7 @@ certificate until they expire (the overlap), and \`cert crl CA --key-version N\`
             name,
             algorithm: info.algorithm,
             kek: info.kek,
+            storage: info.storage,
             primaryVersion: info.primaryVersion,
             versions: info.versions.map((v) => ({
               version: v.version,
