@@ -1,5 +1,5 @@
 /**
- * The TPM root's key-pair capability (core's KeyPairRoot): an unrestricted ECC signing key
+ * The TPM root's key-pair capability (core's KeyPairRoot): an unrestricted ECC or RSA signing key
  * (TPM 2.0 Part 1 §27: sign = 1, restricted = 0, decrypt = 0; fixedTPM, fixedParent,
  * sensitiveDataOrigin, userWithAuth, noDA) created under the root's storage key with TPM2_Create,
  * loaded with TPM2_Load, made persistent with TPM2_EvictControl at a random owner handle in
@@ -15,7 +15,8 @@
  * so another object later put at the same handle is never used.
  *
  * Signing: TPM2_Sign with TPM_ALG_ECDSA over SHA-256 (P-256) or SHA-384 (P-384) of the data,
- * with the NULL hash-check ticket; the TPMS_SIGNATURE_ECDSA's r and s are returned as r ‖ s.
+ * or TPM_ALG_RSASSA over SHA-256 (RSA-2048, e = 65537), with the NULL hash-check ticket; the
+ * TPMS_SIGNATURE_ECDSA's r and s are returned as r ‖ s, an RSA signature as it is.
  */
 import { createHash, createPublicKey } from 'node:crypto';
 import {
@@ -42,15 +43,41 @@ import {
   WireReader,
 } from '@keywarden/tss2';
 
-type TpmKeyPairAlgorithm = 'ECDSA-P256' | 'ECDSA-P384';
+type TpmKeyPairAlgorithm = 'ECDSA-P256' | 'ECDSA-P384' | 'RSA-2048';
 
-const PARAMS: Record<
-  TpmKeyPairAlgorithm,
-  { code: number; curve: number; crv: string; bytes: number; hash: number; node: string }
-> = {
-  // TPM 2.0 Part 2 §6.4 TPM_ECC_CURVE: NIST_P256 = 3, NIST_P384 = 4.
-  'ECDSA-P256': { code: 1, curve: 0x0003, crv: 'P-256', bytes: 32, hash: TPM2_ALG.SHA256, node: 'sha256' },
-  'ECDSA-P384': { code: 2, curve: 0x0004, crv: 'P-384', bytes: 48, hash: TPM2_ALG.SHA384, node: 'sha384' },
+interface Params {
+  code: number;
+  /** ECC: the curve (TPM 2.0 Part 2 §6.4 TPM_ECC_CURVE: NIST_P256 = 3, NIST_P384 = 4); RSA: none. */
+  curve?: number;
+  crv?: string;
+  /** ECC: bytes of r and s; RSA: bytes of the modulus. */
+  bytes: number;
+  hash: number;
+  node: string;
+  /** The TPM2_Sign scheme: TPM_ALG_ECDSA or TPM_ALG_RSASSA (PKCS#1 v1.5). */
+  scheme: number;
+}
+
+const PARAMS: Record<TpmKeyPairAlgorithm, Params> = {
+  'ECDSA-P256': {
+    code: 1,
+    curve: 0x0003,
+    crv: 'P-256',
+    bytes: 32,
+    hash: TPM2_ALG.SHA256,
+    node: 'sha256',
+    scheme: TPM2_ALG.ECDSA,
+  },
+  'ECDSA-P384': {
+    code: 2,
+    curve: 0x0004,
+    crv: 'P-384',
+    bytes: 48,
+    hash: TPM2_ALG.SHA384,
+    node: 'sha384',
+    scheme: TPM2_ALG.ECDSA,
+  },
+  'RSA-2048': { code: 3, bytes: 256, hash: TPM2_ALG.SHA256, node: 'sha256', scheme: TPM2_ALG.RSASSA },
 };
 const BY_CODE = new Map(Object.entries(PARAMS).map(([a, p]) => [p.code, a as TpmKeyPairAlgorithm]));
 const HANDLE_FORMAT = 0x01;
@@ -98,19 +125,23 @@ export class TpmKeyPairs implements KeyPairRoot {
       const auth = this.#auth(ph);
       let loaded: EsysTR | undefined;
       try {
-        const template: PublicTemplate = {
-          type: 'ecc',
-          nameAlg: TPM2_ALG.SHA256,
-          objectAttributes:
-            TPMA_OBJECT.FIXEDTPM |
-            TPMA_OBJECT.FIXEDPARENT |
-            TPMA_OBJECT.SENSITIVEDATAORIGIN |
-            TPMA_OBJECT.USERWITHAUTH |
-            TPMA_OBJECT.NODA |
-            TPMA_OBJECT.SIGN_ENCRYPT,
-          symmetric: null,
-          curve: p.curve,
-        };
+        const objectAttributes =
+          TPMA_OBJECT.FIXEDTPM |
+          TPMA_OBJECT.FIXEDPARENT |
+          TPMA_OBJECT.SENSITIVEDATAORIGIN |
+          TPMA_OBJECT.USERWITHAUTH |
+          TPMA_OBJECT.NODA |
+          TPMA_OBJECT.SIGN_ENCRYPT;
+        const template: PublicTemplate = p.curve
+          ? { type: 'ecc', nameAlg: TPM2_ALG.SHA256, objectAttributes, symmetric: null, curve: p.curve }
+          : {
+              type: 'rsa',
+              nameAlg: TPM2_ALG.SHA256,
+              objectAttributes,
+              symmetric: null,
+              rsaBits: 8 * p.bytes,
+              rsaExponent: 0,
+            };
         // The auth value crosses the interface encrypted (the session's DECRYPT attribute).
         await c.esys.setSessionAttributes(c.session, TPMA_SESSION.CONTINUESESSION | TPMA_SESSION.DECRYPT);
         const created = await c.esys.create(c.primary, template, { userAuth: auth, sessions: [c.session] });
@@ -118,20 +149,10 @@ export class TpmKeyPairs implements KeyPairRoot {
         const persistent = await c.esys.evictControl(ESYS_TR.RH_OWNER, loaded, ph);
         const { name } = await c.esys.readPublic(persistent);
         await c.esys.trClose(persistent).catch(() => undefined);
-        const pub = unmarshalTpm2bPublic(new WireReader(created.outPublic));
-        const [x, y] = pub.unique ?? [];
-        if (!x || !y || x.length !== p.bytes || y.length !== p.bytes) {
-          throw new InvalidInputError('tpm: the TPM returned an unexpected ECC public point');
-        }
-        const der = createPublicKey({
-          key: {
-            kty: 'EC',
-            crv: p.crv,
-            x: Buffer.from(x).toString('base64url'),
-            y: Buffer.from(y).toString('base64url'),
-          },
-          format: 'jwk',
-        }).export({ type: 'spki', format: 'der' });
+        const der = createPublicKey({ key: jwkOf(created.outPublic, p), format: 'jwk' }).export({
+          type: 'spki',
+          format: 'der',
+        });
         const handle = new Uint8Array(6 + name.length);
         handle[0] = HANDLE_FORMAT;
         handle[1] = p.code;
@@ -154,11 +175,17 @@ export class TpmKeyPairs implements KeyPairRoot {
       const auth = this.#auth(h.persistent);
       try {
         await c.esys.trSetAuth(tr, auth);
-        const wire = await this.#sign(c, tr, digest, p.hash);
-        // TPMT_SIGNATURE: sigAlg, then TPMS_SIGNATURE_ECDSA: hash, TPM2B r, TPM2B s (Part 2 §11.3.5).
+        const wire = await this.#sign(c, tr, digest, p);
+        // TPMT_SIGNATURE: sigAlg, then TPMS_SIGNATURE_RSA: hash, TPM2B signature, or
+        // TPMS_SIGNATURE_ECDSA: hash, TPM2B r, TPM2B s (Part 2 §11.3.4–11.3.5).
         const r = new WireReader(wire);
-        if (r.u16() !== TPM2_ALG.ECDSA) throw new InvalidInputError('tpm: TPM2_Sign returned another scheme');
+        if (r.u16() !== p.scheme) throw new InvalidInputError('tpm: TPM2_Sign returned another scheme');
         r.u16();
+        if (p.scheme === TPM2_ALG.RSASSA) {
+          const sig = r.tpm2b();
+          if (sig.length !== p.bytes) throw new InvalidInputError('tpm: an RSA signature of the wrong length');
+          return sig;
+        }
         const sigR = r.tpm2b();
         const sigS = r.tpm2b();
         const out = new Uint8Array(2 * p.bytes);
@@ -189,7 +216,8 @@ export class TpmKeyPairs implements KeyPairRoot {
       const auth = this.#auth(h.persistent);
       try {
         await c.esys.trSetAuth(tr, auth);
-        await this.#sign(c, tr, new Uint8Array(PARAMS[h.algorithm].bytes), PARAMS[h.algorithm].hash);
+        const p = PARAMS[h.algorithm];
+        await this.#sign(c, tr, new Uint8Array(p.hash === TPM2_ALG.SHA384 ? 48 : 32), p);
       } catch (err) {
         await c.esys.trClose(tr).catch(() => undefined);
         throw err;
@@ -201,10 +229,10 @@ export class TpmKeyPairs implements KeyPairRoot {
   }
 
   /** TPM2_Sign in the root's HMAC session; a refused auth value is a key of another root. */
-  async #sign(c: { esys: Esys; session: EsysTR }, tr: EsysTR, digest: Uint8Array, hash: number): Promise<Uint8Array> {
+  async #sign(c: { esys: Esys; session: EsysTR }, tr: EsysTR, digest: Uint8Array, p: Params): Promise<Uint8Array> {
     await c.esys.setSessionAttributes(c.session, TPMA_SESSION.CONTINUESESSION);
     try {
-      return await c.esys.sign(tr, digest, { algorithm: TPM2_ALG.ECDSA, hash }, [c.session]);
+      return await c.esys.sign(tr, digest, { algorithm: p.scheme, hash: p.hash }, [c.session]);
     } catch (err) {
       if (isTpmRc(err, 'TPM_RC_BAD_AUTH') || isTpmRc(err, 'TPM_RC_AUTH_FAIL')) {
         throw new KeyNotFoundError('tpm: the key pair is not one of this root (the TPM refused its auth value)');
@@ -255,6 +283,24 @@ export class TpmKeyPairs implements KeyPairRoot {
     b.writeUInt32BE(persistent >>> 0);
     return this.#host.derive(new Uint8Array(Buffer.concat([AUTH_DOMAIN, b])));
   }
+}
+
+/** The public key as a JWK, from the public area's unique field (ECC x, y; RSA modulus, e = 65537). */
+function jwkOf(outPublic: Uint8Array, p: Params): Record<string, string> {
+  const pub = unmarshalTpm2bPublic(new WireReader(outPublic));
+  const b64 = (b: Uint8Array) => Buffer.from(b).toString('base64url');
+  if (p.curve) {
+    const [x, y] = pub.unique ?? [];
+    if (pub.type !== 'ecc' || !x || !y || x.length !== p.bytes || y.length !== p.bytes) {
+      throw new InvalidInputError('tpm: the TPM returned an unexpected ECC public point');
+    }
+    return { kty: 'EC', crv: p.crv as string, x: b64(x), y: b64(y) };
+  }
+  const [n] = pub.unique ?? [];
+  if (pub.type !== 'rsa' || !n || n.length !== p.bytes || (pub.rsaExponent !== 0 && pub.rsaExponent !== 65537)) {
+    throw new InvalidInputError('tpm: the TPM returned an unexpected RSA public key');
+  }
+  return { kty: 'RSA', n: b64(n), e: 'AQAB' };
 }
 
 interface Parsed {
