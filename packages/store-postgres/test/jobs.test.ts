@@ -126,13 +126,20 @@ describe.skipIf(unavailable !== undefined)('jobs resumed on another instance (re
     app = await adminClient();
     await app.query(`CREATE TABLE ${table()} (id text PRIMARY KEY, envelope bytea NOT NULL)`);
     plaintexts.clear();
+    const ids: string[] = [];
+    const envelopes: Buffer[] = [];
     for (let n = 0; n < RECORDS; n++) {
       const id = `r${String(n).padStart(5, '0')}`;
       const text = `order ${n} ${randomBytes(4).toString('hex')}`;
       plaintexts.set(id, text);
       const envelope = await kw.encrypt(new TextEncoder().encode(text), { key: 'orders', context: { record: id } });
-      await app.query(`INSERT INTO ${table()} (id, envelope) VALUES ($1, $2)`, [id, Buffer.from(envelope)]);
+      ids.push(id);
+      envelopes.push(Buffer.from(envelope));
     }
+    await app.query(`INSERT INTO ${table()} (id, envelope) SELECT * FROM unnest($1::text[], $2::bytea[])`, [
+      ids,
+      envelopes,
+    ]);
   });
 
   afterEach(async () => {
