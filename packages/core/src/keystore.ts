@@ -166,6 +166,20 @@ export interface KeyStore {
    */
   swapMeta?(name: string, expected: Uint8Array | null, value: Uint8Array | null): Promise<void>;
   /**
+   * Read-modify-write of meta records, atomically across processes: `change` is called with the
+   * current value of `name` (undefined: absent) while no other updateMeta of `name` on this store
+   * can run, and returns the meta records to write, which are written in the same transaction (a
+   * crash leaves all of them or none). `change` is synchronous; what it throws aborts the update
+   * and is rethrown. It may be called more than once (a retried transaction): only the last call's
+   * records are written. Writes no change notification (no key changes). What the audit log's
+   * store sink needs so that many processes append to one chain (docs/audit.md §4). Optional: a
+   * store without it has one writer per audit log.
+   */
+  updateMeta?(
+    name: string,
+    change: (current: Uint8Array | undefined) => ReadonlyArray<{ name: string; value: Uint8Array }>,
+  ): Promise<void>;
+  /**
    * Move the KEK versions to a new root, in ONE transaction: for each listed version set rootId,
    * wrappedMaterial and updatedAt (= `at`), and write the meta record. A crash leaves either the
    * old root and the old wraps or the new root and the new wraps, never a mix.

@@ -280,6 +280,25 @@ export class MemoryKeyStore implements KeyStore {
     else this.#meta.set(name, new Uint8Array(value));
   }
 
+  async updateMeta(
+    name: string,
+    change: (current: Uint8Array | undefined) => ReadonlyArray<{ name: string; value: Uint8Array }>,
+  ): Promise<void> {
+    this.#assertOpen();
+    checkText(name, 'meta name');
+    // One thread, and change() is synchronous: nothing else runs between the read and the writes.
+    const current = this.#meta.get(name);
+    const writes = change(current && new Uint8Array(current));
+    for (const w of writes) {
+      checkText(w.name, 'meta name');
+      checkBytes(w.value, 'meta value');
+    }
+    for (const w of writes) {
+      wipe(this.#meta.get(w.name));
+      this.#meta.set(w.name, new Uint8Array(w.value));
+    }
+  }
+
   async replaceRoot(update: RootUpdate): Promise<void> {
     this.#assertOpen();
     checkRootUpdate(update);

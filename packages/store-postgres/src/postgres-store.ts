@@ -524,6 +524,35 @@ export class PostgresKeyStore implements KeyStore, LeaseStore {
     });
   }
 
+  /**
+   * One transaction under a transaction-level advisory lock on the record's name (taken before it is
+   * read, so of many instances one at a time reads, changes and writes: the audit chain's appends
+   * neither fork nor leave gaps). No generation bump and no notification: no key changed.
+   */
+  async updateMeta(
+    name: string,
+    change: (current: Uint8Array | undefined) => ReadonlyArray<{ name: string; value: Uint8Array }>,
+  ): Promise<void> {
+    this.#pool_();
+    checks.checkText(name, 'meta name');
+    await this.#write('updateMeta', async (tx) => {
+      await tx.query('SELECT pg_advisory_xact_lock(hashtextextended($1, 0))', [`${this.#s}/meta/${name}`]);
+      const rows = await tx.query<{ value: Buffer }>(`SELECT value FROM ${this.#s}.meta WHERE name = $1`, [name]);
+      const writes = change(rows.rows[0] ? copyOut(rows.rows[0].value) : undefined);
+      for (const w of writes) {
+        checks.checkText(w.name, 'meta name');
+        checks.checkBytes(w.value, 'meta value');
+      }
+      for (const w of writes) {
+        await tx.query(
+          `INSERT INTO ${this.#s}.meta (name, value) VALUES ($1, $2) ON CONFLICT (name) DO UPDATE SET value = excluded.value`,
+          [w.name, Buffer.from(w.value)],
+        );
+      }
+      return undefined;
+    });
+  }
+
   async deleteMeta(name: string): Promise<void> {
     this.#pool_();
     checks.checkText(name, 'meta name');

@@ -484,6 +484,27 @@ export class SqliteKeyStore implements KeyStore {
   }
 
   /**
+   * One IMMEDIATE transaction: SQLite's write lock is taken before the record is read, so no other
+   * process writes between the read, change() and the writes (the audit chain's appends).
+   */
+  async updateMeta(
+    name: string,
+    change: (current: Uint8Array | undefined) => ReadonlyArray<{ name: string; value: Uint8Array }>,
+  ): Promise<void> {
+    this.#writable();
+    checks.checkText(name, 'meta name');
+    this.#write('updateMeta', () => {
+      const row = this.#sql.getMeta.get(name);
+      const writes = change(row ? copyOut(row.value) : undefined);
+      for (const w of writes) {
+        checks.checkText(w.name, 'meta name');
+        checks.checkBytes(w.value, 'meta value');
+      }
+      for (const w of writes) this.#sql.putMeta.run(w.name, asBuffer(w.value));
+    });
+  }
+
+  /**
    * Idempotent. The record is deleted in one transaction, then the WAL is truncated like after a
    * destroy: deleting the sealed root is how a whole store is crypto-shredded (destroyRoot), so its
    * old value must not linger in WAL frames.

@@ -10,7 +10,7 @@
 import { createHmac } from 'node:crypto';
 import { toBase64Url, utf8, wipe } from '../_bytes.js';
 import { hkdfSha256 } from '../aead.js';
-import { InvalidInputError, StoreCorruptError } from '../errors.js';
+import { InvalidInputError, KeywardenError, StoreCorruptError } from '../errors.js';
 import type { KeyStore } from '../keystore.js';
 import { nodeRandom } from '../random.js';
 import type { RootOfTrust } from '../root.js';
@@ -165,7 +165,24 @@ export async function loadAuditKey(
   try {
     const wrapped = await root.wrapKey(material, AUDIT_KEY_AAD);
     const doc: AuditKeyDocument = { v: 1, rootId: root.id, wrapped: toBase64Url(wrapped) };
-    await store.putMeta(AUDIT_KEY_META_NAME, utf8.encode(JSON.stringify(doc)));
+    const value = utf8.encode(JSON.stringify(doc));
+    // Several processes may make the first record at once: the key is stored only if there is none
+    // yet, atomically, and whoever lost uses the winner's (one chain, one audit key).
+    let stored = true;
+    if (typeof store.updateMeta === 'function') {
+      await store.updateMeta(AUDIT_KEY_META_NAME, (current) => {
+        stored = current === undefined;
+        return stored ? [{ name: AUDIT_KEY_META_NAME, value }] : [];
+      });
+    } else if (typeof store.swapMeta === 'function') {
+      try {
+        await store.swapMeta(AUDIT_KEY_META_NAME, null, value);
+      } catch (err) {
+        if (!KeywardenError.isInstance(err, 'KW_CONFLICT')) throw err;
+        stored = false;
+      }
+    } else await store.putMeta(AUDIT_KEY_META_NAME, value);
+    if (!stored) return loadAuditKey(store, rootOfTrust, { create: false });
     return new AuditKey(material);
   } finally {
     wipe(material);

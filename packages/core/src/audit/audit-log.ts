@@ -58,6 +58,8 @@ const BATCH_RECORDS = 1024;
 
 export class AuditLog {
   readonly #sinks: AuditSink[];
+  /** The sink that gives out the chain's head under a lock (the key store with updateMeta), if any. */
+  readonly #authority: AuditSink | undefined;
   readonly #durability: AuditDurability;
   readonly #failClosed: boolean;
   readonly #onError: ((err: AuditError) => void) | undefined;
@@ -106,6 +108,7 @@ export class AuditLog {
       throw new InvalidInputError('audit: durability is "each" or { intervalMs ≥ 1 }');
     }
     this.#sinks = sinks;
+    this.#authority = sinks.find((s) => typeof s.appendChained === 'function');
     this.#durability = d;
     this.#failClosed = options.failClosed !== false;
     this.#onError = options.onError;
@@ -279,9 +282,11 @@ export class AuditLog {
       throw this.#failed;
     }
     let key: AuditKey;
+    const authority = this.#authority;
     try {
       key = this.#key ?? (await this.key());
-      if (this.#head === undefined) this.#head = await this.#readHead(key);
+      // With an authority the chain's head is read under its lock at each append, not here.
+      if (this.#head === undefined && !authority) this.#head = await this.#readHead(key);
     } catch (cause) {
       // The key is not available yet (a sealed root): keep the records, fail this batch's waiters.
       this.#pending = events.concat(this.#pending);
@@ -291,15 +296,24 @@ export class AuditLog {
       throw err;
     }
     if (this.#sealer === undefined) this.#sealer = new RecordSealer(key);
-    const { bytes, head } = this.#sealer.sealBatch(events, this.#head);
-    const { seq, mac } = head;
+    const sealer = this.#sealer;
     const sync = forceSync || this.#durability === 'each';
-    const batch = new LazyAuditBatch(bytes, events.length, head, sync);
-    // The chain moves on whether or not the sinks take the batch: a dropped batch (fail open)
-    // shows as a break in the chain, never as a silently renumbered log.
-    this.#head = { seq, mac };
+    let batch: LazyAuditBatch | undefined;
     try {
-      for (const s of this.#sinks) await s.write(batch, key);
+      if (authority?.appendChained) {
+        // Several writers, one chain: the authority seals the batch on the head it holds the lock
+        // of, so the seq numbers are the store's (a batch it refused leaves no gap in its chain).
+        const sealed = await authority.appendChained((after) => sealer.sealBatch(events, after), key);
+        batch = new LazyAuditBatch(sealed.bytes, events.length, sealed.head, sync);
+        this.#head = sealed.head;
+      } else {
+        const { bytes, head } = sealer.sealBatch(events, this.#head as AuditAnchor);
+        batch = new LazyAuditBatch(bytes, events.length, head, sync);
+        // The chain moves on whether or not the sinks take the batch: a dropped batch (fail open)
+        // shows as a break in the chain, never as a silently renumbered log.
+        this.#head = head;
+      }
+      for (const s of this.#sinks) if (s !== authority) await s.write(batch, key);
     } catch (cause) {
       const err = new AuditError(`audit: ${events.length} audit record(s) could not be written`, { cause });
       if (this.#failClosed) this.#failed = err;
@@ -312,7 +326,7 @@ export class AuditLog {
     }
     for (const w of waiters) w.resolve();
     if (this.#listeners.size === 0) return;
-    for (const rec of batch.records) {
+    for (const rec of (batch as LazyAuditBatch).records) {
       for (const l of this.#listeners) {
         try {
           l(rec);

@@ -24,9 +24,22 @@ export interface AuditBatch {
   sync: boolean;
 }
 
+/** A batch sealed on a given head: its JSONL bytes and the chain's new head. */
+export interface SealedAuditBytes {
+  bytes: Uint8Array;
+  head: AuditAnchor;
+}
+
 export interface AuditSink {
   /** Where the chain continues from, if this sink already holds records (read once, on open). */
   head?(key: AuditKey): Promise<AuditAnchor | undefined>;
+  /**
+   * A sink that several processes append to as ONE chain (the key store, when it has updateMeta):
+   * it calls `seal` inside its store's lock with the chain's head as it is at that moment, writes
+   * what `seal` returned (the last call's, if the transaction was retried) and returns it. The log
+   * makes such a sink the chain's authority: it hands the same batch to its other sinks after.
+   */
+  appendChained?: (seal: (after: AuditAnchor) => SealedAuditBytes, key: AuditKey) => Promise<SealedAuditBytes>;
   write(batch: AuditBatch, key: AuditKey): Promise<void>;
   close?(): Promise<void>;
 }
@@ -96,6 +109,21 @@ export async function readStoreAuditHead(
 ): Promise<(AuditAnchor & { segments: number }) | undefined> {
   const raw = await store.getMeta(AUDIT_HEAD_META_NAME);
   if (!raw) return undefined;
+  return parseStoreHead(raw, key);
+}
+
+function encodeStoreHead(key: AuditKey, head: AuditAnchor, segments: number): Uint8Array {
+  const doc: StoreHead = {
+    v: 1,
+    seq: head.seq,
+    mac: head.mac,
+    segments,
+    hmac: headMac(key, head.seq, head.mac, segments),
+  };
+  return utf8.encode(JSON.stringify(doc));
+}
+
+function parseStoreHead(raw: Uint8Array, key: AuditKey): AuditAnchor & { segments: number } {
   let head: StoreHead;
   try {
     head = JSON.parse(Buffer.from(raw).toString('utf8')) as StoreHead;
@@ -132,8 +160,35 @@ export async function readStoreAuditLines(store: KeyStore, key: AuditKey): Promi
 export class StoreAuditSink implements AuditSink {
   readonly #store: KeyStore;
   #segments = 0;
+  readonly appendChained?: AuditSink['appendChained'];
   constructor(store: KeyStore) {
     this.#store = store;
+    if (typeof store.updateMeta === 'function') {
+      this.appendChained = (seal, key) => this.#appendChained(seal, key);
+    }
+  }
+
+  /**
+   * Many writers, one chain: the head is read, the batch sealed on it, and the next segment and the
+   * new head written, all under the store's lock on the head record (updateMeta: SQLite's write
+   * lock, PostgreSQL's advisory lock). Two processes never seal on the same head (no fork), and the
+   * seq numbers are given out there (no gap).
+   */
+  async #appendChained(seal: (after: AuditAnchor) => SealedAuditBytes, key: AuditKey): Promise<SealedAuditBytes> {
+    let done: { sealed: SealedAuditBytes; segments: number } | undefined;
+    await (this.#store.updateMeta as NonNullable<KeyStore['updateMeta']>)(AUDIT_HEAD_META_NAME, (raw) => {
+      const head = raw ? parseStoreHead(raw, key) : { seq: 0, mac: '', segments: 0 };
+      const sealed = seal({ seq: head.seq, mac: head.mac });
+      const segments = head.segments + 1;
+      done = { sealed, segments };
+      return [
+        { name: segmentName(segments), value: sealed.bytes },
+        { name: AUDIT_HEAD_META_NAME, value: encodeStoreHead(key, sealed.head, segments) },
+      ];
+    });
+    const result = done as unknown as { sealed: SealedAuditBytes; segments: number };
+    this.#segments = result.segments;
+    return result.sealed;
   }
   async head(key: AuditKey): Promise<AuditAnchor | undefined> {
     const head = await readStoreAuditHead(this.#store, key);
@@ -143,14 +198,7 @@ export class StoreAuditSink implements AuditSink {
   async write(batch: AuditBatch, key: AuditKey): Promise<void> {
     const n = this.#segments + 1;
     await this.#store.putMeta(segmentName(n), batch.bytes ?? utf8.encode(batch.text));
-    const head: StoreHead = {
-      v: 1,
-      seq: batch.head.seq,
-      mac: batch.head.mac,
-      segments: n,
-      hmac: headMac(key, batch.head.seq, batch.head.mac, n),
-    };
-    await this.#store.putMeta(AUDIT_HEAD_META_NAME, utf8.encode(JSON.stringify(head)));
+    await this.#store.putMeta(AUDIT_HEAD_META_NAME, encodeStoreHead(key, batch.head, n));
     this.#segments = n;
   }
 }
