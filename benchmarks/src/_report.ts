@@ -102,12 +102,15 @@ export function markdown(meta: Meta, rows: readonly Row[], targets: readonly Tar
     '',
   );
   if (targets.length > 0) {
-    out.push('Hot-path targets (issue 11):', '');
+    out.push('Targets (hot path: issue 11; rewrap: issue 10):', '');
     for (const t of targets) {
       const r = rows.find((x) => x.id === t.id);
       if (!r) continue;
       out.push(
-        `- ${r.group}, ${r.label}: ×${r.ratio.toFixed(2)} (target ≤ ×${t.max.toFixed(1)}) ${r.ratio <= t.max ? '✅ met' : '❌ not met'}`,
+        t.max < 1
+          ? // A "cheaper than the ceiling" target (rewrap): say how many times cheaper.
+            `- ${r.group}, ${r.label}: ×${r.ratio.toFixed(4)}, ${(1 / r.ratio).toFixed(0)}× cheaper (target ≥ ${(1 / t.max).toFixed(0)}×) ${r.ratio <= t.max ? '✅ met' : '❌ not met'}`
+          : `- ${r.group}, ${r.label}: ×${r.ratio.toFixed(2)} (target ≤ ×${t.max.toFixed(1)}) ${r.ratio <= t.max ? '✅ met' : '❌ not met'}`,
       );
     }
     out.push('');

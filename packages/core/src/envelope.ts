@@ -213,27 +213,53 @@ export function deriveMessageKeys(
 ): MessageKeys {
   assertBytes(dek, 'envelope: DEK', DEK_BYTES);
   assertBytes(messageId, 'envelope: message id', MESSAGE_ID_BYTES);
-  let dataLabel: Uint8Array;
-  let commitLabel: Uint8Array;
-  if (formatVersion === ENVELOPE_VERSION_2) {
-    if (typeof keyId !== 'string') throw new InvalidInputError('envelope: format v2 keys need the KEK id');
-    const binding = concatBytes(u8(suite), keyIdField(keyId));
-    dataLabel = concatBytes(INFO_DATA_KEY_V2, binding);
-    commitLabel = concatBytes(INFO_COMMIT_V2, binding);
-  } else {
-    dataLabel = concatBytes(INFO_DATA_KEY, u8(suite));
-    commitLabel = concatBytes(INFO_COMMIT, u8(suite));
-  }
   // Both outputs share one extract (same IKM and salt): HKDF-SHA256(dek, messageId, info, L) each.
   const prk = hkdfExtract(messageId, dek);
   try {
     return {
-      encKey: hkdfExpand(prk, dataLabel, AES256_KEY_BYTES),
-      commitment: hkdfExpand(prk, commitLabel, COMMITMENT_BYTES),
+      encKey: hkdfExpand(
+        prk,
+        keyScheduleInfo(INFO_DATA_KEY, INFO_DATA_KEY_V2, suite, formatVersion, keyId),
+        AES256_KEY_BYTES,
+      ),
+      commitment: hkdfExpand(
+        prk,
+        keyScheduleInfo(INFO_COMMIT, INFO_COMMIT_V2, suite, formatVersion, keyId),
+        COMMITMENT_BYTES,
+      ),
     };
   } finally {
     wipe(prk);
   }
+}
+
+/** The commitment alone (deriveMessageKeys without the body key): what a rewrap checks. */
+function deriveCommitment(
+  dek: Uint8Array,
+  messageId: Uint8Array,
+  suite: number,
+  formatVersion: EnvelopeFormatVersion,
+  keyId: string,
+): Uint8Array {
+  const prk = hkdfExtract(messageId, dek);
+  try {
+    return hkdfExpand(prk, keyScheduleInfo(INFO_COMMIT, INFO_COMMIT_V2, suite, formatVersion, keyId), COMMITMENT_BYTES);
+  } finally {
+    wipe(prk);
+  }
+}
+
+/** HKDF `info`: v1 label ‖ suite; v2 label ‖ suite ‖ u8 L ‖ KEK id (docs/format.md §4.2, §4.10). */
+function keyScheduleInfo(
+  v1: Uint8Array,
+  v2: Uint8Array,
+  suite: number,
+  formatVersion: EnvelopeFormatVersion,
+  keyId: string | undefined,
+): Uint8Array {
+  if (formatVersion !== ENVELOPE_VERSION_2) return concatBytes(v1, u8(suite));
+  if (typeof keyId !== 'string') throw new InvalidInputError('envelope: format v2 keys need the KEK id');
+  return concatBytes(v2, u8(suite), keyIdField(keyId));
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -574,36 +600,8 @@ export async function openMessageKey(
   context: EncryptionContext | undefined,
   expected: KeyExpectation,
 ): Promise<Uint8Array> {
-  const { dek, encKey } = await openCommittedDataKey(provider, header, context, expected);
-  wipe(dek);
-  return encKey;
-}
-
-/**
- * Unwrap the header's DEK (under the wrap context: the caller's, plus the verification key of a
- * signed envelope) and check the key commitment against it in constant time. Returns the DEK and
- * the body key; the caller wipes both. Shared by decryption and rewrap (Keywarden.rewrapEnvelope),
- * which wraps the same DEK again and so must know it is the envelope's.
- */
-export async function openCommittedDataKey(
-  provider: DataKeyProvider,
-  header: EnvelopeHeader,
-  context: EncryptionContext | undefined,
-  expected: KeyExpectation,
-): Promise<{ dek: Uint8Array; encKey: Uint8Array }> {
-  checkProvider(provider);
-  let dek: Uint8Array;
+  const dek = await unwrapHeaderKey(provider, header, context, expected);
   try {
-    dek = await provider.decryptDataKey(header.wrappedKey, wrapContext(context, header.verificationKey), expected);
-  } catch (err) {
-    if (DecryptionError.isInstance(err)) throw new DecryptionError('envelope');
-    throw err;
-  }
-  if (!(dek instanceof Uint8Array))
-    throw new InvalidInputError('envelope: the provider returned a DEK that is not bytes');
-  let ok = false;
-  try {
-    assertBytes(dek, 'envelope: DEK from the provider', DEK_BYTES);
     const { encKey, commitment } = deriveMessageKeys(
       dek,
       header.messageId,
@@ -615,11 +613,61 @@ export async function openCommittedDataKey(
       wipe(encKey);
       throw new DecryptionError('envelope');
     }
+    return encKey;
+  } finally {
+    wipe(dek);
+  }
+}
+
+/**
+ * Unwrap the header's DEK (under the wrap context: the caller's, plus the verification key of a
+ * signed envelope) and check the key commitment against it in constant time; return the DEK (the
+ * caller wipes it). For a rewrap (Keywarden.rewrapEnvelope), which wraps the same DEK again and so
+ * must know it is the envelope's; it derives no body key.
+ */
+export async function openCommittedDataKey(
+  provider: DataKeyProvider,
+  header: EnvelopeHeader,
+  context: EncryptionContext | undefined,
+  expected: KeyExpectation,
+): Promise<Uint8Array> {
+  const dek = await unwrapHeaderKey(provider, header, context, expected);
+  let ok = false;
+  try {
+    const commitment = deriveCommitment(dek, header.messageId, header.suite, header.formatVersion, header.keyId);
+    if (!constantTimeEqual(commitment, header.commitment)) throw new DecryptionError('envelope');
     ok = true;
-    return { dek, encKey };
+    return dek;
   } finally {
     if (!ok) wipe(dek);
   }
+}
+
+/** The provider's unwrap of the header's DEK: authentication failures become the envelope's single
+ * DecryptionError, other errors pass through; the answer is checked (32 bytes). */
+async function unwrapHeaderKey(
+  provider: DataKeyProvider,
+  header: EnvelopeHeader,
+  context: EncryptionContext | undefined,
+  expected: KeyExpectation,
+): Promise<Uint8Array> {
+  checkProvider(provider);
+  let dek: Uint8Array;
+  try {
+    dek = await provider.decryptDataKey(header.wrappedKey, wrapContext(context, header.verificationKey), expected);
+  } catch (err) {
+    if (DecryptionError.isInstance(err)) throw new DecryptionError('envelope');
+    throw err;
+  }
+  if (!(dek instanceof Uint8Array))
+    throw new InvalidInputError('envelope: the provider returned a DEK that is not bytes');
+  try {
+    assertBytes(dek, 'envelope: DEK from the provider', DEK_BYTES);
+  } catch (err) {
+    wipe(dek);
+    throw err;
+  }
+  return dek;
 }
 
 /** The context a header's DEK is wrapped under (the caller's, plus a signed envelope's
@@ -660,8 +708,7 @@ export function replaceWrappedKey(header: EnvelopeHeader, wrappedKey: Uint8Array
     header.frameSize,
   );
   // Postcondition: only the wrapped DEK changed; what the body authenticates is byte-identical.
-  const reparsed = parseHeader(out);
-  if (!constantTimeEqual(reparsed.authBytes, header.authBytes)) {
+  if (!constantTimeEqual(authenticatedHeader(out, ENVELOPE_VERSION_2, wrappedKey.length, keyId), header.authBytes)) {
     throw new FormatError('envelope: the rewrapped header does not authenticate the same body');
   }
   return out;

@@ -15,7 +15,7 @@
  * they expire: seal or stop it (`seal()` wipes the cache), and load the new root.
  */
 import type { Transform } from 'node:stream';
-import { concatBytes, toBase64Url, u32be, u8, utf8, wipe } from './_bytes.js';
+import { assertBytes, concatBytes, toBase64Url, u32be, u8, utf8, wipe } from './_bytes.js';
 import { XaesKeySchedule } from './_xaes.js';
 import { AES256_KEY_BYTES } from './aead.js';
 import type { EncryptionContext } from './context.js';
@@ -35,9 +35,9 @@ import {
   ENVELOPE_VERSION_2,
   type EnvelopeDecryptOptions,
   type EnvelopeEncryptOptions,
+  type EnvelopeHeader,
   encryptEnvelope,
   headerWrapContext,
-  inspectEnvelope,
   openCommittedDataKey,
   parseHeader,
   replaceWrappedKey,
@@ -708,7 +708,10 @@ export class Keywarden implements DataKeyProvider {
     try {
       if (!this.#takeUse(kek)) await this.#reserveUse(kek, primary.keyId, primary.version);
       if (kek.inRoot) return (await this.#wrapInRoot(kek.inRoot, primary, dek, context)).wrapped;
-      const nonce = await this.#random.randomBytes(WRAP_NONCE_BYTES);
+      // As in generateDataKey: the synchronous CSPRNG when there is one (no thread-pool round trip).
+      const nonce = this.#syncRandom
+        ? this.#syncRandom(WRAP_NONCE_BYTES)
+        : await this.#random.randomBytes(WRAP_NONCE_BYTES);
       assertUsableKek(kek.material, primary);
       return wrapDataKey(kek.material, primary, dek, context, nonce, undefined, scheduleOf(kek));
     } finally {
@@ -741,9 +744,10 @@ export class Keywarden implements DataKeyProvider {
   ): Promise<{ envelope: Uint8Array; changed: boolean; fromVersion: number; toVersion: number }> {
     this.#checkOpen();
     checkOptions(options, DECRYPT_OPTIONS, 'rewrapEnvelope');
-    const info = inspectEnvelope(envelope);
+    assertBytes(envelope, 'envelope: envelope');
+    const info = parseHeader(envelope);
     const primary = this.#primaryHit(info.keyId) ?? (await this.#resolvePrimary(info.keyId));
-    if (info.formatVersion === ENVELOPE_VERSION_2) return this.#rewrapHeader(envelope, options, primary);
+    if (info.formatVersion === ENVELOPE_VERSION_2) return this.#rewrapHeader(envelope, info, options, primary);
     const plaintext = await this.decrypt(envelope, options);
     try {
       if (info.keyVersion === primary.version) {
@@ -752,7 +756,7 @@ export class Keywarden implements DataKeyProvider {
       const out = await this.encrypt(plaintext, {
         key: info.keyId,
         ...(options.context !== undefined ? { context: options.context } : {}),
-        ...(info.signed ? { signed: true } : {}),
+        ...(info.verificationKey ? { signed: true } : {}),
       });
       return { envelope: out, changed: true, fromVersion: info.keyVersion, toVersion: primary.version };
     } finally {
@@ -763,17 +767,16 @@ export class Keywarden implements DataKeyProvider {
   /** rewrapEnvelope for format v2: replace the wrapped DEK in the header, keep the rest. */
   async #rewrapHeader(
     envelope: Uint8Array,
+    header: EnvelopeHeader,
     options: EnvelopeDecryptOptions,
     primary: { keyId: string; version: number },
   ): Promise<{ envelope: Uint8Array; changed: boolean; fromVersion: number; toVersion: number }> {
-    // Preconditions as for a decryption (docs/format.md §4.5 steps 1, 3-5): options, the header,
-    // the signed requirement, the expected key, the unwrap, the commitment.
+    // Preconditions as for a decryption (docs/format.md §4.5 steps 1, 3-5): options, the header
+    // (parsed by the caller), the signed requirement, the expected key, the unwrap, the commitment.
     const expected = toKeyExpectation(checkKeyExpectation(options, 'envelope'));
     const requireSigned = checkRequireSigned(options);
-    const header = parseHeader(envelope);
     checkSignedRequirement(header, requireSigned);
-    const { dek, encKey } = await openCommittedDataKey(this, header, options.context, expected);
-    wipe(encKey);
+    const dek = await openCommittedDataKey(this, header, options.context, expected);
     try {
       const unchanged = { changed: false, fromVersion: header.keyVersion, toVersion: primary.version };
       if (header.keyVersion === primary.version) return { envelope, ...unchanged };
