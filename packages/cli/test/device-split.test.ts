@@ -417,6 +417,28 @@ describe.skipIf(!built)(
       expect(await agent.stop()).toBe(0);
       const log = agent.log();
       for (const s of shares) expect(log).not.toContain((await readFile(s, 'utf8')).trim().slice(20));
+
+      // status: the TPM's manufacturer (TPM2_GetCapability TPM_PT_MANUFACTURER), as tpm2-tools reads it.
+      const st = await kw(['--dir', 'd', 'status', '--json'], cwd, { env, timeoutMs: 60_000 });
+      expect(st.code, st.stderr).toBe(0);
+      const tpm = JSON.parse(st.stdout).tpm;
+      expect(tpm.manufacturer).toMatch(/^[\x20-\x7e]{1,4}$/);
+      expect(tpm.firmwareVersion).toMatch(/^[0-9a-f]{1,4}(\.[0-9a-f]{1,4}){3}$/);
+      let getcap = '';
+      try {
+        getcap = execFileSync('tpm2_getcap', ['properties-fixed'], {
+          encoding: 'utf8',
+          env: { ...process.env, TPM2TOOLS_TCTI: env.KEYWARDEN_TPM_TCTI },
+          stdio: ['ignore', 'pipe', 'ignore'],
+          timeout: 20_000,
+        });
+      } catch (err) {
+        if (process.env.CI) throw err;
+      }
+      if (getcap) {
+        const m = /TPM2_PT_MANUFACTURER:\s*raw: 0x[0-9A-Fa-f]+\s*value: "([^"]*)"/.exec(getcap);
+        expect(tpm.manufacturer).toBe(m?.[1]);
+      }
     }, 180_000);
   },
 );

@@ -71,6 +71,8 @@ export const TPM_TOMBSTONE_META_NAME = 'tpm-root-tombstone';
 /** The store's software-root record: a store holds one root. */
 const SOFTWARE_ROOT_META_NAME = 'root';
 const KEK_AUTH_DOMAIN = Buffer.from('keywarden/tpm/kek-auth/v1\0', 'utf8');
+/** TPM_PT_MANUFACTURER (TPM_PT_FIXED + 5), the first of the fixed properties tpmInfo() reads. */
+const TPM_PT_MANUFACTURER = 0x105;
 const AUTH_MIN = 8;
 const AUTH_MAX = 32;
 
@@ -363,6 +365,33 @@ export class TpmRoot implements RootOfTrust {
     if (needUnsealed && this.sealable && this.#k === undefined) {
       throw new KeystoreSealedError('tpm: the root is sealed; unseal it with its auth value');
     }
+  }
+
+  /**
+   * What the TPM says it is, from TPM2_GetCapability(TPM_CAP_TPM_PROPERTIES) of the fixed properties
+   * TPM_PT_MANUFACTURER (0x105), TPM_PT_VENDOR_STRING_1..4 (0x106..0x109) and
+   * TPM_PT_FIRMWARE_VERSION_1/2 (0x10B, 0x10C, as four hex 16-bit halves): e.g. manufacturer "IBM",
+   * vendor "SW   TPM" for swtpm.
+   * Nothing secret; works sealed.
+   */
+  async tpmInfo(): Promise<{ manufacturer: string; vendor: string; firmwareVersion: string }> {
+    const p = await this.#withTpm((c) => c.esys.properties(TPM_PT_MANUFACTURER, 8), false);
+    const text = (...ids: number[]) =>
+      ids
+        .map((id) => {
+          const v = p.get(id) ?? 0;
+          return String.fromCharCode(v >>> 24, (v >>> 16) & 0xff, (v >>> 8) & 0xff, v & 0xff);
+        })
+        .join('')
+        .replace(/[^\x20-\x7e]/g, '')
+        .trimEnd();
+    const f1 = p.get(TPM_PT_MANUFACTURER + 6) ?? 0;
+    const f2 = p.get(TPM_PT_MANUFACTURER + 7) ?? 0;
+    return {
+      manufacturer: text(TPM_PT_MANUFACTURER),
+      vendor: text(0x106, 0x107, 0x108, 0x109),
+      firmwareVersion: [f1 >>> 16, f1 & 0xffff, f2 >>> 16, f2 & 0xffff].map((n) => n.toString(16)).join('.'),
+    };
   }
 
   async #connect(): Promise<Connection> {

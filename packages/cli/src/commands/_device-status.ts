@@ -17,6 +17,7 @@ interface Pkcs11Like {
 }
 interface TpmLike {
   record: { alg: 'ecc' | 'rsa'; handle?: number; pcrs?: number[] };
+  tpmInfo?(): Promise<{ manufacturer: string; vendor: string; firmwareVersion: string }>;
 }
 
 export async function deviceStatus(
@@ -68,11 +69,22 @@ export async function deviceStatus(
       ]);
     } else if (scheme === 'tpm') {
       const t = root as unknown as TpmLike;
+      // TPM2_GetCapability; not while this folder's agent holds the TPM (one connection at a time).
+      const tpm = agent || typeof t.tpmInfo !== 'function' ? undefined : await t.tpmInfo();
       info.tpm = {
         storageKey: t.record.alg === 'ecc' ? 'ECC P-256' : 'RSA-2048',
         handle: t.record.handle ?? null,
         pcrs: t.record.pcrs ?? [],
+        manufacturer: tpm?.manufacturer ?? null,
+        vendor: tpm?.vendor ?? null,
+        firmwareVersion: tpm?.firmwareVersion ?? null,
       };
+      pairs.push([
+        'TPM',
+        tpm
+          ? `manufacturer "${tpm.manufacturer}", vendor "${tpm.vendor}", firmware ${tpm.firmwareVersion}`
+          : 'not asked: the agent holds the TPM (stop it to see the manufacturer)',
+      ]);
       pairs.push([
         'PCR policy',
         t.record.pcrs?.length
