@@ -13,6 +13,7 @@ import { Readable, Writable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import {
   constantTimeEqual,
+  envelopeHeaderLength,
   envelopeToText,
   inspectEnvelope,
   KeywardenError,
@@ -321,8 +322,16 @@ export async function runDemo(io: CliIO, options: { root?: DemoRoot } = {}): Pro
     out.step("Rewrap tenant A's old envelope onto v2, then retire v1 (docs/lifecycle.md)");
     const moved = await live.rewrapEnvelope(envelope, { key: 'tenant-a', context: contextA });
     await live.setMinDecryptionVersion('tenant-a', 2);
+    // Envelope format v2 (docs/format.md §4.10): only the header is replaced; the body is kept.
+    const bodyKept = constantTimeEqual(
+      moved.envelope.subarray(envelopeHeaderLength(moved.envelope)),
+      envelope.subarray(envelopeHeaderLength(envelope)),
+    );
     out.facts([
-      ['rewrapped', `KEK v${moved.fromVersion} → v${moved.toVersion}: decrypts as before`],
+      [
+        'rewrapped',
+        `KEK v${moved.fromVersion} → v${moved.toVersion}: ${bodyKept ? 'new header, the body byte for byte the same' : 're-encrypted'}; decrypts as before`,
+      ],
       ['minimum decryption version', 'v2: the original v1 envelope is now refused'],
     ]);
     out.refused(await refusal(() => live.decrypt(envelope, { key: 'tenant-a', context: contextA })));
