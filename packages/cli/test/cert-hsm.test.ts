@@ -1,7 +1,7 @@
 /**
  * `keywarden cert … --storage root` on a PKCS#11 root (SoftHSM2 started by harness/softhsm.sh):
  * the CA key and a leaf key are generated in the token and sign there; openssl checks the request,
- * the certificate and the CRL; the CA's key signs an audit checkpoint that `audit verify
+ * the certificate and the CRL; a certificate openssl made for the token's key is imported; the CA's key signs an audit checkpoint that `audit verify
  * --checkpoint-cert` accepts. When the environment already names a token (KEYWARDEN_PKCS11_MODULE
  * + _PIN_FILE) that one is used; outside CI a machine without SoftHSM2 skips with the harness's
  * reason, in CI it fails.
@@ -121,6 +121,44 @@ describe.skipIf(!built)('keywarden cert with keys in a PKCS#11 root (SoftHSM2)',
     await run('cert', 'issue', 'hsm-ca', '--csr', 'web.csr', '--out', 'web.pem');
     const v = openssl('verify', '-x509_strict', '-purpose', 'sslserver', '-CAfile', f('ca.pem'), f('web.pem'));
     expect(v.status, v.output).toBe(0);
+
+    // A certificate made by openssl (its own CA) for the key in the token is imported.
+    const osslCa = openssl(
+      'req',
+      '-x509',
+      '-newkey',
+      'ec',
+      '-pkeyopt',
+      'ec_paramgen_curve:P-256',
+      '-nodes',
+      '-keyout',
+      f('ossl.key'),
+      '-out',
+      f('ossl.pem'),
+      '-days',
+      '5',
+      '-subj',
+      '/CN=OpenSSL CA',
+    );
+    expect(osslCa.status, osslCa.output).toBe(0);
+    const osslLeaf = openssl(
+      'x509',
+      '-req',
+      '-in',
+      f('web.csr'),
+      '-CA',
+      f('ossl.pem'),
+      '-CAkey',
+      f('ossl.key'),
+      '-CAcreateserial',
+      '-days',
+      '5',
+      '-out',
+      f('web-ossl.pem'),
+    );
+    expect(osslLeaf.status, osslLeaf.output).toBe(0);
+    const imported = JSON.parse((await run('cert', 'import', 'web', 'web-ossl.pem', '--json')).stdout);
+    expect(imported).toMatchObject({ keyPair: 'web', keyVersion: 1, source: 'imported' });
 
     const list = JSON.parse((await run('cert', 'list', '--json')).stdout) as Array<{ name: string; storage: string }>;
     expect(list.map((r) => [r.name, r.storage])).toEqual([
