@@ -304,6 +304,16 @@ export class AgentServer {
     return this.#tcpAddress ? { ...this.#tcpAddress } : undefined;
   }
 
+  /**
+   * Drop the KEK cache: KEK versions are read from the store again on next use. For a store other
+   * processes change (a fleet on PostgreSQL), call it on the store's change notifications —
+   * `invalidateCachesOnChange(store, agent)` from @keywarden/store-postgres — so that a version
+   * disabled or compromised elsewhere stops working here at once, not when its cache entry expires.
+   */
+  clearCache(): void {
+    this.#kw.clearCache();
+  }
+
   /** The root being served (it changes after a seal when the agent loads roots itself). */
   get root(): RootOfTrust {
     return this.#root;

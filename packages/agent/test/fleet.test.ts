@@ -244,6 +244,35 @@ describe('failover past a sealed agent', () => {
   });
 });
 
+describe('a change made by another process on the store', () => {
+  it('clearCache() (what a store change notification calls) makes the agent refuse a version disabled elsewhere', async () => {
+    const store = new MemoryKeyStore();
+    const root = await SoftwareRoot.initialize(store, { unsealKey: new Uint8Array(randomBytes(32)) });
+    const server = await AgentServer.start({ socket: path.join(dir, 'cc.sock'), store, root, ownsRoot: true });
+    // "Another instance": its own Keywarden on the same store.
+    const other = new Keywarden({ store, root });
+    try {
+      await other.createKey('ledger');
+      const client = await AgentClient.connect(server.socket.path);
+      const dk = await client.generateDataKey('ledger'); // the agent caches version 1
+      await other.rotateKey('ledger');
+      await other.disableVersion('ledger', 1);
+      // Until told, the agent serves version 1 from its cache (for up to cache.ttlMs)…
+      expect(Buffer.from(await client.decryptDataKey(dk.wrapped, undefined, { key: 'ledger' }))).toEqual(
+        Buffer.from(dk.plaintext),
+      );
+      // …and once its cache is dropped it reads the store and refuses the disabled version.
+      server.clearCache();
+      const err = await failure(client.decryptDataKey(dk.wrapped, undefined, { key: 'ledger' }));
+      expect(KeywardenError.isInstance(err, 'KW_KEY_STATE')).toBe(true);
+      await client.close();
+    } finally {
+      await other.close();
+      await server.close();
+    }
+  });
+});
+
 describe('sealing the fleet', () => {
   it('sealAgents seals every agent listed (unix and TLS), reports the unreachable one, and the fleet refuses key operations', async () => {
     const a = await startAgent('a3', false);
