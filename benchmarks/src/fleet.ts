@@ -390,6 +390,14 @@ function markdown(r: {
   return lines.join('\n');
 }
 
+// Nothing may hang CI: whatever is still running after this is a failure.
+const WATCHDOG_MS = (SECONDS + 150) * 1000;
+setTimeout(() => {
+  log(`error: not finished within ${WATCHDOG_MS / 1000} s`);
+  stopPg();
+  process.exit(1);
+}, WATCHDOG_MS).unref();
+
 let code = 1;
 try {
   code = await main();
