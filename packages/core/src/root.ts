@@ -13,7 +13,7 @@
  *   destroy        `destroyable` destroy the root key and the root's own record  tombstone C_Destroy… evict
  *   KEK in root    `kekInRoot`   KEKs made and kept inside the root: every DEK   —         yes       —
  *                                wrap/unwrap is a root call
- *   key pairs      `keyPairs`    signing key pairs born and kept in the root:    — (pki    yes       yes (ECDSA)
+ *   key pairs      `keyPairs`    signing key pairs born and kept in the root:    — (pki    yes       yes
  *                                generate → handle + SPKI, sign, destroy         envelopes)
  *
  * Backends implement `RootOfTrust` (the hooks). Generic code never calls a backend directly: it
