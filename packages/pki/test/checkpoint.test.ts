@@ -195,6 +195,43 @@ describe('signed audit checkpoints', () => {
     expect(result.firstBad?.reason).toMatch(/outside its certificate's validity$/);
   });
 
+  it.each(['ECDSA-P384', 'RSA-2048', 'RSA-3072', 'Ed25519'] as const)(
+    'a checkpoint signed by a %s key pair verifies against its certificate, and not once its head is altered',
+    async (algorithm) => {
+      await pairs.create(`cp-${algorithm}`, { algorithm });
+      const s = await pairs.signer(`cp-${algorithm}`);
+      const cert = await selfSigned(s, `Checkpoints ${algorithm}`);
+      const out: AuditRecord[] = [];
+      const log = new AuditLog({ key: auditKey, callback: (records) => void out.push(...records) });
+      for (const e of original
+        .filter((r) => r.op !== CHECKPOINT_OP)
+        .slice(0, 3)
+        .map(eventOf))
+        await log.record(e);
+      await writeCheckpoint(log, s);
+      const head = log.head as { seq: number; mac: string };
+      // The attacker re-signs nothing but moves the checkpoint to name the record before.
+      const old = out[out.length - 1] as AuditRecord;
+      await log.record({
+        op: CHECKPOINT_OP,
+        principal: 'keywarden',
+        outcome: 'ok',
+        detail: { ...(old.detail ?? {}), head_seq: head.seq, head_mac: head.mac },
+      });
+      await log.close();
+      expect(verifyCheckpoints(out.slice(0, 4), { certificates: [cert], maxUncovered: 0 })).toMatchObject({
+        ok: true,
+        checkpoints: 1,
+        coveredThrough: 3,
+      });
+      expect(verifyCheckpoints(out, { certificates: [cert] }).firstBad).toEqual({
+        seq: 5,
+        reason: 'checkpoint at seq 5: the signature does not verify (forged or altered)',
+      });
+    },
+    60_000,
+  );
+
   it('every option is checked: every ≥ 1, a trusted certificate, no head known', async () => {
     const log = new AuditLog({ key: auditKey, callback: () => {} });
     expect(() => new AuditCheckpointer({ log, signer, every: 0 })).toThrow(/every is a positive integer/);
