@@ -33,7 +33,8 @@ describe('encrypt --signed / decrypt --require-signed', () => {
     expect(enc.stderr).toBe('');
     expect(enc.code).toBe(0);
     const ct = await readFile(path.join(cwd, 'a.kw'));
-    expect(ct.subarray(0, 5)).toEqual(Buffer.from([0x4b, 0x57, 0x45, 0x01, 0x02]));
+    // "KWE", format v2 (docs/format.md §4.10), suite 2.
+    expect(ct.subarray(0, 5)).toEqual(Buffer.from([0x4b, 0x57, 0x45, 0x02, 0x02]));
     const dec = await cli(
       ['decrypt', '--key', 'payments', '--require-signed', '-c', 'tenant=acme', '-i', 'a.kw', '-o', 'a.out'],
       { cwd },
