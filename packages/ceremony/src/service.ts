@@ -224,6 +224,18 @@ export interface OpenFolderOptions {
   rootSecret?: () => Promise<Uint8Array | undefined>;
   /** Environment for the root URI's attributes that name variables; default process.env. */
   env?: Readonly<Record<string, string | undefined>>;
+  /**
+   * Record every key operation of the Keywarden opened here in the store's audit log
+   * (docs/audit.md), as this principal. Only where this process holds the root unsealed (a
+   * development-mode store or a device root opened directly); a Keywarden left sealed records
+   * nothing, and through the agent the agent records.
+   */
+  auditAs?: string;
+}
+
+/** The Keywarden options that audit as `principal` into the store (none without one). */
+function auditing(principal: string | undefined): { audit?: { toStore: true }; principal?: string } {
+  return principal === undefined ? {} : { audit: { toStore: true }, principal };
 }
 
 /**
@@ -233,7 +245,7 @@ export interface OpenFolderOptions {
 async function openDeviceKeywarden(
   loc: StoreLocation,
   unseal: boolean,
-  options: Pick<OpenFolderOptions, 'rootSecret' | 'env'>,
+  options: Pick<OpenFolderOptions, 'rootSecret' | 'env' | 'auditAs'>,
 ): Promise<Keywarden> {
   const { store, root } = await openFolderRoot(loc, 'write', options.env ? { env: options.env } : {});
   try {
@@ -247,7 +259,14 @@ async function openDeviceKeywarden(
         }
       }
     }
-    return new Keywarden({ store, root, ownsStore: true, ownsRoot: true });
+    const unsealed = unseal && !root.sealable?.isSealed();
+    return new Keywarden({
+      store,
+      root,
+      ownsStore: true,
+      ownsRoot: true,
+      ...auditing(unsealed ? options.auditAs : undefined),
+    });
   } catch (err) {
     await root.close().catch(() => {});
     await store.close().catch(() => {});
@@ -285,7 +304,13 @@ export async function openFolderKeywarden(
   const { store, root } = await openSealed(loc);
   try {
     if (options.unseal) await unsealRoot(root, options.unseal, at);
-    return new Keywarden({ store, root, ownsStore: true, ownsRoot: true });
+    return new Keywarden({
+      store,
+      root,
+      ownsStore: true,
+      ownsRoot: true,
+      ...auditing(options.unseal ? options.auditAs : undefined),
+    });
   } catch (err) {
     await root.close().catch(() => {});
     await store.close().catch(() => {});
@@ -302,6 +327,8 @@ export interface KeyServiceOptions {
   connectTimeoutMs?: number;
   /** A device root whose URI names no PIN/auth source: asked for it (OpenFolderOptions.rootSecret). */
   rootSecret?: () => Promise<Uint8Array | undefined>;
+  /** Audit the local Keywarden's operations as this principal (OpenFolderOptions.auditAs). */
+  auditAs?: string;
 }
 
 /**
@@ -336,6 +363,7 @@ export async function openKeyService(
     return openDeviceKeywarden(loc, true, {
       env: at.env,
       ...(options.rootSecret ? { rootSecret: options.rootSecret } : {}),
+      ...(options.auditAs !== undefined ? { auditAs: options.auditAs } : {}),
     });
   }
   const { store, root } = await openSealed(loc);
@@ -348,7 +376,7 @@ export async function openKeyService(
     });
     if (source.kind !== 'agent') {
       await unsealRoot(root, source, at);
-      return new Keywarden({ store, root, ownsStore: true, ownsRoot: true });
+      return new Keywarden({ store, root, ownsStore: true, ownsRoot: true, ...auditing(options.auditAs) });
     }
   } catch (err) {
     await root.close().catch(() => {});

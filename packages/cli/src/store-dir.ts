@@ -207,6 +207,13 @@ export async function initDeviceStoreDir(
   }
 }
 
+/**
+ * The principal the CLI's own key operations are recorded as, in the store's audit log, when it
+ * opens a store itself with the root unsealed (development mode, a device root opened directly).
+ * Through the agent, the agent records them as the connection's principal.
+ */
+export const CLI_AUDIT_PRINCIPAL = 'cli';
+
 /** Open D's store and root. The returned Keywarden owns both: close it when done. */
 export async function openKeywarden(
   loc: StoreLocation,
@@ -221,6 +228,7 @@ export async function openKeywarden(
     loc,
     {
       ...options,
+      auditAs: CLI_AUDIT_PRINCIPAL,
       ...(io.env ? { env: io.env } : {}),
       ...(io.stdin ? { rootSecret: rootSecretPrompt({ stdin: io.stdin, stderr: io.stderr, signal: io.signal }) } : {}),
     },
@@ -258,6 +266,7 @@ export async function openKeyService(
     return await openFolderKeyService(
       loc,
       {
+        auditAs: CLI_AUDIT_PRINCIPAL,
         ...options,
         ...(stdin ? { rootSecret: rootSecretPrompt({ stdin, stderr: io.stderr, signal: (io as CliIO).signal }) } : {}),
       },

@@ -1,7 +1,10 @@
 /**
  * `keywarden audit tail|export|verify|search|anomalies`: read the key store's audit log
  * (docs/audit.md). Every command needs the root unsealed (the records are checked under the audit
- * key, which the root wraps); each calls one library function and prints.
+ * key, which the root wraps): in development mode with the unseal key, under split knowledge with a
+ * quorum of the current shares (--share-file, piped one a line, or typed at the hidden prompt, as
+ * for rekey and root rotate), unsealed in this process only for the command and sealed again after;
+ * each calls one library function and prints.
  */
 import { readFile } from 'node:fs/promises';
 import {
@@ -10,15 +13,20 @@ import {
   type AuditRecord,
   detectAnomalies,
   KeyNotFoundError,
+  type Keywarden,
   loadAuditKey,
   readStoreAuditHead,
   readStoreAuditLines,
+  type SoftwareRoot,
   verifyAuditLog,
 } from '@keywarden/core';
+import { unsealWithShares } from '@keywarden/split-knowledge';
 import type { Command } from 'commander';
+import { collectShares } from '../ceremony-io.js';
 import type { CliIO } from '../io.js';
+import { withKeywarden } from '../store-dir.js';
 import { print } from '../output.js';
-import { collect, positiveInt } from './_common.js';
+import { collect, locationOf, positiveInt } from './_common.js';
 import { uncoveredOf, verifyAuditCheckpoints } from './cert.js';
 import { withUnsealed } from './_unsealed.js';
 
@@ -27,13 +35,50 @@ interface LogOpen {
   anchor: AuditAnchor | undefined;
 }
 
+/**
+ * The folder's Keywarden with its root unsealed for reading the audit log: under split knowledge by
+ * a quorum of the current shares (checked against the share set before they are combined; the
+ * combined key is wiped, and the root sealed again when the command ends), else as the other
+ * commands that read the store's own records (withUnsealed).
+ */
+async function withAuditRoot<T>(
+  cmd: Command,
+  io: CliIO,
+  shareFiles: readonly string[] | undefined,
+  fn: (kw: Keywarden) => Promise<T>,
+): Promise<T> {
+  const loc = locationOf(cmd, io);
+  const split = await withKeywarden(loc, io, {}, async (kw) => {
+    const doc = (kw.root as { document?: { unseal?: { method?: string } } }).document;
+    return doc?.unseal?.method === 'shamir';
+  });
+  if (!split) return withUnsealed(cmd, io, fn);
+  return withKeywarden(loc, io, {}, async (kw) => {
+    const root = kw.root as SoftwareRoot;
+    const u = root.document.unseal as { shareSetId: string; threshold: number; shares: number };
+    const shares = await collectShares(
+      io,
+      { shareSetId: u.shareSetId, threshold: u.threshold, shares: u.shares, purpose: 'unseal-key' },
+      shareFiles ?? [],
+      { operation: 'audit', title: 'Reading the audit log', which: 'current' },
+    );
+    try {
+      await unsealWithShares(root, shares);
+    } finally {
+      shares.length = 0;
+    }
+    return fn(kw);
+  });
+}
+
 /** The verified log, or AuditError naming the first bad record (nothing is printed from a bad log). */
 async function openLog(
   cmd: Command,
   io: CliIO,
   file: string | undefined,
+  shareFiles?: readonly string[],
 ): Promise<LogOpen & { records: AuditRecord[] }> {
-  return withUnsealed(cmd, io, async (kw) => {
+  return withAuditRoot(cmd, io, shareFiles, async (kw) => {
     const key = await loadAuditKey(kw.store, kw.root, { create: false });
     try {
       const anchor = await readStoreAuditHead(kw.store, key);
@@ -76,23 +121,30 @@ export function registerAudit(program: Command, io: CliIO): void {
       uncoveredOf,
       1000,
     )
-    .action(async (opts: { file?: string; checkpointCert?: string[]; maxUncovered: number }, cmd: Command) => {
-      const { lines, anchor } = await openLog(cmd, io, opts.file);
-      const signed = opts.checkpointCert
-        ? await verifyAuditCheckpoints(lines, opts.checkpointCert, opts.maxUncovered, io.cwd)
-        : '';
-      await print(
-        io.stdout,
-        `audit: ${lines.length} records verified, chain intact${anchor ? ` up to seq ${anchor.seq}, the head the key store recorded` : ' (no head in the key store to check the tail against)'}\n${signed}`,
-      );
-    });
+    .option('--share-file <path>', 'split knowledge: a file holding one current share (repeat for a quorum)', collect)
+    .action(
+      async (
+        opts: { file?: string; checkpointCert?: string[]; maxUncovered: number; shareFile?: string[] },
+        cmd: Command,
+      ) => {
+        const { lines, anchor } = await openLog(cmd, io, opts.file, opts.shareFile);
+        const signed = opts.checkpointCert
+          ? await verifyAuditCheckpoints(lines, opts.checkpointCert, opts.maxUncovered, io.cwd)
+          : '';
+        await print(
+          io.stdout,
+          `audit: ${lines.length} records verified, chain intact${anchor ? ` up to seq ${anchor.seq}, the head the key store recorded` : ' (no head in the key store to check the tail against)'}\n${signed}`,
+        );
+      },
+    );
 
   audit
     .command('tail')
     .description('print the last records, one JSON object a line')
     .option('-n, --lines <n>', 'how many', positiveInt, 20)
-    .action(async (opts: { lines: number }, cmd: Command) => {
-      const { lines } = await openLog(cmd, io, undefined);
+    .option('--share-file <path>', 'split knowledge: a file holding one current share (repeat for a quorum)', collect)
+    .action(async (opts: { lines: number; shareFile?: string[] }, cmd: Command) => {
+      const { lines } = await openLog(cmd, io, undefined, opts.shareFile);
       await print(
         io.stdout,
         lines
@@ -106,8 +158,9 @@ export function registerAudit(program: Command, io: CliIO): void {
     .command('export')
     .description('print the whole log')
     .requiredOption('--jsonl', 'as JSON lines (the only format)')
-    .action(async (_opts: unknown, cmd: Command) => {
-      const { lines } = await openLog(cmd, io, undefined);
+    .option('--share-file <path>', 'split knowledge: a file holding one current share (repeat for a quorum)', collect)
+    .action(async (opts: { shareFile?: string[] }, cmd: Command) => {
+      const { lines } = await openLog(cmd, io, undefined, opts.shareFile);
       await print(io.stdout, lines.map((l) => `${l}\n`).join(''));
     });
 
@@ -118,27 +171,34 @@ export function registerAudit(program: Command, io: CliIO): void {
     .option('--principal <name>', 'a principal')
     .option('--op <op>', 'an operation (encrypt, decrypt, generate-data-key, rotate-key, policy-change …)')
     .option('--outcome <outcome>', 'ok, denied or error')
-    .action(async (opts: { key?: string; principal?: string; op?: string; outcome?: string }, cmd: Command) => {
-      let keyId: string | undefined;
-      if (opts.key !== undefined) {
-        keyId = await withUnsealed(cmd, io, async (kw) => {
-          const k = await kw.store.getKey(opts.key as string);
-          if (!k) throw new KeyNotFoundError(`keystore: no key named "${opts.key}"`);
-          return k.id;
-        });
-      }
-      const { lines, records } = await openLog(cmd, io, undefined);
-      const out = records
-        .map((r, i) => [r, lines[i] as string] as const)
-        .filter(
-          ([r]) =>
-            (keyId === undefined || r.key === keyId) &&
-            (opts.principal === undefined || r.principal === opts.principal) &&
-            (opts.op === undefined || r.op === opts.op) &&
-            (opts.outcome === undefined || r.outcome === opts.outcome),
-        );
-      await print(io.stdout, out.map(([, l]) => `${l}\n`).join(''));
-    });
+    .option('--share-file <path>', 'split knowledge: a file holding one current share (repeat for a quorum)', collect)
+    .action(
+      async (
+        opts: { key?: string; principal?: string; op?: string; outcome?: string; shareFile?: string[] },
+        cmd: Command,
+      ) => {
+        let keyId: string | undefined;
+        if (opts.key !== undefined) {
+          // A metadata read: the root stays sealed.
+          keyId = await withKeywarden(locationOf(cmd, io), io, {}, async (kw) => {
+            const k = await kw.store.getKey(opts.key as string);
+            if (!k) throw new KeyNotFoundError(`keystore: no key named "${opts.key}"`);
+            return k.id;
+          });
+        }
+        const { lines, records } = await openLog(cmd, io, undefined, opts.shareFile);
+        const out = records
+          .map((r, i) => [r, lines[i] as string] as const)
+          .filter(
+            ([r]) =>
+              (keyId === undefined || r.key === keyId) &&
+              (opts.principal === undefined || r.principal === opts.principal) &&
+              (opts.op === undefined || r.op === opts.op) &&
+              (opts.outcome === undefined || r.outcome === opts.outcome),
+          );
+        await print(io.stdout, out.map(([, l]) => `${l}\n`).join(''));
+      },
+    );
 
   audit
     .command('anomalies')
@@ -146,8 +206,9 @@ export function registerAudit(program: Command, io: CliIO): void {
       'flag unusual use in the log: rate spikes, new principal-key pairs, retired versions, decrypt-failure bursts, off-hours use',
     )
     .option('--learn <n>', 'records of each principal before it is established', positiveInt, 100)
-    .action(async (opts: { learn: number }, cmd: Command) => {
-      const { records } = await openLog(cmd, io, undefined);
+    .option('--share-file <path>', 'split knowledge: a file holding one current share (repeat for a quorum)', collect)
+    .action(async (opts: { learn: number; shareFile?: string[] }, cmd: Command) => {
+      const { records } = await openLog(cmd, io, undefined, opts.shareFile);
       const found = detectAnomalies(records, { learnRecords: opts.learn });
       await print(
         io.stdout,
