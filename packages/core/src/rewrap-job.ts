@@ -23,7 +23,8 @@ export interface RewrapRecord {
   id: string;
   /** A wrapped data key (generateDataKey's `wrapped`): one unwrap and one wrap. */
   wrappedKey?: Uint8Array;
-  /** Or a single-shot envelope: decrypted and re-encrypted (Keywarden.rewrapEnvelope). */
+  /** Or an envelope (Keywarden.rewrapEnvelope): format v2, its header replaced and its body kept;
+   * format v1, decrypted and re-encrypted into v2. */
   envelope?: Uint8Array;
   /** The encryption context the record was made with. */
   context?: EncryptionContext;
