@@ -113,6 +113,18 @@ describe('rewrapEnvelope', () => {
     expect(await kw.decrypt(concatBytes(r.envelope, bodyOf(env)), { key: 'k', context: CONTEXT })).toEqual(plain);
   });
 
+  it('format v2: the body is not read — a damaged body is carried over unchanged and still fails to decrypt', async () => {
+    const { kw } = await setup();
+    const env = await kw.encrypt(new Uint8Array(randomBytes(4096)), { key: 'k', context: CONTEXT });
+    const damaged = env.slice();
+    damaged[damaged.length - 100]! ^= 1;
+    await kw.rotateKey('k');
+    const r = await kw.rewrapEnvelope(damaged, { key: 'k', context: CONTEXT });
+    expect(r.changed).toBe(true);
+    expect(bodyOf(r.envelope)).toEqual(bodyOf(damaged));
+    await expect(kw.decrypt(r.envelope, { key: 'k', context: CONTEXT })).rejects.toSatisfy(DecryptionError.isInstance);
+  });
+
   it('format v2: refused like a decryption — unexpected key (before any KEK is loaded), wrong context, wrong commitment, compromised version', async () => {
     const { kw } = await setup();
     await kw.createKey('other');
