@@ -100,7 +100,7 @@ export function registerInit(program: Command, io: CliIO): void {
     .option('--abort', 'split knowledge: remove an unfinished init (its staged store and the share files it wrote)')
     .option(
       '--share-file <file>',
-      'with --resume: a file holding one of the NEW plaintext shares (test quorum)',
+      'with --resume: a file holding one of the NEW plaintext shares (test quorum); with --abort of a device init: its shares, to destroy the root object it made',
       collect,
     )
     .option(
@@ -164,7 +164,7 @@ Device root (--root URI): the root key is made in a PKCS#11 token or a TPM and n
   Split knowledge over the device (--pin-shares N --pin-threshold M for pkcs11:, --auth-shares N
   --auth-threshold M for tpm:; --custodian and --share-dir hand the shares out as for --shares):
   the token's user PIN (read once from the URI's pin-source or the prompt), or for a TPM a random
-  32-byte auth value that nobody ever sees, is split M-of-N; D/root.uri is recorded without its PIN
+  32-byte auth value that nobody ever sees, is split M-of-N; DIR/root.uri is recorded without its PIN
   source. Run \`keywarden agent\`, then \`keywarden unseal\` with M shares: the agent recombines the
   secret in memory, unseals the device with it and wipes it. Staged like a split init (\`init --resume\`,
   \`init --abort\`; an abort given --share-file with a quorum also destroys the root object it made).
