@@ -450,6 +450,20 @@ describe('a lifecycle change made through the Keywarden drops the data keys of t
     expect(cache[cachedSecretsForTests]()).toHaveLength(0);
   });
 
+  it('works the same through an audited Keywarden (the guarded view of guard.ts)', async () => {
+    const store = new MemoryKeyStore();
+    const root = await SoftwareRoot.initialize(store, { unsealKey: new Uint8Array(randomBytes(32)) });
+    const kw = new Keywarden({ store, root, audit: {} });
+    await kw.createKey('orders');
+    const cache = new DataKeyCache(kw, { maxAgeMs: 3_600_000 });
+    const env = await cache.encrypt(new Uint8Array(5), { key: 'orders', context: ctx });
+    await cache.decrypt(env, { key: 'orders', context: ctx });
+    await kw.rotateKey('orders');
+    await kw.disableVersion('orders', 1);
+    await expect(cache.decrypt(env, { key: 'orders', context: ctx })).rejects.toThrow(/v1 is disabled/);
+    await cache.close();
+  });
+
   it('an unwrap in flight across the change does not put its key into the cache', async () => {
     const { kw, cache, orders } = await direct();
     cache.clear();
