@@ -17,37 +17,88 @@
  */
 import { randomBytes, randomInt } from 'node:crypto';
 import { createInterface } from 'node:readline';
-import { inspectEnvelope, Keywarden, SoftwareRoot } from '@keywarden/core';
+import { AgentClient, AgentServer } from '@keywarden/agent';
+import {
+  type DataKeyProvider,
+  decryptEnvelope,
+  encryptEnvelope,
+  inspectEnvelope,
+  Keywarden,
+  SoftwareRoot,
+} from '@keywarden/core';
 import { invalidateCachesOnChange, PostgresKeyStore } from '@keywarden/store-postgres';
 
-const [schema, workerId, pollArg] = process.argv.slice(2) as [string, string, string];
+const [schema, workerId, pollArg, agentSocket] = process.argv.slice(2) as [string, string, string, string?];
 const CONCURRENCY = 4;
 const lines = createInterface({ input: process.stdin })[Symbol.asyncIterator]();
 const unsealKey = Uint8Array.from(Buffer.from(String((await lines.next()).value), 'hex'));
+const untilStop = async (): Promise<void> => {
+  for (;;) {
+    const line = await lines.next();
+    if (line.done || line.value === 'stop') return;
+  }
+};
 
-const store = await PostgresKeyStore.open({ schema, maxConnections: 4 });
 if (workerId === 'observer') {
   // An idle process that only LISTENs: it timestamps each committed change within milliseconds of
   // its commit (NOTIFY is delivered at commit), which the busy processes cannot (fleet.ts uses it
   // as the commit time of the rotation and the revocation).
+  const store = await PostgresKeyStore.open({ schema, maxConnections: 2 });
   const stop = await store.watch((change) => {
     process.stdout.write(`${JSON.stringify({ t: 'change', at: Date.now(), ...change })}\n`);
   });
   process.stdout.write(`${JSON.stringify({ t: 'ready' })}\n`);
-  for (;;) {
-    const line = await lines.next();
-    if (line.done || line.value === 'stop') break;
-  }
+  await untilStop();
   await stop();
   await store.close();
   process.exit(0);
 }
-const root = await SoftwareRoot.load(store);
-await root.unseal(unsealKey);
+
+if (workerId.startsWith('agent')) {
+  // An agent of the fleet: holds the root (unsealed here with the development-mode key) and serves
+  // data keys on a unix socket; it drops its KEK cache on every change committed to the store.
+  const store = await PostgresKeyStore.open({ schema, maxConnections: 4 });
+  const root = await SoftwareRoot.load(store);
+  await root.unseal(unsealKey);
+  unsealKey.fill(0);
+  const agent = await AgentServer.start({
+    socket: agentSocket as string,
+    store,
+    root,
+    ownsStore: true,
+    ownsRoot: true,
+  });
+  const stop = await invalidateCachesOnChange(store, agent, { pollIntervalMs: Number(pollArg) });
+  process.stdout.write(`${JSON.stringify({ t: 'ready' })}\n`);
+  await untilStop();
+  await stop();
+  await agent.close();
+  process.exit(0);
+}
+
+// A worker: through an agent when a socket is given, else on the store with the SDK directly.
+let provider: DataKeyProvider;
+let cleanup: () => Promise<void>;
+if (agentSocket) {
+  const client = await AgentClient.connect(agentSocket);
+  provider = client;
+  cleanup = () => client.close();
+} else {
+  const store = await PostgresKeyStore.open({ schema, maxConnections: 4 });
+  const root = await SoftwareRoot.load(store);
+  await root.unseal(unsealKey);
+  // A KEK cache TTL far beyond the run: only the store's change notifications make a change seen.
+  const kw = new Keywarden({ store, root, cache: { ttlMs: 3_600_000 } });
+  const stopWatching = await invalidateCachesOnChange(store, kw, { pollIntervalMs: Number(pollArg) });
+  provider = kw;
+  cleanup = async () => {
+    await stopWatching();
+    await kw.close();
+    await root.close();
+    await store.close();
+  };
+}
 unsealKey.fill(0);
-// A KEK cache TTL far beyond the run: only the store's change notifications make a change seen.
-const kw = new Keywarden({ store, root, cache: { ttlMs: 3_600_000 } });
-const stopWatching = await invalidateCachesOnChange(store, kw, { pollIntervalMs: Number(pollArg) });
 
 interface Failure {
   op: string;
@@ -96,7 +147,7 @@ async function loop(): Promise<void> {
     // An encryption's version is known only from its envelope: a failed one is counted under 0.
     let version = 0;
     const envelope = await timed('encrypt', 0, async () => {
-      const e = await kw.encrypt(plaintext, { key: 'orders', context: contextOf(n) });
+      const e = await encryptEnvelope(provider, plaintext, { key: 'orders', context: contextOf(n) });
       version = inspectEnvelope(e).keyVersion;
       return e;
     });
@@ -120,7 +171,7 @@ async function loop(): Promise<void> {
 
 async function check(record: (typeof history)[number]): Promise<void> {
   const out = await timed('decrypt', record.v, () =>
-    kw.decrypt(record.e, { key: 'orders', context: contextOf(record.n) }),
+    decryptEnvelope(provider, record.e, { key: 'orders', context: contextOf(record.n) }),
   );
   if (out !== undefined && !Buffer.from(out).equals(Buffer.from(record.p))) {
     // Never expected: a decryption that returns other bytes is a failure of its own kind.
@@ -167,7 +218,4 @@ process.stdout.write(
     failures: [...failures.values()],
   })}\n`,
 );
-await stopWatching();
-await kw.close();
-await root.close();
-await store.close();
+await cleanup();

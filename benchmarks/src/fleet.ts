@@ -10,8 +10,9 @@
  *    documented bound (BOUND_MS: the poll interval, 1 s, plus one query and an operation in flight);
  *  - every record written (the application's table, kept here, rewrapped by the job) still
  *    decrypts to what it was written with, checked here with the old version disabled.
- * The workers open the store with the SDK directly, not through agents: an agent on PostgreSQL
- * cannot yet drop its KEK cache on the store's change notifications (docs/fleet.md §Load test).
+ * By default the workers get their data keys through two agent processes (AgentServer on the
+ * PostgreSQL store, each dropping its KEK cache on the store's change notifications,
+ * AgentServer.clearCache); `--via sdk` has them open the store with the SDK themselves.
  *
  *   pnpm --filter @keywarden/benchmarks run bench:fleet      # ~45 s; results/fleet.{json,md} (CI runs it)
  *   node dist/fleet.js --publish                             # also the committed copy, latest/fleet.{json,md}
@@ -27,8 +28,8 @@
  */
 import { type ChildProcess, execFileSync, spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { mkdirSync, writeFileSync } from 'node:fs';
-import { cpus, loadavg } from 'node:os';
+import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { cpus, loadavg, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { createInterface } from 'node:readline';
 import { fileURLToPath } from 'node:url';
@@ -41,6 +42,8 @@ const { values } = parseArgs({
     workers: { type: 'string', default: '3' },
     seconds: { type: 'string', default: '12' },
     'poll-ms': { type: 'string', default: '1000' },
+    via: { type: 'string', default: 'agents' },
+    agents: { type: 'string', default: '2' },
     out: { type: 'string' },
     publish: { type: 'boolean', default: false },
   },
@@ -48,6 +51,9 @@ const { values } = parseArgs({
 const WORKERS = Number(values.workers);
 const SECONDS = Number(values.seconds);
 const POLL_MS = Number(values['poll-ms']);
+/** "agents": workers get data keys from agent processes (unix sockets); "sdk": workers open the store themselves. */
+const VIA = values.via === 'sdk' ? 'sdk' : 'agents';
+const AGENTS = VIA === 'agents' ? Number(values.agents) : 0;
 /** Documented bound (docs/fleet.md §Changes seen across the fleet): poll interval + one query + one operation in flight. */
 const BOUND_MS = POLL_MS + 1000;
 const OUT = values.out ?? fileURLToPath(new URL('../results', import.meta.url));
@@ -113,9 +119,11 @@ class Worker {
   readonly changes: Array<{ at: number; kind: string; keyId?: string }> = [];
   stderr = '';
 
-  constructor(id: string, schema: string, unsealKey: Uint8Array, records: Map<string, RecordRow>) {
+  constructor(id: string, schema: string, unsealKey: Uint8Array, records: Map<string, RecordRow>, socket?: string) {
     this.id = id;
-    this.child = spawn(process.execPath, [WORKER, schema, id, String(POLL_MS)], { stdio: ['pipe', 'pipe', 'pipe'] });
+    this.child = spawn(process.execPath, [WORKER, schema, id, String(POLL_MS), ...(socket ? [socket] : [])], {
+      stdio: ['pipe', 'pipe', 'pipe'],
+    });
     this.child.stderr?.on('data', (d) => {
       this.stderr += String(d);
     });
@@ -126,7 +134,8 @@ class Worker {
     });
     this.summary = new Promise((resolve, reject) => {
       onSummary = resolve;
-      if (id === 'observer') this.child.once('exit', () => resolve(undefined as unknown as Summary));
+      if (id === 'observer' || id.startsWith('agent'))
+        this.child.once('exit', () => resolve(undefined as unknown as Summary));
       this.child.once('exit', (code) => {
         setTimeout(
           () => reject(new Error(`worker ${id} exited (${code}) without a summary: ${this.stderr.slice(-2000)}`)),
@@ -150,8 +159,10 @@ class Worker {
       } else if (m.t === 'ready') onReady();
       else if (m.t === 'summary') onSummary(m);
     });
-    // The observer opens no root: it gets an empty line instead of the unseal key.
-    this.child.stdin?.write(`${id === 'observer' ? '' : Buffer.from(unsealKey).toString('hex')}\n`);
+    // Only the processes that hold the root get the unseal key; the observer and the workers that
+    // go through an agent get an empty line.
+    const holdsRoot = id.startsWith('agent') || (id.startsWith('w') && socket === undefined);
+    this.child.stdin?.write(`${holdsRoot ? Buffer.from(unsealKey).toString('hex') : ''}\n`);
   }
 
   stop(): void {
@@ -169,7 +180,23 @@ async function main(): Promise<number> {
   const stopWatching = await invalidateCachesOnChange(store, kw, { pollIntervalMs: POLL_MS });
   await kw.createKey('orders');
   const records = new Map<string, RecordRow>();
-  const workers = Array.from({ length: WORKERS }, (_, i) => new Worker(`w${i + 1}`, schema, unsealKey, records));
+  const socketDir = mkdtempSync(join(tmpdir(), 'kw-fleet-'));
+  const agents = Array.from(
+    { length: AGENTS },
+    (_, i) => new Worker(`agent${i + 1}`, schema, unsealKey, records, join(socketDir, `agent${i + 1}.sock`)),
+  );
+  await Promise.all(agents.map((a) => a.ready));
+  const workers = Array.from(
+    { length: WORKERS },
+    (_, i) =>
+      new Worker(
+        `w${i + 1}`,
+        schema,
+        unsealKey,
+        records,
+        AGENTS > 0 ? join(socketDir, `agent${(i % AGENTS) + 1}.sock`) : undefined,
+      ),
+  );
   const observer = new Worker('observer', schema, unsealKey, records);
   /** When the observer heard the first key change committed at or after `since`. */
   const committedAt = async (since: number): Promise<number> => {
@@ -245,9 +272,10 @@ async function main(): Promise<number> {
       `v1 disabled (${revokedAt - revokeStart} ms; commit heard ${revokeCommit - revokeStart} ms after the call started)`,
     );
     await sleep(Math.max(BOUND_MS + 1000, t0 + phase - Date.now()));
-    for (const w of [...workers, observer]) w.stop();
+    for (const w of workers) w.stop();
     const summaries = await Promise.all(workers.map((w) => w.summary));
-    await observer.summary;
+    for (const w of [...agents, observer]) w.stop();
+    await Promise.all([...agents, observer].map((w) => w.summary));
 
     // ── Checks ──────────────────────────────────────────────────────────────────────────────
     let expectedRefusals = 0;
@@ -299,6 +327,7 @@ async function main(): Promise<number> {
         cpus: cpus().length,
         loadavg: loadavg().map((x) => Number(x.toFixed(2))),
         workers: WORKERS,
+        via: VIA === 'agents' ? `${AGENTS} agent processes (unix sockets)` : 'the SDK on the store directly',
         loopsPerWorker: 4,
         seconds: SECONDS,
         pollIntervalMs: POLL_MS,
@@ -342,7 +371,8 @@ async function main(): Promise<number> {
     process.stdout.write(markdown(result));
     return failures.length === 0 ? 0 : 1;
   } finally {
-    for (const w of [...workers, observer]) w.child.kill('SIGKILL');
+    for (const w of [...workers, ...agents, observer]) w.child.kill('SIGKILL');
+    rmSync(socketDir, { recursive: true, force: true });
     await stopWatching();
     await kw.close();
     await root.close();
@@ -365,7 +395,7 @@ function markdown(r: {
   const lines = [
     '# Fleet load test (bench:fleet)',
     '',
-    `${m.date} · Node ${m.node} · ${m.cpus} CPUs · load ${(m.loadavg as number[]).join(' ')} · ${m.workers} worker processes × ${m.loopsPerWorker} loops, ${m.seconds} s, poll ${m.pollIntervalMs} ms (bound ${m.boundMs} ms) · one PostgreSQL store`,
+    `${m.date} · Node ${m.node} · ${m.cpus} CPUs · load ${(m.loadavg as number[]).join(' ')} · ${m.workers} worker processes × ${m.loopsPerWorker} loops through ${m.via}, ${m.seconds} s, poll ${m.pollIntervalMs} ms (bound ${m.boundMs} ms) · one PostgreSQL store`,
     '',
     '| figure | value |',
     '|---|---|',
