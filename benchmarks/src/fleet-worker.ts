@@ -1,13 +1,16 @@
 /**
- * One application instance of the fleet load test (fleet.ts), a process of its own: opens the
- * PostgreSQL store with the SDK (not through an agent: docs/fleet.md §Load test says why), loads and
- * unseals the software root, watches the store (LISTEN/NOTIFY + a poll), and runs `CONCURRENCY`
- * loops of: encrypt a new record → decrypt it → decrypt one of its earlier records (half the time
- * one written under version 1, so that a revocation of version 1 is seen at once), yielding to the
- * event loop between records.
+ * One process of the fleet load test (fleet.ts). A worker — one application instance — gets its
+ * data keys through an agent (AGENT_SOCKET given) or opens the PostgreSQL store with the SDK
+ * (loads and unseals the software root, watches the store: LISTEN/NOTIFY + a poll), and runs
+ * `CONCURRENCY` loops of: encrypt a new record → decrypt it → decrypt one of its earlier records
+ * (half the time one written under version 1, so that a revocation of version 1 is seen at once),
+ * yielding to the event loop between records.
  *
- *   node dist/fleet-worker.js SCHEMA WORKER_ID POLL_MS     (unseal key: first stdin line, hex; "stop" ends it)
+ *   node dist/fleet-worker.js SCHEMA WORKER_ID POLL_MS [AGENT_SOCKET]   (first stdin line: the
+ *     unseal key in hex for a process that holds the root, else empty; "stop" ends it)
  *   WORKER_ID "observer": no load; prints {"t":"change","at":MS,…} for every committed change it hears.
+ *   WORKER_ID "agentN": an agent on AGENT_SOCKET serving the store, its KEK cache dropped on every
+ *     committed change (invalidateCachesOnChange(store, agent)).
  *
  * stdout, one JSON line each: {"t":"ready"} · {"t":"env","n":N,"v":VERSION,"e":BASE64} for every
  * record written (the coordinator keeps the application's table) · {"t":"summary",…} at the end:
