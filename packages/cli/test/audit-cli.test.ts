@@ -128,7 +128,23 @@ describe('keywarden policy and principal', () => {
     db.close();
     expect(stored.value.toString('utf8')).not.toContain(token.split('.')[2]);
     expect((await cli(['principal', 'list'], { cwd })).out).toMatch(/^app {2}issued \d{4}-/);
-    expect((await cli(['principal', 'revoke', 'app'], { cwd })).out).toBe("principal: app's credential revoked\n");
+    expect((await cli(['principal', 'revoke', 'app'], { cwd })).out).toBe(
+      "principal: app's credential revoked; its client certificates are refused too\n",
+    );
+    expect((await cli(['principal', 'list'], { cwd })).out).toMatch(/^app {2}revoked \d{4}-[^\n]*\n$/);
+    expect((await cli(['principal', 'revoke', 'app'], { cwd })).out).toBe('principal: app was already revoked\n');
+    expect((await cli(['principal', 'admit', 'app'], { cwd })).out).toBe(
+      "principal: app's client certificates are accepted again\n",
+    );
     expect((await cli(['principal', 'list'], { cwd })).out).toBe('principal: no credentials issued\n');
+    expect((await cli(['principal', 'admit', 'app'], { cwd })).out).toBe('principal: app was not revoked\n');
+  });
+
+  it('revoking a principal with no token (one that uses a client certificate) says what it did', async () => {
+    const cwd = await initialized();
+    expect((await cli(['principal', 'revoke', 'tls-only'], { cwd })).out).toBe(
+      'principal: tls-only had no token; its client certificates are now refused\n',
+    );
+    expect((await cli(['principal', 'list'], { cwd })).out).toMatch(/^tls-only {2}revoked /);
   });
 });
