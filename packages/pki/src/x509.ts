@@ -119,8 +119,9 @@ const VERIFY_ALGORITHMS: Readonly<Record<string, { family: 'ec' | 'rsa' | 'ed255
  * and a signature AlgorithmIdentifier OID, with node:crypto — independent of the WebCrypto signer.
  * The OID decides the hash (other parties sign a P-384 request with SHA-256, as openssl does by
  * default), and must be of the key's family: an RSA OID never verifies under an EC key. SHA-1 and
- * RSA-PSS are not accepted. Checked against Wycheproof's ECDSA P-256 DER vectors
- * (test/wycheproof.test.ts).
+ * RSA-PSS are not accepted, nor a PKCS#1 v1.5 DigestInfo without its NULL parameters. Checked
+ * against Wycheproof's ECDSA P-256 and P-384 DER and RSASSA-PKCS1-v1_5 2048/SHA-256 and
+ * 3072/SHA-384 vectors (test/wycheproof.test.ts).
  */
 export function verifySignature(
   spki: Uint8Array,
