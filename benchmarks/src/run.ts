@@ -555,7 +555,7 @@ async function buildGroups(): Promise<{ groups: Group[]; close: () => Promise<vo
     ],
   });
 
-  // Audit on against off (_audit-groups.ts; ungated).
+  // Audit on against off (_audit-groups.ts; gated).
   const audit = await auditGroups(store, root, context);
   groups.push(...audit.groups);
 
