@@ -17,13 +17,15 @@
  * in memory, unseals the root with it and wipes it (@keywarden/agent, `secretShares`).
  *
  * Crash safety, as for the split init: the store is built as D/keystore.db.staged; the order is
- * split → record (share set + pending hand-out in the staged store) → the root made in the device
- * → every share handed out and fsynced → the staged store moved into place → the pending record
- * dropped. A kill at any instant leaves either nothing that looks initialized (resume or abort
- * it: `init --resume` once every share is written, `init --abort` else), or the finished folder.
- * An abort destroys the root object the init made in the device when it can log in (a quorum of
- * the shares written, or the PIN given again); else it names the object left in the token. No
- * wrong PIN ever reaches the device from here, so nothing counts towards a lockout.
+ * split → record (share set + pending hand-out in the staged store) → every share handed out and
+ * fsynced → the root made in the device → the staged store moved into place → the pending record
+ * dropped. A kill at any instant leaves either nothing that looks initialized, or the finished
+ * folder; and either nothing in the device, or every share written: `init --resume` finishes an
+ * init whose root was made, `init --abort` removes the rest — with a quorum of the shares
+ * (`--share-file`) it also logs in and destroys the root object the init made; without, it names
+ * the object. A forged share never reaches the device from here, so nothing counts towards a
+ * lockout; the PIN given at init is tried once, when the root is made (a wrong one undoes the
+ * hand-out).
  */
 import { randomFillSync } from 'node:crypto';
 import { chmod, mkdir, open, readFile, rename, rm } from 'node:fs/promises';
@@ -292,6 +294,14 @@ export async function initDeviceSplitStoreDir(
     fsyncPath(loc.dir);
     options.onStep?.('init:recorded');
 
+    // Every share is handed out before the root is made in the device: a kill before this point
+    // leaves nothing in the device, a kill after it leaves every share written (resume, or abort
+    // with a quorum of them, which destroys the object).
+    await handOut.write(texts, shareSet, 'init', options);
+    texts.length = 0;
+    set.encoded.length = 0;
+    options.onStep?.('init:shares-written');
+
     root = await openRoot(recordedUri, {
       store,
       create: true,
@@ -299,12 +309,8 @@ export async function initDeviceSplitStoreDir(
       ...(options.env ? { env: options.env } : {}),
     });
     const description = root.describe();
+    fsyncPath(stagedPath);
     options.onStep?.('init:root-created');
-
-    await handOut.write(texts, shareSet, 'init', options);
-    texts.length = 0;
-    set.encoded.length = 0;
-    options.onStep?.('init:shares-written');
 
     await root.close();
     root = undefined;

@@ -9,13 +9,13 @@
  * a missing device is a failure.
  */
 import { execFileSync } from 'node:child_process';
-import { readdirSync, readFileSync } from 'node:fs';
+import { existsSync, readdirSync, readFileSync } from 'node:fs';
 import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import * as path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { built, kw, requireBuild, type Spawned, startAgent } from './split-helpers.js';
+import { built, kw, requireBuild, type Spawned, startAgent, waitFor } from './split-helpers.js';
 
 requireBuild('device-split.test.ts');
 const HARNESS = fileURLToPath(new URL('../../../harness/', import.meta.url));
@@ -151,6 +151,7 @@ describe.skipIf(!built)('init --root pkcs11:… --pin-shares: the user PIN split
     oneLineError(await kw(['--dir', 'd', 'key', 'create', 'k'], cwd, { env }), /start `keywarden agent`/);
 
     const agent = await startAgent(cwd, ['--dir', 'd'], env);
+    await waitFor(() => /unseal with/.test(agent.log()), 'the agent to say what unseals it');
     expect(agent.log()).toMatch(/unseal with 2 of 3 shares of share set ss_\S+ \(hsm-pin\)/);
     let st = await kw(['--dir', 'd', 'status', '--json'], cwd, { env, timeoutMs: 60_000 });
     expect(st.code, st.stderr).toBe(0);
@@ -245,7 +246,7 @@ describe.skipIf(!built)('init --root pkcs11:… --pin-shares: the user PIN split
     expect(readdirSync(cwd)).toEqual([]);
   }, 60_000);
 
-  it('SIGKILL inside the init: abort with a quorum destroys the token object; resume finishes; the token still takes its PIN', async (ctx) => {
+  it('SIGKILL inside the init: before the root is made nothing is in the token; after, abort with a quorum destroys it, resume finishes; the token still takes its PIN', async (ctx) => {
     if (skip()) return ctx.skip();
     const cwd = await tempDir();
     const args = (object: string) => [
@@ -261,26 +262,41 @@ describe.skipIf(!built)('init --root pkcs11:… --pin-shares: the user PIN split
       '--share-dir',
       'shares',
     ];
-    // Killed after share 2 of 3 was written: the root object exists in the token.
-    const killed = await kw(args('kw-kill'), cwd, {
-      env: { ...withPin(), KEYWARDEN_TEST_STEP_HOOK: 'kill:init:share-2' },
-      timeoutMs: 60_000,
-    });
-    expect(killed.code).toBeNull();
-    // The staged store (and its write-ahead log), the URI: nothing that looks initialized.
-    const left = readdirSync(path.join(cwd, 'd')).filter((f) => !/^keystore\.db\.staged-(wal|shm)$/.test(f));
-    expect(left.sort()).toEqual(['keystore.db.staged', 'root.uri']);
+    const left = () =>
+      readdirSync(path.join(cwd, 'd'))
+        .filter((f) => !/^keystore\.db\.staged-(wal|shm)$/.test(f))
+        .sort();
+    const killAt = async (step: string) => {
+      const r = await kw(args('kw-kill'), cwd, {
+        env: { ...withPin(), KEYWARDEN_TEST_STEP_HOOK: `kill:${step}` },
+        timeoutMs: 60_000,
+      });
+      expect(r.code, r.stderr).toBeNull();
+    };
+
+    // 1. Killed after share 2 of 3: the root was not made yet. Nothing looks initialized.
+    await killAt('init:share-2');
+    expect(left()).toEqual(['keystore.db.staged', 'root.uri']);
     const st = await kw(['--dir', 'd', 'status'], cwd, { env });
     expect(st.code, st.stderr).toBe(0);
     expect(st.stdout).toMatch(/not initialized: the init did not finish/);
-    // A new init is refused while this one is unfinished; resume refuses a torn hand-out.
+    // A new init is refused while this one is unfinished; resume refuses (the root was never made).
     oneLineError(await kw(args('kw-kill'), cwd, { env: withPin(), timeoutMs: 60_000 }), /did not finish/);
     oneLineError(
       await kw(['--dir', 'd', 'init', '--resume'], cwd, { env, timeoutMs: 60_000 }),
-      /shares were not all written .*share-3-of-3\.txt/,
+      /stopped before the root was made in the device/,
     );
-    // Abort with the two shares written: the PIN is recombined, the object destroyed, all removed.
-    const abort = await kw(
+    const abort1 = await kw(['--dir', 'd', 'init', '--abort'], cwd, { env, timeoutMs: 60_000 });
+    expect(abort1.code, abort1.stderr).toBe(0);
+    expect(abort1.stderr).not.toMatch(/root object/);
+    expect(readdirSync(path.join(cwd, 'd'))).toEqual([]);
+    expect(readdirSync(path.join(cwd, 'shares'))).toEqual([]);
+
+    // 2. Killed right after the root object was made (every share written): abort with a quorum of
+    // the shares recombines the PIN, logs in and destroys the object; everything else is removed.
+    await killAt('init:root-created');
+    expect(left()).toEqual(['keystore.db.staged', 'root.uri']);
+    const abort2 = await kw(
       [
         '--dir',
         'd',
@@ -289,28 +305,24 @@ describe.skipIf(!built)('init --root pkcs11:… --pin-shares: the user PIN split
         '--share-file',
         'shares/share-1-of-3.txt',
         '--share-file',
-        'shares/share-2-of-3.txt',
+        'shares/share-3-of-3.txt',
       ],
       cwd,
       { env, timeoutMs: 60_000 },
     );
-    expect(abort.code, abort.stderr).toBe(0);
-    expect(abort.stderr).toMatch(/destroyed the root object this init made/);
+    expect(abort2.code, abort2.stderr).toBe(0);
+    expect(abort2.stderr).toMatch(/destroyed the root object this init made/);
     expect(readdirSync(path.join(cwd, 'd'))).toEqual([]);
     expect(readdirSync(path.join(cwd, 'shares'))).toEqual([]);
 
-    // The same object label is free again, and the token logs in with its PIN (not locked out).
-    // Killed after every share was written: resume puts the store in place.
-    const killed2 = await kw(args('kw-kill'), cwd, {
-      env: { ...withPin(), KEYWARDEN_TEST_STEP_HOOK: 'kill:init:shares-written' },
-      timeoutMs: 60_000,
-    });
-    expect(killed2.code).toBeNull();
+    // 3. The same object label is free again and the token still takes its PIN (not locked out).
+    // Killed at the same instant, this time resumed: the store moves into place and works.
+    await killAt('init:root-created');
     const resume = await kw(['--dir', 'd', 'init', '--resume'], cwd, { env, timeoutMs: 60_000 });
     expect(resume.code, resume.stderr).toBe(0);
-    expect(readdirSync(path.join(cwd, 'd')).sort()).toEqual(['keystore.db', 'root.uri']);
+    expect(left()).toEqual(['keystore.db', 'root.uri']);
     const agent = await startAgent(cwd, ['--dir', 'd'], env);
-    const shares = [1, 3].map((i) => path.join(cwd, 'shares', `share-${i}-of-3.txt`));
+    const shares = [2, 3].map((i) => path.join(cwd, 'shares', `share-${i}-of-3.txt`));
     const un = await kw(
       ['--dir', 'd', 'unseal', '--share-file', shares[0] as string, '--share-file', shares[1] as string],
       cwd,
@@ -323,6 +335,33 @@ describe.skipIf(!built)('init --root pkcs11:… --pin-shares: the user PIN split
     expect((await kw(['--dir', 'd', 'key', 'create', 'k'], cwd, { env, timeoutMs: 60_000 })).code).toBe(0);
     await agent.stop();
   }, 240_000);
+
+  it('a wrong PIN at init: one line naming CKR_PIN_INCORRECT, not the PIN; the shares handed out are taken back', async (ctx) => {
+    if (skip()) return ctx.skip();
+    const cwd = await tempDir();
+    const wrongPin = `${pin}-not-it`;
+    const r = await kw(
+      [
+        '--dir',
+        'd',
+        'init',
+        '--root',
+        uri('kw-wrong'),
+        '--pin-shares',
+        '3',
+        '--pin-threshold',
+        '2',
+        '--share-dir',
+        'shares',
+      ],
+      cwd,
+      { env: { ...env, KW_TEST_PIN: wrongPin }, timeoutMs: 60_000 },
+    );
+    oneLineError(r, /CKR_PIN_INCORRECT/);
+    expect(r.stderr).not.toContain(wrongPin);
+    expect(readdirSync(path.join(cwd, 'd'))).toEqual([]);
+    expect(existsSync(path.join(cwd, 'shares'))).toBe(false);
+  }, 60_000);
 });
 
 // ── TPM: the auth value ────────────────────────────────────────────────────────────────────────
@@ -384,6 +423,7 @@ describe.skipIf(!built)(
       expect(readFileSync(path.join(cwd, 'd', 'root.uri'), 'utf8')).toBe('tpm:\n');
 
       const agent = await startAgent(cwd, ['--dir', 'd'], env);
+      await waitFor(() => /unseal with/.test(agent.log()), 'the agent to say what unseals it');
       expect(agent.log()).toMatch(/unseal with 2 of 3 shares of share set ss_\S+ \(tpm-auth\)/);
       // An unseal-key share where a TPM auth-value share is expected.
       const other = await kw(
