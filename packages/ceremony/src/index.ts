@@ -96,6 +96,8 @@ export {
   resolveUnsealSource,
   type ServiceSurroundings,
   startFolderAgent,
+  type StoreAgentOptions,
+  startStoreAgent,
   UNSEAL_KEY_FILE_NOT_APPLICABLE,
   type UnsealSource,
   type UnsealSourceOptions,

@@ -447,31 +447,45 @@ export async function startFolderAgent(
   }
   // Never create or initialize a store (only an init does): an empty file is refused as it is.
   const store = openStoreFile(loc, 'write');
-  let started = false;
   try {
-    return await AgentServer.start({
-      ...rest,
-      socket: resolveAgentSocket(at, loc, socket),
-      store,
-      ownsStore: true,
-      root: async (s: KeyStore) => {
-        const root = await SoftwareRoot.load(s);
-        if (root.document.unseal.method !== 'shamir') {
-          await root.close();
-          throw started
-            ? new KeyStoreError('agent: the key store is no longer split-knowledge; stop this agent')
-            : new InvalidInputError(
-                'this key store is in development mode (unseal key file or environment variable): commands use it directly, no agent is needed',
-              );
-        }
-        started = true;
-        return root;
-      },
-    });
+    return await startStoreAgent(store, { ...rest, socket: resolveAgentSocket(at, loc, socket), ownsStore: true });
   } catch (err) {
     await store.close().catch(() => {});
     throw err;
   }
+}
+
+/** startStoreAgent's options: AgentServer's, less the store and the root (the agent loads it). */
+export type StoreAgentOptions = Omit<AgentServerOptions, 'store' | 'root' | 'ownsRoot'>;
+
+/**
+ * Start an agent over an opened key store whose root is a split-knowledge software root (a
+ * fleet's PostgreSQL store, docs/fleet.md; a folder's SQLite store through startFolderAgent):
+ * sealed, its root read from the store, unsealed by a quorum of shares, and read again from the
+ * store after every seal (a rekey or root rotation done meanwhile, by any instance, is picked up).
+ * A development-mode root is refused at start (InvalidInputError); a store that stops being
+ * split-knowledge later is reported to clients and the agent keeps its sealed root. The store is
+ * closed with the agent only with `ownsStore`; on a failed start the caller closes it.
+ */
+export async function startStoreAgent(store: KeyStore, options: StoreAgentOptions): Promise<AgentServer> {
+  let started = false;
+  return AgentServer.start({
+    ...options,
+    store,
+    root: async (s: KeyStore) => {
+      const root = await SoftwareRoot.load(s);
+      if (root.document.unseal.method !== 'shamir') {
+        await root.close();
+        throw started
+          ? new KeyStoreError('agent: the key store is no longer split-knowledge; stop this agent')
+          : new InvalidInputError(
+              'this key store is in development mode (unseal key file or environment variable): commands use it directly, no agent is needed',
+            );
+      }
+      started = true;
+      return root;
+    },
+  });
 }
 
 /**

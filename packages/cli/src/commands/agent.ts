@@ -20,7 +20,7 @@ import {
   parseAgentEndpoint,
   sealAgents,
 } from '@keywarden/agent';
-import { startFolderAgent } from '@keywarden/ceremony';
+import { startFolderAgent, startStoreAgent } from '@keywarden/ceremony';
 import { EXIT_FAILURE, systemErrorText, UsageError } from '../errors.js';
 import type { CliIO } from '../io.js';
 import { AGENT_SOCKET_ENV, AGENT_SOCKET_FILE, loadFolderRootBackend } from '../store-dir.js';
@@ -56,6 +56,18 @@ function listenAddress(value: string): { host: string; port: number } {
   return { host: (m[1] as string).replace(/^\[|\]$/g, ''), port: Number(m[2]) };
 }
 
+function storeKind(value: string): 'folder' | 'postgres' {
+  if (value !== 'folder' && value !== 'postgres') throw new InvalidArgumentError('must be folder or postgres');
+  return value;
+}
+
+function pgSchema(value: string): string {
+  if (!/^[a-z_][a-z0-9_]{0,62}$/.test(value)) {
+    throw new InvalidArgumentError('must be a PostgreSQL schema name: a-z, 0-9 and _, not starting with a digit');
+  }
+  return value;
+}
+
 function principalFrom(value: string): 'uri' | 'cn' {
   if (value !== 'uri' && value !== 'cn') throw new InvalidArgumentError('must be uri or cn');
   return value;
@@ -72,6 +84,10 @@ interface AgentCommandOptions {
   tlsKey?: string;
   tlsClientCa?: string;
   tlsPrincipalFrom?: 'uri' | 'cn';
+  store?: 'folder' | 'postgres';
+  pgSchema?: string;
+  pollInterval?: number;
+  socket?: string;
 }
 
 /** Largest certificate (chain) or key file read (PEM). */
@@ -179,8 +195,22 @@ function startOptions(cmd: Command): Command {
       '--tls-principal-from <uri|cn>',
       'which field of a client certificate names its principal: the URI SAN keywarden:principal:NAME (default) or the subject CN',
       principalFrom,
+    )
+    .option(
+      '--store <folder|postgres>',
+      "the key store served: the key-store folder (default), or a fleet's PostgreSQL store, reached through $KEYWARDEN_PG_URL and $KEYWARDEN_PG_PASSWORD_FILE (docs/fleet.md)",
+      storeKind,
+    )
+    .option('--pg-schema <name>', 'with --store postgres: the schema holding the store (default keywarden)', pgSchema)
+    .option(
+      '--poll-interval <seconds>',
+      `with --store postgres: also compare the store's change counter this often, for changes whose notification was missed (default ${DEFAULT_POLL_SECONDS})`,
+      seconds,
     );
 }
+
+/** How often an agent on PostgreSQL polls the store's change counter (docs/fleet.md: the bound). */
+const DEFAULT_POLL_SECONDS = 1;
 
 export function registerAgent(program: Command, io: CliIO): void {
   const agent = startOptions(
@@ -310,12 +340,28 @@ authenticated principals only, on the unix socket too (\`keywarden principal iss
 unseal stay open to anyone who can connect. \`keywarden principal revoke NAME\` cuts NAME's open
 connections, TLS and socket alike, within a second.
 
+A fleet's PostgreSQL store (--store postgres, docs/fleet.md): several agents serve one store,
+each unsealed by its custodians (\`keywarden unseal --socket PATH\`); clients fail over between
+them. The connection comes from $KEYWARDEN_PG_URL, the password from the file named by
+$KEYWARDEN_PG_PASSWORD_FILE (else libpq's PG* variables), never from the command line; neither is
+logged. The store must already hold a split-knowledge root (the agent creates nothing); --socket
+PATH or $${AGENT_SOCKET_ENV} says where to listen. A change committed by any instance (rotate,
+disable, compromise, destroy) drops the agent's KEK cache on its notification, or within
+--poll-interval when a notification was missed.
+
 The log (stderr) names share indices and counts, never a share or a key.`;
 
 async function startAgent(io: CliIO, cmd: Command): Promise<void> {
   // \`agent start\`: options given before "start" were parsed by \`agent\`; take both.
   const opts = cmd.optsWithGlobals<AgentCommandOptions>();
+  if (opts.store !== 'postgres' && (opts.pgSchema !== undefined || opts.pollInterval !== undefined)) {
+    throw new UsageError('agent: --pg-schema and --poll-interval go with --store postgres');
+  }
   const listen = await listenOptions(io, opts);
+  if (opts.store === 'postgres') {
+    await startPostgresAgent(io, opts, listen);
+    return;
+  }
   const loc = locationOf(cmd, io);
   const socket = socketOf(cmd, io, loc);
   const log = (line: string) => {
@@ -350,6 +396,76 @@ async function startAgent(io: CliIO, cmd: Command): Promise<void> {
   await untilAborted(io.signal);
   await agent.close();
   log('stopped: the root and the KEK cache were wiped and the socket removed');
+}
+
+/**
+ * `keywarden agent --store postgres`: one agent of a fleet on a PostgreSQL store (docs/fleet.md).
+ * The connection string and the password come from the environment only ($KEYWARDEN_PG_URL,
+ * $KEYWARDEN_PG_PASSWORD_FILE, else libpq's PG* variables), never from the command line, and are
+ * never logged. The store must exist with a split-knowledge root (the agent creates nothing); its
+ * root is read from the store, the agent starts sealed and a quorum of shares unseals it, as for a
+ * folder. Every change committed on the store by any instance drops this agent's KEK cache
+ * (LISTEN/NOTIFY, and a poll of the change counter every --poll-interval for missed notifications).
+ */
+async function startPostgresAgent(
+  io: CliIO,
+  opts: AgentCommandOptions,
+  listen: AgentListenOptions | undefined,
+): Promise<void> {
+  const log = (line: string) => {
+    io.stderr.write(`keywarden agent: ${line}\n`);
+  };
+  try {
+    const raw = opts.socket ?? (io.env[AGENT_SOCKET_ENV] || undefined);
+    if (raw === undefined) {
+      throw new UsageError(
+        `agent --store postgres: give the socket to listen on with --socket PATH or $${AGENT_SOCKET_ENV} (there is no key-store folder)`,
+      );
+    }
+    const socket = { path: path.resolve(io.cwd, raw), display: raw };
+    const schema = opts.pgSchema ?? 'keywarden';
+    const { PostgresKeyStore, invalidateCachesOnChange } = await import('@keywarden/store-postgres');
+    const store = await PostgresKeyStore.open({ schema, create: false, env: io.env });
+    let agent: Awaited<ReturnType<typeof startStoreAgent>>;
+    try {
+      agent = await startStoreAgent(store, {
+        socket,
+        ownsStore: true,
+        unsealTimeoutMs: Math.round((opts.unsealTimeout ?? DEFAULT_UNSEAL_TIMEOUT_SECONDS) * 1000),
+        log,
+        sealedMessage: SEALED_MESSAGE,
+        ...(opts.idleTimeout !== undefined ? { idleTimeoutMs: Math.round(opts.idleTimeout * 1000) } : {}),
+        ...(opts.lineTimeout !== undefined ? { lineTimeoutMs: Math.round(opts.lineTimeout * 1000) } : {}),
+        ...(opts.maxConnections !== undefined ? { maxConnections: opts.maxConnections } : {}),
+        ...(opts.allowInspector ? { allowInspector: true } : {}),
+        ...(listen ? { listen } : {}),
+      });
+    } catch (err) {
+      await store.close().catch(() => {});
+      throw err;
+    } finally {
+      // The agent holds the key in its TLS context now (or failed to start): wipe the bytes read.
+      if (listen && typeof listen.tls.key !== 'string') listen.tls.key.fill(0);
+    }
+    let stopWatching: () => Promise<void>;
+    try {
+      stopWatching = await invalidateCachesOnChange(store, agent, {
+        pollIntervalMs: Math.round((opts.pollInterval ?? DEFAULT_POLL_SECONDS) * 1000),
+        onError: (err) => log(`watching the store for changes: ${err.message}`),
+      });
+    } catch (err) {
+      await agent.close().catch(() => {});
+      throw err;
+    }
+    log(`serving ${socket.display} for the PostgreSQL key store, schema ${schema} (pid ${process.pid})`);
+    log(`sealed: unseal with ${agent.describeSealed()} (\`keywarden unseal --socket ${socket.display}\`)`);
+    await untilAborted(io.signal);
+    await stopWatching();
+    await agent.close();
+    log('stopped: the root and the KEK cache were wiped and the socket removed');
+  } finally {
+    if (listen && typeof listen.tls.key !== 'string') listen.tls.key.fill(0);
+  }
 }
 
 /** Resolves when `signal` aborts (SIGINT/SIGTERM in bin.ts); never without one. */
