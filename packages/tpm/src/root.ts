@@ -62,6 +62,8 @@ import {
   TssError,
   TssLockoutError,
   TssUnavailableError,
+  defaultLockFile,
+  lockDevice,
   unmarshalTpm2bPublic,
   WireReader,
 } from '@keywarden/tss2';
@@ -98,6 +100,12 @@ export interface TpmRootOptions {
   tcti?: string;
   /** Deadline per TPM command, ms (default 10 000). */
   timeoutMs?: number;
+  /**
+   * The cross-process lock file taken around every operation (flock; docs/tpm.md §Several
+   * processes): default `<tmpdir>/keywarden-tpm-<hash of the TCTI>.lock`; `false`: none (a TPM
+   * behind a resource manager, e.g. /dev/tpmrm0, does not need it).
+   */
+  lockFile?: string | false;
 }
 
 export interface TpmRootCreateOptions extends TpmRootOptions {
@@ -112,10 +120,37 @@ export interface TpmRootCreateOptions extends TpmRootOptions {
 /** Unsealing failed because a PCR the key is bound to changed (TPM_RC_POLICY_FAIL). */
 export class TpmPcrPolicyError extends RootDeviceError {}
 
+/**
+ * A connection to the TPM. Between operations it holds nothing in the TPM: the transient root key
+ * is kept as its saved context (TPM2_ContextSave) and loaded for each operation, with a new salted
+ * HMAC session; both are flushed when the operation ends (swtpm's three object slots and three
+ * session slots are shared by every process using it).
+ */
 interface Connection {
   esys: Esys;
+  /** The storage key, valid during an operation (a persistent root: always). */
   primary: EsysTR;
+  /** The salted HMAC session of the current operation. */
   session: EsysTR;
+  /** The transient storage key's saved context; undefined for a persistent root. */
+  saved?: Uint8Array;
+}
+
+/** TPM warnings that another client's loaded objects or sessions cause: flush ours, back off, retry. */
+function isTpmMemory(err: unknown): boolean {
+  return isTpmRc(err, 'TPM_RC_OBJECT_MEMORY') || isTpmRc(err, 'TPM_RC_SESSION_MEMORY');
+}
+const MEMORY_RETRIES = 8;
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+/** The lock file for these options (undefined: none). */
+function lockFileOf(options: TpmRootOptions, tcti: string | undefined): string | undefined {
+  if (options.lockFile === false) return undefined;
+  return options.lockFile ?? defaultLockFile(tcti);
+}
+
+function lockWaitMs(timeoutMs: number | undefined): number {
+  return Math.max(30_000, 3 * (timeoutMs ?? 10_000));
 }
 
 function hex(b: Uint8Array): string {
@@ -185,6 +220,7 @@ export class TpmRoot implements RootOfTrust {
   #record: TpmRootRecord;
   readonly #tcti: string | undefined;
   readonly #timeoutMs: number | undefined;
+  readonly #lockFile: string | undefined;
   readonly #id: string;
   #conn: Connection | undefined;
   #k: Uint8Array | undefined;
@@ -198,11 +234,14 @@ export class TpmRoot implements RootOfTrust {
     this.#record = record;
     this.#tcti = options.tcti ?? defaultTcti();
     this.#timeoutMs = options.timeoutMs;
+    this.#lockFile = lockFileOf(options, this.#tcti);
     this.#conn = conn;
     this.#k = k;
     const checkTag = record.check ? `-${createHash('sha256').update(record.check).digest('hex').slice(0, 16)}` : '';
     this.#id = `tpm-${record.primaryName.slice(4, 36)}${checkTag}`;
-    this.random = { randomBytes: (n: number) => this.#withTpm((c) => c.esys.getRandom(n), false) };
+    this.random = {
+      randomBytes: (n: number) => this.#withTpm((c) => c.esys.getRandom(n), false, undefined, false),
+    };
     this.keyPairs = new TpmKeyPairs({
       withTpm: (body) => this.#withTpm(body, true),
       derive: (data) => {
@@ -243,8 +282,30 @@ export class TpmRoot implements RootOfTrust {
     if (auth !== undefined && (!(auth instanceof Uint8Array) || auth.length < AUTH_MIN || auth.length > AUTH_MAX)) {
       throw new InvalidInputError(`tpm: the root auth value is ${AUTH_MIN}..${AUTH_MAX} bytes`);
     }
+    // Out of TPM memory (another client's handles): everything of ours is flushed; back off, retry.
+    for (let attempt = 0; ; attempt++) {
+      try {
+        return await TpmRoot.#createOnce(options, auth);
+      } catch (err) {
+        if (!isTpmMemory(err) || attempt >= MEMORY_RETRIES) throw err;
+        await sleep((5 << attempt) * (0.5 + Math.random()));
+      }
+    }
+  }
+
+  static async #createOnce(options: TpmRootCreateOptions, auth: Uint8Array | undefined): Promise<TpmRoot> {
+    const { store } = options;
     const alg = options.alg ?? 'ecc';
-    const esys = await Esys.open({ tcti: options.tcti ?? defaultTcti(), timeoutMs: options.timeoutMs });
+    const tcti = options.tcti ?? defaultTcti();
+    const lockFile = lockFileOf(options, tcti);
+    const lock = lockFile ? await lockDevice(lockFile, lockWaitMs(options.timeoutMs)) : undefined;
+    let esys: Esys;
+    try {
+      esys = await Esys.open({ tcti, timeoutMs: options.timeoutMs });
+    } catch (err) {
+      lock?.release();
+      throw err;
+    }
     let k: Uint8Array | undefined;
     try {
       let primary: EsysTR;
@@ -294,12 +355,22 @@ export class TpmRoot implements RootOfTrust {
         ...(check ? { check } : {}),
         createdAt: new Date().toISOString(),
       };
+      // Hold nothing between operations: the session goes, a transient root key is saved and
+      // flushed (a persistent one stays where it is).
+      await esys.flushContext(session);
+      let saved: Uint8Array | undefined;
+      if (options.handle === undefined) {
+        saved = await esys.contextSave(primary);
+        await esys.flushContext(primary);
+      }
       await store.putMeta(TPM_ROOT_META_NAME, encodeTpmRecord(record));
-      return new TpmRoot(record, options, { esys, primary, session }, k);
+      return new TpmRoot(record, options, { esys, primary, session: ESYS_TR.NONE, saved }, k);
     } catch (err) {
       if (k) wipe(k);
       await esys.close();
       throw err;
+    } finally {
+      lock?.release();
     }
   }
 
@@ -316,7 +387,7 @@ export class TpmRoot implements RootOfTrust {
     }
     const root = new TpmRoot(decodeTpmRecord(bytes), options, undefined);
     // Connect now: a wrong TPM or an unreachable one is reported at open, not at first use.
-    await root.#withTpm(async () => undefined, false);
+    await root.#withTpm(async () => undefined, false, undefined, false);
     return root;
   }
 
@@ -340,7 +411,8 @@ export class TpmRoot implements RootOfTrust {
     return { name: TPM_ROOT_META_NAME, value: encodeTpmRecord(this.#record) };
   }
 
-  /** Handle counts of the current TPM connection (leak tests): ESAPI buffers, tracked handles. */
+  /** Handle counts of the current TPM connection (leak tests): ESAPI buffers, tracked handles
+   * (none between operations for a re-derived root; a persistent root's ESYS_TR is not counted). */
   stats(): { liveBuffers: number; liveHandles: number; commands: number } | undefined {
     const s = this.#conn?.esys.stats();
     return s ? { liveBuffers: s.liveBuffers, liveHandles: s.liveHandles, commands: s.commands } : undefined;
@@ -348,7 +420,7 @@ export class TpmRoot implements RootOfTrust {
 
   /** The TPM's loaded transient objects (by anyone), for leak tests. */
   transientHandles(): Promise<number[]> {
-    return this.#withTpm((c) => c.esys.transientHandles(), false);
+    return this.#withTpm((c) => c.esys.transientHandles(), false, undefined, false);
   }
 
   // ── plumbing ─────────────────────────────────────────────────────────────────────────────────
@@ -375,7 +447,7 @@ export class TpmRoot implements RootOfTrust {
    * Nothing secret; works sealed.
    */
   async tpmInfo(): Promise<{ manufacturer: string; vendor: string; firmwareVersion: string }> {
-    const p = await this.#withTpm((c) => c.esys.properties(TPM_PT_MANUFACTURER, 8), false);
+    const p = await this.#withTpm((c) => c.esys.properties(TPM_PT_MANUFACTURER, 8), false, undefined, false);
     const text = (...ids: number[]) =>
       ids
         .map((id) => {
@@ -399,28 +471,101 @@ export class TpmRoot implements RootOfTrust {
     await this.#drop();
     const esys = await Esys.open({ tcti: this.#tcti, timeoutMs: this.#timeoutMs });
     try {
-      const r = this.#record;
-      let primary: EsysTR;
-      let name: Uint8Array;
-      if (r.handle !== undefined) {
-        primary = await esys.trFromTPMPublic(r.handle);
-        name = (await esys.readPublic(primary)).name;
-      } else {
-        const p = await esys.createPrimary(ESYS_TR.RH_OWNER, storagePrimaryTemplate(r.alg));
-        primary = p.handle;
-        name = p.name;
+      const c: Connection = { esys, primary: ESYS_TR.NONE, session: ESYS_TR.NONE };
+      await this.#derivePrimary(c);
+      if (c.saved) {
+        await esys.flushContext(c.primary);
+        c.primary = ESYS_TR.NONE;
       }
-      if (hex(name) !== r.primaryName) {
-        throw new RootDeviceError(
-          "tpm: this TPM's storage key is not the one the store's root was made with (another TPM, or its owner hierarchy was cleared); nothing was changed",
-        );
-      }
-      const session = await esys.startAuthSession({ tpmKey: primary, type: 'hmac' });
-      this.#conn = { esys, primary, session };
-      return this.#conn;
+      this.#conn = c;
+      return c;
     } catch (err) {
       await esys.close();
       throw err;
+    }
+  }
+
+  /** The storage key, loaded (re-derived, or found at its handle) and checked to be the store's;
+   * a transient one's context is saved in `c.saved`. */
+  async #derivePrimary(c: Connection): Promise<void> {
+    const r = this.#record;
+    let name: Uint8Array;
+    if (r.handle !== undefined) {
+      c.primary = await c.esys.trFromTPMPublic(r.handle);
+      name = (await c.esys.readPublic(c.primary)).name;
+    } else {
+      const p = await c.esys.createPrimary(ESYS_TR.RH_OWNER, storagePrimaryTemplate(r.alg));
+      c.primary = p.handle;
+      name = p.name;
+    }
+    if (hex(name) !== r.primaryName) {
+      throw new RootDeviceError(
+        "tpm: this TPM's storage key is not the one the store's root was made with (another TPM, or its owner hierarchy was cleared); nothing was changed",
+      );
+    }
+    if (r.handle === undefined) c.saved = await c.esys.contextSave(c.primary);
+  }
+
+  /** Load what an operation needs: the storage key (from its saved context) and a new salted
+   * HMAC session. */
+  async #begin(c: Connection): Promise<void> {
+    if (c.saved) {
+      try {
+        c.primary = await c.esys.contextLoad(c.saved);
+      } catch (err) {
+        if (!(err instanceof TssError) || isTpmMemory(err)) throw err;
+        // The saved context no longer loads (the TPM was reset): derive the key again.
+        await this.#derivePrimary(c);
+      }
+    }
+    try {
+      c.session = await c.esys.startAuthSession({ tpmKey: c.primary, type: 'hmac' });
+    } catch (err) {
+      await this.#end(c);
+      throw err;
+    }
+  }
+
+  /** Flush what #begin loaded (only our own handles). */
+  async #end(c: Connection): Promise<void> {
+    if (c.session !== ESYS_TR.NONE) {
+      await c.esys.flushContext(c.session).catch(() => undefined);
+      c.session = ESYS_TR.NONE;
+    }
+    if (c.saved && c.primary !== ESYS_TR.NONE) {
+      await c.esys.flushContext(c.primary).catch(() => undefined);
+      c.primary = ESYS_TR.NONE;
+    }
+  }
+
+  /** One operation: under the cross-process lock, on a connection, with the storage key and a
+   * session loaded for it only when `keyed`. */
+  async #operate<T>(body: (c: Connection) => Promise<T>, keyed: boolean): Promise<T> {
+    const lock = this.#lockFile ? await lockDevice(this.#lockFile, lockWaitMs(this.#timeoutMs)) : undefined;
+    try {
+      const c = await this.#connect();
+      if (!keyed) return await body(c);
+      await this.#begin(c);
+      try {
+        return await body(c);
+      } finally {
+        await this.#end(c);
+      }
+    } finally {
+      lock?.release();
+    }
+  }
+
+  /** #operate, retried with backoff while the TPM is out of object or session memory (another
+   * client's handles: never flushed by us), and once on a new connection after a lost one. */
+  async #attempt<T>(body: (c: Connection) => Promise<T>, keyed: boolean): Promise<T> {
+    for (let attempt = 0; ; attempt++) {
+      try {
+        return await this.#operate(body, keyed);
+      } catch (err) {
+        if (!isTpmMemory(err) || attempt >= MEMORY_RETRIES || this.#closed) throw err;
+        await sleep((5 << attempt) * (0.5 + Math.random()));
+      }
     }
   }
 
@@ -435,7 +580,12 @@ export class TpmRoot implements RootOfTrust {
    * body retried once. `needUnsealed`: refuse while sealed, and refuse the result when the root
    * was sealed while the body ran (the result is wiped by `onSealedResult`).
    */
-  #withTpm<T>(body: (c: Connection) => Promise<T>, needUnsealed: boolean, onSealedResult?: (v: T) => void): Promise<T> {
+  #withTpm<T>(
+    body: (c: Connection) => Promise<T>,
+    needUnsealed: boolean,
+    onSealedResult?: (v: T) => void,
+    keyed = true,
+  ): Promise<T> {
     this.#assertOpen(needUnsealed);
     const generation = this.#generation;
     return this.#exclusive(async () => {
@@ -443,12 +593,13 @@ export class TpmRoot implements RootOfTrust {
       if (needUnsealed && generation !== this.#generation) throw new KeystoreSealedError('tpm: the root was sealed');
       let result: T;
       try {
-        result = await body(await this.#connect());
+        result = await this.#attempt(body, keyed);
       } catch (err) {
-        if (!(err instanceof TssUnavailableError) || this.#closed) throw err;
+        // A busy lock (command "flock") is not a lost connection: no retry.
+        if (!(err instanceof TssUnavailableError) || err.command === 'flock' || this.#closed) throw err;
         await this.#drop();
         try {
-          result = await body(await this.#connect());
+          result = await this.#attempt(body, keyed);
         } catch (again) {
           if (again instanceof TssUnavailableError) await this.#drop();
           throw again;

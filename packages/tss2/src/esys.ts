@@ -107,6 +107,8 @@ export class Esys {
   #commands = 0;
   readonly #handles = new Set<EsysTR>();
   readonly #trs = new Set<EsysTR>();
+  /** ESYS_TRs whose auth value ESAPI holds (trSetAuth): wiped before they are flushed or closed. */
+  readonly #authed = new Set<EsysTR>();
 
   private constructor(n: Tss2Native, ctx: unknown, tcti: unknown, timeoutMs: number) {
     this.#n = n;
@@ -228,6 +230,7 @@ export class Esys {
 
   async #flushAbandoned(): Promise<void> {
     for (const h of [...this.#handles]) {
+      this.#wipeAuth(h);
       try {
         const rc = await asyncCall(
           this.#n.esys.Esys_FlushContext,
@@ -496,6 +499,7 @@ export class Esys {
   /** TPM2_FlushContext: a transient object or a session leaves the TPM (and this context). */
   flushContext(handle: EsysTR): Promise<void> {
     return this.#run(async () => {
+      this.#wipeAuth(handle);
       await this.#call('TPM2_FlushContext', this.#n.esys.Esys_FlushContext, [handle]);
       this.#handles.delete(handle);
     });
@@ -694,11 +698,33 @@ export class Esys {
       try {
         c = this.#cstruct('TPM2B_AUTH', wire);
         this.#syncRc('Esys_TR_SetAuth', this.#n.esys.Esys_TR_SetAuth(this.#ctx, handle, c));
+        if (authValue.length > 0) this.#authed.add(handle);
+        else this.#authed.delete(handle);
       } finally {
         wire.fill(0);
         c?.fill(0);
       }
     });
+  }
+
+  /**
+   * Overwrite ESAPI's copy of `handle`'s auth value with an all-zero, empty TPM2B_AUTH (ESAPI keeps
+   * the value in its resource node until the handle is flushed or closed, and frees that memory
+   * without wiping it). flushContext, trClose and close do this themselves for every handle given
+   * an auth value; call it to drop the value earlier. Local: no TPM command.
+   */
+  trClearAuth(handle: EsysTR): Promise<void> {
+    return this.#run(async () => {
+      const zero = Buffer.alloc(C_SIZE.TPM2B_AUTH);
+      this.#syncRc('Esys_TR_SetAuth', this.#n.esys.Esys_TR_SetAuth(this.#ctx, handle, zero));
+      this.#authed.delete(handle);
+    });
+  }
+
+  /** Best effort: the zero auth value over ESAPI's copy (the handle may be gone already). */
+  #wipeAuth(handle: EsysTR): void {
+    if (!this.#authed.delete(handle) || !this.#ctx) return;
+    this.#n.esys.Esys_TR_SetAuth(this.#ctx, handle, Buffer.alloc(C_SIZE.TPM2B_AUTH));
   }
 
   /** Esys_TR_GetName: the TPM name of `handle`. */
@@ -733,6 +759,7 @@ export class Esys {
   /** Esys_TR_Close: forget an ESYS_TR without touching the TPM (a persistent object stays). */
   trClose(handle: EsysTR): Promise<void> {
     return this.#run(async () => {
+      this.#wipeAuth(handle);
       this.#syncRc('Esys_TR_Close', this.#n.esys.Esys_TR_Close(this.#ctx, [handle]));
       this.#trs.delete(handle);
       this.#handles.delete(handle);
@@ -867,6 +894,7 @@ export class Esys {
   }
 
   #finalize(): void {
+    for (const h of [...this.#authed]) this.#wipeAuth(h);
     if (this.#ctx) {
       const c = [this.#ctx];
       this.#n.esys.Esys_Finalize(c);

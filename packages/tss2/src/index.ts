@@ -32,6 +32,7 @@ export {
   type StartAuthSessionOptions,
   type SymmetricSpec,
 } from './esys.js';
+export { type DeviceLock, defaultLockFile, lockDevice } from './lock.js';
 export {
   marshalPcrSelection,
   marshalSensitiveCreate,

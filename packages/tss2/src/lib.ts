@@ -100,6 +100,8 @@ export interface Tss2Native {
   marshal: Record<MuType, NativeFn>;
   /** explicit_bzero from libc: wipes C memory (an unsealed secret) before Esys_Free. */
   bzero: NativeFn;
+  /** flock(2) from libc: the cross-process TPM lock (lock.ts). */
+  flock: NativeFn;
 }
 
 let native: Tss2Native | undefined;
@@ -166,6 +168,7 @@ export function tss2Native(): Tss2Native {
     unmarshal,
     marshal,
     bzero: libc.func('void explicit_bzero(void *ptr, size_t len)'),
+    flock: libc.func('int flock(int fd, int operation)'),
   };
   return native;
 }
