@@ -1,5 +1,6 @@
 /**
- * The worker pool that keeps PKCS#11 calls off the event loop. graphene-pk11 and pkcs11js call the
+ * The worker pool that keeps PKCS#11 calls off the event loop (workers are threads, or with
+ * kind "processes" child processes: _process-channel.ts; the batch protocol is the same). graphene-pk11 and pkcs11js call the
  * module synchronously, so one C_Encrypt run on the main thread would stall every other request.
  * Each worker thread (_worker.ts) owns one session, so no session is ever used by two threads at
  * once (PKCS#11 v2.40 §5.1); the pool is sized to the cores; a request goes to the worker with the
@@ -18,6 +19,7 @@ import { fileURLToPath } from 'node:url';
 import { Worker } from 'node:worker_threads';
 import { wipe } from '@keywarden/core';
 import { pinModule } from './_pin-module.js';
+import { processChannel } from './_process-channel.js';
 import type { WorkerBatch, WorkerBatchReply, WorkerConfig, WorkerFailure, WorkerRequest } from './_worker.js';
 import { Pkcs11DeviceError, Pkcs11UnavailableError } from './errors.js';
 
@@ -47,8 +49,58 @@ interface Pending {
   retried: boolean;
 }
 
+/** What the pool holds of one worker, a thread or a child process (_process-channel.ts). */
+export interface Channel {
+  /** Send one batch. The batch's buffer is the channel's to wipe (transferred or serialized). */
+  post(batch: WorkerBatch): void;
+  /** Stop the worker now (a deadline passed: it may be stuck inside the module). */
+  kill(): void;
+  /** Stop the worker after the requests it was sent (pool closed); resolves once it is gone. */
+  stop(): Promise<void>;
+  ref(): void;
+  unref(): void;
+  /** The child's process id (processes only). */
+  readonly pid?: number;
+}
+
+/** What a channel reports to its pool. */
+export interface ChannelEvents {
+  reply(reply: WorkerBatchReply): void;
+  exit(): void;
+}
+
+/** Where the workers run: threads of this process (one loaded module, shared) or child processes
+ * (a module, a C_Initialize and a login each). SoftHSM2 serialises the threads of one process
+ * (docs/pkcs11.md), so only processes scale there. */
+export type PoolKind = 'threads' | 'processes';
+
+/** The kind a root gets when neither its options nor its URI name one (docs/pkcs11.md: why). */
+export const DEFAULT_POOL_KIND: PoolKind = 'threads';
+
+function threadChannel(url: URL, config: WorkerConfig, on: ChannelEvents): Channel {
+  const worker = new Worker(url, { workerData: config });
+  // A pool with no requests in flight must not keep the process alive.
+  worker.unref();
+  worker.on('message', (reply: WorkerBatchReply) => on.reply(reply));
+  worker.on('error', () => {
+    // An uncaught exception in the worker: 'exit' follows and does the replacement.
+  });
+  worker.on('exit', () => on.exit());
+  return {
+    post: (batch) => worker.postMessage(batch, [batch.bytes.buffer as ArrayBuffer]),
+    kill: () => void worker.terminate().catch(() => undefined),
+    stop: () =>
+      worker.terminate().then(
+        () => undefined,
+        () => undefined,
+      ),
+    ref: () => worker.ref(),
+    unref: () => worker.unref(),
+  };
+}
+
 interface Slot {
-  worker: Worker;
+  channel: Channel;
   inFlight: Map<number, Pending>;
   alive: boolean;
   /** Requests waiting for the end of this turn of the event loop, sent then as one message. */
@@ -56,6 +108,11 @@ interface Slot {
 }
 
 export interface PoolOptions extends WorkerConfig {
+  /** Threads (default) or child processes. */
+  kind?: PoolKind;
+  /** Processes only: the environment of the children (default: this process's). The root leaves
+   * out the variable a pin-source=env: names, so that no child ever holds the PIN in its env. */
+  env?: Readonly<Record<string, string | undefined>>;
   /** Number of workers (default: the number of cores, os.availableParallelism()). */
   size?: number;
   /** Deadline of one request in milliseconds (default 15 000). */
@@ -64,6 +121,8 @@ export interface PoolOptions extends WorkerConfig {
 
 export class WorkerPool {
   readonly size: number;
+  readonly kind: PoolKind;
+  readonly #env: Readonly<Record<string, string | undefined>> | undefined;
   readonly #config: WorkerConfig;
   readonly #timeout: number;
   readonly #slots: Slot[] = [];
@@ -79,8 +138,10 @@ export class WorkerPool {
 
   constructor(options: PoolOptions) {
     this.#config = { modulePath: options.modulePath, token: options.token };
+    this.kind = options.kind ?? DEFAULT_POOL_KIND;
+    this.#env = options.env;
     // Before any worker loads it: the module's destructors must never run on a worker's teardown.
-    pinModule(options.modulePath);
+    if (this.kind === 'threads') pinModule(options.modulePath);
     this.size = Math.max(1, Math.min(64, Math.floor(options.size ?? availableParallelism())));
     this.#timeout = options.callTimeoutMs ?? 15_000;
   }
@@ -122,6 +183,11 @@ export class WorkerPool {
     this.#pin = pin?.slice();
   }
 
+  /** The child processes' ids (processes; empty for threads): for the tests. */
+  pids(): number[] {
+    return this.#slots.flatMap((s) => (s.alive && s.channel.pid !== undefined ? [s.channel.pid] : []));
+  }
+
   /** Requests in flight per worker (for status and tests). */
   inFlight(): number[] {
     return this.#slots.map((s) => s.inFlight.size);
@@ -141,6 +207,13 @@ export class WorkerPool {
     return this.#send(slot, { op: 'finalize' }) as Promise<void>;
   }
 
+  /** Test hook: C_CloseAllSessions from the worker at `index` (its module instance: for a pool of
+   * processes, the only way to close a child's sessions under it), between two of its requests. */
+  closeAllSessions(index: number): Promise<void> {
+    const slot = this.#slots[index % this.#slots.length] as Slot;
+    return this.#send(slot, { op: 'close-all' }) as Promise<void>;
+  }
+
   async close(): Promise<void> {
     if (this.#closed) return;
     this.#closed = true;
@@ -151,52 +224,51 @@ export class WorkerPool {
           await this.#send(s, { op: 'close' }, true).catch(() => undefined);
         }
         s.alive = false;
-        await s.worker.terminate().catch(() => undefined);
+        await s.channel.stop();
       }),
     );
   }
 
   #spawn(url: URL): Slot {
-    const worker = new Worker(url, { workerData: this.#config });
-    // A pool with no requests in flight must not keep the process alive.
-    worker.unref();
-    const slot: Slot = { worker, inFlight: new Map(), alive: true, outbox: [] };
-    worker.on('message', ({ replies, done, packed }: WorkerBatchReply) => {
-      const take = (seq: number): Pending | undefined => {
-        const p = slot.inFlight.get(seq);
-        if (!p) return undefined;
-        slot.inFlight.delete(seq);
-        clearTimeout(p.timer);
-        wipeRequest(p.request);
-        return p;
-      };
-      for (let i = 0; i < done.length; i += 3) {
-        const p = take(done[i] as number);
-        if (!p) continue;
-        const off = done[i + 1] as number;
-        const bytes = packed.slice(off, off + (done[i + 2] as number));
-        this.#settle(() => p.resolve(bytes));
-      }
-      for (const reply of replies) {
-        const p = take(reply.seq);
-        if (!p) continue;
-        if (!reply.ok) {
-          const err = toError(reply.error);
-          this.#settle(() => p.reject(err));
-        } else {
-          const result = reply.result;
-          this.#settle(() => p.resolve(result));
-        }
-      }
-      // Each result has its own copy now: no key material stays in the batch buffer.
-      wipe(packed);
-      this.#refreshRef(slot);
-    });
-    worker.on('error', () => {
-      // An uncaught exception in the worker: 'exit' follows and does the replacement.
-    });
-    worker.on('exit', () => this.#onExit(slot));
+    const slot = { inFlight: new Map(), alive: true, outbox: [] } as unknown as Slot;
+    const on: ChannelEvents = { reply: (reply) => this.#onReply(slot, reply), exit: () => this.#onExit(slot) };
+    slot.channel =
+      this.kind === 'processes'
+        ? processChannel(url, this.#config, this.#env, on)
+        : threadChannel(url, this.#config, on);
     return slot;
+  }
+
+  #onReply(slot: Slot, { replies, done, packed }: WorkerBatchReply): void {
+    const take = (seq: number): Pending | undefined => {
+      const p = slot.inFlight.get(seq);
+      if (!p) return undefined;
+      slot.inFlight.delete(seq);
+      clearTimeout(p.timer);
+      wipeRequest(p.request);
+      return p;
+    };
+    for (let i = 0; i < done.length; i += 3) {
+      const p = take(done[i] as number);
+      if (!p) continue;
+      const off = done[i + 1] as number;
+      const bytes = packed.slice(off, off + (done[i + 2] as number));
+      this.#settle(() => p.resolve(bytes));
+    }
+    for (const reply of replies) {
+      const p = take(reply.seq);
+      if (!p) continue;
+      if (!reply.ok) {
+        const err = toError(reply.error);
+        this.#settle(() => p.reject(err));
+      } else {
+        const result = reply.result;
+        this.#settle(() => p.resolve(result));
+      }
+    }
+    // Each result has its own copy now: no key material stays in the batch buffer.
+    wipe(packed);
+    this.#refreshRef(slot);
   }
 
   /** Resume a caller from a setImmediate, at most SETTLE_PER_TURN per turn of the event loop
@@ -219,8 +291,8 @@ export class WorkerPool {
   }
 
   #refreshRef(slot: Slot): void {
-    if (slot.inFlight.size > 0) slot.worker.ref();
-    else slot.worker.unref();
+    if (slot.inFlight.size > 0) slot.channel.ref();
+    else slot.channel.unref();
   }
 
   #onExit(slot: Slot): void {
@@ -269,7 +341,7 @@ export class WorkerPool {
         wipeRequest(request);
         reject(new Pkcs11UnavailableError('worker', '', `no answer within ${this.#timeout} ms`));
         // The worker may be stuck in the module: replace it (its other requests go to the new one).
-        if (slot.alive) slot.worker.terminate().catch(() => undefined);
+        if (slot.alive) slot.channel.kill();
       }, this.#timeout);
       timer.unref();
       const p: Pending = { seq, request, resolve, reject, timer, retried };
@@ -291,7 +363,7 @@ export class WorkerPool {
     if (batch.length === 0) return;
     const message = pack(batch);
     try {
-      slot.worker.postMessage(message, [message.bytes.buffer as ArrayBuffer]);
+      slot.channel.post(message);
     } catch (err) {
       wipe(message.bytes);
       for (const m of batch) {

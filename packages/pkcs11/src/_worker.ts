@@ -46,6 +46,9 @@ export type WorkerRequest =
   | { seq: number; op: 'crash' }
   /** Fault injection: C_Finalize from this thread, between two of its requests. */
   | { seq: number; op: 'finalize' }
+  /** Fault injection: C_CloseAllSessions on the token's slot, from this worker's module instance
+   * (for a child process, no other process can close its sessions). */
+  | { seq: number; op: 'close-all' }
   /** Key pairs (_worker-keypairs.ts). */
   | KeyPairRequest;
 
@@ -131,7 +134,10 @@ function asFailure(fn: string, err: unknown): Failure {
   return new Failure(ckr ? { kind: 'ckr', fn, ckr } : { kind: 'other', fn, ckr: '', detail: 'native call failed' });
 }
 
-const config = workerData as WorkerConfig;
+/** A thread gets its configuration as workerData; a child process (pool kind "processes") as its
+ * one argument, JSON (the module path and token label: no secret; the PIN comes over the IPC
+ * channel in a login request, like every other request). */
+const config = (workerData as WorkerConfig | null) ?? (JSON.parse(process.argv[2] ?? '{}') as WorkerConfig);
 let mod: graphene.Module | undefined;
 let session: graphene.Session | undefined;
 /** The user PIN while the root is unsealed (to log in again after the token dropped the login). */
@@ -458,6 +464,11 @@ function handle(r: WorkerRequest): unknown {
     case 'finalize':
       call('C_Finalize', () => mod?.finalize());
       return undefined;
+    case 'close-all': {
+      const s = current();
+      call('C_CloseAllSessions', () => s.lib.C_CloseAllSessions(s.slot.handle));
+      return undefined;
+    }
     case 'kp-generate':
     case 'kp-sign':
     case 'kp-destroy':
@@ -470,7 +481,7 @@ function handle(r: WorkerRequest): unknown {
  * PIN alone is copied out, as it is kept). Replies go back in chunks (REPLY_EVERY_*): byte results
  * (ciphertext, opened key material) travel packed in one transferred buffer per chunk; this thread
  * wipes its own copies, and the batch's buffer once the batch is done. */
-parentPort?.on('message', ({ requests, bytes }: WorkerBatch) => {
+function serve({ requests, bytes }: WorkerBatch, post: (reply: WorkerBatchReply) => void): void {
   let replies: WorkerReply[] = [];
   let results: Uint8Array[] = [];
   let seqs: number[] = [];
@@ -490,7 +501,7 @@ parentPort?.on('message', ({ requests, bytes }: WorkerBatch) => {
       off += b.length;
       wipe(b);
     }
-    parentPort?.postMessage({ replies, done, packed } satisfies WorkerBatchReply, [packed.buffer, done.buffer]);
+    post({ replies, done, packed });
     replies = [];
     results = [];
     seqs = [];
@@ -529,4 +540,26 @@ parentPort?.on('message', ({ requests, bytes }: WorkerBatch) => {
   } finally {
     wipe(bytes);
   }
-});
+}
+
+if (parentPort) {
+  const port = parentPort;
+  // Transferred: the main thread gets the buffers, this thread keeps no copy.
+  port.on('message', (batch: WorkerBatch) =>
+    serve(batch, (reply) =>
+      port.postMessage(reply, [reply.packed.buffer as ArrayBuffer, reply.done.buffer as ArrayBuffer]),
+    ),
+  );
+} else if (process.send) {
+  // A child process (_process-pool.ts): batches arrive over the IPC channel ("advanced"
+  // serialization: the V8 serializer, typed arrays as bytes). process.send serializes the reply
+  // before it returns, so the packed results are wiped here at once.
+  process.on('message', (batch: WorkerBatch) =>
+    serve(batch, (reply) => {
+      process.send?.(reply);
+      wipe(reply.packed);
+    }),
+  );
+  // No orphans: when the parent dies or closes the pool the channel closes, and the child goes.
+  process.on('disconnect', () => process.exit(0));
+}

@@ -4,6 +4,7 @@
  */
 import './register.js';
 
+export { DEFAULT_POOL_KIND, type PoolKind } from './_pool.js';
 export { pkcs11RootBackend } from './backend.js';
 export {
   ckrKind,

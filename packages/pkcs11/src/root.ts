@@ -49,7 +49,7 @@ import {
   toBase64Url,
   wipe,
 } from '@keywarden/core';
-import { type PoolRequest, WorkerFailureError, WorkerPool } from './_pool.js';
+import { DEFAULT_POOL_KIND, type PoolKind, type PoolRequest, WorkerFailureError, WorkerPool } from './_pool.js';
 import { Pkcs11UnavailableError, Pkcs11UnsealError, pkcs11Error } from './errors.js';
 import { Pkcs11KeyPairs } from './keypairs.js';
 
@@ -91,6 +91,10 @@ export interface Pkcs11RootOptions {
   create?: boolean;
   /** Workers in the pool (default: the number of cores). */
   poolSize?: number;
+  /** Where the workers run: 'threads' or 'processes' (default: DEFAULT_POOL_KIND) (child processes, each with its own
+   * module and login; SoftHSM2 serialises the threads of one process: docs/pkcs11.md). The URI's
+   * query attribute `pool=threads|processes` is used when this is not given. */
+  pool?: PoolKind;
   /** Deadline of one PKCS#11 request in milliseconds (default 15 000). */
   callTimeoutMs?: number;
   /** The module when the URI has no module-path (default: KEYWARDEN_PKCS11_MODULE). */
@@ -215,11 +219,14 @@ export class Pkcs11Root implements RootOfTrust, Sealable, Destroyable, KekInRoot
           'pkcs11: this key store has no root record: it was never initialized with a PKCS#11 root, or it is damaged',
         );
       }
+      const kind = options.pool ?? poolKindOf(parsed.vendorQuery.pool);
       const pool = new WorkerPool({
         modulePath,
         token: parsed.token,
         size: options.poolSize,
         callTimeoutMs: options.callTimeoutMs,
+        kind,
+        ...(kind === 'processes' ? { env: childEnv(env, parsed.pinSource) } : {}),
       });
       await pool.start().catch((err: unknown) => {
         throw refine(err, 'open');
@@ -636,4 +643,25 @@ function refine(err: unknown, op: string, decryptComponent?: string): Error {
   }
   if (f.kind === 'ckr' || f.kind === 'decrypt') return pkcs11Error(f.fn, f.ckr, f.detail);
   return new Pkcs11UnavailableError(f.fn === 'worker' ? op : f.fn, '', f.detail);
+}
+
+/** The URI's `pool=` query attribute: threads or processes (DEFAULT_POOL_KIND when absent). */
+function poolKindOf(values: string[] | undefined): PoolKind {
+  if (!values || values.length === 0) return DEFAULT_POOL_KIND;
+  const v = values[0];
+  if (values.length > 1 || (v !== 'threads' && v !== 'processes')) {
+    throw new InvalidInputError('pkcs11: the root URI\'s "pool" attribute must appear once, as threads or processes');
+  }
+  return v;
+}
+
+/** The environment of pool child processes: this one, without the variable a pin-source=env:
+ * names (the PIN reaches a child over its IPC channel only). */
+function childEnv(
+  env: Readonly<Record<string, string | undefined>>,
+  pinSource: string | undefined,
+): Record<string, string | undefined> {
+  const out = { ...process.env, ...env };
+  if (pinSource?.startsWith('env:')) delete out[pinSource.slice('env:'.length)];
+  return out;
 }

@@ -2,7 +2,10 @@
 import { randomBytes } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { type KeyStore, MemoryKeyStore } from '@keywarden/core';
-import { Pkcs11Root } from '../src/index.js';
+import { type PoolKind, Pkcs11Root } from '../src/index.js';
+
+/** The suites that exercise the pool run once per kind of worker (threads, child processes). */
+export const POOL_KINDS: PoolKind[] = ['threads', 'processes'];
 
 export const unavailable = process.env.KEYWARDEN_PKCS11_UNAVAILABLE;
 if (unavailable) console.warn(`pkcs11 suites cannot run: ${unavailable}`);
@@ -30,7 +33,7 @@ export function rootUri(object: string, withPin = true): string {
 }
 
 export async function createRoot(
-  options: { store?: KeyStore; object?: string; poolSize?: number; callTimeoutMs?: number } = {},
+  options: { store?: KeyStore; object?: string; poolSize?: number; callTimeoutMs?: number; pool?: PoolKind } = {},
 ): Promise<{ root: Pkcs11Root; store: KeyStore; object: string }> {
   const store = options.store ?? new MemoryKeyStore();
   const object = options.object ?? uniqueLabel();
@@ -38,6 +41,7 @@ export async function createRoot(
     store,
     create: true,
     poolSize: options.poolSize ?? 2,
+    ...(options.pool ? { pool: options.pool } : {}),
     ...(options.callTimeoutMs ? { callTimeoutMs: options.callTimeoutMs } : {}),
   });
   return { root, store, object };

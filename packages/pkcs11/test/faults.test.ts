@@ -10,7 +10,7 @@ import { randomBytes } from 'node:crypto';
 import { KeywardenError, MemoryKeyStore } from '@keywarden/core';
 import { afterAll, describe, expect, it } from 'vitest';
 import { Pkcs11Root, Pkcs11UnsealError } from '../src/index.js';
-import { createRoot, hsm, pin, rootUri, uniqueLabel, unavailable } from './_hsm.js';
+import { createRoot, hsm, POOL_KINDS, pin, rootUri, uniqueLabel, unavailable } from './_hsm.js';
 import { RawToken } from './_raw.js';
 
 const DEADLINE_MS = 20_000;
@@ -66,117 +66,125 @@ describe.skipIf(unavailable)('faults on SoftHSM2', () => {
   const raw = unavailable ? undefined : new RawToken();
   afterAll(() => raw?.close());
 
-  it('a wrong PIN is Pkcs11UnsealError (C_Login, CKR_PIN_INCORRECT) naming neither PIN; the root stays sealed and the right PIN then opens it', async () => {
-    const { root, store, object } = await createRoot();
-    await root.close();
-    const wrong = new TextEncoder().encode(`wrong-${randomBytes(8).toString('hex')}`);
-    const err = (await Pkcs11Root.open(rootUri(object, false), { store, secret: wrong, poolSize: 1 }).then(
-      () => undefined,
-      (e: unknown) => e,
-    )) as Pkcs11UnsealError;
-    expect(err).toBeInstanceOf(Pkcs11UnsealError);
-    expect(err.code).toBe('KW_UNSEAL');
-    expect(err.fn).toBe('C_Login');
-    expect(err.ckr).toBe('CKR_PIN_INCORRECT');
-    expect(err.message).not.toContain(Buffer.from(wrong).toString());
-    expect(err.message).not.toContain(Buffer.from(pin()).toString());
-    expect(JSON.stringify(err)).not.toContain(Buffer.from(pin()).toString());
+  describe.each(POOL_KINDS)('%s pool', (pool) => {
+    it('a wrong PIN is Pkcs11UnsealError (C_Login, CKR_PIN_INCORRECT) naming neither PIN; the root stays sealed and the right PIN then opens it', async () => {
+      const { root, store, object } = await createRoot({ pool });
+      await root.close();
+      const wrong = new TextEncoder().encode(`wrong-${randomBytes(8).toString('hex')}`);
+      const err = (await Pkcs11Root.open(rootUri(object, false), { store, secret: wrong, poolSize: 1, pool }).then(
+        () => undefined,
+        (e: unknown) => e,
+      )) as Pkcs11UnsealError;
+      expect(err).toBeInstanceOf(Pkcs11UnsealError);
+      expect(err.code).toBe('KW_UNSEAL');
+      expect(err.fn).toBe('C_Login');
+      expect(err.ckr).toBe('CKR_PIN_INCORRECT');
+      expect(err.message).not.toContain(Buffer.from(wrong).toString());
+      expect(err.message).not.toContain(Buffer.from(pin()).toString());
+      expect(JSON.stringify(err)).not.toContain(Buffer.from(pin()).toString());
 
-    const sealed = await Pkcs11Root.open(rootUri(object, false), { store, poolSize: 1 });
-    await expect(sealed.unseal(wrong)).rejects.toBeInstanceOf(Pkcs11UnsealError);
-    expect(sealed.isSealed()).toBe(true);
-    await sealed.unseal(pin());
-    await stillServes(sealed);
-    await sealed.close();
-  });
+      const sealed = await Pkcs11Root.open(rootUri(object, false), { store, poolSize: 1, pool });
+      await expect(sealed.unseal(wrong)).rejects.toBeInstanceOf(Pkcs11UnsealError);
+      expect(sealed.isSealed()).toBe(true);
+      await sealed.unseal(pin());
+      await stillServes(sealed);
+      await sealed.close();
+    });
 
-  it('a worker dying mid-request: its requests in flight are sent again to its replacement, nothing hangs, the pool serves on', async () => {
-    const { root } = await createRoot({ poolSize: 2 });
-    const before = roundTrips(root, 50);
-    // The crash is queued behind the first requests and ahead of the next ones: those are in
-    // flight (sent, unanswered) when the thread dies.
-    root.pool.crashWorker(0);
-    root.pool.crashWorker(1);
-    const after = roundTrips(root, 250);
-    const { ok, failed } = expectCorrectOrTyped(await settleWithin([...before, ...after]));
-    expect(ok + failed.length).toBe(300);
-    expect(failed).toEqual([]);
-    expect(root.pool.replaced).toBe(2);
-    await stillServes(root);
-    await root.close();
-  });
+    it('a worker dying mid-request: its requests in flight are sent again to its replacement, nothing hangs, the pool serves on', async () => {
+      const { root } = await createRoot({ poolSize: 2, pool });
+      const before = roundTrips(root, 50);
+      // The crash is queued behind the first requests and ahead of the next ones: those are in
+      // flight (sent, unanswered) when the thread dies.
+      root.pool.crashWorker(0);
+      root.pool.crashWorker(1);
+      const after = roundTrips(root, 250);
+      const { ok, failed } = expectCorrectOrTyped(await settleWithin([...before, ...after]));
+      expect(ok + failed.length).toBe(300);
+      expect(failed).toEqual([]);
+      expect(root.pool.replaced).toBe(2);
+      await stillServes(root);
+      await root.close();
+    });
 
-  it('every session closed under the pool (C_CloseAllSessions, which also drops the login): workers reopen, log in again, and retry', async () => {
-    const { root } = await createRoot({ poolSize: 2 });
-    const calls = roundTrips(root, 200);
-    await new Promise((r) => setTimeout(r, 10));
-    raw!.closeAllSessions();
-    const { ok, failed } = expectCorrectOrTyped(await settleWithin(calls));
-    expect(ok + failed.length).toBe(200);
-    await stillServes(root);
-    raw!.init();
-    await root.close();
-  });
+    it('every session closed under the pool (C_CloseAllSessions, which also drops the login): workers reopen, log in again, and retry', async () => {
+      const { root } = await createRoot({ poolSize: 2, pool });
+      const calls = roundTrips(root, 200);
+      await new Promise((r) => setTimeout(r, 10));
+      if (pool === 'threads') {
+        // Another thread of the process that shares the module with the workers.
+        raw!.closeAllSessions();
+      } else {
+        // Each child has its own module instance: the call has to come from inside it.
+        await Promise.all([root.pool.closeAllSessions(0), root.pool.closeAllSessions(1)]);
+      }
+      const { ok, failed } = expectCorrectOrTyped(await settleWithin(calls));
+      expect(ok + failed.length).toBe(200);
+      await stillServes(root);
+      raw!.init();
+      await root.close();
+    });
 
-  it('the module finalized (C_Finalize) with requests in flight: the worker initialises it again, reopens, logs in and retries', async () => {
-    // One worker: C_Finalize while another thread is inside the module is undefined behaviour
-    // (PKCS#11 v2.40 §5.4) and SoftHSM2 can crash; here it runs between two requests, with 100
-    // more sent and unanswered behind it.
-    const { root } = await createRoot({ poolSize: 1 });
-    const before = roundTrips(root, 50);
-    const finalized = root.pool.finalizeModule(0);
-    const after = roundTrips(root, 100);
-    await finalized;
-    const { ok, failed } = expectCorrectOrTyped(await settleWithin([...before, ...after]));
-    expect(ok + failed.length).toBe(150);
-    expect(failed).toEqual([]);
-    await stillServes(root);
-    raw!.init();
-    await root.close();
-  });
+    it('the module finalized (C_Finalize) with requests in flight: the worker initialises it again, reopens, logs in and retries', async () => {
+      // One worker: C_Finalize while another thread is inside the module is undefined behaviour
+      // (PKCS#11 v2.40 §5.4) and SoftHSM2 can crash; here it runs between two requests, with 100
+      // more sent and unanswered behind it.
+      const { root } = await createRoot({ poolSize: 1, pool });
+      const before = roundTrips(root, 50);
+      const finalized = root.pool.finalizeModule(0);
+      const after = roundTrips(root, 100);
+      await finalized;
+      const { ok, failed } = expectCorrectOrTyped(await settleWithin([...before, ...after]));
+      expect(ok + failed.length).toBe(150);
+      expect(failed).toEqual([]);
+      await stillServes(root);
+      raw!.init();
+      await root.close();
+    });
 
-  it('the token deleted, or re-initialised, by another process while a root uses it: typed RootUnavailableError within the deadline, never a hang; a root on another token in the same process is untouched', async () => {
-    const soPin = randomBytes(8).toString('hex');
-    const userPin = Buffer.from(pin()).toString();
-    const labels = [uniqueLabel('fault-del'), uniqueLabel('fault-reinit')];
-    for (const label of labels)
-      softhsm(['--init-token', '--free', '--label', label, '--pin', userPin, '--so-pin', soPin]);
-    // SoftHSM2 sees tokens made by another process only after C_Initialize: no request is in flight here.
-    raw!.finalize();
-    raw!.init();
-    const { root: bystander } = await createRoot({ poolSize: 1 });
-    const roots: Pkcs11Root[] = [];
-    for (const label of labels) {
-      const uri = rootUri(uniqueLabel()).replace(/token=[^;]+/, `token=${label}`);
-      roots.push(await Pkcs11Root.open(uri, { store: new MemoryKeyStore(), create: true, poolSize: 1 }));
-    }
-    for (const r of roots) await stillServes(r);
+    it('the token deleted, or re-initialised, by another process while a root uses it: typed RootUnavailableError within the deadline, never a hang; a root on another token in the same process is untouched', async () => {
+      const soPin = randomBytes(8).toString('hex');
+      const userPin = Buffer.from(pin()).toString();
+      const labels = [uniqueLabel('fault-del'), uniqueLabel('fault-reinit')];
+      for (const label of labels)
+        softhsm(['--init-token', '--free', '--label', label, '--pin', userPin, '--so-pin', soPin]);
+      // SoftHSM2 sees tokens made by another process only after C_Initialize: no request is in flight here.
+      raw!.finalize();
+      raw!.init();
+      const { root: bystander } = await createRoot({ poolSize: 1, pool });
+      const roots: Pkcs11Root[] = [];
+      for (const label of labels) {
+        const uri = rootUri(uniqueLabel()).replace(/token=[^;]+/, `token=${label}`);
+        roots.push(await Pkcs11Root.open(uri, { store: new MemoryKeyStore(), create: true, poolSize: 1, pool }));
+      }
+      for (const r of roots) await stillServes(r);
 
-    softhsm(['--delete-token', '--token', labels[0] as string]);
-    softhsm([
-      '--init-token',
-      '--token',
-      labels[1] as string,
-      '--label',
-      labels[1] as string,
-      '--pin',
-      userPin,
-      '--so-pin',
-      soPin,
-    ]);
-    for (const r of roots) {
-      const results = await settleWithin(roundTrips(r, 20));
-      const { ok, failed } = expectCorrectOrTyped(results);
-      expect(ok).toBe(0);
-      expect(new Set(failed)).toEqual(new Set(['KW_ROOT_UNAVAILABLE']));
-      // Asked again, it answers again (promptly, the same way): the pool is not wedged.
-      const again = expectCorrectOrTyped(await settleWithin(roundTrips(r, 2), 10_000));
-      expect(again.failed).toEqual(['KW_ROOT_UNAVAILABLE', 'KW_ROOT_UNAVAILABLE']);
-      await r.close();
-    }
-    await stillServes(bystander);
-    await bystander.close();
-    softhsm(['--delete-token', '--token', labels[1] as string]);
-    expect(hsm.token).toBeTruthy();
+      softhsm(['--delete-token', '--token', labels[0] as string]);
+      softhsm([
+        '--init-token',
+        '--token',
+        labels[1] as string,
+        '--label',
+        labels[1] as string,
+        '--pin',
+        userPin,
+        '--so-pin',
+        soPin,
+      ]);
+      for (const r of roots) {
+        const results = await settleWithin(roundTrips(r, 20));
+        const { ok, failed } = expectCorrectOrTyped(results);
+        expect(ok).toBe(0);
+        expect(new Set(failed)).toEqual(new Set(['KW_ROOT_UNAVAILABLE']));
+        // Asked again, it answers again (promptly, the same way): the pool is not wedged.
+        const again = expectCorrectOrTyped(await settleWithin(roundTrips(r, 2), 10_000));
+        expect(again.failed).toEqual(['KW_ROOT_UNAVAILABLE', 'KW_ROOT_UNAVAILABLE']);
+        await r.close();
+      }
+      await stillServes(bystander);
+      await bystander.close();
+      softhsm(['--delete-token', '--token', labels[1] as string]);
+      expect(hsm.token).toBeTruthy();
+    });
   });
 });
