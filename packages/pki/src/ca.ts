@@ -2,10 +2,13 @@
  * A small certificate authority over a key pair of {@link KeyPairs}: a self-signed root CA (or an
  * intermediate, issued by another CA), leaf certificates from PKCS#10 requests, renewal with a new
  * key pair version and an overlap period, revocation and CRLs. Its book (certificates of the CA
- * itself, serials issued, revocations, the CRL number) is one meta record `pki/ca/<name>`; one
- * writer per CA (see keypairs.ts).
+ * itself, serials issued, revocations, the CRL number) is one meta record `pki/ca/<name>`, changed
+ * under the store's lock (updateRecord, _meta.ts) and applied to the record as it is at commit
+ * time: processes issuing, revoking, renewing and making CRLs of one CA at once lose no entry, and
+ * each CRL number is given out once, with the revocations as they are at that moment.
  */
 import { InvalidInputError, KeyExistsError, KeyNotFoundError, KeyStateError, type Keywarden } from '@keywarden/core';
+import { encodeJson, updateRecord } from './_meta.js';
 import type { KeyPairs } from './keypairs.js';
 import type { KeyPairAlgorithm } from './signer.js';
 import {
@@ -79,13 +82,16 @@ export class CertificateAuthority {
       options.pathLength,
       options.parent,
     );
-    await ca.#write({
-      format: 1,
-      name,
-      certificates: [{ keyVersion: 1, certificate: b64(certificate) }],
-      issued: [],
-      revoked: [],
-      crlNumber: 0,
+    await updateRecord(keywarden.store, metaName(name), (current) => {
+      if (current !== undefined) throw new KeyExistsError(`pki: certificate authority ${name} already exists`);
+      return encodeJson({
+        format: 1,
+        name,
+        certificates: [{ keyVersion: 1, certificate: b64(certificate) }],
+        issued: [],
+        revoked: [],
+        crlNumber: 0,
+      } satisfies CaRecord);
     });
     return ca;
   }
@@ -137,13 +143,16 @@ export class CertificateAuthority {
         notAfter,
       },
     );
-    record.issued.push({
+    const entry = {
       serialNumber: serialOf(certificate),
       commonName: request.subject.commonName,
       notAfter: notAfter.toISOString(),
       caKeyVersion: current.keyVersion,
+    };
+    await this.#update((record) => {
+      record.issued.push(entry);
+      return record;
     });
-    await this.#write(record);
     return certificate;
   }
 
@@ -170,25 +179,32 @@ export class CertificateAuthority {
       undefined,
       options.parent,
     );
-    record.certificates.push({ keyVersion: info.primaryVersion, certificate: b64(certificate) });
-    await this.#write(record);
+    await this.#update((current) => {
+      // Oldest first by key version, also when another renewal committed in between.
+      current.certificates.push({ keyVersion: info.primaryVersion, certificate: b64(certificate) });
+      current.certificates.sort((a, b) => a.keyVersion - b.keyVersion);
+      return current;
+    });
     return certificate;
   }
 
   /** Revoke a certificate this CA issued (by serial number, lowercase hex). */
   async revoke(serialNumber: string, options: { reason?: CrlReason; at?: Date } = {}): Promise<void> {
-    const record = await this.#read();
-    const issued = record.issued.find((i) => i.serialNumber === serialNumber);
-    if (!issued)
-      throw new KeyNotFoundError(`pki: certificate authority ${this.name} issued no certificate ${serialNumber}`);
-    if (record.revoked.some((r) => r.serialNumber === serialNumber)) return;
-    record.revoked.push({
-      serialNumber,
-      revokedAt: (options.at ?? new Date()).toISOString(),
-      reason: options.reason ?? 'unspecified',
-      caKeyVersion: issued.caKeyVersion,
+    const revokedAt = (options.at ?? new Date()).toISOString();
+    await this.#update((record) => {
+      const issued = record.issued.find((i) => i.serialNumber === serialNumber);
+      if (!issued)
+        throw new KeyNotFoundError(`pki: certificate authority ${this.name} issued no certificate ${serialNumber}`);
+      // Revoked already (here or by another process): the first revocation stands.
+      if (record.revoked.some((r) => r.serialNumber === serialNumber)) return undefined;
+      record.revoked.push({
+        serialNumber,
+        revokedAt,
+        reason: options.reason ?? 'unspecified',
+        caKeyVersion: issued.caKeyVersion,
+      });
+      return record;
     });
-    await this.#write(record);
   }
 
   /** Revoked serial numbers (lowercase hex). */
@@ -210,21 +226,28 @@ export class CertificateAuthority {
     if (!entry)
       throw new KeyNotFoundError(`pki: certificate authority ${this.name} has no key version ${options.keyVersion}`);
     const signer = await this.#pairs.signer(this.name, entry.keyVersion);
-    record.crlNumber += 1;
+    // The number is taken, with the revocations as they are at that moment, before signing: two
+    // processes never sign two CRLs with one number, and a higher number never lists fewer
+    // revocations. A crash after this leaves an unused number (cRLNumber only has to increase).
+    let taken: CaRecord | undefined;
+    await this.#update((current) => {
+      current.crlNumber += 1;
+      taken = current;
+      return current;
+    });
+    if (!taken) throw new KeyNotFoundError(`pki: no certificate authority named ${this.name}`);
     const now = new Date();
-    const crl = await createCrl(
+    return createCrl(
       { signer, certificate: unb64(entry.certificate) },
       {
-        crlNumber: record.crlNumber,
+        crlNumber: taken.crlNumber,
         thisUpdate: now,
         nextUpdate: new Date(now.getTime() + options.nextUpdateHours * 3_600_000),
-        revoked: record.revoked
+        revoked: taken.revoked
           .filter((r) => r.caKeyVersion === entry.keyVersion)
           .map((r) => ({ serialNumber: r.serialNumber, revokedAt: new Date(r.revokedAt), reason: r.reason })),
       },
     );
-    await this.#write(record);
-    return crl;
   }
 
   async #caCertificate(
@@ -256,24 +279,34 @@ export class CertificateAuthority {
     if (!current) throw new KeyStateError(`pki: certificate authority ${this.name} has no certificate`);
     const signer = await this.#pairs.signer(this.name, current.keyVersion);
     const certificate = await issueCertificate({ signer, certificate: unb64(current.certificate) }, options);
-    record.issued.push({
+    const entry = {
       serialNumber: serialOf(certificate),
       commonName: options.subject.commonName,
       notAfter: options.notAfter.toISOString(),
       caKeyVersion: current.keyVersion,
+    };
+    await this.#update((record) => {
+      record.issued.push(entry);
+      return record;
     });
-    await this.#write(record);
     return certificate;
   }
 
   async #read(): Promise<CaRecord> {
-    const raw = await this.#kw.store.getMeta(metaName(this.name));
+    return this.#parse(await this.#kw.store.getMeta(metaName(this.name)));
+  }
+
+  #parse(raw: Uint8Array | undefined): CaRecord {
     if (raw === undefined) throw new KeyNotFoundError(`pki: no certificate authority named ${this.name}`);
     return JSON.parse(new TextDecoder().decode(raw)) as CaRecord;
   }
 
-  async #write(record: CaRecord): Promise<void> {
-    await this.#kw.store.putMeta(metaName(this.name), new TextEncoder().encode(JSON.stringify(record)));
+  /** Change the CA's record as it is at commit time (see the file comment); undefined: no write. */
+  async #update(change: (record: CaRecord) => CaRecord | undefined): Promise<void> {
+    await updateRecord(this.#kw.store, metaName(this.name), (raw) => {
+      const next = change(this.#parse(raw));
+      return next === undefined ? undefined : encodeJson(next);
+    });
   }
 }
 

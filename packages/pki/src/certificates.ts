@@ -5,12 +5,13 @@
  * the old certificate's subject and names, a certificate from the CA, the old one optionally
  * revoked as superseded).
  *
- * One meta record per key pair, `pki/certs/<name>` (JSON, public data only); one writer per key
- * pair, as for the key pair records (keypairs.ts).
+ * One meta record per key pair, `pki/certs/<name>` (JSON, public data only), changed under the
+ * store's lock (updateRecord, _meta.ts): certificates added at once by several processes all land.
  */
 import { X509Certificate } from 'node:crypto';
 import { InvalidInputError, KeyNotFoundError, type Keywarden, StoreCorruptError } from '@keywarden/core';
 import type { CertificateAuthority } from './ca.js';
+import { encodeJson, updateRecord } from './_meta.js';
 import type { KeyPairs } from './keypairs.js';
 import { type CertificateProfile, createCsr, type DistinguishedName, serialOf, subjectOf } from './x509.js';
 
@@ -93,10 +94,12 @@ export class Certificates {
         `pki: the certificate's public key is not the public key of any version of key pair ${keyPair}`,
       );
     }
-    const book = await this.#read(keyPair);
     const b64 = Buffer.from(der).toString('base64');
-    let stored = book.certificates.find((c) => c.certificate === b64);
-    if (!stored) {
+    let stored: StoredCertificate | undefined;
+    await updateRecord(this.#kw.store, META_PREFIX + keyPair, (current) => {
+      const book = parseBook(keyPair, current);
+      stored = book.certificates.find((c) => c.certificate === b64);
+      if (stored) return undefined;
       stored = {
         keyVersion: version.version,
         certificate: b64,
@@ -104,8 +107,9 @@ export class Certificates {
         ...(origin.source === 'issued' ? { ca: origin.ca } : {}),
       };
       book.certificates.push(stored);
-      await this.#write(book);
-    }
+      return encodeJson(book);
+    });
+    if (!stored) throw new StoreCorruptError(`pki: the certificate record of key pair ${keyPair} was not written`);
     return held(keyPair, stored);
   }
 
@@ -169,25 +173,24 @@ export class Certificates {
 
   async #read(keyPair: string): Promise<StoredBook> {
     const raw = await this.#kw.store.getMeta(META_PREFIX + keyPair);
-    if (raw === undefined) {
-      await this.#pairs.get(keyPair); // KeyNotFoundError for a key pair that does not exist
-      return { format: 1, keyPair, certificates: [] };
-    }
-    let parsed: StoredBook;
-    try {
-      parsed = JSON.parse(new TextDecoder().decode(raw)) as StoredBook;
-    } catch {
-      throw new StoreCorruptError(`pki: the certificate record of key pair ${keyPair} is not valid JSON`);
-    }
-    if (parsed.format !== 1 || parsed.keyPair !== keyPair || !Array.isArray(parsed.certificates)) {
-      throw new StoreCorruptError(`pki: the certificate record of key pair ${keyPair} is not a format-1 record`);
-    }
-    return parsed;
+    if (raw === undefined) await this.#pairs.get(keyPair); // KeyNotFoundError for a key pair that does not exist
+    return parseBook(keyPair, raw);
   }
+}
 
-  async #write(book: StoredBook): Promise<void> {
-    await this.#kw.store.putMeta(META_PREFIX + book.keyPair, new TextEncoder().encode(JSON.stringify(book)));
+/** A key pair's certificate book from its meta record (absent: empty). */
+function parseBook(keyPair: string, raw: Uint8Array | undefined): StoredBook {
+  if (raw === undefined) return { format: 1, keyPair, certificates: [] };
+  let parsed: StoredBook;
+  try {
+    parsed = JSON.parse(new TextDecoder().decode(raw)) as StoredBook;
+  } catch {
+    throw new StoreCorruptError(`pki: the certificate record of key pair ${keyPair} is not valid JSON`);
   }
+  if (parsed.format !== 1 || parsed.keyPair !== keyPair || !Array.isArray(parsed.certificates)) {
+    throw new StoreCorruptError(`pki: the certificate record of key pair ${keyPair} is not a format-1 record`);
+  }
+  return parsed;
 }
 
 /**

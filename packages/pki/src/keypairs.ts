@@ -13,8 +13,12 @@
  * The records are one meta record per key pair (`pki/keypair/<name>`, JSON, non-secret apart from
  * the envelopes). Versions follow the KEK rules (docs/lifecycle.md): 1, 2, 3 … never reused; a new
  * version becomes primary; the primary cannot be disabled or destroyed; destroyed erases the
- * envelope and is terminal. Writes are read-modify-write of that record: one writer per key pair
- * (the store's meta API has no compare-and-swap yet; see docs/pki.md).
+ * envelope and is terminal. Writes change that record under the store's lock (updateRecord,
+ * _meta.ts), applied to the record as it is at commit time, so processes writing one key pair at
+ * once lose no update: a state change re-checks its preconditions on the current record; a new
+ * version whose number another process took first is made again under the next number (the
+ * number is bound into its envelope's context), up to ROTATE_ATTEMPTS times, then ConflictError;
+ * of two creates of one name, the second gets KeyExistsError (docs/pki.md §3.1).
  *
  * Key pairs held in the root (`storage: "root"`, docs/pki.md §1): the root's `keyPairs`
  * capability makes the key pair (a PKCS#11 token: C_GenerateKeyPair, private key sensitive and
@@ -27,6 +31,7 @@
 import { createHash, webcrypto } from 'node:crypto';
 import {
   checkedRoot,
+  ConflictError,
   InvalidInputError,
   KeyDestroyedError,
   KeyExistsError,
@@ -37,6 +42,7 @@ import {
   StoreCorruptError,
   wipe,
 } from '@keywarden/core';
+import { encodeJson, updateRecord } from './_meta.js';
 import { RootSigner } from './root-signer.js';
 import { type KeyPairAlgorithm, SoftwareSigner, type Signer, webCryptoParams } from './signer.js';
 
@@ -99,6 +105,8 @@ export interface KeyPairsOptions {
 
 const NAME_RE = /^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$/;
 const META_PREFIX = 'pki/keypair/';
+/** How many times rotate() makes a new version again after other processes took its number. */
+const ROTATE_ATTEMPTS = 16;
 
 export class KeyPairs {
   readonly #kw: Keywarden;
@@ -131,19 +139,54 @@ export class KeyPairs {
       primaryVersion: 1,
       versions: [],
     };
-    record.versions.push(await this.#newVersion(record, 1));
-    await this.#write(record);
+    const first = await this.#newVersion(record, 1);
+    record.versions.push(first);
+    await this.#addToIndex(name);
+    try {
+      await updateRecord(this.#kw.store, META_PREFIX + name, (current) => {
+        if (current !== undefined) throw new KeyExistsError(`pki: key pair ${name} already exists`);
+        return encodeJson(record);
+      });
+    } catch (err) {
+      // Another process created the name first: its record stands, this version was never stored.
+      // (On any other error the write may have landed, so nothing is destroyed.)
+      if (err instanceof KeyExistsError) await this.#discard(record, first);
+      throw err;
+    }
     return infoOf(record);
   }
 
   /** A new version made primary; the old ones stay enabled (certificates under them overlap). */
   async rotate(name: string): Promise<KeyPairInfo> {
-    const record = await this.#read(name);
-    const next = Math.max(...record.versions.map((v) => v.version)) + 1;
-    record.versions.push(await this.#newVersion(record, next));
-    record.primaryVersion = next;
-    await this.#write(record);
-    return infoOf(record);
+    for (let attempt = 0; attempt < ROTATE_ATTEMPTS; attempt++) {
+      const read = await this.#read(name);
+      const next = Math.max(...read.versions.map((v) => v.version)) + 1;
+      const made = await this.#newVersion(read, next);
+      let committed: StoredKeyPair | undefined;
+      let taken = false;
+      try {
+        await updateRecord(this.#kw.store, META_PREFIX + name, (current) => {
+          const record = parseRecord(name, current);
+          taken = Math.max(...record.versions.map((v) => v.version)) + 1 !== next;
+          // Another process committed version `next` since the read: make it again under a new number.
+          // (A KeywardenError, so that stores rethrow it as it is.)
+          if (taken) throw new ConflictError(`pki: key pair ${name} v${next} was taken by another writer`);
+          record.versions.push(made);
+          record.primaryVersion = next;
+          committed = record;
+          return encodeJson(record);
+        });
+      } catch (err) {
+        if (!taken) throw err;
+        await this.#discard(read, made);
+        continue;
+      }
+      if (!committed) throw new StoreCorruptError(`pki: the record of key pair ${name} was not written`);
+      return infoOf(committed);
+    }
+    throw new ConflictError(
+      `pki: key pair ${name}: ${ROTATE_ATTEMPTS} new versions in a row were taken by concurrent writers; nothing was changed, try again`,
+    );
   }
 
   async get(name: string): Promise<KeyPairInfo> {
@@ -155,7 +198,7 @@ export class KeyPairs {
     const store = this.#kw.store;
     const out: string[] = [];
     for (const name of await this.#indexed()) {
-      // The index is written before the record (#write): a name whose record never landed is skipped.
+      // The index is written before the record (create): a name whose record never landed is skipped.
       if ((await store.getMeta(META_PREFIX + name)) !== undefined) out.push(name);
     }
     return out;
@@ -211,22 +254,46 @@ export class KeyPairs {
   }
 
   async #setState(name: string, version: number, state: KeyPairVersionState): Promise<KeyPairInfo> {
-    const record = await this.#read(name);
-    const stored = findVersion(record, version);
-    if (stored.state === 'destroyed') throw new KeyDestroyedError(`pki: key pair ${name} v${version} is destroyed`);
-    if (state !== 'enabled' && version === record.primaryVersion) {
-      throw new KeyStateError(`pki: key pair ${name} v${version} is the primary version; rotate first`);
-    }
-    if (state === 'destroyed' && record.storage === 'root' && stored.handle) {
+    const check = (record: StoredKeyPair): StoredVersion => {
+      const stored = findVersion(record, version);
+      if (stored.state === 'destroyed') throw new KeyDestroyedError(`pki: key pair ${name} v${version} is destroyed`);
+      if (state !== 'enabled' && version === record.primaryVersion) {
+        throw new KeyStateError(`pki: key pair ${name} v${version} is the primary version; rotate first`);
+      }
+      return stored;
+    };
+    const read = await this.#read(name);
+    const before = check(read);
+    if (state === 'destroyed' && read.storage === 'root' && before.handle) {
       // The device objects first: a crash before the record is written leaves a version whose
       // signer fails with KeyDestroyedError, and destroy runs again (the root's destroy is idempotent).
-      await this.#rootKeyPairs(record).destroy(fromB64(stored.handle));
-      stored.handle = '';
+      await this.#rootKeyPairs(read).destroy(fromB64(before.handle));
     }
-    stored.state = state;
-    if (state === 'destroyed') stored.privateKey = '';
-    await this.#write(record);
-    return infoOf(record);
+    // Applied to the record as it is now: another process's change since the read is kept, and
+    // the preconditions are checked again on it (a version destroyed meanwhile: KeyDestroyedError).
+    let committed: StoredKeyPair | undefined;
+    await updateRecord(this.#kw.store, META_PREFIX + name, (current) => {
+      const record = parseRecord(name, current);
+      const stored = check(record);
+      stored.state = state;
+      if (state === 'destroyed') {
+        stored.privateKey = '';
+        if (stored.handle !== undefined) stored.handle = '';
+      }
+      committed = record;
+      return encodeJson(record);
+    });
+    if (!committed) throw new StoreCorruptError(`pki: the record of key pair ${name} was not written`);
+    return infoOf(committed);
+  }
+
+  /** A version made but not committed: a device key pair is destroyed (an envelope is just dropped). */
+  async #discard(record: StoredKeyPair, made: StoredVersion): Promise<void> {
+    if (record.storage === 'root' && made.handle) {
+      await this.#rootKeyPairs(record)
+        .destroy(fromB64(made.handle))
+        .catch(() => undefined);
+    }
   }
 
   /** The root's checked key-pair capability; for a record, also that it is the root holding it. */
@@ -285,31 +352,36 @@ export class KeyPairs {
 
   async #read(name: string): Promise<StoredKeyPair> {
     checkName(name);
-    const raw = await this.#kw.store.getMeta(META_PREFIX + name);
-    if (raw === undefined) throw new KeyNotFoundError(`pki: no key pair named ${name}`);
-    let parsed: StoredKeyPair;
-    try {
-      parsed = JSON.parse(new TextDecoder().decode(raw)) as StoredKeyPair;
-    } catch {
-      throw new StoreCorruptError(`pki: the record of key pair ${name} is not valid JSON`);
-    }
-    if (parsed.format !== 1 || parsed.name !== name || !Array.isArray(parsed.versions)) {
-      throw new StoreCorruptError(`pki: the record of key pair ${name} is not a format-1 key pair record`);
-    }
-    return parsed;
+    return parseRecord(name, await this.#kw.store.getMeta(META_PREFIX + name));
   }
 
-  async #write(record: StoredKeyPair): Promise<void> {
-    const store = this.#kw.store;
-    // Index first, record second: a crash in between leaves an index entry without a record, which
-    // list() skips and create() may reuse — never a key pair that list() cannot find.
-    const names = await this.#indexed();
-    if (!names.includes(record.name)) {
-      names.push(record.name);
-      await store.putMeta(`${META_PREFIX}index`, new TextEncoder().encode(JSON.stringify(names.sort())));
-    }
-    await store.putMeta(META_PREFIX + record.name, new TextEncoder().encode(JSON.stringify(record)));
+  /**
+   * Index first, record second (create): a crash in between leaves an index entry without a
+   * record, which list() skips and create() may reuse — never a key pair that list() cannot find.
+   * The index is its own read-modify-write, so concurrent creates of different names all land.
+   */
+  async #addToIndex(name: string): Promise<void> {
+    await updateRecord(this.#kw.store, `${META_PREFIX}index`, (current) => {
+      const names = current === undefined ? [] : (JSON.parse(new TextDecoder().decode(current)) as string[]);
+      if (names.includes(name)) return undefined;
+      names.push(name);
+      return encodeJson(names.sort());
+    });
   }
+}
+
+function parseRecord(name: string, raw: Uint8Array | undefined): StoredKeyPair {
+  if (raw === undefined) throw new KeyNotFoundError(`pki: no key pair named ${name}`);
+  let parsed: StoredKeyPair;
+  try {
+    parsed = JSON.parse(new TextDecoder().decode(raw)) as StoredKeyPair;
+  } catch {
+    throw new StoreCorruptError(`pki: the record of key pair ${name} is not valid JSON`);
+  }
+  if (parsed.format !== 1 || parsed.name !== name || !Array.isArray(parsed.versions)) {
+    throw new StoreCorruptError(`pki: the record of key pair ${name} is not a format-1 key pair record`);
+  }
+  return parsed;
 }
 
 function checkName(name: string): void {
