@@ -22,6 +22,7 @@ export {
 export {
   type AuditSink,
   type AuditBatch,
+  type SealedAuditBytes,
   StoreAuditSink,
   JsonlFileAuditSink,
   CallbackAuditSink,
