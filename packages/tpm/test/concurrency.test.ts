@@ -3,7 +3,7 @@
  * three session slots for all clients together). Each process (test/_concurrent-worker.mjs, on the
  * built package) makes its own root — the same re-derived storage key — wraps two KEKs and unwraps
  * them; they run at the same time. Before the cross-process lock and the per-operation handles
- * (docs/tpm.md §Several processes), two of four such processes failed with TPM_RC_OBJECT_MEMORY.
+ * (docs/tpm.md §Several processes), five of six such processes failed with TPM_RC_OBJECT_MEMORY.
  * Afterwards no transient object is left in the TPM.
  */
 import { spawn } from 'node:child_process';
