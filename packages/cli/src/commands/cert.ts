@@ -2,21 +2,36 @@
  * `keywarden cert ca|request|issue|renew|revoke|crl|list|import|export` and `keywarden audit
  * checkpoint`: certificate keys of @keywarden/pki on the folder's key store (docs/pki.md). Key
  * pairs are kept under a KEK ("pki" unless --kek; made on first use), so every command that signs
- * needs the root unsealed in this process (development mode, --unseal-key-file, or a device root);
- * under split knowledge they say so, as the audit commands do. Requests, certificates and CRLs are
- * read as PEM or DER and written as PEM (stdout, or --out FILE).
+ * needs the root unsealed in this process (development mode, --unseal-key-file, or a device root).
+ * Under split knowledge a command that signs takes a quorum of the current shares (--share-file,
+ * piped one a line, or typed at the hidden prompt), as the audit commands and rekey do, and
+ * unseals the root in this process for that command only: the agent has no sign operation, and a
+ * CA key's use is a quorum decision (docs/pki.md §6). The commands that only read or add records
+ * (list, export, import, revoke) need no shares there. Requests, certificates and CRLs are read as
+ * PEM or DER and written as PEM (stdout, or --out FILE).
  *
  * @keywarden/pki (pure JavaScript: pkijs, asn1js) is a dependency, loaded only by these commands.
  */
 import { readFile, writeFile } from 'node:fs/promises';
 import * as path from 'node:path';
-import { AuditError, AuditLog, auditLogOf, type Keywarden, KeywardenError, readStoreAuditHead } from '@keywarden/core';
+import {
+  AuditError,
+  AuditLog,
+  auditLogOf,
+  type Keywarden,
+  KeywardenError,
+  readStoreAuditHead,
+  type SoftwareRoot,
+} from '@keywarden/core';
 import type * as Pki from '@keywarden/pki';
+import { unsealWithShares } from '@keywarden/split-knowledge';
 import { type Command, InvalidArgumentError } from 'commander';
+import { collectShares } from '../ceremony-io.js';
 import { UsageError } from '../errors.js';
 import type { CliIO } from '../io.js';
 import { formatDate, formatJson, formatTable, print } from '../output.js';
-import { collect, positiveInt } from './_common.js';
+import { withKeywarden } from '../store-dir.js';
+import { collect, locationOf, positiveInt } from './_common.js';
 import { withUnsealed } from './_unsealed.js';
 
 type PkiModule = typeof Pki;
@@ -42,19 +57,59 @@ interface PkiContext {
   certs: Pki.Certificates;
 }
 
+/** Whether the command signs (needs the root unsealed) or only reads and adds records. */
+type Needs = 'sign' | 'records';
+
 async function withPki<T>(
   cmd: Command,
   io: CliIO,
   kek: string,
   fn: (c: PkiContext) => Promise<T>,
   storage: Storage = 'kek',
+  needs: Needs = 'sign',
 ): Promise<T> {
   const pki = await import('@keywarden/pki');
-  return withUnsealed(cmd, io, async (kw) => {
+  const run = (kw: Keywarden) => {
     const pairs = new pki.KeyPairs({ keywarden: kw, kek, storage });
     return fn({ pki, kw, pairs, certs: new pki.Certificates({ keywarden: kw, keyPairs: pairs }) });
+  };
+  const shareFiles = (cmd.opts() as { shareFile?: string[] }).shareFile ?? [];
+  const loc = locationOf(cmd, io);
+  const split = await withKeywarden(loc, io, {}, async (kw) => splitOf(kw));
+  if (!split) {
+    if (shareFiles.length > 0) throw new UsageError('--share-file is for a key store sealed by split knowledge');
+    return withUnsealed(cmd, io, run);
+  }
+  // Split knowledge: records need no root; signing takes a quorum in this process (file comment).
+  if (needs === 'records') return withKeywarden(loc, io, {}, run);
+  return withKeywarden(loc, io, {}, async (kw) => {
+    const root = kw.root as SoftwareRoot;
+    const shares = await collectShares(
+      io,
+      { shareSetId: split.shareSetId, threshold: split.threshold, shares: split.shares, purpose: 'unseal-key' },
+      shareFiles,
+      { operation: `cert ${cmd.name()}`, title: 'Unsealing the root to sign', which: 'current' },
+    );
+    try {
+      await unsealWithShares(root, shares);
+    } finally {
+      shares.length = 0;
+    }
+    return run(kw);
   });
 }
+
+/** The folder's share set when its software root is sealed by split knowledge (Shamir), else undefined. */
+function splitOf(kw: Keywarden): { shareSetId: string; threshold: number; shares: number } | undefined {
+  const u = (
+    kw.root as { document?: { unseal?: { method?: string; shareSetId?: string; threshold?: number; shares?: number } } }
+  ).document?.unseal;
+  if (u?.method !== 'shamir') return undefined;
+  return { shareSetId: u.shareSetId as string, threshold: u.threshold as number, shares: u.shares as number };
+}
+
+const SHARE_FILE_HELP =
+  'split knowledge: a file holding one current share (repeat for a quorum; else piped one a line, or typed)';
 
 /** The KEK that wraps new key pairs, made (memory mode: it wraps envelopes) when missing. */
 async function ensureKek(kw: Keywarden, kek: string): Promise<void> {
@@ -197,7 +252,8 @@ export function registerCert(program: Command, io: CliIO): void {
       `
 Private keys are generated here and kept only wrapped under a KEK (--kek, default "pki", made on
 first use): each command that signs unwraps one, so it needs the root unsealed in this process
-(development mode, --unseal-key-file, or a device root). Input is PEM or DER; output is PEM on
+(development mode, --unseal-key-file, or a device root; under split knowledge a quorum of the
+current shares: --share-file, piped one a line, or typed). Input is PEM or DER; output is PEM on
 stdout, or --out FILE. Serial numbers are lowercase hex.
 
 Example:
@@ -224,6 +280,7 @@ Example:
     .option('--kek <name>', 'KEK that wraps the private key', 'pki')
     .option('--storage <where>', STORAGE_HELP, storageOf, 'kek')
     .option('--out <file>', 'write the CA certificate (PEM) here')
+    .option('--share-file <path>', SHARE_FILE_HELP, collect)
     .option('--json', 'print JSON')
     .action(
       async (
@@ -287,6 +344,7 @@ Example:
     .option('--kek <name>', 'KEK that wraps a new key pair’s private key', 'pki')
     .option('--storage <where>', STORAGE_HELP, storageOf, 'kek')
     .option('--out <file>', 'write the request (PEM) here')
+    .option('--share-file <path>', SHARE_FILE_HELP, collect)
     .option('--json', 'print JSON')
     .addHelpText(
       'after',
@@ -364,6 +422,7 @@ Example:
     .option('--profile <profile>', `what the certificate is for: ${PROFILES.join(', ')}`, profileOf, 'server')
     .option('--days <n>', 'validity in days (never past the CA certificate’s)', daysOf, 90)
     .option('--out <file>', 'write the certificate (PEM) here')
+    .option('--share-file <path>', SHARE_FILE_HELP, collect)
     .option('--json', 'print JSON')
     .action(
       async (caName: string, opts: OutOptions & { csr: string; profile: Profile; days: number }, cmd: Command) => {
@@ -401,6 +460,7 @@ Example:
     )
     .option('--parent <ca>', 'CA: an intermediate is renewed under this CA')
     .option('--out <file>', 'write the new certificate (PEM) here')
+    .option('--share-file <path>', SHARE_FILE_HELP, collect)
     .option('--json', 'print JSON')
     .addHelpText(
       'after',
@@ -479,23 +539,30 @@ certificate until they expire (the overlap), and \`cert crl CA --key-version N\`
         if ((serial === undefined) === (opts.cert === undefined)) {
           throw new UsageError('cert revoke: give a serial number or --cert FILE (not both)');
         }
-        await withPki(cmd, io, 'pki', async (c) => {
-          if (!Object.hasOwn(c.pki.CRL_REASONS, opts.reason) || opts.reason === 'removeFromCRL') {
-            throw new UsageError(`cert revoke: --reason ${opts.reason} is not a revocation reason`);
-          }
-          const serialNumber =
-            opts.cert !== undefined
-              ? c.pki.serialOf(await readPem(c.pki, io.cwd, opts.cert, 'CERTIFICATE'))
-              : normalizeSerial(serial as string);
-          const ca = await c.pki.CertificateAuthority.open(c.kw, c.pairs, caName);
-          await ca.revoke(serialNumber, { reason: opts.reason as Pki.CrlReason });
-          await print(
-            io.stdout,
-            opts.json
-              ? formatJson({ ca: caName, serialNumber, reason: opts.reason })
-              : `Revoked ${serialNumber} (${opts.reason}); it is listed in ${caName}'s next CRL (keywarden cert crl ${caName}).\n`,
-          );
-        });
+        await withPki(
+          cmd,
+          io,
+          'pki',
+          async (c) => {
+            if (!Object.hasOwn(c.pki.CRL_REASONS, opts.reason) || opts.reason === 'removeFromCRL') {
+              throw new UsageError(`cert revoke: --reason ${opts.reason} is not a revocation reason`);
+            }
+            const serialNumber =
+              opts.cert !== undefined
+                ? c.pki.serialOf(await readPem(c.pki, io.cwd, opts.cert, 'CERTIFICATE'))
+                : normalizeSerial(serial as string);
+            const ca = await c.pki.CertificateAuthority.open(c.kw, c.pairs, caName);
+            await ca.revoke(serialNumber, { reason: opts.reason as Pki.CrlReason });
+            await print(
+              io.stdout,
+              opts.json
+                ? formatJson({ ca: caName, serialNumber, reason: opts.reason })
+                : `Revoked ${serialNumber} (${opts.reason}); it is listed in ${caName}'s next CRL (keywarden cert crl ${caName}).\n`,
+            );
+          },
+          'kek',
+          'records',
+        );
       },
     );
 
@@ -510,6 +577,7 @@ certificate until they expire (the overlap), and \`cert crl CA --key-version N\`
       positiveInt,
     )
     .option('--out <file>', 'write the CRL (PEM) here')
+    .option('--share-file <path>', SHARE_FILE_HELP, collect)
     .option('--json', 'print JSON')
     .action(async (caName: string, opts: OutOptions & { hours: number; keyVersion?: number }, cmd: Command) => {
       await withPki(cmd, io, 'pki', async (c) => {
@@ -540,15 +608,22 @@ certificate until they expire (the overlap), and \`cert crl CA --key-version N\`
     .option('--json', 'print JSON')
     .addHelpText('after', '\nA certificate whose public key is not one of the key pair’s versions is refused.')
     .action(async (name: string, file: string, opts: { json?: boolean }, cmd: Command) => {
-      await withPki(cmd, io, 'pki', async (c) => {
-        const held = await c.certs.add(name, await readPem(c.pki, io.cwd, file, 'CERTIFICATE'));
-        await print(
-          io.stdout,
-          opts.json
-            ? formatJson(heldJson(held))
-            : `Imported certificate ${held.serialNumber} (${held.issuer.replace(/\n/g, ', ')}) for ${name} v${held.keyVersion}, valid until ${formatDate(held.notAfter)}.\n`,
-        );
-      });
+      await withPki(
+        cmd,
+        io,
+        'pki',
+        async (c) => {
+          const held = await c.certs.add(name, await readPem(c.pki, io.cwd, file, 'CERTIFICATE'));
+          await print(
+            io.stdout,
+            opts.json
+              ? formatJson(heldJson(held))
+              : `Imported certificate ${held.serialNumber} (${held.issuer.replace(/\n/g, ', ')}) for ${name} v${held.keyVersion}, valid until ${formatDate(held.notAfter)}.\n`,
+          );
+        },
+        'kek',
+        'records',
+      );
     });
 
   cert
@@ -559,25 +634,32 @@ certificate until they expire (the overlap), and \`cert crl CA --key-version N\`
     .option('--out <file>', 'write them (PEM) here')
     .option('--json', 'print JSON')
     .action(async (name: string, opts: OutOptions & { all?: boolean }, cmd: Command) => {
-      await withPki(cmd, io, 'pki', async (c) => {
-        let ders: Uint8Array[];
-        if (await isCa(c, name)) {
-          const ca = await c.pki.CertificateAuthority.open(c.kw, c.pairs, name);
-          ders = opts.all ? await ca.certificates() : [await ca.certificate()];
-        } else {
-          ders = opts.all
-            ? (await c.certs.list(name)).map((h) => h.certificate)
-            : [(await c.certs.latest(name)).certificate];
-        }
-        await emit(
-          io,
-          opts,
-          c.pki,
-          ders.map((der) => ({ der, label: 'CERTIFICATE' as const })),
-          { name, certificates: ders.map((der) => certJson(c.pki, der)) },
-          `${ders.length} certificate(s) of ${name}.`,
-        );
-      });
+      await withPki(
+        cmd,
+        io,
+        'pki',
+        async (c) => {
+          let ders: Uint8Array[];
+          if (await isCa(c, name)) {
+            const ca = await c.pki.CertificateAuthority.open(c.kw, c.pairs, name);
+            ders = opts.all ? await ca.certificates() : [await ca.certificate()];
+          } else {
+            ders = opts.all
+              ? (await c.certs.list(name)).map((h) => h.certificate)
+              : [(await c.certs.latest(name)).certificate];
+          }
+          await emit(
+            io,
+            opts,
+            c.pki,
+            ders.map((der) => ({ der, label: 'CERTIFICATE' as const })),
+            { name, certificates: ders.map((der) => certJson(c.pki, der)) },
+            `${ders.length} certificate(s) of ${name}.`,
+          );
+        },
+        'kek',
+        'records',
+      );
     });
 
   cert
@@ -585,57 +667,64 @@ certificate until they expire (the overlap), and \`cert crl CA --key-version N\`
     .description('list key pairs, CAs and the certificates they hold')
     .option('--json', 'print a JSON array')
     .action(async (opts: { json?: boolean }, cmd: Command) => {
-      await withPki(cmd, io, 'pki', async (c) => {
-        const rows: Array<Record<string, unknown>> = [];
-        for (const name of await c.pairs.list()) {
-          const info = await c.pairs.get(name);
-          const ca = await isCa(c, name);
-          const held = await c.certs.list(name);
-          const last = held[held.length - 1];
-          rows.push({
-            name,
-            algorithm: info.algorithm,
-            kek: info.kek,
-            storage: info.storage,
-            primaryVersion: info.primaryVersion,
-            versions: info.versions.map((v) => ({
-              version: v.version,
-              state: v.state,
-              createdAt: v.createdAt.toISOString(),
-            })),
-            ca,
-            ...(ca ? { revoked: await (await c.pki.CertificateAuthority.open(c.kw, c.pairs, name)).revoked() } : {}),
-            certificates: held.map(heldJson),
-            ...(last ? { latest: { serialNumber: last.serialNumber, notAfter: last.notAfter.toISOString() } } : {}),
-          });
-        }
-        if (opts.json) {
-          await print(io.stdout, formatJson(rows));
-          return;
-        }
-        if (rows.length === 0) {
-          await print(io.stdout, 'No key pairs. Create a CA with `keywarden cert ca NAME --cn ...`.\n');
-          return;
-        }
-        await print(
-          io.stdout,
-          formatTable(
-            ['NAME', 'KIND', 'ALGORITHM', 'PRIMARY', 'CERTIFICATES', 'NEWEST EXPIRES'],
-            rows.map((r) => {
-              const held = r.certificates as unknown[];
-              const latest = r.latest as { notAfter: string } | undefined;
-              return [
-                r.name as string,
-                r.ca ? 'CA' : 'key pair',
-                r.algorithm as string,
-                `v${r.primaryVersion as number}`,
-                String(held.length),
-                latest ? formatDate(new Date(latest.notAfter)) : '-',
-              ];
-            }),
-          ),
-        );
-      });
+      await withPki(
+        cmd,
+        io,
+        'pki',
+        async (c) => {
+          const rows: Array<Record<string, unknown>> = [];
+          for (const name of await c.pairs.list()) {
+            const info = await c.pairs.get(name);
+            const ca = await isCa(c, name);
+            const held = await c.certs.list(name);
+            const last = held[held.length - 1];
+            rows.push({
+              name,
+              algorithm: info.algorithm,
+              kek: info.kek,
+              storage: info.storage,
+              primaryVersion: info.primaryVersion,
+              versions: info.versions.map((v) => ({
+                version: v.version,
+                state: v.state,
+                createdAt: v.createdAt.toISOString(),
+              })),
+              ca,
+              ...(ca ? { revoked: await (await c.pki.CertificateAuthority.open(c.kw, c.pairs, name)).revoked() } : {}),
+              certificates: held.map(heldJson),
+              ...(last ? { latest: { serialNumber: last.serialNumber, notAfter: last.notAfter.toISOString() } } : {}),
+            });
+          }
+          if (opts.json) {
+            await print(io.stdout, formatJson(rows));
+            return;
+          }
+          if (rows.length === 0) {
+            await print(io.stdout, 'No key pairs. Create a CA with `keywarden cert ca NAME --cn ...`.\n');
+            return;
+          }
+          await print(
+            io.stdout,
+            formatTable(
+              ['NAME', 'KIND', 'ALGORITHM', 'PRIMARY', 'CERTIFICATES', 'NEWEST EXPIRES'],
+              rows.map((r) => {
+                const held = r.certificates as unknown[];
+                const latest = r.latest as { notAfter: string } | undefined;
+                return [
+                  r.name as string,
+                  r.ca ? 'CA' : 'key pair',
+                  r.algorithm as string,
+                  `v${r.primaryVersion as number}`,
+                  String(held.length),
+                  latest ? formatDate(new Date(latest.notAfter)) : '-',
+                ];
+              }),
+            ),
+          );
+        },
+        'kek',
+        'records',
+      );
     });
 }
 
@@ -650,6 +739,7 @@ export function registerAuditCheckpoint(program: Command, io: CliIO): void {
       '--key-pair <name>',
       'the key pair that signs (its certificate is what `audit verify --checkpoint-cert` takes)',
     )
+    .option('--share-file <path>', SHARE_FILE_HELP, collect)
     .option('--json', 'print JSON')
     .addHelpText(
       'after',
