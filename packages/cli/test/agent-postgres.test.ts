@@ -115,12 +115,16 @@ afterAll(async () => {
 }, 90_000);
 
 /** A `keywarden agent --store postgres` on SOCKET, unsealed by shares `quorum` (1-based). */
-async function fleetAgent(name: string, quorum: number[]): Promise<{ agent: AgentProcess; socket: string }> {
+async function fleetAgent(
+  name: string,
+  quorum: number[],
+  extra: string[] = ['--poll-interval', '1'],
+): Promise<{ agent: AgentProcess; socket: string }> {
   const socket = path.join(cwd, `${name}.sock`);
   // The connection and the password only from the environment (never argv).
   const agent = await startAgent(
     cwd,
-    ['start', '--store', 'postgres', '--pg-schema', SCHEMA, '--socket', socket, '--poll-interval', '1'],
+    ['start', '--store', 'postgres', '--pg-schema', SCHEMA, '--socket', socket, ...extra],
     pg.env,
   );
   expect(agent.log()).toContain(`serving ${socket} for the PostgreSQL key store, schema ${SCHEMA}`);
@@ -284,7 +288,33 @@ describe.skipIf(!built)('keywarden agent --store postgres', () => {
     // --pg-schema without --store postgres.
     const stray = await kw(['agent', 'start', '--pg-schema', SCHEMA], cwd, { env: pg.env });
     expect(stray.code).toBe(2);
-    expect(stray.stderr).toMatch(/--pg-schema and --poll-interval go with --store postgres/);
+    expect(stray.stderr).toMatch(/--pg-schema, --poll-interval and --poll-only go with --store postgres/);
+  }, 60_000);
+
+  it('--poll-only (no LISTEN, as behind PgBouncer): a version disabled elsewhere is refused once the poll sees it', async () => {
+    if (pg.unavailable) return;
+    const d = await fleetAgent('d', [3, 1], ['--poll-only', '--poll-interval', '0.5']);
+    await admin?.createKey('invoices');
+    const client = await AgentClient.connect(d.socket);
+    const dk = await client.generateDataKey('invoices', { n: '1' });
+    expect(dk.version).toBe(1);
+    await admin?.rotateKey('invoices');
+    // D has version 1 cached; it is disabled by another instance.
+    const started = Date.now();
+    await admin?.disableVersion('invoices', 1);
+    await waitUntil(async () => {
+      try {
+        await client.decryptDataKey(dk.wrapped, { n: '1' }, { key: 'invoices' });
+        return false;
+      } catch (err) {
+        expect(KeywardenError.isInstance(err) ? err.code : String(err)).toBe('KW_KEY_STATE');
+        return true;
+      }
+    });
+    console.info(`agent-postgres: poll only (every 500 ms): version 1 refused after ${Date.now() - started} ms`);
+    expect((await client.generateDataKey('invoices')).version).toBe(2);
+    await client.close();
+    expect(await d.agent.stop()).toBe(0);
   }, 60_000);
 });
 

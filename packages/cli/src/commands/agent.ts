@@ -87,6 +87,7 @@ interface AgentCommandOptions {
   store?: 'folder' | 'postgres';
   pgSchema?: string;
   pollInterval?: number;
+  pollOnly?: boolean;
   socket?: string;
 }
 
@@ -206,6 +207,10 @@ function startOptions(cmd: Command): Command {
       '--poll-interval <seconds>',
       `with --store postgres: also compare the store's change counter this often, for changes whose notification was missed (default ${DEFAULT_POLL_SECONDS})`,
       seconds,
+    )
+    .option(
+      '--poll-only',
+      'with --store postgres: do not LISTEN for change notifications (behind a transaction-mode pooler such as PgBouncer); changes are seen within --poll-interval',
     );
 }
 
@@ -347,15 +352,19 @@ $KEYWARDEN_PG_PASSWORD_FILE (else libpq's PG* variables), never from the command
 logged. The store must already hold a split-knowledge root (the agent creates nothing); --socket
 PATH or $${AGENT_SOCKET_ENV} says where to listen. A change committed by any instance (rotate,
 disable, compromise, destroy) drops the agent's KEK cache on its notification, or within
---poll-interval when a notification was missed.
+--poll-interval when a notification was missed (or with --poll-only, behind a transaction-mode
+pooler that does not carry LISTEN).
 
 The log (stderr) names share indices and counts, never a share or a key.`;
 
 async function startAgent(io: CliIO, cmd: Command): Promise<void> {
   // \`agent start\`: options given before "start" were parsed by \`agent\`; take both.
   const opts = cmd.optsWithGlobals<AgentCommandOptions>();
-  if (opts.store !== 'postgres' && (opts.pgSchema !== undefined || opts.pollInterval !== undefined)) {
-    throw new UsageError('agent: --pg-schema and --poll-interval go with --store postgres');
+  if (
+    opts.store !== 'postgres' &&
+    (opts.pgSchema !== undefined || opts.pollInterval !== undefined || opts.pollOnly !== undefined)
+  ) {
+    throw new UsageError('agent: --pg-schema, --poll-interval and --poll-only go with --store postgres');
   }
   const listen = await listenOptions(io, opts);
   if (opts.store === 'postgres') {
@@ -451,6 +460,7 @@ async function startPostgresAgent(
     try {
       stopWatching = await invalidateCachesOnChange(store, agent, {
         pollIntervalMs: Math.round((opts.pollInterval ?? DEFAULT_POLL_SECONDS) * 1000),
+        ...(opts.pollOnly ? { listen: false } : {}),
         onError: (err) => log(`watching the store for changes: ${err.message}`),
       });
     } catch (err) {
