@@ -169,8 +169,9 @@ export interface KeyStore {
    * Read-modify-write of meta records, atomically across processes: `change` is called with the
    * current value of `name` (undefined: absent) while no other updateMeta of `name` on this store
    * can run, and returns the meta records to write, which are written in the same transaction (a
-   * crash leaves all of them or none). `change` is synchronous; what it throws aborts the update
-   * and is rethrown. It may be called more than once (a retried transaction): only the last call's
+   * crash leaves all of them or none). `change` is synchronous; what it throws aborts the update:
+   * nothing is written and the update rejects (a KeywardenError as it was thrown; another error
+   * as the store's error for the failed write). It may be called more than once (a retried transaction): only the last call's
    * records are written. Writes no change notification (no key changes). What the audit log's
    * store sink needs so that many processes append to one chain (docs/audit.md §4). Optional: a
    * store without it has one writer per audit log.

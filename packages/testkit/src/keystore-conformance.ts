@@ -547,6 +547,56 @@ export function describeKeyStoreConformance(name: string, factory: KeyStoreFacto
       });
     });
 
+    // updateMeta is optional (the audit chain's appends from many processes need it): every store
+    // of this repository has it, so its absence fails here.
+    describe('updateMeta (read-modify-write under the store lock)', () => {
+      const update = (
+        name: string,
+        change: (current: Uint8Array | undefined) => { name: string; value: Uint8Array }[],
+      ) => {
+        if (typeof store.updateMeta !== 'function') throw new Error('this store has no updateMeta');
+        return store.updateMeta(name, change);
+      };
+
+      it('change sees the current value (undefined when absent) and its records are all written', async () => {
+        const seen: Array<number[] | undefined> = [];
+        await update('audit/head', (cur) => {
+          seen.push(cur && bytesOf(cur));
+          return [
+            { name: 'audit/seg/1', value: Uint8Array.of(1) },
+            { name: 'audit/head', value: Uint8Array.of(9) },
+          ];
+        });
+        await update('audit/head', (cur) => {
+          seen.push(cur && bytesOf(cur));
+          return [];
+        });
+        expect(seen).toEqual([undefined, [9]]);
+        expect(bytesOf(await store.getMeta('audit/seg/1'))).toEqual([1]);
+      });
+
+      it('what change throws rejects the update and nothing is written', async () => {
+        await store.putMeta('audit/head', Uint8Array.of(3));
+        await expect(
+          update('audit/head', () => {
+            throw new Error('refused by change');
+          }),
+        ).rejects.toThrow();
+        expect(bytesOf(await store.getMeta('audit/head'))).toEqual([3]);
+        await expectRejects(() => update('audit/head', () => [{ name: '', value: Uint8Array.of(1) }]), 'KW_BAD_INPUT');
+        expect(bytesOf(await store.getMeta('audit/head'))).toEqual([3]);
+      });
+
+      it('concurrent updates of one record are serialized: 16 increments at once make 16', async () => {
+        await Promise.all(
+          Array.from({ length: 16 }, () =>
+            update('counter', (cur) => [{ name: 'counter', value: Uint8Array.of((cur?.[0] ?? 0) + 1) }]),
+          ),
+        );
+        expect(bytesOf(await store.getMeta('counter'))).toEqual([16]);
+      });
+    });
+
     describe('replaceRoot and deleteMeta', () => {
       it('replaceRoot sets rootId, wrappedMaterial and updatedAt of every listed version and writes the meta record; states, createdAt, keys and destroyed versions are unchanged', async () => {
         const { live } = await rootRotationSample(store);
