@@ -15,8 +15,9 @@
  * so another object later put at the same handle is never used.
  *
  * Signing: TPM2_Sign with TPM_ALG_ECDSA over SHA-256 (P-256) or SHA-384 (P-384) of the data,
- * or TPM_ALG_RSASSA over SHA-256 (RSA-2048, e = 65537), with the NULL hash-check ticket; the
- * TPMS_SIGNATURE_ECDSA's r and s are returned as r ‖ s, an RSA signature as it is.
+ * or TPM_ALG_RSASSA over SHA-256 (RSA-2048) or SHA-384 (RSA-3072), e = 65537, with the NULL
+ * hash-check ticket; the TPMS_SIGNATURE_ECDSA's r and s are returned as r ‖ s, an RSA signature
+ * as it is.
  */
 import { createHash, createPublicKey } from 'node:crypto';
 import {
@@ -43,7 +44,7 @@ import {
   WireReader,
 } from '@keywarden/tss2';
 
-type TpmKeyPairAlgorithm = 'ECDSA-P256' | 'ECDSA-P384' | 'RSA-2048';
+type TpmKeyPairAlgorithm = 'ECDSA-P256' | 'ECDSA-P384' | 'RSA-2048' | 'RSA-3072';
 
 interface Params {
   code: number;
@@ -78,6 +79,9 @@ const PARAMS: Record<TpmKeyPairAlgorithm, Params> = {
     scheme: TPM2_ALG.ECDSA,
   },
   'RSA-2048': { code: 3, bytes: 256, hash: TPM2_ALG.SHA256, node: 'sha256', scheme: TPM2_ALG.RSASSA },
+  // swtpm (libtpms 0.9) makes RSA-3072 keys (`tpm2_testparms rsa3072`); a TPM that cannot refuses
+  // TPM2_Create with TPM_RC_KEY_SIZE / TPM_RC_VALUE.
+  'RSA-3072': { code: 4, bytes: 384, hash: TPM2_ALG.SHA384, node: 'sha384', scheme: TPM2_ALG.RSASSA },
 };
 const BY_CODE = new Map(Object.entries(PARAMS).map(([a, p]) => [p.code, a as TpmKeyPairAlgorithm]));
 const HANDLE_FORMAT = 0x01;

@@ -134,6 +134,29 @@ describe('TPM root key pairs', () => {
     }
   });
 
+  it('RSA-3072: a 3072-bit RSA signing key in the TPM (openssl reads the SPKI), RSASSA over SHA-384 that openssl verifies against the SPKI; destroy evicts it', async () => {
+    const { root, store } = await freshRoot();
+    const k = requireKeyPairs(checkedRoot(root));
+    expect(k.algorithms).toContain('RSA-3072');
+    const pair = await k.generate('RSA-3072', 'kw-kp/rsa3072/v1');
+    const message = randomBytes(200);
+    const sig = await k.sign(pair.handle, new Uint8Array(message));
+    await k.destroy(pair.handle);
+    await root.close();
+    await store.close();
+    expect(sig).toHaveLength(384);
+    writeFileSync(f('rsa.pem'), toPem(pair.publicKey, 'PUBLIC KEY'));
+    writeFileSync(f('rsa.msg'), message);
+    writeFileSync(f('rsa.sig'), sig);
+    const text = openssl('pkey', '-pubin', '-in', f('rsa.pem'), '-noout', '-text');
+    expect(text.output).toMatch(/Public-Key: \(3072 bit\)/);
+    const v = openssl('dgst', '-sha384', '-verify', f('rsa.pem'), '-signature', f('rsa.sig'), f('rsa.msg'));
+    expect(v.output).toContain('Verified OK');
+    const w = openssl('dgst', '-sha256', '-verify', f('rsa.pem'), '-signature', f('rsa.sig'), f('rsa.msg'));
+    expect(w.status).not.toBe(0);
+    expect((await tpmState()).persistent).not.toContain(persistentOf(pair.handle));
+  });
+
   it('@keywarden/pki with its keys in the TPM: openssl req -verify accepts the request, openssl verify -CAfile the certificate of a CA whose key is in the TPM', async () => {
     const { root, store } = await freshRoot();
     const kw = new Keywarden({ store, root });
