@@ -46,7 +46,7 @@ export async function openTpmRoot(uri: string, options: OpenRootOptions): Promis
   const fromUri = await authFromUri(u, env);
   const secret = options.secret ?? fromUri;
   try {
-    const common = { store: options.store, tcti: tcti || undefined, timeoutMs: u.timeoutMs };
+    const common = { store: options.store, tcti: tcti || undefined, timeoutMs: u.timeoutMs, lockFile: u.lockFile };
     if (options.create) {
       return await TpmRoot.create({ ...common, alg: u.alg, handle: u.handle, pcrs: u.pcrs, authValue: secret });
     }

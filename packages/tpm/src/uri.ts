@@ -17,6 +17,9 @@
  *     auth-env=NAME      the root's auth value (the unlocking secret) from this variable (UTF-8)
  *     auth-file=PATH     … or from this file (its bytes, a final newline removed)
  *     timeout-ms=N       deadline for each TPM command (default 10000)
+ *     lock=PATH|none     the cross-process lock file taken around each TPM operation (default
+ *                        <tmpdir>/keywarden-tpm-<hash of the TCTI>.lock); none: no lock (a TPM
+ *                        behind a resource manager, /dev/tpmrm0)
  *
  * Examples: `tpm:`, `tpm:alg=rsa;pcrs=7`, `tpm:handle=0x81000001?tcti=device:/dev/tpmrm0`.
  */
@@ -31,10 +34,12 @@ export interface TpmUri {
   authEnv?: string;
   authFile?: string;
   timeoutMs?: number;
+  /** The lock file (absolute path), or false for none. */
+  lockFile?: string | false;
 }
 
 const ATTRS = new Set(['alg', 'handle', 'pcrs']);
-const QUERY = new Set(['tcti', 'tcti-env', 'auth-env', 'auth-file', 'timeout-ms']);
+const QUERY = new Set(['tcti', 'tcti-env', 'auth-env', 'auth-file', 'timeout-ms', 'lock']);
 
 function decode(name: string, value: string): string {
   try {
@@ -111,6 +116,12 @@ export function parseTpmUri(uri: string): TpmUri {
   if (t !== undefined) {
     if (!/^\d{1,6}$/.test(t) || Number(t) < 1) throw new InvalidInputError('tpm: timeout-ms is 1..600000');
     out.timeoutMs = Number(t);
+  }
+  const lock = query.get('lock');
+  if (lock !== undefined) {
+    if (lock === 'none') out.lockFile = false;
+    else if (lock.startsWith('/') && !lock.includes('\0')) out.lockFile = lock;
+    else throw new InvalidInputError('tpm: lock is an absolute path or none');
   }
   return out;
 }

@@ -1,6 +1,9 @@
 import { createHash, randomBytes } from 'node:crypto';
+import { existsSync, mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { destroyRoot, Keywarden, MemoryKeyStore, openRoot, rootSchemes } from '@keywarden/core';
-import { Esys, TPM2_ALG } from '@keywarden/tss2';
+import { Esys, lockDevice, TPM2_ALG } from '@keywarden/tss2';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { parseTpmUri, TPM_ROOT_META_NAME, TPM_TOMBSTONE_META_NAME, TpmRoot } from '../src/index.js';
 import { freshRoot, relaxDictionaryAttack, tcti } from './_tpm.js';
@@ -148,6 +151,8 @@ describe('tpm: URIs', () => {
       tcti: 'device:/dev/tpmrm0',
       authEnv: 'TPM_AUTH',
     });
+    expect(parseTpmUri('tpm:?lock=%2Frun%2Fkw%2Ftpm.lock')).toEqual({ lockFile: '/run/kw/tpm.lock' });
+    expect(parseTpmUri('tpm:?lock=none')).toEqual({ lockFile: false });
   });
 
   it('refuses what it does not know, without echoing the URI', () => {
@@ -160,6 +165,7 @@ describe('tpm: URIs', () => {
       'tpm:?auth-env=A&auth-file=/x',
       'tpm:alg=ecc;alg=rsa',
       'tpm:?timeout-ms=0',
+      'tpm:?lock=relative.lock',
       'pkcs11:token=x',
     ]) {
       expect(() => parseTpmUri(bad), bad).toThrow(expect.objectContaining({ code: 'KW_BAD_INPUT' }));
@@ -177,5 +183,29 @@ describe('tpm: URIs', () => {
     await expect(
       openRoot('tpm:?tcti-env=MY_TCTI&auth-env=MY_AUTH', { store, env: { ...env, MY_AUTH: 'wrong horse battery' } }),
     ).rejects.toMatchObject({ code: 'KW_UNSEAL' });
+  });
+
+  it('lock=PATH: the root takes that lock around its TPM operations (an operation waits while another holder has it)', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'keywarden-tpm-lock-'));
+    try {
+      const file = join(dir, 'tpm.lock');
+      const store = new MemoryKeyStore();
+      const uri = `tpm:?lock=${encodeURIComponent(file)}`;
+      const root = await openRoot(uri, { store, create: true, env: { KEYWARDEN_TPM_TCTI: tcti() } });
+      expect(existsSync(file)).toBe(true);
+      const held = await lockDevice(file, 5_000);
+      const order: string[] = [];
+      const pending = (root.random as NonNullable<typeof root.random>)
+        .randomBytes(16)
+        .then(() => order.push('operation'));
+      await new Promise((r) => setTimeout(r, 200));
+      order.push('released');
+      held.release();
+      await pending;
+      expect(order).toEqual(['released', 'operation']);
+      await root.close();
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
   });
 });
