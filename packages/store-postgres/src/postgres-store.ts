@@ -525,6 +525,36 @@ export class PostgresKeyStore implements KeyStore, LeaseStore {
   }
 
   /**
+   * Compare-and-swap one meta record (the sealed root document of a rekey): one transaction under
+   * the same advisory lock as updateMeta, so of two instances that read the same value exactly one
+   * swaps and the other gets ConflictError with nothing written. A swap notifies like putMeta
+   * (every instance's caches follow the new root); a refused one writes and notifies nothing.
+   */
+  async swapMeta(name: string, expected: Uint8Array | null, value: Uint8Array | null): Promise<void> {
+    this.#pool_();
+    checks.checkSwapMeta(name, expected, value);
+    const copy = value === null ? null : Buffer.from(value);
+    await this.#write('swapMeta', async (tx) => {
+      await tx.query('SELECT pg_advisory_xact_lock(hashtextextended($1, 0))', [`${this.#s}/meta/${name}`]);
+      const rows = await tx.query<{ value: Buffer }>(`SELECT value FROM ${this.#s}.meta WHERE name = $1 FOR UPDATE`, [
+        name,
+      ]);
+      const current = rows.rows[0] && copyOut(rows.rows[0].value);
+      const matches = checks.metaMatches(current, expected);
+      current?.fill(0);
+      if (!matches) throw checks.metaConflictError(name);
+      if (copy === null) await tx.query(`DELETE FROM ${this.#s}.meta WHERE name = $1`, [name]);
+      else {
+        await tx.query(
+          `INSERT INTO ${this.#s}.meta (name, value) VALUES ($1, $2) ON CONFLICT (name) DO UPDATE SET value = excluded.value`,
+          [name, copy],
+        );
+      }
+      return { root: true };
+    });
+  }
+
+  /**
    * One transaction under a transaction-level advisory lock on the record's name (taken before it is
    * read, so of many instances one at a time reads, changes and writes: the audit chain's appends
    * neither fork nor leave gaps). No generation bump and no notification: no key changed.

@@ -597,6 +597,49 @@ export function describeKeyStoreConformance(name: string, factory: KeyStoreFacto
       });
     });
 
+    // swapMeta is optional (two rekeys at once need it; docs/split-knowledge.md §7.2): every store
+    // of this repository has it, so its absence fails here.
+    describe('swapMeta (compare-and-swap of one meta record)', () => {
+      const swap = (name: string, expected: Uint8Array | null, value: Uint8Array | null) => {
+        if (typeof store.swapMeta !== 'function') throw new Error('this store has no swapMeta');
+        return store.swapMeta(name, expected, value);
+      };
+
+      it('swaps when the record holds exactly the expected value (null: absent), and deletes with a null value', async () => {
+        await swap('root', null, Uint8Array.of(1));
+        expect(bytesOf(await store.getMeta('root'))).toEqual([1]);
+        await swap('root', Uint8Array.of(1), Uint8Array.of(2, 2));
+        expect(bytesOf(await store.getMeta('root'))).toEqual([2, 2]);
+        await swap('root', Uint8Array.of(2, 2), null);
+        expect(await store.getMeta('root')).toBeUndefined();
+      });
+
+      it('a record that changed since it was read rejects with ConflictError (KW_CONFLICT) and nothing changes', async () => {
+        await store.putMeta('root', Uint8Array.of(5));
+        await expectRejects(() => swap('root', Uint8Array.of(4), Uint8Array.of(6)), 'KW_CONFLICT');
+        await expectRejects(() => swap('root', null, Uint8Array.of(6)), 'KW_CONFLICT');
+        await expectRejects(() => swap('root', Uint8Array.of(5, 0), null), 'KW_CONFLICT');
+        expect(bytesOf(await store.getMeta('root'))).toEqual([5]);
+        await expectRejects(() => swap('absent', Uint8Array.of(5), Uint8Array.of(6)), 'KW_CONFLICT');
+        expect(await store.getMeta('absent')).toBeUndefined();
+      });
+
+      it('of 8 concurrent swaps from the same value exactly one wins', async () => {
+        await store.putMeta('root', Uint8Array.of(0));
+        const outcomes = await Promise.allSettled(
+          Array.from({ length: 8 }, (_, i) => swap('root', Uint8Array.of(0), Uint8Array.of(i + 1))),
+        );
+        const won = outcomes.filter((o) => o.status === 'fulfilled');
+        expect(won).toHaveLength(1);
+        for (const o of outcomes) {
+          if (o.status === 'rejected') expect((o.reason as { code?: string }).code).toBe('KW_CONFLICT');
+        }
+        const value = bytesOf(await store.getMeta('root'));
+        expect(value).toHaveLength(1);
+        expect(value?.[0]).toBeGreaterThan(0);
+      });
+    });
+
     describe('replaceRoot and deleteMeta', () => {
       it('replaceRoot sets rootId, wrappedMaterial and updatedAt of every listed version and writes the meta record; states, createdAt, keys and destroyed versions are unchanged', async () => {
         const { live } = await rootRotationSample(store);
