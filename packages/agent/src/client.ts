@@ -2,7 +2,8 @@
  * AgentClient: an application's (or a command's) side of the agent protocol (protocol.ts). It is a
  * DataKeyProvider, like Keywarden, so core's encryptEnvelope/decryptEnvelope and the streams take
  * it as they take a Keywarden: the data keys come from the agent, and envelope encryption itself
- * runs in this process. Plus KEK management (createKey, rotateKey, getKey, listKeys) and the
+ * runs in this process. Plus KEK management (createKey, rotateKey, the lifecycle of versions:
+ * disableVersion, enableVersion, compromiseVersion, destroyVersion; getKey, listKeys) and the
  * agent's own operations: status, unseal, seal.
  *
  * Every connection starts with `hello` (the protocol version, docs/agent-protocol.md); the agent
@@ -17,9 +18,13 @@ import {
   AgentProtocolError,
   AgentUnavailableError,
   AgentVersionError,
+  type CompromiseOptions,
+  type CompromiseReport,
   type CreateKeyOptions,
   type DataKey,
   type DataKeyProvider,
+  type DestroyOptions,
+  type DisableOptions,
   type EncryptionContext,
   type KeyExpectation,
   type KeyInfo,
@@ -147,6 +152,70 @@ export abstract class AgentOperations implements KeyService {
 
   async rotateKey(nameOrId: string): Promise<KeyInfo> {
     return keyInfoFromWire(await this.request('rotateKey', { key: nameOrId }));
+  }
+
+  // ── Lifecycle of KEK versions (the library's rules, docs/lifecycle.md; the caller's policy) ──
+
+  /** Disable a version (reversible): it neither wraps nor unwraps until enabled again. */
+  async disableVersion(nameOrId: string, version: number, options: DisableOptions = {}): Promise<KeyInfo> {
+    return keyInfoFromWire(
+      await this.request('disableVersion', {
+        key: nameOrId,
+        version,
+        ...(options.confirmLastVersion !== undefined ? { confirmLastVersion: options.confirmLastVersion } : {}),
+      }),
+    );
+  }
+
+  /** Enable a disabled version again (a compromised or destroyed one never). */
+  async enableVersion(nameOrId: string, version: number): Promise<KeyInfo> {
+    return keyInfoFromWire(await this.request('enableVersion', { key: nameOrId, version }));
+  }
+
+  /** Mark a version compromised (irreversible); rotates in the same write unless `rotate: false`. */
+  async compromiseVersion(
+    nameOrId: string,
+    version: number,
+    options: CompromiseOptions = {},
+  ): Promise<CompromiseReport> {
+    const r = asObject(
+      await this.request('compromiseVersion', {
+        key: nameOrId,
+        version,
+        ...(options.rotate !== undefined ? { rotate: options.rotate } : {}),
+      }),
+    );
+    const rotatedTo = r.rotatedTo;
+    if (
+      typeof r.compromisedVersion !== 'number' ||
+      !(rotatedTo === null || typeof rotatedTo === 'number') ||
+      !isNumberArray(r.unreadableVersions) ||
+      !isNumberArray(r.rewrapVersions)
+    ) {
+      throw malformed();
+    }
+    return {
+      key: keyInfoFromWire(r.key),
+      compromisedVersion: r.compromisedVersion,
+      rotatedTo: rotatedTo ?? undefined,
+      unreadableVersions: r.unreadableVersions,
+      rewrapVersions: r.rewrapVersions,
+    };
+  }
+
+  /**
+   * Destroy a disabled or compromised version (crypto-shredding), after the grace period or with
+   * `force`; the primary or last version needs `confirmLastVersion`.
+   */
+  async destroyVersion(nameOrId: string, version: number, options: DestroyOptions = {}): Promise<KeyInfo> {
+    return keyInfoFromWire(
+      await this.request('destroyVersion', {
+        key: nameOrId,
+        version,
+        ...(options.force !== undefined ? { force: options.force } : {}),
+        ...(options.confirmLastVersion !== undefined ? { confirmLastVersion: options.confirmLastVersion } : {}),
+      }),
+    );
   }
 
   async getKey(nameOrId: string): Promise<KeyInfo> {
@@ -516,6 +585,10 @@ async function checkSocketOwner(socket: SocketLocation): Promise<void> {
 
 function malformed(): AgentProtocolError {
   return new AgentProtocolError('agent: malformed response');
+}
+
+function isNumberArray(v: unknown): v is number[] {
+  return Array.isArray(v) && v.every((x) => typeof x === 'number' && Number.isSafeInteger(x));
 }
 
 function asObject(v: unknown): Record<string, unknown> {

@@ -16,8 +16,10 @@
  *                      have been encrypted under them; the retry's fresh pair is the only one the
  *                      caller ever holds (the store is not written: data keys are not stored);
  *      getKey, listKeys, status  reads;
- *    createKey and rotateKey write the store (a retry would answer KW_KEY_EXISTS for a key the lost
- *    run created, or rotate twice), and unseal and seal change one agent's own state: these fail
+ *    createKey, rotateKey and the lifecycle ops (disableVersion, enableVersion, compromiseVersion,
+ *    destroyVersion) write the store (a retry would answer KW_KEY_EXISTS for a key the lost run
+ *    created, rotate twice, or answer KW_KEY_STATE for a version the lost run already changed), and
+ *    unseal and seal change one agent's own state: these fail
  *    with an AgentError that says the outcome is unknown, and the caller decides (getKey tells).
  *
  * No request is answered twice: each is settled by exactly one agent connection's answer, its

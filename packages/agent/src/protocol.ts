@@ -86,6 +86,10 @@ export const AGENT_OPS = [
   'decryptDataKey',
   'createKey',
   'rotateKey',
+  'disableVersion',
+  'enableVersion',
+  'compromiseVersion',
+  'destroyVersion',
   'getKey',
   'listKeys',
 ] as const;
@@ -280,6 +284,23 @@ export function recordArg(req: AgentRequest, name: string): Record<string, strin
     throw new ProtocolError(`agent: args.${name} must be an object of strings`, req.id);
   }
   return v as Record<string, string>;
+}
+
+/** A key version: a positive safe integer. */
+export function versionArg(req: AgentRequest, name: string): number {
+  const v = req.args[name];
+  if (typeof v !== 'number' || !Number.isSafeInteger(v) || v < 1) {
+    throw new ProtocolError(`agent: ${req.op} needs args.${name} (a positive integer)`, req.id);
+  }
+  return v;
+}
+
+/** An optional boolean (absent: undefined, the library's default). */
+export function booleanArg(req: AgentRequest, name: string): boolean | undefined {
+  const v = req.args[name];
+  if (v === undefined || v === null) return undefined;
+  if (typeof v !== 'boolean') throw new ProtocolError(`agent: args.${name} must be true or false`, req.id);
+  return v;
 }
 
 export function bytesArg(req: AgentRequest, name: string): Uint8Array {

@@ -24,7 +24,7 @@
  *   any --close()--> stopped (root and KEK cache wiped, socket removed)
  *
  * Invariants:
- *  - key operations (data keys, create, rotate) are refused with KeystoreSealedError while
+ *  - key operations (data keys, create, rotate, the lifecycle of versions) are refused with KeystoreSealedError while
  *    sealed; metadata (getKey, listKeys) is served either way;
  *  - the quorum is always checked against the sealed root in the key store as it is NOW: when the
  *    store was rekeyed (or its root rotated) since this process loaded it, a sealed agent reloads
@@ -89,6 +89,7 @@ import {
 import {
   type AgentRequest,
   type AgentStatus,
+  booleanArg,
   bytesArg,
   encodeLine,
   errorToWire,
@@ -103,6 +104,7 @@ import {
   stringArg,
   toBase64,
   type UnsealResult,
+  versionArg,
 } from './protocol.js';
 
 export const DEFAULT_UNSEAL_TIMEOUT_SECONDS = 600;
@@ -598,6 +600,43 @@ export class AgentServer {
       }
       case 'rotateKey':
         return keyInfoToWire(await this.#unsealed(acting).rotateKey(stringArg(req, 'key')));
+      // Lifecycle of KEK versions: the library's rules (docs/lifecycle.md), the caller's policy
+      // (disable, compromise, destroy) and audit through `acting`, like every other key operation.
+      case 'disableVersion': {
+        const confirmLastVersion = booleanArg(req, 'confirmLastVersion');
+        return keyInfoToWire(
+          await this.#unsealed(acting).disableVersion(stringArg(req, 'key'), versionArg(req, 'version'), {
+            ...(confirmLastVersion !== undefined ? { confirmLastVersion } : {}),
+          }),
+        );
+      }
+      case 'enableVersion':
+        return keyInfoToWire(
+          await this.#unsealed(acting).enableVersion(stringArg(req, 'key'), versionArg(req, 'version')),
+        );
+      case 'compromiseVersion': {
+        const rotate = booleanArg(req, 'rotate');
+        const r = await this.#unsealed(acting).compromiseVersion(stringArg(req, 'key'), versionArg(req, 'version'), {
+          ...(rotate !== undefined ? { rotate } : {}),
+        });
+        return {
+          key: keyInfoToWire(r.key),
+          compromisedVersion: r.compromisedVersion,
+          rotatedTo: r.rotatedTo ?? null,
+          unreadableVersions: r.unreadableVersions,
+          rewrapVersions: r.rewrapVersions,
+        };
+      }
+      case 'destroyVersion': {
+        const force = booleanArg(req, 'force');
+        const confirmLastVersion = booleanArg(req, 'confirmLastVersion');
+        return keyInfoToWire(
+          await this.#unsealed(acting).destroyVersion(stringArg(req, 'key'), versionArg(req, 'version'), {
+            ...(force !== undefined ? { force } : {}),
+            ...(confirmLastVersion !== undefined ? { confirmLastVersion } : {}),
+          }),
+        );
+      }
       case 'getKey':
         return keyInfoToWire(await acting.getKey(stringArg(req, 'key')));
       case 'listKeys':
