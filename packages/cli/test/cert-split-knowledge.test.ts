@@ -10,7 +10,7 @@ import { spawnSync } from 'node:child_process';
 import { writeFileSync } from 'node:fs';
 import * as path from 'node:path';
 import { describe, expect, it } from 'vitest';
-import { cli, oneLine, tempDir } from './helpers.js';
+import { cli, initialized, oneLine, tempDir } from './helpers.js';
 import { kw, requireBuild, sharesIn } from './split-helpers.js';
 
 requireBuild('cert-split-knowledge.test.ts');
@@ -30,6 +30,16 @@ async function splitFolder(): Promise<{ cwd: string; shares: string[] }> {
 }
 
 describe('keywarden cert under split knowledge', () => {
+  it('--share-file on a folder not sealed by split knowledge is a usage error (exit 2)', async () => {
+    const cwd = await initialized();
+    writeFileSync(path.join(cwd, 's1.txt'), 'not a share\n', { mode: 0o600 });
+    const r = await cli(['cert', 'ca', 'demo-ca', '--cn', 'Demo', '--share-file', 's1.txt'], { cwd });
+    expect(r.code).toBe(2);
+    expect(oneLine(r.stderr)).toBe(
+      "keywarden: --share-file is for a key store sealed by split knowledge (see 'keywarden --help')",
+    );
+  });
+
   it('signing commands take a quorum (piped or --share-file); record commands need none; openssl checks the results', async () => {
     const { cwd, shares } = await splitFolder();
     const quorum = `${shares[0]}\n${shares[2]}\n`;
