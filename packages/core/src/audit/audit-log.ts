@@ -15,7 +15,7 @@
  * One writer per log: two processes appending to the same store or file fork the chain (the agent
  * is the single writer in a deployment; docs/audit.md §Writers).
  */
-import { AuditError, InvalidInputError } from '../errors.js';
+import { AuditError, InvalidInputError, KeywardenError } from '../errors.js';
 import type { KeyStore } from '../keystore.js';
 import type { RootOfTrust } from '../root.js';
 import { type AuditKey, loadAuditKey } from './audit-key.js';
@@ -290,7 +290,10 @@ export class AuditLog {
     } catch (cause) {
       // The key is not available yet (a sealed root): keep the records, fail this batch's waiters.
       this.#pending = events.concat(this.#pending);
-      const err = new AuditError('audit: the audit key could not be loaded (is the root sealed?)', { cause });
+      // A typed error's message is one safe line (it never carries key material): name it, so a
+      // busy or missing device is not reported as a sealed root.
+      const why = KeywardenError.isInstance(cause) ? `: ${cause.message}` : ' (is the root sealed?)';
+      const err = new AuditError(`audit: the audit key could not be loaded${why}`, { cause });
       for (const w of waiters) w.reject(err);
       this.#onError?.(err);
       throw err;

@@ -254,7 +254,15 @@ describe('AuditLog', () => {
     await root.seal();
     const seen: AuditRecord[] = [];
     const log = new AuditLog({ store, root, toStore: false, callback: (r) => void seen.push(...r) });
-    await expect(log.record(event(1))).rejects.toBeInstanceOf(AuditError);
+    const err = await log.record(event(1)).then(
+      () => undefined,
+      (e: unknown) => e,
+    );
+    expect(err).toBeInstanceOf(AuditError);
+    // The typed cause is named in the one line (a busy or missing device is not a sealed root).
+    const cause = (err as AuditError).cause as Error;
+    expect((err as AuditError).message).toBe(`audit: the audit key could not be loaded: ${cause.message}`);
+    expect((err as AuditError).message).not.toMatch(/[\r\n]/);
     await root.unseal(unsealKey);
     await log.record(event(2));
     expect(seen.map((r) => r.seq)).toEqual([1, 2]);
