@@ -17,18 +17,15 @@ import {
   loadAuditKey,
   readStoreAuditHead,
   readStoreAuditLines,
-  type SoftwareRoot,
   verifyAuditLog,
 } from '@keywarden/core';
-import { unsealWithShares } from '@keywarden/split-knowledge';
 import type { Command } from 'commander';
-import { collectShares } from '../ceremony-io.js';
 import type { CliIO } from '../io.js';
 import { withKeywarden } from '../store-dir.js';
 import { print } from '../output.js';
 import { collect, locationOf, positiveInt } from './_common.js';
 import { uncoveredOf, verifyAuditCheckpoints } from './cert.js';
-import { withUnsealed } from './_unsealed.js';
+import { withQuorumOrUnsealed } from './_unsealed.js';
 
 interface LogOpen {
   lines: string[];
@@ -41,34 +38,18 @@ interface LogOpen {
  * combined key is wiped, and the root sealed again when the command ends), else as the other
  * commands that read the store's own records (withUnsealed).
  */
-async function withAuditRoot<T>(
+function withAuditRoot<T>(
   cmd: Command,
   io: CliIO,
   shareFiles: readonly string[] | undefined,
   fn: (kw: Keywarden) => Promise<T>,
 ): Promise<T> {
-  const loc = locationOf(cmd, io);
-  const split = await withKeywarden(loc, io, {}, async (kw) => {
-    const doc = (kw.root as { document?: { unseal?: { method?: string } } }).document;
-    return doc?.unseal?.method === 'shamir';
-  });
-  if (!split) return withUnsealed(cmd, io, fn);
-  return withKeywarden(loc, io, {}, async (kw) => {
-    const root = kw.root as SoftwareRoot;
-    const u = root.document.unseal as { shareSetId: string; threshold: number; shares: number };
-    const shares = await collectShares(
-      io,
-      { shareSetId: u.shareSetId, threshold: u.threshold, shares: u.shares, purpose: 'unseal-key' },
-      shareFiles ?? [],
-      { operation: 'audit', title: 'Reading the audit log', which: 'current' },
-    );
-    try {
-      await unsealWithShares(root, shares);
-    } finally {
-      shares.length = 0;
-    }
-    return fn(kw);
-  });
+  return withQuorumOrUnsealed(
+    cmd,
+    io,
+    { operation: 'audit', title: 'Reading the audit log', shareFiles: shareFiles ?? [] },
+    fn,
+  );
 }
 
 /** The verified log, or AuditError naming the first bad record (nothing is printed from a bad log). */

@@ -14,25 +14,14 @@
  */
 import { readFile, writeFile } from 'node:fs/promises';
 import * as path from 'node:path';
-import {
-  AuditError,
-  AuditLog,
-  auditLogOf,
-  type Keywarden,
-  KeywardenError,
-  readStoreAuditHead,
-  type SoftwareRoot,
-} from '@keywarden/core';
+import { AuditError, AuditLog, auditLogOf, type Keywarden, KeywardenError, readStoreAuditHead } from '@keywarden/core';
 import type * as Pki from '@keywarden/pki';
-import { unsealWithShares } from '@keywarden/split-knowledge';
 import { type Command, InvalidArgumentError } from 'commander';
-import { collectShares } from '../ceremony-io.js';
 import { UsageError } from '../errors.js';
 import type { CliIO } from '../io.js';
 import { formatDate, formatJson, formatTable, print } from '../output.js';
-import { withKeywarden } from '../store-dir.js';
-import { collect, locationOf, positiveInt } from './_common.js';
-import { withUnsealed } from './_unsealed.js';
+import { collect, positiveInt } from './_common.js';
+import { withQuorumOrUnsealed } from './_unsealed.js';
 
 type PkiModule = typeof Pki;
 type Profile = 'server' | 'client' | 'server-client';
@@ -74,38 +63,18 @@ async function withPki<T>(
     return fn({ pki, kw, pairs, certs: new pki.Certificates({ keywarden: kw, keyPairs: pairs }) });
   };
   const shareFiles = (cmd.opts() as { shareFile?: string[] }).shareFile ?? [];
-  const loc = locationOf(cmd, io);
-  const split = await withKeywarden(loc, io, {}, async (kw) => splitOf(kw));
-  if (!split) {
-    if (shareFiles.length > 0) throw new UsageError('--share-file is for a key store sealed by split knowledge');
-    return withUnsealed(cmd, io, run);
-  }
   // Split knowledge: records need no root; signing takes a quorum in this process (file comment).
-  if (needs === 'records') return withKeywarden(loc, io, {}, run);
-  return withKeywarden(loc, io, {}, async (kw) => {
-    const root = kw.root as SoftwareRoot;
-    const shares = await collectShares(
-      io,
-      { shareSetId: split.shareSetId, threshold: split.threshold, shares: split.shares, purpose: 'unseal-key' },
+  return withQuorumOrUnsealed(
+    cmd,
+    io,
+    {
+      operation: `cert ${cmd.name()}`,
+      title: 'Unsealing the root to sign',
       shareFiles,
-      { operation: `cert ${cmd.name()}`, title: 'Unsealing the root to sign', which: 'current' },
-    );
-    try {
-      await unsealWithShares(root, shares);
-    } finally {
-      shares.length = 0;
-    }
-    return run(kw);
-  });
-}
-
-/** The folder's share set when its software root is sealed by split knowledge (Shamir), else undefined. */
-function splitOf(kw: Keywarden): { shareSetId: string; threshold: number; shares: number } | undefined {
-  const u = (
-    kw.root as { document?: { unseal?: { method?: string; shareSetId?: string; threshold?: number; shares?: number } } }
-  ).document?.unseal;
-  if (u?.method !== 'shamir') return undefined;
-  return { shareSetId: u.shareSetId as string, threshold: u.threshold as number, shares: u.shares as number };
+      sealedSuffices: needs === 'records',
+    },
+    run,
+  );
 }
 
 const SHARE_FILE_HELP =
