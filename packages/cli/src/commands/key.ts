@@ -4,7 +4,9 @@
  * never need the unseal key (nor, under split knowledge, a running agent); create and rotate wrap
  * new KEK material under the root, so under split knowledge they go through the agent.
  */
+import * as path from 'node:path';
 import type { Command } from 'commander';
+import { AgentClient, type SocketLocation } from '@keywarden/agent';
 import {
   type CompromiseReport,
   type KeyInfo,
@@ -26,7 +28,15 @@ import {
   print,
 } from '../output.js';
 import { MissingRoot, withKeyService, withKeywarden } from '../store-dir.js';
-import { KEK_MODE_HELP, type KekMode, kekModeOf, keyServiceOptionsOf, locationOf, positiveInt } from './_common.js';
+import {
+  globalsOf,
+  KEK_MODE_HELP,
+  type KekMode,
+  kekModeOf,
+  keyServiceOptionsOf,
+  locationOf,
+  positiveInt,
+} from './_common.js';
 
 interface CreateOptions {
   env?: string;
@@ -187,10 +197,19 @@ application sees the change when its cached keys expire (cache TTL, 5 minutes by
       `
 Envelopes under a compromised version are refused from then on (an attacker holding the KEK could
 otherwise forge them): re-encrypt that data from its source. Envelopes under other enabled versions
-still decrypt; rewrap them to the new primary (\`keywarden rewrap FILE...\`). Runbook: docs/lifecycle.md.`,
+still decrypt; rewrap them to the new primary (\`keywarden rewrap FILE...\`). Runbook: docs/lifecycle.md.${AGENT_HELP}`,
     )
     .action(async (name: string, positional: number | undefined, opts: CompromiseOptions, cmd: Command) => {
       const version = versionOf(positional, opts);
+      const socket = agentSocketOf(cmd, io);
+      if (socket) {
+        // Through the named agent (a fleet's, on any store): it compromises and rotates in one change.
+        const r = await withAgent(io, socket, (agent) =>
+          withHints(() => agent.compromiseVersion(name, version, { rotate: opts.rotate !== false })),
+        );
+        await print(io.stdout, opts.json ? formatJson(reportJson(r, keyToJson)) : reportText(r));
+        return;
+      }
       const loc = locationOf(cmd, io);
       const report = await withKeyService(loc, io, keyServiceOptionsOf(cmd), async (ks) => {
         if (isKeywarden(ks)) return ks.compromiseVersion(name, version, { rotate: opts.rotate !== false });
@@ -202,7 +221,7 @@ still decrypt; rewrap them to the new primary (\`keywarden rewrap FILE...\`). Ru
           await ks.rotateKey(name);
         return withKeywarden(loc, io, {}, (kw) => kw.compromiseVersion(name, version, { rotate: false }));
       });
-      await print(io.stdout, opts.json ? formatJson(reportJson(report)) : reportText(report));
+      await print(io.stdout, opts.json ? formatJson(reportJson(report, lifecycleJson)) : reportText(report));
     });
 
   versionCommand(key, io, 'destroy', {
@@ -324,7 +343,7 @@ function versionCommand(
     help?: string;
     confirm?: boolean;
     force?: boolean;
-    run: (kw: Keywarden, name: string, version: number, opts: VersionCommandOptions) => Promise<KeyInfo>;
+    run: (kw: VersionLifecycle, name: string, version: number, opts: VersionCommandOptions) => Promise<KeyInfo>;
     done: (info: KeyInfo, version: number) => string;
   },
 ): void {
@@ -335,14 +354,49 @@ function versionCommand(
   if (spec.force) cmd.option('--force', 'skip the grace period');
   if (spec.confirm) cmd.option('--confirm-last-version', "allow it on the key's primary or last version");
   cmd.option('--json', 'print the key as JSON');
-  if (spec.help) cmd.addHelpText('after', spec.help);
+  cmd.addHelpText('after', `${spec.help ?? ''}${AGENT_HELP}`);
   cmd.action(async (name: string, positional: number | undefined, opts: VersionCommandOptions, c: Command) => {
     const version = versionOf(positional, opts);
+    const socket = agentSocketOf(c, io);
+    if (socket) {
+      const info = await withAgent(io, socket, (agent) => withHints(() => spec.run(agent, name, version, opts)));
+      // The agent's key (the wire shape): no usage counts or rotation policy.
+      await print(io.stdout, opts.json ? formatJson(keyToJson(info)) : spec.done(info, version));
+      return;
+    }
     await withKeywarden(locationOf(c, io), io, {}, async (kw) => {
       const info = await withHints(() => spec.run(kw, name, version, opts));
       await print(io.stdout, opts.json ? formatJson(lifecycleJson(info)) : spec.done(info, version));
     });
   });
+}
+
+/** What `key disable|enable|destroy` call: a Keywarden on the folder's store, or an agent. */
+type VersionLifecycle = Pick<Keywarden, 'disableVersion' | 'enableVersion' | 'destroyVersion'>;
+
+const AGENT_HELP = `
+With --socket PATH the change is made by the agent listening there (a fleet's agent, on any key
+store; no key-store folder is opened): the principal is $KEYWARDEN_AGENT_TOKEN's, and its policy
+decides (disable, compromise, destroy); the agent audits it.`;
+
+/**
+ * The agent named by --socket (given on the command line, before or after the command), or
+ * undefined: then the change is made on the key-store folder, as without an agent.
+ */
+function agentSocketOf(cmd: Command, io: CliIO): SocketLocation | undefined {
+  const socket = globalsOf(cmd).socket;
+  if (socket === undefined) return undefined;
+  return { path: path.resolve(io.cwd, socket), display: socket };
+}
+
+async function withAgent<T>(io: CliIO, socket: SocketLocation, fn: (agent: AgentClient) => Promise<T>): Promise<T> {
+  const token = io.env.KEYWARDEN_AGENT_TOKEN;
+  const agent = await AgentClient.connect(socket, token ? { credential: token } : {});
+  try {
+    return await fn(agent);
+  } finally {
+    await agent.close();
+  }
 }
 
 /** The manager's refusals name what to confirm; the CLI adds the flag that does it. */
@@ -359,7 +413,8 @@ async function withHints<T>(fn: () => Promise<T>): Promise<T> {
 }
 
 function isKeywarden(ks: unknown): ks is Keywarden {
-  return typeof (ks as Keywarden).compromiseVersion === 'function';
+  // Not compromiseVersion: an AgentClient has it too.
+  return typeof (ks as Keywarden).rotateDue === 'function';
 }
 
 /** The agent's key wire shape plus the lifecycle fields. */
@@ -434,9 +489,9 @@ function dueText(done: readonly RotationDue[]): string {
     .join('');
 }
 
-function reportJson(r: CompromiseReport): Record<string, unknown> {
+function reportJson(r: CompromiseReport, keyJson: (info: KeyInfo) => unknown): Record<string, unknown> {
   return {
-    key: lifecycleJson(r.key),
+    key: keyJson(r.key),
     compromisedVersion: r.compromisedVersion,
     rotatedTo: r.rotatedTo ?? null,
     unreadableVersions: r.unreadableVersions,
