@@ -14,7 +14,8 @@
  *                              main thread, one session, the same key object (blocks the event loop)
  *   pkcs11js async, N sessions the other design: the *Async variants on libuv's pool, N loops
  *   pool, N workers            Keywarden (generateDataKey + decryptDataKey, KEK in the HSM) through
- *                              the worker pool, 64 concurrent callers
+ *                              the worker pool, 64 concurrent callers: worker threads, and worker
+ *                              processes (pool: 'processes', one module instance per child)
  *   KEK in memory              the same key mode "memory": the HSM root unwrapped the KEK once
  *   idle event loop            nothing at all: the event-loop delay this machine adds by itself
  *
@@ -28,7 +29,7 @@ import { monitorEventLoopDelay } from 'node:perf_hooks';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import { Keywarden, kekAad, MemoryKeyStore } from '@keywarden/core';
-import { Pkcs11Root } from '@keywarden/pkcs11';
+import { type PoolKind, Pkcs11Root } from '@keywarden/pkcs11';
 import { median } from './_measure.js';
 import { RawPkcs11, startSoftHsm } from './_softhsm.js';
 
@@ -44,6 +45,12 @@ const ROUNDS = Number(values.rounds);
 const CALLERS = 64;
 const CORES = availableParallelism();
 const PKG_DIR = fileURLToPath(new URL('..', import.meta.url));
+const POOL_KINDS: PoolKind[] = ['threads', 'processes'];
+
+/** "pool of 2 workers" (threads, the rows' historical name) or "process pool of 2 workers". */
+function poolName(pool: PoolKind, workers: number): string {
+  return `${pool === 'processes' ? 'process pool' : 'pool'} of ${workers} worker${workers > 1 ? 's' : ''}`;
+}
 
 interface CaseResult {
   label: string;
@@ -146,21 +153,22 @@ async function main(): Promise<void> {
       });
     }
     const roots: Pkcs11Root[] = [];
-    for (const workers of [...new Set([1, CORES, 4])]) {
-      const root = await Pkcs11Root.open(hsm.uri('kw-bench-root'), { store, poolSize: workers });
+    const sizes = (pool: PoolKind) => (pool === 'threads' ? [...new Set([1, CORES, 4])] : [...new Set([1, CORES])]);
+    for (const [pool, workers] of POOL_KINDS.flatMap((pool) => sizes(pool).map((w) => [pool, w] as const))) {
+      const root = await Pkcs11Root.open(hsm.uri('kw-bench-root'), { store, poolSize: workers, pool });
       roots.push(root);
       closers.push(() => root.close());
       const kw = new Keywarden({ store, root });
       const warm = await kw.generateDataKey('in-hsm', context);
       await kw.decryptDataKey(warm.wrapped, context, { key: 'in-hsm' });
       cases.push({
-        label: `keywarden KEK in HSM, pool of ${workers} worker${workers > 1 ? 's' : ''}, ${CALLERS} callers`,
+        label: `keywarden KEK in HSM, ${poolName(pool, workers)}, ${CALLERS} callers`,
         run: concurrently(CALLERS, async () => {
           const d = await kw.generateDataKey('in-hsm', context);
           await kw.decryptDataKey(d.wrapped, context, { key: 'in-hsm' });
         }),
       });
-      if (workers === CORES) {
+      if (workers === CORES && pool === 'threads') {
         const k = root.kekInRoot;
         const versionAad = kekAad(hsmKey.id, 1);
         cases.push({
@@ -201,8 +209,10 @@ async function main(): Promise<void> {
     }));
     const rawOps = results[0]?.opsPerSecond as number;
     const byLabel = (re: RegExp) => results.find((r) => re.test(r.label));
-    const poolN = byLabel(new RegExp(`KEK in HSM, pool of ${CORES} worker`));
-    const pool1 = byLabel(/KEK in HSM, pool of 1 worker/);
+    const poolN = byLabel(new RegExp(`KEK in HSM, ${poolName('threads', CORES)},`));
+    const pool1 = byLabel(new RegExp(`KEK in HSM, ${poolName('threads', 1)},`));
+    const procN = byLabel(new RegExp(`KEK in HSM, ${poolName('processes', CORES)},`));
+    const proc1 = byLabel(new RegExp(`KEK in HSM, ${poolName('processes', 1)},`));
     const meta = {
       date: new Date().toISOString().replace(/\.\d+Z$/, 'Z'),
       node: process.version,
@@ -223,6 +233,18 @@ async function main(): Promise<void> {
         poolN && pool1 ? ratio(poolN.opsPerSecond, pool1.opsPerSecond) : null,
       'max event-loop delay, pool of 1, ms (target < 10)': pool1?.maxEventLoopDelayMs ?? null,
       [`max event-loop delay, pool of ${CORES}, ms (target < 10)`]: poolN?.maxEventLoopDelayMs ?? null,
+      'KEK in HSM, process pool of 1 ÷ raw pkcs11js loop (target ≥ 0.9)': proc1
+        ? ratio(proc1.opsPerSecond, rawOps)
+        : null,
+      [`KEK in HSM, process pool of ${CORES} ÷ raw pkcs11js loop (target ≥ 0.9)`]: procN
+        ? ratio(procN.opsPerSecond, rawOps)
+        : null,
+      [`process pool of ${CORES} ÷ process pool of 1 (target ≥ 1.7 on 2 cores)`]:
+        procN && proc1 ? ratio(procN.opsPerSecond, proc1.opsPerSecond) : null,
+      [`process pool of ${CORES} ÷ thread pool of ${CORES}`]:
+        procN && poolN ? ratio(procN.opsPerSecond, poolN.opsPerSecond) : null,
+      'max event-loop delay, process pool of 1, ms (target < 10)': proc1?.maxEventLoopDelayMs ?? null,
+      [`max event-loop delay, process pool of ${CORES}, ms (target < 10)`]: procN?.maxEventLoopDelayMs ?? null,
     };
     const lines = [
       `# PKCS#11 root on SoftHSM2 (wall clock)`,

@@ -74,8 +74,10 @@ export interface ChannelEvents {
  * (docs/pkcs11.md), so only processes scale there. */
 export type PoolKind = 'threads' | 'processes';
 
-/** The kind a root gets when neither its options nor its URI name one (docs/pkcs11.md: why). */
-export const DEFAULT_POOL_KIND: PoolKind = 'threads';
+/** The kind a root gets when neither its options nor its URI name one: processes, the faster of
+ * the two with 2 workers on SoftHSM2 (bench:pkcs11, 4 runs of 5, median 1.07 × a pool of 2
+ * threads; docs/pkcs11.md "A pool of processes"). */
+export const DEFAULT_POOL_KIND: PoolKind = 'processes';
 
 function threadChannel(url: URL, config: WorkerConfig, on: ChannelEvents): Channel {
   const worker = new Worker(url, { workerData: config });
@@ -108,7 +110,7 @@ interface Slot {
 }
 
 export interface PoolOptions extends WorkerConfig {
-  /** Threads (default) or child processes. */
+  /** Threads or child processes (default DEFAULT_POOL_KIND). */
   kind?: PoolKind;
   /** Processes only: the environment of the children (default: this process's). The root leaves
    * out the variable a pin-source=env: names, so that no child ever holds the PIN in its env. */

@@ -79,9 +79,11 @@ export function processChannel(
     kill,
     async stop() {
       if (exited) return;
+      // Held until the child is gone: a caller awaiting close() (a CLI's top-level await) must not
+      // see its event loop run empty while the child is exiting (Node exits with code 13 then).
+      child.ref();
       if (child.connected) child.disconnect();
       const timer = setTimeout(kill, STOP_GRACE_MS);
-      timer.unref();
       await exitedPromise;
       clearTimeout(timer);
     },

@@ -356,7 +356,7 @@ export class Pkcs11Root implements RootOfTrust, Sealable, Destroyable, KekInRoot
         throw refine(err, 'exists');
       });
     if (!exists) {
-      await this.#pool.callOn(0, { op: 'logout' }).catch(() => undefined);
+      await logout(this.#pool);
       throw new Pkcs11UnavailableError(
         'C_FindObjects',
         '',
@@ -382,7 +382,7 @@ export class Pkcs11Root implements RootOfTrust, Sealable, Destroyable, KekInRoot
     await Promise.allSettled([...this.#inFlight]);
     this.#epoch++;
     await this.#pool.broadcast(() => ({ op: 'forget' })).catch(() => undefined);
-    await this.#pool.callOn(0, { op: 'logout' }).catch(() => undefined);
+    await logout(this.#pool);
   }
 
   onSeal(listener: () => void): () => void {
@@ -627,6 +627,21 @@ async function login(pool: WorkerPool, pin: Uint8Array): Promise<void> {
   await pool.callOn(0, { op: 'login', pin: pin.slice(), hold: false }).catch((err: unknown) => {
     throw refine(err, 'login');
   });
+  // The login state belongs to the application (PKCS#11 v2.40 §5.6): one worker's C_Login logs in
+  // every thread of the process, but each child process is an application of its own.
+  if (pool.kind === 'processes' && pool.size > 1) {
+    await pool
+      .broadcast(() => ({ op: 'login', pin: pin.slice(), hold: false }))
+      .catch((err: unknown) => {
+        throw refine(err, 'login');
+      });
+  }
+}
+
+/** C_Logout: once for the threads' one application, in every child for processes. */
+async function logout(pool: WorkerPool): Promise<void> {
+  if (pool.kind === 'processes') await pool.broadcast(() => ({ op: 'logout' })).catch(() => undefined);
+  else await pool.callOn(0, { op: 'logout' }).catch(() => undefined);
 }
 
 /** A worker failure as the typed error: CKR → errors.ts; a refused tag → DecryptionError. */

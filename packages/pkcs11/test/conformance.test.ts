@@ -7,7 +7,9 @@ import { inspectPrivateKey } from './_keypair-inspect.js';
 describe.skipIf(unavailable)('PKCS#11 root on SoftHSM2', () => {
   describe.each(POOL_KINDS)('%s pool', (pool) => {
     describeRootConformance(`pkcs11 (SoftHSM2, ${pool})`, async () => {
-      const { root, store, object } = await createRoot({ pool });
+      // One child per root for processes: starting a Node process per worker per test is most of
+      // this suite's time on a busy machine; faults.test.ts and process-pool.test.ts run two.
+      const { root, store, object } = await createRoot({ pool, ...(pool === 'processes' ? { poolSize: 1 } : {}) });
       return {
         root,
         store,

@@ -68,6 +68,23 @@ describe.skipIf(unavailable)('pool of worker processes on SoftHSM2', () => {
     }
   }, 40_000);
 
+  it('seal logs out every child (each child process is a PKCS#11 application of its own, with its own login state); unseal logs each in again', async () => {
+    const { root } = await createRoot({ pool: 'processes', poolSize: 2 });
+    try {
+      const state = () =>
+        Promise.all(
+          [0, 1].map((i) => root.pool.callOn<{ loggedIn: boolean }>(i, { op: 'info' }).then((x) => x.loggedIn)),
+        );
+      expect(await state()).toEqual([true, true]);
+      await root.seal();
+      expect(await state()).toEqual([false, false]);
+      await root.unseal(pin());
+      expect(await state()).toEqual([true, true]);
+    } finally {
+      await root.close();
+    }
+  }, 40_000);
+
   it('the PIN is in no child argv or environment (pin-source=env: is left out of the children); close stops them', async () => {
     const object = uniqueLabel();
     const name = `KW_TEST_PIN_${randomBytes(4).toString('hex')}`;

@@ -13,7 +13,7 @@ import { openFolderRoot, type SocketLocation, type StoreLocation } from '../stor
 
 interface Pkcs11Like {
   record: { token: string; tokenSerial: string; object: string };
-  pool: { size: number; replaced: number; inFlight(): number[] };
+  pool: { size: number; replaced: number; inFlight(): number[]; kind?: 'threads' | 'processes' };
 }
 interface TpmLike {
   record: { alg: 'ecc' | 'rsa'; handle?: number; pcrs?: number[] };
@@ -61,11 +61,11 @@ export async function deviceStatus(
       const p = root as unknown as Pkcs11Like;
       const busy = p.pool.inFlight().reduce((a, b) => a + b, 0);
       info.token = { label: p.record.token, serial: p.record.tokenSerial, object: p.record.object };
-      info.pool = { workers: p.pool.size, inFlight: busy, replaced: p.pool.replaced };
+      info.pool = { workers: p.pool.size, kind: p.pool.kind ?? 'threads', inFlight: busy, replaced: p.pool.replaced };
       pairs.push(['token', `"${p.record.token}" (serial ${p.record.tokenSerial}), root object "${p.record.object}"`]);
       pairs.push([
         'pool',
-        `${p.pool.size} worker thread${p.pool.size === 1 ? '' : 's'}, ${busy} request${busy === 1 ? '' : 's'} in flight, ${p.pool.replaced} replaced`,
+        `${p.pool.size} worker ${p.pool.kind === 'processes' ? 'process' : 'thread'}${p.pool.size === 1 ? '' : p.pool.kind === 'processes' ? 'es' : 's'}, ${busy} request${busy === 1 ? '' : 's'} in flight, ${p.pool.replaced} replaced`,
       ]);
     } else if (scheme === 'tpm') {
       const t = root as unknown as TpmLike;
