@@ -3,8 +3,9 @@
  * (dist/bin.js) serve one PostgreSQL store (the harness's throwaway cluster), each unsealed by a
  * quorum of shares with `keywarden unseal`; an AgentFleetClient under load fails over when one is
  * SIGKILLed (every request answered once, none lost, every data key decrypts); a third agent
- * unseals too; a rotation through one agent and a version disabled by another instance are seen by
- * the others through the store's change notifications, long before their KEK caches expire.
+ * unseals too; a rotation through one agent, a version disabled by another instance and one
+ * compromised through an agent (`keywarden key compromise --socket`) are seen by the others through
+ * the store's change notifications, long before their KEK caches expire.
  */
 import { execFileSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
@@ -245,6 +246,22 @@ describe.skipIf(!built)('keywarden agent --store postgres', () => {
         Buffer.from(dk2.plaintext),
       ),
     ).toBe(true);
+    // Version 2 compromised through agent C with the CLI (no key-store folder here, only C's
+    // socket): C rotates in the same change; B, which had version 2 cached, refuses it once it hears.
+    const comp = await kw(['key', 'compromise', 'orders', '--version', '2', '--socket', c.socket, '--json'], cwd);
+    expect(comp.stderr).toBe('');
+    expect(comp.code).toBe(0);
+    expect(JSON.parse(comp.stdout).rotatedTo).toBe(3);
+    await waitUntil(async () => {
+      try {
+        await onlyB.decryptDataKey(dk2.wrapped, { t: 'v2' }, { key: 'orders' });
+        return false;
+      } catch (err) {
+        expect(KeywardenError.isInstance(err) ? err.code : String(err)).toBe('KW_KEY_COMPROMISED');
+        return true;
+      }
+    });
+    expect((await onlyB.generateDataKey('orders')).version).toBe(3);
     await onlyB.close();
     await onlyC.close();
 
