@@ -197,7 +197,10 @@ describe.skipIf(!built)('key lifecycle commands on a split-knowledge store (thro
       expect(comp.code, comp.stderr).toBe(0);
       expect(JSON.parse(comp.out)).toMatchObject({ compromisedVersion: 1, unreadableVersions: [1] });
       expect(JSON.parse(comp.out).key.primaryVersion).toBe(2);
-      // The agent's cache still holds v1 until its TTL: what this test checks is the store's state.
+      // The agent made the change itself (one write: marked and rotated), so it refuses v1 at once.
+      const refused = await cli(['decrypt', '--key', 'k'], { cwd: dir, stdin: v1 });
+      expect(refused.code).toBe(1);
+      expect(refused.stderr).toMatch(/^keywarden: .*v1 is compromised/);
       const show = JSON.parse((await cli(['key', 'show', 'k', '--json'], { cwd: dir })).out);
       expect(show.versions.map((v: { state: string }) => v.state)).toEqual(['compromised', 'enabled']);
       expect(v1.startsWith('kw1.')).toBe(true);

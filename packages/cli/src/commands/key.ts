@@ -213,13 +213,11 @@ still decrypt; rewrap them to the new primary (\`keywarden rewrap FILE...\`). Ru
       const loc = locationOf(cmd, io);
       const report = await withKeyService(loc, io, keyServiceOptionsOf(cmd), async (ks) => {
         if (isKeywarden(ks)) return ks.compromiseVersion(name, version, { rotate: opts.rotate !== false });
-        // Through the agent: rotate there (the root is there), then mark the version in the store.
-        const before = await ks.getKey(name);
-        const rotate = opts.rotate !== false || before.primaryVersion === version;
-        const target = before.versions.find((v) => v.version === version);
-        if (rotate && target && target.state !== 'destroyed' && target.state !== 'compromised')
-          await ks.rotateKey(name);
-        return withKeywarden(loc, io, {}, (kw) => kw.compromiseVersion(name, version, { rotate: false }));
+        // Through the agent (the root is there): one change that marks the version and rotates;
+        // then the key as the store has it (with its usage counts and policy) for the report.
+        const agent = ks as unknown as Pick<Keywarden, 'compromiseVersion'>;
+        const r = await withHints(() => agent.compromiseVersion(name, version, { rotate: opts.rotate !== false }));
+        return { ...r, key: await withKeywarden(loc, io, {}, (kw) => kw.getKey(r.key.id)) };
       });
       await print(io.stdout, opts.json ? formatJson(reportJson(report, lifecycleJson)) : reportText(report));
     });
