@@ -9,6 +9,8 @@ export const workspaceAlias = {
   '@keywarden/split-knowledge': fileURLToPath(new URL('./packages/split-knowledge/src/index.ts', import.meta.url)),
   '@keywarden/ceremony': fileURLToPath(new URL('./packages/ceremony/src/index.ts', import.meta.url)),
   '@keywarden/agent': fileURLToPath(new URL('./packages/agent/src/index.ts', import.meta.url)),
+  // Before '@keywarden/testkit': an alias matches its subpaths too, and the first match wins.
+  '@keywarden/testkit/tls-certs': fileURLToPath(new URL('./packages/testkit/src/tls-certs.ts', import.meta.url)),
   '@keywarden/testkit': fileURLToPath(new URL('./packages/testkit/src/index.ts', import.meta.url)),
   '@keywarden/tss2': fileURLToPath(new URL('./packages/tss2/src/index.ts', import.meta.url)),
   '@keywarden/tpm': fileURLToPath(new URL('./packages/tpm/src/index.ts', import.meta.url)),

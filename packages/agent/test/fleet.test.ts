@@ -26,7 +26,7 @@ import { type AgentEndpoint, AgentClient } from '../src/client.js';
 import { issueAgentCredential } from '../src/credentials.js';
 import { AgentFleetClient, sealAgents } from '../src/fleet.js';
 import { AgentServer } from '../src/server.js';
-import { makePki, type Pem, type TestPki } from './_certs.js';
+import { makePki, type Pem, type TestPki } from '@keywarden/testkit/tls-certs';
 
 const FIXTURE = fileURLToPath(new URL('./fixtures/fleet-agent.mjs', import.meta.url));
 

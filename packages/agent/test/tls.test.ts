@@ -13,7 +13,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { AgentClient } from '../src/client.js';
 import { admitAgentPrincipal, issueAgentCredential, revokeAgentCredential } from '../src/credentials.js';
 import { AgentServer } from '../src/server.js';
-import { makePki, type Pem, type TestPki } from './_certs.js';
+import { makePki, type Pem, type TestPki } from '@keywarden/testkit/tls-certs';
 
 let pki: TestPki;
 let store: MemoryKeyStore;

@@ -9,7 +9,7 @@ import { AgentClient } from '@keywarden/agent';
 import { writeStoredPolicy } from '@keywarden/core';
 import { SqliteKeyStore } from '@keywarden/store-sqlite';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { makePki, type TestPki } from './_tls-certs.js';
+import { makePki, type TestPki } from '@keywarden/testkit/tls-certs';
 import { cli, tempDir } from './helpers.js';
 import { requireBuild, startAgent, waitFor } from './split-helpers.js';
 

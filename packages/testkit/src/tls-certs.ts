@@ -1,8 +1,9 @@
 /**
- * Certificates for the mutual-TLS tests, made at test time with the openssl CLI (harness/
- * debian-packages.txt installs it): nothing is committed. One CA for the agent's clients, one
- * unrelated CA, the agent's server certificate (127.0.0.1, localhost), and client certificates
- * naming principals (URI SAN keywarden:principal:NAME), an expired one and one with no principal.
+ * Certificates for the mutual-TLS tests of packages/agent and packages/cli, made at test time with
+ * the openssl CLI (harness/debian-packages.txt installs it): nothing is committed. One CA for the
+ * agent's clients, one unrelated CA, the agent's server certificate (127.0.0.1, localhost), and
+ * client certificates naming principals (URI SAN keywarden:principal:NAME), an expired one and one
+ * with no principal.
  */
 import { execFileSync } from 'node:child_process';
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
