@@ -1,19 +1,8 @@
-/**
- * `keywarden agent --store postgres` (docs/fleet.md §Agents): two real agent processes
- * (dist/bin.js) serve one PostgreSQL store (the harness's throwaway cluster), each unsealed by a
- * quorum of shares with `keywarden unseal`; an AgentFleetClient under load fails over when one is
- * SIGKILLed (every request answered once, none lost, every data key decrypts); a third agent
- * unseals too; a rotation through one agent, a version disabled by another instance and one
- * compromised through an agent (`keywarden key compromise --socket`) are seen by the others through
- * the store's change notifications, long before their KEK caches expire.
- */
-import { execFileSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { writeFile } from 'node:fs/promises';
 import * as path from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { AgentClient, AgentFleetClient } from '@keywarden/agent';
 import { Keywarden, KeywardenError, SoftwareRoot } from '@keywarden/core';
 import { initSplitRoot } from '@keywarden/split-knowledge';
@@ -21,44 +10,13 @@ import { PostgresKeyStore } from '@keywarden/store-postgres';
 import pgClient from 'pg';
 import { parse } from 'pg-connection-string';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { type HarnessPostgres, startPostgres, stopPostgres } from './_postgres.js';
 import { type AgentProcess, built, kw, requireBuild, startAgent } from './split-helpers.js';
 
 requireBuild('agent-postgres.test.ts');
 
-const POSTGRES_SH = fileURLToPath(new URL('../../../harness/postgres.sh', import.meta.url));
-
-/** The harness's PostgreSQL: the environment's (KEYWARDEN_PG_URL), else one started here. */
-const pg: { env: Record<string, string>; dir?: string; unavailable?: string } = { env: {} };
-
-function startPostgres(): void {
-  if (process.env.KEYWARDEN_PG_URL && process.env.KEYWARDEN_PG_PASSWORD_FILE) {
-    pg.env = {
-      KEYWARDEN_PG_URL: process.env.KEYWARDEN_PG_URL,
-      KEYWARDEN_PG_PASSWORD_FILE: process.env.KEYWARDEN_PG_PASSWORD_FILE,
-    };
-    return;
-  }
-  let out: string;
-  try {
-    out = execFileSync('bash', [POSTGRES_SH, 'start'], {
-      encoding: 'utf8',
-      stdio: ['ignore', 'pipe', 'pipe'],
-      timeout: 120_000,
-    });
-  } catch (err) {
-    const reason = `harness/postgres.sh could not start PostgreSQL: ${String((err as { stderr?: string }).stderr ?? err).trim()}`;
-    // In CI a missing PostgreSQL is a failure, not a skip.
-    if (process.env.CI) throw new Error(reason);
-    pg.unavailable = reason;
-    console.warn(`agent-postgres.test.ts: skipped, ${reason}`);
-    return;
-  }
-  for (const line of out.split('\n')) {
-    const m = /^export ([A-Z0-9_]+)='([^']*)'$/.exec(line);
-    if (m?.[1] && m[2] !== undefined) pg.env[m[1]] = m[2];
-  }
-  pg.dir = pg.env.KEYWARDEN_PG_DIR;
-}
+/** The harness's PostgreSQL (_postgres.ts). */
+let pg: HarnessPostgres = { env: {} };
 
 const SCHEMA = `kw_agent_${process.pid}_${Date.now().toString(36)}`;
 const DEV_SCHEMA = `${SCHEMA}_dev`;
@@ -86,7 +44,7 @@ let password = '';
 
 beforeAll(async () => {
   if (!built) return;
-  startPostgres();
+  pg = startPostgres('agent-postgres.test.ts');
   if (pg.unavailable) return;
   password = readFileSync(pg.env.KEYWARDEN_PG_PASSWORD_FILE as string, 'utf8').trim();
   // Not helpers.tempDir (removed after each test): the suite's tests share it.
@@ -112,7 +70,7 @@ afterAll(async () => {
   await store?.close();
   if (store && !pg.dir) await dropSchemas();
   if (cwd) rmSync(cwd, { recursive: true, force: true });
-  if (pg.dir) execFileSync('bash', [POSTGRES_SH, 'stop', pg.dir], { stdio: 'ignore', timeout: 60_000 });
+  stopPostgres(pg);
 }, 90_000);
 
 /** A `keywarden agent --store postgres` on SOCKET, unsealed by shares `quorum` (1-based). */

@@ -18,41 +18,16 @@ import { PostgresKeyStore } from '@keywarden/store-postgres';
 import pgClient from 'pg';
 import { parse } from 'pg-connection-string';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { type HarnessPostgres, startPostgres, stopPostgres } from './_postgres.js';
 
-const POSTGRES_SH = fileURLToPath(new URL('../../../harness/postgres.sh', import.meta.url));
 const WRITER = fileURLToPath(new URL('./_pki-pg-writer.mjs', import.meta.url));
 const SCHEMA = `kw_pki_${process.pid}_${Date.now().toString(36)}`;
-const pg: { env: Record<string, string>; dir?: string; unavailable?: string } = { env: {} };
+let pg: HarnessPostgres = { env: {} };
 let scratch = '';
 
 beforeAll(() => {
   scratch = mkdtempSync(path.join(tmpdir(), 'kw-pki-pg-'));
-  if (process.env.KEYWARDEN_PG_URL && process.env.KEYWARDEN_PG_PASSWORD_FILE) {
-    pg.env = {
-      KEYWARDEN_PG_URL: process.env.KEYWARDEN_PG_URL,
-      KEYWARDEN_PG_PASSWORD_FILE: process.env.KEYWARDEN_PG_PASSWORD_FILE,
-    };
-    return;
-  }
-  let out: string;
-  try {
-    out = execFileSync('bash', [POSTGRES_SH, 'start'], {
-      encoding: 'utf8',
-      stdio: ['ignore', 'pipe', 'pipe'],
-      timeout: 120_000,
-    });
-  } catch (err) {
-    const reason = `harness/postgres.sh could not start PostgreSQL: ${String((err as { stderr?: string }).stderr ?? err).trim()}`;
-    if (process.env.CI) throw new Error(reason);
-    pg.unavailable = reason;
-    console.warn(`pki-postgres.test.ts: skipped, ${reason}`);
-    return;
-  }
-  for (const line of out.split('\n')) {
-    const m = /^export ([A-Z0-9_]+)='([^']*)'$/.exec(line);
-    if (m?.[1] && m[2] !== undefined) pg.env[m[1]] = m[2];
-  }
-  pg.dir = pg.env.KEYWARDEN_PG_DIR;
+  pg = startPostgres('pki-postgres.test.ts');
 }, 150_000);
 
 afterAll(async () => {
@@ -69,7 +44,7 @@ afterAll(async () => {
       await client.end();
     }
   }
-  if (pg.dir) execFileSync('bash', [POSTGRES_SH, 'stop', pg.dir], { stdio: 'ignore', timeout: 60_000 });
+  stopPostgres(pg);
   if (scratch) rmSync(scratch, { recursive: true, force: true });
 }, 90_000);
 
