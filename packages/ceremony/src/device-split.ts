@@ -32,7 +32,6 @@ import { chmod, mkdir, open, readFile, rename, rm } from 'node:fs/promises';
 import * as path from 'node:path';
 import {
   CeremonyError,
-  CeremonyPendingError,
   FormatError,
   InvalidInputError,
   type KeyStore,
@@ -72,6 +71,7 @@ import {
   type CustodianKeys,
   checkHandOutFiles,
   checkShareParameters,
+  clearAbandonedInit,
   custodiansFor,
   descriptionOf,
   HandOut,
@@ -81,6 +81,7 @@ import {
   isCallback,
   type QuorumSource,
   removeHandOutFiles,
+  renameStagedStore,
   type ShareDestination,
 } from './split.js';
 
@@ -240,7 +241,7 @@ export async function initDeviceSplitStoreDir(
   checkShareParameters(options.shares, options.threshold);
   const custodians = await custodiansFor(options.custodians, options.shares);
   if (await exists(loc.dbPath)) throw new KeyStoreError(`${loc.display} already has a key store`);
-  await refuseOrClearStaged(loc, options);
+  await clearAbandonedInit(loc, options);
   const recordedUri = withoutSecretSource(options.uri);
 
   const secret = await secretFor(scheme, options);
@@ -406,36 +407,9 @@ async function writeUri(uriPath: string, uri: string): Promise<void> {
   await rename(tmp, uriPath);
 }
 
-/**
- * A staged store left by an earlier init: refused when it recorded a ceremony (resume or abort
- * it), removed when it recorded nothing (a kill before anything was handed out or made).
- */
-async function refuseOrClearStaged(loc: StoreLocation, hooks: CeremonyHooks): Promise<void> {
-  const stagedPath = stagedStorePath(loc);
-  if (!(await exists(stagedPath))) return;
-  const pending = await readStagedPending(stagedPath);
-  if (pending) {
-    throw new CeremonyPendingError(
-      `an earlier \`keywarden init\` in ${loc.display} did not finish (share set ${pending.shareSet.shareSetId}, started ${pending.createdAt}): ` +
-        'finish it with `keywarden init --resume` or drop it with `keywarden init --abort`',
-    );
-  }
-  await removeStoreFiles(stagedPath);
-  hooks.onNotice?.('Removed the remains of an earlier init that stopped before any share was handed out.');
-}
-
-/** D/keystore.db.staged becomes D/keystore.db (rename, fsync of D), then the pending record goes. */
+/** D/keystore.db.staged becomes D/keystore.db (split.ts's renameStagedStore), then the pending record goes. */
 async function moveIntoPlace(loc: StoreLocation, hooks: CeremonyHooks): Promise<void> {
-  const stagedPath = stagedStorePath(loc);
-  if (await exists(`${stagedPath}-wal`)) {
-    // A crash left a write-ahead log: open and close the store so SQLite folds it in.
-    await (await SqliteKeyStore.open(stagedPath, { create: false })).close();
-  }
-  if (await exists(loc.dbPath)) throw new KeyStoreError(`${loc.display} already has a key store`);
-  await rename(stagedPath, loc.dbPath);
-  fsyncPath(loc.dir);
-  hooks.onStep?.('init:activated');
-  await rm(`${stagedPath}-shm`, { force: true });
+  await renameStagedStore(loc, hooks);
   await dropPendingRecord(loc.dbPath);
   hooks.onStep?.('init:done');
 }

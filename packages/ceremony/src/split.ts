@@ -563,8 +563,12 @@ export async function initSplitStoreDir(loc: StoreLocation, options: SplitInitOp
   }
 }
 
-/** A staged store with no pending record is a crash before anything was handed out: remove it. */
-async function clearAbandonedInit(loc: StoreLocation, hooks: CeremonyHooks): Promise<void> {
+/**
+ * A staged store left by an earlier init: refused when it recorded a ceremony (resume or abort
+ * it), removed when it recorded nothing (a kill before anything was handed out or made).
+ * @internal Also the device-secret init's (device-split.ts).
+ */
+export async function clearAbandonedInit(loc: StoreLocation, hooks: CeremonyHooks): Promise<void> {
   const stagedPath = stagedStorePath(loc);
   if (!(await exists(stagedPath))) return;
   const pending = await readStagedPending(stagedPath);
@@ -578,8 +582,11 @@ async function clearAbandonedInit(loc: StoreLocation, hooks: CeremonyHooks): Pro
   hooks.onNotice?.('Removed the remains of an earlier init that stopped before any share was handed out.');
 }
 
-/** The activation of an init: D/keystore.db.staged becomes D/keystore.db (rename, fsync of D). */
-async function moveStagedStoreIntoPlace(loc: StoreLocation, hooks: CeremonyHooks): Promise<void> {
+/**
+ * The activation of an init: D/keystore.db.staged becomes D/keystore.db (rename, fsync of D).
+ * @internal Also the device-secret init's (device-split.ts), which then drops its pending record.
+ */
+export async function renameStagedStore(loc: StoreLocation, hooks: CeremonyHooks): Promise<void> {
   const stagedPath = stagedStorePath(loc);
   if (await exists(`${stagedPath}-wal`)) {
     // A crash left a write-ahead log: open and close the store so SQLite folds it in.
@@ -590,6 +597,11 @@ async function moveStagedStoreIntoPlace(loc: StoreLocation, hooks: CeremonyHooks
   fsyncPath(loc.dir);
   hooks.onStep?.('init:activated');
   await rm(`${stagedPath}-shm`, { force: true });
+}
+
+/** renameStagedStore, then the ceremony's records are finished in the activated store. */
+async function moveStagedStoreIntoPlace(loc: StoreLocation, hooks: CeremonyHooks): Promise<void> {
+  await renameStagedStore(loc, hooks);
   const store = await SqliteKeyStore.open(loc.dbPath, { create: false });
   try {
     await finishActivatedCeremony(store);
