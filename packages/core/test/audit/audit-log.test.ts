@@ -254,7 +254,7 @@ describe('AuditLog', () => {
     await root.seal();
     const seen: AuditRecord[] = [];
     const log = new AuditLog({ store, root, toStore: false, callback: (r) => void seen.push(...r) });
-    const err = await log.record(event(1)).then(
+    const err = await Promise.resolve(log.record(event(1))).then(
       () => undefined,
       (e: unknown) => e,
     );
