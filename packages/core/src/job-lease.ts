@@ -3,9 +3,14 @@
  * (docs/fleet.md §Jobs started on one instance and resumed on another).
  *
  * A lease is a named record in the key store: who holds it, until when (the STORE's clock, so
- * instances with skewed clocks agree), and a fencing token that grows by one at every grant to a
- * new holder. A store offers leases through the optional {@link LeaseStore} capability
- * (@keywarden/store-postgres does; SQLite and the memory store serve one machine and do not).
+ * instances with skewed clocks agree), and a fencing token that grows by one at every grant. A
+ * store offers leases through the optional {@link LeaseStore} capability. Every store of this
+ * repository does, each with one clock that all its holders share:
+ * - @keywarden/store-postgres: the server's clock (clock_timestamp()), whatever machine the
+ *   instances run on;
+ * - @keywarden/store-sqlite: the wall clock of the one machine whose processes share the file
+ *   (SQLite's locking is for one machine; a lease read and written under SQLite's write lock);
+ * - MemoryKeyStore: the monotonic clock of its one process.
  *
  * - acquire: granted when the lease is free, expired, or already this holder's (a restarted
  *   instance with the same holder name takes its own lease back); else ConflictError naming no
@@ -109,9 +114,24 @@ export class JobLease {
    * the store offers no leases or an argument is malformed).
    */
   static async acquire(store: KeyStore, name: string, options: JobLeaseOptions): Promise<JobLease> {
+    const got = await JobLease.tryAcquire(store, name, options);
+    if (!(got instanceof JobLease)) {
+      throw new ConflictError(
+        `lease: ${name} is held by ${got.heldBy} for ${Math.ceil(got.expiresInMs / 1000)} s more; another instance is running this job`,
+      );
+    }
+    return got;
+  }
+
+  /**
+   * Like {@link JobLease.acquire}, but a lease held by another instance is returned as the store's
+   * refusal (who holds it, how long until it expires) instead of a ConflictError, so that a caller
+   * can decide to wait (e.g. for the lease of a process it knows is dead to expire).
+   */
+  static async tryAcquire(store: KeyStore, name: string, options: JobLeaseOptions): Promise<JobLease | LeaseRefusal> {
     const ttlMs = options.ttlMs ?? 30_000;
     if (!supportsLeases(store)) {
-      throw new InvalidInputError('lease: this key store offers no leases (use @keywarden/store-postgres)');
+      throw new InvalidInputError('lease: this key store offers no leases');
     }
     if (typeof name !== 'string' || !NAME_RE.test(name)) {
       throw new InvalidInputError('lease: name must be 1..128 characters of [A-Za-z0-9._:/-]');
@@ -123,11 +143,7 @@ export class JobLease {
       throw new InvalidInputError('lease: ttlMs must be an integer ≥ 1000');
     const sentAt = performance.now();
     const got = await store.acquireLease(name, options.holder, ttlMs);
-    if (!('token' in got)) {
-      throw new ConflictError(
-        `lease: ${name} is held by ${got.heldBy} for ${Math.ceil(got.expiresInMs / 1000)} s more; another instance is running this job`,
-      );
-    }
+    if (!('token' in got)) return got;
     return new JobLease(store, got, ttlMs, sentAt);
   }
 

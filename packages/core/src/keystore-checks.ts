@@ -4,7 +4,7 @@
  * same inputs with the same messages. Exported from the package as `keyStoreChecks` for store
  * implementers; the @keywarden/testkit conformance suite holds every store to them.
  */
-import { ConflictError, InvalidInputError, KeyNotFoundError, KeyStateError } from './errors.js';
+import { ConflictError, InvalidInputError, KeyNotFoundError, KeyStateError, StoreCorruptError } from './errors.js';
 import type {
   KeyRecord,
   KeyUpdate,
@@ -308,4 +308,104 @@ export function conflictError(keyId: string): ConflictError {
   return new ConflictError(
     `keystore: key ${quote(keyId)} was changed by someone else since it was read (another process rotated or changed it); nothing was changed — read it again and retry if still wanted`,
   );
+}
+
+// ── Leases (the optional LeaseStore capability, job-lease.ts) ─────────────────────────────────
+
+/** The record a store keeps for a lease, as meta "lease/<name>" (JSON): the same on every store. */
+export interface LeaseRecord {
+  holder: string;
+  /** Fencing token of the current (or last) grant: grows by one at every grant. */
+  token: number;
+  /** When the grant ends, ms since the epoch by the store's clock; 0 once released. */
+  expiresAt: number;
+}
+
+/** The meta record that holds lease `name`. */
+export function leaseMetaName(name: string): string {
+  return `lease/${name}`;
+}
+
+/** Check acquireLease's arguments. */
+export function checkLeaseRequest(name: unknown, holder: unknown, ttlMs: unknown): void {
+  checkText(name, 'lease name');
+  checkText(holder, 'lease holder');
+  checkLeaseTtl(ttlMs);
+}
+
+/** A lease TTL is a positive integer of milliseconds. */
+export function checkLeaseTtl(ttlMs: unknown): asserts ttlMs is number {
+  // At most 2^40 ms (about 35 years): an expiry (now + TTL) stays a safe integer.
+  if (typeof ttlMs !== 'number' || !Number.isSafeInteger(ttlMs) || ttlMs < 1 || ttlMs > 2 ** 40) {
+    throw new InvalidInputError('keystore: a lease TTL must be a positive integer (ms), at most 2^40');
+  }
+}
+
+/** Check a grant handed back to renewLease, releaseLease or putMetaUnderLease. */
+export function checkLeaseGrant(grant: unknown): asserts grant is { name: string; holder: string; token: number } {
+  const g = grant as { name?: unknown; holder?: unknown; token?: unknown } | null;
+  if (typeof g !== 'object' || g === null) throw new InvalidInputError('keystore: a lease grant must be an object');
+  checkText(g.name, 'lease name');
+  checkText(g.holder, 'lease holder');
+  if (typeof g.token !== 'number' || !Number.isSafeInteger(g.token) || g.token < 1) {
+    throw new InvalidInputError('keystore: a lease token must be a positive integer');
+  }
+}
+
+/** Lease records are written through the lease calls only, never through putMetaUnderLease. */
+export function checkFencedMetaName(meta: unknown): asserts meta is string {
+  checkText(meta, 'meta name');
+  if (meta.startsWith('lease/')) {
+    throw new InvalidInputError('keystore: lease records are written through the lease calls only');
+  }
+}
+
+export function encodeLease(lease: LeaseRecord): Uint8Array {
+  return new TextEncoder().encode(JSON.stringify(lease));
+}
+
+/** The stored lease (undefined: never granted); a damaged record is a StoreCorruptError. */
+export function decodeLease(value: Uint8Array | undefined): LeaseRecord | undefined {
+  if (value === undefined || value.length === 0) return undefined;
+  try {
+    const r = JSON.parse(new TextDecoder('utf-8', { fatal: true }).decode(value)) as Partial<LeaseRecord>;
+    if (typeof r.holder === 'string' && Number.isSafeInteger(r.token) && Number.isSafeInteger(r.expiresAt)) {
+      return { holder: r.holder, token: r.token as number, expiresAt: r.expiresAt as number };
+    }
+  } catch {
+    // Fall through.
+  }
+  throw new StoreCorruptError('keystore: a lease record is damaged');
+}
+
+/** Whether `lease` is still exactly this grant at `now`: same holder and token, not expired. */
+export function leaseHolds(
+  lease: LeaseRecord | undefined,
+  grant: { holder: string; token: number },
+  now: number,
+): boolean {
+  return lease !== undefined && lease.holder === grant.holder && lease.token === grant.token && lease.expiresAt > now;
+}
+
+/** putMetaUnderLease found the grant gone: the stale holder's write is refused. */
+export function leaseLostError(grant: { name: string; holder: string }): ConflictError {
+  return new ConflictError(
+    `keystore: lease ${quote(grant.name)} is no longer held by ${quote(grant.holder)} (expired, or taken by another instance); nothing was written`,
+  );
+}
+
+/**
+ * The decision of acquireLease, the same on every store: granted (with the next token) when the
+ * lease is free, expired or already `holder`'s; else refused, naming the holder and the time left.
+ */
+export function decideLease(
+  lease: LeaseRecord | undefined,
+  holder: string,
+  ttlMs: number,
+  now: number,
+): { grant: LeaseRecord } | { refusal: { heldBy: string; expiresInMs: number } } {
+  if (lease && lease.holder !== holder && lease.expiresAt > now) {
+    return { refusal: { heldBy: lease.holder, expiresInMs: lease.expiresAt - now } };
+  }
+  return { grant: { holder, token: (lease?.token ?? 0) + 1, expiresAt: now + ttlMs } };
 }

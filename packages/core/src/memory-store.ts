@@ -37,7 +37,19 @@ import {
   rewrapDestroyedError,
   rewrapMissingError,
   rewrapUnlistedError,
+  checkFencedMetaName,
+  checkLeaseGrant,
+  checkLeaseRequest,
+  checkLeaseTtl,
+  decideLease,
+  decodeLease,
+  encodeLease,
+  type LeaseRecord,
+  leaseHolds,
+  leaseLostError,
+  leaseMetaName,
 } from './keystore-checks.js';
+import type { LeaseGrant, LeaseRefusal, LeaseStore } from './job-lease.js';
 import type {
   KeyLifecycle,
   KeyRecord,
@@ -57,7 +69,7 @@ interface Lifecycle {
   uses: Map<number, number>;
 }
 
-export class MemoryKeyStore implements KeyStore {
+export class MemoryKeyStore implements KeyStore, LeaseStore {
   readonly #keys = new Map<string, KeyRecord>();
   /** name → id */
   readonly #names = new Map<string, string>();
@@ -334,6 +346,59 @@ export class MemoryKeyStore implements KeyStore {
     this.#meta.set(update.meta.name, new Uint8Array(update.meta.value));
   }
 
+  /**
+   * Leases (core's LeaseStore, job-lease.ts), kept as meta "lease/<name>" like the durable stores.
+   * The clock is this process's monotonic clock (performance.timeOrigin + performance.now()): a
+   * memory store lives in one process, so every holder reads the same clock, and a wall-clock step
+   * cannot shorten or stretch a lease. Each call runs without an await, so it is atomic here.
+   */
+  async acquireLease(name: string, holder: string, ttlMs: number): Promise<LeaseGrant | LeaseRefusal> {
+    this.#assertOpen();
+    checkLeaseRequest(name, holder, ttlMs);
+    const decision = decideLease(this.#lease(name), holder, ttlMs, monotonicNow());
+    if ('refusal' in decision) return decision.refusal;
+    this.#setLease(name, decision.grant);
+    return { name, holder, token: decision.grant.token };
+  }
+
+  async renewLease(grant: LeaseGrant, ttlMs: number): Promise<boolean> {
+    this.#assertOpen();
+    checkLeaseGrant(grant);
+    checkLeaseTtl(ttlMs);
+    const now = monotonicNow();
+    if (!leaseHolds(this.#lease(grant.name), grant, now)) return false;
+    this.#setLease(grant.name, { holder: grant.holder, token: grant.token, expiresAt: now + ttlMs });
+    return true;
+  }
+
+  async releaseLease(grant: LeaseGrant): Promise<void> {
+    this.#assertOpen();
+    checkLeaseGrant(grant);
+    // Expired now; the token stays, so the next grant's is higher.
+    if (leaseHolds(this.#lease(grant.name), grant, monotonicNow())) {
+      this.#setLease(grant.name, { holder: grant.holder, token: grant.token, expiresAt: 0 });
+    }
+  }
+
+  async putMetaUnderLease(grant: LeaseGrant, meta: string, value: Uint8Array | undefined): Promise<void> {
+    this.#assertOpen();
+    checkLeaseGrant(grant);
+    checkFencedMetaName(meta);
+    if (value !== undefined) checkBytes(value, 'meta value');
+    if (!leaseHolds(this.#lease(grant.name), grant, monotonicNow())) throw leaseLostError(grant);
+    wipe(this.#meta.get(meta));
+    if (value === undefined) this.#meta.delete(meta);
+    else this.#meta.set(meta, new Uint8Array(value));
+  }
+
+  #lease(name: string): LeaseRecord | undefined {
+    return decodeLease(this.#meta.get(leaseMetaName(name)));
+  }
+
+  #setLease(name: string, lease: LeaseRecord): void {
+    this.#meta.set(leaseMetaName(name), encodeLease(lease));
+  }
+
   /** Idempotent. Wipes every stored material and meta value. */
   async close(): Promise<void> {
     if (this.#closed) return;
@@ -395,4 +460,9 @@ function copyVersion(v: KeyVersionRecord): KeyVersionRecord {
 /** Unicode code-point order, which is UTF-8 byte order: the order SQLite's BINARY collation gives. */
 function compareCodePoints(a: string, b: string): number {
   return Buffer.compare(Buffer.from(a, 'utf8'), Buffer.from(b, 'utf8'));
+}
+
+/** Milliseconds on this process's monotonic clock, on the scale of the epoch. */
+function monotonicNow(): number {
+  return Math.floor(performance.timeOrigin + performance.now());
 }

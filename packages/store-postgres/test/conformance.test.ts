@@ -19,6 +19,7 @@ if (unavailable) {
     } finally {
       await admin.end();
     }
-    return { store };
+    // Another pool on the same schema, as another instance would open it (the lease races).
+    return { store, connect: () => openStore(schema) };
   });
 }

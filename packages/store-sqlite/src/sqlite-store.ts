@@ -48,6 +48,9 @@ import {
   type KeyVersionRecord,
   type KeyVersionState,
   keyStoreChecks as checks,
+  type LeaseGrant,
+  type LeaseRefusal,
+  type LeaseStore,
   type RootUpdate,
   StoreCorruptError,
   StoreReplacedError,
@@ -196,7 +199,7 @@ interface FileIdentity {
   wal: FileId | undefined;
 }
 
-export class SqliteKeyStore implements KeyStore {
+export class SqliteKeyStore implements KeyStore, LeaseStore {
   #db: Db | undefined;
   readonly #sql: Statements;
   readonly #readonly: boolean;
@@ -556,6 +559,78 @@ export class SqliteKeyStore implements KeyStore {
       this.#sql.putMeta.run(update.meta.name, asBuffer(update.meta.value));
     });
     truncateWal(db);
+  }
+
+  /**
+   * Leases for jobs that one process at a time may run (core's LeaseStore, job-lease.ts;
+   * docs/lifecycle.md §Jobs under a lease): the meta record "lease/<name>" holds the holder, the
+   * fencing token and the expiry, as on PostgreSQL. Each call is one IMMEDIATE transaction, so
+   * the lease is read, decided and written under SQLite's write lock: of processes racing for a
+   * free lease exactly one is granted, and a fenced write commits only if the grant still holds
+   * at that instant.
+   *
+   * The clock: SQLite has no server, so "now" is this machine's wall clock (Date.now()), read
+   * under the write lock. Every process that shares one SQLite file runs on one machine (SQLite's
+   * file locking is not safe over a network file system), so they all read the same clock. A
+   * step of that clock moves every lease's expiry: a step forward can end a grant early — the
+   * holder's fenced writes are then refused and JobLease stops it, so the job's record is never
+   * written by two holders; a step back lengthens a grant by the step, delaying a takeover.
+   */
+  async acquireLease(name: string, holder: string, ttlMs: number): Promise<LeaseGrant | LeaseRefusal> {
+    this.#writable();
+    checks.checkLeaseRequest(name, holder, ttlMs);
+    return this.#write('acquireLease', (): LeaseGrant | LeaseRefusal => {
+      const decision = checks.decideLease(this.#lease(name), holder, ttlMs, Date.now());
+      if ('refusal' in decision) return decision.refusal;
+      this.#putLease(name, decision.grant);
+      return { name, holder, token: decision.grant.token };
+    });
+  }
+
+  async renewLease(grant: LeaseGrant, ttlMs: number): Promise<boolean> {
+    this.#writable();
+    checks.checkLeaseGrant(grant);
+    checks.checkLeaseTtl(ttlMs);
+    return this.#write('renewLease', () => {
+      const now = Date.now();
+      if (!checks.leaseHolds(this.#lease(grant.name), grant, now)) return false;
+      this.#putLease(grant.name, { holder: grant.holder, token: grant.token, expiresAt: now + ttlMs });
+      return true;
+    });
+  }
+
+  async releaseLease(grant: LeaseGrant): Promise<void> {
+    this.#writable();
+    checks.checkLeaseGrant(grant);
+    this.#write('releaseLease', () => {
+      // Expired now; the token stays, so the next grant's is higher.
+      if (checks.leaseHolds(this.#lease(grant.name), grant, Date.now())) {
+        this.#putLease(grant.name, { holder: grant.holder, token: grant.token, expiresAt: 0 });
+      }
+    });
+  }
+
+  async putMetaUnderLease(grant: LeaseGrant, meta: string, value: Uint8Array | undefined): Promise<void> {
+    const db = this.#writable();
+    checks.checkLeaseGrant(grant);
+    checks.checkFencedMetaName(meta);
+    if (value !== undefined) checks.checkBytes(value, 'meta value');
+    this.#write('putMetaUnderLease', () => {
+      if (!checks.leaseHolds(this.#lease(grant.name), grant, Date.now())) throw checks.leaseLostError(grant);
+      if (value === undefined) this.#sql.deleteMeta.run(meta);
+      else this.#sql.putMeta.run(meta, asBuffer(value));
+    });
+    if (value === undefined) truncateWal(db);
+  }
+
+  /** The lease record (inside a write transaction). */
+  #lease(name: string): checks.LeaseRecord | undefined {
+    const row = this.#sql.getMeta.get(checks.leaseMetaName(name));
+    return checks.decodeLease(row && copyOut(row.value));
+  }
+
+  #putLease(name: string, lease: checks.LeaseRecord): void {
+    this.#sql.putMeta.run(checks.leaseMetaName(name), Buffer.from(checks.encodeLease(lease)));
   }
 
   /** Idempotent. The last connection to close checkpoints the WAL into the database file. */

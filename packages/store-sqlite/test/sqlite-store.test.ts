@@ -33,6 +33,8 @@ describeKeyStoreConformance('SqliteKeyStore (file)', async () => {
   const dir = tempDir();
   return {
     store: SqliteKeyStore.open(join(dir, 'keys.db')),
+    // Another connection to the same file, as another process would open it.
+    connect: async () => SqliteKeyStore.open(join(dir, 'keys.db')),
     cleanup: async () => rmSync(dir, { recursive: true, force: true }),
   };
 });

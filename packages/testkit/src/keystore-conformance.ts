@@ -12,6 +12,9 @@ import type {
   KeyStore,
   KeyVersionRecord,
   KeyVersionState,
+  LeaseGrant,
+  LeaseRefusal,
+  LeaseStore,
   RootRewrap,
   RootUpdate,
 } from '@keywarden/core';
@@ -19,6 +22,11 @@ import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 
 export interface KeyStoreFixture {
   store: KeyStore;
+  /**
+   * Another connection to the same store (what another process would open), for the races between
+   * connections of the lease part; the suite closes it. Omitted: the races run on `store` alone.
+   */
+  connect?: () => Promise<KeyStore>;
   /** Runs after the suite has closed `store` (remove temporary files, drop a database…). */
   cleanup?: () => Promise<void>;
 }
@@ -164,6 +172,8 @@ async function rootRotationSample(store: KeyStore): Promise<{ live: Array<[strin
   };
 }
 
+type LeaseAnswer = LeaseGrant | LeaseRefusal;
+
 /**
  * Registers the KeyStore conformance suite. `factory` is called before every test and must
  * return a fresh, empty store; the suite closes it after each test, then calls `cleanup`.
@@ -172,15 +182,19 @@ export function describeKeyStoreConformance(name: string, factory: KeyStoreFacto
   describe(`KeyStore conformance: ${name}`, () => {
     let store: KeyStore;
     let cleanup: (() => Promise<void>) | undefined;
+    let connect: (() => Promise<KeyStore>) | undefined;
+    const others: KeyStore[] = [];
 
     beforeEach(async () => {
       const fixture = await factory();
       store = fixture.store;
       cleanup = fixture.cleanup;
+      connect = fixture.connect;
     });
 
     afterEach(async () => {
       try {
+        for (const other of others.splice(0)) await other.close();
         await store.close();
       } finally {
         await cleanup?.();
@@ -1227,6 +1241,151 @@ export function describeKeyStoreConformance(name: string, factory: KeyStoreFacto
         await expectRejects(() => store.reserveUses(key.id, 3, 1), 'KW_KEY_NOT_FOUND');
         await expectRejects(() => store.reserveUses(key.id, 1, 0), 'KW_BAD_INPUT');
         await expectRejects(() => store.reserveUses(key.id, 1, 1.5), 'KW_BAD_INPUT');
+      });
+    });
+
+    // Leases are optional in core (LeaseStore, job-lease.ts): every store of this repository has
+    // them, so their absence fails here. The clock is each store's own; the waits below only let a
+    // short lease run out, they assert no duration.
+    describe('leases (LeaseStore: holder, TTL, fencing token, renew, release, takeover)', () => {
+      const leases = (s: KeyStore = store): KeyStore & LeaseStore => {
+        const l = s as KeyStore & Partial<LeaseStore>;
+        for (const m of ['acquireLease', 'renewLease', 'releaseLease', 'putMetaUnderLease'] as const) {
+          if (typeof l[m] !== 'function') throw new Error(`this store has no ${m}`);
+        }
+        return l as KeyStore & LeaseStore;
+      };
+      const granted = (r: LeaseAnswer): LeaseGrant => {
+        if (!('token' in r)) throw new Error(`expected a grant, got a refusal: held by ${r.heldBy}`);
+        return r;
+      };
+      const connection = async (): Promise<KeyStore> => {
+        if (!connect) return store;
+        const other = await connect();
+        others.push(other);
+        return other;
+      };
+      const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+      it('a free lease is granted to the first holder with a positive token; another holder is refused with the holder and the time left', async () => {
+        const a = granted(await leases().acquireLease('rewrap', 'host-a#1', 60_000));
+        expect(a).toMatchObject({ name: 'rewrap', holder: 'host-a#1' });
+        expect(Number.isSafeInteger(a.token) && a.token >= 1).toBe(true);
+        const refused = await leases(await connection()).acquireLease('rewrap', 'host-b#2', 60_000);
+        expect(refused).toMatchObject({ heldBy: 'host-a#1' });
+        const left = (refused as { expiresInMs: number }).expiresInMs;
+        expect(left > 0 && left <= 60_000).toBe(true);
+        // Leases of other names are independent.
+        granted(await leases().acquireLease('root-rotation', 'host-b#2', 60_000));
+      });
+
+      it('of 8 holders racing for one free lease (on separate connections) exactly one is granted; the others are refused naming it', async () => {
+        const stores = await Promise.all(Array.from({ length: 8 }, () => connection()));
+        const answers = await Promise.all(stores.map((s, i) => leases(s).acquireLease('race', `holder-${i}`, 60_000)));
+        const winners = answers.filter((r): r is LeaseGrant => 'token' in r);
+        expect(winners).toHaveLength(1);
+        for (const r of answers) {
+          if (!('token' in r)) expect(r.heldBy).toBe(winners[0]?.holder);
+        }
+      });
+
+      it('the same holder acquiring again gets a new, higher token, and its earlier grant is fenced out', async () => {
+        const first = granted(await leases().acquireLease('job', 'host-a#1', 60_000));
+        const second = granted(await leases().acquireLease('job', 'host-a#1', 60_000));
+        expect(second.token).toBeGreaterThan(first.token);
+        expect(await leases().renewLease(first, 60_000)).toBe(false);
+        await expectRejects(() => leases().putMetaUnderLease(first, 'job-state', Uint8Array.of(1)), 'KW_CONFLICT');
+        expect(await store.getMeta('job-state')).toBeUndefined();
+        expect(await leases().renewLease(second, 60_000)).toBe(true);
+      });
+
+      it('an expired lease is taken over by another holder with a higher token; the stale holder cannot renew, release or write under it', async () => {
+        const stale = granted(await leases().acquireLease('job', 'host-a#1', 50));
+        await leases().putMetaUnderLease(stale, 'job-state', Uint8Array.of(1));
+        await sleep(300);
+        const other = await connection();
+        const next = granted(await leases(other).acquireLease('job', 'host-b#2', 60_000));
+        expect(next.token).toBeGreaterThan(stale.token);
+        expect(await leases().renewLease(stale, 60_000)).toBe(false);
+        await expectRejects(() => leases().putMetaUnderLease(stale, 'job-state', Uint8Array.of(2)), 'KW_CONFLICT');
+        await expectRejects(() => leases().putMetaUnderLease(stale, 'job-state', undefined), 'KW_CONFLICT');
+        expect(bytesOf(await store.getMeta('job-state'))).toEqual([1]);
+        await leases().releaseLease(stale);
+        // The stale release changed nothing: the new holder still holds it.
+        expect(await leases().acquireLease('job', 'host-c#3', 60_000)).toMatchObject({ heldBy: 'host-b#2' });
+        await leases(other).putMetaUnderLease(next, 'job-state', Uint8Array.of(3));
+        expect(bytesOf(await store.getMeta('job-state'))).toEqual([3]);
+      });
+
+      it('a lease not renewed runs out: after its TTL, a fenced write of its holder is refused and nothing is written', async () => {
+        const grant = granted(await leases().acquireLease('job', 'host-a#1', 50));
+        await sleep(300);
+        await expectRejects(() => leases().putMetaUnderLease(grant, 'job-state', Uint8Array.of(1)), 'KW_CONFLICT');
+        expect(await store.getMeta('job-state')).toBeUndefined();
+        expect(await leases().renewLease(grant, 60_000)).toBe(false);
+      });
+
+      it('renewLease extends a held grant by the TTL given (counted from the renewal)', async () => {
+        const grant = granted(await leases().acquireLease('job', 'host-a#1', 5_000));
+        expect(await leases().renewLease(grant, 600_000)).toBe(true);
+        const refused = await leases().acquireLease('job', 'host-b#2', 60_000);
+        expect((refused as { expiresInMs: number }).expiresInMs).toBeGreaterThan(5_000);
+      });
+
+      it('releaseLease frees the lease at once (the next grant has a higher token); renewing or writing under a released grant fails; releasing twice is harmless', async () => {
+        const grant = granted(await leases().acquireLease('job', 'host-a#1', 60_000));
+        await leases().releaseLease(grant);
+        await leases().releaseLease(grant);
+        expect(await leases().renewLease(grant, 60_000)).toBe(false);
+        await expectRejects(() => leases().putMetaUnderLease(grant, 'job-state', Uint8Array.of(1)), 'KW_CONFLICT');
+        const next = granted(await leases(await connection()).acquireLease('job', 'host-b#2', 60_000));
+        expect(next.token).toBeGreaterThan(grant.token);
+      });
+
+      it('fencing tokens only grow, across releases, expiries and holders', async () => {
+        const tokens: number[] = [];
+        for (const holder of ['a', 'b', 'a', 'c']) {
+          const g = granted(await leases().acquireLease('job', holder, 60_000));
+          tokens.push(g.token);
+          await leases().releaseLease(g);
+        }
+        tokens.push(granted(await leases().acquireLease('job', 'd', 50)).token);
+        await sleep(300);
+        tokens.push(granted(await leases().acquireLease('job', 'e', 60_000)).token);
+        for (let i = 1; i < tokens.length; i++) expect(tokens[i]).toBeGreaterThan(tokens[i - 1] as number);
+      });
+
+      it('putMetaUnderLease writes and deletes a meta record while the grant holds', async () => {
+        const grant = granted(await leases().acquireLease('job', 'host-a#1', 60_000));
+        await leases().putMetaUnderLease(grant, 'job-state', Uint8Array.of(7, 7));
+        expect(bytesOf(await store.getMeta('job-state'))).toEqual([7, 7]);
+        await leases().putMetaUnderLease(grant, 'job-state', undefined);
+        expect(await store.getMeta('job-state')).toBeUndefined();
+      });
+
+      it('bad arguments reject with InvalidInputError (KW_BAD_INPUT): empty name or holder, a TTL that is not a positive integer, a fenced write to a lease record', async () => {
+        await expectRejects(() => leases().acquireLease('', 'h', 1000), 'KW_BAD_INPUT');
+        await expectRejects(() => leases().acquireLease('job', '', 1000), 'KW_BAD_INPUT');
+        for (const ttl of [0, -5, 1.5, Number.NaN]) {
+          await expectRejects(() => leases().acquireLease('job', 'h', ttl), 'KW_BAD_INPUT');
+        }
+        const grant = granted(await leases().acquireLease('job', 'h', 60_000));
+        await expectRejects(() => leases().renewLease(grant, 0), 'KW_BAD_INPUT');
+        await expectRejects(() => leases().putMetaUnderLease(grant, 'lease/job', Uint8Array.of(1)), 'KW_BAD_INPUT');
+        await expectRejects(
+          () => leases().putMetaUnderLease(grant, 'job-state', 'text' as unknown as Uint8Array),
+          'KW_BAD_INPUT',
+        );
+        expect(await store.getMeta('job-state')).toBeUndefined();
+      });
+
+      it('every lease call after close() rejects with ClosedError (KW_CLOSED)', async () => {
+        const grant = granted(await leases().acquireLease('job', 'h', 60_000));
+        await store.close();
+        await expectRejects(() => leases().acquireLease('job', 'h', 1000), 'KW_CLOSED');
+        await expectRejects(() => leases().renewLease(grant, 1000), 'KW_CLOSED');
+        await expectRejects(() => leases().releaseLease(grant), 'KW_CLOSED');
+        await expectRejects(() => leases().putMetaUnderLease(grant, 'job-state', Uint8Array.of(1)), 'KW_CLOSED');
       });
     });
 
