@@ -90,6 +90,11 @@ export class AgentAuth {
     };
   }
 
+  /** The agent's audit log (made by the first keywardenOptions), if it has one. */
+  get auditLog(): AuditLog | undefined {
+    return this.#audit;
+  }
+
   session(drop: () => void, tlsPrincipal?: string): AuthSession {
     const s: AuthSession =
       tlsPrincipal === undefined ? { drop } : { drop, principal: tlsPrincipal, tls: { checked: false } };

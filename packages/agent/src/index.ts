@@ -38,6 +38,12 @@ export {
 } from './fleet.js';
 export type { SocketLocation } from './_socket.js';
 export {
+  type AgentCheckpointOptions,
+  type AgentCheckpointWriter,
+  CHECKPOINT_FAILED_OP,
+  CHECKPOINT_PRINCIPAL,
+} from './_checkpoint.js';
+export {
   type AgentClientTlsOptions,
   type AgentListenOptions,
   type AgentTcpEndpoint,

@@ -74,6 +74,7 @@ import {
   unsealWithSession,
 } from '@keywarden/split-knowledge';
 import { AgentAuth, type AuthSession } from './_auth.js';
+import { type AgentCheckpointOptions, AgentCheckpoints } from './_checkpoint.js';
 import { Connection, type ConnectionLimits } from './_connection.js';
 import { describeForLog, type SocketLocation, socketLocation, systemErrorText } from './_socket.js';
 import {
@@ -183,6 +184,11 @@ export interface AgentServerOptions {
    * anonymous clients, and unix-socket clients then present tokens too.
    */
   listen?: AgentListenOptions;
+  /**
+   * Sign the audit chain's head periodically, before a seal and on close (docs/agent-protocol.md
+   * §6, _checkpoint.ts). Turns the audit log on (into the key store) when `audit` is not given.
+   */
+  checkpoint?: AgentCheckpointOptions;
 }
 
 /** The share set of a device root's PIN / auth value (not secret). */
@@ -221,6 +227,7 @@ export class AgentServer {
   #root: RootOfTrust;
   #kw: Keywarden;
   readonly #auth: AgentAuth;
+  readonly #checkpoints: AgentCheckpoints | undefined;
   #session: UnsealSession | undefined;
   /** The store's unseal description when it differs from the loaded root's (rekeyed while unsealed). */
   #storedUnseal: UnsealMethod | undefined;
@@ -236,8 +243,15 @@ export class AgentServer {
     this.#auth = new AgentAuth(store, {
       ...options,
       authenticate: options.authenticate ?? (options.listen !== undefined ? true : undefined),
+      // Checkpoints sign the log's head: there must be a log.
+      audit: options.audit ?? (options.checkpoint ? {} : undefined),
     });
     this.#kw = new Keywarden({ store, root, ...this.#auth.keywardenOptions(store, root) });
+    const auditLog = this.#auth.auditLog;
+    this.#checkpoints =
+      options.checkpoint && auditLog
+        ? new AgentCheckpoints(options.checkpoint, auditLog, scrubbedLog(options.log))
+        : undefined;
     const factory = typeof options.root === 'function' ? options.root : undefined;
     this.#settings = {
       secretShares: options.secretShares,
@@ -287,6 +301,8 @@ export class AgentServer {
       }
       await agent.#listen();
       if (options.listen) await agent.#listenTls(options.listen);
+      const started = agent;
+      started.#checkpoints?.start(() => void started.#checkpoint('periodic'));
       // Again, now that an embedding process has long had the chance to make SIGUSR1 harmless: a
       // SIGUSR1 that came before may have started the inspector a moment after the first check.
       refuseInspector(options.allowInspector === true, log);
@@ -348,6 +364,11 @@ export class AgentServer {
     for (const s of this.#sockets) s.destroy();
     await closed;
     await tlsClosed;
+    // Clean shutdown: what was recorded since the last checkpoint is signed before the root goes.
+    if (this.#checkpoints) {
+      await this.#exclusive(() => this.#checkpointNow('shutdown')).catch(() => {});
+      await this.#checkpoints.close();
+    }
     if (this.#expiryTimer !== undefined) clearTimeout(this.#expiryTimer);
     this.#session?.reset();
     this.#session = undefined;
@@ -755,7 +776,13 @@ export class AgentServer {
     }
     // Recorded as the principal that asked (the same Keywarden, acting as it). The audit key is
     // loaded first: an agent whose first audited request is a seal could not record it after.
-    if (!this.isSealed()) await this.#auth.prepareSeal();
+    if (!this.isSealed()) {
+      await this.#auth.prepareSeal();
+      // What was recorded while unsealed is signed before the root goes (the seal record itself is
+      // covered by the first checkpoint after the next unseal).
+      await this.#checkpointNow('seal');
+      await this.#checkpoints?.drop();
+    }
     await acting.seal();
     this.#session?.reset();
     this.#session = undefined;
@@ -862,6 +889,17 @@ export class AgentServer {
     this.#expiryTimer.unref?.();
   }
 
+  /** A periodic checkpoint, serialized with unseal and seal (it must not sign across a seal). */
+  #checkpoint(why: string): Promise<void> {
+    if (this.#closed) return Promise.resolve();
+    return this.#exclusive(() => this.#checkpointNow(why)).catch(() => {});
+  }
+
+  /** Inside #exclusive: sign the head now when records are pending and the root is unsealed. */
+  async #checkpointNow(why: string): Promise<void> {
+    await this.#checkpoints?.checkpoint(this.#kw, this.isSealed(), why);
+  }
+
   #exclusive<T>(fn: () => Promise<T>): Promise<T> {
     const run = this.#lock.then(fn, fn);
     this.#lock = run.catch(() => {});
@@ -897,6 +935,15 @@ function checkOptions(options: AgentServerOptions): void {
   ] as const) {
     if (v !== undefined && !(Number.isSafeInteger(v) && v > 0 && v <= 2 ** 31 - 1)) {
       throw new AgentError(`agent: option "${name}" must be a positive integer`);
+    }
+  }
+  const cp = options.checkpoint;
+  if (cp !== undefined) {
+    if (typeof cp !== 'object' || cp === null || typeof cp.open !== 'function') {
+      throw new AgentError('agent: option "checkpoint" needs open (a function making the checkpoint writer)');
+    }
+    if (!(Number.isSafeInteger(cp.intervalMs) && cp.intervalMs >= 100 && cp.intervalMs <= 2 ** 31 - 1)) {
+      throw new AgentError('agent: option "checkpoint.intervalMs" must be an integer from 100 to 2147483647');
     }
   }
   const l = options.listen;

@@ -10,8 +10,10 @@ import * as path from 'node:path';
 import type { Command } from 'commander';
 import { InvalidArgumentError } from 'commander';
 import {
+  type AgentCheckpointOptions,
   type AgentClientTlsOptions,
   type AgentEndpoint,
+  CHECKPOINT_PRINCIPAL,
   type AgentListenOptions,
   DEFAULT_IDLE_TIMEOUT_SECONDS,
   DEFAULT_LINE_TIMEOUT_SECONDS,
@@ -21,6 +23,7 @@ import {
   sealAgents,
 } from '@keywarden/agent';
 import { startFolderAgent, startStoreAgent } from '@keywarden/ceremony';
+import { readStoreAuditHead } from '@keywarden/core';
 import { EXIT_FAILURE, systemErrorText, UsageError } from '../errors.js';
 import type { CliIO } from '../io.js';
 import { AGENT_SOCKET_ENV, AGENT_SOCKET_FILE, loadFolderRootBackend } from '../store-dir.js';
@@ -30,6 +33,7 @@ const SEALED_MESSAGE =
   'keystore: sealed; unseal the root before using keys (the agent is sealed: unseal it with a quorum of shares, `keywarden unseal`)';
 
 import { locationOf, socketOf } from './_common.js';
+import { PG_SCHEMA_HELP, pgSchema, storeKind } from './_store-options.js';
 
 /** Seconds, possibly fractional, up to the UnsealSession's limit (~24.8 days). */
 function seconds(value: string): number {
@@ -56,18 +60,6 @@ function listenAddress(value: string): { host: string; port: number } {
   return { host: (m[1] as string).replace(/^\[|\]$/g, ''), port: Number(m[2]) };
 }
 
-function storeKind(value: string): 'folder' | 'postgres' {
-  if (value !== 'folder' && value !== 'postgres') throw new InvalidArgumentError('must be folder or postgres');
-  return value;
-}
-
-function pgSchema(value: string): string {
-  if (!/^[a-z_][a-z0-9_]{0,62}$/.test(value)) {
-    throw new InvalidArgumentError('must be a PostgreSQL schema name: a-z, 0-9 and _, not starting with a digit');
-  }
-  return value;
-}
-
 function principalFrom(value: string): 'uri' | 'cn' {
   if (value !== 'uri' && value !== 'cn') throw new InvalidArgumentError('must be uri or cn');
   return value;
@@ -89,6 +81,43 @@ interface AgentCommandOptions {
   pollInterval?: number;
   pollOnly?: boolean;
   socket?: string;
+  checkpointKeyPair?: string;
+  checkpointInterval?: number;
+}
+
+/** How often an agent signs the audit chain's head by default (with --checkpoint-key-pair). */
+const DEFAULT_CHECKPOINT_SECONDS = 300;
+
+/**
+ * --checkpoint-key-pair NAME [--checkpoint-interval S]: the agent signs the audit chain's head with
+ * key pair NAME of @keywarden/pki (held under its KEK, or in the root device with storage "root")
+ * every S seconds when records were written since the last checkpoint, before a seal and at
+ * shutdown. Off without --checkpoint-key-pair: the key pair and its certificate are made first
+ * (\`keywarden cert ca|request\`), and the verifier keeps the certificate.
+ */
+async function checkpointOptions(opts: AgentCommandOptions): Promise<AgentCheckpointOptions | undefined> {
+  if (opts.checkpointKeyPair === undefined) {
+    if (opts.checkpointInterval !== undefined) {
+      throw new UsageError('agent: --checkpoint-interval goes with --checkpoint-key-pair');
+    }
+    return undefined;
+  }
+  const name = opts.checkpointKeyPair;
+  const pki = await import('@keywarden/pki');
+  return {
+    intervalMs: Math.round((opts.checkpointInterval ?? DEFAULT_CHECKPOINT_SECONDS) * 1000),
+    open: async (kw) => {
+      // Unwrapped once per unseal (the agent drops the writer at a seal); each checkpoint signs.
+      const signer = await new pki.KeyPairs({ keywarden: kw }).signer(name);
+      return {
+        write: (log) =>
+          pki.writeCheckpoint(log, signer, {
+            principal: CHECKPOINT_PRINCIPAL,
+            readHead: async () => (await readStoreAuditHead(kw.store, await log.key())) ?? { seq: 0, mac: '' },
+          }),
+      };
+    },
+  };
 }
 
 /** Largest certificate (chain) or key file read (PEM). */
@@ -202,10 +231,19 @@ function startOptions(cmd: Command): Command {
       "the key store served: the key-store folder (default), or a fleet's PostgreSQL store, reached through $KEYWARDEN_PG_URL and $KEYWARDEN_PG_PASSWORD_FILE (docs/fleet.md)",
       storeKind,
     )
-    .option('--pg-schema <name>', 'with --store postgres: the schema holding the store (default keywarden)', pgSchema)
+    .option('--pg-schema <name>', PG_SCHEMA_HELP, pgSchema)
     .option(
       '--poll-interval <seconds>',
       `with --store postgres: also compare the store's change counter this often, for changes whose notification was missed (default ${DEFAULT_POLL_SECONDS})`,
+      seconds,
+    )
+    .option(
+      '--checkpoint-key-pair <name>',
+      "sign the audit chain's head with this key pair (`keywarden cert ca|request`) every --checkpoint-interval, before a seal and at shutdown; `audit verify --checkpoint-cert` checks them",
+    )
+    .option(
+      '--checkpoint-interval <seconds>',
+      `with --checkpoint-key-pair: how often to sign when records were written (default ${DEFAULT_CHECKPOINT_SECONDS})`,
       seconds,
     )
     .option(
@@ -366,9 +404,10 @@ async function startAgent(io: CliIO, cmd: Command): Promise<void> {
   ) {
     throw new UsageError('agent: --pg-schema, --poll-interval and --poll-only go with --store postgres');
   }
+  const checkpoint = await checkpointOptions(opts);
   const listen = await listenOptions(io, opts);
   if (opts.store === 'postgres') {
-    await startPostgresAgent(io, opts, listen);
+    await startPostgresAgent(io, opts, listen, checkpoint);
     return;
   }
   const loc = locationOf(cmd, io);
@@ -393,6 +432,7 @@ async function startAgent(io: CliIO, cmd: Command): Promise<void> {
         ...(opts.maxConnections !== undefined ? { maxConnections: opts.maxConnections } : {}),
         ...(opts.allowInspector ? { allowInspector: true } : {}),
         ...(listen ? { listen } : {}),
+        ...(checkpoint ? { checkpoint } : {}),
       },
       { cwd: io.cwd, env: io.env },
     );
@@ -420,6 +460,7 @@ async function startPostgresAgent(
   io: CliIO,
   opts: AgentCommandOptions,
   listen: AgentListenOptions | undefined,
+  checkpoint: AgentCheckpointOptions | undefined,
 ): Promise<void> {
   const log = (line: string) => {
     io.stderr.write(`keywarden agent: ${line}\n`);
@@ -448,6 +489,7 @@ async function startPostgresAgent(
         ...(opts.maxConnections !== undefined ? { maxConnections: opts.maxConnections } : {}),
         ...(opts.allowInspector ? { allowInspector: true } : {}),
         ...(listen ? { listen } : {}),
+        ...(checkpoint ? { checkpoint } : {}),
       });
     } catch (err) {
       await store.close().catch(() => {});
