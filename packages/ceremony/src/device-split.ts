@@ -35,7 +35,6 @@ import {
   FormatError,
   InvalidInputError,
   type KeyStore,
-  KeyStoreError,
   openRoot,
   parsePkcs11Uri,
   type RootDescription,
@@ -59,6 +58,7 @@ import { readStagedPending } from './pending.js';
 import { fsyncPath, messageOf } from './_files.js';
 import {
   exists,
+  refuseExistingStore,
   removeStoreFiles,
   ROOT_URI_FILE,
   SHARES_OUT_DIR,
@@ -240,7 +240,7 @@ export async function initDeviceSplitStoreDir(
   if (/[\r\n]/.test(options.uri)) throw new InvalidInputError('init: a root URI is one line');
   checkShareParameters(options.shares, options.threshold);
   const custodians = await custodiansFor(options.custodians, options.shares);
-  if (await exists(loc.dbPath)) throw new KeyStoreError(`${loc.display} already has a key store`);
+  await refuseExistingStore(loc);
   await clearAbandonedInit(loc, options);
   const recordedUri = withoutSecretSource(options.uri);
 

@@ -8,6 +8,11 @@
  *   D/unseal.key         development mode only: the unseal key in text form, mode 0600
  *   D/agent.sock         split knowledge: the socket of a running agent (mode 0600)
  *   D/shares-out/        split knowledge: encrypted shares written by init/rekey, to hand out and delete
+ *   D/store.json         a store kept elsewhere: `{"format":1,"kind":"postgres","schema":"keywarden"}`
+ *                        (mode 0600, not secret: never a connection string or a password, which
+ *                        come from KEYWARDEN_PG_URL / KEYWARDEN_PG_PASSWORD_FILE). Absent: the
+ *                        SQLite store D/keystore.db. Written last by an init (postgres-folder.ts),
+ *                        as D/store.json.staged until the store's root is in place
  *   D/root.uri           a device root only (`pkcs11:…`, `tpm:…`): the root's URI, one line, mode 0600,
  *                        not secret (a URI carrying `pin-value` is refused). Absent: the software root
  *                        sealed in keystore.db, as in every folder made before device roots existed
@@ -43,6 +48,9 @@ export const UNSEAL_KEY_FILE = 'unseal.key';
 export const AGENT_SOCKET_FILE = 'agent.sock';
 export const SHARES_OUT_DIR = 'shares-out';
 export const ROOT_URI_FILE = 'root.uri';
+export const STORE_CONFIG_FILE = 'store.json';
+/** The schema of a folder's PostgreSQL store when init was given none (as `agent --store postgres`). */
+export const DEFAULT_PG_SCHEMA = 'keywarden';
 /** The root URI of a folder without D/root.uri. */
 export const SOFTWARE_ROOT_URI = 'software:';
 export const DIR_ENV = 'KEYWARDEN_DIR';
@@ -64,6 +72,11 @@ export interface StoreLocation {
   defaultUnsealKeyPath: string;
   /** How to show D in messages (relative to the working directory when under it). */
   display: string;
+  /**
+   * The environment a folder whose store is in PostgreSQL takes its connection from
+   * (KEYWARDEN_PG_URL, KEYWARDEN_PG_PASSWORD_FILE, libpq's PG*); default process.env.
+   */
+  env?: Readonly<Record<string, string | undefined>>;
 }
 
 /** D: `dir`, else $KEYWARDEN_DIR, else ./.keywarden, resolved against `at.cwd`. */
@@ -75,6 +88,7 @@ export function resolveStoreLocation(at: Surroundings, dir?: string): StoreLocat
     dbPath: path.join(abs, KEYSTORE_FILE),
     defaultUnsealKeyPath: path.join(abs, UNSEAL_KEY_FILE),
     display: displayPath(abs, at.cwd),
+    env: at.env,
   };
 }
 
@@ -98,8 +112,9 @@ export function openStoreFile(loc: StoreLocation, mode: 'read' | 'write'): Sqlit
   return SqliteKeyStore.open(loc.dbPath, mode === 'read' ? { readonly: true } : { create: false });
 }
 
-/** D has a key store (a file at D/keystore.db); else a KeyStoreError saying to initialize one. */
+/** D has a key store (a file at D/keystore.db, or D/store.json naming one elsewhere); else a KeyStoreError saying to initialize one. */
 export async function requireStore(loc: StoreLocation): Promise<void> {
+  if ((await readFolderStoreConfig(loc)) !== undefined) return;
   try {
     const st = await stat(loc.dbPath);
     if (st.isFile()) return;
@@ -110,6 +125,80 @@ export async function requireStore(loc: StoreLocation): Promise<void> {
   throw new KeyStoreError(`no key store in ${loc.display} (run \`keywarden init\`)`);
 }
 
+// ── Where the folder's store is ──────────────────────────────────────────────────────────────
+
+/** Where a folder's key store is: its own SQLite file, or a schema in a PostgreSQL database. */
+export type FolderStoreConfig = { kind: 'sqlite' } | { kind: 'postgres'; schema: string };
+
+/** A PostgreSQL schema name as the store takes it (lower case, at most 63). */
+export const PG_SCHEMA_NAME = /^[a-z_][a-z0-9_]{0,62}$/;
+
+/**
+ * D/store.json, parsed and checked; undefined when D has none (its store is D/keystore.db). The
+ * file holds only the kind and the schema: anything else in it (a connection string, a password)
+ * is refused as a damaged folder, so a secret is never read from or kept in it.
+ */
+export async function readFolderStoreConfig(
+  loc: StoreLocation,
+  file = path.join(loc.dir, STORE_CONFIG_FILE),
+): Promise<(FolderStoreConfig & Record<string, unknown>) | undefined> {
+  let text: string;
+  try {
+    text = await readFile(file, 'utf8');
+  } catch (err) {
+    const code = (err as NodeJS.ErrnoException).code;
+    if (code === 'ENOENT' || code === 'ENOTDIR') return undefined;
+    throw err;
+  }
+  const damaged = () =>
+    new KeyStoreError(`${displayPath(file, path.dirname(loc.dir))} is not a key-store config (damaged folder?)`);
+  let parsed: unknown;
+  try {
+    parsed = JSON.parse(text);
+  } catch {
+    throw damaged();
+  }
+  const c = parsed as Record<string, unknown> | null;
+  if (c === null || typeof c !== 'object' || Array.isArray(c) || c.format !== 1) throw damaged();
+  if (c.kind === 'postgres') {
+    if (typeof c.schema !== 'string' || !PG_SCHEMA_NAME.test(c.schema)) throw damaged();
+    // An init's staged config also names the root it is making and its unseal key file (postgres-folder.ts).
+    const extra = Object.keys(c).filter((k) => !['format', 'kind', 'schema', 'rootId', 'unsealKeyFile'].includes(k));
+    if (extra.length > 0) throw damaged();
+    for (const k of ['rootId', 'unsealKeyFile']) if (c[k] !== undefined && typeof c[k] !== 'string') throw damaged();
+    return c as FolderStoreConfig & Record<string, unknown>;
+  }
+  throw damaged();
+}
+
+/** The kind of D's key store: "postgres" when D/store.json names one, else "sqlite". */
+export async function folderStoreKind(loc: StoreLocation): Promise<FolderStoreConfig['kind']> {
+  return (await readFolderStoreConfig(loc))?.kind ?? 'sqlite';
+}
+
+/**
+ * Open D's key store, never creating or initializing it (only an init does): D/keystore.db
+ * (openStoreFile: read-only for callers that only read), or the PostgreSQL schema D/store.json
+ * names, reached through loc.env's KEYWARDEN_PG_URL and KEYWARDEN_PG_PASSWORD_FILE (else libpq's
+ * PG* variables), as `keywarden agent --store postgres` does. A schema holding no store is a
+ * KeyStoreError; nothing is created in it.
+ */
+export async function openFolderStore(loc: StoreLocation, mode: 'read' | 'write'): Promise<KeyStore> {
+  const config = await readFolderStoreConfig(loc);
+  if (config?.kind === 'postgres') return openPostgresStore(loc, config.schema, false);
+  return openStoreFile(loc, mode);
+}
+
+/** The PostgreSQL store of a folder (loaded only when a folder names one: `pg` is not needed otherwise). */
+export async function openPostgresStore(loc: StoreLocation, schema: string, create: boolean) {
+  const { PostgresKeyStore } = await import('@keywarden/store-postgres');
+  return PostgresKeyStore.open({
+    schema,
+    create,
+    env: { ...(loc.env ?? process.env) },
+  });
+}
+
 /** D's store and its software root, sealed. The caller closes both. A device-root folder is refused. */
 export async function openSealed(
   loc: StoreLocation,
@@ -117,7 +206,7 @@ export async function openSealed(
 ): Promise<{ store: KeyStore; root: SoftwareRoot }> {
   await requireStore(loc);
   await requireSoftwareRoot(loc);
-  const store: KeyStore = openStoreFile(loc, mode);
+  const store: KeyStore = await openFolderStore(loc, mode);
   try {
     return { store, root: await SoftwareRoot.load(store) };
   } catch (err) {
@@ -178,7 +267,7 @@ export async function openFolderRoot(
 ): Promise<{ store: KeyStore; root: RootOfTrust; uri: string }> {
   await requireStore(loc);
   const uri = await folderRootUri(loc);
-  const store: KeyStore = openStoreFile(loc, mode);
+  const store: KeyStore = await openFolderStore(loc, mode);
   try {
     const root =
       rootUriScheme(uri) === 'software'
@@ -255,7 +344,7 @@ export async function initStoreDir(loc: StoreLocation, options: InitOptions = {}
   if (options.printUnsealKey && options.unsealKeyFile !== undefined) {
     throw new InvalidInputError('init: printUnsealKey and unsealKeyFile cannot be used together');
   }
-  if (await exists(loc.dbPath)) throw new KeyStoreError(`${loc.display} already has a key store`);
+  await refuseExistingStore(loc);
   const keyPath = options.printUnsealKey
     ? undefined
     : options.unsealKeyFile !== undefined
@@ -343,7 +432,7 @@ export async function initDeviceStoreDir(loc: StoreLocation, options: DeviceInit
     );
   }
   if (/[\r\n]/.test(options.uri)) throw new InvalidInputError('init: a root URI is one line');
-  if (await exists(loc.dbPath)) throw new KeyStoreError(`${loc.display} already has a key store`);
+  await refuseExistingStore(loc);
   const created = await mkdir(loc.dir, { recursive: true, mode: 0o700 });
   if (created !== undefined) await chmod(loc.dir, 0o700);
   const uriPath = path.join(loc.dir, ROOT_URI_FILE);
@@ -382,8 +471,18 @@ export async function initDeviceStoreDir(loc: StoreLocation, options: DeviceInit
   }
 }
 
+/**
+ * Refuse an init in a folder that has a key store: D/keystore.db, or D/store.json naming one
+ * elsewhere (KeyStoreError, nothing changed).
+ */
+export async function refuseExistingStore(loc: StoreLocation): Promise<void> {
+  if ((await exists(loc.dbPath)) || (await exists(path.join(loc.dir, STORE_CONFIG_FILE)))) {
+    throw new KeyStoreError(`${loc.display} already has a key store`);
+  }
+}
+
 /** Create a file that must not exist yet, readable only by its owner, and fsync it. */
-async function writeSecretFile(file: string, content: string): Promise<void> {
+export async function writeSecretFile(file: string, content: string): Promise<void> {
   const fh = await open(file, 'wx', 0o600);
   try {
     await fh.chmod(0o600);

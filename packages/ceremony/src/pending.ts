@@ -14,7 +14,7 @@ import {
 } from '@keywarden/split-knowledge';
 import { SqliteKeyStore } from '@keywarden/store-sqlite';
 import { readDevicePendingInit } from './device-split.js';
-import { exists, type StoreLocation, stagedStorePath } from './layout.js';
+import { exists, folderStoreKind, openFolderStore, type StoreLocation, stagedStorePath } from './layout.js';
 
 /**
  * The pending record of a staged init store, or undefined when the init was killed before it
@@ -52,9 +52,10 @@ export async function pendingCeremonyOf(
     const pending = await readStagedPending(stagedPath);
     return pending ? { kind: 'init', pending } : undefined;
   }
-  if (!(await exists(loc.dbPath))) return undefined;
+  const onPostgres = (await folderStoreKind(loc)) === 'postgres';
+  if (!onPostgres && !(await exists(loc.dbPath))) return undefined;
   // A status report reads only: never create, initialize or migrate the file.
-  const store = await SqliteKeyStore.open(loc.dbPath, { readonly: true });
+  const store = onPostgres ? await openFolderStore(loc, 'read') : SqliteKeyStore.open(loc.dbPath, { readonly: true });
   try {
     const st = await pendingCeremonyState(store);
     return st.state === 'pending' ? { kind: st.pending.kind, pending: st.pending } : undefined;
@@ -73,9 +74,12 @@ export async function checkShareAgainstFolder(
   loc: StoreLocation,
   share: string | ParsedShare,
 ): Promise<Awaited<ReturnType<typeof checkShareAgainstStore>> | undefined> {
+  const onPostgres = (await folderStoreKind(loc)) === 'postgres';
   const file = (await exists(loc.dbPath)) ? loc.dbPath : stagedStorePath(loc);
-  if (!(await exists(file))) return undefined;
-  const store = SqliteKeyStore.open(file, file === loc.dbPath ? { readonly: true } : { create: false });
+  if (!onPostgres && !(await exists(file))) return undefined;
+  const store = onPostgres
+    ? await openFolderStore(loc, 'read')
+    : SqliteKeyStore.open(file, file === loc.dbPath ? { readonly: true } : { create: false });
   try {
     return await checkShareAgainstStore(store, share);
   } finally {

@@ -27,7 +27,7 @@ import {
   wipe,
 } from '@keywarden/core';
 import { destroyRootWithQuorum, rotateRoot, type ShareSetInfo } from '@keywarden/split-knowledge';
-import { openStoreFile, requireSoftwareRoot, requireStore, type StoreLocation } from './layout.js';
+import { openFolderStore, requireSoftwareRoot, requireStore, type StoreLocation } from './layout.js';
 import type { QuorumSource } from './split.js';
 
 export interface RootCeremonyOptions {
@@ -63,7 +63,7 @@ export interface RootDestroyResult {
 export async function rotateRootStoreDir(loc: StoreLocation, options: RootCeremonyOptions): Promise<RootRotateResult> {
   await requireStore(loc);
   await requireSoftwareRoot(loc);
-  const store: KeyStore = openStoreFile(loc, 'write');
+  const store: KeyStore = await openFolderStore(loc, 'write');
   let root: SoftwareRoot | undefined;
   try {
     root = await SoftwareRoot.load(store);
@@ -121,7 +121,7 @@ export async function destroyRootStoreDir(
 ): Promise<RootDestroyResult> {
   await requireStore(loc);
   await requireSoftwareRoot(loc);
-  const store = openStoreFile(loc, 'write');
+  const store = await openFolderStore(loc, 'write');
   try {
     const state = await readRootState(store);
     const unseal = consentMethodOf(state); // RootMissingError on a damaged store

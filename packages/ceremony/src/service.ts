@@ -53,7 +53,7 @@ import {
   MissingRoot,
   openFolderRoot,
   openSealed,
-  openStoreFile,
+  openFolderStore,
   requireStore,
   type StoreLocation,
   type Surroundings,
@@ -286,7 +286,7 @@ export async function openFolderKeywarden(
   }
   if (options.allowMissingRoot && !options.unseal) {
     await requireStore(loc);
-    const store: KeyStore = openStoreFile(loc, 'read');
+    const store: KeyStore = await openFolderStore(loc, 'read');
     try {
       // Destroyed only when the store says so (its tombstone); neither root nor tombstone is damage.
       const state = await readRootState(store);
@@ -446,7 +446,7 @@ export async function startFolderAgent(
     return startDeviceAgent(loc, at, options, secretShares);
   }
   // Never create or initialize a store (only an init does): an empty file is refused as it is.
-  const store = openStoreFile(loc, 'write');
+  const store = await openFolderStore(loc, 'write');
   try {
     return await startStoreAgent(store, { ...rest, socket: resolveAgentSocket(at, loc, socket), ownsStore: true });
   } catch (err) {
@@ -501,7 +501,7 @@ async function startDeviceAgent(
 ): Promise<AgentServer> {
   const { socket, ...rest } = options;
   const uri = await folderRootUri(loc);
-  const store = openStoreFile(loc, 'write');
+  const store = await openFolderStore(loc, 'write');
   try {
     return await AgentServer.start({
       ...rest,

@@ -35,6 +35,7 @@ import {
   CeremonyPendingError,
   ConflictError,
   InvalidInputError,
+  type KeyStore,
   KeyStoreError,
   KeywardenError,
   type SealedRootDocument,
@@ -61,6 +62,8 @@ import { fsyncPath, lexists, messageOf, systemErrorText } from './_files.js';
 import {
   displayPath,
   exists,
+  openFolderStore,
+  refuseExistingStore,
   removeStoreFiles,
   ROOT_URI_FILE,
   requireSoftwareRoot,
@@ -513,7 +516,7 @@ export async function initSplitStoreDir(loc: StoreLocation, options: SplitInitOp
   const cwd = options.cwd ?? process.cwd();
   checkShareParameters(options.shares, options.threshold);
   const custodians = await custodiansFor(options.custodians, options.shares);
-  if (await exists(loc.dbPath)) throw new KeyStoreError(`${loc.display} already has a key store`);
+  await refuseExistingStore(loc);
   await clearAbandonedInit(loc, options);
   const created = await mkdir(loc.dir, { recursive: true, mode: 0o700 });
   if (created !== undefined) await chmod(loc.dir, 0o700);
@@ -766,7 +769,7 @@ export async function rekeyStoreDir(loc: StoreLocation, options: RekeyOptions): 
   const cwd = options.cwd ?? process.cwd();
   await requireStore(loc);
   await requireSoftwareRoot(loc);
-  const store = await SqliteKeyStore.open(loc.dbPath, { create: false });
+  const store = await openFolderStore(loc, 'write');
   let staged: StagedCeremony | undefined;
   try {
     const st = await pendingCeremonyState(store);
@@ -880,7 +883,7 @@ export async function rekeyStoreDir(loc: StoreLocation, options: RekeyOptions): 
 export async function resumeRekey(loc: StoreLocation, options: ResumeOptions = {}): Promise<ResumeResult> {
   const cwd = options.cwd ?? process.cwd();
   await requireStore(loc);
-  const store = await SqliteKeyStore.open(loc.dbPath, { create: false });
+  const store = await openFolderStore(loc, 'write');
   try {
     const st = await pendingCeremonyState(store);
     if (st.state === 'none') throw new CeremonyError(`rekey --resume: no rekey is pending in ${loc.display}`);
@@ -951,7 +954,7 @@ export async function abortRekey(
 ): Promise<{ pending: PendingCeremony | undefined; notes: string[] }> {
   const cwd = options.cwd ?? process.cwd();
   await requireStore(loc);
-  const store = await SqliteKeyStore.open(loc.dbPath, { create: false });
+  const store = await openFolderStore(loc, 'write');
   try {
     const st = await pendingCeremonyState(store);
     if (st.state === 'none') throw new CeremonyError(`rekey --abort: no rekey is pending in ${loc.display}`);
@@ -989,7 +992,7 @@ function pendingRekeyError(p: PendingCeremony): CeremonyPendingError {
   );
 }
 
-async function sealedDocument(store: SqliteKeyStore): Promise<SealedRootDocument> {
+async function sealedDocument(store: KeyStore): Promise<SealedRootDocument> {
   const root = await SoftwareRoot.load(store);
   try {
     return root.document;
@@ -999,7 +1002,7 @@ async function sealedDocument(store: SqliteKeyStore): Promise<SealedRootDocument
 }
 
 /** A ceremony recorded, or a root change made, since `doc` was read: the ConflictError to report. */
-async function concurrentCeremony(store: SqliteKeyStore, doc: SealedRootDocument): Promise<ConflictError | undefined> {
+async function concurrentCeremony(store: KeyStore, doc: SealedRootDocument): Promise<ConflictError | undefined> {
   try {
     const st = await pendingCeremonyState(store);
     const now = await sealedDocument(store);
@@ -1013,7 +1016,7 @@ async function concurrentCeremony(store: SqliteKeyStore, doc: SealedRootDocument
   );
 }
 
-async function newRootIsActive(store: SqliteKeyStore, staged: StagedCeremony): Promise<boolean> {
+async function newRootIsActive(store: KeyStore, staged: StagedCeremony): Promise<boolean> {
   try {
     const doc = await sealedDocument(store);
     return doc.nonce === staged.document.nonce && doc.wrappedRoot === staged.document.wrappedRoot;

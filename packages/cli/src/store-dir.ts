@@ -8,6 +8,7 @@
 import {
   type DeviceInitResult,
   folderRootUri,
+  readFolderStoreConfig,
   type InitOptions as FolderInitOptions,
   initDeviceStoreDir as initDeviceFolder,
   type InitResult,
@@ -46,6 +47,7 @@ export {
   exists,
   folderRootScheme,
   folderRootUri,
+  folderStoreKind,
   KEYSTORE_FILE,
   type KeyServiceOptions,
   MissingRoot,
@@ -56,6 +58,7 @@ export {
   requireStore,
   ROOT_URI_FILE,
   SOFTWARE_ROOT_URI,
+  STORE_CONFIG_FILE,
   sealedRootDocument,
   SHARES_OUT_DIR,
   type StoreLocation,
@@ -68,6 +71,23 @@ export type { KeyService, SocketLocation };
 /** D for a command: `--dir`, else $KEYWARDEN_DIR, else ./.keywarden. */
 export function resolveStoreLocation(io: Pick<CliIO, 'cwd' | 'env'>, dirOption?: string): StoreLocation {
   return resolveFolder({ cwd: io.cwd, env: io.env }, dirOption);
+}
+
+/**
+ * Where D's key store is, for `keywarden status`: text ("SQLite, DIR/keystore.db" or "PostgreSQL,
+ * schema S") and JSON fields. Never the connection string (it is not in the folder).
+ */
+export async function folderStoreOf(
+  loc: StoreLocation,
+): Promise<{ text: string; json: { storeKind: 'sqlite' | 'postgres'; pgSchema?: string } }> {
+  const config = await readFolderStoreConfig(loc);
+  if (config?.kind === 'postgres') {
+    return {
+      text: `PostgreSQL, schema ${config.schema}`,
+      json: { storeKind: 'postgres', pgSchema: config.schema },
+    };
+  }
+  return { text: `SQLite, ${loc.display}/keystore.db`, json: { storeKind: 'sqlite' } };
 }
 
 /** --socket, else $KEYWARDEN_AGENT_SOCKET, else D/agent.sock. */

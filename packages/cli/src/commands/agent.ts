@@ -33,6 +33,7 @@ const SEALED_MESSAGE =
   'keystore: sealed; unseal the root before using keys (the agent is sealed: unseal it with a quorum of shares, `keywarden unseal`)';
 
 import { locationOf, socketOf } from './_common.js';
+import { PG_SCHEMA_HELP, pgSchema, storeKind } from './_store-options.js';
 
 /** Seconds, possibly fractional, up to the UnsealSession's limit (~24.8 days). */
 function seconds(value: string): number {
@@ -57,18 +58,6 @@ function listenAddress(value: string): { host: string; port: number } {
   const m = /^tcp:\/\/(\[[0-9A-Fa-f:.]+\]|[^:/[\]]+):([0-9]{1,5})$/.exec(value);
   if (!m || Number(m[2]) > 65535) throw new InvalidArgumentError('must be tcp://HOST:PORT (IPv6 in brackets)');
   return { host: (m[1] as string).replace(/^\[|\]$/g, ''), port: Number(m[2]) };
-}
-
-function storeKind(value: string): 'folder' | 'postgres' {
-  if (value !== 'folder' && value !== 'postgres') throw new InvalidArgumentError('must be folder or postgres');
-  return value;
-}
-
-function pgSchema(value: string): string {
-  if (!/^[a-z_][a-z0-9_]{0,62}$/.test(value)) {
-    throw new InvalidArgumentError('must be a PostgreSQL schema name: a-z, 0-9 and _, not starting with a digit');
-  }
-  return value;
 }
 
 function principalFrom(value: string): 'uri' | 'cn' {
@@ -242,7 +231,7 @@ function startOptions(cmd: Command): Command {
       "the key store served: the key-store folder (default), or a fleet's PostgreSQL store, reached through $KEYWARDEN_PG_URL and $KEYWARDEN_PG_PASSWORD_FILE (docs/fleet.md)",
       storeKind,
     )
-    .option('--pg-schema <name>', 'with --store postgres: the schema holding the store (default keywarden)', pgSchema)
+    .option('--pg-schema <name>', PG_SCHEMA_HELP, pgSchema)
     .option(
       '--poll-interval <seconds>',
       `with --store postgres: also compare the store's change counter this often, for changes whose notification was missed (default ${DEFAULT_POLL_SECONDS})`,

@@ -13,6 +13,7 @@ import {
   abortSplitInit,
   devicePendingInitOf,
   initDeviceSplitStoreDir,
+  postgresPendingInitOf,
   initSplitStoreDir,
   resumeDeviceInit,
   resumeSplitInit,
@@ -38,6 +39,8 @@ import {
   uriNamesSecret,
 } from '../store-dir.js';
 import { collect, globalsOf, locationOf, positiveInt } from './_common.js';
+import { initOnPostgres, resumeOrAbortOnPostgres } from './_init-postgres.js';
+import { PG_SCHEMA_HELP, pgSchema, type StoreKind, storeKind } from './_store-options.js';
 
 export const DEVELOPMENT_MODE_WARNING = [
   'DEVELOPMENT MODE: the root key is sealed under an unseal key kept in a file or an environment',
@@ -62,6 +65,8 @@ interface InitOptions {
   pinThreshold?: number;
   authShares?: number;
   authThreshold?: number;
+  store?: StoreKind;
+  pgSchema?: string;
 }
 
 export function registerInit(program: Command, io: CliIO): void {
@@ -103,6 +108,12 @@ export function registerInit(program: Command, io: CliIO): void {
       'with --resume: a file holding one of the NEW plaintext shares (test quorum); with --abort of a device init: its shares, to destroy the root object it made',
       collect,
     )
+    .option(
+      '--store <folder|postgres>',
+      'where the key store is: a SQLite file in the folder (default), or a schema in PostgreSQL reached through $KEYWARDEN_PG_URL and $KEYWARDEN_PG_PASSWORD_FILE (docs/fleet.md); the folder records which in DIR/store.json',
+      storeKind,
+    )
+    .option('--pg-schema <name>', PG_SCHEMA_HELP, pgSchema)
     .option(
       '--root <uri>',
       "a device root instead of the software root: 'pkcs11:token=…;object=…?module-path=…&pin-source=…' or 'tpm:…' (needs @keywarden/pkcs11 or @keywarden/tpm)",
@@ -184,6 +195,9 @@ Examples:
       const loc = locationOf(cmd, io);
       const globals = globalsOf(cmd);
       const deviceSplit = deviceSplitOf(opts);
+      if (opts.store !== 'postgres' && opts.pgSchema !== undefined) {
+        throw new UsageError('--pg-schema goes with --store postgres');
+      }
       if (opts.resume || opts.abort) {
         if (
           deviceSplit !== undefined ||
@@ -206,6 +220,10 @@ Examples:
       if (opts.pcrs !== undefined && opts.root === undefined) throw new UsageError('--pcrs is for `init --root tpm:…`');
       if (deviceSplit !== undefined && opts.root === undefined) {
         throw new UsageError('--pin-shares/--pin-threshold and --auth-shares/--auth-threshold are for `init --root …`');
+      }
+      if (opts.store === 'postgres') {
+        await initPostgres(io, cmd, opts);
+        return;
       }
       if (opts.root !== undefined) {
         if (
@@ -257,6 +275,46 @@ Examples:
       await print(io.stderr, `${lines.join('\n')}\n\n${DEVELOPMENT_MODE_WARNING}\n`);
       if (result.unsealKeyText !== undefined) await print(io.stdout, `${result.unsealKeyText}\n`);
     });
+}
+
+/** `init --store postgres`: development mode or split knowledge, the store in a PostgreSQL schema. */
+async function initPostgres(io: CliIO, cmd: Command, opts: InitOptions): Promise<void> {
+  const globals = globalsOf(cmd);
+  if (opts.root !== undefined) {
+    throw new UsageError(
+      '--store postgres makes a software root; a device root (--root) is made on a folder of its own',
+    );
+  }
+  if (opts.verifyQuorum) {
+    throw new UsageError(
+      '--verify-quorum is not offered with --store postgres; check the shares with `keywarden share inspect`',
+    );
+  }
+  const split =
+    opts.shares !== undefined ||
+    opts.threshold !== undefined ||
+    (opts.custodian?.length ?? 0) > 0 ||
+    opts.shareDir !== undefined;
+  if (split && (opts.printUnsealKey || globals.unsealKeyFile !== undefined)) {
+    throw new UsageError(
+      '--print-unseal-key and --unseal-key-file are for development mode; a split-knowledge store has no unseal key to print or write',
+    );
+  }
+  await initOnPostgres(
+    io,
+    locationOf(cmd, io),
+    {
+      split,
+      ...(opts.pgSchema !== undefined ? { pgSchema: opts.pgSchema } : {}),
+      ...(opts.printUnsealKey ? { printUnsealKey: true } : {}),
+      ...(globals.unsealKeyFile !== undefined ? { unsealKeyFile: globals.unsealKeyFile } : {}),
+      ...(opts.shares !== undefined ? { shares: opts.shares } : {}),
+      ...(opts.threshold !== undefined ? { threshold: opts.threshold } : {}),
+      ...(opts.custodian !== undefined ? { custodian: opts.custodian } : {}),
+      ...(opts.shareDir !== undefined ? { shareDir: opts.shareDir } : {}),
+    },
+    DEVELOPMENT_MODE_WARNING,
+  );
 }
 
 /** `tpm:…` with `pcrs=LIST` added to its attributes (`--pcrs`). */
@@ -392,6 +450,10 @@ async function initSplit(io: CliIO, cmd: Command, opts: InitOptions): Promise<vo
 
 async function resumeOrAbort(io: CliIO, cmd: Command, opts: InitOptions): Promise<void> {
   const loc = locationOf(cmd, io);
+  if (await postgresPendingInitOf(loc)) {
+    await resumeOrAbortOnPostgres(io, loc, opts.abort === true);
+    return;
+  }
   if (await devicePendingInitOf(loc)) {
     await resumeOrAbortDevice(io, loc, opts);
     return;

@@ -10,7 +10,7 @@ import { isTerminal, readHidden, readShareFile, readSharesFromStream } from '../
 import type { CliIO } from '../io.js';
 import { formatJson, formatPairs, print } from '../output.js';
 import { pendingCeremonyOf } from '@keywarden/ceremony';
-import { loadFolderRootBackend, requireStore, sealedRootDocument } from '../store-dir.js';
+import { folderStoreOf, loadFolderRootBackend, requireStore, sealedRootDocument } from '../store-dir.js';
 import { deviceStatus } from './_device-status.js';
 import { collect, locationOf, socketOf } from './_common.js';
 
@@ -136,6 +136,7 @@ while. Unsealing again needs a quorum of shares (\`keywarden unseal\`). Stopping
         return;
       }
       await requireStore(loc);
+      const kept = await folderStoreOf(loc);
       const scheme = await loadFolderRootBackend(loc);
       if (scheme !== 'software') {
         await deviceStatus(io, loc, scheme, opts.json === true, socketOf(cmd, io, loc));
@@ -145,12 +146,12 @@ while. Unsealing again needs a quorum of shares (\`keywarden unseal\`). Stopping
       const u = doc.unseal;
       if (u.method !== 'shamir') {
         if (opts.json) {
-          await print(io.stdout, formatJson({ store: loc.dir, rootId: doc.rootId, mode: 'development' }));
+          await print(io.stdout, formatJson({ store: loc.dir, ...kept.json, rootId: doc.rootId, mode: 'development' }));
         } else {
           await print(
             io.stdout,
             formatPairs([
-              ['key store', loc.display],
+              ['key store', `${loc.display} (${kept.text})`],
               ['root', doc.rootId],
               ['unseal', 'development mode (unseal key file or environment variable); no agent needed'],
             ]),
@@ -175,6 +176,7 @@ while. Unsealing again needs a quorum of shares (\`keywarden unseal\`). Stopping
           io.stdout,
           formatJson({
             store: loc.dir,
+            ...kept.json,
             rootId: doc.rootId,
             mode: 'split-knowledge',
             shareSetId: st?.shareSetId ?? u.shareSetId,
@@ -199,7 +201,7 @@ while. Unsealing again needs a quorum of shares (\`keywarden unseal\`). Stopping
       }
       const shareSetId = st?.shareSetId ?? u.shareSetId;
       const pairs: [string, string][] = [
-        ['key store', loc.display],
+        ['key store', `${loc.display} (${kept.text})`],
         ['root', doc.rootId],
         [
           'unseal',

@@ -1,0 +1,395 @@
+/**
+ * A key-store folder whose store is a schema in PostgreSQL (`keywarden init --store postgres`;
+ * docs/fleet.md, "Pointing Keywarden at an existing PostgreSQL").
+ *
+ * The folder keeps D/store.json — the store's kind and schema, nothing secret — and every command
+ * that opens the folder's store opens that schema (layout.ts's openFolderStore), reached through
+ * KEYWARDEN_PG_URL and KEYWARDEN_PG_PASSWORD_FILE as `keywarden agent --store postgres` is. The
+ * development-mode unseal key file, the agent socket and the share hand-out stay in the folder.
+ *
+ * Init, crash-safe (the folder's staged-init pattern, docs/split-knowledge.md §7.1, with the
+ * config file in the place of the staged SQLite file):
+ *
+ *   1. refuse a folder with a store, and a schema that holds one (root, tombstone, pending
+ *      ceremony or keys): KeyStoreError, nothing changed;
+ *   2. the root is made in memory; D/store.json.staged names the schema and the new root's id
+ *      (fsynced)                                                       step `pg-init:staged`
+ *   3. the root goes into the schema (one compare-and-swap on an absent root record; under split
+ *      knowledge the pending ceremony record first, itself a compare-and-swap)  `pg-init:root-written`
+ *   4. development mode: the unseal key file; split knowledge: every share handed out
+ *   5. D/store.json written (temporary file, fsync, rename, fsync of D): the folder has a store
+ *                                                                     `pg-init:activated`
+ *   6. D/store.json.staged removed; split knowledge: the pending record dropped  `pg-init:done`
+ *
+ * A process killed before step 5 leaves D/store.json.staged: the folder has no store, and the next
+ * init (or `init --abort`) undoes what the staged config names — the root whose id it recorded,
+ * and only that root, from a schema that holds no key — with the unseal key file or the share files
+ * it wrote. So a schema is never left holding a root that nobody can use or that an init did not
+ * finish, and never loses a store another init made.
+ */
+import { randomFillSync } from 'node:crypto';
+import { chmod, mkdir, readFile, rename, rm } from 'node:fs/promises';
+import * as path from 'node:path';
+import {
+  CeremonyError,
+  ConflictError,
+  decodeSealedRoot,
+  decodeUnsealKey,
+  encodeSealedRoot,
+  encodeUnsealKey,
+  InvalidInputError,
+  type KeyStore,
+  KeyStoreError,
+  KeywardenError,
+  ROOT_META_NAME,
+  ROOT_TOMBSTONE_META_NAME,
+  SoftwareRoot,
+  UNSEAL_KEY_BYTES,
+  wipe,
+} from '@keywarden/core';
+import { PENDING_CEREMONY_META, readPendingCeremony, stageInit } from '@keywarden/split-knowledge';
+import { fsyncPath } from './_files.js';
+import {
+  DEFAULT_PG_SCHEMA,
+  displayPath,
+  exists,
+  openPostgresStore,
+  PG_SCHEMA_NAME,
+  type InitResult,
+  readFolderStoreConfig,
+  refuseExistingStore,
+  ROOT_URI_FILE,
+  SHARES_OUT_DIR,
+  STORE_CONFIG_FILE,
+  type StoreLocation,
+  writeSecretFile,
+} from './layout.js';
+import {
+  type CeremonyHooks,
+  checkShareParameters,
+  custodiansFor,
+  HandOut,
+  type SplitInitOptions,
+  type SplitInitResult,
+  removeHandOutFiles,
+} from './split.js';
+
+/** Where an init on PostgreSQL records what it is making until the folder has its store. */
+export function stagedStoreConfigPath(loc: StoreLocation): string {
+  return path.join(loc.dir, `${STORE_CONFIG_FILE}.staged`);
+}
+
+export interface PostgresInitOptions extends CeremonyHooks {
+  /** The schema to create the store in; default "keywarden". Created when missing. */
+  schema?: string;
+}
+
+export interface PostgresDevInitOptions extends PostgresInitOptions {
+  /** Where to write the unseal key (relative to `cwd`); default D/unseal.key. */
+  unsealKeyFile?: string;
+  /** Return the unseal key's text form instead of writing a file. */
+  printUnsealKey?: boolean;
+}
+
+/**
+ * Development mode on PostgreSQL: a new store in `schema` with a software root sealed under a
+ * fresh unseal key (written to the key file, or returned with printUnsealKey), and D/store.json
+ * naming it. Refuses when D has a store or the key file exists, and when the schema already holds
+ * a store (KeyStoreError). On failure, or after a kill (undone by the next init), nothing is left.
+ */
+export async function initPostgresStoreDir(
+  loc: StoreLocation,
+  options: PostgresDevInitOptions = {},
+): Promise<InitResult & { schema: string }> {
+  const cwd = options.cwd ?? process.cwd();
+  const schema = schemaOf(options.schema);
+  if (options.printUnsealKey && options.unsealKeyFile !== undefined) {
+    throw new InvalidInputError('init: printUnsealKey and unsealKeyFile cannot be used together');
+  }
+  await refuseExistingStore(loc);
+  await clearAbandonedPostgresInit(loc, options);
+  const keyPath = options.printUnsealKey
+    ? undefined
+    : path.resolve(cwd, options.unsealKeyFile ?? loc.defaultUnsealKeyPath);
+  if (keyPath !== undefined && (await exists(keyPath))) {
+    throw new KeyStoreError(`unseal key file ${displayPath(keyPath, cwd)} already exists; refusing to overwrite it`);
+  }
+  await makeFolder(loc);
+  const store = await openPostgresStore(loc, schema, true);
+  const unsealKey = randomFillSync(new Uint8Array(UNSEAL_KEY_BYTES));
+  let root: SoftwareRoot | undefined;
+  let written: Uint8Array | undefined;
+  let wroteKeyFile = false;
+  try {
+    await refuseSchemaWithStore(store, schema);
+    const created = await SoftwareRoot.createForRotation({ unsealKey, unseal: { method: 'key' } });
+    root = created.root;
+    const rootId = created.document.rootId;
+    await writeStagedConfig(loc, schema, rootId, keyPath);
+    options.onStep?.('pg-init:staged');
+    written = encodeSealedRoot(created.document);
+    await claimRoot(store, schema, written);
+    options.onStep?.('pg-init:root-written');
+    const text = encodeUnsealKey(unsealKey);
+    if (keyPath !== undefined) {
+      await writeSecretFile(keyPath, `${text}\n`);
+      wroteKeyFile = true;
+      options.onStep?.('pg-init:key-written');
+    }
+    await activate(loc, schema, options);
+    return {
+      rootId,
+      schema,
+      ...(keyPath !== undefined ? { unsealKeyPath: keyPath } : {}),
+      ...(options.printUnsealKey ? { unsealKeyText: text } : {}),
+    };
+  } catch (err) {
+    if (!(await exists(path.join(loc.dir, STORE_CONFIG_FILE)))) {
+      if (written) await store.swapMeta?.(ROOT_META_NAME, written, null).catch(() => {});
+      if (wroteKeyFile && keyPath !== undefined) await rm(keyPath, { force: true }).catch(() => {});
+      await rm(stagedStoreConfigPath(loc), { force: true }).catch(() => {});
+    }
+    throw err;
+  } finally {
+    wipe(unsealKey);
+    await root?.close().catch(() => {});
+    await store.close().catch(() => {});
+  }
+}
+
+/**
+ * Split knowledge on PostgreSQL: as initSplitStoreDir (the unseal key split M-of-N, the shares
+ * handed out before the store is in place), with the store in `schema` and D/store.json naming it.
+ * A test quorum before activation (verifyQuorum) is a folder-file init's: refused here.
+ */
+export async function initPostgresSplitStoreDir(
+  loc: StoreLocation,
+  options: SplitInitOptions & { schema?: string },
+): Promise<SplitInitResult & { schema: string }> {
+  const cwd = options.cwd ?? process.cwd();
+  const schema = schemaOf(options.schema);
+  if (options.verifyQuorum) {
+    throw new InvalidInputError(
+      'init: a test quorum before activation (verifyQuorum) is not offered on PostgreSQL; check the shares with `keywarden share inspect`',
+    );
+  }
+  checkShareParameters(options.shares, options.threshold);
+  const custodians = await custodiansFor(options.custodians, options.shares);
+  await refuseExistingStore(loc);
+  await clearAbandonedPostgresInit(loc, options);
+  await makeFolder(loc);
+  const destination = options.destination ?? { kind: 'files', dir: path.join(loc.dir, SHARES_OUT_DIR) };
+  const handOut = await HandOut.plan(destination, options.shares, custodians, cwd);
+  const store = await openPostgresStore(loc, schema, true);
+  let recorded = false;
+  let staged: Awaited<ReturnType<typeof stageInit>> | undefined;
+  try {
+    await refuseSchemaWithStore(store, schema);
+    staged = await stageInit({
+      shares: options.shares,
+      threshold: options.threshold,
+      ...(custodians ? { custodians: custodians.map((c) => c.pem) } : {}),
+    });
+    await writeStagedConfig(loc, schema, staged.document.rootId);
+    options.onStep?.('pg-init:staged');
+    try {
+      // The pending record (a compare-and-swap: of two inits on one schema one records), then the root.
+      await staged.record(store, { ...handOut.describe(false) });
+    } catch (err) {
+      throw ConflictError.isInstance(err) || KeyStoreError.isInstance(err) ? schemaHoldsStore(schema, err) : err;
+    }
+    recorded = true;
+    options.onStep?.('pg-init:root-written');
+    await handOut.write(staged.handOut, staged.shareSet, 'init', options);
+    staged.handOut.length = 0;
+    options.onStep?.('init:shares-written');
+    const result = { rootId: staged.document.rootId, ...handOut.result(staged.shareSet) };
+    await activate(loc, schema, options, store);
+    return { ...result, activated: true, schema };
+  } catch (err) {
+    if (!(await exists(path.join(loc.dir, STORE_CONFIG_FILE)))) {
+      await handOut.abort();
+      if (recorded && staged) await undoRoot(store, staged.document.rootId).catch(() => {});
+      await rm(stagedStoreConfigPath(loc), { force: true }).catch(() => {});
+    }
+    throw err;
+  } finally {
+    await staged?.close();
+    await store.close().catch(() => {});
+  }
+}
+
+/** Whether D has an init on PostgreSQL that did not finish (its staged config), and its schema. */
+export async function postgresPendingInitOf(loc: StoreLocation): Promise<{ schema: string } | undefined> {
+  const c = await readFolderStoreConfig(loc, stagedStoreConfigPath(loc)).catch(() => undefined);
+  return c?.kind === 'postgres' ? { schema: c.schema } : undefined;
+}
+
+/**
+ * Undo an init on PostgreSQL that did not finish (`keywarden init --abort`, and the next init):
+ * the root its staged config names is removed from the schema — only that root, and only from a
+ * schema that holds no key —, with the unseal key file that opens it or the share files the
+ * ceremony wrote; then the staged config. Returns what was done, one line each.
+ */
+export async function abortPostgresInit(loc: StoreLocation, options: CeremonyHooks = {}): Promise<string[]> {
+  const cwd = options.cwd ?? process.cwd();
+  const stagedPath = stagedStoreConfigPath(loc);
+  const config = await readFolderStoreConfig(loc, stagedPath);
+  if (config?.kind !== 'postgres') throw new CeremonyError(`init --abort: no init is pending in ${loc.display}`);
+  if (await exists(path.join(loc.dir, STORE_CONFIG_FILE))) {
+    // Activated: the staged config is a leftover of the clean-up, and the store is the folder's.
+    await rm(stagedPath, { force: true });
+    return [];
+  }
+  const notes: string[] = [];
+  let store: KeyStore | undefined;
+  try {
+    store = await openPostgresStore(loc, config.schema, false);
+  } catch (err) {
+    // No store in the schema: the init stopped before it made anything there.
+    if (!KeywardenError.isInstance(err, 'KW_STORE')) throw err;
+  }
+  try {
+    const rootId = typeof config.rootId === 'string' ? config.rootId : undefined;
+    const bytes = store ? await store.getMeta(ROOT_META_NAME) : undefined;
+    if (store && bytes && rootId !== undefined && decodeSealedRoot(bytes).rootId === rootId) {
+      const pending = await readPendingCeremony(store);
+      if (pending && pending.document.rootId === rootId) notes.push(...(await removeHandOutFiles(pending, cwd)));
+      const keyFile = typeof config.unsealKeyFile === 'string' ? config.unsealKeyFile : undefined;
+      if (!pending && keyFile !== undefined && (await unsealsRoot(store, keyFile))) {
+        await rm(keyFile, { force: true });
+        notes.push(`removed ${displayPath(keyFile, cwd)}`);
+      }
+      await undoRoot(store, rootId);
+      notes.push(`removed the unfinished store's root ${rootId} from schema ${config.schema}`);
+    }
+  } finally {
+    await store?.close().catch(() => {});
+  }
+  await rm(stagedPath, { force: true });
+  fsyncPath(loc.dir);
+  return notes;
+}
+
+/** A staged config left by an init that was killed: undone (see abortPostgresInit), with a notice. */
+async function clearAbandonedPostgresInit(loc: StoreLocation, hooks: CeremonyHooks): Promise<void> {
+  if (!(await exists(stagedStoreConfigPath(loc)))) return;
+  const notes = await abortPostgresInit(loc, hooks);
+  hooks.onNotice?.(
+    ['Undid an earlier init on PostgreSQL that stopped before the folder had its store.', ...notes].join('\n'),
+  );
+}
+
+// ── Steps ──────────────────────────────────────────────────────────────────────────────────────
+
+function schemaOf(schema: string | undefined): string {
+  const s = schema ?? DEFAULT_PG_SCHEMA;
+  if (typeof s !== 'string' || !PG_SCHEMA_NAME.test(s)) {
+    throw new InvalidInputError(
+      'init: the PostgreSQL schema must be a lower-case SQL identifier (a-z, 0-9, _; at most 63)',
+    );
+  }
+  return s;
+}
+
+async function makeFolder(loc: StoreLocation): Promise<void> {
+  const created = await mkdir(loc.dir, { recursive: true, mode: 0o700 });
+  // mkdir's mode is filtered by the umask; make the directory private whatever the umask is.
+  if (created !== undefined) await chmod(loc.dir, 0o700);
+  // A root.uri left by a device init that failed before its store existed names no root.
+  await rm(path.join(loc.dir, ROOT_URI_FILE), { force: true });
+}
+
+function schemaHoldsStore(schema: string, cause?: unknown): KeyStoreError {
+  return new KeyStoreError(
+    `init: schema ${schema} already holds a Keywarden key store; nothing was changed (choose another schema with --pg-schema)`,
+    cause === undefined ? undefined : { cause },
+  );
+}
+
+/** A schema with a root, a destroyed root's tombstone, a pending ceremony or a key holds a store. */
+async function refuseSchemaWithStore(store: KeyStore, schema: string): Promise<void> {
+  for (const name of [ROOT_META_NAME, ROOT_TOMBSTONE_META_NAME, PENDING_CEREMONY_META]) {
+    if (await store.getMeta(name)) throw schemaHoldsStore(schema);
+  }
+  if ((await store.listKeys()).length > 0) throw schemaHoldsStore(schema);
+}
+
+/** The root record written only where there is none (compare-and-swap): of two inits, one wins. */
+async function claimRoot(store: KeyStore, schema: string, sealed: Uint8Array): Promise<void> {
+  if (typeof store.swapMeta !== 'function') throw new KeyStoreError('init: this store cannot compare-and-swap');
+  try {
+    await store.swapMeta(ROOT_META_NAME, null, sealed);
+  } catch (err) {
+    throw ConflictError.isInstance(err) ? schemaHoldsStore(schema, err) : err;
+  }
+}
+
+async function writeStagedConfig(
+  loc: StoreLocation,
+  schema: string,
+  rootId: string,
+  unsealKeyFile?: string,
+): Promise<void> {
+  const staged = stagedStoreConfigPath(loc);
+  await rm(staged, { force: true });
+  const config = { format: 1, kind: 'postgres', schema, rootId, ...(unsealKeyFile ? { unsealKeyFile } : {}) };
+  await writeSecretFile(staged, `${JSON.stringify(config)}\n`);
+  fsyncPath(loc.dir);
+}
+
+/** Steps 5 and 6: D/store.json in place, then the staged config and the pending record dropped. */
+async function activate(loc: StoreLocation, schema: string, hooks: CeremonyHooks, store?: KeyStore): Promise<void> {
+  const final = path.join(loc.dir, STORE_CONFIG_FILE);
+  const tmp = `${final}.tmp`;
+  await rm(tmp, { force: true });
+  await writeSecretFile(tmp, `${JSON.stringify({ format: 1, kind: 'postgres', schema })}\n`);
+  await refuseExistingStore(loc);
+  await rename(tmp, final);
+  fsyncPath(loc.dir);
+  hooks.onStep?.('pg-init:activated');
+  await rm(stagedStoreConfigPath(loc), { force: true });
+  if (store) {
+    const { finishActivatedCeremony } = await import('@keywarden/split-knowledge');
+    await finishActivatedCeremony(store);
+  }
+  hooks.onStep?.('pg-init:done');
+}
+
+/** Remove the root `rootId` (and its pending record) from a schema that holds no key. */
+async function undoRoot(store: KeyStore, rootId: string): Promise<void> {
+  if ((await store.listKeys()).length > 0) {
+    throw new CeremonyError(
+      `init: the unfinished store's root ${rootId} was left in place: keys were created under it meanwhile`,
+    );
+  }
+  const bytes = await store.getMeta(ROOT_META_NAME);
+  if (bytes && decodeSealedRoot(bytes).rootId === rootId) {
+    if (typeof store.swapMeta === 'function') await store.swapMeta(ROOT_META_NAME, bytes, null);
+    else await store.deleteMeta(ROOT_META_NAME);
+  }
+  const pending = await readPendingCeremony(store);
+  if (pending && pending.document.rootId === rootId) await store.deleteMeta(PENDING_CEREMONY_META);
+}
+
+/** Whether `file` holds the unseal key that opens the store's root (an init's own key file). */
+async function unsealsRoot(store: KeyStore, file: string): Promise<boolean> {
+  let text: string;
+  try {
+    text = (await readFile(file, 'utf8')).trim();
+  } catch {
+    return false;
+  }
+  let key: Uint8Array | undefined;
+  const root = await SoftwareRoot.load(store);
+  try {
+    key = decodeUnsealKey(text);
+    await root.unseal(key);
+    return true;
+  } catch {
+    return false;
+  } finally {
+    if (key) wipe(key);
+    await root.close();
+  }
+}
