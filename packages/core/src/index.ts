@@ -46,6 +46,9 @@ export {
   type RootOpener,
   type RootBackend,
   type RootRecordHooks,
+  type RootSecretHooks,
+  type RootSecretOptions,
+  rootSecretHooks,
   registerRootBackend,
   unregisterRootBackend,
   rootSchemes,
@@ -83,6 +86,17 @@ export {
   decodeUnsealKey,
   destroySoftwareRootRecord,
 } from './software-root.js';
+export {
+  SealedKeyPairs,
+  type SealedKeyPairRecord,
+  KEY_PAIR_KEY_META_NAME,
+  KEY_PAIR_KEY_NEXT_META_NAME,
+  KEY_PAIR_META_PREFIX,
+  keyPairMetaName,
+  privateKeyAad,
+  stageKeyPairKeyMove,
+  finishKeyPairKeyMove,
+} from './sealed-key-pairs.js';
 export {
   type DataKey,
   type DataKeyProvider,
@@ -182,6 +196,7 @@ export {
   type LeaseRefusal,
   type LeaseStore,
   supportsLeases,
+  releaseDeadHolder,
 } from './job-lease.js';
 export {
   ROOT_ROTATION_LEASE,

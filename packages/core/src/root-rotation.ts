@@ -30,6 +30,7 @@ import type { KeyStore, RootRewrap, RootUpdate } from './keystore.js';
 import { kekAad } from './keywarden.js';
 import { checkedRoot, isKekInRootRecord, requireDestroyable, ROOT_MISSING_MESSAGE, type RootOfTrust } from './root.js';
 import { recordedRootBackend } from './root-registry.js';
+import { finishKeyPairKeyMove, stageKeyPairKeyMove } from './sealed-key-pairs.js';
 
 export interface RewrapResult {
   /** KEK versions moved to the new root. */
@@ -152,9 +153,15 @@ export async function rewrapUnderNewRoot(
   // The audit key (docs/audit.md §3) moves with the KEKs: staged under the new root first, so a
   // crash anywhere leaves a key that the root in use can unwrap.
   const auditKeyStaged = await stageAuditKeyMove(store, oldRoot, newRoot);
+  // So does the key that seals the software root's key pairs (sealed-key-pairs.ts), the same way.
+  const keyPairKeyStaged = await stageKeyPairKeyMove(store, oldRoot, newRoot);
   const update: RootUpdate = { versions, meta, at: now, expectedRootId: oldId, expectedMeta };
   await store.replaceRoot(update);
   if (auditKeyStaged) await finishAuditKeyMove(store, newRoot);
+  // A first key pair made by another process while this ran: its key is under the old root (still
+  // unsealed here), move it now (that process re-checks the store's root after writing it).
+  if (!keyPairKeyStaged) await stageKeyPairKeyMove(store, oldRoot, newRoot);
+  await finishKeyPairKeyMove(store, newRoot);
   return { rewrapped: versions.length, skippedDestroyed };
 }
 

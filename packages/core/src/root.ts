@@ -13,8 +13,15 @@
  *   destroy        `destroyable` destroy the root key and the root's own record  tombstone C_Destroy… evict
  *   KEK in root    `kekInRoot`   KEKs made and kept inside the root: every DEK   —         yes       —
  *                                wrap/unwrap is a root call
- *   key pairs      `keyPairs`    signing key pairs born and kept in the root:    — (pki    yes       yes
- *                                generate → handle + SPKI, sign, destroy         envelopes)
+ *   key pairs      `keyPairs`    signing key pairs born and kept in the root:    sealed    yes       yes
+ *                                generate → handle + SPKI, sign, destroy         in store
+ *
+ * The software root's key pairs (sealed-key-pairs.ts, docs/format.md §15): made with node:crypto,
+ * the PKCS#8 private key sealed with AES-256-GCM under a key-pair key that the root wraps, in a
+ * record of the root's own in the key store; the handle is a non-secret id. They are never in the
+ * clear at rest, follow root rotation (the key-pair key moves with the root) and rekey (the root
+ * key does not change), and die with the root; unlike an HSM's, the private key is in process
+ * memory while it signs.
  *
  * Backends implement `RootOfTrust` (the hooks). Generic code never calls a backend directly: it
  * goes through `checkedRoot(backend)`, the public wrapper that enforces, once and for every
@@ -178,6 +185,12 @@ export interface KeyPairRoot {
   sign(handle: Uint8Array, data: Uint8Array): Promise<Uint8Array>;
   /** Destroy the private (and public) key objects. Idempotent. */
   destroy(handle: Uint8Array): Promise<void>;
+  /**
+   * Optional: the SPKI of a key pair this root holds (KeyDestroyedError once destroyed; a handle
+   * it did not make is refused). Lets a caller that recorded another root id tell a key pair that
+   * moved with a root rotation (the software root's) from one held by another root.
+   */
+  publicKey?(handle: Uint8Array): Promise<Uint8Array>;
 }
 
 /** A backend: the required hooks and whichever capabilities it has. */
@@ -583,6 +596,20 @@ export class CheckedRoot implements RootOfTrust {
         checkHandleIn(handle);
         await k.destroy(handle);
       },
+      ...(k.publicKey
+        ? {
+            publicKey: async (handle: Uint8Array) => {
+              // Precondition: the handle is 1..MAX_ROOT_WRAPPED_BYTES bytes.
+              checkHandleIn(handle);
+              const spki = (await k.publicKey?.(handle)) as Uint8Array;
+              // Postcondition: a public key is a DER SEQUENCE of at most MAX_ROOT_WRAPPED_BYTES.
+              if (!isBytes(spki) || spki.length < 2 || spki.length > MAX_ROOT_WRAPPED_BYTES || spki[0] !== 0x30) {
+                throw new RootContractError(`root: the ${kind} root returned a malformed public key`);
+              }
+              return spki;
+            },
+          }
+        : {}),
     };
   }
 }

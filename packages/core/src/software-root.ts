@@ -27,12 +27,14 @@ import { MemoryKeyStore } from './memory-store.js';
 import { nodeRandom, type RandomSource } from './random.js';
 import {
   type Destroyable,
+  type KeyPairRoot,
   ROOT_MISSING_MESSAGE,
   type RootDescription,
   type RootOfTrust,
   type Sealable,
   type UnsealSecretDescription,
 } from './root.js';
+import { SealedKeyPairs } from './sealed-key-pairs.js';
 import { encodeRootTombstone, makeRootTombstone, readRootState, verifyRootTombstone } from './root-tombstone.js';
 import { assertStrongKeyMaterial } from './weak-key.js';
 
@@ -161,14 +163,26 @@ export class SoftwareRoot implements RootOfTrust, Sealable, Destroyable {
   readonly random: RandomSource;
   readonly sealable: Sealable = this;
   readonly destroyable: Destroyable = this;
+  /**
+   * Signing key pairs sealed in the root's store (sealed-key-pairs.ts): present on a root opened
+   * from or initialized in a store (`load`, `initialize`), absent on a root made for a rotation
+   * (`createForRotation`, which has no store until the rotation commits).
+   */
+  readonly keyPairs?: KeyPairRoot;
   #doc: SealedRootDocument;
   #rootKey: Uint8Array | undefined;
   #closed = false;
   readonly #sealListeners = new Set<() => void>();
 
-  private constructor(doc: SealedRootDocument, random: RandomSource) {
+  private constructor(doc: SealedRootDocument, random: RandomSource, store?: KeyStore) {
     this.#doc = doc;
     this.random = random;
+    if (store) {
+      this.keyPairs = new SealedKeyPairs(store, this, random, async () => {
+        const bytes = await store.getMeta(ROOT_META_NAME);
+        return bytes !== undefined && decodeSealedRoot(bytes).rootId === this.#doc.rootId;
+      });
+    }
   }
 
   /**
@@ -182,7 +196,11 @@ export class SoftwareRoot implements RootOfTrust, Sealable, Destroyable {
     checkNewUnsealKey(options.unsealKey);
     if (await store.getMeta(ROOT_META_NAME)) throw new KeyStoreError('root: this key store already has a root');
     if (await store.getMeta(ROOT_TOMBSTONE_META_NAME)) throw new RootDestroyedError(ROOT_DESTROYED_MESSAGE);
-    const root = await SoftwareRoot.#create(options);
+    const created = await SoftwareRoot.#create(options);
+    // The same root, knowing its store (for its key pairs).
+    const root = new SoftwareRoot(created.#doc, created.random, store);
+    root.#rootKey = created.#rootKey;
+    created.#rootKey = undefined;
     try {
       await store.putMeta(ROOT_META_NAME, encodeSealedRoot(root.#doc));
     } catch (err) {
@@ -207,9 +225,16 @@ export class SoftwareRoot implements RootOfTrust, Sealable, Destroyable {
     unseal: UnsealMethod;
     random?: RandomSource;
     now?: Date;
+    /** The store being rotated: the new root then has `keyPairs` there (the store's key pairs
+     * follow the rotation, sealed-key-pairs.ts); it signs with them once the rotation committed. */
+    store?: KeyStore;
   }): Promise<{ root: SoftwareRoot; document: SealedRootDocument }> {
     checkNewUnsealKey(options.unsealKey);
-    const root = await SoftwareRoot.#create(options);
+    const created = await SoftwareRoot.#create(options);
+    if (!options.store) return { root: created, document: created.document };
+    const root = new SoftwareRoot(created.#doc, created.random, options.store);
+    root.#rootKey = created.#rootKey;
+    created.#rootKey = undefined;
     return { root, document: root.document };
   }
 
@@ -258,7 +283,7 @@ export class SoftwareRoot implements RootOfTrust, Sealable, Destroyable {
       throw new RootDestroyedError(bytes ? ROOT_DESTRUCTION_INTERRUPTED_MESSAGE : ROOT_DESTROYED_MESSAGE);
     }
     if (!bytes) throw new RootMissingError(ROOT_MISSING_MESSAGE);
-    return new SoftwareRoot(decodeSealedRoot(bytes), options.random ?? nodeRandom);
+    return new SoftwareRoot(decodeSealedRoot(bytes), options.random ?? nodeRandom, store);
   }
 
   /** Root-record hook: meta "root" holds the sealed document (written by a root rotation). */

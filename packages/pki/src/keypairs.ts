@@ -126,7 +126,7 @@ export class KeyPairs {
     webCryptoParams(options.algorithm);
     const storage = options.storage ?? this.#storage;
     checkStorage(storage);
-    if (storage === 'root') this.#rootKeyPairs();
+    if (storage === 'root') await this.#rootKeyPairs();
     if ((await this.#kw.store.getMeta(META_PREFIX + name)) !== undefined) {
       throw new KeyExistsError(`pki: key pair ${name} already exists`);
     }
@@ -234,7 +234,7 @@ export class KeyPairs {
     if (stored.state === 'destroyed') throw new KeyDestroyedError(`pki: key pair ${name} v${v} is destroyed`);
     if (stored.state !== 'enabled') throw new KeyStateError(`pki: key pair ${name} v${v} is ${stored.state}`);
     if (record.storage === 'root') {
-      const keyPairs = this.#rootKeyPairs(record);
+      const keyPairs = await this.#rootKeyPairs(record, stored);
       // The decrypt is the access check and the audit record of the use (see the file comment).
       const handle = await this.#kw.decrypt(fromB64(stored.privateKey), {
         key: record.kek,
@@ -267,7 +267,7 @@ export class KeyPairs {
     if (state === 'destroyed' && read.storage === 'root' && before.handle) {
       // The device objects first: a crash before the record is written leaves a version whose
       // signer fails with KeyDestroyedError, and destroy runs again (the root's destroy is idempotent).
-      await this.#rootKeyPairs(read).destroy(fromB64(before.handle));
+      await (await this.#rootKeyPairs(read, before)).destroy(fromB64(before.handle));
     }
     // Applied to the record as it is now: another process's change since the read is kept, and
     // the preconditions are checked again on it (a version destroyed meanwhile: KeyDestroyedError).
@@ -291,26 +291,40 @@ export class KeyPairs {
   async #discard(record: StoredKeyPair, made: StoredVersion): Promise<void> {
     if (record.storage === 'root' && made.handle) {
       await this.#rootKeyPairs(record)
-        .destroy(fromB64(made.handle))
+        .then((keyPairs) => keyPairs.destroy(fromB64(made.handle as string)))
         .catch(() => undefined);
     }
   }
 
-  /** The root's checked key-pair capability; for a record, also that it is the root holding it. */
-  #rootKeyPairs(record?: StoredKeyPair) {
+  /**
+   * The root's checked key-pair capability; for a record, also that it is the root holding it:
+   * the root the record names, or a root that reports the version's public key for its handle
+   * (KeyPairRoot.publicKey: the software root's key pairs move with a root rotation, which gives
+   * the root a new id).
+   */
+  async #rootKeyPairs(record?: StoredKeyPair, version?: StoredVersion) {
     const root = checkedRoot(this.#kw.root);
+    const keyPairs = requireKeyPairs(root);
     if (record?.rootId !== undefined && root.describe().id !== record.rootId) {
-      throw new KeyStateError(
-        `pki: key pair ${record.name} is held in root ${record.rootId}, not in this Keywarden's root ${root.describe().id}`,
-      );
+      const probe = version ?? record.versions.find((v) => v.state !== 'destroyed' && v.handle);
+      let holds = false;
+      if (keyPairs.publicKey && probe?.handle) {
+        const spki = await keyPairs.publicKey(fromB64(probe.handle)).catch(() => undefined);
+        holds = spki !== undefined && Buffer.from(spki).equals(Buffer.from(fromB64(probe.publicKey)));
+      }
+      if (!holds) {
+        throw new KeyStateError(
+          `pki: key pair ${record.name} is held in root ${record.rootId}, not in this Keywarden's root ${root.describe().id}`,
+        );
+      }
     }
-    return requireKeyPairs(root);
+    return keyPairs;
   }
 
   async #newVersion(record: StoredKeyPair, version: number): Promise<StoredVersion> {
     const { name, algorithm, kek } = record;
     if (record.storage === 'root') {
-      const keyPairs = this.#rootKeyPairs(record);
+      const keyPairs = await this.#rootKeyPairs(record);
       const pair = await keyPairs.generate(algorithm, deviceLabel(name, version));
       try {
         const envelope = await this.#kw.encrypt(pair.handle, { key: kek, context: rootContextOf(name, version) });

@@ -8,3 +8,4 @@ export { describeKeyStoreConformance } from './keystore-conformance.js';
 export type { KeyStoreFactory, KeyStoreFixture } from './keystore-conformance.js';
 export { describeRootConformance } from './root-conformance.js';
 export type { PrivateKeyFacts, RootFactory, RootFixture } from './root-conformance.js';
+export { inspectSoftwareKeyPair, openSoftwareKeyPair } from './software-key-pairs.js';
