@@ -307,11 +307,12 @@ export class AuditLog {
         // Several writers, one chain: the authority seals the batch on the head it holds the lock
         // of, so the seq numbers are the store's (a batch it refused leaves no gap in its chain).
         const sealed = await authority.appendChained((after) => sealer.sealBatch(events, after), key);
-        batch = new LazyAuditBatch(sealed.bytes, events.length, sealed.head, sync);
+        batch = new LazyAuditBatch(sealed, events.length, sync);
         this.#head = sealed.head;
       } else {
-        const { bytes, head } = sealer.sealBatch(events, this.#head as AuditAnchor);
-        batch = new LazyAuditBatch(bytes, events.length, head, sync);
+        const sealed = sealer.sealBatch(events, this.#head as AuditAnchor);
+        const head = sealed.head;
+        batch = new LazyAuditBatch(sealed, events.length, sync);
         // The chain moves on whether or not the sinks take the batch: a dropped batch (fail open)
         // shows as a break in the chain, never as a silently renumbered log.
         this.#head = head;

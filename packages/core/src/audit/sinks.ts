@@ -28,6 +28,8 @@ export interface AuditBatch {
 export interface SealedAuditBytes {
   bytes: Uint8Array;
   head: AuditAnchor;
+  /** The records as objects (RecordSealer makes them without parsing the bytes); parsed when absent. */
+  records?: () => AuditRecord[];
 }
 
 export interface AuditSink {
@@ -56,17 +58,20 @@ export class LazyAuditBatch implements AuditBatch {
   readonly sync: boolean;
   #text: string | undefined;
   #records: AuditRecord[] | undefined;
-  constructor(bytes: Uint8Array, count: number, head: AuditAnchor, sync: boolean) {
-    this.bytes = bytes;
+  readonly #make: (() => AuditRecord[]) | undefined;
+  constructor(sealed: SealedAuditBytes, count: number, sync: boolean) {
+    this.bytes = sealed.bytes;
     this.count = count;
-    this.head = head;
+    this.head = sealed.head;
     this.sync = sync;
+    this.#make = sealed.records;
   }
   get text(): string {
     this.#text ??= Buffer.from(this.bytes.buffer, this.bytes.byteOffset, this.bytes.length).toString('utf8');
     return this.#text;
   }
   get records(): readonly AuditRecord[] {
+    if (this.#records === undefined && this.#make !== undefined) this.#records = this.#make();
     if (this.#records === undefined) {
       const text = this.text;
       const records: AuditRecord[] = [];

@@ -66,6 +66,34 @@ describe('RecordSealer', () => {
     expect(verifyAuditLog(key, lines)).toEqual({ ok: true, verified: evs.length, last: second.head });
   });
 
+  it('the record objects of a batch are the parsed lines, member for member and in member order', () => {
+    const key = new AuditKey(new Uint8Array(randomBytes(32)));
+    const sealer = new RecordSealer(key);
+    const evs: AuditEvent[] = events().map((ev) => {
+      // As AuditLog.record() hands them over: the context's canonical JSON taken.
+      if (ev.context === undefined) return ev;
+      return { ...ev, contextCanonical: canonicalJson(ev.context) };
+    });
+    // Members JSON text does not give back as they were, and an event sealed without its
+    // canonical context: parsed from the line.
+    evs.push({ op: 'x', principal: 'p', outcome: 'ok', version: -0, at } as AuditEvent);
+    evs.push({ op: 'x', principal: 'p', outcome: 'ok', version: Number.NaN, at } as AuditEvent);
+    evs.push({ op: 'x', principal: 'p', outcome: 'ok', context: { a: 'b' }, at } as AuditEvent);
+    evs.push({ op: '\ud800', principal: 'p', outcome: 'ok', code: 'KW_X', at } as AuditEvent);
+    const first = sealer.sealBatch(evs.slice(0, 5), { seq: 41, mac: 'a"b' });
+    const second = sealer.sealBatch(evs.slice(5), first.head);
+    for (const batch of [first, second]) {
+      const lines = Buffer.from(batch.bytes).toString('utf8').slice(0, -1).split('\n');
+      const records = batch.records();
+      expect(records).toHaveLength(lines.length);
+      for (const [i, line] of lines.entries()) {
+        expect(JSON.stringify(records[i]), `record ${i + 1}`).toBe(line);
+        expect(records[i]).toStrictEqual(JSON.parse(line));
+      }
+    }
+    expect(first.records()[0]).toMatchObject({ seq: 42, prev: 'a"b' });
+  });
+
   it('a previous MAC from elsewhere (a head read back) is escaped, never written raw', () => {
     const key = new AuditKey(new Uint8Array(randomBytes(32)));
     const { bytes } = new RecordSealer(key).sealBatch([{ op: 'x', principal: 'p', outcome: 'ok', at }], {
