@@ -40,7 +40,10 @@ import {
   type RootDescription,
   type RootOfTrust,
   readPkcs11Pin,
+  type RootSecretHooks,
+  rootSecretHooks,
   rootUriScheme,
+  UnsealError,
   wipe,
 } from '@keywarden/core';
 import {
@@ -89,6 +92,13 @@ import {
 export const DEVICE_SECRET_SHARES_META = 'device/secret-shares';
 /** Meta record of a device init whose shares are being handed out (in the staged store only). */
 export const DEVICE_PENDING_INIT_META = 'device/pending-init';
+/**
+ * Meta record (staged store only) of a device init's change of the token's user PIN to the fresh
+ * one that was split: "setting" is written (and fsynced) before C_SetPIN, "set" after. Absent: the
+ * PIN was not touched. "setting": either PIN may be the token's; resume and abort find out by
+ * logging in with the new one (from a quorum of its shares).
+ */
+export const DEVICE_SECRET_CHANGE_META = 'device/secret-change';
 /** The TPM auth value drawn at init (the TPM root takes 8..32 bytes). */
 const TPM_AUTH_BYTES = 32;
 /** The meta records in which the device backends keep their root record. */
@@ -116,6 +126,12 @@ interface DevicePendingInit {
   shareSet: ShareSetInfo;
   digests: string[];
   handOut: HandOutDescription;
+  /**
+   * PKCS#11: the shares are of a fresh PIN that this init sets on the token (C_SetPIN) once they
+   * are all written; `from` is where the PIN given at init came from (the URI's pin-source, not
+   * the PIN: "env:NAME", "file:/PATH"), for an abort that sets it back. Absent: a prompt.
+   */
+  pinChange?: { from?: string };
 }
 
 /** Which share purpose a device scheme's secret has. */
@@ -244,7 +260,29 @@ export async function initDeviceSplitStoreDir(
   await clearAbandonedInit(loc, options);
   const recordedUri = withoutSecretSource(options.uri);
 
-  const secret = await secretFor(scheme, options);
+  const given = await secretFor(scheme, options);
+  // PKCS#11: the PIN given is only the way in. The PIN that gets split is a fresh random one, set on
+  // the token (C_SetPIN) once its shares are all written: nobody who typed the old one knows it.
+  let hooks: RootSecretHooks | undefined;
+  let typed: Uint8Array | undefined;
+  let secret = given;
+  if (scheme === 'pkcs11') {
+    typed = given;
+    try {
+      hooks = rootSecretHooks(options.uri);
+      const env = options.env ? { env: options.env } : {};
+      if (!(await hooks.check(options.uri, typed, env))) {
+        throw new UnsealError(
+          'init: the token refused the user PIN given (C_Login: CKR_PIN_INCORRECT); nothing was made',
+        );
+      }
+      secret = await hooks.draw(options.uri, env);
+    } catch (err) {
+      wipe(typed);
+      throw err;
+    }
+  }
+  let pinChange: 'none' | 'setting' | 'set' = 'none';
   let store: SqliteKeyStore | undefined;
   let root: RootOfTrust | undefined;
   let handOut: HandOut | undefined;
@@ -287,6 +325,7 @@ export async function initDeviceSplitStoreDir(
       shareSet,
       digests: texts.map(digestOf),
       handOut: handOut.describe(false),
+      ...(typed ? { pinChange: pinSourceOf(options.uri) } : {}),
     };
     await store.putMeta(DEVICE_PENDING_INIT_META, enc.encode(JSON.stringify(pending)));
     await store.putMeta(DEVICE_SECRET_SHARES_META, enc.encode(JSON.stringify(record)));
@@ -302,6 +341,20 @@ export async function initDeviceSplitStoreDir(
     texts.length = 0;
     set.encoded.length = 0;
     options.onStep?.('init:shares-written');
+
+    if (hooks && typed) {
+      // The point after which the token opens only with the new PIN: its shares are durable, and
+      // the record says a change may have happened (resume and abort then ask the token).
+      await store.putMeta(DEVICE_SECRET_CHANGE_META, enc.encode('setting'));
+      fsyncPath(stagedPath);
+      pinChange = 'setting';
+      options.onStep?.('init:pin-changing');
+      await hooks.change(recordedUri, typed, secret, options.env ? { env: options.env } : {});
+      pinChange = 'set';
+      options.onStep?.('init:pin-changed');
+      await store.putMeta(DEVICE_SECRET_CHANGE_META, enc.encode('set'));
+      fsyncPath(stagedPath);
+    }
 
     root = await openRoot(recordedUri, {
       store,
@@ -339,6 +392,24 @@ export async function initDeviceSplitStoreDir(
     }
     await root?.close().catch(() => {});
     root = undefined;
+    if (pinChange !== 'none' && hooks && typed) {
+      // The token may take only the new PIN now: set the one given back before its shares go.
+      const env = options.env ? { env: options.env } : {};
+      const restored = await hooks
+        .check(recordedUri, secret, env)
+        .then(async (isNew) => {
+          if (isNew) await hooks.change(recordedUri, secret, typed, env);
+          return true;
+        })
+        .catch(() => false);
+      if (!restored) {
+        await store?.close().catch(() => {});
+        throw new CeremonyError(
+          `init: failed after the token's user PIN was changed to the split one (${messageOf(err)}), and the PIN given could not be set back: its shares are kept; run \`keywarden init --resume --share-file …\` or \`keywarden init --abort --share-file …\` with a quorum of them`,
+          { cause: err },
+        );
+      }
+    }
     await store?.close().catch(() => {});
     store = undefined;
     await handOut?.abort();
@@ -348,9 +419,17 @@ export async function initDeviceSplitStoreDir(
     throw err;
   } finally {
     wipe(secret);
+    wipe(typed);
     await root?.close().catch(() => {});
     await store?.close().catch(() => {});
   }
+}
+
+/** Where the URI says the PIN comes from ("env:NAME", "file:/PATH"; not the PIN), for an abort. */
+function pinSourceOf(uri: string): { from?: string } {
+  const parsed = parsePkcs11Uri(uri);
+  wipe(parsed.pinValue);
+  return parsed.pinSource !== undefined ? { from: parsed.pinSource } : {};
 }
 
 function pick(s: ShareSetInfo): Pick<DeviceSecretShares, 'shareSetId' | 'threshold' | 'shares'> {
@@ -436,9 +515,13 @@ export async function devicePendingInitOf(loc: StoreLocation): Promise<PendingCe
 }
 
 export interface DeviceResumeOptions extends CeremonyHooks {
-  /** A test quorum of the new shares (required when they went to a callback, e.g. stdout). */
+  /** A test quorum of the new shares (required when they went to a callback, e.g. stdout; and
+   * when the init stopped while changing the token's PIN to the split one). */
   quorum?: QuorumSource;
   testQuorum?: boolean;
+  env?: Readonly<Record<string, string | undefined>>;
+  /** The PIN given at init, when it came from a prompt (a PIN change that never happened is made). */
+  oldSecret?: () => Promise<Uint8Array | undefined>;
 }
 
 export interface DeviceResumeResult extends HandOutResult {
@@ -484,6 +567,15 @@ export async function resumeDeviceInit(
     if (!p) throw new CeremonyError(`init --resume: no device init is pending in ${loc.display}`);
     pending = p;
     const device = (p as unknown as DevicePendingInit).device;
+    if (
+      !(await store.getMeta(DEVICE_ROOT_RECORDS[device] ?? 'root')) &&
+      (p as unknown as DevicePendingInit).pinChange &&
+      (await store.getMeta(DEVICE_SECRET_CHANGE_META))
+    ) {
+      // Stopped between the hand-out and the root: finish the PIN change, then make the root.
+      await finishPinChange(loc, store, p as unknown as DevicePendingInit, options);
+      quorumOf = 'new';
+    }
     if (!(await store.getMeta(DEVICE_ROOT_RECORDS[device] ?? 'root'))) {
       throw new CeremonyError(
         'init --resume: the earlier init stopped before the root was made in the device; nothing can be resumed: run `keywarden init --abort`, then init again',
@@ -493,7 +585,7 @@ export async function resumeDeviceInit(
     if (!record)
       throw new CeremonyError('init --resume: the staged store has no share-set record; run `keywarden init --abort`');
     const h = descriptionOf(pending);
-    if (options.testQuorum || isCallback(h)) {
+    if (quorumOf === undefined && (options.testQuorum || isCallback(h))) {
       const shares = await askQuorum(options.quorum, {
         operation: `init --resume${isCallback(h) ? ' (the shares were printed, so a test quorum must show they were received; or `keywarden init --abort`)' : ''}`,
         title: 'Test quorum',
@@ -527,9 +619,12 @@ export async function resumeDeviceInit(
 }
 
 export interface DeviceAbortOptions extends CeremonyHooks {
-  /** A quorum of the shares written, to log in and destroy the root object the init made. */
+  /** A quorum of the shares written, to log in and destroy the root object the init made (and set
+   * the token's user PIN back to the one given at init, when the init had changed it). */
   quorum?: QuorumSource;
   env?: Readonly<Record<string, string | undefined>>;
+  /** The PIN given at init, when it came from a prompt. */
+  oldSecret?: () => Promise<Uint8Array | undefined>;
 }
 
 /**
@@ -548,7 +643,15 @@ export async function abortDeviceInit(loc: StoreLocation, options: DeviceAbortOp
     pending = await readDevicePendingInit(store);
     const device = (pending as unknown as DevicePendingInit | undefined)?.device;
     const rootRecord = device ? await store.getMeta(DEVICE_ROOT_RECORDS[device] ?? 'root') : undefined;
-    if (rootRecord) notes.push(...(await destroyStagedRoot(store, uriPath, options)));
+    const changing =
+      (pending as unknown as DevicePendingInit | undefined)?.pinChange !== undefined &&
+      (await store.getMeta(DEVICE_SECRET_CHANGE_META)) !== undefined;
+    if (changing) {
+      // The token may open only with the new PIN, whose shares this abort would remove: it first
+      // logs in with them (a quorum), destroys the root object if one was made, and sets the PIN
+      // given at init back. Without a quorum nothing is removed.
+      notes.push(...(await undoPinChange(store, uriPath, pending as unknown as DevicePendingInit, options)));
+    } else if (rootRecord) notes.push(...(await destroyStagedRoot(store, uriPath, options)));
   } finally {
     await store.close().catch(() => {});
   }
@@ -556,6 +659,150 @@ export async function abortDeviceInit(loc: StoreLocation, options: DeviceAbortOp
   await removeStoreFiles(stagedPath);
   await rm(uriPath, { force: true });
   fsyncPath(loc.dir);
+  return notes;
+}
+
+/** The URI D/root.uri records (CeremonyError when it is gone). */
+async function recordedUriAt(uriPath: string, operation: string): Promise<string> {
+  try {
+    return (await readFile(uriPath, 'utf8')).replace(/\r?\n$/, '');
+  } catch {
+    throw new CeremonyError(`${operation}: D/root.uri is gone, so the token cannot be found; nothing was changed`);
+  }
+}
+
+/** The new secret, recombined from a quorum of the staged share set (checked against its commitments). */
+async function stagedQuorumSecret(
+  store: KeyStore,
+  quorum: QuorumSource | undefined,
+  operation: string,
+  why: string,
+): Promise<Uint8Array> {
+  const record = await readDeviceSecretShares(store);
+  if (!record) throw new CeremonyError(`${operation}: the staged store has no share-set record`);
+  if (typeof quorum !== 'function') {
+    throw new CeremonyError(
+      `${operation}: ${why}: give a quorum of the new shares (--share-file); nothing was changed`,
+    );
+  }
+  const shares = await askQuorum(quorum, {
+    operation,
+    title: 'The new user PIN',
+    which: 'new',
+    shareSet: { ...pick(record), purpose: record.purpose },
+  });
+  try {
+    return await combineHardwareSecret(shares, {
+      ...pick(record),
+      purpose: record.purpose,
+      commitments: record.commitments,
+    });
+  } finally {
+    shares.length = 0;
+  }
+}
+
+/** The PIN given at init: from the source the pending record names, else the caller's prompt. */
+async function pinGivenAtInit(
+  pending: DevicePendingInit,
+  options: { env?: Readonly<Record<string, string | undefined>>; oldSecret?: () => Promise<Uint8Array | undefined> },
+  operation: string,
+): Promise<Uint8Array> {
+  const from = pending.pinChange?.from;
+  const pin =
+    from !== undefined
+      ? await readPkcs11Pin(
+          { pinSource: from, vendorPath: {}, vendorQuery: {} },
+          options.env ? { env: options.env } : {},
+        )
+      : await options.oldSecret?.();
+  if (!pin) {
+    throw new CeremonyError(
+      `${operation}: the user PIN given at init is needed (${from !== undefined ? `its source ${from.replace(/^file:.*/, 'file:…')} gives none` : 'it was typed: run on a terminal'}); nothing was changed`,
+    );
+  }
+  return pin;
+}
+
+/**
+ * `init --resume` of an init stopped between the hand-out and the root: the token's PIN becomes
+ * the new one (unless it already is: a login with it tells), then the root is made in the device.
+ */
+async function finishPinChange(
+  loc: StoreLocation,
+  store: SqliteKeyStore,
+  pending: DevicePendingInit,
+  options: DeviceResumeOptions,
+): Promise<void> {
+  const operation = 'init --resume';
+  const uri = await recordedUriAt(path.join(loc.dir, ROOT_URI_FILE), operation);
+  const hooks = rootSecretHooks(uri);
+  const env = options.env ? { env: options.env } : {};
+  const secret = await stagedQuorumSecret(
+    store,
+    options.quorum,
+    operation,
+    "the init stopped while setting the token's user PIN to the split one",
+  );
+  try {
+    if (!(await hooks.check(uri, secret, env))) {
+      const old = await pinGivenAtInit(pending, options, operation);
+      try {
+        await hooks.change(uri, old, secret, env);
+      } finally {
+        wipe(old);
+      }
+    }
+    options.onStep?.('init:pin-changed');
+    await store.putMeta(DEVICE_SECRET_CHANGE_META, enc.encode('set'));
+    const root = await openRoot(uri, { store, create: true, secret, ...env });
+    await root.close();
+    fsyncPath(stagedStorePath(loc));
+    options.onStep?.('init:root-created');
+  } finally {
+    wipe(secret);
+  }
+}
+
+/** `init --abort` of an init that may have changed the token's PIN (see abortDeviceInit). */
+async function undoPinChange(
+  store: KeyStore,
+  uriPath: string,
+  pending: DevicePendingInit,
+  options: DeviceAbortOptions,
+): Promise<string[]> {
+  const operation = 'init --abort';
+  const uri = await recordedUriAt(uriPath, operation);
+  const hooks = rootSecretHooks(uri);
+  const env = options.env ? { env: options.env } : {};
+  const secret = await stagedQuorumSecret(
+    store,
+    options.quorum,
+    operation,
+    "the init had begun setting the token's user PIN to the split one, so its shares may be the only way into the token",
+  );
+  const notes: string[] = [];
+  try {
+    if (!(await hooks.check(uri, secret, env))) return notes; // the PIN given at init is still the token's
+    if (await store.getMeta(DEVICE_ROOT_RECORDS[pending.device] ?? 'root')) {
+      const root = await openRoot(uri, { store, secret, ...env });
+      try {
+        await root.destroyable?.destroy(store, secret, new Date());
+      } finally {
+        await root.close().catch(() => {});
+      }
+      notes.push(`destroyed the root object this init made (${describeObject(uri)})`);
+    }
+    const old = await pinGivenAtInit(pending, options, operation);
+    try {
+      await hooks.change(uri, secret, old, env);
+    } finally {
+      wipe(old);
+    }
+    notes.push("set the token's user PIN back to the one given at init");
+  } finally {
+    wipe(secret);
+  }
   return notes;
 }
 

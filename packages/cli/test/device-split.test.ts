@@ -8,14 +8,15 @@
  * the agent's log. Outside CI a machine without the device skips with the harness's reason; in CI
  * a missing device is a failure.
  */
-import { execFileSync } from 'node:child_process';
-import { existsSync, readdirSync, readFileSync } from 'node:fs';
+import { execFileSync, spawn } from 'node:child_process';
+import { existsSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import * as path from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { combineHardwareSecret } from '@keywarden/split-knowledge';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { built, kw, requireBuild, type Spawned, startAgent, waitFor } from './split-helpers.js';
+import { BIN, built, kw, requireBuild, type Spawned, startAgent, waitFor } from './split-helpers.js';
 
 requireBuild('device-split.test.ts');
 const HARNESS = fileURLToPath(new URL('../../../harness/', import.meta.url));
@@ -88,23 +89,84 @@ function altered(share: string): string {
   return share.slice(0, i) + c + share.slice(i + 1);
 }
 
+/** The PIN a quorum of hsm-pin shares holds (the test's own recombination, for pkcs11-tool). */
+async function pinOf(shares: string[]): Promise<string> {
+  const secret = await combineHardwareSecret(shares, { purpose: 'hsm-pin' });
+  return Buffer.from(secret).toString('utf8');
+}
+
+/**
+ * `keywarden ARGS`, SIGKILLed `delayMs` after it announces step `after` (or left to finish), at any
+ * instant but one: inside SoftHSM2's C_SetPIN, which is not crash-safe in SoftHSM2 itself (a kill
+ * there can leave the token uninitialized: harness/softhsm-setpin-kill.mjs, docs/pkcs11.md). The
+ * process is held at `init:pin-changing` (the test step hook's wait) while the test decides: the
+ * kill was due before (or at) the call lands there, just before C_SetPIN; a kill drawn after a
+ * later step lets it through.
+ */
+function killAfterStep(
+  args: string[],
+  cwd: string,
+  env: Env,
+  after: string,
+  delayMs: number,
+): Promise<{ killed: boolean; code: number | null }> {
+  const go = path.join(cwd, `go-${Math.random().toString(36).slice(2)}`);
+  return new Promise((resolve, reject) => {
+    const child = spawn(process.execPath, [BIN, ...args], {
+      cwd,
+      env: { PATH: process.env.PATH, ...env, KEYWARDEN_TEST_STEP_HOOK: `announce,wait:init:pin-changing@${go}` },
+      stdio: ['ignore', 'ignore', 'pipe'],
+    });
+    let seen = '';
+    const target = after;
+    let timer: NodeJS.Timeout | undefined;
+    const guard = setTimeout(() => child.kill('SIGKILL'), 90_000);
+    const announced = (step: string) => seen.includes(`keywarden-test-step: ${step}\n`);
+    child.stderr.on('data', (c: Buffer) => {
+      seen += c.toString('utf8');
+      if (announced('init:pin-changing') && !existsSync(go)) {
+        // Held before C_SetPIN: kill here if the kill was due by now, else let it through.
+        if (timer !== undefined || target === 'init:pin-changing') {
+          clearTimeout(timer);
+          child.kill('SIGKILL');
+          return;
+        }
+        writeFileSync(go, '');
+      }
+      if (timer === undefined && target !== 'init:pin-changing' && announced(target)) {
+        timer = setTimeout(() => child.kill('SIGKILL'), delayMs);
+      }
+    });
+    child.on('error', reject);
+    child.on('close', (code, signal) => {
+      clearTimeout(guard);
+      clearTimeout(timer);
+      resolve({ killed: signal === 'SIGKILL', code });
+    });
+  });
+}
+
 // ── PKCS#11: the user PIN ──────────────────────────────────────────────────────────────────────
 
 describe.skipIf(!built)('init --root pkcs11:… --pin-shares: the user PIN split among custodians (SoftHSM2)', () => {
+  // Each test has its own token (a fresh harness SoftHSM2): an init changes the token's user PIN.
   let device: ReturnType<typeof startDevice>;
   let env: Env = {};
   let pin = '';
-  beforeAll(() => {
+  const devices: { stop: () => void }[] = [];
+  const fresh = () => {
     device = startDevice('softhsm.sh');
     if ('env' in device) {
+      devices.push(device);
       env = { SOFTHSM2_CONF: device.env.SOFTHSM2_CONF as string };
       pin = readFileSync(device.env.KEYWARDEN_PKCS11_PIN_FILE as string, 'utf8').replace(/\n$/, '');
     }
-  }, 90_000);
+  };
   afterAll(() => {
-    if (device && 'stop' in device) device.stop();
+    for (const d of devices) d.stop();
   });
   const skip = () => {
+    fresh();
     if ('reason' in device) {
       console.warn(`skipped: ${device.reason}`);
       return true;
@@ -115,6 +177,29 @@ describe.skipIf(!built)('init --root pkcs11:… --pin-shares: the user PIN split
     `pkcs11:token=${encodeURIComponent(('env' in device && device.env.KEYWARDEN_PKCS11_TOKEN) || 'keywarden')};object=${object}` +
     `?module-path=${encodeURI(('env' in device && device.env.KEYWARDEN_PKCS11_MODULE) || '')}&pin-source=env:KW_TEST_PIN`;
   const withPin = () => ({ ...env, KW_TEST_PIN: pin });
+  /** Whether the token takes `p` as its user PIN, asked by OpenSC's pkcs11-tool (not Keywarden). */
+  const tokenTakes = (p: string): boolean => {
+    if (!('env' in device)) return false;
+    try {
+      execFileSync(
+        'pkcs11-tool',
+        [
+          '--module',
+          device.env.KEYWARDEN_PKCS11_MODULE as string,
+          '--token-label',
+          device.env.KEYWARDEN_PKCS11_TOKEN as string,
+          '--login',
+          '--pin',
+          p,
+          '--list-objects',
+        ],
+        { env: { ...process.env, ...env }, stdio: 'ignore', timeout: 20_000 },
+      );
+      return true;
+    } catch {
+      return false;
+    }
+  };
 
   it('init splits the PIN; the agent unseals from a quorum; wrong, forged and too few shares never reach the token', async (ctx) => {
     if (skip()) return ctx.skip();
@@ -137,15 +222,26 @@ describe.skipIf(!built)('init --root pkcs11:… --pin-shares: the user PIN split
       { env: withPin(), timeoutMs: 60_000 },
     );
     expect(init.code, init.stderr).toBe(0);
-    expect(init.stderr).toMatch(/the token's user PIN was split into 3 shares, any 2 of which unseal/);
+    expect(init.stderr).toMatch(
+      /a new random user PIN, set on the token in place of the one given \(which no longer opens it\), was split into 3 shares, any 2 of which unseal/,
+    );
     const shares = [1, 2, 3].map((i) => readFileSync(path.join(cwd, 'shares', `share-${i}-of-3.txt`), 'utf8').trim());
     for (const s of shares) expect(s).toMatch(/^kwshare1\.hsm-pin\.ss_/);
+    // The PIN that was typed no longer opens the token; the one the shares hold does, and it is new.
+    const split = await pinOf(shares.slice(0, 2));
+    expect(split).toMatch(/^[A-Za-z0-9]{32}$/);
+    expect(split).not.toBe(pin);
+    expect(tokenTakes(pin)).toBe(false);
+    expect(tokenTakes(split)).toBe(true);
     // D/root.uri names no PIN source, and no file of the folder holds the PIN.
     const recorded = readFileSync(path.join(cwd, 'd', 'root.uri'), 'utf8');
     expect(recorded).not.toMatch(/pin-source|pin-value/);
     for (const f of filesUnder(path.join(cwd, 'd'))) {
       expect(f.bytes.includes(Buffer.from(pin)), f.file).toBe(false);
+      expect(f.bytes.includes(Buffer.from(split)), f.file).toBe(false);
     }
+    expect(init.stderr).not.toContain(split);
+    expect(init.stdout).not.toContain(split);
 
     // Without the agent, key operations say how to unseal.
     oneLineError(await kw(['--dir', 'd', 'key', 'create', 'k'], cwd, { env }), /start `keywarden agent`/);
@@ -246,7 +342,7 @@ describe.skipIf(!built)('init --root pkcs11:… --pin-shares: the user PIN split
     expect(readdirSync(cwd)).toEqual([]);
   }, 60_000);
 
-  it('SIGKILL inside the init: before the root is made nothing is in the token; after, abort with a quorum destroys it, resume finishes; the token still takes its PIN', async (ctx) => {
+  it('SIGKILL at each step of the init: the typed PIN opens the token until C_SetPIN, the durable shares after; resume and abort finish or undo the PIN change', async (ctx) => {
     if (skip()) return ctx.skip();
     const cwd = await tempDir();
     const args = (object: string) => [
@@ -266,17 +362,22 @@ describe.skipIf(!built)('init --root pkcs11:… --pin-shares: the user PIN split
       readdirSync(path.join(cwd, 'd'))
         .filter((f) => !/^keystore\.db\.staged-(wal|shm)$/.test(f))
         .sort();
-    const killAt = async (step: string) => {
-      const r = await kw(args('kw-kill'), cwd, {
+    const killAt = async (step: string, object: string) => {
+      const r = await kw(args(object), cwd, {
         env: { ...withPin(), KEYWARDEN_TEST_STEP_HOOK: `kill:${step}` },
         timeoutMs: 60_000,
       });
       expect(r.code, r.stderr).toBeNull();
     };
+    const shareFiles = [1, 2, 3].map((i) => path.join('shares', `share-${i}-of-3.txt`));
+    const quorum = ['--share-file', shareFiles[0] as string, '--share-file', shareFiles[2] as string];
+    const splitPin = async () =>
+      pinOf([1, 3].map((i) => readFileSync(path.join(cwd, shareFiles[i - 1] as string), 'utf8').trim()));
 
-    // 1. Killed after share 2 of 3: the root was not made yet. Nothing looks initialized.
-    await killAt('init:share-2');
+    // 1. Killed after share 2 of 3: neither the PIN nor the token was touched. Nothing looks initialized.
+    await killAt('init:share-2', 'kw-kill');
     expect(left()).toEqual(['keystore.db.staged', 'root.uri']);
+    expect(tokenTakes(pin)).toBe(true);
     const st = await kw(['--dir', 'd', 'status'], cwd, { env });
     expect(st.code, st.stderr).toBe(0);
     expect(st.stdout).toMatch(/not initialized: the init did not finish/);
@@ -288,53 +389,151 @@ describe.skipIf(!built)('init --root pkcs11:… --pin-shares: the user PIN split
     );
     const abort1 = await kw(['--dir', 'd', 'init', '--abort'], cwd, { env, timeoutMs: 60_000 });
     expect(abort1.code, abort1.stderr).toBe(0);
-    expect(abort1.stderr).not.toMatch(/root object/);
+    expect(abort1.stderr).not.toMatch(/root object|PIN/);
     expect(readdirSync(path.join(cwd, 'd'))).toEqual([]);
     expect(readdirSync(path.join(cwd, 'shares'))).toEqual([]);
+    expect(tokenTakes(pin)).toBe(true);
 
-    // 2. Killed right after the root object was made (every share written): abort with a quorum of
-    // the shares recombines the PIN, logs in and destroys the object; everything else is removed.
-    await killAt('init:root-created');
+    // 2. Killed just before C_SetPIN (every share durable, the change recorded as begun): the typed
+    // PIN still opens the token. Resume needs a quorum; with it, it sets the PIN and finishes.
+    await killAt('init:pin-changing', 'kw-kill');
+    expect(tokenTakes(pin)).toBe(true);
+    oneLineError(await kw(['--dir', 'd', 'init', '--resume'], cwd, { env: withPin(), timeoutMs: 60_000 }), /share/);
     expect(left()).toEqual(['keystore.db.staged', 'root.uri']);
-    const abort2 = await kw(
-      [
-        '--dir',
-        'd',
-        'init',
-        '--abort',
-        '--share-file',
-        'shares/share-1-of-3.txt',
-        '--share-file',
-        'shares/share-3-of-3.txt',
-      ],
-      cwd,
-      { env, timeoutMs: 60_000 },
-    );
-    expect(abort2.code, abort2.stderr).toBe(0);
-    expect(abort2.stderr).toMatch(/destroyed the root object this init made/);
-    expect(readdirSync(path.join(cwd, 'd'))).toEqual([]);
-    expect(readdirSync(path.join(cwd, 'shares'))).toEqual([]);
-
-    // 3. The same object label is free again and the token still takes its PIN (not locked out).
-    // Killed at the same instant, this time resumed: the store moves into place and works.
-    await killAt('init:root-created');
-    const resume = await kw(['--dir', 'd', 'init', '--resume'], cwd, { env, timeoutMs: 60_000 });
-    expect(resume.code, resume.stderr).toBe(0);
+    const resume2 = await kw(['--dir', 'd', 'init', '--resume', ...quorum], cwd, {
+      env: withPin(),
+      timeoutMs: 60_000,
+    });
+    expect(resume2.code, resume2.stderr).toBe(0);
     expect(left()).toEqual(['keystore.db', 'root.uri']);
+    const pin2 = await splitPin();
+    expect(tokenTakes(pin)).toBe(false);
+    expect(tokenTakes(pin2)).toBe(true);
     const agent = await startAgent(cwd, ['--dir', 'd'], env);
-    const shares = [2, 3].map((i) => path.join(cwd, 'shares', `share-${i}-of-3.txt`));
-    const un = await kw(
-      ['--dir', 'd', 'unseal', '--share-file', shares[0] as string, '--share-file', shares[1] as string],
-      cwd,
-      {
-        env,
-        timeoutMs: 60_000,
-      },
-    );
+    const un = await kw(['--dir', 'd', 'unseal', ...quorum], cwd, { env, timeoutMs: 60_000 });
     expect(un.stdout, un.stderr).toMatch(/unsealed/);
     expect((await kw(['--dir', 'd', 'key', 'create', 'k'], cwd, { env, timeoutMs: 60_000 })).code).toBe(0);
-    await agent.stop();
-  }, 240_000);
+    expect(await agent.stop()).toBe(0);
+    // The next inits start from the token's PIN as it is now (the typed one is the split one of 2.).
+    await rm(path.join(cwd, 'd'), { recursive: true });
+    await rm(path.join(cwd, 'shares'), { recursive: true });
+    pin = pin2;
+
+    // 3. Killed right after C_SetPIN, before it was recorded as done: only the shares open the
+    // token. Abort without them removes nothing; with a quorum it logs in with the new PIN (the
+    // token says it is in effect) and sets the typed one back.
+    await killAt('init:pin-changed', 'kw-kill3');
+    const pin3 = await splitPin();
+    expect(tokenTakes(pin)).toBe(false);
+    expect(tokenTakes(pin3)).toBe(true);
+    oneLineError(
+      await kw(['--dir', 'd', 'init', '--abort'], cwd, { env: withPin(), timeoutMs: 60_000 }),
+      /may be the only way into the token: give a quorum of the new shares \(--share-file\); nothing was changed/,
+    );
+    expect(left()).toEqual(['keystore.db.staged', 'root.uri']);
+    expect(readdirSync(path.join(cwd, 'shares')).sort()).toEqual([
+      'share-1-of-3.txt',
+      'share-2-of-3.txt',
+      'share-3-of-3.txt',
+    ]);
+    const abort3 = await kw(['--dir', 'd', 'init', '--abort', ...quorum], cwd, { env: withPin(), timeoutMs: 60_000 });
+    expect(abort3.code, abort3.stderr).toBe(0);
+    expect(abort3.stderr).toMatch(/set the token's user PIN back to the one given at init/);
+    expect(abort3.stderr).not.toMatch(/root object/);
+    expect(readdirSync(path.join(cwd, 'd'))).toEqual([]);
+    expect(readdirSync(path.join(cwd, 'shares'))).toEqual([]);
+    expect(tokenTakes(pin)).toBe(true);
+    expect(tokenTakes(pin3)).toBe(false);
+
+    // 4. Killed right after the root object was made: abort with a quorum destroys the object and
+    // sets the typed PIN back; the same label is free again.
+    await killAt('init:root-created', 'kw-kill4');
+    expect(tokenTakes(pin)).toBe(false);
+    const abort4 = await kw(['--dir', 'd', 'init', '--abort', ...quorum], cwd, { env: withPin(), timeoutMs: 60_000 });
+    expect(abort4.code, abort4.stderr).toBe(0);
+    expect(abort4.stderr).toMatch(/destroyed the root object this init made/);
+    expect(abort4.stderr).toMatch(/set the token's user PIN back/);
+    expect(readdirSync(path.join(cwd, 'd'))).toEqual([]);
+    expect(tokenTakes(pin)).toBe(true);
+    // Killed at the same instant, this time resumed (no quorum needed: the root exists, the PIN is set).
+    await killAt('init:root-created', 'kw-kill4');
+    const resume4 = await kw(['--dir', 'd', 'init', '--resume'], cwd, { env, timeoutMs: 60_000 });
+    expect(resume4.code, resume4.stderr).toBe(0);
+    expect(left()).toEqual(['keystore.db', 'root.uri']);
+    expect(tokenTakes(await splitPin())).toBe(true);
+    expect(tokenTakes(pin)).toBe(false);
+  }, 300_000);
+
+  it('SIGKILL at random instants of the init: at every instant the typed PIN or a quorum of the written shares opens the token; resume or abort then leaves exactly one of them in effect', async (ctx) => {
+    if (skip()) return ctx.skip();
+    const cwd = await tempDir();
+    const steps = [
+      'init:recorded',
+      'init:share-1',
+      'init:share-3',
+      'init:shares-written',
+      'init:pin-changing',
+      'init:pin-changed',
+      'init:root-created',
+    ];
+    const files = () =>
+      existsSync(path.join(cwd, 'shares'))
+        ? readdirSync(path.join(cwd, 'shares'))
+            .sort()
+            .map((f) => path.join('shares', f))
+        : [];
+    /** The PIN the written shares hold, if a quorum of them is whole. */
+    const writtenPin = async (): Promise<string | undefined> => {
+      const texts = files()
+        .map((f) => readFileSync(path.join(cwd, f), 'utf8').trim())
+        .filter((t) => t.length > 0);
+      return texts.length >= 2 ? pinOf(texts.slice(0, 2)).catch(() => undefined) : undefined;
+    };
+    const rounds = 5;
+    for (let round = 0; round < rounds; round++) {
+      const step = steps[Math.floor(Math.random() * steps.length)] as string;
+      const delay = Math.floor(Math.random() * 40);
+      const args = ['--dir', 'd', 'init', '--root', uri(`kw-r${round}`), '--pin-shares', '3', '--pin-threshold', '2'];
+      const run = await killAfterStep([...args, '--share-dir', 'shares'], cwd, withPin(), step, delay);
+      const note = `round ${round}: SIGKILL ${delay} ms after ${step} (killed: ${run.killed})`;
+      const split = await writtenPin();
+      // The invariant: some durable secret opens the token.
+      expect(tokenTakes(pin) || (split !== undefined && tokenTakes(split)), note).toBe(true);
+      if (!run.killed) {
+        expect(run.code, note).toBe(0);
+      } else {
+        const quorum = files()
+          .slice(0, 2)
+          .flatMap((f) => ['--share-file', f]);
+        const abortFirst = Math.random() < 0.5;
+        const abort = () =>
+          kw(['--dir', 'd', 'init', '--abort', ...(split ? quorum : [])], cwd, { env: withPin(), timeoutMs: 60_000 });
+        const resume = () =>
+          kw(['--dir', 'd', 'init', '--resume', ...(split ? quorum : [])], cwd, { env: withPin(), timeoutMs: 60_000 });
+        let r = abortFirst ? await abort() : await resume();
+        if (!abortFirst && r.code !== 0) {
+          expect(r.stderr, note).toMatch(/stopped before the root was made|no init is pending|were not all written/);
+          r = await abort();
+        }
+        expect(r.code, `${note}: ${r.stderr}`).toBe(0);
+      }
+      // Afterwards exactly one of the two opens the token: the typed PIN after an abort, the split
+      // one after a finished init (and the folder is then in place).
+      const done = existsSync(path.join(cwd, 'd', 'keystore.db'));
+      const now = await writtenPin();
+      if (done) {
+        expect(now, note).toBeDefined();
+        expect(tokenTakes(now as string), note).toBe(true);
+        expect(tokenTakes(pin), note).toBe(false);
+        pin = now as string;
+      } else {
+        expect(tokenTakes(pin), note).toBe(true);
+        expect(files(), note).toEqual([]);
+      }
+      await rm(path.join(cwd, 'd'), { recursive: true, force: true });
+      await rm(path.join(cwd, 'shares'), { recursive: true, force: true });
+    }
+  }, 400_000);
 
   it('a wrong PIN at init: one line naming CKR_PIN_INCORRECT, not the PIN; the shares handed out are taken back', async (ctx) => {
     if (skip()) return ctx.skip();
@@ -359,7 +558,9 @@ describe.skipIf(!built)('init --root pkcs11:… --pin-shares: the user PIN split
     );
     oneLineError(r, /CKR_PIN_INCORRECT/);
     expect(r.stderr).not.toContain(wrongPin);
-    expect(readdirSync(path.join(cwd, 'd'))).toEqual([]);
+    // Checked before anything is made: no folder, no share, and the token still takes its PIN.
+    expect(existsSync(path.join(cwd, 'd'))).toBe(false);
+    expect(tokenTakes(pin)).toBe(true);
     expect(existsSync(path.join(cwd, 'shares'))).toBe(false);
   }, 60_000);
 });

@@ -18,7 +18,7 @@
  */
 import { readFile } from 'node:fs/promises';
 import { wipe } from './_bytes.js';
-import { InvalidInputError, UnknownRootSchemeError } from './errors.js';
+import { InvalidInputError, UnknownRootSchemeError, UnsupportedCapabilityError } from './errors.js';
 import type { KeyStore } from './keystore.js';
 import type { RandomSource } from './random.js';
 import type { RootOfTrust } from './root.js';
@@ -58,9 +58,31 @@ export interface RootRecordHooks {
   destroyRecorded(store: KeyStore, consent: Uint8Array, now: Date): Promise<void>;
 }
 
+/**
+ * Unlocking-secret hooks (optional): what split knowledge over a device's secret needs of the
+ * device (docs/split-knowledge.md §11): draw a fresh secret nobody has seen, tell whether a secret
+ * is the device's current one, and change it (PKCS#11 C_SetPIN on the user PIN).
+ */
+export interface RootSecretHooks {
+  /** A fresh random secret of the form the device takes (a printable PIN within its length limits). */
+  draw(uri: string, options: RootSecretOptions): Promise<Uint8Array>;
+  /** Whether `secret` opens the device now: one login attempt (a wrong one counts towards the
+   * device's lockout like any failed login). */
+  check(uri: string, secret: Uint8Array, options: RootSecretOptions): Promise<boolean>;
+  /** Change the device's secret from `current` to `next` (UnsealError when `current` is wrong). */
+  change(uri: string, current: Uint8Array, next: Uint8Array, options: RootSecretOptions): Promise<void>;
+}
+
+export interface RootSecretOptions {
+  /** The key store that records the root (a TPM root's object), when there is one yet. */
+  store?: KeyStore;
+  env?: Readonly<Record<string, string | undefined>>;
+}
+
 export interface RootBackend {
   open: RootOpener;
   record?: RootRecordHooks;
+  secret?: RootSecretHooks;
 }
 
 const SCHEME_RE = /^[a-z][a-z0-9+.-]{0,31}$/;
@@ -134,6 +156,18 @@ export async function openRoot(uri: string, options: OpenRootOptions): Promise<R
     );
   }
   return backend.open(uri, options);
+}
+
+/** The unlocking-secret hooks of the backend for `uri`'s scheme (UnsupportedCapabilityError when it has none). */
+export function rootSecretHooks(uri: string): RootSecretHooks {
+  const scheme = rootUriScheme(uri);
+  const hooks = backends.get(scheme)?.secret;
+  if (!hooks) {
+    throw new UnsupportedCapabilityError(
+      `root: a ${scheme}: root's unlocking secret cannot be changed through Keywarden`,
+    );
+  }
+  return hooks;
 }
 
 /**

@@ -1,5 +1,6 @@
 import type { RootBackend } from '@keywarden/core';
 import { decodePkcs11Record, PKCS11_ROOT_META_NAME, PKCS11_TOMBSTONE_META_NAME, Pkcs11Root } from './root.js';
+import { pkcs11UserPinHooks } from './user-pin.js';
 
 /** The registry entry: opener and root-record hooks (core's root-registry.ts). */
 export const pkcs11RootBackend: RootBackend = {
@@ -37,4 +38,5 @@ export const pkcs11RootBackend: RootBackend = {
       }
     },
   },
+  secret: pkcs11UserPinHooks,
 };

@@ -27,3 +27,4 @@ export {
   type Pkcs11RootOptions,
   type Pkcs11RootRecord,
 } from './root.js';
+export { pkcs11UserPinHooks } from './user-pin.js';

@@ -174,11 +174,14 @@ Device root (--root URI): the root key is made in a PKCS#11 token or a TPM and n
   from a hidden prompt on a terminal. See docs/pkcs11.md and docs/tpm.md.
   Split knowledge over the device (--pin-shares N --pin-threshold M for pkcs11:, --auth-shares N
   --auth-threshold M for tpm:; --custodian and --share-dir hand the shares out as for --shares):
-  the token's user PIN (read once from the URI's pin-source or the prompt), or for a TPM a random
-  32-byte auth value that nobody ever sees, is split M-of-N; DIR/root.uri is recorded without its PIN
+  for PKCS#11 a new random user PIN that nobody ever sees (the token's PIN, read once from the URI's
+  pin-source or the prompt, is used to log in and set it with C_SetPIN once every share is written),
+  or for a TPM a random 32-byte auth value, is split M-of-N; DIR/root.uri is recorded without its PIN
   source. Run \`keywarden agent\`, then \`keywarden unseal\` with M shares: the agent recombines the
   secret in memory, unseals the device with it and wipes it. Staged like a split init (\`init --resume\`,
-  \`init --abort\`; an abort given --share-file with a quorum also destroys the root object it made).
+  \`init --abort\`; an abort given --share-file with a quorum also destroys the root object it made,
+  and sets the PIN given at init back if the init had changed it; after the PIN change, resume and
+  abort need that quorum).
 
 Examples:
   keywarden init
@@ -403,7 +406,10 @@ async function initDeviceSplit(
   } finally {
     secret?.fill(0);
   }
-  const what = scheme === 'tpm' ? 'a random auth value for the TPM root' : "the token's user PIN";
+  const what =
+    scheme === 'tpm'
+      ? 'a random auth value for the TPM root'
+      : 'a new random user PIN, set on the token in place of the one given (which no longer opens it),';
   const lines = [
     `Initialized a key store in ${loc.display} with a ${r.description.kind} root (root ${r.rootId}).`,
     `Root: ${r.description.label}; wraps with ${r.description.wrapAlgorithm}.`,
@@ -486,12 +492,19 @@ async function resumeOrAbortDevice(io: CliIO, loc: StoreLocation, opts: InitOpti
     const notes = await abortDeviceInit(loc, {
       ...hooksOf(io),
       env: io.env,
+      oldSecret: rootSecretPrompt(io, 'user PIN given at init (to set back)'),
       ...(files.length > 0 ? { quorum: quorumOf(io, files) } : {}),
     });
     await print(io.stderr, `${[`Removed the unfinished init in ${loc.display}.`, ...notes].join('\n')}\n`);
     return;
   }
-  const r = await resumeDeviceInit(loc, { ...hooksOf(io), quorum: quorumOf(io, files), testQuorum: files.length > 0 });
+  const r = await resumeDeviceInit(loc, {
+    ...hooksOf(io),
+    env: io.env,
+    oldSecret: rootSecretPrompt(io, 'user PIN given at init'),
+    quorum: quorumOf(io, files),
+    testQuorum: files.length > 0,
+  });
   const lines = [
     r.alreadyActivated
       ? `The init of ${loc.display} had already been completed before it stopped; it is finished now.`
