@@ -21,6 +21,7 @@ import { wipe } from '@keywarden/core';
 import { pinModule } from './_pin-module.js';
 import { processChannel } from './_process-channel.js';
 import type { WorkerBatch, WorkerBatchReply, WorkerConfig, WorkerFailure, WorkerRequest } from './_worker.js';
+import { decodeValue, FrameWriter, R_BYTES, R_FAILURE, R_NONE, readReplies, writeRequest } from './_wire.js';
 import { Pkcs11DeviceError, Pkcs11UnavailableError } from './errors.js';
 
 /** What a request is, without its sequence number. */
@@ -45,8 +46,20 @@ interface Pending {
   request: PoolRequest;
   resolve: (v: unknown) => void;
   reject: (e: Error) => void;
-  timer: NodeJS.Timeout;
+  /** performance.now() past which the request fails (callTimeoutMs after it was sent). */
+  deadline: number;
   retried: boolean;
+  /** Set when the answer came, until #drain resumes the caller. */
+  value: unknown;
+  failed: Error | undefined;
+  /** Posted to the worker (not only queued in the outbox). */
+  sent: boolean;
+}
+
+/** What waits in a slot's outbox: a request and its sequence number (test hooks have no Pending). */
+interface Outgoing {
+  seq: number;
+  request: PoolRequest;
 }
 
 /** What the pool holds of one worker, a thread or a child process (_process-channel.ts). */
@@ -80,6 +93,7 @@ export type PoolKind = 'threads' | 'processes';
 export const DEFAULT_POOL_KIND: PoolKind = 'processes';
 
 function threadChannel(url: URL, config: WorkerConfig, on: ChannelEvents): Channel {
+  // (The frame's buffer is transferred: this thread keeps no copy of it.)
   const worker = new Worker(url, { workerData: config });
   // A pool with no requests in flight must not keep the process alive.
   worker.unref();
@@ -89,7 +103,7 @@ function threadChannel(url: URL, config: WorkerConfig, on: ChannelEvents): Chann
   });
   worker.on('exit', () => on.exit());
   return {
-    post: (batch) => worker.postMessage(batch, [batch.bytes.buffer as ArrayBuffer]),
+    post: (batch) => worker.postMessage(batch, [batch.buffer as ArrayBuffer]),
     kill: () => void worker.terminate().catch(() => undefined),
     stop: () =>
       worker.terminate().then(
@@ -103,10 +117,16 @@ function threadChannel(url: URL, config: WorkerConfig, on: ChannelEvents): Chann
 
 interface Slot {
   channel: Channel;
+  /** Requests sent and not answered, in the order sent: that is also their deadlines' order (every
+   * deadline is callTimeoutMs after the send), so the first is the next to expire. */
   inFlight: Map<number, Pending>;
   alive: boolean;
   /** Requests waiting for the end of this turn of the event loop, sent then as one message. */
-  outbox: WorkerRequest[];
+  outbox: Outgoing[];
+  /** Whether the channel is ref'd (requests in flight keep the process alive). */
+  reffed: boolean;
+  /** One deadline timer per worker, armed for its oldest request (not one timer per request). */
+  timer: NodeJS.Timeout | undefined;
 }
 
 export interface PoolOptions extends WorkerConfig {
@@ -132,11 +152,18 @@ export class WorkerPool {
   #closed = false;
   /** Held while the root is unsealed, so that a replacement worker can log in. */
   #pin: Uint8Array | undefined;
-  /** Settlements not yet run (#settle), and whether a drain is under way. */
-  readonly #ready: Array<() => void> = [];
+  /** Answered requests whose callers are not resumed yet (#settle), and whether a drain is under way. */
+  #ready: Pending[] = [];
   #draining = false;
   /** Workers replaced since the pool started (crashes, deadlines): for status and the tests. */
   replaced = 0;
+  /** The scratch every batch frame is written in (#flush is synchronous: one at a time). */
+  readonly #writer = new FrameWriter();
+  /** While set, only this worker is sent anything (closeAllSessions on threads). */
+  #hold: Slot | undefined;
+  /** For the tests: the other workers' requests in flight when the last closeAllSessions on a
+   * pool of threads ran (0 unless the hold above failed). */
+  exclusiveOthersInside: number | undefined;
 
   constructor(options: PoolOptions) {
     this.#config = { modulePath: options.modulePath, token: options.token };
@@ -198,7 +225,14 @@ export class WorkerPool {
   /** Test hook: the worker at `index` dies at once, as a crash would. */
   crashWorker(index: number): void {
     const slot = this.#slots[index % this.#slots.length] as Slot;
-    this.#enqueue(slot, { seq: ++this.#seq, op: 'crash' });
+    this.#enqueue(slot, { seq: ++this.#seq, request: { op: 'crash' } });
+  }
+
+  /** Test hook: the worker at `index` blocks for `ms` after the requests it was sent before, as a
+   * call stuck inside the module would (the request's deadline then replaces the worker). */
+  stallWorker(index: number, ms: number): Promise<void> {
+    const slot = this.#slots[index % this.#slots.length] as Slot;
+    return this.#send(slot, { op: 'stall', ms }) as Promise<void>;
   }
 
   /** Test hook: C_Finalize from the worker at `index`, after the requests it was sent before. With
@@ -210,10 +244,42 @@ export class WorkerPool {
   }
 
   /** Test hook: C_CloseAllSessions from the worker at `index` (its module instance: for a pool of
-   * processes, the only way to close a child's sessions under it), between two of its requests. */
-  closeAllSessions(index: number): Promise<void> {
+   * processes, the only way to close a child's sessions under it), between two of its requests.
+   *
+   * Threads share one module, and SoftHSM2 2.6 frees the Session objects in C_CloseAllSessions
+   * (SessionManager::closeAllSessions, `delete *i`) while another thread that looked its session
+   * up a moment before (HandleManager::getSession returns a bare pointer, SoftHSM.cpp
+   * SymEncryptInit) still uses it: a use-after-free that killed the test process about once in
+   * seven runs (docs/pkcs11.md, Faults). So for threads the call is made while no other worker
+   * is inside the module: the other workers get nothing new (their requests wait in the outbox)
+   * until every request already sent to them is answered; then the call runs, then they go on.
+   * Their sessions are closed under them all the same, with requests waiting. */
+  async closeAllSessions(index: number): Promise<void> {
     const slot = this.#slots[index % this.#slots.length] as Slot;
-    return this.#send(slot, { op: 'close-all' }) as Promise<void>;
+    if (this.kind !== 'threads') return this.#send(slot, { op: 'close-all' }) as Promise<void>;
+    this.#hold = slot;
+    try {
+      const until = performance.now() + this.#timeout;
+      while (this.#othersInside(slot) > 0) {
+        if (performance.now() > until) throw new Pkcs11UnavailableError('worker', '', 'the other workers stayed busy');
+        await new Promise((r) => setTimeout(r, 1));
+      }
+      this.exclusiveOthersInside = this.#othersInside(slot);
+      await this.#send(slot, { op: 'close-all' });
+    } finally {
+      this.#hold = undefined;
+      for (const s of this.#slots) if (s.outbox.length > 0) this.#flush(s);
+    }
+  }
+
+  /** Requests sent to workers other than `slot` and not answered yet (they may be in the module). */
+  #othersInside(slot: Slot): number {
+    let n = 0;
+    for (const s of this.#slots) {
+      if (s === slot || !s.alive) continue;
+      for (const p of s.inFlight.values()) if (p.sent) n++;
+    }
+    return n;
   }
 
   async close(): Promise<void> {
@@ -232,7 +298,7 @@ export class WorkerPool {
   }
 
   #spawn(url: URL): Slot {
-    const slot = { inFlight: new Map(), alive: true, outbox: [] } as unknown as Slot;
+    const slot = { inFlight: new Map(), alive: true, outbox: [], reffed: false, timer: undefined } as unknown as Slot;
     const on: ChannelEvents = { reply: (reply) => this.#onReply(slot, reply), exit: () => this.#onExit(slot) };
     slot.channel =
       this.kind === 'processes'
@@ -241,35 +307,26 @@ export class WorkerPool {
     return slot;
   }
 
-  #onReply(slot: Slot, { replies, done, packed }: WorkerBatchReply): void {
-    const take = (seq: number): Pending | undefined => {
-      const p = slot.inFlight.get(seq);
-      if (!p) return undefined;
-      slot.inFlight.delete(seq);
-      clearTimeout(p.timer);
-      wipeRequest(p.request);
-      return p;
-    };
-    for (let i = 0; i < done.length; i += 3) {
-      const p = take(done[i] as number);
-      if (!p) continue;
-      const off = done[i + 1] as number;
-      const bytes = packed.slice(off, off + (done[i + 2] as number));
-      this.#settle(() => p.resolve(bytes));
+  #onReply(slot: Slot, frame: WorkerBatchReply): void {
+    try {
+      readReplies(frame, (seq, kind, value) => {
+        const p = slot.inFlight.get(seq);
+        if (!p) return;
+        slot.inFlight.delete(seq);
+        wipeRequest(p.request);
+        if (kind === R_BYTES) {
+          // Each result gets its own copy: no key material stays in the frame (wiped below).
+          p.value = (value as Uint8Array).slice();
+        } else if (kind === R_FAILURE) {
+          p.failed = toError(decodeValue(value as Uint8Array) as WorkerFailure);
+        } else if (kind !== R_NONE) {
+          p.value = decodeValue(value as Uint8Array);
+        }
+        this.#settle(p);
+      });
+    } finally {
+      wipe(frame);
     }
-    for (const reply of replies) {
-      const p = take(reply.seq);
-      if (!p) continue;
-      if (!reply.ok) {
-        const err = toError(reply.error);
-        this.#settle(() => p.reject(err));
-      } else {
-        const result = reply.result;
-        this.#settle(() => p.resolve(result));
-      }
-    }
-    // Each result has its own copy now: no key material stays in the batch buffer.
-    wipe(packed);
     this.#refreshRef(slot);
   }
 
@@ -278,23 +335,65 @@ export class WorkerPool {
    * delivers a port's messages in one loop (up to 1000 per call), so callers resumed there send
    * new requests whose replies arrive while that loop still runs, and a busy pool would hold the
    * poll phase (measured: 60-100 ms stalls); each resumed caller also runs on to its next await. */
-  #settle(f: () => void): void {
-    this.#ready.push(f);
+  #settle(p: Pending): void {
+    this.#ready.push(p);
     if (this.#draining) return;
     this.#draining = true;
-    setImmediate(() => this.#drain());
+    setImmediate(this.#drainBound);
   }
 
+  readonly #drainBound = () => this.#drain();
+
   #drain(): void {
-    const batch = this.#ready.splice(0, SETTLE_PER_TURN);
-    for (const f of batch) f();
-    if (this.#ready.length > 0) setImmediate(() => this.#drain());
+    const ready = this.#ready;
+    const n = Math.min(ready.length, SETTLE_PER_TURN);
+    const batch = n === ready.length ? ready : ready.slice(0, n);
+    this.#ready = n === ready.length ? [] : ready.slice(n);
+    for (const p of batch) {
+      const { value, failed } = p;
+      p.value = undefined;
+      p.failed = undefined;
+      if (failed) p.reject(failed);
+      else p.resolve(value);
+    }
+    if (this.#ready.length > 0) setImmediate(this.#drainBound);
     else this.#draining = false;
   }
 
+  /** Ref the channel while requests are in flight, unref it when none are (only on a change). */
   #refreshRef(slot: Slot): void {
-    if (slot.inFlight.size > 0) slot.channel.ref();
+    const want = slot.inFlight.size > 0;
+    if (want === slot.reffed) return;
+    slot.reffed = want;
+    if (want) slot.channel.ref();
     else slot.channel.unref();
+  }
+
+  /** Arm the slot's deadline timer for its oldest request, unless it is armed already. */
+  #arm(slot: Slot): void {
+    if (slot.timer) return;
+    const first = slot.inFlight.values().next();
+    if (first.done) return;
+    const wait = Math.max(0, first.value.deadline - performance.now()) + 1;
+    slot.timer = setTimeout(() => this.#expire(slot), wait);
+    slot.timer.unref();
+  }
+
+  /** Fail every request of `slot` past its deadline (Pkcs11UnavailableError) and replace the worker:
+   * it may be stuck inside the module (its other requests then go to the replacement). */
+  #expire(slot: Slot): void {
+    slot.timer = undefined;
+    const now = performance.now();
+    let expired = 0;
+    for (const p of slot.inFlight.values()) {
+      if (p.deadline > now) break;
+      slot.inFlight.delete(p.seq);
+      wipeRequest(p.request);
+      p.reject(new Pkcs11UnavailableError('worker', '', `no answer within ${this.#timeout} ms`));
+      expired++;
+    }
+    if (expired > 0 && slot.alive) slot.channel.kill();
+    else this.#arm(slot);
   }
 
   #onExit(slot: Slot): void {
@@ -303,9 +402,10 @@ export class WorkerPool {
     const pending = [...slot.inFlight.values()];
     slot.inFlight.clear();
     slot.outbox = [];
+    if (slot.timer) clearTimeout(slot.timer);
+    slot.timer = undefined;
     if (this.#closed || !wasAlive) {
       for (const p of pending) {
-        clearTimeout(p.timer);
         wipeRequest(p.request);
         p.reject(new Pkcs11UnavailableError('worker', '', 'the pool was closed with the request in flight'));
       }
@@ -319,7 +419,6 @@ export class WorkerPool {
     this.#send(next, { op: 'open' }).catch(() => undefined);
     if (this.#pin) this.#send(next, { op: 'login', pin: this.#pin.slice(), hold: true }).catch(() => undefined);
     for (const p of pending) {
-      clearTimeout(p.timer);
       if (IDEMPOTENT.has(p.request.op) && !p.retried) {
         this.#send(next, p.request, false, true).then(p.resolve, p.reject);
       } else {
@@ -329,8 +428,9 @@ export class WorkerPool {
     }
   }
 
-  /** Send `request` (structured-cloned: the worker gets its own copy and wipes it). The pool wipes
-   * the request's secret fields (data, pin) once it is settled and will not be sent again. */
+  /** Send `request` (written into a batch frame: the worker gets its own copy and wipes it). The
+   * pool wipes the request's secret fields (data, pin) once it is settled and will not be sent
+   * again. No timer per request: the slot's one deadline timer (#arm) covers them all. */
   #send(slot: Slot, request: PoolRequest, closing = false, retried = false): Promise<unknown> {
     if (this.#closed && !closing) {
       wipeRequest(request);
@@ -338,44 +438,56 @@ export class WorkerPool {
     }
     return new Promise((resolve, reject) => {
       const seq = ++this.#seq;
-      const timer = setTimeout(() => {
-        if (!slot.inFlight.delete(seq)) return;
-        wipeRequest(request);
-        reject(new Pkcs11UnavailableError('worker', '', `no answer within ${this.#timeout} ms`));
-        // The worker may be stuck in the module: replace it (its other requests go to the new one).
-        if (slot.alive) slot.channel.kill();
-      }, this.#timeout);
-      timer.unref();
-      const p: Pending = { seq, request, resolve, reject, timer, retried };
+      const p: Pending = {
+        seq,
+        request,
+        resolve,
+        reject,
+        deadline: performance.now() + this.#timeout,
+        retried,
+        value: undefined,
+        failed: undefined,
+        sent: false,
+      };
       slot.inFlight.set(seq, p);
       this.#refreshRef(slot);
-      this.#enqueue(slot, { ...request, seq } as WorkerRequest);
+      this.#arm(slot);
+      this.#enqueue(slot, p);
     });
   }
 
   /** Queue `message` for `slot`; the queue goes out as one message at the end of this turn. */
-  #enqueue(slot: Slot, message: WorkerRequest): void {
+  #enqueue(slot: Slot, message: Outgoing): void {
     slot.outbox.push(message);
     if (slot.outbox.length === 1) queueMicrotask(() => this.#flush(slot));
   }
 
   #flush(slot: Slot): void {
+    // Held (closeAllSessions on threads): the outbox stays, and goes when the hold is released.
+    if (this.#hold && this.#hold !== slot) return;
     const batch = slot.outbox;
     slot.outbox = [];
     if (batch.length === 0) return;
-    const message = pack(batch);
+    const w = this.#writer;
+    const countAt = w.mark();
+    for (const m of batch) {
+      writeRequest(w, m.seq, m.request as unknown as Record<string, unknown>);
+      (m as Partial<Pending>).sent = true;
+    }
+    w.patch(countAt, batch.length);
+    const frame: WorkerBatch = w.take();
     try {
-      slot.channel.post(message);
+      slot.channel.post(frame);
     } catch (err) {
-      wipe(message.bytes);
+      wipe(frame);
       for (const m of batch) {
         const p = slot.inFlight.get(m.seq);
         if (!p) continue;
         slot.inFlight.delete(m.seq);
-        clearTimeout(p.timer);
         wipeRequest(p.request);
         p.reject(new Pkcs11DeviceError('worker', '', 'the request could not be sent to the worker', { cause: err }));
       }
+      this.#refreshRef(slot);
     }
   }
 }
@@ -389,34 +501,6 @@ export class WorkerFailureError extends Error {
 
 function toError(f: WorkerFailure): Error {
   return new WorkerFailureError(f);
-}
-
-/** The batch as it crosses to the worker (WorkerBatch): the requests' byte fields copied into one
- * buffer, transferred with the message, so the pool keeps no copy (its own requests are wiped when
- * settled) and the worker wipes it when the batch is done. */
-function pack(batch: WorkerRequest[]): WorkerBatch {
-  let total = 0;
-  for (const r of batch) {
-    for (const v of Object.values(r)) if (v instanceof Uint8Array) total += v.length;
-  }
-  const bytes = new Uint8Array(total);
-  let off = 0;
-  const requests = batch.map((r) => {
-    const wire: WorkerBatch['requests'][number] = { seq: r.seq, op: r.op };
-    let fields: Array<string | number> | undefined;
-    for (const [name, v] of Object.entries(r)) {
-      if (v instanceof Uint8Array) {
-        bytes.set(v, off);
-        (fields ??= []).push(name, off, v.length);
-        off += v.length;
-      } else {
-        wire[name] = v;
-      }
-    }
-    if (fields) wire.b = fields;
-    return wire;
-  });
-  return { requests, bytes };
 }
 
 function wipeRequest(request: PoolRequest): void {

@@ -3,15 +3,15 @@
  * process on its own locks (docs/pkcs11.md, bench:pkcs11-scaling), so threads do not scale there;
  * processes do, each with its own loaded module, C_Initialize, session and login.
  *
- * The child runs the same _worker.js as a thread would, with the same batch protocol
- * (WorkerBatch / WorkerBatchReply), over the IPC channel of child_process.fork with "advanced"
- * serialization: Node writes each message as a length-prefixed frame of the V8 serializer's
- * output, so typed arrays cross as raw bytes (no JSON, no base64).
+ * The child runs the same _worker.js as a thread would, with the same batch protocol (one binary
+ * frame per batch and per chunk of replies: _wire.ts), over the IPC channel of child_process.fork
+ * with "advanced" serialization: Node writes each message as a length-prefixed frame of the V8
+ * serializer's output, and a frame is one typed array, which crosses as its raw bytes.
  *
  * Secrets: the child's argv holds only the module path and the token label (JSON); the PIN travels
  * in a login request over the channel (the child wipes it after C_Login, or holds it while the root
  * is unsealed, exactly as a thread does). The child's environment is the one the pool is given (the
- * root leaves out a pin-source=env: variable). Each batch buffer is wiped as soon as send() has
+ * root leaves out a pin-source=env: variable). Each batch frame is wiped as soon as send() has
  * serialized it; the serialized frame in Node's write queue is not reachable to wipe (the thread
  * pool's structured clone had the same limit on its side).
  *
@@ -73,7 +73,7 @@ export function processChannel(
         if (!child.connected) throw new Error('the worker process is gone');
         child.send(batch);
       } finally {
-        wipe(batch.bytes);
+        wipe(batch);
       }
     },
     kill,

@@ -19,6 +19,7 @@ import { createRequire } from 'node:module';
 import type * as Pkcs11js from 'pkcs11js';
 import { ckrName } from './_ckr.js';
 import { type KeyPairRequest, keyPairOp } from './_worker-keypairs.js';
+import { FrameWriter, readRequests, writeReply } from './_wire.js';
 
 /** pkcs11js is CommonJS whose exports live on a native object: loaded through require. */
 const pkcs11js = createRequire(import.meta.url)('pkcs11js') as typeof Pkcs11js;
@@ -44,6 +45,8 @@ export type WorkerRequest =
   | { seq: number; op: 'close' }
   /** Fault injection for the test suites: the thread dies at once, mid-request for the pool. */
   | { seq: number; op: 'crash' }
+  /** Fault injection: the worker blocks for `ms` as a call stuck inside the module would. */
+  | { seq: number; op: 'stall'; ms: number }
   /** Fault injection: C_Finalize from this thread, between two of its requests. */
   | { seq: number; op: 'finalize' }
   /** Fault injection: C_CloseAllSessions on the token's slot, from this worker's module instance
@@ -61,29 +64,10 @@ export interface WorkerFailure {
   detail?: string;
 }
 
-/** A reply other than a byte result: a value (or none), or a failure. */
-export type WorkerReply =
-  | { seq: number; ok: true; result?: unknown }
-  | { seq: number; ok: false; error: WorkerFailure };
-
-/** Replies to part of a batch. Byte results (the hot path: ciphertext, opened key material) are
- * `done`: (seq, offset, length) triples into `packed`, one buffer transferred with the message;
- * everything else is in `replies`. Numbers in a typed array cost the structured clone nothing per
- * reply, where an object per reply cost a few per cent of the worker's time. */
-export interface WorkerBatchReply {
-  replies: WorkerReply[];
-  done: Float64Array;
-  packed: Uint8Array;
-}
-
-/** A batch as it crosses to the worker: every byte field of every request travels in `bytes` (one
- * transferred buffer), the request naming its fields in `b` as name, offset, length, …. Structured
- * cloning a typed array allocates a backing store per field; four fields per AES-GCM request made
- * that the largest cost of a request after the token's own work. */
-export interface WorkerBatch {
-  requests: Array<Record<string, unknown> & { seq: number; op: string; b?: Array<string | number> }>;
-  bytes: Uint8Array;
-}
+/** A batch of requests as it crosses to the worker, and a chunk of replies as it comes back: one
+ * flat binary frame each (_wire.ts says why and how). */
+export type WorkerBatch = Uint8Array;
+export type WorkerBatchReply = Uint8Array;
 
 /** Replies go back after this many requests or this many milliseconds of work, whichever comes
  * first, rather than once per batch: the main thread resumes those callers (whose next requests
@@ -461,6 +445,9 @@ function handle(r: WorkerRequest): unknown {
     case 'crash':
       process.exit(70);
       return undefined;
+    case 'stall':
+      Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, r.ms);
+      return undefined;
     case 'finalize':
       call('C_Finalize', () => mod?.finalize());
       return undefined;
@@ -476,88 +463,60 @@ function handle(r: WorkerRequest): unknown {
   }
 }
 
-/** The pool sends requests in batches (what accumulated during one turn of its event loop), their
- * byte fields packed in one transferred buffer (views of it are what the requests hold here; the
- * PIN alone is copied out, as it is kept). Replies go back in chunks (REPLY_EVERY_*): byte results
- * (ciphertext, opened key material) travel packed in one transferred buffer per chunk; this thread
- * wipes its own copies, and the batch's buffer once the batch is done. */
-function serve({ requests, bytes }: WorkerBatch, post: (reply: WorkerBatchReply) => void): void {
-  let replies: WorkerReply[] = [];
-  let results: Uint8Array[] = [];
-  let seqs: number[] = [];
-  let total = 0;
+/** The pool sends requests in batches (what accumulated during one turn of its event loop), one
+ * binary frame each (_wire.ts); the requests' byte fields are views of that frame (the PIN alone is
+ * copied out, as it is kept). Replies go back in chunks (REPLY_EVERY_*), one binary frame each; this
+ * thread wipes its own copies of results as they are written, and the batch's frame once the batch
+ * is done. */
+const out = new FrameWriter();
+
+function serve(frame: WorkerBatch, post: (reply: WorkerBatchReply) => void): void {
   let count = 0;
+  let countAt = out.mark();
   let since = performance.now();
   const send = () => {
-    const packed = new Uint8Array(total);
-    const done = new Float64Array(results.length * 3);
-    let off = 0;
-    for (let i = 0; i < results.length; i++) {
-      const b = results[i] as Uint8Array;
-      packed.set(b, off);
-      done[i * 3] = seqs[i] as number;
-      done[i * 3 + 1] = off;
-      done[i * 3 + 2] = b.length;
-      off += b.length;
-      wipe(b);
-    }
-    post({ replies, done, packed });
-    replies = [];
-    results = [];
-    seqs = [];
-    total = 0;
+    out.patch(countAt, count);
+    post(out.take());
     count = 0;
+    countAt = out.mark();
     since = performance.now();
   };
   try {
-    for (const w of requests) {
-      const r = w as unknown as WorkerRequest & Record<string, unknown>;
-      const b = w.b;
-      if (b) {
-        for (let i = 0; i < b.length; i += 3) {
-          const name = b[i] as string;
-          const off = b[i + 1] as number;
-          const field = bytes.subarray(off, off + (b[i + 2] as number));
-          r[name] = name === 'pin' ? field.slice() : field;
-        }
-      }
+    for (const w of readRequests(frame)) {
+      const r = w as unknown as WorkerRequest;
+      if (r.op === 'login') r.pin = r.pin.slice();
       try {
         const result = handle(r);
-        if (result instanceof Uint8Array) {
-          results.push(result);
-          seqs.push(r.seq);
-          total += result.length;
-        } else {
-          replies.push({ seq: r.seq, ok: true, result });
-        }
+        writeReply(out, r.seq, true, result);
+        if (result instanceof Uint8Array) wipe(result);
       } catch (err) {
-        replies.push({ seq: r.seq, ok: false, error: asFailure(r.op, err).failure });
+        writeReply(out, r.seq, false, asFailure(r.op, err).failure);
       }
       count++;
       if (count >= REPLY_EVERY_REQUESTS || performance.now() - since >= REPLY_EVERY_MS) send();
     }
     if (count > 0) send();
   } finally {
-    wipe(bytes);
+    // Reset the scratch (the last count mark, or a chunk cut short by an exception): take() wipes it.
+    out.take();
+    wipe(frame);
   }
 }
 
 if (parentPort) {
   const port = parentPort;
-  // Transferred: the main thread gets the buffers, this thread keeps no copy.
+  // Transferred: the main thread gets the frame, this thread keeps no copy.
   port.on('message', (batch: WorkerBatch) =>
-    serve(batch, (reply) =>
-      port.postMessage(reply, [reply.packed.buffer as ArrayBuffer, reply.done.buffer as ArrayBuffer]),
-    ),
+    serve(batch, (reply) => port.postMessage(reply, [reply.buffer as ArrayBuffer])),
   );
 } else if (process.send) {
-  // A child process (_process-pool.ts): batches arrive over the IPC channel ("advanced"
-  // serialization: the V8 serializer, typed arrays as bytes). process.send serializes the reply
-  // before it returns, so the packed results are wiped here at once.
+  // A child process (_process-channel.ts): frames arrive over the IPC channel ("advanced"
+  // serialization: one typed array, sent as its bytes). process.send serializes the reply before
+  // it returns, so the reply frame is wiped here at once.
   process.on('message', (batch: WorkerBatch) =>
     serve(batch, (reply) => {
       process.send?.(reply);
-      wipe(reply.packed);
+      wipe(reply);
     }),
   );
   // No orphans: when the parent dies or closes the pool the channel closes, and the child goes.

@@ -22,7 +22,7 @@
  * "pkcs11-root-tombstone" first, so a store whose root was destroyed reads as destroyed, never as
  * damaged, and an interrupted destruction can be finished.
  */
-import { createHash, randomBytes as nodeRandomBytes } from 'node:crypto';
+import { createHash, randomFillSync } from 'node:crypto';
 import {
   ClosedError,
   constantTimeEqual,
@@ -65,6 +65,23 @@ const WRAP_DOMAIN = enc.encode('keywarden/pkcs11-root/kek-wrap/v1');
 /** kekAad(id, version) = domain ‖ u8 len ‖ id ‖ u32 version (core keywarden.ts). */
 const KEK_AAD_DOMAIN = kekAadOf('', 0).subarray(0, -5);
 const MAX_PIN_BYTES = 255;
+
+/** IVs are taken from a buffer of random bytes filled 340 IVs at a time (node:crypto's CSPRNG),
+ * each handed out once as a copy: one randomFillSync per IV was a measurable share of the host's
+ * work per data key under full load (issue #8). IVs are public (they are in every wrap). */
+const IV_POOL = new Uint8Array(IV_BYTES * 340);
+let ivOffset = IV_POOL.length;
+
+function freshIv(): Uint8Array {
+  if (ivOffset + IV_BYTES > IV_POOL.length) {
+    randomFillSync(IV_POOL);
+    ivOffset = 0;
+  }
+  const iv = IV_POOL.slice(ivOffset, ivOffset + IV_BYTES);
+  IV_POOL.fill(0, ivOffset, ivOffset + IV_BYTES);
+  ivOffset += IV_BYTES;
+  return iv;
+}
 
 /** The stored record: non-secret, enough to find the object again. */
 export interface Pkcs11RootRecord {
@@ -397,7 +414,7 @@ export class Pkcs11Root implements RootOfTrust, Sealable, Destroyable, KekInRoot
   /** Wire: 0x01 ‖ IV (12) ‖ ciphertext ‖ tag (16). AAD: domain ‖ u32 len(root id) ‖ root id ‖ aad. */
   async wrapKey(material: Uint8Array, aad: Uint8Array): Promise<Uint8Array> {
     const epoch = this.#requireUnsealed();
-    const iv = new Uint8Array(nodeRandomBytes(IV_BYTES));
+    const iv = freshIv();
     const sealed = await this.#run<Uint8Array>(epoch, {
       op: 'encrypt',
       label: this.#record.object,
@@ -465,7 +482,7 @@ export class Pkcs11Root implements RootOfTrust, Sealable, Destroyable, KekInRoot
   ): Promise<{ nonce: Uint8Array; sealed: Uint8Array }> {
     const epoch = this.#requireUnsealed();
     this.#checkRef(ref);
-    const nonce = new Uint8Array(nodeRandomBytes(IV_BYTES));
+    const nonce = freshIv();
     const sealed = await this.#run<Uint8Array>(
       epoch,
       { op: 'encrypt', label: kekLabel(kekAad), id: ref.slice(), iv: nonce, aad: aad.slice(), data: dek.slice() },
