@@ -31,6 +31,7 @@
  */
 import { ConflictError, InvalidInputError } from './errors.js';
 import type { KeyStore } from './keystore.js';
+import { decodeLease, encodeLease, leaseMetaName } from './keystore-checks.js';
 
 /** A lease held by one holder: what the store granted. */
 export interface LeaseGrant {
@@ -71,6 +72,32 @@ export function supportsLeases(store: KeyStore): store is KeyStore & LeaseStore 
     typeof s.releaseLease === 'function' &&
     typeof s.putMetaUnderLease === 'function'
   );
+}
+
+/**
+ * Release lease `name` on behalf of `holder`, a holder the caller KNOWS is dead (a process on this
+ * machine that no longer runs: the CLI checks its process id and start time), so that a job it
+ * left can be resumed at once instead of after the lease's expiry. A compare-and-swap of the lease
+ * record (KeyStore.swapMeta): nothing happens when the record changed meanwhile (renewed, released,
+ * taken by another), and of two callers racing to release it, one does. The token stays, so the
+ * next grant's is higher and whatever the dead holder left in flight is fenced out. Resolves true
+ * when this call released it.
+ */
+export async function releaseDeadHolder(store: KeyStore, name: string, holder: string): Promise<boolean> {
+  if (!supportsLeases(store) || typeof store.swapMeta !== 'function') {
+    throw new InvalidInputError('lease: this key store offers no leases');
+  }
+  const meta = leaseMetaName(name);
+  const current = await store.getMeta(meta);
+  const lease = decodeLease(current);
+  if (current === undefined || lease === undefined || lease.holder !== holder || lease.expiresAt === 0) return false;
+  try {
+    await store.swapMeta(meta, current, encodeLease({ ...lease, expiresAt: 0 }));
+    return true;
+  } catch (err) {
+    if (ConflictError.isInstance(err)) return false;
+    throw err;
+  }
 }
 
 export interface JobLeaseOptions {

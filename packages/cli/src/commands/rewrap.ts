@@ -24,6 +24,8 @@ import {
   envelopeHeaderLength,
   InvalidInputError,
   inspectEnvelope,
+  type JobLease,
+  type KeyStore,
   type Keywarden,
   KeywardenError,
 } from '@keywarden/core';
@@ -32,6 +34,7 @@ import type { CliIO } from '../io.js';
 import { formatJson, print } from '../output.js';
 import { type KeyService, withKeyService } from '../store-dir.js';
 import { addContextOption, collect, contextFrom, keyServiceOptionsOf, locationOf } from './_common.js';
+import { REWRAP_LEASE, withJobLease } from './_job-lease.js';
 import { drainInto } from './_pipe.js';
 
 interface RewrapOptions {
@@ -82,25 +85,34 @@ Example:
       const context = contextFrom(opts.context);
       const loc = locationOf(command, io);
       const results: FileResult[] = [];
-      await withKeyService(loc, io, keyServiceOptionsOf(command), async (ks) => {
-        const tty = (io.stderr as { isTTY?: boolean }).isTTY === true;
-        const bar =
-          opts.progress !== false && tty && files.length > 1
-            ? new cliProgress.SingleBar(
-                { stream: io.stderr, format: 'rewrap [{bar}] {value}/{total} files  {file}', hideCursor: true },
-                cliProgress.Presets.shades_classic,
-              )
-            : undefined;
-        bar?.start(files.length, 0, { file: '' });
-        try {
-          for (const file of files) {
-            bar?.update({ file: path.basename(file) });
-            results.push(await rewrapFile(ks, file, opts.key, context, io, opts.reEncrypt === true));
-            bar?.increment();
+      // One rewrap at a time per key store, resumed by the next run if killed (_job-lease.ts).
+      await withJobLease(loc, io, REWRAP_LEASE, 'rewrap', async (lease, store) => {
+        let job: Awaited<ReturnType<typeof startJob>> | undefined;
+        await withKeyService(loc, io, keyServiceOptionsOf(command), async (ks) => {
+          if (lease !== undefined) job = await startJob(store, lease, files.length, io);
+          const tty = (io.stderr as { isTTY?: boolean }).isTTY === true;
+          const bar =
+            opts.progress !== false && tty && files.length > 1
+              ? new cliProgress.SingleBar(
+                  { stream: io.stderr, format: 'rewrap [{bar}] {value}/{total} files  {file}', hideCursor: true },
+                  cliProgress.Presets.shades_classic,
+                )
+              : undefined;
+          bar?.start(files.length, 0, { file: '' });
+          try {
+            for (const file of files) {
+              // Stop before touching another file once the lease may be lost (ConflictError).
+              lease?.check();
+              bar?.update({ file: path.basename(file) });
+              results.push(await rewrapFile(ks, file, opts.key, context, io, opts.reEncrypt === true));
+              await job?.progress(results.length);
+              bar?.increment();
+            }
+          } finally {
+            bar?.stop();
           }
-        } finally {
-          bar?.stop();
-        }
+        });
+        await job?.finish();
       });
       await print(io.stdout, opts.json ? formatJson(results) : resultText(results));
       const failed = results.filter((r) => r.status === 'failed').length;
@@ -168,6 +180,48 @@ async function rewrapFile(
     return { file, status: 'failed', error: messageOf(err) };
   }
 }
+
+/** The record of a running `keywarden rewrap` (meta "rewrap-job/cli"), written only under its lease. */
+const JOB_META = 'rewrap-job/cli';
+
+interface JobRecord {
+  v: 1;
+  files: number;
+  done: number;
+}
+
+/**
+ * Start the job's record, telling on stderr when an earlier run was interrupted. Its writes go
+ * through the lease (fenced): a run that lost its lease (stalled past the TTL while another took
+ * over) is refused at its next write and stops. The files already done need no record to be
+ * skipped — each one's header says it is under the primary — so the record is what fences and
+ * what tells a resumed run how far the interrupted one got.
+ */
+async function startJob(store: KeyStore, lease: JobLease, files: number, io: CliIO) {
+  const earlier = parseJob(await store.getMeta(JOB_META));
+  if (earlier) {
+    await print(
+      io.stderr,
+      `keywarden: rewrap: the interrupted run had done ${earlier.done} of ${earlier.files} files; files already under their primary are left as they are\n`,
+    );
+  }
+  const write = (done: number) => lease.putMeta(JOB_META, utf8.encode(JSON.stringify({ v: 1, files, done })));
+  await write(0);
+  return { progress: write, finish: () => lease.deleteMeta(JOB_META) };
+}
+
+function parseJob(bytes: Uint8Array | undefined): JobRecord | undefined {
+  if (bytes === undefined) return undefined;
+  try {
+    const r = JSON.parse(new TextDecoder().decode(bytes)) as Partial<JobRecord>;
+    if (r.v === 1 && Number.isSafeInteger(r.files) && Number.isSafeInteger(r.done)) return r as JobRecord;
+  } catch {
+    // A damaged record is replaced: the files themselves say what is left to do.
+  }
+  return { v: 1, files: 0, done: 0 };
+}
+
+const utf8 = new TextEncoder();
 
 /** A local key manager (not an agent client): it can rewrap a header. */
 function canRewrap(ks: KeyService): ks is KeyService & Pick<Keywarden, 'rewrapEnvelope'> {

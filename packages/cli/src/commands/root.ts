@@ -17,6 +17,8 @@ import {
   sealAgent,
 } from '../ceremony-io.js';
 import { collect, globalsOf, locationOf } from './_common.js';
+import { withJobLease } from './_job-lease.js';
+import { type JobLease, type KeyStore, readRootState, ROOT_ROTATION_LEASE } from '@keywarden/core';
 
 interface RootOptions {
   shareFile?: string[];
@@ -67,7 +69,22 @@ Example:
     .action(async (opts: RootOptions, cmd: Command) => {
       const loc = locationOf(cmd, io);
       const options = operationOptions(opts, cmd);
-      const rotated = await rotateRootStoreDir(loc, rootConsentOf(io, loc, options, 'root rotate'));
+      // One root rotation at a time per key store, finished (never repeated) by the next run if
+      // killed (_job-lease.ts, docs/lifecycle.md §Jobs under a lease).
+      const outcome = await withJobLease(loc, io, ROOT_ROTATION_LEASE, 'root rotate', (lease, store) =>
+        rotateUnderLease(lease, store, () => rotateRootStoreDir(loc, rootConsentOf(io, loc, options, 'root rotate'))),
+      );
+      if (outcome.kind === 'finished') {
+        const agent = await agentAfter(io, loc, outcome.mode, options);
+        const lines = [
+          `An earlier \`root rotate\` of the key store in ${loc.display} was interrupted after its commit: the root had already been rotated (${outcome.fromRootId} → ${outcome.rootId}). Recorded it as done; the root was not rotated again.`,
+          ...agentLines(agent, 'rotate'),
+        ];
+        await print(io.stdout, `${lines.join('\n')}\n`);
+        await warnUnreachable(agent, io);
+        return;
+      }
+      const rotated = outcome.rotated;
       const r = { ...rotated, agent: await agentAfter(io, loc, rotated.mode, options) };
       const lines = [
         `Rotated the root of the key store in ${loc.display}: ${r.previousRootId} → ${r.rootId}; ${count(r.rewrapped, 'key version')} rewrapped under the new root in one transaction.`,
@@ -120,6 +137,63 @@ Example:
       await print(io.stdout, `${lines.join('\n')}\n`);
       await warnUnreachable(r.agent, io);
     });
+}
+
+/** The record of the CLI's root rotation (meta "root-rotation-job/cli", core's job record format). */
+const JOB_META = 'root-rotation-job/cli';
+
+interface JobRecord {
+  v: 1;
+  state: 'started' | 'done';
+  from: string;
+  to?: string;
+}
+
+type RotateOutcome =
+  | { kind: 'rotated'; rotated: Awaited<ReturnType<typeof rotateRootStoreDir>> }
+  | { kind: 'finished'; fromRootId: string; rootId: string; mode: 'development' | 'split-knowledge' };
+
+/**
+ * Under the lease: "started from R" is recorded (fenced) before the rotation and "done" after it.
+ * A record "started from R" while the store's root is no longer R means the run that wrote it was
+ * killed after its commit (the rotation is one transaction): that rotation is recorded as done and
+ * not repeated. A record "started from R" while the root is still R: killed before its commit, so
+ * rotate now. The audit key, if the killed run staged it, is promoted by the next process that
+ * loads it under the new root (core's loadAuditKey).
+ */
+async function rotateUnderLease(
+  lease: JobLease | undefined,
+  store: KeyStore,
+  rotate: () => ReturnType<typeof rotateRootStoreDir>,
+): Promise<RotateOutcome> {
+  if (lease === undefined) return { kind: 'rotated', rotated: await rotate() };
+  const state = await readRootState(store).catch(() => undefined);
+  // No readable root: the rotation itself reports why (device root, damaged or destroyed store).
+  if (state?.state !== 'present') return { kind: 'rotated', rotated: await rotate() };
+  const current = state.document.rootId;
+  const job = parseJob(await store.getMeta(JOB_META));
+  const encode = (r: JobRecord) => new TextEncoder().encode(JSON.stringify(r));
+  if (job?.state === 'started' && job.from !== current) {
+    await lease.putMeta(JOB_META, encode({ v: 1, state: 'done', from: job.from, to: current }));
+    const mode = state.document.unseal.method === 'shamir' ? 'split-knowledge' : 'development';
+    return { kind: 'finished', fromRootId: job.from, rootId: current, mode };
+  }
+  await lease.putMeta(JOB_META, encode({ v: 1, state: 'started', from: current }));
+  lease.check();
+  const rotated = await rotate();
+  await lease.putMeta(JOB_META, encode({ v: 1, state: 'done', from: rotated.previousRootId, to: rotated.rootId }));
+  return { kind: 'rotated', rotated };
+}
+
+function parseJob(bytes: Uint8Array | undefined): JobRecord | undefined {
+  if (bytes === undefined) return undefined;
+  try {
+    const r = JSON.parse(new TextDecoder().decode(bytes)) as Partial<JobRecord>;
+    if (r.v === 1 && (r.state === 'started' || r.state === 'done') && typeof r.from === 'string') return r as JobRecord;
+  } catch {
+    // Fall through: a damaged record is replaced by this run's.
+  }
+  return undefined;
 }
 
 /** A split-knowledge store's agent still holds the old root: tell it to seal. */
