@@ -104,6 +104,22 @@ export function buildProgram(io: CliIO): Command {
       '--socket <path>',
       `split knowledge: the agent's unix socket (default: $${AGENT_SOCKET_ENV}, else DIR/agent.sock)`,
     )
+    .option(
+      '--agent <endpoint>',
+      "the agent key commands go through: tls://HOST:PORT (a fleet's agent, mutual TLS; with --tls-cert, --tls-key, --tls-ca), unix:PATH or a socket path (default: $KEYWARDEN_AGENT)",
+    )
+    .option(
+      '--tls-cert <file>',
+      "with --agent tls://…: this client's certificate, naming its principal (default: $KEYWARDEN_AGENT_TLS_CERT)",
+    )
+    .option(
+      '--tls-key <file>',
+      "with --agent tls://…: this client's private key file, mode 600 (default: $KEYWARDEN_AGENT_TLS_KEY)",
+    )
+    .option(
+      '--tls-ca <file>',
+      "with --agent tls://…: the CA of the agents' certificates (default: $KEYWARDEN_AGENT_TLS_CA)",
+    )
     .option('--debug', 'on failure, also print the stack trace')
     .helpCommand(true)
     .addHelpText(
@@ -144,7 +160,16 @@ function signalNumber(name: string): number | undefined {
 }
 
 /** The program's options that take a value (their value is not a command name). */
-const PROGRAM_OPTIONS_WITH_VALUE = new Set(['-d', '--dir', '--unseal-key-file', '--socket']);
+const PROGRAM_OPTIONS_WITH_VALUE = new Set([
+  '-d',
+  '--dir',
+  '--unseal-key-file',
+  '--socket',
+  '--agent',
+  '--tls-cert',
+  '--tls-key',
+  '--tls-ca',
+]);
 
 /**
  * `--version` before the command (`keywarden --version`, `keywarden --dir D --version`) is the

@@ -5,7 +5,6 @@
  * files (--listen), prints the log lines, and stops on a signal.
  * `keywarden agent seal --all ENDPOINT…`: @keywarden/agent's sealAgents over a list of agents.
  */
-import { readFile, stat } from 'node:fs/promises';
 import * as path from 'node:path';
 import type { Command } from 'commander';
 import { InvalidArgumentError } from 'commander';
@@ -24,7 +23,7 @@ import {
 } from '@keywarden/agent';
 import { startFolderAgent, startStoreAgent } from '@keywarden/ceremony';
 import { readStoreAuditHead } from '@keywarden/core';
-import { EXIT_FAILURE, systemErrorText, UsageError } from '../errors.js';
+import { EXIT_FAILURE, UsageError } from '../errors.js';
 import type { CliIO } from '../io.js';
 import { AGENT_SOCKET_ENV, AGENT_SOCKET_FILE, loadFolderRootBackend } from '../store-dir.js';
 
@@ -32,6 +31,7 @@ import { AGENT_SOCKET_ENV, AGENT_SOCKET_FILE, loadFolderRootBackend } from '../s
 const SEALED_MESSAGE =
   'keystore: sealed; unseal the root before using keys (the agent is sealed: unseal it with a quorum of shares, `keywarden unseal`)';
 
+import { readKeyPem, readPem } from './_agent-client.js';
 import { locationOf, socketOf } from './_common.js';
 import { PG_SCHEMA_HELP, pgSchema, storeKind } from './_store-options.js';
 
@@ -118,43 +118,6 @@ async function checkpointOptions(opts: AgentCommandOptions): Promise<AgentCheckp
       };
     },
   };
-}
-
-/** Largest certificate (chain) or key file read (PEM). */
-const MAX_PEM_BYTES = 1024 * 1024;
-
-/** A public PEM file (a certificate or CA bundle). */
-async function readPem(io: CliIO, file: string, what: string): Promise<Buffer> {
-  const p = path.resolve(io.cwd, file);
-  try {
-    const st = await stat(p);
-    if (!st.isFile() || st.size > MAX_PEM_BYTES) throw new UsageError(`${what} ${file} is not a PEM file`);
-    return await readFile(p);
-  } catch (err) {
-    if (err instanceof UsageError) throw err;
-    throw new UsageError(`cannot read ${what} ${file}: ${systemErrorText(err)}`);
-  }
-}
-
-/**
- * A PEM private key file, as bytes the caller wipes: warned about, like every secret file the CLI
- * reads (readSmallSecretFile), when group or others can read it.
- */
-async function readKeyPem(io: CliIO, file: string): Promise<Buffer> {
-  const p = path.resolve(io.cwd, file);
-  try {
-    const st = await stat(p);
-    if (!st.isFile() || st.size > MAX_PEM_BYTES) throw new UsageError(`TLS key file ${file} is not a PEM file`);
-    if (process.platform !== 'win32' && (st.mode & 0o077) !== 0) {
-      io.stderr.write(
-        `keywarden: warning: TLS key file ${file} is accessible to group or others (mode ${(st.mode & 0o777).toString(8)}); run chmod 600 on it\n`,
-      );
-    }
-    return await readFile(p);
-  } catch (err) {
-    if (err instanceof UsageError) throw err;
-    throw new UsageError(`cannot read TLS key file ${file}: ${systemErrorText(err)}`);
-  }
 }
 
 /**

@@ -6,8 +6,8 @@ import type { Command } from 'commander';
 import { wipe } from '@keywarden/core';
 import type { CliIO } from '../io.js';
 import { formatJson, print } from '../output.js';
-import { withKeyService } from '../store-dir.js';
-import { addContextOption, contextFrom, keyServiceOptionsOf, locationOf } from './_common.js';
+import { withAgentOrKeyService } from './_agent-client.js';
+import { addContextOption, contextFrom, locationOf } from './_common.js';
 
 export function registerDatakey(program: Command, io: CliIO): void {
   const cmd = program
@@ -27,7 +27,7 @@ The plaintext is a secret: do not log this output or leave it in shell history o
     .action(async (name: string, opts: { context?: string[] }, command: Command) => {
       const context = contextFrom(opts.context);
       const loc = locationOf(command, io);
-      await withKeyService(loc, io, keyServiceOptionsOf(command), async (ks) => {
+      await withAgentOrKeyService(command, io, loc, async (ks) => {
         const dk = await ks.generateDataKey(name, context);
         try {
           // The JSON string cannot be wiped (JavaScript strings are immutable); the bytes can.

@@ -8,9 +8,9 @@ import type { Command } from 'commander';
 import { createDecryptStream, decryptEnvelope, envelopeFromText, TEXT_PREFIX, wipe } from '@keywarden/core';
 import { destroyOnAbort, MiB, openInput, openOutput, peek, readAll } from '../_streams.js';
 import type { CliIO } from '../io.js';
-import { withKeyService } from '../store-dir.js';
+import { withAgentOrKeyService } from './_agent-client.js';
 import { UsageError } from '../errors.js';
-import { addContextOption, collect, contextFrom, keyServiceOptionsOf, locationOf } from './_common.js';
+import { addContextOption, collect, contextFrom, locationOf } from './_common.js';
 import { pipeInto } from './_pipe.js';
 
 /** Above the text form of the largest --text plaintext (4/3 × 64 MiB of base64url plus a header). */
@@ -75,7 +75,7 @@ Examples:
         ...(opts.requireSigned ? { requireSigned: true } : {}),
       };
       const loc = locationOf(command, io);
-      await withKeyService(loc, io, keyServiceOptionsOf(command), async (ks) => {
+      await withAgentOrKeyService(command, io, loc, async (ks) => {
         const sink = await openOutput(opts.output, io.cwd, io.stdout, io.stderr);
         const input = openInput(opts.input, io.cwd, io.stdin);
         const stopWatching = destroyOnAbort(input, io.signal);

@@ -11,8 +11,8 @@ import { createEncryptStream, encryptEnvelope, envelopeToText, MAX_SINGLE_SHOT_P
 import { destroyOnAbort, MiB, openInput, openOutput, readAll } from '../_streams.js';
 import { UsageError } from '../errors.js';
 import type { CliIO } from '../io.js';
-import { withKeyService } from '../store-dir.js';
-import { addContextOption, contextFrom, keyServiceOptionsOf, locationOf } from './_common.js';
+import { withAgentOrKeyService } from './_agent-client.js';
+import { addContextOption, contextFrom, locationOf } from './_common.js';
 import { pipeInto } from './_pipe.js';
 
 /** Largest input for --text: a database value, not a file. */
@@ -69,7 +69,7 @@ Examples:
       if (!opts.text && opts.output === undefined && (io.stdout as { isTTY?: boolean }).isTTY === true) {
         throw new UsageError('refusing to write binary ciphertext to a terminal (use -o FILE, --text, or a pipe)');
       }
-      await withKeyService(loc, io, keyServiceOptionsOf(command), async (ks) => {
+      await withAgentOrKeyService(command, io, loc, async (ks) => {
         // Fail on an unknown key before reading any input.
         await ks.getKey(opts.key);
         const sink = await openOutput(opts.output, io.cwd, io.stdout, io.stderr);

@@ -6,7 +6,6 @@
  */
 import * as path from 'node:path';
 import type { Command } from 'commander';
-import { AgentClient, type SocketLocation } from '@keywarden/agent';
 import {
   type CompromiseReport,
   type KeyInfo,
@@ -28,6 +27,7 @@ import {
   print,
 } from '../output.js';
 import { MissingRoot, withKeyService, withKeywarden } from '../store-dir.js';
+import { namedAgentOf, withAgentOrKeyService, withNamedAgent } from './_agent-client.js';
 import {
   globalsOf,
   KEK_MODE_HELP,
@@ -79,7 +79,7 @@ compromised never unwraps again. See docs/lifecycle.md.`,
         ...(opts.tenant !== undefined ? { tenant: opts.tenant } : {}),
         ...(opts.purpose !== undefined ? { purpose: opts.purpose } : {}),
       };
-      await withKeyService(loc, io, keyServiceOptionsOf(cmd), async (ks) => {
+      await withAgentOrKeyService(cmd, io, loc, async (ks) => {
         const info = await ks.createKey(name, { scope, ...(opts.kekMode ? { kekMode: opts.kekMode } : {}) });
         await print(
           io.stdout,
@@ -135,6 +135,9 @@ changes nothing. Schedule \`keywarden key rotate --due\` (e.g. daily) to apply e
         throw new UsageError('key rotate: give a key name, or --due (not both)');
       }
       const loc = locationOf(cmd, io);
+      if (opts.due && cmd.optsWithGlobals<{ agent?: string }>().agent !== undefined) {
+        throw new UsageError('key rotate --due reads what is due from the key-store folder: without --agent');
+      }
       if (opts.due) {
         const done = await withKeyService(loc, io, keyServiceOptionsOf(cmd), async (ks) => {
           if (isKeywarden(ks)) return ks.rotateDue();
@@ -154,7 +157,7 @@ changes nothing. Schedule \`keywarden key rotate --due\` (e.g. daily) to apply e
         await print(io.stdout, opts.json ? formatJson(done) : dueText(done));
         return;
       }
-      await withKeyService(loc, io, keyServiceOptionsOf(cmd), async (ks) => {
+      await withAgentOrKeyService(cmd, io, loc, async (ks) => {
         const info = await ks.rotateKey(name as string);
         await print(
           io.stdout,
@@ -201,10 +204,10 @@ still decrypt; rewrap them to the new primary (\`keywarden rewrap FILE...\`). Ru
     )
     .action(async (name: string, positional: number | undefined, opts: CompromiseOptions, cmd: Command) => {
       const version = versionOf(positional, opts);
-      const socket = agentSocketOf(cmd, io);
-      if (socket) {
+      const named = await agentOf(cmd, io);
+      if (named) {
         // Through the named agent (a fleet's, on any store): it compromises and rotates in one change.
-        const r = await withAgent(io, socket, (agent) =>
+        const r = await withNamedAgent(named, (agent) =>
           withHints(() => agent.compromiseVersion(name, version, { rotate: opts.rotate !== false })),
         );
         await print(io.stdout, opts.json ? formatJson(reportJson(r, keyToJson)) : reportText(r));
@@ -355,9 +358,9 @@ function versionCommand(
   cmd.addHelpText('after', `${spec.help ?? ''}${AGENT_HELP}`);
   cmd.action(async (name: string, positional: number | undefined, opts: VersionCommandOptions, c: Command) => {
     const version = versionOf(positional, opts);
-    const socket = agentSocketOf(c, io);
-    if (socket) {
-      const info = await withAgent(io, socket, (agent) => withHints(() => spec.run(agent, name, version, opts)));
+    const named = await agentOf(c, io);
+    if (named) {
+      const info = await withNamedAgent(named, (agent) => withHints(() => spec.run(agent, name, version, opts)));
       // The agent's key (the wire shape): no usage counts or rotation policy.
       await print(io.stdout, opts.json ? formatJson(keyToJson(info)) : spec.done(info, version));
       return;
@@ -375,26 +378,26 @@ type VersionLifecycle = Pick<Keywarden, 'disableVersion' | 'enableVersion' | 'de
 const AGENT_HELP = `
 With --socket PATH the change is made by the agent listening there (a fleet's agent, on any key
 store; no key-store folder is opened): the principal is $KEYWARDEN_AGENT_TOKEN's, and its policy
-decides (disable, compromise, destroy); the agent audits it.`;
+decides (disable, compromise, destroy); the agent audits it. With --agent tls://HOST:PORT
+--tls-cert FILE --tls-key FILE --tls-ca FILE (or $KEYWARDEN_AGENT and $KEYWARDEN_AGENT_TLS_CERT,
+_KEY, _CA) the same goes to a remote agent over mutual TLS: the certificate names the principal.`;
 
 /**
- * The agent named by --socket (given on the command line, before or after the command), or
- * undefined: then the change is made on the key-store folder, as without an agent.
+ * The agent named by --agent or --socket (given on the command line, before or after the
+ * command), or undefined: then the change is made on the key-store folder, as without an agent.
  */
-function agentSocketOf(cmd: Command, io: CliIO): SocketLocation | undefined {
+async function agentOf(cmd: Command, io: CliIO): ReturnType<typeof namedAgentOf> {
+  const named = await namedAgentOf(cmd, io);
+  if (named) return named;
   const socket = globalsOf(cmd).socket;
   if (socket === undefined) return undefined;
-  return { path: path.resolve(io.cwd, socket), display: socket };
-}
-
-async function withAgent<T>(io: CliIO, socket: SocketLocation, fn: (agent: AgentClient) => Promise<T>): Promise<T> {
   const token = io.env.KEYWARDEN_AGENT_TOKEN;
-  const agent = await AgentClient.connect(socket, token ? { credential: token } : {});
-  try {
-    return await fn(agent);
-  } finally {
-    await agent.close();
-  }
+  return {
+    endpoint: { path: path.resolve(io.cwd, socket), display: socket },
+    display: socket,
+    ...(token ? { credential: token } : {}),
+    wipe: () => {},
+  };
 }
 
 /** The manager's refusals name what to confirm; the CLI adds the flag that does it. */
