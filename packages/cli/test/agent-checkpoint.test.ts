@@ -6,7 +6,7 @@
  * agents on one store checkpoint the one chain each on its own, and every checkpoint verifies. A
  * key pair that cannot sign is logged and audited, and the agent serves on.
  */
-import { writeFile } from 'node:fs/promises';
+import { chmod, writeFile } from 'node:fs/promises';
 import * as path from 'node:path';
 import { AgentClient } from '@keywarden/agent';
 import {
@@ -17,14 +17,31 @@ import {
   loadAuditKey,
   readStoreAuditLines,
   SoftwareRoot,
+  writeStoredPolicy,
 } from '@keywarden/core';
 import { unsealWithShares } from '@keywarden/split-knowledge';
 import { SqliteKeyStore } from '@keywarden/store-sqlite';
-import { describe, expect, it } from 'vitest';
+import { makePki, type TestPki } from '@keywarden/testkit/tls-certs';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { cli, tempDir } from './helpers.js';
 import { requireBuild, sharesIn, startAgent, waitFor } from './split-helpers.js';
 
 requireBuild('agent-checkpoint.test.ts');
+
+let tls: TestPki;
+beforeAll(() => {
+  tls = makePki();
+});
+afterAll(() => tls?.remove());
+
+async function withStore<T>(cwd: string, fn: (store: SqliteKeyStore) => Promise<T>): Promise<T> {
+  const store = SqliteKeyStore.open(path.join(cwd, '.keywarden', 'keystore.db'), { create: false });
+  try {
+    return await fn(store);
+  } finally {
+    await store.close();
+  }
+}
 
 interface SplitFolder {
   cwd: string;
@@ -98,9 +115,11 @@ describe('keywarden agent --checkpoint-key-pair', () => {
   it('signs the head periodically and at shutdown; verify passes, a log rewritten with the audit key fails naming the checkpoint', async () => {
     const f = await splitFolder();
     const { cwd } = f;
-    const ca = await cli(['cert', 'ca', 'auditor', '--cn', 'Audit checkpoints', '--out', 'auditor.pem', ...f.quorum], {
-      cwd,
-    });
+    // The signing key pair is held in the root (storage "root": sealed under the root itself).
+    const ca = await cli(
+      ['cert', 'ca', 'auditor', '--cn', 'Audit checkpoints', '--storage', 'root', '--out', 'auditor.pem', ...f.quorum],
+      { cwd },
+    );
     expect(ca.code, ca.stderr).toBe(0);
     const agent = await startAgent(cwd, [
       'start',
@@ -256,6 +275,62 @@ describe('keywarden agent --checkpoint-key-pair', () => {
     expect(verified.out).toMatch(
       /audit: 1 signed checkpoint\(s\) verified; .* \(1 record\(s\) after it, at most 1 allowed\)/,
     );
+  }, 120_000);
+
+  it('under a policy (--listen): refused until agent-checkpoint may decrypt with the key pair, then signed', async () => {
+    const f = await splitFolder();
+    const { cwd } = f;
+    const ca = await cli(['cert', 'ca', 'auditor', '--cn', 'Audit checkpoints', '--out', 'auditor.pem', ...f.quorum], {
+      cwd,
+    });
+    expect(ca.code, ca.stderr).toBe(0);
+    const base = 'keywarden-policy 1\nprincipal app\nprincipal agent-checkpoint\nallow app * on orders\n';
+    await withStore(cwd, (store) => writeStoredPolicy(store, base));
+    await chmod(tls.server.keyFile, 0o600);
+    const agent = await startAgent(cwd, [
+      'start',
+      '--socket',
+      'a.sock',
+      '--checkpoint-key-pair',
+      'auditor',
+      '--checkpoint-interval',
+      '0.5',
+      '--listen',
+      'tcp://127.0.0.1:0',
+      '--tls-cert',
+      tls.server.certFile,
+      '--tls-key',
+      tls.server.keyFile,
+      '--tls-client-ca',
+      tls.ca.certFile,
+    ]);
+    await waitFor(() => /listening on tls:/.test(agent.log()), 'the listening line');
+    const port = Number(/listening on tls:\/\/127\.0\.0\.1:(\d+)/.exec(agent.log())?.[1]);
+    await unseal(f, 'a.sock');
+    const app = tls.client('app');
+    const c = await AgentClient.connect({
+      host: '127.0.0.1',
+      port,
+      tls: { cert: app.cert, key: app.key, ca: tls.ca.cert },
+    });
+    await c.createKey('orders');
+    (await c.generateDataKey('orders')).plaintext.fill(0);
+    await waitFor(
+      () =>
+        /audit checkpoint \(periodic\) failed, serving on: policy: principal "agent-checkpoint" may not decrypt/.test(
+          agent.log(),
+        ),
+      'the refusal in the log',
+      20_000,
+    );
+    await withStore(cwd, (store) => writeStoredPolicy(store, `${base}allow agent-checkpoint decrypt on pki\n`));
+    (await c.generateDataKey('orders')).plaintext.fill(0);
+    await waitFor(() => checkpointsIn(agent.log()) >= 1, 'a checkpoint once allowed', 20_000);
+    await c.close();
+    expect(await agent.stop()).toBe(0);
+    const verified = await cli(['audit', 'verify', '--checkpoint-cert', 'auditor.pem', ...f.quorum], { cwd });
+    expect(verified.stderr).toBe('');
+    expect(verified.out).toMatch(/audit: \d+ signed checkpoint\(s\) verified/);
   }, 120_000);
 
   it('--checkpoint-interval without --checkpoint-key-pair is a usage error', async () => {
