@@ -32,7 +32,7 @@
  */
 import { fork } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { mkdirSync, writeFileSync } from 'node:fs';
+import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { availableParallelism, cpus, loadavg } from 'node:os';
 import { join } from 'node:path';
 import { monitorEventLoopDelay } from 'node:perf_hooks';
@@ -72,21 +72,57 @@ interface CaseResult {
   /** The 99th percentile of the event-loop delay (median over rounds) and its maximum (the worst round). */
   p99EventLoopDelayMs: number;
   maxEventLoopDelayMs: number;
+  /** CPU time per op (µs, median over rounds): this process's (the host's: Keywarden, the pool, the
+   * IPC), and the worker processes' (read from /proc; process pools and the raw process only). */
+  hostCpuUsPerOp: number;
+  workersCpuUsPerOp: number | null;
 }
 
 type Runner = (deadline: number) => Promise<number>;
 
-/** Ops per wall second of `run`, and the worst event-loop delay while it ran. */
-async function measure(run: Runner): Promise<{ ops: number; eld: number; p99: number }> {
+/** A case: how to run it, and (process pools) the worker processes whose CPU time to count. */
+interface Case {
+  label: string;
+  run: Runner;
+  pids?: () => number[];
+  /** The raw process counts its own CPU time (µs) over its last run. */
+  ownCpuUs?: () => number;
+}
+
+/** User + system CPU time of a process so far, in µs (Linux /proc; 0 when it is gone). */
+function cpuOf(pid: number): number {
+  try {
+    const fields = readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1]?.split(' ') ?? [];
+    return ((Number(fields[11]) + Number(fields[12])) * 1e6) / 100;
+  } catch {
+    return 0;
+  }
+}
+
+/** Ops per wall second of `run`, the worst event-loop delay while it ran, and CPU per op. */
+async function measure(c: Case): Promise<{ ops: number; eld: number; p99: number; host: number; workers: number }> {
   const h = monitorEventLoopDelay({ resolution: 1 });
+  const pids = c.pids?.() ?? [];
+  const workers0 = pids.map(cpuOf);
+  const cpu0 = process.cpuUsage();
   h.enable();
   const start = performance.now();
-  const n = await run(start + SECONDS * 1000);
+  const n = await c.run(start + SECONDS * 1000);
   const elapsed = (performance.now() - start) / 1000;
+  const cpu = process.cpuUsage(cpu0);
+  const workersUs = c.ownCpuUs ? c.ownCpuUs() : pids.reduce((sum, pid, i) => sum + cpuOf(pid) - (workers0[i] ?? 0), 0);
   // Let the monitor's timer fire once more: a loop blocked until the end must still be recorded.
   await new Promise((r) => setTimeout(r, 2));
   h.disable();
-  return { ops: n / elapsed, eld: h.max / 1e6, p99: h.percentile(99) / 1e6 };
+  const ops = n / elapsed;
+  const done = ops * elapsed;
+  return {
+    ops,
+    eld: h.max / 1e6,
+    p99: h.percentile(99) / 1e6,
+    host: done > 0 ? (cpu.user + cpu.system) / done : 0,
+    workers: done > 0 ? workersUs / done : 0,
+  };
 }
 
 /** `callers` concurrent loops of `op` until the deadline; the number of ops done. */
@@ -119,25 +155,30 @@ interface RawConfig {
 
 /** The raw baseline: one process of its own (this script with --raw-child), set up once, then one
  * loop of `seconds` per round on request; it answers its own count and its own elapsed time. */
-async function rawProcess(config: RawConfig): Promise<{ run: Runner; close: () => Promise<void> }> {
+async function rawProcess(
+  config: RawConfig,
+): Promise<{ run: Runner; cpuUs: () => number; close: () => Promise<void> }> {
   const child = fork(fileURLToPath(import.meta.url), ['--raw-child'], {
     stdio: ['ignore', 'inherit', 'inherit', 'ipc'],
     execArgv: [],
   });
   const next = () =>
-    new Promise<{ n: number; ms: number }>((resolve, reject) => {
-      child.once('message', (m) => resolve(m as { n: number; ms: number }));
+    new Promise<{ n: number; ms: number; cpuUs: number }>((resolve, reject) => {
+      child.once('message', (m) => resolve(m as { n: number; ms: number; cpuUs: number }));
       child.once('exit', (code) => reject(new Error(`bench: the raw baseline process exited (${code})`)));
     });
   const ready = next();
   child.send(config);
   await ready;
   let last = 0;
+  let lastCpu = 0;
   return {
+    cpuUs: () => lastCpu,
     run: async (deadline) => {
       const done = next();
       child.send({ ms: deadline - performance.now() });
-      const { n, ms } = await done;
+      const { n, ms, cpuUs } = await done;
+      lastCpu = (cpuUs * (performance.now() - (deadline - SECONDS * 1000))) / ms;
       // measure() divides by its own elapsed time: scale the count to it, so the rate is the child's.
       last = n / (ms / 1000);
       return last * ((performance.now() - (deadline - SECONDS * 1000)) / 1000);
@@ -163,6 +204,7 @@ function rawChild(): void {
     const dek = new Uint8Array(c.dek);
     for (let i = 0; i < 200; i++) raw.wrapUnwrap(iv, aad, dek);
     process.on('message', ({ ms }: { ms: number }) => {
+      const cpu0 = process.cpuUsage();
       const start = performance.now();
       const end = start + ms;
       let n = 0;
@@ -170,13 +212,14 @@ function rawChild(): void {
         for (let i = 0; i < 16; i++) raw.wrapUnwrap(iv, aad, dek);
         n += 16;
       }
-      process.send?.({ n, ms: performance.now() - start });
+      const cpu = process.cpuUsage(cpu0);
+      process.send?.({ n, ms: performance.now() - start, cpuUs: cpu.user + cpu.system });
     });
     process.on('disconnect', () => {
       raw.close();
       process.exit(0);
     });
-    process.send?.({ n: 0, ms: 0 });
+    process.send?.({ n: 0, ms: 0, cpuUs: 0 });
   });
 }
 
@@ -222,8 +265,8 @@ async function main(): Promise<void> {
     });
     closers.push(() => rawProc.close());
 
-    const cases: Array<{ label: string; run: Runner }> = [];
-    cases.push({ label: RAW_PROCESS, run: rawProc.run });
+    const cases: Case[] = [];
+    cases.push({ label: RAW_PROCESS, run: rawProc.run, ownCpuUs: rawProc.cpuUs });
     cases.push({
       label: 'raw pkcs11js loop on the main thread (1 session; not the baseline)',
       run: async (deadline) => {
@@ -279,6 +322,7 @@ async function main(): Promise<void> {
           const d = await kw.generateDataKey('in-hsm', context);
           await kw.decryptDataKey(d.wrapped, context, { key: 'in-hsm' });
         }),
+        ...(pool === 'processes' ? { pids: () => root.pool.pids() } : {}),
       });
       if (workers === CORES && pool === 'threads') {
         const k = root.kekInRoot;
@@ -309,12 +353,16 @@ async function main(): Promise<void> {
     const ops = new Map<string, number[]>(cases.map((c) => [c.label, []]));
     const eld = new Map<string, number[]>(cases.map((c) => [c.label, []]));
     const p99 = new Map<string, number[]>(cases.map((c) => [c.label, []]));
+    const host = new Map<string, number[]>(cases.map((c) => [c.label, []]));
+    const work = new Map<string, number[]>(cases.map((c) => [c.label, []]));
     for (let r = 0; r < ROUNDS; r++) {
       for (const c of cases) {
-        const m = await measure(c.run);
+        const m = await measure(c);
         ops.get(c.label)?.push(m.ops);
         eld.get(c.label)?.push(m.eld);
         p99.get(c.label)?.push(m.p99);
+        host.get(c.label)?.push(m.host);
+        work.get(c.label)?.push(m.workers);
       }
     }
     const results: CaseResult[] = cases.map((c) => ({
@@ -322,6 +370,8 @@ async function main(): Promise<void> {
       opsPerSecond: Math.round(median(ops.get(c.label) as number[])),
       p99EventLoopDelayMs: Math.round(median(p99.get(c.label) as number[]) * 10) / 10,
       maxEventLoopDelayMs: Math.round(Math.max(...(eld.get(c.label) as number[])) * 10) / 10,
+      hostCpuUsPerOp: Math.round(median(host.get(c.label) as number[]) * 10) / 10,
+      workersCpuUsPerOp: c.pids || c.ownCpuUs ? Math.round(median(work.get(c.label) as number[]) * 10) / 10 : null,
     }));
     const byLabel = (re: RegExp) => results.find((r) => re.test(r.label));
     const rawOps = results.find((r) => r.label === RAW_PROCESS)?.opsPerSecond as number;
@@ -369,16 +419,29 @@ async function main(): Promise<void> {
       [`max event-loop delay, process pool of ${CORES}, ms (target < 10), beside the idle loop of the same run`]:
         beside(procN),
     };
+    // The CPU bound on the process pool's scaling: on CORES cores a pool of N cannot do more ops per
+    // second than CORES ÷ (the workers' + the host's CPU time per op), whatever its design; divided
+    // by the pool of 1's measured rate, that bounds the ratio above. And the host's CPU per op that
+    // the 1.7 target would leave room for, given the workers' own cost per op.
+    if (procN && proc1 && procN.workersCpuUsPerOp !== null) {
+      const perOp = procN.workersCpuUsPerOp + procN.hostCpuUsPerOp;
+      targets[
+        `CPU bound of process pool of ${CORES} ÷ process pool of 1 on ${CORES} cores: ${CORES} s ÷ (${perOp.toFixed(0)} µs per op: workers ${procN.workersCpuUsPerOp} + host ${procN.hostCpuUsPerOp}) ÷ ${proc1.opsPerSecond} ops/s`
+      ] = ratio((CORES * 1e6) / perOp, proc1.opsPerSecond);
+      targets[
+        `host CPU per op the 1.7 target would allow at that pool-of-1 rate (µs; measured ${procN.hostCpuUsPerOp})`
+      ] = Math.round(((CORES * 1e6) / (1.7 * proc1.opsPerSecond) - procN.workersCpuUsPerOp) * 10) / 10;
+    }
     const lines = [
       `# PKCS#11 root on SoftHSM2 (wall clock)`,
       '',
       `${meta.date} · node ${meta.node} · ${meta.cpus} × ${meta.cpuModel} · load ${meta.loadAverage.join(' ')} · ${ROUNDS} rounds × ${SECONDS} s per case, interleaved, median · one op = data-key wrap + unwrap`,
       '',
-      '| case | ops/s | × raw process | event-loop delay p99 / max |',
-      '|---|---:|---:|---:|',
+      '| case | ops/s | × raw process | event-loop delay p99 / max | CPU µs per op: host / worker processes |',
+      '|---|---:|---:|---:|---:|',
       ...results.map(
         (r) =>
-          `| ${r.label} | ${r.opsPerSecond.toLocaleString('en-US')} | ${(r.opsPerSecond / rawOps).toFixed(2)} | ${r.p99EventLoopDelayMs} / ${r.maxEventLoopDelayMs} ms |`,
+          `| ${r.label} | ${r.opsPerSecond.toLocaleString('en-US')} | ${(r.opsPerSecond / rawOps).toFixed(2)} | ${r.p99EventLoopDelayMs} / ${r.maxEventLoopDelayMs} ms | ${r.hostCpuUsPerOp} / ${r.workersCpuUsPerOp ?? '—'} |`,
       ),
       '',
       ...Object.entries(targets).map(([k, v]) => `- ${k}: ${v ?? 'n/a'}`),

@@ -21,7 +21,8 @@
  *     3 true, 4 false (no value)
  *     5 other    u32 length ‖ v8.serialize(value) (rare: nothing on the hot path)
  *
- * A reply frame: u32 count, then per reply: u32 seq, u8 kind, value:
+ * A reply frame: u8 flags (bit 0: the last chunk of its batch), u32 count, then per reply: u32
+ * seq, u8 kind, value:
  *     0 ok, bytes      u32 length ‖ bytes (ciphertext, opened key material, random bytes)
  *     1 ok, no value
  *     2 ok, a value    u32 length ‖ v8.serialize(value)
@@ -335,18 +336,24 @@ export function writeReply(w: FrameWriter, seq: number, ok: boolean, value: unkn
   }
 }
 
-/** Visit every reply of a reply frame: byte values are views of the frame (copy what you keep). */
+/** Flag of a reply frame: the last chunk of its batch (the worker is done with that batch). */
+export const LAST_CHUNK = 1;
+
+/** Visit every reply of a reply frame: byte values are views of the frame (copy what you keep).
+ * Returns the frame's flags. */
 export function readReplies(
   frame: Uint8Array,
   each: (seq: number, kind: number, value: Uint8Array | undefined) => void,
-): void {
+): number {
   const r = new FrameReader(frame);
+  const flags = r.u8();
   const count = r.u32();
   for (let i = 0; i < count; i++) {
     const seq = r.u32();
     const kind = r.u8();
     each(seq, kind, kind === R_NONE ? undefined : r.view());
   }
+  return flags;
 }
 
 export { deserialize as decodeValue };

@@ -151,7 +151,21 @@ export function decodePkcs11Record(bytes: Uint8Array): Pkcs11RootRecord {
 }
 
 /** Label of a KEK object: "kw-kek/<key id>/v<version>" for Keywarden's kekAad, else a digest. */
+/** kekLabel's answers for the KEK versions in use (every data key asks; bounded). */
+const KEK_LABELS = new Map<string, string>();
+
 export function kekLabel(kekAad: Uint8Array): string {
+  const key = Buffer.from(kekAad.buffer, kekAad.byteOffset, kekAad.byteLength).toString('latin1');
+  let label = KEK_LABELS.get(key);
+  if (label === undefined) {
+    label = kekLabelOf(kekAad);
+    if (KEK_LABELS.size >= 256) KEK_LABELS.clear();
+    KEK_LABELS.set(key, label);
+  }
+  return label;
+}
+
+function kekLabelOf(kekAad: Uint8Array): string {
   const d = KEK_AAD_DOMAIN;
   if (kekAad.length > d.length + 5 && Buffer.from(kekAad.subarray(0, d.length)).equals(Buffer.from(d))) {
     const n = kekAad[d.length] as number;
@@ -586,10 +600,10 @@ export class Pkcs11Root implements RootOfTrust, Sealable, Destroyable, KekInRoot
   }
 
   #checkRef(ref: Uint8Array): void {
-    if (
-      ref.length !== ROOT_ID_BYTES + KEK_SUFFIX_BYTES ||
-      !Buffer.from(ref.subarray(0, ROOT_ID_BYTES)).equals(Buffer.from(this.#objectId))
-    ) {
+    // (Not a secret: the reference is the KEK object's CKA_ID, stored in the clear.)
+    let same = ref.length === ROOT_ID_BYTES + KEK_SUFFIX_BYTES;
+    for (let i = 0; same && i < ROOT_ID_BYTES; i++) same = ref[i] === this.#objectId[i];
+    if (!same) {
       // Not a KEK this root made: nothing to authenticate against.
       throw new DecryptionError('data key');
     }
