@@ -16,7 +16,7 @@
  *   key pairs      `keyPairs`    signing key pairs born and kept in the root:    sealed    yes       yes
  *                                generate → handle + SPKI, sign, destroy         in store
  *
- * The software root's key pairs (sealed-key-pairs.ts, docs/format.md §15): made with node:crypto,
+ * The software root's key pairs (sealed-key-pairs.ts, docs/format.md §13): made with node:crypto,
  * the PKCS#8 private key sealed with AES-256-GCM under a key-pair key that the root wraps, in a
  * record of the root's own in the key store; the handle is a non-secret id. They are never in the
  * clear at rest, follow root rotation (the key-pair key moves with the root) and rekey (the root

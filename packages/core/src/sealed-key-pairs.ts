@@ -1,6 +1,6 @@
 /**
  * Signing key pairs kept sealed in the key store under a key that the root wraps: the software
- * root's `keyPairs` capability (root.ts KeyPairRoot; docs/format.md §15, docs/pki.md §1).
+ * root's `keyPairs` capability (root.ts KeyPairRoot; docs/format.md §13, docs/pki.md §1).
  *
  * Two layers, because a PKCS#8 private key (RSA-3072: ~1.8 KB) is far larger than the key
  * material a root wraps (16..64 bytes):

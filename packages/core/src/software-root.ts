@@ -8,6 +8,20 @@
  * The sealed root is a small JSON document kept in the key store's meta table under "root"
  * (docs/format.md §12). It opens sealed; `unseal()` recovers the root key into memory, `seal()`
  * wipes it.
+ *
+ * Key pairs (`keyPairs`, root.ts KeyPairRoot; sealed-key-pairs.ts, docs/format.md §13): ECDSA
+ * P-256/P-384, RSA-2048/3072 and Ed25519 made with node:crypto. The PKCS#8 private key is never
+ * stored in clear: it is sealed with AES-256-GCM under a key-pair key (KPK), with associated data
+ * binding a purpose label, the key pair's id, algorithm, label and SPKI hash; the KPK is wrapped by
+ * this root's `wrapKey` (associated data "keywarden/root-key-pairs/key/v1", never a KEK's) in meta
+ * "root-key-pairs/key". Why a KPK and not the root's wrap directly: an RSA-3072 PKCS#8 (~1.8 KB)
+ * is far beyond the 16..64 bytes a root wraps, and one small wrap per store is the only thing a
+ * root rotation must move (staged before its transaction, promoted after: crash-safe), while the
+ * key pair records never change. The handle is the non-secret id; the record is meta
+ * "root-key-pair/<id>", which `destroy(handle)` overwrites with a destroyed marker. A sealed root
+ * unwraps no KPK, so it signs and generates nothing (KeystoreSealedError). Rekey leaves the root
+ * key, so everything here, as it is. The private key is decrypted only to be imported as a
+ * KeyObject, and the buffer is wiped at once.
  */
 import { concatBytes, fromBase64Url, toBase64Url, u32be, u8, utf8, wipe } from './_bytes.js';
 import { AES256_KEY_BYTES, GCM_NONCE_BYTES, gcmOpen, gcmSeal } from './aead.js';
@@ -165,8 +179,8 @@ export class SoftwareRoot implements RootOfTrust, Sealable, Destroyable {
   readonly destroyable: Destroyable = this;
   /**
    * Signing key pairs sealed in the root's store (sealed-key-pairs.ts): present on a root opened
-   * from or initialized in a store (`load`, `initialize`), absent on a root made for a rotation
-   * (`createForRotation`, which has no store until the rotation commits).
+   * from or initialized in a store (`load`, `initialize`), and on a root made for a rotation when
+   * given the store (`createForRotation({ store })`); absent otherwise.
    */
   readonly keyPairs?: KeyPairRoot;
   #doc: SealedRootDocument;

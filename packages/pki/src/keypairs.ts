@@ -8,7 +8,7 @@
  *    versions move; the envelopes stay valid), and crypto-shredding the KEK version destroys every
  *    private key under it;
  *  - KEK-only operations (rotateDue, generateDataKey) never see a key pair, and RSA-3072 PKCS#8
- *    (~1.8 KB) does not have to fit a root's wrapped-key bound (1 KiB for the software root).
+ *    (~1.8 KB) does not have to fit what a root wraps (16..64 bytes of key material).
  *
  * The records are one meta record per key pair (`pki/keypair/<name>`, JSON, non-secret apart from
  * the envelopes). Versions follow the KEK rules (docs/lifecycle.md): 1, 2, 3 … never reused; a new
@@ -22,7 +22,11 @@
  *
  * Key pairs held in the root (`storage: "root"`, docs/pki.md §1): the root's `keyPairs`
  * capability makes the key pair (a PKCS#11 token: C_GenerateKeyPair, private key sensitive and
- * never extractable) and every signature is a root call (RootSigner). The record keeps the root's
+ * never extractable; a TPM: a persistent signing key; the software root: node:crypto, the PKCS#8
+ * sealed in the root's own store records, core sealed-key-pairs.ts) and every signature is a root
+ * call (RootSigner). The record names the root's id; a later root is accepted when it reports the
+ * version's SPKI for the handle (KeyPairRoot.publicKey): the software root's key pairs follow a
+ * root rotation, which gives the root a new id. The record keeps the root's
  * non-secret handle twice: in clear (`handle`, for destroy) and as an envelope under the KEK (in
  * `privateKey`, with the same context plus pki_storage=root), which signer() opens, so that using
  * a key held in the root is, as for a software key, a `decrypt` under its KEK: the same policy

@@ -4,7 +4,7 @@
  * fixture in the root conformance suite.
  *
  * The software root has no device to ask, so each fact is checked on the store itself, with an
- * independent reading of docs/format.md §12 and §15 written here from the document (not with the
+ * independent reading of docs/format.md §12 and §13 written here from the document (not with the
  * library's code): the unseal key opens the sealed root, the root key opens the key-pair key, the
  * key-pair key opens the record's sealed PKCS#8, whose public key must be the record's SPKI.
  *  - sensitive: the private key is in the store only as that AES-256-GCM ciphertext (the record
@@ -76,7 +76,7 @@ function parsesAsPrivateKey(bytes: Buffer): boolean {
   return false;
 }
 
-/** The private key of `handle`, opened from the store along docs/format.md §12 and §15. */
+/** The private key of `handle`, opened from the store along docs/format.md §12 and §13. */
 export async function openSoftwareKeyPair(
   store: KeyStore,
   unsealKey: Uint8Array,

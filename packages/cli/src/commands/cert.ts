@@ -28,7 +28,7 @@ type Profile = 'server' | 'client' | 'server-client';
 type Storage = 'kek' | 'root';
 
 const STORAGE_HELP =
-  'where a new private key lives: kek (generated here, kept wrapped under the KEK) or root (generated and kept inside the root device, e.g. the PKCS#11 token; never leaves it)';
+  'where a new private key lives: kek (generated here, kept wrapped under the KEK) or root (held by the root: inside the PKCS#11 token or TPM, never leaving it; for the software root, sealed in its own records of the key store)';
 
 function storageOf(value: string): Storage {
   if (value !== 'kek' && value !== 'root') throw new InvalidArgumentError('must be kek or root');
