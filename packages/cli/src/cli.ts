@@ -9,6 +9,7 @@ import { readFileSync } from 'node:fs';
 import { constants } from 'node:os';
 import { Command, CommanderError } from 'commander';
 import { registerAgent } from './commands/agent.js';
+import { checkAgentOptionsApply } from './commands/_agent-client.js';
 import { registerAudit } from './commands/audit.js';
 import { registerAuditCheckpoint, registerCert } from './commands/cert.js';
 import { registerDatakey } from './commands/datakey.js';
@@ -87,7 +88,8 @@ export function buildProgram(io: CliIO): Command {
       getErrHasColors: () => false,
     })
     .configureHelp({ showGlobalOptions: true })
-    .showSuggestionAfterError(true);
+    .showSuggestionAfterError(true)
+    .hook('preAction', (_program, action) => checkAgentOptionsApply(action));
 
   program
     .description('Keywarden key management: a key store, KEKs with scope, envelope encryption of files and streams')

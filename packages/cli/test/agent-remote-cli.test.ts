@@ -161,6 +161,13 @@ describe('key commands over --agent tls://HOST:PORT', () => {
     });
     expect(both.code).toBe(2);
     expect(both.stderr).toContain('keywarden: --agent and --socket both name the agent: give one');
+    // Not ignored where it does not apply: `status` must not answer for a local agent instead.
+    const status = await cli(['--agent', 'tls://127.0.0.1:1', 'status'], { cwd });
+    expect(status.code).toBe(2);
+    expect(status.stderr).toContain('keywarden: --agent does not apply to `status`');
+    const list = await cli(['key', 'list', ...as(admin)], { cwd });
+    expect(list.code).toBe(2);
+    expect(list.stderr).toContain('keywarden: --tls-cert, --tls-key and --tls-ca do not apply to `key list`');
     const bad = await cli(['--agent', 'http://h:1', 'key', 'enable', 'k', '--version', '1'], { cwd });
     expect(bad.code).toBe(2);
     expect(bad.stderr).toContain('keywarden: --agent: http://h:1: an agent endpoint is tcp://HOST:PORT');

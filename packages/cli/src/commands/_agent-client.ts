@@ -182,3 +182,38 @@ export async function withAgentOrKeyService<T>(
   if (agent) return withNamedAgent(agent, fn);
   return withKeyService(loc, io, keyServiceOptionsOf(cmd), fn);
 }
+
+/** The commands --agent applies to (the others would silently use the folder's agent instead). */
+const AGENT_COMMANDS = new Set([
+  'key create',
+  'key rotate',
+  'key disable',
+  'key enable',
+  'key compromise',
+  'key destroy',
+  'encrypt',
+  'decrypt',
+  'datakey',
+]);
+/** Commands with TLS files of their own (the agent's listener, `agent seal --all`'s clients). */
+const TLS_FILE_COMMANDS = new Set(['agent', 'agent start', 'agent seal']);
+
+/**
+ * Before any action (cli.ts): --agent, and --tls-cert/--tls-key/--tls-ca, on a command they do not
+ * apply to are a usage error, not ignored (`keywarden --agent tls://… status` must not answer for
+ * the local agent).
+ */
+export function checkAgentOptionsApply(action: Command): void {
+  const names: string[] = [];
+  for (let c: Command | null = action; c?.parent; c = c.parent) names.unshift(c.name());
+  const name = names.join(' ');
+  const g = action.optsWithGlobals<ClientGlobals>();
+  if (g.agent !== undefined && !AGENT_COMMANDS.has(name)) {
+    throw new UsageError(
+      `--agent does not apply to \`${name}\` (it does to key create|rotate|disable|enable|compromise|destroy, encrypt, decrypt, datakey)`,
+    );
+  }
+  if ((g.tlsCert ?? g.tlsKey ?? g.tlsCa) !== undefined && !AGENT_COMMANDS.has(name) && !TLS_FILE_COMMANDS.has(name)) {
+    throw new UsageError(`--tls-cert, --tls-key and --tls-ca do not apply to \`${name}\``);
+  }
+}
