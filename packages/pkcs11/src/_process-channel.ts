@@ -20,6 +20,7 @@
  * the module past a deadline is killed (SIGKILL) and the pool replaces it.
  */
 import { fork } from 'node:child_process';
+import { constants, getPriority, setPriority } from 'node:os';
 import { fileURLToPath } from 'node:url';
 import { wipe } from '@keywarden/core';
 import type { Channel, ChannelEvents } from './_pool.js';
@@ -33,6 +34,7 @@ export function processChannel(
   config: WorkerConfig,
   env: Readonly<Record<string, string | undefined>> | undefined,
   on: ChannelEvents,
+  nice = 0,
 ): Channel {
   const child = fork(fileURLToPath(url), [JSON.stringify({ modulePath: config.modulePath, token: config.token })], {
     serialization: 'advanced',
@@ -41,6 +43,14 @@ export function processChannel(
     execArgv: [],
     env: { ...(env ?? process.env) },
   });
+  if (nice > 0 && child.pid !== undefined) {
+    try {
+      // Lower than the host (pool.ts DEFAULT_WORKER_NICE); never above the lowest priority.
+      setPriority(child.pid, Math.min(constants.priority.PRIORITY_LOW, getPriority() + nice));
+    } catch {
+      // Not permitted or the child is already gone: it runs at the host's priority.
+    }
+  }
   let exited = false;
   const exitedPromise = new Promise<void>((resolve) => {
     const done = () => {

@@ -114,6 +114,10 @@ export interface Pkcs11RootOptions {
   pool?: PoolKind;
   /** Deadline of one PKCS#11 request in milliseconds (default 15 000). */
   callTimeoutMs?: number;
+  /** Processes only: the niceness added to each worker process (default 10; 0 leaves them at this
+   * process's priority). Workers below the host in CPU priority never delay its event loop when the
+   * cores are busy (docs/pkcs11.md, Measured speed). */
+  workerNice?: number;
   /** The module when the URI has no module-path (default: KEYWARDEN_PKCS11_MODULE). */
   modulePath?: string;
   env?: Readonly<Record<string, string | undefined>>;
@@ -256,6 +260,7 @@ export class Pkcs11Root implements RootOfTrust, Sealable, Destroyable, KekInRoot
         token: parsed.token,
         size: options.poolSize,
         callTimeoutMs: options.callTimeoutMs,
+        ...(options.workerNice !== undefined ? { workerNice: options.workerNice } : {}),
         kind,
         ...(kind === 'processes' ? { env: childEnv(env, parsed.pinSource) } : {}),
       });

@@ -3,11 +3,13 @@
  * both kinds: conformance, faults): a child SIGKILLed from outside mid-request is replaced and its
  * requests retried; the PIN never appears in a child's argv or environment; closing the root stops
  * the children; and a parent killed by SIGKILL leaves no orphan (each child exits when its IPC
- * channel closes). Every wait has a deadline.
+ * channel closes); the children run at a lower CPU priority than the host. Every wait has a
+ * deadline.
  */
 import { spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { existsSync, readFileSync } from 'node:fs';
+import { getPriority } from 'node:os';
 import { fileURLToPath } from 'node:url';
 import { KeywardenError, MemoryKeyStore } from '@keywarden/core';
 import { describe, expect, it } from 'vitest';
@@ -42,6 +44,22 @@ async function roundTrip(root: Pkcs11Root, i: number): Promise<boolean> {
 }
 
 describe.skipIf(unavailable)('pool of worker processes on SoftHSM2', () => {
+  it('the children run 10 nicer than the host by default (they never starve the event loop that feeds them); workerNice: 0 leaves them level; a replacement gets the same', async () => {
+    const host = getPriority();
+    const { root, store, object } = await createRoot({ poolSize: 2, pool: 'processes' });
+    const want = Math.min(19, host + 10);
+    expect(root.pool.pids().map((pid) => getPriority(pid))).toEqual([want, want]);
+    const [first] = root.pool.pids();
+    process.kill(first as number, 'SIGKILL');
+    expect(await roundTrip(root, 0)).toBe(true);
+    expect(root.pool.pids()).not.toContain(first);
+    expect(root.pool.pids().map((pid) => getPriority(pid))).toEqual([want, want]);
+    await root.close();
+    const level = await Pkcs11Root.open(rootUri(object), { store, poolSize: 1, pool: 'processes', workerNice: 0 });
+    expect(level.pool.pids().map((pid) => getPriority(pid))).toEqual([host]);
+    await level.close();
+  }, 60_000);
+
   it('a child SIGKILLed mid-request: requests are retried on its replacement (or fail typed), nothing hangs', async () => {
     const { root } = await createRoot({ pool: 'processes', poolSize: 2 });
     try {
