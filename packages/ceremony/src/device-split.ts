@@ -497,6 +497,8 @@ async function dropPendingRecord(dbPath: string): Promise<boolean> {
   const store = SqliteKeyStore.open(dbPath, { create: false });
   try {
     if (!(await store.getMeta(DEVICE_PENDING_INIT_META))) return false;
+    // The PIN change's record goes first: a rekey reads one in the live store as its own.
+    await store.deleteMeta(DEVICE_SECRET_CHANGE_META);
     await store.deleteMeta(DEVICE_PENDING_INIT_META);
     return true;
   } finally {
@@ -854,4 +856,315 @@ async function destroyStagedRoot(store: KeyStore, uriPath: string, options: Devi
 function describeObject(uri: string): string {
   const q = uri.indexOf('?');
   return q === -1 ? uri : uri.slice(0, q);
+}
+
+// ── Rekey ─────────────────────────────────────────────────────────────────────────────────────
+
+/** Meta record of a rekey of the device's secret whose new shares are being handed out. */
+export const DEVICE_PENDING_REKEY_META = 'device/pending-rekey';
+
+interface DevicePendingRekey {
+  format: 1;
+  kind: 'rekey';
+  device: string;
+  createdAt: string;
+  shareSet: ShareSetInfo;
+  digests: string[];
+  handOut: HandOutDescription;
+  /** The new set's record, made the store's `device/secret-shares` once the device has the new secret. */
+  record: DeviceSecretShares;
+  previous: ShareSetInfo;
+}
+
+export interface DeviceRekeyOptions extends CeremonyHooks {
+  /** New N and M (default: the current N, and M capped at N). */
+  shares?: number;
+  threshold?: number;
+  custodians?: CustodianKeys;
+  destination?: ShareDestination;
+  /** A quorum of the CURRENT shares. */
+  quorum?: QuorumSource;
+  env?: Readonly<Record<string, string | undefined>>;
+}
+
+export interface DeviceRekeyResult extends HandOutResult {
+  previous: ShareSetInfo;
+}
+
+/** The pending rekey of D's device secret, if any (what routes `rekey --resume/--abort`). */
+export async function devicePendingRekeyOf(loc: StoreLocation): Promise<ShareSetInfo | undefined> {
+  if (!(await exists(loc.dbPath))) return undefined;
+  const store = SqliteKeyStore.open(loc.dbPath, { readonly: true });
+  try {
+    return (await readPendingRekey(store))?.shareSet;
+  } finally {
+    await store.close();
+  }
+}
+
+async function readPendingRekey(store: KeyStore): Promise<DevicePendingRekey | undefined> {
+  const bytes = await store.getMeta(DEVICE_PENDING_REKEY_META);
+  if (!bytes) return undefined;
+  let p: Partial<DevicePendingRekey>;
+  try {
+    p = JSON.parse(Buffer.from(bytes).toString('utf8')) as Partial<DevicePendingRekey>;
+  } catch {
+    throw new FormatError('device: the pending rekey record is not valid JSON');
+  }
+  if (p?.format !== 1 || p.kind !== 'rekey' || !p.shareSet || !Array.isArray(p.digests) || !p.handOut || !p.record) {
+    throw new FormatError('device: the pending rekey record is malformed');
+  }
+  decodeDeviceSecretShares(enc.encode(JSON.stringify(p.record)));
+  return p as DevicePendingRekey;
+}
+
+/** The device's secret for a quorum of the given share set (checked against its commitments). */
+async function quorumSecretOf(
+  record: DeviceSecretShares,
+  quorum: QuorumSource | undefined,
+  request: { operation: string; title: string; which: 'current' | 'new' },
+): Promise<Uint8Array> {
+  const shares = await askQuorum(quorum, { ...request, shareSet: { ...pick(record), purpose: record.purpose } });
+  try {
+    return await combineHardwareSecret(shares, {
+      ...pick(record),
+      purpose: record.purpose,
+      commitments: record.commitments,
+    });
+  } finally {
+    shares.length = 0;
+  }
+}
+
+/** The new share set becomes the store's, then the pending records go (a resume finishes this). */
+async function activateDeviceRekey(store: KeyStore, dbPath: string, pending: DevicePendingRekey): Promise<void> {
+  await store.putMeta(DEVICE_SECRET_SHARES_META, enc.encode(JSON.stringify(pending.record)));
+  fsyncPath(dbPath);
+  await store.deleteMeta(DEVICE_SECRET_CHANGE_META);
+  await store.deleteMeta(DEVICE_PENDING_REKEY_META);
+  fsyncPath(dbPath);
+}
+
+function pendingAsCeremony(p: DevicePendingRekey): PendingCeremony {
+  return p as unknown as PendingCeremony;
+}
+
+/**
+ * `keywarden rekey` on a folder whose PKCS#11 user PIN is split: a quorum of the current shares
+ * gives the current PIN; a new random PIN is drawn and split (new N and M allowed); its shares are
+ * handed out and fsynced; then `C_SetPIN(current, new)`, and the new share set becomes the
+ * store's. Until `C_SetPIN` the current shares open the token; from then on the new ones (which
+ * were durable before it). A kill leaves `device/pending-rekey`: `resumeDeviceRekey` (a quorum of
+ * the new shares) finishes it once the token has the new PIN, `abortDeviceRekey` drops it while the
+ * token still has the current one.
+ */
+export async function rekeyDeviceSecret(loc: StoreLocation, options: DeviceRekeyOptions): Promise<DeviceRekeyResult> {
+  const cwd = options.cwd ?? process.cwd();
+  const uri = await recordedUriAt(path.join(loc.dir, ROOT_URI_FILE), 'rekey');
+  const scheme = rootUriScheme(uri);
+  if (scheme !== 'pkcs11') {
+    throw new CeremonyError(
+      `rekey: a ${scheme}: root's split secret cannot be rekeyed yet (PKCS#11 user PINs only; docs/split-knowledge.md §10.2)`,
+    );
+  }
+  const hooks = rootSecretHooks(uri);
+  const env = options.env ? { env: options.env } : {};
+  const store = SqliteKeyStore.open(loc.dbPath, { create: false });
+  let old: Uint8Array | undefined;
+  let secret: Uint8Array | undefined;
+  let handOut: HandOut | undefined;
+  let recorded = false;
+  let changing = false;
+  try {
+    const current = await readDeviceSecretShares(store);
+    if (!current) throw new CeremonyError(`rekey: ${loc.display} has no split device secret`);
+    const waiting = await readPendingRekey(store);
+    if (waiting) {
+      throw new CeremonyError(
+        `rekey: a rekey to share set ${waiting.shareSet.shareSetId} is pending: \`keywarden rekey --resume --share-file NEW…\` finishes it, \`keywarden rekey --abort\` drops it`,
+      );
+    }
+    const previous: ShareSetInfo = { ...pick(current), purpose: current.purpose };
+    const shares = options.shares ?? current.shares;
+    const threshold = options.threshold ?? Math.min(current.threshold, shares);
+    checkShareParameters(shares, threshold);
+    const custodians = await custodiansFor(options.custodians, shares);
+    old = await quorumSecretOf(current, options.quorum, { operation: 'rekey', title: 'Rekey', which: 'current' });
+    if (!(await hooks.check(uri, old, env))) {
+      throw new UnsealError(
+        'rekey: the token refused the PIN the current shares hold (C_Login: CKR_PIN_INCORRECT); nothing was changed',
+      );
+    }
+    secret = await hooks.draw(uri, env);
+    const set = await splitHardwareSecret(secret, { shares, threshold, purpose: current.purpose });
+    const shareSet: ShareSetInfo = {
+      shareSetId: set.shareSetId,
+      threshold: set.threshold,
+      shares: set.shares,
+      purpose: set.purpose,
+    };
+    const texts = custodians ? set.encoded.map((s, i) => encryptShareForCustodian(s, custodians[i]!.pem)) : set.encoded;
+    const record: DeviceSecretShares = {
+      format: 1,
+      purpose: current.purpose,
+      ...pick(shareSet),
+      commitments: set.encoded.map((s) => shareCommitment(s)),
+      createdAt: new Date().toISOString(),
+    };
+    if (custodians) set.encoded.length = 0;
+    const destination = options.destination ?? { kind: 'files', dir: path.join(loc.dir, SHARES_OUT_DIR) };
+    handOut = await HandOut.plan(destination, shares, custodians, cwd);
+    const pending: DevicePendingRekey = {
+      format: 1,
+      kind: 'rekey',
+      device: scheme,
+      createdAt: record.createdAt,
+      shareSet,
+      digests: texts.map(digestOf),
+      handOut: handOut.describe(false),
+      record,
+      previous,
+    };
+    await store.putMeta(DEVICE_PENDING_REKEY_META, enc.encode(JSON.stringify(pending)));
+    fsyncPath(loc.dbPath);
+    recorded = true;
+    options.onStep?.('rekey:recorded');
+    await handOut.write(texts, shareSet, 'rekey', options);
+    texts.length = 0;
+    set.encoded.length = 0;
+    options.onStep?.('rekey:shares-written');
+
+    await store.putMeta(DEVICE_SECRET_CHANGE_META, enc.encode('setting'));
+    fsyncPath(loc.dbPath);
+    changing = true;
+    options.onStep?.('rekey:pin-changing');
+    await hooks.change(uri, old, secret, env);
+    options.onStep?.('rekey:pin-changed');
+    await activateDeviceRekey(store, loc.dbPath, pending);
+    options.onStep?.('rekey:activated');
+    return { ...handOut.result(shareSet), previous };
+  } catch (err) {
+    if (changing && secret) {
+      // Did C_SetPIN happen? If the token takes the new PIN (or cannot say), the new shares stay.
+      const isNew = await hooks.check(uri, secret, env).catch(() => undefined);
+      if (isNew !== false) {
+        throw new CeremonyError(
+          `rekey: failed after the token's user PIN may have become the new one (${messageOf(err)}); the new shares are kept: run \`keywarden rekey --resume --share-file NEW…\``,
+          { cause: err },
+        );
+      }
+    }
+    if (recorded) {
+      await store.deleteMeta(DEVICE_SECRET_CHANGE_META).catch(() => {});
+      await store.deleteMeta(DEVICE_PENDING_REKEY_META).catch(() => {});
+    }
+    await handOut?.abort();
+    throw err;
+  } finally {
+    wipe(old);
+    wipe(secret);
+    await store.close().catch(() => {});
+  }
+}
+
+export interface DeviceRekeyResumeResult extends HandOutResult {
+  alreadyActivated: boolean;
+  previous: ShareSetInfo;
+}
+
+/**
+ * `keywarden rekey --resume` of a device rekey: with a quorum of the NEW shares, activate the new
+ * share set if the token takes the new PIN (C_SetPIN ran). If it does not, nothing changed on the
+ * token and the current shares still open it: `rekey --abort`, then rekey again.
+ */
+export async function resumeDeviceRekey(
+  loc: StoreLocation,
+  options: { quorum?: QuorumSource; env?: Readonly<Record<string, string | undefined>> } & CeremonyHooks = {},
+): Promise<DeviceRekeyResumeResult> {
+  const cwd = options.cwd ?? process.cwd();
+  const store = SqliteKeyStore.open(loc.dbPath, { create: false });
+  try {
+    const pending = await readPendingRekey(store);
+    if (!pending) throw new CeremonyError(`rekey --resume: no rekey of the device secret is pending in ${loc.display}`);
+    const current = await readDeviceSecretShares(store);
+    if (current?.shareSetId === pending.shareSet.shareSetId) {
+      await activateDeviceRekey(store, loc.dbPath, pending);
+      return { alreadyActivated: true, previous: pending.previous, ...handOutResultOf(pendingAsCeremony(pending)) };
+    }
+    const uri = await recordedUriAt(path.join(loc.dir, ROOT_URI_FILE), 'rekey --resume');
+    const hooks = rootSecretHooks(uri);
+    const secret = await quorumSecretOf(pending.record, options.quorum, {
+      operation: 'rekey --resume',
+      title: 'New shares',
+      which: 'new',
+    });
+    try {
+      if (!(await hooks.check(uri, secret, options.env ? { env: options.env } : {}))) {
+        throw new CeremonyError(
+          'rekey --resume: the token still takes the current PIN (the rekey stopped before C_SetPIN): the current shares keep working; run `keywarden rekey --abort`, then rekey again',
+        );
+      }
+    } finally {
+      wipe(secret);
+    }
+    const problems = isCallback(descriptionOf(pendingAsCeremony(pending)))
+      ? []
+      : await checkHandOutFiles(pendingAsCeremony(pending), cwd);
+    await activateDeviceRekey(store, loc.dbPath, pending);
+    if (problems.length > 0) {
+      options.onNotice?.(
+        `rekey --resume: the token has the new PIN, so the new share set is active; but ${problems.join('; ')}: a quorum of the new shares must remain`,
+      );
+    }
+    return { alreadyActivated: false, previous: pending.previous, ...handOutResultOf(pendingAsCeremony(pending)) };
+  } finally {
+    await store.close().catch(() => {});
+  }
+}
+
+/**
+ * `keywarden rekey --abort` of a device rekey: drop the pending record and the share files it
+ * wrote, while the token still takes the current PIN. Once the rekey had begun changing the PIN,
+ * that needs a quorum of the new shares (to ask the token); if the token has the new PIN, nothing
+ * is removed: the rekey can only be finished (`rekey --resume`).
+ */
+export async function abortDeviceRekey(
+  loc: StoreLocation,
+  options: { quorum?: QuorumSource; env?: Readonly<Record<string, string | undefined>> } & CeremonyHooks = {},
+): Promise<{ pending: ShareSetInfo; notes: string[] }> {
+  const cwd = options.cwd ?? process.cwd();
+  const store = SqliteKeyStore.open(loc.dbPath, { create: false });
+  try {
+    const pending = await readPendingRekey(store);
+    if (!pending) throw new CeremonyError(`rekey --abort: no rekey of the device secret is pending in ${loc.display}`);
+    if (await store.getMeta(DEVICE_SECRET_CHANGE_META)) {
+      if (typeof options.quorum !== 'function') {
+        throw new CeremonyError(
+          "rekey --abort: the rekey had begun setting the token's user PIN to the new one, so the new shares may be the only way into the token: give a quorum of the new shares (--share-file); nothing was changed",
+        );
+      }
+      const uri = await recordedUriAt(path.join(loc.dir, ROOT_URI_FILE), 'rekey --abort');
+      const secret = await quorumSecretOf(pending.record, options.quorum, {
+        operation: 'rekey --abort',
+        title: 'New shares',
+        which: 'new',
+      });
+      try {
+        if (await rootSecretHooks(uri).check(uri, secret, options.env ? { env: options.env } : {})) {
+          throw new CeremonyError(
+            'rekey --abort: the token already takes the new PIN, so the new shares are the way in: finish with `keywarden rekey --resume --share-file NEW…`; nothing was removed',
+          );
+        }
+      } finally {
+        wipe(secret);
+      }
+    }
+    const notes = await removeHandOutFiles(pendingAsCeremony(pending), cwd);
+    await store.deleteMeta(DEVICE_SECRET_CHANGE_META);
+    await store.deleteMeta(DEVICE_PENDING_REKEY_META);
+    fsyncPath(loc.dbPath);
+    return { pending: pending.shareSet, notes };
+  } finally {
+    await store.close().catch(() => {});
+  }
 }

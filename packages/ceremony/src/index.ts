@@ -43,7 +43,16 @@ export {
 } from './layout.js';
 export {
   abortDeviceInit,
+  abortDeviceRekey,
+  DEVICE_PENDING_REKEY_META,
+  DEVICE_SECRET_CHANGE_META,
   DEVICE_SECRET_SHARES_META,
+  type DeviceRekeyOptions,
+  type DeviceRekeyResult,
+  type DeviceRekeyResumeResult,
+  devicePendingRekeyOf,
+  rekeyDeviceSecret,
+  resumeDeviceRekey,
   type DeviceAbortOptions,
   type DeviceResumeOptions,
   type DeviceResumeResult,

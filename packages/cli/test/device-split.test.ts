@@ -535,6 +535,138 @@ describe.skipIf(!built)('init --root pkcs11:… --pin-shares: the user PIN split
     }
   }, 400_000);
 
+  it('rekey of the split PIN: a quorum of the current shares, a new random PIN set with C_SetPIN, new N and M; SIGKILL before and after C_SetPIN, then resume or abort', async (ctx) => {
+    if (skip()) return ctx.skip();
+    const cwd = await tempDir();
+    const init = await kw(
+      [
+        '--dir',
+        'd',
+        'init',
+        '--root',
+        uri('kw-rekey'),
+        '--pin-shares',
+        '3',
+        '--pin-threshold',
+        '2',
+        '--share-dir',
+        'old',
+      ],
+      cwd,
+      { env: withPin(), timeoutMs: 60_000 },
+    );
+    expect(init.code, init.stderr).toBe(0);
+    const read = (dir: string, n: number) =>
+      Array.from({ length: n }, (_, i) =>
+        readFileSync(path.join(cwd, dir, `share-${i + 1}-of-${n}.txt`), 'utf8').trim(),
+      );
+    const fileArgs = (dir: string, n: number, which: number[]) =>
+      which.flatMap((i) => ['--share-file', path.join(dir, `share-${i}-of-${n}.txt`)]);
+    const pin1 = await pinOf(read('old', 3).slice(0, 2));
+    expect(tokenTakes(pin1)).toBe(true);
+    const rekeyArgs = ['--dir', 'd', 'rekey', '--shares', '4', '--threshold', '3', '--share-dir', 'new'];
+    const killAt = async (step: string) => {
+      const r = await kw([...rekeyArgs, ...fileArgs('old', 3, [1, 3])], cwd, {
+        env: { ...env, KEYWARDEN_TEST_STEP_HOOK: `kill:${step}` },
+        timeoutMs: 60_000,
+      });
+      expect(r.code, r.stderr).toBeNull();
+    };
+    const newPin = async () => pinOf(read('new', 4).slice(1, 4));
+
+    // Too few current shares: nothing changes.
+    oneLineError(await kw([...rekeyArgs, ...fileArgs('old', 3, [2])], cwd, { env, timeoutMs: 60_000 }), /share/);
+    expect(existsSync(path.join(cwd, 'new'))).toBe(false);
+
+    // 1. Killed during the hand-out: the token keeps its PIN; abort drops the new files.
+    await killAt('rekey:share-2');
+    expect(tokenTakes(pin1)).toBe(true);
+    oneLineError(
+      await kw([...rekeyArgs, ...fileArgs('old', 3, [1, 2])], cwd, { env, timeoutMs: 60_000 }),
+      /is pending/,
+    );
+    const abort1 = await kw(['--dir', 'd', 'rekey', '--abort'], cwd, { env, timeoutMs: 60_000 });
+    expect(abort1.code, abort1.stderr).toBe(0);
+    expect(readdirSync(path.join(cwd, 'new'))).toEqual([]);
+    expect(tokenTakes(pin1)).toBe(true);
+
+    // 2. Killed just before C_SetPIN: the current shares still open the token. Resume says so
+    // (it asks the token with the new PIN); abort needs the new shares now, and drops the rekey.
+    await killAt('rekey:pin-changing');
+    expect(tokenTakes(pin1)).toBe(true);
+    oneLineError(
+      await kw(['--dir', 'd', 'rekey', '--resume', ...fileArgs('new', 4, [1, 2, 4])], cwd, { env, timeoutMs: 60_000 }),
+      /still takes the current PIN/,
+    );
+    oneLineError(
+      await kw(['--dir', 'd', 'rekey', '--abort'], cwd, { env, timeoutMs: 60_000 }),
+      /give a quorum of the new shares/,
+    );
+    const abort2 = await kw(['--dir', 'd', 'rekey', '--abort', ...fileArgs('new', 4, [1, 2, 4])], cwd, {
+      env,
+      timeoutMs: 60_000,
+    });
+    expect(abort2.code, abort2.stderr).toBe(0);
+    expect(tokenTakes(pin1)).toBe(true);
+
+    // 3. Killed just after C_SetPIN: only the new shares open the token. Abort refuses; resume activates.
+    await killAt('rekey:pin-changed');
+    const pin2 = await newPin();
+    expect(tokenTakes(pin1)).toBe(false);
+    expect(tokenTakes(pin2)).toBe(true);
+    oneLineError(
+      await kw(['--dir', 'd', 'rekey', '--abort', ...fileArgs('new', 4, [1, 2, 3])], cwd, { env, timeoutMs: 60_000 }),
+      /already takes the new PIN/,
+    );
+    const resume3 = await kw(['--dir', 'd', 'rekey', '--resume', ...fileArgs('new', 4, [2, 3, 4])], cwd, {
+      env,
+      timeoutMs: 60_000,
+    });
+    expect(resume3.code, resume3.stderr).toBe(0);
+    expect(resume3.stderr).toMatch(/Activated the new share set ss_\S+ of d \(3 of 4\)/);
+
+    // The new set unseals (3 of 4); the old shares are refused by their commitments.
+    const agent = await startAgent(cwd, ['--dir', 'd'], env);
+    await waitFor(() => /unseal with/.test(agent.log()), 'the agent to say what unseals it');
+    expect(agent.log()).toMatch(/unseal with 3 of 4 shares/);
+    const stale = await kw(['--dir', 'd', 'unseal', ...fileArgs('old', 3, [1])], cwd, { env });
+    expect(stale.code).toBe(1);
+    expect(stale.stderr).toMatch(/^keywarden: share: /);
+    const un = await kw(['--dir', 'd', 'unseal', ...fileArgs('new', 4, [1, 3, 4])], cwd, { env, timeoutMs: 60_000 });
+    expect(un.stdout, un.stderr).toMatch(/unsealed/);
+    expect((await kw(['--dir', 'd', 'key', 'create', 'k'], cwd, { env, timeoutMs: 60_000 })).code).toBe(0);
+    expect(await agent.stop()).toBe(0);
+
+    // 4. A rekey run to its end, back to 2 of 3, from the 4-share set.
+    await rm(path.join(cwd, 'old'), { recursive: true });
+    const full = await kw(
+      [
+        '--dir',
+        'd',
+        'rekey',
+        '--shares',
+        '3',
+        '--threshold',
+        '2',
+        '--share-dir',
+        'old',
+        ...fileArgs('new', 4, [1, 2, 3]),
+      ],
+      cwd,
+      { env, timeoutMs: 60_000 },
+    );
+    expect(full.code, full.stderr).toBe(0);
+    expect(full.stderr).toMatch(
+      /a new random user PIN is set on the token and split into 3 shares, any 2 of which unseal/,
+    );
+    const pin3 = await pinOf(read('old', 3).slice(0, 2));
+    expect(tokenTakes(pin2)).toBe(false);
+    expect(tokenTakes(pin3)).toBe(true);
+    for (const f of filesUnder(path.join(cwd, 'd'))) {
+      for (const p of [pin1, pin2, pin3]) expect(f.bytes.includes(Buffer.from(p)), f.file).toBe(false);
+    }
+  }, 300_000);
+
   it('a wrong PIN at init: one line naming CKR_PIN_INCORRECT, not the PIN; the shares handed out are taken back', async (ctx) => {
     if (skip()) return ctx.skip();
     const cwd = await tempDir();

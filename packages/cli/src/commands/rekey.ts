@@ -3,7 +3,19 @@
  * (@keywarden/ceremony's rekeyStoreDir; docs/split-knowledge.md §7).
  */
 import type { Command } from 'commander';
-import { abortRekey, type ResumeResult, rekeyStoreDir, resumeRekey, SHARES_OUT_DIR } from '@keywarden/ceremony';
+import {
+  abortDeviceRekey,
+  abortRekey,
+  devicePendingRekeyOf,
+  folderDeviceSecretShares,
+  type ResumeResult,
+  rekeyDeviceSecret,
+  rekeyStoreDir,
+  resumeDeviceRekey,
+  resumeRekey,
+  SHARES_OUT_DIR,
+  type StoreLocation,
+} from '@keywarden/ceremony';
 import { CeremonyError } from '@keywarden/core';
 import {
   checkShareParameters,
@@ -16,6 +28,7 @@ import {
 import { UsageError } from '../errors.js';
 import type { CliIO } from '../io.js';
 import { print } from '../output.js';
+import { folderRootUri, loadRootBackend } from '../store-dir.js';
 import { collect, locationOf, positiveInt } from './_common.js';
 
 interface RekeyOptions {
@@ -82,6 +95,10 @@ Example:
     )
     .action(async (opts: RekeyOptions, cmd: Command) => {
       const loc = locationOf(cmd, io);
+      if (await folderDeviceSecretShares(loc).catch(() => undefined)) {
+        await rekeyDevice(io, loc, opts);
+        return;
+      }
       if (opts.resume || opts.abort) {
         const extra =
           opts.shares !== undefined ||
@@ -140,6 +157,78 @@ Example:
       ];
       await print(io.stderr, `${lines.join('\n')}\n`);
     });
+}
+
+/** `rekey` of a folder whose device secret (PKCS#11 user PIN) is split (docs/split-knowledge.md §10.2). */
+async function rekeyDevice(io: CliIO, loc: StoreLocation, opts: RekeyOptions): Promise<void> {
+  await loadRootBackend(await folderRootUri(loc));
+  const files = opts.shareFile ?? [];
+  if (opts.resume || opts.abort) {
+    const extra =
+      opts.shares !== undefined ||
+      opts.threshold !== undefined ||
+      (opts.custodian?.length ?? 0) > 0 ||
+      opts.shareDir !== undefined ||
+      opts.verifyQuorum;
+    if ((opts.resume && opts.abort) || extra) {
+      throw new UsageError(
+        '--resume and --abort of a device rekey take only --share-file (NEW shares); the ceremony keeps the parameters it was started with',
+      );
+    }
+    if (!(await devicePendingRekeyOf(loc))) {
+      throw new CeremonyError(`rekey: no rekey of the device secret is pending in ${loc.display}`);
+    }
+    if (opts.abort) {
+      const { pending, notes } = await abortDeviceRekey(loc, {
+        ...hooksOf(io),
+        env: io.env,
+        ...(files.length > 0 ? { quorum: quorumOf(io, files) } : {}),
+      });
+      const lines = [
+        `Aborted the pending rekey to share set ${pending.shareSetId}; the token keeps its PIN and the current shares keep working.`,
+        ...notes,
+      ];
+      await print(io.stderr, `${lines.join('\n')}\n`);
+      return;
+    }
+    const r = await resumeDeviceRekey(loc, { ...hooksOf(io), env: io.env, quorum: quorumOf(io, files) });
+    const lines = [
+      r.alreadyActivated
+        ? `The rekey of ${loc.display} to share set ${r.shareSet.shareSetId} had already been activated before it stopped; it is finished now.`
+        : `Activated the new share set ${r.shareSet.shareSetId} of ${loc.display} (${r.shareSet.threshold} of ${r.shareSet.shares}); the token has the new PIN.`,
+      `The previous share set ${r.previous.shareSetId} no longer opens the token; custodians destroy their old shares.`,
+      ...describeHandOut(r, io),
+    ];
+    await print(io.stderr, `${lines.join('\n')}\n`);
+    return;
+  }
+  if (opts.verifyQuorum) {
+    throw new UsageError(
+      '--verify-quorum is not offered for a device rekey: the token changes its PIN in the same run',
+    );
+  }
+  const custodians = custodianKeysOf(io, opts.custodian);
+  if (opts.shares !== undefined || opts.threshold !== undefined) {
+    const current = await folderDeviceSecretShares(loc);
+    const n = opts.shares ?? current?.shares ?? 0;
+    checkShareParameters(n, opts.threshold ?? Math.min(current?.threshold ?? 2, n));
+  }
+  const r = await rekeyDeviceSecret(loc, {
+    ...hooksOf(io),
+    env: io.env,
+    ...(opts.shares !== undefined ? { shares: opts.shares } : {}),
+    ...(opts.threshold !== undefined ? { threshold: opts.threshold } : {}),
+    ...(custodians ? { custodians } : {}),
+    destination: destinationOf(io, loc, opts.custodian, opts.shareDir),
+    quorum: quorumOf(io, files),
+  });
+  const lines = [
+    `Rekeyed the device secret of ${loc.display}: a new random user PIN is set on the token and split into ${r.shareSet.shares} shares, any ${r.shareSet.threshold} of which unseal.`,
+    `The previous share set ${r.previous.shareSetId} (${r.previous.threshold} of ${r.previous.shares}) no longer opens the token; custodians destroy their old shares.`,
+    ...describeHandOut(r, io),
+    'A running agent stays logged in; restart it (then unseal with the new shares) so that it holds the new share set.',
+  ];
+  await print(io.stderr, `${lines.join('\n')}\n`);
 }
 
 async function printResumed(io: CliIO, where: string, r: ResumeResult): Promise<void> {
