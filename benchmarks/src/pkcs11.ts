@@ -309,22 +309,35 @@ async function main(): Promise<void> {
     }
     const roots: Pkcs11Root[] = [];
     const sizes = (pool: PoolKind) => (pool === 'threads' ? [...new Set([1, CORES, 4])] : [...new Set([1, CORES])]);
-    for (const [pool, workers] of POOL_KINDS.flatMap((pool) => sizes(pool).map((w) => [pool, w] as const))) {
-      const root = await Pkcs11Root.open(hsm.uri('kw-bench-root'), { store, poolSize: workers, pool });
+    // Process pools also at workerNice 10 (the workers below the host's priority), beside the default.
+    const variants: Array<[PoolKind, number, number | undefined]> = [];
+    for (const pool of POOL_KINDS) {
+      for (const w of sizes(pool)) {
+        variants.push([pool, w, undefined]);
+        if (pool === 'processes') variants.push([pool, w, 10]);
+      }
+    }
+    for (const [pool, workers, nice] of variants) {
+      const root = await Pkcs11Root.open(hsm.uri('kw-bench-root'), {
+        store,
+        poolSize: workers,
+        pool,
+        ...(nice !== undefined ? { workerNice: nice } : {}),
+      });
       roots.push(root);
       closers.push(() => root.close());
       const kw = new Keywarden({ store, root });
       const warm = await kw.generateDataKey('in-hsm', context);
       await kw.decryptDataKey(warm.wrapped, context, { key: 'in-hsm' });
       cases.push({
-        label: `keywarden KEK in HSM, ${poolName(pool, workers)}, ${CALLERS} callers`,
+        label: `keywarden KEK in HSM, ${poolName(pool, workers)}${nice !== undefined ? `, workerNice ${nice}` : ''}, ${CALLERS} callers`,
         run: concurrently(CALLERS, async () => {
           const d = await kw.generateDataKey('in-hsm', context);
           await kw.decryptDataKey(d.wrapped, context, { key: 'in-hsm' });
         }),
         ...(pool === 'processes' ? { pids: () => root.pool.pids() } : {}),
       });
-      if (workers === CORES && pool === 'threads') {
+      if (workers === CORES && pool === 'threads' && nice === undefined) {
         const k = root.kekInRoot;
         const versionAad = kekAad(hsmKey.id, 1);
         cases.push({
@@ -384,6 +397,8 @@ async function main(): Promise<void> {
     const pool1 = byLabel(new RegExp(`KEK in HSM, ${poolName('threads', 1)},`));
     const procN = byLabel(new RegExp(`KEK in HSM, ${poolName('processes', CORES)},`));
     const proc1 = byLabel(new RegExp(`KEK in HSM, ${poolName('processes', 1)},`));
+    const procN0 = byLabel(new RegExp(`KEK in HSM, ${poolName('processes', CORES)}, workerNice 10,`));
+    const proc10 = byLabel(new RegExp(`KEK in HSM, ${poolName('processes', 1)}, workerNice 10,`));
     const meta = {
       date: new Date().toISOString().replace(/\.\d+Z$/, 'Z'),
       node: process.version,
@@ -418,6 +433,12 @@ async function main(): Promise<void> {
       'max event-loop delay, process pool of 1, ms (target < 10), beside the idle loop of the same run': beside(proc1),
       [`max event-loop delay, process pool of ${CORES}, ms (target < 10), beside the idle loop of the same run`]:
         beside(procN),
+      'workerNice 10: KEK in HSM, process pool of 1 ÷ raw pkcs11js process': proc10
+        ? ratio(proc10.opsPerSecond, rawOps)
+        : null,
+      [`workerNice 10: process pool of ${CORES} ÷ process pool of 1`]:
+        procN0 && proc10 ? ratio(procN0.opsPerSecond, proc10.opsPerSecond) : null,
+      [`workerNice 10: max event-loop delay, process pool of ${CORES}, beside the idle loop`]: beside(procN0),
     };
     // The CPU bound on the process pool's scaling: on CORES cores a pool of N cannot do more ops per
     // second than CORES ÷ (the workers' + the host's CPU time per op), whatever its design; divided

@@ -160,16 +160,17 @@ export interface PoolOptions extends WorkerConfig {
   size?: number;
   /** Deadline of one request in milliseconds (default 15 000). */
   callTimeoutMs?: number;
-  /** Processes only: niceness added to each worker process (default DEFAULT_WORKER_NICE). */
+  /** Processes only: niceness added to each worker process (default DEFAULT_WORKER_NICE, 0). */
   workerNice?: number;
 }
 
-/** Worker processes run this much nicer than the host (setpriority), so that on busy cores the
- * host's event loop, which feeds them, is never the one kept waiting: measured on a process pool of
- * 2 at full load on 2 shared cores, alternating, the maximum event-loop delay went from 18-24 ms
- * (niceness 0) to 13-16 ms (10), at the same throughput. Raising one's own children's niceness
- * needs no privilege; a failure to set it is ignored. */
-export const DEFAULT_WORKER_NICE = 10;
+/** Niceness added to each worker process unless the root says otherwise: none. Running the
+ * workers nicer than the host (workerNice 10) lowered the maximum event-loop delay when the
+ * host's own workers were what kept it waiting (a process pool of 2 at full load, alternating:
+ * 18-24 ms at 0, 13-16 ms at 10, same throughput), but on a machine busy with other work it cost
+ * the workers their share of the cores (bench:pkcs11 at load 14: a process pool of 2 at 0.62 of
+ * the raw process with niceness 10 against 0.80 at 0, and no lower delay): docs/pkcs11.md. */
+export const DEFAULT_WORKER_NICE = 0;
 
 export class WorkerPool {
   readonly size: number;

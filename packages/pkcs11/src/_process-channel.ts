@@ -45,7 +45,7 @@ export function processChannel(
   });
   if (nice > 0 && child.pid !== undefined) {
     try {
-      // Lower than the host (pool.ts DEFAULT_WORKER_NICE); never above the lowest priority.
+      // Lower than the host (the root's workerNice); never past the lowest priority.
       setPriority(child.pid, Math.min(constants.priority.PRIORITY_LOW, getPriority() + nice));
     } catch {
       // Not permitted or the child is already gone: it runs at the host's priority.

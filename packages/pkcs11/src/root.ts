@@ -114,9 +114,9 @@ export interface Pkcs11RootOptions {
   pool?: PoolKind;
   /** Deadline of one PKCS#11 request in milliseconds (default 15 000). */
   callTimeoutMs?: number;
-  /** Processes only: the niceness added to each worker process (default 10; 0 leaves them at this
-   * process's priority). Workers below the host in CPU priority never delay its event loop when the
-   * cores are busy (docs/pkcs11.md, Measured speed). */
+  /** Processes only: the niceness added to each worker process (default 0: the host's priority).
+   * Workers below the host in CPU priority do not delay its event loop when they are what keeps the
+   * cores busy, but yield their share when other work does (docs/pkcs11.md, Measured speed). */
   workerNice?: number;
   /** The module when the URI has no module-path (default: KEYWARDEN_PKCS11_MODULE). */
   modulePath?: string;
