@@ -238,7 +238,12 @@ export const CLI_AUDIT_PRINCIPAL = 'cli';
 export async function openKeywarden(
   loc: StoreLocation,
   io: Pick<CliIO, 'stderr'> & Partial<Pick<CliIO, 'stdin' | 'env' | 'signal'>>,
-  options: { unseal?: UnsealSource; allowMissingRoot?: boolean } = {},
+  options: {
+    unseal?: UnsealSource;
+    allowMissingRoot?: boolean;
+    /** A device root's PIN / auth value (e.g. from a quorum of its shares) instead of the prompt. */
+    rootSecret?: () => Promise<Uint8Array | undefined>;
+  } = {},
 ): Promise<Keywarden> {
   await loadFolderRootBackend(loc).catch((err: unknown) => {
     // No store: let the library say so (and how to make one).
@@ -250,7 +255,11 @@ export async function openKeywarden(
       ...options,
       auditAs: CLI_AUDIT_PRINCIPAL,
       ...(io.env ? { env: io.env } : {}),
-      ...(io.stdin ? { rootSecret: rootSecretPrompt({ stdin: io.stdin, stderr: io.stderr, signal: io.signal }) } : {}),
+      ...(options.rootSecret
+        ? { rootSecret: options.rootSecret }
+        : io.stdin
+          ? { rootSecret: rootSecretPrompt({ stdin: io.stdin, stderr: io.stderr, signal: io.signal }) }
+          : {}),
     },
     warningsTo(io),
   );
@@ -260,7 +269,11 @@ export async function openKeywarden(
 export async function withKeywarden<T>(
   loc: StoreLocation,
   io: Pick<CliIO, 'stderr'>,
-  options: { unseal?: UnsealSource; allowMissingRoot?: boolean },
+  options: {
+    unseal?: UnsealSource;
+    allowMissingRoot?: boolean;
+    rootSecret?: () => Promise<Uint8Array | undefined>;
+  },
   fn: (kw: Keywarden) => Promise<T>,
 ): Promise<T> {
   const kw = await openKeywarden(loc, io, options);

@@ -667,6 +667,109 @@ describe.skipIf(!built)('init --root pkcs11:… --pin-shares: the user PIN split
     }
   }, 300_000);
 
+  it('cert --storage root on a folder whose PIN is split: a quorum of the PIN shares unseals the token for the one command; OpenSSL verifies what it signs', async (ctx) => {
+    if (skip()) return ctx.skip();
+    const cwd = await tempDir();
+    const init = await kw(
+      [
+        '--dir',
+        'd',
+        'init',
+        '--root',
+        uri('kw-cert'),
+        '--pin-shares',
+        '3',
+        '--pin-threshold',
+        '2',
+        '--share-dir',
+        'shares',
+      ],
+      cwd,
+      { env: withPin(), timeoutMs: 60_000 },
+    );
+    expect(init.code, init.stderr).toBe(0);
+    const quorum = (...which: number[]) =>
+      which.flatMap((i) => ['--share-file', path.join('shares', `share-${i}-of-3.txt`)]);
+    const caArgs = ['--dir', 'd', 'cert', 'ca', 'hsm-ca', '--cn', 'Split PIN CA', '--algorithm', 'ECDSA-P256'];
+    const caStorage = [...caArgs, '--storage', 'root', '--out', 'ca.pem', '--json'];
+    // No shares (nothing piped), too few, a forged one: refused before anything reaches the token.
+    oneLineError(await kw(caStorage, cwd, { env, timeoutMs: 60_000 }), /share/);
+    oneLineError(await kw([...caStorage, ...quorum(2)], cwd, { env, timeoutMs: 60_000 }), /share/);
+    const forged = altered(readFileSync(path.join(cwd, 'shares', 'share-3-of-3.txt'), 'utf8').trim());
+    await writeFile(path.join(cwd, 'forged'), `${forged}\n`, { mode: 0o600 });
+    const f = await kw([...caStorage, ...quorum(1), '--share-file', 'forged'], cwd, { env, timeoutMs: 60_000 });
+    expect(f.code).toBe(1);
+    expect(f.stderr).toMatch(/^keywarden: share: /);
+    expect(existsSync(path.join(cwd, 'ca.pem'))).toBe(false);
+
+    const ca = await kw([...caStorage, ...quorum(1, 3)], cwd, { env, timeoutMs: 90_000 });
+    expect(ca.code, ca.stderr).toBe(0);
+    expect(JSON.parse(ca.stdout)).toMatchObject({ ca: 'hsm-ca', algorithm: 'ECDSA-P256', storage: 'root' });
+    const req = await kw(
+      [
+        '--dir',
+        'd',
+        'cert',
+        'request',
+        'web',
+        '--cn',
+        'web.test',
+        '--dns',
+        'web.test',
+        '--storage',
+        'root',
+        '--out',
+        'web.csr',
+        ...quorum(2, 3),
+      ],
+      cwd,
+      { env, timeoutMs: 90_000 },
+    );
+    expect(req.code, req.stderr).toBe(0);
+    const issue = await kw(
+      ['--dir', 'd', 'cert', 'issue', 'hsm-ca', '--csr', 'web.csr', '--out', 'web.pem', ...quorum(1, 2)],
+      cwd,
+      { env, timeoutMs: 90_000 },
+    );
+    expect(issue.code, issue.stderr).toBe(0);
+    // OpenSSL (not Keywarden) checks the request's signature and the chain.
+    const ossl = (...args: string[]) =>
+      execFileSync('openssl', args, { cwd, encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'], timeout: 20_000 });
+    expect(() => ossl('req', '-verify', '-in', 'web.csr', '-noout')).not.toThrow();
+    expect(ossl('verify', '-CAfile', 'ca.pem', 'web.pem')).toMatch(/web\.pem: OK/);
+    // Listing reads records only: no shares asked.
+    const list = await kw(['--dir', 'd', 'cert', 'list', '--json'], cwd, { env, timeoutMs: 60_000 });
+    expect(list.code, list.stderr).toBe(0);
+    const names = (JSON.parse(list.stdout) as { name: string }[]).map((c) => c.name);
+    expect(names).toEqual(expect.arrayContaining(['hsm-ca']));
+    // The key pairs are in the token (pkcs11-tool lists private keys there), and nothing secret in the folder.
+    const pinNow = await pinOf(
+      [1, 2].map((i) => readFileSync(path.join(cwd, 'shares', `share-${i}-of-3.txt`), 'utf8').trim()),
+    );
+    for (const file of filesUnder(path.join(cwd, 'd'))) {
+      expect(file.bytes.includes(Buffer.from(pinNow)), file.file).toBe(false);
+    }
+    if ('env' in device) {
+      const objects = execFileSync(
+        'pkcs11-tool',
+        [
+          '--module',
+          device.env.KEYWARDEN_PKCS11_MODULE as string,
+          '--token-label',
+          device.env.KEYWARDEN_PKCS11_TOKEN as string,
+          '--login',
+          '--pin',
+          pinNow,
+          '--list-objects',
+          '--type',
+          'privkey',
+        ],
+        { env: { ...process.env, ...env }, encoding: 'utf8', timeout: 20_000 },
+      );
+      expect(objects.match(/Private Key Object/g)?.length ?? 0).toBeGreaterThanOrEqual(2);
+    }
+  }, 300_000);
+
   it('a wrong PIN at init: one line naming CKR_PIN_INCORRECT, not the PIN; the shares handed out are taken back', async (ctx) => {
     if (skip()) return ctx.skip();
     const cwd = await tempDir();

@@ -5,8 +5,9 @@
  * commands say so (the library functions they call run wherever the root is unsealed) — except the
  * commands that take a quorum themselves (withQuorumOrUnsealed).
  */
-import type { Keywarden, SoftwareRoot } from '@keywarden/core';
-import { unsealWithShares } from '@keywarden/split-knowledge';
+import { folderDeviceSecretShares } from '@keywarden/ceremony';
+import { type Keywarden, KeystoreSealedError, type SoftwareRoot } from '@keywarden/core';
+import { combineHardwareSecret, unsealWithShares } from '@keywarden/split-knowledge';
 import type { Command } from 'commander';
 import { collectShares } from '../ceremony-io.js';
 import { UsageError } from '../errors.js';
@@ -52,6 +53,43 @@ export async function withQuorumOrUnsealed<T>(
   fn: (kw: Keywarden) => Promise<T>,
 ): Promise<T> {
   const loc = locationOf(cmd, io);
+  const device = await folderDeviceSecretShares(loc).catch(() => undefined);
+  if (device) {
+    // A device root whose PIN / auth value is split: a quorum of its shares (checked against the
+    // share set's commitments and the verifier) gives the secret, which unseals the device in this
+    // process for this one command; it is logged out again when the folder is closed.
+    if (use.sealedSuffices) return withKeywarden(loc, io, {}, fn);
+    const rootSecret = async (): Promise<Uint8Array> => {
+      const shares = await collectShares(
+        io,
+        { shareSetId: device.shareSetId, threshold: device.threshold, shares: device.shares, purpose: device.purpose },
+        use.shareFiles,
+        { operation: use.operation, title: use.title, which: 'current' },
+      );
+      try {
+        return await combineHardwareSecret(shares, {
+          shareSetId: device.shareSetId,
+          threshold: device.threshold,
+          shares: device.shares,
+          purpose: device.purpose,
+          commitments: device.commitments,
+        });
+      } finally {
+        shares.length = 0;
+      }
+    };
+    return withKeywarden(
+      loc,
+      io,
+      { unseal: resolveUnsealSource(io, loc, globalsOf(cmd).unsealKeyFile), rootSecret },
+      async (kw) => {
+        if (kw.root.sealable?.isSealed()) {
+          throw new KeystoreSealedError(`${use.operation}: the device root is still sealed after the quorum`);
+        }
+        return fn(kw);
+      },
+    );
+  }
   const split = await withKeywarden(loc, io, {}, async (kw) => splitOf(kw));
   if (!split) {
     if (use.shareFiles.length > 0) throw new UsageError('--share-file is for a key store sealed by split knowledge');
