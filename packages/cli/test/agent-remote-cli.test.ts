@@ -1,7 +1,7 @@
 /**
  * Key commands over a remote agent's mutual-TLS listener: `keywarden --agent tls://HOST:PORT
  * --tls-cert --tls-key --tls-ca key disable|enable|compromise|destroy|create|rotate …` (and
- * encrypt/decrypt/datakey), from a directory with no key-store folder, against a real agent process
+ * encrypt/decrypt/datakey, unseal, seal), from a directory with no key-store folder, against a real agent process
  * (dist/bin.js, `agent start --listen`) with certificates made by openssl at test time. The
  * certificate names the principal; the store's policy decides; a principal without the policy, a
  * client certificate from another CA, and an agent certificate from another CA are refused in one
@@ -58,11 +58,17 @@ async function remoteAgent(): Promise<{ cwd: string; port: number; stop: () => P
   ]);
   await waitFor(() => /listening on tls:/.test(agent.log()), 'the listening line');
   const port = Number(/listening on tls:\/\/127\.0\.0\.1:(\d+)/.exec(agent.log())?.[1]);
-  for (const [i, share] of shares.slice(0, 2).entries()) {
-    await writeFile(path.join(cwd, `s${i}.txt`), `${share}\n`, { mode: 0o600 });
-    const r = await cli(['unseal', '--share-file', `s${i}.txt`], { cwd });
-    expect(r.code, r.stderr).toBe(0);
-  }
+  // One custodian at the agent's host (its unix socket), one remote (mutual TLS, no folder).
+  await writeFile(path.join(cwd, 's0.txt'), `${shares[0]}\n`, { mode: 0o600 });
+  const local = await cli(['unseal', '--share-file', 's0.txt'], { cwd });
+  expect(local.code, local.stderr).toBe(0);
+  const away = await tempDir();
+  await writeFile(path.join(away, 's1.txt'), `${shares[1]}\n`, { mode: 0o600 });
+  const remote = await cli(['--agent', `tls://127.0.0.1:${port}`, ...as(admin), 'unseal', '--share-file', 's1.txt'], {
+    cwd: away,
+  });
+  expect(remote.code, remote.stderr).toBe(0);
+  expect(remote.out).toMatch(/unsealed/);
   return { cwd, port, stop: () => agent.stop() };
 }
 
@@ -71,7 +77,7 @@ function as(p: Pem, ca = pki.ca.certFile): string[] {
 }
 
 describe('key commands over --agent tls://HOST:PORT', () => {
-  it('a permitted principal changes a version, one without the policy is refused, wrong CAs are refused', async () => {
+  it('a remote custodian unseals; a permitted principal changes a version, one without the policy is refused, wrong CAs are refused; the admin seals', async () => {
     const agent = await remoteAgent();
     // No key-store folder here: everything goes to the remote agent.
     const away = await tempDir();
@@ -143,6 +149,17 @@ describe('key commands over --agent tls://HOST:PORT', () => {
     // Nothing was changed by the refused requests: v1 is still enabled.
     const shown = await run(['key', 'enable', 'orders', '--version', '1', '--json', ...at, ...as(admin)]);
     expect(JSON.parse(shown.out).versions.find((v: { version: number }) => v.version === 1)?.state).toBe('enabled');
+
+    // Sealing over TLS is an administrator's: the reader is refused, the admin seals.
+    const notAdmin = await run([...at, ...as(reader), 'seal']);
+    expect(notAdmin.code).toBe(1);
+    expect(notAdmin.stderr).toMatch(/^keywarden: agent: seal: [^\n]*\n$/);
+    const sealed = await run([...at, ...as(admin), 'seal']);
+    expect(sealed.code, sealed.stderr).toBe(0);
+    expect(sealed.out).toBe('sealed\n');
+    const refused2 = await run(['datakey', 'orders', ...at, ...as(reader)]);
+    expect(refused2.code).toBe(1);
+    expect(refused2.stderr).toMatch(/^keywarden: keystore: sealed/);
     expect(await agent.stop()).toBe(0);
   }, 120_000);
 

@@ -168,6 +168,35 @@ export async function withNamedAgent<T>(agent: NamedAgent, fn: (client: AgentCli
 }
 
 /**
+ * A connection to the agent --agent names, else to `fallback()` (the folder's socket, --socket):
+ * for `unseal` and `seal`. Closing it also wipes the TLS key read.
+ */
+export async function connectCommandAgent(
+  cmd: Command,
+  io: CliIO,
+  fallback: () => AgentEndpoint,
+): Promise<AgentClient> {
+  const named = await namedAgentOf(cmd, io);
+  if (!named) return AgentClient.connect(fallback());
+  let client: AgentClient;
+  try {
+    client = await AgentClient.connect(named.endpoint, named.credential ? { credential: named.credential } : {});
+  } catch (err) {
+    named.wipe();
+    throw err;
+  }
+  const close = client.close.bind(client);
+  client.close = async () => {
+    try {
+      await close();
+    } finally {
+      named.wipe();
+    }
+  };
+  return client;
+}
+
+/**
  * The key service a key-using command runs on: the agent --agent names (a fleet's, reached without
  * a key-store folder), else the folder's (openKeyService: development mode, or its agent under
  * split knowledge).
@@ -194,6 +223,8 @@ const AGENT_COMMANDS = new Set([
   'encrypt',
   'decrypt',
   'datakey',
+  'unseal',
+  'seal',
 ]);
 /** Commands with TLS files of their own (the agent's listener, `agent seal --all`'s clients). */
 const TLS_FILE_COMMANDS = new Set(['agent', 'agent start', 'agent seal']);
@@ -210,7 +241,7 @@ export function checkAgentOptionsApply(action: Command): void {
   const g = action.optsWithGlobals<ClientGlobals>();
   if (g.agent !== undefined && !AGENT_COMMANDS.has(name)) {
     throw new UsageError(
-      `--agent does not apply to \`${name}\` (it does to key create|rotate|disable|enable|compromise|destroy, encrypt, decrypt, datakey)`,
+      `--agent does not apply to \`${name}\` (it does to key create|rotate|disable|enable|compromise|destroy, encrypt, decrypt, datakey, unseal, seal)`,
     );
   }
   if ((g.tlsCert ?? g.tlsKey ?? g.tlsCa) !== undefined && !AGENT_COMMANDS.has(name) && !TLS_FILE_COMMANDS.has(name)) {

@@ -12,6 +12,7 @@ import { formatJson, formatPairs, print } from '../output.js';
 import { pendingCeremonyOf } from '@keywarden/ceremony';
 import { folderStoreOf, loadFolderRootBackend, requireStore, sealedRootDocument } from '../store-dir.js';
 import { deviceStatus } from './_device-status.js';
+import { connectCommandAgent } from './_agent-client.js';
 import { collect, locationOf, socketOf } from './_common.js';
 
 /** Errors about one share: reported, and the prompt asks for the next one. */
@@ -43,7 +44,7 @@ a pipe was refused (at the prompt, a refused share is reported and the next one 
     )
     .action(async (opts: { shareFile?: string[] }, cmd: Command) => {
       const loc = locationOf(cmd, io);
-      const client = await AgentClient.connect(socketOf(cmd, io, loc));
+      const client = await connectCommandAgent(cmd, io, () => socketOf(cmd, io, loc));
       try {
         const st = await client.status();
         if (!st.sealed) {
@@ -89,7 +90,7 @@ while. Unsealing again needs a quorum of shares (\`keywarden unseal\`). Stopping
     )
     .action(async (_opts: unknown, cmd: Command) => {
       const loc = locationOf(cmd, io);
-      const client = await AgentClient.connect(socketOf(cmd, io, loc));
+      const client = await connectCommandAgent(cmd, io, () => socketOf(cmd, io, loc));
       try {
         await client.seal();
         await print(io.stdout, 'sealed\n');
