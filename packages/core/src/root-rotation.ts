@@ -30,7 +30,12 @@ import type { KeyStore, RootRewrap, RootUpdate } from './keystore.js';
 import { kekAad } from './keywarden.js';
 import { checkedRoot, isKekInRootRecord, requireDestroyable, ROOT_MISSING_MESSAGE, type RootOfTrust } from './root.js';
 import { recordedRootBackend } from './root-registry.js';
-import { finishKeyPairKeyMove, stageKeyPairKeyMove } from './sealed-key-pairs.js';
+import {
+  finishKeyPairKeyMove,
+  KEY_PAIR_KEY_META_NAME,
+  KEY_PAIR_KEY_NEXT_META_NAME,
+  stageKeyPairKeyMove,
+} from './sealed-key-pairs.js';
 
 export interface RewrapResult {
   /** KEK versions moved to the new root. */
@@ -178,8 +183,9 @@ export async function rewrapUnderNewRoot(
  * destroyed and the root refuses to load —, then, the step that matters, delete the sealed root
  * (meta "root"): from that instant nothing under the root can be recovered from this store,
  * whoever holds the unseal secret.
- * Step 3, hygiene: mark every version that is not yet destroyed `destroyed`, which erases its
- * wrapped material in the store.
+ * Step 3, hygiene: delete the wrap of the software root's key-pair key (sealed-key-pairs.ts), and
+ * mark every version that is not yet destroyed `destroyed`, which erases its wrapped material in
+ * the store.
  *
  * Idempotent: when interrupted between or during the steps, call it again (with the same consent)
  * to finish. What it cannot reach: backups of the store (which hold the sealed root and the wraps;
@@ -200,6 +206,9 @@ export async function destroyRoot(store: KeyStore, options: DestroyRootOptions):
     if (!recorded) throw new RootMissingError(ROOT_MISSING_MESSAGE);
     await recorded.destroyRecorded(store, options.unsealKey, now);
   }
+  // Hygiene too: the wraps of the key that seals the software root's key pairs (sealed-key-pairs.ts).
+  await store.deleteMeta(KEY_PAIR_KEY_NEXT_META_NAME);
+  await store.deleteMeta(KEY_PAIR_KEY_META_NAME);
   let destroyed = 0;
   let alreadyDestroyed = 0;
   for (const key of await store.listKeys()) {

@@ -42,6 +42,7 @@ import {
   KeyDestroyedError,
   KeyNotFoundError,
   KeyStateError,
+  KeystoreSealedError,
   KeywardenError,
   RootContractError,
 } from './errors.js';
@@ -221,14 +222,14 @@ function matches(key: KeyObject, algorithm: RootKeyPairAlgorithm): boolean {
 export class SealedKeyPairs implements KeyPairRoot {
   readonly algorithms: readonly RootKeyPairAlgorithm[] = ROOT_KEY_PAIR_ALGORITHMS;
   readonly #store: KeyStore;
-  readonly #root: KeyWrapper & Pick<RootOfTrust, 'describe'>;
+  readonly #root: KeyWrapper & Pick<RootOfTrust, 'describe' | 'sealable'>;
   readonly #random: RandomSource;
   readonly #isStoreRoot: () => Promise<boolean>;
 
   /** `isStoreRoot`: whether `root` is still the root recorded in `store` (not rotated away). */
   constructor(
     store: KeyStore,
-    root: KeyWrapper & Pick<RootOfTrust, 'describe'>,
+    root: KeyWrapper & Pick<RootOfTrust, 'describe' | 'sealable'>,
     random: RandomSource,
     isStoreRoot: () => Promise<boolean>,
   ) {
@@ -355,6 +356,8 @@ export class SealedKeyPairs implements KeyPairRoot {
   /** The KPK, unwrapped by the root (KeystoreSealedError while sealed); made on first use when
    * `create`. The caller wipes it. */
   async #loadKpk(create: boolean): Promise<Uint8Array> {
+    // Said first, whatever the store holds (the root's unwrapKey would say it too, later).
+    if (this.#root.sealable?.isSealed()) throw new KeystoreSealedError('root: the root is sealed; unseal it first');
     const rootId = this.#root.describe().id;
     for (let attempt = 0; attempt < 3; attempt++) {
       const doc = await effectiveKpkDoc(this.#store, rootId);

@@ -138,8 +138,11 @@ describe('software root key pairs: at rest', () => {
   it('destroying the root crypto-shreds every key pair: the store cannot give them back', async () => {
     const { store, unsealKey, root, keyPairs } = await fresh();
     const pair = await keyPairs.generate('ECDSA-P256', 'kw-kp/shred/v1');
+    expect(await store.getMeta(KEY_PAIR_KEY_META_NAME)).toBeDefined();
     await destroyRoot(store, { root, unsealKey: Uint8Array.from(unsealKey) });
     expect(await codeOf(keyPairs.sign(pair.handle, data))).toBe('KW_KEYSTORE_SEALED');
+    // Hygiene: the key-pair key's wrap is gone from the store too.
+    expect(await store.getMeta(KEY_PAIR_KEY_META_NAME)).toBeUndefined();
     expect(await codeOf(SoftwareRoot.load(store))).toBe('KW_ROOT_DESTROYED');
   });
 
