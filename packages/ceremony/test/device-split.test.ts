@@ -11,14 +11,18 @@ import { KeywardenError } from '@keywarden/core';
 import { SqliteKeyStore } from '@keywarden/store-sqlite';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import {
+  abortDeviceRekey,
   abortSplitInit,
   DEVICE_SECRET_SHARES_META,
   devicePendingInitOf,
+  devicePendingRekeyOf,
   initDeviceSplitStoreDir,
   initSplitStoreDir,
   pendingCeremonyOf,
   readDeviceSecretShares,
+  rekeyDeviceSecret,
   resolveStoreLocation,
+  resumeDeviceRekey,
   resumeSplitInit,
   stagedStorePath,
   withoutSecretSource,
@@ -132,5 +136,48 @@ describe('a staged device init beside the software ceremonies', () => {
     const notes = await abortSplitInit(l, { cwd: work });
     expect(notes).toEqual([]);
     expect(await readdir(l.dir)).toEqual([]);
+  });
+});
+
+describe('rekey of a device secret, without a device', () => {
+  /** A finished TPM folder's records: D/root.uri and a store with its share set. */
+  async function tpmFolder(): Promise<void> {
+    const l = loc();
+    await mkdir(l.dir, { recursive: true, mode: 0o700 });
+    await writeFile(path.join(l.dir, 'root.uri'), 'tpm:\n', { mode: 0o600 });
+    const store = SqliteKeyStore.open(l.dbPath);
+    await store.putMeta(
+      DEVICE_SECRET_SHARES_META,
+      new TextEncoder().encode(
+        JSON.stringify({
+          format: 1,
+          purpose: 'tpm-auth',
+          shareSetId: 'ss_AAAAAAAAAAAAAAAA',
+          threshold: 2,
+          shares: 3,
+          commitments: ['x', 'y', 'z'],
+          createdAt: new Date().toISOString(),
+        }),
+      ),
+    );
+    await store.close();
+  }
+
+  it('a TPM auth value is refused as not yet supported, before any share is asked for; resume and abort find nothing pending', async () => {
+    await tpmFolder();
+    const l = loc();
+    let asked = false;
+    const quorum = async () => {
+      asked = true;
+      return [];
+    };
+    expect(await code(rekeyDeviceSecret(l, { cwd: work, quorum }))).toMatch(
+      /^KW_CEREMONY: rekey: a tpm: root's split secret cannot be rekeyed yet/,
+    );
+    expect(asked).toBe(false);
+    expect(await devicePendingRekeyOf(l)).toBeUndefined();
+    expect(await code(resumeDeviceRekey(l, { cwd: work, quorum }))).toMatch(/no rekey of the device secret is pending/);
+    expect(await code(abortDeviceRekey(l, { cwd: work }))).toMatch(/no rekey of the device secret is pending/);
+    expect((await readdir(l.dir)).sort()).toEqual(['keystore.db', 'root.uri']);
   });
 });
