@@ -267,6 +267,10 @@ describe.skipIf(!built)('keywarden init --store postgres', () => {
     const share = (i: number) => path.join(cwd, 'shares', `share-${i}-of-3.txt`);
     const agent = await startAgent(cwd, [], pg.env);
     try {
+      // The folder's agent is the fleet's agent on the schema (with its change watch), on the folder's socket.
+      expect(agent.log()).toContain(
+        `serving ${path.join(cwd, '.keywarden', 'agent.sock')} for the PostgreSQL key store, schema ${S}`,
+      );
       const u = await kw(['unseal', '--share-file', share(1), '--share-file', share(3)], cwd);
       expect(u.stdout, u.stderr).toMatch(/unsealed/);
       await ok(['key', 'create', 'pay'], cwd);

@@ -21,7 +21,7 @@ import {
   parseAgentEndpoint,
   sealAgents,
 } from '@keywarden/agent';
-import { startFolderAgent, startStoreAgent } from '@keywarden/ceremony';
+import { readFolderStoreConfig, startFolderAgent, startStoreAgent } from '@keywarden/ceremony';
 import { readStoreAuditHead } from '@keywarden/core';
 import { EXIT_FAILURE, UsageError } from '../errors.js';
 import type { CliIO } from '../io.js';
@@ -375,6 +375,13 @@ async function startAgent(io: CliIO, cmd: Command): Promise<void> {
   }
   const loc = locationOf(cmd, io);
   const socket = socketOf(cmd, io, loc);
+  // A folder whose store is a PostgreSQL schema (D/store.json): the fleet's agent on that schema
+  // (with the change watch), on the folder's socket.
+  const kept = await readFolderStoreConfig(loc);
+  if (kept?.kind === 'postgres') {
+    await startPostgresAgent(io, { ...opts, pgSchema: kept.schema, socket: socket.path }, listen, checkpoint);
+    return;
+  }
   const log = (line: string) => {
     io.stderr.write(`keywarden agent: ${line}\n`);
   };
