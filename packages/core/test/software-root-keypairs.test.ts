@@ -273,6 +273,21 @@ describe('software root key pairs follow the root', () => {
     await Promise.all([root.close(), loaded.root.close()]);
   });
 
+  it('two roots of one store making its first key pairs at once agree on one key-pair key: every pair signs through either', async () => {
+    const { store, unsealKey, root } = await fresh();
+    const other = await reopen(store, unsealKey);
+    const mine = requireKeyPairs(checkedRoot(root));
+    const made = await Promise.all(
+      Array.from({ length: 6 }, (_, i) => (i % 2 === 0 ? mine : other.k).generate('ECDSA-P256', `kw-kp/race-${i}/v1`)),
+    );
+    for (const pair of made) {
+      for (const k of [mine, other.k]) {
+        expect(verifies('ECDSA-P256', pair.publicKey, data, await k.sign(pair.handle, data))).toBe(true);
+      }
+    }
+    await Promise.all([root.close(), other.root.close()]);
+  });
+
   it('a sealed root makes no key pair and signs nothing; the first generate while sealed writes nothing', async () => {
     const { store, root, keyPairs } = await fresh();
     await root.seal();
