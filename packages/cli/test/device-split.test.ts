@@ -916,5 +916,61 @@ describe.skipIf(!built)(
         expect(tpm.manufacturer).toBe(m?.[1]);
       }
     }, 180_000);
+
+    it('cert ca --storage root on a folder whose TPM auth value is split: a quorum of its shares unseals the TPM root for the command; OpenSSL verifies the CA', async (ctx) => {
+      if ('reason' in device) {
+        console.warn(`skipped: ${device.reason}`);
+        return ctx.skip();
+      }
+      const cwd = await tempDir();
+      const init = await kw(
+        [
+          '--dir',
+          'd',
+          'init',
+          '--root',
+          'tpm:',
+          '--auth-shares',
+          '3',
+          '--auth-threshold',
+          '2',
+          '--share-dir',
+          'shares',
+        ],
+        cwd,
+        { env, timeoutMs: 60_000 },
+      );
+      expect(init.code, init.stderr).toBe(0);
+      const args = [
+        '--dir',
+        'd',
+        'cert',
+        'ca',
+        'tpm-ca',
+        '--cn',
+        'Split Auth CA',
+        '--storage',
+        'root',
+        '--out',
+        'ca.pem',
+      ];
+      oneLineError(
+        await kw([...args, '--share-file', 'shares/share-2-of-3.txt'], cwd, { env, timeoutMs: 60_000 }),
+        /share/,
+      );
+      const ca = await kw(
+        [...args, '--share-file', 'shares/share-1-of-3.txt', '--share-file', 'shares/share-3-of-3.txt', '--json'],
+        cwd,
+        { env, timeoutMs: 120_000 },
+      );
+      expect(ca.code, ca.stderr).toBe(0);
+      expect(JSON.parse(ca.stdout)).toMatchObject({ ca: 'tpm-ca', storage: 'root' });
+      const v = execFileSync('openssl', ['verify', '-CAfile', 'ca.pem', 'ca.pem'], {
+        cwd,
+        encoding: 'utf8',
+        timeout: 20_000,
+      });
+      expect(v).toMatch(/ca\.pem: OK/);
+    }, 240_000);
   },
 );
