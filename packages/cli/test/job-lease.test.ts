@@ -18,22 +18,29 @@ import { readdirSync, readFileSync, readlinkSync, writeFileSync } from 'node:fs'
 import { hostname } from 'node:os';
 import * as path from 'node:path';
 import {
+  AUDIT_KEY_META_NAME,
+  AUDIT_KEY_NEXT_META_NAME,
   decodeUnsealKey,
   inspectEnvelope,
   JobLease,
   Keywarden,
   keyStoreChecks,
+  loadAuditKey,
   readRootState,
   SoftwareRoot,
 } from '@keywarden/core';
 import { SqliteKeyStore } from '@keywarden/store-sqlite';
 import { describe, expect, it } from 'vitest';
 import { tempDir } from './helpers.js';
-import { BIN, built, kw, requireBuild } from './split-helpers.js';
+import { BIN, built, kw as kwRun, requireBuild } from './split-helpers.js';
 
 requireBuild('job-lease.test.ts');
 
 const CONTEXT = { suite: 'job-lease' };
+
+/** The CLI run to completion; a generous limit, as the machine may be shared and slow. */
+const kw = (args: string[], cwd: string, options: { env?: NodeJS.ProcessEnv } = {}) =>
+  kwRun(args, cwd, { ...options, timeoutMs: 120_000 });
 const FILES = 40;
 
 interface Run {
@@ -51,7 +58,7 @@ function start(args: string[], cwd: string, env: NodeJS.ProcessEnv = {}): Run {
   const err: Buffer[] = [];
   child.stdout?.on('data', (c: Buffer) => out.push(c));
   child.stderr?.on('data', (c: Buffer) => err.push(c));
-  const guard = setTimeout(() => child.kill('SIGKILL'), 60_000);
+  const guard = setTimeout(() => child.kill('SIGKILL'), 120_000);
   const done = new Promise<Awaited<Run['done']>>((resolve, reject) => {
     child.on('error', reject);
     child.on('close', (code, signal) => {
@@ -137,13 +144,17 @@ const rewrapArgs = (names: string[]) => ['rewrap', '--key', 'r', '-c', `suite=${
 /** Resolves once `run` holds the lease `name` and its job has done at least one file. */
 async function holding(cwd: string, run: Run, name: string): Promise<void> {
   let ready = false;
-  const deadline = Date.now() + 30_000;
+  const deadline = Date.now() + 90_000;
   while (!ready && Date.now() < deadline && run.child.exitCode === null) {
     const l = await lease(cwd, name).catch(() => undefined);
     const job = await meta(cwd, 'rewrap-job/cli').catch(() => undefined);
     const done = job ? (JSON.parse(new TextDecoder().decode(job)) as { done: number }).done : 0;
     ready = (l?.holder.includes(`#${run.child.pid}.`) ?? false) && (l?.expiresAt ?? 0) > 0 && done > 0;
     if (!ready) await new Promise((r) => setTimeout(r, 5));
+  }
+  if (!ready && run.child.exitCode !== null) {
+    const r = await run.done;
+    throw new Error(`the run ended (exit ${r.code}) before it was seen holding the lease: ${r.stderr}`);
   }
   expect(ready, 'the run took the lease and started').toBe(true);
 }
@@ -172,11 +183,11 @@ describe.skipIf(!built)('CLI jobs under the key store lease (real processes, SQL
     expect(await checkFiles(cwd, texts, 'after the first run')).toBe(FILES);
     expect((await lease(cwd, 'cli-rewrap'))?.expiresAt).toBe(0);
     expect(await meta(cwd, 'rewrap-job/cli')).toBeUndefined();
-  }, 120_000);
+  }, 240_000);
 
   it('a rewrap stopped past its lease while another run takes over stops itself when continued (lease lost); every file decrypts', async () => {
     const { cwd, names, texts } = await filesToRewrap(FILES);
-    const env = { KEYWARDEN_LEASE_TTL_MS: '1000' };
+    const env = { KEYWARDEN_LEASE_TTL_MS: '3000' };
     const stale = start(rewrapArgs(names), cwd, env);
     let token = 0;
     try {
@@ -184,7 +195,7 @@ describe.skipIf(!built)('CLI jobs under the key store lease (real processes, SQL
       stale.child.kill('SIGSTOP');
       token = (await lease(cwd, 'cli-rewrap'))?.token ?? 0;
       // The stopped process is alive (not dead): the next run may take over only once it expired.
-      await new Promise((r) => setTimeout(r, 1500));
+      await new Promise((r) => setTimeout(r, 3500));
       const takeover = await kw(rewrapArgs(names), cwd, { env });
       expect(takeover.code, takeover.stderr).toBe(0);
       expect(takeover.stderr).toMatch(/the interrupted run had done \d+ of 40 files/);
@@ -199,10 +210,10 @@ describe.skipIf(!built)('CLI jobs under the key store lease (real processes, SQL
     const after = await lease(cwd, 'cli-rewrap');
     expect(after?.token).toBeGreaterThan(token);
     expect(after?.expiresAt).toBe(0);
-  }, 120_000);
+  }, 240_000);
 
   it('rewrap SIGKILLed at random points: the next run takes the dead process lease over at once, resumes and finishes', async () => {
-    const ROUNDS = 4;
+    const ROUNDS = 3;
     const { cwd, names, texts } = await filesToRewrap(30);
     // Calibrate: one unkilled run (then rotate again so that every round has every file to do).
     const t0 = Date.now();
@@ -223,7 +234,7 @@ describe.skipIf(!built)('CLI jobs under the key store lease (real processes, SQL
       const heldByDead = r.signal === 'SIGKILL' && left !== undefined && left.expiresAt > Date.now();
       // Every file whole after the kill: it decrypts (old version or new).
       await checkFiles(cwd, texts, where);
-      // The default TTL (30 s) is longer than kw's 20 s timeout: only a takeover finishes in time.
+      // The default TTL (30 s): the rerun says it resumed at once (it never waits for a lease).
       const rerun = await kw(rewrapArgs(names), cwd);
       expect(rerun.code, `${where}: ${rerun.stderr}`).toBe(0);
       if (heldByDead) {
@@ -241,7 +252,7 @@ describe.skipIf(!built)('CLI jobs under the key store lease (real processes, SQL
       ).toEqual([]);
     }
     expect(resumedWithLease, 'rounds killed while holding the lease').toBeGreaterThanOrEqual(2);
-  }, 180_000);
+  }, 360_000);
 
   it('a root rotation killed after its commit (record "started from R", root S, lease of a dead process) is finished by the next run, not repeated', async () => {
     const cwd = await tempDir();
@@ -249,17 +260,24 @@ describe.skipIf(!built)('CLI jobs under the key store lease (real processes, SQL
     let kwd = await openUnsealed(cwd);
     await kwd.createKey('k');
     const envelope = await kwd.encrypt(new TextEncoder().encode('kept'), { key: 'k', context: CONTEXT });
+    (await loadAuditKey(kwd.store, kwd.root, { create: true })).destroy();
     await kwd.close();
+    const auditKeyUnderR = await meta(cwd, AUDIT_KEY_META_NAME);
+    expect(auditKeyUnderR, 'the store has an audit key').toBeDefined();
     const rotated = await kw(['root', 'rotate'], cwd);
     expect(rotated.code, rotated.stderr).toBe(0);
     const [, from, to] = /: (root_\S+) → (root_\S+);/.exec(rotated.stdout) ?? [];
     expect(from).toMatch(/^root_/);
-    // The state a SIGKILL between the commit and the "done" record leaves: the record says
-    // "started from R", the root is S, and the lease is held (unexpired) by a process that is gone.
+    // The state a SIGKILL right after the commit leaves: the audit key still under R with its copy
+    // under S staged, the record "started from R", the root S, and the lease held (unexpired) by a
+    // process that is gone.
     const gone = spawn(process.execPath, ['-e', '']);
     await new Promise((r) => gone.on('close', r));
     const store = SqliteKeyStore.open(dbOf(cwd), { create: false });
     try {
+      const auditKeyUnderS = (await store.getMeta(AUDIT_KEY_META_NAME)) as Uint8Array;
+      await store.putMeta(AUDIT_KEY_NEXT_META_NAME, auditKeyUnderS);
+      await store.putMeta(AUDIT_KEY_META_NAME, auditKeyUnderR as Uint8Array);
       const pidNs = /\[(\d+)\]/.exec(readlinkSync('/proc/self/ns/pid'))?.[1] ?? '';
       await store.putMeta(
         'root-rotation-job/cli',
@@ -293,11 +311,14 @@ describe.skipIf(!built)('CLI jobs under the key store lease (real processes, SQL
     }
     const record = JSON.parse(new TextDecoder().decode(await meta(cwd, 'root-rotation-job/cli'))) as object;
     expect(record).toEqual({ v: 1, state: 'done', from, to });
+    // The staged audit key was promoted: under S, nothing staged.
+    expect(JSON.parse(new TextDecoder().decode(await meta(cwd, AUDIT_KEY_META_NAME)))).toMatchObject({ rootId: to });
+    expect(await meta(cwd, AUDIT_KEY_NEXT_META_NAME)).toBeUndefined();
     // The next run is a new rotation.
     const again = await kw(['root', 'rotate'], cwd);
     expect(again.code, again.stderr).toBe(0);
     expect(again.stdout).toMatch(new RegExp(`: ${to} → root_\\S+;`));
-  }, 120_000);
+  }, 240_000);
 
   it('root rotate while another instance (a library job) holds the root-rotation lease is refused with KW_CONFLICT; nothing changes', async () => {
     const cwd = await tempDir();
@@ -321,5 +342,5 @@ describe.skipIf(!built)('CLI jobs under the key store lease (real processes, SQL
     }
     const r = await kw(['root', 'rotate'], cwd);
     expect(r.code, r.stderr).toBe(0);
-  }, 60_000);
+  }, 180_000);
 });

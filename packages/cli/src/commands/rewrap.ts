@@ -78,6 +78,10 @@ files (a rewrap keeps the data key). Files under a compromised
 or destroyed version cannot be rewrapped (re-encrypt them from their source): they are reported and
 the others go on; the exit status is 1 if any file failed.
 
+One rewrap runs at a time on a key store (a job lease): a second one is refused (KW_CONFLICT)
+while the first runs. If a run is killed, run the same command again: it takes the dead run's
+lease over, and the files already done are left as they are (docs/lifecycle.md §10).
+
 Example:
   keywarden rewrap --key backups backups/*.kw`,
     )
@@ -207,8 +211,23 @@ async function startJob(store: KeyStore, lease: JobLease, files: number, io: Cli
   }
   const write = (done: number) => lease.putMeta(JOB_META, utf8.encode(JSON.stringify({ v: 1, files, done })));
   await write(0);
-  return { progress: write, finish: () => lease.deleteMeta(JOB_META) };
+  // After the first file, then at most once a second: each write is a durable commit (an fsync),
+  // which costs more than a header rewrap on a slow disk. Between writes, lease.check() before each
+  // file still stops a run whose lease may have expired.
+  let savedAt = 0;
+  let savedTime = 0;
+  return {
+    progress: async (done: number) => {
+      if (savedAt > 0 && performance.now() - savedTime < PROGRESS_EVERY_MS) return;
+      await write(done);
+      savedAt = done;
+      savedTime = performance.now();
+    },
+    finish: () => lease.deleteMeta(JOB_META),
+  };
 }
+
+const PROGRESS_EVERY_MS = 1000;
 
 function parseJob(bytes: Uint8Array | undefined): JobRecord | undefined {
   if (bytes === undefined) return undefined;

@@ -18,7 +18,15 @@ import {
 } from '../ceremony-io.js';
 import { collect, globalsOf, locationOf } from './_common.js';
 import { withJobLease } from './_job-lease.js';
-import { type JobLease, type KeyStore, readRootState, ROOT_ROTATION_LEASE } from '@keywarden/core';
+import {
+  finishAuditKeyMove,
+  finishKeyPairKeyMove,
+  type JobLease,
+  type KeyStore,
+  ROOT_ROTATION_LEASE,
+  readRootState,
+  SoftwareRoot,
+} from '@keywarden/core';
 
 interface RootOptions {
   shareFile?: string[];
@@ -58,6 +66,10 @@ custodians' shares (or the development-mode unseal key) keep working. Every KEK 
 destroyed is unwrapped by the old root and wrapped by the new one, and all of it is written with
 the new sealed root in one transaction: an interruption leaves the old root or the new one, never
 a mix. The KEKs themselves do not change, so all data encrypted before still decrypts.
+
+One root rotation runs at a time on a key store (a job lease; a second one is refused). If a run
+is killed, run it again: if the killed run had already committed, the new run records it as done
+and does not rotate a second time (it says so); otherwise it rotates (docs/lifecycle.md §10).
 
 Afterwards a running agent is told to seal (it holds the old root): custodians unseal it again with
 the same shares. Rotate the root when the root key may have been exposed (a memory dump of an
@@ -158,8 +170,7 @@ type RotateOutcome =
  * A record "started from R" while the store's root is no longer R means the run that wrote it was
  * killed after its commit (the rotation is one transaction): that rotation is recorded as done and
  * not repeated. A record "started from R" while the root is still R: killed before its commit, so
- * rotate now. The audit key, if the killed run staged it, is promoted by the next process that
- * loads it under the new root (core's loadAuditKey).
+ * rotate now.
  */
 async function rotateUnderLease(
   lease: JobLease | undefined,
@@ -171,6 +182,17 @@ async function rotateUnderLease(
   // No readable root: the rotation itself reports why (device root, damaged or destroyed store).
   if (state?.state !== 'present') return { kind: 'rotated', rotated: await rotate() };
   const current = state.document.rootId;
+  // A rotation killed between its commit and the promotion of the audit key and the key-pair key
+  // (staged under the new root) is finished here: the promotion needs only the root's id, and the
+  // next rotation stages from these records (core's runRootRotationJob does the same).
+  const sealed = await SoftwareRoot.load(store).catch(() => undefined);
+  if (sealed === undefined) return { kind: 'rotated', rotated: await rotate() };
+  try {
+    await finishAuditKeyMove(store, sealed);
+    await finishKeyPairKeyMove(store, sealed);
+  } finally {
+    await sealed.close();
+  }
   const job = parseJob(await store.getMeta(JOB_META));
   const encode = (r: JobRecord) => new TextEncoder().encode(JSON.stringify(r));
   if (job?.state === 'started' && job.from !== current) {
