@@ -20,7 +20,14 @@ import type { KeyStore } from '../keystore.js';
 import type { RootOfTrust } from '../root.js';
 import { type AuditKey, loadAuditKey } from './audit-key.js';
 import { type AuditAnchor, type AuditEvent, type AuditRecord, canonicalContext, RecordSealer } from './record.js';
-import { type AuditSink, CallbackAuditSink, JsonlFileAuditSink, LazyAuditBatch, StoreAuditSink } from './sinks.js';
+import {
+  type AuditSink,
+  CallbackAuditSink,
+  JsonlFileAuditSink,
+  LazyAuditBatch,
+  StoreAuditSink,
+  WRITE_NOW,
+} from './sinks.js';
 
 export type AuditDurability = 'each' | { intervalMs: number };
 
@@ -56,6 +63,11 @@ interface Waiter {
 /** Interval mode: a batch this large is written at once, whatever the interval. */
 const BATCH_RECORDS = 1024;
 
+type SyncSink = AuditSink & { [WRITE_NOW](batch: LazyAuditBatch, key: AuditKey): void | Promise<void> };
+const noop = () => {};
+/** The waiters of a batch that has none (never pushed to). */
+const NO_WAITERS: readonly Waiter[] = Object.freeze([]);
+
 export class AuditLog {
   readonly #sinks: AuditSink[];
   /** The sink that gives out the chain's head under a lock (the key store with updateMeta), if any. */
@@ -70,11 +82,18 @@ export class AuditLog {
   #sealer: RecordSealer | undefined;
   #head: AuditAnchor | undefined;
   #pending: AuditEvent[] = [];
+  /** An empty array for #pending, recycled by the synchronous path. */
+  #spare: AuditEvent[] | undefined;
   #waiters: Waiter[] = [];
   #scheduled = false;
   #batchQueued = false;
   #timer: NodeJS.Timeout | undefined;
   #chain: Promise<void> = Promise.resolve();
+  /** Flushes queued on #chain and not started yet, and whether one is running (the log is idle when neither). */
+  #queued = 0;
+  #busy = false;
+  /** The sinks, when every one of them can take a batch synchronously (the built-in file and callback sinks). */
+  readonly #syncSinks: SyncSink[] | undefined;
   #failed: AuditError | undefined;
   #closed = false;
   /** Operations begun and not yet recorded (group commit in durability "each"). */
@@ -109,6 +128,9 @@ export class AuditLog {
     }
     this.#sinks = sinks;
     this.#authority = sinks.find((s) => typeof s.appendChained === 'function');
+    this.#syncSinks = sinks.every((s) => typeof (s as Partial<SyncSink>)[WRITE_NOW] === 'function')
+      ? (sinks as SyncSink[])
+      : undefined;
     this.#durability = d;
     this.#failClosed = options.failClosed !== false;
     this.#onError = options.onError;
@@ -159,6 +181,12 @@ export class AuditLog {
     }
     this.#pending.push(event);
     if (this.#durability === 'each') {
+      if (begun && this.#inFlight === 0 && this.#queued === 0 && !this.#busy) {
+        // Nothing else in flight or being written: sealed and written in this call when the sinks
+        // can take it synchronously (no waiter, no queued flush).
+        const now = this.#flushNow();
+        if (now !== false) return now;
+      }
       const p = new Promise<void>((resolve, reject) => this.#waiters.push({ resolve, reject }));
       if (begun && this.#inFlight === 0) {
         // No other operation is about to record: no batch to wait for (the flush runs a microtask
@@ -263,74 +291,115 @@ export class AuditLog {
   }
 
   #enqueueFlush(sync = false, rethrow = sync): Promise<void> {
+    this.#queued++;
     const run = this.#chain.then(() => this.#flushOnce(sync));
     this.#chain = run.catch(() => {});
     return rethrow ? run : this.#chain;
   }
 
-  async #flushOnce(forceSync: boolean): Promise<void> {
-    if (this.#pending.length === 0) {
-      for (const w of this.#waiters.splice(0)) w.resolve();
-      return;
-    }
-    const events = this.#pending;
-    const waiters = this.#waiters;
-    this.#pending = [];
-    this.#waiters = [];
-    if (this.#failed && this.#failClosed) {
-      for (const w of waiters) w.reject(this.#failed);
-      throw this.#failed;
-    }
-    let key: AuditKey;
-    const authority = this.#authority;
-    try {
-      key = this.#key ?? (await this.key());
-      // With an authority the chain's head is read under its lock at each append, not here.
-      if (this.#head === undefined && !authority) this.#head = await this.#readHead(key);
-    } catch (cause) {
-      // The key is not available yet (a sealed root): keep the records, fail this batch's waiters.
-      this.#pending = events.concat(this.#pending);
-      // A typed error's message is one safe line (it never carries key material): name it, so a
-      // busy or missing device is not reported as a sealed root.
-      const why = KeywardenError.isInstance(cause) ? `: ${cause.message}` : ' (is the root sealed?)';
-      const err = new AuditError(`audit: the audit key could not be loaded${why}`, { cause });
-      for (const w of waiters) w.reject(err);
-      this.#onError?.(err);
-      throw err;
-    }
-    if (this.#sealer === undefined) this.#sealer = new RecordSealer(key);
+  /**
+   * One queued flush. The log is busy from its start until its waiters are settled: `finally` runs
+   * in the same job as the code that settles them, before any of their callers resumes (a caller
+   * that records again at once finds the log idle).
+   */
+  #flushOnce(forceSync: boolean): Promise<void> {
+    this.#queued--;
+    this.#busy = true;
+    return this.#flushBatch(forceSync);
+  }
+
+  /**
+   * Durability "each" with the log idle (nothing queued or being written), the audit key loaded and
+   * the head known, every sink able to take a batch synchronously, and no authority: the pending
+   * records are sealed and handed to the sinks in this call. Returns undefined once written (the
+   * waiters of any records that were pending resolved), a promise when a callback returned one
+   * (the log is busy until it settles), or false when this cannot be done now (the caller queues a
+   * flush as before). Fail closed: a batch that cannot be written is a rejected promise, as the
+   * queued flush's waiters would get.
+   */
+  #flushNow(): Promise<void> | undefined | false {
+    const key = this.#key;
     const sealer = this.#sealer;
-    const sync = forceSync || this.#durability === 'each';
-    let batch: LazyAuditBatch | undefined;
+    const head = this.#head;
+    const sinks = this.#syncSinks;
+    if (sinks === undefined || key === undefined || sealer === undefined || head === undefined) return false;
+    if (this.#authority !== undefined || (this.#failed && this.#failClosed)) return false;
+    const events = this.#pending;
+    this.#pending = this.#spare ?? [];
+    this.#spare = undefined;
+    // Records made while this batch is written (a callback that records) wait for the next one.
+    const waiters = this.#waiters.length > 0 ? this.#waiters : (NO_WAITERS as Waiter[]);
+    if (waiters !== NO_WAITERS) this.#waiters = [];
+    let batch: LazyAuditBatch;
     try {
-      if (authority?.appendChained) {
-        // Several writers, one chain: the authority seals the batch on the head it holds the lock
-        // of, so the seq numbers are the store's (a batch it refused leaves no gap in its chain).
-        const sealed = await authority.appendChained((after) => sealer.sealBatch(events, after), key);
-        batch = new LazyAuditBatch(sealed, events.length, sync);
-        this.#head = sealed.head;
-      } else {
-        const sealed = sealer.sealBatch(events, this.#head as AuditAnchor);
-        const head = sealed.head;
-        batch = new LazyAuditBatch(sealed, events.length, sync);
-        // The chain moves on whether or not the sinks take the batch: a dropped batch (fail open)
-        // shows as a break in the chain, never as a silently renumbered log.
-        this.#head = head;
+      // The bytes stay in the sealer's buffer: the file sink writes them at once, a callback gets
+      // the record objects (made before it returns), and no other batch is sealed before the sinks
+      // are done (the log is busy until then).
+      const sealed = sealer.sealBatch(events, head, false);
+      batch = new LazyAuditBatch(sealed, events.length, true);
+      this.#head = sealed.head;
+      for (let i = 0; i < sinks.length; i++) {
+        const r = (sinks[i] as SyncSink)[WRITE_NOW](batch, key);
+        if (r !== undefined && typeof (r as Promise<void>).then === 'function') {
+          const later = this.#finishLater(r as Promise<void>, batch, key, i + 1, waiters);
+          this.#chain = later.then(noop, noop);
+          return later;
+        }
       }
-      for (const s of this.#sinks) if (s !== authority) await s.write(batch, key);
     } catch (cause) {
-      const err = new AuditError(`audit: ${events.length} audit record(s) could not be written`, { cause });
-      if (this.#failClosed) this.#failed = err;
-      for (const w of waiters)
-        if (this.#failClosed) w.reject(err);
-        else w.resolve();
-      this.#onError?.(err);
-      if (this.#failClosed) throw err;
-      return;
+      const err = this.#batchFailed(cause, events.length, waiters);
+      return this.#failClosed ? Promise.reject(err) : undefined;
     }
     for (const w of waiters) w.resolve();
+    this.#notify(batch);
+    // Written and handed over: nothing refers to the events array any more (record objects made
+    // from it are the callback's and subscribers').
+    events.length = 0;
+    this.#spare = events;
+    return undefined;
+  }
+
+  /** The rest of #flushNow once a sink returned a promise: the later sinks, then the waiters. */
+  async #finishLater(
+    first: Promise<void>,
+    batch: LazyAuditBatch,
+    key: AuditKey,
+    next: number,
+    waiters: Waiter[],
+  ): Promise<void> {
+    this.#busy = true;
+    try {
+      try {
+        await first;
+        const sinks = this.#syncSinks as SyncSink[];
+        for (let i = next; i < sinks.length; i++) await (sinks[i] as SyncSink).write(batch, key);
+      } catch (cause) {
+        const err = this.#batchFailed(cause, batch.count, waiters);
+        if (this.#failClosed) throw err;
+        return;
+      }
+      for (const w of waiters) w.resolve();
+      this.#notify(batch);
+    } finally {
+      this.#busy = false;
+    }
+  }
+
+  /** A batch the sinks did not take: the error its waiters get (and every later record, fail closed). */
+  #batchFailed(cause: unknown, count: number, waiters: Waiter[]): AuditError {
+    const err = new AuditError(`audit: ${count} audit record(s) could not be written`, { cause });
+    if (this.#failClosed) this.#failed = err;
+    for (const w of waiters)
+      if (this.#failClosed) w.reject(err);
+      else w.resolve();
+    this.#onError?.(err);
+    return err;
+  }
+
+  /** Hand a written batch's records to the subscribers. */
+  #notify(batch: LazyAuditBatch): void {
     if (this.#listeners.size === 0) return;
-    for (const rec of (batch as LazyAuditBatch).records) {
+    for (const rec of batch.records) {
       for (const l of this.#listeners) {
         try {
           l(rec);
@@ -338,6 +407,69 @@ export class AuditLog {
           // A subscriber's failure is its own; the record is written.
         }
       }
+    }
+  }
+
+  async #flushBatch(forceSync: boolean): Promise<void> {
+    try {
+      if (this.#pending.length === 0) {
+        for (const w of this.#waiters.splice(0)) w.resolve();
+        return;
+      }
+      const events = this.#pending;
+      const waiters = this.#waiters;
+      this.#pending = [];
+      this.#waiters = [];
+      if (this.#failed && this.#failClosed) {
+        for (const w of waiters) w.reject(this.#failed);
+        throw this.#failed;
+      }
+      let key: AuditKey;
+      const authority = this.#authority;
+      try {
+        key = this.#key ?? (await this.key());
+        // With an authority the chain's head is read under its lock at each append, not here.
+        if (this.#head === undefined && !authority) this.#head = await this.#readHead(key);
+      } catch (cause) {
+        // The key is not available yet (a sealed root): keep the records, fail this batch's waiters.
+        this.#pending = events.concat(this.#pending);
+        // A typed error's message is one safe line (it never carries key material): name it, so a
+        // busy or missing device is not reported as a sealed root.
+        const why = KeywardenError.isInstance(cause) ? `: ${cause.message}` : ' (is the root sealed?)';
+        const err = new AuditError(`audit: the audit key could not be loaded${why}`, { cause });
+        for (const w of waiters) w.reject(err);
+        this.#onError?.(err);
+        throw err;
+      }
+      if (this.#sealer === undefined) this.#sealer = new RecordSealer(key);
+      const sealer = this.#sealer;
+      const sync = forceSync || this.#durability === 'each';
+      let batch: LazyAuditBatch | undefined;
+      try {
+        if (authority?.appendChained) {
+          // Several writers, one chain: the authority seals the batch on the head it holds the lock
+          // of, so the seq numbers are the store's (a batch it refused leaves no gap in its chain).
+          const sealed = await authority.appendChained((after) => sealer.sealBatch(events, after), key);
+          batch = new LazyAuditBatch(sealed, events.length, sync);
+          this.#head = sealed.head;
+        } else {
+          const sealed = sealer.sealBatch(events, this.#head as AuditAnchor);
+          const head = sealed.head;
+          batch = new LazyAuditBatch(sealed, events.length, sync);
+          // The chain moves on whether or not the sinks take the batch: a dropped batch (fail open)
+          // shows as a break in the chain, never as a silently renumbered log.
+          this.#head = head;
+        }
+        for (const s of this.#sinks) if (s !== authority) await s.write(batch, key);
+      } catch (cause) {
+        const err = this.#batchFailed(cause, events.length, waiters);
+        if (this.#failClosed) throw err;
+        return;
+      }
+      for (const w of waiters) w.resolve();
+      this.#notify(batch as LazyAuditBatch);
+    } finally {
+      this.#busy = false;
     }
   }
 

@@ -132,8 +132,12 @@ export class RecordSealer {
     this.#key = key;
   }
 
-  /** Seal `events` as the records after `after`; returns their JSONL bytes and the new head. */
-  sealBatch(events: readonly AuditEvent[], after: AuditAnchor): SealedBatch {
+  /**
+   * Seal `events` as the records after `after`; returns their JSONL bytes and the new head. With
+   * `copy` false the bytes are a view of this sealer's scratch buffer, valid only until its next
+   * batch (AuditLog's synchronous path, whose sinks write them at once and keep nothing).
+   */
+  sealBatch(events: readonly AuditEvent[], after: AuditAnchor, copy = true): SealedBatch {
     // Sealed into this sealer's scratch buffer (kept between batches: a batch of one record, as in
     // durability "each", costs no large allocation), then copied out to bytes of its own, since a
     // sink may keep them (a store's putMeta).
@@ -190,12 +194,18 @@ export class RecordSealer {
       this.#lastMac = mac;
       this.#lastMacQuoted.set(buf.subarray(macAt - 1, macAt + MAC_CHARS + 1));
     }
-    // From Node's buffer pool (a slice of a shared 8 KiB block for small batches, so a batch of
-    // one record costs no ArrayBuffer of its own); all of it is written.
-    const bytes = Buffer.allocUnsafe(len);
-    buf.copy(bytes, 0, 0, len);
-    // A batch with a huge record (a large detail) does not keep its buffer for ever.
-    if (buf.length > 1 << 20) this.#scratch = Buffer.allocUnsafeSlow(64 * 1024);
+    let bytes: Uint8Array;
+    if (copy) {
+      // Bytes of its own, since a sink may keep them (a store's putMeta); all of it is written.
+      bytes = Buffer.allocUnsafe(len);
+      buf.copy(bytes, 0, 0, len);
+      // A batch with a huge record (a large detail) does not keep its buffer for ever.
+      if (buf.length > 1 << 20) this.#scratch = Buffer.allocUnsafeSlow(64 * 1024);
+    } else {
+      bytes = buf.subarray(0, len);
+      // The view keeps a huge buffer alive only as long as its batch.
+      if (buf.length > 1 << 20) this.#scratch = Buffer.allocUnsafeSlow(64 * 1024);
+    }
     const kid = this.#key.kid;
     const key = this.#key;
     return {
@@ -352,6 +362,18 @@ function putDigits(buf: Buffer, p: number, n: number): number {
   if (n < 10) {
     buf[p] = 0x30 + n;
     return p + 1;
+  }
+  if (n < 0x80000000) {
+    // Small integer arithmetic (a seq below 2^31: every log for a long time).
+    let digits = 1;
+    for (let x = n; x >= 10; x = (x / 10) | 0) digits++;
+    let x = n;
+    for (let i = p + digits - 1; i >= p; i--) {
+      const d = (x / 10) | 0;
+      buf[i] = 0x30 + x - d * 10;
+      x = d;
+    }
+    return p + digits;
   }
   let digits = 1;
   for (let x = n; x >= 10; x = Math.floor(x / 10)) digits++;

@@ -32,6 +32,12 @@ export interface SealedAuditBytes {
   records?: () => AuditRecord[];
 }
 
+/**
+ * Internal: a built-in sink that can take a batch synchronously (AuditLog's durability "each" path
+ * when nothing else is being written). Returns what the sink's write would await, if anything.
+ */
+export const WRITE_NOW: unique symbol = Symbol('keywarden.audit.writeNow');
+
 export interface AuditSink {
   /** Where the chain continues from, if this sink already holds records (read once, on open). */
   head?(key: AuditKey): Promise<AuditAnchor | undefined>;
@@ -211,6 +217,8 @@ export class StoreAuditSink implements AuditSink {
 export class JsonlFileAuditSink implements AuditSink {
   readonly path: string;
   #fd: number | undefined;
+  /** False once fdatasync said the file cannot be synced (/dev/null, a pipe): not asked again. */
+  #syncable = true;
   constructor(path: string) {
     if (typeof path !== 'string' || path.length === 0) throw new InvalidInputError('audit: a JSONL sink needs a path');
     this.path = path;
@@ -234,18 +242,25 @@ export class JsonlFileAuditSink implements AuditSink {
     }
   }
   async write(batch: AuditBatch): Promise<void> {
-    if (this.#fd === undefined) this.#fd = openSync(this.path, 'a', 0o600);
+    this[WRITE_NOW](batch);
+  }
+  [WRITE_NOW](batch: AuditBatch): undefined {
+    if (this.#fd === undefined) {
+      this.#fd = openSync(this.path, 'a', 0o600);
+      this.#syncable = true;
+    }
     const bytes = batch.bytes ?? Buffer.from(batch.text, 'utf8');
     let off = 0;
     while (off < bytes.length) off += writeSync(this.#fd, bytes, off, bytes.length - off);
-    if (batch.sync) syncFd(this.#fd);
+    if (batch.sync && this.#syncable) this.#syncable = syncFd(this.#fd);
+    return undefined;
   }
   async close(): Promise<void> {
     if (this.#fd === undefined) return;
     const fd = this.#fd;
     this.#fd = undefined;
     try {
-      syncFd(fd);
+      if (this.#syncable) syncFd(fd);
     } finally {
       closeSync(fd);
     }
@@ -253,11 +268,13 @@ export class JsonlFileAuditSink implements AuditSink {
 }
 
 /** fdatasync, except on what cannot be synced (a pipe, a terminal, /dev/null: EINVAL), which has nothing to flush. */
-function syncFd(fd: number): void {
+function syncFd(fd: number): boolean {
   try {
     fdatasyncSync(fd);
+    return true;
   } catch (err) {
     if ((err as NodeJS.ErrnoException).code !== 'EINVAL') throw err;
+    return false;
   }
 }
 
@@ -269,5 +286,8 @@ export class CallbackAuditSink implements AuditSink {
   }
   async write(batch: AuditBatch): Promise<void> {
     await this.#fn(batch.records);
+  }
+  [WRITE_NOW](batch: AuditBatch): void | Promise<void> {
+    return this.#fn(batch.records);
   }
 }
