@@ -88,10 +88,6 @@ export class RawToken {
     return Object.fromEntries(names.map((n, i) => [n, Boolean((got[i]?.value as Buffer)?.[0])]));
   }
 
-  closeAllSessions(): void {
-    this.lib.C_CloseAllSessions(this.slot);
-  }
-
   finalize(): void {
     this.lib.C_Finalize();
   }

@@ -1,6 +1,6 @@
 /**
  * The worker pool's batching on the real SoftHSM2: many requests made in one turn of the event
- * loop travel to the worker as one message (their byte fields packed in one buffer) and must each
+ * loop travel to the worker as one message (one binary frame: src/_wire.ts) and must each
  * come back with their own result; and the callers are resumed a few at a time (at most 16 per
  * turn of the event loop), never all at once inside the port's message handler, which held the
  * event loop for 60-100 ms under full load (issue #8). Speed itself is the benchmarks' (bench:pkcs11).
