@@ -197,9 +197,10 @@ describe.skipIf(!built)('random SIGKILL during key rotate and root rotate (issue
         const rootId = kwd.root.describe().id;
         if (!r.killed) {
           expect(r.code, where).toBe(0);
-          const finished = /interrupted after its commit: the root had already been rotated \((root_\S+) → (root_\S+)\)/.exec(
-            r.stdout,
-          );
+          const finished =
+            /interrupted after its commit: the root had already been rotated \((root_\S+) → (root_\S+)\)/.exec(
+              r.stdout,
+            );
           if (finished) {
             // The previous round was killed after its commit: finished, never rotated twice
             // (docs/lifecycle.md §Jobs under a lease).
