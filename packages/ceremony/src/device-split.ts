@@ -950,9 +950,11 @@ function pendingAsCeremony(p: DevicePendingRekey): PendingCeremony {
 }
 
 /**
- * `keywarden rekey` on a folder whose PKCS#11 user PIN is split: a quorum of the current shares
- * gives the current PIN; a new random PIN is drawn and split (new N and M allowed); its shares are
- * handed out and fsynced; then `C_SetPIN(current, new)`, and the new share set becomes the
+ * `keywarden rekey` on a folder whose PKCS#11 user PIN or TPM auth value is split: a quorum of the
+ * current shares gives the current secret; a new random one is drawn and split (new N and M
+ * allowed); its shares are handed out and fsynced; then the device changes over (PKCS#11
+ * `C_SetPIN(current, new)`; TPM: TPM2_ObjectChangeAuth on the root's check object, whose new
+ * private part replaces the old in the store in one write), and the new share set becomes the
  * store's. Until `C_SetPIN` the current shares open the token; from then on the new ones (which
  * were durable before it). A kill leaves `device/pending-rekey`: `resumeDeviceRekey` (a quorum of
  * the new shares) finishes it once the token has the new PIN, `abortDeviceRekey` drops it while the
@@ -962,14 +964,10 @@ export async function rekeyDeviceSecret(loc: StoreLocation, options: DeviceRekey
   const cwd = options.cwd ?? process.cwd();
   const uri = await recordedUriAt(path.join(loc.dir, ROOT_URI_FILE), 'rekey');
   const scheme = rootUriScheme(uri);
-  if (scheme !== 'pkcs11') {
-    throw new CeremonyError(
-      `rekey: a ${scheme}: root's split secret cannot be rekeyed yet (PKCS#11 user PINs only; docs/split-knowledge.md §10.2)`,
-    );
-  }
   const hooks = rootSecretHooks(uri);
-  const env = options.env ? { env: options.env } : {};
   const store = SqliteKeyStore.open(loc.dbPath, { create: false });
+  // The TPM's hooks open the root from the store (its check object is what changes).
+  const env = { store, ...(options.env ? { env: options.env } : {}) };
   let old: Uint8Array | undefined;
   let secret: Uint8Array | undefined;
   let handOut: HandOut | undefined;
@@ -992,7 +990,7 @@ export async function rekeyDeviceSecret(loc: StoreLocation, options: DeviceRekey
     old = await quorumSecretOf(current, options.quorum, { operation: 'rekey', title: 'Rekey', which: 'current' });
     if (!(await hooks.check(uri, old, env))) {
       throw new UnsealError(
-        'rekey: the token refused the PIN the current shares hold (C_Login: CKR_PIN_INCORRECT); nothing was changed',
+        `rekey: the device refused the secret the current shares hold${scheme === 'pkcs11' ? ' (C_Login: CKR_PIN_INCORRECT)' : ''}; nothing was changed`,
       );
     }
     secret = await hooks.draw(uri, env);
@@ -1049,7 +1047,7 @@ export async function rekeyDeviceSecret(loc: StoreLocation, options: DeviceRekey
       const isNew = await hooks.check(uri, secret, env).catch(() => undefined);
       if (isNew !== false) {
         throw new CeremonyError(
-          `rekey: failed after the token's user PIN may have become the new one (${messageOf(err)}); the new shares are kept: run \`keywarden rekey --resume --share-file NEW…\``,
+          `rekey: failed after the device's secret may have become the new one (${messageOf(err)}); the new shares are kept: run \`keywarden rekey --resume --share-file NEW…\``,
           { cause: err },
         );
       }
@@ -1099,9 +1097,9 @@ export async function resumeDeviceRekey(
       which: 'new',
     });
     try {
-      if (!(await hooks.check(uri, secret, options.env ? { env: options.env } : {}))) {
+      if (!(await hooks.check(uri, secret, { store, ...(options.env ? { env: options.env } : {}) }))) {
         throw new CeremonyError(
-          'rekey --resume: the token still takes the current PIN (the rekey stopped before C_SetPIN): the current shares keep working; run `keywarden rekey --abort`, then rekey again',
+          'rekey --resume: the device still takes the current secret (the rekey stopped before changing it): the current shares keep working; run `keywarden rekey --abort`, then rekey again',
         );
       }
     } finally {
@@ -1140,7 +1138,7 @@ export async function abortDeviceRekey(
     if (await store.getMeta(DEVICE_SECRET_CHANGE_META)) {
       if (typeof options.quorum !== 'function') {
         throw new CeremonyError(
-          "rekey --abort: the rekey had begun setting the token's user PIN to the new one, so the new shares may be the only way into the token: give a quorum of the new shares (--share-file); nothing was changed",
+          "rekey --abort: the rekey had begun changing the device's secret to the new one, so the new shares may be the only way in: give a quorum of the new shares (--share-file); nothing was changed",
         );
       }
       const uri = await recordedUriAt(path.join(loc.dir, ROOT_URI_FILE), 'rekey --abort');
@@ -1150,9 +1148,9 @@ export async function abortDeviceRekey(
         which: 'new',
       });
       try {
-        if (await rootSecretHooks(uri).check(uri, secret, options.env ? { env: options.env } : {})) {
+        if (await rootSecretHooks(uri).check(uri, secret, { store, ...(options.env ? { env: options.env } : {}) })) {
           throw new CeremonyError(
-            'rekey --abort: the token already takes the new PIN, so the new shares are the way in: finish with `keywarden rekey --resume --share-file NEW…`; nothing was removed',
+            'rekey --abort: the device already takes the new secret, so the new shares are the way in: finish with `keywarden rekey --resume --share-file NEW…`; nothing was removed',
           );
         }
       } finally {

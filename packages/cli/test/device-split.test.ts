@@ -596,7 +596,7 @@ describe.skipIf(!built)('init --root pkcs11:… --pin-shares: the user PIN split
     expect(tokenTakes(pin1)).toBe(true);
     oneLineError(
       await kw(['--dir', 'd', 'rekey', '--resume', ...fileArgs('new', 4, [1, 2, 4])], cwd, { env, timeoutMs: 60_000 }),
-      /still takes the current PIN/,
+      /still takes the current secret/,
     );
     oneLineError(
       await kw(['--dir', 'd', 'rekey', '--abort'], cwd, { env, timeoutMs: 60_000 }),
@@ -616,7 +616,7 @@ describe.skipIf(!built)('init --root pkcs11:… --pin-shares: the user PIN split
     expect(tokenTakes(pin2)).toBe(true);
     oneLineError(
       await kw(['--dir', 'd', 'rekey', '--abort', ...fileArgs('new', 4, [1, 2, 3])], cwd, { env, timeoutMs: 60_000 }),
-      /already takes the new PIN/,
+      /already takes the new secret/,
     );
     const resume3 = await kw(['--dir', 'd', 'rekey', '--resume', ...fileArgs('new', 4, [2, 3, 4])], cwd, {
       env,
@@ -916,6 +916,81 @@ describe.skipIf(!built)(
         expect(tpm.manufacturer).toBe(m?.[1]);
       }
     }, 180_000);
+
+    it('rekey of the split TPM auth value: TPM2_ObjectChangeAuth on the check object, new N and M; SIGKILL before and after the change, then resume or abort; data from before still decrypts', async (ctx) => {
+      if ('reason' in device) {
+        console.warn(`skipped: ${device.reason}`);
+        return ctx.skip();
+      }
+      const cwd = await tempDir();
+      const init = await kw(
+        ['--dir', 'd', 'init', '--root', 'tpm:', '--auth-shares', '3', '--auth-threshold', '2', '--share-dir', 'old'],
+        cwd,
+        { env, timeoutMs: 60_000 },
+      );
+      expect(init.code, init.stderr).toBe(0);
+      const files = (dir: string, n: number, which: number[]) =>
+        which.flatMap((i) => ['--share-file', path.join(dir, `share-${i}-of-${n}.txt`)]);
+      let agent = await startAgent(cwd, ['--dir', 'd'], env);
+      let un = await kw(['--dir', 'd', 'unseal', ...files('old', 3, [1, 2])], cwd, { env, timeoutMs: 60_000 });
+      expect(un.stdout, un.stderr).toMatch(/unsealed/);
+      expect((await kw(['--dir', 'd', 'key', 'create', 'k'], cwd, { env, timeoutMs: 60_000 })).code).toBe(0);
+      const enc = await kw(['--dir', 'd', 'encrypt', '--key', 'k', '-o', 'ct'], cwd, {
+        env,
+        input: 'before the rekey',
+        timeoutMs: 60_000,
+      });
+      expect(enc.code, enc.stderr).toBe(0);
+      expect(await agent.stop()).toBe(0);
+
+      const rekeyArgs = ['--dir', 'd', 'rekey', '--shares', '4', '--threshold', '3', '--share-dir', 'new'];
+      const killAt = async (step: string) => {
+        const r = await kw([...rekeyArgs, ...files('old', 3, [2, 3])], cwd, {
+          env: { ...env, KEYWARDEN_TEST_STEP_HOOK: `kill:${step}` },
+          timeoutMs: 60_000,
+        });
+        expect(r.code, r.stderr).toBeNull();
+      };
+      // Killed just before the change: the current auth value still opens the root.
+      await killAt('rekey:pin-changing');
+      oneLineError(
+        await kw(['--dir', 'd', 'rekey', '--resume', ...files('new', 4, [1, 2, 3])], cwd, { env, timeoutMs: 60_000 }),
+        /still takes the current secret/,
+      );
+      const abort = await kw(['--dir', 'd', 'rekey', '--abort', ...files('new', 4, [1, 2, 3])], cwd, {
+        env,
+        timeoutMs: 60_000,
+      });
+      expect(abort.code, abort.stderr).toBe(0);
+      // Killed just after the new check object was written: only the new shares open it.
+      await killAt('rekey:pin-changed');
+      oneLineError(
+        await kw(['--dir', 'd', 'rekey', '--abort', ...files('new', 4, [2, 3, 4])], cwd, { env, timeoutMs: 60_000 }),
+        /already takes the new secret/,
+      );
+      const resume = await kw(['--dir', 'd', 'rekey', '--resume', ...files('new', 4, [1, 3, 4])], cwd, {
+        env,
+        timeoutMs: 60_000,
+      });
+      expect(resume.code, resume.stderr).toBe(0);
+      expect(resume.stderr).toMatch(
+        /Activated the new share set ss_\S+ of d \(3 of 4\); the TPM root has the new secret/,
+      );
+
+      agent = await startAgent(cwd, ['--dir', 'd'], env);
+      await waitFor(() => /unseal with/.test(agent.log()), 'the agent to say what unseals it');
+      expect(agent.log()).toMatch(/unseal with 3 of 4 shares of share set ss_\S+ \(tpm-auth\)/);
+      const stale = await kw(['--dir', 'd', 'unseal', ...files('old', 3, [1])], cwd, { env });
+      expect(stale.code).toBe(1);
+      expect(stale.stderr).toMatch(/^keywarden: share: /);
+      un = await kw(['--dir', 'd', 'unseal', ...files('new', 4, [2, 3, 4])], cwd, { env, timeoutMs: 60_000 });
+      expect(un.stdout, un.stderr).toMatch(/unsealed/);
+      // The root key and K did not change: what was encrypted before decrypts.
+      const dec = await kw(['--dir', 'd', 'decrypt', '--key', 'k', '-i', 'ct'], cwd, { env, timeoutMs: 60_000 });
+      expect(dec.code, dec.stderr).toBe(0);
+      expect(dec.stdout).toBe('before the rekey');
+      expect(await agent.stop()).toBe(0);
+    }, 240_000);
 
     it('cert ca --storage root on a folder whose TPM auth value is split: a quorum of its shares unseals the TPM root for the command; OpenSSL verifies the CA', async (ctx) => {
       if ('reason' in device) {

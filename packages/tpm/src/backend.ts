@@ -3,8 +3,19 @@
  * with `create`, makes) the TPM root the URI names (uri.ts), and the record hooks let generic code
  * destroy a store's TPM root without opening it first.
  */
+import { randomFillSync } from 'node:crypto';
 import { readFile } from 'node:fs/promises';
-import { InvalidInputError, type OpenRootOptions, type RootBackend, type RootOfTrust, wipe } from '@keywarden/core';
+import {
+  InvalidInputError,
+  type KeyStore,
+  KeywardenError,
+  type OpenRootOptions,
+  type RootBackend,
+  type RootOfTrust,
+  type RootSecretHooks,
+  type RootSecretOptions,
+  wipe,
+} from '@keywarden/core';
 import { TPM_ROOT_META_NAME, TPM_TOMBSTONE_META_NAME, TpmRoot } from './root.js';
 import { parseTpmUri, type TpmUri } from './uri.js';
 
@@ -74,8 +85,57 @@ export async function openTpmRoot(uri: string, options: OpenRootOptions): Promis
   }
 }
 
+/** The TPM root `uri` names, opened sealed from `options.store` (the secret hooks need one). */
+async function sealedRoot(uri: string, options: RootSecretOptions): Promise<TpmRoot> {
+  if (!options.store) throw new InvalidInputError('tpm: the root auth value hooks need the key store');
+  const root = await openTpmRoot(withoutAuthSource(uri), {
+    store: options.store,
+    ...(options.env ? { env: options.env } : {}),
+  });
+  return root as TpmRoot;
+}
+
+/** The URI without auth-env= / auth-file= (the hooks are given the values). */
+function withoutAuthSource(uri: string): string {
+  const q = uri.indexOf('?');
+  if (q === -1) return uri;
+  const kept = uri
+    .slice(q + 1)
+    .split('&')
+    .filter((p) => p !== '' && !/^(auth-env|auth-file)=/i.test(p));
+  return kept.length > 0 ? `${uri.slice(0, q)}?${kept.join('&')}` : uri.slice(0, q);
+}
+
+/** The root auth value's hooks (core's RootSecretHooks), for split knowledge over it. */
+export const tpmAuthValueHooks: RootSecretHooks = {
+  async draw() {
+    return randomFillSync(new Uint8Array(32));
+  },
+  async check(uri, secret, options) {
+    const root = await sealedRoot(uri, options);
+    try {
+      await root.sealable?.unseal(secret);
+      return true;
+    } catch (err) {
+      if (KeywardenError.isInstance(err, 'KW_UNSEAL')) return false;
+      throw err;
+    } finally {
+      await root.close();
+    }
+  },
+  async change(uri, current, next, options) {
+    const root = await sealedRoot(uri, options);
+    try {
+      await root.changeAuth(options.store as KeyStore, current, next);
+    } finally {
+      await root.close();
+    }
+  },
+};
+
 export const tpmRootBackend: RootBackend = {
   open: openTpmRoot,
+  secret: tpmAuthValueHooks,
   record: {
     async holdsRecord(store) {
       return (

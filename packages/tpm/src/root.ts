@@ -91,6 +91,9 @@ export interface TpmRootRecord {
   pcrs?: number[];
   /** The check object (base64 TPM2B_PUBLIC ‖ TPM2B_PRIVATE): K sealed under the root auth value. */
   check?: string;
+  /** The root id's check tag (16 hex digits) once the auth value was changed (changeAuth): the id
+   * keeps the tag of the first check object, so the KEK versions it wrapped still name this root. */
+  idTag?: string;
   createdAt: string;
 }
 
@@ -157,6 +160,11 @@ function hex(b: Uint8Array): string {
   return Buffer.from(b).toString('hex');
 }
 
+/** The root id's tag of a check object: the first 16 hex digits of SHA-256 of its base64 form. */
+function checkTagOf(check: string): string {
+  return createHash('sha256').update(check).digest('hex').slice(0, 16);
+}
+
 export function encodeTpmRecord(r: TpmRootRecord): Uint8Array {
   return new Uint8Array(Buffer.from(JSON.stringify(r), 'utf8'));
 }
@@ -178,6 +186,7 @@ export function decodeTpmRecord(bytes: Uint8Array): TpmRootRecord {
     !/^[0-9a-f]{4,132}$/.test(r.primaryName) ||
     (r.handle !== undefined && !Number.isInteger(r.handle)) ||
     (r.check !== undefined && typeof r.check !== 'string') ||
+    (r.idTag !== undefined && (typeof r.idTag !== 'string' || !/^[0-9a-f]{16}$/.test(r.idTag))) ||
     (r.pcrs !== undefined && (!Array.isArray(r.pcrs) || r.pcrs.some((p) => !Number.isInteger(p) || p < 0 || p > 23)))
   ) {
     throw new FormatError('tpm: the root record in the key store is malformed (damaged store?)');
@@ -237,7 +246,7 @@ export class TpmRoot implements RootOfTrust {
     this.#lockFile = lockFileOf(options, this.#tcti);
     this.#conn = conn;
     this.#k = k;
-    const checkTag = record.check ? `-${createHash('sha256').update(record.check).digest('hex').slice(0, 16)}` : '';
+    const checkTag = record.idTag ? `-${record.idTag}` : record.check ? `-${checkTagOf(record.check)}` : '';
     this.#id = `tpm-${record.primaryName.slice(4, 36)}${checkTag}`;
     this.random = {
       randomBytes: (n: number) => this.#withTpm((c) => c.esys.getRandom(n), false, undefined, false),
@@ -732,6 +741,43 @@ export class TpmRoot implements RootOfTrust {
     if (this.#k) wipe(this.#k);
     this.#k = undefined;
     for (const l of [...this.#listeners]) l();
+  }
+
+  /**
+   * Change the root's auth value (TPM2_ObjectChangeAuth on the check object, in the salted session
+   * with the new value encrypted on the way in): `current` must open it (UnsealError otherwise).
+   * The TPM keeps nothing; the new check object is written to `store` in one write, the instant the
+   * new value takes over (until then the old check object, and so the old value, still opens it).
+   */
+  async changeAuth(store: KeyStore, current: Uint8Array, next: Uint8Array): Promise<void> {
+    for (const v of [current, next]) {
+      if (!(v instanceof Uint8Array) || v.length < AUTH_MIN || v.length > AUTH_MAX) {
+        throw new InvalidInputError(`tpm: the root auth value is ${AUTH_MIN}..${AUTH_MAX} bytes`);
+      }
+    }
+    const record = this.#record;
+    if (!record.check) throw new InvalidInputError('tpm: this root has no auth value to change');
+    const check = await this.#withTpm(async (c) => {
+      const blob = Buffer.from(record.check as string, 'base64');
+      const { outPublic, outPrivate } = splitSealedBlob(new Uint8Array(blob));
+      const item = await c.esys.load(c.primary, outPrivate, outPublic, [ESYS_TR.PASSWORD]);
+      try {
+        await c.esys.trSetAuth(item, current);
+        await c.esys.setSessionAttributes(c.session, TPMA_SESSION.CONTINUESESSION | TPMA_SESSION.DECRYPT);
+        const priv = await c.esys.objectChangeAuth(item, c.primary, next, [c.session]);
+        return Buffer.concat([outPublic, priv]).toString('base64');
+      } catch (err) {
+        if (isTpmRc(err, 'TPM_RC_AUTH_FAIL') || isTpmRc(err, 'TPM_RC_BAD_AUTH')) {
+          throw new UnsealError('tpm: the auth value does not open this TPM root');
+        }
+        throw err;
+      } finally {
+        await c.esys.flushContext(item).catch(() => undefined);
+      }
+    }, false);
+    const updated: TpmRootRecord = { ...record, check, idTag: record.idTag ?? checkTagOf(record.check) };
+    await store.putMeta(TPM_ROOT_META_NAME, encodeTpmRecord(updated));
+    this.#record = updated;
   }
 
   /** K from the check object, authorized with `secret` (UnsealError when wrong). */

@@ -467,6 +467,33 @@ export class Esys {
   }
 
   /**
+   * TPM2_ObjectChangeAuth (TPM 2.0 Part 3 §12.8): a new private part for the loaded `object` (under
+   * `parent`) whose auth value is `newAuth`; authorized with the object's current auth value
+   * (trSetAuth). The TPM keeps nothing: the old private part still loads with the old value until
+   * the caller replaces it. `newAuth` is not modified; the caller wipes it.
+   */
+  objectChangeAuth(object: EsysTR, parent: EsysTR, newAuth: Uint8Array, sessions?: Sessions): Promise<Uint8Array> {
+    return this.#run(async () => {
+      const wire = new WireWriter().tpm2b(newAuth).finish();
+      let c: Buffer | undefined;
+      const o: unknown[] = [null];
+      try {
+        c = this.#cstruct('TPM2B_AUTH', wire);
+        await this.#call(
+          'TPM2_ObjectChangeAuth',
+          this.#n.esys.Esys_ObjectChangeAuth,
+          [object, parent, ...this.#sessions(sessions, true), c, o],
+          [o],
+        );
+      } finally {
+        wire.fill(0);
+        c?.fill(0);
+      }
+      return this.#take('TPM2B_PRIVATE', o);
+    });
+  }
+
+  /**
    * TPM2_Sign (TPM 2.0 Part 3 §20.2) of `digest` with the unrestricted signing key `key`, with
    * the scheme given here (the key's own scheme is TPM_ALG_NULL). The validation ticket is the
    * NULL ticket (TPM_ST_HASHCHECK, TPM_RH_NULL, empty digest), which only an unrestricted key

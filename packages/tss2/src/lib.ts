@@ -64,6 +64,7 @@ const ESYS_DECLS = {
   Esys_Create: `uint32_t Esys_Create(void *ctx, uint32_t parent, ${S3}, const void *inSensitive, const void *inPublic, const void *outsideInfo, const void *creationPcr, _Out_ void **outPrivate, _Out_ void **outPublic, _Out_ void **creationData, _Out_ void **creationHash, _Out_ void **creationTicket)`,
   Esys_Load: `uint32_t Esys_Load(void *ctx, uint32_t parent, ${S3}, const void *inPrivate, const void *inPublic, _Out_ uint32_t *handle)`,
   Esys_Unseal: `uint32_t Esys_Unseal(void *ctx, uint32_t item, ${S3}, _Out_ void **outData)`,
+  Esys_ObjectChangeAuth: `uint32_t Esys_ObjectChangeAuth(void *ctx, uint32_t object, uint32_t parent, ${S3}, const void *newAuth, _Out_ void **outPrivate)`,
   Esys_FlushContext: 'uint32_t Esys_FlushContext(void *ctx, uint32_t handle)',
   Esys_Sign: `uint32_t Esys_Sign(void *ctx, uint32_t key, ${S3}, const void *digest, const void *inScheme, const void *validation, _Out_ void **signature)`,
   Esys_StartAuthSession: `uint32_t Esys_StartAuthSession(void *ctx, uint32_t tpmKey, uint32_t bind, ${S3}, const void *nonceCaller, uint8_t sessionType, const void *symmetric, uint16_t authHash, _Out_ uint32_t *session)`,

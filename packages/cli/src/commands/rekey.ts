@@ -161,7 +161,9 @@ Example:
 
 /** `rekey` of a folder whose device secret (PKCS#11 user PIN) is split (docs/split-knowledge.md §10.2). */
 async function rekeyDevice(io: CliIO, loc: StoreLocation, opts: RekeyOptions): Promise<void> {
-  await loadRootBackend(await folderRootUri(loc));
+  const scheme = await loadRootBackend(await folderRootUri(loc));
+  const what = scheme === 'tpm' ? 'auth value is set on the TPM root' : 'user PIN is set on the token';
+  const device = scheme === 'tpm' ? 'TPM root' : 'token';
   const files = opts.shareFile ?? [];
   if (opts.resume || opts.abort) {
     const extra =
@@ -185,7 +187,7 @@ async function rekeyDevice(io: CliIO, loc: StoreLocation, opts: RekeyOptions): P
         ...(files.length > 0 ? { quorum: quorumOf(io, files) } : {}),
       });
       const lines = [
-        `Aborted the pending rekey to share set ${pending.shareSetId}; the token keeps its PIN and the current shares keep working.`,
+        `Aborted the pending rekey to share set ${pending.shareSetId}; the ${device} keeps its secret and the current shares keep working.`,
         ...notes,
       ];
       await print(io.stderr, `${lines.join('\n')}\n`);
@@ -195,8 +197,8 @@ async function rekeyDevice(io: CliIO, loc: StoreLocation, opts: RekeyOptions): P
     const lines = [
       r.alreadyActivated
         ? `The rekey of ${loc.display} to share set ${r.shareSet.shareSetId} had already been activated before it stopped; it is finished now.`
-        : `Activated the new share set ${r.shareSet.shareSetId} of ${loc.display} (${r.shareSet.threshold} of ${r.shareSet.shares}); the token has the new PIN.`,
-      `The previous share set ${r.previous.shareSetId} no longer opens the token; custodians destroy their old shares.`,
+        : `Activated the new share set ${r.shareSet.shareSetId} of ${loc.display} (${r.shareSet.threshold} of ${r.shareSet.shares}); the ${device} has the new secret.`,
+      `The previous share set ${r.previous.shareSetId} no longer opens the ${device}; custodians destroy their old shares.`,
       ...describeHandOut(r, io),
     ];
     await print(io.stderr, `${lines.join('\n')}\n`);
@@ -223,8 +225,8 @@ async function rekeyDevice(io: CliIO, loc: StoreLocation, opts: RekeyOptions): P
     quorum: quorumOf(io, files),
   });
   const lines = [
-    `Rekeyed the device secret of ${loc.display}: a new random user PIN is set on the token and split into ${r.shareSet.shares} shares, any ${r.shareSet.threshold} of which unseal.`,
-    `The previous share set ${r.previous.shareSetId} (${r.previous.threshold} of ${r.previous.shares}) no longer opens the token; custodians destroy their old shares.`,
+    `Rekeyed the device secret of ${loc.display}: a new random ${what} and split into ${r.shareSet.shares} shares, any ${r.shareSet.threshold} of which unseal.`,
+    `The previous share set ${r.previous.shareSetId} (${r.previous.threshold} of ${r.previous.shares}) no longer opens the ${device}; custodians destroy their old shares.`,
     ...describeHandOut(r, io),
     'A running agent stays logged in; restart it (then unseal with the new shares) so that it holds the new share set.',
   ];
