@@ -227,18 +227,22 @@ export class AuditLog {
    * exact, and sorting and escaping are skipped.
    */
   #canonicalOf(context: Readonly<Record<string, string>>): string {
-    const keys = Object.keys(context);
-    if (context === this.#ctxObject && keys.length === this.#ctxKeys.length) {
+    if (context === this.#ctxObject) {
+      // for…in rather than Object.keys: no array per record. It also walks inherited enumerable
+      // keys: any key not the object's own sends the context down the full path.
+      const kept = this.#ctxKeys;
+      let i = 0;
       let same = true;
-      for (let i = 0; i < keys.length; i++) {
-        const k = keys[i] as string;
-        if (k !== this.#ctxKeys[i] || context[k] !== this.#ctxValues[i]) {
+      for (const k in context) {
+        if (k !== kept[i] || context[k] !== this.#ctxValues[i] || !Object.hasOwn(context, k)) {
           same = false;
           break;
         }
+        i++;
       }
-      if (same) return this.#ctxCanonical;
+      if (same && i === kept.length) return this.#ctxCanonical;
     }
+    const keys = Object.keys(context);
     const canonical = canonicalContext(context);
     const values: string[] = [];
     for (const k of keys) {

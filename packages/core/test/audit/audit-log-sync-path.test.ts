@@ -9,7 +9,7 @@ import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import { AuditError } from '../../src/errors.js';
-import { AuditLog, type AuditRecord, loadAuditKey, verifyAuditLog } from '../../src/audit/index.js';
+import { AuditLog, type AuditRecord, contextDigest, loadAuditKey, verifyAuditLog } from '../../src/audit/index.js';
 import { storeAndRoot, tempDir } from './_setup.js';
 
 const cleanups: Array<() => void> = [];
@@ -159,6 +159,31 @@ describe('durability "each", written within record()', () => {
     expect(inner).toBeInstanceOf(Promise);
     await inner;
     expect(batches).toEqual([[1], [2], [3]]);
+    await log.close();
+  });
+});
+
+describe('the context cache', () => {
+  it('a reused context object whose own key was deleted, with the same key inherited, is digested anew', async () => {
+    const { store, root } = await storeAndRoot();
+    const seen: AuditRecord[] = [];
+    const log = new AuditLog({ store, root, toStore: false, callback: (r) => void seen.push(...r) });
+    const ctx = Object.create({ order: 'o-1' }) as Record<string, string>;
+    ctx.order = 'o-1';
+    const ev = () => ({ op: 'decrypt', principal: 'billing', outcome: 'ok' as const, context: ctx });
+    await log.record(ev());
+    await log.record(ev());
+    delete ctx.order;
+    await log.record(ev());
+    ctx.order = 'o-1';
+    await log.record(ev());
+    const key = await log.key();
+    expect(seen.map((r) => r.ctx)).toEqual([
+      contextDigest(key, { order: 'o-1' }),
+      contextDigest(key, { order: 'o-1' }),
+      undefined,
+      contextDigest(key, { order: 'o-1' }),
+    ]);
     await log.close();
   });
 });
