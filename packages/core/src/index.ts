@@ -169,6 +169,7 @@ export {
   type DestroyRootResult,
   rewrapUnderNewRoot,
   destroyRoot,
+  finishStagedRootMoves,
 } from './root-rotation.js';
 export {
   type RootTombstone,

@@ -22,12 +22,12 @@
  * `rewrapUnderNewRoot(store, root, newRoot, meta)` or @keywarden/split-knowledge's
  * `rotateRoot(store, shares)` — and returns the new root's id; it is called at most once per call.
  */
-import { finishAuditKeyMove } from './audit/audit-key.js';
 import { utf8, utf8Decoder } from './_bytes.js';
 import { InvalidInputError, KeyStateError } from './errors.js';
 import { JobLease, type JobLeaseOptions } from './job-lease.js';
 import type { KeyStore } from './keystore.js';
 import { checkedRoot, type RootOfTrust } from './root.js';
+import { finishStagedRootMoves } from './root-rotation.js';
 
 export const ROOT_ROTATION_LEASE = 'root-rotation';
 
@@ -84,14 +84,14 @@ export async function runRootRotationJob(
           }
         }
       }
-      await finishAuditKeyMove(store, options.root);
+      await finishStagedRootMoves(store, currentId);
       await lease.putMeta(meta, encodeJob({ v: 1, state: 'done', from: record.from, to: currentId }));
       return { outcome: 'finished', fromRootId: record.from, rootId: currentId };
     }
     if (!record) await lease.putMeta(meta, encodeJob({ v: 1, state: 'started', from: currentId }));
     await options.onStarted?.();
-    // An earlier rotation that stopped between its commit and the audit key's promotion.
-    await finishAuditKeyMove(store, options.root);
+    // An earlier rotation that stopped between its commit and its promotions (audit key, key-pair key).
+    await finishStagedRootMoves(store, currentId);
     lease.check();
     const { rootId } = await options.rotate();
     await lease.putMeta(meta, encodeJob({ v: 1, state: 'done', from: currentId, to: rootId }));

@@ -23,7 +23,7 @@
  * stopped (the CLI seals the agent); in the rotating process, `clearCache()` or `seal()` any
  * Keywarden that used the old root.
  */
-import { finishAuditKeyMove, stageAuditKeyMove } from './audit/audit-key.js';
+import { finishAuditKeyMove, finishAuditKeyMoveTo, stageAuditKeyMove } from './audit/audit-key.js';
 import { constantTimeEqual, wipe } from './_bytes.js';
 import { InvalidInputError, KeyStateError, RootMissingError } from './errors.js';
 import type { KeyStore, RootRewrap, RootUpdate } from './keystore.js';
@@ -32,6 +32,7 @@ import { checkedRoot, isKekInRootRecord, requireDestroyable, ROOT_MISSING_MESSAG
 import { recordedRootBackend } from './root-registry.js';
 import {
   finishKeyPairKeyMove,
+  finishKeyPairKeyMoveTo,
   KEY_PAIR_KEY_META_NAME,
   KEY_PAIR_KEY_NEXT_META_NAME,
   stageKeyPairKeyMove,
@@ -168,6 +169,17 @@ export async function rewrapUnderNewRoot(
   if (!keyPairKeyStaged) await stageKeyPairKeyMove(store, oldRoot, newRoot);
   await finishKeyPairKeyMove(store, newRoot);
   return { rewrapped: versions.length, skippedDestroyed };
+}
+
+/**
+ * Finish what a root rotation stopped between its commit and its promotions left staged under the
+ * root now in use (`rootId`): the audit key and the software root's key-pair key. Idempotent, and
+ * it needs only the root's id, so it runs while the root is sealed. runRootRotationJob and the
+ * CLI's root rotate call it before deciding what is left to do.
+ */
+export async function finishStagedRootMoves(store: KeyStore, rootId: string): Promise<void> {
+  await finishAuditKeyMoveTo(store, rootId);
+  await finishKeyPairKeyMoveTo(store, rootId);
 }
 
 /**

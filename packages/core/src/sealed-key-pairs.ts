@@ -406,9 +406,14 @@ export async function stageKeyPairKeyMove(store: KeyStore, from: RootOfTrust, to
 }
 
 /** Root rotation, step 2 (after the new root is stored): the staged KPK becomes the KPK. */
-export async function finishKeyPairKeyMove(store: KeyStore, to: RootOfTrust): Promise<void> {
+export function finishKeyPairKeyMove(store: KeyStore, to: RootOfTrust): Promise<void> {
+  return finishKeyPairKeyMoveTo(store, checkedRoot(to).id);
+}
+
+/** finishKeyPairKeyMove by the id of the root in use (the promotion needs nothing else). */
+export async function finishKeyPairKeyMoveTo(store: KeyStore, rootId: string): Promise<void> {
   const next = await readKpkDoc(store, KEY_PAIR_KEY_NEXT_META_NAME);
-  if (!next || next.rootId !== checkedRoot(to).id) return;
+  if (!next || next.rootId !== rootId) return;
   await store.putMeta(KEY_PAIR_KEY_META_NAME, utf8.encode(JSON.stringify(next)));
   await store.deleteMeta(KEY_PAIR_KEY_NEXT_META_NAME);
 }

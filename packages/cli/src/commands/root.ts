@@ -19,13 +19,11 @@ import {
 import { collect, globalsOf, locationOf } from './_common.js';
 import { withJobLease } from './_job-lease.js';
 import {
-  finishAuditKeyMove,
-  finishKeyPairKeyMove,
+  finishStagedRootMoves,
   type JobLease,
   type KeyStore,
   ROOT_ROTATION_LEASE,
   readRootState,
-  SoftwareRoot,
 } from '@keywarden/core';
 
 interface RootOptions {
@@ -185,14 +183,7 @@ async function rotateUnderLease(
   // A rotation killed between its commit and the promotion of the audit key and the key-pair key
   // (staged under the new root) is finished here: the promotion needs only the root's id, and the
   // next rotation stages from these records (core's runRootRotationJob does the same).
-  const sealed = await SoftwareRoot.load(store).catch(() => undefined);
-  if (sealed === undefined) return { kind: 'rotated', rotated: await rotate() };
-  try {
-    await finishAuditKeyMove(store, sealed);
-    await finishKeyPairKeyMove(store, sealed);
-  } finally {
-    await sealed.close();
-  }
+  await finishStagedRootMoves(store, current);
   const job = parseJob(await store.getMeta(JOB_META));
   const encode = (r: JobRecord) => new TextEncoder().encode(JSON.stringify(r));
   if (job?.state === 'started' && job.from !== current) {

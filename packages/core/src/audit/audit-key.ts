@@ -122,9 +122,14 @@ export async function stageAuditKeyMove(store: KeyStore, from: RootOfTrust, to: 
 }
 
 /** Root rotation, step 2 (after the new root is stored): the staged audit key becomes the audit key. */
-export async function finishAuditKeyMove(store: KeyStore, to: RootOfTrust): Promise<void> {
+export function finishAuditKeyMove(store: KeyStore, to: RootOfTrust): Promise<void> {
+  return finishAuditKeyMoveTo(store, checkedRoot(to).id);
+}
+
+/** finishAuditKeyMove by the id of the root in use (the promotion needs nothing else). */
+export async function finishAuditKeyMoveTo(store: KeyStore, rootId: string): Promise<void> {
   const next = await readDoc(store, AUDIT_KEY_NEXT_META_NAME);
-  if (!next || next.rootId !== checkedRoot(to).id) return;
+  if (!next || next.rootId !== rootId) return;
   await store.putMeta(AUDIT_KEY_META_NAME, utf8.encode(JSON.stringify(next)));
   await store.deleteMeta(AUDIT_KEY_NEXT_META_NAME);
 }
