@@ -31,7 +31,7 @@ import {
 } from '@keywarden/core';
 import { SqliteKeyStore } from '@keywarden/store-sqlite';
 import { describe, expect, it } from 'vitest';
-import { tempDir } from './helpers.js';
+import { Database, tempDir } from './helpers.js';
 import { BIN, built, kw as kwRun, requireBuild } from './split-helpers.js';
 
 requireBuild('job-lease.test.ts');
@@ -159,13 +159,38 @@ async function holding(cwd: string, run: Run, name: string): Promise<void> {
   expect(ready, 'the run took the lease and started').toBe(true);
 }
 
+/**
+ * SIGSTOP `run` at an instant when it holds no SQLite write lock (a process stopped inside a write
+ * transaction blocks every writer of the file, whatever the lease says: that is SQLite's lock, not
+ * the job's): stop it, try BEGIN IMMEDIATE without waiting, and if the lock is taken let it run a
+ * few milliseconds more and try again.
+ */
+async function stopOutsideWrite(cwd: string, run: Run): Promise<void> {
+  for (let attempt = 0; attempt < 500; attempt++) {
+    run.child.kill('SIGSTOP');
+    const db = new Database(dbOf(cwd));
+    try {
+      db.pragma('busy_timeout = 0');
+      db.exec('BEGIN IMMEDIATE');
+      db.exec('ROLLBACK');
+      return;
+    } catch {
+      run.child.kill('SIGCONT');
+      await new Promise((r) => setTimeout(r, randomInt(2, 20)));
+    } finally {
+      db.close();
+    }
+  }
+  throw new Error('the run was never outside a write transaction');
+}
+
 describe.skipIf(!built)('CLI jobs under the key store lease (real processes, SQLite)', () => {
   it('a second rewrap while one runs is refused with KW_CONFLICT naming the holder; the first then finishes', async () => {
     const { cwd, names, texts } = await filesToRewrap(FILES);
     const first = start(rewrapArgs(names), cwd);
     try {
       await holding(cwd, first, 'cli-rewrap');
-      first.child.kill('SIGSTOP');
+      await stopOutsideWrite(cwd, first);
       const second = await kw(rewrapArgs(names), cwd);
       expect(second.code).toBe(1);
       expect(second.stderr).toMatch(
@@ -192,7 +217,7 @@ describe.skipIf(!built)('CLI jobs under the key store lease (real processes, SQL
     let token = 0;
     try {
       await holding(cwd, stale, 'cli-rewrap');
-      stale.child.kill('SIGSTOP');
+      await stopOutsideWrite(cwd, stale);
       token = (await lease(cwd, 'cli-rewrap'))?.token ?? 0;
       // The stopped process is alive (not dead): the next run may take over only once it expired.
       await new Promise((r) => setTimeout(r, 3500));
