@@ -29,7 +29,7 @@ import {
 import { initDeviceStoreDir, openFolderKeywarden } from '@keywarden/ceremony';
 import type { CliIO } from './io.js';
 import { formatPairs, keyDetails, keyListTable } from './output.js';
-import { DEVELOPMENT_MODE_WARNING } from './commands/init.js';
+import { DEVELOPMENT_MODE_WARNING } from './commands/_init-report.js';
 import {
   initStoreDir,
   loadRootBackend,

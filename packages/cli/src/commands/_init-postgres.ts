@@ -14,10 +14,10 @@ import {
 } from '@keywarden/ceremony';
 import { DEFAULT_SHARES, DEFAULT_THRESHOLD } from '@keywarden/split-knowledge';
 import { checkShareParameters, custodianKeysOf, describeHandOut, destinationOf, hooksOf } from '../ceremony-io.js';
-import { displayPath, UsageError } from '../errors.js';
+import { UsageError } from '../errors.js';
 import type { CliIO } from '../io.js';
 import { print } from '../output.js';
-import { UNSEAL_KEY_ENV } from '../store-dir.js';
+import { reportDevelopmentInit } from './_init-report.js';
 
 export interface PostgresInitCommandOptions {
   pgSchema?: string;
@@ -31,12 +31,7 @@ export interface PostgresInitCommandOptions {
 }
 
 /** The init itself; returns the lines for stderr and, in development mode with --print-unseal-key, the key for stdout. */
-export async function initOnPostgres(
-  io: CliIO,
-  loc: StoreLocation,
-  opts: PostgresInitCommandOptions,
-  developmentModeWarning: string,
-): Promise<void> {
+export async function initOnPostgres(io: CliIO, loc: StoreLocation, opts: PostgresInitCommandOptions): Promise<void> {
   const schema = opts.pgSchema ?? DEFAULT_PG_SCHEMA;
   const where = `PostgreSQL schema ${schema}`;
   if (opts.split) {
@@ -70,19 +65,11 @@ export async function initOnPostgres(
     ...(opts.unsealKeyFile !== undefined ? { unsealKeyFile: opts.unsealKeyFile } : {}),
     printUnsealKey: opts.printUnsealKey === true,
   });
-  const lines = [`Initialized a key store in ${where} for ${loc.display} (root ${result.rootId}).`];
-  if (result.unsealKeyPath !== undefined) {
-    lines.push(`Unseal key written to ${displayPath(result.unsealKeyPath, io.cwd)} (mode 0600).`);
-  } else {
-    lines.push(
-      `Unseal key printed to standard output. It is shown this once and stored nowhere: put it in your secret manager and provide it as ${UNSEAL_KEY_ENV}.`,
-    );
-  }
-  if (io.env[UNSEAL_KEY_ENV]) {
-    lines.push(`Note: ${UNSEAL_KEY_ENV} is set in this environment and takes precedence over any unseal key file.`);
-  }
-  await print(io.stderr, `${lines.join('\n')}\n\n${developmentModeWarning}\n`);
-  if (result.unsealKeyText !== undefined) await print(io.stdout, `${result.unsealKeyText}\n`);
+  await reportDevelopmentInit(
+    io,
+    result,
+    `Initialized a key store in ${where} for ${loc.display} (root ${result.rootId}).`,
+  );
 }
 
 /** `init --abort` of an init on PostgreSQL; `init --resume` cannot finish one (the next init undoes it). */

@@ -40,14 +40,8 @@ import {
 } from '../store-dir.js';
 import { collect, globalsOf, locationOf, positiveInt } from './_common.js';
 import { initOnPostgres, resumeOrAbortOnPostgres } from './_init-postgres.js';
+import { DEVELOPMENT_MODE_WARNING, reportDevelopmentInit } from './_init-report.js';
 import { PG_SCHEMA_HELP, pgSchema, type StoreKind, storeKind } from './_store-options.js';
-
-export const DEVELOPMENT_MODE_WARNING = [
-  'DEVELOPMENT MODE: the root key is sealed under an unseal key kept in a file or an environment',
-  'variable. That protects nothing against someone who can read both the unseal key and the key',
-  'store (a backup, a copied disk, a shared volume). Keep the unseal key apart from the store; in',
-  'production use split knowledge (keywarden init --shares 5 --threshold 3) or an HSM/TPM root of trust.',
-].join('\n');
 
 interface InitOptions {
   printUnsealKey?: boolean;
@@ -264,19 +258,7 @@ Examples:
         ...(globals.unsealKeyFile !== undefined ? { unsealKeyFile: globals.unsealKeyFile } : {}),
         printUnsealKey: opts.printUnsealKey === true,
       });
-      const lines = [`Initialized a key store in ${loc.display} (root ${result.rootId}).`];
-      if (result.unsealKeyPath !== undefined) {
-        lines.push(`Unseal key written to ${displayPath(result.unsealKeyPath, io.cwd)} (mode 0600).`);
-      } else {
-        lines.push(
-          `Unseal key printed to standard output. It is shown this once and stored nowhere: put it in your secret manager and provide it as ${UNSEAL_KEY_ENV}.`,
-        );
-      }
-      if (io.env[UNSEAL_KEY_ENV]) {
-        lines.push(`Note: ${UNSEAL_KEY_ENV} is set in this environment and takes precedence over any unseal key file.`);
-      }
-      await print(io.stderr, `${lines.join('\n')}\n\n${DEVELOPMENT_MODE_WARNING}\n`);
-      if (result.unsealKeyText !== undefined) await print(io.stdout, `${result.unsealKeyText}\n`);
+      await reportDevelopmentInit(io, result, `Initialized a key store in ${loc.display} (root ${result.rootId}).`);
     });
 }
 
@@ -303,21 +285,16 @@ async function initPostgres(io: CliIO, cmd: Command, opts: InitOptions): Promise
       '--print-unseal-key and --unseal-key-file are for development mode; a split-knowledge store has no unseal key to print or write',
     );
   }
-  await initOnPostgres(
-    io,
-    locationOf(cmd, io),
-    {
-      split,
-      ...(opts.pgSchema !== undefined ? { pgSchema: opts.pgSchema } : {}),
-      ...(opts.printUnsealKey ? { printUnsealKey: true } : {}),
-      ...(globals.unsealKeyFile !== undefined ? { unsealKeyFile: globals.unsealKeyFile } : {}),
-      ...(opts.shares !== undefined ? { shares: opts.shares } : {}),
-      ...(opts.threshold !== undefined ? { threshold: opts.threshold } : {}),
-      ...(opts.custodian !== undefined ? { custodian: opts.custodian } : {}),
-      ...(opts.shareDir !== undefined ? { shareDir: opts.shareDir } : {}),
-    },
-    DEVELOPMENT_MODE_WARNING,
-  );
+  await initOnPostgres(io, locationOf(cmd, io), {
+    split,
+    ...(opts.pgSchema !== undefined ? { pgSchema: opts.pgSchema } : {}),
+    ...(opts.printUnsealKey ? { printUnsealKey: true } : {}),
+    ...(globals.unsealKeyFile !== undefined ? { unsealKeyFile: globals.unsealKeyFile } : {}),
+    ...(opts.shares !== undefined ? { shares: opts.shares } : {}),
+    ...(opts.threshold !== undefined ? { threshold: opts.threshold } : {}),
+    ...(opts.custodian !== undefined ? { custodian: opts.custodian } : {}),
+    ...(opts.shareDir !== undefined ? { shareDir: opts.shareDir } : {}),
+  });
 }
 
 /** `tpm:…` with `pcrs=LIST` added to its attributes (`--pcrs`). */
