@@ -687,21 +687,7 @@ async function stagedQuorumSecret(
       `${operation}: ${why}: give a quorum of the new shares (--share-file); nothing was changed`,
     );
   }
-  const shares = await askQuorum(quorum, {
-    operation,
-    title: 'The new user PIN',
-    which: 'new',
-    shareSet: { ...pick(record), purpose: record.purpose },
-  });
-  try {
-    return await combineHardwareSecret(shares, {
-      ...pick(record),
-      purpose: record.purpose,
-      commitments: record.commitments,
-    });
-  } finally {
-    shares.length = 0;
-  }
+  return quorumSecretOf(record, quorum, { operation, title: 'The new user PIN', which: 'new' });
 }
 
 /** The PIN given at init: from the source the pending record names, else the caller's prompt. */

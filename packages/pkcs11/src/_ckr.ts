@@ -22,3 +22,12 @@ export function ckrName(code: number): string {
   if (code >= 0x80000000) return `CKR_VENDOR_DEFINED+0x${(code - 0x80000000).toString(16)}`;
   return `CKR_0x${code.toString(16)}`;
 }
+
+/** The CKR name of a pkcs11js/graphene error, or "" when it is not a return value. */
+export function ckrOf(err: unknown): string {
+  const e = err as { code?: unknown; message?: unknown };
+  const m = typeof e?.message === 'string' ? /(CKR_[A-Z0-9_]+)/.exec(e.message) : null;
+  if (m?.[1]) return m[1];
+  if (typeof e?.code === 'number' && e.code !== 0) return ckrName(e.code);
+  return '';
+}

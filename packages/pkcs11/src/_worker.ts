@@ -17,7 +17,7 @@ import { parentPort, workerData } from 'node:worker_threads';
 import * as graphene from 'graphene-pk11';
 import { createRequire } from 'node:module';
 import type * as Pkcs11js from 'pkcs11js';
-import { ckrName } from './_ckr.js';
+import { ckrOf } from './_ckr.js';
 import { type KeyPairRequest, keyPairOp } from './_worker-keypairs.js';
 import { FrameWriter, LAST_CHUNK, readRequests, writeReply } from './_wire.js';
 
@@ -104,15 +104,6 @@ class Failure extends Error {
 
 function wipe(b: Uint8Array | undefined): void {
   if (b) b.fill(0);
-}
-
-/** The CKR name of a pkcs11js/graphene error, or "" when it is not a return value. */
-function ckrOf(err: unknown): string {
-  const e = err as { code?: unknown; message?: unknown };
-  const m = typeof e?.message === 'string' ? /(CKR_[A-Z0-9_]+)/.exec(e.message) : null;
-  if (m?.[1]) return m[1];
-  if (typeof e?.code === 'number' && e.code !== 0) return ckrName(e.code);
-  return '';
 }
 
 function asFailure(fn: string, err: unknown): Failure {

@@ -8,7 +8,7 @@ import { randomBytes } from 'node:crypto';
 import { createRequire } from 'node:module';
 import { InvalidInputError, parsePkcs11Uri, type RootSecretHooks, type RootSecretOptions, wipe } from '@keywarden/core';
 import type * as Pkcs11js from 'pkcs11js';
-import { ckrName } from './_ckr.js';
+import { ckrOf } from './_ckr.js';
 import { pkcs11Error } from './errors.js';
 
 /** pkcs11js is CommonJS whose exports live on a native object: loaded through require. */
@@ -19,14 +19,6 @@ const DRAWN_PIN_CHARS = 32;
 /** Fewer than this many characters (≈ 95 bits) is refused rather than drawn. */
 const MIN_DRAWN_PIN_CHARS = 16;
 const ALPHABET = 'ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789';
-
-function ckrOf(err: unknown): string {
-  const e = err as { code?: unknown; message?: unknown };
-  const m = typeof e?.message === 'string' ? /(CKR_[A-Z0-9_]+)/.exec(e.message) : null;
-  if (m?.[1]) return m[1];
-  if (typeof e?.code === 'number' && e.code !== 0) return ckrName(e.code);
-  return '';
-}
 
 function call<T>(fn: string, f: () => T): T {
   try {
