@@ -7,6 +7,9 @@ import { createRequire } from 'node:module';
 import { tmpdir } from 'node:os';
 import * as path from 'node:path';
 import { PassThrough } from 'node:stream';
+import { readFileSync } from 'node:fs';
+import { decodeUnsealKey, Keywarden, SoftwareRoot } from '@keywarden/core';
+import { SqliteKeyStore } from '@keywarden/store-sqlite';
 import { afterEach } from 'vitest';
 import { run } from '../src/cli.js';
 
@@ -85,3 +88,24 @@ export const Database = storeRequire('better-sqlite3') as new (
   file: string,
   options?: { readonly?: boolean },
 ) => SqliteDatabase;
+
+/** A development-mode folder's store as the CLI left it: opened the way the CLI opens it (never created), unsealed. */
+export async function openUnsealed(cwd: string): Promise<Keywarden> {
+  const dir = path.join(cwd, '.keywarden');
+  const store = SqliteKeyStore.open(path.join(dir, 'keystore.db'), { create: false });
+  const root = await SoftwareRoot.load(store);
+  const key = decodeUnsealKey(readFileSync(path.join(dir, 'unseal.key'), 'utf8'));
+  await root.unseal(key);
+  key.fill(0);
+  return new Keywarden({ store, root, ownsStore: true, ownsRoot: true });
+}
+
+/** The full integrity check of a folder's SQLite store (the open only runs quick_check and the meta table's), read-only. */
+export function integrity(cwd: string): string {
+  const db = new Database(path.join(cwd, '.keywarden', 'keystore.db'), { readonly: true });
+  try {
+    return String(db.pragma('integrity_check', { simple: true }));
+  } finally {
+    db.close();
+  }
+}

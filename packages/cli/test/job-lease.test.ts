@@ -20,18 +20,15 @@ import * as path from 'node:path';
 import {
   AUDIT_KEY_META_NAME,
   AUDIT_KEY_NEXT_META_NAME,
-  decodeUnsealKey,
   inspectEnvelope,
   JobLease,
-  Keywarden,
   keyStoreChecks,
   loadAuditKey,
   readRootState,
-  SoftwareRoot,
 } from '@keywarden/core';
 import { SqliteKeyStore } from '@keywarden/store-sqlite';
 import { describe, expect, it } from 'vitest';
-import { Database, tempDir } from './helpers.js';
+import { Database, tempDir, openUnsealed } from './helpers.js';
 import { BIN, built, kw as kwRun, requireBuild } from './split-helpers.js';
 
 requireBuild('job-lease.test.ts');
@@ -83,16 +80,6 @@ async function meta(cwd: string, name: string): Promise<Uint8Array | undefined> 
 
 async function lease(cwd: string, name: string): Promise<keyStoreChecks.LeaseRecord | undefined> {
   return keyStoreChecks.decodeLease(await meta(cwd, `lease/${name}`));
-}
-
-async function openUnsealed(cwd: string): Promise<Keywarden> {
-  const dir = path.join(cwd, '.keywarden');
-  const store = SqliteKeyStore.open(path.join(dir, 'keystore.db'), { create: false });
-  const root = await SoftwareRoot.load(store);
-  const key = decodeUnsealKey(readFileSync(path.join(dir, 'unseal.key'), 'utf8'));
-  await root.unseal(key);
-  key.fill(0);
-  return new Keywarden({ store, root, ownsStore: true, ownsRoot: true });
 }
 
 /** A folder with key "r" and `count` small v2 files under it, then `r` rotated (every file to rewrap). */

@@ -13,17 +13,14 @@ import { randomInt } from 'node:crypto';
 import { readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import * as path from 'node:path';
 import {
-  decodeUnsealKey,
   envelopeHeaderLength,
   inspectEnvelope,
   KeyCompromisedError,
   KeyDestroyedError,
-  Keywarden,
-  SoftwareRoot,
+  type Keywarden,
 } from '@keywarden/core';
-import { SqliteKeyStore } from '@keywarden/store-sqlite';
 import { describe, expect, it } from 'vitest';
-import { tempDir } from './helpers.js';
+import { tempDir, openUnsealed } from './helpers.js';
 import { built, kw, requireBuild, runAndKill } from './split-helpers.js';
 
 requireBuild('lifecycle-kill.test.ts');
@@ -32,16 +29,6 @@ const ROUNDS = 16;
 /** Each killed rewrap round also reruns the job to completion: fewer rounds keep the suite short. */
 const REWRAP_ROUNDS = 8;
 const CONTEXT = { suite: 'lifecycle-kill' };
-
-async function openUnsealed(cwd: string): Promise<Keywarden> {
-  const dir = path.join(cwd, '.keywarden');
-  const store = SqliteKeyStore.open(path.join(dir, 'keystore.db'), { create: false });
-  const root = await SoftwareRoot.load(store);
-  const key = decodeUnsealKey(readFileSync(path.join(dir, 'unseal.key'), 'utf8'));
-  await root.unseal(key);
-  key.fill(0);
-  return new Keywarden({ store, root, ownsStore: true, ownsRoot: true });
-}
 
 /** Even rounds anywhere in 30 %..100 % of the typical run time, odd rounds in 75 %..110 % (the commit). */
 function delayFor(typicalMs: number, round: number): number {

@@ -8,22 +8,17 @@
  * was made. Kill delays follow rotate-kill.test.ts (around the run time of an unkilled command).
  */
 import { randomBytes, randomInt, verify } from 'node:crypto';
-import { readFileSync } from 'node:fs';
-import * as path from 'node:path';
 import {
   checkedRoot,
-  decodeUnsealKey,
   KEY_PAIR_KEY_META_NAME,
   KEY_PAIR_KEY_NEXT_META_NAME,
-  Keywarden,
+  type Keywarden,
   type RootKeyPair,
   type RootKeyPairAlgorithm,
   requireKeyPairs,
-  SoftwareRoot,
 } from '@keywarden/core';
-import { SqliteKeyStore } from '@keywarden/store-sqlite';
 import { describe, expect, it } from 'vitest';
-import { Database, tempDir } from './helpers.js';
+import { tempDir, openUnsealed, integrity } from './helpers.js';
 import { built, kw, requireBuild, runAndKill } from './split-helpers.js';
 
 requireBuild('rotate-kill-keypairs.test.ts');
@@ -37,25 +32,6 @@ const HASH: Record<RootKeyPairAlgorithm, string | null> = {
   'RSA-3072': 'sha384',
   Ed25519: null,
 };
-
-async function openUnsealed(cwd: string): Promise<Keywarden> {
-  const dir = path.join(cwd, '.keywarden');
-  const store = SqliteKeyStore.open(path.join(dir, 'keystore.db'), { create: false });
-  const root = await SoftwareRoot.load(store);
-  const key = decodeUnsealKey(readFileSync(path.join(dir, 'unseal.key'), 'utf8'));
-  await root.unseal(key);
-  key.fill(0);
-  return new Keywarden({ store, root, ownsStore: true, ownsRoot: true });
-}
-
-function integrity(cwd: string): string {
-  const db = new Database(path.join(cwd, '.keywarden', 'keystore.db'), { readonly: true });
-  try {
-    return String(db.pragma('integrity_check', { simple: true }));
-  } finally {
-    db.close();
-  }
-}
 
 async function expectAllSign(
   kwd: Keywarden,

@@ -13,12 +13,9 @@
  * each suite requires most rounds to be real kills.
  */
 import { randomInt } from 'node:crypto';
-import { readFileSync } from 'node:fs';
-import * as path from 'node:path';
-import { decodeUnsealKey, Keywarden, SoftwareRoot } from '@keywarden/core';
-import { SqliteKeyStore } from '@keywarden/store-sqlite';
+import type { Keywarden } from '@keywarden/core';
 import { describe, expect, it } from 'vitest';
-import { Database, tempDir } from './helpers.js';
+import { tempDir, openUnsealed, integrity } from './helpers.js';
 import { built, type KillOutcome, kw, requireBuild, runAndKill } from './split-helpers.js';
 
 requireBuild('rotate-kill.test.ts');
@@ -31,27 +28,6 @@ interface Made {
   key: string;
   plaintext: string;
   envelope: Uint8Array;
-}
-
-/** The store as the CLI left it: opened the way the CLI opens it (never created), unsealed. */
-async function openUnsealed(cwd: string): Promise<Keywarden> {
-  const dir = path.join(cwd, '.keywarden');
-  const store = SqliteKeyStore.open(path.join(dir, 'keystore.db'), { create: false });
-  const root = await SoftwareRoot.load(store);
-  const key = decodeUnsealKey(readFileSync(path.join(dir, 'unseal.key'), 'utf8'));
-  await root.unseal(key);
-  key.fill(0);
-  return new Keywarden({ store, root, ownsStore: true, ownsRoot: true });
-}
-
-/** The full integrity check (the open only runs quick_check and the meta table's), read-only. */
-function integrity(cwd: string): string {
-  const db = new Database(path.join(cwd, '.keywarden', 'keystore.db'), { readonly: true });
-  try {
-    return String(db.pragma('integrity_check', { simple: true }));
-  } finally {
-    db.close();
-  }
 }
 
 async function setUp(): Promise<{ cwd: string; made: Made[] }> {
