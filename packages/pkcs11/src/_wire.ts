@@ -55,6 +55,7 @@ const OPS = [
   'kp-generate',
   'kp-sign',
   'kp-destroy',
+  'kp-algorithms',
 ] as const;
 const FIELDS = [
   'label',

@@ -8,6 +8,12 @@
  * CKA_EXTRACTABLE=false from birth (so the token sets CKA_ALWAYS_SENSITIVE and
  * CKA_NEVER_EXTRACTABLE), unmodifiable, and usable for C_Sign only (no decrypt, unwrap, derive).
  * The public key is a token object with CKA_VERIFY only. Both carry the same CKA_LABEL and CKA_ID.
+ *
+ * Ed25519 (PKCS#11 3.0 §2.3.5, §2.3.14): CKM_EC_EDWARDS_KEY_PAIR_GEN with CKK_EC_EDWARDS and
+ * CKA_EC_PARAMS the DER OID 1.3.101.112 (RFC 8410 id-Ed25519), signed with CKM_EDDSA without
+ * parameters (pure Ed25519, over the whole message). pkcs11js 2 and graphene name none of these, so
+ * their numeric values are written here; a token offers Ed25519 only when its C_GetMechanismList
+ * has both mechanisms (kp-algorithms).
  */
 import { createHash, createPublicKey } from 'node:crypto';
 import { createRequire } from 'node:module';
@@ -16,9 +22,18 @@ import type * as Pkcs11js from 'pkcs11js';
 
 const pkcs11js = createRequire(import.meta.url)('pkcs11js') as typeof Pkcs11js;
 
-/** The algorithms a PKCS#11 root makes (core's RootKeyPairAlgorithm, Ed25519 aside: pkcs11js 2
- * and graphene name no CKM_EDDSA, and SoftHSM2 2.6's EdDSA support depends on its build). */
-export type Pkcs11KeyPairAlgorithm = 'ECDSA-P256' | 'ECDSA-P384' | 'RSA-2048' | 'RSA-3072';
+/** The algorithms a PKCS#11 root can make (core's RootKeyPairAlgorithm); Ed25519 only on a token
+ * whose mechanism list has CKM_EC_EDWARDS_KEY_PAIR_GEN and CKM_EDDSA (SoftHSM2 2.6 built with
+ * OpenSSL ≥ 1.1.1 has them). */
+export type Pkcs11KeyPairAlgorithm = 'ECDSA-P256' | 'ECDSA-P384' | 'RSA-2048' | 'RSA-3072' | 'Ed25519';
+
+/** PKCS#11 3.0 constants pkcs11js 2 and graphene do not name (pkcs11t.h). */
+export const CKM_EC_EDWARDS_KEY_PAIR_GEN = 0x1055;
+export const CKM_EDDSA = 0x1057;
+export const CKK_EC_EDWARDS = 0x40;
+/** CKA_EC_PARAMS of Ed25519: the DER OBJECT IDENTIFIER 1.3.101.112 (RFC 8410 §3). */
+const ED25519_PARAMS = Uint8Array.of(0x06, 0x03, 0x2b, 0x65, 0x70);
+const ED25519_PUBLIC_BYTES = 32;
 
 export type KeyPairRequest =
   | { seq: number; op: 'kp-generate'; algorithm: Pkcs11KeyPairAlgorithm; label: string; id: Uint8Array }
@@ -26,7 +41,9 @@ export type KeyPairRequest =
   | { seq: number; op: 'kp-sign'; algorithm: Pkcs11KeyPairAlgorithm; id: Uint8Array; data: Uint8Array }
   /** Destroy the private and public key objects with the CKA_ID, or (prefix) every key pair object
    * whose CKA_ID begins with `id` and is longer. Reply: the number of objects destroyed. */
-  | { seq: number; op: 'kp-destroy'; id: Uint8Array; prefix?: boolean };
+  | { seq: number; op: 'kp-destroy'; id: Uint8Array; prefix?: boolean }
+  /** Reply: the algorithms the token's mechanism list allows (C_GetMechanismList). */
+  | { seq: number; op: 'kp-algorithms' };
 
 /** What the worker lends: its session (logged in), its recovery loop and its checked call. */
 export interface KeyPairWorkerContext {
@@ -39,8 +56,10 @@ export interface KeyPairWorkerContext {
 interface Params {
   ec?: { curve: 'secp256r1' | 'secp384r1'; jwk: 'P-256' | 'P-384'; bytes: number };
   rsaBits?: number;
-  hash: 'sha256' | 'sha384';
-  /** The C_Sign mechanism: raw ECDSA over our digest, or hash-and-sign PKCS#1 v1.5. */
+  /** Ed25519: no hash of ours, the token signs the whole message. */
+  ed?: true;
+  hash: 'sha256' | 'sha384' | null;
+  /** The C_Sign mechanism: raw ECDSA over our digest, hash-and-sign PKCS#1 v1.5, or EdDSA. */
   mechanism: number;
 }
 
@@ -54,6 +73,8 @@ function paramsOf(algorithm: Pkcs11KeyPairAlgorithm): Params {
       return { rsaBits: 2048, hash: 'sha256', mechanism: pkcs11js.CKM_SHA256_RSA_PKCS };
     case 'RSA-3072':
       return { rsaBits: 3072, hash: 'sha384', mechanism: pkcs11js.CKM_SHA384_RSA_PKCS };
+    case 'Ed25519':
+      return { ed: true, hash: null, mechanism: CKM_EDDSA };
     default:
       throw new Error(`unknown key pair algorithm ${String(algorithm)}`);
   }
@@ -67,6 +88,8 @@ export function keyPairOp(r: KeyPairRequest, ctx: KeyPairWorkerContext): unknown
       return sign(r, ctx);
     case 'kp-destroy':
       return destroy(r, ctx);
+    case 'kp-algorithms':
+      return algorithmsOf(ctx);
   }
 }
 
@@ -85,14 +108,16 @@ function generate(r: Extract<KeyPairRequest, { op: 'kp-generate' }>, ctx: KeyPai
       encrypt: false,
       wrap: false,
       derive: false,
-      ...(p.ec
-        ? { keyType: graphene.KeyType.EC, paramsEC: graphene.NamedCurve.getByName(p.ec.curve).value }
-        : { keyType: graphene.KeyType.RSA, modulusBits: p.rsaBits, publicExponent: Buffer.from([1, 0, 1]) }),
+      ...(p.ed
+        ? { keyType: CKK_EC_EDWARDS, paramsEC: Buffer.from(ED25519_PARAMS) }
+        : p.ec
+          ? { keyType: graphene.KeyType.EC, paramsEC: graphene.NamedCurve.getByName(p.ec.curve).value }
+          : { keyType: graphene.KeyType.RSA, modulusBits: p.rsaBits, publicExponent: Buffer.from([1, 0, 1]) }),
     };
     const privateTemplate: graphene.ITemplate = {
       ...common,
       class: graphene.ObjectClass.PRIVATE_KEY,
-      keyType: p.ec ? graphene.KeyType.EC : graphene.KeyType.RSA,
+      keyType: p.ed ? CKK_EC_EDWARDS : p.ec ? graphene.KeyType.EC : graphene.KeyType.RSA,
       private: true,
       sensitive: true,
       extractable: false,
@@ -102,7 +127,7 @@ function generate(r: Extract<KeyPairRequest, { op: 'kp-generate' }>, ctx: KeyPai
       unwrap: false,
       derive: false,
     };
-    const mech = p.ec ? graphene.KeyGenMechanism.EC : graphene.KeyGenMechanism.RSA;
+    const mech = p.ed ? CKM_EC_EDWARDS_KEY_PAIR_GEN : p.ec ? graphene.KeyGenMechanism.EC : graphene.KeyGenMechanism.RSA;
     const pair = ctx.call('C_GenerateKeyPair', () => s.generateKeyPair(mech, publicTemplate, privateTemplate));
     try {
       return spkiOf(pair.publicKey, p, ctx);
@@ -123,7 +148,17 @@ function generate(r: Extract<KeyPairRequest, { op: 'kp-generate' }>, ctx: KeyPai
 /** SubjectPublicKeyInfo DER of the public key object, encoded by node:crypto from a JWK (no DER by hand). */
 function spkiOf(key: graphene.PublicKey, p: Params, ctx: KeyPairWorkerContext): Uint8Array {
   let jwk: Record<string, string>;
-  if (p.ec) {
+  if (p.ed) {
+    const raw = ctx.call('C_GetAttributeValue', () => key.getAttribute({ pointEC: null }).pointEC as Buffer);
+    // PKCS#11 3.0 §2.3.5: CKA_EC_POINT of an Edwards key is the DER OCTET STRING of the 32-byte
+    // public key (RFC 8032 encoding), as SoftHSM2 gives it; some tokens give the bare 32 bytes.
+    const n = ED25519_PUBLIC_BYTES;
+    let point: Buffer;
+    if (raw.length === n + 2 && raw[0] === 0x04 && raw[1] === n) point = raw.subarray(2);
+    else if (raw.length === n) point = raw;
+    else throw new Error('the token returned a CKA_EC_POINT of an unexpected length for Ed25519');
+    jwk = { kty: 'OKP', crv: 'Ed25519', x: point.toString('base64url') };
+  } else if (p.ec) {
     const raw = ctx.call('C_GetAttributeValue', () => key.getAttribute({ pointEC: null }).pointEC as Buffer);
     const n = p.ec.bytes;
     // PKCS#11 v2.40 §2.3.3: CKA_EC_POINT is "DER-encoding of ANSI X9.62 ECPoint value Q", an OCTET
@@ -166,8 +201,8 @@ function findPrivateKey(s: graphene.Session, id: Uint8Array, ctx: KeyPairWorkerC
 function sign(r: Extract<KeyPairRequest, { op: 'kp-sign' }>, ctx: KeyPairWorkerContext): Uint8Array | null {
   const p = paramsOf(r.algorithm);
   // CKM_ECDSA signs the digest it is given (PKCS#11 v2.40 §2.3.6); the hash-and-sign RSA
-  // mechanisms hash inside the token.
-  const input = p.ec ? createHash(p.hash).update(r.data).digest() : Buffer.from(r.data);
+  // mechanisms hash inside the token; CKM_EDDSA signs the whole message (PureEdDSA).
+  const input = p.ec && p.hash ? createHash(p.hash).update(r.data).digest() : Buffer.from(r.data);
   return ctx.withRecovery(() => {
     const s = ctx.current();
     const h = findPrivateKey(s, r.id, ctx);
@@ -177,6 +212,17 @@ function sign(r: Extract<KeyPairRequest, { op: 'kp-sign' }>, ctx: KeyPairWorkerC
     const sig = ctx.call('C_Sign', () => s.lib.C_Sign(s.handle, input, out));
     return new Uint8Array(sig.buffer, sig.byteOffset, sig.byteLength);
   });
+}
+
+/** The algorithms this token's mechanism list allows: EC and RSA always (the root requires them),
+ * Ed25519 when both CKM_EC_EDWARDS_KEY_PAIR_GEN and CKM_EDDSA are listed. */
+function algorithmsOf(ctx: KeyPairWorkerContext): Pkcs11KeyPairAlgorithm[] {
+  const s = ctx.current();
+  const list = ctx.call('C_GetMechanismList', () => s.lib.C_GetMechanismList(s.slot.handle));
+  const has = (m: number) => list.includes(m);
+  const out: Pkcs11KeyPairAlgorithm[] = ['ECDSA-P256', 'ECDSA-P384', 'RSA-2048', 'RSA-3072'];
+  if (has(CKM_EC_EDWARDS_KEY_PAIR_GEN) && has(CKM_EDDSA)) out.push('Ed25519');
+  return out;
 }
 
 function destroy(r: Extract<KeyPairRequest, { op: 'kp-destroy' }>, ctx: KeyPairWorkerContext): number {

@@ -453,6 +453,7 @@ function handle(r: WorkerRequest): unknown {
     case 'kp-generate':
     case 'kp-sign':
     case 'kp-destroy':
+    case 'kp-algorithms':
       return keyPairOp(r, { current, withRecovery, call, loggedIn });
   }
 }

@@ -8,9 +8,14 @@
  *   ECDSA-P384   CKM_EC_KEY_PAIR_GEN, secp384r1             CKM_ECDSA over SHA-384(data)
  *   RSA-2048     CKM_RSA_PKCS_KEY_PAIR_GEN, e = 65537       CKM_SHA256_RSA_PKCS
  *   RSA-3072     CKM_RSA_PKCS_KEY_PAIR_GEN, e = 65537       CKM_SHA384_RSA_PKCS
+ *   Ed25519      CKM_EC_EDWARDS_KEY_PAIR_GEN, OID 1.3.101.112  CKM_EDDSA (no parameters) over data
+ *
+ * Ed25519 is offered only when the token's mechanism list has CKM_EC_EDWARDS_KEY_PAIR_GEN and
+ * CKM_EDDSA (the root asks when it opens); elsewhere generate refuses it (UnsupportedCapabilityError).
  *
  * The hashes are @keywarden/pki's (SHA-384 for RSA-3072). Signatures come back as core's
- * contract says: ECDSA as r ‖ s (what CKM_ECDSA returns, PKCS#11 v2.40 §2.3.1), RSA as PKCS#1 v1.5.
+ * contract says: ECDSA as r ‖ s (what CKM_ECDSA returns, PKCS#11 v2.40 §2.3.1), RSA as PKCS#1 v1.5,
+ * Ed25519 as the 64-byte RFC 8032 signature.
  *
  * Objects: CKA_LABEL is the caller's label (@keywarden/pki gives "kw-kp/<name>/v<version>"),
  * CKA_ID is the root object's CKA_ID (16 bytes) ‖ 8 random bytes, like a KEK held in the root, so
@@ -39,6 +44,7 @@ const CODES: Record<Pkcs11KeyPairAlgorithm, number> = {
   'ECDSA-P384': 2,
   'RSA-2048': 3,
   'RSA-3072': 4,
+  Ed25519: 5,
 };
 const BY_CODE = new Map(Object.entries(CODES).map(([a, c]) => [c, a as Pkcs11KeyPairAlgorithm]));
 
@@ -46,22 +52,30 @@ const BY_CODE = new Map(Object.entries(CODES).map(([a, c]) => [c, a as Pkcs11Key
  * so), and the token's random source. */
 export interface Pkcs11KeyPairHost {
   rootObjectId: Uint8Array;
+  /** What the token's mechanism list allows (kp-algorithms). */
+  algorithms: readonly Pkcs11KeyPairAlgorithm[];
   run<T>(request: PoolRequest): Promise<T>;
   randomBytes(length: number): Promise<Uint8Array>;
 }
 
 export class Pkcs11KeyPairs implements KeyPairRoot {
-  readonly algorithms: readonly RootKeyPairAlgorithm[] = Object.freeze(Object.keys(CODES) as Pkcs11KeyPairAlgorithm[]);
+  readonly algorithms: readonly RootKeyPairAlgorithm[];
   readonly #host: Pkcs11KeyPairHost;
 
   constructor(host: Pkcs11KeyPairHost) {
     this.#host = host;
+    this.algorithms = Object.freeze(host.algorithms.filter((a) => CODES[a] !== undefined));
   }
 
   async generate(algorithm: RootKeyPairAlgorithm, label: string): Promise<RootKeyPair> {
     const code = CODES[algorithm as Pkcs11KeyPairAlgorithm];
     if (code === undefined) {
       throw new UnsupportedCapabilityError(`pkcs11: the PKCS#11 root cannot make ${String(algorithm)} key pairs`);
+    }
+    if (!this.algorithms.includes(algorithm)) {
+      throw new UnsupportedCapabilityError(
+        `pkcs11: this token cannot make ${algorithm} key pairs (its mechanism list lacks them)`,
+      );
     }
     const id = concatBytes(this.#host.rootObjectId, await this.#host.randomBytes(SUFFIX_BYTES));
     const publicKey = await this.#host.run<Uint8Array>({

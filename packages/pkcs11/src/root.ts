@@ -51,6 +51,7 @@ import {
 } from '@keywarden/core';
 import { DEFAULT_POOL_KIND, type PoolKind, type PoolRequest, WorkerFailureError, WorkerPool } from './_pool.js';
 import { Pkcs11UnavailableError, Pkcs11UnsealError, pkcs11Error } from './errors.js';
+import type { Pkcs11KeyPairAlgorithm } from './_worker-keypairs.js';
 import { Pkcs11KeyPairs } from './keypairs.js';
 
 export const PKCS11_ROOT_META_NAME = 'root';
@@ -200,12 +201,13 @@ export class Pkcs11Root implements RootOfTrust, Sealable, Destroyable, KekInRoot
   #closed = false;
   readonly #listeners = new Set<() => void>();
 
-  private constructor(pool: WorkerPool, record: Pkcs11RootRecord) {
+  private constructor(pool: WorkerPool, record: Pkcs11RootRecord, algorithms: readonly Pkcs11KeyPairAlgorithm[]) {
     this.#pool = pool;
     this.#record = record;
     this.#objectId = b64urlDecode(record.id);
     this.keyPairs = new Pkcs11KeyPairs({
       rootObjectId: this.#objectId,
+      algorithms,
       run: (request) => this.#run(this.#requireUnsealed(), request),
       randomBytes: (length) => this.randomBytes(length),
     });
@@ -268,8 +270,19 @@ export class Pkcs11Root implements RootOfTrust, Sealable, Destroyable, KekInRoot
         throw refine(err, 'open');
       });
       try {
+        // Which key pair algorithms the token's mechanism list allows (Ed25519 on some tokens only).
+        const algorithms = await pool.call<Pkcs11KeyPairAlgorithm[]>({ op: 'kp-algorithms' }).catch((err: unknown) => {
+          throw refine(err, 'open');
+        });
         if (options.create) {
-          return await Pkcs11Root.#create(pool, store, parsed.token, parsed.object ?? 'kw-root', pin as Uint8Array);
+          return await Pkcs11Root.#create(
+            pool,
+            store,
+            parsed.token,
+            parsed.object ?? 'kw-root',
+            pin as Uint8Array,
+            algorithms,
+          );
         }
         const record = decodePkcs11Record(stored as Uint8Array);
         if (record.token !== parsed.token || (parsed.object !== undefined && parsed.object !== record.object)) {
@@ -278,7 +291,7 @@ export class Pkcs11Root implements RootOfTrust, Sealable, Destroyable, KekInRoot
         if (parsed.id !== undefined && toBase64Url(parsed.id) !== record.id) {
           throw new InvalidInputError('pkcs11: the root URI names another CKA_ID than the key store records');
         }
-        const root = new Pkcs11Root(pool, record);
+        const root = new Pkcs11Root(pool, record, algorithms);
         if (pin) await root.unseal(pin);
         return root;
       } catch (err) {
@@ -296,6 +309,7 @@ export class Pkcs11Root implements RootOfTrust, Sealable, Destroyable, KekInRoot
     token: string,
     object: string,
     pin: Uint8Array,
+    algorithms: readonly Pkcs11KeyPairAlgorithm[],
   ): Promise<Pkcs11Root> {
     await login(pool, pin);
     const id = await pool.call<Uint8Array>({ op: 'random', length: ROOT_ID_BYTES }).catch((err: unknown) => {
@@ -328,7 +342,7 @@ export class Pkcs11Root implements RootOfTrust, Sealable, Destroyable, KekInRoot
       await pool.call({ op: 'destroy', label: object, id: id.slice() }).catch(() => undefined);
       throw err;
     }
-    const root = new Pkcs11Root(pool, record);
+    const root = new Pkcs11Root(pool, record, algorithms);
     root.#pin = pin.slice();
     pool.holdPin(pin);
     await pool.broadcast(() => ({ op: 'login', pin: pin.slice(), hold: true }));

@@ -6,7 +6,8 @@
  * (through libp11's pkcs11 engine) completes a TLS handshake with `openssl s_client`.
  */
 import { type ChildProcess, spawn, spawnSync } from 'node:child_process';
-import { createHash, randomBytes, verify, X509Certificate } from 'node:crypto';
+import { createHash, createPublicKey, randomBytes, verify, X509Certificate } from 'node:crypto';
+import { createRequire } from 'node:module';
 import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -20,13 +21,19 @@ import {
   MemoryKeyStore,
   Policy,
   requireKeyPairs,
+  UnsupportedCapabilityError,
 } from '@keywarden/core';
 import { CertificateAuthority, createCsr, KeyPairs, toPem } from '@keywarden/pki';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import type * as Pkcs11js from 'pkcs11js';
 import { Pkcs11Root } from '../src/index.js';
+import { CKK_EC_EDWARDS, CKM_EC_EDWARDS_KEY_PAIR_GEN, CKM_EDDSA } from '../src/_worker-keypairs.js';
+import { Pkcs11KeyPairs } from '../src/keypairs.js';
 import { createRoot, hsm, pin, unavailable } from './_hsm.js';
 import { allPrivateKeys, findKeyObjects, privateKeyFacts } from './_keypair-inspect.js';
 import { RawToken } from './_raw.js';
+
+const pkcs11js = createRequire(import.meta.url)('pkcs11js') as typeof Pkcs11js;
 
 let root: Pkcs11Root;
 let store: KeyStore;
@@ -78,6 +85,12 @@ async function handleOf(name: string, version: number, from: KeyStore = store): 
 }
 
 const idOf = (handle: Uint8Array): Uint8Array => handle.subarray(2);
+/** `data` with its first byte changed. */
+const flipped = (data: Uint8Array): Uint8Array => {
+  const out = data.slice();
+  out[0] = (out[0] as number) ^ 0x01;
+  return out;
+};
 
 describe.skipIf(unavailable)('@keywarden/pki with keys in SoftHSM2', () => {
   beforeAll(async () => {
@@ -207,8 +220,8 @@ describe.skipIf(unavailable)('@keywarden/pki with keys in SoftHSM2', () => {
     await doomed.store.close();
   });
 
-  it('openssl req -verify accepts PKCS#10 requests signed in the HSM (P-256, P-384, RSA-2048, RSA-3072)', async () => {
-    for (const algorithm of ['ECDSA-P256', 'ECDSA-P384', 'RSA-2048', 'RSA-3072'] as const) {
+  it('openssl req -verify accepts PKCS#10 requests signed in the HSM (P-256, P-384, RSA-2048, RSA-3072, Ed25519)', async () => {
+    for (const algorithm of ['ECDSA-P256', 'ECDSA-P384', 'RSA-2048', 'RSA-3072', 'Ed25519'] as const) {
       const name = `csr-${algorithm.toLowerCase()}`;
       await pairs.create(name, { algorithm });
       const csr = await createCsr(await pairs.signer(name), {
@@ -220,6 +233,103 @@ describe.skipIf(unavailable)('@keywarden/pki with keys in SoftHSM2', () => {
       expect(r.output, algorithm).toMatch(/verify OK/i);
       expect(r.status, r.output).toBe(0);
     }
+  });
+
+  it('Ed25519 in the HSM (SoftHSM2 lists CKM_EC_EDWARDS_KEY_PAIR_GEN and CKM_EDDSA): an Edwards key pair on the token, private key sensitive and never extractable, 64-byte signatures that node:crypto and openssl pkeyutl verify', async () => {
+    const mechanisms = raw.lib.C_GetMechanismList(raw.slot);
+    expect(mechanisms).toContain(CKM_EC_EDWARDS_KEY_PAIR_GEN);
+    expect(mechanisms).toContain(CKM_EDDSA);
+    expect(requireKeyPairs(root).algorithms).toContain('Ed25519');
+
+    const info = await pairs.create('ed', { algorithm: 'Ed25519' });
+    const h = await handleOf('ed', 1);
+    const [priv, ...morePriv] = findKeyObjects(raw, 'private', idOf(h));
+    expect(morePriv).toHaveLength(0);
+    expect(findKeyObjects(raw, 'public', idOf(h))).toHaveLength(1);
+    const [keyType] = raw.lib.C_GetAttributeValue(raw.session, priv as Buffer, [{ type: pkcs11js.CKA_KEY_TYPE }]);
+    const keyTypeValue = keyType?.value as Buffer;
+    // CK_ULONG, native-endian (8 bytes on 64-bit Linux).
+    expect(Number(keyTypeValue.length === 8 ? keyTypeValue.readBigUInt64LE() : keyTypeValue.readUInt32LE())).toBe(
+      CKK_EC_EDWARDS,
+    );
+    expect(privateKeyFacts(raw, h)).toEqual({
+      sensitive: true,
+      extractable: false,
+      alwaysSensitive: true,
+      neverExtractable: true,
+      valueReadable: false,
+      token: true,
+    });
+
+    const publicKey = createPublicKey({
+      key: Buffer.from(info.versions[0]?.publicKey ?? []),
+      format: 'der',
+      type: 'spki',
+    });
+    expect(publicKey.asymmetricKeyType).toBe('ed25519');
+    const data = new Uint8Array(randomBytes(300));
+    const sig = await (await pairs.signer('ed')).sign(data);
+    expect(sig).toHaveLength(64);
+    expect(verify(null, data, publicKey, sig)).toBe(true);
+    expect(verify(null, flipped(data), publicKey, sig)).toBe(false);
+    // Pure Ed25519 is deterministic (RFC 8032 §5.1.6): the same message gives the same signature.
+    expect(Buffer.from(await (await pairs.signer('ed')).sign(data)).equals(Buffer.from(sig))).toBe(true);
+
+    const pubPath = file('ed.pub.pem', publicKey.export({ type: 'spki', format: 'pem' }) as string);
+    const dataPath = file('ed.data', data);
+    const sigPath = file('ed.sig', sig);
+    const ok = run('openssl', [
+      'pkeyutl',
+      '-verify',
+      '-pubin',
+      '-inkey',
+      pubPath,
+      '-rawin',
+      '-in',
+      dataPath,
+      '-sigfile',
+      sigPath,
+    ]);
+    expect(ok.output).toMatch(/Signature Verified Successfully/);
+    expect(ok.status, ok.output).toBe(0);
+    const bad = run('openssl', [
+      'pkeyutl',
+      '-verify',
+      '-pubin',
+      '-inkey',
+      pubPath,
+      '-rawin',
+      '-in',
+      file('ed.other', flipped(data)),
+      '-sigfile',
+      sigPath,
+    ]);
+    expect(bad.status).not.toBe(0);
+
+    // Destroy: after a rotation, version 1's objects leave the token (C_DestroyObject).
+    await pairs.rotate('ed');
+    await pairs.disable('ed', 1);
+    await pairs.destroy('ed', 1);
+    expect(findKeyObjects(raw, 'private', idOf(h))).toHaveLength(0);
+    expect(findKeyObjects(raw, 'public', idOf(h))).toHaveLength(0);
+    await expect(requireKeyPairs(root).sign(h, data)).rejects.toBeInstanceOf(KeyDestroyedError);
+  });
+
+  it('a token whose mechanism list lacks the EdDSA mechanisms does not offer Ed25519, and generate refuses it (UnsupportedCapabilityError) without touching the token', async () => {
+    let calls = 0;
+    const k = new Pkcs11KeyPairs({
+      rootObjectId: new Uint8Array(16),
+      algorithms: ['ECDSA-P256', 'ECDSA-P384', 'RSA-2048', 'RSA-3072'],
+      run: async () => {
+        calls++;
+        throw new Error('not reached');
+      },
+      randomBytes: async (n) => new Uint8Array(randomBytes(n)),
+    });
+    expect(k.algorithms).not.toContain('Ed25519');
+    await expect(k.generate('Ed25519', 'kw-kp/none/v1')).rejects.toMatchObject({ code: 'KW_UNSUPPORTED' });
+    await expect(k.generate('Ed25519', 'kw-kp/none/v1')).rejects.toBeInstanceOf(UnsupportedCapabilityError);
+    expect(calls).toBe(0);
   });
 
   it('openssl verify -CAfile accepts a certificate issued by a CA whose key is in the HSM, and pkcs11-tool lists that key sensitive and never extractable', async () => {
