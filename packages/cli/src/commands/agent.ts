@@ -395,14 +395,7 @@ async function startAgent(io: CliIO, cmd: Command): Promise<void> {
       {
         socket: socket.path,
         unsealTimeoutMs: Math.round(timeoutSeconds * 1000),
-        log,
-        sealedMessage: SEALED_MESSAGE,
-        ...(opts.idleTimeout !== undefined ? { idleTimeoutMs: Math.round(opts.idleTimeout * 1000) } : {}),
-        ...(opts.lineTimeout !== undefined ? { lineTimeoutMs: Math.round(opts.lineTimeout * 1000) } : {}),
-        ...(opts.maxConnections !== undefined ? { maxConnections: opts.maxConnections } : {}),
-        ...(opts.allowInspector ? { allowInspector: true } : {}),
-        ...(listen ? { listen } : {}),
-        ...(checkpoint ? { checkpoint } : {}),
+        ...serveOptionsOf(opts, log, listen, checkpoint),
       },
       { cwd: io.cwd, env: io.env },
     );
@@ -452,14 +445,7 @@ async function startPostgresAgent(
         socket,
         ownsStore: true,
         unsealTimeoutMs: Math.round((opts.unsealTimeout ?? DEFAULT_UNSEAL_TIMEOUT_SECONDS) * 1000),
-        log,
-        sealedMessage: SEALED_MESSAGE,
-        ...(opts.idleTimeout !== undefined ? { idleTimeoutMs: Math.round(opts.idleTimeout * 1000) } : {}),
-        ...(opts.lineTimeout !== undefined ? { lineTimeoutMs: Math.round(opts.lineTimeout * 1000) } : {}),
-        ...(opts.maxConnections !== undefined ? { maxConnections: opts.maxConnections } : {}),
-        ...(opts.allowInspector ? { allowInspector: true } : {}),
-        ...(listen ? { listen } : {}),
-        ...(checkpoint ? { checkpoint } : {}),
+        ...serveOptionsOf(opts, log, listen, checkpoint),
       });
     } catch (err) {
       await store.close().catch(() => {});
@@ -497,4 +483,23 @@ function untilAborted(signal: AbortSignal | undefined): Promise<void> {
     if (signal.aborted) resolve();
     else signal.addEventListener('abort', () => resolve(), { once: true });
   });
+}
+
+/** What the folder agent and the PostgreSQL agent are both given from the command's options. */
+function serveOptionsOf(
+  opts: AgentCommandOptions,
+  log: (line: string) => void,
+  listen: AgentListenOptions | undefined,
+  checkpoint: AgentCheckpointOptions | undefined,
+) {
+  return {
+    log,
+    sealedMessage: SEALED_MESSAGE,
+    ...(opts.idleTimeout !== undefined ? { idleTimeoutMs: Math.round(opts.idleTimeout * 1000) } : {}),
+    ...(opts.lineTimeout !== undefined ? { lineTimeoutMs: Math.round(opts.lineTimeout * 1000) } : {}),
+    ...(opts.maxConnections !== undefined ? { maxConnections: opts.maxConnections } : {}),
+    ...(opts.allowInspector ? { allowInspector: true } : {}),
+    ...(listen ? { listen } : {}),
+    ...(checkpoint ? { checkpoint } : {}),
+  };
 }

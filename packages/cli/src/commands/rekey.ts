@@ -100,13 +100,11 @@ Example:
         return;
       }
       if (opts.resume || opts.abort) {
-        const extra =
-          opts.shares !== undefined ||
-          opts.threshold !== undefined ||
-          (opts.custodian?.length ?? 0) > 0 ||
-          opts.shareDir !== undefined ||
-          opts.verifyQuorum;
-        if ((opts.resume && opts.abort) || extra || (opts.abort && (opts.shareFile?.length ?? 0) > 0)) {
+        if (
+          (opts.resume && opts.abort) ||
+          newShareSetOptionsGiven(opts) ||
+          (opts.abort && (opts.shareFile?.length ?? 0) > 0)
+        ) {
           throw new UsageError(
             '--resume takes only --share-file (current or new shares); --abort takes nothing else; the ceremony keeps the parameters it was started with',
           );
@@ -159,6 +157,17 @@ Example:
     });
 }
 
+/** Whether options of a new share set were given (a resumed or aborted ceremony keeps the ones it started with). */
+function newShareSetOptionsGiven(opts: RekeyOptions): boolean {
+  return (
+    opts.shares !== undefined ||
+    opts.threshold !== undefined ||
+    (opts.custodian?.length ?? 0) > 0 ||
+    opts.shareDir !== undefined ||
+    opts.verifyQuorum === true
+  );
+}
+
 /** `rekey` of a folder whose device secret (PKCS#11 user PIN) is split (docs/split-knowledge.md §10.2). */
 async function rekeyDevice(io: CliIO, loc: StoreLocation, opts: RekeyOptions): Promise<void> {
   const scheme = await loadRootBackend(await folderRootUri(loc));
@@ -166,13 +175,7 @@ async function rekeyDevice(io: CliIO, loc: StoreLocation, opts: RekeyOptions): P
   const device = scheme === 'tpm' ? 'TPM root' : 'token';
   const files = opts.shareFile ?? [];
   if (opts.resume || opts.abort) {
-    const extra =
-      opts.shares !== undefined ||
-      opts.threshold !== undefined ||
-      (opts.custodian?.length ?? 0) > 0 ||
-      opts.shareDir !== undefined ||
-      opts.verifyQuorum;
-    if ((opts.resume && opts.abort) || extra) {
+    if ((opts.resume && opts.abort) || newShareSetOptionsGiven(opts)) {
       throw new UsageError(
         '--resume and --abort of a device rekey take only --share-file (NEW shares); the ceremony keeps the parameters it was started with',
       );
