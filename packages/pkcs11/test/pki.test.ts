@@ -421,32 +421,44 @@ async function tlsHandshake(tlsKw: Keywarden, tlsPairs: KeyPairs, tlsStore: KeyS
     const certPath = file('tls.pem', toPem(cert, 'CERTIFICATE'));
     const caPath = file('tls-ca.pem', toPem(await ca.certificate(), 'CERTIFICATE'));
     const keyUri = `pkcs11:token=${tlsToken.label};id=${pctHex(idOf(tlsHandle))};type=private`;
-    const port = 20_000 + (createHash('sha256').update(randomBytes(8)).digest().readUInt16BE(0) % 40_000);
-    const server = spawn(
-      'openssl',
-      [
-        's_server',
-        '-engine',
-        'pkcs11',
-        '-keyform',
-        'engine',
-        '-key',
-        keyUri,
-        // The user PIN reaches libp11 through openssl's password callback, read from the file.
-        '-pass',
-        `file:${tlsToken.pinFile}`,
-        '-cert',
-        certPath,
-        '-accept',
-        `127.0.0.1:${port}`,
-        '-naccept',
-        '1',
-        '-tls1_3',
-      ],
-      { env: { ...process.env, PKCS11_MODULE_PATH: hsm.module }, stdio: ['pipe', 'pipe', 'pipe'] },
-    );
+    // A random port can be taken by another process (this machine's ephemeral ports overlap the
+    // range): a new one is tried when s_server cannot bind.
+    let port = 0;
+    let server: ChildProcess | undefined;
+    for (let attempt = 1; server === undefined; attempt++) {
+      port = 20_000 + (createHash('sha256').update(randomBytes(8)).digest().readUInt16BE(0) % 40_000);
+      const child = spawn(
+        'openssl',
+        [
+          's_server',
+          '-engine',
+          'pkcs11',
+          '-keyform',
+          'engine',
+          '-key',
+          keyUri,
+          // The user PIN reaches libp11 through openssl's password callback, read from the file.
+          '-pass',
+          `file:${tlsToken.pinFile}`,
+          '-cert',
+          certPath,
+          '-accept',
+          `127.0.0.1:${port}`,
+          '-naccept',
+          '1',
+          '-tls1_3',
+        ],
+        { env: { ...process.env, PKCS11_MODULE_PATH: hsm.module }, stdio: ['pipe', 'pipe', 'pipe'] },
+      );
+      try {
+        await waitFor(child, /ACCEPT/, 20_000);
+        server = child;
+      } catch (err) {
+        child.kill('SIGTERM');
+        if (attempt >= 5 || !/Address already in use/.test(String(err))) throw err;
+      }
+    }
     try {
-      await waitFor(server, /ACCEPT/, 20_000);
       const client = run(
         'openssl',
         [
