@@ -59,6 +59,11 @@ export interface EsysStats {
   liveTrs: number;
   /** Commands sent since the context was opened. */
   commands: number;
+  /** Native calls still running, counting one abandoned at its deadline (the context is released
+   * only when none is left). */
+  nativeCalls: number;
+  /** The ESAPI context and the TCTI are released (after close(), once no native call is left). */
+  released: boolean;
 }
 
 export interface SymmetricSpec {
@@ -101,7 +106,11 @@ export class Esys {
   readonly #timeoutMs: number;
   #queue: Promise<unknown> = Promise.resolve();
   #broken: TssUnavailableError | undefined;
-  #inflight = false;
+  /** Native calls on this context that have not returned yet (a timed-out one keeps running on its
+   * worker thread): the context and the TCTI are released only when this is 0. */
+  #native = 0;
+  /** The handles of an abandoned command are being flushed. */
+  #flushing = false;
   #closed = false;
   #liveBuffers = 0;
   #commands = 0;
@@ -165,6 +174,8 @@ export class Esys {
       liveHandles: this.#handles.size,
       liveTrs: this.#trs.size,
       commands: this.#commands,
+      nativeCalls: this.#native,
+      released: this.#ctx === null,
     };
   }
 
@@ -200,11 +211,10 @@ export class Esys {
     created?: number[],
   ): Promise<void> {
     this.#commands++;
-    this.#inflight = true;
     const state = { timedOut: false };
     let rc: number;
     try {
-      rc = await asyncCall(fn, [this.#ctx, ...args], this.#timeoutMs, command, state, (late) => {
+      rc = await this.#invoke(fn, [this.#ctx, ...args], this.#timeoutMs, command, state, (late) => {
         // Abandoned after the deadline, and now answered: free what it returned, and flush what
         // it created and every handle this context still holds (a TPM without a resource manager
         // keeps them loaded otherwise), then release the context if close() ran.
@@ -215,8 +225,6 @@ export class Esys {
     } catch (err) {
       if (err instanceof TssUnavailableError) this.#broken = err;
       throw err;
-    } finally {
-      if (!state.timedOut) this.#inflight = false;
     }
     rc >>>= 0;
     for (const o of outs) if (o[0]) this.#liveBuffers++;
@@ -228,25 +236,52 @@ export class Esys {
     }
   }
 
+  /** `fn.async` counted in #native until it returns, whether or not its deadline passed first. */
+  #invoke(
+    fn: NativeFn,
+    args: unknown[],
+    timeoutMs: number,
+    command: string,
+    state?: { timedOut: boolean },
+    abandoned?: (rc: number) => void,
+  ): Promise<number> {
+    this.#native++;
+    return asyncCall(fn, args, timeoutMs, command, state, abandoned, () => {
+      this.#native--;
+      this.#maybeFinalize();
+    });
+  }
+
+  /**
+   * The abandoned command answered: flush every handle this context still holds, each waited for
+   * without a deadline (a flush given up on would leave its object loaded in a TPM without a
+   * resource manager, and its native call running on a context about to be released). A failed
+   * flush (the TPM gone again) does not stop the others.
+   */
   async #flushAbandoned(): Promise<void> {
+    this.#flushing = true;
     for (const h of [...this.#handles]) {
       this.#wipeAuth(h);
-      try {
-        const rc = await asyncCall(
-          this.#n.esys.Esys_FlushContext,
-          [this.#ctx, h],
-          this.#timeoutMs,
-          'TPM2_FlushContext',
-        );
-        if (rc !== 0) break;
-      } catch {
-        break; // the TPM is gone again: nothing more to flush
-      }
+      await this.#invoke(
+        this.#n.esys.Esys_FlushContext,
+        [this.#ctx, h],
+        Number.POSITIVE_INFINITY,
+        'TPM2_FlushContext',
+      ).catch(() => undefined);
     }
     this.#handles.clear();
     this.#trs.clear();
-    this.#inflight = false;
-    if (this.#closed) this.#finalize();
+    this.#flushing = false;
+    this.#maybeFinalize();
+  }
+
+  /** Release the context once it is closed, no native call on it is running and no abandoned
+   * command's handles are being flushed. */
+  #maybeFinalize(): void {
+    if (!this.#closed || this.#native > 0 || this.#flushing) return;
+    this.#handles.clear();
+    this.#trs.clear();
+    this.#finalize();
   }
 
   #free(out: unknown[], wipeBytes = 0): void {
@@ -914,10 +949,9 @@ export class Esys {
       }
     }
     this.#closed = true;
-    if (this.#inflight) return; // the abandoned command's return flushes the handles, then finalizes
-    this.#handles.clear();
-    this.#trs.clear();
-    this.#finalize();
+    // With a command still running (abandoned at its deadline), its return flushes the handles and
+    // then releases the context.
+    this.#maybeFinalize();
   }
 
   #finalize(): void {
@@ -935,7 +969,8 @@ export class Esys {
   }
 }
 
-/** `fn.async(...args)` under a deadline; `abandoned` runs when a timed-out call finally returns. */
+/** `fn.async(...args)` under a deadline (none when it is not finite); `abandoned` runs when a
+ * timed-out call finally returns, then `returned` runs on every return. */
 function asyncCall(
   fn: NativeFn,
   args: unknown[],
@@ -943,33 +978,40 @@ function asyncCall(
   command: string,
   state: { timedOut: boolean } = { timedOut: false },
   abandoned?: (rc: number) => void,
+  returned?: () => void,
 ): Promise<number> {
   return new Promise((resolve, reject) => {
     let settled = false;
-    const timer = setTimeout(() => {
-      if (settled) return;
-      settled = true;
-      state.timedOut = true;
-      reject(
-        new TssUnavailableError(
-          command,
-          undefined,
-          `${command}: the TPM did not answer within ${timeoutMs} ms (the connection is abandoned; reconnect)`,
-        ),
-      );
-    }, timeoutMs);
+    const timer = !Number.isFinite(timeoutMs)
+      ? undefined
+      : setTimeout(() => {
+          if (settled) return;
+          settled = true;
+          state.timedOut = true;
+          reject(
+            new TssUnavailableError(
+              command,
+              undefined,
+              `${command}: the TPM did not answer within ${timeoutMs} ms (the connection is abandoned; reconnect)`,
+            ),
+          );
+        }, timeoutMs);
     fn.async(...args, (err: unknown, rc: number) => {
       // The arguments (buffers the native side reads or writes) stay referenced until it returns.
       void args;
-      if (settled) {
-        abandoned?.(err ? 0xa000a : rc);
-        return;
+      try {
+        if (settled) {
+          abandoned?.(err ? 0xa000a : rc);
+          return;
+        }
+        settled = true;
+        clearTimeout(timer);
+        if (err)
+          reject(new TssUnavailableError(command, undefined, `${command}: the native call failed`, { cause: err }));
+        else resolve(rc);
+      } finally {
+        returned?.();
       }
-      settled = true;
-      clearTimeout(timer);
-      if (err)
-        reject(new TssUnavailableError(command, undefined, `${command}: the native call failed`, { cause: err }));
-      else resolve(rc);
     });
   });
 }
