@@ -58,7 +58,7 @@ function workerUrl(): URL {
   throw new Pkcs11DeviceError('worker', '', 'the compiled worker (dist/_worker.js) is missing: run the package build');
 }
 
-interface Pending {
+export interface Pending {
   seq: number;
   request: PoolRequest;
   resolve: (v: unknown) => void;
@@ -71,6 +71,85 @@ interface Pending {
   failed: Error | undefined;
   /** Posted to the worker (not only queued in the outbox). */
   sent: boolean;
+}
+
+/** A worker's requests in flight, oldest first. Sequence numbers grow, and a worker answers its
+ * requests in the order they were sent, so a reply takes the oldest (a scan from the front finds
+ * it at once). A ring that only grows, not a Map: a Map emptied as fast as it fills (a batch's
+ * replies all at once) shrinks and regrows its hash table batch after batch, which was a visible
+ * share of the host's allocation and page faults under full load (perf: Runtime_MapShrink under
+ * Map.prototype.delete, issue #8). */
+export class InFlight {
+  #ring: Array<Pending | undefined> = new Array<Pending | undefined>(64).fill(undefined);
+  /** Index of the oldest entry, and the entries from there (holes included: taken out of turn). */
+  #head = 0;
+  #used = 0;
+  /** Requests in flight (holes not counted). */
+  size = 0;
+
+  push(p: Pending): void {
+    if (this.#used === this.#ring.length) this.#grow();
+    this.#ring[(this.#head + this.#used) % this.#ring.length] = p;
+    this.#used++;
+    this.size++;
+  }
+
+  /** The request `seq` taken out, or undefined when it is no longer in flight (it expired). */
+  take(seq: number): Pending | undefined {
+    const ring = this.#ring;
+    for (let k = 0; k < this.#used; k++) {
+      const i = (this.#head + k) % ring.length;
+      const p = ring[i];
+      if (p === undefined) continue;
+      if (p.seq > seq) return undefined;
+      if (p.seq === seq) {
+        ring[i] = undefined;
+        this.size--;
+        this.#trim();
+        return p;
+      }
+    }
+    return undefined;
+  }
+
+  /** The oldest request in flight. */
+  first(): Pending | undefined {
+    this.#trim();
+    return this.#used > 0 ? this.#ring[this.#head] : undefined;
+  }
+
+  /** Every request in flight, oldest first (a copy). */
+  values(): Pending[] {
+    const out: Pending[] = [];
+    for (let k = 0; k < this.#used; k++) {
+      const p = this.#ring[(this.#head + k) % this.#ring.length];
+      if (p !== undefined) out.push(p);
+    }
+    return out;
+  }
+
+  clear(): void {
+    this.#ring.fill(undefined);
+    this.#head = 0;
+    this.#used = 0;
+    this.size = 0;
+  }
+
+  #trim(): void {
+    const ring = this.#ring;
+    while (this.#used > 0 && ring[this.#head] === undefined) {
+      this.#head = (this.#head + 1) % ring.length;
+      this.#used--;
+    }
+    if (this.#used === 0) this.#head = 0;
+  }
+
+  #grow(): void {
+    const next = new Array<Pending | undefined>(this.#ring.length * 2).fill(undefined);
+    for (let k = 0; k < this.#used; k++) next[k] = this.#ring[(this.#head + k) % this.#ring.length];
+    this.#ring = next;
+    this.#head = 0;
+  }
 }
 
 /** What waits in a slot's outbox: a request and its sequence number (test hooks have no Pending). */
@@ -136,7 +215,7 @@ interface Slot {
   channel: Channel;
   /** Requests sent and not answered, in the order sent: that is also their deadlines' order (every
    * deadline is callTimeoutMs after the send), so the first is the next to expire. */
-  inFlight: Map<number, Pending>;
+  inFlight: InFlight;
   alive: boolean;
   /** Requests waiting for the end of this turn of the event loop, sent then as one message. */
   outbox: Outgoing[];
@@ -220,7 +299,9 @@ export class WorkerPool {
     }
   }
 
-  /** One request on the least busy worker. Byte fields are moved to the worker (pass copies). */
+  /** One request on the least busy worker. `data` and `pin` are wiped once the request is settled
+   * (pass copies); the other byte fields are only read (into the batch frame, and again if the
+   * request is retried on a replacement worker): leave them unchanged until the call settles. */
   call<T>(request: PoolRequest): Promise<T> {
     if (this.#closed) return Promise.reject(new Pkcs11UnavailableError('worker', '', 'the pool is closed'));
     let best = this.#slots[0] as Slot;
@@ -332,7 +413,7 @@ export class WorkerPool {
 
   #spawn(url: URL): Slot {
     const slot = {
-      inFlight: new Map(),
+      inFlight: new InFlight(),
       alive: true,
       outbox: [],
       reffed: false,
@@ -352,9 +433,8 @@ export class WorkerPool {
     let flags = 0;
     try {
       flags = readReplies(frame, (seq, kind, value) => {
-        const p = slot.inFlight.get(seq);
+        const p = slot.inFlight.take(seq);
         if (!p) return;
-        slot.inFlight.delete(seq);
         wipeRequest(p.request);
         if (kind === R_BYTES) {
           // Each result gets its own copy: no key material stays in the frame (wiped below).
@@ -417,9 +497,9 @@ export class WorkerPool {
   /** Arm the slot's deadline timer for its oldest request, unless it is armed already. */
   #arm(slot: Slot): void {
     if (slot.timer) return;
-    const first = slot.inFlight.values().next();
-    if (first.done) return;
-    const wait = Math.max(0, first.value.deadline - performance.now()) + 1;
+    const first = slot.inFlight.first();
+    if (!first) return;
+    const wait = Math.max(0, first.deadline - performance.now()) + 1;
     slot.timer = setTimeout(() => this.#expire(slot), wait);
     slot.timer.unref();
   }
@@ -432,7 +512,7 @@ export class WorkerPool {
     let expired = 0;
     for (const p of slot.inFlight.values()) {
       if (p.deadline > now) break;
-      slot.inFlight.delete(p.seq);
+      slot.inFlight.take(p.seq);
       wipeRequest(p.request);
       p.reject(new Pkcs11UnavailableError('worker', '', `no answer within ${this.#timeout} ms`));
       expired++;
@@ -444,7 +524,7 @@ export class WorkerPool {
   #onExit(slot: Slot): void {
     const wasAlive = slot.alive;
     slot.alive = false;
-    const pending = [...slot.inFlight.values()];
+    const pending = slot.inFlight.values();
     slot.inFlight.clear();
     slot.outbox = [];
     if (slot.timer) clearTimeout(slot.timer);
@@ -494,7 +574,7 @@ export class WorkerPool {
         failed: undefined,
         sent: false,
       };
-      slot.inFlight.set(seq, p);
+      slot.inFlight.push(p);
       this.#refreshRef(slot);
       this.#arm(slot);
       this.#enqueue(slot, p);
@@ -533,9 +613,8 @@ export class WorkerPool {
     } catch (err) {
       wipe(frame);
       for (const m of batch) {
-        const p = slot.inFlight.get(m.seq);
+        const p = slot.inFlight.take(m.seq);
         if (!p) continue;
-        slot.inFlight.delete(m.seq);
         wipeRequest(p.request);
         p.reject(new Pkcs11DeviceError('worker', '', 'the request could not be sent to the worker', { cause: err }));
       }

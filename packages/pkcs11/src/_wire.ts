@@ -259,9 +259,9 @@ export class FrameReader {
   view(): Uint8Array {
     const n = this.u32();
     if (this.off + n > this.#b.length) throw new RangeError('pkcs11 wire: truncated frame');
-    const v = this.#b.subarray(this.off, this.off + n);
+    const v = new Uint8Array(this.#b.buffer, this.#b.byteOffset + this.off, n);
     this.off += n;
-    return new Uint8Array(v.buffer, v.byteOffset, v.byteLength);
+    return v;
   }
 
   string(): string {

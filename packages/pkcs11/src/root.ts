@@ -516,9 +516,12 @@ export class Pkcs11Root implements RootOfTrust, Sealable, Destroyable, KekInRoot
     const epoch = this.#requireUnsealed();
     this.#checkRef(ref);
     const nonce = freshIv();
+    // id and aad are only read (into the batch frame, again for a retry), never kept or wiped by
+    // the pool: no copy (issue #8, the host's allocations per data key). The key is a copy: the
+    // pool wipes it once the call is settled.
     const sealed = await this.#run<Uint8Array>(
       epoch,
-      { op: 'encrypt', label: kekLabel(kekAad), id: ref.slice(), iv: nonce, aad: aad.slice(), data: dek.slice() },
+      { op: 'encrypt', label: kekLabel(kekAad), id: ref, iv: nonce, aad, data: dek.slice() },
       'data key',
     );
     return { nonce, sealed };
@@ -538,9 +541,10 @@ export class Pkcs11Root implements RootOfTrust, Sealable, Destroyable, KekInRoot
       {
         op: 'decrypt',
         label: kekLabel(kekAad),
-        id: ref.slice(),
-        iv: nonce.slice(),
-        aad: aad.slice(),
+        // Read only, as in sealDataKey; the sealed key is a copy (wiped once settled).
+        id: ref,
+        iv: nonce,
+        aad,
         data: sealed.slice(),
       },
       'data key',
