@@ -877,12 +877,24 @@ export interface DeviceRekeyResult extends HandOutResult {
   previous: ShareSetInfo;
 }
 
-/** The pending rekey of D's device secret, if any (what routes `rekey --resume/--abort`). */
-export async function devicePendingRekeyOf(loc: StoreLocation): Promise<ShareSetInfo | undefined> {
+/** A pending rekey of a device's secret, as `keywarden status` shows it (nothing secret). */
+export interface DevicePendingRekeyInfo {
+  /** The new share set. */
+  shareSet: ShareSetInfo;
+  /** When the rekey started (ISO 8601). */
+  createdAt: string;
+  /** Activated only after a test quorum of the new shares (`rekey --verify-quorum`). */
+  testQuorum: boolean;
+}
+
+/** The pending rekey of D's device secret, if any (what routes `rekey --resume/--abort`, and what
+ * `keywarden status` shows). */
+export async function devicePendingRekeyOf(loc: StoreLocation): Promise<DevicePendingRekeyInfo | undefined> {
   if (!(await exists(loc.dbPath))) return undefined;
   const store = SqliteKeyStore.open(loc.dbPath, { readonly: true });
   try {
-    return (await readPendingRekey(store))?.shareSet;
+    const p = await readPendingRekey(store);
+    return p && { shareSet: p.shareSet, createdAt: p.createdAt, testQuorum: p.handOut.requireNewQuorum === true };
   } finally {
     await store.close();
   }

@@ -47,6 +47,7 @@ export {
   DEVICE_PENDING_REKEY_META,
   DEVICE_SECRET_CHANGE_META,
   DEVICE_SECRET_SHARES_META,
+  type DevicePendingRekeyInfo,
   type DeviceRekeyOptions,
   type DeviceRekeyResult,
   type DeviceRekeyResumeResult,

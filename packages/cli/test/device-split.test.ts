@@ -581,12 +581,24 @@ describe.skipIf(!built)('init --root pkcs11:… --pin-shares: the user PIN split
     // 1. Killed during the hand-out: the token keeps its PIN; abort drops the new files.
     await killAt('rekey:share-2');
     expect(tokenTakes(pin1)).toBe(true);
+    // status shows the pending rekey (nothing secret) beside the share set that still works.
+    const st = await kw(['--dir', 'd', 'status', '--json'], cwd, { env, timeoutMs: 60_000 });
+    expect(st.code, st.stderr).toBe(0);
+    const shown = JSON.parse(st.stdout) as { shares: number; pending: Record<string, unknown> | null };
+    expect(shown.shares).toBe(3);
+    expect(shown.pending).toMatchObject({ kind: 'rekey', threshold: 3, shares: 4, testQuorum: false });
+    const stText = await kw(['--dir', 'd', 'status'], cwd, { env, timeoutMs: 60_000 });
+    expect(stText.stdout).toMatch(
+      /pending:\s+rekey to share set \S+ \(any 3 of 4\) since \S+, not activated: `keywarden rekey --resume` or `keywarden rekey --abort`; the current shares still work/,
+    );
     oneLineError(
       await kw([...rekeyArgs, ...fileArgs('old', 3, [1, 2])], cwd, { env, timeoutMs: 60_000 }),
       /is pending/,
     );
     const abort1 = await kw(['--dir', 'd', 'rekey', '--abort'], cwd, { env, timeoutMs: 60_000 });
     expect(abort1.code, abort1.stderr).toBe(0);
+    const after = await kw(['--dir', 'd', 'status', '--json'], cwd, { env, timeoutMs: 60_000 });
+    expect(JSON.parse(after.stdout).pending).toBeNull();
     expect(readdirSync(path.join(cwd, 'new'))).toEqual([]);
     expect(tokenTakes(pin1)).toBe(true);
 

@@ -5,11 +5,12 @@
  * (it may name a PIN file).
  */
 import { AgentClient, type AgentStatus, isAgentUnavailable } from '@keywarden/agent';
-import { folderDeviceSecretShares } from '@keywarden/ceremony';
+import { devicePendingRekeyOf, folderDeviceSecretShares } from '@keywarden/ceremony';
 import type { RootOfTrust } from '@keywarden/core';
 import type { CliIO } from '../io.js';
 import { formatJson, formatPairs, print } from '../output.js';
 import { openFolderRoot, type SocketLocation, type StoreLocation } from '../store-dir.js';
+import { pendingJson, pendingText } from './_pending.js';
 
 interface Pkcs11Like {
   record: { token: string; tokenSerial: string; object: string };
@@ -28,6 +29,8 @@ export async function deviceStatus(
   socket?: SocketLocation,
 ): Promise<void> {
   const split = await folderDeviceSecretShares(loc);
+  const rekey = await devicePendingRekeyOf(loc);
+  const pending = rekey && { kind: 'rekey' as const, ...rekey };
   const agent = split && socket ? await agentStatus(socket) : undefined;
   const { store, root } = await openFolderRoot(loc, 'read', { env: io.env });
   try {
@@ -99,6 +102,7 @@ export async function deviceStatus(
       info.shares = split.shares;
       info.purpose = split.purpose;
       info.commitments = split.commitments;
+      info.pending = pendingJson(pending);
       info.agent = agent
         ? {
             running: true,
@@ -115,6 +119,7 @@ export async function deviceStatus(
           ? `running on ${socket?.display} (pid ${agent.pid}), ${agent.sealed ? `sealed, unseal progress ${agent.accepted} of ${agent.threshold}` : 'unsealed'}`
           : `no agent running on ${socket?.display ?? 'its socket'} (start one with \`keywarden agent\`)`,
       ]);
+      if (pending) pairs.push(['pending', `${pendingText(pending)}; the current shares still work`]);
     }
     pairs.push(['keys', String(keys)]);
     await print(io.stdout, json ? formatJson(info) : formatPairs(pairs));

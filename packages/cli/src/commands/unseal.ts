@@ -12,6 +12,7 @@ import { formatJson, formatPairs, print } from '../output.js';
 import { pendingCeremonyOf } from '@keywarden/ceremony';
 import { folderStoreOf, loadFolderRootBackend, requireStore, sealedRootDocument } from '../store-dir.js';
 import { deviceStatus } from './_device-status.js';
+import { type PendingShown, pendingJson as pendingJsonOf, pendingText as pendingTextOf } from './_pending.js';
 import { connectCommandAgent } from './_agent-client.js';
 import { collect, locationOf, socketOf } from './_common.js';
 
@@ -109,19 +110,14 @@ while. Unsealing again needs a quorum of shares (\`keywarden unseal\`). Stopping
     .action(async (opts: { json?: boolean }, cmd: Command) => {
       const loc = locationOf(cmd, io);
       const ceremony = await pendingCeremonyOf(loc);
-      const pendingJson = ceremony
-        ? {
-            kind: ceremony.kind,
-            shareSetId: ceremony.pending.shareSet.shareSetId,
-            threshold: ceremony.pending.shareSet.threshold,
-            shares: ceremony.pending.shareSet.shares,
-            since: ceremony.pending.createdAt,
-            testQuorum: ceremony.pending.handOut.requireNewQuorum === true,
-          }
-        : null;
-      const pendingText = ceremony
-        ? `${ceremony.kind} to share set ${ceremony.pending.shareSet.shareSetId} (any ${ceremony.pending.shareSet.threshold} of ${ceremony.pending.shareSet.shares}) since ${ceremony.pending.createdAt}, not activated: \`keywarden ${ceremony.kind} --resume\` or \`keywarden ${ceremony.kind} --abort\``
-        : undefined;
+      const shown: PendingShown | undefined = ceremony && {
+        kind: ceremony.kind,
+        shareSet: ceremony.pending.shareSet,
+        createdAt: ceremony.pending.createdAt,
+        testQuorum: ceremony.pending.handOut.requireNewQuorum === true,
+      };
+      const pendingJson = pendingJsonOf(shown);
+      const pendingText = shown && pendingTextOf(shown);
       if (ceremony?.kind === 'init') {
         if (opts.json) {
           await print(io.stdout, formatJson({ store: loc.dir, mode: 'init-pending', pending: pendingJson }));
