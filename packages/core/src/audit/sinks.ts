@@ -64,20 +64,20 @@ export class LazyAuditBatch implements AuditBatch {
   readonly sync: boolean;
   #text: string | undefined;
   #records: AuditRecord[] | undefined;
-  readonly #make: (() => AuditRecord[]) | undefined;
+  readonly #sealed: SealedAuditBytes;
   constructor(sealed: SealedAuditBytes, count: number, sync: boolean) {
     this.bytes = sealed.bytes;
     this.count = count;
     this.head = sealed.head;
     this.sync = sync;
-    this.#make = sealed.records;
+    this.#sealed = sealed;
   }
   get text(): string {
     this.#text ??= Buffer.from(this.bytes.buffer, this.bytes.byteOffset, this.bytes.length).toString('utf8');
     return this.#text;
   }
   get records(): readonly AuditRecord[] {
-    if (this.#records === undefined && this.#make !== undefined) this.#records = this.#make();
+    if (this.#records === undefined && this.#sealed.records !== undefined) this.#records = this.#sealed.records();
     if (this.#records === undefined) {
       const text = this.text;
       const records: AuditRecord[] = [];
