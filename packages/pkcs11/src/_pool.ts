@@ -39,11 +39,15 @@ export type PoolRequest = WorkerRequest extends infer R ? (R extends { seq: numb
 /** Callers resumed per turn of the event loop (#settle). */
 const SETTLE_PER_TURN = 16;
 
-/** Batches a worker is sent ahead: while it works on one, the next waits in its channel, so it is
- * never idle waiting for the host; requests made meanwhile gather in the outbox and go as one
- * batch when the worker finishes one (issue #8: fewer, larger messages, the host's cost per
- * request down; measured 4.5 requests a message before, on a pool of 2 with 64 callers). */
-const PIPELINE_DEPTH = 2;
+/** Batches a worker may have at once. Requests made while it works on one gather in the outbox and
+ * go as one batch when it finishes (its last reply chunk): the fewer the messages, the less the host
+ * and the worker pay per request (a write, a wake-up, a read, a frame each). Two (the next batch
+ * waiting in the channel, so that the worker never waits for the host) was the rule while workers
+ * answered every 16 requests; since they answer once per batch, one is cheaper on both sides
+ * (issue #8; process pools, 64 callers, alternating: a pool of 2 at 15.8 requests a batch against
+ * 10.7, host 73.6-75.6 µs per op against 79-89.7, and 6,041-6,538 ops/s against 5,313-5,859, 4 of
+ * 4 runs; a pool of 1 at 31 against 21, host 45-50.7 against 46.6-70.7, no slower, 3 runs). */
+const PIPELINE_DEPTH = 1;
 /** An outbox this long goes out whatever the depth (a bound on one frame). */
 const MAX_BATCH = 256;
 
