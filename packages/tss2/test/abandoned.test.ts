@@ -8,7 +8,7 @@
  * A TCP relay in front of the suite's swtpm holds chosen commands (by command code) to make a
  * TPM that answers late, on cue.
  */
-import net from 'node:net';
+import { connect, createServer, type Server, type Socket } from 'node:net';
 import { afterEach, describe, expect, it } from 'vitest';
 import { Esys, ESYS_TR, storagePrimaryTemplate } from '../src/index.js';
 
@@ -19,7 +19,7 @@ const TPM2_CC_FLUSH_CONTEXT = 0x165;
 /** A relay on two consecutive loopback ports (command, control) in front of swtpm's; commands
  * whose code is in `hold` wait until `release(code)`. */
 class Relay {
-  readonly #servers: net.Server[] = [];
+  readonly #servers: Server[] = [];
   readonly #held = new Map<number, Array<() => void>>();
   readonly hold = new Set<number>();
   readonly seen: number[] = [];
@@ -50,10 +50,10 @@ class Relay {
     await Promise.all(this.#servers.map((s) => new Promise((r) => s.close(r))));
   }
 
-  #listen(port: number, to: number, commands: boolean): Promise<net.Server> {
+  #listen(port: number, to: number, commands: boolean): Promise<Server> {
     return new Promise((resolve, reject) => {
-      const server = net.createServer((client) => {
-        const tpm = net.connect(to, '127.0.0.1');
+      const server = createServer((client: Socket) => {
+        const tpm = connect(to, '127.0.0.1');
         tpm.pipe(client);
         client.on('error', () => tpm.destroy());
         tpm.on('error', () => client.destroy());
