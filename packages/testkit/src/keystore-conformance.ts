@@ -1300,9 +1300,11 @@ export function describeKeyStoreConformance(name: string, factory: KeyStoreFacto
       });
 
       it('an expired lease is taken over by another holder with a higher token; the stale holder cannot renew, release or write under it', async () => {
-        const stale = granted(await leases().acquireLease('job', 'host-a#1', 50));
+        // A TTL long enough for its holder's write to land first on a busy machine (with 50 ms
+        // the write itself was refused once in CI), short enough to wait out.
+        const stale = granted(await leases().acquireLease('job', 'host-a#1', 1_000));
         await leases().putMetaUnderLease(stale, 'job-state', Uint8Array.of(1));
-        await sleep(300);
+        await sleep(1_300);
         const other = await connection();
         const next = granted(await leases(other).acquireLease('job', 'host-b#2', 60_000));
         expect(next.token).toBeGreaterThan(stale.token);
