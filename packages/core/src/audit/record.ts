@@ -130,8 +130,8 @@ export class RecordSealer {
   /** Views of #scratch by length (#viewOf), and the buffer they are views of. */
   readonly #views = new Map<number, Buffer>();
   #viewsOf: Buffer | undefined;
-  #macs: string[] = [];
-  #ends: number[] = [];
+  readonly #macs: string[] = [];
+  readonly #ends: number[] = [];
 
   constructor(key: AuditKey) {
     this.#key = key;
@@ -150,11 +150,13 @@ export class RecordSealer {
     let len = 0;
     let { seq, mac } = after;
     let macAt = -1;
-    // Without a copy, the batch is read (its records made) before the next one is sealed: the arrays
-    // of MACs and line ends are this sealer's, reused, written by index (recordsOfBatch reads as
-    // many as there are events; setting an array's length is a runtime call).
-    const macs: string[] = copy ? [] : this.#macs;
-    const ends: number[] = copy ? [] : this.#ends;
+    // Without a copy, the batch is read (its records made) before the next one is sealed: for a
+    // batch of one record (durability "each") the arrays of MACs and line ends are this sealer's,
+    // reused, written by index (recordsOfBatch reads as many as there are events). A larger batch
+    // gets fresh ones: strings held by a long-lived array outlive the young generation.
+    const reuse = !copy && events.length === 1;
+    const macs: string[] = reuse ? this.#macs : [];
+    const ends: number[] = reuse ? this.#ends : [];
     let k = 0;
     for (const ev of events) {
       seq++;
@@ -206,11 +208,6 @@ export class RecordSealer {
       // Byte by byte: a subarray for 45 bytes costs more than the copy.
       const quoted = this.#lastMacQuoted;
       for (let i = 0; i < MAC_CHARS + 2; i++) quoted[i] = buf[macAt - 1 + i] as number;
-    }
-    if (macs.length > 1024 && !copy) {
-      // A large batch (a close, a burst) does not keep its MACs for ever: fresh arrays next time.
-      this.#macs = [];
-      this.#ends = [];
     }
     let bytes: Uint8Array;
     if (copy) {
