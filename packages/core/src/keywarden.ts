@@ -287,6 +287,8 @@ export class Keywarden implements DataKeyProvider {
   readonly #usageBlock: number;
   /** keyId:version → unwrapped KEK material; Map iteration order gives LRU eviction. */
   readonly #kekCache = new Map<string, KekEntry>();
+  /** The entry set last into #kekCache (its most recently used one while it is still in it). */
+  #kekLast: KekEntry | undefined;
   readonly #inflight = new Map<string, KekLoad>();
   /** Bumped by every cache wipe (clearCache, seal, close): a load or look-up started before a wipe
    * does not put its result into the cache after it. */
@@ -1105,9 +1107,12 @@ export class Keywarden implements DataKeyProvider {
     }
     const hit = this.#kekCache.get(slot);
     if (!hit || hit.expires <= Date.now()) return undefined;
-    // Re-insert to keep Map order = least recently used first.
-    this.#kekCache.delete(slot);
-    this.#kekCache.set(slot, hit);
+    // Re-insert to keep Map order = least recently used first (already last: nothing to move).
+    if (hit !== this.#kekLast) {
+      this.#kekCache.delete(slot);
+      this.#kekCache.set(slot, hit);
+      this.#kekLast = hit;
+    }
     hit.refs++;
     return hit;
   }
@@ -1233,6 +1238,7 @@ export class Keywarden implements DataKeyProvider {
     }
     entry.cached = true;
     this.#kekCache.set(slot, entry);
+    this.#kekLast = entry;
     while (this.#kekCache.size > this.#maxEntries) {
       const [oldSlot, old] = this.#kekCache.entries().next().value as [string, KekEntry];
       this.#kekCache.delete(oldSlot);

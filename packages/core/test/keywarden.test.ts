@@ -172,6 +172,26 @@ describe('Keywarden data keys', () => {
     expect(reads.getVersion).toBe(4);
   });
 
+  it('a hit makes a KEK version the most recently used: the one evicted is the least recently used, not the least recently loaded', async () => {
+    const { kw, store } = await setup({ maxEntries: 2 });
+    for (const n of ['a', 'b', 'c']) await kw.createKey(n);
+    const reads = countReads(store);
+    const wa = await kw.generateDataKey('a');
+    const wb = await kw.generateDataKey('b');
+    await kw.generateDataKey('b'); // already the most recent
+    await kw.generateDataKey('a'); // a is now the most recent
+    await kw.generateDataKey('a');
+    expect(reads.getVersion).toBe(2);
+    await kw.generateDataKey('c'); // evicts b
+    expect(reads.getVersion).toBe(3);
+    await kw.decryptDataKey(wa.wrapped, undefined, { key: 'a' }); // still cached
+    expect(reads.getVersion).toBe(3);
+    await kw.decryptDataKey(wb.wrapped, undefined, { key: 'b' }); // reloaded, evicts c
+    expect(reads.getVersion).toBe(4);
+    await kw.generateDataKey('a');
+    expect(reads.getVersion).toBe(4);
+  });
+
   it('rotation keeps old versions usable and wraps new data keys under the new primary', async () => {
     const { kw } = await setup();
     await kw.createKey('k');
