@@ -1,7 +1,7 @@
 /**
  * With only the built-in file and callback sinks, a batch's bytes stay in the sealer's buffer and
- * its MAC and line-end arrays are reused by the next batch (record.ts sealBatch with copy false,
- * on the queued path too). Every batch must still reach every sink as itself: batches of falling
+ * a batch of one record reuses the sealer's MAC and line-end arrays (record.ts sealBatch with copy
+ * false, on the queued path too). Every batch must still reach every sink as itself: batches of falling
  * and rising sizes, records with ids and detail (made by parsing their line from the buffer), a
  * record kept by a callback from an earlier batch, and one chain that verifies.
  */
@@ -61,7 +61,9 @@ describe('audit batches sealed in a reused buffer', () => {
       }
       await log.close();
 
-      const lines = readFileSync(file, 'utf8').split('\n').filter((l) => l !== '');
+      const lines = readFileSync(file, 'utf8')
+        .split('\n')
+        .filter((l) => l !== '');
       expect(lines).toHaveLength(i);
       const fromFile = lines.map((l) => JSON.parse(l) as AuditRecord);
       const fromCallback = batches.flat();
