@@ -11,6 +11,9 @@ export const workspaceAlias = {
   '@keywarden/agent': fileURLToPath(new URL('./packages/agent/src/index.ts', import.meta.url)),
   // Before '@keywarden/testkit': an alias matches its subpaths too, and the first match wins.
   '@keywarden/testkit/tls-certs': fileURLToPath(new URL('./packages/testkit/src/tls-certs.ts', import.meta.url)),
+  '@keywarden/testkit/openssl-server': fileURLToPath(
+    new URL('./packages/testkit/src/openssl-server.ts', import.meta.url),
+  ),
   '@keywarden/testkit': fileURLToPath(new URL('./packages/testkit/src/index.ts', import.meta.url)),
   '@keywarden/tss2': fileURLToPath(new URL('./packages/tss2/src/index.ts', import.meta.url)),
   '@keywarden/tpm': fileURLToPath(new URL('./packages/tpm/src/index.ts', import.meta.url)),

@@ -5,8 +5,8 @@
  * key as sensitive and never extractable, and an `openssl s_server` whose key stays in SoftHSM
  * (through libp11's pkcs11 engine) completes a TLS handshake with `openssl s_client`.
  */
-import { type ChildProcess, spawn, spawnSync } from 'node:child_process';
-import { createHash, createPublicKey, randomBytes, verify, X509Certificate } from 'node:crypto';
+import { spawnSync } from 'node:child_process';
+import { createPublicKey, randomBytes, verify, X509Certificate } from 'node:crypto';
 import { createRequire } from 'node:module';
 import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -24,6 +24,7 @@ import {
   UnsupportedCapabilityError,
 } from '@keywarden/core';
 import { CertificateAuthority, createCsr, KeyPairs, toPem } from '@keywarden/pki';
+import { startOpensslServer } from '@keywarden/testkit/openssl-server';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type * as Pkcs11js from 'pkcs11js';
 import { Pkcs11Root } from '../src/index.js';
@@ -421,43 +422,28 @@ async function tlsHandshake(tlsKw: Keywarden, tlsPairs: KeyPairs, tlsStore: KeyS
     const certPath = file('tls.pem', toPem(cert, 'CERTIFICATE'));
     const caPath = file('tls-ca.pem', toPem(await ca.certificate(), 'CERTIFICATE'));
     const keyUri = `pkcs11:token=${tlsToken.label};id=${pctHex(idOf(tlsHandle))};type=private`;
-    // A random port can be taken by another process (this machine's ephemeral ports overlap the
-    // range): a new one is tried when s_server cannot bind.
-    let port = 0;
-    let server: ChildProcess | undefined;
-    for (let attempt = 1; server === undefined; attempt++) {
-      port = 20_000 + (createHash('sha256').update(randomBytes(8)).digest().readUInt16BE(0) % 40_000);
-      const child = spawn(
-        'openssl',
-        [
-          's_server',
-          '-engine',
-          'pkcs11',
-          '-keyform',
-          'engine',
-          '-key',
-          keyUri,
-          // The user PIN reaches libp11 through openssl's password callback, read from the file.
-          '-pass',
-          `file:${tlsToken.pinFile}`,
-          '-cert',
-          certPath,
-          '-accept',
-          `127.0.0.1:${port}`,
-          '-naccept',
-          '1',
-          '-tls1_3',
-        ],
-        { env: { ...process.env, PKCS11_MODULE_PATH: hsm.module }, stdio: ['pipe', 'pipe', 'pipe'] },
-      );
-      try {
-        await waitFor(child, /ACCEPT/, 20_000);
-        server = child;
-      } catch (err) {
-        child.kill('SIGTERM');
-        if (attempt >= 5 || !/Address already in use/.test(String(err))) throw err;
-      }
-    }
+    const { child: server, port } = await startOpensslServer(
+      (port) => [
+        's_server',
+        '-engine',
+        'pkcs11',
+        '-keyform',
+        'engine',
+        '-key',
+        keyUri,
+        // The user PIN reaches libp11 through openssl's password callback, read from the file.
+        '-pass',
+        `file:${tlsToken.pinFile}`,
+        '-cert',
+        certPath,
+        '-accept',
+        `127.0.0.1:${port}`,
+        '-naccept',
+        '1',
+        '-tls1_3',
+      ],
+      { env: { ...process.env, PKCS11_MODULE_PATH: hsm.module } },
+    );
     try {
       const client = run(
         'openssl',
@@ -498,25 +484,4 @@ function enginePath(): string | undefined {
 /** RFC 7512 percent-encoding of a CKA_ID. */
 function pctHex(id: Uint8Array): string {
   return Array.from(id, (b) => `%${b.toString(16).padStart(2, '0')}`).join('');
-}
-
-/** Resolve once the child's output matches `re`; reject on exit or after `ms`. */
-function waitFor(child: ChildProcess, re: RegExp, ms: number): Promise<void> {
-  return new Promise((resolve, reject) => {
-    let seen = '';
-    const timer = setTimeout(() => reject(new Error(`s_server did not start within ${ms} ms: ${seen}`)), ms);
-    const on = (chunk: Buffer) => {
-      seen += chunk.toString('utf8');
-      if (re.test(seen)) {
-        clearTimeout(timer);
-        resolve();
-      }
-    };
-    child.stdout?.on('data', on);
-    child.stderr?.on('data', on);
-    child.on('exit', (code) => {
-      clearTimeout(timer);
-      reject(new Error(`s_server exited (${code}): ${seen}`));
-    });
-  });
 }

@@ -11,13 +11,14 @@
  * program can use its keys; that is by design. The auth value reaches s_server through a file in
  * a 0700 temporary folder (openssl's `-pass file:`), removed after the test, never printed.
  */
-import { type ChildProcess, spawn, spawnSync } from 'node:child_process';
-import { createHash, randomBytes } from 'node:crypto';
+import { spawnSync } from 'node:child_process';
+import { createHash } from 'node:crypto';
 import { existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { checkedRoot, Keywarden, MemoryKeyStore, requireKeyPairs } from '@keywarden/core';
 import { CertificateAuthority, createCsr, KeyPairs, toPem } from '@keywarden/pki';
+import { startOpensslServer } from '@keywarden/testkit/openssl-server';
 import { Esys } from '@keywarden/tss2';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { TpmRoot } from '../src/index.js';
@@ -162,10 +163,12 @@ async function handshake(
   certPath: string,
   caPath: string,
 ): Promise<{ status: number; client: string; server: string }> {
-  const port = 20_000 + (randomBytes(2).readUInt16BE(0) % 40_000);
-  const server = spawn(
-    'openssl',
-    [
+  const {
+    child: server,
+    port,
+    output,
+  } = await startOpensslServer(
+    (port) => [
       's_server',
       '-provider',
       'tpm2',
@@ -189,18 +192,14 @@ async function handshake(
       '1',
       '-tls1_3',
     ],
-    { env: { ...process.env, TPM2OPENSSL_TCTI: tcti() }, stdio: ['pipe', 'pipe', 'pipe'] },
+    { env: { ...process.env, TPM2OPENSSL_TCTI: tcti() } },
   );
-  const exited = new Promise<void>((resolve) => server.on('exit', () => resolve()));
+  const exited = new Promise<void>((resolve) => {
+    if (server.exitCode !== null || server.signalCode !== null) resolve();
+    else server.on('exit', () => resolve());
+  });
   const settle = (ms: number) => Promise.race([exited, new Promise((resolve) => setTimeout(resolve, ms))]);
-  let serverOutput = '';
-  const keep = (chunk: Buffer) => {
-    serverOutput += chunk.toString('utf8');
-  };
-  server.stdout?.on('data', keep);
-  server.stderr?.on('data', keep);
   try {
-    await waitFor(server, /ACCEPT/, 20_000);
     const r = spawnSync(
       'openssl',
       [
@@ -218,31 +217,10 @@ async function handshake(
     );
     // s_server -naccept 1 exits after the connection; its output tells why a handshake failed.
     await settle(5_000);
-    return { status: r.status ?? -1, client: `${r.stdout}${r.stderr}`, server: serverOutput };
+    return { status: r.status ?? -1, client: `${r.stdout}${r.stderr}`, server: output() };
   } finally {
     if (server.exitCode === null && server.signalCode === null) server.kill('SIGTERM');
     await settle(5_000);
     if (server.exitCode === null && server.signalCode === null) server.kill('SIGKILL');
   }
-}
-
-/** Resolve once the child's output matches `re`; reject on exit or after `ms`. */
-function waitFor(child: ChildProcess, re: RegExp, ms: number): Promise<void> {
-  return new Promise((resolve, reject) => {
-    let seen = '';
-    const timer = setTimeout(() => reject(new Error(`s_server did not start within ${ms} ms: ${seen}`)), ms);
-    const on = (chunk: Buffer) => {
-      seen += chunk.toString('utf8');
-      if (re.test(seen)) {
-        clearTimeout(timer);
-        resolve();
-      }
-    };
-    child.stdout?.on('data', on);
-    child.stderr?.on('data', on);
-    child.on('exit', (code) => {
-      clearTimeout(timer);
-      reject(new Error(`s_server exited (${code}): ${seen}`));
-    });
-  });
 }

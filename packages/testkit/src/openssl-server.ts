@@ -1,0 +1,73 @@
+/**
+ * `openssl s_server` on a random loopback port for the TLS interop suites (PKCS#11 engine, TPM
+ * provider). A random port can be taken by another process between the pick and the bind (this
+ * machine's ephemeral ports overlap the range), so a server that cannot bind is started again on a
+ * new port, a few times.
+ */
+import { type ChildProcess, spawn } from 'node:child_process';
+import { randomInt } from 'node:crypto';
+
+export interface OpensslServer {
+  child: ChildProcess;
+  port: number;
+  /** Everything it printed on stdout and stderr so far (it tells why a handshake failed). */
+  output(): string;
+}
+
+/** Start `openssl` with `argsFor(port)` and wait until it prints `ready` (s_server: ACCEPT). */
+export async function startOpensslServer(
+  argsFor: (port: number) => string[],
+  options: {
+    env?: NodeJS.ProcessEnv;
+    ready?: RegExp;
+    timeoutMs?: number;
+    attempts?: number;
+    /** Ports to try first, in order (then random ones). */
+    ports?: number[];
+  } = {},
+): Promise<OpensslServer> {
+  const attempts = options.attempts ?? 5;
+  for (let attempt = 1; ; attempt++) {
+    const port = options.ports?.[attempt - 1] ?? randomInt(20_000, 60_000);
+    const child = spawn('openssl', argsFor(port), {
+      env: options.env ?? process.env,
+      stdio: ['pipe', 'pipe', 'pipe'],
+    });
+    let seen = '';
+    const keep = (chunk: Buffer) => {
+      seen += chunk.toString('utf8');
+    };
+    child.stdout?.on('data', keep);
+    child.stderr?.on('data', keep);
+    try {
+      await waitFor(child, () => seen, options.ready ?? /ACCEPT/, options.timeoutMs ?? 20_000);
+      return { child, port, output: () => seen };
+    } catch (err) {
+      if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
+      if (attempt >= attempts || !/Address already in use/.test(seen)) throw err;
+    }
+  }
+}
+
+/** Resolve once the output matches `re`; reject when the child exits first or after `ms`. */
+function waitFor(child: ChildProcess, seen: () => string, re: RegExp, ms: number): Promise<void> {
+  return new Promise((resolve, reject) => {
+    const done = (err?: Error) => {
+      clearTimeout(timer);
+      child.stdout?.off('data', check);
+      child.stderr?.off('data', check);
+      child.off('exit', exited);
+      if (err) reject(err);
+      else resolve();
+    };
+    const check = () => {
+      if (re.test(seen())) done();
+    };
+    const exited = (code: number | null) => done(new Error(`openssl exited (${code}): ${seen()}`));
+    const timer = setTimeout(() => done(new Error(`openssl did not start within ${ms} ms: ${seen()}`)), ms);
+    child.stdout?.on('data', check);
+    child.stderr?.on('data', check);
+    child.on('exit', exited);
+    check();
+  });
+}

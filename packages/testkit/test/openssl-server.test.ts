@@ -1,0 +1,81 @@
+import { spawnSync } from 'node:child_process';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { createServer, type Server } from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { startOpensslServer } from '../src/openssl-server.js';
+
+describe('startOpensslServer', () => {
+  let dir: string;
+  let busy: Server;
+  let busyPort: number;
+
+  beforeAll(async () => {
+    dir = mkdtempSync(join(tmpdir(), 'kw-ossl-'));
+    const certs = spawnSync(
+      'openssl',
+      [
+        'req',
+        '-x509',
+        '-newkey',
+        'ec',
+        '-pkeyopt',
+        'ec_paramgen_curve:P-256',
+        '-nodes',
+        '-subj',
+        '/CN=localhost',
+        '-keyout',
+        'k.pem',
+        '-out',
+        'c.pem',
+        '-days',
+        '1',
+      ],
+      { cwd: dir, encoding: 'utf8', timeout: 30_000 },
+    );
+    expect(certs.status, certs.stderr).toBe(0);
+    busy = createServer();
+    await new Promise<void>((resolve) => busy.listen(0, '127.0.0.1', resolve));
+    busyPort = (busy.address() as { port: number }).port;
+  });
+
+  afterAll(async () => {
+    await new Promise((r) => busy.close(r));
+    rmSync(dir, { recursive: true, force: true });
+  });
+
+  const args = (port: number) => [
+    's_server',
+    '-cert',
+    join(dir, 'c.pem'),
+    '-key',
+    join(dir, 'k.pem'),
+    '-accept',
+    `127.0.0.1:${port}`,
+    '-naccept',
+    '1',
+  ];
+
+  it('a port someone else holds: s_server is started again on another one', async () => {
+    const s = await startOpensslServer(args, { ports: [busyPort] });
+    try {
+      expect(s.port).not.toBe(busyPort);
+      expect(s.output()).toMatch(/ACCEPT/);
+    } finally {
+      s.child.kill('SIGKILL');
+    }
+  });
+
+  it('any other failure is not retried: it rejects at once with what openssl printed', async () => {
+    await expect(startOpensslServer((port) => [...args(port), '-no-such-option'], { attempts: 5 })).rejects.toThrow(
+      /openssl exited \(\d+\): .*no-such-option/s,
+    );
+  });
+
+  it('only so many tries', async () => {
+    await expect(startOpensslServer(args, { ports: [busyPort, busyPort], attempts: 2 })).rejects.toThrow(
+      /Address already in use/,
+    );
+  });
+});
