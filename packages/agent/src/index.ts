@@ -8,6 +8,7 @@ export {
   AgentServer,
   type AgentServerOptions,
   type RootFactory,
+  type SecretShareSet,
   DEFAULT_IDLE_TIMEOUT_SECONDS,
   DEFAULT_LINE_TIMEOUT_SECONDS,
   DEFAULT_MAX_CONNECTIONS,

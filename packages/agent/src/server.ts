@@ -153,6 +153,12 @@ export interface AgentServerOptions {
    * foreign shares before the device sees anything), the root unsealed with it, the secret wiped.
    */
   secretShares?: SecretShareSet;
+  /**
+   * Where the device's share set is read again before each unseal and status (the store's record
+   * of it): a rekey of the device secret while the agent runs is followed without a restart (the
+   * shares held of the previous set are discarded). Without it, `secretShares` stays as given.
+   */
+  readSecretShares?: () => Promise<SecretShareSet | undefined>;
   /** The agent's log: one line, no newline, nothing secret. Default: no log. */
   log?: (line: string) => void;
   /** Client limits (defaults: DEFAULT_MAX_CONNECTIONS, DEFAULT_IDLE_TIMEOUT_SECONDS, DEFAULT_LINE_TIMEOUT_SECONDS). */
@@ -202,6 +208,7 @@ export interface SecretShareSet {
 
 interface Settings {
   secretShares: SecretShareSet | undefined;
+  readSecretShares: (() => Promise<SecretShareSet | undefined>) | undefined;
   unsealTimeoutMs: number;
   log: (line: string) => void;
   sealedMessage: string;
@@ -255,6 +262,7 @@ export class AgentServer {
     const factory = typeof options.root === 'function' ? options.root : undefined;
     this.#settings = {
       secretShares: options.secretShares,
+      readSecretShares: options.readSecretShares,
       unsealTimeoutMs: options.unsealTimeoutMs ?? DEFAULT_UNSEAL_TIMEOUT_SECONDS * 1000,
       log: scrubbedLog(options.log),
       sealedMessage: options.sealedMessage ?? DEFAULT_SEALED_MESSAGE,
@@ -335,6 +343,22 @@ export class AgentServer {
   /** The root being served (it changes after a seal when the agent loads roots itself). */
   get root(): RootOfTrust {
     return this.#root;
+  }
+
+  /** A device root: take the share set the store names now (rekeyed while this agent ran). */
+  async #followDeviceShares(): Promise<void> {
+    const read = this.#settings.readSecretShares;
+    const held = this.#settings.secretShares;
+    if (!read || !held) return;
+    const now = await read();
+    if (!now || now.shareSetId === held.shareSetId) return;
+    this.#settings.secretShares = now;
+    const discarded = this.#session?.progress().accepted ?? 0;
+    this.#session?.reset();
+    this.#session = undefined;
+    this.#settings.log(
+      `the ${now.purpose === 'tpm-auth' ? 'TPM auth value' : 'user PIN'} was rekeyed: share set ${now.shareSetId}, ${now.threshold} of ${now.shares}${discarded ? ` (${discarded} share${discarded === 1 ? '' : 's'} of share set ${held.shareSetId} discarded)` : ''}`,
+    );
   }
 
   /** Whether key operations are refused until an unseal. */
@@ -814,7 +838,7 @@ export class AgentServer {
    */
   async #followStore(): Promise<void> {
     const sk = this.#shamirRoot();
-    if (!sk) return;
+    if (!sk) return this.#followDeviceShares();
     const bytes = await this.#store.getMeta(ROOT_META_NAME);
     if (!bytes) {
       // The root was destroyed: wipe what this agent still holds and never collect shares again.

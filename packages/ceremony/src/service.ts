@@ -25,6 +25,7 @@ import {
   type AgentServerOptions,
   isAgentUnavailable,
   type KeyService,
+  type SecretShareSet,
   type SocketLocation,
 } from '@keywarden/agent';
 import {
@@ -59,7 +60,7 @@ import {
   type Surroundings,
   UNSEAL_KEY_ENV,
 } from './layout.js';
-import { type DeviceSecretShares, folderDeviceSecretShares } from './device-split.js';
+import { type DeviceSecretShares, folderDeviceSecretShares, readDeviceSecretShares } from './device-split.js';
 
 /** Where relative paths start, which environment applies, and where warnings go. */
 export interface ServiceSurroundings extends Surroundings {
@@ -508,12 +509,11 @@ async function startDeviceAgent(
       socket: resolveAgentSocket(at, loc, socket),
       store,
       ownsStore: true,
-      secretShares: {
-        shareSetId: secretShares.shareSetId,
-        threshold: secretShares.threshold,
-        shares: secretShares.shares,
-        purpose: secretShares.purpose,
-        commitments: secretShares.commitments,
+      secretShares: shareSetOf(secretShares),
+      // A rekey of the device secret while the agent runs: the store's record names the new set.
+      readSecretShares: async () => {
+        const now = await readDeviceSecretShares(store);
+        return now && shareSetOf(now);
       },
       root: (s: KeyStore) => openRoot(uri, { store: s, env: at.env }),
     });
@@ -521,6 +521,16 @@ async function startDeviceAgent(
     await store.close().catch(() => {});
     throw err;
   }
+}
+
+function shareSetOf(d: DeviceSecretShares): SecretShareSet {
+  return {
+    shareSetId: d.shareSetId,
+    threshold: d.threshold,
+    shares: d.shares,
+    purpose: d.purpose,
+    commitments: d.commitments,
+  };
 }
 
 function splitKnowledgeError(socket?: SocketLocation, cause?: unknown): KeystoreSealedError {

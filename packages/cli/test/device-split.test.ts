@@ -647,9 +647,8 @@ describe.skipIf(!built)('init --root pkcs11:… --pin-shares: the user PIN split
     const un = await kw(['--dir', 'd', 'unseal', ...fileArgs('new', 4, [1, 3, 4])], cwd, { env, timeoutMs: 60_000 });
     expect(un.stdout, un.stderr).toMatch(/unsealed/);
     expect((await kw(['--dir', 'd', 'key', 'create', 'k'], cwd, { env, timeoutMs: 60_000 })).code).toBe(0);
-    expect(await agent.stop()).toBe(0);
 
-    // 4. A rekey run to its end, back to 2 of 3, from the 4-share set.
+    // 4. A rekey run to its end, back to 2 of 3, from the 4-share set, while the agent runs.
     await rm(path.join(cwd, 'old'), { recursive: true });
     const full = await kw(
       [
@@ -674,6 +673,20 @@ describe.skipIf(!built)('init --root pkcs11:… --pin-shares: the user PIN split
     const pin3 = await pinOf(read('old', 3).slice(0, 2));
     expect(tokenTakes(pin2)).toBe(false);
     expect(tokenTakes(pin3)).toBe(true);
+    // The running agent follows the store: sealed, it asks for the new set, and 2 of its 3 shares
+    // unseal it (no restart); a share of the set it started with is refused.
+    expect((await kw(['--dir', 'd', 'seal'], cwd, { env, timeoutMs: 60_000 })).code).toBe(0);
+    const sealedStatus = JSON.parse(
+      (await kw(['--dir', 'd', 'status', '--json'], cwd, { env, timeoutMs: 60_000 })).stdout,
+    );
+    expect(sealedStatus.agent).toMatchObject({ running: true, sealed: true });
+    const staleNew = await kw(['--dir', 'd', 'unseal', ...fileArgs('new', 4, [2])], cwd, { env });
+    expect(staleNew.code).toBe(1);
+    expect(staleNew.stderr).toMatch(/^keywarden: share: /);
+    const un3 = await kw(['--dir', 'd', 'unseal', ...fileArgs('old', 3, [1, 3])], cwd, { env, timeoutMs: 60_000 });
+    expect(un3.stdout, un3.stderr).toMatch(/unsealed/);
+    expect((await kw(['--dir', 'd', 'key', 'create', 'k2'], cwd, { env, timeoutMs: 60_000 })).code).toBe(0);
+    expect(await agent.stop()).toBe(0);
     for (const f of filesUnder(path.join(cwd, 'd'))) {
       for (const p of [pin1, pin2, pin3]) expect(f.bytes.includes(Buffer.from(p)), f.file).toBe(false);
     }
