@@ -154,9 +154,24 @@ describe('key commands over --agent tls://HOST:PORT', () => {
     const notAdmin = await run([...at, ...as(reader), 'seal']);
     expect(notAdmin.code).toBe(1);
     expect(notAdmin.stderr).toMatch(/^keywarden: agent: seal: [^\n]*\n$/);
+    // status through --agent: the remote agent's own answer, no folder here.
+    const up = await run([...at, ...as(reader), 'status', '--json']);
+    expect(up.code, up.stderr).toBe(0);
+    expect(JSON.parse(up.out)).toMatchObject({
+      mode: 'agent',
+      agent: `tls://127.0.0.1:${agent.port}`,
+      sealed: false,
+      threshold: 2,
+      shares: 3,
+    });
     const sealed = await run([...at, ...as(admin), 'seal']);
     expect(sealed.code, sealed.stderr).toBe(0);
     expect(sealed.out).toBe('sealed\n');
+    const down = await run([...at, ...as(reader), 'status']);
+    expect(down.code, down.stderr).toBe(0);
+    expect(down.out).toMatch(/^agent: +tls:\/\/127\.0\.0\.1:\d+ \(pid \d+\)\n/);
+    expect(down.out).toMatch(/\nunseal: +any 2 of 3 shares of share set \S+\n/);
+    expect(down.out).toMatch(/\nstate: +sealed, unseal progress 0 of 2\n/);
     const refused2 = await run(['datakey', 'orders', ...at, ...as(reader)]);
     expect(refused2.code).toBe(1);
     expect(refused2.stderr).toMatch(/^keywarden: keystore: sealed/);
@@ -178,10 +193,10 @@ describe('key commands over --agent tls://HOST:PORT', () => {
     });
     expect(both.code).toBe(2);
     expect(both.stderr).toContain('keywarden: --agent and --socket both name the agent: give one');
-    // Not ignored where it does not apply: `status` must not answer for a local agent instead.
-    const status = await cli(['--agent', 'tls://127.0.0.1:1', 'status'], { cwd });
-    expect(status.code).toBe(2);
-    expect(status.stderr).toContain('keywarden: --agent does not apply to `status`');
+    // Not ignored where it does not apply: `key list` must not answer from a local folder instead.
+    const listed = await cli(['--agent', 'tls://127.0.0.1:1', 'key', 'list'], { cwd });
+    expect(listed.code).toBe(2);
+    expect(listed.stderr).toContain('keywarden: --agent does not apply to `key list`');
     const list = await cli(['key', 'list', ...as(admin)], { cwd });
     expect(list.code).toBe(2);
     expect(list.stderr).toContain('keywarden: --tls-cert, --tls-key and --tls-ca do not apply to `key list`');

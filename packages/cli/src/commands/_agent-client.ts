@@ -225,14 +225,15 @@ const AGENT_COMMANDS = new Set([
   'datakey',
   'unseal',
   'seal',
+  'status',
 ]);
 /** Commands with TLS files of their own (the agent's listener, `agent seal --all`'s clients). */
 const TLS_FILE_COMMANDS = new Set(['agent', 'agent start', 'agent seal']);
 
 /**
  * Before any action (cli.ts): --agent, and --tls-cert/--tls-key/--tls-ca, on a command they do not
- * apply to are a usage error, not ignored (`keywarden --agent tls://… status` must not answer for
- * the local agent).
+ * apply to are a usage error, not ignored (`keywarden --agent tls://… key list` must not answer
+ * from the local folder).
  */
 export function checkAgentOptionsApply(action: Command): void {
   const names: string[] = [];
@@ -241,7 +242,7 @@ export function checkAgentOptionsApply(action: Command): void {
   const g = action.optsWithGlobals<ClientGlobals>();
   if (g.agent !== undefined && !AGENT_COMMANDS.has(name)) {
     throw new UsageError(
-      `--agent does not apply to \`${name}\` (it does to key create|rotate|disable|enable|compromise|destroy, encrypt, decrypt, datakey, unseal, seal)`,
+      `--agent does not apply to \`${name}\` (it does to key create|rotate|disable|enable|compromise|destroy, encrypt, decrypt, datakey, unseal, seal, status)`,
     );
   }
   if ((g.tlsCert ?? g.tlsKey ?? g.tlsCa) !== undefined && !AGENT_COMMANDS.has(name) && !TLS_FILE_COMMANDS.has(name)) {

@@ -13,7 +13,7 @@ import { pendingCeremonyOf } from '@keywarden/ceremony';
 import { folderStoreOf, loadFolderRootBackend, requireStore, sealedRootDocument } from '../store-dir.js';
 import { deviceStatus } from './_device-status.js';
 import { type PendingShown, pendingJson as pendingJsonOf, pendingText as pendingTextOf } from './_pending.js';
-import { connectCommandAgent } from './_agent-client.js';
+import { connectCommandAgent, namedAgentOf, withNamedAgent } from './_agent-client.js';
 import { collect, locationOf, socketOf } from './_common.js';
 
 /** Errors about one share: reported, and the prompt asks for the next one. */
@@ -106,8 +106,18 @@ while. Unsealing again needs a quorum of shares (\`keywarden unseal\`). Stopping
       "show the key store's unseal method and, under split knowledge, the agent: sealed or not, unseal progress",
     )
     .option('--json', 'print JSON')
-    .addHelpText('after', '\nNothing secret is shown: root id, share-set id, M and N, share indices held.')
+    .addHelpText(
+      'after',
+      "\nNothing secret is shown: root id, share-set id, M and N, share indices held.\nWith --agent ENDPOINT (a fleet's agent over mutual TLS): that agent's own answer, no key-store folder.",
+    )
     .action(async (opts: { json?: boolean }, cmd: Command) => {
+      const named = await namedAgentOf(cmd, io);
+      if (named) {
+        // The agent --agent names (a fleet's, over mutual TLS): what it says, no key-store folder.
+        const st = await withNamedAgent(named, (client) => client.status());
+        await printAgentStatus(io, named.display, st, opts.json === true);
+        return;
+      }
       const loc = locationOf(cmd, io);
       const ceremony = await pendingCeremonyOf(loc);
       const shown: PendingShown | undefined = ceremony && {
@@ -255,6 +265,28 @@ async function printProgress(io: CliIO, r: UnsealResult): Promise<void> {
   const note = r.reset ? ' — earlier shares had timed out and were discarded; progress started over' : '';
   await print(io.stdout, `unseal progress: ${r.accepted} of ${r.threshold}${indices(r.indices)}${note}\n`);
   if (!r.sealed) await print(io.stdout, 'unsealed\n');
+}
+
+/** `status --agent ENDPOINT`: the named agent's own answer (nothing secret). */
+async function printAgentStatus(io: CliIO, display: string, st: AgentStatus, json: boolean): Promise<void> {
+  if (json) {
+    await print(io.stdout, formatJson({ mode: 'agent', agent: display, ...st }));
+    return;
+  }
+  const pairs: [string, string][] = [
+    ['agent', `${display} (pid ${st.pid})`],
+    ['root', st.rootId],
+  ];
+  if (st.shareSetId) {
+    pairs.push(['unseal', `any ${st.threshold} of ${st.shares} shares of share set ${st.shareSetId}`]);
+  }
+  pairs.push([
+    'state',
+    st.sealed
+      ? `sealed, unseal progress ${st.accepted} of ${st.threshold}${indices(st.indices)}${st.reset ? ' (earlier shares had timed out and were discarded)' : ''}`
+      : 'unsealed',
+  ]);
+  await print(io.stdout, formatPairs(pairs));
 }
 
 async function printStillSealed(io: CliIO, st: AgentStatus): Promise<void> {
