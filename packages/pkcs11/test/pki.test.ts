@@ -24,7 +24,7 @@ import {
   UnsupportedCapabilityError,
 } from '@keywarden/core';
 import { CertificateAuthority, createCsr, KeyPairs, toPem } from '@keywarden/pki';
-import { startOpensslServer } from '@keywarden/testkit/openssl-server';
+import { oneHandshakeServerArgs, startOpensslServer, tlsClientHandshake } from '@keywarden/testkit/openssl-server';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type * as Pkcs11js from 'pkcs11js';
 import { Pkcs11Root } from '../src/index.js';
@@ -434,32 +434,12 @@ async function tlsHandshake(tlsKw: Keywarden, tlsPairs: KeyPairs, tlsStore: KeyS
         // The user PIN reaches libp11 through openssl's password callback, read from the file.
         '-pass',
         `file:${tlsToken.pinFile}`,
-        '-cert',
-        certPath,
-        '-accept',
-        `127.0.0.1:${port}`,
-        '-naccept',
-        '1',
-        '-tls1_3',
+        ...oneHandshakeServerArgs(port, certPath),
       ],
       { env: { ...process.env, PKCS11_MODULE_PATH: hsm.module } },
     );
     try {
-      const client = run(
-        'openssl',
-        [
-          's_client',
-          '-connect',
-          `127.0.0.1:${port}`,
-          '-CAfile',
-          caPath,
-          '-verify_return_error',
-          '-verify_hostname',
-          'localhost',
-          '-brief',
-        ],
-        '',
-      );
+      const client = tlsClientHandshake(port, caPath);
       expect(client.output).toMatch(/Verification: OK/);
       expect(client.output).toMatch(/Protocol version: TLSv1\.3/);
       expect(client.output).toMatch(/Peer certificate: CN\s*=\s*localhost/);

@@ -4,7 +4,7 @@
  * machine's ephemeral ports overlap the range), so a server that cannot bind is started again on a
  * new port, a few times.
  */
-import { type ChildProcess, spawn } from 'node:child_process';
+import { type ChildProcess, spawn, spawnSync } from 'node:child_process';
 import { randomInt } from 'node:crypto';
 
 export interface OpensslServer {
@@ -70,4 +70,29 @@ function waitFor(child: ChildProcess, seen: () => string, re: RegExp, ms: number
     child.on('exit', exited);
     check();
   });
+}
+
+/** The tail of an `s_server` that takes one TLS 1.3 handshake on 127.0.0.1:`port` with `certPath`. */
+export function oneHandshakeServerArgs(port: number, certPath: string): string[] {
+  return ['-cert', certPath, '-accept', `127.0.0.1:${port}`, '-naccept', '1', '-tls1_3'];
+}
+
+/** `openssl s_client` against 127.0.0.1:`port`, verifying the server for "localhost" under `caPath`. */
+export function tlsClientHandshake(port: number, caPath: string): { status: number; output: string } {
+  const r = spawnSync(
+    'openssl',
+    [
+      's_client',
+      '-connect',
+      `127.0.0.1:${port}`,
+      '-CAfile',
+      caPath,
+      '-verify_return_error',
+      '-verify_hostname',
+      'localhost',
+      '-brief',
+    ],
+    { encoding: 'utf8', timeout: 30_000, input: '' },
+  );
+  return { status: r.status ?? -1, output: `${r.stdout}${r.stderr}` };
 }

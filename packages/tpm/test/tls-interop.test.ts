@@ -11,14 +11,13 @@
  * program can use its keys; that is by design. The auth value reaches s_server through a file in
  * a 0700 temporary folder (openssl's `-pass file:`), removed after the test, never printed.
  */
-import { spawnSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { checkedRoot, Keywarden, MemoryKeyStore, requireKeyPairs } from '@keywarden/core';
 import { CertificateAuthority, createCsr, KeyPairs, toPem } from '@keywarden/pki';
-import { startOpensslServer } from '@keywarden/testkit/openssl-server';
+import { oneHandshakeServerArgs, startOpensslServer, tlsClientHandshake } from '@keywarden/testkit/openssl-server';
 import { Esys } from '@keywarden/tss2';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { TpmRoot } from '../src/index.js';
@@ -184,13 +183,7 @@ async function handshake(
       `${key}?pass`,
       '-pass',
       `file:${passFile}`,
-      '-cert',
-      certPath,
-      '-accept',
-      `127.0.0.1:${port}`,
-      '-naccept',
-      '1',
-      '-tls1_3',
+      ...oneHandshakeServerArgs(port, certPath),
     ],
     { env: { ...process.env, TPM2OPENSSL_TCTI: tcti() } },
   );
@@ -200,24 +193,10 @@ async function handshake(
   });
   const settle = (ms: number) => Promise.race([exited, new Promise((resolve) => setTimeout(resolve, ms))]);
   try {
-    const r = spawnSync(
-      'openssl',
-      [
-        's_client',
-        '-connect',
-        `127.0.0.1:${port}`,
-        '-CAfile',
-        caPath,
-        '-verify_return_error',
-        '-verify_hostname',
-        'localhost',
-        '-brief',
-      ],
-      { encoding: 'utf8', timeout: 30_000, input: '' },
-    );
+    const r = tlsClientHandshake(port, caPath);
     // s_server -naccept 1 exits after the connection; its output tells why a handshake failed.
     await settle(5_000);
-    return { status: r.status ?? -1, client: `${r.stdout}${r.stderr}`, server: output() };
+    return { status: r.status, client: r.output, server: output() };
   } finally {
     if (server.exitCode === null && server.signalCode === null) server.kill('SIGTERM');
     await settle(5_000);
