@@ -1,11 +1,24 @@
 /**
  * `openssl s_server` on a random loopback port for the TLS interop suites (PKCS#11 engine, TPM
- * provider). A random port can be taken by another process between the pick and the bind (this
- * machine's ephemeral ports overlap the range), so a server that cannot bind is started again on a
- * new port, a few times.
+ * provider). s_server binds without SO_REUSEADDR, so a port that a closed connection left in
+ * TIME_WAIT refuses it; the test suites leave thousands (swtpm's TCTI connects once per command),
+ * mostly on the kernel's ephemeral ports. So the port is drawn below the ephemeral range, and a
+ * server that still cannot bind is started again on a new port, a few times.
  */
 import { type ChildProcess, spawn, spawnSync } from 'node:child_process';
 import { randomInt } from 'node:crypto';
+import { readFileSync } from 'node:fs';
+
+/** A random port below the kernel's ephemeral range (net.ipv4.ip_local_port_range), else in 20000..59999. */
+export function randomListenPort(): number {
+  let low = 0;
+  try {
+    low = Number(readFileSync('/proc/sys/net/ipv4/ip_local_port_range', 'utf8').trim().split(/\s+/)[0]);
+  } catch {
+    // not Linux: any port in the usual range
+  }
+  return Number.isInteger(low) && low > 12_000 ? randomInt(10_000, low) : randomInt(20_000, 60_000);
+}
 
 export interface OpensslServer {
   child: ChildProcess;
@@ -28,7 +41,7 @@ export async function startOpensslServer(
 ): Promise<OpensslServer> {
   const attempts = options.attempts ?? 5;
   for (let attempt = 1; ; attempt++) {
-    const port = options.ports?.[attempt - 1] ?? randomInt(20_000, 60_000);
+    const port = options.ports?.[attempt - 1] ?? randomListenPort();
     const child = spawn('openssl', argsFor(port), {
       env: options.env ?? process.env,
       stdio: ['pipe', 'pipe', 'pipe'],

@@ -1,10 +1,10 @@
 import { spawnSync } from 'node:child_process';
-import { mkdtempSync, rmSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { createServer, type Server } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { startOpensslServer } from '../src/openssl-server.js';
+import { randomListenPort, startOpensslServer } from '../src/openssl-server.js';
 
 describe('startOpensslServer', () => {
   let dir: string;
@@ -71,6 +71,15 @@ describe('startOpensslServer', () => {
     await expect(startOpensslServer((port) => [...args(port), '-no-such-option'], { attempts: 5 })).rejects.toThrow(
       /openssl exited \(\d+\): .*no-such-option/s,
     );
+  });
+
+  it('ports are drawn below the ephemeral range, where closed connections leave no TIME_WAIT (s_server binds without SO_REUSEADDR)', () => {
+    const low = Number(readFileSync('/proc/sys/net/ipv4/ip_local_port_range', 'utf8').trim().split(/\s+/)[0]);
+    for (let i = 0; i < 200; i++) {
+      const p = randomListenPort();
+      expect(p).toBeGreaterThanOrEqual(10_000);
+      expect(p).toBeLessThan(low);
+    }
   });
 
   it('only so many tries', async () => {
