@@ -511,7 +511,17 @@ async function dropPendingRecord(dbPath: string): Promise<boolean> {
 /** The pending device init in D's staged store, if any (what routes `init --resume/--abort`). */
 export async function devicePendingInitOf(loc: StoreLocation): Promise<PendingCeremony | undefined> {
   const stagedPath = stagedStorePath(loc);
-  if (!(await exists(stagedPath))) return undefined;
+  if (!(await exists(stagedPath))) {
+    // Stopped between the move into place and the removal of its record: the live store holds it
+    // (`init --resume` removes it; the store itself is complete).
+    if (!(await exists(loc.dbPath))) return undefined;
+    const store = SqliteKeyStore.open(loc.dbPath, { readonly: true });
+    try {
+      return await readDevicePendingInit(store);
+    } finally {
+      await store.close();
+    }
+  }
   const p = await readStagedPending(stagedPath);
   return p && (p as unknown as Partial<DevicePendingInit>).device !== undefined ? p : undefined;
 }
@@ -543,21 +553,10 @@ export async function resumeDeviceInit(
   const cwd = options.cwd ?? process.cwd();
   const stagedPath = stagedStorePath(loc);
   if (!(await exists(stagedPath))) {
-    if ((await exists(loc.dbPath)) && (await dropPendingRecord(loc.dbPath))) {
-      const shares = await folderDeviceSecretShares(loc);
-      return {
-        alreadyActivated: true,
-        mode: 'plaintext-files',
-        files: [],
-        dir: undefined,
-        custodians: undefined,
-        shareSet: {
-          shareSetId: shares?.shareSetId ?? '',
-          threshold: shares?.threshold ?? 0,
-          shares: shares?.shares ?? 0,
-          purpose: shares?.purpose ?? 'hsm-pin',
-        },
-      };
+    // Stopped after the move into place: the store is complete; only its pending record is left.
+    const inPlace = await devicePendingInitOf(loc);
+    if (inPlace && (await dropPendingRecord(loc.dbPath))) {
+      return { alreadyActivated: true, ...handOutResultOf(inPlace) };
     }
     throw new CeremonyError(`init --resume: no init is pending in ${loc.display}`);
   }
@@ -638,6 +637,14 @@ export async function abortDeviceInit(loc: StoreLocation, options: DeviceAbortOp
   const cwd = options.cwd ?? process.cwd();
   const stagedPath = stagedStorePath(loc);
   const uriPath = path.join(loc.dir, ROOT_URI_FILE);
+  if (!(await exists(stagedPath))) {
+    if (await devicePendingInitOf(loc)) {
+      throw new CeremonyError(
+        `init --abort: the init had already put the key store in place in ${loc.display} (it stopped before its last clean-up), so there is nothing to undo: run \`keywarden init --resume\` to finish it`,
+      );
+    }
+    throw new CeremonyError(`init --abort: no init is pending in ${loc.display}`);
+  }
   const notes: string[] = [];
   let pending: PendingCeremony | undefined;
   const store = SqliteKeyStore.open(stagedPath, { create: false });

@@ -13,6 +13,7 @@ import {
   abortSplitInit,
   devicePendingInitOf,
   initDeviceSplitStoreDir,
+  pendingCeremonyOf,
   postgresPendingInitOf,
   initSplitStoreDir,
   resumeDeviceInit,
@@ -204,7 +205,10 @@ Examples:
           (opts.custodian?.length ?? 0) > 0 ||
           opts.shareDir !== undefined ||
           opts.verifyQuorum ||
-          (opts.abort && (opts.shareFile?.length ?? 0) > 0 && !(await devicePendingInitOf(loc)))
+          (opts.abort &&
+            (opts.shareFile?.length ?? 0) > 0 &&
+            !(await devicePendingInitOf(loc)) &&
+            (await pendingCeremonyOf(loc))?.kind === 'init')
         ) {
           throw new UsageError(
             '--resume takes only --share-file (new shares, the test quorum); --abort takes nothing else; the init keeps the parameters it was started with',
