@@ -63,11 +63,6 @@ export class AuditHmac {
     return this.#finish(hash, this.#prefix + n, 'base64url');
   }
 
-  /** HMAC of domain ‖ bytes, base64url (the bytes are copied behind the padded key). */
-  macBytesBase64Url(bytes: Uint8Array): string {
-    return this.#compute(bytes, 'base64url');
-  }
-
   /** HMAC of domain ‖ message (UTF-8 when a string), as bytes. */
   mac(message: string | Uint8Array): Buffer {
     return Buffer.from(this.#compute(message, 'binary'), 'latin1');

@@ -60,11 +60,6 @@ export class AuditKey {
     return this.#mac.macRangeBase64Url(bytes, start, end);
   }
 
-  /** recordMac of the UTF-8 text `bytes` (all of it). */
-  recordMacOfView(bytes: Uint8Array): string {
-    return this.#mac.macBytesBase64Url(bytes);
-  }
-
   /**
    * digest() of a context's canonical JSON, remembered for the contexts seen last (an application
    * uses few distinct contexts at a high rate; one HMAC saved per record). Bounded; the digests

@@ -358,8 +358,7 @@ export class AuditLog {
     this.#notify(batch);
     // Written and handed over: nothing refers to the events array any more (record objects made
     // from it are the callback's and subscribers').
-    // pop() rather than `length = 0` (a runtime call): a batch here is mostly one record.
-    while (events.length > 0) events.pop();
+    events.length = 0;
     this.#spare = events;
     return undefined;
   }
@@ -458,11 +457,7 @@ export class AuditLog {
           batch = new LazyAuditBatch(sealed, events.length, sync);
           this.#head = sealed.head;
         } else {
-          // The built-in file and callback sinks keep nothing of the bytes (the file sink writes
-          // them at once, a callback gets record objects made before it returns) and no batch is
-          // sealed while this one is written (the log is busy): they stay in the sealer's buffer.
-          // Any other sink may keep them (a store's putMeta): bytes of their own.
-          const sealed = sealer.sealBatch(events, this.#head as AuditAnchor, this.#syncSinks === undefined);
+          const sealed = sealer.sealBatch(events, this.#head as AuditAnchor);
           const head = sealed.head;
           batch = new LazyAuditBatch(sealed, events.length, sync);
           // The chain moves on whether or not the sinks take the batch: a dropped batch (fail open)

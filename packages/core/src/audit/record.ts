@@ -127,11 +127,6 @@ export class RecordSealer {
   /** The MAC the last batch sealed here ended on, and its JSON text `"<mac>"` as bytes. */
   #lastMac: string | undefined;
   readonly #lastMacQuoted = new Uint8Array(MAC_CHARS + 2);
-  /** Views of #scratch by length (#viewOf), and the buffer they are views of. */
-  readonly #views = new Map<number, Buffer>();
-  #viewsOf: Buffer | undefined;
-  readonly #macs: string[] = [];
-  readonly #ends: number[] = [];
 
   constructor(key: AuditKey) {
     this.#key = key;
@@ -150,14 +145,8 @@ export class RecordSealer {
     let len = 0;
     let { seq, mac } = after;
     let macAt = -1;
-    // Without a copy, the batch is read (its records made) before the next one is sealed: for a
-    // batch of one record (durability "each") the arrays of MACs and line ends are this sealer's,
-    // reused, written by index (recordsOfBatch reads as many as there are events). A larger batch
-    // gets fresh ones: strings held by a long-lived array outlive the young generation.
-    const reuse = !copy && events.length === 1;
-    const macs: string[] = reuse ? this.#macs : [];
-    const ends: number[] = reuse ? this.#ends : [];
-    let k = 0;
+    const macs: string[] = [];
+    const ends: number[] = [];
     for (const ev of events) {
       seq++;
       const head = this.#headPart(ev);
@@ -189,8 +178,7 @@ export class RecordSealer {
       p = putDigits(buf, p + principal.length, seq);
       buf.set(tail, p);
       p += tail.length;
-      // The first record of a batch starts the buffer: MACed through a kept view of it.
-      mac = start === 0 ? this.#key.recordMacOfView(this.#viewOf(buf, p)) : this.#key.recordMacOfBytes(buf, start, p);
+      mac = this.#key.recordMacOfBytes(buf, start, p);
       // `}` → `,"mac":"<mac>"}` and the newline.
       p = putAscii(buf, p - 1, ',"mac":"');
       macAt = p;
@@ -199,15 +187,12 @@ export class RecordSealer {
       buf[p++] = 0x7d;
       buf[p++] = 0x0a;
       len = p;
-      macs[k] = mac;
-      ends[k] = p;
-      k++;
+      macs.push(mac);
+      ends.push(p);
     }
     if (macAt >= 0) {
       this.#lastMac = mac;
-      // Byte by byte: a subarray for 45 bytes costs more than the copy.
-      const quoted = this.#lastMacQuoted;
-      for (let i = 0; i < MAC_CHARS + 2; i++) quoted[i] = buf[macAt - 1 + i] as number;
+      this.#lastMacQuoted.set(buf.subarray(macAt - 1, macAt + MAC_CHARS + 1));
     }
     let bytes: Uint8Array;
     if (copy) {
@@ -216,30 +201,18 @@ export class RecordSealer {
       buf.copy(bytes, 0, 0, len);
       // A batch with a huge record (a large detail) does not keep its buffer for ever.
       if (buf.length > 1 << 20) this.#scratch = Buffer.allocUnsafeSlow(64 * 1024);
-    } else if (buf.length > 1 << 20) {
+    } else {
       bytes = buf.subarray(0, len);
       // The view keeps a huge buffer alive only as long as its batch.
-      this.#scratch = Buffer.allocUnsafeSlow(64 * 1024);
-    } else bytes = this.#viewOf(buf, len);
-    return new Sealed(this.#key, events, after, macs, bytes, ends, { seq, mac });
-  }
-
-  /**
-   * A view of the scratch buffer's first `len` bytes, kept per length: consecutive batches of one
-   * record (durability "each") mostly have one of a few lengths, and a view per batch was garbage.
-   */
-  #viewOf(buf: Buffer, len: number): Buffer {
-    if (buf !== this.#viewsOf) {
-      this.#views.clear();
-      this.#viewsOf = buf;
+      if (buf.length > 1 << 20) this.#scratch = Buffer.allocUnsafeSlow(64 * 1024);
     }
-    let view = this.#views.get(len);
-    if (view === undefined) {
-      if (this.#views.size >= 64) this.#views.clear();
-      view = buf.subarray(0, len);
-      this.#views.set(len, view);
-    }
-    return view;
+    const kid = this.#key.kid;
+    const key = this.#key;
+    return {
+      bytes,
+      head: { seq, mac },
+      records: () => recordsOfBatch(key, kid, events, after, macs, bytes, ends),
+    };
   }
 
   /** `{` … `"prev":` — the members before prev (UTF-8), remembered for consecutive records of one kind. */
@@ -316,22 +289,6 @@ export interface SealedBatch {
   records(): AuditRecord[];
 }
 
-/** A sealed batch (an object rather than a closure: one allocation less per batch). */
-class Sealed implements SealedBatch {
-  constructor(
-    readonly key: AuditKey,
-    readonly events: readonly AuditEvent[],
-    readonly after: AuditAnchor,
-    readonly macs: readonly string[],
-    readonly bytes: Uint8Array,
-    readonly ends: readonly number[],
-    readonly head: AuditAnchor,
-  ) {}
-  records(): AuditRecord[] {
-    return recordsOfBatch(this.key, this.key.kid, this.events, this.after, this.macs, this.bytes, this.ends);
-  }
-}
-
 /**
  * The record objects of a sealed batch, for callback sinks and subscribers: made from the events
  * and the MACs rather than parsed back from the bytes (JSON.parse of each line was the largest
@@ -372,31 +329,9 @@ function recordsOfBatch(
       (v === undefined || (typeof v === 'number' && Number.isFinite(v) && !Object.is(v, -0))) &&
       (ev.context === undefined || canonical !== undefined)
     ) {
-      const ctx = canonical !== undefined && canonical !== '{}' ? key.contextDigest(canonical) : undefined;
-      if (ev.code === undefined && ctx !== undefined && ev.keyId !== undefined && v !== undefined) {
-        // The common shape (a data operation that succeeded) as one literal: the object is made
-        // with its final shape at once instead of growing member by member.
-        out.push({
-          ctx,
-          key: ev.keyId,
-          kid,
-          op: ev.op,
-          outcome: ev.outcome,
-          prev,
-          principal: ev.principal,
-          seq,
-          time: isoTime(ev.at),
-          v: AUDIT_RECORD_VERSION,
-          version: v,
-          mac,
-        });
-        prev = mac;
-        start = end;
-        continue;
-      }
       const rec = {} as Record<string, unknown>;
       if (ev.code !== undefined) rec.code = ev.code;
-      if (ctx !== undefined) rec.ctx = ctx;
+      if (canonical !== undefined && canonical !== '{}') rec.ctx = key.contextDigest(canonical);
       if (ev.keyId !== undefined) rec.key = ev.keyId;
       rec.kid = kid;
       rec.op = ev.op;

@@ -64,20 +64,20 @@ export class LazyAuditBatch implements AuditBatch {
   readonly sync: boolean;
   #text: string | undefined;
   #records: AuditRecord[] | undefined;
-  readonly #sealed: SealedAuditBytes;
+  readonly #make: (() => AuditRecord[]) | undefined;
   constructor(sealed: SealedAuditBytes, count: number, sync: boolean) {
     this.bytes = sealed.bytes;
     this.count = count;
     this.head = sealed.head;
     this.sync = sync;
-    this.#sealed = sealed;
+    this.#make = sealed.records;
   }
   get text(): string {
     this.#text ??= Buffer.from(this.bytes.buffer, this.bytes.byteOffset, this.bytes.length).toString('utf8');
     return this.#text;
   }
   get records(): readonly AuditRecord[] {
-    if (this.#records === undefined && this.#sealed.records !== undefined) this.#records = this.#sealed.records();
+    if (this.#records === undefined && this.#make !== undefined) this.#records = this.#make();
     if (this.#records === undefined) {
       const text = this.text;
       const records: AuditRecord[] = [];

@@ -1,9 +1,9 @@
 /**
- * With only the built-in file and callback sinks, a batch's bytes stay in the sealer's buffer and
- * a batch of one record reuses the sealer's MAC and line-end arrays (record.ts sealBatch with copy
- * false, on the queued path too). Every batch must still reach every sink as itself: batches of falling
- * and rising sizes, records with ids and detail (made by parsing their line from the buffer), a
- * record kept by a callback from an earlier batch, and one chain that verifies.
+ * Batches through the built-in file and callback sinks, of falling and rising sizes: every batch
+ * reaches every sink as itself — records with ids and detail (made by parsing their line), a
+ * record kept by a callback from an earlier batch — and the chain verifies. (Written for a sealer
+ * that reused its buffers across batches, since reverted: docs/audit.md §8; it guards any such
+ * reuse.)
  */
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';

@@ -60,10 +60,6 @@ describe('AuditHmac', () => {
     const bytes = new Uint8Array(randomBytes(9000));
     expect(mac.mac(bytes).equals(ref(bytes).digest())).toBe(true);
     expect(mac.macRangeBase64Url(bytes, 100, 700)).toBe(ref(bytes.subarray(100, 700)).digest('base64url'));
-    // Whole views (the sealer's kept views of its buffer), the same view twice, and one past the buffer.
-    for (const v of [bytes.subarray(0, 300), bytes.subarray(0, 300), bytes.subarray(0, 0), bytes]) {
-      expect(mac.macBytesBase64Url(v)).toBe(ref(v).digest('base64url'));
-    }
     // A key longer than the block is hashed first (RFC 2104 §2).
     const long = new Uint8Array(randomBytes(100));
     expect(new AuditHmac(long).macBase64Url('m')).toBe(createHmac('sha256', long).update('m').digest('base64url'));
