@@ -146,6 +146,12 @@ describe.skipIf(!built)('keywarden agent and unseal', () => {
     await waitFor(() => agent.log().includes('unseal progress discarded'), 'the timeout to pass', 3000);
     expect(agent.log()).toContain('unseal progress discarded: no new share within 0.5 s (0 of 3 held)');
     expect(await status(cwd)).toMatch(/sealed, unseal progress 0 of 3 \(earlier shares timed out and were discarded\)/);
+    // `status --agent` names the same agent directly and says the same thing in the same words.
+    const named = await cli(['--agent', path.join(cwd, '.keywarden', 'agent.sock'), 'status'], { cwd });
+    expect(named.code, named.stderr).toBe(0);
+    expect(named.out).toMatch(
+      /\nstate: +sealed, unseal progress 0 of 3 \(earlier shares timed out and were discarded\)\n/,
+    );
     const next = await cli(['unseal', '--share-file', share[1] as string], { cwd });
     expect(next.out).toContain(
       'unseal progress: 1 of 3 (share 2) — earlier shares had timed out and were discarded; progress started over',

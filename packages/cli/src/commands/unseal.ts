@@ -220,12 +220,7 @@ while. Unsealing again needs a quorum of shares (\`keywarden unseal\`). Stopping
         pairs.push(['agent', `no agent running on ${socket.display} (start one with \`keywarden agent\`)`]);
       } else {
         pairs.push(['agent', `running on ${socket.display} (pid ${st.pid})`]);
-        pairs.push([
-          'state',
-          st.sealed
-            ? `sealed, unseal progress ${st.accepted} of ${st.threshold}${indices(st.indices)}${st.reset ? ' (earlier shares timed out and were discarded)' : ''}`
-            : 'unsealed',
-        ]);
+        pairs.push(['state', agentStateText(st)]);
       }
       await print(io.stdout, formatPairs(pairs));
     });
@@ -280,13 +275,18 @@ async function printAgentStatus(io: CliIO, display: string, st: AgentStatus, jso
   if (st.shareSetId) {
     pairs.push(['unseal', `any ${st.threshold} of ${st.shares} shares of share set ${st.shareSetId}`]);
   }
-  pairs.push([
-    'state',
-    st.sealed
-      ? `sealed, unseal progress ${st.accepted} of ${st.threshold}${indices(st.indices)}${st.reset ? ' (earlier shares had timed out and were discarded)' : ''}`
-      : 'unsealed',
-  ]);
+  pairs.push(['state', agentStateText(st)]);
   await print(io.stdout, formatPairs(pairs));
+}
+
+/**
+ * The `state` line of `status` (folder and `--agent` alike): sealed with the shares held so far,
+ * or unsealed. Written once so both outputs say the same thing.
+ */
+function agentStateText(st: AgentStatus): string {
+  if (!st.sealed) return 'unsealed';
+  const reset = st.reset ? ' (earlier shares timed out and were discarded)' : '';
+  return `sealed, unseal progress ${st.accepted} of ${st.threshold}${indices(st.indices)}${reset}`;
 }
 
 async function printStillSealed(io: CliIO, st: AgentStatus): Promise<void> {
