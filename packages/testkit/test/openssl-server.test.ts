@@ -1,40 +1,16 @@
-import { spawnSync } from 'node:child_process';
-import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { readFileSync } from 'node:fs';
 import { createServer, type Server } from 'node:net';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { randomListenPort, startOpensslServer } from '../src/openssl-server.js';
+import { makePki, type TestPki } from '../src/tls-certs.js';
 
 describe('startOpensslServer', () => {
-  let dir: string;
+  let pki: TestPki;
   let busy: Server;
   let busyPort: number;
 
   beforeAll(async () => {
-    dir = mkdtempSync(join(tmpdir(), 'kw-ossl-'));
-    const certs = spawnSync(
-      'openssl',
-      [
-        'req',
-        '-x509',
-        '-newkey',
-        'ec',
-        '-pkeyopt',
-        'ec_paramgen_curve:P-256',
-        '-nodes',
-        '-subj',
-        '/CN=localhost',
-        '-keyout',
-        'k.pem',
-        '-out',
-        'c.pem',
-        '-days',
-        '1',
-      ],
-      { cwd: dir, encoding: 'utf8', timeout: 30_000 },
-    );
-    expect(certs.status, certs.stderr).toBe(0);
+    pki = makePki();
     busy = createServer();
     await new Promise<void>((resolve) => busy.listen(0, '127.0.0.1', resolve));
     busyPort = (busy.address() as { port: number }).port;
@@ -42,15 +18,15 @@ describe('startOpensslServer', () => {
 
   afterAll(async () => {
     await new Promise((r) => busy.close(r));
-    rmSync(dir, { recursive: true, force: true });
+    pki?.remove();
   });
 
   const args = (port: number) => [
     's_server',
     '-cert',
-    join(dir, 'c.pem'),
+    pki.server.certFile,
     '-key',
-    join(dir, 'k.pem'),
+    pki.server.keyFile,
     '-accept',
     `127.0.0.1:${port}`,
     '-naccept',
