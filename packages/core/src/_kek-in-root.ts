@@ -8,7 +8,7 @@
  * that a wrap made through a root opens with data-key.ts `unwrapDataKey` under the same KEK).
  */
 import { concatBytes, u8, u32be, utf8 } from './_bytes.js';
-import { encodeContext, type EncryptionContext } from './context.js';
+import { type EncryptionContext, encodeContextShared } from './context.js';
 import {
   checkKekRef,
   type DataKey,
@@ -48,7 +48,7 @@ export async function wrapDataKeyInRoot(
     id,
     u32be(ref.version),
   );
-  const aad = concatBytes(header, encodeContext(context));
+  const aad = concatBytes(header, encodeContextShared(context));
   const { nonce, sealed } = await root.sealDataKey(reference, kekAad, dek, aad);
   return { plaintext: dek, wrapped: concatBytes(header, nonce, sealed), keyId: ref.keyId, version: ref.version };
 }
@@ -62,6 +62,6 @@ export async function unwrapDataKeyInRoot(
 ): Promise<Uint8Array> {
   // A wrap of another suite was not made by this root: one failure, nothing said about why.
   if (parsed.suite !== root.suite) throw new DecryptionError('data key');
-  const aad = concatBytes(parsed.header, encodeContext(context));
+  const aad = concatBytes(parsed.header, encodeContextShared(context));
   return root.openDataKey(reference, kekAad, parsed.nonce, parsed.sealed, aad);
 }

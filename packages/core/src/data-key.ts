@@ -23,7 +23,7 @@
 import { assertBytes, concatBytes, u32be, u8, utf8 } from './_bytes.js';
 import { GCM_NONCE_BYTES, GCM_TAG_BYTES, gcmOpen, gcmSeal } from './aead.js';
 import { XAES_NONCE_BYTES, type XaesKeySchedule, xaesOpen, xaesSeal } from './_xaes.js';
-import { encodeContext, type EncryptionContext } from './context.js';
+import { type EncryptionContext, encodeContextShared } from './context.js';
 import { FormatError, InvalidInputError } from './errors.js';
 import type { KeyExpectation } from './key-expectation.js';
 
@@ -110,7 +110,7 @@ export function wrapDataKey(
   assertBytes(dek, 'data key: DEK', DEK_BYTES);
   assertBytes(nonce, `data key: nonce of suite ${suite}`, nonceBytes);
   const h = header(ref, suite);
-  const aad = concatBytes(h, encodeContext(context));
+  const aad = concatBytes(h, encodeContextShared(context));
   const sealed =
     suite === SUITE_DEK_XAES256GCM ? xaesSeal(schedule ?? kek, nonce, dek, aad) : gcmSeal(kek, nonce, dek, aad);
   return concatBytes(h, nonce, sealed);
@@ -160,7 +160,7 @@ export function unwrapDataKey(
   /** Internal (keywarden.ts): `kek`'s XAES key schedule, kept with the cached KEK. */
   schedule?: XaesKeySchedule,
 ): Uint8Array {
-  const aad = concatBytes(parsed.header, encodeContext(context));
+  const aad = concatBytes(parsed.header, encodeContextShared(context));
   if (parsed.suite === SUITE_DEK_XAES256GCM) {
     return xaesOpen(schedule ?? kek, parsed.nonce, parsed.sealed, aad, 'data key');
   }

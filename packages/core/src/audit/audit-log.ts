@@ -15,6 +15,7 @@
  * One writer per log: two processes appending to the same store or file fork the chain (the agent
  * is the single writer in a deployment; docs/audit.md §Writers).
  */
+import { ContextMemo } from '../context.js';
 import { AuditError, InvalidInputError, KeywardenError } from '../errors.js';
 import type { KeyStore } from '../keystore.js';
 import type { RootOfTrust } from '../root.js';
@@ -99,10 +100,7 @@ export class AuditLog {
   /** Operations begun and not yet recorded (group commit in durability "each"). */
   #inFlight = 0;
   /** The last context object seen, its own keys and string values, and its canonical JSON. */
-  #ctxObject: object | undefined;
-  #ctxKeys: string[] = [];
-  #ctxValues: string[] = [];
-  #ctxCanonical = '';
+  readonly #ctxMemo = new ContextMemo<string>();
 
   constructor(options: AuditLogOptions) {
     if (typeof options !== 'object' || options === null) throw new InvalidInputError('audit: options are required');
@@ -227,38 +225,7 @@ export class AuditLog {
    * exact, and sorting and escaping are skipped.
    */
   #canonicalOf(context: Readonly<Record<string, string>>): string {
-    if (context === this.#ctxObject) {
-      // for…in rather than Object.keys: no array per record. It also walks inherited enumerable
-      // keys: any key not the object's own sends the context down the full path.
-      const kept = this.#ctxKeys;
-      let i = 0;
-      let same = true;
-      for (const k in context) {
-        if (k !== kept[i] || context[k] !== this.#ctxValues[i] || !Object.hasOwn(context, k)) {
-          same = false;
-          break;
-        }
-        i++;
-      }
-      if (same && i === kept.length) return this.#ctxCanonical;
-    }
-    const keys = Object.keys(context);
-    const canonical = canonicalContext(context);
-    const values: string[] = [];
-    for (const k of keys) {
-      const v = context[k];
-      if (typeof v !== 'string') {
-        // Only string values are compared by value; anything else is never taken from the cache.
-        this.#ctxObject = undefined;
-        return canonical;
-      }
-      values.push(v);
-    }
-    this.#ctxObject = context;
-    this.#ctxKeys = keys;
-    this.#ctxValues = values;
-    this.#ctxCanonical = canonical;
-    return canonical;
+    return this.#ctxMemo.get(context) ?? this.#ctxMemo.set(context, canonicalContext(context));
   }
 
   /** Write everything buffered now. */
