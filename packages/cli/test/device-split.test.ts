@@ -96,6 +96,43 @@ async function pinOf(shares: string[]): Promise<string> {
 }
 
 /**
+ * `--dir d init --root ROOT` with the device secret split 2 of 3 into SHARE_DIR: the PKCS#11 user
+ * PIN (`--pin-shares`/`--pin-threshold`) or the TPM auth value (`--auth-shares`/`--auth-threshold`).
+ */
+function splitInitArgs(secret: 'pin' | 'auth', root: string, shareDir: string): string[] {
+  const [shares, threshold] = [`--${secret}-shares`, `--${secret}-threshold`];
+  return ['--dir', 'd', 'init', '--root', root, shares, '3', threshold, '2', '--share-dir', shareDir];
+}
+
+/** Through the unsealed agent: `key create k`, TEXT encrypted to ./ct, and decrypted back to TEXT. */
+async function createEncryptDecrypt(cwd: string, env: Env, text: string): Promise<void> {
+  expect((await kw(['--dir', 'd', 'key', 'create', 'k'], cwd, { env, timeoutMs: 60_000 })).code).toBe(0);
+  const enc = await kw(['--dir', 'd', 'encrypt', '--key', 'k', '-o', 'ct'], cwd, {
+    env,
+    input: text,
+    timeoutMs: 60_000,
+  });
+  expect(enc.code, enc.stderr).toBe(0);
+  const dec = await kw(['--dir', 'd', 'decrypt', '--key', 'k', '-i', 'ct'], cwd, { env, timeoutMs: 60_000 });
+  expect(dec.code, dec.stderr).toBe(0);
+  expect(dec.stdout).toBe(text);
+}
+
+/** `--dir d rekey --resume|--abort [--share-file …]`: finish or undo a rekey that was stopped. */
+function rekeyThen(cwd: string, env: Env, how: '--resume' | '--abort', shareFiles: string[] = []): Promise<Spawned> {
+  return kw(['--dir', 'd', 'rekey', how, ...shareFiles], cwd, { env, timeoutMs: 60_000 });
+}
+
+/**
+ * `keywarden ARGS` with the step hook's `kill:STEP` (KEYWARDEN_TEST_STEP_HOOK): the process SIGKILLs
+ * itself when it reaches STEP. It must have died there (no exit code), not finished or failed.
+ */
+async function killAtStep(args: string[], cwd: string, env: Env, step: string): Promise<void> {
+  const r = await kw(args, cwd, { env: { ...env, KEYWARDEN_TEST_STEP_HOOK: `kill:${step}` }, timeoutMs: 60_000 });
+  expect(r.code, r.stderr).toBeNull();
+}
+
+/**
  * `keywarden ARGS`, SIGKILLed `delayMs` after it announces step `after` (or left to finish), at any
  * instant but one: inside SoftHSM2's C_SetPIN, which is not crash-safe in SoftHSM2 itself (a kill
  * there can leave the token uninitialized: harness/softhsm-setpin-kill.mjs, docs/pkcs11.md). The
@@ -177,24 +214,28 @@ describe.skipIf(!built)('init --root pkcs11:… --pin-shares: the user PIN split
     `pkcs11:token=${encodeURIComponent(('env' in device && device.env.KEYWARDEN_PKCS11_TOKEN) || 'keywarden')};object=${object}` +
     `?module-path=${encodeURI(('env' in device && device.env.KEYWARDEN_PKCS11_MODULE) || '')}&pin-source=env:KW_TEST_PIN`;
   const withPin = () => ({ ...env, KW_TEST_PIN: pin });
-  /** Whether the token takes `p` as its user PIN, asked by OpenSC's pkcs11-tool (not Keywarden). */
+  /** OpenSC's pkcs11-tool (not Keywarden) logged in to the test token with user PIN `p`: what it prints. */
+  const pkcs11Tool = (p: string, ...args: string[]): string => {
+    if (!('env' in device)) throw new Error('no SoftHSM2 token');
+    return execFileSync(
+      'pkcs11-tool',
+      [
+        '--module',
+        device.env.KEYWARDEN_PKCS11_MODULE as string,
+        '--token-label',
+        device.env.KEYWARDEN_PKCS11_TOKEN as string,
+        '--login',
+        '--pin',
+        p,
+        ...args,
+      ],
+      { env: { ...process.env, ...env }, encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'], timeout: 20_000 },
+    );
+  };
+  /** Whether the token takes `p` as its user PIN, asked by pkcs11-tool. */
   const tokenTakes = (p: string): boolean => {
-    if (!('env' in device)) return false;
     try {
-      execFileSync(
-        'pkcs11-tool',
-        [
-          '--module',
-          device.env.KEYWARDEN_PKCS11_MODULE as string,
-          '--token-label',
-          device.env.KEYWARDEN_PKCS11_TOKEN as string,
-          '--login',
-          '--pin',
-          p,
-          '--list-objects',
-        ],
-        { env: { ...process.env, ...env }, stdio: 'ignore', timeout: 20_000 },
-      );
+      pkcs11Tool(p, '--list-objects');
       return true;
     } catch {
       return false;
@@ -204,23 +245,7 @@ describe.skipIf(!built)('init --root pkcs11:… --pin-shares: the user PIN split
   it('init splits the PIN; the agent unseals from a quorum; wrong, forged and too few shares never reach the token', async (ctx) => {
     if (skip()) return ctx.skip();
     const cwd = await tempDir();
-    const init = await kw(
-      [
-        '--dir',
-        'd',
-        'init',
-        '--root',
-        uri('kw-split'),
-        '--pin-shares',
-        '3',
-        '--pin-threshold',
-        '2',
-        '--share-dir',
-        'shares',
-      ],
-      cwd,
-      { env: withPin(), timeoutMs: 60_000 },
-    );
+    const init = await kw(splitInitArgs('pin', uri('kw-split'), 'shares'), cwd, { env: withPin(), timeoutMs: 60_000 });
     expect(init.code, init.stderr).toBe(0);
     expect(init.stderr).toMatch(
       /a new random user PIN, set on the token in place of the one given \(which no longer opens it\), was split into 3 shares, any 2 of which unseal/,
@@ -291,16 +316,7 @@ describe.skipIf(!built)('init --root pkcs11:… --pin-shares: the user PIN split
     const done = await kw(['--dir', 'd', 'unseal', '--share-file', 's3'], cwd, { env, timeoutMs: 60_000 });
     expect(done.code, done.stderr).toBe(0);
     expect(done.stdout).toMatch(/unsealed/);
-    expect((await kw(['--dir', 'd', 'key', 'create', 'k'], cwd, { env, timeoutMs: 60_000 })).code).toBe(0);
-    const enc = await kw(['--dir', 'd', 'encrypt', '--key', 'k', '-o', 'ct'], cwd, {
-      env,
-      input: 'pin split',
-      timeoutMs: 60_000,
-    });
-    expect(enc.code, enc.stderr).toBe(0);
-    const dec = await kw(['--dir', 'd', 'decrypt', '--key', 'k', '-i', 'ct'], cwd, { env, timeoutMs: 60_000 });
-    expect(dec.code, dec.stderr).toBe(0);
-    expect(dec.stdout).toBe('pin split');
+    await createEncryptDecrypt(cwd, env, 'pin split');
 
     // Seal, and a quorum unseals again (the root is reopened sealed from the store).
     expect((await kw(['--dir', 'd', 'seal'], cwd, { env })).code).toBe(0);
@@ -345,30 +361,12 @@ describe.skipIf(!built)('init --root pkcs11:… --pin-shares: the user PIN split
   it('SIGKILL at each step of the init: the typed PIN opens the token until C_SetPIN, the durable shares after; resume and abort finish or undo the PIN change', async (ctx) => {
     if (skip()) return ctx.skip();
     const cwd = await tempDir();
-    const args = (object: string) => [
-      '--dir',
-      'd',
-      'init',
-      '--root',
-      uri(object),
-      '--pin-shares',
-      '3',
-      '--pin-threshold',
-      '2',
-      '--share-dir',
-      'shares',
-    ];
+    const args = (object: string) => splitInitArgs('pin', uri(object), 'shares');
     const left = () =>
       readdirSync(path.join(cwd, 'd'))
         .filter((f) => !/^keystore\.db\.staged-(wal|shm)$/.test(f))
         .sort();
-    const killAt = async (step: string, object: string) => {
-      const r = await kw(args(object), cwd, {
-        env: { ...withPin(), KEYWARDEN_TEST_STEP_HOOK: `kill:${step}` },
-        timeoutMs: 60_000,
-      });
-      expect(r.code, r.stderr).toBeNull();
-    };
+    const killAt = (step: string, object: string) => killAtStep(args(object), cwd, withPin(), step);
     const shareFiles = [1, 2, 3].map((i) => path.join('shares', `share-${i}-of-3.txt`));
     const quorum = ['--share-file', shareFiles[0] as string, '--share-file', shareFiles[2] as string];
     const splitPin = async () =>
@@ -518,8 +516,8 @@ describe.skipIf(!built)('init --root pkcs11:… --pin-shares: the user PIN split
     for (let round = 0; round < rounds; round++) {
       const step = steps[Math.floor(Math.random() * steps.length)] as string;
       const delay = Math.floor(Math.random() * 40);
-      const args = ['--dir', 'd', 'init', '--root', uri(`kw-r${round}`), '--pin-shares', '3', '--pin-threshold', '2'];
-      const run = await killAfterStep([...args, '--share-dir', 'shares'], cwd, withPin(), step, delay);
+      const args = splitInitArgs('pin', uri(`kw-r${round}`), 'shares');
+      const run = await killAfterStep(args, cwd, withPin(), step, delay);
       const note = `round ${round}: SIGKILL ${delay} ms after ${step} (killed: ${run.killed})`;
       const split = await writtenPin();
       // The invariant: some durable secret opens the token.
@@ -572,23 +570,7 @@ describe.skipIf(!built)('init --root pkcs11:… --pin-shares: the user PIN split
   it('rekey of the split PIN: a quorum of the current shares, a new random PIN set with C_SetPIN, new N and M; SIGKILL before and after C_SetPIN, then resume or abort', async (ctx) => {
     if (skip()) return ctx.skip();
     const cwd = await tempDir();
-    const init = await kw(
-      [
-        '--dir',
-        'd',
-        'init',
-        '--root',
-        uri('kw-rekey'),
-        '--pin-shares',
-        '3',
-        '--pin-threshold',
-        '2',
-        '--share-dir',
-        'old',
-      ],
-      cwd,
-      { env: withPin(), timeoutMs: 60_000 },
-    );
+    const init = await kw(splitInitArgs('pin', uri('kw-rekey'), 'old'), cwd, { env: withPin(), timeoutMs: 60_000 });
     expect(init.code, init.stderr).toBe(0);
     const read = (dir: string, n: number) =>
       Array.from({ length: n }, (_, i) =>
@@ -599,13 +581,7 @@ describe.skipIf(!built)('init --root pkcs11:… --pin-shares: the user PIN split
     const pin1 = await pinOf(read('old', 3).slice(0, 2));
     expect(tokenTakes(pin1)).toBe(true);
     const rekeyArgs = ['--dir', 'd', 'rekey', '--shares', '4', '--threshold', '3', '--share-dir', 'new'];
-    const killAt = async (step: string) => {
-      const r = await kw([...rekeyArgs, ...fileArgs('old', 3, [1, 3])], cwd, {
-        env: { ...env, KEYWARDEN_TEST_STEP_HOOK: `kill:${step}` },
-        timeoutMs: 60_000,
-      });
-      expect(r.code, r.stderr).toBeNull();
-    };
+    const killAt = (step: string) => killAtStep([...rekeyArgs, ...fileArgs('old', 3, [1, 3])], cwd, env, step);
     const newPin = async () => pinOf(read('new', 4).slice(1, 4));
 
     // Too few current shares: nothing changes.
@@ -629,7 +605,7 @@ describe.skipIf(!built)('init --root pkcs11:… --pin-shares: the user PIN split
       await kw([...rekeyArgs, ...fileArgs('old', 3, [1, 2])], cwd, { env, timeoutMs: 60_000 }),
       /is pending/,
     );
-    const abort1 = await kw(['--dir', 'd', 'rekey', '--abort'], cwd, { env, timeoutMs: 60_000 });
+    const abort1 = await rekeyThen(cwd, env, '--abort');
     expect(abort1.code, abort1.stderr).toBe(0);
     const after = await kw(['--dir', 'd', 'status', '--json'], cwd, { env, timeoutMs: 60_000 });
     expect(JSON.parse(after.stdout).pending).toBeNull();
@@ -641,17 +617,11 @@ describe.skipIf(!built)('init --root pkcs11:… --pin-shares: the user PIN split
     await killAt('rekey:pin-changing');
     expect(tokenTakes(pin1)).toBe(true);
     oneLineError(
-      await kw(['--dir', 'd', 'rekey', '--resume', ...fileArgs('new', 4, [1, 2, 4])], cwd, { env, timeoutMs: 60_000 }),
+      await rekeyThen(cwd, env, '--resume', fileArgs('new', 4, [1, 2, 4])),
       /still takes the current secret/,
     );
-    oneLineError(
-      await kw(['--dir', 'd', 'rekey', '--abort'], cwd, { env, timeoutMs: 60_000 }),
-      /give a quorum of the new shares/,
-    );
-    const abort2 = await kw(['--dir', 'd', 'rekey', '--abort', ...fileArgs('new', 4, [1, 2, 4])], cwd, {
-      env,
-      timeoutMs: 60_000,
-    });
+    oneLineError(await rekeyThen(cwd, env, '--abort'), /give a quorum of the new shares/);
+    const abort2 = await rekeyThen(cwd, env, '--abort', fileArgs('new', 4, [1, 2, 4]));
     expect(abort2.code, abort2.stderr).toBe(0);
     expect(tokenTakes(pin1)).toBe(true);
 
@@ -660,14 +630,8 @@ describe.skipIf(!built)('init --root pkcs11:… --pin-shares: the user PIN split
     const pin2 = await newPin();
     expect(tokenTakes(pin1)).toBe(false);
     expect(tokenTakes(pin2)).toBe(true);
-    oneLineError(
-      await kw(['--dir', 'd', 'rekey', '--abort', ...fileArgs('new', 4, [1, 2, 3])], cwd, { env, timeoutMs: 60_000 }),
-      /already takes the new secret/,
-    );
-    const resume3 = await kw(['--dir', 'd', 'rekey', '--resume', ...fileArgs('new', 4, [2, 3, 4])], cwd, {
-      env,
-      timeoutMs: 60_000,
-    });
+    oneLineError(await rekeyThen(cwd, env, '--abort', fileArgs('new', 4, [1, 2, 3])), /already takes the new secret/);
+    const resume3 = await rekeyThen(cwd, env, '--resume', fileArgs('new', 4, [2, 3, 4]));
     expect(resume3.code, resume3.stderr).toBe(0);
     expect(resume3.stderr).toMatch(/Activated the new share set ss_\S+ of d \(3 of 4\)/);
 
@@ -729,23 +693,7 @@ describe.skipIf(!built)('init --root pkcs11:… --pin-shares: the user PIN split
   it('cert --storage root on a folder whose PIN is split: a quorum of the PIN shares unseals the token for the one command; OpenSSL verifies what it signs', async (ctx) => {
     if (skip()) return ctx.skip();
     const cwd = await tempDir();
-    const init = await kw(
-      [
-        '--dir',
-        'd',
-        'init',
-        '--root',
-        uri('kw-cert'),
-        '--pin-shares',
-        '3',
-        '--pin-threshold',
-        '2',
-        '--share-dir',
-        'shares',
-      ],
-      cwd,
-      { env: withPin(), timeoutMs: 60_000 },
-    );
+    const init = await kw(splitInitArgs('pin', uri('kw-cert'), 'shares'), cwd, { env: withPin(), timeoutMs: 60_000 });
     expect(init.code, init.stderr).toBe(0);
     const quorum = (...which: number[]) =>
       which.flatMap((i) => ['--share-file', path.join('shares', `share-${i}-of-3.txt`)]);
@@ -808,48 +756,18 @@ describe.skipIf(!built)('init --root pkcs11:… --pin-shares: the user PIN split
     for (const file of filesUnder(path.join(cwd, 'd'))) {
       expect(file.bytes.includes(Buffer.from(pinNow)), file.file).toBe(false);
     }
-    if ('env' in device) {
-      const objects = execFileSync(
-        'pkcs11-tool',
-        [
-          '--module',
-          device.env.KEYWARDEN_PKCS11_MODULE as string,
-          '--token-label',
-          device.env.KEYWARDEN_PKCS11_TOKEN as string,
-          '--login',
-          '--pin',
-          pinNow,
-          '--list-objects',
-          '--type',
-          'privkey',
-        ],
-        { env: { ...process.env, ...env }, encoding: 'utf8', timeout: 20_000 },
-      );
-      expect(objects.match(/Private Key Object/g)?.length ?? 0).toBeGreaterThanOrEqual(2);
-    }
+    const objects = pkcs11Tool(pinNow, '--list-objects', '--type', 'privkey');
+    expect(objects.match(/Private Key Object/g)?.length ?? 0).toBeGreaterThanOrEqual(2);
   }, 300_000);
 
   it('a wrong PIN at init: one line naming CKR_PIN_INCORRECT, not the PIN; the shares handed out are taken back', async (ctx) => {
     if (skip()) return ctx.skip();
     const cwd = await tempDir();
     const wrongPin = `${pin}-not-it`;
-    const r = await kw(
-      [
-        '--dir',
-        'd',
-        'init',
-        '--root',
-        uri('kw-wrong'),
-        '--pin-shares',
-        '3',
-        '--pin-threshold',
-        '2',
-        '--share-dir',
-        'shares',
-      ],
-      cwd,
-      { env: { ...env, KW_TEST_PIN: wrongPin }, timeoutMs: 60_000 },
-    );
+    const r = await kw(splitInitArgs('pin', uri('kw-wrong'), 'shares'), cwd, {
+      env: { ...env, KW_TEST_PIN: wrongPin },
+      timeoutMs: 60_000,
+    });
     oneLineError(r, /CKR_PIN_INCORRECT/);
     expect(r.stderr).not.toContain(wrongPin);
     // Checked before anything is made: no folder, no share, and the token still takes its PIN.
@@ -873,12 +791,16 @@ describe.skipIf(!built)(
     afterAll(() => {
       if (device && 'stop' in device) device.stop();
     });
-
-    it('init draws and splits the auth value; the agent unseals from a quorum; wrong-purpose shares are refused', async (ctx) => {
+    const skip = () => {
       if ('reason' in device) {
         console.warn(`skipped: ${device.reason}`);
-        return ctx.skip();
+        return true;
       }
+      return false;
+    };
+
+    it('init draws and splits the auth value; the agent unseals from a quorum; wrong-purpose shares are refused', async (ctx) => {
+      if (skip()) return ctx.skip();
       const cwd = await tempDir();
       // An auth value named by the URI is refused: with shares nobody is meant to know it.
       await writeFile(path.join(cwd, 'auth'), 'a-known-auth-value\n', { mode: 0o600 });
@@ -894,23 +816,7 @@ describe.skipIf(!built)(
       );
       expect(readdirSync(cwd)).toEqual(['auth']);
 
-      const init = await kw(
-        [
-          '--dir',
-          'd',
-          'init',
-          '--root',
-          'tpm:',
-          '--auth-shares',
-          '3',
-          '--auth-threshold',
-          '2',
-          '--share-dir',
-          'shares',
-        ],
-        cwd,
-        { env, timeoutMs: 60_000 },
-      );
+      const init = await kw(splitInitArgs('auth', 'tpm:', 'shares'), cwd, { env, timeoutMs: 60_000 });
       expect(init.code, init.stderr).toBe(0);
       expect(init.stderr).toMatch(/a random auth value for the TPM root was split into 3 shares/);
       const shares = [1, 2, 3].map((i) => path.join(cwd, 'shares', `share-${i}-of-3.txt`));
@@ -940,15 +846,7 @@ describe.skipIf(!built)(
       );
       expect(un.code, un.stderr).toBe(0);
       expect(un.stdout).toMatch(/unsealed/);
-      expect((await kw(['--dir', 'd', 'key', 'create', 'k'], cwd, { env, timeoutMs: 60_000 })).code).toBe(0);
-      const enc = await kw(['--dir', 'd', 'encrypt', '--key', 'k', '-o', 'ct'], cwd, {
-        env,
-        input: 'tpm split',
-        timeoutMs: 60_000,
-      });
-      expect(enc.code, enc.stderr).toBe(0);
-      const dec = await kw(['--dir', 'd', 'decrypt', '--key', 'k', '-i', 'ct'], cwd, { env, timeoutMs: 60_000 });
-      expect(dec.stdout).toBe('tpm split');
+      await createEncryptDecrypt(cwd, env, 'tpm split');
       expect(await agent.stop()).toBe(0);
       const log = agent.log();
       for (const s of shares) expect(log).not.toContain((await readFile(s, 'utf8')).trim().slice(20));
@@ -977,16 +875,9 @@ describe.skipIf(!built)(
     }, 180_000);
 
     it('rekey of the split TPM auth value: TPM2_ObjectChangeAuth on the check object, new N and M; SIGKILL before and after the change, then resume or abort; data from before still decrypts', async (ctx) => {
-      if ('reason' in device) {
-        console.warn(`skipped: ${device.reason}`);
-        return ctx.skip();
-      }
+      if (skip()) return ctx.skip();
       const cwd = await tempDir();
-      const init = await kw(
-        ['--dir', 'd', 'init', '--root', 'tpm:', '--auth-shares', '3', '--auth-threshold', '2', '--share-dir', 'old'],
-        cwd,
-        { env, timeoutMs: 60_000 },
-      );
+      const init = await kw(splitInitArgs('auth', 'tpm:', 'old'), cwd, { env, timeoutMs: 60_000 });
       expect(init.code, init.stderr).toBe(0);
       const files = (dir: string, n: number, which: number[]) =>
         which.flatMap((i) => ['--share-file', path.join(dir, `share-${i}-of-${n}.txt`)]);
@@ -1003,34 +894,16 @@ describe.skipIf(!built)(
       expect(await agent.stop()).toBe(0);
 
       const rekeyArgs = ['--dir', 'd', 'rekey', '--shares', '4', '--threshold', '3', '--share-dir', 'new'];
-      const killAt = async (step: string) => {
-        const r = await kw([...rekeyArgs, ...files('old', 3, [2, 3])], cwd, {
-          env: { ...env, KEYWARDEN_TEST_STEP_HOOK: `kill:${step}` },
-          timeoutMs: 60_000,
-        });
-        expect(r.code, r.stderr).toBeNull();
-      };
+      const killAt = (step: string) => killAtStep([...rekeyArgs, ...files('old', 3, [2, 3])], cwd, env, step);
       // Killed just before the change: the current auth value still opens the root.
       await killAt('rekey:pin-changing');
-      oneLineError(
-        await kw(['--dir', 'd', 'rekey', '--resume', ...files('new', 4, [1, 2, 3])], cwd, { env, timeoutMs: 60_000 }),
-        /still takes the current secret/,
-      );
-      const abort = await kw(['--dir', 'd', 'rekey', '--abort', ...files('new', 4, [1, 2, 3])], cwd, {
-        env,
-        timeoutMs: 60_000,
-      });
+      oneLineError(await rekeyThen(cwd, env, '--resume', files('new', 4, [1, 2, 3])), /still takes the current secret/);
+      const abort = await rekeyThen(cwd, env, '--abort', files('new', 4, [1, 2, 3]));
       expect(abort.code, abort.stderr).toBe(0);
       // Killed just after the new check object was written: only the new shares open it.
       await killAt('rekey:pin-changed');
-      oneLineError(
-        await kw(['--dir', 'd', 'rekey', '--abort', ...files('new', 4, [2, 3, 4])], cwd, { env, timeoutMs: 60_000 }),
-        /already takes the new secret/,
-      );
-      const resume = await kw(['--dir', 'd', 'rekey', '--resume', ...files('new', 4, [1, 3, 4])], cwd, {
-        env,
-        timeoutMs: 60_000,
-      });
+      oneLineError(await rekeyThen(cwd, env, '--abort', files('new', 4, [2, 3, 4])), /already takes the new secret/);
+      const resume = await rekeyThen(cwd, env, '--resume', files('new', 4, [1, 3, 4]));
       expect(resume.code, resume.stderr).toBe(0);
       expect(resume.stderr).toMatch(
         /Activated the new share set ss_\S+ of d \(3 of 4\); the TPM root has the new secret/,
@@ -1052,28 +925,9 @@ describe.skipIf(!built)(
     }, 240_000);
 
     it('cert ca --storage root on a folder whose TPM auth value is split: a quorum of its shares unseals the TPM root for the command; OpenSSL verifies the CA', async (ctx) => {
-      if ('reason' in device) {
-        console.warn(`skipped: ${device.reason}`);
-        return ctx.skip();
-      }
+      if (skip()) return ctx.skip();
       const cwd = await tempDir();
-      const init = await kw(
-        [
-          '--dir',
-          'd',
-          'init',
-          '--root',
-          'tpm:',
-          '--auth-shares',
-          '3',
-          '--auth-threshold',
-          '2',
-          '--share-dir',
-          'shares',
-        ],
-        cwd,
-        { env, timeoutMs: 60_000 },
-      );
+      const init = await kw(splitInitArgs('auth', 'tpm:', 'shares'), cwd, { env, timeoutMs: 60_000 });
       expect(init.code, init.stderr).toBe(0);
       const args = [
         '--dir',
