@@ -290,6 +290,10 @@ describe.skipIf(!built)('init --root pkcs11:… --pin-shares: the user PIN split
     expect(one.code, one.stderr).toBe(0);
     expect(one.stdout).toMatch(/unseal progress: 1 of 2 \(share 1\)/);
     expect(one.stdout).toMatch(/still sealed/);
+    // The device status says what the agent holds as the folder status does (shares, not only a count).
+    const stOne = await kw(['--dir', 'd', 'status'], cwd, { env, timeoutMs: 60_000 });
+    expect(stOne.code, stOne.stderr).toBe(0);
+    expect(stOne.stdout).toMatch(/\nagent: +running on .+ \(pid \d+\), sealed, unseal progress 1 of 2 \(share 1\)\n/);
     oneLineError(await kw(['--dir', 'd', 'key', 'create', 'k'], cwd, { env }), /sealed/);
 
     // A forged share (altered) is refused by its commitment; the progress made is kept.

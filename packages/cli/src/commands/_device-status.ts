@@ -10,6 +10,7 @@ import type { RootOfTrust } from '@keywarden/core';
 import type { CliIO } from '../io.js';
 import { formatJson, formatPairs, print } from '../output.js';
 import { openFolderRoot, type SocketLocation, type StoreLocation } from '../store-dir.js';
+import { agentStateText } from './_agent-state.js';
 import { pendingJson, pendingText } from './_pending.js';
 
 interface Pkcs11Like {
@@ -116,7 +117,7 @@ export async function deviceStatus(
       pairs.push([
         'agent',
         agent
-          ? `running on ${socket?.display} (pid ${agent.pid}), ${agent.sealed ? `sealed, unseal progress ${agent.accepted} of ${agent.threshold}` : 'unsealed'}`
+          ? `running on ${socket?.display} (pid ${agent.pid}), ${agentStateText(agent)}`
           : `no agent running on ${socket?.display ?? 'its socket'} (start one with \`keywarden agent\`)`,
       ]);
       if (pending) pairs.push(['pending', `${pendingText(pending)}; the current shares still work`]);

@@ -11,6 +11,7 @@ import type { CliIO } from '../io.js';
 import { formatJson, formatPairs, print } from '../output.js';
 import { pendingCeremonyOf } from '@keywarden/ceremony';
 import { folderStoreOf, loadFolderRootBackend, requireStore, sealedRootDocument } from '../store-dir.js';
+import { agentStateText, shareIndicesText } from './_agent-state.js';
 import { deviceStatus } from './_device-status.js';
 import { type PendingShown, pendingJson as pendingJsonOf, pendingText as pendingTextOf } from './_pending.js';
 import { connectCommandAgent, namedAgentOf, withNamedAgent } from './_agent-client.js';
@@ -258,7 +259,7 @@ async function printProgress(io: CliIO, r: UnsealResult): Promise<void> {
     return;
   }
   const note = r.reset ? ' — earlier shares had timed out and were discarded; progress started over' : '';
-  await print(io.stdout, `unseal progress: ${r.accepted} of ${r.threshold}${indices(r.indices)}${note}\n`);
+  await print(io.stdout, `unseal progress: ${r.accepted} of ${r.threshold}${shareIndicesText(r.indices)}${note}\n`);
   if (!r.sealed) await print(io.stdout, 'unsealed\n');
 }
 
@@ -279,16 +280,6 @@ async function printAgentStatus(io: CliIO, display: string, st: AgentStatus, jso
   await print(io.stdout, formatPairs(pairs));
 }
 
-/**
- * The `state` line of `status` (folder and `--agent` alike): sealed with the shares held so far,
- * or unsealed. Written once so both outputs say the same thing.
- */
-function agentStateText(st: AgentStatus): string {
-  if (!st.sealed) return 'unsealed';
-  const reset = st.reset ? ' (earlier shares timed out and were discarded)' : '';
-  return `sealed, unseal progress ${st.accepted} of ${st.threshold}${indices(st.indices)}${reset}`;
-}
-
 async function printStillSealed(io: CliIO, st: AgentStatus): Promise<void> {
   if (!st.sealed) return;
   await print(
@@ -296,9 +287,4 @@ async function printStillSealed(io: CliIO, st: AgentStatus): Promise<void> {
     `still sealed: ${st.accepted} of ${st.threshold} shares held by the agent; the next custodian runs \`keywarden unseal\` ` +
       `(shares are discarded after ${st.unsealTimeoutSeconds} s without a new one)\n`,
   );
-}
-
-function indices(list: readonly number[]): string {
-  if (list.length === 0) return '';
-  return ` (${list.length === 1 ? 'share' : 'shares'} ${list.join(', ')})`;
 }
