@@ -80,18 +80,20 @@ const { values } = parseArgs({
     'write-baseline': { type: 'boolean', default: false },
     baseline: { type: 'string' },
     runs: { type: 'string' },
+    'settle-ms': { type: 'string' },
   },
 });
 
 const PROFILES = {
-  full: { rounds: 7, ms: 200, warmupMs: 120, streamMiB: 1024, streamRounds: 3 },
-  check: { rounds: 5, ms: 80, warmupMs: 50, streamMiB: 64, streamRounds: 3 },
+  full: { rounds: 7, ms: 200, warmupMs: 120, settleMs: 150, streamMiB: 1024, streamRounds: 3 },
+  check: { rounds: 5, ms: 80, warmupMs: 50, settleMs: 100, streamMiB: 64, streamRounds: 3 },
 } as const;
 const profileName = values.profile as keyof typeof PROFILES;
 if (!(profileName in PROFILES)) throw new Error(`bench: unknown profile ${values.profile} (full, check)`);
 const P = PROFILES[profileName];
 const ROUNDS = Number(values.rounds ?? P.rounds);
 const MS = Number(values.ms ?? P.ms);
+const SETTLE_MS = Number(values['settle-ms'] ?? P.settleMs);
 const STREAM_MIB = Number(values['stream-mib'] ?? P.streamMiB);
 const STREAM_ROUNDS = Number(values['stream-rounds'] ?? P.streamRounds);
 const CONCURRENCY = 64;
@@ -605,7 +607,13 @@ async function buildGroups(): Promise<{ groups: Group[]; close: () => Promise<vo
 }
 
 /** Interleaved rounds over every case of every group; one Row per case. */
-async function measureGroups(groups: readonly Group[], rounds: number, ms: number, warmupMs: number): Promise<Row[]> {
+async function measureGroups(
+  groups: readonly Group[],
+  rounds: number,
+  ms: number,
+  warmupMs: number,
+  settleMs: number,
+): Promise<Row[]> {
   const all = groups.flatMap((g) => g.cases.map((c) => ({ g, c })));
   const batch = new Map<Case, number>();
   for (const { c } of all) batch.set(c, await calibrate(c.fn, warmupMs));
@@ -615,8 +623,12 @@ async function measureGroups(groups: readonly Group[], rounds: number, ms: numbe
     for (const g of groups) {
       const round = new Map<Case, number>();
       for (const c of g.cases) {
-        // Collect the previous case's garbage now, so that its GC is not charged to this case.
+        // Collect the previous case's garbage now, so that its GC is not charged to this case; then
+        // run this case untimed until the forced collection's aftermath is over (README §Method:
+        // the shrunk new space regrowing and the heap's pages faulted back cost 2-4x the CPU per
+        // operation for ~4 000 data-key calls, more for the cases that allocate more).
         collectGarbage();
+        if (settleMs > 0) await opsPerSecond(c.fn, settleMs, batch.get(c) as number);
         round.set(c, await opsPerSecond(c.fn, ms, batch.get(c) as number));
       }
       const raw = round.get(g.cases[0] as Case) as number;
@@ -826,7 +838,7 @@ async function main(): Promise<void> {
   const runs: Row[][] = [];
   for (let i = 0; i < RUNS; i++) {
     if (RUNS > 1) console.log(`run ${i + 1} of ${RUNS}`);
-    let one = await measureGroups(groups, ROUNDS, MS, P.warmupMs);
+    let one = await measureGroups(groups, ROUNDS, MS, P.warmupMs, SETTLE_MS);
     if (streamWanted && STREAM_MIB > 0) one = one.concat(measureStreams(STREAM_MIB, STREAM_ROUNDS));
     runs.push(one);
   }
@@ -849,6 +861,7 @@ async function main(): Promise<void> {
         ROUNDS,
         MS,
         P.warmupMs,
+        SETTLE_MS,
       );
       const streamAgain = [...suspects].some((s) => s?.startsWith('stream '))
         ? measureStreams(STREAM_MIB, STREAM_ROUNDS)
