@@ -123,6 +123,10 @@ const TOLERANCE_FLOORS: ReadonlyArray<readonly [RegExp, number]> = [
   // spread ×1.7 (0.0099–0.0168). Gated against gross regressions only — above all a rewrap that
   // reads the body again, which would put the row near ×1.
   [/^rewrap a 1 MiB record/, 2],
+  // The audit group's 1 KiB envelope rows (an envelope call of ~70-100 µs against a record of ~2 µs):
+  // three consecutive check runs on a quiet machine gave "each" on encrypt ×1.65, ×1.08, ×1.23 and on
+  // decrypt ×1.01, ×1.66, ×1.34 (2026-11-30), a swing the five baseline runs happened not to show.
+  [/^audit on vs off: (encrypt|decrypt) 1 KiB \|/, 0.6],
 ];
 function toleranceFloor(id: string): number {
   let floor = DEFAULT_TOLERANCE;
@@ -932,7 +936,7 @@ async function main(): Promise<void> {
       tolerance: {
         default: DEFAULT_TOLERANCE,
         rows: tolerances,
-        method: `per row: ${TOLERANCE_FACTOR} × the worst excess of one of the ${RUNS} baseline runs over their median, rounded up to 0.05, at least the default ${DEFAULT_TOLERANCE} (1.2 for the 64 KiB and 1 MiB rows, 0.6 for streaming: measured spread, see the README) and at most ${MAX_TOLERANCE} (benchmarks/README.md §Regression gate)`,
+        method: `per row: ${TOLERANCE_FACTOR} × the worst excess of one of the ${RUNS} baseline runs over their median, rounded up to 0.05, at least the default ${DEFAULT_TOLERANCE} (1.2 for the 64 KiB and 1 MiB rows, 0.6 for streaming and for the audit group's 1 KiB rows: measured spread, see the README) and at most ${MAX_TOLERANCE} (benchmarks/README.md §Regression gate)`,
       },
       measuredOn: {
         date: meta.date,
