@@ -424,7 +424,12 @@ export class AuditLog {
           batch = new LazyAuditBatch(sealed, events.length, sync);
           this.#head = sealed.head;
         } else {
-          const sealed = sealer.sealBatch(events, this.#head as AuditAnchor);
+          // With only the built-in file and callback sinks, the bytes stay in the sealer's buffer
+          // (no copy), as on the synchronous path: each of them writes the bytes, or makes the
+          // record objects, before its write() first awaits and keeps nothing, and no other batch
+          // is sealed until this flush ends (the log is busy). A batch of 64 records into a file
+          // cost ~0.85 µs of CPU more per record with the copy (a fresh ArrayBuffer per batch).
+          const sealed = sealer.sealBatch(events, this.#head as AuditAnchor, this.#syncSinks === undefined);
           const head = sealed.head;
           batch = new LazyAuditBatch(sealed, events.length, sync);
           // The chain moves on whether or not the sinks take the batch: a dropped batch (fail open)

@@ -3,7 +3,8 @@
  * reaches every sink as itself — records with ids and detail (made by parsing their line), a
  * record kept by a callback from an earlier batch — and the chain verifies. (Written for a sealer
  * that reused its buffers across batches, since reverted: docs/audit.md §8; it guards any such
- * reuse.)
+ * reuse; the bytes of a batch sealed on the queued path stay in the sealer's buffer while the
+ * built-in sinks write them, so these tests guard that too.)
  */
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
@@ -81,4 +82,43 @@ describe('audit batches sealed in a reused buffer', () => {
       key.destroy();
     });
   }
+
+  it('a callback that takes its time: batches recorded and flushed meanwhile wait, and are sealed after it (interval)', async () => {
+    const { store, root } = await storeAndRoot();
+    const t = tempDir();
+    cleanups.push(t.cleanup);
+    const file = join(t.dir, 'audit.jsonl');
+    const batches: AuditRecord[][] = [];
+    const log = new AuditLog({
+      store,
+      root,
+      toStore: false,
+      file,
+      callback: async (records) => {
+        batches.push([...records]);
+        // Other records are made and flushes requested while this batch is still being written.
+        await new Promise((r) => setTimeout(r, 5));
+      },
+      durability: { intervalMs: 60_000 },
+    });
+    let i = 0;
+    const flushes: Promise<void>[] = [];
+    for (const size of [40, 3, 1, 25, 2]) {
+      for (let k = 0; k < size; k++) log.record(event(i++));
+      flushes.push(log.flush()); // not awaited: the next batch is recorded during this one's callback
+      await new Promise((r) => setImmediate(r));
+    }
+    await Promise.all(flushes);
+    await log.close();
+
+    const lines = readFileSync(file, 'utf8')
+      .split('\n')
+      .filter((l) => l !== '');
+    expect(lines).toHaveLength(i);
+    expect(batches.flat().map((r) => JSON.stringify(r))).toEqual(lines);
+    const key = await loadAuditKey(store, root);
+    const last = JSON.parse(lines[i - 1] as string) as AuditRecord;
+    expect(verifyAuditLog(key, lines, { anchor: { seq: i, mac: last.mac } })).toMatchObject({ ok: true, verified: i });
+    key.destroy();
+  });
 });
