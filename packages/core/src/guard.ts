@@ -309,6 +309,9 @@ function noteDataKey(dk: DataKey, ev: AuditEvent): void {
 function wipeDataKey(dk: DataKey): void {
   wipe(dk.plaintext);
 }
+function wipeBytes(bytes: Uint8Array): void {
+  wipe(bytes);
+}
 
 /**
  * The header of the wrapped key last read for an audit record: its bytes up to the KEK version, its
@@ -388,7 +391,7 @@ function dataMethods(guard: Guard, principal: () => string): Record<string, AnyF
           ev.keyId = dk.keyId;
           ev.version = dk.version;
         },
-        (dk) => wipe(dk.plaintext),
+        wipeDataKey,
       ),
     decryptDataKey: (w, ctx, expected) => {
       const parsed = parseWrappedKey(w);
@@ -400,7 +403,7 @@ function dataMethods(guard: Guard, principal: () => string): Record<string, AnyF
         { context, version: parsed.version },
         () => ddk(w, ctx, expected),
         undefined,
-        (dek) => wipe(dek),
+        wipeBytes,
       );
     },
   });
@@ -436,7 +439,7 @@ function dataMethods(guard: Guard, principal: () => string): Record<string, AnyF
             .then(() => ddk(wrapped as Uint8Array, ctx, expected));
         },
         undefined,
-        (dek) => wipe(dek),
+        wipeBytes,
       );
     },
     encrypt: (plaintext: unknown, options: unknown) => {
@@ -457,7 +460,7 @@ function dataMethods(guard: Guard, principal: () => string): Record<string, AnyF
         ev,
         () => decryptEnvelope(provider('decrypt', ev), envelope as Uint8Array, options as never),
         undefined,
-        (pt) => wipe(pt),
+        wipeBytes,
       );
     },
     createEncryptStream: (options: unknown) =>

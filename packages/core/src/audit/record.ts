@@ -127,6 +127,9 @@ export class RecordSealer {
   /** The MAC the last batch sealed here ended on, and its JSON text `"<mac>"` as bytes. */
   #lastMac: string | undefined;
   readonly #lastMacQuoted = new Uint8Array(MAC_CHARS + 2);
+  /** The MAC and line-end arrays of an uncopied batch of one record, reused (see sealBatch). */
+  readonly #macs: string[] = [];
+  readonly #ends: number[] = [];
 
   constructor(key: AuditKey) {
     this.#key = key;
@@ -145,8 +148,14 @@ export class RecordSealer {
     let len = 0;
     let { seq, mac } = after;
     let macAt = -1;
-    const macs: string[] = [];
-    const ends: number[] = [];
+    // An uncopied batch is read (its records made) before the next one is sealed, as its bytes
+    // are: for a batch of one record (durability "each") the arrays of MACs and line ends are this
+    // sealer's, reused and written by index (recordsOfBatch reads as many as there are events). A
+    // larger batch gets fresh ones: strings held by a long-lived array outlive the young generation.
+    const reuse = !copy && events.length === 1;
+    const macs: string[] = reuse ? this.#macs : [];
+    const ends: number[] = reuse ? this.#ends : [];
+    let k = 0;
     for (const ev of events) {
       seq++;
       const head = this.#headPart(ev);
@@ -187,32 +196,24 @@ export class RecordSealer {
       buf[p++] = 0x7d;
       buf[p++] = 0x0a;
       len = p;
-      macs.push(mac);
-      ends.push(p);
+      macs[k] = mac;
+      ends[k] = p;
+      k++;
     }
     if (macAt >= 0) {
       this.#lastMac = mac;
       this.#lastMacQuoted.set(buf.subarray(macAt - 1, macAt + MAC_CHARS + 1));
     }
-    let bytes: Uint8Array;
+    let bytes: Buffer = buf;
     if (copy) {
       // Bytes of its own, since a sink may keep them (a store's putMeta); all of it is written.
       bytes = Buffer.allocUnsafe(len);
       buf.copy(bytes, 0, 0, len);
-      // A batch with a huge record (a large detail) does not keep its buffer for ever.
-      if (buf.length > 1 << 20) this.#scratch = Buffer.allocUnsafeSlow(64 * 1024);
-    } else {
-      bytes = buf.subarray(0, len);
-      // The view keeps a huge buffer alive only as long as its batch.
-      if (buf.length > 1 << 20) this.#scratch = Buffer.allocUnsafeSlow(64 * 1024);
     }
-    const kid = this.#key.kid;
-    const key = this.#key;
-    return {
-      bytes,
-      head: { seq, mac },
-      records: () => recordsOfBatch(key, kid, events, after, macs, bytes, ends),
-    };
+    // A batch with a huge record (a large detail) does not keep its buffer for ever (without a
+    // copy, the batch's view keeps it alive only as long as the batch).
+    if (buf.length > 1 << 20) this.#scratch = Buffer.allocUnsafeSlow(64 * 1024);
+    return new Sealed(this.#key, events, after, macs, bytes, len, ends, { seq, mac });
   }
 
   /** `{` … `"prev":` — the members before prev (UTF-8), remembered for consecutive records of one kind. */
@@ -290,6 +291,33 @@ export interface SealedBatch {
 }
 
 /**
+ * A sealed batch: an object rather than a closure and its result (one allocation less per batch).
+ * Its lines are buf[0, len): the batch's own copy, or the sealer's buffer, whose view is made only
+ * when a sink reads `bytes` (a callback sink never does: it gets the record objects).
+ */
+class Sealed implements SealedBatch {
+  #bytes: Uint8Array | undefined;
+  constructor(
+    readonly key: AuditKey,
+    readonly events: readonly AuditEvent[],
+    readonly after: AuditAnchor,
+    readonly macs: readonly string[],
+    readonly buf: Buffer,
+    readonly len: number,
+    readonly ends: readonly number[],
+    readonly head: AuditAnchor,
+  ) {}
+  get bytes(): Uint8Array {
+    this.#bytes ??= this.buf.length === this.len ? this.buf : this.buf.subarray(0, this.len);
+    return this.#bytes;
+  }
+  records(): AuditRecord[] {
+    // Every line lies at the offsets `ends` gives from the start of buf.
+    return recordsOfBatch(this.key, this.key.kid, this.events, this.after, this.macs, this.buf, this.ends);
+  }
+}
+
+/**
  * The record objects of a sealed batch, for callback sinks and subscribers: made from the events
  * and the MACs rather than parsed back from the bytes (JSON.parse of each line was the largest
  * cost of a callback sink), for every event whose members JSON text gives back unchanged; an event
@@ -329,9 +357,31 @@ function recordsOfBatch(
       (v === undefined || (typeof v === 'number' && Number.isFinite(v) && !Object.is(v, -0))) &&
       (ev.context === undefined || canonical !== undefined)
     ) {
+      const ctx = canonical !== undefined && canonical !== '{}' ? key.contextDigest(canonical) : undefined;
+      if (ev.code === undefined && ctx !== undefined && ev.keyId !== undefined && v !== undefined) {
+        // The common shape (a data operation that succeeded) as one literal in the line's member
+        // order: the object is made with its final shape at once instead of growing member by member.
+        out.push({
+          ctx,
+          key: ev.keyId,
+          kid,
+          op: ev.op,
+          outcome: ev.outcome as AuditOutcome,
+          prev,
+          principal: ev.principal,
+          seq,
+          time: isoTime(ev.at),
+          v: AUDIT_RECORD_VERSION,
+          version: v,
+          mac,
+        } as AuditRecord);
+        prev = mac;
+        start = end;
+        continue;
+      }
       const rec = {} as Record<string, unknown>;
       if (ev.code !== undefined) rec.code = ev.code;
-      if (canonical !== undefined && canonical !== '{}') rec.ctx = key.contextDigest(canonical);
+      if (ctx !== undefined) rec.ctx = ctx;
       if (ev.keyId !== undefined) rec.key = ev.keyId;
       rec.kid = kid;
       rec.op = ev.op;

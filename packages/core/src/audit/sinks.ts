@@ -58,26 +58,29 @@ export interface AuditSink {
  * file and store sinks never do), so a log without them pays for no object per record.
  */
 export class LazyAuditBatch implements AuditBatch {
-  readonly bytes: Uint8Array;
   readonly count: number;
   readonly head: AuditAnchor;
   readonly sync: boolean;
   #text: string | undefined;
   #records: AuditRecord[] | undefined;
-  readonly #make: (() => AuditRecord[]) | undefined;
+  /** What sealed the batch: its records() makes the record objects (called as its method). */
+  readonly #sealed: SealedAuditBytes;
   constructor(sealed: SealedAuditBytes, count: number, sync: boolean) {
-    this.bytes = sealed.bytes;
     this.count = count;
     this.head = sealed.head;
     this.sync = sync;
-    this.#make = sealed.records;
+    this.#sealed = sealed;
+  }
+  /** The JSONL bytes (read from the sealed batch when a sink first asks: a callback sink never does). */
+  get bytes(): Uint8Array {
+    return this.#sealed.bytes;
   }
   get text(): string {
     this.#text ??= Buffer.from(this.bytes.buffer, this.bytes.byteOffset, this.bytes.length).toString('utf8');
     return this.#text;
   }
   get records(): readonly AuditRecord[] {
-    if (this.#records === undefined && this.#make !== undefined) this.#records = this.#make();
+    if (this.#records === undefined && this.#sealed.records !== undefined) this.#records = this.#sealed.records();
     if (this.#records === undefined) {
       const text = this.text;
       const records: AuditRecord[] = [];
