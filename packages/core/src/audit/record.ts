@@ -334,7 +334,8 @@ function recordsOfBatch(
   bytes: Uint8Array,
   ends: readonly number[],
 ): AuditRecord[] {
-  const out: AuditRecord[] = [];
+  // Sized at once (a batch of one record is an array of one, not a grown array's spare room).
+  const out = new Array<AuditRecord>(events.length);
   let prev = after.mac;
   let seq = after.seq;
   let start = 0;
@@ -361,7 +362,7 @@ function recordsOfBatch(
       if (ev.code === undefined && ctx !== undefined && ev.keyId !== undefined && v !== undefined) {
         // The common shape (a data operation that succeeded) as one literal in the line's member
         // order: the object is made with its final shape at once instead of growing member by member.
-        out.push({
+        out[i] = {
           ctx,
           key: ev.keyId,
           kid,
@@ -374,7 +375,7 @@ function recordsOfBatch(
           v: AUDIT_RECORD_VERSION,
           version: v,
           mac,
-        } as AuditRecord);
+        } as AuditRecord;
         prev = mac;
         start = end;
         continue;
@@ -393,9 +394,9 @@ function recordsOfBatch(
       rec.v = AUDIT_RECORD_VERSION;
       if (v !== undefined) rec.version = v;
       rec.mac = mac;
-      out.push(rec as unknown as AuditRecord);
+      out[i] = rec as unknown as AuditRecord;
     } else {
-      out.push(recordOfLine(Buffer.from(bytes.buffer, bytes.byteOffset + start, end - 1 - start).toString('utf8')));
+      out[i] = recordOfLine(Buffer.from(bytes.buffer, bytes.byteOffset + start, end - 1 - start).toString('utf8'));
     }
     prev = mac;
     start = end;
