@@ -61,6 +61,7 @@ import { readStagedPending } from './pending.js';
 import { fsyncPath, messageOf } from './_files.js';
 import {
   exists,
+  openStoreFile,
   refuseExistingStore,
   removeStoreFiles,
   ROOT_URI_FILE,
@@ -175,10 +176,18 @@ export async function readDeviceSecretShares(store: KeyStore): Promise<DeviceSec
 
 /** The share set of D's device root's secret, read-only; undefined for a folder without one. */
 export async function folderDeviceSecretShares(loc: StoreLocation): Promise<DeviceSecretShares | undefined> {
+  return readLiveStore(loc, readDeviceSecretShares);
+}
+
+/**
+ * `read` on D's live store file opened read-only (openStoreFile), closed after; undefined when D has
+ * no store file yet (a device root lives in D/keystore.db).
+ */
+async function readLiveStore<T>(loc: StoreLocation, read: (store: KeyStore) => Promise<T>): Promise<T | undefined> {
   if (!(await exists(loc.dbPath))) return undefined;
-  const store = SqliteKeyStore.open(loc.dbPath, { readonly: true });
+  const store = openStoreFile(loc, 'read');
   try {
-    return await readDeviceSecretShares(store);
+    return await read(store);
   } finally {
     await store.close();
   }
@@ -514,13 +523,7 @@ export async function devicePendingInitOf(loc: StoreLocation): Promise<PendingCe
   if (!(await exists(stagedPath))) {
     // Stopped between the move into place and the removal of its record: the live store holds it
     // (`init --resume` removes it; the store itself is complete).
-    if (!(await exists(loc.dbPath))) return undefined;
-    const store = SqliteKeyStore.open(loc.dbPath, { readonly: true });
-    try {
-      return await readDevicePendingInit(store);
-    } finally {
-      await store.close();
-    }
+    return readLiveStore(loc, readDevicePendingInit);
   }
   const p = await readStagedPending(stagedPath);
   return p && (p as unknown as Partial<DevicePendingInit>).device !== undefined ? p : undefined;
@@ -897,14 +900,8 @@ export interface DevicePendingRekeyInfo {
 /** The pending rekey of D's device secret, if any (what routes `rekey --resume/--abort`, and what
  * `keywarden status` shows). */
 export async function devicePendingRekeyOf(loc: StoreLocation): Promise<DevicePendingRekeyInfo | undefined> {
-  if (!(await exists(loc.dbPath))) return undefined;
-  const store = SqliteKeyStore.open(loc.dbPath, { readonly: true });
-  try {
-    const p = await readPendingRekey(store);
-    return p && { shareSet: p.shareSet, createdAt: p.createdAt, testQuorum: p.handOut.requireNewQuorum === true };
-  } finally {
-    await store.close();
-  }
+  const p = await readLiveStore(loc, readPendingRekey);
+  return p && { shareSet: p.shareSet, createdAt: p.createdAt, testQuorum: p.handOut.requireNewQuorum === true };
 }
 
 async function readPendingRekey(store: KeyStore): Promise<DevicePendingRekey | undefined> {
