@@ -56,11 +56,12 @@ import {
 import { AgentClient, AgentServer } from '@keywarden/agent';
 import { combineShares, splitSecret } from '@keywarden/split-knowledge';
 import { combine as rawCombine, split as rawSplit } from 'shamir-secret-sharing';
-import { auditGroups } from './_audit-groups.js';
+import { AUDIT_GROUP_NAMES } from './_audit-groups.js';
 import { esdkPeer } from './_esdk.js';
 import { PKCS11_GROUP_PREFIX, pkcs11Groups } from './_pkcs11-groups.js';
 import { tpmGroups } from './_tpm-groups.js';
-import { calibrate, type Fn, median, opsPerSecond } from './_measure.js';
+import { type Group, measureGroups, round2 } from './_groups.js';
+import { median } from './_measure.js';
 import { rawXaesSubkey } from './_raw-xaes.js';
 import { type Kind, type Meta, markdown, type Row, svg, type Target } from './_report.js';
 
@@ -147,21 +148,6 @@ const TARGETS: Target[] = [
   { id: `stream encrypt ${STREAM_MIB} MiB | keywarden`, max: 1.3 },
   { id: `stream decrypt ${STREAM_MIB} MiB | keywarden`, max: 1.3 },
 ];
-
-interface Case {
-  label: string;
-  kind: Kind;
-  fn: Fn;
-  /** Messages per call (the concurrency cases run N callers per call). */
-  perCall?: number;
-  /** Gate a row of another kind too (the PKCS#11 rows that are stable enough: _pkcs11-groups.ts). */
-  gate?: boolean;
-}
-interface Group {
-  name: string;
-  /** cases[0] is the raw ceiling. */
-  cases: Case[];
-}
 
 // ── Raw node:crypto ceilings ──────────────────────────────────────────────────────────────────
 const rawKek = new Uint8Array(randomBytes(32));
@@ -561,9 +547,8 @@ async function buildGroups(): Promise<{ groups: Group[]; close: () => Promise<vo
     ],
   });
 
-  // Audit on against off (_audit-groups.ts; gated).
-  const audit = await auditGroups(store, root, context);
-  groups.push(...audit.groups);
+  // Audit on against off (_audit-groups.ts; gated): measured in a process of its own
+  // (measureAuditGroups, below).
 
   // The agent: the same data key unwrapped in this process and through @keywarden/agent over its
   // unix socket (the server runs in this process too, so CPU time counts both ends of the socket).
@@ -601,7 +586,6 @@ async function buildGroups(): Promise<{ groups: Group[]; close: () => Promise<vo
   const close = async () => {
     await p11?.close();
     await tpmRows?.close();
-    await audit.close();
     await agentClient.close();
     await agent.close();
     rmSync(agentDir, { recursive: true, force: true });
@@ -610,53 +594,49 @@ async function buildGroups(): Promise<{ groups: Group[]; close: () => Promise<vo
   return { groups: ONLY ? groups.filter((g) => ONLY.test(g.name)) : groups, close };
 }
 
-/** Interleaved rounds over every case of every group; one Row per case. */
-async function measureGroups(
-  groups: readonly Group[],
-  rounds: number,
-  ms: number,
-  warmupMs: number,
-  settleMs: number,
-): Promise<Row[]> {
-  const all = groups.flatMap((g) => g.cases.map((c) => ({ g, c })));
-  const batch = new Map<Case, number>();
-  for (const { c } of all) batch.set(c, await calibrate(c.fn, warmupMs));
-  const ops = new Map<Case, number[]>(all.map(({ c }) => [c, []]));
-  const ratios = new Map<Case, number[]>(all.map(({ c }) => [c, []]));
-  for (let r = 0; r < rounds; r++) {
-    for (const g of groups) {
-      const round = new Map<Case, number>();
-      for (const c of g.cases) {
-        // Collect the previous case's garbage now, so that its GC is not charged to this case; then
-        // run this case untimed until the forced collection's aftermath is over (README §Method:
-        // the shrunk new space regrowing and the heap's pages faulted back cost 2-4x the CPU per
-        // operation for ~4 000 data-key calls, more for the cases that allocate more).
-        collectGarbage();
-        if (settleMs > 0) await opsPerSecond(c.fn, settleMs, batch.get(c) as number);
-        round.set(c, await opsPerSecond(c.fn, ms, batch.get(c) as number));
-      }
-      const raw = round.get(g.cases[0] as Case) as number;
-      for (const c of g.cases) {
-        ops.get(c)?.push(round.get(c) as number);
-        ratios.get(c)?.push(raw / (round.get(c) as number));
-      }
-    }
+// ── Audit on against off: in a process of its own (audit-child.ts) ─────────────────────────────
+
+/** Whether this run measures any audit group. */
+function auditWanted(names: readonly string[] = AUDIT_GROUP_NAMES): boolean {
+  return names.some((n) => !ONLY || ONLY.test(n));
+}
+
+/**
+ * The audit groups (those of `names` that --only selects), measured by audit-child.ts with this
+ * run's rounds, window, warm-up and settle period. A process of its own, because the audited calls
+ * differ from the unaudited ones by ~2 µs of a ~9–12 µs call, and in this process, which holds every
+ * other group, that difference read half as large again as it does in a process holding only these
+ * cases (README §Method).
+ */
+/**
+ * Rounds of the audit groups per round of the others: the difference they measure is a few µs per
+ * call, and one 80 ms window's ratio spread ×0.6–2 around it (2026-11-30), so their median needs
+ * more rounds than a group whose Keywarden case is a multiple of its ceiling.
+ */
+const AUDIT_ROUNDS_FACTOR = 3;
+
+function measureAuditGroups(names: readonly string[] = AUDIT_GROUP_NAMES): Row[] {
+  const wanted = names.filter((n) => !ONLY || ONLY.test(n));
+  if (wanted.length === 0) return [];
+  const child = join(PKG_DIR, 'dist', 'audit-child.js');
+  const only = `^(${wanted.map((n) => n.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')).join('|')})$`;
+  const res = spawnSync(
+    process.execPath,
+    [
+      '--expose-gc',
+      child,
+      String(ROUNDS * AUDIT_ROUNDS_FACTOR),
+      String(MS),
+      String(P.warmupMs),
+      String(SETTLE_MS),
+      only,
+    ],
+    { encoding: 'utf8', maxBuffer: 16 * 1024 * 1024 },
+  );
+  if (res.status !== 0) {
+    throw new Error(`bench: audit-child failed (${res.signal ?? `exit ${res.status}`}): ${res.stderr.trim()}`);
   }
-  return all.map(({ g, c }) => {
-    const rs = ratios.get(c) as number[];
-    return {
-      id: `${g.name} | ${c.label}`,
-      group: g.name,
-      label: c.label,
-      kind: c.kind,
-      gated: c.kind === 'keywarden' || c.kind === 'keywarden-cached' || c.gate === true,
-      ratio: round2(median(rs)),
-      ratioMin: round2(Math.min(...rs)),
-      ratioMax: round2(Math.max(...rs)),
-      absolute: median(ops.get(c) as number[]) * (c.perCall ?? 1),
-      unit: c.perCall ? 'msg/s' : 'ops/s',
-    };
-  });
+  return JSON.parse(res.stdout) as Row[];
 }
 
 // ── Streaming: each run in a child process of its own (its peak RSS is its own) ─────────────────
@@ -813,11 +793,6 @@ function publishToReadme(table: string): void {
 
 // ── Main ──────────────────────────────────────────────────────────────────────────────────────
 
-/** Two decimals; four below 0.1 (rewrap rows are ~0.02 of their ceiling: two decimals would hide ±25 %). */
-const round2 = (v: number) => (v < 0.1 ? Math.round(v * 10_000) / 10_000 : Math.round(v * 100) / 100);
-/** global.gc when node runs with --expose-gc (the package scripts do). */
-const collectGarbage = (globalThis as { gc?: () => void }).gc ?? (() => {});
-
 async function main(): Promise<void> {
   const started = Date.now();
   const meta: Meta = {
@@ -843,6 +818,7 @@ async function main(): Promise<void> {
   for (let i = 0; i < RUNS; i++) {
     if (RUNS > 1) console.log(`run ${i + 1} of ${RUNS}`);
     let one = await measureGroups(groups, ROUNDS, MS, P.warmupMs, SETTLE_MS);
+    if (auditWanted()) one = one.concat(measureAuditGroups());
     if (streamWanted && STREAM_MIB > 0) one = one.concat(measureStreams(STREAM_MIB, STREAM_ROUNDS));
     runs.push(one);
   }
@@ -870,8 +846,9 @@ async function main(): Promise<void> {
       const streamAgain = [...suspects].some((s) => s?.startsWith('stream '))
         ? measureStreams(STREAM_MIB, STREAM_ROUNDS)
         : [];
+      const auditAgain = measureAuditGroups(AUDIT_GROUP_NAMES.filter((n) => suspects.has(n)));
       rows = rows.map((r) => {
-        const second = [...again, ...streamAgain].find((x) => x.id === r.id);
+        const second = [...again, ...streamAgain, ...auditAgain].find((x) => x.id === r.id);
         return second && second.ratio < r.ratio ? second : r;
       });
       result = compare(baseline, rows);
