@@ -42,6 +42,8 @@ export async function pkcs11Groups(
     console.log(`bench: PKCS#11 rows skipped: SoftHSM2 could not be started (${String(err).split('\n')[0]})`);
     return { groups: [], close: async () => {} };
   }
+  // The raw loop's module is initialised on this thread before the pool's threads start (RawPkcs11.initialize).
+  const rawLib = RawPkcs11.initialize(hsm);
   const store = new MemoryKeyStore();
   // Threads, whatever the default kind: these rows are CPU time of this process, and a child
   // process's CPU would not be counted (the process pool's figures are pkcs11.ts's, wall clock).
@@ -50,7 +52,7 @@ export async function pkcs11Groups(
   const k = await kw.createKey('in-hsm', { kekMode: 'root' });
   await kw.createKey('in-memory', { kekMode: 'memory' });
   const ref = (await store.getVersion(k.id, 1))?.wrappedMaterial.slice(5) as Uint8Array;
-  const raw = new RawPkcs11(hsm, ref);
+  const raw = new RawPkcs11(hsm, ref, rawLib);
   const iv = new Uint8Array(randomBytes(12));
   const aad = new Uint8Array(randomBytes(80));
   const dek = new Uint8Array(randomBytes(32));

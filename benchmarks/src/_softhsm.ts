@@ -126,17 +126,29 @@ function gcm(iv: Uint8Array, aad: Uint8Array): Pkcs11js.Mechanism {
 
 /** A raw pkcs11js session on the token, logged in, with one AES key object found by CKA_ID. */
 export class RawPkcs11 {
-  readonly lib = new pkcs11js.PKCS11();
+  readonly lib: Pkcs11js.PKCS11;
   readonly session: Buffer;
   readonly key: Buffer;
 
-  constructor(hsm: SoftHsm, keyId: Uint8Array) {
-    this.lib.load(hsm.module);
+  /**
+   * The module loaded and C_Initialize'd on this thread. Call it before a pool of threads starts in
+   * this process (`lib` for the constructor): SoftHSM2 2.6 crashes when two threads make their
+   * first call at once, and the pool's own lock (@keywarden/pkcs11 _init-lock.ts) does not reach
+   * this thread's pkcs11js.
+   */
+  static initialize(hsm: SoftHsm): Pkcs11js.PKCS11 {
+    const lib = new pkcs11js.PKCS11();
+    lib.load(hsm.module);
     try {
-      this.lib.C_Initialize({ flags: pkcs11js.CKF_OS_LOCKING_OK });
+      lib.C_Initialize({ flags: pkcs11js.CKF_OS_LOCKING_OK });
     } catch (err) {
       if (!/ALREADY_INITIALIZED/.test(String((err as Error).message))) throw err;
     }
+    return lib;
+  }
+
+  constructor(hsm: SoftHsm, keyId: Uint8Array, lib: Pkcs11js.PKCS11 = RawPkcs11.initialize(hsm)) {
+    this.lib = lib;
     const slot = findSlot(this.lib, hsm.token);
     if (!slot) throw new Error('bench: the harness token is not there');
     this.session = this.lib.C_OpenSession(slot, pkcs11js.CKF_SERIAL_SESSION | pkcs11js.CKF_RW_SESSION);

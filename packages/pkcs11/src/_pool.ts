@@ -18,6 +18,7 @@ import { existsSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { Worker } from 'node:worker_threads';
 import { wipe } from '@keywarden/core';
+import { processInitLock, releaseInitLockOf } from './_init-lock.js';
 import { pinModule } from './_pin-module.js';
 import { processChannel } from './_process-channel.js';
 import type { WorkerBatch, WorkerBatchReply, WorkerConfig, WorkerFailure, WorkerRequest } from './_worker.js';
@@ -194,14 +195,19 @@ export const DEFAULT_POOL_KIND: PoolKind = 'processes';
 
 function threadChannel(url: URL, config: WorkerConfig, on: ChannelEvents): Channel {
   // (The frame's buffer is transferred: this thread keeps no copy of it.)
-  const worker = new Worker(url, { workerData: config });
+  const worker = new Worker(url, { workerData: { ...config, initLock: processInitLock } });
+  const tid = worker.threadId;
   // A pool with no requests in flight must not keep the process alive.
   worker.unref();
   worker.on('message', (reply: WorkerBatchReply) => on.reply(reply));
   worker.on('error', () => {
     // An uncaught exception in the worker: 'exit' follows and does the replacement.
   });
-  worker.on('exit', () => on.exit());
+  worker.on('exit', () => {
+    // Ended inside the module's load or C_Initialize (terminated at its deadline): the next one may go.
+    releaseInitLockOf(processInitLock, tid);
+    on.exit();
+  });
   return {
     post: (batch) => worker.postMessage(batch, [batch.buffer as ArrayBuffer]),
     kill: () => void worker.terminate().catch(() => undefined),

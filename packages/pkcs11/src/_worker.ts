@@ -14,6 +14,7 @@
  * function; the main thread turns it into a typed error (errors.ts).
  */
 import { parentPort, workerData } from 'node:worker_threads';
+import { withInitLock } from './_init-lock.js';
 import * as graphene from 'graphene-pk11';
 import { createRequire } from 'node:module';
 import type * as Pkcs11js from 'pkcs11js';
@@ -27,6 +28,8 @@ const pkcs11js = createRequire(import.meta.url)('pkcs11js') as typeof Pkcs11js;
 export interface WorkerConfig {
   modulePath: string;
   token: string;
+  /** Threads only: the process's lock around the module's load and C_Initialize (_init-lock.ts). */
+  initLock?: Int32Array;
 }
 
 /** A request from the pool. Byte fields are fresh copies the worker may wipe. */
@@ -132,13 +135,18 @@ function call<T>(fn: string, f: () => T): T {
 }
 
 function openSession(): graphene.Session {
-  if (!mod) {
-    mod = call('C_Initialize', () => graphene.Module.load(config.modulePath, 'keywarden'));
-  }
-  const m = mod;
-  // graphene treats CKR_CRYPTOKI_ALREADY_INITIALIZED as success: every worker of the process
-  // shares the one loaded library. CKF_OS_LOCKING_OK: the module is called from several threads.
-  call('C_Initialize', () => m.initialize({ flags: pkcs11js.CKF_OS_LOCKING_OK }));
+  // One thread of the process at a time loads the module and calls C_Initialize (_init-lock.ts:
+  // SoftHSM2 crashes when two threads make their first call at once).
+  const m = withInitLock(config.initLock, () => {
+    if (!mod) {
+      mod = call('C_Initialize', () => graphene.Module.load(config.modulePath, 'keywarden'));
+    }
+    const loaded = mod;
+    // graphene treats CKR_CRYPTOKI_ALREADY_INITIALIZED as success: every worker of the process
+    // shares the one loaded library. CKF_OS_LOCKING_OK: the module is called from several threads.
+    call('C_Initialize', () => loaded.initialize({ flags: pkcs11js.CKF_OS_LOCKING_OK }));
+    return loaded;
+  });
   const slots = call('C_GetSlotList', () => m.getSlots(true));
   for (let i = 0; i < slots.length; i++) {
     const slot = slots.items(i);

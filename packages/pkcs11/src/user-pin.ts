@@ -9,6 +9,7 @@ import { createRequire } from 'node:module';
 import { InvalidInputError, parsePkcs11Uri, type RootSecretHooks, type RootSecretOptions, wipe } from '@keywarden/core';
 import type * as Pkcs11js from 'pkcs11js';
 import { ckrOf } from './_ckr.js';
+import { processInitLock, withInitLock } from './_init-lock.js';
 import { pkcs11Error } from './errors.js';
 
 /** pkcs11js is CommonJS whose exports live on a native object: loaded through require. */
@@ -53,17 +54,20 @@ function withSession<T>(uri: string, options: RootSecretOptions, f: (o: Opened) 
   }
   if (!parsed.token) throw new InvalidInputError('pkcs11: the root URI must name the token by label (token=…)');
   const p = new pkcs11js.PKCS11();
-  call('C_Initialize', () => p.load(modulePath));
   let initialized = false;
   try {
-    try {
-      p.C_Initialize({ flags: pkcs11js.CKF_OS_LOCKING_OK });
-      initialized = true;
-    } catch (err) {
-      // Another part of this process (a pool of threads) has it initialized: leave it so.
-      if (ckrOf(err) !== 'CKR_CRYPTOKI_ALREADY_INITIALIZED')
-        throw pkcs11Error('C_Initialize', ckrOf(err) || 'CKR_GENERAL_ERROR');
-    }
+    // Not at the same time as a thread of a pool in this process (_init-lock.ts).
+    withInitLock(processInitLock, () => {
+      call('C_Initialize', () => p.load(modulePath));
+      try {
+        p.C_Initialize({ flags: pkcs11js.CKF_OS_LOCKING_OK });
+        initialized = true;
+      } catch (err) {
+        // Another part of this process (a pool of threads) has it initialized: leave it so.
+        if (ckrOf(err) !== 'CKR_CRYPTOKI_ALREADY_INITIALIZED')
+          throw pkcs11Error('C_Initialize', ckrOf(err) || 'CKR_GENERAL_ERROR');
+      }
+    });
     const slot = call('C_GetSlotList', () => p.C_GetSlotList(true)).find((s) => {
       try {
         return p.C_GetTokenInfo(s).label.trim() === parsed.token;
