@@ -128,6 +128,12 @@ const TOLERANCE_FLOORS: ReadonlyArray<readonly [RegExp, number]> = [
   // three consecutive check runs on a quiet machine gave "each" on encrypt ×1.65, ×1.08, ×1.23 and on
   // decrypt ×1.01, ×1.66, ×1.34 (2026-11-30), a swing the five baseline runs happened not to show.
   [/^audit on vs off: (encrypt|decrypt) 1 KiB \|/, 0.6],
+  // Keywarden's 1 KiB encrypt against the raw envelope moves with the machine's phase: on unchanged
+  // code it read ×1.85–2.63 (raw ~45 µs, Keywarden ~100 µs per call) at 06:00 on 2026-11-30, where
+  // the five baseline runs of 02:05 gave ×1.11 (its raw ceiling then ~70 µs): Keywarden's call
+  // allocates more native buffers, and fresh allocations were then several times dearer. Gated
+  // against gross regressions only (beyond 2.5× its baseline).
+  [/^encrypt 1 KiB \|/, 1.5],
 ];
 function toleranceFloor(id: string): number {
   let floor = DEFAULT_TOLERANCE;
@@ -913,7 +919,7 @@ async function main(): Promise<void> {
       tolerance: {
         default: DEFAULT_TOLERANCE,
         rows: tolerances,
-        method: `per row: ${TOLERANCE_FACTOR} × the worst excess of one of the ${RUNS} baseline runs over their median, rounded up to 0.05, at least the default ${DEFAULT_TOLERANCE} (1.2 for the 64 KiB and 1 MiB rows, 0.6 for streaming and for the audit group's 1 KiB rows: measured spread, see the README) and at most ${MAX_TOLERANCE} (benchmarks/README.md §Regression gate)`,
+        method: `per row: ${TOLERANCE_FACTOR} × the worst excess of one of the ${RUNS} baseline runs over their median, rounded up to 0.05, at least the default ${DEFAULT_TOLERANCE} (1.2 for the 64 KiB and 1 MiB rows, 0.6 for streaming and for the audit group's 1 KiB rows, 1.5 for the 1 KiB encrypt rows: measured spread, see the README) and at most ${MAX_TOLERANCE} (benchmarks/README.md §Regression gate)`,
       },
       measuredOn: {
         date: meta.date,
