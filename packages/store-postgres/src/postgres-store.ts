@@ -71,6 +71,15 @@ export interface PostgresKeyStoreOptions {
   retryForMs?: number;
   /** Server-side limit on one statement, and on waiting for a lock. Default 30 000 ms. */
   statementTimeoutMs?: number;
+  /**
+   * A session of this store left idle inside a transaction this long is ended by the server
+   * (`idle_in_transaction_session_timeout`), which releases its locks. The store's transactions
+   * never wait on anything but their own statements, so only a stalled process (a long GC pause, a
+   * frozen VM, SIGSTOP) gets there; without it a stalled lease holder would keep its successor out
+   * until the successor's lock wait timed out. Keep it below statementTimeoutMs. Default 10 000 ms
+   * (or half of statementTimeoutMs when that is smaller).
+   */
+  idleInTransactionTimeoutMs?: number;
   /** TLS options passed to pg (`ssl`); for a managed PostgreSQL, `{ ca, rejectUnauthorized: true }`.
    * Node's own TLS type, so consumers need no `@types/pg`. */
   ssl?: boolean | ConnectionOptions;
@@ -190,10 +199,13 @@ export class PostgresKeyStore implements KeyStore, LeaseStore {
     }
     const retryForMs = options.retryForMs ?? 10_000;
     const statementTimeoutMs = options.statementTimeoutMs ?? 30_000;
+    const idleInTransactionTimeoutMs =
+      options.idleInTransactionTimeoutMs ?? Math.max(1, Math.min(10_000, Math.floor(statementTimeoutMs / 2)));
     const max = options.maxConnections ?? 10;
     for (const [name, value, min] of [
       ['retryForMs', retryForMs, 0],
       ['statementTimeoutMs', statementTimeoutMs, 1],
+      ['idleInTransactionTimeoutMs', idleInTransactionTimeoutMs, 1],
       ['maxConnections', max, 1],
     ] as const) {
       if (!Number.isSafeInteger(value) || value < min) {
@@ -206,6 +218,7 @@ export class PostgresKeyStore implements KeyStore, LeaseStore {
       idleTimeoutMillis: 30_000,
       statement_timeout: statementTimeoutMs,
       lock_timeout: statementTimeoutMs,
+      idle_in_transaction_session_timeout: idleInTransactionTimeoutMs,
       application_name: 'keywarden',
       ...(options.ssl !== undefined ? { ssl: options.ssl } : {}),
     };
