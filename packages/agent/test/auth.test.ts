@@ -138,7 +138,7 @@ describe('the agent authenticates its callers', () => {
     // The JSONL file holds the same chain.
     const lines = (await readFile(path.join(dir, 'audit.jsonl'), 'utf8')).trim().split('\n');
     expect(lines.length).toBe(m.verify.verified);
-    expect(lines.join('\n')).not.toContain('o-1');
+    expect(lines.join('\n').split(/[^\w-]+/)).not.toContain('o-1'); // a whole token: a MAC may hold the letters
     void verifyAuditLog;
   });
 });

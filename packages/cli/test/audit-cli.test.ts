@@ -51,7 +51,7 @@ describe('keywarden audit', () => {
     ).toEqual([15, 16]);
     const all = await cli(['audit', 'export', '--jsonl'], { cwd });
     expect(all.out.trim().split('\n')).toHaveLength(16);
-    expect(all.out).not.toContain('o-1');
+    expect(all.out.split(/[^\w-]+/)).not.toContain('o-1'); // a whole token: a MAC may hold the letters
     const search = await cli(['audit', 'search', '--key', 'app', '--principal', 'svc', '--outcome', 'ok'], { cwd });
     expect(
       search.out

@@ -53,7 +53,7 @@ describe('keywarden audit under split knowledge', () => {
         .split('\n')
         .map((l) => JSON.parse(l).op),
     ).toEqual(['create-key', 'encrypt', 'decrypt']);
-    expect(search.out).not.toContain('o-7');
+    expect(search.out.split(/[^\w-]+/)).not.toContain('o-7'); // a whole token: a MAC may hold the letters
   });
 
   it('too few shares, none, or a share of another store are refused in one line, and nothing is printed', async () => {

@@ -64,7 +64,7 @@ describe('every operation is recorded', () => {
       ['seal', 'admin', 'ok', undefined, undefined],
     ]);
     expect(records[1]?.ctx).toMatch(/^h:/);
-    expect(JSON.stringify(records)).not.toContain('o-1');
+    expect(JSON.stringify(records).split(/[^\w-]+/)).not.toContain('o-1'); // a whole token: a MAC may hold the letters
   });
 
   it('a failed unwrap (a tampered envelope) is recorded as an error with its code', async () => {
