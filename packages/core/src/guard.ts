@@ -309,9 +309,6 @@ function noteDataKey(dk: DataKey, ev: AuditEvent): void {
 function wipeDataKey(dk: DataKey): void {
   wipe(dk.plaintext);
 }
-function wipeBytes(bytes: Uint8Array): void {
-  wipe(bytes);
-}
 
 /**
  * The header of the wrapped key last read for an audit record: its bytes up to the KEK version, its
@@ -403,7 +400,7 @@ function dataMethods(guard: Guard, principal: () => string): Record<string, AnyF
         { context, version: parsed.version },
         () => ddk(w, ctx, expected),
         undefined,
-        wipeBytes,
+        wipe,
       );
     },
   });
@@ -439,7 +436,7 @@ function dataMethods(guard: Guard, principal: () => string): Record<string, AnyF
             .then(() => ddk(wrapped as Uint8Array, ctx, expected));
         },
         undefined,
-        wipeBytes,
+        wipe,
       );
     },
     encrypt: (plaintext: unknown, options: unknown) => {
@@ -460,7 +457,7 @@ function dataMethods(guard: Guard, principal: () => string): Record<string, AnyF
         ev,
         () => decryptEnvelope(provider('decrypt', ev), envelope as Uint8Array, options as never),
         undefined,
-        wipeBytes,
+        wipe,
       );
     },
     createEncryptStream: (options: unknown) =>
