@@ -70,8 +70,10 @@ export {
 } from './device-split.js';
 export {
   abortPostgresInit,
+  initPostgresDeviceStoreDir,
   initPostgresSplitStoreDir,
   initPostgresStoreDir,
+  type PostgresDeviceInitOptions,
   type PostgresDevInitOptions,
   type PostgresInitOptions,
   postgresPendingInitOf,

@@ -162,10 +162,12 @@ export async function readFolderStoreConfig(
   if (c === null || typeof c !== 'object' || Array.isArray(c) || c.format !== 1) throw damaged();
   if (c.kind === 'postgres') {
     if (typeof c.schema !== 'string' || !PG_SCHEMA_NAME.test(c.schema)) throw damaged();
-    // An init's staged config also names the root it is making and its unseal key file (postgres-folder.ts).
-    const extra = Object.keys(c).filter((k) => !['format', 'kind', 'schema', 'rootId', 'unsealKeyFile'].includes(k));
+    // An init's staged config also names the root it is making and its unseal key file, or a device
+    // root's record: its name in the store and the SHA-256 of its bytes (postgres-folder.ts).
+    const staged = ['rootId', 'unsealKeyFile', 'rootMeta', 'rootDigest', 'rootScheme'];
+    const extra = Object.keys(c).filter((k) => !['format', 'kind', 'schema', ...staged].includes(k));
     if (extra.length > 0) throw damaged();
-    for (const k of ['rootId', 'unsealKeyFile']) if (c[k] !== undefined && typeof c[k] !== 'string') throw damaged();
+    for (const k of staged) if (c[k] !== undefined && typeof c[k] !== 'string') throw damaged();
     return c as FolderStoreConfig & Record<string, unknown>;
   }
   throw damaged();
@@ -415,6 +417,25 @@ export interface DeviceInitResult {
 }
 
 /**
+ * A device root's URI as an init records it in D/root.uri; returns its scheme. Refuses "software:"
+ * (made by a plain init), a URI that carries the PIN itself (`pin-value`: D/root.uri is not a
+ * secret's place), and one of more than one line.
+ */
+export function checkDeviceRootUri(uri: string): string {
+  const scheme = rootUriScheme(uri);
+  if (scheme === 'software') {
+    throw new InvalidInputError('init: a software root is made by a plain init (unseal key or shares), not by URI');
+  }
+  if (/[?&;]pin-value=/i.test(uri)) {
+    throw new InvalidInputError(
+      'init: the root URI carries the PIN (pin-value=); it is recorded in the folder, so name a pin-source=file:… or env:NAME instead',
+    );
+  }
+  if (/[\r\n]/.test(uri)) throw new InvalidInputError('init: a root URI is one line');
+  return scheme;
+}
+
+/**
  * Create D (0700), a new key store, and a root in the device the URI names (core's openRoot with
  * `create`; the backend must be registered), and record the URI in D/root.uri. Refuses when D has a
  * key store, and a URI that carries the PIN itself (`pin-value`: D/root.uri is not a secret's
@@ -422,16 +443,7 @@ export interface DeviceInitResult {
  * object: the backend's create says what it made).
  */
 export async function initDeviceStoreDir(loc: StoreLocation, options: DeviceInitOptions): Promise<DeviceInitResult> {
-  const scheme = rootUriScheme(options.uri);
-  if (scheme === 'software') {
-    throw new InvalidInputError('init: a software root is made by a plain init (unseal key or shares), not by URI');
-  }
-  if (/[?&;]pin-value=/i.test(options.uri)) {
-    throw new InvalidInputError(
-      'init: the root URI carries the PIN (pin-value=); it is recorded in the folder, so name a pin-source=file:… or env:NAME instead',
-    );
-  }
-  if (/[\r\n]/.test(options.uri)) throw new InvalidInputError('init: a root URI is one line');
+  checkDeviceRootUri(options.uri);
   await refuseExistingStore(loc);
   const created = await mkdir(loc.dir, { recursive: true, mode: 0o700 });
   if (created !== undefined) await chmod(loc.dir, 0o700);

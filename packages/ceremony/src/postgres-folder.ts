@@ -27,7 +27,7 @@
  * it wrote. So a schema is never left holding a root that nobody can use or that an init did not
  * finish, and never loses a store another init made.
  */
-import { randomFillSync } from 'node:crypto';
+import { createHash, randomFillSync } from 'node:crypto';
 import { chmod, mkdir, readFile, rename, rm } from 'node:fs/promises';
 import * as path from 'node:path';
 import {
@@ -41,16 +41,23 @@ import {
   type KeyStore,
   KeyStoreError,
   KeywardenError,
+  MemoryKeyStore,
+  openRoot,
+  type RootDescription,
   ROOT_META_NAME,
   ROOT_TOMBSTONE_META_NAME,
   SoftwareRoot,
   UNSEAL_KEY_BYTES,
+  UnsupportedCapabilityError,
   wipe,
 } from '@keywarden/core';
 import { PENDING_CEREMONY_META, readPendingCeremony, stageInit } from '@keywarden/split-knowledge';
 import { fsyncPath } from './_files.js';
 import {
+  checkDeviceRootUri,
   DEFAULT_PG_SCHEMA,
+  type DeviceInitOptions,
+  type DeviceInitResult,
   displayPath,
   exists,
   openPostgresStore,
@@ -219,6 +226,131 @@ export async function initPostgresSplitStoreDir(
   }
 }
 
+export interface PostgresDeviceInitOptions extends PostgresInitOptions, DeviceInitOptions {}
+
+/**
+ * A device root (PKCS#11, TPM) on PostgreSQL: the root made in the device the URI names, its record
+ * in `schema`, D/root.uri holding the URI and D/store.json naming the schema. The steps, crash-safe
+ * as the other inits on PostgreSQL (this file's header):
+ *
+ *   1. refuse a folder with a store, and a schema that holds one; an abandoned init is undone;
+ *   2. the root is made in the device, against a scratch store in memory (the backend's create
+ *      writes its record there, and only there)                    step `pg-init:device-root-made`
+ *   3. D/store.json.staged names the schema, the root and its record (name and SHA-256)
+ *                                                                            `pg-init:staged`
+ *   4. the record goes into the schema (compare-and-swap on an absent record, then no other kind
+ *      of root may be there: of two inits on one schema, at most one wins)  `pg-init:root-written`
+ *   5. D/root.uri (temporary file, fsync, rename)                            `pg-init:uri-written`
+ *   6. D/store.json in place, the staged config removed       `pg-init:activated`, `pg-init:done`
+ *
+ * Undone by the next init (or `init --abort`) before step 6: the record whose bytes the staged
+ * config names is removed from the schema, and D/root.uri with it. The device keeps the object it
+ * made in step 2 (as after a failed init on a folder's own SQLite file): abort's notes name it.
+ */
+export async function initPostgresDeviceStoreDir(
+  loc: StoreLocation,
+  options: PostgresDeviceInitOptions,
+): Promise<DeviceInitResult & { schema: string }> {
+  const scheme = checkDeviceRootUri(options.uri);
+  const schema = schemaOf(options.schema);
+  await refuseExistingStore(loc);
+  await clearAbandonedPostgresInit(loc, options);
+  await makeFolder(loc);
+  const store = await openPostgresStore(loc, schema, true);
+  const uriPath = path.join(loc.dir, ROOT_URI_FILE);
+  let record: { name: string; value: Uint8Array } | undefined;
+  let claimed = false;
+  try {
+    await refuseSchemaWithStore(store, schema);
+    const scratch = new RecordingStore();
+    let description: RootDescription;
+    const root = await openRoot(options.uri, {
+      store: scratch,
+      create: true,
+      ...(options.secret ? { secret: options.secret } : {}),
+      ...(options.env ? { env: options.env } : {}),
+    });
+    try {
+      description = root.describe();
+      record = root.storeRecord?.();
+    } finally {
+      await root.close();
+    }
+    // The backend's whole record is the one it names: nothing else it wrote would be carried over.
+    const written = [...scratch.written];
+    const held = record ? await scratch.getMeta(record.name) : undefined;
+    if (!record || written.length !== 1 || written[0] !== record.name || !held || !sameBytes(held, record.value)) {
+      throw new UnsupportedCapabilityError(
+        `init: a ${scheme}: root does not describe its record in the key store; make it on a folder's own store`,
+      );
+    }
+    options.onStep?.('pg-init:device-root-made');
+    await writeStagedConfig(loc, schema, description.id, undefined, {
+      rootMeta: record.name,
+      rootDigest: digestOf(record.value),
+      rootScheme: scheme,
+    });
+    options.onStep?.('pg-init:staged');
+    await claimRecord(store, schema, record);
+    claimed = true;
+    options.onStep?.('pg-init:root-written');
+    // The URI before D/store.json: a folder with a store and no root.uri would be a software root's.
+    const tmp = `${uriPath}.tmp`;
+    await rm(tmp, { force: true });
+    await writeSecretFile(tmp, `${options.uri}\n`);
+    await rename(tmp, uriPath);
+    options.onStep?.('pg-init:uri-written');
+    await activate(loc, schema, options);
+    return { rootId: description.id, description, rootUriPath: uriPath, schema };
+  } catch (err) {
+    if (!(await exists(path.join(loc.dir, STORE_CONFIG_FILE)))) {
+      if (claimed && record) await store.swapMeta?.(record.name, record.value, null).catch(() => {});
+      await rm(uriPath, { force: true }).catch(() => {});
+      await rm(`${uriPath}.tmp`, { force: true }).catch(() => {});
+      await rm(stagedStoreConfigPath(loc), { force: true }).catch(() => {});
+    }
+    throw err;
+  } finally {
+    await store.close().catch(() => {});
+  }
+}
+
+/** A scratch store that remembers which metadata records were written to it. */
+class RecordingStore extends MemoryKeyStore {
+  readonly written = new Set<string>();
+  override async putMeta(name: string, value: Uint8Array): Promise<void> {
+    this.written.add(name);
+    return super.putMeta(name, value);
+  }
+  override async swapMeta(name: string, expected: Uint8Array | null, value: Uint8Array | null): Promise<void> {
+    this.written.add(name);
+    return super.swapMeta(name, expected, value);
+  }
+  override async deleteMeta(name: string): Promise<void> {
+    this.written.add(name);
+    return super.deleteMeta(name);
+  }
+  override async updateMeta(
+    name: string,
+    change: (current: Uint8Array | undefined) => ReadonlyArray<{ name: string; value: Uint8Array }>,
+  ): Promise<void> {
+    return super.updateMeta(name, (current) => {
+      const writes = change(current);
+      for (const w of writes) this.written.add(w.name);
+      return writes;
+    });
+  }
+}
+
+function sameBytes(a: Uint8Array, b: Uint8Array): boolean {
+  return a.length === b.length && Buffer.from(a.buffer, a.byteOffset, a.length).equals(b);
+}
+
+/** SHA-256 of a root record, base64url: how a staged config names the record it wrote (not secret). */
+function digestOf(bytes: Uint8Array): string {
+  return createHash('sha256').update(bytes).digest('base64url');
+}
+
 /** Whether D has an init on PostgreSQL that did not finish (its staged config), and its schema. */
 export async function postgresPendingInitOf(loc: StoreLocation): Promise<{ schema: string } | undefined> {
   const c = await readFolderStoreConfig(loc, stagedStoreConfigPath(loc)).catch(() => undefined);
@@ -251,7 +383,25 @@ export async function abortPostgresInit(loc: StoreLocation, options: CeremonyHoo
   }
   try {
     const rootId = typeof config.rootId === 'string' ? config.rootId : undefined;
-    const bytes = store ? await store.getMeta(ROOT_META_NAME) : undefined;
+    if (typeof config.rootMeta === 'string') {
+      // A device root: its record, when it is the one this init wrote (same bytes), leaves the schema.
+      const name = config.rootMeta;
+      const device = await (store ? store.getMeta(name) : undefined);
+      if (store && device && digestOf(device) === config.rootDigest) {
+        if ((await store.listKeys()).length > 0) {
+          throw new CeremonyError(
+            `init: the unfinished store's root ${rootId} was left in place: keys were created under it meanwhile`,
+          );
+        }
+        await store.swapMeta?.(name, device, null);
+        notes.push(`removed the unfinished store's root ${rootId} from schema ${config.schema}`);
+      }
+      notes.push(
+        `the ${String(config.rootScheme ?? 'device')} device may keep the root object that init made (root ${rootId}): it is unused; remove it with the device's own tools to reuse its label`,
+      );
+      await rm(path.join(loc.dir, ROOT_URI_FILE), { force: true });
+    }
+    const bytes = store && typeof config.rootMeta !== 'string' ? await store.getMeta(ROOT_META_NAME) : undefined;
     if (store && bytes && rootId !== undefined && decodeSealedRoot(bytes).rootId === rootId) {
       const pending = await readPendingCeremony(store);
       if (pending && pending.document.rootId === rootId) notes.push(...(await removeHandOutFiles(pending, cwd)));
@@ -307,12 +457,50 @@ function schemaHoldsStore(schema: string, cause?: unknown): KeyStoreError {
   );
 }
 
-/** A schema with a root, a destroyed root's tombstone, a pending ceremony or a key holds a store. */
+/**
+ * The records of a root, or of a destroyed root, of every kind the CLI makes: the software root's
+ * and a PKCS#11 root's ("root"), a TPM root's, and their tombstones (@keywarden/core, /pkcs11,
+ * /tpm), named here whether or not the device's package is loaded in this process.
+ */
+const ROOT_RECORD_NAMES = [
+  ROOT_META_NAME,
+  ROOT_TOMBSTONE_META_NAME,
+  'pkcs11-root-tombstone',
+  'tpm-root',
+  'tpm-root-tombstone',
+] as const;
+
+/** A schema with a root of any kind, a destroyed root's tombstone, a pending ceremony or a key holds a store. */
 async function refuseSchemaWithStore(store: KeyStore, schema: string): Promise<void> {
-  for (const name of [ROOT_META_NAME, ROOT_TOMBSTONE_META_NAME, PENDING_CEREMONY_META]) {
+  for (const name of [...ROOT_RECORD_NAMES, PENDING_CEREMONY_META]) {
     if (await store.getMeta(name)) throw schemaHoldsStore(schema);
   }
   if ((await store.listKeys()).length > 0) throw schemaHoldsStore(schema);
+}
+
+/**
+ * A device root's record written where there is none (compare-and-swap); then, since another kind
+ * of root keeps its record under another name, no other root record may be there: if one is (an
+ * init of another kind raced this one), this record is taken back and the schema is refused. Of
+ * two racing inits at most one keeps its record, and neither overwrites the other's.
+ */
+async function claimRecord(
+  store: KeyStore,
+  schema: string,
+  record: { name: string; value: Uint8Array },
+): Promise<void> {
+  if (typeof store.swapMeta !== 'function') throw new KeyStoreError('init: this store cannot compare-and-swap');
+  try {
+    await store.swapMeta(record.name, null, record.value);
+  } catch (err) {
+    throw ConflictError.isInstance(err) ? schemaHoldsStore(schema, err) : err;
+  }
+  for (const name of [...ROOT_RECORD_NAMES, PENDING_CEREMONY_META]) {
+    if (name !== record.name && (await store.getMeta(name))) {
+      await store.swapMeta(record.name, record.value, null).catch(() => {});
+      throw schemaHoldsStore(schema);
+    }
+  }
 }
 
 /** The root record written only where there is none (compare-and-swap): of two inits, one wins. */
@@ -330,10 +518,18 @@ async function writeStagedConfig(
   schema: string,
   rootId: string,
   unsealKeyFile?: string,
+  device?: { rootMeta: string; rootDigest: string; rootScheme: string },
 ): Promise<void> {
   const staged = stagedStoreConfigPath(loc);
   await rm(staged, { force: true });
-  const config = { format: 1, kind: 'postgres', schema, rootId, ...(unsealKeyFile ? { unsealKeyFile } : {}) };
+  const config = {
+    format: 1,
+    kind: 'postgres',
+    schema,
+    rootId,
+    ...(unsealKeyFile ? { unsealKeyFile } : {}),
+    ...(device ?? {}),
+  };
   await writeSecretFile(staged, `${JSON.stringify(config)}\n`);
   fsyncPath(loc.dir);
 }

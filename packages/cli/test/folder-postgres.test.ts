@@ -183,9 +183,10 @@ describe.skipIf(!built)('keywarden init --store postgres', () => {
     expect(Buffer.compare(rootAfter[0]?.value as Buffer, rootBefore[0]?.value as Buffer)).toBe(0);
     await ok(['key', 'rotate', 'k'], a);
 
-    // --pg-schema alone is a usage error; so is a device root on PostgreSQL.
+    // --pg-schema alone is a usage error; so is a device secret split on PostgreSQL (a device root
+    // itself is folder-postgres-device.test.ts's subject).
     expect((await run(['init', '--pg-schema', S], c)).code).toBe(2);
-    expect((await run(['init', '--store', 'postgres', '--root', 'tpm:'], c)).code).toBe(2);
+    expect((await run(['init', '--store', 'postgres', '--root', 'tpm:', '--auth-shares', '3'], c)).code).toBe(2);
   });
 
   it('audit verify names the first bad record when a row is edited, deleted or reordered in PostgreSQL', async () => {

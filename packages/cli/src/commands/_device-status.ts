@@ -9,7 +9,7 @@ import { devicePendingRekeyOf, folderDeviceSecretShares } from '@keywarden/cerem
 import type { RootOfTrust } from '@keywarden/core';
 import type { CliIO } from '../io.js';
 import { formatJson, formatPairs, print } from '../output.js';
-import { openFolderRoot, type SocketLocation, type StoreLocation } from '../store-dir.js';
+import { folderStoreOf, openFolderRoot, type SocketLocation, type StoreLocation } from '../store-dir.js';
 import { agentStateText } from './_agent-state.js';
 import { pendingJson, pendingText } from './_pending.js';
 
@@ -29,6 +29,7 @@ export async function deviceStatus(
   json: boolean,
   socket?: SocketLocation,
 ): Promise<void> {
+  const kept = await folderStoreOf(loc);
   const split = await folderDeviceSecretShares(loc);
   const rekey = await devicePendingRekeyOf(loc);
   const pending = rekey && { kind: 'rekey' as const, ...rekey };
@@ -40,13 +41,14 @@ export async function deviceStatus(
     const keys = (await store.listKeys()).length;
     const info: Record<string, unknown> = {
       store: loc.dir,
+      ...kept.json,
       mode: 'device',
       rootId: d.id,
       root: { kind: d.kind, description: d.label, mechanism: mechanismOf(scheme, root), sealed },
       keys,
     };
     const pairs: [string, string][] = [
-      ['key store', loc.display],
+      ['key store', `${loc.display} (${kept.text})`],
       ['root', `${d.id} (${d.kind})`],
       ['device', d.label],
       ['mechanism', mechanismOf(scheme, root)],

@@ -8,6 +8,8 @@
 import {
   abortPostgresInit,
   DEFAULT_PG_SCHEMA,
+  displayPath,
+  initPostgresDeviceStoreDir,
   initPostgresSplitStoreDir,
   initPostgresStoreDir,
   type StoreLocation,
@@ -17,6 +19,8 @@ import { checkShareParameters, custodianKeysOf, describeHandOut, destinationOf, 
 import { UsageError } from '../errors.js';
 import type { CliIO } from '../io.js';
 import { print } from '../output.js';
+import { InvalidInputError } from '@keywarden/core';
+import { loadRootBackend, rootSecretPrompt, uriNamesSecret } from '../store-dir.js';
 import { reportDevelopmentInit } from './_init-report.js';
 
 export interface PostgresInitCommandOptions {
@@ -70,6 +74,46 @@ export async function initOnPostgres(io: CliIO, loc: StoreLocation, opts: Postgr
     result,
     `Initialized a key store in ${where} for ${loc.display} (root ${result.rootId}).`,
   );
+}
+
+/**
+ * `init --store postgres --root URI`: a device root (PKCS#11, TPM) with its record in the schema. The PIN or auth value comes from the URI's source, else
+ * from the prompt, and is wiped after.
+ */
+export async function initDeviceOnPostgres(
+  io: CliIO,
+  loc: StoreLocation,
+  opts: { uri: string; pgSchema?: string },
+): Promise<void> {
+  const schema = opts.pgSchema ?? DEFAULT_PG_SCHEMA;
+  const scheme = await loadRootBackend(opts.uri);
+  let secret: Uint8Array | undefined;
+  if (!uriNamesSecret(opts.uri)) {
+    secret = await rootSecretPrompt(io, scheme === 'tpm' ? 'auth value' : 'user PIN')();
+    if (!secret && scheme === 'pkcs11') {
+      throw new InvalidInputError(
+        'init: the PKCS#11 root needs the user PIN: add pin-source=file:/PATH or pin-source=env:NAME to the URI, or run on a terminal to be asked',
+      );
+    }
+  }
+  let r: Awaited<ReturnType<typeof initPostgresDeviceStoreDir>>;
+  try {
+    r = await initPostgresDeviceStoreDir(loc, {
+      ...hooksOf(io),
+      schema,
+      uri: opts.uri,
+      env: io.env,
+      ...(secret ? { secret } : {}),
+    });
+  } finally {
+    secret?.fill(0);
+  }
+  const lines = [
+    `Initialized a key store in PostgreSQL schema ${schema} for ${loc.display} with a ${r.description.kind} root (root ${r.rootId}).`,
+    `Root: ${r.description.label}; wraps with ${r.description.wrapAlgorithm}.`,
+    `The root URI is recorded in ${displayPath(r.rootUriPath, io.cwd)}; every command opens the device through it.`,
+  ];
+  await print(io.stderr, `${lines.join('\n')}\n`);
 }
 
 /** `init --abort` of an init on PostgreSQL; `init --resume` cannot finish one (the next init undoes it). */

@@ -40,7 +40,7 @@ import {
   uriNamesSecret,
 } from '../store-dir.js';
 import { collect, globalsOf, locationOf, positiveInt } from './_common.js';
-import { initOnPostgres, resumeOrAbortOnPostgres } from './_init-postgres.js';
+import { initDeviceOnPostgres, initOnPostgres, resumeOrAbortOnPostgres } from './_init-postgres.js';
 import { DEVELOPMENT_MODE_WARNING, reportDevelopmentInit } from './_init-report.js';
 import { PG_SCHEMA_HELP, pgSchema, type StoreKind, storeKind } from './_store-options.js';
 
@@ -166,7 +166,8 @@ Device root (--root URI): the root key is made in a PKCS#11 token or a TPM and n
   The URI is recorded in DIR/root.uri (not secret; a URI with pin-value= is refused) and every later
   command opens the device through it. The user PIN / auth value comes from the URI
   (pin-source=file:/PATH or env:NAME for PKCS#11; auth-file=PATH or auth-env=NAME for a TPM), else
-  from a hidden prompt on a terminal. See docs/pkcs11.md and docs/tpm.md.
+  from a hidden prompt on a terminal. See docs/pkcs11.md and docs/tpm.md. With --store postgres the
+  root's record goes into the schema and the URI into DIR/root.uri (docs/fleet.md).
   Split knowledge over the device (--pin-shares N --pin-threshold M for pkcs11:, --auth-shares N
   --auth-threshold M for tpm:; --custodian and --share-dir hand the shares out as for --shares):
   for PKCS#11 a new random user PIN that nobody ever sees (the token's PIN, read once from the URI's
@@ -182,6 +183,7 @@ Examples:
   keywarden init
   keywarden init --root 'pkcs11:token=kw;object=kw-root?module-path=/usr/lib/softhsm/libsofthsm2.so&pin-source=env:KW_PIN'
   keywarden init --root 'tpm:?auth-file=/run/secrets/kw-auth' --pcrs 7
+  keywarden init --store postgres --pg-schema payments --root 'pkcs11:token=kw;object=kw-root?module-path=…&pin-source=env:KW_PIN'
   keywarden init --root 'pkcs11:token=kw;object=kw-root?module-path=…&pin-source=env:KW_PIN' \\
     --pin-shares 5 --pin-threshold 3 --custodian alice.pub … --custodian erin.pub
   keywarden init --root tpm: --auth-shares 3 --auth-threshold 2 --share-dir ./auth-shares
@@ -266,13 +268,34 @@ Examples:
     });
 }
 
-/** `init --store postgres`: development mode or split knowledge, the store in a PostgreSQL schema. */
+/** `init --store postgres`: development mode, split knowledge or a device root, the store in a PostgreSQL schema. */
 async function initPostgres(io: CliIO, cmd: Command, opts: InitOptions): Promise<void> {
   const globals = globalsOf(cmd);
   if (opts.root !== undefined) {
-    throw new UsageError(
-      '--store postgres makes a software root; a device root (--root) is made on a folder of its own',
-    );
+    if (deviceSplitOf(opts) !== undefined) {
+      throw new UsageError(
+        '--pin-shares/--auth-shares (a device secret split) are offered on a folder of its own, not with --store postgres',
+      );
+    }
+    if (
+      opts.printUnsealKey ||
+      globals.unsealKeyFile !== undefined ||
+      opts.verifyQuorum ||
+      opts.shares !== undefined ||
+      opts.threshold !== undefined ||
+      (opts.custodian?.length ?? 0) > 0 ||
+      opts.shareDir !== undefined
+    ) {
+      throw new UsageError(
+        '--root makes a device root: unseal keys and --shares/--threshold are for the software root',
+      );
+    }
+    const uri = opts.pcrs !== undefined ? withPcrs(opts.root, opts.pcrs) : opts.root;
+    await initDeviceOnPostgres(io, locationOf(cmd, io), {
+      uri,
+      ...(opts.pgSchema !== undefined ? { pgSchema: opts.pgSchema } : {}),
+    });
+    return;
   }
   if (opts.verifyQuorum) {
     throw new UsageError(
