@@ -39,6 +39,7 @@ import {
   openRoot,
   ROOT_MISSING_MESSAGE,
   RootMissingError,
+  ROOT_META_NAME,
   readRootState,
   SoftwareRoot,
   type UnsealMethod,
@@ -474,7 +475,17 @@ export async function startStoreAgent(store: KeyStore, options: StoreAgentOption
     ...options,
     store,
     root: async (s: KeyStore) => {
-      const root = await SoftwareRoot.load(s);
+      let root: SoftwareRoot;
+      try {
+        root = await SoftwareRoot.load(s);
+      } catch (err) {
+        const device = started ? undefined : await deviceRootKind(s).catch(() => undefined);
+        if (device === undefined) throw err;
+        throw new InvalidInputError(
+          `this key store's root is a ${device}: device root: commands open the device themselves, no agent is needed`,
+          { cause: err },
+        );
+      }
       if (root.document.unseal.method !== 'shamir') {
         await root.close();
         throw started
@@ -487,6 +498,23 @@ export async function startStoreAgent(store: KeyStore, options: StoreAgentOption
       return root;
     },
   });
+}
+
+/**
+ * The kind of device root a store records ("pkcs11", "tpm"), or undefined (a software root, none,
+ * or a record that cannot be read): a TPM root's record, or a root record of another kind than
+ * "software" (a PKCS#11 root keeps its record under the software root's name).
+ */
+async function deviceRootKind(store: KeyStore): Promise<string | undefined> {
+  if (await store.getMeta('tpm-root')) return 'tpm';
+  const bytes = await store.getMeta(ROOT_META_NAME);
+  if (!bytes) return undefined;
+  try {
+    const kind = (JSON.parse(Buffer.from(bytes).toString('utf8')) as { kind?: unknown } | null)?.kind;
+    return typeof kind === 'string' && kind !== 'software' && /^[a-z0-9]{1,16}$/.test(kind) ? kind : undefined;
+  } catch {
+    return undefined;
+  }
 }
 
 /**

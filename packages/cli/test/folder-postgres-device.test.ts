@@ -166,6 +166,12 @@ describe.skipIf(!built)('keywarden init --store postgres --root pkcs11:…', () 
     expect(st.stdout).toMatch(/root: +p11_\S+ \(pkcs11\)/);
     const json = JSON.parse((await ok(['status', '--json'], cwd)).stdout) as Record<string, unknown>;
     expect(json).toMatchObject({ storeKind: 'postgres', pgSchema: S, mode: 'device', keys: 2 });
+    // Commands open the device themselves: the folder's agent says so (as on a folder's own store).
+    const agent = await kw(['agent'], cwd, { env: env(), timeoutMs: 30_000 });
+    expect(agent.code).toBe(1);
+    expect(agent.stderr.trim()).toBe(
+      "keywarden: this key store's root is a pkcs11: device root: commands open the device themselves, no agent is needed",
+    );
     const verified = await ok(['audit', 'verify'], cwd);
     expect(verified.stdout).toMatch(/audit: \d+ records verified, chain intact/);
 
