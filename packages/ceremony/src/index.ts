@@ -16,10 +16,8 @@ export {
   folderRootScheme,
   folderRootUri,
   folderStoreKind,
-  initDeviceStoreDir,
   type InitOptions,
   type InitResult,
-  initStoreDir,
   KEYSTORE_FILE,
   MissingRoot,
   openFolderRoot,
@@ -68,6 +66,8 @@ export {
   secretPurposeOf,
   withoutSecretSource,
 } from './device-split.js';
+export { initDeviceStoreDir, initStoreDir } from './folder-init.js';
+export { undoStagedRemains } from './staged-remains.js';
 export {
   abortPostgresInit,
   initPostgresDeviceStoreDir,

@@ -1,31 +1,6 @@
-/**
- * A key-store folder:
- *
- *   D/                   mode 0700
- *   D/keystore.db        SqliteKeyStore: key metadata, root-wrapped KEKs, the sealed root document
- *   D/keystore.db.staged an init in progress: the store is built here and moved into place only
- *                        once every share is handed out (docs/split-knowledge.md §7.1)
- *   D/unseal.key         development mode only: the unseal key in text form, mode 0600
- *   D/agent.sock         split knowledge: the socket of a running agent (mode 0600)
- *   D/shares-out/        split knowledge: encrypted shares written by init/rekey, to hand out and delete
- *   D/store.json         a store kept elsewhere: `{"format":1,"kind":"postgres","schema":"keywarden"}`
- *                        (mode 0600, not secret: never a connection string or a password, which
- *                        come from KEYWARDEN_PG_URL / KEYWARDEN_PG_PASSWORD_FILE). Absent: the
- *                        SQLite store D/keystore.db. Written last by an init (postgres-folder.ts),
- *                        as D/store.json.staged until the store's root is in place
- *   D/root.uri           a device root only (`pkcs11:…`, `tpm:…`): the root's URI, one line, mode 0600,
- *                        not secret (a URI carrying `pin-value` is refused). Absent: the software root
- *                        sealed in keystore.db, as in every folder made before device roots existed
- *
- * D is an explicit folder, else $KEYWARDEN_DIR, else ./.keywarden (relative to the working
- * directory). Nothing here prompts or prints: paths, secrets and options are inputs, failures are
- * core's typed errors.
- */
-import { randomFillSync } from 'node:crypto';
-import { chmod, mkdir, open, readFile, rename, rm, stat } from 'node:fs/promises';
+import { open, readFile, rm, stat } from 'node:fs/promises';
 import * as path from 'node:path';
 import {
-  encodeUnsealKey,
   InvalidInputError,
   openRoot,
   rootUriScheme,
@@ -37,8 +12,6 @@ import {
   type RootOfTrust,
   type SealedRootDocument,
   SoftwareRoot,
-  UNSEAL_KEY_BYTES,
-  wipe,
 } from '@keywarden/core';
 import { SqliteKeyStore } from '@keywarden/store-sqlite';
 
@@ -326,6 +299,9 @@ export interface InitOptions {
   printUnsealKey?: boolean;
   /** Where a relative `unsealKeyFile` starts, and how paths are shown; default process.cwd(). */
   cwd?: string;
+  /** Each step boundary, by name (crash tests); a notice for the operator (remains undone). */
+  onStep?: (name: string) => void;
+  onNotice?: (message: string) => void;
 }
 
 export interface InitResult {
@@ -334,67 +310,6 @@ export interface InitResult {
   unsealKeyPath?: string;
   /** Text form of the unseal key, only with printUnsealKey. */
   unsealKeyText?: string;
-}
-
-/**
- * Create D (0700), a new key store, and a software root sealed under a fresh 32-byte unseal key
- * from node:crypto. Refuses when D already has a key store or the unseal key file exists. On
- * failure nothing is left behind: neither a store without a key nor a key without a store.
- */
-export async function initStoreDir(loc: StoreLocation, options: InitOptions = {}): Promise<InitResult> {
-  const cwd = options.cwd ?? process.cwd();
-  if (options.printUnsealKey && options.unsealKeyFile !== undefined) {
-    throw new InvalidInputError('init: printUnsealKey and unsealKeyFile cannot be used together');
-  }
-  await refuseExistingStore(loc);
-  const keyPath = options.printUnsealKey
-    ? undefined
-    : options.unsealKeyFile !== undefined
-      ? path.resolve(cwd, options.unsealKeyFile)
-      : loc.defaultUnsealKeyPath;
-  if (keyPath !== undefined && (await exists(keyPath))) {
-    throw new KeyStoreError(`unseal key file ${displayPath(keyPath, cwd)} already exists; refusing to overwrite it`);
-  }
-
-  const created = await mkdir(loc.dir, { recursive: true, mode: 0o700 });
-  // mkdir's mode is filtered by the umask; make the directory private whatever the umask is.
-  if (created !== undefined) await chmod(loc.dir, 0o700);
-  // A root.uri left by a device init that failed before its store existed names no root.
-  await rm(path.join(loc.dir, ROOT_URI_FILE), { force: true });
-
-  const unsealKey = randomFillSync(new Uint8Array(UNSEAL_KEY_BYTES));
-  let wroteKeyFile = false;
-  let storeCreated = false;
-  try {
-    const text = encodeUnsealKey(unsealKey);
-    if (keyPath !== undefined) {
-      // Written before the store, so a failure never leaves a store whose key was lost.
-      await writeSecretFile(keyPath, `${text}\n`);
-      wroteKeyFile = true;
-    }
-    storeCreated = true;
-    const store = await SqliteKeyStore.open(loc.dbPath);
-    let rootId: string;
-    try {
-      const root = await SoftwareRoot.initialize(store, { unsealKey });
-      rootId = root.describe().id;
-      await root.close();
-    } finally {
-      await store.close();
-    }
-    await chmod(loc.dbPath, 0o600);
-    return {
-      rootId,
-      ...(keyPath !== undefined ? { unsealKeyPath: keyPath } : {}),
-      ...(options.printUnsealKey ? { unsealKeyText: text } : {}),
-    };
-  } catch (err) {
-    if (storeCreated) await removeStoreFiles(loc.dbPath);
-    if (wroteKeyFile && keyPath !== undefined) await rm(keyPath, { force: true }).catch(() => {});
-    throw err;
-  } finally {
-    wipe(unsealKey);
-  }
 }
 
 // ── Initializing with a device root ───────────────────────────────────────────────────────────
@@ -406,6 +321,11 @@ export interface DeviceInitOptions {
   secret?: Uint8Array;
   /** Environment for URI attributes that name variables. Default: process.env. */
   env?: Readonly<Record<string, string | undefined>>;
+  /** How paths are shown; default process.cwd(). */
+  cwd?: string;
+  /** Each step boundary, by name (crash tests); a notice for the operator (remains undone). */
+  onStep?: (name: string) => void;
+  onNotice?: (message: string) => void;
 }
 
 export interface DeviceInitResult {
@@ -433,54 +353,6 @@ export function checkDeviceRootUri(uri: string): string {
   }
   if (/[\r\n]/.test(uri)) throw new InvalidInputError('init: a root URI is one line');
   return scheme;
-}
-
-/**
- * Create D (0700), a new key store, and a root in the device the URI names (core's openRoot with
- * `create`; the backend must be registered), and record the URI in D/root.uri. Refuses when D has a
- * key store, and a URI that carries the PIN itself (`pin-value`: D/root.uri is not a secret's
- * place). On failure no store and no root.uri are left behind (the device may keep an orphan
- * object: the backend's create says what it made).
- */
-export async function initDeviceStoreDir(loc: StoreLocation, options: DeviceInitOptions): Promise<DeviceInitResult> {
-  checkDeviceRootUri(options.uri);
-  await refuseExistingStore(loc);
-  const created = await mkdir(loc.dir, { recursive: true, mode: 0o700 });
-  if (created !== undefined) await chmod(loc.dir, 0o700);
-  const uriPath = path.join(loc.dir, ROOT_URI_FILE);
-  const tmp = `${uriPath}.tmp`;
-  let storeCreated = false;
-  try {
-    // The URI first (a stale one without a store is replaced by the next init), then the store.
-    await rm(tmp, { force: true });
-    await writeSecretFile(tmp, `${options.uri}\n`);
-    await rename(tmp, uriPath);
-    storeCreated = true;
-    const store = await SqliteKeyStore.open(loc.dbPath);
-    let description: RootDescription;
-    try {
-      const root = await openRoot(options.uri, {
-        store,
-        create: true,
-        ...(options.secret ? { secret: options.secret } : {}),
-        ...(options.env ? { env: options.env } : {}),
-      });
-      try {
-        description = root.describe();
-      } finally {
-        await root.close();
-      }
-    } finally {
-      await store.close();
-    }
-    await chmod(loc.dbPath, 0o600);
-    return { rootId: description.id, description, rootUriPath: uriPath };
-  } catch (err) {
-    if (storeCreated) await removeStoreFiles(loc.dbPath);
-    await rm(uriPath, { force: true }).catch(() => {});
-    await rm(tmp, { force: true }).catch(() => {});
-    throw err;
-  }
 }
 
 /**

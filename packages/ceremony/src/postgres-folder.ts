@@ -28,13 +28,12 @@
  * finish, and never loses a store another init made.
  */
 import { createHash, randomFillSync } from 'node:crypto';
-import { chmod, mkdir, readFile, rename, rm } from 'node:fs/promises';
+import { chmod, mkdir, rename, rm } from 'node:fs/promises';
 import * as path from 'node:path';
 import {
   CeremonyError,
   ConflictError,
   decodeSealedRoot,
-  decodeUnsealKey,
   encodeSealedRoot,
   encodeUnsealKey,
   InvalidInputError,
@@ -53,6 +52,7 @@ import {
 } from '@keywarden/core';
 import { PENDING_CEREMONY_META, readPendingCeremony, stageInit } from '@keywarden/split-knowledge';
 import { fsyncPath } from './_files.js';
+import { unsealsRoot } from './staged-remains.js';
 import {
   checkDeviceRootUri,
   DEFAULT_PG_SCHEMA,
@@ -566,26 +566,4 @@ async function undoRoot(store: KeyStore, rootId: string): Promise<void> {
   }
   const pending = await readPendingCeremony(store);
   if (pending && pending.document.rootId === rootId) await store.deleteMeta(PENDING_CEREMONY_META);
-}
-
-/** Whether `file` holds the unseal key that opens the store's root (an init's own key file). */
-async function unsealsRoot(store: KeyStore, file: string): Promise<boolean> {
-  let text: string;
-  try {
-    text = (await readFile(file, 'utf8')).trim();
-  } catch {
-    return false;
-  }
-  let key: Uint8Array | undefined;
-  const root = await SoftwareRoot.load(store);
-  try {
-    key = decodeUnsealKey(text);
-    await root.unseal(key);
-    return true;
-  } catch {
-    return false;
-  } finally {
-    if (key) wipe(key);
-    await root.close();
-  }
 }

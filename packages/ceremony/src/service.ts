@@ -39,7 +39,6 @@ import {
   openRoot,
   ROOT_MISSING_MESSAGE,
   RootMissingError,
-  ROOT_META_NAME,
   readRootState,
   SoftwareRoot,
   type UnsealMethod,
@@ -62,6 +61,7 @@ import {
   UNSEAL_KEY_ENV,
 } from './layout.js';
 import { type DeviceSecretShares, folderDeviceSecretShares, readDeviceSecretShares } from './device-split.js';
+import { deviceRootOf } from './staged-remains.js';
 
 /** Where relative paths start, which environment applies, and where warnings go. */
 export interface ServiceSurroundings extends Surroundings {
@@ -479,7 +479,7 @@ export async function startStoreAgent(store: KeyStore, options: StoreAgentOption
       try {
         root = await SoftwareRoot.load(s);
       } catch (err) {
-        const device = started ? undefined : await deviceRootKind(s).catch(() => undefined);
+        const device = started ? undefined : (await deviceRootOf(s).catch(() => undefined))?.kind;
         if (device === undefined) throw err;
         throw new InvalidInputError(
           `this key store's root is a ${device}: device root: commands open the device themselves, no agent is needed`,
@@ -498,23 +498,6 @@ export async function startStoreAgent(store: KeyStore, options: StoreAgentOption
       return root;
     },
   });
-}
-
-/**
- * The kind of device root a store records ("pkcs11", "tpm"), or undefined (a software root, none,
- * or a record that cannot be read): a TPM root's record, or a root record of another kind than
- * "software" (a PKCS#11 root keeps its record under the software root's name).
- */
-async function deviceRootKind(store: KeyStore): Promise<string | undefined> {
-  if (await store.getMeta('tpm-root')) return 'tpm';
-  const bytes = await store.getMeta(ROOT_META_NAME);
-  if (!bytes) return undefined;
-  try {
-    const kind = (JSON.parse(Buffer.from(bytes).toString('utf8')) as { kind?: unknown } | null)?.kind;
-    return typeof kind === 'string' && kind !== 'software' && /^[a-z0-9]{1,16}$/.test(kind) ? kind : undefined;
-  } catch {
-    return undefined;
-  }
 }
 
 /**

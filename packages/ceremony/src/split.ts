@@ -58,6 +58,7 @@ import {
   verifyPendingCeremony,
 } from '@keywarden/split-knowledge';
 import { SqliteKeyStore } from '@keywarden/store-sqlite';
+import { undoStagedRemains } from './staged-remains.js';
 import { fsyncPath, lexists, messageOf, systemErrorText } from './_files.js';
 import {
   displayPath,
@@ -568,10 +569,15 @@ export async function initSplitStoreDir(loc: StoreLocation, options: SplitInitOp
 
 /**
  * A staged store left by an earlier init: refused when it recorded a ceremony (resume or abort
- * it), removed when it recorded nothing (a kill before anything was handed out or made).
+ * it), undone when it recorded none (staged-remains.ts: a development-mode or device-root init's
+ * store, with the key file or root.uri it wrote, or a kill before anything was handed out).
  * @internal Also the device-secret init's (device-split.ts).
  */
-export async function clearAbandonedInit(loc: StoreLocation, hooks: CeremonyHooks): Promise<void> {
+export async function clearAbandonedInit(
+  loc: StoreLocation,
+  hooks: CeremonyHooks,
+  keyFile: string = loc.defaultUnsealKeyPath,
+): Promise<void> {
   const stagedPath = stagedStorePath(loc);
   if (!(await exists(stagedPath))) return;
   const pending = await readStagedPending(stagedPath);
@@ -581,8 +587,10 @@ export async function clearAbandonedInit(loc: StoreLocation, hooks: CeremonyHook
         'finish it with `keywarden init --resume` or drop it with `keywarden init --abort`',
     );
   }
-  await removeStoreFiles(stagedPath);
-  hooks.onNotice?.('Removed the remains of an earlier init that stopped before any share was handed out.');
+  const notes = await undoStagedRemains(loc, hooks.cwd ?? process.cwd(), keyFile);
+  hooks.onNotice?.(
+    ['Removed the remains of an earlier init that stopped before the folder had its store.', ...notes].join('\n'),
+  );
 }
 
 /**
@@ -670,7 +678,7 @@ export async function resumeSplitInit(loc: StoreLocation, options: ResumeOptions
     const p = await readPendingCeremony(store);
     if (!p) {
       await store.close();
-      await removeStoreFiles(stagedPath);
+      await undoStagedRemains(loc, cwd);
       throw new CeremonyError(
         'init --resume: the earlier init stopped before any share was handed out, so there is nothing to resume (its remains were removed); run `keywarden init` again',
       );
@@ -724,6 +732,7 @@ export async function abortSplitInit(loc: StoreLocation, options: CeremonyHooks 
   } catch {
     pending = undefined;
   }
+  if (!pending) return undoStagedRemains(loc, cwd);
   const notes = await removeHandOutFiles(pending, cwd);
   await removeStoreFiles(stagedPath);
   fsyncPath(loc.dir);

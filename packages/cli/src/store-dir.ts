@@ -6,6 +6,7 @@
  * the library's.
  */
 import {
+  type DeviceInitOptions,
   type DeviceInitResult,
   folderRootUri,
   readFolderStoreConfig,
@@ -209,6 +210,7 @@ export async function initDeviceStoreDir(
   io: Pick<CliIO, 'stdin' | 'stderr' | 'signal' | 'env'>,
   loc: StoreLocation,
   uri: string,
+  hooks: Pick<DeviceInitOptions, 'cwd' | 'onStep' | 'onNotice'> = {},
 ): Promise<DeviceInitResult> {
   const scheme = await loadRootBackend(uri);
   let secret: Uint8Array | undefined;
@@ -221,7 +223,7 @@ export async function initDeviceStoreDir(
     }
   }
   try {
-    return await initDeviceFolder(loc, { uri, env: io.env, ...(secret ? { secret } : {}) });
+    return await initDeviceFolder(loc, { ...hooks, uri, env: io.env, ...(secret ? { secret } : {}) });
   } finally {
     secret?.fill(0);
   }

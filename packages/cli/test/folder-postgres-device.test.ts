@@ -9,7 +9,7 @@
  * Outside CI a machine without SoftHSM2 or PostgreSQL skips with the harness's reason; in CI a
  * missing one is a failure.
  */
-import { execFileSync, spawn } from 'node:child_process';
+import { execFileSync } from 'node:child_process';
 import { existsSync, readdirSync, readFileSync, statSync } from 'node:fs';
 import * as path from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -18,7 +18,7 @@ import { parse } from 'pg-connection-string';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { type HarnessPostgres, startPostgres, stopPostgres } from './_postgres.js';
 import { tempDir } from './helpers.js';
-import { BIN, built, kw, requireBuild } from './split-helpers.js';
+import { built, kw, requireBuild, spawnKilled } from './split-helpers.js';
 
 requireBuild('folder-postgres-device.test.ts');
 
@@ -224,7 +224,12 @@ describe.skipIf(!built)('keywarden init --store postgres --root pkcs11:…', () 
       const S = schema();
       const cwd = await tempDir();
       const label = JSON.stringify(c);
-      const r = await spawnKilled(['init', '--store', 'postgres', '--pg-schema', S, '--root', uri(object())], cwd, c);
+      const r = await spawnKilled(
+        ['init', '--store', 'postgres', '--pg-schema', S, '--root', uri(object())],
+        cwd,
+        c,
+        env(),
+      );
       if (c.hook) expect(r.signal, `${label}: ${r.stderr}`).toBe('SIGKILL');
       const dir = path.join(cwd, '.keywarden');
       expect(existsSync(path.join(dir, 'root.uri.tmp')), label).toBe(false);
@@ -261,9 +266,12 @@ describe.skipIf(!built)('keywarden init --store postgres --root pkcs11:…', () 
     if (unavailable()) return;
     const S = schema();
     const cwd = await tempDir();
-    const r = await spawnKilled(['init', '--store', 'postgres', '--pg-schema', S, '--root', uri(object())], cwd, {
-      hook: 'kill:pg-init:uri-written',
-    });
+    const r = await spawnKilled(
+      ['init', '--store', 'postgres', '--pg-schema', S, '--root', uri(object())],
+      cwd,
+      { hook: 'kill:pg-init:uri-written' },
+      env(),
+    );
     expect(r.signal, r.stderr).toBe('SIGKILL');
     expect(await rootRows(S)).toHaveLength(1);
     const resume = await kw(['init', '--resume'], cwd, { env: env() });
@@ -334,28 +342,3 @@ describe.skipIf(!built)('keywarden init --store postgres --root tpm:…', () => 
     }
   }, 120_000);
 });
-
-/** `keywarden ARGS` as its own process, killed by its step hook or after `delayMs`. */
-function spawnKilled(
-  args: string[],
-  cwd: string,
-  c: { hook?: string; delayMs?: number },
-): Promise<{ code: number | null; signal: NodeJS.Signals | null; stderr: string }> {
-  return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, [BIN, ...args], {
-      cwd,
-      env: { PATH: process.env.PATH, ...env(), ...(c.hook ? { KEYWARDEN_TEST_STEP_HOOK: c.hook } : {}) },
-      stdio: ['ignore', 'ignore', 'pipe'],
-    });
-    const err: Buffer[] = [];
-    child.stderr.on('data', (b: Buffer) => err.push(b));
-    const timer = c.delayMs === undefined ? undefined : setTimeout(() => child.kill('SIGKILL'), c.delayMs);
-    const guard = setTimeout(() => child.kill('SIGKILL'), 60_000);
-    child.on('error', reject);
-    child.on('close', (code, signal) => {
-      clearTimeout(timer);
-      clearTimeout(guard);
-      resolve({ code, signal, stderr: Buffer.concat(err).toString('utf8') });
-    });
-  });
-}

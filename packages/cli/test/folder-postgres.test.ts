@@ -5,7 +5,6 @@
  * first bad record after rows are edited, deleted or reordered in PostgreSQL directly, and inits
  * killed with SIGKILL at every step and at random instants leaving nothing stranded.
  */
-import { spawn } from 'node:child_process';
 import { existsSync, mkdirSync, readdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
 import * as path from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -14,7 +13,7 @@ import { parse } from 'pg-connection-string';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { type HarnessPostgres, startPostgres, stopPostgres } from './_postgres.js';
 import { cli, tempDir } from './helpers.js';
-import { BIN, built, kw, requireBuild, startAgent } from './split-helpers.js';
+import { built, kw, requireBuild, spawnKilled, startAgent } from './split-helpers.js';
 
 requireBuild('folder-postgres.test.ts');
 
@@ -316,7 +315,7 @@ describe.skipIf(!built)('keywarden init --store postgres', () => {
       const label = JSON.stringify(c);
       const args = ['init', '--store', 'postgres', '--pg-schema', S];
       if (c.split) args.push('--shares', '3', '--threshold', '2', '--share-dir', 'shares');
-      const r = await spawnKilled(args, cwd, c.hook, c.delayMs);
+      const r = await spawnKilled(args, cwd, { hook: c.hook, delayMs: c.delayMs }, pg.env);
       if (c.hook) expect(r.signal, `${label}: ${r.stderr}`).toBe('SIGKILL');
       const dir = path.join(cwd, '.keywarden');
       if (existsSync(path.join(dir, 'store.json'))) {
@@ -374,29 +373,3 @@ describe.skipIf(!built)('keywarden init --store postgres', () => {
     await ok(['key', 'rotate', 'k'], a);
   });
 });
-
-/** `keywarden ARGS` as its own process, killed by its step hook or after `delayMs`. */
-function spawnKilled(
-  args: string[],
-  cwd: string,
-  hook: string | undefined,
-  delayMs: number | undefined,
-): Promise<{ code: number | null; signal: NodeJS.Signals | null; stderr: string }> {
-  return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, [BIN, ...args], {
-      cwd,
-      env: { PATH: process.env.PATH, ...pg.env, ...(hook ? { KEYWARDEN_TEST_STEP_HOOK: hook } : {}) },
-      stdio: ['ignore', 'ignore', 'pipe'],
-    });
-    const err: Buffer[] = [];
-    child.stderr.on('data', (c: Buffer) => err.push(c));
-    const timer = delayMs === undefined ? undefined : setTimeout(() => child.kill('SIGKILL'), delayMs);
-    const guard = setTimeout(() => child.kill('SIGKILL'), 30_000);
-    child.on('error', reject);
-    child.on('close', (code, signal) => {
-      clearTimeout(timer);
-      clearTimeout(guard);
-      resolve({ code, signal, stderr: Buffer.concat(err).toString('utf8') });
-    });
-  });
-}

@@ -206,3 +206,32 @@ export function runAndKill(args: string[], cwd: string, killAfterMs?: number): P
     });
   });
 }
+
+/**
+ * `keywarden ARGS` as its own process with only `env` (and PATH), killed by its step hook
+ * (KEYWARDEN_TEST_STEP_HOOK, e.g. `kill:init:staged`) or after `delayMs`; a 60 s guard.
+ */
+export function spawnKilled(
+  args: string[],
+  cwd: string,
+  kill: { hook?: string; delayMs?: number },
+  env: NodeJS.ProcessEnv = {},
+): Promise<{ code: number | null; signal: NodeJS.Signals | null; stderr: string }> {
+  return new Promise((resolve, reject) => {
+    const child = spawn(process.execPath, [BIN, ...args], {
+      cwd,
+      env: { PATH: process.env.PATH, ...env, ...(kill.hook ? { KEYWARDEN_TEST_STEP_HOOK: kill.hook } : {}) },
+      stdio: ['ignore', 'ignore', 'pipe'],
+    });
+    const err: Buffer[] = [];
+    child.stderr?.on('data', (b: Buffer) => err.push(b));
+    const timer = kill.delayMs === undefined ? undefined : setTimeout(() => child.kill('SIGKILL'), kill.delayMs);
+    const guard = setTimeout(() => child.kill('SIGKILL'), 60_000);
+    child.on('error', reject);
+    child.on('close', (code, signal) => {
+      clearTimeout(timer);
+      clearTimeout(guard);
+      resolve({ code, signal, stderr: Buffer.concat(err).toString('utf8') });
+    });
+  });
+}

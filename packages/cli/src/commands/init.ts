@@ -261,6 +261,7 @@ Examples:
         return;
       }
       const result = await initStoreDir(io, loc, {
+        ...hooksOf(io),
         ...(globals.unsealKeyFile !== undefined ? { unsealKeyFile: globals.unsealKeyFile } : {}),
         printUnsealKey: opts.printUnsealKey === true,
       });
@@ -340,7 +341,7 @@ export function withPcrs(uri: string, pcrs: string): string {
 async function initDevice(io: CliIO, cmd: Command, rootUri: string, pcrs: string | undefined): Promise<void> {
   const loc = locationOf(cmd, io);
   const uri = pcrs !== undefined ? withPcrs(rootUri, pcrs) : rootUri;
-  const r = await initDeviceStoreDir(io, loc, uri);
+  const r = await initDeviceStoreDir(io, loc, uri, hooksOf(io));
   const lines = [
     `Initialized a key store in ${loc.display} with a ${r.description.kind} root (root ${r.rootId}).`,
     `Root: ${r.description.label}; wraps with ${r.description.wrapAlgorithm}.`,
