@@ -205,23 +205,34 @@ export function uriNamesSecret(uri: string): boolean {
   return /[?&;](pin-source|pin-value|auth-env|auth-file)=/i.test(uri);
 }
 
-/** Init with a device root: the backend loaded, the PIN prompted for when the URI names no source. */
+/**
+ * The PIN / auth value a device-root init is given: none when the URI names its source (the backend
+ * reads it), else a hidden prompt on a terminal; a PKCS#11 root cannot be made without its PIN.
+ * The backend for the URI's scheme is loaded first. The caller wipes what is returned.
+ */
+export async function deviceInitSecret(
+  io: Pick<CliIO, 'stdin' | 'stderr' | 'signal'>,
+  uri: string,
+): Promise<Uint8Array | undefined> {
+  const scheme = await loadRootBackend(uri);
+  if (uriNamesSecret(uri)) return undefined;
+  const secret = await rootSecretPrompt(io, scheme === 'tpm' ? 'auth value' : 'user PIN')();
+  if (!secret && scheme === 'pkcs11') {
+    throw new InvalidInputError(
+      'init: the PKCS#11 root needs the user PIN: add pin-source=file:/PATH or pin-source=env:NAME to the URI, or run on a terminal to be asked',
+    );
+  }
+  return secret;
+}
+
+/** Init with a device root on the folder's own store (deviceInitSecret, then the ceremony's init). */
 export async function initDeviceStoreDir(
   io: Pick<CliIO, 'stdin' | 'stderr' | 'signal' | 'env'>,
   loc: StoreLocation,
   uri: string,
   hooks: Pick<DeviceInitOptions, 'cwd' | 'onStep' | 'onNotice'> = {},
 ): Promise<DeviceInitResult> {
-  const scheme = await loadRootBackend(uri);
-  let secret: Uint8Array | undefined;
-  if (!uriNamesSecret(uri)) {
-    secret = await rootSecretPrompt(io, scheme === 'tpm' ? 'auth value' : 'user PIN')();
-    if (!secret && scheme === 'pkcs11') {
-      throw new InvalidInputError(
-        'init: the PKCS#11 root needs the user PIN: add pin-source=file:/PATH or pin-source=env:NAME to the URI, or run on a terminal to be asked',
-      );
-    }
-  }
+  const secret = await deviceInitSecret(io, uri);
   try {
     return await initDeviceFolder(loc, { ...hooks, uri, env: io.env, ...(secret ? { secret } : {}) });
   } finally {

@@ -17,16 +17,16 @@ import pgClient from 'pg';
 import { parse } from 'pg-connection-string';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { type HarnessPostgres, startPostgres, stopPostgres } from './_postgres.js';
+import { type HarnessSoftHsm, startSoftHsm, stopSoftHsm } from './_softhsm.js';
 import { tempDir } from './helpers.js';
 import { built, kw, requireBuild, spawnKilled } from './split-helpers.js';
 
 requireBuild('folder-postgres-device.test.ts');
 
-const SOFTHSM_SH = fileURLToPath(new URL('../../../harness/softhsm.sh', import.meta.url));
 const SWTPM_SH = fileURLToPath(new URL('../../../harness/swtpm.sh', import.meta.url));
 
 let pg: HarnessPostgres = { env: {} };
-let hsm: { env: Record<string, string>; dir: string } | { reason: string } = { reason: 'not started' };
+let hsm: HarnessSoftHsm = { reason: 'not started' };
 let pin = '';
 const PREFIX = `kw_pgdev_${process.pid}_${Date.now().toString(36)}`;
 let schemas = 0;
@@ -37,28 +37,12 @@ const object = () => `kw-pgdev-${Date.now().toString(36)}-${++objects}`;
 beforeAll(() => {
   if (!built) return;
   pg = startPostgres('folder-postgres-device.test.ts');
-  try {
-    const out = execFileSync('bash', [SOFTHSM_SH, 'start'], {
-      encoding: 'utf8',
-      stdio: ['ignore', 'pipe', 'pipe'],
-      timeout: 60_000,
-    });
-    const env: Record<string, string> = {};
-    for (const line of out.split('\n')) {
-      const m = /^export ([A-Z0-9_]+)='([^']*)'$/.exec(line);
-      if (m?.[1] && m[2] !== undefined) env[m[1]] = m[2];
-    }
-    hsm = { env, dir: env.KEYWARDEN_SOFTHSM_DIR as string };
-    pin = readFileSync(env.KEYWARDEN_PKCS11_PIN_FILE as string, 'utf8').replace(/\n$/, '');
-  } catch (err) {
-    const reason = `harness/softhsm.sh could not start its token: ${String((err as { stderr?: string }).stderr ?? err).trim()}`;
-    if (process.env.CI) throw new Error(reason);
-    hsm = { reason };
-  }
+  hsm = startSoftHsm();
+  if ('env' in hsm) pin = readFileSync(hsm.env.KEYWARDEN_PKCS11_PIN_FILE as string, 'utf8').replace(/\n$/, '');
 }, 150_000);
 
 afterAll(() => {
-  if ('dir' in hsm) execFileSync('bash', [SOFTHSM_SH, 'stop', hsm.dir], { stdio: 'ignore', timeout: 30_000 });
+  stopSoftHsm(hsm);
   stopPostgres(pg);
 }, 90_000);
 

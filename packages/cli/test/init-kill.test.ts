@@ -9,17 +9,14 @@
  * refusing every init. Outside CI a machine without SoftHSM2 skips the device cases with the
  * harness's reason; in CI a missing token is a failure.
  */
-import { execFileSync } from 'node:child_process';
 import { existsSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import * as path from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { type HarnessSoftHsm, startSoftHsm, stopSoftHsm } from './_softhsm.js';
 import { tempDir } from './helpers.js';
 import { built, kw, requireBuild, spawnKilled } from './split-helpers.js';
 
 requireBuild('init-kill.test.ts');
-
-const SOFTHSM_SH = fileURLToPath(new URL('../../../harness/softhsm.sh', import.meta.url));
 
 /** After a kill: the folder's whole store, or remains the next init undoes. What was seen. */
 async function checkAfterKill(
@@ -110,30 +107,11 @@ describe.skipIf(!built)('init in development mode, killed', () => {
   }, 60_000);
 });
 
-let hsm: { env: Record<string, string>; dir: string } | { reason: string } = { reason: 'not started' };
+let hsm: HarnessSoftHsm = { reason: 'not started' };
 beforeAll(() => {
-  if (!built) return;
-  try {
-    const out = execFileSync('bash', [SOFTHSM_SH, 'start'], {
-      encoding: 'utf8',
-      stdio: ['ignore', 'pipe', 'pipe'],
-      timeout: 60_000,
-    });
-    const env: Record<string, string> = {};
-    for (const line of out.split('\n')) {
-      const m = /^export ([A-Z0-9_]+)='([^']*)'$/.exec(line);
-      if (m?.[1] && m[2] !== undefined) env[m[1]] = m[2];
-    }
-    hsm = { env, dir: env.KEYWARDEN_SOFTHSM_DIR as string };
-  } catch (err) {
-    const reason = `harness/softhsm.sh could not start its token: ${String((err as { stderr?: string }).stderr ?? err).trim()}`;
-    if (process.env.CI) throw new Error(reason);
-    hsm = { reason };
-  }
+  if (built) hsm = startSoftHsm();
 }, 90_000);
-afterAll(() => {
-  if ('dir' in hsm) execFileSync('bash', [SOFTHSM_SH, 'stop', hsm.dir], { stdio: 'ignore', timeout: 30_000 });
-});
+afterAll(() => stopSoftHsm(hsm));
 
 describe.skipIf(!built)('init --root pkcs11:… on a folder, killed', () => {
   it('at every step and at random instants: the whole store with its URI, or nothing the next init does not undo', async () => {

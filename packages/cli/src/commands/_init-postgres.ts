@@ -19,8 +19,7 @@ import { checkShareParameters, custodianKeysOf, describeHandOut, destinationOf, 
 import { UsageError } from '../errors.js';
 import type { CliIO } from '../io.js';
 import { print } from '../output.js';
-import { InvalidInputError } from '@keywarden/core';
-import { loadRootBackend, rootSecretPrompt, uriNamesSecret } from '../store-dir.js';
+import { deviceInitSecret } from '../store-dir.js';
 import { reportDevelopmentInit } from './_init-report.js';
 
 export interface PostgresInitCommandOptions {
@@ -86,16 +85,7 @@ export async function initDeviceOnPostgres(
   opts: { uri: string; pgSchema?: string },
 ): Promise<void> {
   const schema = opts.pgSchema ?? DEFAULT_PG_SCHEMA;
-  const scheme = await loadRootBackend(opts.uri);
-  let secret: Uint8Array | undefined;
-  if (!uriNamesSecret(opts.uri)) {
-    secret = await rootSecretPrompt(io, scheme === 'tpm' ? 'auth value' : 'user PIN')();
-    if (!secret && scheme === 'pkcs11') {
-      throw new InvalidInputError(
-        'init: the PKCS#11 root needs the user PIN: add pin-source=file:/PATH or pin-source=env:NAME to the URI, or run on a terminal to be asked',
-      );
-    }
-  }
+  const secret = await deviceInitSecret(io, opts.uri);
   let r: Awaited<ReturnType<typeof initPostgresDeviceStoreDir>>;
   try {
     r = await initPostgresDeviceStoreDir(loc, {

@@ -229,18 +229,7 @@ Examples:
         return;
       }
       if (opts.root !== undefined) {
-        if (
-          opts.printUnsealKey ||
-          globals.unsealKeyFile !== undefined ||
-          opts.verifyQuorum ||
-          opts.shares !== undefined ||
-          opts.threshold !== undefined ||
-          (deviceSplit === undefined && ((opts.custodian?.length ?? 0) > 0 || opts.shareDir !== undefined))
-        ) {
-          throw new UsageError(
-            '--root makes a device root: unseal keys and --shares/--threshold are for the software root (split the device secret with --pin-shares or --auth-shares)',
-          );
-        }
+        refuseSoftwareRootOptions(opts, globals.unsealKeyFile, deviceSplit !== undefined, true);
         if (deviceSplit !== undefined) await initDeviceSplit(io, cmd, opts, deviceSplit);
         else await initDevice(io, cmd, opts.root, opts.pcrs);
         return;
@@ -278,19 +267,7 @@ async function initPostgres(io: CliIO, cmd: Command, opts: InitOptions): Promise
         '--pin-shares/--auth-shares (a device secret split) are offered on a folder of its own, not with --store postgres',
       );
     }
-    if (
-      opts.printUnsealKey ||
-      globals.unsealKeyFile !== undefined ||
-      opts.verifyQuorum ||
-      opts.shares !== undefined ||
-      opts.threshold !== undefined ||
-      (opts.custodian?.length ?? 0) > 0 ||
-      opts.shareDir !== undefined
-    ) {
-      throw new UsageError(
-        '--root makes a device root: unseal keys and --shares/--threshold are for the software root',
-      );
-    }
+    refuseSoftwareRootOptions(opts, globals.unsealKeyFile, false, false);
     const uri = opts.pcrs !== undefined ? withPcrs(opts.root, opts.pcrs) : opts.root;
     await initDeviceOnPostgres(io, locationOf(cmd, io), {
       uri,
@@ -323,6 +300,31 @@ async function initPostgres(io: CliIO, cmd: Command, opts: InitOptions): Promise
     ...(opts.custodian !== undefined ? { custodian: opts.custodian } : {}),
     ...(opts.shareDir !== undefined ? { shareDir: opts.shareDir } : {}),
   });
+}
+
+/**
+ * --root makes a device root: refuse the software root's options with it (an unseal key, --shares,
+ * --threshold, --verify-quorum; --custodian and --share-dir unless the device secret is split).
+ * `splitOffered`: the message points at splitting the device secret (a folder's own store).
+ */
+function refuseSoftwareRootOptions(
+  opts: InitOptions,
+  unsealKeyFile: string | undefined,
+  deviceSplit: boolean,
+  splitOffered: boolean,
+): void {
+  if (
+    opts.printUnsealKey ||
+    unsealKeyFile !== undefined ||
+    opts.verifyQuorum ||
+    opts.shares !== undefined ||
+    opts.threshold !== undefined ||
+    (!deviceSplit && ((opts.custodian?.length ?? 0) > 0 || opts.shareDir !== undefined))
+  ) {
+    throw new UsageError(
+      `--root makes a device root: unseal keys and --shares/--threshold are for the software root${splitOffered ? ' (split the device secret with --pin-shares or --auth-shares)' : ''}`,
+    );
+  }
 }
 
 /** `tpm:…` with `pcrs=LIST` added to its attributes (`--pcrs`). */
