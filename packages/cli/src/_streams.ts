@@ -28,7 +28,7 @@
 import { execFile } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { constants as fsConstants, createReadStream, existsSync } from 'node:fs';
-import { copyFile, type FileHandle, lstat, open, readdir, rename, unlink } from 'node:fs/promises';
+import { chmod, copyFile, type FileHandle, lstat, open, readdir, rename, unlink } from 'node:fs/promises';
 import * as path from 'node:path';
 import { Readable, type Writable } from 'node:stream';
 import { InvalidInputError, wipe } from '@keywarden/core';
@@ -72,6 +72,35 @@ export async function openOutput(
   const target = path.resolve(cwd, file);
   await removeStaleTempFiles(path.dirname(target), cwd, stderr);
   return atomicFileSink(target, cwd);
+}
+
+/**
+ * Write `text` to FILE all or nothing (the atomic file sink above: a temporary file beside FILE,
+ * fsynced, renamed over it, the folder fsynced), then give FILE `mode`: a file being replaced is
+ * never seen truncated, even after a SIGKILL. For what is not secret (certificates, CRLs, a git
+ * hook); the temporary file is 0600 until the rename. `onStep('out:written')`: the whole text is
+ * in the temporary file, FILE not yet replaced (crash tests).
+ */
+export async function writeWholeFile(
+  file: string,
+  cwd: string,
+  text: string,
+  mode: number,
+  stderr?: Writable,
+  onStep?: (name: string) => void,
+): Promise<void> {
+  const target = path.resolve(cwd, file);
+  await removeStaleTempFiles(path.dirname(target), cwd, stderr);
+  const sink = await atomicFileSink(target, cwd);
+  try {
+    await sink.write(Buffer.from(text, 'utf8'));
+    onStep?.('out:written');
+    await sink.commit();
+  } catch (err) {
+    await sink.abort();
+    throw err;
+  }
+  await chmod(target, mode);
 }
 
 function streamSink(out: Writable): OutputSink {

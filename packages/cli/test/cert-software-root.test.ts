@@ -7,11 +7,11 @@
  * not touch the root key, is covered in core and pki.)
  */
 import { spawnSync } from 'node:child_process';
-import { writeFileSync } from 'node:fs';
+import { readdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
 import * as path from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { tempDir } from './helpers.js';
-import { built, kw, requireBuild } from './split-helpers.js';
+import { built, kw, requireBuild, spawnKilled } from './split-helpers.js';
 
 requireBuild('cert-software-root.test.ts');
 
@@ -62,5 +62,48 @@ describe.skipIf(!built)('keywarden cert with keys held in the software root', ()
     await issue('before');
     await request('after');
     await issue('after');
+  }, 120_000);
+
+  it('cert crl --out over a published CRL, SIGKILLed at random instants: the file is the old CRL or a whole new one, never cut short', async () => {
+    const cwd = await tempDir();
+    const run = async (...args: string[]) => {
+      const r = await kw(args, cwd, { timeoutMs: 60_000 });
+      expect(r.code, `keywarden ${args.join(' ')}\n${r.stderr}`).toBe(0);
+      return r;
+    };
+    await run('init');
+    await run('cert', 'ca', 'crl-ca', '--cn', 'CRL CA', '--storage', 'root', '--out', 'ca.pem');
+    await run('cert', 'crl', 'crl-ca', '--out', 'ca.crl');
+    const whole = (text: string) => /^-----BEGIN X509 CRL-----\n[A-Za-z0-9+/=\n]+-----END X509 CRL-----\n$/.test(text);
+    expect(whole(readFileSync(path.join(cwd, 'ca.crl'), 'utf8'))).toBe(true);
+    for (let i = 0; i < 8; i++) {
+      const r = await spawnKilled(['cert', 'crl', 'crl-ca', '--out', 'ca.crl'], cwd, {
+        delayMs: 200 + Math.floor(Math.random() * 700),
+      });
+      const after = readFileSync(path.join(cwd, 'ca.crl'), 'utf8');
+      expect(whole(after), `kill ${i}: ${JSON.stringify(after.slice(-40))}`).toBe(true);
+      if (r.signal === null) expect(r.code, r.stderr).toBe(0);
+      expect(statSync(path.join(cwd, 'ca.crl')).mode & 0o777).toBe(0o644);
+      const v = openssl('crl', '-in', path.join(cwd, 'ca.crl'), '-CAfile', path.join(cwd, 'ca.pem'), '-noout');
+      expect(v.status, v.output).toBe(0);
+    }
+    // Killed with the whole new CRL in its temporary file, before the rename: the old CRL stays.
+    const published = readFileSync(path.join(cwd, 'ca.crl'), 'utf8');
+    const k = await spawnKilled(['cert', 'crl', 'crl-ca', '--out', 'ca.crl'], cwd, { hook: 'kill:out:written' });
+    expect(k.signal, k.stderr).toBe('SIGKILL');
+    expect(readFileSync(path.join(cwd, 'ca.crl'), 'utf8')).toBe(published);
+    // The same with a named temporary file (no O_TMPFILE): it is left, and the next run removes it.
+    const named = await spawnKilled(
+      ['cert', 'crl', 'crl-ca', '--out', 'ca.crl'],
+      cwd,
+      { hook: 'kill:out:written' },
+      { KEYWARDEN_NO_TMPFILE: '1' },
+    );
+    expect(named.signal, named.stderr).toBe('SIGKILL');
+    expect(readFileSync(path.join(cwd, 'ca.crl'), 'utf8')).toBe(published);
+    expect(readdirSync(cwd).filter((n) => n.includes('keywarden-tmp'))).toHaveLength(1);
+    // The next run removes the temporary files of killed runs; a whole CRL is written.
+    await run('cert', 'crl', 'crl-ca', '--out', 'ca.crl');
+    expect(readdirSync(cwd).filter((n) => n.includes('keywarden-tmp'))).toEqual([]);
   }, 120_000);
 });

@@ -12,11 +12,13 @@
  *
  * @keywarden/pki (pure JavaScript: pkijs, asn1js) is a dependency, loaded only by these commands.
  */
-import { readFile, writeFile } from 'node:fs/promises';
+import { readFile } from 'node:fs/promises';
 import * as path from 'node:path';
 import { AuditError, AuditLog, auditLogOf, type Keywarden, KeywardenError, readStoreAuditHead } from '@keywarden/core';
 import type * as Pki from '@keywarden/pki';
 import { type Command, InvalidArgumentError } from 'commander';
+import { writeWholeFile } from '../_streams.js';
+import { hooksOf } from '../ceremony-io.js';
 import { UsageError } from '../errors.js';
 import type { CliIO } from '../io.js';
 import { formatDate, formatJson, formatTable, print } from '../output.js';
@@ -153,7 +155,8 @@ async function emit(
   human: string,
 ): Promise<void> {
   const pem = items.map((i) => pki.toPem(i.der, i.label)).join('');
-  if (opts.out !== undefined) await writeFile(path.resolve(io.cwd, opts.out), pem, { mode: 0o644 });
+  // All or nothing: a CRL or certificate being replaced is never seen truncated (mode 0644: public).
+  if (opts.out !== undefined) await writeWholeFile(opts.out, io.cwd, pem, 0o644, io.stderr, hooksOf(io).onStep);
   if (opts.json) {
     await print(io.stdout, formatJson({ ...json, ...(opts.out !== undefined ? { file: opts.out } : { pem }) }));
   } else if (opts.out !== undefined) {

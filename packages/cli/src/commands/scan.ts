@@ -12,7 +12,7 @@
  */
 import { spawn } from 'node:child_process';
 import { constants as fsConstants } from 'node:fs';
-import { access, chmod, lstat, mkdir, mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises';
+import { access, lstat, mkdir, mkdtemp, readdir, readFile, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import * as path from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -21,6 +21,7 @@ import { lintSource } from '@secretlint/core';
 import { creator as recommendedPreset } from '@secretlint/secretlint-rule-preset-recommend';
 import cliProgress from 'cli-progress';
 import type { Command } from 'commander';
+import { writeWholeFile } from '../_streams.js';
 import { EXIT_FAILURE, UsageError } from '../errors.js';
 import type { CliIO } from '../io.js';
 import { formatJson, print } from '../output.js';
@@ -397,8 +398,9 @@ fi
 exec keywarden scan --staged
 `;
   await mkdir(hooks, { recursive: true });
-  await writeFile(hook, script, { mode: 0o755 });
-  await chmod(hook, 0o755);
+  // All or nothing: a hook cut short by a kill could end before its exec line and let every commit
+  // through unscanned.
+  await writeWholeFile(hook, top, script, 0o755);
   await print(io.stdout, `scan: pre-commit hook installed at ${hook} (bypass: git commit --no-verify)\n`);
 }
 
