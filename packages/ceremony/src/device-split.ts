@@ -63,6 +63,7 @@ import {
   exists,
   openStoreFile,
   refuseExistingStore,
+  refusePendingPostgresInit,
   removeStoreFiles,
   ROOT_URI_FILE,
   SHARES_OUT_DIR,
@@ -266,6 +267,7 @@ export async function initDeviceSplitStoreDir(
   checkShareParameters(options.shares, options.threshold);
   const custodians = await custodiansFor(options.custodians, options.shares);
   await refuseExistingStore(loc);
+  await refusePendingPostgresInit(loc);
   await clearAbandonedInit(loc, options);
   const recordedUri = withoutSecretSource(options.uri);
 

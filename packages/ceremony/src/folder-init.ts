@@ -39,6 +39,7 @@ import {
   type InitOptions,
   type InitResult,
   refuseExistingStore,
+  refusePendingPostgresInit,
   removeStoreFiles,
   ROOT_URI_FILE,
   type StoreLocation,
@@ -59,6 +60,7 @@ export async function initStoreDir(loc: StoreLocation, options: InitOptions = {}
     throw new InvalidInputError('init: printUnsealKey and unsealKeyFile cannot be used together');
   }
   await refuseExistingStore(loc);
+  await refusePendingPostgresInit(loc);
   const keyPath = options.printUnsealKey
     ? undefined
     : options.unsealKeyFile !== undefined
@@ -119,6 +121,7 @@ export async function initDeviceStoreDir(loc: StoreLocation, options: DeviceInit
   checkDeviceRootUri(options.uri);
   const cwd = options.cwd ?? process.cwd();
   await refuseExistingStore(loc);
+  await refusePendingPostgresInit(loc);
   await makeFolder(loc);
   await clearAbandonedInit(loc, { ...options, cwd });
   const stagedPath = stagedStorePath(loc);

@@ -1,6 +1,7 @@
 import { open, readFile, rm, stat } from 'node:fs/promises';
 import * as path from 'node:path';
 import {
+  CeremonyPendingError,
   InvalidInputError,
   openRoot,
   rootUriScheme,
@@ -362,6 +363,20 @@ export function checkDeviceRootUri(uri: string): string {
 export async function refuseExistingStore(loc: StoreLocation): Promise<void> {
   if ((await exists(loc.dbPath)) || (await exists(path.join(loc.dir, STORE_CONFIG_FILE)))) {
     throw new KeyStoreError(`${loc.display} already has a key store`);
+  }
+}
+
+/**
+ * Refuse an init on D's own SQLite file while an init on PostgreSQL in D has not finished (its
+ * staged config, postgres-folder.ts's stagedStoreConfigPath): the root it may have written to its
+ * schema is undone by `init --abort` (or by that init run again), which needs the schema; an init
+ * of another kind would leave that root in the schema for ever.
+ */
+export async function refusePendingPostgresInit(loc: StoreLocation): Promise<void> {
+  if (await exists(path.join(loc.dir, `${STORE_CONFIG_FILE}.staged`))) {
+    throw new CeremonyPendingError(
+      `an earlier \`keywarden init --store postgres\` in ${loc.display} did not finish: undo it with \`keywarden init --abort\` (or run that init again)`,
+    );
   }
 }
 

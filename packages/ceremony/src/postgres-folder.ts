@@ -74,6 +74,7 @@ import {
 import {
   type CeremonyHooks,
   checkShareParameters,
+  clearAbandonedInit,
   custodiansFor,
   HandOut,
   type SplitInitOptions,
@@ -115,6 +116,8 @@ export async function initPostgresStoreDir(
   }
   await refuseExistingStore(loc);
   await clearAbandonedPostgresInit(loc, options);
+  // An init on D's own file that was killed: its remains are undone (a split one pending is refused).
+  await clearAbandonedInit(loc, options);
   const keyPath = options.printUnsealKey
     ? undefined
     : path.resolve(cwd, options.unsealKeyFile ?? loc.defaultUnsealKeyPath);
@@ -184,6 +187,8 @@ export async function initPostgresSplitStoreDir(
   const custodians = await custodiansFor(options.custodians, options.shares);
   await refuseExistingStore(loc);
   await clearAbandonedPostgresInit(loc, options);
+  // An init on D's own file that was killed: its remains are undone (a split one pending is refused).
+  await clearAbandonedInit(loc, options);
   await makeFolder(loc);
   const destination = options.destination ?? { kind: 'files', dir: path.join(loc.dir, SHARES_OUT_DIR) };
   const handOut = await HandOut.plan(destination, options.shares, custodians, cwd);
@@ -255,6 +260,8 @@ export async function initPostgresDeviceStoreDir(
   const schema = schemaOf(options.schema);
   await refuseExistingStore(loc);
   await clearAbandonedPostgresInit(loc, options);
+  // An init on D's own file that was killed: its remains are undone (a split one pending is refused).
+  await clearAbandonedInit(loc, options);
   await makeFolder(loc);
   const store = await openPostgresStore(loc, schema, true);
   const uriPath = path.join(loc.dir, ROOT_URI_FILE);
@@ -399,7 +406,8 @@ export async function abortPostgresInit(loc: StoreLocation, options: CeremonyHoo
       notes.push(
         `the ${String(config.rootScheme ?? 'device')} device may keep the root object that init made (root ${rootId}): it is unused; remove it with the device's own tools to reuse its label`,
       );
-      await rm(path.join(loc.dir, ROOT_URI_FILE), { force: true });
+      // Not a root.uri that names the root of a store made in D since (its own SQLite file).
+      if (!(await exists(loc.dbPath))) await rm(path.join(loc.dir, ROOT_URI_FILE), { force: true });
     }
     const bytes = store && typeof config.rootMeta !== 'string' ? await store.getMeta(ROOT_META_NAME) : undefined;
     if (store && bytes && rootId !== undefined && decodeSealedRoot(bytes).rootId === rootId) {

@@ -65,6 +65,7 @@ import {
   exists,
   openFolderStore,
   refuseExistingStore,
+  refusePendingPostgresInit,
   removeStoreFiles,
   ROOT_URI_FILE,
   requireSoftwareRoot,
@@ -518,6 +519,7 @@ export async function initSplitStoreDir(loc: StoreLocation, options: SplitInitOp
   checkShareParameters(options.shares, options.threshold);
   const custodians = await custodiansFor(options.custodians, options.shares);
   await refuseExistingStore(loc);
+  await refusePendingPostgresInit(loc);
   await clearAbandonedInit(loc, options);
   const created = await mkdir(loc.dir, { recursive: true, mode: 0o700 });
   if (created !== undefined) await chmod(loc.dir, 0o700);

@@ -18,7 +18,15 @@ import { readFile, rm } from 'node:fs/promises';
 import * as path from 'node:path';
 import { decodeUnsealKey, type KeyStore, ROOT_META_NAME, SoftwareRoot, wipe } from '@keywarden/core';
 import { fsyncPath } from './_files.js';
-import { displayPath, exists, removeStoreFiles, ROOT_URI_FILE, type StoreLocation, stagedStorePath } from './layout.js';
+import {
+  displayPath,
+  exists,
+  removeStoreFiles,
+  ROOT_URI_FILE,
+  STORE_CONFIG_FILE,
+  type StoreLocation,
+  stagedStorePath,
+} from './layout.js';
 import { openStagedStore } from './pending.js';
 
 /**
@@ -59,7 +67,10 @@ export async function undoStagedRemains(
     }
   }
   await removeStoreFiles(stagedPath);
-  if (!(await exists(loc.dbPath))) await rm(path.join(loc.dir, ROOT_URI_FILE), { force: true });
+  // root.uri names the folder's root once the folder has a store (its own file, or a schema).
+  if (!(await exists(loc.dbPath)) && !(await exists(path.join(loc.dir, STORE_CONFIG_FILE)))) {
+    await rm(path.join(loc.dir, ROOT_URI_FILE), { force: true });
+  }
   fsyncPath(loc.dir);
   return notes;
 }

@@ -350,6 +350,45 @@ describe.skipIf(!built)('keywarden init --store postgres', () => {
     expect(seen.undone).toBeGreaterThanOrEqual(4);
   }, 120_000);
 
+  it("an init of the other kind after a killed one: PostgreSQL undoes a folder-file init's remains; a folder-file init refuses while one on PostgreSQL is unfinished", async () => {
+    if (pg.unavailable) return;
+    // A development-mode init on the folder's own file killed with its key file written: the next
+    // init on PostgreSQL removes its staged store and that key file (it opens the staged root).
+    const a = await tempDir();
+    const k = await spawnKilled(['init'], a, { hook: 'kill:init:key-written' }, pg.env);
+    expect(k.signal, k.stderr).toBe('SIGKILL');
+    const S = schema();
+    const onPg = await ok(['init', '--store', 'postgres', '--pg-schema', S], a);
+    expect(onPg.stderr).toContain(
+      'Removed the remains of an earlier init that stopped before the folder had its store.',
+    );
+    expect(onPg.stderr).toContain("removed .keywarden/unseal.key (the unseal key of that init's root)");
+    expect(readdirSync(path.join(a, '.keywarden')).sort()).toEqual(['store.json', 'unseal.key']);
+    await ok(['key', 'create', 'k'], a);
+
+    // An init on PostgreSQL killed after writing its root: an init on the folder's own file is
+    // refused (it would leave that root in the schema for ever) until `init --abort` undoes it.
+    const b = await tempDir();
+    const S2 = schema();
+    const p = await spawnKilled(
+      ['init', '--store', 'postgres', '--pg-schema', S2],
+      b,
+      { hook: 'kill:pg-init:root-written' },
+      pg.env,
+    );
+    expect(p.signal, p.stderr).toBe('SIGKILL');
+    const refused = await run(['init'], b);
+    expect(refused.code).toBe(1);
+    expect(refused.stderr.trim()).toBe(
+      'keywarden: an earlier `keywarden init --store postgres` in .keywarden did not finish: undo it with `keywarden init --abort` (or run that init again)',
+    );
+    expect((await sql(`SELECT name FROM ${q(S2)}.meta WHERE name = 'root'`)).length).toBe(1);
+    await ok(['init', '--abort'], b);
+    expect((await sql(`SELECT name FROM ${q(S2)}.meta WHERE name = 'root'`)).length).toBe(0);
+    await ok(['init'], b);
+    await ok(['key', 'create', 'k'], b);
+  }, 120_000);
+
   it("init --abort removes only the root its staged config names: another folder's store in the schema is left whole", async () => {
     if (pg.unavailable) return;
     const S = schema();
