@@ -134,6 +134,11 @@ const TOLERANCE_FLOORS: ReadonlyArray<readonly [RegExp, number]> = [
   // allocates more native buffers, and fresh allocations were then several times dearer. Gated
   // against gross regressions only (beyond 2.5× its baseline).
   [/^encrypt 1 KiB \|/, 1.5],
+  // A cached data key (~3-5 µs a call) against a raw AES-GCM wrap (~25 µs): on unchanged code the
+  // twenty fresh-clone rehearsals of 2026-11-29/30 read ×0.14-0.27 (+93% over the baseline's ×0.14),
+  // and one of them failed the gate at ×0.20, confirmed by its second measurement. Gated against
+  // gross regressions only: a cache that stops hitting reads as the uncached row (×0.8-1.2).
+  [/^generateDataKey \| keywarden \+ data-key cache$/, 1.9],
 ];
 function toleranceFloor(id: string): number {
   let floor = DEFAULT_TOLERANCE;
