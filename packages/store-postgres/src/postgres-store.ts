@@ -67,7 +67,7 @@ export interface PostgresKeyStoreOptions {
   create?: boolean;
   /** Pool size. Default 10. */
   maxConnections?: number;
-  /** How long a failed operation that is safe to repeat is retried (backoff 50 ms → 1 s). Default 10 000 ms. */
+  /** How long a failed operation that is safe to repeat is retried, counted from its first failure (backoff 50 ms → 1 s). Default 10 000 ms. */
   retryForMs?: number;
   /** Server-side limit on one statement, and on waiting for a lock. Default 30 000 ms. */
   statementTimeoutMs?: number;
@@ -119,8 +119,11 @@ const DEFAULT_SCHEMA = 'keywarden';
 /** Pool clients that already carry our 'error' listener (see #connect). */
 const GUARDED = new WeakSet<pg.PoolClient>();
 const SCHEMA_NAME = /^[a-z_][a-z0-9_]{0,62}$/;
-/** Connection-level failures: the server rolled back whatever was in flight. */
-const TRANSIENT_SQLSTATE = /^(08|57P0[1-3]|40001|40P01|53300)/;
+/**
+ * Connection-level failures: the server rolled back whatever was in flight. 25P03 and 57P05: the
+ * server ended a session left idle (in a transaction, or at all) too long — this process stalled.
+ */
+const TRANSIENT_SQLSTATE = /^(08|57P0[1-3]|57P05|25P03|40001|40P01|53300)/;
 const TRANSIENT_ERRNO = new Set([
   'ECONNREFUSED',
   'ECONNRESET',
@@ -1016,13 +1019,18 @@ export class PostgresKeyStore implements KeyStore, LeaseStore {
 
   /** Repeat `fn` while it fails transiently and `safe` says a repeat cannot apply anything twice. */
   async #retry<T>(operation: string, fn: () => Promise<T>, safe: boolean | (() => boolean)): Promise<T> {
-    const deadline = Date.now() + this.#retryForMs;
+    // Counted from the first failure, not from the call: a process that stalled inside its
+    // transaction (a GC pause, a frozen VM, SIGSTOP) longer than retryForMs, and whose session the
+    // server ended meanwhile, still repeats the write once it runs again, and so learns what is
+    // true now (a lease taken over is then a KW_CONFLICT, not a lost connection).
+    let deadline: number | undefined;
     let delay = 50;
     for (;;) {
       try {
         return await fn();
       } catch (err) {
         if (KeywardenError.isInstance(err)) throw err;
+        deadline ??= Date.now() + this.#retryForMs;
         const transient = isTransient(err);
         const repeatable = typeof safe === 'function' ? safe() : safe;
         if (transient && !repeatable) {

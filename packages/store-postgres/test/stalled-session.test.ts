@@ -13,16 +13,50 @@ import { dropSchema, freshSchema, openStore, unavailable } from './_pg.js';
 
 const DIST = new URL('../dist/index.js', import.meta.url).href;
 
-/** A child that opens the store and blocks inside updateMeta('stalled', …) for a minute. */
-function stalledHolder(schema: string, idleMs: number): ChildProcess {
+/**
+ * A child that opens the store and blocks inside updateMeta('stalled', …) for `stallMs` (the first
+ * call of the callback only, when `once`), then prints the outcome and how often the callback ran.
+ */
+function stalledHolder(
+  schema: string,
+  idleMs: number,
+  { retryForMs = 0, stallMs = 60_000, once = false }: { retryForMs?: number; stallMs?: number; once?: boolean } = {},
+): ChildProcess {
   const code = `import { PostgresKeyStore } from ${JSON.stringify(DIST)};
-const store = await PostgresKeyStore.open({ schema: ${JSON.stringify(schema)}, idleInTransactionTimeoutMs: ${idleMs}, retryForMs: 0 });
-await store.updateMeta('stalled', () => {
-  process.stdout.write('inside\\n');
-  Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 60_000);
-  return [];
-});`;
+const store = await PostgresKeyStore.open({ schema: ${JSON.stringify(schema)}, idleInTransactionTimeoutMs: ${idleMs}, retryForMs: ${retryForMs} });
+let calls = 0;
+try {
+  await store.updateMeta('stalled', () => {
+    calls++;
+    process.stdout.write('inside\\n');
+    if (calls === 1 || !${once}) Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, ${stallMs});
+    return [{ name: 'stalled', value: new Uint8Array([3]) }];
+  });
+  process.stdout.write(JSON.stringify({ ok: true, calls }) + '\\n');
+} catch (err) {
+  process.stdout.write(JSON.stringify({ ok: false, calls, code: err.code, message: err.message }) + '\\n');
+} finally {
+  await store.close();
+}`;
   return spawn(process.execPath, ['--input-type=module', '-e', code], { stdio: ['ignore', 'pipe', 'pipe'] });
+}
+
+/** The child's closing line (its outcome), once it has exited. */
+function outcome(child: ChildProcess): Promise<{ ok: boolean; calls: number; code?: string; message?: string }> {
+  return new Promise((resolve, reject) => {
+    let out = '';
+    child.stdout?.on('data', (d) => {
+      out += String(d);
+    });
+    child.on('close', () => {
+      const last = out.trim().split('\n').at(-1) ?? '';
+      try {
+        resolve(JSON.parse(last));
+      } catch {
+        reject(new Error(`the stalled holder printed no outcome: ${out}`));
+      }
+    });
+  });
 }
 
 function inside(child: ChildProcess): Promise<void> {
@@ -69,6 +103,22 @@ describe.skipIf(unavailable)('a session stalled inside a transaction', () => {
     await inside(holder);
     await write(store); // waits for the advisory lock until the server ends the holder's session
     expect(await store.getMeta('stalled')).toEqual(new Uint8Array([2]));
+  }, 30_000);
+
+  it('the stalled process itself, once it runs again, repeats its rolled-back write although the stall outlasted retryForMs', async () => {
+    const schema = freshSchema();
+    schemas.push(schema);
+    const store = await openStore(schema, { retryForMs: 0 });
+    stores.push(store);
+    await store.putMeta('stalled', new Uint8Array([1]));
+    // Its session is ended after 1 s; it wakes after 3 s, past its 1.5 s of retrying counted from
+    // the call, but its first failure comes only then.
+    const holder = stalledHolder(schema, 1000, { retryForMs: 1500, stallMs: 3000, once: true });
+    children.push(holder);
+    const result = outcome(holder);
+    await inside(holder);
+    expect(await result).toEqual({ ok: true, calls: 2 });
+    expect(await store.getMeta('stalled')).toEqual(new Uint8Array([3]));
   }, 30_000);
 
   it('without it (the timeout a minute away), the other instance runs into its own lock timeout', async () => {
