@@ -45,10 +45,14 @@ function check(name, fn) {
     console.log(`packed: ok   ${name}`);
   } catch (err) {
     failed++;
-    results.push({ name: `packed: ${name}`, status: 'failed' });
-    console.log(
-      `packed: FAIL ${name}\n${String(err.stdout ?? '')}${String(err.stderr ?? '')}${err.stdout || err.stderr ? '' : err.message}`,
-    );
+    const why = `${String(err.stdout ?? '')}${String(err.stderr ?? '')}${err.stdout || err.stderr ? '' : err.message}`;
+    // The last lines of the output in the report: test-summary.mjs repeats them at the log's end.
+    results.push({
+      name: `packed: ${name}`,
+      status: 'failed',
+      message: why.trimEnd().split('\n').slice(-6).join('\n'),
+    });
+    console.log(`packed: FAIL ${name}\n${why}`);
   }
 }
 const run = (cmd, args, opts = {}) =>
