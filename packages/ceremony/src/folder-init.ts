@@ -16,7 +16,7 @@
  * The device keeps the object of an init killed before the rename (the undo's notice names it).
  */
 import { randomFillSync } from 'node:crypto';
-import { chmod, mkdir, rename, rm } from 'node:fs/promises';
+import { chmod, rename, rm } from 'node:fs/promises';
 import * as path from 'node:path';
 import {
   encodeUnsealKey,
@@ -38,6 +38,7 @@ import {
   exists,
   type InitOptions,
   type InitResult,
+  makeInitFolder,
   refuseExistingStore,
   refusePendingPostgresInit,
   removeStoreFiles,
@@ -66,7 +67,7 @@ export async function initStoreDir(loc: StoreLocation, options: InitOptions = {}
     : options.unsealKeyFile !== undefined
       ? path.resolve(cwd, options.unsealKeyFile)
       : loc.defaultUnsealKeyPath;
-  await makeFolder(loc);
+  await makeInitFolder(loc);
   // An earlier init's remains are undone, with its key file when it lies where this one goes.
   await clearAbandonedInit(loc, { ...options, cwd }, keyPath);
   if (keyPath !== undefined && (await exists(keyPath))) {
@@ -122,7 +123,7 @@ export async function initDeviceStoreDir(loc: StoreLocation, options: DeviceInit
   const cwd = options.cwd ?? process.cwd();
   await refuseExistingStore(loc);
   await refusePendingPostgresInit(loc);
-  await makeFolder(loc);
+  await makeInitFolder(loc);
   await clearAbandonedInit(loc, { ...options, cwd });
   const stagedPath = stagedStorePath(loc);
   const uriPath = path.join(loc.dir, ROOT_URI_FILE);
@@ -163,12 +164,4 @@ export async function initDeviceStoreDir(loc: StoreLocation, options: DeviceInit
     }
     throw err;
   }
-}
-
-/** D (0700), without a root.uri left by a device init that failed before its store existed. */
-async function makeFolder(loc: StoreLocation): Promise<void> {
-  const created = await mkdir(loc.dir, { recursive: true, mode: 0o700 });
-  // mkdir's mode is filtered by the umask; make the directory private whatever the umask is.
-  if (created !== undefined) await chmod(loc.dir, 0o700);
-  if (!(await exists(loc.dbPath))) await rm(path.join(loc.dir, ROOT_URI_FILE), { force: true });
 }

@@ -1,4 +1,4 @@
-import { open, readFile, rm, stat } from 'node:fs/promises';
+import { chmod, mkdir, open, readFile, rm, stat } from 'node:fs/promises';
 import * as path from 'node:path';
 import {
   CeremonyPendingError,
@@ -364,6 +364,18 @@ export async function refuseExistingStore(loc: StoreLocation): Promise<void> {
   if ((await exists(loc.dbPath)) || (await exists(path.join(loc.dir, STORE_CONFIG_FILE)))) {
     throw new KeyStoreError(`${loc.display} already has a key store`);
   }
+}
+
+/**
+ * Create an init's folder, private to its owner whatever the umask, and remove a root.uri that a
+ * device init which failed before its store existed left there (it names no root). Called after
+ * refuseExistingStore: the folder has no store, so no root.uri in it names a live root.
+ */
+export async function makeInitFolder(loc: StoreLocation): Promise<void> {
+  const created = await mkdir(loc.dir, { recursive: true, mode: 0o700 });
+  // mkdir's mode is filtered by the umask.
+  if (created !== undefined) await chmod(loc.dir, 0o700);
+  await rm(path.join(loc.dir, ROOT_URI_FILE), { force: true });
 }
 
 /**

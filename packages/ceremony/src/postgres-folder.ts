@@ -28,7 +28,7 @@
  * finish, and never loses a store another init made.
  */
 import { createHash, randomFillSync } from 'node:crypto';
-import { chmod, mkdir, rename, rm } from 'node:fs/promises';
+import { rename, rm } from 'node:fs/promises';
 import * as path from 'node:path';
 import {
   CeremonyError,
@@ -63,6 +63,7 @@ import {
   openPostgresStore,
   PG_SCHEMA_NAME,
   type InitResult,
+  makeInitFolder,
   readFolderStoreConfig,
   refuseExistingStore,
   ROOT_URI_FILE,
@@ -124,7 +125,7 @@ export async function initPostgresStoreDir(
   if (keyPath !== undefined && (await exists(keyPath))) {
     throw new KeyStoreError(`unseal key file ${displayPath(keyPath, cwd)} already exists; refusing to overwrite it`);
   }
-  await makeFolder(loc);
+  await makeInitFolder(loc);
   const store = await openPostgresStore(loc, schema, true);
   const unsealKey = randomFillSync(new Uint8Array(UNSEAL_KEY_BYTES));
   let root: SoftwareRoot | undefined;
@@ -189,7 +190,7 @@ export async function initPostgresSplitStoreDir(
   await clearAbandonedPostgresInit(loc, options);
   // An init on D's own file that was killed: its remains are undone (a split one pending is refused).
   await clearAbandonedInit(loc, options);
-  await makeFolder(loc);
+  await makeInitFolder(loc);
   const destination = options.destination ?? { kind: 'files', dir: path.join(loc.dir, SHARES_OUT_DIR) };
   const handOut = await HandOut.plan(destination, options.shares, custodians, cwd);
   const store = await openPostgresStore(loc, schema, true);
@@ -262,7 +263,7 @@ export async function initPostgresDeviceStoreDir(
   await clearAbandonedPostgresInit(loc, options);
   // An init on D's own file that was killed: its remains are undone (a split one pending is refused).
   await clearAbandonedInit(loc, options);
-  await makeFolder(loc);
+  await makeInitFolder(loc);
   const store = await openPostgresStore(loc, schema, true);
   const uriPath = path.join(loc.dir, ROOT_URI_FILE);
   let record: { name: string; value: Uint8Array } | undefined;
@@ -448,14 +449,6 @@ function schemaOf(schema: string | undefined): string {
     );
   }
   return s;
-}
-
-async function makeFolder(loc: StoreLocation): Promise<void> {
-  const created = await mkdir(loc.dir, { recursive: true, mode: 0o700 });
-  // mkdir's mode is filtered by the umask; make the directory private whatever the umask is.
-  if (created !== undefined) await chmod(loc.dir, 0o700);
-  // A root.uri left by a device init that failed before its store existed names no root.
-  await rm(path.join(loc.dir, ROOT_URI_FILE), { force: true });
 }
 
 function schemaHoldsStore(schema: string, cause?: unknown): KeyStoreError {
